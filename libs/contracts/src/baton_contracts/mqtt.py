@@ -1,0 +1,74 @@
+"""Baton's own MQTT wire profile (docs/mqtt-contract.md)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TOPIC_ROOT = "baton/v1/devices"
+RESPONSE_FILTER = f"{TOPIC_ROOT}/+/executions/+/response"
+AnswerStatusWord = Literal["STARTED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED"]
+
+
+def execution_topic(device_id: str, execution_id: UUID | str, leaf: str) -> str:
+    return f"{TOPIC_ROOT}/{device_id}/executions/{execution_id}/{leaf}"
+
+
+def request_topic(device_id: str, execution_id: UUID | str) -> str:
+    return execution_topic(device_id, execution_id, "request")
+
+
+def response_topic(device_id: str, execution_id: UUID | str) -> str:
+    return execution_topic(device_id, execution_id, "response")
+
+
+def cancel_topic(device_id: str, execution_id: UUID | str) -> str:
+    return execution_topic(device_id, execution_id, "cancel")
+
+
+def device_filters(device_id: str) -> list[str]:
+    """What a device subscribes to: its requests and cancellations."""
+    return [
+        f"{TOPIC_ROOT}/{device_id}/executions/+/request",
+        f"{TOPIC_ROOT}/{device_id}/executions/+/cancel",
+    ]
+
+
+def parse_execution_topic(topic: str) -> tuple[str, str, str] | None:
+    """`baton/v1/devices/{device}/executions/{execution}/{leaf}` -> (device, execution, leaf)."""
+    parts = topic.split("/")
+    if len(parts) != 7 or "/".join(parts[:3]) != TOPIC_ROOT or parts[4] != "executions":
+        return None
+    return parts[3], parts[5], parts[6]
+
+
+class MqttModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CommandRequest(MqttModel):
+    """Baton -> device, on .../request (QoS 1)."""
+
+    execution_id: UUID
+    name: str
+    params: dict[str, Any]
+    deadline: datetime
+
+
+class CancelRequest(MqttModel):
+    """Baton -> device, on .../cancel (QoS 1)."""
+
+    execution_id: UUID
+    reason: str
+
+
+class DeviceAnswer(MqttModel):
+    """Device -> Baton, on .../response (QoS 1)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    status: AnswerStatusWord
+    payload: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,147 @@
+"""NATS subjects and message models (docs/nats-contract.md). Versioned by the `v1` token."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# --- subjects ------------------------------------------------------------------------------
+
+SUBMIT_SUBJECT = "baton.v1.commands.submit"  # request/reply: submit a command
+CANCEL_SUBJECT = "baton.v1.commands.cancel"  # request/reply: cancel an execution
+DEADLINE_SUBJECT = "baton.v1.internal.deadline"  # request/reply: timeout-scheduler -> dispatcher
+DISPATCHER_QUEUE = "baton-dispatcher"
+
+EVENTS_STREAM = "BATON_EVENTS"
+EVENTS_PREFIX = "baton.v1.events"
+EVENTS_WILDCARD = f"{EVENTS_PREFIX}.>"
+
+REPORTS_STREAM = "BATON_REPORTS"
+REPORTS_PREFIX = "baton.v1.reports"
+REPORTS_WILDCARD = f"{REPORTS_PREFIX}.>"
+
+REJECTIONS_SUBJECT = "baton.v1.rejections.reports"  # core NATS: dropped device reports
+
+NOTIFICATION_ID_HEADER = "Baton-Notification-Id"
+
+
+def event_subject(execution_id: UUID | str, event_type: str) -> str:
+    return f"{EVENTS_PREFIX}.{execution_id}.{event_type}"
+
+
+def events_of_type(event_type: str) -> str:
+    return f"{EVENTS_PREFIX}.*.{event_type}"
+
+
+def report_subject(device_id: str) -> str:
+    return f"{REPORTS_PREFIX}.{device_id}"
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- the execution as it travels between services -----------------------------------------
+
+
+class ExecutionState(WireModel):
+    id: UUID
+    device_id: str
+    name: str
+    params: dict[str, Any]
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    ttl: int
+    deadline: datetime
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+class FieldProblem(WireModel):
+    field: str
+    reason: str
+
+
+class Problem(WireModel):
+    """An error reply; the api turns it into an RFC 9457 document unchanged."""
+
+    status: int
+    title: str
+    detail: str
+    code: str
+    errors: list[FieldProblem] = Field(default_factory=list)
+
+
+# --- submit / cancel -----------------------------------------------------------------------
+
+
+class SubmitCommand(WireModel):
+    device_id: str
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    ttl: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    principal: str = "anonymous"
+    source: str = "nats"
+
+
+class ExecutionReply(WireModel):
+    """Reply to submit and cancel: the execution, or a problem.
+
+    `position` is the notification id of the last event this request stored (None when it
+    stored nothing), so a reader of the views can wait until they include it.
+    """
+
+    execution: ExecutionState | None = None
+    problem: Problem | None = None
+    position: int | None = None
+    created: bool = False
+
+
+class CancelCommand(WireModel):
+    execution_id: UUID
+    reason: str = "canceled by request"
+
+
+class DeadlineDue(WireModel):
+    execution_id: UUID
+
+
+class DeadlineReply(WireModel):
+    outcome: Literal["applied", "ignored", "not-yet", "unknown"]
+
+
+# --- lifecycle events (JetStream BATON_EVENTS) ---------------------------------------------
+
+
+class LifecycleEvent(WireModel):
+    """A stored event as published by the outbox relay; `notification_id` orders them all."""
+
+    notification_id: int
+    execution_id: UUID
+    version: int
+    type: str
+    occurred_at: datetime
+    data: dict[str, Any]
+
+
+# --- device reports (JetStream BATON_REPORTS, device-bridge -> dispatcher) -----------------
+
+
+class DeviceReport(WireModel):
+    kind: Literal["published", "answer"]
+    report_id: str
+    device_id: str
+    execution_id: UUID
+    status: Literal["STARTED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED"] | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+    received_at: datetime
+
+
+class ReportRejected(WireModel):
+    report: DeviceReport
+    reason: str

@@ -1,0 +1,5 @@
+"""Baton's domain: the command-execution lifecycle and the device catalog.
+
+Imports nothing but the standard library, pydantic, jsonschema, PyYAML and eventsourcing
+(see invariant 7 of docs/architecture.md); services wrap it.
+"""

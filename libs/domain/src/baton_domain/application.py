@@ -1,0 +1,173 @@
+"""The Executions application: verb commands and get queries over CommandExecution streams.
+
+Synchronous, like the eventsourcing library under it: services call it from a worker
+thread, never from the event loop. Library errors become domain errors here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4, uuid5
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError, Recording
+
+from baton_domain.catalog import Catalog
+from baton_domain.errors import ExecutionNotFound, IdempotencyConflict
+from baton_domain.execution import CommandExecution
+from baton_domain.statuses import AnswerStatus
+
+# Execution ids for idempotent requests are derived from the key, so a repeated request
+# collides on the stream's first version and the store itself settles the race.
+IDEMPOTENCY_NAMESPACE = UUID("6c6f5a2e-8d0b-4d4e-9a59-0a7e2b1a7c11")
+CONFLICT_RETRIES = 3
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class RequestCommand:
+    device_id: str
+    name: str
+    params: dict[str, Any]
+    ttl: int | None
+    idempotency_key: str | None = None
+    principal: str = "anonymous"
+    source: str = "api"
+
+    def fingerprint(self) -> str:
+        body = {"device_id": self.device_id, "name": self.name, "params": self.params, "ttl": self.ttl}
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def execution_id(self) -> UUID:
+        if self.idempotency_key is None:
+            return uuid4()
+        return uuid5(IDEMPOTENCY_NAMESPACE, f"{self.principal}\x00{self.idempotency_key}")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a command did: the execution after it, whether it changed, and the position of
+    its last stored event in the notification log (for read-your-writes on the views)."""
+
+    execution: CommandExecution
+    changed: bool
+    position: int | None
+    created: bool = False
+
+
+def _position(recordings: list[Recording[UUID]] | None) -> int | None:
+    ids = [r.notification.id for r in recordings or [] if r.notification.id is not None]
+    return max(ids) if ids else None
+
+
+class Executions(Application[UUID]):
+    name = "Executions"
+
+    def __init__(
+        self, catalog: Catalog, env: Mapping[str, str] | None = None, clock: Clock = utc_now
+    ) -> None:
+        super().__init__(env=env)
+        self.catalog = catalog
+        self.clock = clock
+
+    # --- commands ---------------------------------------------------------------------------
+
+    def request(self, command: RequestCommand) -> Outcome:
+        resolved = self.catalog.resolve(command.device_id, command.name, command.params, command.ttl)
+        execution_id = command.execution_id()
+        now = self.clock()
+        execution = CommandExecution(
+            id=execution_id,
+            device_id=resolved.device.id,
+            device_type=resolved.device.type,
+            name=resolved.name,
+            params=resolved.params,
+            ttl=resolved.ttl,
+            deadline=now + timedelta(seconds=resolved.ttl),
+            idempotency_key=command.idempotency_key,
+            fingerprint=command.fingerprint() if command.idempotency_key else None,
+            source=command.source,
+        )
+        # One-at-a-time and offline queueing will decide here; for now every request goes out.
+        execution.dispatch()
+        try:
+            recordings = self.save(execution)
+        except IntegrityError:
+            existing = self.get(execution_id)
+            if existing.fingerprint != command.fingerprint():
+                raise IdempotencyConflict(command.idempotency_key or "") from None
+            return Outcome(existing, changed=False, position=None)
+        return Outcome(execution, changed=True, position=_position(recordings), created=True)
+
+    def record_published(self, execution_id: UUID) -> Outcome:
+        return self._update(execution_id, lambda e: e.mark_published())
+
+    def record_answer(
+        self,
+        execution_id: UUID,
+        device_id: str,
+        report_id: str,
+        status: AnswerStatus,
+        payload: dict[str, Any],
+        received_at: datetime,
+    ) -> Outcome:
+        return self._update(
+            execution_id,
+            lambda e: e.record_answer(device_id, report_id, status, payload, received_at),
+        )
+
+    def reach_deadline(self, execution_id: UUID) -> Outcome:
+        return self._update(execution_id, lambda e: e.reach_deadline(self.clock()))
+
+    def cancel(self, execution_id: UUID, reason: str) -> Outcome:
+        def _cancel(execution: CommandExecution) -> bool:
+            execution.cancel(reason)
+            return True
+
+        return self._update(execution_id, _cancel)
+
+    # --- queries ----------------------------------------------------------------------------
+
+    def get(self, execution_id: UUID) -> CommandExecution:
+        try:
+            execution: CommandExecution = self.repository.get(execution_id)
+        except AggregateNotFoundError:
+            raise ExecutionNotFound(execution_id) from None
+        return execution
+
+    def events_of(self, execution_id: UUID) -> list[CommandExecution.Event]:
+        events = list(self.repository.event_store.get(execution_id))
+        if not events:
+            raise ExecutionNotFound(execution_id)
+        return events  # type: ignore[return-value]
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _update(
+        self, execution_id: UUID, change: Callable[[CommandExecution], bool]
+    ) -> Outcome:
+        """Load, apply one domain method, save; retry when another writer got there first."""
+        for attempt in range(CONFLICT_RETRIES):
+            execution = self.get(execution_id)
+            changed = change(execution)
+            if not changed:
+                return Outcome(execution, changed=False, position=None)
+            try:
+                recordings = self.save(execution)
+            except IntegrityError:
+                if attempt == CONFLICT_RETRIES - 1:
+                    raise
+                continue
+            return Outcome(execution, changed=True, position=_position(recordings))
+        raise AssertionError("unreachable")  # pragma: no cover

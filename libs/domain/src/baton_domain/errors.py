@@ -1,0 +1,86 @@
+"""Domain errors. Each boundary translates them once (HTTP problems, NATS error replies)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class DomainError(Exception):
+    """Base class: something the caller asked for is not allowed; nothing was changed."""
+
+    code = "domain-error"
+
+
+class IllegalTransition(DomainError):
+    code = "illegal-transition"
+
+    def __init__(self, status: str, action: str) -> None:
+        super().__init__(f"cannot {action} an execution that is {status}")
+        self.status = status
+        self.action = action
+
+
+class ExecutionNotFound(DomainError):
+    code = "execution-not-found"
+
+    def __init__(self, execution_id: object) -> None:
+        super().__init__(f"execution {execution_id} does not exist")
+        self.execution_id = execution_id
+
+
+class UnknownDevice(DomainError):
+    code = "unknown-device"
+
+    def __init__(self, device_id: str) -> None:
+        super().__init__(f"device {device_id!r} is not in the catalog")
+        self.device_id = device_id
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One reason a request was refused, located by a JSON-pointer-like path."""
+
+    field: str
+    reason: str
+
+
+@dataclass
+class InvalidCommand(DomainError):
+    """The command name is unknown for the device's type, or its params break the schema."""
+
+    message: str
+    errors: list[FieldError] = field(default_factory=list)
+    code = "invalid-command"
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+
+class IdempotencyConflict(DomainError):
+    code = "idempotency-conflict"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was already used with a different request"
+        )
+        self.key = key
+
+
+class WrongDevice(DomainError):
+    """A device answered for an execution that belongs to another device."""
+
+    code = "wrong-device"
+
+    def __init__(self, execution_device: str, answering_device: str) -> None:
+        super().__init__(
+            f"device {answering_device!r} answered for an execution of {execution_device!r}"
+        )
+        self.execution_device = execution_device
+        self.answering_device = answering_device
+
+
+class DeadlineNotReached(DomainError):
+    code = "deadline-not-reached"
+
+    def __init__(self) -> None:
+        super().__init__("the execution's deadline has not passed yet")

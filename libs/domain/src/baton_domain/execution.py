@@ -1,0 +1,306 @@
+"""The CommandExecution aggregate: one event stream per execution.
+
+Public methods check their guard and raise a domain error *before* any event exists;
+the private ``@event`` methods are the events and only mutate state. Event topics are
+pinned (``TOPIC``) so that renaming or moving this module never breaks stored events.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from baton_domain.errors import DeadlineNotReached, IllegalTransition, WrongDevice
+from baton_domain.statuses import AnswerStatus, ExecutionStatus
+
+JSON = dict[str, Any]
+
+_T = "baton.execution.v1"
+
+SENT_LIKE = frozenset(
+    {ExecutionStatus.SENT, ExecutionStatus.ACKNOWLEDGED, ExecutionStatus.IN_PROGRESS}
+)
+
+
+def answer_entry(report_id: str, status: AnswerStatus, payload: JSON, received_at: datetime) -> JSON:
+    """One device answer as it is kept in the stream and shown in the execution's log."""
+    return {
+        "report_id": report_id,
+        "status": status.value,
+        "payload": payload,
+        "received_at": received_at.isoformat(),
+    }
+
+
+class CommandExecution(Aggregate):
+    TOPIC = f"{_T}:CommandExecution"
+
+    class Event(Aggregate.Event):
+        pass
+
+    class Created(Aggregate.Created):
+        TOPIC = f"{_T}:Created"  # required by the library for pinned topics; never emitted
+
+    class Requested(Aggregate.Created):
+        TOPIC = f"{_T}:Requested"
+        device_id: str
+        device_type: str
+        name: str
+        params: JSON
+        ttl: int
+        deadline: datetime
+        idempotency_key: str | None
+        fingerprint: str | None
+        source: str
+
+    class Dispatched(Aggregate.Event):
+        """Released for delivery; carries what the bridge needs to publish it."""
+
+        TOPIC = f"{_T}:Dispatched"
+        device_id: str
+        device_type: str
+        name: str
+        params: JSON
+        deadline: datetime
+
+    class Published(Aggregate.Event):
+        TOPIC = f"{_T}:Published"
+
+    class Acknowledged(Aggregate.Event):
+        TOPIC = f"{_T}:Acknowledged"
+        answer: JSON
+
+    class Progressed(Aggregate.Event):
+        TOPIC = f"{_T}:Progressed"
+        answer: JSON
+
+    class Succeeded(Aggregate.Event):
+        TOPIC = f"{_T}:Succeeded"
+        answer: JSON
+
+    class Failed(Aggregate.Event):
+        TOPIC = f"{_T}:Failed"
+        answer: JSON
+
+    class Rejected(Aggregate.Event):
+        TOPIC = f"{_T}:Rejected"
+        answer: JSON
+
+    class AnswerRecorded(Aggregate.Event):
+        """An answer that changes no status (late, after the end, or out of order): kept in the log."""
+
+        TOPIC = f"{_T}:AnswerRecorded"
+        answer: JSON
+
+    class TimedOut(Aggregate.Event):
+        TOPIC = f"{_T}:TimedOut"
+
+    class Expired(Aggregate.Event):
+        TOPIC = f"{_T}:Expired"
+
+    class Canceled(Aggregate.Event):
+        TOPIC = f"{_T}:Canceled"
+        reason: str
+        device_id: str
+        notify_device: bool
+
+    # --- creation -------------------------------------------------------------------------
+
+    @event(Requested)
+    def __init__(  # noqa: PLR0913 - the event's fields
+        self,
+        id: UUID,  # noqa: A002 - the library passes the originator id by this name
+        device_id: str,
+        device_type: str,
+        name: str,
+        params: JSON,
+        ttl: int,
+        deadline: datetime,
+        idempotency_key: str | None,
+        fingerprint: str | None,
+        source: str,
+    ) -> None:
+        self.device_id = device_id
+        self.device_type = device_type
+        self.name = name
+        self.params = params
+        self.ttl = ttl
+        self.deadline = deadline
+        self.idempotency_key = idempotency_key
+        self.fingerprint = fingerprint
+        self.source = source
+        self.status = ExecutionStatus.PENDING
+        self.dispatched = False
+        self.result: JSON | None = None
+        self.error: JSON | None = None
+        self.log: list[JSON] = []
+        self.cancel_reason: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+    # --- commands (guards, then one event) --------------------------------------------------
+
+    def dispatch(self) -> None:
+        if self.status is not ExecutionStatus.PENDING or self.dispatched:
+            raise IllegalTransition(self._describe(), "dispatch")
+        self._dispatched(
+            device_id=self.device_id,
+            device_type=self.device_type,
+            name=self.name,
+            params=self.params,
+            deadline=self.deadline,
+        )
+
+    def mark_published(self) -> bool:
+        """The broker took the request. Returns whether anything changed.
+
+        A repeated or late report (the bridge delivers at least once) changes nothing.
+        """
+        if not self.dispatched:
+            raise IllegalTransition(self._describe(), "mark as published")
+        if self.status is not ExecutionStatus.PENDING:
+            return False
+        self._published()
+        return True
+
+    def record_answer(
+        self,
+        device_id: str,
+        report_id: str,
+        status: AnswerStatus,
+        payload: JSON,
+        received_at: datetime,
+    ) -> bool:
+        """Apply one device answer. Returns whether an event was recorded.
+
+        The same report twice is recorded once. An answer after the end, or one that
+        would move the status backwards, is kept in the log without changing the status.
+        """
+        if device_id != self.device_id:
+            raise WrongDevice(self.device_id, device_id)
+        if not self.dispatched:
+            raise IllegalTransition(self._describe(), "record an answer for")
+        if any(entry["report_id"] == report_id for entry in self.log):
+            return False
+        entry = answer_entry(report_id, status, payload, received_at)
+        if self.is_terminal:
+            self._answer_recorded(answer=entry)
+        elif status is AnswerStatus.STARTED:
+            if self.status in (ExecutionStatus.PENDING, ExecutionStatus.SENT):
+                self._acknowledged(answer=entry)
+            else:
+                self._answer_recorded(answer=entry)
+        elif status is AnswerStatus.IN_PROGRESS:
+            self._progressed(answer=entry)
+        elif status is AnswerStatus.SUCCEEDED:
+            self._succeeded(answer=entry)
+        elif status is AnswerStatus.FAILED:
+            self._failed(answer=entry)
+        else:
+            self._rejected(answer=entry)
+        return True
+
+    def reach_deadline(self, now: datetime) -> bool:
+        """The deadline passed: never delivered -> EXPIRED; delivered -> TIMED_OUT.
+
+        An execution that already ended is left as it is (returns False).
+        """
+        if self.is_terminal:
+            return False
+        if now < self.deadline:
+            raise DeadlineNotReached
+        if self.status is ExecutionStatus.PENDING:
+            self._expired()
+        else:
+            self._timed_out()
+        return True
+
+    def cancel(self, reason: str) -> None:
+        if self.is_terminal:
+            raise IllegalTransition(self._describe(), "cancel")
+        # A dispatched request may already be on the device, so tell it.
+        self._canceled(reason=reason, device_id=self.device_id, notify_device=self.dispatched)
+
+    # --- events (state changes only) --------------------------------------------------------
+
+    @event(Dispatched)
+    def _dispatched(
+        self, device_id: str, device_type: str, name: str, params: JSON, deadline: datetime
+    ) -> None:
+        self.dispatched = True
+
+    @event(Published)
+    def _published(self) -> None:
+        self.status = ExecutionStatus.SENT
+
+    @event(Acknowledged)
+    def _acknowledged(self, answer: JSON) -> None:
+        self.log.append(answer)
+        self.status = ExecutionStatus.ACKNOWLEDGED
+
+    @event(Progressed)
+    def _progressed(self, answer: JSON) -> None:
+        self.log.append(answer)
+        self.status = ExecutionStatus.IN_PROGRESS
+
+    @event(Succeeded)
+    def _succeeded(self, answer: JSON) -> None:
+        self.log.append(answer)
+        self.status = ExecutionStatus.SUCCEEDED
+        self.result = answer["payload"]
+
+    @event(Failed)
+    def _failed(self, answer: JSON) -> None:
+        self.log.append(answer)
+        self.status = ExecutionStatus.FAILED
+        self.error = answer["payload"]
+
+    @event(Rejected)
+    def _rejected(self, answer: JSON) -> None:
+        self.log.append(answer)
+        self.status = ExecutionStatus.REJECTED
+        self.error = answer["payload"]
+
+    @event(AnswerRecorded)
+    def _answer_recorded(self, answer: JSON) -> None:
+        self.log.append(answer)
+
+    @event(TimedOut)
+    def _timed_out(self) -> None:
+        self.status = ExecutionStatus.TIMED_OUT
+        self.error = timeout_error(self.ttl)
+
+    @event(Expired)
+    def _expired(self) -> None:
+        self.status = ExecutionStatus.EXPIRED
+        self.error = expiry_error(self.ttl)
+
+    @event(Canceled)
+    def _canceled(self, reason: str, device_id: str, notify_device: bool) -> None:
+        self.status = ExecutionStatus.CANCELED
+        self.cancel_reason = reason
+        self.error = cancel_error(reason)
+
+    def _describe(self) -> str:
+        if self.status is ExecutionStatus.PENDING and not self.dispatched:
+            return "PENDING (not dispatched)"
+        return self.status.value
+
+
+# The error objects of Baton's own endings are built in one place: the aggregate and the
+# view projection must agree on them byte for byte.
+def timeout_error(ttl: int) -> JSON:
+    return {"code": "timed_out", "message": f"no final answer from the device within {ttl} s"}
+
+
+def expiry_error(ttl: int) -> JSON:
+    return {"code": "expired", "message": f"not delivered to the device within {ttl} s"}
+
+
+def cancel_error(reason: str) -> JSON:
+    return {"code": "canceled", "message": reason}

@@ -1,0 +1,1 @@
+"""Shared plumbing for Baton's services: settings, the event store, NATS, logging, metrics."""

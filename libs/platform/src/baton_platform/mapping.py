@@ -1,0 +1,48 @@
+"""Translate domain objects to wire models, once, for every service that needs it."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from baton_contracts.nats import ExecutionState, LifecycleEvent
+from baton_domain.execution import CommandExecution
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Notification
+from pydantic_core import to_jsonable_python
+
+_ENVELOPE = {"originator_id", "originator_version", "timestamp", "originator_topic"}
+
+
+def execution_state(execution: CommandExecution) -> ExecutionState:
+    return ExecutionState(
+        id=execution.id,
+        device_id=execution.device_id,
+        name=execution.name,
+        params=execution.params,
+        status=execution.status.value,
+        created_at=execution.created_on,
+        updated_at=execution.modified_on,
+        ttl=execution.ttl,
+        deadline=execution.deadline,
+        result=execution.result,
+        error=execution.error,
+    )
+
+
+def lifecycle_event(notification: Notification[Any], event: DomainEventProtocol[Any]) -> LifecycleEvent:
+    """A stored event as the outbox relay publishes it and the projection consumes it."""
+    assert notification.id is not None
+    fields = {
+        f.name: getattr(event, f.name)
+        for f in dataclasses.fields(event)  # type: ignore[arg-type]
+        if f.name not in _ENVELOPE
+    }
+    return LifecycleEvent(
+        notification_id=notification.id,
+        execution_id=event.originator_id,
+        version=event.originator_version,
+        type=type(event).__name__,
+        occurred_at=event.timestamp,
+        data=to_jsonable_python(fields),
+    )

@@ -1,0 +1,60 @@
+"""The one typed settings object. Every service is configured only from BATON_* variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+from pydantic import field_validator
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BATON_", extra="ignore")
+
+    # where things are
+    nats_url: str = "nats://127.0.0.1:4222"
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    mqtt_protocol: Literal["5", "3.1.1"] = Field(
+        default="5", description="MQTT protocol to speak; 3.1.1 for brokers without v5"
+    )
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    data_dir: Path = Path("var")
+    catalog_path: Path = Path("deploy/catalog/demo.yaml")
+
+    # api
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    request_timeout: float = Field(default=5.0, gt=0, description="NATS request timeout, s")
+
+    # service behaviour
+    instance: str = "default"
+    log_level: str = "INFO"
+    metrics_port: int = Field(default=0, description="Prometheus metrics port; 0 turns it off")
+    relay_poll_interval: float = 0.5
+    projection_poll_interval: float = 0.5
+    scheduler_tick: float = 0.2
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @property
+    def event_store_path(self) -> Path:
+        return self.data_dir / "events.sqlite"
+
+    @property
+    def views_path(self) -> Path:
+        return self.data_dir / "views.sqlite"
+
+    @property
+    def scheduler_path(self) -> Path:
+        return self.data_dir / "deadlines.sqlite"

@@ -1,0 +1,69 @@
+"""Test harness: real servers on free loopback ports, and polling with a deadline.
+
+Integration and end-to-end tests ask for `nats_server` and `mqtt_broker`; each test gets
+fresh ones (they start in well under a second), so no test depends on another's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from baton_cli.localstack import Server, free_port, mqtt_flavour, start_mosquitto, start_nats
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[Server]:
+    server = start_nats(tmp_path / "nats")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mqtt_broker(tmp_path: Path) -> Iterator[Server]:
+    """Mosquitto (MQTT 5) when installed, else nats-server's MQTT 3.1.1 listener."""
+    if mqtt_flavour() == "mosquitto":
+        server = start_mosquitto(tmp_path / "mosquitto")
+    else:
+        mqtt_port = free_port()
+        nats = start_nats(tmp_path / "nats-mqtt", mqtt_port=mqtt_port)
+        server = Server("nats-mqtt", nats.proc, f"mqtt://127.0.0.1:{mqtt_port}", mqtt_port,
+                        {"protocol": "3.1.1"})
+    yield server
+    server.stop()
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], timeout: float = 10.0, interval: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """Poll `probe` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
+
+
+def eventually_sync(
+    probe: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.05,
+    what: str = "condition",
+) -> T:
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
