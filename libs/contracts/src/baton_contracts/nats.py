@@ -145,3 +145,15 @@ class DeviceReport(WireModel):
 class ReportRejected(WireModel):
     report: DeviceReport
     reason: str
+
+
+# --- dead letters (JetStream BATON_DEAD_LETTERS) ------------------------------------------
+
+DEAD_LETTERS_STREAM = "BATON_DEAD_LETTERS"
+DEAD_LETTERS_PREFIX = "baton.v1.dead-letters"
+DEAD_LETTER_REASON_HEADER = "Baton-Dead-Letter-Reason"
+DEAD_LETTER_SUBJECT_HEADER = "Baton-Original-Subject"
+
+
+def dead_letter_subject(service: str) -> str:
+    return f"{DEAD_LETTERS_PREFIX}.{service}"

@@ -11,6 +11,8 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
 from baton_contracts.nats import (
+    DEAD_LETTERS_PREFIX,
+    DEAD_LETTERS_STREAM,
     EVENTS_STREAM,
     EVENTS_WILDCARD,
     REPORTS_STREAM,
@@ -40,6 +42,14 @@ STREAMS = (
         storage=StorageType.FILE,
         duplicate_window=DUPLICATE_WINDOW_S,
         max_age=7 * 24 * 3600.0,
+    ),
+    # Messages a service gave up on, with the reason in a header, kept for inspection.
+    StreamConfig(
+        name=DEAD_LETTERS_STREAM,
+        subjects=[f"{DEAD_LETTERS_PREFIX}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=30 * 24 * 3600.0,
     ),
 )
 

@@ -136,3 +136,141 @@ def mqtt_flavour() -> str:
     if forced in ("mosquitto", "nats"):
         return forced
     return "mosquitto" if find_binary("mosquitto") else "nats"
+
+
+# --- Baton's own processes -----------------------------------------------------------------
+
+SERVICE_MODULES = {
+    "dispatcher": "baton_dispatcher",
+    "timeout-scheduler": "baton_timeout_scheduler",
+    "device-bridge": "baton_device_bridge",
+    "api": "baton_api",
+}
+
+
+def start_service(name: str, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
+    """One Baton service as its own process (`python -m baton_<service>`)."""
+    module = SERVICE_MODULES[name]
+    return _spawn_env([sys.executable, "-m", module], log_dir / f"{name}.log", env)
+
+
+def start_simulator(env: dict[str, str], log_dir: Path, args: list[str] | None = None) -> subprocess.Popen[bytes]:
+    return _spawn_env(
+        [sys.executable, "-m", "baton_cli.main", "simulate", *(args or [])],
+        log_dir / "simulator.log",
+        env,
+    )
+
+
+def _spawn_env(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("ab")
+    return subprocess.Popen(
+        args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
+        start_new_session=True,
+    )
+
+
+@dataclass
+class Stack:
+    """nats-server, an MQTT broker, the four services and (optionally) the simulator.
+
+    `make run` and the end-to-end tests both use it, so what the tests prove is what runs.
+    """
+
+    data_dir: Path
+    api_key: str
+    catalog: Path
+    nats_port: int | None = None
+    mqtt_port: int | None = None
+    api_port: int | None = None
+    broker: str = field(default_factory=mqtt_flavour)
+    simulate: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
+    servers: list[Server] = field(default_factory=list)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "log"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.nats_port}"
+
+    @property
+    def mqtt_protocol(self) -> str:
+        return "5" if self.broker == "mosquitto" else "3.1.1"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "BATON_NATS_URL": self.nats_url,
+            "BATON_MQTT_HOST": "127.0.0.1",
+            "BATON_MQTT_PORT": str(self.mqtt_port),
+            "BATON_MQTT_PROTOCOL": self.mqtt_protocol,
+            "BATON_DATA_DIR": str(self.data_dir),
+            "BATON_CATALOG_PATH": str(self.catalog),
+            "BATON_API_HOST": "127.0.0.1",
+            "BATON_API_PORT": str(self.api_port),
+            "BATON_API_KEYS": self.api_key,
+            "BATON_API_URL": self.api_url,
+            "BATON_API_KEY": self.api_key,
+            **self.extra_env,
+        }
+
+    def start_infrastructure(self) -> None:
+        self.nats_port = self.nats_port or free_port()
+        self.mqtt_port = self.mqtt_port or free_port()
+        self.api_port = self.api_port or free_port()
+        self.servers.append(start_nats(self.data_dir / "nats", self.nats_port))
+        if self.broker == "mosquitto":
+            self.servers.append(start_mosquitto(self.data_dir / "mosquitto", self.mqtt_port))
+        else:
+            self.servers.append(
+                start_nats(self.data_dir / "nats-mqtt", free_port(), mqtt_port=self.mqtt_port)
+            )
+
+    def start(self, name: str) -> None:
+        if name == "simulator":
+            self.processes[name] = start_simulator(self.env(), self.log_dir)
+        else:
+            self.processes[name] = start_service(name, self.env(), self.log_dir)
+        if name == "api":
+            wait_for_port("127.0.0.1", self.api_port or 0, self.processes[name], timeout=30)
+
+    def start_all(self) -> None:
+        self.start_infrastructure()
+        for name in ("dispatcher", "timeout-scheduler", "device-bridge", "api"):
+            self.start(name)
+        if self.simulate:
+            self.start("simulator")
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: no chance to clean up, as in a crash."""
+        proc = self.processes.pop(name)
+        proc.kill()
+        proc.wait()
+
+    def stop(self, name: str, timeout: float = 10.0) -> None:
+        proc = self.processes.pop(name)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.processes)):
+            self.stop(name)
+        for server in reversed(self.servers):
+            server.stop()
+        self.servers.clear()
+
+    def dead(self) -> list[str]:
+        return [name for name, proc in self.processes.items() if proc.poll() is not None]

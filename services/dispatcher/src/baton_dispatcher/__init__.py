@@ -1,1 +1,1 @@
-"""Baton."""
+"""The dispatcher: the only writer of the command lifecycle, and the outbox relay."""

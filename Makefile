@@ -1,0 +1,53 @@
+# Baton. `make help` lists the targets. Only python3 and make are needed to start:
+# every target installs what it is missing.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+TOOLS  := .tools
+UV     := $(TOOLS)/bin/uv
+VENV   := .venv
+STAMP  := $(VENV)/.synced
+PYTEST_ARGS ?=
+
+.PHONY: help install broker run stop test test-unit lint fmt bench clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv
+
+$(STAMP): $(UV) uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
+	$(UV) sync --frozen --python $(PYTHON)
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv with every service, the CLI and the dev tools
+
+broker: ## Install Mosquitto when possible (else nats-server's MQTT listener is used)
+	@bash deploy/local/install-broker.sh
+
+run: install broker ## Start NATS, MQTT, the four services and the simulator (Ctrl-C stops)
+	$(VENV)/bin/baton dev run
+
+stop: ## Stop what `make run` started
+	@if [ -x $(VENV)/bin/baton ]; then $(VENV)/bin/baton dev stop; else echo "Nothing to stop."; fi
+
+test: install broker ## Run every test (unit, integration, end-to-end)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-unit: install ## Run the unit tests only
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+lint: install ## ruff and mypy --strict
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy libs/*/src services/*/src
+
+fmt: install ## Format the code
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean: ## Remove the environments and ./var (all local data)
+	rm -rf $(VENV) $(TOOLS) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,100 @@
+"""End-to-end harness: the four services and the simulator as separate processes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from baton_cli.localstack import Stack
+
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "e2e-key"
+TERMINAL = {"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "EXPIRED", "CANCELED"}
+
+
+class Baton:
+    """A thin client over the running stack's HTTP API, with polling helpers."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.http = httpx.Client(
+            base_url=stack.api_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=70
+        )
+
+    def send(self, device: str, name: str, params: dict[str, Any] | None = None,
+             ttl: int | None = None, wait: float | None = None,
+             headers: dict[str, str] | None = None) -> httpx.Response:
+        body: dict[str, Any] = {"name": name, "params": params or {}}
+        if ttl is not None:
+            body["ttl"] = ttl
+        query = {"wait": wait} if wait is not None else {}
+        return self.http.post(f"/v1/devices/{device}/commands", json=body, params=query,
+                              headers=headers or {})
+
+    def get(self, execution_id: str, expand_log: bool = False) -> dict[str, Any]:
+        params = {"expand": "log"} if expand_log else {}
+        response = self.http.get(f"/v1/executions/{execution_id}", params=params)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def wait_for(self, execution_id: str, statuses: set[str], timeout: float = 20.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            response = self.http.get(f"/v1/executions/{execution_id}", params={"expand": "log"})
+            if response.status_code == 200:
+                last = response.json()
+                if last["status"] in statuses:
+                    return last
+            time.sleep(0.05)
+        raise AssertionError(f"{execution_id} never reached {statuses} in {timeout}s; last {last}")
+
+
+def make_stack(tmp: Path, **kwargs: Any) -> Stack:
+    return Stack(data_dir=tmp, api_key=API_KEY, catalog=ROOT / "deploy/catalog/demo.yaml",
+                 **kwargs)
+
+
+def wait_ready(stack: Stack, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert not stack.dead(), f"{stack.dead()} died; logs in {stack.log_dir}"
+        try:
+            if httpx.get(f"{stack.api_url}/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"stack not ready in {timeout}s; logs in {stack.log_dir}")
+
+
+def dump_logs(stack: Stack) -> str:
+    out = []
+    for log in sorted(stack.log_dir.glob("*.log")):
+        out.append(f"==== {log.name}\n" + log.read_text(errors="replace")[-4000:])
+    return "\n".join(out)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = make_stack(tmp_path_factory.mktemp("stack"))
+    try:
+        running.start_all()
+        wait_ready(running)
+        yield running
+    except BaseException:
+        print(dump_logs(running))
+        raise
+    finally:
+        running.stop_all()
+
+
+@pytest.fixture(scope="module")
+def baton(stack: Stack) -> Baton:
+    return Baton(stack)

@@ -1,0 +1,117 @@
+"""One command end to end, through every service, against real NATS and a real broker."""
+
+from __future__ import annotations
+
+import uuid
+
+import nats
+import pytest
+
+from baton_cli.localstack import Stack
+from baton_contracts.nats import SUBMIT_SUBJECT, ExecutionReply, SubmitCommand
+from tests.e2e.conftest import TERMINAL, Baton
+
+pytestmark = pytest.mark.e2e
+
+
+def test_success_with_result_and_log(baton: Baton) -> None:
+    response = baton.send("demo-thermostat-1", "set_temperature", {"value": 23.5}, wait=10)
+    assert response.status_code == 201, response.text
+    execution = response.json()
+    assert execution["status"] == "SUCCEEDED"
+    assert execution["result"] == {"current_temperature": 23.5}
+    assert response.headers["location"].endswith(f"/v1/executions/{execution['id']}")
+    detail = baton.get(execution["id"], expand_log=True)
+    assert [entry["status"] for entry in detail["log"]] == ["STARTED", "SUCCEEDED"]
+    assert detail["log"][-1]["payload"] == {"current_temperature": 23.5}
+
+
+def test_progress_then_success(baton: Baton) -> None:
+    execution = baton.send("demo-thermostat-2", "reboot").json()
+    assert execution["status"] in {"PENDING", "SENT"}
+    done = baton.wait_for(execution["id"], TERMINAL, timeout=15)
+    assert done["status"] == "SUCCEEDED"
+    assert [e["status"] for e in done["log"]] == ["STARTED", "IN_PROGRESS", "SUCCEEDED"]
+
+
+def test_failed(baton: Baton) -> None:
+    execution = baton.send("demo-thermostat-3", "self_test", wait=10).json()
+    assert execution["status"] == "FAILED"
+    assert execution["error"]["message"]
+
+
+def test_rejected(baton: Baton) -> None:
+    execution = baton.send("demo-thermostat-3", "factory_reset", wait=10).json()
+    assert execution["status"] == "REJECTED"
+    assert execution["error"]["message"]
+
+
+def test_silent_device_times_out_soon_after_its_ttl(baton: Baton) -> None:
+    execution = baton.send("demo-silent-1", "reboot", ttl=2).json()
+    sent = baton.wait_for(execution["id"], {"SENT", *TERMINAL}, timeout=5)
+    assert sent["status"] == "SENT"
+    # Deadline = created_at + 2 s; TIMED_OUT must be visible within 2 s after it.
+    done = baton.wait_for(execution["id"], TERMINAL, timeout=2 + 2)
+    assert done["status"] == "TIMED_OUT"
+    assert done["error"]["code"] == "timed_out"
+
+
+def test_cancel(baton: Baton) -> None:
+    execution = baton.send("demo-silent-1", "reboot", ttl=60).json()
+    baton.wait_for(execution["id"], {"SENT"}, timeout=5)
+    canceled = baton.http.post(f"/v1/executions/{execution['id']}/cancel")
+    assert canceled.status_code == 200, canceled.text
+    assert canceled.json()["status"] == "CANCELED"
+    again = baton.http.post(f"/v1/executions/{execution['id']}/cancel")
+    assert again.status_code == 409
+    assert again.headers["content-type"].startswith("application/problem+json")
+    assert baton.get(execution["id"])["status"] == "CANCELED"
+
+
+def test_idempotency_key(baton: Baton) -> None:
+    key = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
+    first = baton.send("demo-thermostat-4", "set_temperature", {"value": 20}, headers=key)
+    second = baton.send("demo-thermostat-4", "set_temperature", {"value": 20}, headers=key)
+    assert first.status_code == 201
+    assert second.status_code in (200, 201)
+    assert first.json()["id"] == second.json()["id"]
+    other = baton.send("demo-thermostat-4", "set_temperature", {"value": 21}, headers=key)
+    assert other.status_code == 409
+    assert other.json()["status"] == 409
+
+
+def test_errors_are_problems(baton: Baton) -> None:
+    no_key = baton.http.post("/v1/devices/demo-thermostat-1/commands",
+                             json={"name": "reboot"}, headers={"Authorization": ""})
+    assert no_key.status_code == 401
+    assert no_key.headers["content-type"].startswith("application/problem+json")
+    unknown = baton.send("no-such-device", "reboot")
+    assert unknown.status_code == 404
+    assert unknown.json()["status"] == 404
+    invalid = baton.send("demo-thermostat-1", "set_temperature", {"value": 99})
+    assert invalid.status_code == 422
+    fields = [e["field"] for e in invalid.json()["errors"]]
+    assert fields == ["params.value"]
+    unknown_command = baton.send("demo-thermostat-1", "dance")
+    assert unknown_command.status_code == 422
+    assert unknown_command.json()["errors"][0]["field"] == "name"
+
+
+async def test_command_submitted_over_nats_shows_in_the_api(stack: Stack, baton: Baton) -> None:
+    nc = await nats.connect(stack.nats_url)
+    try:
+        command = SubmitCommand(device_id="demo-thermostat-5", name="set_temperature",
+                                params={"value": 19}, source="e2e-client")
+        msg = await nc.request(SUBMIT_SUBJECT, command.model_dump_json().encode(), timeout=5)
+    finally:
+        await nc.close()
+    reply = ExecutionReply.model_validate_json(msg.data)
+    assert reply.problem is None
+    assert reply.execution is not None
+    done = baton.wait_for(str(reply.execution.id), TERMINAL, timeout=10)
+    assert done["status"] == "SUCCEEDED"
+    assert done["result"] == {"current_temperature": 19}
+    listed = baton.http.get("/v1/devices/demo-thermostat-5/executions",
+                            params={"status": "SUCCEEDED"}).json()
+    assert str(reply.execution.id) in [item["id"] for item in listed["items"]]
+    assert listed["total_count"] >= 1

@@ -1,0 +1,103 @@
+"""Kill -9 safety: services killed at the worst moment and restarted lose nothing."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from baton_cli.localstack import Stack
+from tests.e2e.conftest import TERMINAL, Baton, dump_logs, make_stack, wait_ready
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def own_stack(tmp_path: Path) -> Iterator[Stack]:
+    running = make_stack(tmp_path / "stack")
+    try:
+        running.start_all()
+        wait_ready(running)
+        yield running
+    except BaseException:
+        print(dump_logs(running))
+        raise
+    finally:
+        running.stop_all()
+
+
+def test_timeout_scheduler_killed_and_restarted_before_the_deadline(own_stack: Stack) -> None:
+    baton = Baton(own_stack)
+    execution = baton.send("demo-silent-1", "reboot", ttl=4).json()
+    baton.wait_for(execution["id"], {"SENT"}, timeout=5)
+    own_stack.kill("timeout-scheduler")
+    own_stack.start("timeout-scheduler")
+    done = baton.wait_for(execution["id"], TERMINAL, timeout=4 + 4)
+    assert done["status"] == "TIMED_OUT"
+
+
+def test_timeout_scheduler_down_past_the_deadline_fires_when_back(own_stack: Stack) -> None:
+    baton = Baton(own_stack)
+    execution = baton.send("demo-silent-1", "reboot", ttl=1).json()
+    baton.wait_for(execution["id"], {"SENT"}, timeout=5)
+    own_stack.kill("timeout-scheduler")
+    # The deadline passes while nobody watches it; nothing may end the execution meanwhile.
+    assert baton.get(execution["id"])["status"] == "SENT"
+    own_stack.start("timeout-scheduler")
+    done = baton.wait_for(execution["id"], TERMINAL, timeout=10)
+    assert done["status"] == "TIMED_OUT"
+
+
+def test_dispatcher_killed_mid_flight_and_restarted(own_stack: Stack) -> None:
+    baton = Baton(own_stack)
+    # reboot answers over ~2 s: kill the dispatcher while the device is still answering.
+    execution = baton.send("demo-thermostat-1", "reboot").json()
+    baton.wait_for(execution["id"], {"SENT", "ACKNOWLEDGED", "IN_PROGRESS"}, timeout=5)
+    own_stack.kill("dispatcher")
+    own_stack.start("dispatcher")
+    done = baton.wait_for(execution["id"], TERMINAL, timeout=20)
+    assert done["status"] == "SUCCEEDED"
+    assert [e["status"] for e in done["log"]] == ["STARTED", "IN_PROGRESS", "SUCCEEDED"]
+    # And the restarted dispatcher takes new commands.
+    after = baton.send("demo-thermostat-2", "set_temperature", {"value": 30}, wait=10).json()
+    assert after["status"] == "SUCCEEDED"
+
+
+def _rows(path: Path) -> dict[str, list[tuple[object, ...]]]:
+    with sqlite3.connect(path) as db:
+        tables = [r[0] for r in db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        return {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
+
+
+def test_views_deleted_and_replayed_are_identical(own_stack: Stack) -> None:
+    baton = Baton(own_stack)
+    ids = [
+        baton.send("demo-thermostat-1", "set_temperature", {"value": 25}, wait=10).json()["id"],
+        baton.send("demo-thermostat-2", "self_test", wait=10).json()["id"],
+        baton.send("demo-thermostat-3", "factory_reset", wait=10).json()["id"],
+        baton.send("demo-silent-1", "reboot", ttl=1).json()["id"],
+    ]
+    for execution_id in ids:
+        baton.wait_for(execution_id, TERMINAL, timeout=10)
+    own_stack.stop("api")  # the api runs the projection: stop it so the views are at rest
+    views = own_stack.data_dir / "views.sqlite"
+    before = _rows(views)
+    assert len(before["executions"]) == len(ids)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{views}{suffix}").unlink(missing_ok=True)
+    replay = subprocess.run(
+        [sys.executable, "-m", "baton_cli.main", "replay"],
+        env={**os.environ, **own_stack.env()}, capture_output=True, text=True,
+        timeout=60, check=False,
+    )
+    assert replay.returncode == 0, replay.stderr + replay.stdout
+    assert _rows(views) == before
+    own_stack.start("api")
+    wait_ready(own_stack)
+    assert Baton(own_stack).get(ids[0])["status"] == "SUCCEEDED"

@@ -1,0 +1,115 @@
+"""The Executions application, one narrative run against every persistence backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+from baton_domain.application import Executions, RequestCommand
+from baton_domain.catalog import Catalog
+from baton_domain.errors import (
+    ExecutionNotFound,
+    IdempotencyConflict,
+    IllegalTransition,
+    InvalidCommand,
+    UnknownDevice,
+)
+from baton_domain.statuses import AnswerStatus, ExecutionStatus
+
+DEMO = Path(__file__).resolve().parents[2] / "deploy" / "catalog" / "demo.yaml"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture(params=["popo", "sqlite"])
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    if request.param == "popo":
+        yield {"PERSISTENCE_MODULE": "eventsourcing.popo"}
+    else:
+        yield {"PERSISTENCE_MODULE": "eventsourcing.sqlite",
+               "SQLITE_DBNAME": str(tmp_path / "events.sqlite")}
+
+
+def test_an_execution_from_request_to_success(env: dict[str, str]) -> None:
+    clock = Clock()
+    app = Executions(Catalog.from_yaml(DEMO), env=env, clock=clock)
+    outcome = app.request(RequestCommand("demo-thermostat-1", "set_temperature", {"value": 21}, None))
+    assert outcome.created and outcome.position is not None
+    execution_id = outcome.execution.id
+    assert outcome.execution.status is ExecutionStatus.PENDING
+    assert outcome.execution.ttl == 30  # the command's default
+    assert outcome.execution.deadline == clock.now + timedelta(seconds=30)
+
+    assert app.record_published(execution_id).changed
+    assert not app.record_published(execution_id).changed  # at-least-once delivery
+    app.record_answer(execution_id, "demo-thermostat-1", "a", AnswerStatus.STARTED, {}, clock.now)
+    done = app.record_answer(
+        execution_id, "demo-thermostat-1", "b", AnswerStatus.SUCCEEDED,
+        {"current_temperature": 21}, clock.now,
+    )
+    assert done.execution.status is ExecutionStatus.SUCCEEDED
+    assert app.get(execution_id).result == {"current_temperature": 21}
+    types = [type(e).__name__ for e in app.events_of(execution_id)]
+    assert types == ["Requested", "Dispatched", "Published", "Acknowledged", "Succeeded"]
+
+    clock.now += timedelta(seconds=31)
+    assert not app.reach_deadline(execution_id).changed  # already ended
+    with pytest.raises(IllegalTransition):
+        app.cancel(execution_id, "too late")
+
+    # Positions in the notification log grow with every stored event.
+    notifications = app.recorder.select_notifications(start=1, limit=100)
+    assert [n.id for n in notifications] == sorted(n.id for n in notifications)
+    assert notifications[-1].id == done.position
+
+
+def test_deadline_expires_or_times_out(env: dict[str, str]) -> None:
+    clock = Clock()
+    app = Executions(Catalog.from_yaml(DEMO), env=env, clock=clock)
+    pending = app.request(RequestCommand("demo-silent-1", "reboot", {}, 5)).execution.id
+    sent = app.request(RequestCommand("demo-silent-1", "reboot", {}, 5)).execution.id
+    app.record_published(sent)
+    clock.now += timedelta(seconds=5)
+    assert app.reach_deadline(pending).execution.status is ExecutionStatus.EXPIRED
+    assert app.reach_deadline(sent).execution.status is ExecutionStatus.TIMED_OUT
+
+
+def test_idempotency_key(env: dict[str, str]) -> None:
+    app = Executions(Catalog.from_yaml(DEMO), env=env)
+    first = RequestCommand("demo-thermostat-1", "reboot", {}, None, idempotency_key="k1", principal="p")
+    a = app.request(first)
+    b = app.request(first)
+    assert a.created and not b.created
+    assert a.execution.id == b.execution.id
+    # Another principal's identical key is another request.
+    other = RequestCommand("demo-thermostat-1", "reboot", {}, None, idempotency_key="k1", principal="q")
+    assert app.request(other).execution.id != a.execution.id
+    changed = RequestCommand("demo-thermostat-2", "reboot", {}, None, idempotency_key="k1", principal="p")
+    with pytest.raises(IdempotencyConflict):
+        app.request(changed)
+
+
+def test_bad_requests_store_nothing(env: dict[str, str]) -> None:
+    app = Executions(Catalog.from_yaml(DEMO), env=env)
+    with pytest.raises(UnknownDevice):
+        app.request(RequestCommand("nope", "reboot", {}, None))
+    with pytest.raises(InvalidCommand) as unknown:
+        app.request(RequestCommand("demo-thermostat-1", "dance", {}, None))
+    assert unknown.value.errors[0].field == "name"
+    with pytest.raises(InvalidCommand) as invalid:
+        app.request(RequestCommand("demo-thermostat-1", "set_temperature", {"value": 99}, None))
+    assert [e.field for e in invalid.value.errors] == ["params.value"]
+    assert "maximum" in invalid.value.errors[0].reason
+    assert app.recorder.select_notifications(start=1, limit=10) == []
+    with pytest.raises(ExecutionNotFound):
+        app.get(uuid4())
