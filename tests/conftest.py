@@ -34,14 +34,21 @@ def mqtt_broker(tmp_path: Path) -> Iterator[Server]:
     else:
         mqtt_port = free_port()
         nats = start_nats(tmp_path / "nats-mqtt", mqtt_port=mqtt_port)
-        server = Server("nats-mqtt", nats.proc, f"mqtt://127.0.0.1:{mqtt_port}", mqtt_port,
-                        {"protocol": "3.1.1"})
+        server = Server(
+            "nats-mqtt",
+            nats.proc,
+            f"mqtt://127.0.0.1:{mqtt_port}",
+            mqtt_port,
+            {"protocol": "3.1.1"},
+        )
     yield server
     server.stop()
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T | None]], timeout: float = 10.0, interval: float = 0.05,
+    probe: Callable[[], Awaitable[T | None]],
+    timeout: float = 10.0,
+    interval: float = 0.05,
     what: str = "condition",
 ) -> T:
     """Poll `probe` until it returns something truthy; fail after `timeout` seconds."""
@@ -56,7 +63,9 @@ async def eventually(
 
 
 def eventually_sync(
-    probe: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.05,
+    probe: Callable[[], T | None],
+    timeout: float = 10.0,
+    interval: float = 0.05,
     what: str = "condition",
 ) -> T:
     deadline = time.monotonic() + timeout

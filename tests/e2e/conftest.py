@@ -26,15 +26,22 @@ class Baton:
             base_url=stack.api_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=70
         )
 
-    def send(self, device: str, name: str, params: dict[str, Any] | None = None,
-             ttl: int | None = None, wait: float | None = None,
-             headers: dict[str, str] | None = None) -> httpx.Response:
+    def send(
+        self,
+        device: str,
+        name: str,
+        params: dict[str, Any] | None = None,
+        ttl: int | None = None,
+        wait: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
         body: dict[str, Any] = {"name": name, "params": params or {}}
         if ttl is not None:
             body["ttl"] = ttl
         query = {"wait": wait} if wait is not None else {}
-        return self.http.post(f"/v1/devices/{device}/commands", json=body, params=query,
-                              headers=headers or {})
+        return self.http.post(
+            f"/v1/devices/{device}/commands", json=body, params=query, headers=headers or {}
+        )
 
     def get(self, execution_id: str, expand_log: bool = False) -> dict[str, Any]:
         params = {"expand": "log"} if expand_log else {}
@@ -43,7 +50,9 @@ class Baton:
         body: dict[str, Any] = response.json()
         return body
 
-    def wait_for(self, execution_id: str, statuses: set[str], timeout: float = 20.0) -> dict[str, Any]:
+    def wait_for(
+        self, execution_id: str, statuses: set[str], timeout: float = 20.0
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         last: dict[str, Any] = {}
         while time.monotonic() < deadline:
@@ -57,8 +66,7 @@ class Baton:
 
 
 def make_stack(tmp: Path, **kwargs: Any) -> Stack:
-    return Stack(data_dir=tmp, api_key=API_KEY, catalog=ROOT / "deploy/catalog/demo.yaml",
-                 **kwargs)
+    return Stack(data_dir=tmp, api_key=API_KEY, catalog=ROOT / "deploy/catalog/demo.yaml", **kwargs)
 
 
 def wait_ready(stack: Stack, timeout: float = 30.0) -> None:

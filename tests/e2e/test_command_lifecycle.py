@@ -81,8 +81,11 @@ def test_idempotency_key(baton: Baton) -> None:
 
 
 def test_errors_are_problems(baton: Baton) -> None:
-    no_key = baton.http.post("/v1/devices/demo-thermostat-1/commands",
-                             json={"name": "reboot"}, headers={"Authorization": ""})
+    no_key = baton.http.post(
+        "/v1/devices/demo-thermostat-1/commands",
+        json={"name": "reboot"},
+        headers={"Authorization": ""},
+    )
     assert no_key.status_code == 401
     assert no_key.headers["content-type"].startswith("application/problem+json")
     unknown = baton.send("no-such-device", "reboot")
@@ -100,8 +103,12 @@ def test_errors_are_problems(baton: Baton) -> None:
 async def test_command_submitted_over_nats_shows_in_the_api(stack: Stack, baton: Baton) -> None:
     nc = await nats.connect(stack.nats_url)
     try:
-        command = SubmitCommand(device_id="demo-thermostat-5", name="set_temperature",
-                                params={"value": 19}, source="e2e-client")
+        command = SubmitCommand(
+            device_id="demo-thermostat-5",
+            name="set_temperature",
+            params={"value": 19},
+            source="e2e-client",
+        )
         msg = await nc.request(SUBMIT_SUBJECT, command.model_dump_json().encode(), timeout=5)
     finally:
         await nc.close()
@@ -111,7 +118,8 @@ async def test_command_submitted_over_nats_shows_in_the_api(stack: Stack, baton:
     done = baton.wait_for(str(reply.execution.id), TERMINAL, timeout=10)
     assert done["status"] == "SUCCEEDED"
     assert done["result"] == {"current_temperature": 19}
-    listed = baton.http.get("/v1/devices/demo-thermostat-5/executions",
-                            params={"status": "SUCCEEDED"}).json()
+    listed = baton.http.get(
+        "/v1/devices/demo-thermostat-5/executions", params={"status": "SUCCEEDED"}
+    ).json()
     assert str(reply.execution.id) in [item["id"] for item in listed["items"]]
     assert listed["total_count"] >= 1

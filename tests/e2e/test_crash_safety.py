@@ -70,8 +70,12 @@ def test_dispatcher_killed_mid_flight_and_restarted(own_stack: Stack) -> None:
 
 def _rows(path: Path) -> dict[str, list[tuple[object, ...]]]:
     with sqlite3.connect(path) as db:
-        tables = [r[0] for r in db.execute(
-            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        tables = [
+            r[0]
+            for r in db.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
         return {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
 
 
@@ -93,8 +97,11 @@ def test_views_deleted_and_replayed_are_identical(own_stack: Stack) -> None:
         Path(f"{views}{suffix}").unlink(missing_ok=True)
     replay = subprocess.run(
         [sys.executable, "-m", "baton_cli.main", "replay"],
-        env={**os.environ, **own_stack.env()}, capture_output=True, text=True,
-        timeout=60, check=False,
+        env={**os.environ, **own_stack.env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert replay.returncode == 0, replay.stderr + replay.stdout
     assert _rows(views) == before

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,8 +42,12 @@ DEMO = Path(__file__).resolve().parents[2] / "deploy" / "catalog" / "demo.yaml"
 
 @pytest.fixture
 def settings(nats_server: Server, tmp_path: Path) -> Settings:
-    return Settings(nats_url=nats_server.url, data_dir=tmp_path / "data", catalog_path=DEMO,
-                    relay_poll_interval=0.2)
+    return Settings(
+        nats_url=nats_server.url,
+        data_dir=tmp_path / "data",
+        catalog_path=DEMO,
+        relay_poll_interval=0.2,
+    )
 
 
 @pytest.fixture
@@ -63,7 +66,9 @@ async def nc(nats_server: Server) -> AsyncIterator[Client]:
 
 
 async def submit(nc: Client, **fields: object) -> ExecutionReply:
-    command = SubmitCommand.model_validate({"device_id": "demo-thermostat-1", "name": "reboot", **fields})
+    command = SubmitCommand.model_validate(
+        {"device_id": "demo-thermostat-1", "name": "reboot", **fields}
+    )
     msg = await nc.request(SUBMIT_SUBJECT, command.model_dump_json().encode(), timeout=5)
     return ExecutionReply.model_validate_json(msg.data)
 
@@ -78,15 +83,29 @@ async def stream_events(js: JetStreamContext) -> list[LifecycleEvent]:
     return events
 
 
-async def report(js: JetStreamContext, execution_id: UUID, kind: str = "answer",
-                 status: str | None = None, device: str = "demo-thermostat-1",
-                 report_id: str | None = None, payload: dict[str, object] | None = None) -> None:
-    body = DeviceReport(kind=kind,  # type: ignore[arg-type]
-                        report_id=report_id or f"r-{uuid4()}", device_id=device,
-                        execution_id=execution_id, status=status,  # type: ignore[arg-type]
-                        payload=payload or {}, received_at=datetime.now(UTC))
-    await js.publish(report_subject(device), body.model_dump_json().encode(),
-                     headers={"Nats-Msg-Id": body.report_id})
+async def report(
+    js: JetStreamContext,
+    execution_id: UUID,
+    kind: str = "answer",
+    status: str | None = None,
+    device: str = "demo-thermostat-1",
+    report_id: str | None = None,
+    payload: dict[str, object] | None = None,
+) -> None:
+    body = DeviceReport(
+        kind=kind,  # type: ignore[arg-type]
+        report_id=report_id or f"r-{uuid4()}",
+        device_id=device,
+        execution_id=execution_id,
+        status=status,  # type: ignore[arg-type]
+        payload=payload or {},
+        received_at=datetime.now(UTC),
+    )
+    await js.publish(
+        report_subject(device),
+        body.model_dump_json().encode(),
+        headers={"Nats-Msg-Id": body.report_id},
+    )
 
 
 async def types_of(js: JetStreamContext, execution_id: UUID) -> list[str]:
@@ -107,8 +126,10 @@ async def test_submit_relays_events_and_applies_reports(dispatcher: Dispatcher, 
     await report(js, execution_id, kind="published")
     await report(js, execution_id, status="STARTED")
     await report(js, execution_id, status="SUCCEEDED", payload={"current_temperature": 22})
-    await eventually(lambda: relayed("Requested", "Dispatched", "Published", "Acknowledged",
-                                     "Succeeded"), what="answers applied")
+    await eventually(
+        lambda: relayed("Requested", "Dispatched", "Published", "Acknowledged", "Succeeded"),
+        what="answers applied",
+    )
     events = await stream_events(js)
     assert [e.notification_id for e in events] == sorted(e.notification_id for e in events)
     assert events[-1].data["answer"]["payload"] == {"current_temperature": 22}
@@ -132,21 +153,47 @@ async def test_cancel_and_deadline(dispatcher: Dispatcher, nc: Client) -> None:
     reply = await submit(nc, ttl=60)
     assert reply.execution is not None
     execution_id = reply.execution.id
-    msg = await nc.request(CANCEL_SUBJECT, CancelCommand(execution_id=execution_id).model_dump_json().encode(), timeout=5)
+    msg = await nc.request(
+        CANCEL_SUBJECT,
+        CancelCommand(execution_id=execution_id).model_dump_json().encode(),
+        timeout=5,
+    )
     canceled = ExecutionReply.model_validate_json(msg.data)
     assert canceled.execution is not None and canceled.execution.status == "CANCELED"
     again = ExecutionReply.model_validate_json(
-        (await nc.request(CANCEL_SUBJECT, CancelCommand(execution_id=execution_id).model_dump_json().encode(), timeout=5)).data)
+        (
+            await nc.request(
+                CANCEL_SUBJECT,
+                CancelCommand(execution_id=execution_id).model_dump_json().encode(),
+                timeout=5,
+            )
+        ).data
+    )
     assert again.problem is not None and again.problem.status == 409
 
     early = await submit(nc, ttl=60)
     assert early.execution is not None
     due = DeadlineDue(execution_id=early.execution.id).model_dump_json().encode()
-    assert DeadlineReply.model_validate_json((await nc.request(DEADLINE_SUBJECT, due, timeout=5)).data).outcome == "not-yet"
+    assert (
+        DeadlineReply.model_validate_json(
+            (await nc.request(DEADLINE_SUBJECT, due, timeout=5)).data
+        ).outcome
+        == "not-yet"
+    )
     ended = DeadlineDue(execution_id=execution_id).model_dump_json().encode()
-    assert DeadlineReply.model_validate_json((await nc.request(DEADLINE_SUBJECT, ended, timeout=5)).data).outcome == "ignored"
+    assert (
+        DeadlineReply.model_validate_json(
+            (await nc.request(DEADLINE_SUBJECT, ended, timeout=5)).data
+        ).outcome
+        == "ignored"
+    )
     ghost = DeadlineDue(execution_id=uuid4()).model_dump_json().encode()
-    assert DeadlineReply.model_validate_json((await nc.request(DEADLINE_SUBJECT, ghost, timeout=5)).data).outcome == "unknown"
+    assert (
+        DeadlineReply.model_validate_json(
+            (await nc.request(DEADLINE_SUBJECT, ghost, timeout=5)).data
+        ).outcome
+        == "unknown"
+    )
 
 
 async def test_deadline_expires_a_pending_execution(dispatcher: Dispatcher, nc: Client) -> None:
@@ -159,7 +206,9 @@ async def test_deadline_expires_a_pending_execution(dispatcher: Dispatcher, nc: 
         return DeadlineReply.model_validate_json(answer.data).outcome == "applied"
 
     await eventually(applied, timeout=5, interval=0.2, what="deadline applied")
-    await eventually(lambda: _has(nc.jetstream(), reply.execution.id, "Expired"), what="Expired relayed")  # type: ignore[union-attr]
+    await eventually(
+        lambda: _has(nc.jetstream(), reply.execution.id, "Expired"), what="Expired relayed"
+    )  # type: ignore[union-attr]
 
 
 async def _has(js: JetStreamContext, execution_id: UUID, event_type: str) -> bool:
@@ -167,7 +216,8 @@ async def _has(js: JetStreamContext, execution_id: UUID, event_type: str) -> boo
 
 
 async def test_reports_from_another_device_or_for_unknown_executions_are_dropped(
-    dispatcher: Dispatcher, nc: Client,
+    dispatcher: Dispatcher,
+    nc: Client,
 ) -> None:
     js = nc.jetstream()
     rejections: asyncio.Queue[ReportRejected] = asyncio.Queue()
@@ -199,7 +249,9 @@ async def test_malformed_reports_are_dead_lettered(dispatcher: Dispatcher, nc: C
     assert reply.execution is not None
 
 
-async def test_relay_resumes_after_restart_without_duplicates(settings: Settings, nc: Client) -> None:
+async def test_relay_resumes_after_restart_without_duplicates(
+    settings: Settings, nc: Client
+) -> None:
     js = nc.jetstream()
     first = Dispatcher(settings)
     await first.start()
@@ -221,4 +273,3 @@ async def test_relay_resumes_after_restart_without_duplicates(settings: Settings
 
 async def _count(js: JetStreamContext, n: int) -> bool:
     return (await js.stream_info(EVENTS_STREAM)).state.messages == n
-

@@ -36,14 +36,18 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, st
     if request.param == "popo":
         yield {"PERSISTENCE_MODULE": "eventsourcing.popo"}
     else:
-        yield {"PERSISTENCE_MODULE": "eventsourcing.sqlite",
-               "SQLITE_DBNAME": str(tmp_path / "events.sqlite")}
+        yield {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(tmp_path / "events.sqlite"),
+        }
 
 
 def test_an_execution_from_request_to_success(env: dict[str, str]) -> None:
     clock = Clock()
     app = Executions(Catalog.from_yaml(DEMO), env=env, clock=clock)
-    outcome = app.request(RequestCommand("demo-thermostat-1", "set_temperature", {"value": 21}, None))
+    outcome = app.request(
+        RequestCommand("demo-thermostat-1", "set_temperature", {"value": 21}, None)
+    )
     assert outcome.created and outcome.position is not None
     execution_id = outcome.execution.id
     assert outcome.execution.status is ExecutionStatus.PENDING
@@ -54,8 +58,12 @@ def test_an_execution_from_request_to_success(env: dict[str, str]) -> None:
     assert not app.record_published(execution_id).changed  # at-least-once delivery
     app.record_answer(execution_id, "demo-thermostat-1", "a", AnswerStatus.STARTED, {}, clock.now)
     done = app.record_answer(
-        execution_id, "demo-thermostat-1", "b", AnswerStatus.SUCCEEDED,
-        {"current_temperature": 21}, clock.now,
+        execution_id,
+        "demo-thermostat-1",
+        "b",
+        AnswerStatus.SUCCEEDED,
+        {"current_temperature": 21},
+        clock.now,
     )
     assert done.execution.status is ExecutionStatus.SUCCEEDED
     assert app.get(execution_id).result == {"current_temperature": 21}
@@ -86,15 +94,21 @@ def test_deadline_expires_or_times_out(env: dict[str, str]) -> None:
 
 def test_idempotency_key(env: dict[str, str]) -> None:
     app = Executions(Catalog.from_yaml(DEMO), env=env)
-    first = RequestCommand("demo-thermostat-1", "reboot", {}, None, idempotency_key="k1", principal="p")
+    first = RequestCommand(
+        "demo-thermostat-1", "reboot", {}, None, idempotency_key="k1", principal="p"
+    )
     a = app.request(first)
     b = app.request(first)
     assert a.created and not b.created
     assert a.execution.id == b.execution.id
     # Another principal's identical key is another request.
-    other = RequestCommand("demo-thermostat-1", "reboot", {}, None, idempotency_key="k1", principal="q")
+    other = RequestCommand(
+        "demo-thermostat-1", "reboot", {}, None, idempotency_key="k1", principal="q"
+    )
     assert app.request(other).execution.id != a.execution.id
-    changed = RequestCommand("demo-thermostat-2", "reboot", {}, None, idempotency_key="k1", principal="p")
+    changed = RequestCommand(
+        "demo-thermostat-2", "reboot", {}, None, idempotency_key="k1", principal="p"
+    )
     with pytest.raises(IdempotencyConflict):
         app.request(changed)
 

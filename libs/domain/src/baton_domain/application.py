@@ -45,7 +45,12 @@ class RequestCommand:
     source: str = "api"
 
     def fingerprint(self) -> str:
-        body = {"device_id": self.device_id, "name": self.name, "params": self.params, "ttl": self.ttl}
+        body = {
+            "device_id": self.device_id,
+            "name": self.name,
+            "params": self.params,
+            "ttl": self.ttl,
+        }
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -84,7 +89,9 @@ class Executions(Application[UUID]):
     # --- commands ---------------------------------------------------------------------------
 
     def request(self, command: RequestCommand) -> Outcome:
-        resolved = self.catalog.resolve(command.device_id, command.name, command.params, command.ttl)
+        resolved = self.catalog.resolve(
+            command.device_id, command.name, command.params, command.ttl
+        )
         execution_id = command.execution_id()
         now = self.clock()
         execution = CommandExecution(
@@ -154,9 +161,7 @@ class Executions(Application[UUID]):
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    def _update(
-        self, execution_id: UUID, change: Callable[[CommandExecution], bool]
-    ) -> Outcome:
+    def _update(self, execution_id: UUID, change: Callable[[CommandExecution], bool]) -> Outcome:
         """Load, apply one domain method, save; retry when another writer got there first."""
         for attempt in range(CONFLICT_RETRIES):
             execution = self.get(execution_id)

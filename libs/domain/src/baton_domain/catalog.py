@@ -1,4 +1,5 @@
-"""The device catalog: device types declare commands (params schema, default TTL); devices have a type.
+"""The device catalog: device types declare commands (params schema, default TTL);
+devices have a type.
 
 Loaded from YAML. Requests are checked here, so the same rules hold for HTTP and NATS.
 """

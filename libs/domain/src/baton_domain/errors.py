@@ -60,9 +60,7 @@ class IdempotencyConflict(DomainError):
     code = "idempotency-conflict"
 
     def __init__(self, key: str) -> None:
-        super().__init__(
-            f"idempotency key {key!r} was already used with a different request"
-        )
+        super().__init__(f"idempotency key {key!r} was already used with a different request")
         self.key = key
 
 

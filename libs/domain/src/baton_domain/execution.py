@@ -25,7 +25,9 @@ SENT_LIKE = frozenset(
 )
 
 
-def answer_entry(report_id: str, status: AnswerStatus, payload: JSON, received_at: datetime) -> JSON:
+def answer_entry(
+    report_id: str, status: AnswerStatus, payload: JSON, received_at: datetime
+) -> JSON:
     """One device answer as it is kept in the stream and shown in the execution's log."""
     return {
         "report_id": report_id,
@@ -90,7 +92,7 @@ class CommandExecution(Aggregate):
         answer: JSON
 
     class AnswerRecorded(Aggregate.Event):
-        """An answer that changes no status (late, after the end, or out of order): kept in the log."""
+        """An answer that changes no status (late, or out of order): kept in the log."""
 
         TOPIC = f"{_T}:AnswerRecorded"
         answer: JSON
@@ -110,9 +112,9 @@ class CommandExecution(Aggregate):
     # --- creation -------------------------------------------------------------------------
 
     @event(Requested)
-    def __init__(  # noqa: PLR0913 - the event's fields
+    def __init__(
         self,
-        id: UUID,  # noqa: A002 - the library passes the originator id by this name
+        id: UUID,
         device_id: str,
         device_type: str,
         name: str,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 
+from nats.js import JetStreamContext
+
 from baton_contracts.nats import (
     DEAD_LETTER_REASON_HEADER,
     DEAD_LETTER_SUBJECT_HEADER,
     DEAD_LETTERS_STREAM,
     dead_letter_subject,
 )
-from nats.js import JetStreamContext
-
 from baton_platform.metrics import DEAD_LETTERS
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from baton_domain.application import Executions
 from baton_domain.catalog import Catalog
-
 from baton_platform.settings import Settings
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
+
+from eventsourcing.domain import DomainEvent, DomainEventProtocol
+from eventsourcing.persistence import Notification
+from pydantic_core import to_jsonable_python
 
 from baton_contracts.nats import ExecutionState, LifecycleEvent
 from baton_domain.execution import CommandExecution
-from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import Notification
-from pydantic_core import to_jsonable_python
 
 _ENVELOPE = {"originator_id", "originator_version", "timestamp", "originator_topic"}
 
@@ -30,7 +31,7 @@ def execution_state(execution: CommandExecution) -> ExecutionState:
     )
 
 
-def lifecycle_event(notification: Notification[Any], event: DomainEventProtocol[Any]) -> LifecycleEvent:
+def lifecycle_event(notification: Notification, event: DomainEventProtocol[Any]) -> LifecycleEvent:
     """A stored event as the outbox relay publishes it and the projection consumes it."""
     assert notification.id is not None
     fields = {
@@ -43,6 +44,6 @@ def lifecycle_event(notification: Notification[Any], event: DomainEventProtocol[
         execution_id=event.originator_id,
         version=event.originator_version,
         type=type(event).__name__,
-        occurred_at=event.timestamp,
+        occurred_at=cast(DomainEvent, event).timestamp,
         data=to_jsonable_python(fields),
     )

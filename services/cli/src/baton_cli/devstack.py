@@ -19,7 +19,9 @@ import typer
 
 from baton_cli.localstack import Stack, mqtt_flavour
 
-dev_app = typer.Typer(help="Run the whole stack locally (what `make run` does).", no_args_is_help=True)
+dev_app = typer.Typer(
+    help="Run the whole stack locally (what `make run` does).", no_args_is_help=True
+)
 
 PID_FILE = "run/devstack.pid"
 
@@ -39,13 +41,14 @@ def _wait_ready(url: str, timeout: float = 60.0) -> bool:
 
 def _banner(stack: Stack) -> str:
     key = stack.api_key
+    broker = "Mosquitto" if stack.broker == "mosquitto" else "nats-server's MQTT listener"
     body = json.dumps({"name": "set_temperature", "params": {"value": 22}})
     return f"""
 Baton is running.
   API        {stack.api_url}   (docs: {stack.api_url}/schema/swagger)
   API key    {key}
   NATS       {stack.nats_url}
-  MQTT       mqtt://127.0.0.1:{stack.mqtt_port} ({"Mosquitto" if stack.broker == "mosquitto" else "nats-server MQTT listener"})
+  MQTT       mqtt://127.0.0.1:{stack.mqtt_port} ({broker})
   Data/logs  {stack.data_dir}/  (logs in {stack.log_dir}/)
 
 Send a first command:
@@ -75,8 +78,14 @@ def run(
     if broker == "nats":
         typer.echo("Mosquitto is not installed: using nats-server's MQTT listener (MQTT 3.1.1).")
     stack = Stack(
-        data_dir=data_dir, api_key=api_key, catalog=catalog.resolve(), nats_port=nats_port,
-        mqtt_port=mqtt_port, api_port=api_port, broker=broker, simulate=simulate,
+        data_dir=data_dir,
+        api_key=api_key,
+        catalog=catalog.resolve(),
+        nats_port=nats_port,
+        mqtt_port=mqtt_port,
+        api_port=api_port,
+        broker=broker,
+        simulate=simulate,
     )
     pid_file = data_dir / PID_FILE
     pid_file.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +107,9 @@ def run(
         while not stopping:
             dead = stack.dead()
             if dead:
-                typer.echo(f"{', '.join(dead)} stopped unexpectedly; see {stack.log_dir}/", err=True)
+                typer.echo(
+                    f"{', '.join(dead)} stopped unexpectedly; see {stack.log_dir}/", err=True
+                )
                 raise typer.Exit(1)
             time.sleep(0.5)
     finally:

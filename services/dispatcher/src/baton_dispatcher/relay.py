@@ -12,6 +12,9 @@ import asyncio
 import contextlib
 import logging
 
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
 from baton_contracts.nats import (
     EVENTS_STREAM,
     NOTIFICATION_ID_HEADER,
@@ -20,8 +23,6 @@ from baton_contracts.nats import (
 )
 from baton_domain.application import Executions
 from baton_platform.mapping import lifecycle_event
-from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,9 @@ class OutboxRelay:
 
     def _read(self, after: int) -> list[LifecycleEvent]:
         notifications = self._executions.recorder.select_notifications(start=after + 1, limit=BATCH)
-        return [lifecycle_event(n, self._executions.mapper.to_domain_event(n)) for n in notifications]
+        return [
+            lifecycle_event(n, self._executions.mapper.to_domain_event(n)) for n in notifications
+        ]
 
     async def publish(self, event: LifecycleEvent) -> None:
         notification_id = str(event.notification_id)
