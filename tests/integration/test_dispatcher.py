@@ -75,7 +75,9 @@ async def submit(nc: Client, **fields: object) -> ExecutionReply:
 
 async def stream_events(js: JetStreamContext) -> list[LifecycleEvent]:
     info = await js.stream_info(EVENTS_STREAM)
-    events = []
+    events: list[LifecycleEvent] = []
+    if info.state.messages == 0:
+        return events
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
         msg = await js.get_msg(EVENTS_STREAM, seq=seq)
         assert msg.data is not None

@@ -1,1 +1,32 @@
-"""Baton."""
+"""Baton's execution views: SQLite read models projected from the event store.
+
+`ExecutionViews` holds the rows and their projection position; `read_events` reads the
+event store's notification log; `rebuild` is `baton replay`.
+"""
+
+from baton_views.queries import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    ExecutionFilter,
+    ExecutionPage,
+    ExecutionView,
+    InvalidQueryError,
+    LogEntry,
+    Order,
+)
+from baton_views.replay import read_events, rebuild
+from baton_views.views import ExecutionViews
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "ExecutionFilter",
+    "ExecutionPage",
+    "ExecutionView",
+    "ExecutionViews",
+    "InvalidQueryError",
+    "LogEntry",
+    "Order",
+    "read_events",
+    "rebuild",
+]

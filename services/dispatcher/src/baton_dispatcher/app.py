@@ -45,6 +45,8 @@ class Dispatcher:
         )
         register(self._broker, self._writer, js)
         await self._broker.start()
+        # Make sure the server has our subscriptions before we call ourselves ready.
+        await self._broker.connection.flush()
         self._relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
         log.info(
             "dispatcher ready: %d device types, %d devices, store %s",

@@ -1,0 +1,193 @@
+"""The projection: lifecycle events -> rows of `executions` and `execution_log`.
+
+Each handler mirrors the aggregate's event method of the same name (baton_domain.execution),
+so a row always says what `CommandExecution` would say after the same events. Only event
+data goes into rows (never the clock of the process projecting), which is what makes a
+rebuild byte-identical to the live projection.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from baton_contracts.nats import LifecycleEvent
+from baton_domain.execution import cancel_error, expiry_error, timeout_error
+from baton_domain.statuses import ExecutionStatus
+from baton_views.store import (
+    canonical_json,
+    canonical_time,
+    read_position,
+    write_position,
+)
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[sqlite3.Connection, LifecycleEvent], None]
+
+
+def project(conn: sqlite3.Connection, events: Iterable[LifecycleEvent]) -> tuple[int, int]:
+    """Apply the events above the stored position, inside the caller's transaction.
+
+    Returns (events applied, new position). Events at or below the position were applied
+    before (at-least-once delivery, overlapping reads) and are skipped.
+    """
+    position = read_position(conn)
+    applied = 0
+    for event in sorted(events, key=lambda e: e.notification_id):
+        if event.notification_id <= position:
+            continue
+        _apply_one(conn, event)
+        position = event.notification_id
+        applied += 1
+    if applied:
+        write_position(conn, position)
+    return applied, position
+
+
+def _apply_one(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
+    handler = _HANDLERS.get(event.type)
+    if handler is None:
+        # A newer writer may know more event types; skipping keeps the view moving and the
+        # position still advances, exactly as a rebuild by this version would do.
+        log.warning("no projection for event type %s (%s)", event.type, event.notification_id)
+        return
+    if event.type != "Requested" and not _exists(conn, event):
+        log.warning("%s for unknown execution %s", event.type, event.execution_id)
+        return
+    handler(conn, event)
+
+
+def _exists(conn: sqlite3.Connection, event: LifecycleEvent) -> bool:
+    found = conn.execute(
+        "SELECT 1 FROM executions WHERE id = ?", (str(event.execution_id),)
+    ).fetchone()
+    return found is not None
+
+
+# --- handlers, one per event type ---------------------------------------------------------
+
+
+def _requested(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
+    data = event.data
+    occurred = canonical_time(event.occurred_at)
+    conn.execute(
+        "INSERT INTO executions (id, device_id, name, params, status, created_at, updated_at,"
+        " ttl, deadline, result, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+        (
+            str(event.execution_id),
+            data["device_id"],
+            data["name"],
+            canonical_json(data["params"]),
+            ExecutionStatus.PENDING.value,
+            occurred,
+            occurred,
+            int(data["ttl"]),
+            canonical_time(data["deadline"]),
+        ),
+    )
+
+
+def _touched(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
+    """Dispatched (and anything else that changes no field) only moves updated_at."""
+    _update(conn, event)
+
+
+def _published(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
+    _update(conn, event, status=ExecutionStatus.SENT)
+
+
+def _answered(status: ExecutionStatus | None, outcome: str | None = None) -> Handler:
+    """Handlers for the answer events: log the answer, maybe move status, maybe keep
+    the payload as `result` or `error` (outcome names the column)."""
+
+    def handle(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
+        answer = event.data["answer"]
+        _append_log(conn, event, answer)
+        fields: dict[str, Any] = {}
+        if outcome is not None:
+            fields[outcome] = answer["payload"]
+        _update(conn, event, status=status, **fields)
+
+    return handle
+
+
+def _timed_out(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
+    _update(conn, event, status=ExecutionStatus.TIMED_OUT, error=timeout_error(_ttl(conn, event)))
+
+
+def _expired(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
+    _update(conn, event, status=ExecutionStatus.EXPIRED, error=expiry_error(_ttl(conn, event)))
+
+
+def _canceled(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
+    _update(conn, event, status=ExecutionStatus.CANCELED, error=cancel_error(event.data["reason"]))
+
+
+_HANDLERS: dict[str, Handler] = {
+    "Requested": _requested,
+    "Dispatched": _touched,
+    "Published": _published,
+    "Acknowledged": _answered(ExecutionStatus.ACKNOWLEDGED),
+    "Progressed": _answered(ExecutionStatus.IN_PROGRESS),
+    "Succeeded": _answered(ExecutionStatus.SUCCEEDED, "result"),
+    "Failed": _answered(ExecutionStatus.FAILED, "error"),
+    "Rejected": _answered(ExecutionStatus.REJECTED, "error"),
+    "AnswerRecorded": _answered(None),
+    "TimedOut": _timed_out,
+    "Expired": _expired,
+    "Canceled": _canceled,
+}
+
+PROJECTED_TYPES = frozenset(_HANDLERS)
+
+
+# --- row writes ---------------------------------------------------------------------------
+
+
+def _update(
+    conn: sqlite3.Connection,
+    event: LifecycleEvent,
+    status: ExecutionStatus | None = None,
+    result: Any = None,
+    error: Any = None,
+) -> None:
+    assignments = ["updated_at = ?"]
+    values: list[Any] = [canonical_time(event.occurred_at)]
+    if status is not None:
+        assignments.append("status = ?")
+        values.append(status.value)
+    if result is not None:
+        assignments.append("result = ?")
+        values.append(canonical_json(result))
+    if error is not None:
+        assignments.append("error = ?")
+        values.append(canonical_json(error))
+    conn.execute(
+        f"UPDATE executions SET {', '.join(assignments)} WHERE id = ?",
+        (*values, str(event.execution_id)),
+    )
+
+
+def _append_log(conn: sqlite3.Connection, event: LifecycleEvent, answer: dict[str, Any]) -> None:
+    # seq follows the event order of the stream, so it is the same on every rebuild.
+    conn.execute(
+        "INSERT INTO execution_log (execution_id, seq, received_at, status, payload) "
+        "SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ? FROM execution_log WHERE execution_id = ?",
+        (
+            str(event.execution_id),
+            canonical_time(answer["received_at"]),
+            answer["status"],
+            canonical_json(answer["payload"]),
+            str(event.execution_id),
+        ),
+    )
+
+
+def _ttl(conn: sqlite3.Connection, event: LifecycleEvent) -> int:
+    row = conn.execute(
+        "SELECT ttl FROM executions WHERE id = ?", (str(event.execution_id),)
+    ).fetchone()
+    return int(row["ttl"])

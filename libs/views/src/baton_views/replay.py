@@ -1,0 +1,64 @@
+"""The projection's source (the event store's notification log) and `rebuild` for `baton replay`.
+
+The projection reads the event store, never JetStream: live projection and replay are the
+same code over the same source of truth (docs/architecture.md). eventsourcing is
+synchronous, so async callers run these in a worker thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from baton_contracts.nats import LifecycleEvent
+from baton_domain.application import Executions
+from baton_platform.mapping import lifecycle_event
+from baton_views.projection import project
+from baton_views.store import connect, create_schema, transaction
+
+REBUILD_BATCH = 1000
+
+Progress = Callable[[int, int], None]
+
+
+def read_events(executions: Executions, after: int, limit: int) -> list[LifecycleEvent]:
+    """Up to `limit` stored events with a notification id above `after`, in order."""
+    notifications = executions.recorder.select_notifications(start=after + 1, limit=limit)
+    return [lifecycle_event(n, executions.mapper.to_domain_event(n)) for n in notifications]
+
+
+def rebuild(executions: Executions, views_path: Path, progress: Progress | None = None) -> int:
+    """Empty the views and project every stored event again; returns the events applied.
+
+    One transaction: a projection running meanwhile (the api) waits for the write lock and
+    its readers keep seeing the old rows until the new ones are complete. `progress` gets
+    (position reached, last position in the store) after each batch; notification ids can
+    have gaps, so these are positions, not counts.
+    """
+    conn = connect(views_path)
+    try:
+        create_schema(conn)
+        with transaction(conn):
+            for table in ("executions", "execution_log", "projection_position"):
+                conn.execute(f"DELETE FROM {table}")
+            return _project_all(executions, conn, progress)
+    finally:
+        conn.close()
+
+
+def _project_all(
+    executions: Executions, conn: sqlite3.Connection, progress: Progress | None
+) -> int:
+    total = executions.recorder.max_notification_id() or 0
+    position = applied = 0
+    while batch := read_events(executions, position, REBUILD_BATCH):
+        done, position = project(conn, batch)
+        applied += done
+        # Events stored while we rebuild are taken too: the loop runs until the log ends.
+        total = max(total, position)
+        if progress is not None:
+            progress(position, total)
+    if progress is not None and (position < total or not applied):
+        progress(total, total)  # the last ids were gaps, or there was nothing to do
+    return applied

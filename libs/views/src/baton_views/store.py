@@ -1,0 +1,110 @@
+"""The views database: schema, connections, and the canonical encodings rows are made of.
+
+Rows must come out byte for byte the same whether they were projected live or rebuilt
+(invariant 4), so every JSON value and timestamp is written through `canonical_json` and
+`canonical_time` and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS executions (
+    id          TEXT PRIMARY KEY,
+    device_id   TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    params      TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    ttl         INTEGER NOT NULL,
+    deadline    TEXT NOT NULL,
+    result      TEXT,
+    error       TEXT
+);
+CREATE INDEX IF NOT EXISTS executions_device_created ON executions (device_id, created_at, id);
+CREATE INDEX IF NOT EXISTS executions_status ON executions (status);
+CREATE INDEX IF NOT EXISTS executions_created ON executions (created_at, id);
+
+CREATE TABLE IF NOT EXISTS execution_log (
+    execution_id TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    received_at  TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    PRIMARY KEY (execution_id, seq)
+);
+
+CREATE TABLE IF NOT EXISTS projection_position (
+    name     TEXT PRIMARY KEY,
+    position INTEGER NOT NULL
+);
+"""
+
+PROJECTION_NAME = "executions"
+BUSY_TIMEOUT_MS = 30_000
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical_time(value: datetime | str) -> str:
+    """UTC, always with microseconds: fixed width, so text order is time order in SQL."""
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if moment.tzinfo is None:
+        raise ValueError(f"timestamp without a timezone: {value!r}")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection in autocommit mode: transactions are opened explicitly (`transaction`).
+
+    WAL lets readers (queries, a running api) keep reading the last committed state while a
+    rebuild holds the write lock for its single long transaction.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    conn.executescript(SCHEMA)
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE: take the write lock up front so two projectors never interleave."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def read_position(conn: sqlite3.Connection) -> int:
+    row = conn.execute(
+        "SELECT position FROM projection_position WHERE name = ?", (PROJECTION_NAME,)
+    ).fetchone()
+    return int(row["position"]) if row else 0
+
+
+def write_position(conn: sqlite3.Connection, position: int) -> None:
+    conn.execute(
+        "INSERT INTO projection_position (name, position) VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+        (PROJECTION_NAME, position),
+    )

@@ -1,0 +1,78 @@
+"""`ExecutionViews`: the views database as one object (project, position, queries).
+
+Synchronous, like sqlite3: async callers use a worker thread. Writes and reads go through
+separate connections, so a projection waiting on the write lock (a `baton replay` running
+in another process) never holds up a query; in WAL mode readers see the last commit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TypeVar
+from uuid import UUID
+
+from baton_contracts.nats import LifecycleEvent
+from baton_views.projection import project
+from baton_views.queries import (
+    DEFAULT_LIMIT,
+    ExecutionFilter,
+    ExecutionPage,
+    ExecutionView,
+    Order,
+    get_execution,
+    list_executions,
+)
+from baton_views.store import connect, create_schema, read_position, transaction
+
+T = TypeVar("T")
+
+
+class ExecutionViews:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer = connect(path)
+        create_schema(self._writer)
+        self._reader = connect(path)
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._writer.close()
+        self._reader.close()
+
+    # --- projection ---------------------------------------------------------------------
+
+    def apply(self, events: Iterable[LifecycleEvent]) -> int:
+        """Apply events and store the new position in one transaction; returns the position.
+
+        Safe to call with events seen before: those at or below the position are skipped.
+        """
+        with self._write_lock, transaction(self._writer) as conn:
+            _, position = project(conn, events)
+        return position
+
+    def position(self) -> int:
+        return self._read(read_position)
+
+    # --- queries ------------------------------------------------------------------------
+
+    def get(self, execution_id: UUID, with_log: bool = False) -> ExecutionView | None:
+        return self._read(lambda conn: get_execution(conn, execution_id, with_log))
+
+    def list(
+        self,
+        where: ExecutionFilter | None = None,
+        order: Order = "newest",
+        limit: int = DEFAULT_LIMIT,
+        cursor: str | None = None,
+    ) -> ExecutionPage:
+        return self._read(
+            lambda conn: list_executions(conn, where or ExecutionFilter(), order, limit, cursor)
+        )
+
+    def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        with self._read_lock:
+            return query(self._reader)

@@ -1,0 +1,190 @@
+"""The Baton v1 routes. Each handler decodes, makes one service call, encodes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from litestar import Controller, Request, Response, get, post
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+
+from baton_api.problems import ProblemError, problem
+from baton_api.schemas import (
+    CancelRequest,
+    ExecutionOut,
+    ExecutionPageOut,
+    ExecutionWithLogOut,
+    SubmitRequest,
+)
+from baton_api.service import ExecutionService
+from baton_contracts.nats import FieldProblem, SubmitCommand
+from baton_domain.statuses import ExecutionStatus
+from baton_views import DEFAULT_LIMIT, MAX_LIMIT, ExecutionFilter
+
+MAX_WAIT_SECONDS = 60
+
+Wait = Annotated[
+    float | None,
+    QueryParameter(
+        gt=0,
+        le=MAX_WAIT_SECONDS,
+        description="answer when the execution ended or after this many seconds",
+    ),
+]
+Expand = Annotated[
+    Literal["log"] | None, QueryParameter(description="`log`: include every device answer")
+]
+Statuses = Annotated[
+    list[str] | None,
+    QueryParameter(name="status", description="repeatable and/or comma-separated"),
+]
+Name = Annotated[str | None, QueryParameter()]
+Moment = Annotated[datetime | None, QueryParameter(description="ISO-8601; UTC if no offset")]
+Sort = Annotated[Literal["newest", "oldest"], QueryParameter()]
+Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)]
+Cursor = Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page")]
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        max_length=255,
+        description="same key and body: the same execution; other body: 409",
+    ),
+]
+
+
+class CommandController(Controller):
+    path = "/devices/{device_id:str}"
+    tags = ["executions"]
+
+    @post("/commands", status_code=201)
+    async def submit_command(
+        self,
+        request: Request[str, Any, Any],
+        service: ExecutionService,
+        device_id: FromPath[str],
+        data: JSONBody[SubmitRequest],
+        idempotency_key: IdempotencyKey = None,
+        wait: Wait = None,
+    ) -> Response[ExecutionOut]:
+        """Submit a command to a device; 201 with the new execution (200 for a repeat)."""
+        command = SubmitCommand(
+            device_id=device_id,
+            name=data.name,
+            params=data.params,
+            ttl=data.ttl,
+            idempotency_key=idempotency_key,
+            principal=request.user,
+            source="api",
+        )
+        submitted = await service.submit(command, wait)
+        execution = ExecutionOut.of(submitted.execution)
+        return Response(
+            execution,
+            status_code=201 if submitted.created else 200,
+            headers={"Location": f"/v1/executions/{execution.id}"},
+        )
+
+    @get("/executions")
+    async def list_device_executions(
+        self,
+        service: ExecutionService,
+        device_id: FromPath[str],
+        status: Statuses = None,
+        name: Name = None,
+        created_after: Moment = None,
+        created_before: Moment = None,
+        order: Sort = "newest",
+        limit: Limit = DEFAULT_LIMIT,
+        cursor: Cursor = None,
+    ) -> ExecutionPageOut:
+        """The device's executions, filtered, newest first unless `order=oldest`."""
+        where = _filter(status, name, device_id, created_after, created_before)
+        return ExecutionPageOut.of(await service.list(where, order, limit, cursor))
+
+
+class ExecutionController(Controller):
+    path = "/executions"
+    tags = ["executions"]
+
+    @get("/")
+    async def list_executions(
+        self,
+        service: ExecutionService,
+        status: Statuses = None,
+        name: Name = None,
+        device_id: Annotated[str | None, QueryParameter()] = None,
+        created_after: Moment = None,
+        created_before: Moment = None,
+        order: Sort = "newest",
+        limit: Limit = DEFAULT_LIMIT,
+        cursor: Cursor = None,
+    ) -> ExecutionPageOut:
+        """All executions, filtered, newest first unless `order=oldest`."""
+        where = _filter(status, name, device_id, created_after, created_before)
+        return ExecutionPageOut.of(await service.list(where, order, limit, cursor))
+
+    @get("/{execution_id:str}")
+    async def get_execution(
+        self, service: ExecutionService, execution_id: FromPath[UUID], expand: Expand = None
+    ) -> ExecutionOut | ExecutionWithLogOut:
+        """One execution; `?expand=log` adds every device answer."""
+        execution = await service.get(execution_id, with_log=expand == "log")
+        if expand == "log":
+            return ExecutionWithLogOut.with_log(execution)
+        return ExecutionOut.of(execution)
+
+    @post("/{execution_id:str}/cancel", status_code=200)
+    async def cancel_execution(
+        self,
+        service: ExecutionService,
+        execution_id: FromPath[UUID],
+        data: JSONBody[CancelRequest | None] = None,
+    ) -> ExecutionOut:
+        """Cancel an execution that has not ended; 409 if it has."""
+        reason = data.reason if data is not None else None
+        return ExecutionOut.of(await service.cancel(execution_id, reason))
+
+
+# --- decoding helpers ---------------------------------------------------------------------
+
+
+def _filter(
+    status: list[str] | None,
+    name: str | None,
+    device_id: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+) -> ExecutionFilter:
+    return ExecutionFilter(
+        statuses=_statuses(status or []),
+        name=name,
+        device_id=device_id,
+        created_after=_aware(created_after),
+        created_before=_aware(created_before),
+    )
+
+
+def _statuses(values: list[str]) -> frozenset[ExecutionStatus]:
+    """`status=A&status=B` and `status=A,B` alike; every value must be a known status."""
+    names = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    known = {s.value for s in ExecutionStatus}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        reason = f"unknown status {', '.join(unknown)}; one of: {', '.join(sorted(known))}"
+        raise ProblemError(
+            problem(
+                422,
+                "validation-failed",
+                "the request is not valid",
+                [FieldProblem(field="status", reason=reason)],
+            )
+        )
+    return frozenset(ExecutionStatus(n) for n in names)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)

@@ -1,0 +1,74 @@
+"""The api's NATS connection, kept in the background so the api starts (and serves reads)
+while NATS is down.
+
+Once connected it subscribes to every lifecycle event (core NATS, no consumer state): a
+message only means "the event store moved", so the projection wakes up early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from baton_contracts.nats import EVENTS_WILDCARD
+
+log = logging.getLogger(__name__)
+
+CLIENT_NAME = "baton-api"
+
+
+class NatsLink:
+    def __init__(self, url: str, on_event: Callable[[], None]) -> None:
+        self._url = url
+        self._on_event = on_event
+        self.client: Client | None = None
+        self._reported_down = False
+
+    @property
+    def connected(self) -> bool:
+        return self.client is not None and self.client.is_connected
+
+    async def run(self) -> None:
+        """Connect (retrying for ever), then subscribe; nats-py reconnects by itself."""
+        client = await nats.connect(
+            self._url,
+            name=CLIENT_NAME,
+            max_reconnect_attempts=-1,  # also makes the first connect retry until it works
+            reconnect_time_wait=1,
+            connect_timeout=2,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
+        self.client = client
+        self._reported_down = False
+        log.info("connected to NATS at %s", self._url)
+        await client.subscribe(EVENTS_WILDCARD, cb=self._on_message)
+
+    async def close(self) -> None:
+        if self.client is not None and not self.client.is_closed:
+            try:
+                await asyncio.wait_for(self.client.close(), timeout=2)
+            except (TimeoutError, nats.errors.Error):
+                log.warning("NATS connection did not close cleanly")
+
+    async def _on_message(self, _msg: Msg) -> None:
+        self._on_event()
+
+    # Connection problems are logged once per outage, not on every retry.
+    async def _on_error(self, exc: Exception) -> None:
+        if not self._reported_down:
+            self._reported_down = True
+            log.warning("NATS at %s not reachable (%s); retrying in the background", self._url, exc)
+
+    async def _on_disconnected(self) -> None:
+        log.warning("disconnected from NATS")
+
+    async def _on_reconnected(self) -> None:
+        self._reported_down = False
+        log.info("reconnected to NATS")

@@ -1,0 +1,104 @@
+"""Runs the execution views' projection inside the api process, and lets requests wait on it.
+
+The loop reads the event store's notification log after the stored position and applies
+it (both in a worker thread: eventsourcing and sqlite3 are synchronous). It wakes early
+when `wake()` is called (a NATS lifecycle event arrived) and otherwise polls, so it keeps
+the views current with NATS down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from uuid import UUID
+
+from baton_domain.application import Executions
+from baton_views import ExecutionView, ExecutionViews, read_events
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+
+
+class ProjectionRunner:
+    def __init__(
+        self,
+        executions: Executions,
+        views: ExecutionViews,
+        poll_interval: float,
+        batch: int = BATCH,
+    ) -> None:
+        self._executions = executions
+        self._views = views
+        self._poll_interval = poll_interval
+        self._batch = batch
+        self._wake = asyncio.Event()
+        # Replaced on every advance: setting the old one releases everyone waiting on it.
+        self._advanced = asyncio.Event()
+        self.position = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Project until cancelled. Errors are logged and retried: reads must keep working."""
+        while True:
+            try:
+                if await self.step():
+                    continue  # there may be more: drain before sleeping
+            except Exception:
+                log.exception("projection step failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval)
+            self._wake.clear()
+
+    async def step(self) -> bool:
+        """Apply one batch of new events; returns whether there were any."""
+        after = await asyncio.to_thread(self._views.position)
+        events = await asyncio.to_thread(read_events, self._executions, after, self._batch)
+        if not events:
+            self._advance(after)
+            return False
+        position = await asyncio.to_thread(self._views.apply, events)
+        self._advance(position)
+        return True
+
+    def _advance(self, position: int) -> None:
+        if position == self.position:
+            return
+        self.position = position
+        advanced, self._advanced = self._advanced, asyncio.Event()
+        advanced.set()
+
+    # --- waiting ---------------------------------------------------------------------------
+
+    async def wait_for_position(self, position: int, within: float) -> bool:
+        """True once the views include the event at `position`; False after `within` s."""
+        deadline = time.monotonic() + within
+        while self.position < position:
+            if not await self._next_advance(deadline):
+                return self.position >= position
+        return True
+
+    async def wait_until_terminal(self, execution_id: UUID, within: float) -> ExecutionView | None:
+        """The execution as soon as the views show it ended, or as it is after `within` s."""
+        deadline = time.monotonic() + within
+        while True:
+            execution = await asyncio.to_thread(self._views.get, execution_id)
+            if execution is not None and execution.is_terminal:
+                return execution
+            if not await self._next_advance(deadline):
+                return await asyncio.to_thread(self._views.get, execution_id)
+
+    async def _next_advance(self, deadline: float) -> bool:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        self.wake()  # a waiter usually follows a write: look now rather than at the next poll
+        try:
+            await asyncio.wait_for(self._advanced.wait(), timeout=remaining)
+        except TimeoutError:
+            return False
+        return True

@@ -1,0 +1,86 @@
+"""What the v1 routes do, between the gateway (writes) and the views (reads).
+
+Writes go to the dispatcher; the answer is then held back (briefly) until the views include
+the write, so a client's next GET sees what it just did (read-your-writes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from uuid import UUID
+
+from baton_api.gateway import CommandGateway
+from baton_api.problems import ProblemError, problem
+from baton_api.projector import ProjectionRunner
+from baton_contracts.nats import (
+    CancelCommand,
+    ExecutionReply,
+    ExecutionState,
+    SubmitCommand,
+)
+from baton_views import ExecutionFilter, ExecutionPage, ExecutionView, ExecutionViews, Order
+
+READ_YOUR_WRITES_TIMEOUT = 2.0
+DEFAULT_CANCEL_REASON = "canceled by request"
+
+
+@dataclass(frozen=True)
+class Submitted:
+    execution: ExecutionView | ExecutionState
+    created: bool
+
+
+class ExecutionService:
+    def __init__(
+        self, gateway: CommandGateway, views: ExecutionViews, runner: ProjectionRunner
+    ) -> None:
+        self._gateway = gateway
+        self._views = views
+        self._runner = runner
+
+    async def submit(self, command: SubmitCommand, wait: float | None) -> Submitted:
+        """Submit; with `wait`, answer once the execution ended or `wait` s have passed."""
+        state = await self._written(await self._gateway.submit(command))
+        if wait:
+            ended = await self._runner.wait_until_terminal(state.execution.id, wait)
+            if ended is not None:
+                return Submitted(ended, state.created)
+        return Submitted(state.execution, state.created)
+
+    async def cancel(self, execution_id: UUID, reason: str | None) -> ExecutionState:
+        command = CancelCommand(execution_id=execution_id, reason=reason or DEFAULT_CANCEL_REASON)
+        return (await self._written(await self._gateway.cancel(command))).execution
+
+    async def get(self, execution_id: UUID, with_log: bool) -> ExecutionView:
+        execution = await asyncio.to_thread(self._views.get, execution_id, with_log)
+        if execution is None:
+            raise ProblemError(
+                problem(
+                    404,
+                    "execution-not-found",
+                    f"execution {execution_id} does not exist",
+                    title="Execution not found",
+                )
+            )
+        return execution
+
+    async def list(
+        self, where: ExecutionFilter, order: Order, limit: int, cursor: str | None
+    ) -> ExecutionPage:
+        return await asyncio.to_thread(self._views.list, where, order, limit, cursor)
+
+    async def _written(self, reply: ExecutionReply) -> _Written:
+        if reply.problem is not None:
+            raise ProblemError(reply.problem)
+        if reply.execution is None:
+            raise RuntimeError("the dispatcher replied with neither an execution nor a problem")
+        if reply.position is not None:
+            await self._runner.wait_for_position(reply.position, READ_YOUR_WRITES_TIMEOUT)
+        return _Written(reply.execution, reply.created)
+
+
+@dataclass(frozen=True)
+class _Written:
+    execution: ExecutionState
+    created: bool

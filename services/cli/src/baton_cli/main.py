@@ -1,0 +1,291 @@
+"""The `baton` command: send a command, print an execution's events, replay the views, run the
+device simulator, and run the local stack (`baton dev`).
+
+Configured like the services, from BATON_* variables (baton_platform.settings.Settings);
+`send` talks to the HTTP API, `events` and `replay` read the event store directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, NoReturn
+from uuid import UUID
+
+import typer
+
+from baton_cli.devstack import dev_app
+from baton_cli.output import event_line, execution_summary, problem_lines
+
+DEFAULT_API_URL = "http://127.0.0.1:8080"
+DEFAULT_API_KEY = "dev-admin-key"
+DEMO_DEVICES = [f"demo-thermostat-{n}" for n in range(1, 6)]
+DEMO_SILENT = ["demo-silent-1"]
+
+EXIT_PROBLEM = 1  # the API (or the store) said no
+EXIT_UNREACHABLE = 2  # nothing answered
+
+app = typer.Typer(
+    name="baton",
+    help=(
+        "Baton: send commands to IoT devices and keep an exact, replayable record of every "
+        "execution.\n\nSettings come from BATON_* environment variables "
+        "(see docs/operations.md)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(dev_app, name="dev")
+
+
+def fail(message: str, code: int = EXIT_PROBLEM) -> NoReturn:
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+# --- send ----------------------------------------------------------------------------------
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """`key=value`; the value is JSON when it parses as JSON (24, true, "x", [1]), else text."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise typer.BadParameter(f"expected key=value, got {text!r}", param_hint="--param")
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
+def parse_params(items: list[str]) -> dict[str, Any]:
+    return dict(parse_param(item) for item in items)
+
+
+@app.command()
+def send(
+    device: Annotated[str, typer.Argument(help="Device id, e.g. demo-thermostat-1.")],
+    name: Annotated[str, typer.Argument(help="Command name, e.g. set_temperature.")],
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            "-p",
+            metavar="KEY=VALUE",
+            help="A command parameter; repeat for more. VALUE is read as JSON when it is "
+            'JSON (24, true, null, "24", [1,2]), else taken as text.',
+        ),
+    ] = None,
+    ttl: Annotated[
+        int | None,
+        typer.Option(min=1, help="Seconds the command may take in all (default: the catalog's)."),
+    ] = None,
+    wait: Annotated[
+        float | None,
+        typer.Option(min=0, help="Wait up to this many seconds for the execution to end."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the execution as JSON instead of a summary.")
+    ] = False,
+    api_url: Annotated[
+        str, typer.Option(envvar="BATON_API_URL", help="Base URL of the Baton API.")
+    ] = DEFAULT_API_URL,
+    api_key: Annotated[
+        str, typer.Option(envvar="BATON_API_KEY", help="API key sent as a bearer token.")
+    ] = DEFAULT_API_KEY,
+) -> None:
+    """Send a command to a device through the API and print the execution.
+
+    Example: baton send demo-thermostat-1 set_temperature -p value=24 --wait 10
+
+    Exit status: 0 accepted, 1 the API answered with a problem, 2 the API is unreachable.
+    """
+    import httpx  # imported here: `baton --help` stays fast
+
+    body: dict[str, Any] = {"name": name, "params": parse_params(param or [])}
+    if ttl is not None:
+        body["ttl"] = ttl
+    url = f"{api_url.rstrip('/')}/v1/devices/{device}/commands"
+    query = {"wait": f"{wait:g}"} if wait is not None else {}
+    try:
+        response = httpx.post(
+            url,
+            json=body,
+            params=query,
+            headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
+            timeout=(wait or 0) + 15.0,
+        )
+    except httpx.ConnectError as exc:
+        fail(
+            f"cannot reach the Baton API at {api_url}: {exc}\n"
+            "Is it running (`make run`)? Set BATON_API_URL or --api-url.",
+            EXIT_UNREACHABLE,
+        )
+    except httpx.TimeoutException:
+        fail(f"the Baton API at {api_url} did not answer in time", EXIT_UNREACHABLE)
+    except httpx.HTTPError as exc:
+        fail(f"request to {url} failed: {exc}", EXIT_UNREACHABLE)
+
+    payload = _json_or_none(response)
+    if response.is_error:
+        fail("\n".join(problem_lines(response.status_code, response.reason_phrase, payload)))
+    if not isinstance(payload, dict):
+        fail(f"unexpected answer from the API ({response.status_code}): {response.text[:500]}")
+    if as_json:
+        typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+    else:
+        typer.echo(execution_summary(payload))
+
+
+def _json_or_none(response: Any) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+# --- events --------------------------------------------------------------------------------
+
+
+@app.command()
+def events(
+    execution_id: Annotated[UUID, typer.Argument(help="The execution's id.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per line instead of text.")
+    ] = False,
+) -> None:
+    """Print an execution's stored events, oldest first: time, type, data.
+
+    Reads the event store (BATON_DATA_DIR/events.sqlite) directly, not the API.
+    """
+    from baton_domain.errors import ExecutionNotFound
+    from baton_platform.eventstore import open_executions
+    from baton_platform.settings import Settings
+
+    settings = Settings()
+    if not settings.event_store_path.exists():
+        fail(f"no event store at {settings.event_store_path} (set BATON_DATA_DIR)")
+    executions = open_executions(settings)
+    try:
+        stored = executions.events_of(execution_id)
+    except ExecutionNotFound:
+        fail(f"no execution {execution_id} in {settings.event_store_path}")
+    finally:
+        executions.close()
+    for event in stored:
+        typer.echo(event_line(event, as_json=as_json))
+
+
+# --- replay --------------------------------------------------------------------------------
+
+
+@app.command()
+def replay() -> None:
+    """Rebuild every view from the event store, from position 0.
+
+    Empties BATON_DATA_DIR/views.sqlite and projects every stored event again.
+
+    One transaction: the api keeps serving the old rows until the new ones are complete.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from baton_platform.eventstore import open_executions
+    from baton_platform.settings import Settings
+    from baton_views import rebuild
+
+    settings = Settings()
+    if not settings.event_store_path.exists():
+        fail(f"no event store at {settings.event_store_path} (set BATON_DATA_DIR)")
+    executions = open_executions(settings)
+    reached = 0
+    try:
+        with Progress(
+            TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), transient=True
+        ) as bar:
+            task = bar.add_task("replay", total=None)
+
+            def progress(position: int, last: int) -> None:
+                nonlocal reached
+                reached = position
+                bar.update(task, completed=position, total=last)
+
+            applied = rebuild(executions, settings.views_path, progress)
+        final = max(reached, executions.recorder.max_notification_id() or 0) if applied else 0
+    finally:
+        executions.close()
+    typer.echo(f"replayed {applied} events into {settings.views_path}; position {final}")
+
+
+# --- simulate ------------------------------------------------------------------------------
+
+
+@app.command()
+def simulate(
+    device: Annotated[
+        list[str] | None,
+        typer.Option("--device", "-d", help="A device to simulate; repeat for more."),
+    ] = None,
+    silent: Annotated[
+        list[str] | None,
+        typer.Option(help="A device that receives commands but never answers; repeatable."),
+    ] = None,
+    mqtt_host: Annotated[
+        str | None, typer.Option(help="MQTT broker host (default BATON_MQTT_HOST).")
+    ] = None,
+    mqtt_port: Annotated[
+        int | None, typer.Option(help="MQTT broker port (default BATON_MQTT_PORT).")
+    ] = None,
+    mqtt_protocol: Annotated[
+        str | None,
+        typer.Option(help="MQTT protocol: 5 or 3.1.1 (default BATON_MQTT_PROTOCOL)."),
+    ] = None,
+) -> None:
+    """Run simulated devices that answer commands over MQTT, until Ctrl-C.
+
+    Without --device or --silent: demo-thermostat-1..5, and demo-silent-1 that stays silent.
+    """
+    from baton_platform.settings import Settings
+
+    if mqtt_protocol not in (None, "5", "3.1.1"):
+        raise typer.BadParameter("must be 5 or 3.1.1", param_hint="--mqtt-protocol")
+    try:
+        run_simulator: Callable[..., Awaitable[None]] = importlib.import_module(
+            "baton_simulator"
+        ).run_simulator
+    except (ImportError, AttributeError) as exc:
+        fail(f"the simulator is not available: {exc}")
+
+    settings = Settings()
+    devices, silent_devices = list(device or []), list(silent or [])
+    if not devices and not silent_devices:
+        devices, silent_devices = list(DEMO_DEVICES), list(DEMO_SILENT)
+    host = mqtt_host or settings.mqtt_host
+    port = mqtt_port or settings.mqtt_port
+    protocol = mqtt_protocol or settings.mqtt_protocol
+    typer.echo(
+        f"simulating {len(devices)} device(s) (+{len(silent_devices)} silent) on "
+        f"mqtt://{host}:{port} (MQTT {protocol}); Ctrl-C stops",
+        err=True,
+    )
+
+    async def _run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_simulator(host, port, protocol, devices, silent_devices, stop)
+
+    asyncio.run(_run())
+
+
+def main() -> None:  # pragma: no cover - `python -m baton_cli.main`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,20 @@
+"""`baton-timeout-scheduler` / `python -m baton_timeout_scheduler`."""
+
+from __future__ import annotations
+
+from baton_platform.lifecycle import run_until_signalled
+from baton_platform.logs import configure_logging
+from baton_platform.metrics import serve_metrics
+from baton_platform.settings import Settings
+from baton_timeout_scheduler.app import serve
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging("timeout-scheduler", settings.log_level)
+    serve_metrics(settings.metrics_port)
+    run_until_signalled(lambda stop: serve(settings, stop))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Composition root of the timeout-scheduler: builds everything from Settings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import nats.errors
+from faststream.nats import NatsBroker
+from nats.aio.client import Client
+from pydantic import ValidationError
+
+from baton_contracts.nats import DEADLINE_SUBJECT, DeadlineDue, DeadlineReply
+from baton_platform.nats import ensure_streams
+from baton_platform.settings import Settings
+from baton_timeout_scheduler.edges import register
+from baton_timeout_scheduler.store import Deadlines, DeadlineStore
+from baton_timeout_scheduler.ticker import DispatcherUnavailableError, Requester, Ticker
+
+log = logging.getLogger(__name__)
+
+
+def nats_requester(connection: Client, timeout: float) -> Requester:
+    """DeadlineDue as a core NATS request to the dispatcher's queue group."""
+
+    async def request(due: DeadlineDue) -> DeadlineReply:
+        try:
+            reply = await connection.request(
+                DEADLINE_SUBJECT, due.model_dump_json().encode(), timeout=timeout
+            )
+        except nats.errors.NoRespondersError:
+            raise DispatcherUnavailableError("no responders") from None
+        except nats.errors.TimeoutError:
+            raise DispatcherUnavailableError(f"no reply within {timeout}s") from None
+        except nats.errors.Error as exc:  # closed, reconnecting, ...
+            raise DispatcherUnavailableError(type(exc).__name__) from exc
+        try:
+            return DeadlineReply.model_validate_json(reply.data)
+        except ValidationError as exc:
+            raise DispatcherUnavailableError(f"unreadable reply: {reply.data[:200]!r}") from exc
+
+    return request
+
+
+class TimeoutScheduler:
+    """The service: the events consumer filling the store, and the ticker emptying it."""
+
+    def __init__(self, settings: Settings, retry_cap: float = 5.0) -> None:
+        self.settings = settings
+        self.retry_cap = retry_cap
+        self.deadlines: Deadlines | None = None
+        self._broker: NatsBroker | None = None
+        self._ticker_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        store = await asyncio.to_thread(DeadlineStore, settings.scheduler_path)
+        self.deadlines = Deadlines(store)
+        # Backoff from an earlier run is stale: whatever is past due may fire right away.
+        await self.deadlines.reset_backoff()
+        self._broker = NatsBroker(
+            settings.nats_url,
+            name=f"baton-timeout-scheduler-{settings.instance}",
+            max_reconnect_attempts=-1,
+            logger=logging.getLogger("baton_timeout_scheduler.broker"),
+        )
+        register(self._broker, self.deadlines)
+        # The consumer's stream must exist before the subscriber starts.
+        connection = await self._broker.connect()
+        await ensure_streams(connection.jetstream())
+        await self._broker.start()
+        ticker = Ticker(
+            self.deadlines,
+            nats_requester(connection, settings.request_timeout),
+            tick=settings.scheduler_tick,
+            retry_cap=self.retry_cap,
+        )
+        self._ticker_task = asyncio.create_task(ticker.run(), name="deadline-ticker")
+        log.info(
+            "timeout-scheduler ready: %d deadline(s) waiting in %s",
+            await self.deadlines.count(),
+            settings.scheduler_path,
+        )
+
+    async def stop(self) -> None:
+        if self._ticker_task is not None:
+            self._ticker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker_task
+            self._ticker_task = None
+        if self._broker is not None:
+            await self._broker.stop()
+            self._broker = None
+        if self.deadlines is not None:
+            await self.deadlines.close()
+            self.deadlines = None
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set (or the task is cancelled), then shut down cleanly."""
+    scheduler = TimeoutScheduler(settings)
+    await scheduler.start()
+    try:
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await scheduler.stop()

@@ -1,0 +1,108 @@
+"""The scheduler's JetStream edge: lifecycle events in, deadline rows out.
+
+A durable consumer of BATON_EVENTS. `Requested` stores the execution's deadline, a terminal
+event deletes it; each message is acknowledged only after its row is committed. A message
+that cannot be decoded is logged, counted and acknowledged (a poison message must not loop);
+a store error (database locked, disk full, ...) is negatively acknowledged with a delay so
+JetStream redelivers it.
+
+Every message may arrive twice or out of order: a repeated `Requested` rewrites the same row;
+a `Requested` seen after its terminal event leaves a row that fires once and is answered
+"ignored" by the dispatcher, which then deletes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Literal
+
+from faststream import AckPolicy
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
+from faststream.nats.annotations import NatsMessage
+from nats.js.api import DeliverPolicy
+from pydantic import TypeAdapter, ValidationError
+
+from baton_contracts.nats import EVENTS_STREAM, EVENTS_WILDCARD, LifecycleEvent
+from baton_platform.metrics import REJECTED_MESSAGES
+from baton_timeout_scheduler.store import Deadlines
+
+log = logging.getLogger(__name__)
+
+SERVICE = "timeout-scheduler"
+DURABLE = "baton-timeout-scheduler"
+TERMINAL_EVENTS = frozenset({"Succeeded", "Failed", "Rejected", "TimedOut", "Expired", "Canceled"})
+MAX_REDELIVERY_DELAY = 10.0
+
+_deadline = TypeAdapter(datetime)
+
+Effect = Literal["stored", "deleted", "skipped"]
+
+
+class MalformedEventError(ValueError):
+    pass
+
+
+def decode(body: bytes) -> LifecycleEvent:
+    try:
+        event = LifecycleEvent.model_validate_json(body)
+    except ValidationError as exc:
+        raise MalformedEventError(f"not a lifecycle event: {exc.error_count()} error(s)") from exc
+    return event
+
+
+def deadline_of(event: LifecycleEvent) -> datetime:
+    try:
+        return _deadline.validate_python(event.data["deadline"])
+    except (KeyError, ValidationError) as exc:
+        raise MalformedEventError(f"Requested {event.execution_id} has no valid deadline") from exc
+
+
+async def apply(deadlines: Deadlines, event: LifecycleEvent) -> Effect:
+    """The one thing an event does to the deadlines."""
+    if event.type == "Requested":
+        await deadlines.upsert(event.execution_id, deadline_of(event))
+        return "stored"
+    if event.type in TERMINAL_EVENTS:
+        await deadlines.delete(event.execution_id)
+        return "deleted"
+    return "skipped"
+
+
+def register(broker: NatsBroker, deadlines: Deadlines) -> None:
+    @broker.subscriber(
+        EVENTS_WILDCARD,
+        stream=JStream(EVENTS_STREAM, declare=False),
+        durable=DURABLE,
+        # A pull consumer: fetched in batches, handled one message at a time, in order.
+        pull_sub=PullSub(batch_size=100, timeout=5.0),
+        deliver_policy=DeliverPolicy.ALL,
+        config=ConsumerConfig(ack_wait=30, max_ack_pending=1000),
+        ack_policy=AckPolicy.MANUAL,
+        include_in_schema=False,
+    )
+    async def on_event(message: NatsMessage) -> None:
+        # The raw bytes: FastStream would otherwise decode the JSON into a dict first.
+        try:
+            event = decode(message.body)
+            effect = await apply(deadlines, event)
+        except MalformedEventError as exc:
+            REJECTED_MESSAGES.labels(service=SERVICE, reason="malformed-event").inc()
+            log.warning("dropped a malformed message on %s: %s", message.raw_message.subject, exc)
+            await message.ack()
+            return
+        except Exception as exc:  # the store failed: transient, have it redelivered
+            deliveries = message.raw_message.metadata.num_delivered or 1
+            delay = min(0.2 * deliveries, MAX_REDELIVERY_DELAY)
+            log.warning(
+                "could not apply %s (delivery %d): %s; redelivering in %.1fs",
+                message.raw_message.subject,
+                deliveries,
+                exc,
+                delay,
+            )
+            await message.nack(delay=delay)
+            return
+        if effect != "skipped":
+            log.debug("%s %s: deadline %s", event.type, event.execution_id, effect)
+        await message.ack()

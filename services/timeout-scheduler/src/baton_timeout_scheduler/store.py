@@ -1,0 +1,158 @@
+"""The deadlines the scheduler waits for: one row per execution, in SQLite.
+
+`DeadlineStore` is synchronous (sqlite3); `Deadlines` is the same store for the event loop,
+each call running in a worker thread. Times are stored as POSIX seconds (UTC) so the due
+query is a plain comparison on an index.
+
+`next_attempt` is when the row may fire next: its deadline at first, later than that after
+the dispatcher did not answer (backoff). It is reset to the deadline at start, so a
+deadline that passed while anything was down fires as soon as the scheduler is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import UUID
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS deadlines (
+    execution_id TEXT PRIMARY KEY,
+    due_at REAL NOT NULL,
+    next_attempt REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS deadlines_next_attempt ON deadlines (next_attempt);
+"""
+
+
+@dataclass(frozen=True)
+class Deadline:
+    execution_id: UUID
+    due_at: datetime
+    attempts: int = 0
+
+
+def _to_seconds(moment: datetime) -> float:
+    if moment.tzinfo is None:  # the contract says UTC; be lenient with a naive timestamp
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _from_seconds(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+class DeadlineStore:
+    """Synchronous; safe to call from several threads (one connection behind a lock)."""
+
+    def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes (WAL)
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def upsert(self, execution_id: UUID, due_at: datetime) -> None:
+        """Remember (or move) the deadline; committed when this returns."""
+        due = _to_seconds(due_at)
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO deadlines (execution_id, due_at, next_attempt, attempts)"
+                " VALUES (?, ?, ?, 0)"
+                " ON CONFLICT (execution_id) DO UPDATE SET"
+                " due_at = excluded.due_at, next_attempt = excluded.next_attempt, attempts = 0"
+                " WHERE deadlines.due_at != excluded.due_at",
+                (str(execution_id), due, due),
+            )
+
+    def delete(self, execution_id: UUID) -> bool:
+        with self._lock:
+            cursor = self._db.execute(
+                "DELETE FROM deadlines WHERE execution_id = ?", (str(execution_id),)
+            )
+            return cursor.rowcount > 0
+
+    def postpone(self, execution_id: UUID, until: datetime) -> int:
+        """Not fired this time: try again at `until`. Returns the attempts so far."""
+        with self._lock:
+            row = self._db.execute(
+                "UPDATE deadlines SET next_attempt = ?, attempts = attempts + 1"
+                " WHERE execution_id = ? RETURNING attempts",
+                (_to_seconds(until), str(execution_id)),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def due(self, now: datetime, limit: int) -> list[Deadline]:
+        """Rows whose next attempt is due, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT execution_id, due_at, attempts FROM deadlines"
+                " WHERE next_attempt <= ? ORDER BY next_attempt LIMIT ?",
+                (_to_seconds(now), limit),
+            ).fetchall()
+        return [Deadline(UUID(r[0]), _from_seconds(r[1]), int(r[2])) for r in rows]
+
+    def get(self, execution_id: UUID) -> Deadline | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT execution_id, due_at, attempts FROM deadlines WHERE execution_id = ?",
+                (str(execution_id),),
+            ).fetchone()
+        return Deadline(UUID(row[0]), _from_seconds(row[1]), int(row[2])) if row else None
+
+    def count(self) -> int:
+        with self._lock:
+            (n,) = self._db.execute("SELECT COUNT(*) FROM deadlines").fetchone()
+        return int(n)
+
+    def reset_backoff(self) -> None:
+        """Forget earlier backoff: everything past its deadline is due again now."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE deadlines SET next_attempt = due_at, attempts = 0"
+                " WHERE next_attempt != due_at"
+            )
+
+
+class Deadlines:
+    """The store for async code: every call runs in a worker thread."""
+
+    def __init__(self, store: DeadlineStore) -> None:
+        self.store = store
+
+    async def upsert(self, execution_id: UUID, due_at: datetime) -> None:
+        await asyncio.to_thread(self.store.upsert, execution_id, due_at)
+
+    async def delete(self, execution_id: UUID) -> bool:
+        return await asyncio.to_thread(self.store.delete, execution_id)
+
+    async def postpone(self, execution_id: UUID, until: datetime) -> int:
+        return await asyncio.to_thread(self.store.postpone, execution_id, until)
+
+    async def due(self, now: datetime, limit: int) -> list[Deadline]:
+        return await asyncio.to_thread(self.store.due, now, limit)
+
+    async def get(self, execution_id: UUID) -> Deadline | None:
+        return await asyncio.to_thread(self.store.get, execution_id)
+
+    async def count(self) -> int:
+        return await asyncio.to_thread(self.store.count)
+
+    async def reset_backoff(self) -> None:
+        await asyncio.to_thread(self.store.reset_backoff)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.store.close)

@@ -1,0 +1,142 @@
+"""Fire due deadlines: ask the dispatcher, and forget a row only once it answered.
+
+Every tick the ticker reads the rows whose next attempt is due and sends each a
+`DeadlineDue` request (at most `max_in_flight` at a time, never two for the same row).
+- "applied" / "ignored" / "unknown": the dispatcher settled it (or there is nothing to
+  settle): the row is deleted.
+- "not-yet": the dispatcher's clock is behind ours: keep the row, try again shortly.
+- no responders, timeout, an unreadable reply: keep the row, try again with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+from baton_contracts.nats import DeadlineDue, DeadlineReply
+from baton_timeout_scheduler.store import Deadline, Deadlines
+
+log = logging.getLogger(__name__)
+
+SETTLED = frozenset({"applied", "ignored", "unknown"})
+
+Clock = Callable[[], datetime]
+
+
+class DispatcherUnavailableError(Exception):
+    """The dispatcher did not answer (no responders, timeout, unreadable reply)."""
+
+
+# Sends one DeadlineDue and returns the dispatcher's reply, or raises DispatcherUnavailableError.
+Requester = Callable[[DeadlineDue], Awaitable[DeadlineReply]]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def backoff(attempts: int, base: float, cap: float) -> float:
+    """Seconds before the next try after `attempts` failed ones (1, 2, ...)."""
+    return float(min(cap, base * 2 ** max(attempts - 1, 0)))
+
+
+class Ticker:
+    def __init__(
+        self,
+        deadlines: Deadlines,
+        request: Requester,
+        tick: float,
+        max_in_flight: int = 64,
+        retry_base: float = 0.5,
+        retry_cap: float = 5.0,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.deadlines = deadlines
+        self.request = request
+        self.tick = tick
+        self.max_in_flight = max_in_flight
+        self.retry_base = retry_base
+        self.retry_cap = retry_cap
+        self.clock = clock
+        self._in_flight: dict[UUID, asyncio.Task[None]] = {}
+
+    async def run(self) -> None:
+        """Tick until cancelled; a failing tick is logged and the next one tries again."""
+        try:
+            while True:
+                try:
+                    await self.fire_due()
+                except Exception:
+                    log.exception("deadline tick failed")
+                await asyncio.sleep(self.tick)
+        finally:
+            await self.drain()
+
+    async def fire_due(self) -> int:
+        """Start a request for each due row not already in flight; returns how many started."""
+        free = self.max_in_flight - len(self._in_flight)
+        if free <= 0:
+            return 0
+        rows = await self.deadlines.due(self.clock(), limit=free + len(self._in_flight))
+        started = 0
+        for row in rows:
+            if row.execution_id in self._in_flight or started >= free:
+                continue
+            task = asyncio.create_task(self._fire(row), name=f"deadline-{row.execution_id}")
+            self._in_flight[row.execution_id] = task
+            task.add_done_callback(self._forget)
+            started += 1
+        return started
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        for key, running in list(self._in_flight.items()):
+            if running is task:
+                del self._in_flight[key]
+
+    async def drain(self) -> None:
+        tasks = list(self._in_flight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _fire(self, row: Deadline) -> None:
+        try:
+            reply = await self.request(DeadlineDue(execution_id=row.execution_id))
+        except DispatcherUnavailableError as exc:
+            await self._retry_later(row, f"dispatcher unavailable ({exc})")
+            return
+        except Exception:
+            log.exception("deadline request for %s failed", row.execution_id)
+            await self._retry_later(row, "request failed")
+            return
+        if reply.outcome in SETTLED:
+            await self.deadlines.delete(row.execution_id)
+            late = (self.clock() - row.due_at).total_seconds()
+            log.info(
+                "deadline fired: execution %s due %s (%.2fs ago) -> %s",
+                row.execution_id,
+                row.due_at.isoformat(),
+                late,
+                reply.outcome,
+            )
+        else:
+            await self._retry_later(row, "dispatcher says not yet (clock skew)")
+
+    async def _retry_later(self, row: Deadline, why: str) -> None:
+        delay = backoff(row.attempts + 1, self.retry_base, self.retry_cap)
+        attempts = await self.deadlines.postpone(
+            row.execution_id, self.clock() + timedelta(seconds=delay)
+        )
+        # The first failure is worth a warning; the retries of a long outage are not.
+        level = logging.WARNING if attempts <= 1 else logging.DEBUG
+        log.log(
+            level,
+            "deadline for %s not fired: %s; attempt %d, next in %.1fs",
+            row.execution_id,
+            why,
+            attempts,
+            delay,
+        )

@@ -1,0 +1,117 @@
+"""The deadline store: one row per execution, due rows by next attempt, backoff."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+from baton_timeout_scheduler.store import Deadlines, DeadlineStore
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> DeadlineStore:
+    store = DeadlineStore(tmp_path / "deadlines.sqlite")
+    yield store  # type: ignore[misc]
+    store.close()
+
+
+def test_upsert_then_due_only_once_passed(store: DeadlineStore) -> None:
+    execution_id = uuid4()
+    store.upsert(execution_id, T0)
+    assert store.due(T0 - timedelta(seconds=1), limit=10) == []
+    [row] = store.due(T0, limit=10)
+    assert row.execution_id == execution_id
+    assert row.due_at == T0
+    assert row.attempts == 0
+
+
+def test_repeated_upsert_keeps_one_row(store: DeadlineStore) -> None:
+    execution_id = uuid4()
+    store.upsert(execution_id, T0)
+    store.upsert(execution_id, T0)
+    assert store.count() == 1
+
+
+def test_repeated_upsert_keeps_backoff_but_a_new_deadline_resets_it(store: DeadlineStore) -> None:
+    execution_id = uuid4()
+    store.upsert(execution_id, T0)
+    store.postpone(execution_id, T0 + timedelta(seconds=5))
+    store.upsert(execution_id, T0)  # a duplicate delivery changes nothing
+    assert store.due(T0 + timedelta(seconds=1), limit=10) == []
+    store.upsert(execution_id, T0 + timedelta(seconds=2))  # a different deadline replaces it
+    [row] = store.due(T0 + timedelta(seconds=2), limit=10)
+    assert row.due_at == T0 + timedelta(seconds=2)
+    assert row.attempts == 0
+
+
+def test_delete(store: DeadlineStore) -> None:
+    execution_id = uuid4()
+    store.upsert(execution_id, T0)
+    assert store.delete(execution_id) is True
+    assert store.delete(execution_id) is False
+    assert store.get(execution_id) is None
+    assert store.count() == 0
+
+
+def test_postpone_counts_attempts_and_hides_the_row_until_then(store: DeadlineStore) -> None:
+    execution_id = uuid4()
+    store.upsert(execution_id, T0)
+    assert store.postpone(execution_id, T0 + timedelta(seconds=1)) == 1
+    assert store.due(T0 + timedelta(milliseconds=500), limit=10) == []
+    [row] = store.due(T0 + timedelta(seconds=1), limit=10)
+    assert row.attempts == 1
+    assert store.postpone(execution_id, T0 + timedelta(seconds=3)) == 2
+    assert store.postpone(uuid4(), T0) == 0  # a row deleted meanwhile: nothing to do
+
+
+def test_reset_backoff_makes_past_deadlines_due_again(store: DeadlineStore) -> None:
+    execution_id = uuid4()
+    store.upsert(execution_id, T0)
+    store.postpone(execution_id, T0 + timedelta(hours=1))
+    store.reset_backoff()
+    [row] = store.due(T0, limit=10)
+    assert row.attempts == 0
+
+
+def test_due_is_ordered_and_limited(store: DeadlineStore) -> None:
+    ids = [uuid4() for _ in range(5)]
+    for i, execution_id in enumerate(reversed(ids)):
+        store.upsert(execution_id, T0 - timedelta(seconds=i))
+    rows = store.due(T0, limit=3)
+    assert [r.execution_id for r in rows] == ids[:3]
+
+
+def test_naive_deadline_is_taken_as_utc(store: DeadlineStore) -> None:
+    execution_id = uuid4()
+    store.upsert(execution_id, T0.replace(tzinfo=None))
+    row = store.get(execution_id)
+    assert row is not None
+    assert row.due_at == T0
+
+
+def test_rows_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "var" / "deadlines.sqlite"
+    execution_id = uuid4()
+    first = DeadlineStore(path)
+    first.upsert(execution_id, T0)
+    first.close()
+    second = DeadlineStore(path)
+    try:
+        assert second.get(execution_id) is not None
+    finally:
+        second.close()
+
+
+async def test_async_facade_runs_the_same_store(store: DeadlineStore) -> None:
+    deadlines = Deadlines(store)
+    execution_id = uuid4()
+    await deadlines.upsert(execution_id, T0)
+    assert [r.execution_id for r in await deadlines.due(T0, limit=5)] == [execution_id]
+    assert await deadlines.postpone(execution_id, T0 + timedelta(seconds=1)) == 1
+    assert await deadlines.delete(execution_id)
+    assert await deadlines.count() == 0
