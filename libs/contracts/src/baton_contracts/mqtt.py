@@ -72,3 +72,7 @@ class DeviceAnswer(MqttModel):
 
     status: AnswerStatusWord
     payload: dict[str, Any] = Field(default_factory=dict)
+    # Unique per answer of one execution. MQTT QoS 1 may deliver an answer twice; with an
+    # id the repeat is recorded once. Without one the bridge derives it from the bytes, so
+    # two identical answers (say, the same progress twice) are then recorded once.
+    answer_id: str | None = Field(default=None, min_length=1, max_length=128)

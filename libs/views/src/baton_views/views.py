@@ -40,8 +40,10 @@ class ExecutionViews:
         self._read_lock = threading.Lock()
 
     def close(self) -> None:
-        self._writer.close()
-        self._reader.close()
+        # Under both locks: closing a connection another thread is using crashes sqlite3.
+        with self._write_lock, self._read_lock:
+            self._writer.close()
+            self._reader.close()
 
     # --- projection ---------------------------------------------------------------------
 

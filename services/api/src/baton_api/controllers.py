@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from baton_api.problems import ProblemError, problem
@@ -62,7 +63,7 @@ class CommandController(Controller):
     async def submit_command(
         self,
         request: Request[str, Any, Any],
-        service: ExecutionService,
+        service: NamedDependency[ExecutionService],
         device_id: FromPath[str],
         data: JSONBody[SubmitRequest],
         idempotency_key: IdempotencyKey = None,
@@ -89,7 +90,7 @@ class CommandController(Controller):
     @get("/executions")
     async def list_device_executions(
         self,
-        service: ExecutionService,
+        service: NamedDependency[ExecutionService],
         device_id: FromPath[str],
         status: Statuses = None,
         name: Name = None,
@@ -111,7 +112,7 @@ class ExecutionController(Controller):
     @get("/")
     async def list_executions(
         self,
-        service: ExecutionService,
+        service: NamedDependency[ExecutionService],
         status: Statuses = None,
         name: Name = None,
         device_id: Annotated[str | None, QueryParameter()] = None,
@@ -127,7 +128,10 @@ class ExecutionController(Controller):
 
     @get("/{execution_id:str}")
     async def get_execution(
-        self, service: ExecutionService, execution_id: FromPath[UUID], expand: Expand = None
+        self,
+        service: NamedDependency[ExecutionService],
+        execution_id: FromPath[UUID],
+        expand: Expand = None,
     ) -> ExecutionOut | ExecutionWithLogOut:
         """One execution; `?expand=log` adds every device answer."""
         execution = await service.get(execution_id, with_log=expand == "log")
@@ -138,7 +142,7 @@ class ExecutionController(Controller):
     @post("/{execution_id:str}/cancel", status_code=200)
     async def cancel_execution(
         self,
-        service: ExecutionService,
+        service: NamedDependency[ExecutionService],
         execution_id: FromPath[UUID],
         data: JSONBody[CancelRequest | None] = None,
     ) -> ExecutionOut:

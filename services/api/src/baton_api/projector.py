@@ -37,14 +37,24 @@ class ProjectionRunner:
         self._wake = asyncio.Event()
         # Replaced on every advance: setting the old one releases everyone waiting on it.
         self._advanced = asyncio.Event()
+        self._stopping = False
         self.position = 0
 
     def wake(self) -> None:
         self._wake.set()
 
+    def stop(self) -> None:
+        """Ask `run` to return after the step in hand.
+
+        Cancelling it instead could leave a worker thread inside sqlite while the
+        connections are being closed, which crashes the interpreter.
+        """
+        self._stopping = True
+        self._wake.set()
+
     async def run(self) -> None:
-        """Project until cancelled. Errors are logged and retried: reads must keep working."""
-        while True:
+        """Project until stopped. Errors are logged and retried: reads must keep working."""
+        while not self._stopping:
             try:
                 if await self.step():
                     continue  # there may be more: drain before sleeping

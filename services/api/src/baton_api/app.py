@@ -1,0 +1,159 @@
+"""Composition root of the api: builds the Litestar app and everything it uses from Settings.
+
+`create_app(settings)` is production (NATS gateway, SQLite event store and views);
+tests pass `gateway` and `executions` stand-ins and get the same routes, auth and errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from litestar import Litestar, Router
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from baton_api.auth import API_KEY_HEADER, ApiKeyMiddleware
+from baton_api.controllers import CommandController, ExecutionController
+from baton_api.gateway import CommandGateway, NatsGateway
+from baton_api.health import Check, HealthController
+from baton_api.nats_link import NatsLink
+from baton_api.problems import problem_handler
+from baton_api.projector import ProjectionRunner
+from baton_api.service import ExecutionService
+from baton_domain.application import Executions
+from baton_platform.eventstore import open_executions
+from baton_platform.settings import Settings
+from baton_views import ExecutionViews
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+
+@dataclass
+class Parts:
+    """What the routes use, and the background tasks that keep it current."""
+
+    executions: Executions
+    views: ExecutionViews
+    runner: ProjectionRunner
+    service: ExecutionService
+    link: NatsLink | None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        self.tasks.append(asyncio.create_task(self.runner.run(), name="projection"))
+        if self.link is not None:
+            self.tasks.append(asyncio.create_task(self.link.run(), name="nats-link"))
+
+    async def stop(self) -> None:
+        # The projection finishes its step (it may be inside sqlite in a worker thread);
+        # the NATS link holds no thread and can simply be cancelled.
+        self.runner.stop()
+        for task in self.tasks[1:]:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.link is not None:
+            await self.link.close()
+        await asyncio.to_thread(self.views.close)
+        await asyncio.to_thread(self.executions.close)
+
+    def checks(self) -> dict[str, Check]:
+        async def nats() -> str | None:
+            if self.link is None or self.link.connected:
+                return None
+            return "not connected"
+
+        async def store() -> str | None:
+            try:
+                await asyncio.to_thread(self.views.position)
+                await asyncio.to_thread(self.executions.recorder.max_notification_id)
+            except Exception as exc:  # any failure means "not ready", with the reason
+                return f"unreachable: {type(exc).__name__}"
+            return None
+
+        return {"nats": nats, "store": store}
+
+
+def build_parts(
+    settings: Settings,
+    gateway: CommandGateway | None = None,
+    executions: Executions | None = None,
+) -> Parts:
+    executions = executions or open_executions(settings)
+    views = ExecutionViews(settings.views_path)
+    runner = ProjectionRunner(executions, views, settings.projection_poll_interval)
+    link = None
+    if gateway is None:
+        link = NatsLink(settings.nats_url, on_event=runner.wake)
+        gateway = NatsGateway(link, settings.request_timeout)
+    service = ExecutionService(gateway, views, runner)
+    return Parts(executions, views, runner, service, link)
+
+
+def create_app(
+    settings: Settings,
+    gateway: CommandGateway | None = None,
+    executions: Executions | None = None,
+) -> Litestar:
+    keys = [key.get_secret_value() for key in settings.api_keys]
+    if not keys:
+        raise ValueError("no API keys: set BATON_API_KEYS (comma-separated)")
+    parts = build_parts(settings, gateway, executions)
+
+    @asynccontextmanager
+    async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+        await parts.start()
+        try:
+            yield
+        finally:
+            await parts.stop()
+
+    v1 = Router(
+        "/v1",
+        route_handlers=[CommandController, ExecutionController],
+        middleware=[DefineMiddleware(ApiKeyMiddleware, keys=keys)],
+        security=[{"bearer": []}, {"apiKey": []}],
+    )
+    return Litestar(
+        route_handlers=[v1, HealthController],
+        dependencies={
+            "service": Provide(lambda: parts.service, sync_to_thread=False),
+            "checks": Provide(parts.checks, sync_to_thread=False),
+        },
+        exception_handlers={Exception: problem_handler},
+        lifespan=[lifespan],
+        openapi_config=_openapi(),
+        debug=False,
+    )
+
+
+def _openapi() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="Baton",
+        version=VERSION,
+        description=(
+            "Send commands to IoT devices and keep an exact, replayable record of every "
+            "execution. Every error is an RFC 9457 problem document."
+        ),
+        path="/schema",
+        render_plugins=[SwaggerRenderPlugin()],
+        components=Components(
+            security_schemes={
+                "bearer": SecurityScheme(type="http", scheme="bearer"),
+                "apiKey": SecurityScheme(
+                    type="apiKey", name=API_KEY_HEADER, security_scheme_in="header"
+                ),
+            }
+        ),
+    )

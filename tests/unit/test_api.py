@@ -1,0 +1,364 @@
+"""The Baton v1 API over in-memory stand-ins: the dispatcher is the `Executions` application
+called in-process (InMemoryGateway), the event store is in memory, the views a temp SQLite.
+
+Routes, auth, validation and problem documents are the production ones (create_app).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+from litestar.testing import TestClient
+
+from baton_api.app import create_app
+from baton_api.inmemory import InMemoryGateway
+from baton_contracts.nats import ExecutionReply, SubmitCommand
+from baton_domain.application import Executions
+from baton_domain.catalog import Catalog
+from baton_domain.statuses import AnswerStatus
+from baton_platform.settings import Settings
+
+DEMO = Path(__file__).resolve().parents[2] / "deploy" / "catalog" / "demo.yaml"
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+PROBLEM = "application/problem+json"
+
+
+class AnsweringGateway(InMemoryGateway):
+    """A gateway whose devices answer at once: every submission succeeds right away."""
+
+    async def submit(self, command: SubmitCommand) -> ExecutionReply:
+        reply = await super().submit(command)
+        if reply.execution is not None and reply.created:
+            answer(self.executions, reply.execution.id, AnswerStatus.SUCCEEDED, {"ok": True})
+        return reply
+
+
+class BrokenGateway(InMemoryGateway):
+    async def submit(self, command: SubmitCommand) -> ExecutionReply:
+        raise RuntimeError("secret internals")
+
+
+def answer(
+    executions: Executions,
+    execution_id: UUID,
+    status: AnswerStatus,
+    payload: dict[str, Any],
+    device_id: str | None = None,
+) -> None:
+    execution = executions.get(execution_id)
+    executions.record_answer(
+        execution_id,
+        device_id or execution.device_id,
+        f"r-{uuid4()}",
+        status,
+        payload,
+        datetime.now(UTC),
+    )
+
+
+@pytest.fixture
+def executions() -> Executions:
+    return Executions(Catalog.from_yaml(DEMO), env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+
+
+def client_for(tmp_path: Path, gateway: InMemoryGateway) -> TestClient[Any]:
+    settings = Settings(
+        data_dir=tmp_path,
+        api_keys=KEY,
+        projection_poll_interval=0.05,  # type: ignore[arg-type]
+    )
+    app = create_app(settings, gateway=gateway, executions=gateway.executions)
+    return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.fixture
+def client(tmp_path: Path, executions: Executions) -> Iterator[TestClient[Any]]:
+    with client_for(tmp_path, InMemoryGateway(executions)) as test_client:
+        yield test_client
+
+
+def submit(client: TestClient[Any], device: str = "demo-thermostat-1", **body: Any) -> Any:
+    body.setdefault("name", "set_temperature")
+    body.setdefault("params", {"value": 21})
+    return client.post(f"/v1/devices/{device}/commands", json=body, headers=AUTH)
+
+
+def assert_problem(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["title"] and body["detail"] and body["type"].startswith("https://")
+    return body
+
+
+# --- auth ----------------------------------------------------------------------------------
+
+
+def test_v1_needs_an_api_key(client: TestClient[Any]) -> None:
+    response = client.get("/v1/executions")
+    body = assert_problem(response, 401)
+    assert body["code"] == "unauthorized"
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert_problem(client.get("/v1/executions", headers={"Authorization": "Bearer wrong"}), 401)
+    assert_problem(client.get("/v1/executions", headers={"Authorization": "Basic abc"}), 401)
+
+
+def test_bearer_and_x_api_key_are_both_accepted(client: TestClient[Any]) -> None:
+    assert client.get("/v1/executions", headers=AUTH).status_code == 200
+    assert client.get("/v1/executions", headers={"X-API-Key": KEY}).status_code == 200
+
+
+def test_health_ready_and_docs_need_no_key(client: TestClient[Any]) -> None:
+    assert client.get("/health").json() == {"status": "ok", "checks": {}}
+    ready = client.get("/ready")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"nats": "ok", "store": "ok"}
+    schema = client.get("/schema/openapi.json")
+    assert schema.status_code == 200
+    assert "/v1/devices/{device_id}/commands" in schema.json()["paths"]
+    assert client.get("/schema/swagger").status_code == 200
+
+
+def test_the_app_refuses_to_start_without_keys(tmp_path: Path, executions: Executions) -> None:
+    with pytest.raises(ValueError, match="BATON_API_KEYS"):
+        create_app(Settings(data_dir=tmp_path), gateway=InMemoryGateway(executions))
+
+
+# --- submit --------------------------------------------------------------------------------
+
+
+def test_submit_answers_the_execution_itself(client: TestClient[Any]) -> None:
+    response = submit(client, ttl=12)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert set(body) == {
+        "id", "device_id", "name", "params", "status", "created_at",
+        "updated_at", "ttl", "deadline", "result", "error",
+    }  # fmt: skip
+    assert body["device_id"] == "demo-thermostat-1"
+    assert body["name"] == "set_temperature"
+    assert body["params"] == {"value": 21}
+    assert body["status"] == "PENDING"
+    assert body["ttl"] == 12
+    assert response.headers["location"] == f"/v1/executions/{body['id']}"
+    # Read-your-writes: the views already hold it.
+    assert client.get(f"/v1/executions/{body['id']}", headers=AUTH).json() == body
+
+
+def test_submit_uses_the_catalog_ttl_by_default(client: TestClient[Any]) -> None:
+    assert submit(client).json()["ttl"] == 30
+
+
+def test_unknown_device_is_a_404_problem(client: TestClient[Any]) -> None:
+    body = assert_problem(submit(client, device="nope"), 404)
+    assert body["code"] == "unknown-device"
+    assert "nope" in body["detail"]
+
+
+def test_invalid_params_are_a_422_naming_the_field(client: TestClient[Any]) -> None:
+    body = assert_problem(submit(client, params={"value": 99}), 422)
+    assert [e["field"] for e in body["errors"]] == ["params.value"]
+    assert "35" in body["errors"][0]["reason"]
+    missing = assert_problem(submit(client, params={}), 422)
+    assert missing["errors"][0]["field"] == "params"
+    assert "value" in missing["errors"][0]["reason"]
+
+
+def test_unknown_command_is_a_422_naming_the_name(client: TestClient[Any]) -> None:
+    body = assert_problem(submit(client, name="dance", params={}), 422)
+    assert body["errors"][0]["field"] == "name"
+    assert "set_temperature" in body["errors"][0]["reason"]
+
+
+def test_body_schema_errors_are_422_problems(client: TestClient[Any]) -> None:
+    typo = assert_problem(submit(client, parms={"value": 1}), 422)
+    assert any("parms" in e["field"] or "parms" in e["reason"] for e in typo["errors"])
+    bad_ttl = assert_problem(submit(client, ttl=0), 422)
+    assert any("ttl" in e["field"] for e in bad_ttl["errors"])
+
+
+def test_a_body_that_is_not_json_is_a_problem(client: TestClient[Any]) -> None:
+    response = client.post(
+        "/v1/devices/demo-thermostat-1/commands",
+        content=b"{not json",
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
+    body = assert_problem(response, 400)
+    assert body["code"] == "bad-request"
+    assert "JSON" in body["detail"]
+
+
+def test_refused_requests_store_nothing(client: TestClient[Any], executions: Executions) -> None:
+    submit(client, params={"value": 99})
+    submit(client, device="nope")
+    assert (executions.recorder.max_notification_id() or 0) == 0
+
+
+def test_idempotency_key(client: TestClient[Any]) -> None:
+    headers = {**AUTH, "Idempotency-Key": "order-42"}
+    url = "/v1/devices/demo-thermostat-1/commands"
+    body = {"name": "set_temperature", "params": {"value": 20}}
+    first = client.post(url, json=body, headers=headers)
+    again = client.post(url, json=body, headers=headers)
+    assert first.status_code == 201
+    assert again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    other = client.post(url, json={**body, "params": {"value": 21}}, headers=headers)
+    assert assert_problem(other, 409)["code"] == "idempotency-conflict"
+    listed = client.get("/v1/executions", headers=AUTH).json()
+    assert listed["total_count"] == 1
+
+
+def test_wait_returns_once_the_execution_ended(tmp_path: Path, executions: Executions) -> None:
+    with client_for(tmp_path, AnsweringGateway(executions)) as client:
+        response = client.post(
+            "/v1/devices/demo-thermostat-1/commands?wait=5",
+            json={"name": "reboot"},
+            headers=AUTH,
+        )
+    assert response.status_code == 201
+    assert response.json()["status"] == "SUCCEEDED"
+    assert response.json()["result"] == {"ok": True}
+
+
+def test_wait_gives_the_state_when_the_time_is_up(client: TestClient[Any]) -> None:
+    response = client.post(
+        "/v1/devices/demo-silent-1/commands?wait=0.3", json={"name": "reboot"}, headers=AUTH
+    )
+    assert response.status_code == 201
+    assert response.json()["status"] == "PENDING"
+
+
+def test_wait_is_capped_at_60_seconds(client: TestClient[Any]) -> None:
+    response = client.post(
+        "/v1/devices/demo-silent-1/commands?wait=61", json={"name": "reboot"}, headers=AUTH
+    )
+    body = assert_problem(response, 422)
+    assert any(e["field"] == "wait" for e in body["errors"])
+
+
+# --- read ----------------------------------------------------------------------------------
+
+
+def test_get_with_log(client: TestClient[Any], executions: Executions) -> None:
+    execution_id = submit(client).json()["id"]
+    answer(executions, UUID(execution_id), AnswerStatus.STARTED, {})
+    answer(executions, UUID(execution_id), AnswerStatus.SUCCEEDED, {"current_temperature": 21})
+
+    def ended() -> dict[str, Any] | None:
+        body: dict[str, Any] = client.get(
+            f"/v1/executions/{execution_id}?expand=log", headers=AUTH
+        ).json()
+        return body if body["status"] == "SUCCEEDED" else None
+
+    body = poll(ended)
+    assert body["result"] == {"current_temperature": 21}
+    assert [(e["status"], e["payload"]) for e in body["log"]] == [
+        ("STARTED", {}),
+        ("SUCCEEDED", {"current_temperature": 21}),
+    ]
+    plain = client.get(f"/v1/executions/{execution_id}", headers=AUTH).json()
+    assert "log" not in plain
+
+
+def test_missing_execution_and_unknown_routes_are_404_problems(client: TestClient[Any]) -> None:
+    body = assert_problem(client.get(f"/v1/executions/{uuid4()}", headers=AUTH), 404)
+    assert body["code"] == "execution-not-found"
+    assert_problem(client.get("/v1/nothing-here", headers=AUTH), 404)
+    assert_problem(client.get("/nothing-here"), 404)
+
+
+def test_wrong_method_is_a_405_problem(client: TestClient[Any]) -> None:
+    response = client.delete("/v1/executions", headers=AUTH)
+    assert_problem(response, 405)
+
+
+def test_unexpected_errors_are_500_problems_without_internals(
+    tmp_path: Path, executions: Executions
+) -> None:
+    with client_for(tmp_path, BrokenGateway(executions)) as client:
+        response = submit(client)
+    body = assert_problem(response, 500)
+    assert "secret" not in response.text
+    assert body["code"] == "internal-error"
+
+
+def test_list_filters_order_and_pages(client: TestClient[Any], executions: Executions) -> None:
+    ids = [submit(client, params={"value": 10 + i}).json()["id"] for i in range(5)]
+    other = submit(client, device="demo-thermostat-2", name="reboot", params={}).json()["id"]
+    answer(executions, UUID(ids[0]), AnswerStatus.SUCCEEDED, {})
+    answer(executions, UUID(ids[1]), AnswerStatus.FAILED, {"message": "x"})
+    poll(lambda: client.get(f"/v1/executions/{ids[1]}", headers=AUTH).json()["status"] == "FAILED")
+
+    def listed(path: str = "/v1/executions", **query: Any) -> dict[str, Any]:
+        response = client.get(path, params=query, headers=AUTH)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    everything = listed()
+    assert everything["total_count"] == 6
+    assert [i["id"] for i in everything["items"]] == [other, *reversed(ids)]
+    assert [i["id"] for i in listed(order="oldest")["items"]] == [*ids, other]
+    ended = listed(status="SUCCEEDED,FAILED")
+    assert {i["id"] for i in ended["items"]} == {ids[0], ids[1]}
+    repeated = client.get("/v1/executions?status=SUCCEEDED&status=FAILED", headers=AUTH).json()
+    assert repeated["total_count"] == 2
+    assert listed(name="reboot")["total_count"] == 1
+    assert [i["id"] for i in listed("/v1/devices/demo-thermostat-2/executions")["items"]] == [other]
+    created = everything["items"][2]["created_at"]
+    assert listed(created_after=created, order="oldest")["items"][0]["id"] == ids[3]
+    assert listed(created_before=created)["total_count"] == 3
+
+    page, seen = listed(limit=2, order="oldest"), []
+    while True:
+        assert page["total_count"] == 6
+        seen += [i["id"] for i in page["items"]]
+        if page["next_cursor"] is None:
+            break
+        page = listed(limit=2, order="oldest", cursor=page["next_cursor"])
+    assert seen == [*ids, other]
+
+
+def test_bad_list_queries_are_422_problems(client: TestClient[Any]) -> None:
+    bad_status = assert_problem(client.get("/v1/executions?status=DONE", headers=AUTH), 422)
+    assert bad_status["errors"][0]["field"] == "status"
+    bad_cursor = assert_problem(client.get("/v1/executions?cursor=zzz", headers=AUTH), 422)
+    assert bad_cursor["errors"][0]["field"] == "cursor"
+    assert_problem(client.get("/v1/executions?limit=0", headers=AUTH), 422)
+    assert_problem(client.get("/v1/executions?order=sideways", headers=AUTH), 422)
+
+
+# --- cancel --------------------------------------------------------------------------------
+
+
+def test_cancel_then_cancel_again(client: TestClient[Any]) -> None:
+    execution_id = submit(client).json()["id"]
+    canceled = client.post(
+        f"/v1/executions/{execution_id}/cancel", json={"reason": "changed my mind"}, headers=AUTH
+    )
+    assert canceled.status_code == 200, canceled.text
+    assert canceled.json()["status"] == "CANCELED"
+    assert canceled.json()["error"] == {"code": "canceled", "message": "changed my mind"}
+    again = client.post(f"/v1/executions/{execution_id}/cancel", headers=AUTH)
+    assert assert_problem(again, 409)["code"] == "illegal-transition"
+    assert client.get(f"/v1/executions/{execution_id}", headers=AUTH).json()["status"] == (
+        "CANCELED"
+    )
+
+
+def test_cancel_of_a_missing_execution_is_404(client: TestClient[Any]) -> None:
+    assert_problem(client.post(f"/v1/executions/{uuid4()}/cancel", headers=AUTH), 404)
+
+
+def poll(probe: Any, timeout: float = 5.0) -> Any:
+    from tests.conftest import eventually_sync
+
+    return eventually_sync(probe, timeout=timeout)

@@ -1,0 +1,105 @@
+"""The catalog: loading (a wrong file fails at start, naming what is wrong) and checking
+requests against a device's type (unknown device, unknown command, invalid params)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from baton_domain.catalog import Catalog, CatalogError
+from baton_domain.errors import InvalidCommand, UnknownDevice
+
+DEMO = Path(__file__).resolve().parents[2] / "deploy" / "catalog" / "demo.yaml"
+
+
+@pytest.fixture(scope="module")
+def demo() -> Catalog:
+    return Catalog.from_yaml(DEMO)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "catalog.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_demo_catalog_has_the_thermostat_and_its_devices(demo: Catalog) -> None:
+    assert set(demo.device_types["thermostat"].commands) == {
+        "set_temperature", "reboot", "self_test", "factory_reset",
+    }  # fmt: skip
+    assert [d.id for d in demo.devices] == [
+        *(f"demo-thermostat-{n}" for n in range(1, 6)), "demo-silent-1",
+    ]  # fmt: skip
+
+
+def test_resolve_fills_the_default_ttl(demo: Catalog) -> None:
+    resolved = demo.resolve("demo-thermostat-1", "set_temperature", {"value": 21.5}, None)
+    assert (resolved.device.type, resolved.ttl, resolved.params) == (
+        "thermostat", 30, {"value": 21.5},
+    )  # fmt: skip
+    assert demo.resolve("demo-thermostat-1", "reboot", {}, 5).ttl == 5
+
+
+def test_unknown_device(demo: Catalog) -> None:
+    with pytest.raises(UnknownDevice, match="nope"):
+        demo.resolve("nope", "reboot", {}, None)
+
+
+def test_unknown_command_names_the_known_ones(demo: Catalog) -> None:
+    with pytest.raises(InvalidCommand) as caught:
+        demo.resolve("demo-thermostat-1", "dance", {}, None)
+    [error] = caught.value.errors
+    assert error.field == "name"
+    assert "factory_reset, reboot, self_test, set_temperature" in error.reason
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "words"),
+    [
+        ({"value": 99}, "params.value", "maximum"),
+        ({"value": 1}, "params.value", "minimum"),
+        ({"value": "hot"}, "params.value", "number"),
+        ({}, "params", "'value' is a required property"),
+        ({"value": 20, "extra": 1}, "params", "Additional properties"),
+    ],
+)
+def test_invalid_params_name_the_field_and_the_reason(
+    demo: Catalog, params: dict[str, object], field: str, words: str
+) -> None:
+    with pytest.raises(InvalidCommand) as caught:
+        demo.resolve("demo-thermostat-1", "set_temperature", params, None)
+    assert [e.field for e in caught.value.errors] == [field]
+    assert words in caught.value.errors[0].reason
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("devices: [{id: a, type: missing}]", "unknown type 'missing'"),
+        (
+            "device_types: {t: {}}\ndevices: [{id: a, type: t}, {id: a, type: t}]",
+            "declared twice",
+        ),
+        ("device_types: {t: {commands: {c: {params: {type: 12}}}}}", "not a valid JSON Schema"),
+        ("device_types: {t: {commands: {c: {ttl: 0}}}}", "ttl"),
+        ("device_types: {t: {colour: red}}", "colour"),
+        ("devices: [{id: 'bad id!', type: t}]\ndevice_types: {t: {}}", "id"),
+        ("device_types: [unclosed", "cannot load catalog"),
+    ],
+)
+def test_a_wrong_catalog_file_is_refused_naming_the_problem(
+    tmp_path: Path, text: str, words: str
+) -> None:
+    with pytest.raises(CatalogError, match=r"cannot load|unknown type|declared twice") as caught:
+        Catalog.from_yaml(write(tmp_path, text))
+    assert words in str(caught.value)
+
+
+def test_a_missing_catalog_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="cannot load catalog"):
+        Catalog.from_yaml(tmp_path / "absent.yaml")
+
+
+def test_an_empty_file_is_an_empty_catalog(tmp_path: Path) -> None:
+    assert Catalog.from_yaml(write(tmp_path, "")) == Catalog()
