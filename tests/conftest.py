@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import pytest
 
-from baton_cli.localstack import Server, free_port, mqtt_flavour, start_mosquitto, start_nats
+from baton_cli.localstack import Server, find_binary, free_port, start_mosquitto, start_nats
 
 T = TypeVar("T")
 
@@ -26,10 +26,13 @@ def nats_server(tmp_path: Path) -> Iterator[Server]:
     server.stop()
 
 
-@pytest.fixture
-def mqtt_broker(tmp_path: Path) -> Iterator[Server]:
-    """Mosquitto (MQTT 5) when installed, else nats-server's MQTT 3.1.1 listener."""
-    if mqtt_flavour() == "mosquitto":
+@pytest.fixture(params=["mosquitto", "nats"])
+def mqtt_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """Each MQTT test runs on both brokers Baton supports: Mosquitto (MQTT 5) and
+    nats-server's MQTT 3.1.1 listener (`make test` installs Mosquitto where it can)."""
+    if request.param == "mosquitto":
+        if find_binary("mosquitto") is None:
+            pytest.skip("Mosquitto is not installed (deploy/local/install-broker.sh)")
         server = start_mosquitto(tmp_path / "mosquitto")
     else:
         mqtt_port = free_port()

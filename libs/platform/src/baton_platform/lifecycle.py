@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def run_until_signalled(service: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -18,3 +22,19 @@ def run_until_signalled(service: Callable[[asyncio.Event], Awaitable[None]]) -> 
         await service(stop)
 
     asyncio.run(_main())
+
+
+async def cancel_and_wait(task: asyncio.Task[Any], patience: float = 0.1) -> None:
+    """Cancel `task` and wait until it has ended, cancelling again as long as it runs.
+
+    One `cancel()` is not always enough: on Python 3.11 `asyncio.wait_for` (used inside
+    nats-py's request and publish) swallows a cancellation that arrives just as the awaited
+    result does, and a service loop would then run on for ever.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=patience)
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "task %s ended with an error while stopping", task.get_name(), exc_info=task.exception()
+        )

@@ -7,7 +7,6 @@ tests pass `gateway` and `executions` stand-ins and get the same routes, auth an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +29,7 @@ from baton_api.projector import ProjectionRunner
 from baton_api.service import ExecutionService
 from baton_domain.application import Executions
 from baton_platform.eventstore import open_executions
+from baton_platform.lifecycle import cancel_and_wait
 from baton_platform.settings import Settings
 from baton_views import ExecutionViews
 
@@ -59,10 +59,9 @@ class Parts:
         # the NATS link holds no thread and can simply be cancelled.
         self.runner.stop()
         for task in self.tasks[1:]:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_and_wait(task)
+        for task in self.tasks[:1]:
+            await task  # the projection, stopping at its next step boundary
         if self.link is not None:
             await self.link.close()
         await asyncio.to_thread(self.views.close)

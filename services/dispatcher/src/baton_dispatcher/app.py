@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from faststream.nats import NatsBroker
@@ -14,6 +13,7 @@ from baton_dispatcher.relay import OutboxRelay
 from baton_dispatcher.writer import Writer
 from baton_domain.catalog import Catalog
 from baton_platform.eventstore import open_executions
+from baton_platform.lifecycle import cancel_and_wait
 from baton_platform.nats import connect, ensure_streams
 from baton_platform.settings import Settings
 
@@ -57,9 +57,7 @@ class Dispatcher:
 
     async def stop(self) -> None:
         if self._relay_task is not None:
-            self._relay_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._relay_task
+            await cancel_and_wait(self._relay_task)
         if self._broker is not None:
             await self._broker.stop()
         if self._nc is not None:

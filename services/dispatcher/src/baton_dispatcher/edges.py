@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import logging
 
-from faststream import AckPolicy
-from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
+from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
 from pydantic import ValidationError
 
 from baton_contracts.nats import (
@@ -36,6 +34,7 @@ from baton_contracts.nats import (
     SubmitCommand,
 )
 from baton_dispatcher.writer import Writer
+from baton_platform.consumers import durable_subscriber
 from baton_platform.deadletters import dead_letter
 from baton_platform.metrics import REJECTED_MESSAGES
 
@@ -90,16 +89,7 @@ def register(broker: NatsBroker, writer: Writer, js: JetStreamContext) -> None:
             return DeadlineReply(outcome="unknown").model_dump_json().encode()
         return (await writer.deadline(due)).model_dump_json().encode()
 
-    @broker.subscriber(
-        REPORTS_WILDCARD,
-        stream=JStream(REPORTS_STREAM, declare=False),
-        durable=REPORTS_DURABLE,
-        pull_sub=PullSub(batch_size=50, timeout=1.0),
-        deliver_policy=DeliverPolicy.ALL,
-        config=ConsumerConfig(ack_wait=30, max_ack_pending=1000),
-        ack_policy=AckPolicy.MANUAL,
-        include_in_schema=False,
-    )
+    @durable_subscriber(broker, REPORTS_WILDCARD, REPORTS_STREAM, REPORTS_DURABLE)
     async def on_report(message: NatsMessage) -> None:
         body = message.body
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import nats.errors
@@ -12,6 +11,7 @@ from nats.aio.client import Client
 from pydantic import ValidationError
 
 from baton_contracts.nats import DEADLINE_SUBJECT, DeadlineDue, DeadlineReply
+from baton_platform.lifecycle import cancel_and_wait
 from baton_platform.nats import ensure_streams
 from baton_platform.settings import Settings
 from baton_timeout_scheduler.edges import register
@@ -85,9 +85,7 @@ class TimeoutScheduler:
 
     async def stop(self) -> None:
         if self._ticker_task is not None:
-            self._ticker_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker_task
+            await cancel_and_wait(self._ticker_task)
             self._ticker_task = None
         if self._broker is not None:
             await self._broker.stop()

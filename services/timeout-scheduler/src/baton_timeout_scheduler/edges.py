@@ -17,13 +17,12 @@ import logging
 from datetime import datetime
 from typing import Literal
 
-from faststream import AckPolicy
-from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
+from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
-from nats.js.api import DeliverPolicy
 from pydantic import TypeAdapter, ValidationError
 
 from baton_contracts.nats import EVENTS_STREAM, EVENTS_WILDCARD, LifecycleEvent
+from baton_platform.consumers import durable_subscriber
 from baton_platform.metrics import REJECTED_MESSAGES
 from baton_timeout_scheduler.store import Deadlines
 
@@ -70,17 +69,7 @@ async def apply(deadlines: Deadlines, event: LifecycleEvent) -> Effect:
 
 
 def register(broker: NatsBroker, deadlines: Deadlines) -> None:
-    @broker.subscriber(
-        EVENTS_WILDCARD,
-        stream=JStream(EVENTS_STREAM, declare=False),
-        durable=DURABLE,
-        # A pull consumer: fetched in batches, handled one message at a time, in order.
-        pull_sub=PullSub(batch_size=100, timeout=5.0),
-        deliver_policy=DeliverPolicy.ALL,
-        config=ConsumerConfig(ack_wait=30, max_ack_pending=1000),
-        ack_policy=AckPolicy.MANUAL,
-        include_in_schema=False,
-    )
+    @durable_subscriber(broker, EVENTS_WILDCARD, EVENTS_STREAM, DURABLE)
     async def on_event(message: NatsMessage) -> None:
         # The raw bytes: FastStream would otherwise decode the JSON into a dict first.
         try:

@@ -1,0 +1,20 @@
+"""`baton-device-bridge` / `python -m baton_device_bridge`."""
+
+from __future__ import annotations
+
+from baton_device_bridge.app import serve
+from baton_platform.lifecycle import run_until_signalled
+from baton_platform.logs import configure_logging
+from baton_platform.metrics import serve_metrics
+from baton_platform.settings import Settings
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging("device-bridge", settings.log_level)
+    serve_metrics(settings.metrics_port)
+    run_until_signalled(lambda stop: serve(settings, stop))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Composition root of the device-bridge: builds everything from Settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from faststream.nats import NatsBroker
+
+from baton_device_bridge.answers import AnswerForwarder
+from baton_device_bridge.edges import register
+from baton_device_bridge.link import MqttLink
+from baton_device_bridge.reports import ReportSink
+from baton_platform.lifecycle import cancel_and_wait
+from baton_platform.nats import ensure_streams
+from baton_platform.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class DeviceBridge:
+    """The service: the events consumer publishing to devices, the MQTT loop reading answers.
+
+    `startup_wait` bounds how long `start` waits for the MQTT broker: without one the bridge
+    still starts (events wait in JetStream, the loop keeps reconnecting).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        reconnect_cap: float = 5.0,
+        retry_cap: float = 5.0,
+        startup_wait: float = 5.0,
+    ) -> None:
+        self.settings = settings
+        self.reconnect_cap = reconnect_cap
+        self.retry_cap = retry_cap
+        self.startup_wait = startup_wait
+        self.link: MqttLink | None = None
+        self.answers: AnswerForwarder | None = None
+        self._broker: NatsBroker | None = None
+        self._link_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        self._broker = NatsBroker(
+            settings.nats_url,
+            name=f"baton-device-bridge-{settings.instance}",
+            max_reconnect_attempts=-1,
+            logger=logging.getLogger("baton_device_bridge.broker"),
+        )
+        # The consumer's stream must exist before the subscriber starts.
+        connection = await self._broker.connect()
+        js = connection.jetstream()
+        await ensure_streams(js)
+        sink = ReportSink(js)
+        self.answers = AnswerForwarder(sink, retry_cap=self.retry_cap)
+        self.link = MqttLink(settings, self.answers.handle, reconnect_cap=self.reconnect_cap)
+        self._link_task = asyncio.create_task(self.link.run(), name="mqtt-link")
+        register(self._broker, self.link, sink)
+        await self._broker.start()
+        try:
+            await asyncio.wait_for(self.link.connected.wait(), self.startup_wait)
+        except TimeoutError:
+            log.warning("no MQTT broker yet at %s:%d", settings.mqtt_host, settings.mqtt_port)
+        log.info("device-bridge ready (instance %s)", settings.instance)
+
+    async def stop(self) -> None:
+        # Events first: a message being handled is nacked or finishes, none is left half-done.
+        if self._broker is not None:
+            await self._broker.stop()
+            self._broker = None
+        if self._link_task is not None:
+            # An answer read but not yet stored is not acknowledged: the broker keeps it in
+            # the session and hands it to the next bridge with this instance name.
+            await cancel_and_wait(self._link_task)
+            self._link_task = None
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set (or the task is cancelled), then shut down cleanly."""
+    bridge = DeviceBridge(settings)
+    await bridge.start()
+    try:
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await bridge.stop()

@@ -1,0 +1,87 @@
+"""The bridge's JetStream edge: lifecycle events in, MQTT requests and cancellations out.
+
+A durable pull consumer of BATON_EVENTS, handled one message at a time in order. A message is
+acknowledged only once its effect is durable: the broker's PUBACK for the MQTT message and,
+for a request, JetStream's acknowledgement of the `published` report. While MQTT or NATS is
+unavailable the event is negatively acknowledged with a delay, so JetStream redelivers it
+(never dropped). A message that cannot be decoded is logged, counted and acknowledged (a
+poison message must not loop).
+
+Every event may arrive twice: a request published twice carries the same execution id (the
+device de-duplicates on it) and the `published` report keeps the same `report_id`.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from faststream.nats import NatsBroker
+from faststream.nats.annotations import NatsMessage
+
+from baton_contracts.nats import EVENTS_STREAM, EVENTS_WILDCARD
+from baton_device_bridge.commands import (
+    MalformedEventError,
+    Outgoing,
+    Skipped,
+    decode,
+    plan,
+    published_report,
+)
+from baton_device_bridge.link import MqttLink, MqttUnavailableError
+from baton_device_bridge.reports import ReportNotStoredError, ReportRefusedError, ReportSink
+from baton_platform.consumers import durable_subscriber
+from baton_platform.metrics import REJECTED_MESSAGES
+
+log = logging.getLogger(__name__)
+
+SERVICE = "device-bridge"
+DURABLE = "baton-device-bridge"
+MAX_REDELIVERY_DELAY = 5.0
+
+
+async def deliver(link: MqttLink, sink: ReportSink, outgoing: Outgoing) -> None:
+    """The effect of one event: the MQTT message taken by the broker, then (for a request)
+    the `published` report stored. Raises MqttUnavailableError / ReportNotStoredError."""
+    await link.publish(outgoing.topic, outgoing.payload, expiry=outgoing.expiry)
+    if outgoing.report_published:
+        try:
+            await sink.store(published_report(outgoing, datetime.now(UTC)))
+        except ReportRefusedError:
+            # Cannot happen for a report this small; if it did, redelivery would not help
+            # and the execution will time out rather than stay stuck.
+            REJECTED_MESSAGES.labels(service=SERVICE, reason="report-refused").inc()
+            log.exception("JetStream refused the published report of %s", outgoing.execution_id)
+
+
+def register(broker: NatsBroker, link: MqttLink, sink: ReportSink) -> None:
+    # From the start of the stream on first run: events relayed before the bridge ever ran
+    # must go out too (those past their deadline are skipped anyway).
+    @durable_subscriber(broker, EVENTS_WILDCARD, EVENTS_STREAM, DURABLE)
+    async def on_event(message: NatsMessage) -> None:
+        subject = message.raw_message.subject
+        # The raw bytes: FastStream would otherwise decode the JSON into a dict first.
+        try:
+            action = plan(decode(message.body), datetime.now(UTC))
+        except MalformedEventError as exc:
+            REJECTED_MESSAGES.labels(service=SERVICE, reason="malformed-event").inc()
+            log.warning("dropped a malformed message on %s: %s", subject, exc)
+            await message.ack()
+            return
+        if isinstance(action, Skipped):
+            if action.notable:
+                log.info("%s: nothing sent (%s)", subject, action.why)
+            await message.ack()
+            return
+        try:
+            await deliver(link, sink, action)
+        except (MqttUnavailableError, ReportNotStoredError) as exc:
+            deliveries = message.raw_message.metadata.num_delivered or 1
+            delay = min(0.2 * deliveries, MAX_REDELIVERY_DELAY)
+            # Logged at warning on the first delivery only: an outage would flood the log.
+            level = logging.WARNING if deliveries == 1 else logging.DEBUG
+            log.log(level, "%s not delivered (%s); redelivering in %.1fs", subject, exc, delay)
+            await message.nack(delay=delay)
+            return
+        log.debug("%s sent on %s", subject, action.topic)
+        await message.ack()

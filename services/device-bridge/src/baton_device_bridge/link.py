@@ -1,0 +1,205 @@
+"""The bridge's one MQTT connection: a reconnect loop, answers in, commands out.
+
+aiomqtt has no automatic reconnect, so `run` is the loop: connect, subscribe to every
+device's response topic, hand each message to `on_answer`, and on `MqttError` wait (capped
+backoff) and connect again. The connected client is shared: `publish` sends on it from the
+events consumer while `run` reads from it.
+
+The session is persistent (fixed client id, no clean start, a long session expiry on MQTT
+5): the broker keeps the subscription and queues the QoS 1 answers sent while the bridge is
+away, and delivers them when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import aiomqtt
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from baton_contracts.mqtt import RESPONSE_FILTER
+from baton_platform.metrics import REJECTED_MESSAGES
+from baton_platform.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICE = "device-bridge"
+# How long the broker keeps the bridge's session (and its queued answers) while it is away.
+SESSION_EXPIRY_S = 7 * 24 * 3600
+
+AnswerHandler = Callable[[str, bytes], Awaitable[None]]
+
+
+def _refused(code: object) -> bool:
+    """A SUBACK failure: 0x80 on 3.1.1, any reason code of 0x80 and above on 5."""
+    value = getattr(code, "value", code)
+    return isinstance(value, int) and value >= 0x80
+
+
+class MqttUnavailableError(Exception):
+    """Not connected, or the connection broke before the broker acknowledged a publish."""
+
+
+class _Session:
+    """One live connection: the client, and an event set when it is lost."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self.client = client
+        self.lost = asyncio.Event()
+
+
+class MqttLink:
+    def __init__(
+        self,
+        settings: Settings,
+        on_answer: AnswerHandler,
+        reconnect_cap: float = 5.0,
+        connect_wait: float = 2.0,
+        publish_timeout: float = 10.0,
+    ) -> None:
+        self.settings = settings
+        self.identifier = f"baton-device-bridge-{settings.instance}"
+        self._on_answer = on_answer
+        self._reconnect_cap = reconnect_cap
+        self._connect_wait = connect_wait
+        self._publish_timeout = publish_timeout
+        self._session: _Session | None = None
+        self.connected = asyncio.Event()  # set while connected and subscribed
+
+    @property
+    def v5(self) -> bool:
+        return self.settings.mqtt_protocol == "5"
+
+    # --- commands out -----------------------------------------------------------------------
+
+    async def publish(self, topic: str, payload: bytes, expiry: int | None = None) -> None:
+        """Publish with QoS 1; returns once the broker acknowledged it (PUBACK).
+
+        Raises MqttUnavailableError when not connected within `connect_wait`, or when the
+        connection is lost before the PUBACK: the caller must then try again later.
+        """
+        session = await self._current()
+        properties = None
+        if self.v5 and expiry is not None:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.MessageExpiryInterval = expiry
+        sending = asyncio.ensure_future(
+            session.client.publish(
+                topic, payload, qos=1, properties=properties, timeout=self._publish_timeout
+            )
+        )
+        # A PUBACK lost with the connection would only show as a timeout: stop at the loss.
+        lost = asyncio.ensure_future(session.lost.wait())
+        try:
+            await asyncio.wait({sending, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not sending.done():
+                sending.cancel()
+        if not sending.done() or sending.cancelled():
+            raise MqttUnavailableError("connection lost before the broker took the message")
+        try:
+            sending.result()
+        except aiomqtt.MqttError as exc:
+            raise MqttUnavailableError(str(exc) or type(exc).__name__) from exc
+
+    async def _current(self) -> _Session:
+        if self._session is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.connected.wait(), self._connect_wait)
+        session = self._session
+        if session is None:
+            raise MqttUnavailableError("not connected to the MQTT broker")
+        return session
+
+    # --- the connection and answers in --------------------------------------------------------
+
+    def _client(self) -> aiomqtt.Client:
+        s = self.settings
+        session_expiry = None
+        if self.v5:
+            # Without it an MQTT 5 session ends at disconnect, clean start or not.
+            session_expiry = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            session_expiry.SessionExpiryInterval = SESSION_EXPIRY_S
+        client = aiomqtt.Client(
+            s.mqtt_host,
+            s.mqtt_port,
+            username=s.mqtt_username,
+            password=s.mqtt_password.get_secret_value() if s.mqtt_password else None,
+            identifier=self.identifier,
+            logger=logging.getLogger("baton_device_bridge.mqtt"),
+            protocol=aiomqtt.ProtocolVersion.V5 if self.v5 else aiomqtt.ProtocolVersion.V311,
+            # The persistent session: `clean_session` on 3.1.1, `clean_start` on 5 (aiomqtt's
+            # default starts clean on the first connect). paho refuses each on the other.
+            clean_session=None if self.v5 else False,
+            clean_start=False if self.v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=session_expiry,
+        )
+        # Both directions share this client and calls pile up while the broker is slow; the
+        # default threshold (10) would log a warning for every call beyond it.
+        client.pending_calls_threshold = 10_000
+        # aiomqtt acknowledges a QoS 1 message as soon as it arrives, which loses the answer
+        # if the bridge dies before JetStream stored its report. paho can leave the PUBACK to
+        # us; aiomqtt has no public switch for it, so reach its paho client (a private
+        # attribute: re-check on every aiomqtt upgrade). Must be set before connecting.
+        client._client.manual_ack_set(True)
+        return client
+
+    async def run(self) -> None:
+        """Connect, consume, reconnect: until cancelled."""
+        failures = 0
+        while True:
+            try:
+                client = self._client()
+                async with client:
+                    granted = await client.subscribe(RESPONSE_FILTER, qos=1)
+                    if any(_refused(code) for code in granted):
+                        raise aiomqtt.MqttError(f"subscription to {RESPONSE_FILTER} refused")
+                    self._session = _Session(client)
+                    self.connected.set()
+                    log.info(
+                        "connected to MQTT %s:%d (MQTT %s) as %s",
+                        self.settings.mqtt_host,
+                        self.settings.mqtt_port,
+                        self.settings.mqtt_protocol,
+                        self.identifier,
+                    )
+                    failures = 0
+                    async for message in client.messages:
+                        await self._answer(client, message)
+            except aiomqtt.MqttError as exc:
+                failures += 1
+                # Once per outage at warning level; the retries that follow at debug.
+                level = logging.WARNING if failures == 1 else logging.DEBUG
+                log.log(level, "MQTT connection lost or refused (%s); reconnecting", exc)
+            except Exception:
+                # A bug or a surprise from paho: the loop must not die quietly with it, or the
+                # bridge would run on with no MQTT at all. Loud, then retried like an outage.
+                failures += 1
+                log.exception("MQTT loop failed; reconnecting")
+            finally:
+                self.connected.clear()
+                if self._session is not None:
+                    self._session.lost.set()
+                    self._session = None
+            await asyncio.sleep(min(0.1 * 2 ** (failures - 1), self._reconnect_cap))
+
+    async def _answer(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        topic = str(message.topic)
+        payload = message.payload
+        raw = payload if isinstance(payload, bytes) else str(payload).encode()
+        try:
+            await self._on_answer(topic, raw)
+        except Exception:
+            # A bug, not bad input (that is dropped by the handler): never stop the loop on it,
+            # and do not have the broker hand the same message back forever either.
+            REJECTED_MESSAGES.labels(service=SERVICE, reason="bridge-error").inc()
+            log.exception("could not handle a message on %s; dropped", topic)
+        # Only now, with the report stored (or the message dropped), may the broker forget
+        # it. QoS 0 needs no ack; paho ignores it. See `_client` for why this is manual.
+        client._client.ack(message.mid, message.qos)

@@ -1,0 +1,136 @@
+"""What a simulated device does with each command, as data.
+
+A `Behaviour` maps a command name to a `Script`: the steps the device takes, in order. A step
+waits, then (optionally) answers with a status and a payload computed from the request, then
+(optionally) drops off the broker for a while. A new device type or scripted behaviour is a
+new table, not a new code path: `plan` turns a script and a request into concrete actions,
+and the device only carries them out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from baton_contracts.mqtt import AnswerStatusWord, CommandRequest, DeviceAnswer
+
+PayloadFn = Callable[[CommandRequest], dict[str, Any]]
+
+
+def no_payload(request: CommandRequest) -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Step:
+    """Wait `delay` seconds, answer `status` with `payload(request)` (nothing when `status`
+    is None), then stay off the broker for `offline_for` seconds."""
+
+    status: AnswerStatusWord | None
+    payload: PayloadFn = no_payload
+    delay: float = 0.0
+    offline_for: float = 0.0
+
+
+Script = tuple[Step, ...]
+
+
+# --- the vocabulary scripts are written in -------------------------------------------------
+
+
+def started(delay: float = 0.0) -> Step:
+    return Step("STARTED", delay=delay)
+
+
+def progress(percent: int, delay: float = 0.0) -> Step:
+    return Step("IN_PROGRESS", lambda _: {"progress": percent}, delay=delay)
+
+
+def succeed(payload: PayloadFn = no_payload, delay: float = 0.0) -> Step:
+    return Step("SUCCEEDED", payload, delay=delay)
+
+
+def fail(message: str, delay: float = 0.0) -> Step:
+    return Step("FAILED", lambda _: {"message": message}, delay=delay)
+
+
+def reject(message: str, delay: float = 0.0) -> Step:
+    return Step("REJECTED", lambda _: {"message": message}, delay=delay)
+
+
+def go_offline(seconds: float, delay: float = 0.0) -> Step:
+    """Drop the connection for `seconds`; the persistent session keeps what arrives meanwhile."""
+    return Step(None, delay=delay, offline_for=seconds)
+
+
+def reject_unknown(request: CommandRequest) -> dict[str, Any]:
+    return {"message": f"unknown command {request.name!r}"}
+
+
+REJECT_UNKNOWN: Script = (Step("REJECTED", reject_unknown),)
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """A device type's scripts by command name; `otherwise` runs for any other command."""
+
+    commands: Mapping[str, Script] = field(default_factory=dict)
+    otherwise: Script = REJECT_UNKNOWN
+
+    def script_for(self, name: str) -> Script:
+        return self.commands.get(name, self.otherwise)
+
+
+# --- the tables ----------------------------------------------------------------------------
+
+
+def _current_temperature(request: CommandRequest) -> dict[str, Any]:
+    return {"current_temperature": request.params.get("value")}
+
+
+THERMOSTAT = Behaviour(
+    commands={
+        "set_temperature": (started(), succeed(_current_temperature)),
+        # About 2 s in all, so a reboot is long enough to observe progress and to cancel.
+        "reboot": (started(), progress(50, delay=1.0), succeed(delay=1.0)),
+        "self_test": (started(), fail("self test failed: temperature sensor not responding")),
+        "factory_reset": (reject("factory reset is not allowed on this device"),),
+    }
+)
+
+# Receives every command and never answers: what Baton's execution timeout is for.
+SILENT = Behaviour(otherwise=())
+
+BEHAVIOURS: Mapping[str, Behaviour] = {"thermostat": THERMOSTAT, "silent": SILENT}
+
+
+# --- a script made concrete for one request ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Action:
+    delay: float
+    answer: DeviceAnswer | None
+    offline_for: float = 0.0
+
+
+def plan(behaviour: Behaviour, request: CommandRequest) -> list[Action]:
+    """The actions a device takes for `request`, in order.
+
+    Answer ids are `{execution_id}-{n}`: unique per answer, and the same if the device runs
+    the same execution again (say, after a restart), so Baton records a repeat only once.
+    """
+    actions: list[Action] = []
+    answered = 0
+    for step in behaviour.script_for(request.name):
+        answer = None
+        if step.status is not None:
+            answered += 1
+            answer = DeviceAnswer(
+                status=step.status,
+                payload=step.payload(request),
+                answer_id=f"{request.execution_id}-{answered}",
+            )
+        actions.append(Action(step.delay, answer, step.offline_for))
+    return actions
