@@ -40,6 +40,9 @@ test: install broker ## Run every test (unit, integration, end-to-end)
 test-unit: install ## Run the unit tests only
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
+bench: install broker ## Measure latency and throughput against floors from the same run
+	$(VENV)/bin/python -m tests.benchmarks.commands $(BENCH_ARGS)
+
 lint: install ## ruff and mypy --strict
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from baton_contracts.mqtt import RESPONSE_FILTER
+from baton_contracts.mqtt import RESPONSE_FILTER, SOCKET_OPTIONS
 from baton_platform.metrics import REJECTED_MESSAGES
 from baton_platform.settings import Settings
 
@@ -139,6 +139,7 @@ class MqttLink:
             clean_session=None if self.v5 else False,
             clean_start=False if self.v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
             properties=session_expiry,
+            socket_options=SOCKET_OPTIONS,
         )
         # Both directions share this client and calls pile up while the broker is slow; the
         # default threshold (10) would log a warning for every call beyond it.

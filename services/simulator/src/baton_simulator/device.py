@@ -20,6 +20,7 @@ from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
 from baton_contracts.mqtt import (
+    SOCKET_OPTIONS,
     CancelRequest,
     CommandRequest,
     device_filters,
@@ -56,6 +57,7 @@ class Broker:
                 self.host,
                 self.port,
                 identifier=identifier,
+                socket_options=SOCKET_OPTIONS,
                 protocol=PROTOCOLS["5"],
                 clean_start=False,
                 properties=properties,
@@ -65,6 +67,7 @@ class Broker:
                 self.host,
                 self.port,
                 identifier=identifier,
+                socket_options=SOCKET_OPTIONS,
                 protocol=PROTOCOLS["3.1.1"],
                 clean_session=False,
             )
