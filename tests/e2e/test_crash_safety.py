@@ -68,6 +68,34 @@ def test_dispatcher_killed_mid_flight_and_restarted(own_stack: Stack) -> None:
     assert after["status"] == "SUCCEEDED"
 
 
+def test_device_bridge_killed_mid_flight_and_restarted(own_stack: Stack) -> None:
+    baton = Baton(own_stack)
+    execution = baton.send("demo-thermostat-3", "reboot").json()
+    baton.wait_for(execution["id"], {"SENT", "ACKNOWLEDGED"}, timeout=5)
+    # The device goes on answering while no bridge listens: the broker keeps the answers in
+    # the bridge's persistent session and hands them over when it is back.
+    own_stack.kill("device-bridge")
+    own_stack.start("device-bridge")
+    done = baton.wait_for(execution["id"], TERMINAL, timeout=20)
+    assert done["status"] == "SUCCEEDED"
+    assert [e["status"] for e in done["log"]] == ["STARTED", "IN_PROGRESS", "SUCCEEDED"]
+    after = baton.send("demo-thermostat-4", "set_temperature", {"value": 12}, wait=10).json()
+    assert after["status"] == "SUCCEEDED"
+
+
+def test_api_killed_and_restarted_loses_nothing(own_stack: Stack) -> None:
+    baton = Baton(own_stack)
+    execution = baton.send("demo-thermostat-5", "reboot").json()
+    own_stack.kill("api")
+    own_stack.start("api")
+    wait_ready(own_stack)
+    baton = Baton(own_stack)
+    done = baton.wait_for(execution["id"], TERMINAL, timeout=20)
+    assert done["status"] == "SUCCEEDED"
+    listed = baton.http.get("/v1/devices/demo-thermostat-5/executions").json()
+    assert [item["id"] for item in listed["items"]] == [execution["id"]]
+
+
 def _rows(path: Path) -> dict[str, list[tuple[object, ...]]]:
     with sqlite3.connect(path) as db:
         tables = [
