@@ -103,3 +103,64 @@ def test_a_missing_catalog_file_is_refused(tmp_path: Path) -> None:
 
 def test_an_empty_file_is_an_empty_catalog(tmp_path: Path) -> None:
     assert Catalog.from_yaml(write(tmp_path, "")) == Catalog()
+
+
+RICH = """
+device_types:
+  lamp:
+    ttl: 12
+    delivery: one-at-a-time
+    wire_profile: raw-mapped
+    wire: {topic: "iotee/dev/{hardware_id}/rls"}
+    commands:
+      change_lux:
+        aliases: [change_color_temperature]
+        cooldown: 5
+        wire: {payload: "1"}
+        params:
+          type: object
+          properties: {temp_kelvins: {type: integer, maximum: 10000}}
+  thing:
+    allow_undeclared: true
+devices:
+  - {id: lamp-1, type: lamp, hardware_id: ABC123, labels: {site: berlin}}
+  - {id: thing-1, type: thing}
+"""
+
+
+def test_an_alias_resolves_to_its_manifest_name(tmp_path: Path) -> None:
+    catalog = Catalog.from_yaml(write(tmp_path, RICH))
+    resolved = catalog.resolve("lamp-1", "change_color_temperature", {"temp_kelvins": 1850}, None)
+    assert (resolved.name, resolved.requested_name) == ("change_lux", "change_color_temperature")
+    assert (resolved.ttl, resolved.cooldown) == (12, 5)
+    with pytest.raises(InvalidCommand) as caught:
+        catalog.resolve("lamp-1", "change_color_temperature", {"temp_kelvins": 15000}, None)
+    assert caught.value.errors[0].field == "params.temp_kelvins"
+
+
+def test_devices_have_a_hardware_id_and_labels(tmp_path: Path) -> None:
+    catalog = Catalog.from_yaml(write(tmp_path, RICH))
+    lamp = catalog.device("lamp-1")
+    assert (lamp.wire_id, lamp.labels) == ("ABC123", {"site": "berlin"})
+    assert catalog.device("thing-1").wire_id == "thing-1"
+    lamp_type = catalog.device_types["lamp"]
+    assert (lamp_type.delivery, lamp_type.wire_profile) == ("one-at-a-time", "raw-mapped")
+
+
+def test_undeclared_commands_go_through_where_the_type_allows_them(tmp_path: Path) -> None:
+    catalog = Catalog.from_yaml(write(tmp_path, RICH))
+    resolved = catalog.resolve("thing-1", "setTemperature", {"value": 24}, None)
+    assert (resolved.name, resolved.params, resolved.ttl) == ("setTemperature", {"value": 24}, 30)
+    with pytest.raises(InvalidCommand):
+        catalog.resolve("lamp-1", "dance", {}, None)
+
+
+def test_a_name_used_twice_in_a_type_is_refused(tmp_path: Path) -> None:
+    text = "device_types: {t: {commands: {a: {aliases: [b]}, b: {}}}}"
+    with pytest.raises(CatalogError, match="used by"):
+        Catalog.from_yaml(write(tmp_path, text))
+
+
+def test_an_unknown_wire_profile_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="wire_profile"):
+        Catalog.from_yaml(write(tmp_path, "device_types: {t: {wire_profile: carrier-pigeon}}"))

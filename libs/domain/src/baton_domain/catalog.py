@@ -1,5 +1,5 @@
-"""The device catalog: device types declare commands (params schema, default TTL);
-devices have a type.
+"""The device catalog: device types declare commands (params schema, default TTL, aliases,
+delivery policy, wire settings); devices have a type, a hardware id and labels.
 
 Loaded from YAML. Requests are checked here, so the same rules hold for HTTP and NATS.
 """
@@ -7,7 +7,7 @@ Loaded from YAML. Requests are checked here, so the same rules hold for HTTP and
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from jsonschema import Draft202012Validator
@@ -19,6 +19,12 @@ from baton_domain.errors import FieldError, InvalidCommand, UnknownDevice
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,127}$"
 MAX_TTL_SECONDS = 7 * 24 * 3600
+DEFAULT_TTL_SECONDS = 30
+
+# How the device-bridge speaks to a device type over MQTT (docs/wire-profiles.md).
+WireProfile = Literal["baton", "emqx-fleets", "aws-iot-commands", "raw-mapped"]
+# parallel: every command goes out at once; one-at-a-time: the next when the previous ended.
+DeliveryPolicy = Literal["parallel", "one-at-a-time"]
 
 
 class CatalogError(ValueError):
@@ -32,8 +38,24 @@ class CommandSpec(BaseModel):
         default_factory=lambda: {"type": "object"},
         description="JSON Schema (2020-12) the command's params must satisfy",
     )
-    ttl: int = Field(default=30, ge=1, le=MAX_TTL_SECONDS, description="default TTL, seconds")
+    ttl: int | None = Field(
+        default=None, ge=1, le=MAX_TTL_SECONDS, description="default TTL, seconds"
+    )
     description: str = ""
+    aliases: list[str] = Field(
+        default_factory=list, description="other names a request may use for this command"
+    )
+    cooldown: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_TTL_SECONDS,
+        description="seconds after one execution of this command on a device before the next",
+    )
+    wire: dict[str, Any] = Field(
+        default_factory=dict,
+        description="settings of the device type's wire profile for this command "
+        "(raw-mapped: `payload`, the exact bytes sent)",
+    )
 
     @field_validator("params")
     @classmethod
@@ -50,6 +72,39 @@ class DeviceType(BaseModel):
 
     commands: dict[str, CommandSpec] = Field(default_factory=dict)
     description: str = ""
+    ttl: int = Field(
+        default=DEFAULT_TTL_SECONDS,
+        ge=1,
+        le=MAX_TTL_SECONDS,
+        description="default TTL of its commands, seconds",
+    )
+    allow_undeclared: bool = Field(
+        default=False,
+        description="accept command names the type does not declare (params unchecked)",
+    )
+    delivery: DeliveryPolicy = "parallel"
+    wire_profile: WireProfile = "baton"
+    wire: dict[str, Any] = Field(
+        default_factory=dict,
+        description="settings of the wire profile (raw-mapped: `topic`, with {hardware_id})",
+    )
+
+    def model_post_init(self, _context: Any) -> None:
+        seen: dict[str, str] = {}
+        for name, spec in self.commands.items():
+            for alias in [name, *spec.aliases]:
+                if alias in seen:
+                    raise ValueError(f"command name {alias!r} is used by {seen[alias]!r} too")
+                seen[alias] = name
+
+    def command(self, name: str) -> tuple[str, CommandSpec] | None:
+        """The declared command called `name` or aliased so: (manifest name, spec)."""
+        if name in self.commands:
+            return name, self.commands[name]
+        for manifest_name, spec in self.commands.items():
+            if name in spec.aliases:
+                return manifest_name, spec
+        return None
 
 
 class Device(BaseModel):
@@ -57,6 +112,16 @@ class Device(BaseModel):
 
     id: str = Field(pattern=DEVICE_ID_PATTERN)
     type: str
+    hardware_id: str | None = Field(
+        default=None,
+        pattern=DEVICE_ID_PATTERN,
+        description="the id the device itself uses on the wire (defaults to `id`)",
+    )
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def wire_id(self) -> str:
+        return self.hardware_id or self.id
 
 
 class ResolvedCommand(BaseModel):
@@ -65,9 +130,11 @@ class ResolvedCommand(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     device: Device
-    name: str
+    name: str  # the manifest name: the declared name, whatever alias the request used
+    requested_name: str  # as the request said it
     params: dict[str, Any]
     ttl: int
+    cooldown: int = 0
 
 
 class Catalog(BaseModel):
@@ -104,13 +171,23 @@ class Catalog(BaseModel):
     ) -> ResolvedCommand:
         """Check a request against the device's type; raise a domain error naming each field."""
         device = self.device(device_id)
-        spec = self.device_types[device.type].commands.get(name)
-        if spec is None:
-            known = ", ".join(sorted(self.device_types[device.type].commands)) or "none"
+        device_type = self.device_types[device.type]
+        found = device_type.command(name)
+        if found is None:
+            if device_type.allow_undeclared:
+                return ResolvedCommand(
+                    device=device,
+                    name=name,
+                    requested_name=name,
+                    params=params,
+                    ttl=ttl or device_type.ttl,
+                )
+            known = ", ".join(sorted(device_type.commands)) or "none"
             raise InvalidCommand(
                 f"unknown command {name!r} for device type {device.type!r}",
                 [FieldError("name", f"must be one of: {known}")],
             )
+        manifest_name, spec = found
         errors = [
             FieldError(_pointer("params", list(err.absolute_path)), err.message)
             for err in sorted(
@@ -120,7 +197,14 @@ class Catalog(BaseModel):
         ]
         if errors:
             raise InvalidCommand(f"invalid params for command {name!r}", errors)
-        return ResolvedCommand(device=device, name=name, params=params, ttl=ttl or spec.ttl)
+        return ResolvedCommand(
+            device=device,
+            name=manifest_name,
+            requested_name=name,
+            params=params,
+            ttl=ttl or spec.ttl or device_type.ttl,
+            cooldown=spec.cooldown,
+        )
 
 
 def _pointer(root: str, path: list[Any]) -> str:
