@@ -26,6 +26,8 @@ from baton_platform.settings import Settings
 DEMO = Path(__file__).resolve().parents[2] / "deploy" / "catalog" / "demo.yaml"
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+ADMIN_KEY = "admin-key"
+ADMIN = {"X-API-Key": ADMIN_KEY}
 PROBLEM = "application/problem+json"
 
 
@@ -71,6 +73,7 @@ def client_for(tmp_path: Path, gateway: InMemoryGateway) -> TestClient[Any]:
     settings = Settings(
         data_dir=tmp_path,
         api_keys=KEY,
+        admin_api_keys=ADMIN_KEY,
         projection_poll_interval=0.05,  # type: ignore[arg-type]
     )
     app = create_app(settings, gateway=gateway, executions=gateway.executions)
@@ -140,7 +143,7 @@ def test_submit_answers_the_execution_itself(client: TestClient[Any]) -> None:
     body = response.json()
     assert set(body) == {
         "id", "device_id", "name", "params", "status", "created_at",
-        "updated_at", "ttl", "deadline", "result", "error",
+        "updated_at", "ttl", "deadline", "result", "error", "ephemeral", "retry_of", "retries",
     }  # fmt: skip
     assert body["device_id"] == "demo-thermostat-1"
     assert body["name"] == "set_temperature"
@@ -362,3 +365,73 @@ def poll(probe: Any, timeout: float = 5.0) -> Any:
     from tests.conftest import eventually_sync
 
     return eventually_sync(probe, timeout=timeout)
+
+
+# --- retry, delete, purge, ephemeral ---------------------------------------------------------
+
+
+def test_retry_makes_a_new_execution_linked_both_ways(client: TestClient[Any]) -> None:
+    first = submit(client, ttl=9).json()
+    running = client.post(f"/v1/executions/{first['id']}/retry", headers=AUTH)
+    assert assert_problem(running, 409)["code"] == "illegal-transition"
+    client.post(f"/v1/executions/{first['id']}/cancel", headers=AUTH)
+    retried = client.post(f"/v1/executions/{first['id']}/retry", headers=AUTH)
+    assert retried.status_code == 201, retried.text
+    second = retried.json()
+    assert second["id"] != first["id"]
+    assert (second["retry_of"], second["status"], second["ttl"]) == (first["id"], "PENDING", 9)
+    assert retried.headers["location"] == f"/v1/executions/{second['id']}"
+    assert client.get(f"/v1/executions/{first['id']}", headers=AUTH).json()["retries"] == [
+        second["id"]
+    ]
+    assert_problem(client.post(f"/v1/executions/{uuid4()}/retry", headers=AUTH), 404)
+
+
+def test_delete_is_for_admins_and_removes_from_every_view(
+    client: TestClient[Any], executions: Executions
+) -> None:
+    execution_id = submit(client).json()["id"]
+    forbidden = client.delete(f"/v1/executions/{execution_id}", headers=AUTH)
+    assert assert_problem(forbidden, 403)["code"] == "forbidden"
+    deleted = client.delete(f"/v1/executions/{execution_id}", headers=ADMIN)
+    assert deleted.status_code == 204, deleted.text
+    assert_problem(client.get(f"/v1/executions/{execution_id}", headers=AUTH), 404)
+    assert client.get("/v1/executions", headers=AUTH).json()["total_count"] == 0
+    assert_problem(client.delete(f"/v1/executions/{execution_id}", headers=ADMIN), 404)
+    # The stream keeps it all: the running execution was canceled, then deleted.
+    types = [type(e).__name__ for e in executions.events_of(UUID(execution_id))]
+    assert types[-2:] == ["Canceled", "Deleted"]
+
+
+def test_purge_deletes_what_is_older_than_the_cutoff(client: TestClient[Any]) -> None:
+    old = submit(client).json()["id"]
+    assert (
+        assert_problem(
+            client.post("/v1/executions/purge", json={"older_than_days": 1}, headers=AUTH), 403
+        )["code"]
+        == "forbidden"
+    )
+    assert_problem(
+        client.post("/v1/executions/purge", json={"older_than_days": 0}, headers=ADMIN), 422
+    )
+    kept = client.post("/v1/executions/purge", json={"older_than_days": 1}, headers=ADMIN)
+    assert kept.status_code == 200, kept.text
+    assert kept.json()["deleted"] == 0
+    # A cutoff a millisecond ago takes everything made before it.
+    purged = client.post(
+        "/v1/executions/purge", json={"older_than_days": 1e-8}, headers=ADMIN
+    ).json()
+    assert purged["deleted"] == 1
+    assert_problem(client.get(f"/v1/executions/{old}", headers=AUTH), 404)
+
+
+def test_ephemeral_executions_are_listed_only_when_asked_for(client: TestClient[Any]) -> None:
+    kept = submit(client).json()["id"]
+    ephemeral = submit(client, ephemeral=True).json()
+    assert ephemeral["ephemeral"] is True
+    listed = client.get("/v1/executions", headers=AUTH).json()
+    assert [i["id"] for i in listed["items"]] == [kept]
+    everything = client.get("/v1/executions", params={"show": "ALL"}, headers=AUTH).json()
+    assert {i["id"] for i in everything["items"]} == {kept, ephemeral["id"]}
+    assert everything["total_count"] == 2
+    assert client.get(f"/v1/executions/{ephemeral['id']}", headers=AUTH).status_code == 200

@@ -38,6 +38,9 @@ def new_execution(dispatch: bool = True) -> CommandExecution:
         idempotency_key=None,
         fingerprint=None,
         source="test",
+        requested_name="reboot",
+        ephemeral=False,
+        retry_of=None,
     )
     if dispatch:
         execution.dispatch()
@@ -93,14 +96,17 @@ COMMANDS: dict[str, Callable[[CommandExecution], object]] = {
     "REJECTED": lambda e: answer(e, AnswerStatus.REJECTED),
     "deadline": lambda e: e.reach_deadline(AFTER),
     "cancel": lambda e: e.cancel("by test"),
+    "retry": lambda e: e.record_retry(RETRY_ID),
+    "delete": lambda e: e.delete("by test"),
 }
+RETRY_ID = uuid4()
 
 ILLEGAL = IllegalTransition
 NONE = None  # no event, status unchanged
 LIVE = ("PENDING", "SENT", "ACKNOWLEDGED", "IN_PROGRESS")
 ENDED = ("SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "EXPIRED", "CANCELED")
 
-# expected[start][command] = (event class name, status after) | NONE | error class
+# expected[start][command] = (event class names, status after) | NONE | error class
 Expected = tuple[str, ExecutionStatus] | type[DomainError] | None
 EXPECTED: dict[str, dict[str, Expected]] = {
     "PENDING (not dispatched)": {
@@ -168,6 +174,12 @@ for _ended in ENDED:
         "deadline": NONE,
         "cancel": ILLEGAL,
     }
+# Retry and delete, for every status: only an ended execution is retried; deleting one that
+# still runs cancels it first (so the device is told), and the status is then CANCELED.
+for _start, _row in EXPECTED.items():
+    _ended_start = _start in ENDED
+    _row["retry"] = ("Retried", S(_start)) if _ended_start else ILLEGAL
+    _row["delete"] = ("Deleted", S(_start)) if _ended_start else ("Canceled Deleted", S.CANCELED)
 # An execution that expired or was canceled before dispatch was never dispatched...
 # ...but ours were (EXPIRED/CANCELED setups dispatch first), so the table above holds.
 
@@ -199,8 +211,8 @@ def test_transition(start: str, command: str) -> None:
         assert events == []
         assert execution.status is before_status
         return
-    event_name, status_after = expected
-    assert [type(e).__name__ for e in events] == [event_name]
+    event_names, status_after = expected
+    assert [type(e).__name__ for e in events] == event_names.split()
     assert execution.status is status_after
 
 
@@ -292,3 +304,22 @@ def test_event_topics_are_pinned() -> None:
     }
     assert "baton.execution.v1:Requested" in topics
     assert all(t.startswith("baton.execution.v1:") for t in topics)
+
+
+def test_a_retry_is_linked_and_a_deleted_execution_takes_nothing_more() -> None:
+    execution = new_execution()
+    execution.cancel("stop")
+    execution.record_retry(RETRY_ID)
+    assert execution.retries == [RETRY_ID]
+    execution.delete("old")
+    assert execution.deleted
+    with pytest.raises(IllegalTransition):
+        execution.delete("again")
+
+
+def test_requested_v1_events_are_upcast() -> None:
+    state = {"name": "reboot"}
+    CommandExecution.Requested.upcast_v1_v2(state)
+    assert state == {
+        "name": "reboot", "requested_name": "reboot", "ephemeral": False, "retry_of": None,
+    }  # fmt: skip

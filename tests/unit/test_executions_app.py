@@ -127,3 +127,47 @@ def test_bad_requests_store_nothing(env: dict[str, str]) -> None:
     assert app.recorder.select_notifications(start=1, limit=10) == []
     with pytest.raises(ExecutionNotFound):
         app.get(uuid4())
+
+
+def test_retry_links_both_ways_delete_and_purge(env: dict[str, str]) -> None:
+    app = Executions(Catalog.from_yaml(DEMO), env=env, clock=Clock())
+    first = app.request(
+        RequestCommand("demo-thermostat-1", "self_test", {}, 7, ephemeral=True)
+    ).execution.id
+    with pytest.raises(IllegalTransition):
+        app.retry(first, "key:admin", "api")  # still running
+    app.cancel(first, "stop")
+    retried = app.retry(first, "key:admin", "api")
+    assert retried.created and retried.position is not None
+    second = retried.execution
+    assert (second.retry_of, second.name, second.ttl, second.ephemeral) == (
+        first, "self_test", 7, True,
+    )  # fmt: skip
+    assert app.get(first).retries == [second.id]
+
+    deleted = app.delete(second.id, "by admin")
+    assert deleted.execution.status is ExecutionStatus.CANCELED  # it was running
+    with pytest.raises(ExecutionNotFound):
+        app.get(second.id)
+    assert [type(e).__name__ for e in app.events_of(second.id)][-2:] == ["Canceled", "Deleted"]
+    with pytest.raises(ExecutionNotFound):
+        app.delete(second.id, "again")
+
+    count, position = app.purge([first, second.id, uuid4()], "purged")
+    assert count == 1 and position is not None
+    with pytest.raises(ExecutionNotFound):
+        app.get(first)
+    assert app.purge([first], "purged") == (0, None)
+
+
+def test_an_alias_is_recorded_with_its_manifest_name(env: dict[str, str], tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(
+        "device_types: {lamp: {commands: {change_lux: {aliases: [change_color_temperature]}}}}\n"
+        "devices: [{id: lamp-1, type: lamp}]\n"
+    )
+    app = Executions(Catalog.from_yaml(catalog), env=env, clock=Clock())
+    execution = app.request(RequestCommand("lamp-1", "change_color_temperature", {}, None))
+    assert (execution.execution.name, execution.execution.requested_name) == (
+        "change_lux", "change_color_temperature",
+    )  # fmt: skip

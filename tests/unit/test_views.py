@@ -15,6 +15,7 @@ from baton_domain.catalog import Catalog
 from baton_domain.statuses import AnswerStatus, ExecutionStatus
 from baton_platform.mapping import execution_state
 from baton_views import ExecutionViews, read_events, rebuild
+from baton_views.projection import PROJECTED_TYPES
 
 DEMO = Path(__file__).resolve().parents[2] / "deploy" / "catalog" / "demo.yaml"
 DEVICE = "demo-thermostat-1"
@@ -77,6 +78,10 @@ def every_ending(app: Executions, clock: Clock) -> dict[str, UUID]:
     clock.now += timedelta(seconds=31)
     app.reach_deadline(ids["timed_out"])
     app.reach_deadline(ids["expired"])
+    ids["retry"] = app.retry(ids["failed"], "test", "test").execution.id  # Retried
+    doomed = request(app)
+    answer(app, doomed, "d1", AnswerStatus.STARTED)
+    app.delete(doomed, "by test")  # Canceled + Deleted: no rows left
     return ids
 
 
@@ -117,7 +122,10 @@ def test_every_event_type_projects_what_the_aggregate_says(
         "TimedOut",
         "Expired",
         "Canceled",
+        "Retried",
+        "Deleted",
     }
+    assert types == PROJECTED_TYPES
     for execution_id in ids.values():
         row = views.get(execution_id)
         assert row is not None
@@ -137,6 +145,11 @@ def test_every_event_type_projects_what_the_aggregate_says(
             state.name,
             state.params,
             state.ttl,
+        )
+        assert (row.ephemeral, row.retry_of, row.retries) == (
+            state.ephemeral,
+            state.retry_of,
+            state.retries,
         )
 
     assert views.get(ids["sent"]).status is ExecutionStatus.SENT  # type: ignore[union-attr]
@@ -221,3 +234,19 @@ def test_rows_hold_canonical_json_and_utc_timestamps(
         "2026-01-01T00:00:00.000000+00:00"
     )
     assert deadline.endswith("+00:00")
+
+
+def test_a_views_database_of_another_schema_version_starts_over(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE executions (id TEXT PRIMARY KEY)")
+    conn.execute("INSERT INTO executions VALUES ('stale')")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    views = ExecutionViews(path)
+    try:
+        assert views.position() == 0
+        assert views.list().total_count == 0
+    finally:
+        views.close()

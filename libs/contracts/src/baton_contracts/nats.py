@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 SUBMIT_SUBJECT = "baton.v1.commands.submit"  # request/reply: submit a command
 CANCEL_SUBJECT = "baton.v1.commands.cancel"  # request/reply: cancel an execution
+RETRY_SUBJECT = "baton.v1.commands.retry"  # request/reply: a new execution from an ended one
+DELETE_SUBJECT = "baton.v1.commands.delete"  # request/reply: remove from every view
+PURGE_SUBJECT = "baton.v1.commands.purge"  # request/reply: delete many
 DEADLINE_SUBJECT = "baton.v1.internal.deadline"  # request/reply: timeout-scheduler -> dispatcher
 DISPATCHER_QUEUE = "baton-dispatcher"
 
@@ -59,6 +62,10 @@ class ExecutionState(WireModel):
     deadline: datetime
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    requested_name: str | None = None  # the alias the request used, when not `name`
+    ephemeral: bool = False
+    retry_of: UUID | None = None
+    retries: list[UUID] = Field(default_factory=list)
 
 
 class FieldProblem(WireModel):
@@ -87,6 +94,7 @@ class SubmitCommand(WireModel):
     idempotency_key: str | None = Field(default=None, max_length=255)
     principal: str = "anonymous"
     source: str = "nats"
+    ephemeral: bool = False  # left out of lists unless asked for, purged after a retention
 
 
 class ExecutionReply(WireModel):
@@ -105,6 +113,28 @@ class ExecutionReply(WireModel):
 class CancelCommand(WireModel):
     execution_id: UUID
     reason: str = "canceled by request"
+
+
+class RetryCommand(WireModel):
+    execution_id: UUID
+    principal: str = "anonymous"
+    source: str = "nats"
+
+
+class DeleteCommand(WireModel):
+    execution_id: UUID
+    reason: str = "deleted by request"
+
+
+class PurgeCommand(WireModel):
+    execution_ids: list[UUID] = Field(max_length=10_000)
+    reason: str = "purged"
+
+
+class PurgeReply(WireModel):
+    deleted: int = 0
+    position: int | None = None
+    problem: Problem | None = None
 
 
 class DeadlineDue(WireModel):

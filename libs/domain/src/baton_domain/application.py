@@ -43,6 +43,7 @@ class RequestCommand:
     idempotency_key: str | None = None
     principal: str = "anonymous"
     source: str = "api"
+    ephemeral: bool = False
 
     def fingerprint(self) -> str:
         body = {
@@ -50,6 +51,7 @@ class RequestCommand:
             "name": self.name,
             "params": self.params,
             "ttl": self.ttl,
+            "ephemeral": self.ephemeral,
         }
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
@@ -89,33 +91,59 @@ class Executions(Application[UUID]):
     # --- commands ---------------------------------------------------------------------------
 
     def request(self, command: RequestCommand) -> Outcome:
-        resolved = self.catalog.resolve(
-            command.device_id, command.name, command.params, command.ttl
-        )
-        execution_id = command.execution_id()
-        now = self.clock()
-        execution = CommandExecution(
-            id=execution_id,
-            device_id=resolved.device.id,
-            device_type=resolved.device.type,
-            name=resolved.name,
-            params=resolved.params,
-            ttl=resolved.ttl,
-            deadline=now + timedelta(seconds=resolved.ttl),
-            idempotency_key=command.idempotency_key,
-            fingerprint=command.fingerprint() if command.idempotency_key else None,
-            source=command.source,
-        )
-        # One-at-a-time and offline queueing will decide here; for now every request goes out.
-        execution.dispatch()
+        execution = self._new_execution(command, command.execution_id())
         try:
             recordings = self.save(execution)
         except IntegrityError:
-            existing = self.get(execution_id)
+            try:
+                existing = self.get(execution.id)
+            except ExecutionNotFound:  # its execution was deleted: the key stays used
+                raise IdempotencyConflict(command.idempotency_key or "") from None
             if existing.fingerprint != command.fingerprint():
                 raise IdempotencyConflict(command.idempotency_key or "") from None
             return Outcome(existing, changed=False, position=None)
         return Outcome(execution, changed=True, position=_position(recordings), created=True)
+
+    def retry(self, execution_id: UUID, principal: str, source: str) -> Outcome:
+        """A new execution of the same command, linked both ways to the ended one."""
+        old = self.get(execution_id)
+        command = RequestCommand(
+            device_id=old.device_id,
+            name=old.requested_name,
+            params=old.params,
+            ttl=old.ttl,
+            principal=principal,
+            source=source,
+            ephemeral=old.ephemeral,
+        )
+        new = self._new_execution(command, uuid4(), retry_of=old.id)
+        old.record_retry(new.id)
+        # One transaction: neither link exists without the other.
+        recordings = self.save(new, old)
+        return Outcome(new, changed=True, position=_position(recordings), created=True)
+
+    def delete(self, execution_id: UUID, reason: str) -> Outcome:
+        def _delete(execution: CommandExecution) -> bool:
+            execution.delete(reason)
+            return True
+
+        return self._update(execution_id, _delete)
+
+    def purge(self, execution_ids: list[UUID], reason: str) -> tuple[int, int | None]:
+        """Delete every execution of `execution_ids` that still exists, in one transaction.
+
+        Returns (how many were deleted, the position of the last stored event)."""
+        found = []
+        for execution_id in execution_ids:
+            try:
+                execution = self.get(execution_id)
+            except ExecutionNotFound:
+                continue  # deleted meanwhile: nothing left to do
+            execution.delete(reason)
+            found.append(execution)
+        if not found:
+            return 0, None
+        return len(found), _position(self.save(*found))
 
     def record_published(self, execution_id: UUID) -> Outcome:
         return self._update(execution_id, lambda e: e.mark_published())
@@ -147,10 +175,13 @@ class Executions(Application[UUID]):
     # --- queries ----------------------------------------------------------------------------
 
     def get(self, execution_id: UUID) -> CommandExecution:
+        """The execution; a deleted one is not found (its stream still holds it all)."""
         try:
             execution: CommandExecution = self.repository.get(execution_id)
         except AggregateNotFoundError:
             raise ExecutionNotFound(execution_id) from None
+        if execution.deleted:
+            raise ExecutionNotFound(execution_id)
         return execution
 
     def events_of(self, execution_id: UUID) -> list[CommandExecution.Event]:
@@ -160,6 +191,32 @@ class Executions(Application[UUID]):
         return events  # type: ignore[return-value]
 
     # --- plumbing ---------------------------------------------------------------------------
+
+    def _new_execution(
+        self, command: RequestCommand, execution_id: UUID, retry_of: UUID | None = None
+    ) -> CommandExecution:
+        resolved = self.catalog.resolve(
+            command.device_id, command.name, command.params, command.ttl
+        )
+        now = self.clock()
+        execution = CommandExecution(
+            id=execution_id,
+            device_id=resolved.device.id,
+            device_type=resolved.device.type,
+            name=resolved.name,
+            params=resolved.params,
+            ttl=resolved.ttl,
+            deadline=now + timedelta(seconds=resolved.ttl),
+            idempotency_key=command.idempotency_key,
+            fingerprint=command.fingerprint() if command.idempotency_key else None,
+            source=command.source,
+            requested_name=resolved.requested_name,
+            ephemeral=command.ephemeral,
+            retry_of=retry_of,
+        )
+        # One-at-a-time and offline queueing will decide here; for now every request goes out.
+        execution.dispatch()
+        return execution
 
     def _update(self, execution_id: UUID, change: Callable[[CommandExecution], bool]) -> Outcome:
         """Load, apply one domain method, save; retry when another writer got there first."""

@@ -48,6 +48,8 @@ class CommandExecution(Aggregate):
 
     class Requested(Aggregate.Created):
         TOPIC = f"{_T}:Requested"
+        # v2 added requested_name (the alias a request used), ephemeral and retry_of.
+        class_version = 2
         device_id: str
         device_type: str
         name: str
@@ -57,6 +59,15 @@ class CommandExecution(Aggregate):
         idempotency_key: str | None
         fingerprint: str | None
         source: str
+        requested_name: str
+        ephemeral: bool
+        retry_of: UUID | None
+
+        @staticmethod
+        def upcast_v1_v2(state: JSON) -> None:
+            state["requested_name"] = state["name"]
+            state["ephemeral"] = False
+            state["retry_of"] = None
 
     class Dispatched(Aggregate.Event):
         """Released for delivery; carries what the bridge needs to publish it."""
@@ -109,6 +120,18 @@ class CommandExecution(Aggregate):
         device_id: str
         notify_device: bool
 
+    class Retried(Aggregate.Event):
+        """A new execution was made from this one (its `retry_of` points back here)."""
+
+        TOPIC = f"{_T}:Retried"
+        retry_id: UUID
+
+    class Deleted(Aggregate.Event):
+        """Removed from every view; the stream itself keeps everything, this included."""
+
+        TOPIC = f"{_T}:Deleted"
+        reason: str
+
     # --- creation -------------------------------------------------------------------------
 
     @event(Requested)
@@ -124,6 +147,9 @@ class CommandExecution(Aggregate):
         idempotency_key: str | None,
         fingerprint: str | None,
         source: str,
+        requested_name: str,
+        ephemeral: bool,
+        retry_of: UUID | None,
     ) -> None:
         self.device_id = device_id
         self.device_type = device_type
@@ -134,6 +160,11 @@ class CommandExecution(Aggregate):
         self.idempotency_key = idempotency_key
         self.fingerprint = fingerprint
         self.source = source
+        self.requested_name = requested_name
+        self.ephemeral = ephemeral
+        self.retry_of = retry_of
+        self.retries: list[UUID] = []
+        self.deleted = False
         self.status = ExecutionStatus.PENDING
         self.dispatched = False
         self.result: JSON | None = None
@@ -228,6 +259,20 @@ class CommandExecution(Aggregate):
         # A dispatched request may already be on the device, so tell it.
         self._canceled(reason=reason, device_id=self.device_id, notify_device=self.dispatched)
 
+    def record_retry(self, retry_id: UUID) -> None:
+        """Link the execution made to retry this one; only an ended execution is retried."""
+        if not self.is_terminal:
+            raise IllegalTransition(self._describe(), "retry")
+        self._retried(retry_id=retry_id)
+
+    def delete(self, reason: str) -> None:
+        """Remove from the views. One still running is canceled first (the device is told)."""
+        if self.deleted:
+            raise IllegalTransition("deleted", "delete")
+        if not self.is_terminal:
+            self.cancel(reason)
+        self._deleted(reason=reason)
+
     # --- events (state changes only) --------------------------------------------------------
 
     @event(Dispatched)
@@ -287,6 +332,14 @@ class CommandExecution(Aggregate):
         self.status = ExecutionStatus.CANCELED
         self.cancel_reason = reason
         self.error = cancel_error(reason)
+
+    @event(Retried)
+    def _retried(self, retry_id: UUID) -> None:
+        self.retries.append(retry_id)
+
+    @event(Deleted)
+    def _deleted(self, reason: str) -> None:
+        self.deleted = True
 
     def _describe(self) -> str:
         if self.status is ExecutionStatus.PENDING and not self.dispatched:

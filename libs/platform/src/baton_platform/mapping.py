@@ -28,6 +28,10 @@ def execution_state(execution: CommandExecution) -> ExecutionState:
         deadline=execution.deadline,
         result=execution.result,
         error=execution.error,
+        requested_name=execution.requested_name,
+        ephemeral=execution.ephemeral,
+        retry_of=execution.retry_of,
+        retries=list(execution.retries),
     )
 
 

@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    admin_api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="keys that may also delete and purge"
+    )
+    ephemeral_retention_days: float = Field(
+        default=7.0, gt=0, description="ephemeral executions are purged after this many days"
+    )
     request_timeout: float = Field(default=5.0, gt=0, description="NATS request timeout, s")
 
     # service behaviour
@@ -38,7 +44,7 @@ class Settings(BaseSettings):
     projection_poll_interval: float = 0.5
     scheduler_tick: float = 0.2
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

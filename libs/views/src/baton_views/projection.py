@@ -75,7 +75,8 @@ def _requested(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
     occurred = canonical_time(event.occurred_at)
     conn.execute(
         "INSERT INTO executions (id, device_id, name, params, status, created_at, updated_at,"
-        " ttl, deadline, result, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+        " ttl, deadline, result, error, requested_name, ephemeral, retry_of, retries)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, '[]')",
         (
             str(event.execution_id),
             data["device_id"],
@@ -86,6 +87,9 @@ def _requested(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
             occurred,
             int(data["ttl"]),
             canonical_time(data["deadline"]),
+            data.get("requested_name") or data["name"],
+            int(bool(data.get("ephemeral", False))),
+            data.get("retry_of"),
         ),
     )
 
@@ -126,6 +130,23 @@ def _canceled(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
     _update(conn, event, status=ExecutionStatus.CANCELED, error=cancel_error(event.data["reason"]))
 
 
+def _retried(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
+    conn.execute(
+        "UPDATE executions SET retries = json_insert(retries, '$[#]', ?), updated_at = ?"
+        " WHERE id = ?",
+        (
+            str(event.data["retry_id"]),
+            canonical_time(event.occurred_at),
+            str(event.execution_id),
+        ),
+    )
+
+
+def _deleted(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
+    conn.execute("DELETE FROM execution_log WHERE execution_id = ?", (str(event.execution_id),))
+    conn.execute("DELETE FROM executions WHERE id = ?", (str(event.execution_id),))
+
+
 _HANDLERS: dict[str, Handler] = {
     "Requested": _requested,
     "Dispatched": _touched,
@@ -139,6 +160,8 @@ _HANDLERS: dict[str, Handler] = {
     "TimedOut": _timed_out,
     "Expired": _expired,
     "Canceled": _canceled,
+    "Retried": _retried,
+    "Deleted": _deleted,
 }
 
 PROJECTED_TYPES = frozenset(_HANDLERS)

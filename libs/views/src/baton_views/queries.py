@@ -52,6 +52,10 @@ class ExecutionView:
     deadline: datetime
     result: dict[str, Any] | None
     error: dict[str, Any] | None
+    requested_name: str = ""  # the name or alias the request used
+    ephemeral: bool = False
+    retry_of: UUID | None = None
+    retries: list[UUID] = field(default_factory=list)
     log: list[LogEntry] | None = None  # only when asked for
 
     @property
@@ -66,6 +70,7 @@ class ExecutionFilter:
     device_id: str | None = None
     created_after: datetime | None = None  # inclusive
     created_before: datetime | None = None  # exclusive
+    include_ephemeral: bool = False  # ephemeral executions are left out unless asked for
 
 
 @dataclass(frozen=True)
@@ -91,9 +96,13 @@ def list_executions(
     order: Order = "newest",
     limit: int = DEFAULT_LIMIT,
     cursor: str | None = None,
+    offset: int = 0,
 ) -> ExecutionPage:
+    """A page of executions: after `cursor` (keyset) or, without one, after `offset` rows."""
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidQueryError("limit", f"must be between 1 and {MAX_LIMIT}")
+    if offset < 0 or (offset and cursor is not None):
+        raise InvalidQueryError("offset", "must be 0 or more, and not given with a cursor")
     clauses, values = _filter_sql(where)
     total = conn.execute(f"SELECT COUNT(*) FROM executions {_where(clauses)}", values).fetchone()[0]
 
@@ -105,8 +114,8 @@ def list_executions(
         page_values += [created_at, last_id]
     rows = conn.execute(
         f"SELECT * FROM executions {_where(page_clauses)} "
-        f"ORDER BY created_at {direction}, id {direction} LIMIT ?",
-        [*page_values, limit + 1],
+        f"ORDER BY created_at {direction}, id {direction} LIMIT ? OFFSET ?",
+        [*page_values, limit + 1, offset],
     ).fetchall()
     more = len(rows) > limit
     rows = rows[:limit]
@@ -139,9 +148,20 @@ def decode_cursor(cursor: str, order: Order) -> tuple[str, str]:
 # --- plumbing -----------------------------------------------------------------------------
 
 
+def ids_created_before(conn: sqlite3.Connection, cutoff: datetime, limit: int) -> list[UUID]:
+    """Up to `limit` executions created before `cutoff`, oldest first (for purging)."""
+    rows = conn.execute(
+        "SELECT id FROM executions WHERE created_at < ? ORDER BY created_at, id LIMIT ?",
+        (canonical_time(cutoff), limit),
+    ).fetchall()
+    return [UUID(row["id"]) for row in rows]
+
+
 def _filter_sql(where: ExecutionFilter) -> tuple[list[str], list[Any]]:
     clauses: list[str] = []
     values: list[Any] = []
+    if not where.include_ephemeral:
+        clauses.append("ephemeral = 0")
     if where.statuses:
         clauses.append(f"status IN ({', '.join('?' * len(where.statuses))})")
         values += sorted(s.value for s in where.statuses)
@@ -177,6 +197,10 @@ def _view(row: sqlite3.Row, log: list[LogEntry] | None = None) -> ExecutionView:
         deadline=datetime.fromisoformat(row["deadline"]),
         result=json.loads(row["result"]) if row["result"] is not None else None,
         error=json.loads(row["error"]) if row["error"] is not None else None,
+        requested_name=row["requested_name"],
+        ephemeral=bool(row["ephemeral"]),
+        retry_of=UUID(row["retry_of"]) if row["retry_of"] else None,
+        retries=[UUID(i) for i in json.loads(row["retries"])],
         log=log,
     )
 

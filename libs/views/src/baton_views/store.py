@@ -27,7 +27,11 @@ CREATE TABLE IF NOT EXISTS executions (
     ttl         INTEGER NOT NULL,
     deadline    TEXT NOT NULL,
     result      TEXT,
-    error       TEXT
+    error       TEXT,
+    requested_name TEXT NOT NULL,
+    ephemeral   INTEGER NOT NULL,
+    retry_of    TEXT,
+    retries     TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS executions_device_created ON executions (device_id, created_at, id);
 CREATE INDEX IF NOT EXISTS executions_status ON executions (status);
@@ -48,6 +52,9 @@ CREATE TABLE IF NOT EXISTS projection_position (
 );
 """
 
+# Bumped whenever SCHEMA changes: views are disposable, so a views database of another
+# version is dropped and projected again from the event store (position 0).
+SCHEMA_VERSION = 2
 PROJECTION_NAME = "executions"
 BUSY_TIMEOUT_MS = 30_000
 
@@ -80,6 +87,18 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
+    """Create the tables; a database made for another schema version starts over empty."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version != SCHEMA_VERSION:
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        for table in tables:
+            conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     conn.executescript(SCHEMA)
 
 

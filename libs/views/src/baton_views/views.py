@@ -7,9 +7,11 @@ in another process) never holds up a query; in WAL mode readers see the last com
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 from uuid import UUID
@@ -23,6 +25,7 @@ from baton_views.queries import (
     ExecutionView,
     Order,
     get_execution,
+    ids_created_before,
     list_executions,
 )
 from baton_views.store import connect, create_schema, read_position, transaction
@@ -70,10 +73,16 @@ class ExecutionViews:
         order: Order = "newest",
         limit: int = DEFAULT_LIMIT,
         cursor: str | None = None,
+        offset: int = 0,
     ) -> ExecutionPage:
         return self._read(
-            lambda conn: list_executions(conn, where or ExecutionFilter(), order, limit, cursor)
+            lambda conn: list_executions(
+                conn, where or ExecutionFilter(), order, limit, cursor, offset
+            )
         )
+
+    def ids_created_before(self, cutoff: datetime, limit: int) -> builtins.list[UUID]:
+        return self._read(lambda conn: ids_created_before(conn, cutoff, limit))
 
     def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         with self._read_lock:

@@ -106,7 +106,8 @@ def create_app(
     executions: Executions | None = None,
 ) -> Litestar:
     keys = [key.get_secret_value() for key in settings.api_keys]
-    if not keys:
+    admin_keys = [key.get_secret_value() for key in settings.admin_api_keys]
+    if not keys and not admin_keys:
         raise ValueError("no API keys: set BATON_API_KEYS (comma-separated)")
     parts = build_parts(settings, gateway, executions)
 
@@ -121,7 +122,7 @@ def create_app(
     v1 = Router(
         "/v1",
         route_handlers=[CommandController, ExecutionController],
-        middleware=[DefineMiddleware(ApiKeyMiddleware, keys=keys)],
+        middleware=[DefineMiddleware(ApiKeyMiddleware, keys=keys, admin_keys=admin_keys)],
         security=[{"bearer": []}, {"apiKey": []}],
     )
     return Litestar(

@@ -12,7 +12,8 @@ import hmac
 from collections.abc import Sequence
 
 from litestar.connection import ASGIConnection
-from litestar.exceptions import NotAuthorizedException
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.types import ASGIApp
 
@@ -28,10 +29,22 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+ADMIN = "admin"
+USER = "user"
+# Every dialect's header for the same keys: Enapter clients send theirs.
+TOKEN_HEADERS = (API_KEY_HEADER, "X-Enapter-Auth-Token")
+
+
 class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
-    def __init__(self, app: ASGIApp, keys: Sequence[str]) -> None:
+    """The user is the key's principal; `auth` its role (`admin` keys may delete and purge)."""
+
+    def __init__(self, app: ASGIApp, keys: Sequence[str], admin_keys: Sequence[str] = ()) -> None:
         super().__init__(app)
-        self._keys = [(_digest(k), principal_of(k)) for k in keys]
+        admins = set(admin_keys)
+        self._keys = [
+            (_digest(k), principal_of(k), ADMIN if k in admins else USER)
+            for k in dict.fromkeys([*keys, *admin_keys])
+        ]
 
     async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:  # type: ignore[type-arg]
         presented = _presented_key(connection)
@@ -40,11 +53,20 @@ class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
         digest = _digest(presented)
         # Compare with every key, without stopping early, so timing tells nothing.
         matches = [
-            principal for known, principal in self._keys if hmac.compare_digest(known, digest)
+            (principal, role)
+            for known, principal, role in self._keys
+            if hmac.compare_digest(known, digest)
         ]
         if not matches:
             raise NotAuthorizedException("the API key is not valid")
-        return AuthenticationResult(user=matches[0], auth=None)
+        principal, role = matches[0]
+        return AuthenticationResult(user=principal, auth=role)
+
+
+def admin_only(connection: ASGIConnection, _handler: BaseRouteHandler) -> None:  # type: ignore[type-arg]
+    """Guard of the admin routes (delete, purge, list-all in some dialects): 403 otherwise."""
+    if connection.auth != ADMIN:
+        raise PermissionDeniedException("this needs an admin API key")
 
 
 def _presented_key(connection: ASGIConnection) -> str | None:  # type: ignore[type-arg]
@@ -52,5 +74,8 @@ def _presented_key(connection: ASGIConnection) -> str | None:  # type: ignore[ty
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    key = connection.headers.get(API_KEY_HEADER, "").strip()
-    return key or None
+    for header in TOKEN_HEADERS:
+        key = connection.headers.get(header, "").strip()
+        if key:
+            return key
+    return None

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
+from baton_api.auth import admin_only
 from baton_api.problems import ProblemError, problem
 from baton_api.schemas import (
     CancelRequest,
     ExecutionOut,
     ExecutionPageOut,
     ExecutionWithLogOut,
+    PurgeOut,
+    PurgeRequest,
     SubmitRequest,
 )
 from baton_api.service import ExecutionService
@@ -45,6 +48,10 @@ Moment = Annotated[datetime | None, QueryParameter(description="ISO-8601; UTC if
 Sort = Annotated[Literal["newest", "oldest"], QueryParameter()]
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)]
 Cursor = Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page")]
+Show = Annotated[
+    Literal["NON_EPHEMERAL", "ALL"],
+    QueryParameter(description="`ALL` includes ephemeral executions"),
+]
 IdempotencyKey = Annotated[
     str | None,
     HeaderParameter(
@@ -78,6 +85,7 @@ class CommandController(Controller):
             idempotency_key=idempotency_key,
             principal=request.user,
             source="api",
+            ephemeral=data.ephemeral,
         )
         submitted = await service.submit(command, wait)
         execution = ExecutionOut.of(submitted.execution)
@@ -99,9 +107,10 @@ class CommandController(Controller):
         order: Sort = "newest",
         limit: Limit = DEFAULT_LIMIT,
         cursor: Cursor = None,
+        show: Show = "NON_EPHEMERAL",
     ) -> ExecutionPageOut:
         """The device's executions, filtered, newest first unless `order=oldest`."""
-        where = _filter(status, name, device_id, created_after, created_before)
+        where = _filter(status, name, device_id, created_after, created_before, show)
         return ExecutionPageOut.of(await service.list(where, order, limit, cursor))
 
 
@@ -121,9 +130,10 @@ class ExecutionController(Controller):
         order: Sort = "newest",
         limit: Limit = DEFAULT_LIMIT,
         cursor: Cursor = None,
+        show: Show = "NON_EPHEMERAL",
     ) -> ExecutionPageOut:
         """All executions, filtered, newest first unless `order=oldest`."""
-        where = _filter(status, name, device_id, created_after, created_before)
+        where = _filter(status, name, device_id, created_after, created_before, show)
         return ExecutionPageOut.of(await service.list(where, order, limit, cursor))
 
     @get("/{execution_id:str}")
@@ -150,6 +160,37 @@ class ExecutionController(Controller):
         reason = data.reason if data is not None else None
         return ExecutionOut.of(await service.cancel(execution_id, reason))
 
+    @post("/{execution_id:str}/retry", status_code=201)
+    async def retry_execution(
+        self,
+        request: Request[str, str, Any],
+        service: NamedDependency[ExecutionService],
+        execution_id: FromPath[UUID],
+    ) -> Response[ExecutionOut]:
+        """A new execution of an ended one's command, linked both ways (`retry_of`,
+        `retries`); 409 while it still runs."""
+        execution = ExecutionOut.of(await service.retry(execution_id, request.user, "api"))
+        return Response(
+            execution, status_code=201, headers={"Location": f"/v1/executions/{execution.id}"}
+        )
+
+    @delete("/{execution_id:str}", status_code=204, guards=[admin_only])
+    async def delete_execution(
+        self, service: NamedDependency[ExecutionService], execution_id: FromPath[UUID]
+    ) -> None:
+        """Admin: remove an execution from every view (its stream records the deletion).
+        One still running is canceled first."""
+        await service.delete(execution_id, "deleted by an admin")
+
+    @post("/purge", status_code=200, guards=[admin_only])
+    async def purge_executions(
+        self, service: NamedDependency[ExecutionService], data: JSONBody[PurgeRequest]
+    ) -> PurgeOut:
+        """Admin: delete every execution created more than `older_than_days` ago."""
+        cutoff = datetime.now(UTC) - timedelta(days=data.older_than_days)
+        deleted = await service.purge(cutoff, f"purged: older than {data.older_than_days:g} days")
+        return PurgeOut(deleted=deleted, cutoff=cutoff)
+
 
 # --- decoding helpers ---------------------------------------------------------------------
 
@@ -160,6 +201,7 @@ def _filter(
     device_id: str | None,
     created_after: datetime | None,
     created_before: datetime | None,
+    show: str = "NON_EPHEMERAL",
 ) -> ExecutionFilter:
     return ExecutionFilter(
         statuses=_statuses(status or []),
@@ -167,6 +209,7 @@ def _filter(
         device_id=device_id,
         created_after=_aware(created_after),
         created_before=_aware(created_before),
+        include_ephemeral=show == "ALL",
     )
 
 

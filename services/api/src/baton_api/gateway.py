@@ -7,7 +7,7 @@ A reply carrying a `Problem` is turned into a `ProblemError` by the caller, not 
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
@@ -18,19 +18,34 @@ from baton_api.nats_link import NatsLink
 from baton_api.problems import unavailable
 from baton_contracts.nats import (
     CANCEL_SUBJECT,
+    DELETE_SUBJECT,
+    PURGE_SUBJECT,
+    RETRY_SUBJECT,
     SUBMIT_SUBJECT,
     CancelCommand,
+    DeleteCommand,
     ExecutionReply,
+    PurgeCommand,
+    PurgeReply,
+    RetryCommand,
     SubmitCommand,
 )
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R", bound=BaseModel)
 
 
 class CommandGateway(Protocol):
     async def submit(self, command: SubmitCommand) -> ExecutionReply: ...
 
     async def cancel(self, command: CancelCommand) -> ExecutionReply: ...
+
+    async def retry(self, command: RetryCommand) -> ExecutionReply: ...
+
+    async def delete(self, command: DeleteCommand) -> ExecutionReply: ...
+
+    async def purge(self, command: PurgeCommand) -> PurgeReply: ...
 
 
 class NatsGateway:
@@ -46,7 +61,21 @@ class NatsGateway:
     async def cancel(self, command: CancelCommand) -> ExecutionReply:
         return await self._request(CANCEL_SUBJECT, command)
 
-    async def _request(self, subject: str, command: BaseModel) -> ExecutionReply:
+    async def retry(self, command: RetryCommand) -> ExecutionReply:
+        return await self._request(RETRY_SUBJECT, command)
+
+    async def delete(self, command: DeleteCommand) -> ExecutionReply:
+        return await self._request(DELETE_SUBJECT, command)
+
+    async def purge(self, command: PurgeCommand) -> PurgeReply:
+        return await self._request(PURGE_SUBJECT, command, PurgeReply)
+
+    async def _request(
+        self,
+        subject: str,
+        command: BaseModel,
+        reply: type[R] = ExecutionReply,  # type: ignore[assignment]
+    ) -> R:
         client = self._link.client
         if client is None or not client.is_connected:
             raise unavailable("the message bus is not reachable; try again shortly")
@@ -62,7 +91,7 @@ class NatsGateway:
             log.warning("request on %s failed: %s", subject, exc)
             raise unavailable("the message bus is not reachable; try again shortly") from None
         try:
-            return ExecutionReply.model_validate_json(message.data)
+            return reply.model_validate_json(message.data)
         except ValidationError:
             log.exception("the dispatcher's reply on %s cannot be read", subject)
             raise

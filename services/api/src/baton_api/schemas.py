@@ -33,10 +33,23 @@ class SubmitRequest(RequestSchema):
         le=MAX_TTL_SECONDS,
         description="seconds until the execution expires or times out; default per command",
     )
+    ephemeral: bool = Field(
+        default=False,
+        description="left out of lists unless `show=ALL`; purged after the retention period",
+    )
 
 
 class CancelRequest(RequestSchema):
     reason: str | None = Field(default=None, min_length=1, max_length=1000)
+
+
+class PurgeRequest(RequestSchema):
+    older_than_days: float = Field(gt=0, description="delete executions created before then")
+
+
+class PurgeOut(BaseModel):
+    deleted: int
+    cutoff: datetime
 
 
 class LogEntryOut(BaseModel):
@@ -57,6 +70,9 @@ class ExecutionOut(BaseModel):
     deadline: datetime
     result: dict[str, Any] | None
     error: dict[str, Any] | None
+    ephemeral: bool
+    retry_of: UUID | None = Field(description="the execution this one retries")
+    retries: list[UUID] = Field(description="executions made to retry this one")
 
     @classmethod
     def of(cls, execution: ExecutionView | ExecutionState) -> ExecutionOut:
@@ -73,6 +89,9 @@ class ExecutionOut(BaseModel):
             deadline=execution.deadline,
             result=execution.result,
             error=execution.error,
+            ephemeral=execution.ephemeral,
+            retry_of=execution.retry_of,
+            retries=list(execution.retries),
         )
 
 

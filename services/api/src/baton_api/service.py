@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import datetime
 from uuid import UUID
 
 from baton_api.gateway import CommandGateway
@@ -15,14 +16,18 @@ from baton_api.problems import ProblemError, problem
 from baton_api.projector import ProjectionRunner
 from baton_contracts.nats import (
     CancelCommand,
+    DeleteCommand,
     ExecutionReply,
     ExecutionState,
+    PurgeCommand,
+    RetryCommand,
     SubmitCommand,
 )
 from baton_views import ExecutionFilter, ExecutionPage, ExecutionView, ExecutionViews, Order
 
 READ_YOUR_WRITES_TIMEOUT = 2.0
 DEFAULT_CANCEL_REASON = "canceled by request"
+PURGE_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,28 @@ class ExecutionService:
         command = CancelCommand(execution_id=execution_id, reason=reason or DEFAULT_CANCEL_REASON)
         return (await self._written(await self._gateway.cancel(command))).execution
 
+    async def retry(self, execution_id: UUID, principal: str, source: str) -> ExecutionState:
+        """A new execution of the same command; both are linked to each other."""
+        command = RetryCommand(execution_id=execution_id, principal=principal, source=source)
+        return (await self._written(await self._gateway.retry(command))).execution
+
+    async def delete(self, execution_id: UUID, reason: str) -> None:
+        command = DeleteCommand(execution_id=execution_id, reason=reason)
+        await self._written(await self._gateway.delete(command))
+
+    async def purge(self, cutoff: datetime, reason: str) -> int:
+        """Delete every execution created before `cutoff`; returns how many."""
+        deleted = 0
+        while ids := await asyncio.to_thread(self._views.ids_created_before, cutoff, PURGE_BATCH):
+            reply = await self._gateway.purge(PurgeCommand(execution_ids=ids, reason=reason))
+            if reply.problem is not None:
+                raise ProblemError(reply.problem)
+            if reply.position is None:
+                break  # the views still list executions the store has deleted: stop, not loop
+            deleted += reply.deleted
+            await self._runner.wait_for_position(reply.position, READ_YOUR_WRITES_TIMEOUT)
+        return deleted
+
     async def get(self, execution_id: UUID, with_log: bool) -> ExecutionView:
         execution = await asyncio.to_thread(self._views.get, execution_id, with_log)
         if execution is None:
@@ -66,9 +93,14 @@ class ExecutionService:
         return execution
 
     async def list(
-        self, where: ExecutionFilter, order: Order, limit: int, cursor: str | None
+        self,
+        where: ExecutionFilter,
+        order: Order,
+        limit: int,
+        cursor: str | None = None,
+        offset: int = 0,
     ) -> ExecutionPage:
-        return await asyncio.to_thread(self._views.list, where, order, limit, cursor)
+        return await asyncio.to_thread(self._views.list, where, order, limit, cursor, offset)
 
     async def _written(self, reply: ExecutionReply) -> _Written:
         if reply.problem is not None:

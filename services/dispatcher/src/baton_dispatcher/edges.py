@@ -9,28 +9,37 @@ deliveries, is dead-lettered with a reason instead of looping.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
 from nats.js import JetStreamContext
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from baton_contracts.nats import (
     CANCEL_SUBJECT,
     DEADLINE_SUBJECT,
+    DELETE_SUBJECT,
     DISPATCHER_QUEUE,
+    PURGE_SUBJECT,
     REJECTIONS_SUBJECT,
     REPORTS_STREAM,
     REPORTS_WILDCARD,
+    RETRY_SUBJECT,
     SUBMIT_SUBJECT,
     CancelCommand,
     DeadlineDue,
     DeadlineReply,
+    DeleteCommand,
     DeviceReport,
     ExecutionReply,
     FieldProblem,
     Problem,
+    PurgeCommand,
+    PurgeReply,
     ReportRejected,
+    RetryCommand,
     SubmitCommand,
 )
 from baton_dispatcher.writer import Writer
@@ -43,6 +52,8 @@ log = logging.getLogger(__name__)
 SERVICE = "dispatcher"
 REPORTS_DURABLE = "baton-dispatcher-reports"
 MAX_DELIVERIES = 20
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def invalid_message(exc: ValidationError) -> Problem:
@@ -58,26 +69,39 @@ def invalid_message(exc: ValidationError) -> Problem:
     )
 
 
-def register(broker: NatsBroker, writer: Writer, js: JetStreamContext) -> None:
-    @broker.subscriber(SUBMIT_SUBJECT, queue=DISPATCHER_QUEUE, include_in_schema=False)
-    async def on_submit(message: NatsMessage) -> bytes:
-        body = message.body
-        try:
-            command = SubmitCommand.model_validate_json(body)
-        except ValidationError as exc:
-            REJECTED_MESSAGES.labels(service=SERVICE, reason="invalid-submit").inc()
-            return ExecutionReply(problem=invalid_message(exc)).model_dump_json().encode()
-        return (await writer.submit(command)).model_dump_json().encode()
+def request_reply(
+    broker: NatsBroker,
+    subject: str,
+    model: type[M],
+    handle: Callable[[M], Awaitable[BaseModel]],
+    refuse: Callable[[Problem], BaseModel],
+) -> None:
+    """A request/reply subject of the dispatcher: decode, one Writer call, encode.
 
-    @broker.subscriber(CANCEL_SUBJECT, queue=DISPATCHER_QUEUE, include_in_schema=False)
-    async def on_cancel(message: NatsMessage) -> bytes:
-        body = message.body
+    A message that does not fit `model` is answered `refuse(problem)` and counted."""
+    reason = "invalid-" + subject.rsplit(".", 1)[-1]
+
+    @broker.subscriber(subject, queue=DISPATCHER_QUEUE, include_in_schema=False)
+    async def on_request(message: NatsMessage) -> bytes:
         try:
-            command = CancelCommand.model_validate_json(body)
+            command = model.model_validate_json(message.body)
         except ValidationError as exc:
-            REJECTED_MESSAGES.labels(service=SERVICE, reason="invalid-cancel").inc()
-            return ExecutionReply(problem=invalid_message(exc)).model_dump_json().encode()
-        return (await writer.cancel(command)).model_dump_json().encode()
+            REJECTED_MESSAGES.labels(service=SERVICE, reason=reason).inc()
+            return refuse(invalid_message(exc)).model_dump_json().encode()
+        return (await handle(command)).model_dump_json().encode()
+
+
+def register(broker: NatsBroker, writer: Writer, js: JetStreamContext) -> None:
+    def refused(problem: Problem) -> ExecutionReply:
+        return ExecutionReply(problem=problem)
+
+    request_reply(broker, SUBMIT_SUBJECT, SubmitCommand, writer.submit, refused)
+    request_reply(broker, CANCEL_SUBJECT, CancelCommand, writer.cancel, refused)
+    request_reply(broker, RETRY_SUBJECT, RetryCommand, writer.retry, refused)
+    request_reply(broker, DELETE_SUBJECT, DeleteCommand, writer.delete, refused)
+    request_reply(
+        broker, PURGE_SUBJECT, PurgeCommand, writer.purge, lambda p: PurgeReply(problem=p)
+    )
 
     @broker.subscriber(DEADLINE_SUBJECT, queue=DISPATCHER_QUEUE, include_in_schema=False)
     async def on_deadline(message: NatsMessage) -> bytes:

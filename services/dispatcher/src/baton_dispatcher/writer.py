@@ -18,21 +18,23 @@ from baton_contracts.nats import (
     CancelCommand,
     DeadlineDue,
     DeadlineReply,
+    DeleteCommand,
     DeviceReport,
     ExecutionReply,
+    PurgeCommand,
+    PurgeReply,
+    RetryCommand,
     SubmitCommand,
 )
-from baton_domain.application import Executions, Outcome, RequestCommand
+from baton_domain.application import Executions
 from baton_domain.errors import (
     DeadlineNotReached,
-    DomainError,
     ExecutionNotFound,
     IllegalTransition,
     WrongDevice,
 )
 from baton_domain.statuses import AnswerStatus
-from baton_platform.mapping import execution_state
-from baton_platform.problems import problem_for
+from baton_platform.commands import CommandHandlers
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,6 +51,7 @@ class ReportResult:
 class Writer:
     def __init__(self, executions: Executions, on_stored: Callable[[], None]) -> None:
         self._executions = executions
+        self._handlers = CommandHandlers(executions)
         self._on_stored = on_stored
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baton-writer")
 
@@ -58,42 +61,42 @@ class Writer:
     def close(self) -> None:
         self._thread.shutdown(wait=True)
 
-    def _reply(self, outcome: Outcome) -> ExecutionReply:
-        if outcome.changed:
-            self._on_stored()
-        return ExecutionReply(
-            execution=execution_state(outcome.execution),
-            position=outcome.position,
-            created=outcome.created,
-        )
-
     async def submit(self, command: SubmitCommand) -> ExecutionReply:
-        request = RequestCommand(
-            device_id=command.device_id,
-            name=command.name,
-            params=command.params,
-            ttl=command.ttl,
-            idempotency_key=command.idempotency_key,
-            principal=command.principal,
-            source=command.source,
-        )
-        try:
-            outcome = await self._call(lambda: self._executions.request(request))
-        except DomainError as exc:
-            return ExecutionReply(problem=problem_for(exc))
-        if outcome.created:
-            log.info("requested %s %s on %s", outcome.execution.id, command.name, command.device_id)
-        return self._reply(outcome)
+        reply = await self._write(lambda: self._handlers.submit(command))
+        if reply.created and reply.execution is not None:
+            log.info("requested %s %s on %s", reply.execution.id, command.name, command.device_id)
+        return reply
 
     async def cancel(self, command: CancelCommand) -> ExecutionReply:
-        try:
-            outcome = await self._call(
-                lambda: self._executions.cancel(command.execution_id, command.reason)
-            )
-        except DomainError as exc:
-            return ExecutionReply(problem=problem_for(exc))
-        log.info("canceled %s: %s", command.execution_id, command.reason)
-        return self._reply(outcome)
+        reply = await self._write(lambda: self._handlers.cancel(command))
+        if reply.problem is None:
+            log.info("canceled %s: %s", command.execution_id, command.reason)
+        return reply
+
+    async def retry(self, command: RetryCommand) -> ExecutionReply:
+        reply = await self._write(lambda: self._handlers.retry(command))
+        if reply.execution is not None:
+            log.info("retried %s as %s", command.execution_id, reply.execution.id)
+        return reply
+
+    async def delete(self, command: DeleteCommand) -> ExecutionReply:
+        reply = await self._write(lambda: self._handlers.delete(command))
+        if reply.problem is None:
+            log.info("deleted %s: %s", command.execution_id, command.reason)
+        return reply
+
+    async def purge(self, command: PurgeCommand) -> PurgeReply:
+        reply = await self._call(lambda: self._handlers.purge(command))
+        if reply.deleted:
+            self._on_stored()
+            log.info("purged %d execution(s): %s", reply.deleted, command.reason)
+        return reply
+
+    async def _write(self, call: Callable[[], ExecutionReply]) -> ExecutionReply:
+        reply = await self._call(call)
+        if reply.position is not None:  # something was stored: the relay can go now
+            self._on_stored()
+        return reply
 
     async def deadline(self, due: DeadlineDue) -> DeadlineReply:
         try:
