@@ -66,6 +66,9 @@ class ExecutionState(WireModel):
     ephemeral: bool = False
     retry_of: UUID | None = None
     retries: list[UUID] = Field(default_factory=list)
+    # {"status": PENDING|SUCCEEDED|FAILED|CANCELED, "completed_at", "error": {title,
+    # description}} when the command declares a verification rule (Traxes), else None.
+    verification: dict[str, Any] | None = None
 
 
 class FieldProblem(WireModel):
@@ -95,6 +98,7 @@ class SubmitCommand(WireModel):
     principal: str = "anonymous"
     source: str = "nats"
     ephemeral: bool = False  # left out of lists unless asked for, purged after a retention
+    ignore_cooldown: bool = False  # send even inside the command's cooldown (Traxes)
 
 
 class ExecutionReply(WireModel):

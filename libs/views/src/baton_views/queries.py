@@ -56,6 +56,7 @@ class ExecutionView:
     ephemeral: bool = False
     retry_of: UUID | None = None
     retries: list[UUID] = field(default_factory=list)
+    verification: dict[str, Any] | None = None  # see ExecutionState.verification
     log: list[LogEntry] | None = None  # only when asked for
 
     @property
