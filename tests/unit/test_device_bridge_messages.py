@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -22,9 +23,12 @@ from baton_device_bridge.commands import (
     published_report,
     remaining_ttl,
 )
+from baton_device_bridge.wiring import Wiring
+from baton_domain.catalog import Catalog
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 DEVICE = "demo-thermostat-1"
+WIRING = Wiring(Catalog.from_yaml(Path(__file__).parents[2] / "deploy/catalog/demo.yaml"))
 
 
 def event(type_: str, data: dict[str, Any]) -> LifecycleEvent:
@@ -65,7 +69,7 @@ def test_remaining_ttl_rounds_up_and_is_none_once_passed(left: float, expected: 
 def test_a_dispatched_becomes_a_request_on_the_device_topic() -> None:
     deadline = NOW + timedelta(seconds=29.5)
     ev = dispatched(deadline)
-    out = plan(ev, NOW)
+    out = plan(ev, NOW, WIRING)
     assert isinstance(out, Outgoing)
     assert out.topic == f"baton/v1/devices/{DEVICE}/executions/{ev.execution_id}/request"
     assert out.expiry == 30
@@ -83,22 +87,22 @@ def test_a_dispatched_becomes_a_request_on_the_device_topic() -> None:
 
 
 def test_a_dispatched_past_its_deadline_is_skipped() -> None:
-    assert isinstance(plan(dispatched(NOW - timedelta(seconds=1)), NOW), Skipped)
+    assert isinstance(plan(dispatched(NOW - timedelta(seconds=1)), NOW, WIRING), Skipped)
 
 
 def test_a_cancel_reaches_the_device_only_when_it_was_told_about_the_command() -> None:
     told = event("Canceled", {"reason": "operator", "device_id": DEVICE, "notify_device": True})
-    out = plan(told, NOW)
+    out = plan(told, NOW, WIRING)
     assert isinstance(out, Outgoing)
     assert out.topic.endswith(f"/{told.execution_id}/cancel")
     assert out.expiry is None and not out.report_published
     assert CancelRequest.model_validate_json(out.payload).reason == "operator"
     quiet = event("Canceled", {"reason": "early", "device_id": DEVICE, "notify_device": False})
-    assert isinstance(plan(quiet, NOW), Skipped)
+    assert isinstance(plan(quiet, NOW, WIRING), Skipped)
 
 
 def test_other_events_are_skipped_quietly() -> None:
-    skipped = plan(event("Succeeded", {"answer": {}}), NOW)
+    skipped = plan(event("Succeeded", {"answer": {}}), NOW, WIRING)
     assert isinstance(skipped, Skipped) and not skipped.notable
 
 
@@ -112,7 +116,7 @@ def test_other_events_are_skipped_quietly() -> None:
 )
 def test_a_dispatched_with_bad_data_is_malformed(data: dict[str, Any]) -> None:
     with pytest.raises(MalformedEventError):
-        plan(event("Dispatched", data), NOW)
+        plan(event("Dispatched", data), NOW, WIRING)
 
 
 def test_bytes_that_are_no_lifecycle_event_are_malformed() -> None:
@@ -138,7 +142,7 @@ def test_an_answer_takes_its_device_from_the_topic() -> None:
     raw = json.dumps(
         {"status": "SUCCEEDED", "payload": {"t": 22}, "device_id": "intruder", "answer_id": "x"}
     ).encode()
-    report = decode_answer(response_topic(DEVICE, execution_id), raw, NOW)
+    report = decode_answer(response_topic(DEVICE, execution_id), raw, NOW, WIRING, lambda _: None)
     assert report.kind == "answer"
     assert report.device_id == DEVICE
     assert report.execution_id == execution_id
@@ -173,5 +177,5 @@ def test_an_answer_takes_its_device_from_the_topic() -> None:
 )
 def test_unreadable_answers_are_malformed(topic: str, raw: bytes, reason: str) -> None:
     with pytest.raises(MalformedAnswerError) as caught:
-        decode_answer(topic, raw, NOW)
+        decode_answer(topic, raw, NOW, WIRING, lambda _: None)
     assert caught.value.reason == reason

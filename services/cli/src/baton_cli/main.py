@@ -12,6 +12,7 @@ import importlib
 import json
 import signal
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 from uuid import UUID
 
@@ -223,6 +224,47 @@ def replay() -> None:
 
 # --- simulate ------------------------------------------------------------------------------
 
+SIMULATE_LABEL = "simulate"  # a device label naming the simulator's behaviour for it
+
+
+def catalog_specs(path: Path, only: list[str], silent: list[str]) -> list[Any]:
+    """The simulator's device specs for the catalog at `path`: each device speaks its type's
+    wire profile and follows the behaviour its `simulate` label names (`silent`, ...), else
+    the one named like its type, else `generic`. `only`: just those devices (all if empty);
+    `silent`: those stay silent whatever their label."""
+    from baton_domain.catalog import Catalog, CatalogError
+    from baton_simulator import BEHAVIOURS, DeviceSpec, DeviceWire
+
+    try:
+        catalog = Catalog.from_yaml(path)
+    except CatalogError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--catalog") from None
+    by_id = {device.id: device for device in catalog.devices}
+    unknown = [d for d in [*only, *silent] if d not in by_id]
+    if unknown:
+        raise typer.BadParameter(f"not in the catalog: {', '.join(unknown)}", param_hint="--device")
+    specs = []
+    for device_id in [*only, *silent] or list(by_id):
+        device = by_id[device_id]
+        device_type = catalog.device_types[device.type]
+        name = "silent" if device_id in silent else device.labels.get(SIMULATE_LABEL)
+        if name is None:
+            name = device.type if device.type in BEHAVIOURS else "generic"
+        if name not in BEHAVIOURS:
+            known = ", ".join(sorted(BEHAVIOURS))
+            raise typer.BadParameter(
+                f"device {device_id}: no behaviour {name!r} (knows {known})", param_hint="--catalog"
+            )
+        profile = device_type.wire_profile
+        wire = DeviceWire(
+            wire_id=device.id if profile == "baton" else device.wire_id,
+            profile=profile,
+            type_wire=device_type.wire,
+            commands_wire={n: spec.wire for n, spec in device_type.commands.items()},
+        )
+        specs.append(DeviceSpec(device_id, wire, BEHAVIOURS[name]))
+    return specs
+
 
 @app.command()
 def simulate(
@@ -244,10 +286,19 @@ def simulate(
         str | None,
         typer.Option(help="MQTT protocol: 5 or 3.1.1 (default BATON_MQTT_PROTOCOL)."),
     ] = None,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(
+            help="Simulate the devices of this catalog, each in its type's wire profile "
+            "(--device/--silent then pick among them)."
+        ),
+    ] = None,
 ) -> None:
     """Run simulated devices that answer commands over MQTT, until Ctrl-C.
 
     Without --device or --silent: demo-thermostat-1..5, and demo-silent-1 that stays silent.
+    With --catalog: every device of the catalog; a device labelled `simulate: silent` stays
+    silent (docs/wire-profiles.md).
     """
     from baton_platform.logs import configure_logging
     from baton_platform.settings import Settings
@@ -264,13 +315,17 @@ def simulate(
     settings = Settings()
     configure_logging("simulator", settings.log_level)
     devices, silent_devices = list(device or []), list(silent or [])
-    if not devices and not silent_devices:
+    specs: list[Any] = []
+    if catalog is not None:
+        specs = catalog_specs(catalog, devices, silent_devices)
+        devices, silent_devices = [], []
+    elif not devices and not silent_devices:
         devices, silent_devices = list(DEMO_DEVICES), list(DEMO_SILENT)
     host = mqtt_host or settings.mqtt_host
     port = mqtt_port or settings.mqtt_port
     protocol = mqtt_protocol or settings.mqtt_protocol
     typer.echo(
-        f"simulating {len(devices)} device(s) (+{len(silent_devices)} silent) on "
+        f"simulating {len(devices) + len(specs)} device(s) (+{len(silent_devices)} silent) on "
         f"mqtt://{host}:{port} (MQTT {protocol}); Ctrl-C stops",
         err=True,
     )
@@ -280,7 +335,10 @@ def simulate(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_simulator(host, port, protocol, devices, silent_devices, stop)
+        if specs:
+            await run_simulator(host, port, protocol, devices, silent_devices, stop, specs=specs)
+        else:
+            await run_simulator(host, port, protocol, devices, silent_devices, stop)
 
     asyncio.run(_run())
 

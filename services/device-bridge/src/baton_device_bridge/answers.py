@@ -1,9 +1,12 @@
-"""Device answers in: an MQTT message on a response topic -> an `answer` DeviceReport.
+"""Device answers in: an MQTT message on an answer topic -> an `answer` DeviceReport.
 
-The device id comes from the topic, never from the payload: the broker's ACL decides who may
-publish on a device's topics, and the dispatcher checks that the execution belongs to that
-device (a device speaks only for itself). Anything that cannot be read is dropped and counted,
-never allowed to stop the bridge.
+The catalog's wiring finds the profile whose answer topic it is and decodes it with that
+profile's codec. The device is the one the **topic** names (its wire id, mapped back to
+Baton's device id), never the payload: the broker's ACL decides who may publish on a
+device's topics, and the dispatcher checks that the execution belongs to that device (a
+device speaks only for itself). A profile whose answers carry no execution id (raw-mapped)
+has them attributed to the device's execution in flight. Anything that cannot be read is
+dropped and counted, never allowed to stop the bridge.
 """
 
 from __future__ import annotations
@@ -11,26 +14,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from uuid import UUID
 
-from pydantic import ValidationError
-
-from baton_contracts.mqtt import DeviceAnswer, parse_execution_topic
 from baton_contracts.nats import DeviceReport
+from baton_contracts.profiles import MalformedWireError
 from baton_device_bridge.reports import ReportNotStoredError, ReportRefusedError, ReportSink
-from baton_domain.catalog import DEVICE_ID_PATTERN
+from baton_device_bridge.wiring import UnknownWireDeviceError, Wiring
 from baton_platform.metrics import REJECTED_MESSAGES
 
 log = logging.getLogger(__name__)
 
 SERVICE = "device-bridge"
-_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
+
+InFlightLookup = Callable[[str], UUID | None]
 
 
 class MalformedAnswerError(ValueError):
-    """Not a readable answer. `reason` is the metric label."""
+    """Not an answer Baton can use. `reason` is the metric label."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
@@ -38,31 +40,28 @@ class MalformedAnswerError(ValueError):
 
 
 def answer_report_id(execution_id: UUID, answer_id: str | None, raw: bytes) -> str:
-    """Stable per answer: the device's own id, else a digest of the exact bytes it sent."""
+    """Stable per answer: the device's own id, else a digest of the exact bytes it sent
+    (for raw-mapped, with the execution id in front: a repeat of the same answer keeps its
+    id, two different answers to one execution differ)."""
     suffix = answer_id if answer_id is not None else hashlib.sha256(raw).hexdigest()[:32]
     return f"answer:{execution_id}:{suffix}"
 
 
-def decode_answer(topic: str, raw: bytes, received_at: datetime) -> DeviceReport:
-    parsed = parse_execution_topic(topic)
-    if parsed is None or parsed[2] != "response":
-        raise MalformedAnswerError("malformed-topic", f"not a response topic: {topic!r}")
-    device_id, execution, _ = parsed
-    # A device id outside the catalog's pattern names no device (and could not be a NATS
-    # subject token): nothing can be for it.
-    if not _DEVICE_ID.match(device_id):
-        raise MalformedAnswerError("malformed-topic", f"not a device id: {device_id!r}")
+def decode_answer(
+    topic: str, raw: bytes, received_at: datetime, wiring: Wiring, in_flight: InFlightLookup
+) -> DeviceReport:
     try:
-        execution_id = UUID(execution)
-    except ValueError:
-        detail = f"not an execution id: {execution!r}"
-        raise MalformedAnswerError("malformed-topic", detail) from None
-    try:
-        answer = DeviceAnswer.model_validate_json(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(body)"
-        raise MalformedAnswerError("malformed-answer", f"{where}: {first['msg']}") from None
+        device_id, codec, answer = wiring.decode_answer(topic, raw)
+    except MalformedWireError as exc:
+        raise MalformedAnswerError(exc.reason, str(exc)) from None
+    except UnknownWireDeviceError as exc:
+        raise MalformedAnswerError("unknown-device", str(exc)) from None
+    execution_id = answer.execution_id
+    if execution_id is None:
+        execution_id = in_flight(device_id)
+        if execution_id is None:
+            detail = f"{codec.name} answer from {device_id} with no execution in flight"
+            raise MalformedAnswerError("no-execution-in-flight", detail)
     return DeviceReport(
         kind="answer",
         report_id=answer_report_id(execution_id, answer.answer_id, raw),
@@ -82,14 +81,22 @@ class AnswerForwarder:
     are handled in the order they came (MQTT wants its PUBACKs in that order too).
     """
 
-    def __init__(self, sink: ReportSink, retry_cap: float = 5.0) -> None:
+    def __init__(
+        self,
+        sink: ReportSink,
+        wiring: Wiring,
+        in_flight: InFlightLookup,
+        retry_cap: float = 5.0,
+    ) -> None:
         self._sink = sink
+        self._wiring = wiring
+        self._in_flight = in_flight
         self._retry_cap = retry_cap
         self.failed_attempts = 0  # how often a store had to be retried (for tests and logs)
 
     async def handle(self, topic: str, raw: bytes) -> None:
         try:
-            report = decode_answer(topic, raw, datetime.now(UTC))
+            report = decode_answer(topic, raw, datetime.now(UTC), self._wiring, self._in_flight)
         except MalformedAnswerError as exc:
             REJECTED_MESSAGES.labels(service=SERVICE, reason=exc.reason).inc()
             log.warning("dropped a message on %s (%s): %s", topic, exc.reason, exc)

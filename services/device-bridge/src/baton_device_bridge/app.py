@@ -9,8 +9,11 @@ from faststream.nats import NatsBroker
 
 from baton_device_bridge.answers import AnswerForwarder
 from baton_device_bridge.edges import register
+from baton_device_bridge.in_flight import InFlight
 from baton_device_bridge.link import MqttLink
 from baton_device_bridge.reports import ReportSink
+from baton_device_bridge.wiring import Wiring
+from baton_domain.catalog import Catalog
 from baton_platform.lifecycle import cancel_and_wait
 from baton_platform.nats import ensure_streams
 from baton_platform.settings import Settings
@@ -22,7 +25,9 @@ class DeviceBridge:
     """The service: the events consumer publishing to devices, the MQTT loop reading answers.
 
     `startup_wait` bounds how long `start` waits for the MQTT broker: without one the bridge
-    still starts (events wait in JetStream, the loop keeps reconnecting).
+    still starts (events wait in JetStream, the loop keeps reconnecting). `catalog` defaults
+    to the one at `settings.catalog_path`, read once here: it says which wire profile each
+    device speaks.
     """
 
     def __init__(
@@ -31,8 +36,12 @@ class DeviceBridge:
         reconnect_cap: float = 5.0,
         retry_cap: float = 5.0,
         startup_wait: float = 5.0,
+        *,
+        catalog: Catalog | None = None,
     ) -> None:
         self.settings = settings
+        self.wiring = Wiring(catalog or Catalog.from_yaml(settings.catalog_path))
+        self.in_flight: InFlight | None = None
         self.reconnect_cap = reconnect_cap
         self.retry_cap = retry_cap
         self.startup_wait = startup_wait
@@ -54,10 +63,18 @@ class DeviceBridge:
         js = connection.jetstream()
         await ensure_streams(js)
         sink = ReportSink(js)
-        self.answers = AnswerForwarder(sink, retry_cap=self.retry_cap)
-        self.link = MqttLink(settings, self.answers.handle, reconnect_cap=self.reconnect_cap)
+        self.in_flight = InFlight(settings.data_dir / "bridge.sqlite")
+        self.answers = AnswerForwarder(
+            sink, self.wiring, self.in_flight.current, retry_cap=self.retry_cap
+        )
+        self.link = MqttLink(
+            settings,
+            self.answers.handle,
+            reconnect_cap=self.reconnect_cap,
+            answer_filters=self.wiring.answer_filters(),
+        )
         self._link_task = asyncio.create_task(self.link.run(), name="mqtt-link")
-        register(self._broker, self.link, sink)
+        register(self._broker, self.link, sink, self.wiring, self.in_flight)
         await self._broker.start()
         try:
             await asyncio.wait_for(self.link.connected.wait(), self.startup_wait)
@@ -75,6 +92,9 @@ class DeviceBridge:
             # the session and hands it to the next bridge with this instance name.
             await cancel_and_wait(self._link_task)
             self._link_task = None
+        if self.in_flight is not None:
+            self.in_flight.close()
+            self.in_flight = None
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:

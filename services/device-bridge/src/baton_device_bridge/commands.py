@@ -1,9 +1,10 @@
 """What a lifecycle event asks the bridge to send to a device. Pure: no I/O, no clock.
 
-`plan` turns a `Dispatched` into a `CommandRequest` on the device's request topic, and a
-`Canceled` that must reach the device into a `CancelRequest` on its cancel topic. Every other
-event, and a `Dispatched` whose deadline already passed (the timeout-scheduler expires it;
-a device must not start work nobody waits for), is skipped.
+`plan` turns a `Dispatched` into a request in the wire profile of the device's type (the
+codec writes topic and body), and a `Canceled` that must reach the device into its profile's
+cancel message, where it has one. Every other event, and a `Dispatched` whose deadline
+already passed (the timeout-scheduler expires it; a device must not start work nobody waits
+for), is skipped.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from baton_contracts.mqtt import CancelRequest, CommandRequest, cancel_topic, request_topic
 from baton_contracts.nats import DeviceReport, LifecycleEvent
+from baton_contracts.profiles import OutgoingCommand, ProfileSettingsError
+from baton_device_bridge.wiring import Target, Wiring
 from baton_domain.catalog import DEVICE_ID_PATTERN
 
 M = TypeVar("M", bound=BaseModel)
@@ -57,6 +59,9 @@ class Outgoing:
     expiry: int | None
     # Whether the dispatcher hears about it: only a request moves the execution to SENT.
     report_published: bool
+    # Whether the bridge must remember it as the device's execution in flight before it
+    # goes out: the profile's answers do not say which execution they are for.
+    remember: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,8 @@ class Skipped:
     why: str
     # False for the events the bridge never acts on: not worth a log line each.
     notable: bool = True
+    # The metric label when it is counted as rejected (nothing the device could be told).
+    reason: str | None = None
 
 
 def decode(body: bytes) -> LifecycleEvent:
@@ -83,42 +90,76 @@ def remaining_ttl(deadline: datetime, now: datetime) -> int | None:
     return max(1, math.ceil(left))
 
 
-def plan(event: LifecycleEvent, now: datetime) -> Outgoing | Skipped:
+def plan(event: LifecycleEvent, now: datetime, wiring: Wiring) -> Outgoing | Skipped:
     if event.type == "Dispatched":
-        return _request(event, now)
+        return _request(event, now, wiring)
     if event.type == "Canceled":
-        return _cancel(event)
+        return _cancel(event, wiring)
     return Skipped("not for the bridge", notable=False)
 
 
-def _request(event: LifecycleEvent, now: datetime) -> Outgoing | Skipped:
+def _target(wiring: Wiring, device_id: str) -> Target | Skipped:
+    target = wiring.target(device_id)
+    if target is None:
+        return Skipped(
+            f"device {device_id!r} is not in the bridge's catalog", reason="unknown-device"
+        )
+    return target
+
+
+def _request(event: LifecycleEvent, now: datetime, wiring: Wiring) -> Outgoing | Skipped:
     data = _data(_DispatchedData, event)
     ttl = remaining_ttl(data.deadline, now)
     if ttl is None:
         return Skipped(f"deadline {data.deadline.isoformat()} already passed")
-    request = CommandRequest(
-        execution_id=event.execution_id, name=data.name, params=data.params, deadline=data.deadline
+    target = _target(wiring, data.device_id)
+    if isinstance(target, Skipped):
+        return target
+    command = OutgoingCommand(
+        wire_id=target.wire_id,
+        execution_id=event.execution_id,
+        name=data.name,
+        params=data.params,
+        deadline=data.deadline,
+        ttl=ttl,
+        now=now,
+        command_wire=target.command_wire(data.name),
+        type_wire=target.type_wire,
     )
+    try:
+        message = target.codec.encode_request(command)
+    except ProfileSettingsError as exc:
+        return Skipped(
+            f"cannot write it in {target.codec.name}: {exc}", reason="unencodable-command"
+        )
     return Outgoing(
         device_id=data.device_id,
         execution_id=event.execution_id,
-        topic=request_topic(data.device_id, event.execution_id),
-        payload=request.model_dump_json().encode(),
+        topic=message.topic,
+        payload=message.payload,
         expiry=ttl,
         report_published=True,
+        remember=not target.codec.carries_execution_id,
     )
 
 
-def _cancel(event: LifecycleEvent) -> Outgoing | Skipped:
+def _cancel(event: LifecycleEvent, wiring: Wiring) -> Outgoing | Skipped:
     data = _data(_CanceledData, event)
     if not data.notify_device:
         return Skipped("canceled before it was dispatched: the device never saw it")
-    cancel = CancelRequest(execution_id=event.execution_id, reason=data.reason)
+    target = _target(wiring, data.device_id)
+    if isinstance(target, Skipped):
+        return target
+    message = target.codec.encode_cancel(
+        target.wire_id, event.execution_id, data.reason, target.type_wire
+    )
+    if message is None:
+        return Skipped(f"wire profile {target.codec.name} has no cancel message", notable=False)
     return Outgoing(
         device_id=data.device_id,
         execution_id=event.execution_id,
-        topic=cancel_topic(data.device_id, event.execution_id),
-        payload=cancel.model_dump_json().encode(),
+        topic=message.topic,
+        payload=message.payload,
         expiry=None,
         report_published=False,
     )

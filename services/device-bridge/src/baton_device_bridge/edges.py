@@ -28,8 +28,10 @@ from baton_device_bridge.commands import (
     plan,
     published_report,
 )
+from baton_device_bridge.in_flight import InFlight
 from baton_device_bridge.link import MqttLink, MqttUnavailableError
 from baton_device_bridge.reports import ReportNotStoredError, ReportRefusedError, ReportSink
+from baton_device_bridge.wiring import Wiring
 from baton_platform.consumers import durable_subscriber
 from baton_platform.metrics import REJECTED_MESSAGES
 
@@ -40,9 +42,16 @@ DURABLE = "baton-device-bridge"
 MAX_REDELIVERY_DELAY = 5.0
 
 
-async def deliver(link: MqttLink, sink: ReportSink, outgoing: Outgoing) -> None:
-    """The effect of one event: the MQTT message taken by the broker, then (for a request)
-    the `published` report stored. Raises MqttUnavailableError / ReportNotStoredError."""
+async def deliver(
+    link: MqttLink, sink: ReportSink, in_flight: InFlight, outgoing: Outgoing
+) -> None:
+    """The effect of one event: (for a profile without execution ids) the execution stored
+    as the device's one in flight, the MQTT message taken by the broker, then (for a
+    request) the `published` report stored. Raises MqttUnavailableError /
+    ReportNotStoredError."""
+    if outgoing.remember:
+        # Before the publish: the device may answer before the PUBACK is even back.
+        await in_flight.remember(outgoing.device_id, outgoing.execution_id)
     await link.publish(outgoing.topic, outgoing.payload, expiry=outgoing.expiry)
     if outgoing.report_published:
         try:
@@ -54,7 +63,9 @@ async def deliver(link: MqttLink, sink: ReportSink, outgoing: Outgoing) -> None:
             log.exception("JetStream refused the published report of %s", outgoing.execution_id)
 
 
-def register(broker: NatsBroker, link: MqttLink, sink: ReportSink) -> None:
+def register(
+    broker: NatsBroker, link: MqttLink, sink: ReportSink, wiring: Wiring, in_flight: InFlight
+) -> None:
     # From the start of the stream on first run: events relayed before the bridge ever ran
     # must go out too (those past their deadline are skipped anyway).
     @durable_subscriber(broker, EVENTS_WILDCARD, EVENTS_STREAM, DURABLE)
@@ -62,19 +73,22 @@ def register(broker: NatsBroker, link: MqttLink, sink: ReportSink) -> None:
         subject = message.raw_message.subject
         # The raw bytes: FastStream would otherwise decode the JSON into a dict first.
         try:
-            action = plan(decode(message.body), datetime.now(UTC))
+            action = plan(decode(message.body), datetime.now(UTC), wiring)
         except MalformedEventError as exc:
             REJECTED_MESSAGES.labels(service=SERVICE, reason="malformed-event").inc()
             log.warning("dropped a malformed message on %s: %s", subject, exc)
             await message.ack()
             return
         if isinstance(action, Skipped):
-            if action.notable:
+            if action.reason is not None:
+                REJECTED_MESSAGES.labels(service=SERVICE, reason=action.reason).inc()
+                log.warning("%s: nothing sent (%s)", subject, action.why)
+            elif action.notable:
                 log.info("%s: nothing sent (%s)", subject, action.why)
             await message.ack()
             return
         try:
-            await deliver(link, sink, action)
+            await deliver(link, sink, in_flight, action)
         except (MqttUnavailableError, ReportNotStoredError) as exc:
             deliveries = message.raw_message.metadata.num_delivered or 1
             delay = min(0.2 * deliveries, MAX_REDELIVERY_DELAY)

@@ -1,9 +1,9 @@
 """The bridge's one MQTT connection: a reconnect loop, answers in, commands out.
 
-aiomqtt has no automatic reconnect, so `run` is the loop: connect, subscribe to every
-device's response topic, hand each message to `on_answer`, and on `MqttError` wait (capped
-backoff) and connect again. The connected client is shared: `publish` sends on it from the
-events consumer while `run` reads from it.
+aiomqtt has no automatic reconnect, so `run` is the loop: connect, subscribe to the answer
+topics of every wire profile the catalog uses, hand each message to `on_answer`, and on
+`MqttError` wait (capped backoff) and connect again. The connected client is shared:
+`publish` sends on it from the events consumer while `run` reads from it.
 
 The session is persistent (fixed client id, no clean start, a long session expiry on MQTT
 5): the broker keeps the subscription and queues the QoS 1 answers sent while the bridge is
@@ -61,8 +61,11 @@ class MqttLink:
         reconnect_cap: float = 5.0,
         connect_wait: float = 2.0,
         publish_timeout: float = 10.0,
+        answer_filters: list[str] | None = None,
     ) -> None:
         self.settings = settings
+        # The answer topics of every wire profile the catalog uses (Baton's own by default).
+        self.answer_filters = answer_filters if answer_filters is not None else [RESPONSE_FILTER]
         self.identifier = f"baton-device-bridge-{settings.instance}"
         self._on_answer = on_answer
         self._reconnect_cap = reconnect_cap
@@ -158,9 +161,10 @@ class MqttLink:
             try:
                 client = self._client()
                 async with client:
-                    granted = await client.subscribe(RESPONSE_FILTER, qos=1)
-                    if any(_refused(code) for code in granted):
-                        raise aiomqtt.MqttError(f"subscription to {RESPONSE_FILTER} refused")
+                    for topic_filter in self.answer_filters:
+                        granted = await client.subscribe(topic_filter, qos=1)
+                        if any(_refused(code) for code in granted):
+                            raise aiomqtt.MqttError(f"subscription to {topic_filter} refused")
                     self._session = _Session(client)
                     self.connected.set()
                     log.info(

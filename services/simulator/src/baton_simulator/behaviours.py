@@ -1,4 +1,4 @@
-"""What a simulated device does with each command, as data.
+"""What a simulated device does with each command, as data (whatever its wire profile).
 
 A `Behaviour` maps a command name to a `Script`: the steps the device takes, in order. A step
 waits, then (optionally) answers with a status and a payload computed from the request, then
@@ -102,7 +102,24 @@ THERMOSTAT = Behaviour(
 # Receives every command and never answers: what Baton's execution timeout is for.
 SILENT = Behaviour(otherwise=())
 
-BEHAVIOURS: Mapping[str, Behaviour] = {"thermostat": THERMOSTAT, "silent": SILENT}
+# iotee's lock (seed 003), on the raw-mapped profile: its answers are words without a body.
+IOTEE = Behaviour(
+    commands={
+        "lock": (started(), succeed()),
+        "unlock": (started(), succeed()),
+        "self_test": (started(), fail("self test failed")),
+    }
+)
+
+# Any device type without a table of its own: every command starts, then succeeds.
+GENERIC = Behaviour(otherwise=(started(), succeed()))
+
+BEHAVIOURS: Mapping[str, Behaviour] = {
+    "thermostat": THERMOSTAT,
+    "silent": SILENT,
+    "iotee": IOTEE,
+    "generic": GENERIC,
+}
 
 
 # --- a script made concrete for one request ------------------------------------------------

@@ -1,8 +1,10 @@
-"""One simulated device: its own MQTT connection, Baton's device-side contract, a behaviour.
+"""One simulated device: its own MQTT connection, the device side of a wire profile, a
+behaviour.
 
-The device subscribes to its request and cancel topics, runs each request's script in a task
-of its own (so a slow reboot does not hold up anything else), and answers on the execution's
-response topic. aiomqtt does not reconnect by itself, so `run` is a reconnect loop with a
+The device subscribes to its profile's request (and cancel) topics, reads what arrives with
+the profile's codec (the one the device-bridge writes with), runs each request's script in a
+task of its own (so a slow reboot does not hold up anything else), and answers in its
+profile's words. aiomqtt does not reconnect by itself, so `run` is a reconnect loop with a
 capped backoff; the session is persistent, so the broker keeps requests published while the
 device is away and hands them over when it comes back.
 """
@@ -11,21 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import ValidationError
 
-from baton_contracts.mqtt import (
-    SOCKET_OPTIONS,
-    CancelRequest,
-    CommandRequest,
-    device_filters,
-    parse_execution_topic,
-    response_topic,
+from baton_contracts.mqtt import SOCKET_OPTIONS, CommandRequest
+from baton_contracts.profiles import (
+    DeviceCancel,
+    DeviceRequest,
+    MalformedWireError,
+    codec_for,
 )
 from baton_simulator.behaviours import Action, Behaviour, plan
 
@@ -36,6 +39,19 @@ PROTOCOLS = {"5": aiomqtt.ProtocolVersion.V5, "3.1.1": aiomqtt.ProtocolVersion.V
 SESSION_EXPIRY_S = 3600
 PUBLISH_TIMEOUT_S = 10.0
 PUBLISH_RETRY_S = 0.2
+# What a request without a deadline on the wire (aws-iot-commands, raw-mapped) is given.
+NO_DEADLINE = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class DeviceWire:
+    """How a device speaks: its wire profile, the id it goes by there, and its type's (and
+    each command's) wire settings from the catalog."""
+
+    wire_id: str
+    profile: str = "baton"
+    type_wire: Mapping[str, Any] = field(default_factory=dict)
+    commands_wire: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,10 +118,13 @@ class SimulatedDevice:
         backoff_initial: float = 0.2,
         backoff_max: float = 5.0,
         remember: int = 10_000,
+        wire: DeviceWire | None = None,
     ) -> None:
         self.device_id = device_id
         self.behaviour = behaviour
         self.broker = broker
+        self.wire = wire or DeviceWire(device_id)
+        self.codec = codec_for(self.wire.profile)
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self._seen = RecentIds(remember)
@@ -126,7 +145,8 @@ class SimulatedDevice:
                 await self._stay_offline()
                 try:
                     async with self.broker.client(f"baton-sim-{self.device_id}") as client:
-                        await client.subscribe([(f, 1) for f in device_filters(self.device_id)])
+                        filters = self.codec.device_filters(self.wire.wire_id, self.wire.type_wire)
+                        await client.subscribe([(f, 1) for f in filters])
                         self._client = client
                         self._online.set()
                         log.info("%s online%s", self.device_id, " again" if in_outage else "")
@@ -189,69 +209,94 @@ class SimulatedDevice:
 
     def handle(self, topic: str, payload: object) -> None:
         """One message on the device's topics; a bad one is logged and ignored."""
-        parsed = parse_execution_topic(topic)
-        if parsed is None or parsed[0] != self.device_id:
-            log.warning("%s ignores a message on %s", self.device_id, topic)
-            return
-        _, execution_id, leaf = parsed
         if not isinstance(payload, bytes | bytearray | str):
             log.warning("%s ignores a non-text payload on %s", self.device_id, topic)
             return
+        raw = payload.encode() if isinstance(payload, str) else bytes(payload)
+        wire = self.wire
         try:
-            if leaf == "request":
-                self._on_request(execution_id, CommandRequest.model_validate_json(payload))
-            elif leaf == "cancel":
-                self._on_cancel(execution_id, CancelRequest.model_validate_json(payload))
-        except ValidationError as exc:
-            log.warning("%s ignores a bad %s on %s: %s", self.device_id, leaf, topic, exc)
+            incoming = self.codec.decode_request(
+                topic, raw, wire.wire_id, wire.type_wire, wire.commands_wire
+            )
+        except MalformedWireError as exc:
+            log.warning(
+                "%s ignores a message on %s (%s): %s", self.device_id, topic, exc.reason, exc
+            )
+            return
+        try:
+            if isinstance(incoming, DeviceCancel):
+                self._on_cancel(incoming)
+            else:
+                self._on_request(incoming)
         except Exception:  # a simulator bug must not take the device off the broker
             log.exception("%s failed to handle a message on %s", self.device_id, topic)
 
-    def _on_request(self, execution_id: str, request: CommandRequest) -> None:
-        if str(request.execution_id) != execution_id:
-            log.warning(
-                "%s ignores a request for %s on the topic of %s",
-                self.device_id,
-                request.execution_id,
-                execution_id,
-            )
-            return
-        if execution_id in self._seen:
-            log.info("%s ignores a repeated request for %s", self.device_id, execution_id)
-            return
-        self._seen.add(execution_id)
-        if request.deadline <= datetime.now(UTC):
+    def _on_request(self, incoming: DeviceRequest) -> None:
+        key = incoming.execution_key
+        now = datetime.now(UTC)
+        if key is not None:
+            if key in self._seen:
+                log.info("%s ignores a repeated request for %s", self.device_id, key)
+                return
+            self._seen.add(key)
+            try:
+                execution_id = UUID(key)
+            except ValueError:
+                log.warning("%s ignores a request for a bad execution id %r", self.device_id, key)
+                return
+        else:
+            # Nothing on the wire names the execution (raw-mapped): every delivery runs.
+            execution_id = uuid4()
+        if incoming.deadline is not None and incoming.deadline <= now:
             # Kept by a session (no message expiry on MQTT 3.1.1) past its deadline: Baton has
             # ended it already, so a real device must not act on it either.
-            log.info("%s ignores %s: its deadline has passed", self.device_id, execution_id)
+            log.info("%s ignores %s: its deadline has passed", self.device_id, key)
             return
+        request = CommandRequest(
+            execution_id=execution_id,
+            name=incoming.name,
+            params=incoming.params,
+            deadline=incoming.deadline or now + NO_DEADLINE,
+        )
         actions = plan(self.behaviour, request)
         if not actions:
             return
-        task = asyncio.create_task(self._perform(execution_id, actions))
-        self._running[execution_id] = task
-        task.add_done_callback(lambda _: self._running.pop(execution_id, None))
+        task_key = key or str(execution_id)
+        task = asyncio.create_task(self._perform(key, actions))
+        self._running[task_key] = task
+        task.add_done_callback(lambda _: self._running.pop(task_key, None))
 
-    def _on_cancel(self, execution_id: str, cancel: CancelRequest) -> None:
+    def _on_cancel(self, cancel: DeviceCancel) -> None:
         # Remembered as handled, so a request that arrives after its cancel does not run.
+        execution_id = cancel.execution_key
         self._seen.add(execution_id)
         task = self._running.pop(execution_id, None)
         if task is not None:
             task.cancel()
             log.info("%s canceled %s: %s", self.device_id, execution_id, cancel.reason)
 
-    async def _perform(self, execution_id: str, actions: list[Action]) -> None:
-        topic = response_topic(self.device_id, execution_id)
+    async def _perform(self, execution_key: str | None, actions: list[Action]) -> None:
+        wire = self.wire
         try:
             for action in actions:
                 if action.delay > 0:
                     await asyncio.sleep(action.delay)
                 if action.answer is not None:
-                    await self._publish(topic, action.answer.model_dump_json().encode())
+                    answer = action.answer
+                    message = self.codec.encode_answer(
+                        wire.wire_id,
+                        execution_key,
+                        answer.status,
+                        answer.payload,
+                        answer.answer_id,
+                        wire.type_wire,
+                    )
+                    if message is not None:  # the profile may have no word for it
+                        await self._publish(message.topic, message.payload)
                 if action.offline_for > 0:
                     self.go_offline(action.offline_for)
         except Exception:
-            log.exception("%s failed while running %s", self.device_id, execution_id)
+            log.exception("%s failed while running %s", self.device_id, execution_key)
 
     async def _publish(self, topic: str, payload: bytes) -> None:
         """Publish with QoS 1, waiting out a lost connection (answer ids make repeats safe)."""

@@ -1,0 +1,58 @@
+"""Wire profiles: how Baton speaks to a device type over MQTT (docs/wire-profiles.md).
+
+`codec_for(profile)` gives the codec; the device-bridge and the simulator both use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from baton_contracts.profiles.aws_iot_commands import AwsIotCommandsCodec
+from baton_contracts.profiles.base import (
+    Codec,
+    DecodedAnswer,
+    DeviceCancel,
+    DeviceRequest,
+    MalformedWireError,
+    OutgoingCommand,
+    ProfileSettingsError,
+    WireMessage,
+    WireSettings,
+)
+from baton_contracts.profiles.baton import BatonCodec
+from baton_contracts.profiles.emqx_fleets import EmqxFleetsCodec
+from baton_contracts.profiles.raw_mapped import RawMappedCodec
+
+__all__ = [
+    "CODECS",
+    "Codec",
+    "DecodedAnswer",
+    "DeviceCancel",
+    "DeviceRequest",
+    "MalformedWireError",
+    "OutgoingCommand",
+    "ProfileSettingsError",
+    "WireMessage",
+    "WireSettings",
+    "codec_for",
+    "wire_id_of",
+]
+
+CODECS: Mapping[str, Codec] = {
+    codec.name: codec
+    for codec in (BatonCodec(), EmqxFleetsCodec(), AwsIotCommandsCodec(), RawMappedCodec())
+}
+
+
+def codec_for(profile: str) -> Codec:
+    try:
+        return CODECS[profile]
+    except KeyError:
+        raise ProfileSettingsError(f"unknown wire profile {profile!r}") from None
+
+
+def wire_id_of(profile: str, device_id: str, hardware_id: str | None) -> str:
+    """The id a device goes by on the wire in `profile`."""
+    if codec_for(profile).topic_id == "device_id":
+        return device_id
+    return hardware_id or device_id

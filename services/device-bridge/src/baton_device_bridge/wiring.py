@@ -1,0 +1,128 @@
+"""The catalog seen from the wire: which codec, topic id and settings each device uses.
+
+Built once at start from the catalog. Outgoing, a device id and type give a `Target`;
+incoming, a topic is tried against the answer side of every (profile, settings) pair the
+catalog uses, and the wire id it names is mapped back to Baton's device id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from baton_contracts.profiles import (
+    Codec,
+    DecodedAnswer,
+    MalformedWireError,
+    ProfileSettingsError,
+    WireSettings,
+    codec_for,
+    wire_id_of,
+)
+from baton_domain.catalog import Catalog, CatalogError, DeviceType
+
+log = logging.getLogger(__name__)
+
+
+class UnknownWireDeviceError(Exception):
+    """A readable answer from a wire id no device of the catalog goes by."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one device's messages go, and how they are written."""
+
+    device_id: str
+    wire_id: str
+    codec: Codec
+    device_type: DeviceType
+
+    @property
+    def type_wire(self) -> WireSettings:
+        return self.device_type.wire
+
+    def command_wire(self, name: str) -> WireSettings:
+        found = self.device_type.command(name)
+        return found[1].wire if found is not None else {}
+
+
+@dataclass
+class _Binding:
+    """One (profile, type settings) pair and the devices that speak it, by wire id."""
+
+    codec: Codec
+    type_wire: Mapping[str, Any]
+    devices: dict[str, str] = field(default_factory=dict)  # wire id -> device id
+
+
+class Wiring:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._targets: dict[str, Target] = {}
+        bindings: dict[tuple[str, str], _Binding] = {}
+        for type_name, device_type in catalog.device_types.items():
+            try:
+                codec = codec_for(device_type.wire_profile)
+                commands = {name: spec.wire for name, spec in device_type.commands.items()}
+                codec.check_settings(device_type.wire, commands)
+            except ProfileSettingsError as exc:
+                raise CatalogError(f"device type {type_name!r}: {exc}") from exc
+        for device in catalog.devices:
+            device_type = catalog.device_types[device.type]
+            codec = codec_for(device_type.wire_profile)
+            wire_id = wire_id_of(codec.name, device.id, device.hardware_id)
+            self._targets[device.id] = Target(device.id, wire_id, codec, device_type)
+            key = (codec.name, json.dumps(device_type.wire, sort_keys=True))
+            binding = bindings.setdefault(key, _Binding(codec, device_type.wire))
+            if wire_id in binding.devices:
+                # Answers from it could not say which of the two spoke: the first keeps it.
+                log.warning(
+                    "device %s uses wire id %s of %s too",
+                    device.id,
+                    wire_id,
+                    binding.devices[wire_id],
+                )
+                continue
+            binding.devices[wire_id] = device.id
+        self._bindings = list(bindings.values())
+
+    def target(self, device_id: str) -> Target | None:
+        return self._targets.get(device_id)
+
+    @property
+    def profiles(self) -> set[str]:
+        return {binding.codec.name for binding in self._bindings}
+
+    def answer_filters(self) -> list[str]:
+        """Every topic filter Baton must subscribe to for the catalog's answers."""
+        found: dict[str, None] = {}
+        for binding in self._bindings:
+            for topic_filter in binding.codec.answer_filters(binding.type_wire):
+                found[topic_filter] = None
+        return list(found)
+
+    def decode_answer(self, topic: str, payload: bytes) -> tuple[str, Codec, DecodedAnswer]:
+        """(Baton's device id, its codec, the answer). Raises MalformedWireError for a topic
+        no profile reads or a body its profile cannot read, UnknownWireDeviceError for a
+        readable answer from nobody the catalog knows."""
+        problem: Exception | None = None
+        for binding in self._bindings:
+            try:
+                answer = binding.codec.decode_answer(topic, payload, binding.type_wire)
+            except MalformedWireError as exc:
+                problem = problem or exc
+                continue
+            if answer is None:
+                continue
+            device_id = binding.devices.get(answer.wire_id)
+            if device_id is not None:
+                return device_id, binding.codec, answer
+            problem = problem or UnknownWireDeviceError(
+                f"no {binding.codec.name} device goes by {answer.wire_id!r}"
+            )
+        if problem is None:
+            problem = MalformedWireError("malformed-topic", f"not a response topic: {topic!r}")
+        raise problem
