@@ -32,6 +32,7 @@ from baton_contracts.nats import (
     report_subject,
 )
 from baton_dispatcher.app import Dispatcher
+from baton_domain.delivery import queue_id
 from baton_platform.settings import Settings
 from tests.conftest import eventually
 
@@ -134,7 +135,10 @@ async def test_submit_relays_events_and_applies_reports(dispatcher: Dispatcher, 
     )
     events = await stream_events(js)
     assert [e.notification_id for e in events] == sorted(e.notification_id for e in events)
-    assert events[-1].data["answer"]["payload"] == {"current_temperature": 22}
+    mine = [e for e in events if e.execution_id == execution_id]
+    assert mine[-1].data["answer"]["payload"] == {"current_temperature": 22}
+    # The device's queue let go of it in the same transaction (its own stream).
+    assert "Finished" in [e.type for e in events if e.execution_id != execution_id]
 
 
 async def test_bad_submissions_are_problems(dispatcher: Dispatcher, nc: Client) -> None:
@@ -258,17 +262,18 @@ async def test_relay_resumes_after_restart_without_duplicates(
     first = Dispatcher(settings)
     await first.start()
     ids = [(await submit(nc)).execution.id for _ in range(3)]  # type: ignore[union-attr]
-    await eventually(lambda: _count(js, 6), what="6 events relayed")
+    # Per execution: Requested, Dispatched, and its device queue's Admitted; plus Opened once.
+    await eventually(lambda: _count(js, 10), what="10 events relayed")
     await first.stop()
     second = Dispatcher(settings)
     await second.start()
     try:
         more = (await submit(nc)).execution
         assert more is not None
-        await eventually(lambda: _count(js, 8), what="8 events relayed")
+        await eventually(lambda: _count(js, 13), what="13 events relayed")
         events = await stream_events(js)
-        assert len({e.notification_id for e in events}) == len(events) == 8
-        assert {e.execution_id for e in events} == {*ids, more.id}
+        assert len({e.notification_id for e in events}) == len(events) == 13
+        assert {e.execution_id for e in events} == {*ids, more.id, queue_id("demo-thermostat-1")}
     finally:
         await second.stop()
 

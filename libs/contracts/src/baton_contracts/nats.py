@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 # --- subjects ------------------------------------------------------------------------------
 
@@ -84,6 +84,7 @@ class Problem(WireModel):
     detail: str
     code: str
     errors: list[FieldProblem] = Field(default_factory=list)
+    retry_after: float | None = None  # seconds; the api sends it as Retry-After
 
 
 # --- submit / cancel -----------------------------------------------------------------------
@@ -176,8 +177,22 @@ class DeviceReport(WireModel):
     received_at: datetime
 
 
+class PresenceReport(WireModel):
+    """The device connected or disconnected (device-bridge -> dispatcher, BATON_REPORTS)."""
+
+    kind: Literal["presence"] = "presence"
+    report_id: str
+    device_id: str
+    online: bool
+    received_at: datetime
+
+
+AnyReport = Annotated[DeviceReport | PresenceReport, Field(discriminator="kind")]
+REPORT_ADAPTER: TypeAdapter[DeviceReport | PresenceReport] = TypeAdapter(AnyReport)
+
+
 class ReportRejected(WireModel):
-    report: DeviceReport
+    report: DeviceReport | PresenceReport
     reason: str
 
 

@@ -15,10 +15,17 @@ from typing import Any
 from uuid import UUID, uuid4, uuid5
 
 from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Recording
 
-from baton_domain.catalog import Catalog
-from baton_domain.errors import ExecutionNotFound, IdempotencyConflict
+from baton_domain.catalog import Catalog, DeliveryPolicy
+from baton_domain.delivery import DeviceQueue, queue_id
+from baton_domain.errors import (
+    ExecutionDeleted,
+    ExecutionNotFound,
+    IdempotencyConflict,
+    UnknownDevice,
+)
 from baton_domain.execution import CommandExecution
 from baton_domain.statuses import AnswerStatus
 
@@ -26,6 +33,7 @@ from baton_domain.statuses import AnswerStatus
 # collides on the stream's first version and the store itself settles the race.
 IDEMPOTENCY_NAMESPACE = UUID("6c6f5a2e-8d0b-4d4e-9a59-0a7e2b1a7c11")
 CONFLICT_RETRIES = 3
+DEFAULT_MAX_WAITING = 100
 
 Clock = Callable[[], datetime]
 
@@ -44,6 +52,7 @@ class RequestCommand:
     principal: str = "anonymous"
     source: str = "api"
     ephemeral: bool = False
+    ignore_cooldown: bool = False
 
     def fingerprint(self) -> str:
         body = {
@@ -82,27 +91,54 @@ class Executions(Application[UUID]):
     name = "Executions"
 
     def __init__(
-        self, catalog: Catalog, env: Mapping[str, str] | None = None, clock: Clock = utc_now
+        self,
+        catalog: Catalog,
+        env: Mapping[str, str] | None = None,
+        clock: Clock = utc_now,
+        max_waiting: int = DEFAULT_MAX_WAITING,
     ) -> None:
         super().__init__(env=env)
         self.catalog = catalog
         self.clock = clock
+        self.max_waiting = max_waiting
 
     # --- commands ---------------------------------------------------------------------------
 
     def request(self, command: RequestCommand) -> Outcome:
-        execution = self._new_execution(command, command.execution_id())
-        try:
-            recordings = self.save(execution)
-        except IntegrityError:
+        execution_id = command.execution_id()
+        for attempt in range(CONFLICT_RETRIES):
             try:
-                existing = self.get(execution.id)
-            except ExecutionNotFound:  # its execution was deleted: the key stays used
+                existing = self.get(execution_id) if command.idempotency_key else None
+            except ExecutionDeleted:  # its execution was deleted: the key stays used
                 raise IdempotencyConflict(command.idempotency_key or "") from None
-            if existing.fingerprint != command.fingerprint():
-                raise IdempotencyConflict(command.idempotency_key or "") from None
-            return Outcome(existing, changed=False, position=None)
-        return Outcome(execution, changed=True, position=_position(recordings), created=True)
+            except ExecutionNotFound:
+                existing = None
+            if existing is not None:
+                if existing.fingerprint != command.fingerprint():
+                    raise IdempotencyConflict(command.idempotency_key or "")
+                return Outcome(existing, changed=False, position=None)
+            execution, queue = self._admit(command, execution_id)
+            try:
+                recordings = self.save(execution, queue)
+            except IntegrityError:
+                # Another writer stored the same idempotent request, or moved this device's
+                # queue, since we read them: look again.
+                if attempt == CONFLICT_RETRIES - 1:
+                    raise
+                continue
+            return Outcome(execution, changed=True, position=_position(recordings), created=True)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def record_presence(self, device_id: str, online: bool, at: datetime) -> int | None:
+        """The device went online or offline; online releases what waited for it.
+
+        Returns the position of the last stored event, or None when nothing changed."""
+        self.catalog.device(device_id)  # UnknownDevice for a device the catalog lacks
+        queue = self._queue(device_id)
+        if not queue.set_presence(online, at):
+            return None
+        released = self._release(queue)
+        return _position(self.save(queue, *released))
 
     def retry(self, execution_id: UUID, principal: str, source: str) -> Outcome:
         """A new execution of the same command, linked both ways to the ended one."""
@@ -116,10 +152,10 @@ class Executions(Application[UUID]):
             source=source,
             ephemeral=old.ephemeral,
         )
-        new = self._new_execution(command, uuid4(), retry_of=old.id)
-        old.record_retry(new.id)
+        old.record_retry(uuid4())  # the guard first: only an ended execution is retried
+        new, queue = self._admit(command, old.retries[-1], retry_of=old.id)
         # One transaction: neither link exists without the other.
-        recordings = self.save(new, old)
+        recordings = self.save(new, old, queue)
         return Outcome(new, changed=True, position=_position(recordings), created=True)
 
     def delete(self, execution_id: UUID, reason: str) -> Outcome:
@@ -133,7 +169,8 @@ class Executions(Application[UUID]):
         """Delete every execution of `execution_ids` that still exists, in one transaction.
 
         Returns (how many were deleted, the position of the last stored event)."""
-        found = []
+        found: list[CommandExecution] = []
+        queues: dict[str, DeviceQueue] = {}
         for execution_id in execution_ids:
             try:
                 execution = self.get(execution_id)
@@ -141,9 +178,13 @@ class Executions(Application[UUID]):
                 continue  # deleted meanwhile: nothing left to do
             execution.delete(reason)
             found.append(execution)
+            queue = queues.get(execution.device_id) or self._queue(execution.device_id)
+            if queue.finish(execution.id):
+                queues[execution.device_id] = queue
         if not found:
             return 0, None
-        return len(found), _position(self.save(*found))
+        released = [e for queue in queues.values() for e in self._release(queue)]
+        return len(found), _position(self.save(*found, *queues.values(), *released))
 
     def record_published(self, execution_id: UUID) -> Outcome:
         return self._update(execution_id, lambda e: e.mark_published())
@@ -181,8 +222,11 @@ class Executions(Application[UUID]):
         except AggregateNotFoundError:
             raise ExecutionNotFound(execution_id) from None
         if execution.deleted:
-            raise ExecutionNotFound(execution_id)
+            raise ExecutionDeleted(execution_id)
         return execution
+
+    def queue_of(self, device_id: str) -> DeviceQueue:
+        return self._queue(device_id)
 
     def events_of(self, execution_id: UUID) -> list[CommandExecution.Event]:
         events = list(self.repository.event_store.get(execution_id))
@@ -192,9 +236,10 @@ class Executions(Application[UUID]):
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    def _new_execution(
+    def _admit(
         self, command: RequestCommand, execution_id: UUID, retry_of: UUID | None = None
-    ) -> CommandExecution:
+    ) -> tuple[CommandExecution, DeviceQueue]:
+        """A new execution, admitted by its device's queue: dispatched now, or waiting."""
         resolved = self.catalog.resolve(
             command.device_id, command.name, command.params, command.ttl
         )
@@ -214,9 +259,42 @@ class Executions(Application[UUID]):
             ephemeral=command.ephemeral,
             retry_of=retry_of,
         )
-        # One-at-a-time and offline queueing will decide here; for now every request goes out.
-        execution.dispatch()
-        return execution
+        queue = self._queue(resolved.device.id)
+        if queue.admit(
+            execution.id,
+            resolved.name,
+            now,
+            self._policy(resolved.device.id),
+            resolved.cooldown,
+            command.ignore_cooldown,
+            self.max_waiting,
+        ):
+            execution.dispatch()
+        return execution, queue
+
+    def _queue(self, device_id: str) -> DeviceQueue:
+        try:
+            queue: DeviceQueue = self.repository.get(queue_id(device_id))
+        except AggregateNotFoundError:
+            return DeviceQueue(device_id)
+        return queue
+
+    def _policy(self, device_id: str) -> DeliveryPolicy:
+        try:
+            device = self.catalog.device(device_id)
+        except UnknownDevice:  # removed from the catalog since: let its commands go
+            return "parallel"
+        return self.catalog.device_types[device.type].delivery
+
+    def _release(self, queue: DeviceQueue) -> list[CommandExecution]:
+        """Dispatch what may go out now from `queue`; returns the executions to save."""
+        released = []
+        for execution_id in queue.to_release(self._policy(queue.device_id)):
+            execution = self.get(execution_id)
+            execution.dispatch()
+            queue.release(execution_id)
+            released.append(execution)
+        return released
 
     def _update(self, execution_id: UUID, change: Callable[[CommandExecution], bool]) -> Outcome:
         """Load, apply one domain method, save; retry when another writer got there first."""
@@ -225,8 +303,14 @@ class Executions(Application[UUID]):
             changed = change(execution)
             if not changed:
                 return Outcome(execution, changed=False, position=None)
+            others: list[Aggregate] = []
+            if execution.is_terminal:
+                # Its device's queue lets go of it, and the next one may go out.
+                queue = self._queue(execution.device_id)
+                if queue.finish(execution.id):
+                    others = [queue, *self._release(queue)]
             try:
-                recordings = self.save(execution)
+                recordings = self.save(execution, *others)
             except IntegrityError:
                 if attempt == CONFLICT_RETRIES - 1:
                     raise

@@ -28,6 +28,10 @@ class ExecutionNotFound(DomainError):
         self.execution_id = execution_id
 
 
+class ExecutionDeleted(ExecutionNotFound):
+    """It existed and was deleted: not found for every caller, the stream keeps it."""
+
+
 class UnknownDevice(DomainError):
     code = "unknown-device"
 
@@ -82,3 +86,29 @@ class DeadlineNotReached(DomainError):
 
     def __init__(self) -> None:
         super().__init__("the execution's deadline has not passed yet")
+
+
+class CooldownActive(DomainError):
+    """The same command ran on this device too recently (its `cooldown`)."""
+
+    code = "cooldown-active"
+
+    def __init__(self, device_id: str, name: str, remaining: float) -> None:
+        super().__init__(
+            f"{name!r} ran on {device_id!r} less than its cooldown ago; "
+            f"it may run again in {remaining:.1f} s (or ignore the cooldown)"
+        )
+        self.remaining = remaining
+
+
+class QueueFull(DomainError):
+    """The device already has as many commands waiting for it as allowed."""
+
+    code = "queue-full"
+
+    def __init__(self, device_id: str, limit: int) -> None:
+        super().__init__(
+            f"device {device_id!r} already has {limit} commands waiting (offline or busy); "
+            "try again later"
+        )
+        self.remaining = 1.0

@@ -18,4 +18,8 @@ def event_store_env(settings: Settings) -> dict[str, str]:
 
 def open_executions(settings: Settings, catalog: Catalog | None = None) -> Executions:
     """The event-sourced application. Readers (api projection, CLI) pass no catalog."""
-    return Executions(catalog or Catalog(), env=event_store_env(settings))
+    return Executions(
+        catalog or Catalog(),
+        env=event_store_env(settings),
+        max_waiting=settings.max_waiting_per_device,
+    )

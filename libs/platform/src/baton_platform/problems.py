@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from baton_contracts.nats import FieldProblem, Problem
 from baton_domain.errors import (
+    CooldownActive,
     DeadlineNotReached,
     DomainError,
     ExecutionNotFound,
     IdempotencyConflict,
     IllegalTransition,
     InvalidCommand,
+    QueueFull,
     UnknownDevice,
     WrongDevice,
 )
@@ -28,6 +30,8 @@ _STATUS: dict[type[DomainError], tuple[int, str]] = {
     IllegalTransition: (409, "Illegal transition"),
     WrongDevice: (409, "Wrong device"),
     DeadlineNotReached: (409, "Deadline not reached"),
+    CooldownActive: (429, "Command cooling down"),
+    QueueFull: (429, "Too many commands waiting"),
 }
 _DEFAULT = (409, "Request refused")
 
@@ -40,4 +44,12 @@ def problem_for(exc: DomainError) -> Problem:
         if isinstance(exc, InvalidCommand)
         else []
     )
-    return Problem(status=status, title=title, detail=str(exc), code=exc.code, errors=errors)
+    retry_after = exc.remaining if isinstance(exc, CooldownActive | QueueFull) else None
+    return Problem(
+        status=status,
+        title=title,
+        detail=str(exc),
+        code=exc.code,
+        errors=errors,
+        retry_after=retry_after,
+    )

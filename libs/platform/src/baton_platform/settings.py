@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     admin_api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="keys that may also delete and purge"
     )
+    max_waiting_per_device: int = Field(
+        default=100, ge=1, description="commands that may wait for one device (offline, busy)"
+    )
     ephemeral_retention_days: float = Field(
         default=7.0, gt=0, description="ephemeral executions are purged after this many days"
     )

@@ -34,15 +34,17 @@ def project(conn: sqlite3.Connection, events: Iterable[LifecycleEvent]) -> tuple
     Returns (events applied, new position). Events at or below the position were applied
     before (at-least-once delivery, overlapping reads) and are skipped.
     """
-    position = read_position(conn)
+    start = position = read_position(conn)
     applied = 0
     for event in sorted(events, key=lambda e: e.notification_id):
         if event.notification_id <= position:
             continue
-        _apply_one(conn, event)
         position = event.notification_id
+        if event.type in DEVICE_QUEUE_TYPES:
+            continue  # delivery bookkeeping of the dispatcher: no view shows it (yet)
+        _apply_one(conn, event)
         applied += 1
-    if applied:
+    if position != start:
         write_position(conn, position)
     return applied, position
 
@@ -165,6 +167,8 @@ _HANDLERS: dict[str, Handler] = {
 }
 
 PROJECTED_TYPES = frozenset(_HANDLERS)
+# The DeviceQueue's events share the notification log (docs/architecture.md).
+DEVICE_QUEUE_TYPES = frozenset({"Opened", "Admitted", "Released", "Finished", "PresenceChanged"})
 
 
 # --- row writes ---------------------------------------------------------------------------

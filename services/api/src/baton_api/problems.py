@@ -9,6 +9,7 @@ failures, view query errors, and unhandled ones (500, logged, no internals in th
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
@@ -85,7 +86,10 @@ def problem_handler(request: Request[Any, Any, Any], exc: Exception) -> Response
 
 def _translate(exc: Exception) -> tuple[Problem, dict[str, str]]:
     if isinstance(exc, ProblemError):
-        return exc.problem, exc.headers
+        headers = dict(exc.headers)
+        if exc.problem.retry_after is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(exc.problem.retry_after)))
+        return exc.problem, headers
     if isinstance(exc, InvalidQueryError):
         return problem(
             422, "invalid-query", str(exc), [FieldProblem(field=exc.field, reason=exc.reason)]

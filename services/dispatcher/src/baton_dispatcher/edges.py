@@ -24,6 +24,7 @@ from baton_contracts.nats import (
     DISPATCHER_QUEUE,
     PURGE_SUBJECT,
     REJECTIONS_SUBJECT,
+    REPORT_ADAPTER,
     REPORTS_STREAM,
     REPORTS_WILDCARD,
     RETRY_SUBJECT,
@@ -32,9 +33,9 @@ from baton_contracts.nats import (
     DeadlineDue,
     DeadlineReply,
     DeleteCommand,
-    DeviceReport,
     ExecutionReply,
     FieldProblem,
+    PresenceReport,
     Problem,
     PurgeCommand,
     PurgeReply,
@@ -117,7 +118,7 @@ def register(broker: NatsBroker, writer: Writer, js: JetStreamContext) -> None:
     async def on_report(message: NatsMessage) -> None:
         body = message.body
         try:
-            report = DeviceReport.model_validate_json(body)
+            report = REPORT_ADAPTER.validate_json(body)
         except ValidationError as exc:
             REJECTED_MESSAGES.labels(service=SERVICE, reason="malformed-report").inc()
             await dead_letter(
@@ -126,7 +127,10 @@ def register(broker: NatsBroker, writer: Writer, js: JetStreamContext) -> None:
             await message.ack()
             return
         try:
-            result = await writer.apply_report(report)
+            if isinstance(report, PresenceReport):
+                result = await writer.apply_presence(report)
+            else:
+                result = await writer.apply_report(report)
         except Exception as exc:
             deliveries = message.raw_message.metadata.num_delivered
             if deliveries >= MAX_DELIVERIES:
@@ -142,11 +146,7 @@ def register(broker: NatsBroker, writer: Writer, js: JetStreamContext) -> None:
         if result.refused:
             REJECTED_MESSAGES.labels(service=SERVICE, reason=result.refused).inc()
             log.warning(
-                "dropped report %s from %s for %s: %s",
-                report.report_id,
-                report.device_id,
-                report.execution_id,
-                result.refused,
+                "dropped report %s from %s: %s", report.report_id, report.device_id, result.refused
             )
             rejected = ReportRejected(report=report, reason=result.refused)
             await broker.publish(rejected.model_dump_json().encode(), REJECTIONS_SUBJECT)

@@ -21,6 +21,7 @@ from baton_contracts.nats import (
     DeleteCommand,
     DeviceReport,
     ExecutionReply,
+    PresenceReport,
     PurgeCommand,
     PurgeReply,
     RetryCommand,
@@ -31,6 +32,7 @@ from baton_domain.errors import (
     DeadlineNotReached,
     ExecutionNotFound,
     IllegalTransition,
+    UnknownDevice,
     WrongDevice,
 )
 from baton_domain.statuses import AnswerStatus
@@ -110,6 +112,21 @@ class Writer:
         self._on_stored()
         log.info("deadline of %s: %s", due.execution_id, outcome.execution.status.value)
         return DeadlineReply(outcome="applied")
+
+    async def apply_presence(self, report: PresenceReport) -> ReportResult:
+        """Online releases what waited for the device; offline holds back what comes next."""
+        try:
+            position = await self._call(
+                lambda: self._executions.record_presence(
+                    report.device_id, report.online, report.received_at
+                )
+            )
+        except UnknownDevice:
+            return ReportResult(applied=False, refused="unknown-device")
+        if position is not None:
+            self._on_stored()
+            log.info("%s is %s", report.device_id, "online" if report.online else "offline")
+        return ReportResult(applied=position is not None)
 
     async def apply_report(self, report: DeviceReport) -> ReportResult:
         try:
