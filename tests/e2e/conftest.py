@@ -66,7 +66,8 @@ class Baton:
 
 
 def make_stack(tmp: Path, **kwargs: Any) -> Stack:
-    return Stack(data_dir=tmp, api_key=API_KEY, catalog=ROOT / "deploy/catalog/demo.yaml", **kwargs)
+    kwargs.setdefault("catalog", ROOT / "deploy/catalog/demo.yaml")
+    return Stack(data_dir=tmp, api_key=API_KEY, **kwargs)
 
 
 def wait_ready(stack: Stack, timeout: float = 30.0) -> None:

@@ -21,6 +21,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from baton_api.auth import API_KEY_HEADER, ApiKeyMiddleware
 from baton_api.controllers import CommandController, ExecutionController
+from baton_api.dialects import CatalogSource, dialect_routers
 from baton_api.gateway import CommandGateway, NatsGateway
 from baton_api.health import Check, HealthController
 from baton_api.nats_link import NatsLink
@@ -119,14 +120,20 @@ def create_app(
         finally:
             await parts.stop()
 
+    auth = DefineMiddleware(ApiKeyMiddleware, keys=keys, admin_keys=admin_keys)
     v1 = Router(
         "/v1",
         route_handlers=[CommandController, ExecutionController],
-        middleware=[DefineMiddleware(ApiKeyMiddleware, keys=keys, admin_keys=admin_keys)],
+        middleware=[auth],
         security=[{"bearer": []}, {"apiKey": []}],
     )
+    # The seed APIs' dialects (docs/dialects.md): same keys, same service, their own shapes.
+    # The catalog is the one the in-process dispatcher uses, else the dispatcher's file.
+    catalog = CatalogSource(
+        settings.catalog_path, executions.catalog if executions is not None else None
+    )
     return Litestar(
-        route_handlers=[v1, HealthController],
+        route_handlers=[v1, *dialect_routers([auth], catalog), HealthController],
         dependencies={
             "service": Provide(lambda: parts.service, sync_to_thread=False),
             "checks": Provide(parts.checks, sync_to_thread=False),
@@ -153,6 +160,9 @@ def _openapi() -> OpenAPIConfig:
                 "bearer": SecurityScheme(type="http", scheme="bearer"),
                 "apiKey": SecurityScheme(
                     type="apiKey", name=API_KEY_HEADER, security_scheme_in="header"
+                ),
+                "enapterToken": SecurityScheme(
+                    type="apiKey", name="X-Enapter-Auth-Token", security_scheme_in="header"
                 ),
             }
         ),

@@ -219,6 +219,9 @@ class Stack:
     api_port: int | None = None
     broker: str = field(default_factory=mqtt_flavour)
     simulate: bool = True
+    # Simulate every device of `catalog`, each in its type's wire profile, rather than the
+    # demo devices (`baton simulate --catalog`).
+    simulate_catalog: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
     servers: list[Server] = field(default_factory=list)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -250,6 +253,8 @@ class Stack:
             "BATON_API_HOST": "127.0.0.1",
             "BATON_API_PORT": str(self.api_port),
             "BATON_API_KEYS": self.api_key,
+            # The one key of a local stack may do everything, delete and purge included.
+            "BATON_ADMIN_API_KEYS": self.api_key,
             "BATON_API_URL": self.api_url,
             "BATON_API_KEY": self.api_key,
             **self.extra_env,
@@ -269,7 +274,8 @@ class Stack:
 
     def start(self, name: str) -> None:
         if name == "simulator":
-            self.processes[name] = start_simulator(self.env(), self.log_dir)
+            args = ["--catalog", str(self.catalog)] if self.simulate_catalog else []
+            self.processes[name] = start_simulator(self.env(), self.log_dir, args)
         else:
             self.processes[name] = start_service(name, self.env(), self.log_dir)
         if name == "api":

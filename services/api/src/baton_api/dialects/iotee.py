@@ -1,0 +1,223 @@
+"""The iotee device API (seed 003) under `/iotee`.
+
+`POST /iotee/devices/:id/commands` `{command, device_type, params}` (`:id` is the device id
+or its hardware id); `GET /iotee/devices/:id/commands?limit=`; `GET /iotee/commands/:id`;
+and, for admin keys only, `GET /iotee/commands?limit=`, `DELETE /iotee/commands/:id`,
+`POST /iotee/commands/:id/retry` and `POST /iotee/commands/purge` `{older_than_days}`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from litestar import Controller, Request, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
+from pydantic import BaseModel, ConfigDict, Field
+
+from baton_api.auth import admin_only
+from baton_api.dialects.common import (
+    Execution,
+    find_device,
+    invalid,
+    parse_execution_id,
+    requested_name,
+    submit,
+    utc,
+)
+from baton_api.dialects.statuses import word
+from baton_api.service import ExecutionService
+from baton_contracts.nats import SubmitCommand
+from baton_domain.catalog import NAME_PATTERN, Catalog, Device
+from baton_views import MAX_LIMIT, ExecutionFilter
+
+PREFIX = "/iotee"
+FIELDS = {"name": "command"}  # Baton's field names, as iotee says
+DEFAULT_LIMIT = 100
+
+IoteeStatus = Literal["pending", "published", "failed", "acknowledged", "completed", "timeout"]
+
+
+def iso_millis(moment: datetime) -> str:
+    """iotee's timestamps: `2025-12-17T10:30:00.000Z`."""
+    return utc(moment).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + (
+        f"{moment.microsecond // 1000:03d}Z"
+    )
+
+
+class IoteeCommandRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    command: str = Field(pattern=NAME_PATTERN, description="command name (lock, unlock, ...)")
+    device_type: str | None = Field(
+        default=None, description="defaults to the device's configured type"
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="command parameters")
+
+
+class IoteePurgeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    older_than_days: float = Field(gt=0, description="delete commands older than this")
+
+
+class IoteeCommand(BaseModel):
+    command_id: str
+    hardware_id: str | None
+    device_id: str
+    device_type: str | None
+    topic: str | None = Field(description="the MQTT topic (raw-mapped device types)")
+    command: str
+    status: IoteeStatus
+    created_at: str
+
+    @classmethod
+    def of(cls, execution: Execution, catalog: Catalog) -> IoteeCommand:
+        device = next((d for d in catalog.devices if d.id == execution.device_id), None)
+        return cls(
+            command_id=str(execution.id),
+            hardware_id=device.wire_id if device else None,
+            device_id=execution.device_id,
+            device_type=device.type if device else None,
+            topic=_topic(catalog, device) if device else None,
+            command=requested_name(execution),
+            status=word("iotee", execution.status),
+            created_at=iso_millis(execution.created_at),
+        )
+
+
+def _topic(catalog: Catalog, device: Device) -> str | None:
+    device_type = catalog.device_types[device.type]
+    topic = device_type.wire.get("topic")
+    if device_type.wire_profile != "raw-mapped" or not isinstance(topic, str):
+        return None
+    return topic.replace("{hardware_id}", device.wire_id)
+
+
+class IoteeDeleted(BaseModel):
+    success: bool = True
+    deleted: str
+
+
+class IoteeNewCommand(BaseModel):
+    command_id: str
+    status: IoteeStatus
+
+
+class IoteeRetried(BaseModel):
+    success: bool = True
+    original_command_id: str
+    new_command: IoteeNewCommand
+
+
+class IoteePurged(BaseModel):
+    success: bool = True
+    cutoff_date: str
+    deleted: int
+
+
+Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description="maximum records")]
+
+
+class IoteeDeviceController(Controller):
+    path = "/devices/{device_ref:str}/commands"
+    tags = ["iotee"]
+
+    @post("/", status_code=201)
+    async def iotee_send_command(
+        self,
+        request: Request[str, Any, Any],
+        service: NamedDependency[ExecutionService],
+        catalog: NamedDependency[Catalog],
+        device_ref: FromPath[str],
+        data: JSONBody[IoteeCommandRequest],
+    ) -> IoteeCommand:
+        """Send a command to a device (by device id or hardware id)."""
+        device = find_device(catalog, device_ref)
+        if data.device_type is not None and data.device_type != device.type:
+            raise invalid("device_type", f"the device's type is {device.type!r}")
+        command = SubmitCommand(
+            device_id=device.id,
+            name=data.command,
+            params=data.params,
+            principal=request.user,
+            source="iotee",
+        )
+        submitted = await submit(service, command, None, FIELDS)
+        return IoteeCommand.of(submitted.execution, catalog)
+
+    @get("/")
+    async def iotee_device_commands(
+        self,
+        service: NamedDependency[ExecutionService],
+        catalog: NamedDependency[Catalog],
+        device_ref: FromPath[str],
+        limit: Limit = DEFAULT_LIMIT,
+    ) -> list[IoteeCommand]:
+        """The device's command history, newest first."""
+        device = find_device(catalog, device_ref)
+        where = ExecutionFilter(device_id=device.id, include_ephemeral=True)
+        page = await service.list(where, "newest", limit)
+        return [IoteeCommand.of(e, catalog) for e in page.items]
+
+
+class IoteeCommandController(Controller):
+    path = "/commands"
+    tags = ["iotee"]
+
+    @get("/", guards=[admin_only])
+    async def iotee_list_commands(
+        self,
+        service: NamedDependency[ExecutionService],
+        catalog: NamedDependency[Catalog],
+        limit: Limit = DEFAULT_LIMIT,
+    ) -> list[IoteeCommand]:
+        """Admin: every device's commands, newest first."""
+        page = await service.list(ExecutionFilter(include_ephemeral=True), "newest", limit)
+        return [IoteeCommand.of(e, catalog) for e in page.items]
+
+    @get("/{command_id:str}")
+    async def iotee_get_command(
+        self,
+        service: NamedDependency[ExecutionService],
+        catalog: NamedDependency[Catalog],
+        command_id: FromPath[str],
+    ) -> IoteeCommand:
+        """One command; 404 when there is none."""
+        execution = await service.get(parse_execution_id(command_id), with_log=False)
+        return IoteeCommand.of(execution, catalog)
+
+    @delete("/{command_id:str}", status_code=200, guards=[admin_only])
+    async def iotee_delete_command(
+        self, service: NamedDependency[ExecutionService], command_id: FromPath[str]
+    ) -> IoteeDeleted:
+        """Admin: delete a command (one still running is canceled first)."""
+        await service.delete(parse_execution_id(command_id), "deleted by an admin (iotee)")
+        return IoteeDeleted(deleted=command_id)
+
+    @post("/{command_id:str}/retry", status_code=200, guards=[admin_only])
+    async def iotee_retry_command(
+        self,
+        request: Request[str, Any, Any],
+        service: NamedDependency[ExecutionService],
+        command_id: FromPath[str],
+    ) -> IoteeRetried:
+        """Admin: a new command made from an ended one, linked to it."""
+        new = await service.retry(parse_execution_id(command_id), request.user, "iotee")
+        return IoteeRetried(
+            original_command_id=command_id,
+            new_command=IoteeNewCommand(
+                command_id=str(new.id),
+                status=word("iotee", new.status),
+            ),
+        )
+
+    @post("/purge", status_code=200, guards=[admin_only])
+    async def iotee_purge_commands(
+        self, service: NamedDependency[ExecutionService], data: JSONBody[IoteePurgeRequest]
+    ) -> IoteePurged:
+        """Admin: delete every command created more than `older_than_days` ago."""
+        cutoff = datetime.now(UTC) - timedelta(days=data.older_than_days)
+        deleted = await service.purge(cutoff, f"purged: older than {data.older_than_days:g} days")
+        return IoteePurged(cutoff_date=iso_millis(cutoff), deleted=deleted)
