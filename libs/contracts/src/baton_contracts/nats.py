@@ -187,12 +187,23 @@ class PresenceReport(WireModel):
     received_at: datetime
 
 
-AnyReport = Annotated[DeviceReport | PresenceReport, Field(discriminator="kind")]
-REPORT_ADAPTER: TypeAdapter[DeviceReport | PresenceReport] = TypeAdapter(AnyReport)
+class StateReport(WireModel):
+    """The device reported its state (e.g. `{"charging": true}`): checked against the
+    verification rules of its executions (device-bridge -> dispatcher, BATON_REPORTS)."""
+
+    kind: Literal["state"] = "state"
+    report_id: str
+    device_id: str
+    state: dict[str, Any]
+    received_at: datetime
+
+
+AnyReport = Annotated[DeviceReport | PresenceReport | StateReport, Field(discriminator="kind")]
+REPORT_ADAPTER: TypeAdapter[DeviceReport | PresenceReport | StateReport] = TypeAdapter(AnyReport)
 
 
 class ReportRejected(WireModel):
-    report: DeviceReport | PresenceReport
+    report: DeviceReport | PresenceReport | StateReport
     reason: str
 
 

@@ -129,6 +129,13 @@ class Executions(Application[UUID]):
             return Outcome(execution, changed=True, position=_position(recordings), created=True)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def record_state(self, device_id: str, state: dict[str, Any], at: datetime) -> int | None:
+        """A device's reported state; settles the verifications that wait for it.
+
+        Returns the position of the last stored event, or None when nothing changed."""
+        self.catalog.device(device_id)
+        return None
+
     def record_presence(self, device_id: str, online: bool, at: datetime) -> int | None:
         """The device went online or offline; online releases what waited for it.
 

@@ -41,6 +41,7 @@ from baton_contracts.nats import (
     PurgeReply,
     ReportRejected,
     RetryCommand,
+    StateReport,
     SubmitCommand,
 )
 from baton_dispatcher.writer import Writer
@@ -129,6 +130,8 @@ def register(broker: NatsBroker, writer: Writer, js: JetStreamContext) -> None:
         try:
             if isinstance(report, PresenceReport):
                 result = await writer.apply_presence(report)
+            elif isinstance(report, StateReport):
+                result = await writer.apply_state(report)
             else:
                 result = await writer.apply_report(report)
         except Exception as exc:

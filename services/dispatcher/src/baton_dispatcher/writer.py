@@ -25,6 +25,7 @@ from baton_contracts.nats import (
     PurgeCommand,
     PurgeReply,
     RetryCommand,
+    StateReport,
     SubmitCommand,
 )
 from baton_domain.application import Executions
@@ -126,6 +127,20 @@ class Writer:
         if position is not None:
             self._on_stored()
             log.info("%s is %s", report.device_id, "online" if report.online else "offline")
+        return ReportResult(applied=position is not None)
+
+    async def apply_state(self, report: StateReport) -> ReportResult:
+        """A device's state: settles the verification of its executions that wait for it."""
+        try:
+            position = await self._call(
+                lambda: self._executions.record_state(
+                    report.device_id, report.state, report.received_at
+                )
+            )
+        except UnknownDevice:
+            return ReportResult(applied=False, refused="unknown-device")
+        if position is not None:
+            self._on_stored()
         return ReportResult(applied=position is not None)
 
     async def apply_report(self, report: DeviceReport) -> ReportResult:
