@@ -144,6 +144,7 @@ def test_submit_answers_the_execution_itself(client: TestClient[Any]) -> None:
     assert set(body) == {
         "id", "device_id", "name", "params", "status", "created_at",
         "updated_at", "ttl", "deadline", "result", "error", "ephemeral", "retry_of", "retries",
+        "verification",
     }  # fmt: skip
     assert body["device_id"] == "demo-thermostat-1"
     assert body["name"] == "set_temperature"

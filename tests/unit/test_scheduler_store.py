@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
@@ -115,3 +116,41 @@ async def test_async_facade_runs_the_same_store(store: DeadlineStore) -> None:
     assert await deadlines.postpone(execution_id, T0 + timedelta(seconds=1)) == 1
     assert await deadlines.delete(execution_id)
     assert await deadlines.count() == 0
+
+
+def test_an_execution_has_its_own_and_a_verification_deadline(store: DeadlineStore) -> None:
+    execution_id = uuid4()
+    store.upsert(execution_id, T0)
+    store.upsert(execution_id, T0 + timedelta(seconds=60), "verification")
+    assert store.count() == 2
+    assert store.delete(execution_id)  # the execution ended...
+    kept = store.get(execution_id, "verification")  # ...its verification still waits
+    assert kept is not None and kept.kind == "verification"
+    assert [d.kind for d in store.due(T0 + timedelta(seconds=61), 10)] == ["verification"]
+
+
+def test_a_version_1_file_is_converted_and_keeps_its_deadlines(tmp_path: Path) -> None:
+    path = tmp_path / "deadlines.sqlite"
+    execution_id = uuid4()
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE deadlines (execution_id TEXT PRIMARY KEY, due_at REAL NOT NULL,"
+        " next_attempt REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0);"
+        "CREATE INDEX deadlines_next_attempt ON deadlines (next_attempt);"
+    )
+    old.execute("INSERT INTO deadlines VALUES (?, ?, ?, 2)", (str(execution_id), 1.0, 5.0))
+    old.commit()
+    old.close()
+    store = DeadlineStore(path)
+    try:
+        row = store.get(execution_id)
+        assert row is not None and (row.kind, row.attempts) == ("execution", 2)
+        store.upsert(execution_id, T0, "verification")
+        assert store.count() == 2
+    finally:
+        store.close()
+    again = DeadlineStore(path)  # opening a converted file changes nothing
+    try:
+        assert again.count() == 2
+    finally:
+        again.close()

@@ -144,6 +144,8 @@ class PurgeReply(WireModel):
 
 class DeadlineDue(WireModel):
     execution_id: UUID
+    # execution: its TTL ran out; verification: its device state was not seen in time.
+    kind: Literal["execution", "verification"] = "execution"
 
 
 class DeadlineReply(WireModel):

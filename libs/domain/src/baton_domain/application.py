@@ -133,8 +133,21 @@ class Executions(Application[UUID]):
         """A device's reported state; settles the verifications that wait for it.
 
         Returns the position of the last stored event, or None when nothing changed."""
-        self.catalog.device(device_id)
-        return None
+        self.catalog.device(device_id)  # UnknownDevice for a device the catalog lacks
+        queue = self._queue(device_id)
+        verified: list[CommandExecution] = []
+        for execution_id in list(queue.verifying):
+            try:
+                execution = self.get(execution_id)
+            except ExecutionNotFound:  # deleted: nothing left to verify
+                queue.stop_verifying(execution_id)
+                continue
+            if execution.check_state(state, at):
+                verified.append(execution)
+                queue.stop_verifying(execution_id)
+        if not queue.pending_events:
+            return None
+        return _position(self.save(*verified, queue))
 
     def record_presence(self, device_id: str, online: bool, at: datetime) -> int | None:
         """The device went online or offline; online releases what waited for it.
@@ -210,7 +223,10 @@ class Executions(Application[UUID]):
             lambda e: e.record_answer(device_id, report_id, status, payload, received_at),
         )
 
-    def reach_deadline(self, execution_id: UUID) -> Outcome:
+    def reach_deadline(self, execution_id: UUID, kind: str = "execution") -> Outcome:
+        """The execution's own deadline, or (kind `verification`) its verification's."""
+        if kind == "verification":
+            return self._update(execution_id, lambda e: e.reach_verification_deadline(self.clock()))
         return self._update(execution_id, lambda e: e.reach_deadline(self.clock()))
 
     def cancel(self, execution_id: UUID, reason: str) -> Outcome:
@@ -266,6 +282,11 @@ class Executions(Application[UUID]):
             ephemeral=command.ephemeral,
             retry_of=retry_of,
         )
+        rule = resolved.verification
+        if rule is not None:
+            execution.require_verification(
+                rule.field, rule.equals, now + timedelta(seconds=rule.within)
+            )
         queue = self._queue(resolved.device.id)
         if queue.admit(
             execution.id,
@@ -275,9 +296,22 @@ class Executions(Application[UUID]):
             resolved.cooldown,
             command.ignore_cooldown,
             self.max_waiting,
+            verify=rule is not None,
         ):
             execution.dispatch()
         return execution, queue
+
+    def _settle_queue(self, execution: CommandExecution) -> list[Aggregate]:
+        """After a change: an ended execution leaves its device's queue (and the next one
+        may go out), one no longer verifying stops listening to device states."""
+        if not (execution.is_terminal or execution.verification is not None):
+            return []  # a running execution without verification: its queue is unchanged
+        queue = self._queue(execution.device_id)
+        finished = execution.is_terminal and queue.finish(execution.id)
+        verified = not execution.verifying and queue.stop_verifying(execution.id)
+        if not (finished or verified):
+            return []
+        return [queue, *self._release(queue)]
 
     def _queue(self, device_id: str) -> DeviceQueue:
         try:
@@ -310,12 +344,7 @@ class Executions(Application[UUID]):
             changed = change(execution)
             if not changed:
                 return Outcome(execution, changed=False, position=None)
-            others: list[Aggregate] = []
-            if execution.is_terminal:
-                # Its device's queue lets go of it, and the next one may go out.
-                queue = self._queue(execution.device_id)
-                if queue.finish(execution.id):
-                    others = [queue, *self._release(queue)]
+            others = self._settle_queue(execution)
             try:
                 recordings = self.save(execution, *others)
             except IntegrityError:

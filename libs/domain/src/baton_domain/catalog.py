@@ -31,6 +31,18 @@ class CatalogError(ValueError):
     """The catalog file itself is wrong; raised at load time, never at request time."""
 
 
+class VerificationRule(BaseModel):
+    """The device state the command should cause, e.g. `charging == true` within 60 s."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    field: str = Field(min_length=1, description="a key of the device's reported state")
+    equals: Any = Field(description="the value it must report")
+    within: int = Field(
+        default=60, ge=1, le=MAX_TTL_SECONDS, description="seconds from the request"
+    )
+
+
 class CommandSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -51,6 +63,7 @@ class CommandSpec(BaseModel):
         le=MAX_TTL_SECONDS,
         description="seconds after one execution of this command on a device before the next",
     )
+    verification: VerificationRule | None = None
     wire: dict[str, Any] = Field(
         default_factory=dict,
         description="settings of the device type's wire profile for this command "
@@ -135,6 +148,7 @@ class ResolvedCommand(BaseModel):
     params: dict[str, Any]
     ttl: int
     cooldown: int = 0
+    verification: VerificationRule | None = None
 
 
 class Catalog(BaseModel):
@@ -204,6 +218,7 @@ class Catalog(BaseModel):
             params=params,
             ttl=ttl or spec.ttl or device_type.ttl,
             cooldown=spec.cooldown,
+            verification=spec.verification,
         )
 
 

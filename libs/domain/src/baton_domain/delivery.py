@@ -41,10 +41,16 @@ class DeviceQueue(Aggregate):
         """A new execution: sent at once (`dispatched`) or waiting its turn."""
 
         TOPIC = f"{_T}:Admitted"
+        class_version = 2  # v2: verify
         execution_id: UUID
         name: str
         at: datetime
         dispatched: bool
+        verify: bool
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, object]) -> None:
+            state["verify"] = False
 
     class Released(Aggregate.Event):
         TOPIC = f"{_T}:Released"
@@ -52,6 +58,12 @@ class DeviceQueue(Aggregate):
 
     class Finished(Aggregate.Event):
         TOPIC = f"{_T}:Finished"
+        execution_id: UUID
+
+    class VerificationDone(Aggregate.Event):
+        """The execution's verification ended: device states no longer concern it."""
+
+        TOPIC = f"{_T}:VerificationDone"
         execution_id: UUID
 
     class PresenceChanged(Aggregate.Event):
@@ -70,6 +82,7 @@ class DeviceQueue(Aggregate):
         self.waiting: list[UUID] = []
         self.in_flight: list[UUID] = []
         self.last_run: dict[str, datetime] = {}
+        self.verifying: list[UUID] = []  # executions waiting for a device state
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -97,6 +110,7 @@ class DeviceQueue(Aggregate):
         cooldown: int,
         ignore_cooldown: bool,
         max_waiting: int,
+        verify: bool = False,
     ) -> bool:
         """Take a new execution; returns whether it goes out now (else it waits).
 
@@ -111,8 +125,16 @@ class DeviceQueue(Aggregate):
         send_now = self.may_send_now(policy)
         if not send_now and len(self.waiting) >= max_waiting:
             raise QueueFull(self.device_id, max_waiting)
-        self._admitted(execution_id=execution_id, name=name, at=at, dispatched=send_now)
+        self._admitted(
+            execution_id=execution_id, name=name, at=at, dispatched=send_now, verify=verify
+        )
         return send_now
+
+    def stop_verifying(self, execution_id: UUID) -> bool:
+        if execution_id not in self.verifying:
+            return False
+        self._verification_done(execution_id=execution_id)
+        return True
 
     def finish(self, execution_id: UUID) -> bool:
         """The execution ended; returns whether this queue held it."""
@@ -143,9 +165,17 @@ class DeviceQueue(Aggregate):
     # --- events ----------------------------------------------------------------------------
 
     @event(Admitted)
-    def _admitted(self, execution_id: UUID, name: str, at: datetime, dispatched: bool) -> None:
+    def _admitted(
+        self, execution_id: UUID, name: str, at: datetime, dispatched: bool, verify: bool
+    ) -> None:
         self.last_run[name] = at
         (self.in_flight if dispatched else self.waiting).append(execution_id)
+        if verify:
+            self.verifying.append(execution_id)
+
+    @event(VerificationDone)
+    def _verification_done(self, execution_id: UUID) -> None:
+        self.verifying.remove(execution_id)
 
     @event(Released)
     def _released(self, execution_id: UUID) -> None:

@@ -7,7 +7,7 @@ pinned (``TOPIC``) so that renaming or moving this module never breaks stored ev
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -120,6 +120,29 @@ class CommandExecution(Aggregate):
         device_id: str
         notify_device: bool
 
+    class VerificationRequired(Aggregate.Event):
+        """The device's reported state must show `field == equals` by `deadline`."""
+
+        TOPIC = f"{_T}:VerificationRequired"
+        field: str
+        equals: Any
+        deadline: datetime
+
+    class Verified(Aggregate.Event):
+        TOPIC = f"{_T}:Verified"
+        state: JSON
+        at: datetime
+
+    class VerificationFailed(Aggregate.Event):
+        TOPIC = f"{_T}:VerificationFailed"
+        title: str
+        description: str
+        at: datetime
+
+    class VerificationCanceled(Aggregate.Event):
+        TOPIC = f"{_T}:VerificationCanceled"
+        at: datetime
+
     class Retried(Aggregate.Event):
         """A new execution was made from this one (its `retry_of` points back here)."""
 
@@ -165,6 +188,8 @@ class CommandExecution(Aggregate):
         self.retry_of = retry_of
         self.retries: list[UUID] = []
         self.deleted = False
+        self.verification: JSON | None = None  # {status, completed_at, error}
+        self.verification_rule: JSON | None = None  # {field, equals, deadline}
         self.status = ExecutionStatus.PENDING
         self.dispatched = False
         self.result: JSON | None = None
@@ -175,6 +200,10 @@ class CommandExecution(Aggregate):
     @property
     def is_terminal(self) -> bool:
         return self.status.is_terminal
+
+    @property
+    def verifying(self) -> bool:
+        return self.verification is not None and self.verification["status"] == "PENDING"
 
     # --- commands (guards, then one event) --------------------------------------------------
 
@@ -236,6 +265,7 @@ class CommandExecution(Aggregate):
             self._failed(answer=entry)
         else:
             self._rejected(answer=entry)
+        self._end_verification(received_at)
         return True
 
     def reach_deadline(self, now: datetime) -> bool:
@@ -251,6 +281,7 @@ class CommandExecution(Aggregate):
             self._expired()
         else:
             self._timed_out()
+        self._end_verification(now)
         return True
 
     def cancel(self, reason: str) -> None:
@@ -258,6 +289,50 @@ class CommandExecution(Aggregate):
             raise IllegalTransition(self._describe(), "cancel")
         # A dispatched request may already be on the device, so tell it.
         self._canceled(reason=reason, device_id=self.device_id, notify_device=self.dispatched)
+        self._end_verification(self.modified_on)
+
+    # --- verification ----------------------------------------------------------------------
+
+    def require_verification(self, field: str, equals: Any, deadline: datetime) -> None:
+        if self.verification is not None or self.is_terminal:
+            raise IllegalTransition(self._describe(), "require a verification of")
+        self._verification_required(field=field, equals=equals, deadline=deadline)
+
+    def check_state(self, state: JSON, at: datetime) -> bool:
+        """A state the device reported; returns whether it settled the verification."""
+        rule = self.verification_rule
+        if not self.verifying or rule is None or rule["field"] not in state:
+            return False
+        if state[rule["field"]] != rule["equals"]:
+            return False  # not yet: the device may still get there before the deadline
+        self._verified(state=state, at=at)
+        return True
+
+    def reach_verification_deadline(self, now: datetime) -> bool:
+        if not self.verifying or self.verification_rule is None:
+            return False
+        rule = self.verification_rule
+        if now < rule["deadline"]:
+            raise DeadlineNotReached
+        self._verification_failed(
+            title="Not verified",
+            description=f"the device did not report {rule['field']} == {rule['equals']!r} in time",
+            at=now,
+        )
+        return True
+
+    def _end_verification(self, at: datetime) -> None:
+        """The command itself did not succeed: its verification ends with it."""
+        if not self.verifying:
+            return
+        if self.status is ExecutionStatus.CANCELED:
+            self._verification_canceled(at=at)
+        elif self.status is not ExecutionStatus.SUCCEEDED:
+            self._verification_failed(
+                title="Command not executed",
+                description=f"the command ended {self.status.value}",
+                at=at,
+            )
 
     def record_retry(self, retry_id: UUID) -> None:
         """Link the execution made to retry this one; only an ended execution is retried."""
@@ -271,6 +346,8 @@ class CommandExecution(Aggregate):
             raise IllegalTransition("deleted", "delete")
         if not self.is_terminal:
             self.cancel(reason)
+        elif self.verifying:
+            self._verification_canceled(at=self.modified_on)
         self._deleted(reason=reason)
 
     # --- events (state changes only) --------------------------------------------------------
@@ -333,6 +410,23 @@ class CommandExecution(Aggregate):
         self.cancel_reason = reason
         self.error = cancel_error(reason)
 
+    @event(VerificationRequired)
+    def _verification_required(self, field: str, equals: Any, deadline: datetime) -> None:
+        self.verification_rule = {"field": field, "equals": equals, "deadline": deadline}
+        self.verification = verification_state("PENDING")
+
+    @event(Verified)
+    def _verified(self, state: JSON, at: datetime) -> None:
+        self.verification = verification_state("SUCCEEDED", at)
+
+    @event(VerificationFailed)
+    def _verification_failed(self, title: str, description: str, at: datetime) -> None:
+        self.verification = verification_state("FAILED", at, title, description)
+
+    @event(VerificationCanceled)
+    def _verification_canceled(self, at: datetime) -> None:
+        self.verification = verification_state("CANCELED", at)
+
     @event(Retried)
     def _retried(self, retry_id: UUID) -> None:
         self.retries.append(retry_id)
@@ -359,3 +453,17 @@ def expiry_error(ttl: int) -> JSON:
 
 def cancel_error(reason: str) -> JSON:
     return {"code": "canceled", "message": reason}
+
+
+def verification_state(
+    status: str,
+    at: datetime | str | None = None,
+    title: str | None = None,
+    description: str | None = None,
+) -> JSON:
+    """The execution's verification as every reader shows it (Traxes' shape)."""
+    error = {"title": title, "description": description} if title is not None else None
+    moment = datetime.fromisoformat(at) if isinstance(at, str) else at
+    # One text form, whether made from the aggregate or from stored event data (views).
+    completed = moment.astimezone(UTC).isoformat(timespec="microseconds") if moment else None
+    return {"status": status, "completed_at": completed, "error": error}

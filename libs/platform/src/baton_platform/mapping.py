@@ -32,6 +32,7 @@ def execution_state(execution: CommandExecution) -> ExecutionState:
         ephemeral=execution.ephemeral,
         retry_of=execution.retry_of,
         retries=list(execution.retries),
+        verification=execution.verification,
     )
 
 

@@ -14,7 +14,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from baton_contracts.nats import LifecycleEvent
-from baton_domain.execution import cancel_error, expiry_error, timeout_error
+from baton_domain.execution import (
+    cancel_error,
+    expiry_error,
+    timeout_error,
+    verification_state,
+)
 from baton_domain.statuses import ExecutionStatus
 from baton_views.store import (
     canonical_json,
@@ -132,6 +137,22 @@ def _canceled(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
     _update(conn, event, status=ExecutionStatus.CANCELED, error=cancel_error(event.data["reason"]))
 
 
+def _verification(status: str) -> Handler:
+    """VerificationRequired / Verified / VerificationFailed / VerificationCanceled."""
+
+    def handle(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
+        data = event.data
+        state = verification_state(
+            status, data.get("at"), data.get("title"), data.get("description")
+        )
+        conn.execute(
+            "UPDATE executions SET verification = ?, updated_at = ? WHERE id = ?",
+            (canonical_json(state), canonical_time(event.occurred_at), str(event.execution_id)),
+        )
+
+    return handle
+
+
 def _retried(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
     conn.execute(
         "UPDATE executions SET retries = json_insert(retries, '$[#]', ?), updated_at = ?"
@@ -163,12 +184,18 @@ _HANDLERS: dict[str, Handler] = {
     "Expired": _expired,
     "Canceled": _canceled,
     "Retried": _retried,
+    "VerificationRequired": _verification("PENDING"),
+    "Verified": _verification("SUCCEEDED"),
+    "VerificationFailed": _verification("FAILED"),
+    "VerificationCanceled": _verification("CANCELED"),
     "Deleted": _deleted,
 }
 
 PROJECTED_TYPES = frozenset(_HANDLERS)
 # The DeviceQueue's events share the notification log (docs/architecture.md).
-DEVICE_QUEUE_TYPES = frozenset({"Opened", "Admitted", "Released", "Finished", "PresenceChanged"})
+DEVICE_QUEUE_TYPES = frozenset(
+    {"Opened", "Admitted", "Released", "Finished", "PresenceChanged", "VerificationDone"}
+)
 
 
 # --- row writes ---------------------------------------------------------------------------

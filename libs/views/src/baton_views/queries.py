@@ -202,6 +202,7 @@ def _view(row: sqlite3.Row, log: list[LogEntry] | None = None) -> ExecutionView:
         ephemeral=bool(row["ephemeral"]),
         retry_of=UUID(row["retry_of"]) if row["retry_of"] else None,
         retries=[UUID(i) for i in json.loads(row["retries"])],
+        verification=json.loads(row["verification"]) if row["verification"] else None,
         log=log,
     )
 

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS executions (
     requested_name TEXT NOT NULL,
     ephemeral   INTEGER NOT NULL,
     retry_of    TEXT,
-    retries     TEXT NOT NULL
+    retries     TEXT NOT NULL,
+    verification TEXT
 );
 CREATE INDEX IF NOT EXISTS executions_device_created ON executions (device_id, created_at, id);
 CREATE INDEX IF NOT EXISTS executions_status ON executions (status);
@@ -54,7 +55,7 @@ CREATE TABLE IF NOT EXISTS projection_position (
 
 # Bumped whenever SCHEMA changes: views are disposable, so a views database of another
 # version is dropped and projected again from the event store (position 0).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PROJECTION_NAME = "executions"
 BUSY_TIMEOUT_MS = 30_000
 

@@ -73,6 +73,11 @@ class ExecutionOut(BaseModel):
     ephemeral: bool
     retry_of: UUID | None = Field(description="the execution this one retries")
     retries: list[UUID] = Field(description="executions made to retry this one")
+    verification: dict[str, Any] | None = Field(
+        default=None,
+        description="whether the device's reported state showed the change the command "
+        "declares: {status: PENDING|SUCCEEDED|FAILED|CANCELED, completed_at, error}",
+    )
 
     @classmethod
     def of(cls, execution: ExecutionView | ExecutionState) -> ExecutionOut:
@@ -92,6 +97,7 @@ class ExecutionOut(BaseModel):
             ephemeral=execution.ephemeral,
             retry_of=execution.retry_of,
             retries=list(execution.retries),
+            verification=execution.verification,
         )
 
 

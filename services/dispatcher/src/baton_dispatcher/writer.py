@@ -103,7 +103,9 @@ class Writer:
 
     async def deadline(self, due: DeadlineDue) -> DeadlineReply:
         try:
-            outcome = await self._call(lambda: self._executions.reach_deadline(due.execution_id))
+            outcome = await self._call(
+                lambda: self._executions.reach_deadline(due.execution_id, due.kind)
+            )
         except ExecutionNotFound:
             return DeadlineReply(outcome="unknown")
         except DeadlineNotReached:

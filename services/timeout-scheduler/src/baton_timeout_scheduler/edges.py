@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 SERVICE = "timeout-scheduler"
 DURABLE = "baton-timeout-scheduler"
 TERMINAL_EVENTS = frozenset({"Succeeded", "Failed", "Rejected", "TimedOut", "Expired", "Canceled"})
+VERIFICATION_ENDS = frozenset({"Verified", "VerificationFailed", "VerificationCanceled"})
 MAX_REDELIVERY_DELAY = 10.0
 
 _deadline = TypeAdapter(datetime)
@@ -54,7 +55,9 @@ def deadline_of(event: LifecycleEvent) -> datetime:
     try:
         return _deadline.validate_python(event.data["deadline"])
     except (KeyError, ValidationError) as exc:
-        raise MalformedEventError(f"Requested {event.execution_id} has no valid deadline") from exc
+        raise MalformedEventError(
+            f"{event.type} {event.execution_id} has no valid deadline"
+        ) from exc
 
 
 async def apply(deadlines: Deadlines, event: LifecycleEvent) -> Effect:
@@ -62,8 +65,14 @@ async def apply(deadlines: Deadlines, event: LifecycleEvent) -> Effect:
     if event.type == "Requested":
         await deadlines.upsert(event.execution_id, deadline_of(event))
         return "stored"
+    if event.type == "VerificationRequired":
+        await deadlines.upsert(event.execution_id, deadline_of(event), "verification")
+        return "stored"
     if event.type in TERMINAL_EVENTS:
         await deadlines.delete(event.execution_id)
+        return "deleted"
+    if event.type in VERIFICATION_ENDS:
+        await deadlines.delete(event.execution_id, "verification")
         return "deleted"
     return "skipped"
 

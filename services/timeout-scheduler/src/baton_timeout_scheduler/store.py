@@ -17,16 +17,32 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 from uuid import UUID
 
+# Two kinds of deadline per execution: its own (created_at + ttl) and, for a command with
+# a verification rule, the time by which the device's state must show the change.
+Kind = Literal["execution", "verification"]
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deadlines (
-    execution_id TEXT PRIMARY KEY,
+    execution_id TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'execution',
     due_at REAL NOT NULL,
     next_attempt REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (execution_id, kind)
 );
 CREATE INDEX IF NOT EXISTS deadlines_next_attempt ON deadlines (next_attempt);
+"""
+# Version 1 had one deadline per execution; its rows are execution deadlines.
+_FROM_V1 = """
+ALTER TABLE deadlines RENAME TO deadlines_v1;
+DROP INDEX IF EXISTS deadlines_next_attempt;
+{schema}
+INSERT INTO deadlines (execution_id, kind, due_at, next_attempt, attempts)
+    SELECT execution_id, 'execution', due_at, next_attempt, attempts FROM deadlines_v1;
+DROP TABLE deadlines_v1;
 """
 
 
@@ -35,6 +51,7 @@ class Deadline:
     execution_id: UUID
     due_at: datetime
     attempts: int = 0
+    kind: Kind = "execution"
 
 
 def _to_seconds(moment: datetime) -> float:
@@ -59,39 +76,49 @@ class DeadlineStore:
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes (WAL)
-        self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Deadlines are not disposable (unlike views): a version 1 file is converted."""
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version >= SCHEMA_VERSION:
+            return
+        columns = [row[1] for row in self._db.execute("PRAGMA table_info(deadlines)")]
+        script = _FROM_V1.format(schema=_SCHEMA) if columns and "kind" not in columns else _SCHEMA
+        self._db.executescript(f"BEGIN; {script} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def upsert(self, execution_id: UUID, due_at: datetime) -> None:
+    def upsert(self, execution_id: UUID, due_at: datetime, kind: Kind = "execution") -> None:
         """Remember (or move) the deadline; committed when this returns."""
         due = _to_seconds(due_at)
         with self._lock:
             self._db.execute(
-                "INSERT INTO deadlines (execution_id, due_at, next_attempt, attempts)"
-                " VALUES (?, ?, ?, 0)"
-                " ON CONFLICT (execution_id) DO UPDATE SET"
+                "INSERT INTO deadlines (execution_id, kind, due_at, next_attempt, attempts)"
+                " VALUES (?, ?, ?, ?, 0)"
+                " ON CONFLICT (execution_id, kind) DO UPDATE SET"
                 " due_at = excluded.due_at, next_attempt = excluded.next_attempt, attempts = 0"
                 " WHERE deadlines.due_at != excluded.due_at",
-                (str(execution_id), due, due),
+                (str(execution_id), kind, due, due),
             )
 
-    def delete(self, execution_id: UUID) -> bool:
+    def delete(self, execution_id: UUID, kind: Kind = "execution") -> bool:
         with self._lock:
             cursor = self._db.execute(
-                "DELETE FROM deadlines WHERE execution_id = ?", (str(execution_id),)
+                "DELETE FROM deadlines WHERE execution_id = ? AND kind = ?",
+                (str(execution_id), kind),
             )
             return cursor.rowcount > 0
 
-    def postpone(self, execution_id: UUID, until: datetime) -> int:
+    def postpone(self, execution_id: UUID, until: datetime, kind: Kind = "execution") -> int:
         """Not fired this time: try again at `until`. Returns the attempts so far."""
         with self._lock:
             row = self._db.execute(
                 "UPDATE deadlines SET next_attempt = ?, attempts = attempts + 1"
-                " WHERE execution_id = ? RETURNING attempts",
-                (_to_seconds(until), str(execution_id)),
+                " WHERE execution_id = ? AND kind = ? RETURNING attempts",
+                (_to_seconds(until), str(execution_id), kind),
             ).fetchone()
         return int(row[0]) if row else 0
 
@@ -99,19 +126,20 @@ class DeadlineStore:
         """Rows whose next attempt is due, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT execution_id, due_at, attempts FROM deadlines"
+                "SELECT execution_id, due_at, attempts, kind FROM deadlines"
                 " WHERE next_attempt <= ? ORDER BY next_attempt LIMIT ?",
                 (_to_seconds(now), limit),
             ).fetchall()
-        return [Deadline(UUID(r[0]), _from_seconds(r[1]), int(r[2])) for r in rows]
+        return [_deadline(r) for r in rows]
 
-    def get(self, execution_id: UUID) -> Deadline | None:
+    def get(self, execution_id: UUID, kind: Kind = "execution") -> Deadline | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT execution_id, due_at, attempts FROM deadlines WHERE execution_id = ?",
-                (str(execution_id),),
+                "SELECT execution_id, due_at, attempts, kind FROM deadlines"
+                " WHERE execution_id = ? AND kind = ?",
+                (str(execution_id), kind),
             ).fetchone()
-        return Deadline(UUID(row[0]), _from_seconds(row[1]), int(row[2])) if row else None
+        return _deadline(row) if row else None
 
     def count(self) -> int:
         with self._lock:
@@ -127,26 +155,30 @@ class DeadlineStore:
             )
 
 
+def _deadline(row: tuple[str, float, int, Kind]) -> Deadline:
+    return Deadline(UUID(row[0]), _from_seconds(row[1]), int(row[2]), row[3])
+
+
 class Deadlines:
     """The store for async code: every call runs in a worker thread."""
 
     def __init__(self, store: DeadlineStore) -> None:
         self.store = store
 
-    async def upsert(self, execution_id: UUID, due_at: datetime) -> None:
-        await asyncio.to_thread(self.store.upsert, execution_id, due_at)
+    async def upsert(self, execution_id: UUID, due_at: datetime, kind: Kind = "execution") -> None:
+        await asyncio.to_thread(self.store.upsert, execution_id, due_at, kind)
 
-    async def delete(self, execution_id: UUID) -> bool:
-        return await asyncio.to_thread(self.store.delete, execution_id)
+    async def delete(self, execution_id: UUID, kind: Kind = "execution") -> bool:
+        return await asyncio.to_thread(self.store.delete, execution_id, kind)
 
-    async def postpone(self, execution_id: UUID, until: datetime) -> int:
-        return await asyncio.to_thread(self.store.postpone, execution_id, until)
+    async def postpone(self, execution_id: UUID, until: datetime, kind: Kind = "execution") -> int:
+        return await asyncio.to_thread(self.store.postpone, execution_id, until, kind)
 
     async def due(self, now: datetime, limit: int) -> list[Deadline]:
         return await asyncio.to_thread(self.store.due, now, limit)
 
-    async def get(self, execution_id: UUID) -> Deadline | None:
-        return await asyncio.to_thread(self.store.get, execution_id)
+    async def get(self, execution_id: UUID, kind: Kind = "execution") -> Deadline | None:
+        return await asyncio.to_thread(self.store.get, execution_id, kind)
 
     async def count(self) -> int:
         return await asyncio.to_thread(self.store.count)

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from baton_contracts.nats import DeadlineDue, DeadlineReply
-from baton_timeout_scheduler.store import Deadline, Deadlines
+from baton_timeout_scheduler.store import Deadline, Deadlines, Kind
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Ticker:
         self.retry_base = retry_base
         self.retry_cap = retry_cap
         self.clock = clock
-        self._in_flight: dict[UUID, asyncio.Task[None]] = {}
+        self._in_flight: dict[tuple[UUID, Kind], asyncio.Task[None]] = {}
 
     async def run(self) -> None:
         """Tick until cancelled; a failing tick is logged and the next one tries again."""
@@ -83,10 +83,11 @@ class Ticker:
         rows = await self.deadlines.due(self.clock(), limit=free + len(self._in_flight))
         started = 0
         for row in rows:
-            if row.execution_id in self._in_flight or started >= free:
+            key = (row.execution_id, row.kind)
+            if key in self._in_flight or started >= free:
                 continue
             task = asyncio.create_task(self._fire(row), name=f"deadline-{row.execution_id}")
-            self._in_flight[row.execution_id] = task
+            self._in_flight[key] = task
             task.add_done_callback(self._forget)
             started += 1
         return started
@@ -104,7 +105,7 @@ class Ticker:
 
     async def _fire(self, row: Deadline) -> None:
         try:
-            reply = await self.request(DeadlineDue(execution_id=row.execution_id))
+            reply = await self.request(DeadlineDue(execution_id=row.execution_id, kind=row.kind))
         except DispatcherUnavailableError as exc:
             await self._retry_later(row, f"dispatcher unavailable ({exc})")
             return
@@ -113,7 +114,7 @@ class Ticker:
             await self._retry_later(row, "request failed")
             return
         if reply.outcome in SETTLED:
-            await self.deadlines.delete(row.execution_id)
+            await self.deadlines.delete(row.execution_id, row.kind)
             late = (self.clock() - row.due_at).total_seconds()
             log.info(
                 "deadline fired: execution %s due %s (%.2fs ago) -> %s",
@@ -128,7 +129,7 @@ class Ticker:
     async def _retry_later(self, row: Deadline, why: str) -> None:
         delay = backoff(row.attempts + 1, self.retry_base, self.retry_cap)
         attempts = await self.deadlines.postpone(
-            row.execution_id, self.clock() + timedelta(seconds=delay)
+            row.execution_id, self.clock() + timedelta(seconds=delay), row.kind
         )
         # The first failure is worth a warning; the retries of a long outage are not.
         level = logging.WARNING if attempts <= 1 else logging.DEBUG
