@@ -7,7 +7,7 @@ Routes, auth, validation and problem documents are the production ones (create_a
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -436,3 +436,20 @@ def test_ephemeral_executions_are_listed_only_when_asked_for(client: TestClient[
     assert {i["id"] for i in everything["items"]} == {kept, ephemeral["id"]}
     assert everything["total_count"] == 2
     assert client.get(f"/v1/executions/{ephemeral['id']}", headers=AUTH).status_code == 200
+
+
+def test_ephemeral_executions_are_purged_after_the_retention(
+    tmp_path: Path, executions: Executions
+) -> None:
+    from baton_api.retention import RetentionSweeper
+
+    with client_for(tmp_path, InMemoryGateway(executions)) as client:
+        ephemeral = submit(client, ephemeral=True).json()["id"]
+        kept = submit(client).json()["id"]
+        service = client.app.dependencies["service"].dependency()  # the app's own service
+        later = datetime.now(UTC) + timedelta(days=7, seconds=1)
+        sweeper = RetentionSweeper(service, retention_days=7, interval=3600, clock=lambda: later)
+        assert client.blocking_portal.call(sweeper.sweep) == 1
+        assert_problem(client.get(f"/v1/executions/{ephemeral}", headers=AUTH), 404)
+        assert client.get(f"/v1/executions/{kept}", headers=AUTH).status_code == 200
+        assert client.blocking_portal.call(sweeper.sweep) == 0

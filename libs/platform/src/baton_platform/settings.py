@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     ephemeral_retention_days: float = Field(
         default=7.0, gt=0, description="ephemeral executions are purged after this many days"
     )
+    retention_sweep_interval: float = Field(
+        default=300.0, gt=0, description="seconds between two looks for expired ephemerals"
+    )
     request_timeout: float = Field(default=5.0, gt=0, description="NATS request timeout, s")
 
     # service behaviour

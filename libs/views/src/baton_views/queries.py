@@ -149,10 +149,13 @@ def decode_cursor(cursor: str, order: Order) -> tuple[str, str]:
 # --- plumbing -----------------------------------------------------------------------------
 
 
-def ids_created_before(conn: sqlite3.Connection, cutoff: datetime, limit: int) -> list[UUID]:
+def ids_created_before(
+    conn: sqlite3.Connection, cutoff: datetime, limit: int, ephemeral_only: bool = False
+) -> list[UUID]:
     """Up to `limit` executions created before `cutoff`, oldest first (for purging)."""
+    only = " AND ephemeral = 1" if ephemeral_only else ""
     rows = conn.execute(
-        "SELECT id FROM executions WHERE created_at < ? ORDER BY created_at, id LIMIT ?",
+        f"SELECT id FROM executions WHERE created_at < ?{only} ORDER BY created_at, id LIMIT ?",
         (canonical_time(cutoff), limit),
     ).fetchall()
     return [UUID(row["id"]) for row in rows]

@@ -81,8 +81,10 @@ class ExecutionViews:
             )
         )
 
-    def ids_created_before(self, cutoff: datetime, limit: int) -> builtins.list[UUID]:
-        return self._read(lambda conn: ids_created_before(conn, cutoff, limit))
+    def ids_created_before(
+        self, cutoff: datetime, limit: int, ephemeral_only: bool = False
+    ) -> builtins.list[UUID]:
+        return self._read(lambda conn: ids_created_before(conn, cutoff, limit, ephemeral_only))
 
     def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         with self._read_lock:

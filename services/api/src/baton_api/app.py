@@ -27,6 +27,7 @@ from baton_api.health import Check, HealthController
 from baton_api.nats_link import NatsLink
 from baton_api.problems import problem_handler
 from baton_api.projector import ProjectionRunner
+from baton_api.retention import RetentionSweeper
 from baton_api.service import ExecutionService
 from baton_domain.application import Executions
 from baton_platform.eventstore import open_executions
@@ -48,16 +49,18 @@ class Parts:
     runner: ProjectionRunner
     service: ExecutionService
     link: NatsLink | None
+    sweeper: RetentionSweeper
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
         self.tasks.append(asyncio.create_task(self.runner.run(), name="projection"))
         if self.link is not None:
             self.tasks.append(asyncio.create_task(self.link.run(), name="nats-link"))
+        self.tasks.append(asyncio.create_task(self.sweeper.run(), name="retention"))
 
     async def stop(self) -> None:
         # The projection finishes its step (it may be inside sqlite in a worker thread);
-        # the NATS link holds no thread and can simply be cancelled.
+        # the NATS link and the retention sweep are cancelled (the views close under locks).
         self.runner.stop()
         for task in self.tasks[1:]:
             await cancel_and_wait(task)
@@ -98,7 +101,10 @@ def build_parts(
         link = NatsLink(settings.nats_url, on_event=runner.wake)
         gateway = NatsGateway(link, settings.request_timeout)
     service = ExecutionService(gateway, views, runner)
-    return Parts(executions, views, runner, service, link)
+    sweeper = RetentionSweeper(
+        service, settings.ephemeral_retention_days, settings.retention_sweep_interval
+    )
+    return Parts(executions, views, runner, service, link, sweeper)
 
 
 def create_app(

@@ -66,10 +66,13 @@ class ExecutionService:
         command = DeleteCommand(execution_id=execution_id, reason=reason)
         await self._written(await self._gateway.delete(command))
 
-    async def purge(self, cutoff: datetime, reason: str) -> int:
-        """Delete every execution created before `cutoff`; returns how many."""
+    async def purge(self, cutoff: datetime, reason: str, ephemeral_only: bool = False) -> int:
+        """Delete every execution (or every ephemeral one) created before `cutoff`;
+        returns how many."""
         deleted = 0
-        while ids := await asyncio.to_thread(self._views.ids_created_before, cutoff, PURGE_BATCH):
+        while ids := await asyncio.to_thread(
+            self._views.ids_created_before, cutoff, PURGE_BATCH, ephemeral_only
+        ):
             reply = await self._gateway.purge(PurgeCommand(execution_ids=ids, reason=reason))
             if reply.problem is not None:
                 raise ProblemError(reply.problem)

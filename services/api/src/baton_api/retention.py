@@ -1,0 +1,52 @@
+"""Ephemeral executions are purged once they are older than the retention period.
+
+A loop in the api, which has both the views (to find them) and the gateway (to delete
+them through the dispatcher). Several api replicas may all sweep: deleting is idempotent,
+an execution already gone is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from baton_api.service import ExecutionService
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+class RetentionSweeper:
+    def __init__(
+        self,
+        service: ExecutionService,
+        retention_days: float,
+        interval: float,
+        clock: Clock = lambda: datetime.now(UTC),
+    ) -> None:
+        self._service = service
+        self._retention = timedelta(days=retention_days)
+        self._interval = interval
+        self._clock = clock
+
+    async def sweep(self) -> int:
+        """Purge the ephemeral executions past the retention period; returns how many."""
+        cutoff = self._clock() - self._retention
+        deleted = await self._service.purge(
+            cutoff, "ephemeral: past its retention period", ephemeral_only=True
+        )
+        if deleted:
+            log.info("purged %d ephemeral execution(s) created before %s", deleted, cutoff)
+        return deleted
+
+    async def run(self) -> None:
+        """Sweep every `interval` seconds until cancelled; a failed sweep is retried then."""
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("retention sweep failed; trying again in %.0f s", self._interval)
+            await asyncio.sleep(self._interval)
