@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import nats
 import pytest
+import yaml
 
 from baton_cli.localstack import Stack
 from baton_contracts.nats import SUBMIT_SUBJECT, ExecutionReply, SubmitCommand
@@ -123,3 +128,34 @@ async def test_command_submitted_over_nats_shows_in_the_api(stack: Stack, baton:
     ).json()
     assert str(reply.execution.id) in [item["id"] for item in listed["items"]]
     assert listed["total_count"] >= 1
+
+
+def test_catalog_export_and_import_with_the_cli(stack: Stack, baton: Baton, tmp_path: Path) -> None:
+    env = {**os.environ, **stack.env()}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "baton_cli.main", "catalog", *args],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    exported = tmp_path / "catalog.yaml"
+    result = cli("export", str(exported))
+    assert result.returncode == 0, result.stderr
+    document = yaml.safe_load(exported.read_text())
+    assert "set_temperature" in document["device_types"]["thermostat"]["commands"]
+
+    document["devices"].append({"id": "added-thermostat", "type": "thermostat"})
+    exported.write_text(yaml.safe_dump(document))
+    result = cli("import", str(exported))
+    assert result.returncode == 0, result.stderr
+    assert "7 device(s)" in result.stdout
+    device = baton.http.get("/v1/devices/added-thermostat")
+    assert device.status_code == 200 and device.json()["type"] == "thermostat"
+
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("devices: [{id: x, type: no-such-type}]\n")
+    result = cli("import", str(wrong))
+    assert result.returncode == 1
+    assert "no-such-type" in result.stderr
+    assert baton.http.get("/v1/devices").json()["total_count"] == 7  # nothing changed

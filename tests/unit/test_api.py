@@ -74,7 +74,7 @@ def client_for(tmp_path: Path, gateway: InMemoryGateway) -> TestClient[Any]:
         data_dir=tmp_path,
         api_keys=KEY,
         admin_api_keys=ADMIN_KEY,
-        projection_poll_interval=0.05,  # type: ignore[arg-type]
+        projection_poll_interval=0.05,
     )
     app = create_app(settings, gateway=gateway, executions=gateway.executions)
     return TestClient(app, raise_server_exceptions=False)

@@ -15,6 +15,8 @@ CANCEL_SUBJECT = "baton.v1.commands.cancel"  # request/reply: cancel an executio
 RETRY_SUBJECT = "baton.v1.commands.retry"  # request/reply: a new execution from an ended one
 DELETE_SUBJECT = "baton.v1.commands.delete"  # request/reply: remove from every view
 PURGE_SUBJECT = "baton.v1.commands.purge"  # request/reply: delete many
+CATALOG_CHANGE_SUBJECT = "baton.v1.catalog.change"  # request/reply: change the catalog
+CATALOG_GET_SUBJECT = "baton.v1.catalog.get"  # request/reply: the catalog document
 DEADLINE_SUBJECT = "baton.v1.internal.deadline"  # request/reply: timeout-scheduler -> dispatcher
 DISPATCHER_QUEUE = "baton-dispatcher"
 
@@ -138,6 +140,29 @@ class PurgeCommand(WireModel):
 
 class PurgeReply(WireModel):
     deleted: int = 0
+    position: int | None = None
+    problem: Problem | None = None
+
+
+class CatalogChange(WireModel):
+    """One change of the catalog; only the fields of its `op` are used."""
+
+    op: Literal["import", "put-device-type", "remove-device-type", "put-device", "remove-device"]
+    name: str | None = None  # device type (put/remove-device-type)
+    definition: dict[str, Any] | None = None  # device type (put-device-type)
+    device: dict[str, Any] | None = None  # put-device
+    device_id: str | None = None  # remove-device
+    document: dict[str, Any] | None = None  # import
+
+
+class CatalogQuery(WireModel):
+    """Ask for the catalog document (send `{}`)."""
+
+
+class CatalogReply(WireModel):
+    """The catalog document after the change (or as stored, for get), or a problem."""
+
+    document: dict[str, Any] | None = None
     position: int | None = None
     problem: Problem | None = None
 

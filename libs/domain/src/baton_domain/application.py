@@ -19,6 +19,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Recording
 
 from baton_domain.catalog import Catalog, DeliveryPolicy
+from baton_domain.catalog_document import CATALOG_ID, CatalogDocument, document_of
 from baton_domain.delivery import DeviceQueue, queue_id
 from baton_domain.errors import (
     ExecutionDeleted,
@@ -36,6 +37,7 @@ CONFLICT_RETRIES = 3
 DEFAULT_MAX_WAITING = 100
 
 Clock = Callable[[], datetime]
+JSONDoc = dict[str, Any]
 
 
 def utc_now() -> datetime:
@@ -98,9 +100,49 @@ class Executions(Application[UUID]):
         max_waiting: int = DEFAULT_MAX_WAITING,
     ) -> None:
         super().__init__(env=env)
-        self.catalog = catalog
+        self._seed_catalog = catalog
+        self._cached_catalog: tuple[int, Catalog] | None = None
         self.clock = clock
         self.max_waiting = max_waiting
+
+    # --- the catalog -------------------------------------------------------------------------
+
+    @property
+    def catalog(self) -> Catalog:
+        """The stored catalog (managed data); the seed given at start until one is stored."""
+        version = self._catalog_version()
+        if version == 0:
+            return self._seed_catalog
+        if self._cached_catalog is None or self._cached_catalog[0] != version:
+            document: CatalogDocument = self.repository.get(CATALOG_ID)
+            self._cached_catalog = (version, document.catalog)
+        return self._cached_catalog[1]
+
+    def seed_catalog(self) -> int | None:
+        """Store the seed catalog if none is stored yet (first start); returns the position."""
+        if self._catalog_version():
+            return None
+        return _position(self.save(CatalogDocument(document_of(self._seed_catalog))))
+
+    def change_catalog(self, change: Callable[[CatalogDocument], None]) -> tuple[JSONDoc, int]:
+        """Apply one checked change to the stored catalog; returns (document, position)."""
+        try:
+            document: CatalogDocument = self.repository.get(CATALOG_ID)
+        except AggregateNotFoundError:
+            document = CatalogDocument(document_of(self._seed_catalog))
+        change(document)
+        position = _position(self.save(document))
+        assert position is not None
+        return document.document, position
+
+    def catalog_document(self) -> JSONDoc:
+        return document_of(self.catalog)
+
+    def _catalog_version(self) -> int:
+        # The newest event of the catalog's stream: one indexed read, so every request
+        # sees the catalog as stored without loading it again.
+        newest = self.recorder.select_events(CATALOG_ID, desc=True, limit=1)
+        return newest[0].originator_version if newest else 0
 
     # --- commands ---------------------------------------------------------------------------
 

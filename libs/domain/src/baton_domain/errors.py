@@ -112,3 +112,27 @@ class QueueFull(DomainError):
             "try again later"
         )
         self.remaining = 1.0
+
+
+@dataclass
+class InvalidCatalog(DomainError):
+    """A catalog change (or import) that would make the catalog invalid; names each field."""
+
+    message: str
+    errors: list[FieldError] = field(default_factory=list)
+    code = "invalid-catalog"
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+
+class CatalogConflict(DomainError):
+    code = "catalog-conflict"
+
+
+class UnknownDeviceType(DomainError):
+    code = "unknown-device-type"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"device type {name!r} is not in the catalog")
+        self.name = name

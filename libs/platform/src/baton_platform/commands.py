@@ -7,9 +7,12 @@ them directly, so both answer exactly alike. Synchronous, like the eventsourcing
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from baton_contracts.nats import (
     CancelCommand,
+    CatalogChange,
+    CatalogReply,
     DeleteCommand,
     ExecutionReply,
     PurgeCommand,
@@ -18,7 +21,8 @@ from baton_contracts.nats import (
     SubmitCommand,
 )
 from baton_domain.application import Executions, Outcome, RequestCommand
-from baton_domain.errors import DomainError
+from baton_domain.catalog_document import CatalogDocument
+from baton_domain.errors import DomainError, FieldError, InvalidCatalog
 from baton_platform.mapping import execution_state
 from baton_platform.problems import problem_for
 
@@ -58,6 +62,16 @@ class CommandHandlers:
             return PurgeReply(problem=problem_for(exc))
         return PurgeReply(deleted=deleted, position=position)
 
+    def change_catalog(self, change: CatalogChange) -> CatalogReply:
+        try:
+            document, position = self.executions.change_catalog(_catalog_edit(change))
+        except DomainError as exc:
+            return CatalogReply(problem=problem_for(exc))
+        return CatalogReply(document=document, position=position)
+
+    def get_catalog(self) -> CatalogReply:
+        return CatalogReply(document=self.executions.catalog_document())
+
     @staticmethod
     def _reply(call: Callable[[], Outcome]) -> ExecutionReply:
         try:
@@ -69,3 +83,30 @@ class CommandHandlers:
             position=outcome.position,
             created=outcome.created,
         )
+
+
+def _catalog_edit(change: CatalogChange) -> Callable[[CatalogDocument], None]:
+    """The CatalogDocument method a change calls; InvalidCatalog if a field it needs is
+    missing."""
+
+    def need(field: str, value: Any) -> Any:
+        if value is None:
+            raise InvalidCatalog(
+                f"{change.op} needs {field}", [FieldError(field, "required for " + change.op)]
+            )
+        return value
+
+    if change.op == "import":
+        document = need("document", change.document)
+        return lambda catalog: catalog.import_document(document)
+    if change.op == "put-device-type":
+        name, definition = need("name", change.name), need("definition", change.definition)
+        return lambda catalog: catalog.put_device_type(name, definition)
+    if change.op == "remove-device-type":
+        name = need("name", change.name)
+        return lambda catalog: catalog.remove_device_type(name)
+    if change.op == "put-device":
+        device = need("device", change.device)
+        return lambda catalog: catalog.put_device(device)
+    device_id = need("device_id", change.device_id)
+    return lambda catalog: catalog.remove_device(device_id)

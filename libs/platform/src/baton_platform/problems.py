@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from baton_contracts.nats import FieldProblem, Problem
 from baton_domain.errors import (
+    CatalogConflict,
     CooldownActive,
     DeadlineNotReached,
     DomainError,
     ExecutionNotFound,
     IdempotencyConflict,
     IllegalTransition,
+    InvalidCatalog,
     InvalidCommand,
     QueueFull,
     UnknownDevice,
+    UnknownDeviceType,
     WrongDevice,
 )
 
@@ -31,6 +34,9 @@ _STATUS: dict[type[DomainError], tuple[int, str]] = {
     WrongDevice: (409, "Wrong device"),
     DeadlineNotReached: (409, "Deadline not reached"),
     CooldownActive: (429, "Command cooling down"),
+    InvalidCatalog: (422, "Invalid catalog"),
+    CatalogConflict: (409, "Catalog conflict"),
+    UnknownDeviceType: (404, "Unknown device type"),
     QueueFull: (429, "Too many commands waiting"),
 }
 _DEFAULT = (409, "Request refused")
@@ -41,7 +47,7 @@ def problem_for(exc: DomainError) -> Problem:
     status, title = next((_STATUS[cls] for cls in type(exc).__mro__ if cls in _STATUS), _DEFAULT)
     errors = (
         [FieldProblem(field=e.field, reason=e.reason) for e in exc.errors]
-        if isinstance(exc, InvalidCommand)
+        if isinstance(exc, InvalidCommand | InvalidCatalog)
         else []
     )
     retry_after = exc.remaining if isinstance(exc, CooldownActive | QueueFull) else None

@@ -45,8 +45,8 @@ def project(conn: sqlite3.Connection, events: Iterable[LifecycleEvent]) -> tuple
         if event.notification_id <= position:
             continue
         position = event.notification_id
-        if event.type in DEVICE_QUEUE_TYPES:
-            continue  # delivery bookkeeping of the dispatcher: no view shows it (yet)
+        if event.type in NOT_EXECUTIONS:
+            continue  # the device queues' and the catalog's own streams: no view of them
         _apply_one(conn, event)
         applied += 1
     if position != start:
@@ -196,6 +196,10 @@ PROJECTED_TYPES = frozenset(_HANDLERS)
 DEVICE_QUEUE_TYPES = frozenset(
     {"Opened", "Admitted", "Released", "Finished", "PresenceChanged", "VerificationDone"}
 )
+CATALOG_TYPES = frozenset(
+    {"Started", "Imported", "DeviceTypePut", "DeviceTypeRemoved", "DevicePut", "DeviceRemoved"}
+)
+NOT_EXECUTIONS = DEVICE_QUEUE_TYPES | CATALOG_TYPES
 
 
 # --- row writes ---------------------------------------------------------------------------

@@ -20,8 +20,14 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from baton_api.auth import API_KEY_HEADER, ApiKeyMiddleware
+from baton_api.catalog import (
+    CatalogController,
+    CatalogService,
+    DeviceController,
+    DeviceTypeController,
+)
 from baton_api.controllers import CommandController, ExecutionController
-from baton_api.dialects import CatalogSource, dialect_routers
+from baton_api.dialects import dialect_routers
 from baton_api.gateway import CommandGateway, NatsGateway
 from baton_api.health import Check, HealthController
 from baton_api.nats_link import NatsLink
@@ -50,6 +56,7 @@ class Parts:
     service: ExecutionService
     link: NatsLink | None
     sweeper: RetentionSweeper
+    catalog_service: CatalogService
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -104,7 +111,9 @@ def build_parts(
     sweeper = RetentionSweeper(
         service, settings.ephemeral_retention_days, settings.retention_sweep_interval
     )
-    return Parts(executions, views, runner, service, link, sweeper)
+    return Parts(
+        executions, views, runner, service, link, sweeper, CatalogService(executions, gateway)
+    )
 
 
 def create_app(
@@ -129,19 +138,27 @@ def create_app(
     auth = DefineMiddleware(ApiKeyMiddleware, keys=keys, admin_keys=admin_keys)
     v1 = Router(
         "/v1",
-        route_handlers=[CommandController, ExecutionController],
+        route_handlers=[
+            CommandController,
+            ExecutionController,
+            CatalogController,
+            DeviceTypeController,
+            DeviceController,
+        ],
         middleware=[auth],
         security=[{"bearer": []}, {"apiKey": []}],
     )
-    # The seed APIs' dialects (docs/dialects.md): same keys, same service, their own shapes.
-    # The catalog is the one the in-process dispatcher uses, else the dispatcher's file.
-    catalog = CatalogSource(
-        settings.catalog_path, executions.catalog if executions is not None else None
-    )
+    # The seed APIs' dialects (docs/dialects.md): same keys, same service, their own shapes,
+    # the stored catalog (read in a worker thread: it is the event store).
     return Litestar(
-        route_handlers=[v1, *dialect_routers([auth], catalog), HealthController],
+        route_handlers=[
+            v1,
+            *dialect_routers([auth], lambda: parts.executions.catalog),
+            HealthController,
+        ],
         dependencies={
             "service": Provide(lambda: parts.service, sync_to_thread=False),
+            "catalog_service": Provide(lambda: parts.catalog_service, sync_to_thread=False),
             "checks": Provide(parts.checks, sync_to_thread=False),
         },
         exception_handlers={Exception: problem_handler},

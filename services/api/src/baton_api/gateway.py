@@ -18,11 +18,14 @@ from baton_api.nats_link import NatsLink
 from baton_api.problems import unavailable
 from baton_contracts.nats import (
     CANCEL_SUBJECT,
+    CATALOG_CHANGE_SUBJECT,
     DELETE_SUBJECT,
     PURGE_SUBJECT,
     RETRY_SUBJECT,
     SUBMIT_SUBJECT,
     CancelCommand,
+    CatalogChange,
+    CatalogReply,
     DeleteCommand,
     ExecutionReply,
     PurgeCommand,
@@ -47,6 +50,8 @@ class CommandGateway(Protocol):
 
     async def purge(self, command: PurgeCommand) -> PurgeReply: ...
 
+    async def change_catalog(self, change: CatalogChange) -> CatalogReply: ...
+
 
 class NatsGateway:
     """Request/reply on the dispatcher's subjects; any transport failure is a 503 problem."""
@@ -69,6 +74,9 @@ class NatsGateway:
 
     async def purge(self, command: PurgeCommand) -> PurgeReply:
         return await self._request(PURGE_SUBJECT, command, PurgeReply)
+
+    async def change_catalog(self, change: CatalogChange) -> CatalogReply:
+        return await self._request(CATALOG_CHANGE_SUBJECT, change, CatalogReply)
 
     async def _request(
         self,

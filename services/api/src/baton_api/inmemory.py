@@ -10,6 +10,8 @@ import asyncio
 
 from baton_contracts.nats import (
     CancelCommand,
+    CatalogChange,
+    CatalogReply,
     DeleteCommand,
     ExecutionReply,
     PurgeCommand,
@@ -42,3 +44,6 @@ class InMemoryGateway:
 
     async def purge(self, command: PurgeCommand) -> PurgeReply:
         return await asyncio.to_thread(self.handlers.purge, command)
+
+    async def change_catalog(self, change: CatalogChange) -> CatalogReply:
+        return await asyncio.to_thread(self.handlers.change_catalog, change)

@@ -18,6 +18,7 @@ from uuid import UUID
 
 import typer
 
+from baton_cli.catalog import catalog_app
 from baton_cli.devstack import dev_app
 from baton_cli.output import event_line, execution_summary, problem_lines
 
@@ -41,6 +42,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(dev_app, name="dev")
+app.add_typer(catalog_app, name="catalog")
 
 
 def fail(message: str, code: int = EXIT_PROBLEM) -> NoReturn:
@@ -298,7 +300,9 @@ def simulate(
 
     Without --device or --silent: demo-thermostat-1..5, and demo-silent-1 that stays silent.
     With --catalog: every device of the catalog; a device labelled `simulate: silent` stays
-    silent (docs/wire-profiles.md).
+    silent, `simulate: charger` answers and reports its state (docs/wire-profiles.md). Each
+    device publishes `online` (retained) on its status topic when it connects, leaves its
+    last will `offline`, and says `offline` before it disconnects on Ctrl-C or SIGTERM.
     """
     from baton_platform.logs import configure_logging
     from baton_platform.settings import Settings

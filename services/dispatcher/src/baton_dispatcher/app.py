@@ -37,6 +37,10 @@ class Dispatcher:
         await ensure_streams(js)
         relay = OutboxRelay(executions, js, settings.relay_poll_interval)
         self._writer = Writer(executions, on_stored=relay.wake)
+        # The catalog file seeds the stored catalog on the first start only; after that the
+        # catalog is managed data (the api's /v1/device-types and /v1/devices, `baton
+        # catalog import`).
+        await self._writer.seed_catalog()
         self._broker = NatsBroker(
             settings.nats_url,
             name=f"baton-dispatcher-{settings.instance}",
@@ -50,8 +54,8 @@ class Dispatcher:
         self._relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
         log.info(
             "dispatcher ready: %d device types, %d devices, store %s",
-            len(catalog.device_types),
-            len(catalog.devices),
+            len(executions.catalog.device_types),
+            len(executions.catalog.devices),
             settings.event_store_path,
         )
 

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ValidationError
 
 from baton_contracts.nats import (
     CANCEL_SUBJECT,
+    CATALOG_CHANGE_SUBJECT,
+    CATALOG_GET_SUBJECT,
     DEADLINE_SUBJECT,
     DELETE_SUBJECT,
     DISPATCHER_QUEUE,
@@ -30,6 +32,9 @@ from baton_contracts.nats import (
     RETRY_SUBJECT,
     SUBMIT_SUBJECT,
     CancelCommand,
+    CatalogChange,
+    CatalogQuery,
+    CatalogReply,
     DeadlineDue,
     DeadlineReply,
     DeleteCommand,
@@ -103,6 +108,20 @@ def register(broker: NatsBroker, writer: Writer, js: JetStreamContext) -> None:
     request_reply(broker, DELETE_SUBJECT, DeleteCommand, writer.delete, refused)
     request_reply(
         broker, PURGE_SUBJECT, PurgeCommand, writer.purge, lambda p: PurgeReply(problem=p)
+    )
+    request_reply(
+        broker,
+        CATALOG_CHANGE_SUBJECT,
+        CatalogChange,
+        writer.change_catalog,
+        lambda p: CatalogReply(problem=p),
+    )
+    request_reply(
+        broker,
+        CATALOG_GET_SUBJECT,
+        CatalogQuery,
+        writer.get_catalog,
+        lambda p: CatalogReply(problem=p),
     )
 
     @broker.subscriber(DEADLINE_SUBJECT, queue=DISPATCHER_QUEUE, include_in_schema=False)

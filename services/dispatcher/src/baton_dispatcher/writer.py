@@ -16,6 +16,9 @@ from typing import TypeVar
 
 from baton_contracts.nats import (
     CancelCommand,
+    CatalogChange,
+    CatalogQuery,
+    CatalogReply,
     DeadlineDue,
     DeadlineReply,
     DeleteCommand,
@@ -94,6 +97,21 @@ class Writer:
             self._on_stored()
             log.info("purged %d execution(s): %s", reply.deleted, command.reason)
         return reply
+
+    async def change_catalog(self, change: CatalogChange) -> CatalogReply:
+        reply = await self._call(lambda: self._handlers.change_catalog(change))
+        if reply.position is not None:
+            self._on_stored()
+            log.info("catalog changed: %s", change.op)
+        return reply
+
+    async def get_catalog(self, _query: CatalogQuery) -> CatalogReply:
+        return await self._call(self._handlers.get_catalog)
+
+    async def seed_catalog(self) -> None:
+        if await self._call(self._executions.seed_catalog) is not None:
+            self._on_stored()
+            log.info("catalog stored from the seed file (first start)")
 
     async def _write(self, call: Callable[[], ExecutionReply]) -> ExecutionReply:
         reply = await self._call(call)

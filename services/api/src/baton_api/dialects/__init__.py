@@ -14,17 +14,16 @@ from litestar.di import Provide
 from litestar.types import Middleware
 
 from baton_api.dialects import enapter, fleets, iotee, traxes
-from baton_api.dialects.common import CatalogSource
 from baton_domain.catalog import Catalog
 
-__all__ = ["CatalogSource", "dialect_routers"]
+__all__ = ["dialect_routers"]
 
 
 def dialect_routers(
     middleware: Sequence[Middleware], catalog: Callable[[], Catalog]
 ) -> list[Router]:
     """One router per dialect, each behind `middleware` (the API-key check)."""
-    dependencies = {"catalog": Provide(catalog, sync_to_thread=False)}
+    dependencies = {"catalog": Provide(catalog, sync_to_thread=True)}
 
     def router(prefix: str, handlers: list[type], header: str, *, tag: str) -> Router:
         return Router(

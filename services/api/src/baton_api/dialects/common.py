@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from uuid import UUID
 
 from baton_api.problems import ProblemError, problem
@@ -69,25 +68,6 @@ def unknown_device(device_id: str) -> ProblemError:
     return ProblemError(
         problem(404, "unknown-device", f"device {device_id!r} does not exist", title="Not Found")
     )
-
-
-class CatalogSource:
-    """The device catalog, for the dialects that need it (iotee resolves hardware ids and
-    shows the device type's wire topic).
-
-    Tests hand in the catalog their in-process dispatcher uses; in production the api loads
-    the catalog the dispatcher loads (BATON_CATALOG_PATH) on first use, so an api started
-    without one still serves every route that does not need it."""
-
-    def __init__(self, path: Path, preset: Catalog | None = None) -> None:
-        self._path = path
-        self._catalog = preset
-
-    def __call__(self) -> Catalog:
-        if self._catalog is None:
-            self._catalog = Catalog.from_yaml(self._path)
-            log.info("dialects: loaded catalog %s", self._path)
-        return self._catalog
 
 
 def find_device(catalog: Catalog, id_or_hardware_id: str) -> Device:

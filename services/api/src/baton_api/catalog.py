@@ -1,0 +1,191 @@
+"""The catalog routes of Baton v1: device types, devices, and the whole document.
+
+Reads come from the stored catalog (the event store, as the dispatcher last wrote it);
+changes go to the dispatcher, which checks each against the whole catalog and stores it.
+Changing the catalog needs an admin key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from litestar import Controller, delete, get, post, put
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
+from pydantic import BaseModel, Field
+
+from baton_api.auth import admin_only
+from baton_api.gateway import CommandGateway
+from baton_api.problems import ProblemError
+from baton_contracts.nats import CatalogChange
+from baton_domain.application import Executions
+from baton_domain.catalog import Catalog, Device, DeviceType
+from baton_domain.errors import UnknownDevice, UnknownDeviceType
+from baton_platform.problems import problem_for
+
+
+class CatalogService:
+    def __init__(self, executions: Executions, gateway: CommandGateway) -> None:
+        self._executions = executions
+        self._gateway = gateway
+
+    async def catalog(self) -> Catalog:
+        return await asyncio.to_thread(lambda: self._executions.catalog)
+
+    async def change(self, change: CatalogChange) -> dict[str, Any]:
+        reply = await self._gateway.change_catalog(change)
+        if reply.problem is not None:
+            raise ProblemError(reply.problem)
+        return reply.document or {}
+
+
+class DeviceTypeOut(DeviceType):
+    name: str
+
+
+class DeviceTypePage(BaseModel):
+    items: list[DeviceTypeOut]
+    total_count: int
+
+
+class DevicePage(BaseModel):
+    items: list[Device]
+    total_count: int
+
+
+class NamedDeviceType(BaseModel):
+    name: str = Field(min_length=1, max_length=128)
+    definition: dict[str, Any] = Field(
+        default_factory=dict, description="commands, ttl, delivery, wire_profile, ..."
+    )
+
+
+def _type_out(name: str, device_type: DeviceType) -> DeviceTypeOut:
+    return DeviceTypeOut(name=name, **device_type.model_dump())
+
+
+def _missing(exc: UnknownDevice | UnknownDeviceType) -> ProblemError:
+    return ProblemError(problem_for(exc))
+
+
+class CatalogController(Controller):
+    path = "/catalog"
+    tags = ["catalog"]
+
+    @get("/")
+    async def get_catalog(self, catalog_service: NamedDependency[CatalogService]) -> dict[str, Any]:
+        """The whole catalog document (what `baton catalog export` writes)."""
+        return (await catalog_service.catalog()).model_dump(mode="json", exclude_defaults=True)
+
+    @put("/", guards=[admin_only])
+    async def import_catalog(
+        self,
+        catalog_service: NamedDependency[CatalogService],
+        data: JSONBody[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Admin: replace the whole catalog (`baton catalog import`); checked first."""
+        return await catalog_service.change(CatalogChange(op="import", document=data))
+
+
+class DeviceTypeController(Controller):
+    path = "/device-types"
+    tags = ["catalog"]
+
+    @get("/")
+    async def list_device_types(
+        self, catalog_service: NamedDependency[CatalogService]
+    ) -> DeviceTypePage:
+        catalog = await catalog_service.catalog()
+        items = [_type_out(n, t) for n, t in sorted(catalog.device_types.items())]
+        return DeviceTypePage(items=items, total_count=len(items))
+
+    @get("/{name:str}")
+    async def get_device_type(
+        self, catalog_service: NamedDependency[CatalogService], name: FromPath[str]
+    ) -> DeviceTypeOut:
+        catalog = await catalog_service.catalog()
+        if name not in catalog.device_types:
+            raise _missing(UnknownDeviceType(name))
+        return _type_out(name, catalog.device_types[name])
+
+    @post("/", status_code=201, guards=[admin_only])
+    async def create_device_type(
+        self, catalog_service: NamedDependency[CatalogService], data: JSONBody[NamedDeviceType]
+    ) -> DeviceTypeOut:
+        """Admin: add (or replace) a device type."""
+        return await self._put(catalog_service, data.name, data.definition)
+
+    @put("/{name:str}", guards=[admin_only])
+    async def update_device_type(
+        self,
+        catalog_service: NamedDependency[CatalogService],
+        name: FromPath[str],
+        data: JSONBody[dict[str, Any]],
+    ) -> DeviceTypeOut:
+        """Admin: replace a device type's definition (or add it)."""
+        return await self._put(catalog_service, name, data)
+
+    @delete("/{name:str}", status_code=204, guards=[admin_only])
+    async def delete_device_type(
+        self, catalog_service: NamedDependency[CatalogService], name: FromPath[str]
+    ) -> None:
+        """Admin: remove a device type no device has; 409 while devices have it."""
+        await catalog_service.change(CatalogChange(op="remove-device-type", name=name))
+
+    @staticmethod
+    async def _put(service: CatalogService, name: str, definition: dict[str, Any]) -> DeviceTypeOut:
+        document = await service.change(
+            CatalogChange(op="put-device-type", name=name, definition=definition)
+        )
+        return _type_out(name, DeviceType.model_validate(document["device_types"][name]))
+
+
+class DeviceController(Controller):
+    path = "/devices"
+    tags = ["catalog"]
+
+    @get("/")
+    async def list_devices(self, catalog_service: NamedDependency[CatalogService]) -> DevicePage:
+        catalog = await catalog_service.catalog()
+        return DevicePage(items=catalog.devices, total_count=len(catalog.devices))
+
+    @get("/{device_id:str}")
+    async def get_device(
+        self, catalog_service: NamedDependency[CatalogService], device_id: FromPath[str]
+    ) -> Device:
+        catalog = await catalog_service.catalog()
+        try:
+            return catalog.device(device_id)
+        except UnknownDevice as exc:
+            raise _missing(exc) from None
+
+    @post("/", status_code=201, guards=[admin_only])
+    async def create_device(
+        self, catalog_service: NamedDependency[CatalogService], data: JSONBody[dict[str, Any]]
+    ) -> Device:
+        """Admin: add (or replace) a device: `{id, type, hardware_id?, labels?}`."""
+        return await self._put(catalog_service, data)
+
+    @put("/{device_id:str}", guards=[admin_only])
+    async def update_device(
+        self,
+        catalog_service: NamedDependency[CatalogService],
+        device_id: FromPath[str],
+        data: JSONBody[dict[str, Any]],
+    ) -> Device:
+        """Admin: replace a device (its id comes from the path)."""
+        return await self._put(catalog_service, {**data, "id": device_id})
+
+    @delete("/{device_id:str}", status_code=204, guards=[admin_only])
+    async def delete_device(
+        self, catalog_service: NamedDependency[CatalogService], device_id: FromPath[str]
+    ) -> None:
+        """Admin: remove a device. Its executions stay; new commands to it get 404."""
+        await catalog_service.change(CatalogChange(op="remove-device", device_id=device_id))
+
+    @staticmethod
+    async def _put(service: CatalogService, device: dict[str, Any]) -> Device:
+        document = await service.change(CatalogChange(op="put-device", device=device))
+        stored = next(d for d in document["devices"] if d["id"] == device.get("id"))
+        return Device.model_validate(stored)
