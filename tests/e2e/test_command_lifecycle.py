@@ -14,6 +14,7 @@ import yaml
 
 from baton_cli.localstack import Stack
 from baton_contracts.nats import SUBMIT_SUBJECT, ExecutionReply, SubmitCommand
+from tests.conftest import eventually_sync
 from tests.e2e.conftest import TERMINAL, Baton
 
 pytestmark = pytest.mark.e2e
@@ -159,3 +160,26 @@ def test_catalog_export_and_import_with_the_cli(stack: Stack, baton: Baton, tmp_
     assert result.returncode == 1
     assert "no-such-type" in result.stderr
     assert baton.http.get("/v1/devices").json()["total_count"] == 7  # nothing changed
+
+
+def test_the_bridge_follows_catalog_changes(stack: Stack, baton: Baton) -> None:
+    admin = baton.http  # the stack's key is an admin key
+    bridge_log = stack.log_dir / "device-bridge.log"
+    total = admin.get("/v1/devices").json()["total_count"]
+
+    def bridge_knows(count: int, since: int) -> bool:
+        news = bridge_log.read_text()[since:]  # what the bridge logged since the change
+        return f"catalog: 1 device type(s), {count} device(s)" in news
+
+    device = admin.get("/v1/devices/demo-thermostat-4").json()
+    before = len(bridge_log.read_text())
+    assert admin.delete("/v1/devices/demo-thermostat-4").status_code == 204
+    assert baton.send("demo-thermostat-4", "reboot").status_code == 404
+    eventually_sync(lambda: bridge_knows(total - 1, before), what="the bridge reloading")
+    before = len(bridge_log.read_text())
+    assert admin.post("/v1/devices", json=device).status_code == 201
+    eventually_sync(lambda: bridge_knows(total, before), what="the bridge reloading again")
+    # Back in the catalog: the bridge learned it again from the relayed catalog event
+    # before the command's Dispatched, so the command reaches the simulated device.
+    done = baton.send("demo-thermostat-4", "set_temperature", {"value": 17}, wait=10).json()
+    assert done["status"] == "SUCCEEDED"

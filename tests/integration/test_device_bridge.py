@@ -40,6 +40,7 @@ from baton_contracts.mqtt import (
 )
 from baton_contracts.nats import (
     EVENTS_STREAM,
+    REPORT_ADAPTER,
     REPORTS_STREAM,
     DeviceReport,
     LifecycleEvent,
@@ -214,7 +215,10 @@ async def stream_reports(js: JetStreamContext) -> list[DeviceReport]:
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
         msg = await js.get_msg(REPORTS_STREAM, seq=seq)
         assert msg.data is not None
-        reports.append(DeviceReport.model_validate_json(msg.data))
+        # Presence and state reports (simulated devices say they are online) are not ours.
+        report = REPORT_ADAPTER.validate_json(msg.data)
+        if isinstance(report, DeviceReport):
+            reports.append(report)
     return reports
 
 

@@ -32,6 +32,7 @@ from baton_contracts.nats import (
     report_subject,
 )
 from baton_dispatcher.app import Dispatcher
+from baton_domain.catalog_document import CATALOG_ID
 from baton_domain.delivery import queue_id
 from baton_platform.settings import Settings
 from tests.conftest import eventually
@@ -150,9 +151,9 @@ async def test_bad_submissions_are_problems(dispatcher: Dispatcher, nc: Client) 
     garbage = await nc.request(SUBMIT_SUBJECT, b"{not json", timeout=5)
     problem = ExecutionReply.model_validate_json(garbage.data).problem
     assert problem is not None and problem.status == 422
-    # Nothing was stored for any of them.
-    info = await nc.jetstream().stream_info(EVENTS_STREAM)
-    assert info.state.messages == 0
+    # Nothing was stored for any of them: the stream holds only the catalog's first event.
+    events = await stream_events(nc.jetstream())
+    assert [e.type for e in events] == ["Started"]
 
 
 async def test_cancel_and_deadline(dispatcher: Dispatcher, nc: Client) -> None:
@@ -262,18 +263,21 @@ async def test_relay_resumes_after_restart_without_duplicates(
     first = Dispatcher(settings)
     await first.start()
     ids = [(await submit(nc)).execution.id for _ in range(3)]  # type: ignore[union-attr]
-    # Per execution: Requested, Dispatched, and its device queue's Admitted; plus Opened once.
-    await eventually(lambda: _count(js, 10), what="10 events relayed")
+    # The catalog's Started; per execution: Requested, Dispatched, and its device queue's
+    # Admitted; the queue's Opened once.
+    await eventually(lambda: _count(js, 11), what="11 events relayed")
     await first.stop()
     second = Dispatcher(settings)
     await second.start()
     try:
         more = (await submit(nc)).execution
         assert more is not None
-        await eventually(lambda: _count(js, 13), what="13 events relayed")
+        await eventually(lambda: _count(js, 14), what="14 events relayed")
         events = await stream_events(js)
-        assert len({e.notification_id for e in events}) == len(events) == 13
-        assert {e.execution_id for e in events} == {*ids, more.id, queue_id("demo-thermostat-1")}
+        assert len({e.notification_id for e in events}) == len(events) == 14
+        assert {e.execution_id for e in events} == {
+            *ids, more.id, queue_id("demo-thermostat-1"), CATALOG_ID,
+        }  # fmt: skip
     finally:
         await second.stop()
 

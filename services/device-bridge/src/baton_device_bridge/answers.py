@@ -1,4 +1,5 @@
 """Device answers in: an MQTT message on an answer topic -> an `answer` DeviceReport.
+(Status and state messages take the same way in: baton_device_bridge.presence.)
 
 The catalog's wiring finds the profile whose answer topic it is and decodes it with that
 profile's codec. The device is the one the **topic** names (its wire id, mapped back to
@@ -18,8 +19,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from uuid import UUID
 
-from baton_contracts.nats import DeviceReport
+from baton_contracts.nats import DeviceReport, PresenceReport, StateReport
 from baton_contracts.profiles import MalformedWireError
+from baton_device_bridge.presence import decode_presence_or_state
 from baton_device_bridge.reports import ReportNotStoredError, ReportRefusedError, ReportSink
 from baton_device_bridge.wiring import UnknownWireDeviceError, Wiring
 from baton_platform.metrics import REJECTED_MESSAGES
@@ -73,8 +75,22 @@ def decode_answer(
     )
 
 
+def decode_message(
+    topic: str, raw: bytes, received_at: datetime, wiring: Wiring, in_flight: InFlightLookup
+) -> DeviceReport | PresenceReport | StateReport:
+    """Any message on the bridge's subscriptions: a status, a state, else an answer."""
+    try:
+        found = decode_presence_or_state(topic, raw, received_at, wiring)
+    except MalformedWireError as exc:
+        raise MalformedAnswerError(exc.reason, str(exc)) from None
+    except UnknownWireDeviceError as exc:
+        raise MalformedAnswerError("unknown-device", str(exc)) from None
+    return found or decode_answer(topic, raw, received_at, wiring, in_flight)
+
+
 class AnswerForwarder:
-    """Turns each answer into a stored report; returns only when the answer may be acked.
+    """Turns each device message (an answer, a status, a state) into a stored report;
+    returns only when the message may be acked.
 
     While JetStream is unavailable it retries (with capped backoff) rather than return: the
     MQTT acknowledgement is withheld until then, so the answer is never lost, and answers
@@ -96,14 +112,14 @@ class AnswerForwarder:
 
     async def handle(self, topic: str, raw: bytes) -> None:
         try:
-            report = decode_answer(topic, raw, datetime.now(UTC), self._wiring, self._in_flight)
+            report = decode_message(topic, raw, datetime.now(UTC), self._wiring, self._in_flight)
         except MalformedAnswerError as exc:
             REJECTED_MESSAGES.labels(service=SERVICE, reason=exc.reason).inc()
             log.warning("dropped a message on %s (%s): %s", topic, exc.reason, exc)
             return
         await self._store(report)
 
-    async def _store(self, report: DeviceReport) -> None:
+    async def _store(self, report: DeviceReport | PresenceReport | StateReport) -> None:
         attempt = 0
         while True:
             try:
@@ -121,5 +137,5 @@ class AnswerForwarder:
                 log.log(level, "report %s not stored (%s); retrying", report.report_id, exc)
                 await asyncio.sleep(delay)
                 continue
-            log.debug("answer %s stored", report.report_id)
+            log.debug("report %s stored", report.report_id)
             return

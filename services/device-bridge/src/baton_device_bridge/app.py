@@ -5,20 +5,26 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import nats.errors
 from faststream.nats import NatsBroker
+from nats.aio.client import Client
+from pydantic import ValidationError
 
+from baton_contracts.nats import CATALOG_GET_SUBJECT, CatalogReply
 from baton_device_bridge.answers import AnswerForwarder
 from baton_device_bridge.edges import register
 from baton_device_bridge.in_flight import InFlight
 from baton_device_bridge.link import MqttLink
 from baton_device_bridge.reports import ReportSink
 from baton_device_bridge.wiring import Wiring
-from baton_domain.catalog import Catalog
+from baton_domain.catalog import Catalog, CatalogError
 from baton_platform.lifecycle import cancel_and_wait
 from baton_platform.nats import ensure_streams
 from baton_platform.settings import Settings
 
 log = logging.getLogger(__name__)
+
+CATALOG_TIMEOUT = 2.0
 
 
 class DeviceBridge:
@@ -40,7 +46,8 @@ class DeviceBridge:
         catalog: Catalog | None = None,
     ) -> None:
         self.settings = settings
-        self.wiring = Wiring(catalog or Catalog.from_yaml(settings.catalog_path))
+        self._given_catalog = catalog
+        self.wiring = Wiring(catalog or Catalog())
         self.in_flight: InFlight | None = None
         self.reconnect_cap = reconnect_cap
         self.retry_cap = retry_cap
@@ -49,6 +56,7 @@ class DeviceBridge:
         self.answers: AnswerForwarder | None = None
         self._broker: NatsBroker | None = None
         self._link_task: asyncio.Task[None] | None = None
+        self._nc: Client | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -62,6 +70,9 @@ class DeviceBridge:
         connection = await self._broker.connect()
         js = connection.jetstream()
         await ensure_streams(js)
+        self._nc = connection
+        if self._given_catalog is None:
+            await self._load_catalog(first=True)
         sink = ReportSink(js)
         self.in_flight = InFlight(settings.data_dir / "bridge.sqlite")
         self.answers = AnswerForwarder(
@@ -71,16 +82,51 @@ class DeviceBridge:
             settings,
             self.answers.handle,
             reconnect_cap=self.reconnect_cap,
-            answer_filters=self.wiring.answer_filters(),
+            answer_filters=self.wiring.device_filters(),
         )
         self._link_task = asyncio.create_task(self.link.run(), name="mqtt-link")
-        register(self._broker, self.link, sink, self.wiring, self.in_flight)
+        register(self._broker, self.link, sink, self.wiring, self.in_flight, self._catalog_changed)
         await self._broker.start()
         try:
             await asyncio.wait_for(self.link.connected.wait(), self.startup_wait)
         except TimeoutError:
             log.warning("no MQTT broker yet at %s:%d", settings.mqtt_host, settings.mqtt_port)
         log.info("device-bridge ready (instance %s)", settings.instance)
+
+    async def _load_catalog(self, first: bool = False) -> None:
+        """The stored catalog, from the dispatcher. At the very first start there may be no
+        dispatcher yet: then the seed file, which is what the dispatcher will store."""
+        assert self._nc is not None, "start() connects first"
+        try:
+            reply = await self._nc.request(CATALOG_GET_SUBJECT, b"{}", timeout=CATALOG_TIMEOUT)
+            document = CatalogReply.model_validate_json(reply.data).document or {}
+            catalog = Catalog.model_validate(document)
+        except (nats.errors.Error, ValidationError) as exc:
+            if not first:
+                raise
+            log.warning(
+                "no catalog from the dispatcher (%s); using %s", exc, self.settings.catalog_path
+            )
+            catalog = Catalog.from_yaml(self.settings.catalog_path)
+        self.wiring.load(catalog)
+        if self.link is not None:
+            await self.link.follow(self.wiring.device_filters())
+        log.info(
+            "catalog: %d device type(s), %d device(s)",
+            len(catalog.device_types),
+            len(catalog.devices),
+        )
+
+    async def _catalog_changed(self) -> None:
+        """Raises while the dispatcher does not answer: the event is then redelivered."""
+        if self._given_catalog is not None:
+            return  # a catalog handed in (tests) is the one to keep
+        try:
+            await self._load_catalog()
+        except CatalogError as exc:
+            # The dispatcher stored it, so it is a valid catalog; only its wire settings
+            # are not: keep the wiring we have and say so loudly.
+            log.error("catalog change not applied to the wiring: %s", exc)
 
     async def stop(self) -> None:
         # Events first: a message being handled is nacked or finishes, none is left half-done.

@@ -14,6 +14,7 @@ device de-duplicates on it) and the `published` report keeps the same `report_id
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from faststream.nats import NatsBroker
@@ -63,8 +64,18 @@ async def deliver(
             log.exception("JetStream refused the published report of %s", outgoing.execution_id)
 
 
+CATALOG_EVENTS = frozenset(
+    {"Started", "Imported", "DeviceTypePut", "DeviceTypeRemoved", "DevicePut", "DeviceRemoved"}
+)
+
+
 def register(
-    broker: NatsBroker, link: MqttLink, sink: ReportSink, wiring: Wiring, in_flight: InFlight
+    broker: NatsBroker,
+    link: MqttLink,
+    sink: ReportSink,
+    wiring: Wiring,
+    in_flight: InFlight,
+    on_catalog_change: Callable[[], Awaitable[None]],
 ) -> None:
     # From the start of the stream on first run: events relayed before the bridge ever ran
     # must go out too (those past their deadline are skipped anyway).
@@ -73,7 +84,19 @@ def register(
         subject = message.raw_message.subject
         # The raw bytes: FastStream would otherwise decode the JSON into a dict first.
         try:
-            action = plan(decode(message.body), datetime.now(UTC), wiring)
+            event = decode(message.body)
+            if event.type in CATALOG_EVENTS:
+                # Events come in stream order: a device added before its first command is
+                # known by the time that command's Dispatched arrives.
+                try:
+                    await on_catalog_change()
+                except Exception as exc:  # the dispatcher did not answer: try again shortly
+                    log.warning("catalog not reloaded (%s); redelivering %s", exc, subject)
+                    await message.nack(delay=1.0)
+                    return
+                await message.ack()
+                return
+            action = plan(event, datetime.now(UTC), wiring)
         except MalformedEventError as exc:
             REJECTED_MESSAGES.labels(service=SERVICE, reason="malformed-event").inc()
             log.warning("dropped a malformed message on %s: %s", subject, exc)

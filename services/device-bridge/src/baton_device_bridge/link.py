@@ -1,9 +1,9 @@
 """The bridge's one MQTT connection: a reconnect loop, answers in, commands out.
 
-aiomqtt has no automatic reconnect, so `run` is the loop: connect, subscribe to the answer
-topics of every wire profile the catalog uses, hand each message to `on_answer`, and on
-`MqttError` wait (capped backoff) and connect again. The connected client is shared:
-`publish` sends on it from the events consumer while `run` reads from it.
+aiomqtt has no automatic reconnect, so `run` is the loop: connect, subscribe to the answer,
+status and state topics of every wire profile the catalog uses, hand each message to
+`on_answer`, and on `MqttError` wait (capped backoff) and connect again. The connected
+client is shared: `publish` sends on it from the events consumer while `run` reads from it.
 
 The session is persistent (fixed client id, no clean start, a long session expiry on MQTT
 5): the broker keeps the subscription and queues the QoS 1 answers sent while the bridge is
@@ -64,7 +64,8 @@ class MqttLink:
         answer_filters: list[str] | None = None,
     ) -> None:
         self.settings = settings
-        # The answer topics of every wire profile the catalog uses (Baton's own by default).
+        # The answer (and status and state) topics of every wire profile the catalog uses
+        # (Baton's own answers by default).
         self.answer_filters = answer_filters if answer_filters is not None else [RESPONSE_FILTER]
         self.identifier = f"baton-device-bridge-{settings.instance}"
         self._on_answer = on_answer
@@ -153,6 +154,20 @@ class MqttLink:
         # attribute: re-check on every aiomqtt upgrade). Must be set before connecting.
         client._client.manual_ack_set(True)
         return client
+
+    async def follow(self, filters: list[str]) -> None:
+        """Subscribe to `filters` from now on (the catalog changed); the ones new to the
+        live session are subscribed at once, all of them on every reconnect."""
+        new = [f for f in filters if f not in self.answer_filters]
+        self.answer_filters = list(dict.fromkeys([*self.answer_filters, *filters]))
+        session = self._session
+        if session is None:
+            return  # the next connect subscribes to them all
+        for topic_filter in new:
+            try:
+                await session.client.subscribe(topic_filter, qos=1)
+            except aiomqtt.MqttError as exc:  # the loop reconnects and subscribes then
+                log.warning("could not subscribe to %s yet: %s", topic_filter, exc)
 
     async def run(self) -> None:
         """Connect, consume, reconnect: until cancelled."""

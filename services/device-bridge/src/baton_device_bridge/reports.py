@@ -1,7 +1,8 @@
 """Device reports into JetStream (BATON_REPORTS), the bridge's one way of telling the dispatcher.
 
 Both directions end here: a `published` report after the broker took a request, an `answer`
-report for each device answer. `Nats-Msg-Id` = `report_id`, so a report sent twice (a
+report for each device answer, a `presence` or `state` report for each status or state
+message. `Nats-Msg-Id` = `report_id`, so a report sent twice (a
 redelivered event, an answer the broker delivered again) is stored once within the stream's
 duplicate window; the dispatcher de-duplicates by `report_id` after that.
 """
@@ -12,7 +13,13 @@ import nats.errors
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, ServiceUnavailableError
 
-from baton_contracts.nats import REPORTS_STREAM, DeviceReport, report_subject
+from baton_contracts.nats import (
+    REPORTS_STREAM,
+    DeviceReport,
+    PresenceReport,
+    StateReport,
+    report_subject,
+)
 
 PUBLISH_TIMEOUT = 5.0
 
@@ -30,7 +37,7 @@ class ReportSink:
         self._js = js
         self._timeout = timeout
 
-    async def store(self, report: DeviceReport) -> None:
+    async def store(self, report: DeviceReport | PresenceReport | StateReport) -> None:
         """Returns once JetStream has acknowledged (stored) the report."""
         try:
             await self._js.publish(

@@ -16,6 +16,8 @@ from typing import Any
 from baton_contracts.profiles import (
     Codec,
     DecodedAnswer,
+    DecodedPresence,
+    DecodedState,
     MalformedWireError,
     ProfileSettingsError,
     WireSettings,
@@ -62,6 +64,14 @@ class Wiring:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self._targets: dict[str, Target] = {}
+        self._bindings: list[_Binding] = []
+        self.load(catalog)
+
+    def load(self, catalog: Catalog) -> None:
+        """(Re)build from `catalog`, in place: every holder of this wiring sees the change.
+
+        A catalog whose wire settings cannot work raises CatalogError and changes nothing."""
+        targets: dict[str, Target] = {}
         bindings: dict[tuple[str, str], _Binding] = {}
         for type_name, device_type in catalog.device_types.items():
             try:
@@ -74,7 +84,7 @@ class Wiring:
             device_type = catalog.device_types[device.type]
             codec = codec_for(device_type.wire_profile)
             wire_id = wire_id_of(codec.name, device.id, device.hardware_id)
-            self._targets[device.id] = Target(device.id, wire_id, codec, device_type)
+            targets[device.id] = Target(device.id, wire_id, codec, device_type)
             key = (codec.name, json.dumps(device_type.wire, sort_keys=True))
             binding = bindings.setdefault(key, _Binding(codec, device_type.wire))
             if wire_id in binding.devices:
@@ -87,7 +97,7 @@ class Wiring:
                 )
                 continue
             binding.devices[wire_id] = device.id
-        self._bindings = list(bindings.values())
+        self.catalog, self._targets, self._bindings = catalog, targets, list(bindings.values())
 
     def target(self, device_id: str) -> Target | None:
         return self._targets.get(device_id)
@@ -103,6 +113,45 @@ class Wiring:
             for topic_filter in binding.codec.answer_filters(binding.type_wire):
                 found[topic_filter] = None
         return list(found)
+
+    def device_filters(self) -> list[str]:
+        """Every filter the bridge subscribes to: answers, then presence and state."""
+        found: dict[str, None] = dict.fromkeys(self.answer_filters())
+        for binding in self._bindings:
+            for topic_filter in [
+                *binding.codec.status_filters(binding.type_wire),
+                *binding.codec.state_filters(binding.type_wire),
+            ]:
+                found[topic_filter] = None
+        return list(found)
+
+    def decode_presence_or_state(
+        self, topic: str, payload: bytes
+    ) -> tuple[str, DecodedPresence | DecodedState] | None:
+        """(Baton's device id, what it said) for a status or state topic of the catalog's
+        profiles; None for any other topic. Raises MalformedWireError for a body its profile
+        cannot read, UnknownWireDeviceError for a wire id nobody the catalog knows goes by."""
+        problem: Exception | None = None
+        for binding in self._bindings:
+            codec, type_wire = binding.codec, binding.type_wire
+            try:
+                said: DecodedPresence | DecodedState | None = codec.decode_status(
+                    topic, payload, type_wire
+                ) or codec.decode_state(topic, payload, type_wire)
+            except MalformedWireError as exc:
+                problem = problem or exc
+                continue
+            if said is None:
+                continue
+            device_id = binding.devices.get(said.wire_id)
+            if device_id is not None:
+                return device_id, said
+            problem = problem or UnknownWireDeviceError(
+                f"no {codec.name} device goes by {said.wire_id!r}"
+            )
+        if problem is not None:
+            raise problem
+        return None
 
     def decode_answer(self, topic: str, payload: bytes) -> tuple[str, Codec, DecodedAnswer]:
         """(Baton's device id, its codec, the answer). Raises MalformedWireError for a topic

@@ -12,13 +12,22 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from baton_simulator.behaviours import BEHAVIOURS, SILENT, THERMOSTAT, Behaviour
+from baton_simulator.behaviours import (
+    BEHAVIOURS,
+    CHARGER,
+    SILENT,
+    STUBBORN_CHARGER,
+    THERMOSTAT,
+    Behaviour,
+)
 from baton_simulator.device import Broker, DeviceWire, SimulatedDevice
 
 __all__ = [
     "BEHAVIOURS",
+    "CHARGER",
     "READY_LINE",
     "SILENT",
+    "STUBBORN_CHARGER",
     "THERMOSTAT",
     "Behaviour",
     "DeviceSpec",

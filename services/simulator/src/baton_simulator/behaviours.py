@@ -2,9 +2,9 @@
 
 A `Behaviour` maps a command name to a `Script`: the steps the device takes, in order. A step
 waits, then (optionally) answers with a status and a payload computed from the request, then
-(optionally) drops off the broker for a while. A new device type or scripted behaviour is a
-new table, not a new code path: `plan` turns a script and a request into concrete actions,
-and the device only carries them out.
+(optionally) reports the device's state, then (optionally) drops off the broker for a while.
+A new device type or scripted behaviour is a new table, not a new code path: `plan` turns a
+script and a request into concrete actions, and the device only carries them out.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from baton_contracts.mqtt import AnswerStatusWord, CommandRequest, DeviceAnswer
 
 PayloadFn = Callable[[CommandRequest], dict[str, Any]]
+StateFn = Callable[[CommandRequest], dict[str, Any]]
 
 
 def no_payload(request: CommandRequest) -> dict[str, Any]:
@@ -25,12 +26,14 @@ def no_payload(request: CommandRequest) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Step:
     """Wait `delay` seconds, answer `status` with `payload(request)` (nothing when `status`
-    is None), then stay off the broker for `offline_for` seconds."""
+    is None), report `state(request)` as the device's state (when given), then stay off the
+    broker for `offline_for` seconds."""
 
     status: AnswerStatusWord | None
     payload: PayloadFn = no_payload
     delay: float = 0.0
     offline_for: float = 0.0
+    state: StateFn | None = None
 
 
 Script = tuple[Step, ...]
@@ -62,6 +65,11 @@ def reject(message: str, delay: float = 0.0) -> Step:
 def go_offline(seconds: float, delay: float = 0.0) -> Step:
     """Drop the connection for `seconds`; the persistent session keeps what arrives meanwhile."""
     return Step(None, delay=delay, offline_for=seconds)
+
+
+def report_state(state: dict[str, Any], delay: float = 0.0) -> Step:
+    """Report `state` on the device's state topic (where its profile has one)."""
+    return Step(None, delay=delay, state=lambda _: dict(state))
 
 
 def reject_unknown(request: CommandRequest) -> dict[str, Any]:
@@ -114,11 +122,32 @@ IOTEE = Behaviour(
 # Any device type without a table of its own: every command starts, then succeeds.
 GENERIC = Behaviour(otherwise=(started(), succeed()))
 
+# An EV charger (deploy/catalog/policies.yaml): it answers, then reports the state the
+# command asked for, which is what a verification rule checks.
+CHARGER = Behaviour(
+    commands={
+        "StartCharging": (started(), succeed(delay=0.2), report_state({"charging": True})),
+        "StopCharging": (started(), succeed(delay=0.2), report_state({"charging": False})),
+    },
+    otherwise=(started(), succeed(delay=0.3)),
+)
+
+# A charger that says it started charging but reports it is not: a verification fails.
+STUBBORN_CHARGER = Behaviour(
+    commands={
+        "StartCharging": (started(), succeed(delay=0.2), report_state({"charging": False})),
+        "StopCharging": (started(), succeed(delay=0.2), report_state({"charging": False})),
+    },
+    otherwise=(started(), succeed(delay=0.3)),
+)
+
 BEHAVIOURS: Mapping[str, Behaviour] = {
     "thermostat": THERMOSTAT,
     "silent": SILENT,
     "iotee": IOTEE,
     "generic": GENERIC,
+    "charger": CHARGER,
+    "stubborn-charger": STUBBORN_CHARGER,
 }
 
 
@@ -130,6 +159,7 @@ class Action:
     delay: float
     answer: DeviceAnswer | None
     offline_for: float = 0.0
+    state: dict[str, Any] | None = None
 
 
 def plan(behaviour: Behaviour, request: CommandRequest) -> list[Action]:
@@ -149,5 +179,6 @@ def plan(behaviour: Behaviour, request: CommandRequest) -> list[Action]:
                 payload=step.payload(request),
                 answer_id=f"{request.execution_id}-{answered}",
             )
-        actions.append(Action(step.delay, answer, step.offline_for))
+        state = None if step.state is None else step.state(request)
+        actions.append(Action(step.delay, answer, step.offline_for, state))
     return actions

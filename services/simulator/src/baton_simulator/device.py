@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,8 @@ PROTOCOLS = {"5": aiomqtt.ProtocolVersion.V5, "3.1.1": aiomqtt.ProtocolVersion.V
 SESSION_EXPIRY_S = 3600
 PUBLISH_TIMEOUT_S = 10.0
 PUBLISH_RETRY_S = 0.2
+# How long a device leaving cleanly waits to say it is offline.
+STATUS_TIMEOUT_S = 2.0
 # What a request without a deadline on the wire (aws-iot-commands, raw-mapped) is given.
 NO_DEADLINE = timedelta(days=1)
 
@@ -64,8 +67,9 @@ class Broker:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"MQTT protocol must be 5 or 3.1.1, not {self.protocol!r}")
 
-    def client(self, identifier: str) -> aiomqtt.Client:
-        """A client that keeps its session across reconnects."""
+    def client(self, identifier: str, will: aiomqtt.Will | None = None) -> aiomqtt.Client:
+        """A client that keeps its session across reconnects; the broker publishes `will`
+        if the connection ends without a DISCONNECT."""
         if self.protocol == "5":
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = SESSION_EXPIRY_S
@@ -77,6 +81,7 @@ class Broker:
                 protocol=PROTOCOLS["5"],
                 clean_start=False,
                 properties=properties,
+                will=will,
             )
         else:
             client = aiomqtt.Client(
@@ -86,6 +91,7 @@ class Broker:
                 socket_options=SOCKET_OPTIONS,
                 protocol=PROTOCOLS["3.1.1"],
                 clean_session=False,
+                will=will,
             )
         # Answers of many executions are published concurrently; the default (10) only warns.
         client.pending_calls_threshold = 10_000
@@ -143,16 +149,27 @@ class SimulatedDevice:
         try:
             while True:
                 await self._stay_offline()
+                # Names this connection: its `online` and its last will carry the same one.
+                connection = str(time.time_ns() // 1000)
+                will = self._status(online=False, connection=connection)
                 try:
-                    async with self.broker.client(f"baton-sim-{self.device_id}") as client:
+                    async with self.broker.client(f"baton-sim-{self.device_id}", will) as client:
                         filters = self.codec.device_filters(self.wire.wire_id, self.wire.type_wire)
                         await client.subscribe([(f, 1) for f in filters])
+                        await self._say(client, self._status(online=True, connection=connection))
                         self._client = client
                         self._online.set()
                         log.info("%s online%s", self.device_id, " again" if in_outage else "")
                         in_outage, backoff = False, self.backoff_initial
-                        await self._serve(client)
-                        continue  # a go-offline step dropped the connection on purpose
+                        try:
+                            await self._serve(client)
+                        except asyncio.CancelledError:
+                            # A clean stop: say so before the DISCONNECT (the will is not sent).
+                            await self._say(client, will, quietly=True)
+                            raise
+                        # A go-offline step drops the connection on purpose, cleanly too.
+                        await self._say(client, will, quietly=True)
+                        continue
                 except aiomqtt.MqttError as exc:
                     if not in_outage:
                         log.warning(
@@ -183,6 +200,34 @@ class SimulatedDevice:
             await asyncio.gather(receiving, dropping, return_exceptions=True)
         if not receiving.cancelled() and (error := receiving.exception()) is not None:
             raise error
+
+    def _status(self, online: bool, connection: str) -> aiomqtt.Will | None:
+        """The retained status message of this device (None: its profile has none)."""
+        wire = self.wire
+        message = self.codec.encode_status(wire.wire_id, online, connection, wire.type_wire)
+        if message is None:
+            return None
+        return aiomqtt.Will(message.topic, message.payload, qos=1, retain=True)
+
+    async def _say(
+        self, client: aiomqtt.Client, status: aiomqtt.Will | None, quietly: bool = False
+    ) -> None:
+        """Publish a status message (retained, QoS 1). `quietly`: on the way out, where a
+        broker that is gone already must not hold the device up (its will says it then)."""
+        if status is None:
+            return
+        try:
+            await client.publish(
+                status.topic,
+                status.payload,
+                qos=1,
+                retain=True,
+                timeout=STATUS_TIMEOUT_S if quietly else PUBLISH_TIMEOUT_S,
+            )
+        except aiomqtt.MqttError:
+            if not quietly:
+                raise
+            log.debug("%s could not say it is offline", self.device_id)
 
     async def _stay_offline(self) -> None:
         self._drop.clear()
@@ -293,6 +338,10 @@ class SimulatedDevice:
                     )
                     if message is not None:  # the profile may have no word for it
                         await self._publish(message.topic, message.payload)
+                if action.state is not None:
+                    reported = self.codec.encode_state(wire.wire_id, action.state, wire.type_wire)
+                    if reported is not None:  # the profile may have no state topic
+                        await self._publish(reported.topic, reported.payload)
                 if action.offline_for > 0:
                     self.go_offline(action.offline_for)
         except Exception:

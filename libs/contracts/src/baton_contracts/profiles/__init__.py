@@ -11,6 +11,8 @@ from baton_contracts.profiles.aws_iot_commands import AwsIotCommandsCodec
 from baton_contracts.profiles.base import (
     Codec,
     DecodedAnswer,
+    DecodedPresence,
+    DecodedState,
     DeviceCancel,
     DeviceRequest,
     MalformedWireError,
@@ -27,6 +29,8 @@ __all__ = [
     "CODECS",
     "Codec",
     "DecodedAnswer",
+    "DecodedPresence",
+    "DecodedState",
     "DeviceCancel",
     "DeviceRequest",
     "MalformedWireError",

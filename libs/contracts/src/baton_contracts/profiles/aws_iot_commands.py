@@ -31,6 +31,7 @@ from baton_contracts.profiles.base import (
     first_error,
     parse_uuid,
 )
+from baton_contracts.profiles.presence import DeviceTopic, PresenceTopics
 
 ROOT = "$aws/commands/things"
 AwsStatus = Literal["IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT"]
@@ -93,11 +94,14 @@ def to_baton(response: AwsResponse) -> tuple[AnswerStatusWord, dict[str, Any]]:
     return response.status, payload
 
 
-class AwsIotCommandsCodec:
+class AwsIotCommandsCodec(PresenceTopics):
     name = "aws-iot-commands"
     # Whether answers name their execution; else the bridge attributes them itself.
     carries_execution_id = True
     topic_id: TopicId = "wire_id"
+    # Baton's convention on a plain broker; AWS IoT itself publishes lifecycle events
+    # (`$aws/events/presence/connected/{clientId}`), which the bridge does not read yet.
+    status_topic = DeviceTopic(f"{ROOT}/{{wire_id}}/status")
 
     def check_settings(
         self, type_wire: WireSettings, commands_wire: Mapping[str, WireSettings]

@@ -25,7 +25,13 @@ WIRE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 # Which of a device's ids goes on the wire: Baton's own profile has always used the catalog
 # id; the others use the id the device itself knows (`hardware_id`, else the catalog id).
 TopicId = Literal["device_id", "wire_id"]
-MalformedReason = Literal["malformed-topic", "malformed-answer", "malformed-request"]
+MalformedReason = Literal[
+    "malformed-topic",
+    "malformed-answer",
+    "malformed-request",
+    "malformed-presence",
+    "malformed-state",
+]
 WireSettings = Mapping[str, Any]
 
 
@@ -76,6 +82,23 @@ class DecodedAnswer:
 
 
 @dataclass(frozen=True)
+class DecodedPresence:
+    """A device's status message: online or offline."""
+
+    wire_id: str
+    online: bool
+    connection: str | None  # None: the device sent none (bare words, or JSON without it)
+
+
+@dataclass(frozen=True)
+class DecodedState:
+    """A device's reported state (a JSON object)."""
+
+    wire_id: str
+    state: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class DeviceRequest:
     """A request as a device reads it (the simulator's side)."""
 
@@ -93,7 +116,8 @@ class DeviceCancel:
 
 class Codec(Protocol):
     """One wire profile. Baton side: encode_request, encode_cancel, answer_filters,
-    decode_answer. Device side: device_filters, decode_request, encode_answer."""
+    decode_answer, status_filters, decode_status, state_filters, decode_state. Device side:
+    device_filters, decode_request, encode_answer, encode_status, encode_state."""
 
     name: str
     topic_id: TopicId
@@ -119,6 +143,22 @@ class Codec(Protocol):
         """None: not an answer topic of this profile (with these settings). Raises
         MalformedWireError for one of its topics that cannot be read."""
 
+    def status_filters(self, type_wire: WireSettings) -> list[str]:
+        """Where devices say they are online or offline (none: the profile has no presence,
+        its devices count as always online)."""
+
+    def decode_status(
+        self, topic: str, payload: bytes, type_wire: WireSettings
+    ) -> DecodedPresence | None:
+        """None: not a status topic of this profile. Raises MalformedWireError."""
+
+    def state_filters(self, type_wire: WireSettings) -> list[str]: ...
+
+    def decode_state(
+        self, topic: str, payload: bytes, type_wire: WireSettings
+    ) -> DecodedState | None:
+        """None: not a state topic of this profile. Raises MalformedWireError."""
+
     def device_filters(self, wire_id: str, type_wire: WireSettings) -> list[str]: ...
 
     def decode_request(
@@ -140,6 +180,17 @@ class Codec(Protocol):
         type_wire: WireSettings,
     ) -> WireMessage | None:
         """None: the profile has no word for `status` (the device stays quiet)."""
+
+    def encode_status(
+        self, wire_id: str, online: bool, connection: str | None, type_wire: WireSettings
+    ) -> WireMessage | None:
+        """The retained status message (and, with online=False, the last will); None: the
+        profile has no status topic."""
+
+    def encode_state(
+        self, wire_id: str, state: dict[str, Any], type_wire: WireSettings
+    ) -> WireMessage | None:
+        """None: the profile has no state topic."""
 
 
 def first_error(exc: Exception) -> str:

@@ -14,6 +14,8 @@ from pydantic import ValidationError
 
 from baton_contracts.mqtt import (
     RESPONSE_FILTER,
+    STATE_TEMPLATE,
+    STATUS_TEMPLATE,
     TOPIC_ROOT,
     AnswerStatusWord,
     CancelRequest,
@@ -38,13 +40,16 @@ from baton_contracts.profiles.base import (
     first_error,
     parse_uuid,
 )
+from baton_contracts.profiles.presence import DeviceTopic, PresenceTopics
 
 
-class BatonCodec:
+class BatonCodec(PresenceTopics):
     name = "baton"
     # Whether answers name their execution; else the bridge attributes them itself.
     carries_execution_id = True
     topic_id: TopicId = "device_id"
+    status_topic = DeviceTopic(STATUS_TEMPLATE)
+    state_topic = DeviceTopic(STATE_TEMPLATE)
 
     def check_settings(
         self, type_wire: WireSettings, commands_wire: Mapping[str, WireSettings]

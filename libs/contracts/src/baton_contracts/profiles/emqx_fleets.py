@@ -28,6 +28,7 @@ from baton_contracts.profiles.base import (
     first_error,
     parse_uuid,
 )
+from baton_contracts.profiles.presence import DeviceTopic, PresenceTopics
 
 ROOT = "$emqx/commands/things"
 
@@ -64,11 +65,14 @@ def _parse(topic_: str) -> tuple[str, str, str] | None:
     return parts[3], parts[5], parts[6]
 
 
-class EmqxFleetsCodec:
+class EmqxFleetsCodec(PresenceTopics):
     name = "emqx-fleets"
     # Whether answers name their execution; else the bridge attributes them itself.
     carries_execution_id = True
     topic_id: TopicId = "wire_id"
+    # Baton's convention on a plain broker; EMQX itself announces connections as events
+    # (`$SYS/brokers/+/clients/+/connected`), which the bridge does not read yet.
+    status_topic = DeviceTopic(f"{ROOT}/{{wire_id}}/status")
 
     def check_settings(
         self, type_wire: WireSettings, commands_wire: Mapping[str, WireSettings]

@@ -26,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from baton_contracts.mqtt import AnswerStatusWord
 from baton_contracts.profiles.base import (
     DecodedAnswer,
+    DecodedPresence,
+    DecodedState,
     DeviceCancel,
     DeviceRequest,
     MalformedWireError,
@@ -36,6 +38,7 @@ from baton_contracts.profiles.base import (
     WireSettings,
     first_error,
 )
+from baton_contracts.profiles.presence import DeviceTopic, PresenceTopics
 
 PLACEHOLDER = "{hardware_id}"
 MAX_ANSWER_BYTES = 256
@@ -58,8 +61,10 @@ class RawMappedType(BaseModel):
     topic: str
     answer_topic: str | None = None
     answers: dict[str, AnswerStatusWord] = Field(default_factory=dict)
+    # Optional: where the device says it is online or offline (docs/wire-profiles.md).
+    status_topic: str | None = None
 
-    @field_validator("topic", "answer_topic")
+    @field_validator("topic", "answer_topic", "status_topic")
     @classmethod
     def _templates(cls, value: str | None) -> str | None:
         return value if value is None else _check_template(value)
@@ -103,6 +108,14 @@ def command_for(text: str, commands_wire: Mapping[str, WireSettings]) -> str | N
         if wire.get("payload") == text:
             return name
     return None
+
+
+def _presence(type_wire: WireSettings) -> PresenceTopics:
+    status = type_settings(type_wire).status_topic
+    topics = PresenceTopics()
+    if status is not None:
+        topics.status_topic = DeviceTopic(status.replace(PLACEHOLDER, "{wire_id}"))
+    return topics
 
 
 class RawMappedCodec:
@@ -153,6 +166,22 @@ class RawMappedCodec:
             raise MalformedWireError("malformed-answer", f"unknown answer {text!r} (knows {known})")
         return DecodedAnswer(found.group(1), None, status, {"answer": text})
 
+    def status_filters(self, type_wire: WireSettings) -> list[str]:
+        return _presence(type_wire).status_filters(type_wire)
+
+    def decode_status(
+        self, topic: str, payload: bytes, type_wire: WireSettings
+    ) -> DecodedPresence | None:
+        return _presence(type_wire).decode_status(topic, payload, type_wire)
+
+    def state_filters(self, type_wire: WireSettings) -> list[str]:
+        return []  # no state topic (yet)
+
+    def decode_state(
+        self, topic: str, payload: bytes, type_wire: WireSettings
+    ) -> DecodedState | None:
+        return None
+
     def device_filters(self, wire_id: str, type_wire: WireSettings) -> list[str]:
         return [fill(type_settings(type_wire).topic, wire_id)]
 
@@ -191,3 +220,13 @@ class RawMappedCodec:
         if word is None:
             return None  # no word for it: the device says nothing
         return WireMessage(fill(settings.answer_topic, wire_id), word.encode())
+
+    def encode_status(
+        self, wire_id: str, online: bool, connection: str | None, type_wire: WireSettings
+    ) -> WireMessage | None:
+        return _presence(type_wire).encode_status(wire_id, online, connection, type_wire)
+
+    def encode_state(
+        self, wire_id: str, state: dict[str, Any], type_wire: WireSettings
+    ) -> WireMessage | None:
+        return None
