@@ -31,7 +31,7 @@ from tests.e2e.conftest import ROOT, TERMINAL, Baton, dump_logs, make_stack, wai
 pytestmark = pytest.mark.e2e
 
 CATALOG = ROOT / "deploy/catalog/policies.yaml"
-CHARGERS = ("charger-1", "charger-2", "charger-3", "charger-stubborn-1")
+CHARGERS = ("charger-1", "charger-2", "charger-3", "charger-stubborn-1", "charger-stubborn-2")
 
 
 @pytest.fixture(scope="module")
@@ -252,3 +252,37 @@ def test_traxes_ignore_cooldown_sends_inside_the_cooldown(stack: Stack, baton: B
     again = str(overridden.json()["id"])
     done = [baton.wait_for(e, TERMINAL, timeout=15) for e in (first, again)]
     assert [d["status"] for d in done] == ["SUCCEEDED"] * 2
+
+
+# --- verification -------------------------------------------------------------------------------
+
+
+def test_verification_succeeds_when_the_device_reports_the_state(baton: Baton) -> None:
+    execution_id = submitted(send_when_up(baton, "charger-3", "StopCharging"))
+    # The charger answers SUCCEEDED and reports {"charging": false}: the rule's state.
+    baton.wait_for(execution_id, TERMINAL, timeout=10)
+    deadline = time.monotonic() + 10
+    while (found := baton.get(execution_id))["verification"]["status"] == "PENDING":
+        assert time.monotonic() < deadline, found
+        time.sleep(0.05)
+    assert found["status"] == "SUCCEEDED"
+    assert found["verification"]["status"] == "SUCCEEDED"
+    assert found["verification"]["completed_at"] is not None
+    assert found["verification"]["error"] is None
+
+
+def test_verification_fails_when_the_state_never_comes(baton: Baton) -> None:
+    # The stubborn charger answers SUCCEEDED but keeps reporting {"charging": false}.
+    execution_id = submitted(send_when_up(baton, "charger-stubborn-2", "StartCharging"))
+    done = baton.wait_for(execution_id, TERMINAL, timeout=10)
+    assert done["status"] == "SUCCEEDED"
+    deadline = time.monotonic() + 4 + 4  # `within: 4`, and the scheduler's time to fire
+    while (found := baton.get(execution_id))["verification"]["status"] == "PENDING":
+        assert time.monotonic() < deadline, found
+        time.sleep(0.05)
+    assert found["verification"]["status"] == "FAILED"
+    assert found["verification"]["error"]["title"] == "Not verified"
+    # The Traxes dialect shows the same, in its words.
+    traxes = baton.http.get(f"/traxes/v1/entities/charger-stubborn-2/commands/{execution_id}")
+    if traxes.status_code == 200:
+        assert traxes.json()["verification"]["status"] == "Failed"

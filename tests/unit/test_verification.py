@@ -85,6 +85,15 @@ def test_a_matching_state_verifies_only_that_devices_executions(app: Executions)
     assert app.queue_of("charger-1").verifying == []
 
 
+def test_progress_answers_leave_the_verification_pending(app: Executions) -> None:
+    execution_id = start(app)
+    answer(app, execution_id, AnswerStatus.STARTED)
+    answer(app, execution_id, AnswerStatus.IN_PROGRESS)
+    assert verification(app, execution_id)["status"] == "PENDING"
+    answer(app, execution_id, AnswerStatus.SUCCEEDED)
+    assert verification(app, execution_id)["status"] == "PENDING"  # the state decides
+
+
 def test_no_matching_state_before_the_deadline_fails_it(app: Executions) -> None:
     execution_id = start(app)
     answer(app, execution_id, AnswerStatus.SUCCEEDED)

@@ -323,8 +323,8 @@ class CommandExecution(Aggregate):
 
     def _end_verification(self, at: datetime) -> None:
         """The command itself did not succeed: its verification ends with it."""
-        if not self.verifying:
-            return
+        if not self.verifying or not self.is_terminal:
+            return  # still running (STARTED, IN_PROGRESS): the state may yet come
         if self.status is ExecutionStatus.CANCELED:
             self._verification_canceled(at=at)
         elif self.status is not ExecutionStatus.SUCCEEDED:
