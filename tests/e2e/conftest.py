@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,18 +91,24 @@ def dump_logs(stack: Stack) -> str:
     return "\n".join(out)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = make_stack(tmp_path_factory.mktemp("stack"))
+@contextmanager
+def running(stack: Stack) -> Iterator[Stack]:
+    """Start the whole stack, ready; on a failure print its logs; stop it all at the end."""
     try:
-        running.start_all()
-        wait_ready(running)
-        yield running
+        stack.start_all()
+        wait_ready(stack)
+        yield stack
     except BaseException:
-        print(dump_logs(running))
+        print(dump_logs(stack))
         raise
     finally:
-        running.stop_all()
+        stack.stop_all()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running(make_stack(tmp_path_factory.mktemp("stack"))) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

@@ -12,23 +12,15 @@ from pathlib import Path
 import pytest
 
 from baton_cli.localstack import Stack
-from tests.e2e.conftest import TERMINAL, Baton, dump_logs, make_stack, wait_ready
+from tests.e2e.conftest import TERMINAL, Baton, make_stack, running, wait_ready
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
 def own_stack(tmp_path: Path) -> Iterator[Stack]:
-    running = make_stack(tmp_path / "stack")
-    try:
-        running.start_all()
-        wait_ready(running)
-        yield running
-    except BaseException:
-        print(dump_logs(running))
-        raise
-    finally:
-        running.stop_all()
+    with running(make_stack(tmp_path / "stack")) as started:
+        yield started
 
 
 def test_timeout_scheduler_killed_and_restarted_before_the_deadline(own_stack: Stack) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import API_KEY, ROOT, dump_logs, make_stack, wait_ready
+from tests.e2e.conftest import API_KEY, ROOT, make_stack, running
 
 pytestmark = pytest.mark.e2e
 
@@ -26,16 +26,8 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     stack = make_stack(
         Path(tmp_path_factory.mktemp("dialects")), catalog=SEEDS, simulate_catalog=True
     )
-    try:
-        stack.start_all()
-        wait_ready(stack)
-        with httpx.Client(base_url=stack.api_url, timeout=70) as client:
-            yield client
-    except BaseException:
-        print(dump_logs(stack))
-        raise
-    finally:
-        stack.stop_all()
+    with running(stack), httpx.Client(base_url=stack.api_url, timeout=70) as client:
+        yield client
 
 
 def until(probe: Callable[[], Any], timeout: float = 15.0) -> Any:

@@ -8,23 +8,15 @@ from collections.abc import Iterator
 import pytest
 
 from baton_cli.localstack import Stack
-from tests.e2e.conftest import TERMINAL, Baton, dump_logs, make_stack, wait_ready
+from tests.e2e.conftest import TERMINAL, Baton, make_stack, running
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def nats_mqtt_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = make_stack(tmp_path_factory.mktemp("nats-mqtt"), broker="nats")
-    try:
-        running.start_all()
-        wait_ready(running)
-        yield running
-    except BaseException:
-        print(dump_logs(running))
-        raise
-    finally:
-        running.stop_all()
+    with running(make_stack(tmp_path_factory.mktemp("nats-mqtt"), broker="nats")) as started:
+        yield started
 
 
 def test_mqtt_protocol_is_3_1_1(nats_mqtt_stack: Stack) -> None:

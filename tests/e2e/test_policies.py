@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from baton_cli.localstack import Stack
-from tests.e2e.conftest import ROOT, TERMINAL, Baton, dump_logs, make_stack, wait_ready
+from tests.e2e.conftest import ROOT, TERMINAL, Baton, dump_logs, make_stack, running
 
 pytestmark = pytest.mark.e2e
 
@@ -36,18 +36,10 @@ CHARGERS = ("charger-1", "charger-2", "charger-3", "charger-stubborn-1", "charge
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = make_stack(
-        tmp_path_factory.mktemp("policies"), catalog=CATALOG, simulate_catalog=True
-    )
-    try:
-        running.start_all()
-        wait_ready(running)
-        yield running
-    except BaseException:
-        print(dump_logs(running))
-        raise
-    finally:
-        running.stop_all()
+    with running(
+        make_stack(tmp_path_factory.mktemp("policies"), catalog=CATALOG, simulate_catalog=True)
+    ) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from baton_cli.localstack import Stack
-from tests.e2e.conftest import TERMINAL, Baton, dump_logs, make_stack, wait_ready
+from tests.e2e.conftest import TERMINAL, Baton, make_stack, running
 
 pytestmark = pytest.mark.e2e
 
@@ -19,18 +19,10 @@ JSON_DEVICES = ["baton-thermo-1", "fleets-thermo-1", "aws-thermo-1"]
 
 @pytest.fixture(scope="module")
 def profiles_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = make_stack(
-        tmp_path_factory.mktemp("profiles"), catalog=CATALOG, simulate_catalog=True
-    )
-    try:
-        running.start_all()
-        wait_ready(running)
-        yield running
-    except BaseException:
-        print(dump_logs(running))
-        raise
-    finally:
-        running.stop_all()
+    with running(
+        make_stack(tmp_path_factory.mktemp("profiles"), catalog=CATALOG, simulate_catalog=True)
+    ) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

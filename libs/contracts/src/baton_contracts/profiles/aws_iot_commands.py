@@ -27,9 +27,8 @@ from baton_contracts.profiles.base import (
     TopicId,
     WireMessage,
     WireSettings,
-    check_wire_id,
+    decode_response,
     first_error,
-    parse_uuid,
 )
 from baton_contracts.profiles.presence import DeviceTopic, PresenceTopics
 
@@ -126,18 +125,10 @@ class AwsIotCommandsCodec(PresenceTopics):
     def decode_answer(
         self, topic: str, payload: bytes, type_wire: WireSettings
     ) -> DecodedAnswer | None:
-        if not topic.startswith(f"{ROOT}/"):
+        found = decode_response(topic, payload, ROOT, _parse, AwsResponse)
+        if found is None:
             return None
-        parsed = _parse(topic)
-        if parsed is None or parsed[2] != "response":
-            raise MalformedWireError("malformed-topic", f"not a response topic: {topic!r}")
-        thing, execution, _ = parsed
-        check_wire_id(thing)
-        execution_id = parse_uuid(execution)
-        try:
-            response = AwsResponse.model_validate_json(payload)
-        except ValidationError as exc:
-            raise MalformedWireError("malformed-answer", first_error(exc)) from None
+        thing, execution_id, response = found
         status, body = to_baton(response)
         return DecodedAnswer(thing, execution_id, status, body)
 

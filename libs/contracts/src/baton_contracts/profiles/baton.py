@@ -36,9 +36,8 @@ from baton_contracts.profiles.base import (
     TopicId,
     WireMessage,
     WireSettings,
-    check_wire_id,
+    decode_response,
     first_error,
-    parse_uuid,
 )
 from baton_contracts.profiles.presence import DeviceTopic, PresenceTopics
 
@@ -82,18 +81,10 @@ class BatonCodec(PresenceTopics):
     def decode_answer(
         self, topic: str, payload: bytes, type_wire: WireSettings
     ) -> DecodedAnswer | None:
-        if not topic.startswith(f"{TOPIC_ROOT}/"):
+        found = decode_response(topic, payload, TOPIC_ROOT, parse_execution_topic, DeviceAnswer)
+        if found is None:
             return None
-        parsed = parse_execution_topic(topic)
-        if parsed is None or parsed[2] != "response":
-            raise MalformedWireError("malformed-topic", f"not a response topic: {topic!r}")
-        wire_id, execution, _ = parsed
-        check_wire_id(wire_id)
-        execution_id = parse_uuid(execution)
-        try:
-            answer = DeviceAnswer.model_validate_json(payload)
-        except ValidationError as exc:
-            raise MalformedWireError("malformed-answer", first_error(exc)) from None
+        wire_id, execution_id, answer = found
         return DecodedAnswer(
             wire_id, execution_id, answer.status, dict(answer.payload), answer.answer_id
         )

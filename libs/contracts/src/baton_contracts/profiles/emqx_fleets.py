@@ -24,9 +24,8 @@ from baton_contracts.profiles.base import (
     TopicId,
     WireMessage,
     WireSettings,
-    check_wire_id,
+    decode_response,
     first_error,
-    parse_uuid,
 )
 from baton_contracts.profiles.presence import DeviceTopic, PresenceTopics
 
@@ -103,18 +102,10 @@ class EmqxFleetsCodec(PresenceTopics):
     def decode_answer(
         self, topic: str, payload: bytes, type_wire: WireSettings
     ) -> DecodedAnswer | None:
-        if not topic.startswith(f"{ROOT}/"):
+        found = decode_response(topic, payload, ROOT, _parse, FleetsResponse)
+        if found is None:
             return None
-        parsed = _parse(topic)
-        if parsed is None or parsed[2] != "response":
-            raise MalformedWireError("malformed-topic", f"not a response topic: {topic!r}")
-        thing, execution, _ = parsed
-        check_wire_id(thing)
-        execution_id = parse_uuid(execution)
-        try:
-            answer = FleetsResponse.model_validate_json(payload)
-        except ValidationError as exc:
-            raise MalformedWireError("malformed-answer", first_error(exc)) from None
+        thing, execution_id, answer = found
         return DecodedAnswer(thing, execution_id, answer.status, dict(answer.result))
 
     def device_filters(self, wire_id: str, type_wire: WireSettings) -> list[str]:
