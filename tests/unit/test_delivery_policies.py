@@ -147,3 +147,17 @@ def test_the_per_device_cap_refuses_more_waiting_commands(open_app: Opener) -> N
     assert app.recorder.max_notification_id() == before  # nothing stored
     app.cancel(waiting[0], "make room")
     send(app, "lamp-1", "blink")  # room again
+
+
+def test_a_copied_queue_shares_no_container_with_the_original() -> None:
+    import copy
+
+    from baton_domain.delivery import DeviceQueue
+
+    queue = DeviceQueue("lamp-1")
+    queue.admit(UUID(int=1), "blink", datetime.now(UTC), "parallel", 0, False, 10)
+    clone = copy.deepcopy(queue)
+    clone.admit(UUID(int=2), "blink", datetime.now(UTC), "parallel", 0, False, 10)
+    clone.set_presence(False, datetime.now(UTC))
+    assert (queue.in_flight, queue.online, len(queue.pending_events)) == ([UUID(int=1)], None, 2)
+    assert (clone.in_flight, clone.online) == ([UUID(int=1), UUID(int=2)], False)

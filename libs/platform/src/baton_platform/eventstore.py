@@ -13,6 +13,10 @@ def event_store_env(settings: Settings) -> dict[str, str]:
         "PERSISTENCE_MODULE": "eventsourcing.sqlite",
         "SQLITE_DBNAME": str(settings.event_store_path),
         "SQLITE_LOCK_TIMEOUT": "30",
+        # Recently used aggregates stay in memory and are brought up to date from the store
+        # with one read of their newer events (the library's fast-forward), so a device's
+        # queue or the catalog is not rebuilt from its snapshot on every request.
+        "AGGREGATE_CACHE_MAXSIZE": "10000",
     }
 
 
