@@ -28,6 +28,7 @@ device_types:
   lamp:
     commands:
       blink: {}
+      calibrate: {delivery: one-at-a-time}  # overrides the type's parallel delivery
 devices:
   - {id: charger-1, type: charger}
   - {id: lamp-1, type: lamp}
@@ -161,3 +162,17 @@ def test_a_copied_queue_shares_no_container_with_the_original() -> None:
     clone.set_presence(False, datetime.now(UTC))
     assert (queue.in_flight, queue.online, len(queue.pending_events)) == ([UUID(int=1)], None, 2)
     assert (clone.in_flight, clone.online) == ([UUID(int=1), UUID(int=2)], False)
+
+
+def test_a_command_can_override_the_types_delivery_policy(open_app: Opener) -> None:
+    app = open_app()
+    blink = send(app, "lamp-1", "blink")
+    calibrate = send(app, "lamp-1", "calibrate")
+    assert status(app, calibrate) == (ExecutionStatus.PENDING, False)  # the lamp is busy
+    another = send(app, "lamp-1", "blink")
+    assert app.get(another).dispatched  # parallel commands still go at once
+    finish(app, blink)
+    assert not app.get(calibrate).dispatched  # `another` is still in flight
+    app = open_app()
+    finish(app, another)
+    assert app.get(calibrate).dispatched  # idle now: its turn

@@ -18,14 +18,13 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Recording
 
-from baton_domain.catalog import Catalog, DeliveryPolicy
+from baton_domain.catalog import Catalog
 from baton_domain.catalog_document import CATALOG_ID, CatalogDocument, document_of
 from baton_domain.delivery import DeviceQueue, queue_id
 from baton_domain.errors import (
     ExecutionDeleted,
     ExecutionNotFound,
     IdempotencyConflict,
-    UnknownDevice,
 )
 from baton_domain.execution import CommandExecution
 from baton_domain.statuses import AnswerStatus
@@ -342,7 +341,7 @@ class Executions(Application[UUID]):
             execution.id,
             resolved.name,
             now,
-            self._policy(resolved.device.id),
+            resolved.delivery,
             resolved.cooldown,
             command.ignore_cooldown,
             self.max_waiting,
@@ -370,17 +369,10 @@ class Executions(Application[UUID]):
             return DeviceQueue(device_id)
         return queue
 
-    def _policy(self, device_id: str) -> DeliveryPolicy:
-        try:
-            device = self.catalog.device(device_id)
-        except UnknownDevice:  # removed from the catalog since: let its commands go
-            return "parallel"
-        return self.catalog.device_types[device.type].delivery
-
     def _release(self, queue: DeviceQueue) -> list[CommandExecution]:
         """Dispatch what may go out now from `queue`; returns the executions to save."""
         released = []
-        for execution_id in queue.to_release(self._policy(queue.device_id)):
+        for execution_id in queue.to_release():
             execution = self.get(execution_id)
             execution.dispatch()
             queue.release(execution_id)

@@ -64,6 +64,9 @@ class CommandSpec(BaseModel):
         description="seconds after one execution of this command on a device before the next",
     )
     verification: VerificationRule | None = None
+    delivery: DeliveryPolicy | None = Field(
+        default=None, description="overrides the device type's delivery policy"
+    )
     wire: dict[str, Any] = Field(
         default_factory=dict,
         description="settings of the device type's wire profile for this command "
@@ -149,6 +152,7 @@ class ResolvedCommand(BaseModel):
     ttl: int
     cooldown: int = 0
     verification: VerificationRule | None = None
+    delivery: DeliveryPolicy = "parallel"
 
 
 class Catalog(BaseModel):
@@ -195,6 +199,7 @@ class Catalog(BaseModel):
                     requested_name=name,
                     params=params,
                     ttl=ttl or device_type.ttl,
+                    delivery=device_type.delivery,
                 )
             known = ", ".join(sorted(device_type.commands)) or "none"
             raise InvalidCommand(
@@ -219,6 +224,7 @@ class Catalog(BaseModel):
             ttl=ttl or spec.ttl or device_type.ttl,
             cooldown=spec.cooldown,
             verification=spec.verification,
+            delivery=spec.delivery or device_type.delivery,
         )
 
 

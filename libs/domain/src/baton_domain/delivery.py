@@ -42,16 +42,21 @@ class DeviceQueue(Aggregate):
         """A new execution: sent at once (`dispatched`) or waiting its turn."""
 
         TOPIC = f"{_T}:Admitted"
-        class_version = 2  # v2: verify
+        class_version = 3  # v2: verify; v3: exclusive
         execution_id: UUID
         name: str
         at: datetime
         dispatched: bool
         verify: bool
+        exclusive: bool  # delivered one at a time: only to an idle device
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, object]) -> None:
             state["verify"] = False
+
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, object]) -> None:
+            state["exclusive"] = False
 
     class Released(Aggregate.Event):
         TOPIC = f"{_T}:Released"
@@ -84,6 +89,7 @@ class DeviceQueue(Aggregate):
         self.in_flight: list[UUID] = []
         self.last_run: dict[str, datetime] = {}
         self.verifying: list[UUID] = []  # executions waiting for a device state
+        self.exclusive: list[UUID] = []  # waiting ones that go out only to an idle device
 
     def __deepcopy__(self, memo: dict[int, object]) -> DeviceQueue:
         """The library copies cached aggregates before each command. Everything held here is
@@ -138,7 +144,12 @@ class DeviceQueue(Aggregate):
         if not send_now and len(self.waiting) >= max_waiting:
             raise QueueFull(self.device_id, max_waiting)
         self._admitted(
-            execution_id=execution_id, name=name, at=at, dispatched=send_now, verify=verify
+            execution_id=execution_id,
+            name=name,
+            at=at,
+            dispatched=send_now,
+            verify=verify,
+            exclusive=policy == "one-at-a-time",
         )
         return send_now
 
@@ -161,13 +172,19 @@ class DeviceQueue(Aggregate):
         self._presence_changed(online=online, at=at)
         return True
 
-    def to_release(self, policy: DeliveryPolicy) -> list[UUID]:
-        """The waiting executions that may go out now, in order (not yet released)."""
-        if not self.reachable or not self.waiting:
+    def to_release(self) -> list[UUID]:
+        """The waiting executions that may go out now, in order (not yet released).
+
+        In arrival order: parallel ones go; a one-at-a-time one goes only to an idle device
+        (nothing in flight, nothing released before it now), and what follows it waits."""
+        if not self.reachable:
             return []
-        if policy == "parallel":
-            return list(self.waiting)
-        return [] if self.in_flight else self.waiting[:1]
+        released: list[UUID] = []
+        for execution_id in self.waiting:
+            if execution_id in self.exclusive and (self.in_flight or released):
+                break
+            released.append(execution_id)
+        return released
 
     def release(self, execution_id: UUID) -> None:
         if execution_id not in self.waiting:
@@ -178,10 +195,18 @@ class DeviceQueue(Aggregate):
 
     @event(Admitted)
     def _admitted(
-        self, execution_id: UUID, name: str, at: datetime, dispatched: bool, verify: bool
+        self,
+        execution_id: UUID,
+        name: str,
+        at: datetime,
+        dispatched: bool,
+        verify: bool,
+        exclusive: bool,
     ) -> None:
         self.last_run[name] = at
         (self.in_flight if dispatched else self.waiting).append(execution_id)
+        if exclusive and not dispatched:
+            self.exclusive.append(execution_id)
         if verify:
             self.verifying.append(execution_id)
 
@@ -193,10 +218,12 @@ class DeviceQueue(Aggregate):
     def _released(self, execution_id: UUID) -> None:
         self.waiting.remove(execution_id)
         self.in_flight.append(execution_id)
+        if execution_id in self.exclusive:
+            self.exclusive.remove(execution_id)
 
     @event(Finished)
     def _finished(self, execution_id: UUID) -> None:
-        for held in (self.waiting, self.in_flight):
+        for held in (self.waiting, self.in_flight, self.exclusive):
             if execution_id in held:
                 held.remove(execution_id)
 
