@@ -4,6 +4,7 @@
 event store's notification log; `rebuild` is `baton replay`.
 """
 
+from baton_platform.mapping import read_events
 from baton_views.queries import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -14,7 +15,7 @@ from baton_views.queries import (
     LogEntry,
     Order,
 )
-from baton_views.replay import read_events, rebuild
+from baton_views.replay import rebuild
 from baton_views.views import ExecutionViews
 
 __all__ = [

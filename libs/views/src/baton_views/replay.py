@@ -11,21 +11,14 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from baton_contracts.nats import LifecycleEvent
 from baton_domain.application import Executions
-from baton_platform.mapping import lifecycle_event
+from baton_platform.mapping import read_events
 from baton_views.projection import project
 from baton_views.store import connect, create_schema, transaction
 
 REBUILD_BATCH = 1000
 
 Progress = Callable[[int, int], None]
-
-
-def read_events(executions: Executions, after: int, limit: int) -> list[LifecycleEvent]:
-    """Up to `limit` stored events with a notification id above `after`, in order."""
-    notifications = executions.recorder.select_notifications(start=after + 1, limit=limit)
-    return [lifecycle_event(n, executions.mapper.to_domain_event(n)) for n in notifications]
 
 
 def rebuild(executions: Executions, views_path: Path, progress: Progress | None = None) -> int:

@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
-from pydantic_core import to_jsonable_python
-
-# The eventsourcing envelope of every stored event; the rest is the event's own data.
-_ENVELOPE = {"originator_id", "originator_version", "timestamp", "originator_topic"}
+from baton_platform.mapping import event_data
 
 
 def compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 
 
-def event_fields(event: Any) -> dict[str, Any]:
-    fields = {
-        f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name not in _ENVELOPE
-    }
-    data: dict[str, Any] = to_jsonable_python(fields)
-    return data
-
-
 def event_line(event: Any, as_json: bool = False) -> str:
     """One stored event: `time  type  data` (or a JSON object)."""
     at = event.timestamp.isoformat()
     kind = type(event).__name__
-    data = event_fields(event)
+    data = event_data(event)
     if as_json:
         return compact(
             {"occurred_at": at, "version": event.originator_version, "type": kind, "data": data}

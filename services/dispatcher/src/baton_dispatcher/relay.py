@@ -22,7 +22,7 @@ from baton_contracts.nats import (
     event_subject,
 )
 from baton_domain.application import Executions
-from baton_platform.mapping import lifecycle_event
+from baton_platform.mapping import read_events
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,6 @@ class OutboxRelay:
             return 0
         return int((last.headers or {}).get(NOTIFICATION_ID_HEADER, 0))
 
-    def _read(self, after: int) -> list[LifecycleEvent]:
-        notifications = self._executions.recorder.select_notifications(start=after + 1, limit=BATCH)
-        return [
-            lifecycle_event(n, self._executions.mapper.to_domain_event(n)) for n in notifications
-        ]
-
     async def publish(self, event: LifecycleEvent) -> None:
         notification_id = str(event.notification_id)
         await self._js.publish(
@@ -73,7 +67,9 @@ class OutboxRelay:
             # Cleared before reading, so a write that lands while we read still wakes us.
             self._wake.clear()
             try:
-                events = await asyncio.to_thread(self._read, self.position)
+                events = await asyncio.to_thread(
+                    read_events, self._executions, self.position, BATCH
+                )
                 for event in events:
                     await self.publish(event)
                     self.position = event.notification_id
