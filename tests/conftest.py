@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import nats
 import pytest
+from nats.aio.client import Client
 
 from baton_cli.localstack import Server, find_binary, free_port, start_mosquitto, start_nats
+from baton_platform.nats import ensure_streams
 
 T = TypeVar("T")
 
@@ -46,6 +49,15 @@ def mqtt_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Serv
         )
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: Server) -> AsyncIterator[Client]:
+    """A plain NATS client of the test's server, its JetStream streams in place."""
+    client = await nats.connect(nats_server.url)
+    await ensure_streams(client.jetstream())
+    yield client
+    await client.close()
 
 
 async def eventually(

@@ -18,7 +18,6 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import aiomqtt
-import nats
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -49,7 +48,6 @@ from baton_contracts.nats import (
 from baton_device_bridge.app import DeviceBridge
 from baton_device_bridge.edges import DURABLE, SERVICE
 from baton_platform.metrics import REJECTED_MESSAGES
-from baton_platform.nats import ensure_streams
 from baton_platform.settings import Settings
 from tests.conftest import eventually
 
@@ -153,14 +151,6 @@ async def bridge(settings: Settings) -> AsyncIterator[Bridge]:
     await service.start()
     yield service
     await service.stop()
-
-
-@pytest.fixture
-async def nc(nats_server: Server) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_server.url)
-    await ensure_streams(client.jetstream())
-    yield client
-    await client.close()
 
 
 @pytest.fixture

@@ -60,13 +60,6 @@ async def dispatcher(settings: Settings) -> AsyncIterator[Dispatcher]:
     await service.stop()
 
 
-@pytest.fixture
-async def nc(nats_server: Server) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_server.url)
-    yield client
-    await client.close()
-
-
 async def submit(nc: Client, **fields: object) -> ExecutionReply:
     command = SubmitCommand.model_validate(
         {"device_id": "demo-thermostat-1", "name": "reboot", **fields}

@@ -17,7 +17,6 @@ from pathlib import Path
 from uuid import uuid4
 
 import aiomqtt
-import nats
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -33,7 +32,6 @@ from baton_contracts.nats import (
 from baton_contracts.profiles import codec_for
 from baton_device_bridge.edges import SERVICE
 from baton_platform.metrics import REJECTED_MESSAGES
-from baton_platform.nats import ensure_streams
 from baton_platform.settings import Settings
 from baton_simulator import CHARGER, DeviceWire, SimulatedDevice
 from baton_simulator.device import Broker
@@ -68,14 +66,6 @@ async def bridge(settings: Settings) -> AsyncIterator[Bridge]:
     await service.start()
     yield service
     await service.stop()
-
-
-@pytest.fixture
-async def nc(nats_server: Server) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_server.url)
-    await ensure_streams(client.jetstream())
-    yield client
-    await client.close()
 
 
 def protocol_of(broker: Server) -> aiomqtt.ProtocolVersion:

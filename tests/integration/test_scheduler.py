@@ -34,7 +34,6 @@ from baton_contracts.nats import (
     event_subject,
 )
 from baton_platform.metrics import REJECTED_MESSAGES
-from baton_platform.nats import ensure_streams
 from baton_platform.settings import Settings
 from baton_timeout_scheduler.app import serve
 from baton_timeout_scheduler.edges import DURABLE, SERVICE
@@ -92,14 +91,6 @@ class Scheduler:
         if self._task is not None:
             await asyncio.wait_for(self._task, 10)
             self._task = None
-
-
-@pytest.fixture
-async def nc(nats_server: Server) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_server.url)
-    await ensure_streams(client.jetstream())
-    yield client
-    await client.close()
 
 
 @pytest.fixture
