@@ -16,6 +16,18 @@ DEAD_LETTERS = Counter(
 )
 
 
-def serve_metrics(port: int) -> None:
-    if port:
-        start_http_server(port, addr="127.0.0.1")
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Serve /metrics on `host:port` (port 0: not at all), from a background thread.
+
+    A port that cannot be bound (usually: taken) ends the process with one line naming the
+    setting, not a traceback: it is the operator's setting to change, not a bug."""
+    if not port:
+        return
+    try:
+        start_http_server(port, addr=host)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise SystemExit(
+            f"BATON_METRICS_PORT={port}: cannot serve metrics on {host}:{port} ({reason}); "
+            "choose a free port, or 0 to turn metrics off"
+        ) from None

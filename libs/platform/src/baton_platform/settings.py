@@ -45,7 +45,9 @@ class Settings(BaseSettings):
     # service behaviour
     instance: str = "default"
     log_level: str = "INFO"
-    metrics_port: int = Field(default=0, description="Prometheus metrics port; 0 turns it off")
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Prometheus metrics port; 0 turns it off"
+    )
     relay_poll_interval: float = 0.5
     projection_poll_interval: float = 0.5
     scheduler_tick: float = 0.2

@@ -9,21 +9,25 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from baton_cli.localstack import Stack, mqtt_flavour
+from baton_cli.localstack import METRICS_OFFSETS, Stack, mqtt_flavour
 
 dev_app = typer.Typer(
     help="Run the whole stack locally (what `make run` does).", no_args_is_help=True
 )
 
 PID_FILE = "run/devstack.pid"
+# The dispatcher's metrics port; the other services take the next ones (METRICS_OFFSETS).
+DEFAULT_METRICS_PORT = 9180
 
 
 def _wait_ready(url: str, timeout: float = 60.0) -> bool:
@@ -39,16 +43,46 @@ def _wait_ready(url: str, timeout: float = 60.0) -> bool:
     return False
 
 
+def metrics_port_problem(stack: Stack) -> str | None:
+    """Why the stack's metrics ports cannot be used (one line naming the setting), or None.
+
+    Checked before anything starts: a service finding its port taken would stop, and the
+    stack with it, with the reason only in that service's log."""
+    if not stack.metrics_port:
+        return None
+    ports = stack.metrics_ports()
+    setting = f"BATON_METRICS_PORT={stack.metrics_port}"
+    if max(ports.values()) > 65535:
+        return f"{setting}: the services need ports up to {max(ports.values())}; choose a lower one"
+    for name, port in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                return (
+                    f"{setting}: port {port} ({name} metrics, BATON_METRICS_PORT"
+                    f"+{METRICS_OFFSETS[name]}) is not free ({exc.strerror or exc}); "
+                    "choose another base port, or 0 to turn metrics off"
+                )
+    return None
+
+
 def _banner(stack: Stack) -> str:
     key = stack.api_key
     broker = "Mosquitto" if stack.broker == "mosquitto" else "nats-server's MQTT listener"
     body = json.dumps({"name": "set_temperature", "params": {"value": 22}})
+    metrics = "".join(
+        f"\n  Metrics    http://127.0.0.1:{port}/metrics   ({name})"
+        for name, port in stack.metrics_ports().items()
+    )
+    simulated = f"the devices of {stack.catalog}" if stack.simulate else "none"
     return f"""
 Baton is running.
   API        {stack.api_url}   (docs: {stack.api_url}/schema/swagger)
   API key    {key}
   NATS       {stack.nats_url}
-  MQTT       mqtt://127.0.0.1:{stack.mqtt_port} ({broker})
+  MQTT       mqtt://127.0.0.1:{stack.mqtt_port} ({broker}){metrics}
+  Simulated  {simulated}
   Data/logs  {stack.data_dir}/  (logs in {stack.log_dir}/)
 
 Send a first command:
@@ -62,6 +96,12 @@ Ctrl-C (or `make stop`) stops everything.
 """
 
 
+def dev_stack(**options: Any) -> Stack:
+    """The stack `make run` starts: its simulator runs the devices of the catalog in use
+    (each in its type's wire profile), whichever catalog that is."""
+    return Stack(simulate_catalog=True, **options)
+
+
 @dev_app.command("run")
 def run(
     data_dir: Path = typer.Option(Path("var"), help="Where every service keeps its data."),
@@ -70,14 +110,23 @@ def run(
     mqtt_port: int = typer.Option(1883, envvar="BATON_DEV_MQTT_PORT"),
     catalog: Path = typer.Option(Path("deploy/catalog/demo.yaml"), envvar="BATON_CATALOG_PATH"),
     api_key: str = typer.Option("dev-admin-key", envvar="BATON_DEV_API_KEY"),
-    simulate: bool = typer.Option(True, help="Start the device simulator with the demo devices."),
+    simulate: bool = typer.Option(
+        True, help="Start the device simulator with every device of the catalog."
+    ),
+    metrics_port: int = typer.Option(
+        DEFAULT_METRICS_PORT,
+        envvar="BATON_METRICS_PORT",
+        min=0,
+        help="Prometheus metrics of the dispatcher on this port, of the timeout-scheduler, "
+        "device-bridge and api on the next three; 0 turns them off.",
+    ),
 ) -> None:
     """Start nats-server, an MQTT broker, the four services and the simulator; stop on Ctrl-C."""
     data_dir = data_dir.resolve()
     broker = mqtt_flavour()
     if broker == "nats":
         typer.echo("Mosquitto is not installed: using nats-server's MQTT listener (MQTT 3.1.1).")
-    stack = Stack(
+    stack = dev_stack(
         data_dir=data_dir,
         api_key=api_key,
         catalog=catalog.resolve(),
@@ -86,7 +135,12 @@ def run(
         api_port=api_port,
         broker=broker,
         simulate=simulate,
+        metrics_port=metrics_port,
     )
+    problem = metrics_port_problem(stack)
+    if problem is not None:
+        typer.echo(problem, err=True)
+        raise typer.Exit(1)
     pid_file = data_dir / PID_FILE
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(str(os.getpid()))

@@ -10,6 +10,7 @@ installs `nats-server` there).
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -131,8 +132,16 @@ def start_mosquitto(workdir: Path, port: int | None = None, host: str = "127.0.0
             [
                 f"listener {port} {host}",
                 "allow_anonymous true",
+                # Started as root, Mosquitto 2.0 drops to user `mosquitto`, which cannot write
+                # its database into a directory of ours (or even reach it under a 0700 parent):
+                # no mosquitto.db, so every restart lost every session and queued QoS 1 message.
+                # Run it as whoever started it, like every other process of the stack.
+                f"user {pwd.getpwuid(os.geteuid()).pw_name}",
                 "persistence true",
                 f"persistence_location {workdir}/",
+                # Saved at shutdown and every this many seconds (default 1800): a broker that
+                # crashes loses at most a minute of sessions.
+                "autosave_interval 60",
                 # The default (1000) silently drops QoS 1 messages to a slow subscriber.
                 "max_queued_messages 100000",
                 "max_inflight_messages 0",
@@ -168,6 +177,9 @@ SERVICE_MODULES = {
     "device-bridge": "baton_device_bridge",
     "api": "baton_api",
 }
+# Each service's metrics port is the stack's base port plus its offset here: one process per
+# port, so four services on one machine cannot all bind the same one.
+METRICS_OFFSETS = {name: offset for offset, name in enumerate(SERVICE_MODULES)}
 
 
 def start_service(name: str, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
@@ -238,6 +250,9 @@ class Stack:
     # Simulate every device of `catalog`, each in its type's wire profile, rather than the
     # demo devices (`baton simulate --catalog`).
     simulate_catalog: bool = False
+    # Prometheus metrics: the dispatcher on this port, the timeout-scheduler on the next, then
+    # the device-bridge and the api (METRICS_OFFSETS); None or 0: no metrics.
+    metrics_port: int | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     servers: list[Server] = field(default_factory=list)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -276,6 +291,22 @@ class Stack:
             **self.extra_env,
         }
 
+    def metrics_ports(self) -> dict[str, int]:
+        """Each service's metrics port (none when metrics are off)."""
+        if not self.metrics_port:
+            return {}
+        return {name: self.metrics_port + offset for name, offset in METRICS_OFFSETS.items()}
+
+    def service_env(self, name: str) -> dict[str, str]:
+        """The environment of service `name`: the stack's, with its own metrics port. Always
+        set ("0": off), so a BATON_METRICS_PORT in our own environment cannot reach all four
+        services and have them fight over one port."""
+        port = self.metrics_ports().get(name, 0)
+        return {**self.env(), "BATON_METRICS_PORT": str(port)}
+
+    def simulator_args(self) -> list[str]:
+        return ["--catalog", str(self.catalog)] if self.simulate_catalog else []
+
     def start_infrastructure(self) -> None:
         nats_port, mqtt_port, api_port = free_ports(3)
         self.nats_port = self.nats_port or nats_port
@@ -289,16 +320,15 @@ class Stack:
 
     def start(self, name: str) -> None:
         if name == "simulator":
-            args = ["--catalog", str(self.catalog)] if self.simulate_catalog else []
-            self.processes[name] = start_simulator(self.env(), self.log_dir, args)
+            self.processes[name] = start_simulator(self.env(), self.log_dir, self.simulator_args())
         else:
-            self.processes[name] = start_service(name, self.env(), self.log_dir)
+            self.processes[name] = start_service(name, self.service_env(name), self.log_dir)
         if name == "api":
             wait_for_port("127.0.0.1", self.api_port or 0, self.processes[name], timeout=30)
 
     def start_all(self) -> None:
         self.start_infrastructure()
-        for name in ("dispatcher", "timeout-scheduler", "device-bridge", "api"):
+        for name in SERVICE_MODULES:
             self.start(name)
         if self.simulate:
             self.start("simulator")

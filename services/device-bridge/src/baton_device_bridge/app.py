@@ -31,9 +31,10 @@ class DeviceBridge:
     """The service: the events consumer publishing to devices, the MQTT loop reading answers.
 
     `startup_wait` bounds how long `start` waits for the MQTT broker: without one the bridge
-    still starts (events wait in JetStream, the loop keeps reconnecting). `catalog` defaults
-    to the one at `settings.catalog_path`, read once here: it says which wire profile each
-    device speaks.
+    still starts (events wait in JetStream, the loop keeps reconnecting). The catalog says
+    which wire profile each device speaks: the dispatcher's stored one (the seed file at
+    `settings.catalog_path` before the dispatcher ever ran), reloaded on every catalog event,
+    so the bridge follows changes live. A `catalog` handed in (tests) is kept as it is.
     """
 
     def __init__(

@@ -1,8 +1,9 @@
 """The catalog seen from the wire: which codec, topic id and settings each device uses.
 
-Built once at start from the catalog. Outgoing, a device id and type give a `Target`;
-incoming, a topic is tried against the answer side of every (profile, settings) pair the
-catalog uses, and the wire id it names is mapped back to Baton's device id.
+Built from the catalog at start and rebuilt in place on every catalog change. Outgoing, a
+device id and type give a `Target`; incoming, a topic is tried against the answer side of
+every (profile, settings) pair the catalog uses, and the wire id it names is mapped back to
+Baton's device id.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from baton_contracts.mqtt import AnswerStatusWord
 from baton_contracts.profiles.base import (
@@ -27,9 +27,8 @@ from baton_contracts.profiles.base import (
     TopicId,
     WireMessage,
     WireSettings,
-    decode_response,
-    first_error,
 )
+from baton_contracts.profiles.json_body import decode_response, load_model
 from baton_contracts.profiles.presence import DeviceTopic, PresenceTopics
 
 ROOT = "$aws/commands/things"
@@ -146,10 +145,7 @@ class AwsIotCommandsCodec(PresenceTopics):
         parsed = _parse(topic)
         if parsed is None or parsed[0] != wire_id or parsed[2] != "request":
             raise MalformedWireError("malformed-topic", f"not a topic of {wire_id}: {topic!r}")
-        try:
-            body = AwsRequest.model_validate_json(payload)
-        except ValidationError as exc:
-            raise MalformedWireError("malformed-request", first_error(exc)) from None
+        body = load_model(payload, AwsRequest, "malformed-request")
         return DeviceRequest(parsed[1], body.name, dict(body.params), None)
 
     def encode_answer(

@@ -8,13 +8,11 @@ codec, so the two sides cannot disagree. Codecs are pure: no I/O, no clock.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol
 from uuid import UUID
-
-from pydantic import BaseModel, ValidationError
 
 from baton_contracts.mqtt import AnswerStatusWord
 
@@ -217,31 +215,3 @@ def check_wire_id(wire_id: str) -> str:
     if not WIRE_ID.match(wire_id):
         raise MalformedWireError("malformed-topic", f"not a device id: {wire_id!r}")
     return wire_id
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def decode_response(
-    topic: str,
-    payload: bytes,
-    root: str,
-    parse: Callable[[str], tuple[str, str, str] | None],
-    model: type[M],
-) -> tuple[str, UUID, M] | None:
-    """The answer of a profile whose topics are `{root}/{wire id}/executions/{id}/response…`:
-    (wire id, execution id, body), None for a topic outside `root`, MalformedWireError for
-    a topic or body that is not what the profile says."""
-    if not topic.startswith(f"{root}/"):
-        return None
-    parsed = parse(topic)
-    if parsed is None or parsed[2] != "response":
-        raise MalformedWireError("malformed-topic", f"not a response topic: {topic!r}")
-    wire_id, execution, _ = parsed
-    check_wire_id(wire_id)
-    execution_id = parse_uuid(execution)
-    try:
-        body = model.model_validate_json(payload)
-    except ValidationError as exc:
-        raise MalformedWireError("malformed-answer", first_error(exc)) from None
-    return wire_id, execution_id, body

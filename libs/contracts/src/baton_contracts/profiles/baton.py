@@ -10,8 +10,6 @@ from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
-from pydantic import ValidationError
-
 from baton_contracts.mqtt import (
     RESPONSE_FILTER,
     STATE_TEMPLATE,
@@ -36,9 +34,8 @@ from baton_contracts.profiles.base import (
     TopicId,
     WireMessage,
     WireSettings,
-    decode_response,
-    first_error,
 )
+from baton_contracts.profiles.json_body import decode_response, load_model
 from baton_contracts.profiles.presence import DeviceTopic, PresenceTopics
 
 
@@ -106,15 +103,12 @@ class BatonCodec(PresenceTopics):
         if parsed is None or parsed[0] != wire_id or parsed[2] not in ("request", "cancel"):
             raise MalformedWireError("malformed-topic", f"not a topic of {wire_id}: {topic!r}")
         _, execution, leaf = parsed
-        try:
-            if leaf == "cancel":
-                cancel = CancelRequest.model_validate_json(payload)
-                if str(cancel.execution_id) != execution:
-                    raise MalformedWireError("malformed-request", "execution id differs from topic")
-                return DeviceCancel(execution, cancel.reason)
-            request = CommandRequest.model_validate_json(payload)
-        except ValidationError as exc:
-            raise MalformedWireError("malformed-request", first_error(exc)) from None
+        if leaf == "cancel":
+            cancel = load_model(payload, CancelRequest, "malformed-request")
+            if str(cancel.execution_id) != execution:
+                raise MalformedWireError("malformed-request", "execution id differs from topic")
+            return DeviceCancel(execution, cancel.reason)
+        request = load_model(payload, CommandRequest, "malformed-request")
         if str(request.execution_id) != execution:
             raise MalformedWireError("malformed-request", "execution id differs from topic")
         return DeviceRequest(execution, request.name, dict(request.params), request.deadline)

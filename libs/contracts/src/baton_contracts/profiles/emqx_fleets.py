@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from baton_contracts.mqtt import AnswerStatusWord
 from baton_contracts.profiles.base import (
@@ -24,9 +24,8 @@ from baton_contracts.profiles.base import (
     TopicId,
     WireMessage,
     WireSettings,
-    decode_response,
-    first_error,
 )
+from baton_contracts.profiles.json_body import decode_response, load_model
 from baton_contracts.profiles.presence import DeviceTopic, PresenceTopics
 
 ROOT = "$emqx/commands/things"
@@ -123,10 +122,7 @@ class EmqxFleetsCodec(PresenceTopics):
         if parsed is None or parsed[0] != wire_id or parsed[2] != "request":
             raise MalformedWireError("malformed-topic", f"not a topic of {wire_id}: {topic!r}")
         execution = parsed[1]
-        try:
-            body = FleetsRequest.model_validate_json(payload)
-        except ValidationError as exc:
-            raise MalformedWireError("malformed-request", first_error(exc)) from None
+        body = load_model(payload, FleetsRequest, "malformed-request")
         if body.commandId != execution:
             raise MalformedWireError("malformed-request", "commandId differs from the topic")
         # Whole seconds both: allow the one lost in rounding `timestamp` down.

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from baton_contracts.profiles.base import (
     DecodedPresence,
@@ -34,8 +34,8 @@ from baton_contracts.profiles.base import (
     MalformedWireError,
     WireMessage,
     WireSettings,
-    first_error,
 )
+from baton_contracts.profiles.json_body import load_json, load_model
 
 PLACEHOLDER = "{wire_id}"
 MAX_STATUS_BYTES = 1024
@@ -84,10 +84,7 @@ def decode_status_body(wire_id: str, payload: bytes) -> DecodedPresence:
     word = payload.strip()
     if word in (b"online", b"offline"):
         return DecodedPresence(wire_id, word == b"online", None)
-    try:
-        body = StatusBody.model_validate_json(payload)
-    except ValidationError as exc:
-        raise MalformedWireError("malformed-presence", first_error(exc)) from None
+    body = load_model(payload, StatusBody, "malformed-presence")
     return DecodedPresence(wire_id, body.online, body.connection)
 
 
@@ -98,10 +95,7 @@ def encode_status_body(online: bool, connection: str | None) -> bytes:
 
 
 def decode_state_body(wire_id: str, payload: bytes) -> DecodedState:
-    try:
-        state = json.loads(payload)
-    except (UnicodeDecodeError, ValueError):
-        raise MalformedWireError("malformed-state", "not JSON") from None
+    state = load_json(payload, "malformed-state")
     if not isinstance(state, dict):
         raise MalformedWireError("malformed-state", "not a JSON object")
     return DecodedState(wire_id, state)

@@ -1,0 +1,142 @@
+"""`baton dev run` (`make run`): the stack it wires, without starting it (issue 6, defects 15
+and 20): the simulator runs the catalog in use; each service has its own metrics port, on by
+default and printed in the banner; a busy port is one clear line naming the setting."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from baton_cli.devstack import DEFAULT_METRICS_PORT, _banner, dev_app, dev_stack
+from baton_cli.localstack import SERVICE_MODULES, free_port
+from baton_cli.main import catalog_specs
+from baton_domain.catalog import Catalog
+from baton_platform.metrics import serve_metrics
+from baton_simulator import SILENT, THERMOSTAT
+
+ROOT = Path(__file__).resolve().parents[2]
+SEEDS = ROOT / "deploy/catalog/seeds.yaml"
+
+
+@pytest.fixture
+def busy() -> Iterator[socket.socket]:
+    """A port something else listens on."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    yield sock
+    sock.close()
+
+
+# --- defect 15: the simulator runs the catalog in use -----------------------------------------
+
+
+@pytest.mark.parametrize("catalog", ["seeds", "demo", "profiles"])
+def test_the_simulator_of_make_run_runs_the_devices_of_the_catalog_in_use(
+    tmp_path: Path, catalog: str
+) -> None:
+    path = ROOT / f"deploy/catalog/{catalog}.yaml"
+    dev = dev_stack(data_dir=tmp_path, api_key="k", catalog=path)
+    assert dev.simulator_args() == ["--catalog", str(path)]
+    # What `baton simulate --catalog` then runs: every device, in its type's profile.
+    simulated = {spec.device_id for spec in catalog_specs(path, [], [])}
+    assert simulated == {device.id for device in Catalog.from_yaml(path).devices}
+
+
+def test_the_demo_catalog_keeps_its_silent_device_silent() -> None:
+    specs = {s.device_id: s for s in catalog_specs(ROOT / "deploy/catalog/demo.yaml", [], [])}
+    assert specs["demo-silent-1"].behaviour is SILENT
+    assert specs["demo-thermostat-1"].behaviour is THERMOSTAT
+
+
+# --- defect 20: one metrics port per service ---------------------------------------------------
+
+
+def test_each_service_gets_its_own_metrics_port(tmp_path: Path) -> None:
+    dev = dev_stack(data_dir=tmp_path, api_key="k", catalog=SEEDS, metrics_port=9180)
+    ports = {name: int(dev.service_env(name)["BATON_METRICS_PORT"]) for name in SERVICE_MODULES}
+    assert ports == {
+        "dispatcher": 9180,
+        "timeout-scheduler": 9181,
+        "device-bridge": 9182,
+        "api": 9183,
+    }
+    banner = _banner(dev)
+    for name, port in ports.items():
+        assert f"http://127.0.0.1:{port}/metrics   ({name})" in banner
+
+
+def test_metrics_off_is_said_to_every_service(tmp_path: Path) -> None:
+    """ "0", not left out: an inherited BATON_METRICS_PORT would otherwise reach all four."""
+    dev = dev_stack(data_dir=tmp_path, api_key="k", catalog=SEEDS, metrics_port=0)
+    assert {dev.service_env(name)["BATON_METRICS_PORT"] for name in SERVICE_MODULES} == {"0"}
+    assert "/metrics" not in _banner(dev)
+
+
+def test_make_run_serves_metrics_by_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With no setting, `baton dev run` asks for the default ports, checked before anything
+    starts: taking one of them shows the default is on (and stops it before any process)."""
+    monkeypatch.delenv("BATON_METRICS_PORT", raising=False)
+    taken = DEFAULT_METRICS_PORT + 2
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", taken))
+        except OSError:
+            pytest.skip(f"port {taken} is in use on this machine")
+        sock.listen()
+        result = CliRunner().invoke(dev_app, ["run", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert f"BATON_METRICS_PORT={DEFAULT_METRICS_PORT}: port {taken} (device-bridge" in (
+        result.output
+    )
+    assert not (tmp_path / "log").exists()  # nothing was started
+
+
+def test_a_busy_metrics_port_stops_make_run_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, busy: socket.socket
+) -> None:
+    base = busy.getsockname()[1] - 3  # the api's port is the busy one
+    monkeypatch.setenv("BATON_METRICS_PORT", str(base))
+    result = CliRunner().invoke(dev_app, ["run", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    [line] = result.output.strip().splitlines()[-1:]
+    assert line.startswith(f"BATON_METRICS_PORT={base}: port {base + 3} (api metrics")
+    assert "Traceback" not in result.output
+
+
+def test_a_busy_metrics_port_is_one_line_naming_the_setting(busy: socket.socket) -> None:
+    port = busy.getsockname()[1]
+    with pytest.raises(SystemExit) as caught:
+        serve_metrics(port)
+    message = str(caught.value.code)
+    assert message.startswith(f"BATON_METRICS_PORT={port}: cannot serve metrics")
+    assert "\n" not in message
+
+
+def test_a_service_on_a_busy_metrics_port_exits_with_that_line_not_a_traceback(
+    busy: socket.socket, tmp_path: Path
+) -> None:
+    port = busy.getsockname()[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "baton_device_bridge"],
+        env={
+            "BATON_METRICS_PORT": str(port),
+            "BATON_DATA_DIR": str(tmp_path),
+            "BATON_NATS_URL": f"nats://127.0.0.1:{free_port()}",
+            "PATH": "/usr/bin:/bin",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"BATON_METRICS_PORT={port}:")
