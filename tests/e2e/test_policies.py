@@ -17,6 +17,10 @@ would be SENT too had it been dispatched.
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,6 +120,17 @@ def send_when_up(baton: Baton, device: str, name: str, **kwargs: Any) -> httpx.R
         time.sleep(0.1)
 
 
+def stored_types(stack: Stack, execution_id: str) -> list[str]:
+    """The types of the execution's stored events, oldest first (`baton events --json`)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "baton_cli.main", "events", "--json", execution_id],
+        env={**os.environ, **stack.env()}, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line)["type"] for line in result.stdout.splitlines()]
+
+
 def submitted(response: httpx.Response) -> str:
     assert response.status_code == 201, response.text
     execution_id: str = response.json()["id"]
@@ -208,6 +223,12 @@ def test_one_at_a_time_each_starts_after_the_previous_ended_even_across_a_crash(
         # The device said STARTED for the next only after its SUCCEEDED for the previous
         # (both stamped by the one bridge, as it read them).
         assert _started(after) >= _ended(before), (before, after)
+    # Every fact on record, in the defined order (docs/statuses.md): the bridge's `published`
+    # report races the device's STARTED, yet each stream holds one Published, before it.
+    for execution_id in ids:
+        assert stored_types(stack, execution_id) == [
+            "Requested", "Dispatched", "Published", "Acknowledged", "Succeeded",
+        ]  # fmt: skip
 
 
 # --- cooldown -----------------------------------------------------------------------------------

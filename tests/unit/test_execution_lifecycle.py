@@ -123,11 +123,12 @@ EXPECTED: dict[str, dict[str, Expected]] = {
     "PENDING": {
         "dispatch": ILLEGAL,
         "published": ("Published", S.SENT),
-        "STARTED": ("Acknowledged", S.ACKNOWLEDGED),
-        "IN_PROGRESS": ("Progressed", S.IN_PROGRESS),
-        "SUCCEEDED": ("Succeeded", S.SUCCEEDED),
-        "FAILED": ("Failed", S.FAILED),
-        "REJECTED": ("Rejected", S.REJECTED),
+        # An answer overtook the `published` report: it implies it, recorded first.
+        "STARTED": ("Published Acknowledged", S.ACKNOWLEDGED),
+        "IN_PROGRESS": ("Published Progressed", S.IN_PROGRESS),
+        "SUCCEEDED": ("Published Succeeded", S.SUCCEEDED),
+        "FAILED": ("Published Failed", S.FAILED),
+        "REJECTED": ("Published Rejected", S.REJECTED),
         "deadline": ("Expired", S.EXPIRED),
         "cancel": ("Canceled", S.CANCELED),
     },
@@ -166,11 +167,17 @@ EXPECTED: dict[str, dict[str, Expected]] = {
     },
 }
 for _ended in ENDED:
+    # Ended before the broker took it (expired, canceled while PENDING): the `published`
+    # report, or an answer implying it, is still recorded, and moves no status.
+    _unpublished = _ended in ("EXPIRED", "CANCELED")
     EXPECTED[_ended] = {
         "dispatch": ILLEGAL,
-        "published": NONE,
+        "published": ("Published", S(_ended)) if _unpublished else NONE,
         # A late answer is kept in the log; the status never changes again.
-        **{a.value: ("AnswerRecorded", S(_ended)) for a in AnswerStatus},
+        **{
+            a.value: ("Published AnswerRecorded" if _unpublished else "AnswerRecorded", S(_ended))
+            for a in AnswerStatus
+        },
         "deadline": NONE,
         "cancel": ILLEGAL,
     }

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 # --- subjects ------------------------------------------------------------------------------
 
@@ -87,9 +87,16 @@ class Problem(WireModel):
     code: str
     errors: list[FieldProblem] = Field(default_factory=list)
     retry_after: float | None = None  # seconds; the api sends it as Retry-After
+    # The execution the problem is about when the client may not know it yet (a submit
+    # whose outcome is unknown): a GET of it settles what happened.
+    execution_id: UUID | None = None
 
 
 # --- submit / cancel -----------------------------------------------------------------------
+
+
+# At least one character that is not white space: an empty key is no key, and refused.
+IDEMPOTENCY_KEY_PATTERN = r"\S"
 
 
 class SubmitCommand(WireModel):
@@ -97,7 +104,17 @@ class SubmitCommand(WireModel):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
     ttl: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
-    idempotency_key: str | None = Field(default=None, max_length=255)
+    idempotency_key: str | None = Field(
+        default=None, min_length=1, max_length=255, pattern=IDEMPOTENCY_KEY_PATTERN
+    )
+    # Chosen by the requester so it can ask after a lost answer (the api always sends one).
+    # With an idempotency_key the key decides the id: this must then equal it or be left out.
+    # A repeat with the same id and body finds the same execution.
+    execution_id: UUID | None = None
+    # When the requester stops waiting for the reply: the dispatcher stores nothing for a
+    # request it reaches later (answered `request-expired`), so a late write never lands
+    # behind the back of a client that was told the outcome is unknown.
+    answer_by: AwareDatetime | None = None
     principal: str = "anonymous"
     source: str = "nats"
     ephemeral: bool = False  # left out of lists unless asked for, purged after a retention
@@ -147,10 +164,19 @@ class PurgeReply(WireModel):
 class CatalogChange(WireModel):
     """One change of the catalog; only the fields of its `op` are used."""
 
-    op: Literal["import", "put-device-type", "remove-device-type", "put-device", "remove-device"]
-    name: str | None = None  # device type (put/remove-device-type)
-    definition: dict[str, Any] | None = None  # device type (put-device-type)
-    device: dict[str, Any] | None = None  # put-device
+    # create-*: add, a catalog-conflict problem if it exists; put-*: add or replace.
+    op: Literal[
+        "import",
+        "create-device-type",
+        "put-device-type",
+        "remove-device-type",
+        "create-device",
+        "put-device",
+        "remove-device",
+    ]
+    name: str | None = None  # device type (create/put/remove-device-type)
+    definition: dict[str, Any] | None = None  # device type (create/put-device-type)
+    device: dict[str, Any] | None = None  # create/put-device
     device_id: str | None = None  # remove-device
     document: dict[str, Any] | None = None  # import
 
@@ -175,6 +201,8 @@ class DeadlineDue(WireModel):
 
 class DeadlineReply(WireModel):
     outcome: Literal["applied", "ignored", "not-yet", "unknown"]
+    # Why, for a request that is not a DeadlineDue (outcome `unknown`): invalid-message.
+    problem: Problem | None = None
 
 
 # --- lifecycle events (JetStream BATON_EVENTS) ---------------------------------------------
@@ -202,6 +230,14 @@ class DeviceReport(WireModel):
     status: Literal["STARTED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED"] | None = None
     payload: dict[str, Any] = Field(default_factory=dict)
     received_at: datetime
+
+    @model_validator(mode="after")
+    def _an_answer_says_what(self) -> DeviceReport:
+        # An answer without a status is no answer: refused here, as malformed, rather than
+        # failing in the dispatcher on every delivery while the reports behind it wait.
+        if self.kind == "answer" and self.status is None:
+            raise ValueError("an answer report needs a status")
+        return self
 
 
 class PresenceReport(WireModel):

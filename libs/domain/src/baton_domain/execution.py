@@ -192,6 +192,7 @@ class CommandExecution(Aggregate):
         self.verification_rule: JSON | None = None  # {field, equals, deadline}
         self.status = ExecutionStatus.PENDING
         self.dispatched = False
+        self.published = False
         self.result: JSON | None = None
         self.error: JSON | None = None
         self.log: list[JSON] = []
@@ -221,11 +222,15 @@ class CommandExecution(Aggregate):
     def mark_published(self) -> bool:
         """The broker took the request. Returns whether anything changed.
 
-        A repeated or late report (the bridge delivers at least once) changes nothing.
+        Reports overtake each other (the bridge sends `published` and the device's answers
+        from different tasks; a redelivery comes late), so this is a fact recorded once,
+        whenever it comes: a repeat, or one after an answer already implied it, changes
+        nothing; one after the end (canceled or expired while it was on its way) is
+        recorded without changing the status.
         """
         if not self.dispatched:
             raise IllegalTransition(self._describe(), "mark as published")
-        if self.status is not ExecutionStatus.PENDING:
+        if self.published:
             return False
         self._published()
         return True
@@ -250,6 +255,11 @@ class CommandExecution(Aggregate):
         if any(entry["report_id"] == report_id for entry in self.log):
             return False
         entry = answer_entry(report_id, status, payload, received_at)
+        if not self.published:
+            # The device answered, so the broker took the request: the `published` report
+            # is still on its way. Published comes first in the stream whatever the order
+            # of the reports (docs/statuses.md).
+            self._published()
         if self.is_terminal:
             self._answer_recorded(answer=entry)
         elif status is AnswerStatus.STARTED:
@@ -360,7 +370,9 @@ class CommandExecution(Aggregate):
 
     @event(Published)
     def _published(self) -> None:
-        self.status = ExecutionStatus.SENT
+        self.published = True
+        if self.status is ExecutionStatus.PENDING:  # never backwards, never out of an end
+            self.status = ExecutionStatus.SENT
 
     @event(Acknowledged)
     def _acknowledged(self, answer: JSON) -> None:

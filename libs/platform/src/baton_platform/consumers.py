@@ -6,16 +6,28 @@ by the handler only once its effect is durable. Not FastStream's pull consumer: 
 a fetched batch concurrently, and nats-py 2.16 raises a TimeoutError inside its fetch that
 FastStream 0.7 does not expect, which leaves a pull request orphaned on the server that
 holds the next messages back until their ack_wait (seen as 30 s stalls in the tests).
+
+"In order" holds only while nothing is redelivered: with many messages unacknowledged, one
+that a killed instance held comes back after its ack_wait, behind the newer ones its
+successor already handled (a device's STARTED recorded after its SUCCEEDED, 30 s late). A
+consumer that needs the order across crashes takes `max_ack_pending=1` (the next message
+goes out only once the previous one is acknowledged) and calls `resume_in_order` before it
+subscribes, so what a dead instance held comes back at once, first.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker
 from faststream.nats.annotations import NatsMessage
+from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
+from nats.js.errors import APIError, NotFoundError
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[NatsMessage], Awaitable[None]]
 
@@ -23,8 +35,23 @@ ACK_WAIT_S = 30.0
 MAX_ACK_PENDING = 1000
 
 
+async def raw_body(message: NatsMessage) -> bytes:
+    """FastStream's decoder for Baton's subscribers: the bytes as they came.
+
+    Every handler reads `message.body` with its own typed model; FastStream's default decoder
+    would first run `json.loads` on it, outside the handler, and a deep array (RecursionError)
+    or a JSON content type over bad JSON would escape every handler: a request left without
+    an answer, a stream message never acknowledged."""
+    return message.body
+
+
 def durable_subscriber(
-    broker: NatsBroker, subject: str, stream: str, name: str
+    broker: NatsBroker,
+    subject: str,
+    stream: str,
+    name: str,
+    max_ack_pending: int = MAX_ACK_PENDING,
+    ack_wait: float = ACK_WAIT_S,
 ) -> Callable[[Handler], object]:
     """The decorator for a handler of `subject` on `stream`, as durable consumer `name`.
 
@@ -36,8 +63,33 @@ def durable_subscriber(
         stream=JStream(stream, declare=False),
         queue=name,
         deliver_policy=DeliverPolicy.ALL,
-        config=ConsumerConfig(ack_wait=ACK_WAIT_S, max_ack_pending=MAX_ACK_PENDING),
+        config=ConsumerConfig(ack_wait=ack_wait, max_ack_pending=max_ack_pending),
         ack_policy=AckPolicy.MANUAL,
+        decoder=raw_body,
         include_in_schema=False,
     )
     return subscribe
+
+
+async def resume_in_order(
+    js: JetStreamContext, stream: str, name: str, max_ack_pending: int, ack_wait: float
+) -> None:
+    """Before subscribing as durable consumer `name`: give it these limits (a consumer made
+    by an older version keeps its own otherwise), and have what it delivered but never saw
+    acknowledged (an instance killed mid-message) come back now, in stream order, rather
+    than after ack_wait. A live instance may then see a message twice: handlers are
+    idempotent."""
+    try:
+        info = await js.consumer_info(stream, name)
+    except NotFoundError:
+        return  # the first start: the subscription creates it with these limits
+    config = info.config
+    if config.max_ack_pending != max_ack_pending or config.ack_wait != ack_wait:
+        await js.add_consumer(
+            stream, config.evolve(max_ack_pending=max_ack_pending, ack_wait=ack_wait)
+        )
+    if info.num_ack_pending:
+        try:
+            await js.reset_consumer(stream, name)
+        except APIError as exc:  # a server older than 2.14: they come back after ack_wait
+            log.warning("could not resume %s at its ack floor: %s", name, exc)

@@ -107,7 +107,14 @@ def _touched(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
 
 
 def _published(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
-    _update(conn, event, status=ExecutionStatus.SENT)
+    # Recorded whenever the bridge's report comes (docs/statuses.md): after an answer it
+    # cannot come (an answer implies it first), but after a cancel or an expiry it can, and
+    # then it moves no status.
+    _update(conn, event)
+    conn.execute(
+        "UPDATE executions SET status = ? WHERE id = ? AND status = ?",
+        (ExecutionStatus.SENT.value, str(event.execution_id), ExecutionStatus.PENDING.value),
+    )
 
 
 def _answered(status: ExecutionStatus | None, outcome: str | None = None) -> Handler:

@@ -8,7 +8,7 @@ import logging
 from faststream.nats import NatsBroker
 from nats.aio.client import Client
 
-from baton_dispatcher.edges import register
+from baton_dispatcher.edges import register, resume_reports
 from baton_dispatcher.relay import OutboxRelay
 from baton_dispatcher.writer import Writer
 from baton_domain.catalog import Catalog
@@ -47,6 +47,7 @@ class Dispatcher:
             max_reconnect_attempts=-1,
             logger=logging.getLogger("baton_dispatcher.broker"),
         )
+        await resume_reports(js)
         register(self._broker, self._writer, js)
         await self._broker.start()
         # Make sure the server has our subscriptions before we call ourselves ready.

@@ -50,7 +50,7 @@ from baton_contracts.nats import (
     SubmitCommand,
 )
 from baton_dispatcher.writer import Writer
-from baton_platform.consumers import durable_subscriber
+from baton_platform.consumers import durable_subscriber, raw_body, resume_in_order
 from baton_platform.deadletters import dead_letter
 from baton_platform.metrics import REJECTED_MESSAGES
 
@@ -59,8 +59,23 @@ log = logging.getLogger(__name__)
 SERVICE = "dispatcher"
 REPORTS_DURABLE = "baton-dispatcher-reports"
 MAX_DELIVERIES = 20
+# Reports are applied in the order of the stream, also across a crash: one unacknowledged at
+# a time (a device's STARTED must not land after its SUCCEEDED because the instance that held
+# it was killed), and a short ack wait, since a stuck one holds back every report behind it.
+REPORTS_MAX_ACK_PENDING = 1
+REPORTS_ACK_WAIT_S = 5.0
 
 M = TypeVar("M", bound=BaseModel)
+
+
+# A bug or a store failure while handling a request; whether it stored anything is not
+# known here, so the answer does not say.
+FAILED = Problem(
+    status=500,
+    title="Internal error",
+    detail="the dispatcher failed on this request; it has been logged",
+    code="internal-error",
+)
 
 
 def invalid_message(exc: ValidationError) -> Problem:
@@ -85,17 +100,35 @@ def request_reply(
 ) -> None:
     """A request/reply subject of the dispatcher: decode, one Writer call, encode.
 
-    A message that does not fit `model` is answered `refuse(problem)` and counted."""
-    reason = "invalid-" + subject.rsplit(".", 1)[-1]
+    A message that does not fit `model` is answered `refuse(problem)` and counted; so is a
+    request the Writer fails on (logged): a requester is never left without an answer."""
+    verb = subject.rsplit(".", 1)[-1]
+    reason = "invalid-" + verb
 
-    @broker.subscriber(subject, queue=DISPATCHER_QUEUE, include_in_schema=False)
+    @broker.subscriber(subject, queue=DISPATCHER_QUEUE, decoder=raw_body, include_in_schema=False)
     async def on_request(message: NatsMessage) -> bytes:
         try:
             command = model.model_validate_json(message.body)
         except ValidationError as exc:
             REJECTED_MESSAGES.labels(service=SERVICE, reason=reason).inc()
             return refuse(invalid_message(exc)).model_dump_json().encode()
-        return (await handle(command)).model_dump_json().encode()
+        try:
+            reply = await handle(command)
+        except Exception:
+            log.exception("%s failed", subject)
+            REJECTED_MESSAGES.labels(service=SERVICE, reason=f"{verb}-failed").inc()
+            about = getattr(command, "execution_id", None)  # what to GET before a retry
+            return (
+                refuse(FAILED.model_copy(update={"execution_id": about})).model_dump_json().encode()
+            )
+        return reply.model_dump_json().encode()
+
+
+async def resume_reports(js: JetStreamContext) -> None:
+    """Before `register`: what a killed dispatcher held comes back now, first."""
+    await resume_in_order(
+        js, REPORTS_STREAM, REPORTS_DURABLE, REPORTS_MAX_ACK_PENDING, REPORTS_ACK_WAIT_S
+    )
 
 
 def register(broker: NatsBroker, writer: Writer, js: JetStreamContext) -> None:
@@ -124,17 +157,27 @@ def register(broker: NatsBroker, writer: Writer, js: JetStreamContext) -> None:
         lambda p: CatalogReply(problem=p),
     )
 
-    @broker.subscriber(DEADLINE_SUBJECT, queue=DISPATCHER_QUEUE, include_in_schema=False)
+    @broker.subscriber(
+        DEADLINE_SUBJECT, queue=DISPATCHER_QUEUE, decoder=raw_body, include_in_schema=False
+    )
     async def on_deadline(message: NatsMessage) -> bytes:
         body = message.body
         try:
             due = DeadlineDue.model_validate_json(body)
-        except ValidationError:
+        except ValidationError as exc:
             REJECTED_MESSAGES.labels(service=SERVICE, reason="invalid-deadline").inc()
-            return DeadlineReply(outcome="unknown").model_dump_json().encode()
+            reply = DeadlineReply(outcome="unknown", problem=invalid_message(exc))
+            return reply.model_dump_json().encode()
         return (await writer.deadline(due)).model_dump_json().encode()
 
-    @durable_subscriber(broker, REPORTS_WILDCARD, REPORTS_STREAM, REPORTS_DURABLE)
+    @durable_subscriber(
+        broker,
+        REPORTS_WILDCARD,
+        REPORTS_STREAM,
+        REPORTS_DURABLE,
+        max_ack_pending=REPORTS_MAX_ACK_PENDING,
+        ack_wait=REPORTS_ACK_WAIT_S,
+    )
     async def on_report(message: NatsMessage) -> None:
         body = message.body
         try:

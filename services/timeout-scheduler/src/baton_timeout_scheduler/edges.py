@@ -14,7 +14,7 @@ a `Requested` seen after its terminal event leaves a row that fires once and is 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 from faststream.nats import NatsBroker
@@ -52,9 +52,16 @@ def decode(body: bytes) -> LifecycleEvent:
 
 
 def deadline_of(event: LifecycleEvent) -> datetime:
+    """The event's deadline in UTC, as the store will give it back.
+
+    One that UTC cannot hold (year 1 east of Greenwich, year 9999 west of it) is malformed:
+    stored, it failed every tick of the ticker, and no deadline fired again (NATS fuzzing)."""
     try:
-        return _deadline.validate_python(event.data["deadline"])
-    except (KeyError, ValidationError) as exc:
+        deadline = _deadline.validate_python(event.data["deadline"])
+        if deadline.tzinfo is None:  # the contract says UTC; lenient, as the store is
+            deadline = deadline.replace(tzinfo=UTC)
+        return datetime.fromtimestamp(deadline.timestamp(), UTC)
+    except (KeyError, ValueError, OverflowError, OSError) as exc:  # ValidationError too
         raise MalformedEventError(
             f"{event.type} {event.execution_id} has no valid deadline"
         ) from exc
