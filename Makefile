@@ -10,7 +10,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.synced
 PYTEST_ARGS ?=
 
-.PHONY: help install broker run stop test test-unit lint fmt bench clean
+.PHONY: help install broker run stop test test-unit fuzz lint fmt bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -39,6 +39,9 @@ test: install broker ## Run every test (unit, integration, end-to-end)
 
 test-unit: install ## Run the unit tests only
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+fuzz: install broker ## Long HTTP fuzzing: schemathesis, BATON_FUZZ_CASES cases (default 20000)
+	BATON_FUZZ_CASES=$${BATON_FUZZ_CASES:-20000} $(VENV)/bin/pytest tests/fuzz -m fuzz $(PYTEST_ARGS)
 
 bench: install broker ## Measure latency and throughput against floors from the same run
 	$(VENV)/bin/python -m tests.benchmarks.commands $(BENCH_ARGS)
