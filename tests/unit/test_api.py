@@ -195,7 +195,7 @@ def test_a_body_that_is_not_json_is_a_problem(client: TestClient[Any]) -> None:
         headers={**AUTH, "Content-Type": "application/json"},
     )
     body = assert_problem(response, 400)
-    assert body["code"] == "bad-request"
+    assert body["code"] == "malformed-request"
     assert "JSON" in body["detail"]
 
 

@@ -24,7 +24,10 @@ from baton_domain.delivery import DeviceQueue, queue_id
 from baton_domain.errors import (
     ExecutionDeleted,
     ExecutionNotFound,
+    FieldError,
     IdempotencyConflict,
+    InvalidCommand,
+    WriteConflict,
 )
 from baton_domain.execution import CommandExecution
 from baton_domain.statuses import AnswerStatus
@@ -44,6 +47,11 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def idempotent_execution_id(principal: str, idempotency_key: str) -> UUID:
+    """The execution id an idempotency key stands for (keys are scoped to their principal)."""
+    return uuid5(IDEMPOTENCY_NAMESPACE, f"{principal}\x00{idempotency_key}")
+
+
 @dataclass(frozen=True)
 class RequestCommand:
     device_id: str
@@ -55,6 +63,9 @@ class RequestCommand:
     source: str = "api"
     ephemeral: bool = False
     ignore_cooldown: bool = False
+    # Chosen by the requester (the api fixes it before asking, so a lost answer can be
+    # settled by a GET); a key, when there is one, decides the id instead.
+    execution_id: UUID | None = None
 
     def fingerprint(self) -> str:
         body = {
@@ -67,10 +78,23 @@ class RequestCommand:
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
-    def execution_id(self) -> UUID:
-        if self.idempotency_key is None:
-            return uuid4()
-        return uuid5(IDEMPOTENCY_NAMESPACE, f"{self.principal}\x00{self.idempotency_key}")
+    @property
+    def repeatable(self) -> bool:
+        """Whether a repeat of this request may find its execution already stored: any key
+        that is not None is a key (the contracts refuse empty ones), and so is a chosen id."""
+        return self.idempotency_key is not None or self.execution_id is not None
+
+    def stream_id(self) -> UUID:
+        """The key's id, else the requester's choice, else a new one."""
+        if self.idempotency_key is not None:
+            keyed = idempotent_execution_id(self.principal, self.idempotency_key)
+            if self.execution_id not in (None, keyed):
+                raise InvalidCommand(
+                    "execution_id does not match the idempotency key",
+                    [FieldError("execution_id", f"with this idempotency key it is {keyed}")],
+                )
+            return keyed
+        return self.execution_id or uuid4()
 
 
 @dataclass(frozen=True)
@@ -154,17 +178,18 @@ class Executions(Application[UUID]):
     # --- commands ---------------------------------------------------------------------------
 
     def request(self, command: RequestCommand) -> Outcome:
-        execution_id = command.execution_id()
-        for attempt in range(CONFLICT_RETRIES):
+        execution_id = command.stream_id()
+        used = command.idempotency_key if command.idempotency_key is not None else execution_id
+        for _attempt in range(CONFLICT_RETRIES):
             try:
-                existing = self.get(execution_id) if command.idempotency_key else None
+                existing = self.get(execution_id) if command.repeatable else None
             except ExecutionDeleted:  # its execution was deleted: the key stays used
-                raise IdempotencyConflict(command.idempotency_key or "") from None
+                raise IdempotencyConflict(str(used)) from None
             except ExecutionNotFound:
                 existing = None
             if existing is not None:
                 if existing.fingerprint != command.fingerprint():
-                    raise IdempotencyConflict(command.idempotency_key or "")
+                    raise IdempotencyConflict(str(used))
                 return Outcome(existing, changed=False, position=None)
             execution, queue = self._admit(command, execution_id)
             try:
@@ -172,11 +197,10 @@ class Executions(Application[UUID]):
             except IntegrityError:
                 # Another writer stored the same idempotent request, or moved this device's
                 # queue, since we read them: look again.
-                if attempt == CONFLICT_RETRIES - 1:
-                    raise
                 continue
             return Outcome(execution, changed=True, position=_position(recordings), created=True)
-        raise AssertionError("unreachable")  # pragma: no cover
+        # The transaction failed each time, so nothing of this request is stored.
+        raise WriteConflict(CONFLICT_RETRIES)
 
     def record_state(self, device_id: str, state: dict[str, Any], at: datetime) -> int | None:
         """A device's reported state; settles the verifications that wait for it.
@@ -325,7 +349,7 @@ class Executions(Application[UUID]):
             ttl=resolved.ttl,
             deadline=now + timedelta(seconds=resolved.ttl),
             idempotency_key=command.idempotency_key,
-            fingerprint=command.fingerprint() if command.idempotency_key else None,
+            fingerprint=command.fingerprint() if command.repeatable else None,
             source=command.source,
             requested_name=resolved.requested_name,
             ephemeral=command.ephemeral,

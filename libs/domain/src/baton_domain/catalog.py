@@ -6,18 +6,33 @@ Loaded from YAML. Requests are checked here, so the same rules hold for HTTP and
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from baton_domain.errors import FieldError, InvalidCommand, UnknownDevice
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,127}$"
+# Device-type names show up in URLs, logs and exports: plain words, like command names.
+DEVICE_TYPE_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,127}$"
+DeviceTypeName = Annotated[str, StringConstraints(pattern=DEVICE_TYPE_PATTERN)]
+# Validation context key of a change (HTTP, NATS, import): only a change has its device-type
+# names checked, so a catalog stored before they were stays readable by every service.
+CHANGE = "change"
 MAX_TTL_SECONDS = 7 * 24 * 3600
 DEFAULT_TTL_SECONDS = 30
 
@@ -160,6 +175,19 @@ class Catalog(BaseModel):
 
     device_types: dict[str, DeviceType] = Field(default_factory=dict)
     devices: list[Device] = Field(default_factory=list)
+
+    @field_validator("device_types")
+    @classmethod
+    def _names_are_valid(
+        cls, device_types: dict[str, DeviceType], info: ValidationInfo
+    ) -> dict[str, DeviceType]:
+        # Not a key pattern: a catalog stored before names were checked must stay readable,
+        # or one old name would stop every service that loads it.
+        if (info.context or {}).get(CHANGE):
+            for name in device_types:
+                if re.fullmatch(DEVICE_TYPE_PATTERN, name) is None:
+                    raise ValueError(f"device type name {name!r} must match {DEVICE_TYPE_PATTERN}")
+        return device_types
 
     def model_post_init(self, _context: Any) -> None:
         seen: set[str] = set()

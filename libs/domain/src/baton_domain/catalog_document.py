@@ -9,13 +9,14 @@ exists: a wrong definition is refused naming the field, and nothing is half-appl
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 from pydantic import ValidationError
 
-from baton_domain.catalog import Catalog, CatalogError
+from baton_domain.catalog import CHANGE, DEVICE_TYPE_PATTERN, Catalog, CatalogError
 from baton_domain.errors import (
     CatalogConflict,
     FieldError,
@@ -34,10 +35,16 @@ def document_of(catalog: Catalog) -> JSON:
     return catalog.model_dump(mode="json", exclude_defaults=True)
 
 
-def build(document: JSON, root: str = "") -> Catalog:
-    """The Catalog a document gives, or InvalidCatalog naming each wrong field."""
+def build(document: JSON, root: str = "", *, stored: bool = False) -> Catalog:
+    """The Catalog a document gives, or InvalidCatalog naming each wrong field.
+
+    Strict (no `"30"` for 30, no `true` for 1, device-type names checked) for every change,
+    from HTTP, NATS or import; `stored=True` only to read back what is already stored, which
+    an older, more lenient Baton may have accepted."""
     try:
-        return Catalog.model_validate(document)
+        if stored:
+            return Catalog.model_validate(document)
+        return Catalog.model_validate(document, strict=True, context={CHANGE: True})
     except ValidationError as exc:
         errors = [
             FieldError(
@@ -92,7 +99,7 @@ class CatalogDocument(Aggregate):
 
     @property
     def catalog(self) -> Catalog:
-        return build(self.document)
+        return build(self.document, stored=True)
 
     # --- commands (each checks the whole resulting catalog first) ---------------------------
 
@@ -100,7 +107,14 @@ class CatalogDocument(Aggregate):
         build(document)
         self._imported(document=document)
 
+    def create_device_type(self, name: str, definition: JSON) -> None:
+        """Add a device type; CatalogConflict if one has the name (put replaces)."""
+        if name in self.document.get("device_types", {}):
+            raise CatalogConflict(f"device type {name!r} already exists; PUT replaces it")
+        self.put_device_type(name, definition)
+
     def put_device_type(self, name: str, definition: JSON) -> None:
+        _check_type_name(name)
         candidate = _copy(self.document)
         candidate.setdefault("device_types", {})[name] = definition
         build(candidate)
@@ -115,6 +129,12 @@ class CatalogDocument(Aggregate):
                 f"device type {name!r} still has devices: {', '.join(users[:10])}"
             )
         self._device_type_removed(name=name)
+
+    def create_device(self, device: JSON) -> None:
+        """Add a device; CatalogConflict if one has its id (put replaces)."""
+        if any(d.get("id") == device.get("id") for d in self.document.get("devices", [])):
+            raise CatalogConflict(f"device {device.get('id')!r} already exists; PUT replaces it")
+        self.put_device(device)
 
     def put_device(self, device: JSON) -> None:
         candidate = _copy(self.document)
@@ -156,6 +176,15 @@ class CatalogDocument(Aggregate):
     @event(DeviceRemoved)
     def _device_removed(self, device_id: str) -> None:
         self.document["devices"] = [d for d in self.document["devices"] if d["id"] != device_id]
+
+
+def _check_type_name(name: str) -> None:
+    # Checked before the whole catalog, so the error names the field the caller sent.
+    if re.fullmatch(DEVICE_TYPE_PATTERN, name) is None:
+        raise InvalidCatalog(
+            f"device type name {name!r} is not valid",
+            [FieldError("name", f"must match {DEVICE_TYPE_PATTERN}")],
+        )
 
 
 def _copy(value: JSON) -> JSON:

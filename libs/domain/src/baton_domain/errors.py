@@ -68,6 +68,19 @@ class IdempotencyConflict(DomainError):
         self.key = key
 
 
+class WriteConflict(DomainError):
+    """Other writers changed the same streams each time this request tried to store itself;
+    nothing of it was stored, and trying again later may well succeed."""
+
+    code = "write-conflict"
+
+    def __init__(self, attempts: int) -> None:
+        super().__init__(
+            f"the request met a concurrent write {attempts} times; nothing was stored, retry"
+        )
+        self.remaining = 1.0
+
+
 class WrongDevice(DomainError):
     """A device answered for an execution that belongs to another device."""
 

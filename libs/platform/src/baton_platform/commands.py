@@ -42,6 +42,7 @@ class CommandHandlers:
             source=command.source,
             ephemeral=command.ephemeral,
             ignore_cooldown=command.ignore_cooldown,
+            execution_id=command.execution_id,
         )
         return self._reply(lambda: self.executions.request(request))
 
@@ -100,12 +101,18 @@ def _catalog_edit(change: CatalogChange) -> Callable[[CatalogDocument], None]:
     if change.op == "import":
         document = need("document", change.document)
         return lambda catalog: catalog.import_document(document)
+    if change.op == "create-device-type":
+        name, definition = need("name", change.name), need("definition", change.definition)
+        return lambda catalog: catalog.create_device_type(name, definition)
     if change.op == "put-device-type":
         name, definition = need("name", change.name), need("definition", change.definition)
         return lambda catalog: catalog.put_device_type(name, definition)
     if change.op == "remove-device-type":
         name = need("name", change.name)
         return lambda catalog: catalog.remove_device_type(name)
+    if change.op == "create-device":
+        device = need("device", change.device)
+        return lambda catalog: catalog.create_device(device)
     if change.op == "put-device":
         device = need("device", change.device)
         return lambda catalog: catalog.put_device(device)

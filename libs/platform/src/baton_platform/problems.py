@@ -21,6 +21,7 @@ from baton_domain.errors import (
     QueueFull,
     UnknownDevice,
     UnknownDeviceType,
+    WriteConflict,
     WrongDevice,
 )
 
@@ -38,6 +39,7 @@ _STATUS: dict[type[DomainError], tuple[int, str]] = {
     CatalogConflict: (409, "Catalog conflict"),
     UnknownDeviceType: (404, "Unknown device type"),
     QueueFull: (429, "Too many commands waiting"),
+    WriteConflict: (503, "Write conflict"),
 }
 _DEFAULT = (409, "Request refused")
 
@@ -50,7 +52,9 @@ def problem_for(exc: DomainError) -> Problem:
         if isinstance(exc, InvalidCommand | InvalidCatalog)
         else []
     )
-    retry_after = exc.remaining if isinstance(exc, CooldownActive | QueueFull) else None
+    retry_after = (
+        exc.remaining if isinstance(exc, CooldownActive | QueueFull | WriteConflict) else None
+    )
     return Problem(
         status=status,
         title=title,

@@ -26,6 +26,7 @@ def main() -> None:
         port=settings.api_port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        log_config=None,  # keep configure_logging's format for uvicorn's own lines too
         lifespan="on",
     )
 

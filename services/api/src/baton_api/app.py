@@ -26,14 +26,18 @@ from baton_api.catalog import (
     DeviceController,
     DeviceTypeController,
 )
-from baton_api.controllers import CommandController, ExecutionController
+from baton_api.controllers import CommandController, ExecutionController, refuse_unknown_query
 from baton_api.dialects import dialect_routers
 from baton_api.gateway import CommandGateway, NatsGateway
+from baton_api.head import serve_head
 from baton_api.health import Check, HealthController
+from baton_api.limits import MAX_BODY_BYTES
 from baton_api.nats_link import NatsLink
+from baton_api.openapi import declare_problems
 from baton_api.problems import problem_handler
 from baton_api.projector import ProjectionRunner
 from baton_api.retention import RetentionSweeper
+from baton_api.schemas import request_body_plugin
 from baton_api.service import ExecutionService
 from baton_domain.application import Executions
 from baton_platform.eventstore import open_executions
@@ -107,7 +111,7 @@ def build_parts(
     if gateway is None:
         link = NatsLink(settings.nats_url, on_event=runner.wake)
         gateway = NatsGateway(link, settings.request_timeout)
-    service = ExecutionService(gateway, views, runner)
+    service = ExecutionService(gateway, views, runner, executions.recorder.max_notification_id)
     sweeper = RetentionSweeper(
         service, settings.ephemeral_retention_days, settings.retention_sweep_interval
     )
@@ -146,11 +150,12 @@ def create_app(
             DeviceController,
         ],
         middleware=[auth],
+        guards=[refuse_unknown_query],  # a typo in a query is a 422 (controllers.py)
         security=[{"bearer": []}, {"apiKey": []}],
     )
     # The seed APIs' dialects (docs/dialects.md): same keys, same service, their own shapes,
     # the stored catalog (read in a worker thread: it is the event store).
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             v1,
             *dialect_routers([auth], lambda: parts.executions.catalog),
@@ -162,10 +167,16 @@ def create_app(
             "checks": Provide(parts.checks, sync_to_thread=False),
         },
         exception_handlers={Exception: problem_handler},
+        plugins=[request_body_plugin()],  # strict request bodies (schemas.py)
         lifespan=[lifespan],
         openapi_config=_openapi(),
+        request_max_body_size=MAX_BODY_BYTES,  # larger can never pass NATS: 413 (limits.py)
         debug=False,
+        # Logging is the service's own (baton_platform.logs), the same line format everywhere.
+        logging_config=None,
     )
+    declare_problems(app)  # every operation's problem documents (openapi.py)
+    return serve_head(app)  # HEAD on every GET route (head.py)
 
 
 def _openapi() -> OpenAPIConfig:

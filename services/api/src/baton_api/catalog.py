@@ -8,7 +8,7 @@ Changing the catalog needs an admin key.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from litestar import Controller, delete, get, post, put
 from litestar.di import NamedDependency
@@ -18,9 +18,10 @@ from pydantic import BaseModel, Field
 from baton_api.auth import admin_only
 from baton_api.gateway import CommandGateway
 from baton_api.problems import ProblemError
+from baton_api.schemas import STRICT_REQUEST
 from baton_contracts.nats import CatalogChange
 from baton_domain.application import Executions
-from baton_domain.catalog import Catalog, Device, DeviceType
+from baton_domain.catalog import Catalog, Device, DeviceType, DeviceTypeName
 from baton_domain.errors import UnknownDevice, UnknownDeviceType
 from baton_platform.problems import problem_for
 
@@ -32,6 +33,13 @@ class CatalogService:
 
     async def catalog(self) -> Catalog:
         return await asyncio.to_thread(lambda: self._executions.catalog)
+
+    async def device(self, device_id: str) -> Device:
+        """The device, or a 404 problem (unknown-device)."""
+        try:
+            return (await self.catalog()).device(device_id)
+        except UnknownDevice as exc:
+            raise _missing(exc) from None
 
     async def change(self, change: CatalogChange) -> dict[str, Any]:
         reply = await self._gateway.change_catalog(change)
@@ -55,7 +63,9 @@ class DevicePage(BaseModel):
 
 
 class NamedDeviceType(BaseModel):
-    name: str = Field(min_length=1, max_length=128)
+    model_config = STRICT_REQUEST
+
+    name: DeviceTypeName = Field(description="letters, digits and `_.-`, a letter first")
     definition: dict[str, Any] = Field(
         default_factory=dict, description="commands, ttl, delivery, wire_profile, ..."
     )
@@ -113,8 +123,8 @@ class DeviceTypeController(Controller):
     async def create_device_type(
         self, catalog_service: NamedDependency[CatalogService], data: JSONBody[NamedDeviceType]
     ) -> DeviceTypeOut:
-        """Admin: add (or replace) a device type."""
-        return await self._put(catalog_service, data.name, data.definition)
+        """Admin: add a device type; 409 if one has the name (PUT replaces)."""
+        return await self._change(catalog_service, "create-device-type", data.name, data.definition)
 
     @put("/{name:str}", guards=[admin_only])
     async def update_device_type(
@@ -124,7 +134,7 @@ class DeviceTypeController(Controller):
         data: JSONBody[dict[str, Any]],
     ) -> DeviceTypeOut:
         """Admin: replace a device type's definition (or add it)."""
-        return await self._put(catalog_service, name, data)
+        return await self._change(catalog_service, "put-device-type", name, data)
 
     @delete("/{name:str}", status_code=204, guards=[admin_only])
     async def delete_device_type(
@@ -134,10 +144,13 @@ class DeviceTypeController(Controller):
         await catalog_service.change(CatalogChange(op="remove-device-type", name=name))
 
     @staticmethod
-    async def _put(service: CatalogService, name: str, definition: dict[str, Any]) -> DeviceTypeOut:
-        document = await service.change(
-            CatalogChange(op="put-device-type", name=name, definition=definition)
-        )
+    async def _change(
+        service: CatalogService,
+        op: Literal["create-device-type", "put-device-type"],
+        name: str,
+        definition: dict[str, Any],
+    ) -> DeviceTypeOut:
+        document = await service.change(CatalogChange(op=op, name=name, definition=definition))
         return _type_out(name, DeviceType.model_validate(document["device_types"][name]))
 
 
@@ -154,18 +167,15 @@ class DeviceController(Controller):
     async def get_device(
         self, catalog_service: NamedDependency[CatalogService], device_id: FromPath[str]
     ) -> Device:
-        catalog = await catalog_service.catalog()
-        try:
-            return catalog.device(device_id)
-        except UnknownDevice as exc:
-            raise _missing(exc) from None
+        return await catalog_service.device(device_id)
 
     @post("/", status_code=201, guards=[admin_only])
     async def create_device(
         self, catalog_service: NamedDependency[CatalogService], data: JSONBody[dict[str, Any]]
     ) -> Device:
-        """Admin: add (or replace) a device: `{id, type, hardware_id?, labels?}`."""
-        return await self._put(catalog_service, data)
+        """Admin: add a device: `{id, type, hardware_id?, labels?}`; 409 if one has the id
+        (PUT replaces)."""
+        return await self._change(catalog_service, "create-device", data)
 
     @put("/{device_id:str}", guards=[admin_only])
     async def update_device(
@@ -174,8 +184,8 @@ class DeviceController(Controller):
         device_id: FromPath[str],
         data: JSONBody[dict[str, Any]],
     ) -> Device:
-        """Admin: replace a device (its id comes from the path)."""
-        return await self._put(catalog_service, {**data, "id": device_id})
+        """Admin: replace a device (its id comes from the path), or add it."""
+        return await self._change(catalog_service, "put-device", {**data, "id": device_id})
 
     @delete("/{device_id:str}", status_code=204, guards=[admin_only])
     async def delete_device(
@@ -185,7 +195,9 @@ class DeviceController(Controller):
         await catalog_service.change(CatalogChange(op="remove-device", device_id=device_id))
 
     @staticmethod
-    async def _put(service: CatalogService, device: dict[str, Any]) -> Device:
-        document = await service.change(CatalogChange(op="put-device", device=device))
+    async def _change(
+        service: CatalogService, op: Literal["create-device", "put-device"], device: dict[str, Any]
+    ) -> Device:
+        document = await service.change(CatalogChange(op=op, device=device))
         stored = next(d for d in document["devices"] if d["id"] == device.get("id"))
         return Device.model_validate(stored)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from functools import cache
+from typing import Annotated, Any, Literal, cast
 from uuid import UUID
 
 from litestar import Controller, Request, Response, delete, get, post
+from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
+from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from baton_api.auth import admin_only
+from baton_api.catalog import CatalogService
 from baton_api.problems import ProblemError, problem
 from baton_api.schemas import (
     CancelRequest,
@@ -22,7 +26,7 @@ from baton_api.schemas import (
     SubmitRequest,
 )
 from baton_api.service import ExecutionService
-from baton_contracts.nats import FieldProblem, SubmitCommand
+from baton_contracts.nats import IDEMPOTENCY_KEY_PATTERN, FieldProblem, SubmitCommand
 from baton_domain.statuses import ExecutionStatus
 from baton_views import DEFAULT_LIMIT, MAX_LIMIT, ExecutionFilter
 
@@ -56,7 +60,9 @@ IdempotencyKey = Annotated[
     str | None,
     HeaderParameter(
         name="Idempotency-Key",
+        min_length=1,
         max_length=255,
+        pattern=IDEMPOTENCY_KEY_PATTERN,  # an empty or blank key is refused, not a key
         description="same key and body: the same execution; other body: 409",
     ),
 ]
@@ -99,6 +105,7 @@ class CommandController(Controller):
     async def list_device_executions(
         self,
         service: NamedDependency[ExecutionService],
+        catalog_service: NamedDependency[CatalogService],
         device_id: FromPath[str],
         status: Statuses = None,
         name: Name = None,
@@ -109,7 +116,9 @@ class CommandController(Controller):
         cursor: Cursor = None,
         show: Show = "NON_EPHEMERAL",
     ) -> ExecutionPageOut:
-        """The device's executions, filtered, newest first unless `order=oldest`."""
+        """The device's executions, filtered, newest first unless `order=oldest`; 404 for a
+        device the catalog does not have (a removed one's stay under `/v1/executions`)."""
+        await catalog_service.device(device_id)
         where = _filter(status, name, device_id, created_after, created_before, show)
         return ExecutionPageOut.of(await service.list(where, order, limit, cursor))
 
@@ -192,6 +201,35 @@ class ExecutionController(Controller):
         return PurgeOut(deleted=deleted, cutoff=cutoff)
 
 
+# --- the v1 router's guard ----------------------------------------------------------------
+
+
+def refuse_unknown_query(connection: ASGIConnection, handler: BaseRouteHandler) -> None:  # type: ignore[type-arg]
+    """Guard of every v1 route: a query parameter the route does not declare is a 422 naming
+    it, so `?stauts=FAILED` is not silently a list of everything. (The dialects keep their
+    seeds' leniency: they do not have this guard.)"""
+    known = _declared_query(handler, frozenset(connection.path_params))
+    unknown = sorted(set(connection.query_params) - known)
+    if unknown:
+        reason = f"unknown query parameter; known: {', '.join(sorted(known)) or 'none'}"
+        raise ProblemError(
+            problem(
+                422,
+                "validation-failed",
+                "the request is not valid",
+                [FieldProblem(field=name, reason=reason) for name in unknown],
+            )
+        )
+
+
+@cache
+def _declared_query(handler: BaseRouteHandler, path_params: frozenset[str]) -> frozenset[str]:
+    # Litestar's own reading of the handler's signature (and its dependencies'): the same
+    # model that extracts the parameters, so the two cannot disagree.
+    model = handler.create_kwargs_model(path_parameters=cast(Any, dict.fromkeys(path_params)))
+    return frozenset(p.field_alias for p in model.expected_query_params)
+
+
 # --- decoding helpers ---------------------------------------------------------------------
 
 
@@ -207,9 +245,20 @@ def _filter(
         statuses=_statuses(status or []),
         name=name,
         device_id=device_id,
-        created_after=_aware(created_after),
-        created_before=_aware(created_before),
+        created_after=_aware(created_after, "created_after"),
+        created_before=_aware(created_before, "created_before"),
         include_ephemeral=show == "ALL",
+    )
+
+
+def _invalid(field: str, reason: str) -> ProblemError:
+    return ProblemError(
+        problem(
+            422,
+            "validation-failed",
+            "the request is not valid",
+            [FieldProblem(field=field, reason=reason)],
+        )
     )
 
 
@@ -220,18 +269,17 @@ def _statuses(values: list[str]) -> frozenset[ExecutionStatus]:
     unknown = [n for n in names if n not in known]
     if unknown:
         reason = f"unknown status {', '.join(unknown)}; one of: {', '.join(sorted(known))}"
-        raise ProblemError(
-            problem(
-                422,
-                "validation-failed",
-                "the request is not valid",
-                [FieldProblem(field="status", reason=reason)],
-            )
-        )
+        raise _invalid("status", reason)
     return frozenset(ExecutionStatus(n) for n in names)
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
+def _aware(moment: datetime | None, field: str) -> datetime | None:
+    """In UTC (no offset: UTC); a moment with no UTC equivalent (year 9999, -14:00) is a 422."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise _invalid(field, "out of range once in UTC") from None

@@ -7,15 +7,17 @@ A reply carrying a `Problem` is turned into a `ProblemError` by the caller, not 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
 from nats.errors import Error as NatsError
-from nats.errors import NoRespondersError
+from nats.errors import MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import BaseModel, ValidationError
 
+from baton_api.limits import MAX_BODY_BYTES, MAX_COMMAND_BYTES
 from baton_api.nats_link import NatsLink
-from baton_api.problems import unavailable
+from baton_api.problems import ProblemError, outcome_unknown, payload_too_large, unavailable
 from baton_contracts.nats import (
     CANCEL_SUBJECT,
     CATALOG_CHANGE_SUBJECT,
@@ -38,6 +40,10 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=BaseModel)
 
+# The share of the request timeout the dispatcher has to *start* a submit's write; the rest
+# (1 s of the default 5 s) is for the write itself and the reply (docs/architecture.md).
+DISPATCHER_SHARE = 0.8
+
 
 class CommandGateway(Protocol):
     async def submit(self, command: SubmitCommand) -> ExecutionReply: ...
@@ -54,52 +60,81 @@ class CommandGateway(Protocol):
 
 
 class NatsGateway:
-    """Request/reply on the dispatcher's subjects; any transport failure is a 503 problem."""
+    """Request/reply on the dispatcher's subjects. A transport failure is a 503 problem of
+    one of two kinds (docs/api.md): `unavailable` when the request was never sent (nothing
+    was stored; retry), `outcome-unknown` when it was sent and no answer came in time."""
 
     def __init__(self, link: NatsLink, timeout: float) -> None:
         self._link = link
         self._timeout = timeout
 
     async def submit(self, command: SubmitCommand) -> ExecutionReply:
-        return await self._request(SUBMIT_SUBJECT, command)
+        # The dispatcher must start the write early enough for its answer to arrive while we
+        # still wait; after `answer_by` it stores nothing (writer.py).
+        answer_by = datetime.now(UTC) + timedelta(seconds=self._timeout * DISPATCHER_SHARE)
+        command = command.model_copy(update={"answer_by": answer_by})
+        payload = command.model_dump_json().encode()
+        if len(payload) > MAX_COMMAND_BYTES:
+            raise payload_too_large(
+                f"the command is {len(payload)} bytes once encoded; the limit is "
+                f"{MAX_COMMAND_BYTES} bytes (request bodies: {MAX_BODY_BYTES} bytes)"
+            )
+        unknown = outcome_unknown(
+            "the dispatcher did not answer in time; the command may have been stored and "
+            "sent: GET its Location (404: nothing was stored), or retry with the same "
+            "Idempotency-Key",
+            command.execution_id,
+        )
+        return await self._request(SUBMIT_SUBJECT, payload, ExecutionReply, unknown)
 
     async def cancel(self, command: CancelCommand) -> ExecutionReply:
-        return await self._request(CANCEL_SUBJECT, command)
+        return await self._request(CANCEL_SUBJECT, _encoded(command), ExecutionReply)
 
     async def retry(self, command: RetryCommand) -> ExecutionReply:
-        return await self._request(RETRY_SUBJECT, command)
+        return await self._request(RETRY_SUBJECT, _encoded(command), ExecutionReply)
 
     async def delete(self, command: DeleteCommand) -> ExecutionReply:
-        return await self._request(DELETE_SUBJECT, command)
+        return await self._request(DELETE_SUBJECT, _encoded(command), ExecutionReply)
 
     async def purge(self, command: PurgeCommand) -> PurgeReply:
-        return await self._request(PURGE_SUBJECT, command, PurgeReply)
+        return await self._request(PURGE_SUBJECT, _encoded(command), PurgeReply)
 
     async def change_catalog(self, change: CatalogChange) -> CatalogReply:
-        return await self._request(CATALOG_CHANGE_SUBJECT, change, CatalogReply)
+        return await self._request(CATALOG_CHANGE_SUBJECT, _encoded(change), CatalogReply)
 
     async def _request(
-        self,
-        subject: str,
-        command: BaseModel,
-        reply: type[R] = ExecutionReply,  # type: ignore[assignment]
+        self, subject: str, payload: bytes, reply: type[R], unknown: ProblemError | None = None
     ) -> R:
         client = self._link.client
         if client is None or not client.is_connected:
-            raise unavailable("the message bus is not reachable; try again shortly")
+            raise unavailable("the message bus is not reachable; nothing was stored; retry")
         try:
-            message = await client.request(
-                subject, command.model_dump_json().encode(), timeout=self._timeout
-            )
+            message = await client.request(subject, payload, timeout=self._timeout)
         except NoRespondersError:
-            raise unavailable("no dispatcher is running; try again shortly") from None
+            raise unavailable("no dispatcher is running; nothing was stored; retry") from None
+        except MaxPayloadError:
+            # Refused by the client before sending: it can never succeed, so no "retry".
+            limit = client.max_payload
+            raise payload_too_large(f"the request is larger than {limit} bytes") from None
         except NatsTimeoutError:
-            raise unavailable("the dispatcher did not answer in time") from None
+            raise unknown or _unknown(subject) from None
         except NatsError as exc:
+            # The connection failed while the request was out: it may have arrived.
             log.warning("request on %s failed: %s", subject, exc)
-            raise unavailable("the message bus is not reachable; try again shortly") from None
+            raise unknown or _unknown(subject) from None
         try:
             return reply.model_validate_json(message.data)
         except ValidationError:
             log.exception("the dispatcher's reply on %s cannot be read", subject)
             raise
+
+
+def _encoded(command: BaseModel) -> bytes:
+    return command.model_dump_json().encode()
+
+
+def _unknown(subject: str) -> ProblemError:
+    return outcome_unknown(
+        f"the dispatcher did not answer in time ({subject.rsplit('.', 1)[-1]}); the request "
+        "may have been applied: look before you retry"
+    )

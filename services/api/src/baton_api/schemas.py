@@ -7,23 +7,48 @@ independently of what services say to each other over NATS.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from litestar.plugins.pydantic import PydanticPlugin
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from baton_contracts.nats import ExecutionState
 from baton_domain.catalog import MAX_TTL_SECONDS, NAME_PATTERN
 from baton_views import ExecutionPage, ExecutionView
 
+# The largest `older_than_days` a purge takes (100 years): older is "everything", and a
+# bound keeps the cutoff a date (a timedelta of 1e308 days overflows).
+MAX_PURGE_DAYS = 36500
+
+# Every public request body: unknown fields are refused, so a typo ("parms") is an error
+# instead of a silent default; and strict, so `"ttl": true` or `"ttl": "30"` is an error
+# instead of a 1 s or 30 s command. Litestar validates bodies after decoding the JSON
+# (pydantic's Python mode), where strict also refuses strings for datetimes and UUIDs: give
+# such a field `Field(strict=False)` to keep reading them from JSON strings.
+STRICT_REQUEST = ConfigDict(extra="forbid", strict=True)
+
+
+# Patterns as StringConstraints, not Field(pattern=...): Litestar's OpenAPI document shows
+# only the former.
+CommandName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
 
 class RequestSchema(BaseModel):
-    # Unknown fields are refused, so a typo ("parms") is an error instead of a silent default.
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_REQUEST
+
+
+def request_body_plugin() -> PydanticPlugin:
+    """Litestar's pydantic plugin, leaving strictness to each model.
+
+    Litestar validates a body with `model_validate(value, strict=validate_strict)`, and a
+    bool there overrides every model's own setting (True would also refuse every UUID and
+    datetime string). None, passed through as is, lets each model's config decide."""
+    return PydanticPlugin(validate_strict=None)  # type: ignore[arg-type]
 
 
 class SubmitRequest(RequestSchema):
-    name: str = Field(pattern=NAME_PATTERN, description="command name, from the device's type")
+    name: CommandName = Field(description="command name, from the device's type")
     params: dict[str, Any] = Field(
         default_factory=dict, description="checked against the command's JSON Schema"
     )
@@ -44,7 +69,9 @@ class CancelRequest(RequestSchema):
 
 
 class PurgeRequest(RequestSchema):
-    older_than_days: float = Field(gt=0, description="delete executions created before then")
+    older_than_days: float = Field(
+        gt=0, le=MAX_PURGE_DAYS, description="delete executions created before then"
+    )
 
 
 class PurgeOut(BaseModel):
@@ -145,6 +172,8 @@ class ProblemOut(BaseModel):
     instance: str
     code: str
     errors: list[FieldProblemOut] | None = None
+    # `outcome-unknown`: the execution the submit would have made; a GET of it settles it.
+    execution_id: UUID | None = None
 
 
 class HealthOut(BaseModel):

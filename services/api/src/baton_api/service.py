@@ -7,9 +7,10 @@ the write, so a client's next GET sees what it just did (read-your-writes).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from baton_api.gateway import CommandGateway
 from baton_api.problems import ProblemError, problem
@@ -23,6 +24,7 @@ from baton_contracts.nats import (
     RetryCommand,
     SubmitCommand,
 )
+from baton_domain.application import idempotent_execution_id
 from baton_views import ExecutionFilter, ExecutionPage, ExecutionView, ExecutionViews, Order
 
 READ_YOUR_WRITES_TIMEOUT = 2.0
@@ -38,14 +40,25 @@ class Submitted:
 
 class ExecutionService:
     def __init__(
-        self, gateway: CommandGateway, views: ExecutionViews, runner: ProjectionRunner
+        self,
+        gateway: CommandGateway,
+        views: ExecutionViews,
+        runner: ProjectionRunner,
+        store_position: Callable[[], int | None] | None = None,
     ) -> None:
         self._gateway = gateway
         self._views = views
         self._runner = runner
+        self._store_position = store_position
 
     async def submit(self, command: SubmitCommand, wait: float | None) -> Submitted:
-        """Submit; with `wait`, answer once the execution ended or `wait` s have passed."""
+        """Submit; with `wait`, answer once the execution ended or `wait` s have passed.
+
+        The execution id is fixed here, before the dispatcher is asked, so an answer that
+        never comes still leaves the client an execution to look up (docs/api.md, 503).
+        `wait` waits on the views after the dispatcher answered, never holding it."""
+        if command.execution_id is None:
+            command = command.model_copy(update={"execution_id": planned_id(command)})
         state = await self._written(await self._gateway.submit(command))
         if wait:
             ended = await self._runner.wait_until_terminal(state.execution.id, wait)
@@ -84,6 +97,10 @@ class ExecutionService:
 
     async def get(self, execution_id: UUID, with_log: bool) -> ExecutionView:
         execution = await asyncio.to_thread(self._views.get, execution_id, with_log)
+        if execution is None and await self._caught_up():
+            # The views lagged behind the store: a 404 must mean "not stored", since a
+            # client settles an unknown outcome with it.
+            execution = await asyncio.to_thread(self._views.get, execution_id, with_log)
         if execution is None:
             raise ProblemError(
                 problem(
@@ -105,6 +122,16 @@ class ExecutionService:
     ) -> ExecutionPage:
         return await asyncio.to_thread(self._views.list, where, order, limit, cursor, offset)
 
+    async def _caught_up(self) -> bool:
+        """Wait until the views include everything stored now; whether they had to move."""
+        if self._store_position is None:
+            return False
+        position = await asyncio.to_thread(self._store_position) or 0
+        if self._runner.position >= position:
+            return False
+        await self._runner.wait_for_position(position, READ_YOUR_WRITES_TIMEOUT)
+        return True
+
     async def _written(self, reply: ExecutionReply) -> _Written:
         if reply.problem is not None:
             raise ProblemError(reply.problem)
@@ -113,6 +140,14 @@ class ExecutionService:
         if reply.position is not None:
             await self._runner.wait_for_position(reply.position, READ_YOUR_WRITES_TIMEOUT)
         return _Written(reply.execution, reply.created)
+
+
+def planned_id(command: SubmitCommand) -> UUID:
+    """The id the execution will have: the key's when there is one (so a keyed retry meets
+    the first attempt), else a new one."""
+    if command.idempotency_key is not None:
+        return idempotent_execution_id(command.principal, command.idempotency_key)
+    return uuid4()
 
 
 @dataclass(frozen=True)

@@ -195,6 +195,7 @@ def replay() -> None:
 
     One transaction: the api keeps serving the old rows until the new ones are complete.
     """
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from baton_platform.eventstore import open_executions
@@ -207,8 +208,15 @@ def replay() -> None:
     executions = open_executions(settings)
     reached = 0
     try:
+        # The bar goes to stderr and only to a terminal: piped output is the result line alone.
+        console = Console(stderr=True)
         with Progress(
-            TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), transient=True
+            TextColumn("replaying"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            transient=True,
+            console=console,
+            disable=not console.is_terminal,
         ) as bar:
             task = bar.add_task("replay", total=None)
 

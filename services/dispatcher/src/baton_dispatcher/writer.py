@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from baton_contracts.nats import (
@@ -25,6 +26,7 @@ from baton_contracts.nats import (
     DeviceReport,
     ExecutionReply,
     PresenceReport,
+    Problem,
     PurgeCommand,
     PurgeReply,
     RetryCommand,
@@ -41,9 +43,26 @@ from baton_domain.errors import (
 )
 from baton_domain.statuses import AnswerStatus
 from baton_platform.commands import CommandHandlers
+from baton_platform.metrics import REJECTED_MESSAGES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+REQUEST_EXPIRED = "request-expired"
+
+
+def request_expired(command: SubmitCommand) -> Problem:
+    return Problem(
+        status=503,
+        title="Request expired",
+        detail=(
+            "the dispatcher reached the request after its requester stopped waiting; "
+            "nothing was stored; retry"
+        ),
+        code=REQUEST_EXPIRED,
+        retry_after=1.0,
+        execution_id=command.execution_id,
+    )
 
 
 @dataclass(frozen=True)
@@ -68,10 +87,26 @@ class Writer:
         self._thread.shutdown(wait=True)
 
     async def submit(self, command: SubmitCommand) -> ExecutionReply:
-        reply = await self._write(lambda: self._handlers.submit(command))
+        reply = await self._write(lambda: self._submit_in_time(command))
         if reply.created and reply.execution is not None:
             log.info("requested %s %s on %s", reply.execution.id, command.name, command.device_id)
+        elif reply.problem is not None and reply.problem.code == REQUEST_EXPIRED:
+            REJECTED_MESSAGES.labels(service="dispatcher", reason=REQUEST_EXPIRED).inc()
+            log.warning(
+                "dropped submit %s for %s: its requester stopped waiting at %s",
+                command.execution_id,
+                command.device_id,
+                command.answer_by,
+            )
         return reply
+
+    def _submit_in_time(self, command: SubmitCommand) -> ExecutionReply:
+        # Checked on the writer thread right before the write, after any wait in the queue:
+        # the api told its client the outcome is unknown at `answer_by`, and a write
+        # landing after that would be a command the client may well send again.
+        if command.answer_by is not None and datetime.now(UTC) > command.answer_by:
+            return ExecutionReply(problem=request_expired(command))
+        return self._handlers.submit(command)
 
     async def cancel(self, command: CancelCommand) -> ExecutionReply:
         reply = await self._write(lambda: self._handlers.cancel(command))

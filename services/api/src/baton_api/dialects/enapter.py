@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from baton_api.dialects.common import (
     Execution,
@@ -29,6 +29,7 @@ from baton_api.dialects.common import (
 )
 from baton_api.dialects.statuses import enapter_answer_state, word
 from baton_api.problems import ProblemError
+from baton_api.schemas import STRICT_REQUEST
 from baton_api.service import ExecutionService
 from baton_contracts.nats import SubmitCommand
 from baton_views import MAX_LIMIT, ExecutionFilter, ExecutionView, LogEntry
@@ -37,10 +38,13 @@ PREFIX = "/enapter/v3"
 FIELDS = {"params": "arguments"}  # Baton's field names, as Enapter says
 EXECUTE_WAIT_SECONDS = 60.0  # execute_command's bound (Baton v1's largest `?wait=`)
 DEFAULT_LIMIT = 50
+# The seed: "If offset is greater than total_count, an empty list is returned", so any
+# larger offset is clamped to the largest one SQLite takes, which no count ever reaches.
+MAX_OFFSET = 2**63 - 1
 
 
 class EnapterCommandRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_REQUEST
 
     name: str = Field(min_length=1, description="command name, or an alias of it")
     arguments: dict[str, Any] = Field(default_factory=dict, description="command arguments")
@@ -174,7 +178,7 @@ class EnapterCommandController(Controller):
         """The device's executions; `total_count` counts them over all pages."""
         where = ExecutionFilter(device_id=device_id, include_ephemeral=show == "ALL")
         sort: Literal["oldest", "newest"] = "oldest" if order == "CREATED_AT_ASC" else "newest"
-        page = await service.list(where, sort, limit, offset=offset)
+        page = await service.list(where, sort, limit, offset=min(offset, MAX_OFFSET))
         executions = []
         for item in page.items:
             # The latest answer lives in the log, which list pages do not carry.

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from baton_api.dialects.common import (
     Execution,
@@ -26,24 +26,27 @@ from baton_api.dialects.common import (
     utc,
 )
 from baton_api.dialects.statuses import known_words, statuses_for, word
+from baton_api.schemas import STRICT_REQUEST, CommandName
 from baton_api.service import ExecutionService
 from baton_contracts.nats import SubmitCommand
-from baton_domain.catalog import MAX_TTL_SECONDS, NAME_PATTERN
+from baton_domain.catalog import MAX_TTL_SECONDS
 from baton_domain.statuses import ExecutionStatus
 from baton_views import MAX_LIMIT, ExecutionFilter
 
 PREFIX = "/fleets"
 FIELDS = {"name": "action", "device_id": "thingId"}  # Baton's field names, as Fleets says
 DEFAULT_PAGE_SIZE = 100
+# The seed sets no bound; int32's keeps `(page - 1) * limit` far inside SQLite's integers.
+MAX_PAGE = 2**31 - 1
 
 FleetsStatus = Literal["SENT", "SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "CANCELED"]
 
 
 class FleetsCommandRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_REQUEST
 
     thingId: str = Field(min_length=1, description="the thing (device) to run the action on")  # noqa: N815
-    action: str = Field(pattern=NAME_PATTERN, description="action name from the Thing Type")
+    action: CommandName = Field(description="action name from the Thing Type")
     params: dict[str, Any] = Field(default_factory=dict, description="input parameters")
     ttl: int | None = Field(
         default=None,
@@ -97,7 +100,7 @@ Statuses = Annotated[
     list[str] | None,
     QueryParameter(description="Fleets status words; repeatable and/or comma-separated"),
 ]
-Page = Annotated[int, QueryParameter(ge=1, description="1-based page number")]
+Page = Annotated[int, QueryParameter(ge=1, le=MAX_PAGE, description="1-based page number")]
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)]
 
 

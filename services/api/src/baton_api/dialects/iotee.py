@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from litestar import Controller, Request, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from baton_api.auth import admin_only
 from baton_api.dialects.common import (
@@ -27,9 +27,10 @@ from baton_api.dialects.common import (
     utc,
 )
 from baton_api.dialects.statuses import word
+from baton_api.schemas import MAX_PURGE_DAYS, STRICT_REQUEST, CommandName
 from baton_api.service import ExecutionService
 from baton_contracts.nats import SubmitCommand
-from baton_domain.catalog import NAME_PATTERN, Catalog, Device
+from baton_domain.catalog import Catalog, Device
 from baton_views import MAX_LIMIT, ExecutionFilter
 
 PREFIX = "/iotee"
@@ -47,9 +48,9 @@ def iso_millis(moment: datetime) -> str:
 
 
 class IoteeCommandRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_REQUEST
 
-    command: str = Field(pattern=NAME_PATTERN, description="command name (lock, unlock, ...)")
+    command: CommandName = Field(description="command name (lock, unlock, ...)")
     device_type: str | None = Field(
         default=None, description="defaults to the device's configured type"
     )
@@ -57,9 +58,11 @@ class IoteeCommandRequest(BaseModel):
 
 
 class IoteePurgeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_REQUEST
 
-    older_than_days: float = Field(gt=0, description="delete commands older than this")
+    older_than_days: float = Field(
+        gt=0, le=MAX_PURGE_DAYS, description="delete commands older than this"
+    )
 
 
 class IoteeCommand(BaseModel):

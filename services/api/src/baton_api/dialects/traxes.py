@@ -16,7 +16,7 @@ from uuid import UUID
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from baton_api.dialects.common import (
     Execution,
@@ -28,6 +28,7 @@ from baton_api.dialects.common import (
     utc,
 )
 from baton_api.dialects.statuses import word
+from baton_api.schemas import STRICT_REQUEST
 from baton_api.service import ExecutionService
 from baton_contracts.nats import SubmitCommand
 from baton_domain.statuses import ExecutionStatus
@@ -54,7 +55,7 @@ ERROR_TITLES = {
 class TraxesCommandRequest(BaseModel):
     """Connect.Service.Command.App.Models.V1.CommandRequest"""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_REQUEST
 
     type: CommandType | None = Field(default=None, description="the type of the command")
     value: str | None = Field(default=None, description="the value for the command")
