@@ -39,6 +39,7 @@ from baton_contracts.nats import (
     DEADLINE_SUBJECT,
     DELETE_SUBJECT,
     EVENTS_STREAM,
+    MAX_COMMAND_BYTES,
     PURGE_SUBJECT,
     REPORT_ADAPTER,
     REPORTS_STREAM,
@@ -349,6 +350,32 @@ async def test_malformed_lifecycle_events_are_counted_by_the_scheduler(nc: Clien
             stream=EVENTS_STREAM, headers={"Nats-Msg-Id": f"extreme-event-{index}"},
         )  # fmt: skip
     await _drained(nc, EVENTS_STREAM, SCHEDULER_DURABLE)
+    await _a_command_still_goes_all_the_way(nc)
+
+
+@pytest.mark.usefixtures("services")
+async def test_requests_over_the_size_limit_are_refused_and_store_nothing(nc: Client) -> None:
+    """A submit that NATS carries but whose events it could not (they repeat the params) is
+    refused with 413, not stored: stored, it would stop the outbox relay."""
+    params = {"value": 22, "padding": "x" * (MAX_COMMAND_BYTES + 1)}
+    execution_id = uuid4()
+    command = SubmitCommand(
+        device_id=DEVICE, name="set_temperature", params=params, execution_id=execution_id
+    )
+    body = command.model_dump_json().encode()
+    assert MAX_COMMAND_BYTES < len(body) < 1024 * 1024  # within the server's max_payload
+    pairs: list[tuple[str, type[ExecutionReply] | type[CatalogReply]]] = [
+        (SUBMIT_SUBJECT, ExecutionReply),
+        (CATALOG_CHANGE_SUBJECT, CatalogReply),
+    ]
+    for subject, reply_model in pairs:
+        verb = subject.rsplit(".", 1)[-1]
+        before = rejected("dispatcher", f"oversized-{verb}")
+        reply = reply_model.model_validate_json((await nc.request(subject, body, timeout=5)).data)
+        assert reply.problem is not None and reply.problem.status == 413, reply
+        assert reply.problem.code == "payload-too-large"
+        assert rejected("dispatcher", f"oversized-{verb}") - before == 1
+    assert await _types(nc, execution_id) == []
     await _a_command_still_goes_all_the_way(nc)
 
 

@@ -92,6 +92,12 @@ class Problem(WireModel):
     execution_id: UUID | None = None
 
 
+# The largest request any dispatcher subject takes. What it stores travels on as lifecycle
+# events and replies that repeat the params; NATS refuses a message over its max_payload
+# (1 MiB by default) for good, so an event that large would stop the outbox relay: half of it
+# leaves room for the envelopes. The api's own body limit (docs/api.md) is below it.
+MAX_COMMAND_BYTES = 512 * 1024
+
 # --- submit / cancel -----------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from baton_contracts.nats import (
     DEADLINE_SUBJECT,
     DELETE_SUBJECT,
     DISPATCHER_QUEUE,
+    MAX_COMMAND_BYTES,
     PURGE_SUBJECT,
     REJECTIONS_SUBJECT,
     REPORT_ADAPTER,
@@ -91,6 +92,15 @@ def invalid_message(exc: ValidationError) -> Problem:
     )
 
 
+def too_large(size: int) -> Problem:
+    return Problem(
+        status=413,
+        title="Payload too large",
+        detail=f"the request is {size} bytes; the limit is {MAX_COMMAND_BYTES} bytes",
+        code="payload-too-large",
+    )
+
+
 def request_reply(
     broker: NatsBroker,
     subject: str,
@@ -107,6 +117,10 @@ def request_reply(
 
     @broker.subscriber(subject, queue=DISPATCHER_QUEUE, decoder=raw_body, include_in_schema=False)
     async def on_request(message: NatsMessage) -> bytes:
+        if len(message.body) > MAX_COMMAND_BYTES:
+            # Stored, it would make events NATS cannot carry: the relay would stop on them.
+            REJECTED_MESSAGES.labels(service=SERVICE, reason=f"oversized-{verb}").inc()
+            return refuse(too_large(len(message.body))).model_dump_json().encode()
         try:
             command = model.model_validate_json(message.body)
         except ValidationError as exc:
