@@ -40,8 +40,12 @@ test: install broker ## Run every test (unit, integration, end-to-end)
 test-unit: install ## Run the unit tests only
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
-fuzz: install broker ## Long HTTP fuzzing: schemathesis, BATON_FUZZ_CASES cases (default 20000)
-	BATON_FUZZ_CASES=$${BATON_FUZZ_CASES:-20000} $(VENV)/bin/pytest tests/fuzz -m fuzz $(PYTEST_ARGS)
+fuzz: install broker ## The fuzz stages of make test, long: HTTP, MQTT wire and NATS (see docs/operations.md)
+	BATON_FUZZ_CASES=$${BATON_FUZZ_CASES:-20000} \
+	BATON_FUZZ_MESSAGES=$${BATON_FUZZ_MESSAGES:-100000} \
+	BATON_FUZZ_EXAMPLES=$${BATON_FUZZ_EXAMPLES:-5000} \
+	BATON_NATS_FUZZ_CASES=$${BATON_NATS_FUZZ_CASES:-2500} \
+	$(VENV)/bin/pytest -m fuzz $(PYTEST_ARGS)
 
 bench: install broker ## Measure latency and throughput against floors from the same run
 	$(VENV)/bin/python -m tests.benchmarks.commands $(BENCH_ARGS)

@@ -38,7 +38,7 @@ from tests.conftest import eventually
 from tests.integration.test_device_bridge import make_settings
 from tests.integration.test_wire_profiles import answers, dispatch, until_final
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.fuzz]
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG_PATH = ROOT / "deploy/catalog/profiles.yaml"

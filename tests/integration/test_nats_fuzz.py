@@ -69,7 +69,7 @@ from baton_timeout_scheduler.app import TimeoutScheduler
 from baton_timeout_scheduler.edges import DURABLE as SCHEDULER_DURABLE
 from tests.conftest import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.fuzz]
 
 SEED = int(os.environ.get("BATON_NATS_FUZZ_SEED", "20261202"))
 CASES = int(os.environ.get("BATON_NATS_FUZZ_CASES", "250"))  # per subject

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,8 +79,13 @@ WIRINGS = [
     Wiring(Catalog.from_yaml(ROOT / f"deploy/catalog/{name}.yaml"))
     for name in ("profiles", "policies", "seeds")
 ]
+pytestmark = pytest.mark.fuzz
+
 FUZZ = settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+    max_examples=int(os.environ.get("BATON_FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=True,
 )
 
 # --- strategies -------------------------------------------------------------------------------
