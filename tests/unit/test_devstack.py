@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from baton_cli.devstack import DEFAULT_METRICS_PORT, _banner, dev_app, dev_stack
+from baton_cli.devstack import DEFAULT_METRICS_PORT, _banner, dev_app, dev_stack, first_command
 from baton_cli.localstack import SERVICE_MODULES, free_port
 from baton_cli.main import catalog_specs
 from baton_domain.catalog import Catalog
@@ -22,6 +22,7 @@ from baton_simulator import SILENT, THERMOSTAT
 
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS = ROOT / "deploy/catalog/seeds.yaml"
+DEMO = ROOT / "deploy/catalog/demo.yaml"
 
 
 @pytest.fixture
@@ -140,3 +141,20 @@ def test_a_service_on_a_busy_metrics_port_exits_with_that_line_not_a_traceback(
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(f"BATON_METRICS_PORT={port}:")
+
+
+# --- the banner's first command fits the catalog in use ----------------------------------------
+
+
+def test_the_banner_shows_a_command_of_the_catalog_in_use(tmp_path: Path) -> None:
+    demo = _banner(dev_stack(data_dir=tmp_path, api_key="k", catalog=DEMO))
+    assert "/v1/devices/demo-thermostat-1/commands" in demo
+    assert "baton send demo-thermostat-1 set_temperature --param value=22" in demo
+
+    seeds = _banner(dev_stack(data_dir=tmp_path, api_key="k", catalog=SEEDS))
+    device, name, params = first_command(SEEDS)
+    catalog = Catalog.from_yaml(SEEDS)
+    assert device == catalog.devices[0].id
+    spec = catalog.device_types[catalog.devices[0].type].commands[name]
+    assert not spec.params.get("required") and params == {}
+    assert f"/v1/devices/{device}/commands" in seeds and "demo-thermostat" not in seeds

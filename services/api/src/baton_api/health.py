@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 
 from baton_api.schemas import HealthOut
 
@@ -25,7 +26,11 @@ class HealthController(Controller):
         """Liveness: answers 200 while the process serves requests."""
         return HealthOut(status="ok")
 
-    @get("/ready")
+    # Not a problem document: the same shape as the 200, for probes that read the checks.
+    @get(
+        "/ready",
+        responses={503: ResponseSpec(HealthOut, description="not ready; `checks` says why")},
+    )
     async def ready(self, checks: NamedDependency[dict[str, Check]]) -> Response[HealthOut]:
         """Readiness: 200 when NATS and the store are reachable, else 503 naming what is not."""
         results = {name: (await check()) or "ok" for name, check in checks.items()}

@@ -95,12 +95,12 @@ def declare_problems(app: Litestar) -> None:
             operation: Operation | None = getattr(item, method, None)
             if operation is None:
                 continue
-            admin, submits = facts.get((path, method.upper()), (False, False))
+            admin, submits, declared = facts.get((path, method.upper()), (False, False, set()))
             statuses = problem_statuses(path, method.upper(), operation, admin, submits)
             responses = {
                 code: response
                 for code, response in (operation.responses or {}).items()
-                if code[:1] not in ("4", "5")
+                if code[:1] not in ("4", "5") or code in declared
             }
             responses.update({str(status): problem_response(status) for status in statuses})
             operation.responses = responses
@@ -146,9 +146,10 @@ def problem_schemas() -> dict[str, Schema]:
     return {name: _schema(node) for name, node in {**definitions, PROBLEM_SCHEMA: found}.items()}
 
 
-def _handler_facts(app: Litestar) -> dict[tuple[str, str], tuple[bool, bool]]:
-    """(path, METHOD) -> (admin-only, submits a command), from the route handlers."""
-    facts: dict[tuple[str, str], tuple[bool, bool]] = {}
+def _handler_facts(app: Litestar) -> dict[tuple[str, str], tuple[bool, bool, set[str]]]:
+    """(path, METHOD) -> (admin-only, submits a command, the statuses its handler declares
+    itself: kept as they are), from the route handlers."""
+    facts: dict[tuple[str, str], tuple[bool, bool, set[str]]] = {}
     for route in app.routes:
         if not isinstance(route, HTTPRoute):
             continue
@@ -157,8 +158,9 @@ def _handler_facts(app: Litestar) -> dict[tuple[str, str], tuple[bool, bool]]:
             guards = [getattr(guard, "func", guard) for guard in handler.resolve_guards()]
             admin = admin_only in guards
             submits = handler.handler_name in SUBMITS
+            declared = {str(status) for status in handler.responses or {}}
             for method in handler.http_methods:
-                facts[(route.path_format or "/", method)] = (admin, submits)
+                facts[(route.path_format or "/", method)] = (admin, submits, declared)
     return facts
 
 

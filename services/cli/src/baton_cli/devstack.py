@@ -67,10 +67,31 @@ def metrics_port_problem(stack: Stack) -> str | None:
     return None
 
 
+def first_command(catalog: Path) -> tuple[str, str, dict[str, Any]]:
+    """A command the banner can show for the catalog in use: the demo's own example, or a
+    command of the first device that needs no params (else its first command)."""
+    from baton_domain.catalog import Catalog, CatalogError
+
+    try:
+        loaded = Catalog.from_yaml(catalog)
+    except (CatalogError, OSError):
+        loaded = None
+    devices = loaded.devices if loaded is not None else []
+    if not devices or any(d.id == "demo-thermostat-1" for d in devices):
+        return "demo-thermostat-1", "set_temperature", {"value": 22}
+    assert loaded is not None
+    device = devices[0]
+    commands = loaded.device_types[device.type].commands
+    free = [name for name, spec in commands.items() if not spec.params.get("required")]
+    return device.id, next(iter(free or commands), "reboot"), {}
+
+
 def _banner(stack: Stack) -> str:
     key = stack.api_key
     broker = "Mosquitto" if stack.broker == "mosquitto" else "nats-server's MQTT listener"
-    body = json.dumps({"name": "set_temperature", "params": {"value": 22}})
+    device, name, params = first_command(stack.catalog)
+    body = json.dumps({"name": name, "params": params})
+    cli_params = "".join(f" --param {k}={json.dumps(v)}" for k, v in params.items())
     metrics = "".join(
         f"\n  Metrics    http://127.0.0.1:{port}/metrics   ({name})"
         for name, port in stack.metrics_ports().items()
@@ -86,11 +107,11 @@ Baton is running.
   Data/logs  {stack.data_dir}/  (logs in {stack.log_dir}/)
 
 Send a first command:
-  curl -s -X POST '{stack.api_url}/v1/devices/demo-thermostat-1/commands?wait=5' \\
+  curl -s -X POST '{stack.api_url}/v1/devices/{device}/commands?wait=5' \\
        -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
        -d '{body}'
 
-  .venv/bin/baton send demo-thermostat-1 set_temperature --param value=22 --wait 5
+  .venv/bin/baton send {device} {name}{cli_params} --wait 5
 
 Ctrl-C (or `make stop`) stops everything.
 """
