@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nats
 import pytest
@@ -18,8 +18,23 @@ from nats.aio.client import Client
 
 from baton_cli.localstack import Server, find_binary, free_port, start_mosquitto, start_nats
 from baton_platform.nats import ensure_streams
+from baton_platform.settings import Settings
 
 T = TypeVar("T")
+
+DEMO = Path(__file__).resolve().parents[1] / "deploy" / "catalog" / "demo.yaml"
+
+
+def service_settings(nats_server: Server, tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings for services run in-process against the test's nats-server: the demo
+    catalog, data under the test's own directory, and short polls."""
+    values: dict[str, Any] = {
+        "nats_url": nats_server.url,
+        "data_dir": tmp_path / "data",
+        "catalog_path": DEMO,
+        "relay_poll_interval": 0.2,
+    }
+    return Settings(**{**values, **overrides})
 
 
 @pytest.fixture

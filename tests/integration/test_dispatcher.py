@@ -35,21 +35,14 @@ from baton_dispatcher.app import Dispatcher
 from baton_domain.catalog_document import CATALOG_ID
 from baton_domain.delivery import queue_id
 from baton_platform.settings import Settings
-from tests.conftest import eventually
+from tests.conftest import eventually, service_settings
 
 pytestmark = pytest.mark.integration
-
-DEMO = Path(__file__).resolve().parents[2] / "deploy" / "catalog" / "demo.yaml"
 
 
 @pytest.fixture
 def settings(nats_server: Server, tmp_path: Path) -> Settings:
-    return Settings(
-        nats_url=nats_server.url,
-        data_dir=tmp_path / "data",
-        catalog_path=DEMO,
-        relay_poll_interval=0.2,
-    )
+    return service_settings(nats_server, tmp_path)
 
 
 @pytest.fixture

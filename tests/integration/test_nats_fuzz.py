@@ -67,13 +67,12 @@ from baton_platform.metrics import REJECTED_MESSAGES
 from baton_platform.settings import Settings
 from baton_timeout_scheduler.app import TimeoutScheduler
 from baton_timeout_scheduler.edges import DURABLE as SCHEDULER_DURABLE
-from tests.conftest import eventually
+from tests.conftest import eventually, service_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.fuzz]
 
 SEED = int(os.environ.get("BATON_NATS_FUZZ_SEED", "20261202"))
 CASES = int(os.environ.get("BATON_NATS_FUZZ_CASES", "250"))  # per subject
-DEMO = Path(__file__).resolve().parents[2] / "deploy" / "catalog" / "demo.yaml"
 DEVICE = "demo-thermostat-1"
 NOW = "2026-12-02T12:00:00+00:00"
 
@@ -193,13 +192,7 @@ def rejected(service: str, reason: str) -> float:
 
 @pytest.fixture
 def settings(nats_server: Server, tmp_path: Path) -> Settings:
-    return Settings(
-        nats_url=nats_server.url,
-        data_dir=tmp_path / "data",
-        catalog_path=DEMO,
-        relay_poll_interval=0.2,
-        scheduler_tick=0.2,
-    )
+    return service_settings(nats_server, tmp_path, scheduler_tick=0.2)
 
 
 @pytest.fixture

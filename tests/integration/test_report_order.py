@@ -22,20 +22,15 @@ from baton_contracts.nats import REPORTS_STREAM
 from baton_dispatcher.app import Dispatcher
 from baton_dispatcher.edges import REPORTS_ACK_WAIT_S, REPORTS_DURABLE
 from baton_platform.settings import Settings
-from tests.conftest import eventually
-from tests.integration.test_dispatcher import DEMO, report, submit, types_of
+from tests.conftest import eventually, service_settings
+from tests.integration.test_dispatcher import report, submit, types_of
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def settings(nats_server: Server, tmp_path: Path) -> Settings:
-    return Settings(
-        nats_url=nats_server.url,
-        data_dir=tmp_path / "data",
-        catalog_path=DEMO,
-        relay_poll_interval=0.2,
-    )
+    return service_settings(nats_server, tmp_path)
 
 
 async def test_a_report_a_killed_dispatcher_held_comes_back_first_and_at_once(

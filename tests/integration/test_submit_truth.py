@@ -26,11 +26,10 @@ from baton_dispatcher.app import Dispatcher
 from baton_dispatcher.writer import Writer
 from baton_platform.commands import CommandHandlers
 from baton_platform.settings import Settings
-from tests.conftest import eventually
+from tests.conftest import eventually, service_settings
 
 pytestmark = pytest.mark.integration
 
-DEMO = Path(__file__).resolve().parents[2] / "deploy" / "catalog" / "demo.yaml"
 KEY = "truth-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 URL = "/v1/devices/demo-thermostat-1/commands"
@@ -40,11 +39,9 @@ TIMEOUT = 1.0  # the api's request timeout: short, so the tests do not wait long
 
 @pytest.fixture
 def settings(nats_server: Server, tmp_path: Path) -> Settings:
-    return Settings(
-        nats_url=nats_server.url,
-        data_dir=tmp_path / "data",
-        catalog_path=DEMO,
-        relay_poll_interval=0.2,
+    return service_settings(
+        nats_server,
+        tmp_path,
         projection_poll_interval=0.05,
         request_timeout=TIMEOUT,
         api_keys=KEY,

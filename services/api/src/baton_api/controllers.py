@@ -15,7 +15,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from baton_api.auth import admin_only
 from baton_api.catalog import CatalogService
-from baton_api.problems import ProblemError, problem
+from baton_api.problems import ProblemError, invalid, problem
 from baton_api.schemas import (
     CancelRequest,
     ExecutionOut,
@@ -251,17 +251,6 @@ def _filter(
     )
 
 
-def _invalid(field: str, reason: str) -> ProblemError:
-    return ProblemError(
-        problem(
-            422,
-            "validation-failed",
-            "the request is not valid",
-            [FieldProblem(field=field, reason=reason)],
-        )
-    )
-
-
 def _statuses(values: list[str]) -> frozenset[ExecutionStatus]:
     """`status=A&status=B` and `status=A,B` alike; every value must be a known status."""
     names = [part.strip() for value in values for part in value.split(",") if part.strip()]
@@ -269,7 +258,7 @@ def _statuses(values: list[str]) -> frozenset[ExecutionStatus]:
     unknown = [n for n in names if n not in known]
     if unknown:
         reason = f"unknown status {', '.join(unknown)}; one of: {', '.join(sorted(known))}"
-        raise _invalid("status", reason)
+        raise invalid("status", reason)
     return frozenset(ExecutionStatus(n) for n in names)
 
 
@@ -282,4 +271,4 @@ def _aware(moment: datetime | None, field: str) -> datetime | None:
     try:
         return moment.astimezone(UTC)
     except OverflowError:
-        raise _invalid(field, "out of range once in UTC") from None
+        raise invalid(field, "out of range once in UTC") from None

@@ -63,6 +63,18 @@ def problem(
     )
 
 
+def invalid(field: str, reason: str) -> ProblemError:
+    """A 422 problem naming `field`, like Litestar's and the catalog's validation errors."""
+    return ProblemError(
+        problem(
+            422,
+            "validation-failed",
+            "the request is not valid",
+            [FieldProblem(field=field, reason=reason)],
+        )
+    )
+
+
 def unavailable(detail: str) -> ProblemError:
     """503 when the request never reached the dispatcher: nothing was stored; retry."""
     return ProblemError(problem(503, "unavailable", detail), {"Retry-After": "1"})

@@ -14,7 +14,7 @@ from uuid import UUID
 
 from baton_api.problems import ProblemError, problem
 from baton_api.service import ExecutionService, Submitted
-from baton_contracts.nats import ExecutionState, FieldProblem, Problem, SubmitCommand
+from baton_contracts.nats import ExecutionState, Problem, SubmitCommand
 from baton_domain.catalog import Catalog, Device
 from baton_views import ExecutionView
 
@@ -31,18 +31,6 @@ def requested_name(execution: Execution) -> str:
 
 def utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def invalid(field: str, reason: str) -> ProblemError:
-    """A 422 problem naming `field`, like the catalog's own validation errors."""
-    return ProblemError(
-        problem(
-            422,
-            "validation-failed",
-            "the request is not valid",
-            [FieldProblem(field=field, reason=reason)],
-        )
-    )
 
 
 def execution_not_found(execution_id: object) -> ProblemError:

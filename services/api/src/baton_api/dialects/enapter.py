@@ -22,13 +22,12 @@ from pydantic import BaseModel, Field
 from baton_api.dialects.common import (
     Execution,
     execution_not_found,
-    invalid,
     parse_execution_id,
     requested_name,
     submit,
 )
 from baton_api.dialects.statuses import enapter_answer_state, word
-from baton_api.problems import ProblemError
+from baton_api.problems import ProblemError, invalid
 from baton_api.schemas import STRICT_REQUEST
 from baton_api.service import ExecutionService
 from baton_contracts.nats import SubmitCommand

@@ -19,13 +19,13 @@ from pydantic import BaseModel, Field
 
 from baton_api.dialects.common import (
     Execution,
-    invalid,
     parse_execution_id,
     requested_name,
     submit,
     utc,
 )
 from baton_api.dialects.statuses import known_words, statuses_for, word
+from baton_api.problems import invalid
 from baton_api.schemas import STRICT_REQUEST, CommandName
 from baton_api.service import ExecutionService
 from baton_contracts.nats import SubmitCommand

@@ -20,13 +20,13 @@ from baton_api.auth import admin_only
 from baton_api.dialects.common import (
     Execution,
     find_device,
-    invalid,
     parse_execution_id,
     requested_name,
     submit,
     utc,
 )
 from baton_api.dialects.statuses import word
+from baton_api.problems import invalid
 from baton_api.schemas import MAX_PURGE_DAYS, STRICT_REQUEST, CommandName
 from baton_api.service import ExecutionService
 from baton_contracts.nats import SubmitCommand

@@ -21,13 +21,13 @@ from pydantic import BaseModel, Field
 from baton_api.dialects.common import (
     Execution,
     execution_not_found,
-    invalid,
     parse_execution_id,
     requested_name,
     submit,
     utc,
 )
 from baton_api.dialects.statuses import word
+from baton_api.problems import invalid
 from baton_api.schemas import STRICT_REQUEST
 from baton_api.service import ExecutionService
 from baton_contracts.nats import SubmitCommand
