@@ -17,6 +17,7 @@ class FuzzFigures:
     cases: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
     stages: Counter[str] = field(default_factory=Counter)
+    rounds_cut: int = 0  # stateful rounds Hypothesis ended early (test_http_schemathesis.py)
 
     def record(self, stage: str, operation: str, status: int) -> None:
         self.operations.add(operation)
@@ -36,6 +37,7 @@ class FuzzFigures:
             f"cases run: {self.cases} ({by_stage})",
             f"5xx answers: {self.server_errors}",
             f"answers by status: {by_status}",
+            f"stateful rounds ended early by Hypothesis (live state): {self.rounds_cut}",
         ]
 
 

@@ -11,6 +11,7 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from baton_api.auth import admin_only
@@ -72,7 +73,15 @@ class CommandController(Controller):
     path = "/devices/{device_id:str}"
     tags = ["executions"]
 
-    @post("/commands", status_code=201)
+    @post(
+        "/commands",
+        status_code=201,
+        responses={
+            200: ResponseSpec(
+                ExecutionOut, description="the same Idempotency-Key and body again: its execution"
+            )
+        },
+    )
     async def submit_command(
         self,
         request: Request[str, Any, Any],

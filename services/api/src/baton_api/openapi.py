@@ -103,7 +103,19 @@ def declare_problems(app: Litestar) -> None:
                 if code[:1] not in ("4", "5") or code in declared
             }
             responses.update({str(status): problem_response(status) for status in statuses})
+            for response in responses.values():
+                _any_of_models(response)
             operation.responses = responses
+
+
+def _any_of_models(response: OpenAPIResponse | Reference) -> None:
+    """A handler returning one of several models (`ExecutionOut | ExecutionWithLogOut`) gets
+    a `oneOf` from Litestar; but objects are open, so an instance of the richer model is valid
+    under both, which `oneOf` forbids. The answer is one of them, at least: `anyOf`."""
+    for media in (getattr(response, "content", None) or {}).values():
+        schema = media.schema
+        if isinstance(schema, Schema) and schema.one_of:
+            schema.any_of, schema.one_of = schema.one_of, None
 
 
 def problem_statuses(
