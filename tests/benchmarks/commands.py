@@ -4,7 +4,8 @@ Starts the whole stack (nats-server, the MQTT broker, the four services, the sim
 a temporary directory on free loopback ports, then measures, in the same run:
 
 - floors: a bare NATS request/reply round trip, a bare MQTT QoS 1 round trip through the
-  same broker, and the event store's write rate (one execution per transaction);
+  same broker, a JetStream publish on the same (fsyncing) server, and the event store's
+  write rate (one execution per transaction);
 - latency: one command at a time, `POST ...?wait=` until SUCCEEDED (p50/p95/p99);
 - throughput: many commands submitted at once, until every one has SUCCEEDED.
 
@@ -91,6 +92,24 @@ async def mqtt_round_trip(port: int, protocol: str, n: int) -> list[float]:
         return samples
 
 
+async def jetstream_publish(url: str, n: int) -> list[float]:
+    """One JetStream publish until its ack, on the stack's server (which fsyncs every write:
+    `sync_interval: always`, docs/architecture.md): what storing one report costs at least."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="BENCH_FLOOR", subjects=["bench.floor"])
+        samples = []
+        for _ in range(n):
+            start = time.perf_counter()
+            await js.publish("bench.floor", b"x" * 300)
+            samples.append(time.perf_counter() - start)
+        await js.delete_stream("BENCH_FLOOR")
+        return samples
+    finally:
+        await nc.close()
+
+
 def store_write_rate(directory: Path, n: int) -> float:
     """Requests stored per second on one device, one transaction each (Requested,
     Dispatched and the device queue's Admitted)."""
@@ -157,6 +176,7 @@ async def measure(stack: Stack, args: argparse.Namespace, scratch: Path) -> None
     mqtt_rtt = percentiles(
         await mqtt_round_trip(stack.mqtt_port or 0, stack.mqtt_protocol, args.floor_samples)
     )
+    js_publish = percentiles(await jetstream_publish(stack.nats_url, args.floor_samples))
     store_rate = await asyncio.to_thread(store_write_rate, scratch, args.store_samples)
     async with httpx.AsyncClient(
         base_url=stack.api_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
@@ -173,6 +193,10 @@ async def measure(stack: Stack, args: argparse.Namespace, scratch: Path) -> None
     print("floors")
     print(f"  NATS request/reply     p50 {ms(nats_rtt['p50'])}  p99 {ms(nats_rtt['p99'])}")
     print(f"  MQTT QoS 1 round trip  p50 {ms(mqtt_rtt['p50'])}  p99 {ms(mqtt_rtt['p99'])}")
+    print(
+        f"  JetStream publish      p50 {ms(js_publish['p50'])}  p99 {ms(js_publish['p99'])}"
+        "  (fsync each write)"
+    )
     print(f"  event store writes     {store_rate:.0f} requests/s (3 events, 1 transaction each)")
     print(f"latency, one command at a time ({args.latency_samples} x set_temperature, wait=10)")
     print(

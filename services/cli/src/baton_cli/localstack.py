@@ -104,7 +104,10 @@ def start_nats(
     config = [
         f'listen: "{host}:{port}"',
         f'server_name: "baton-{port}"',
-        f'jetstream {{ store_dir: "{workdir / "jetstream"}" }}',
+        # Every write fsynced before it is acknowledged: a device answer acknowledged to the
+        # device, or a lifecycle event the relay has moved past, must survive power loss
+        # (docs/architecture.md, "What stored means"; the default syncs every 2 minutes).
+        f'jetstream {{ store_dir: "{workdir / "jetstream"}", sync_interval: always }}',
     ]
     if mqtt_port is not None:
         # ack_wait: how long a QoS 1 message handed to a client may go unacknowledged before

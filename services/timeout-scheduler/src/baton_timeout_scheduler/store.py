@@ -75,7 +75,9 @@ class DeadlineStore:
             path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
         )
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes (WAL)
+        # FULL: a row is on disk before the event that made it is acknowledged to JetStream;
+        # NORMAL would lose the newest rows on power loss, and their deadlines never fire.
+        self._db.execute("PRAGMA synchronous=FULL")
         self._migrate()
 
     def _migrate(self) -> None:
