@@ -10,6 +10,7 @@ subscriber of the consumer's delivery subject that takes the report and disconne
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import nats
@@ -18,11 +19,15 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from baton_cli.localstack import Server
-from baton_contracts.nats import REPORTS_STREAM
+from baton_contracts.nats import REPORTS_STREAM, DeadlineDue, DeviceReport, report_subject
 from baton_dispatcher.app import Dispatcher
+from baton_dispatcher.backlog import ReportsBacklog
 from baton_dispatcher.edges import REPORTS_ACK_WAIT_S, REPORTS_DURABLE
+from baton_dispatcher.writer import Writer
+from baton_domain.application import Executions, RequestCommand
+from baton_domain.catalog import Catalog
 from baton_platform.settings import Settings
-from tests.conftest import eventually, service_settings
+from tests.conftest import DEMO, eventually, service_settings
 from tests.integration.test_dispatcher import report, submit, types_of
 
 pytestmark = pytest.mark.integration
@@ -98,3 +103,53 @@ async def test_a_reports_consumer_made_by_an_older_version_gets_the_new_limits(
         assert (info.config.max_ack_pending, info.config.ack_wait) == (1, REPORTS_ACK_WAIT_S)
     finally:
         await dispatcher.stop()
+
+
+async def test_a_deadline_waits_for_the_device_reports_still_in_the_stream(nc: Client) -> None:
+    """Issue 7's 247 wrong statuses: a dispatcher killed while it held the device's SUCCEEDED
+    (delivered, never acknowledged) left it in BATON_REPORTS while the deadline, decided from
+    the store alone, fired first: TIMED_OUT for a command the device carried out. A deadline
+    now waits while a report of the execution's device is stored and not yet applied (the
+    stream has work-queue retention: applied reports leave it); other devices' do not hold it.
+    """
+    js = nc.jetstream()
+    now = [datetime.now(UTC)]
+    executions = Executions(
+        Catalog.from_yaml(DEMO),
+        env={"PERSISTENCE_MODULE": "eventsourcing.popo"},
+        clock=lambda: now[0],
+    )
+    writer = Writer(executions, on_stored=lambda: None, backlog=ReportsBacklog(js))
+    try:
+        requested = executions.request(RequestCommand("demo-thermostat-1", "reboot", {}, ttl=1))
+        execution_id = requested.execution.id
+        other = executions.request(RequestCommand("demo-thermostat-2", "reboot", {}, ttl=1))
+        await report(js, execution_id, status="SUCCEEDED", report_id="in-time")
+        await report(js, other.execution.id, device="demo-thermostat-2", status="STARTED")
+        now[0] += timedelta(seconds=2)  # both deadlines have passed
+
+        due = DeadlineDue(execution_id=execution_id)
+        assert (await writer.deadline(due)).outcome == "reports-pending"
+        assert not executions.get(execution_id).is_terminal
+
+        # Each device's deadlines wait for its own reports only: thermostat-2's is applied once
+        # its report is gone, while thermostat-1's still waits in the stream.
+        assert (await writer.deadline(DeadlineDue(execution_id=other.execution.id))).outcome == (
+            "reports-pending"
+        )
+        await js.purge_stream(REPORTS_STREAM, subject=report_subject("demo-thermostat-2"))
+        assert (await writer.deadline(DeadlineDue(execution_id=other.execution.id))).outcome == (
+            "applied"
+        )
+
+        # The held answer is applied (and so leaves the stream): the deadline changes nothing.
+        stored = await js.get_msg(
+            REPORTS_STREAM, seq=1, subject=report_subject("demo-thermostat-1"), next=True
+        )
+        assert stored.data is not None
+        assert (await writer.apply_report(DeviceReport.model_validate_json(stored.data))).applied
+        await js.purge_stream(REPORTS_STREAM, subject=report_subject("demo-thermostat-1"))
+        assert (await writer.deadline(due)).outcome == "ignored"
+        assert executions.get(execution_id).status.value == "SUCCEEDED"
+    finally:
+        writer.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ from baton_timeout_scheduler.store import Deadlines, DeadlineStore
 from baton_timeout_scheduler.ticker import DispatcherUnavailableError, Ticker, backoff
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
-Outcome = Literal["applied", "ignored", "not-yet", "unknown"]
+Outcome = Literal["applied", "ignored", "not-yet", "reports-pending", "unknown"]
 
 
 class Clock:
@@ -85,6 +86,25 @@ async def test_an_unsettled_deadline_is_kept_and_retried_with_backoff(
     assert row.attempts == 2
     dispatcher.outcome = "applied"
     clock.now += timedelta(seconds=1)
+    await settle(ticker)
+    assert await deadlines.count() == 0
+
+
+async def test_a_deadline_waiting_for_reports_is_asked_again_soon_without_backoff(
+    deadlines: Deadlines, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`reports-pending`: the device's answer may be on its way to being applied; the row stays
+    and is asked again after retry_base each time (no growing backoff), with no warning."""
+    clock, dispatcher = Clock(), FakeDispatcher("reports-pending")
+    ticker = Ticker(deadlines, dispatcher, tick=0.01, retry_base=0.5, retry_cap=5.0, clock=clock)
+    execution_id = uuid4()
+    await deadlines.upsert(execution_id, T0)
+    for asked in range(1, 5):
+        await settle(ticker)
+        assert len(dispatcher.requests) == asked
+        clock.now += timedelta(seconds=0.5)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    dispatcher.outcome = "ignored"
     await settle(ticker)
     assert await deadlines.count() == 0
 

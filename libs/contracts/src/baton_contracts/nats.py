@@ -206,7 +206,9 @@ class DeadlineDue(WireModel):
 
 
 class DeadlineReply(WireModel):
-    outcome: Literal["applied", "ignored", "not-yet", "unknown"]
+    # reports-pending: a report of the execution's device is stored and not yet applied (it
+    # may be the answer that beat the deadline); ask again shortly.
+    outcome: Literal["applied", "ignored", "not-yet", "reports-pending", "unknown"]
     # Why, for a request that is not a DeadlineDue (outcome `unknown`): invalid-message.
     problem: Problem | None = None
 

@@ -8,6 +8,7 @@ import logging
 from faststream.nats import NatsBroker
 from nats.aio.client import Client
 
+from baton_dispatcher.backlog import ReportsBacklog
 from baton_dispatcher.edges import register, resume_reports
 from baton_dispatcher.relay import OutboxRelay
 from baton_dispatcher.writer import Writer
@@ -36,7 +37,7 @@ class Dispatcher:
         js = self._nc.jetstream()
         await ensure_streams(js)
         relay = OutboxRelay(executions, js, settings.relay_poll_interval)
-        self._writer = Writer(executions, on_stored=relay.wake)
+        self._writer = Writer(executions, on_stored=relay.wake, backlog=ReportsBacklog(js))
         # The catalog file seeds the stored catalog on the first start only; after that the
         # catalog is managed data (the api's /v1/device-types and /v1/devices, `baton
         # catalog import`).

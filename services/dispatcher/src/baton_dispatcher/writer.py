@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from baton_contracts.nats import (
     CancelCommand,
@@ -73,9 +73,19 @@ class ReportResult:
     refused: str | None = None
 
 
+class Backlog(Protocol):
+    async def holds(self, device_id: str) -> bool: ...
+
+
 class Writer:
-    def __init__(self, executions: Executions, on_stored: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        executions: Executions,
+        on_stored: Callable[[], None],
+        backlog: Backlog | None = None,
+    ) -> None:
         self._executions = executions
+        self._backlog = backlog
         self._handlers = CommandHandlers(executions)
         self._on_stored = on_stored
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baton-writer")
@@ -155,6 +165,17 @@ class Writer:
         return reply
 
     async def deadline(self, due: DeadlineDue) -> DeadlineReply:
+        if self._backlog is not None:
+            # A report of the device still waiting in the stream may be the answer that came
+            # before this deadline: it is applied first, and the scheduler asks again.
+            try:
+                device_id = await self._call(
+                    lambda: self._executions.get(due.execution_id).device_id
+                )
+            except ExecutionNotFound:
+                return DeadlineReply(outcome="unknown")
+            if await self._backlog.holds(device_id):
+                return DeadlineReply(outcome="reports-pending")
         try:
             outcome = await self._call(
                 lambda: self._executions.reach_deadline(due.execution_id, due.kind)

@@ -5,6 +5,8 @@ Every tick the ticker reads the rows whose next attempt is due and sends each a
 - "applied" / "ignored" / "unknown": the dispatcher settled it (or there is nothing to
   settle): the row is deleted.
 - "not-yet": the dispatcher's clock is behind ours: keep the row, try again shortly.
+- "reports-pending": a report of the execution's device is not applied yet (it may be the
+  answer that came in time): keep the row, ask again after `retry_base`, quietly.
 - no responders, timeout, an unreadable reply: keep the row, try again with backoff.
 """
 
@@ -123,6 +125,12 @@ class Ticker:
                 late,
                 reply.outcome,
             )
+        elif reply.outcome == "reports-pending":
+            # Expected after a dispatcher restart or under load: not worth a warning, and no
+            # growing backoff either: the reports drain in seconds.
+            when = self.clock() + timedelta(seconds=self.retry_base)
+            await self.deadlines.postpone(row.execution_id, when, row.kind)
+            log.debug("deadline for %s waits for its device's reports", row.execution_id)
         else:
             await self._retry_later(row, "dispatcher says not yet (clock skew)")
 
