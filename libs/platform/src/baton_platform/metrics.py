@@ -1,8 +1,8 @@
-"""Prometheus counters. Each service serves them on BATON_METRICS_PORT when it is set."""
+"""Prometheus counters and gauges; each service serves them on BATON_METRICS_PORT if set."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, start_http_server
+from prometheus_client import Counter, Gauge, start_http_server
 
 REJECTED_MESSAGES = Counter(
     "baton_rejected_messages_total",
@@ -13,6 +13,11 @@ DEAD_LETTERS = Counter(
     "baton_dead_letters_total",
     "Messages given up on after repeated failures",
     ["service", "subject"],
+)
+
+WAITING_REQUESTS = Gauge(
+    "baton_api_waiting_requests",
+    "Requests waiting for their execution to end (?wait=, Enapter's execute_command)",
 )
 
 

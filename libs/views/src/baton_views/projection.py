@@ -12,6 +12,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterable
 from typing import Any
+from uuid import UUID
 
 from baton_contracts.nats import LifecycleEvent
 from baton_domain.execution import (
@@ -33,11 +34,17 @@ log = logging.getLogger(__name__)
 Handler = Callable[[sqlite3.Connection, LifecycleEvent], None]
 
 
-def project(conn: sqlite3.Connection, events: Iterable[LifecycleEvent]) -> tuple[int, int]:
+def project(
+    conn: sqlite3.Connection,
+    events: Iterable[LifecycleEvent],
+    ended: set[UUID] | None = None,
+) -> tuple[int, int]:
     """Apply the events above the stored position, inside the caller's transaction.
 
     Returns (events applied, new position). Events at or below the position were applied
-    before (at-least-once delivery, overlapping reads) and are skipped.
+    before (at-least-once delivery, overlapping reads) and are skipped. `ended`, when given,
+    receives the ids of the executions these events ended or deleted, so whoever waits on
+    them is woken without reading the rows again.
     """
     start = position = read_position(conn)
     applied = 0
@@ -49,6 +56,8 @@ def project(conn: sqlite3.Connection, events: Iterable[LifecycleEvent]) -> tuple
             continue  # the device queues' and the catalog's own streams: no view of them
         _apply_one(conn, event)
         applied += 1
+        if ended is not None and event.type in ENDING_TYPES:
+            ended.add(event.execution_id)
     if position != start:
         write_position(conn, position)
     return applied, position
@@ -199,6 +208,10 @@ _HANDLERS: dict[str, Handler] = {
 }
 
 PROJECTED_TYPES = frozenset(_HANDLERS)
+# Each sets a terminal status (or removes the row): after one, a waiter has its answer.
+ENDING_TYPES = frozenset(
+    {"Succeeded", "Failed", "Rejected", "TimedOut", "Expired", "Canceled", "Deleted"}
+)
 # The DeviceQueue's events share the notification log (docs/architecture.md).
 DEVICE_QUEUE_TYPES = frozenset(
     {"Opened", "Admitted", "Released", "Finished", "PresenceChanged", "VerificationDone"}

@@ -50,13 +50,14 @@ class ExecutionViews:
 
     # --- projection ---------------------------------------------------------------------
 
-    def apply(self, events: Iterable[LifecycleEvent]) -> int:
+    def apply(self, events: Iterable[LifecycleEvent], ended: set[UUID] | None = None) -> int:
         """Apply events and store the new position in one transaction; returns the position.
 
         Safe to call with events seen before: those at or below the position are skipped.
+        `ended` receives the ids of the executions the events ended (see `project`).
         """
         with self._write_lock, transaction(self._writer) as conn:
-            _, position = project(conn, events)
+            _, position = project(conn, events, ended)
         return position
 
     def position(self) -> int:

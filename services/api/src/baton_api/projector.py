@@ -4,6 +4,10 @@ The loop reads the event store's notification log after the stored position and 
 it (both in a worker thread: eventsourcing and sqlite3 are synchronous). It wakes early
 when `wake()` is called (a NATS lifecycle event arrived) and otherwise polls, so it keeps
 the views current with NATS down.
+
+Waiting costs no reads per waiter: each applied batch reports which executions it ended,
+and only their waiters are woken, through one notifier per execution that all of its
+waiters share (docs/architecture.md, "Waiting").
 """
 
 from __future__ import annotations
@@ -12,14 +16,24 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass, field
 from uuid import UUID
 
 from baton_domain.application import Executions
+from baton_platform.metrics import WAITING_REQUESTS
 from baton_views import ExecutionView, ExecutionViews, read_events
 
 log = logging.getLogger(__name__)
 
 BATCH = 500
+
+
+@dataclass
+class _Notifier:
+    """Set once the views show the execution ended; shared by everyone waiting for that."""
+
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    waiters: int = 0
 
 
 class ProjectionRunner:
@@ -37,6 +51,7 @@ class ProjectionRunner:
         self._wake = asyncio.Event()
         # Replaced on every advance: setting the old one releases everyone waiting on it.
         self._advanced = asyncio.Event()
+        self._notifiers: dict[UUID, _Notifier] = {}
         self._stopping = False
         self.position = 0
 
@@ -71,8 +86,14 @@ class ProjectionRunner:
         if not events:
             self._advance(after)
             return False
-        position = await asyncio.to_thread(self._views.apply, events)
+        ended: set[UUID] = set()
+        position = await asyncio.to_thread(self._views.apply, events, ended)
         self._advance(position)
+        # After the commit, so a woken waiter's read sees the end.
+        for execution_id in ended:
+            notifier = self._notifiers.get(execution_id)
+            if notifier is not None:
+                notifier.ended.set()
         return True
 
     def _advance(self, position: int) -> None:
@@ -92,15 +113,40 @@ class ProjectionRunner:
                 return self.position >= position
         return True
 
-    async def wait_until_terminal(self, execution_id: UUID, within: float) -> ExecutionView | None:
-        """The execution as soon as the views show it ended, or as it is after `within` s."""
+    @property
+    def waited_on(self) -> int:
+        """How many executions have someone waiting for their end (a notifier each)."""
+        return len(self._notifiers)
+
+    async def wait_until_terminal(
+        self, execution_id: UUID, within: float, with_log: bool = False
+    ) -> ExecutionView | None:
+        """The execution as soon as the views show it ended, or as it is after `within` s.
+
+        Two reads of the views whatever happens meanwhile: one now (it may have ended
+        already) and one when woken or out of time. The notifier is registered before the
+        first read, so an end projected between that read and the wait still wakes it.
+        """
         deadline = time.monotonic() + within
-        while True:
-            execution = await asyncio.to_thread(self._views.get, execution_id)
+        notifier = self._notifiers.get(execution_id)
+        if notifier is None:
+            notifier = self._notifiers[execution_id] = _Notifier()
+        notifier.waiters += 1
+        WAITING_REQUESTS.inc()
+        try:
+            execution = await asyncio.to_thread(self._views.get, execution_id, with_log)
             if execution is not None and execution.is_terminal:
                 return execution
-            if not await self._next_advance(deadline):
-                return await asyncio.to_thread(self._views.get, execution_id)
+            self.wake()  # a waiter usually follows a write: look now rather than at the next poll
+            with contextlib.suppress(TimeoutError):
+                remaining = max(0.0, deadline - time.monotonic())
+                await asyncio.wait_for(notifier.ended.wait(), timeout=remaining)
+            return await asyncio.to_thread(self._views.get, execution_id, with_log)
+        finally:
+            WAITING_REQUESTS.dec()
+            notifier.waiters -= 1
+            if notifier.waiters == 0:
+                del self._notifiers[execution_id]
 
     async def _next_advance(self, deadline: float) -> bool:
         remaining = deadline - time.monotonic()

@@ -51,17 +51,21 @@ class ExecutionService:
         self._runner = runner
         self._store_position = store_position
 
-    async def submit(self, command: SubmitCommand, wait: float | None) -> Submitted:
+    async def submit(
+        self, command: SubmitCommand, wait: float | None, with_log: bool = False
+    ) -> Submitted:
         """Submit; with `wait`, answer once the execution ended or `wait` s have passed.
 
         The execution id is fixed here, before the dispatcher is asked, so an answer that
         never comes still leaves the client an execution to look up (docs/api.md, 503).
-        `wait` waits on the views after the dispatcher answered, never holding it."""
+        `wait` waits on the views after the dispatcher answered, never holding it, and
+        costs two reads of them (`ProjectionRunner.wait_until_terminal`); `with_log` has
+        the waited-for view carry its log, for answers that show it."""
         if command.execution_id is None:
             command = command.model_copy(update={"execution_id": planned_id(command)})
         state = await self._written(await self._gateway.submit(command))
         if wait:
-            ended = await self._runner.wait_until_terminal(state.execution.id, wait)
+            ended = await self._runner.wait_until_terminal(state.execution.id, wait, with_log)
             if ended is not None:
                 return Submitted(ended, state.created)
         return Submitted(state.execution, state.created)

@@ -74,12 +74,13 @@ async def submit(
     command: SubmitCommand,
     wait: float | None,
     fields: Mapping[str, str],
+    with_log: bool = False,
 ) -> Submitted:
     """`service.submit`, with the fields its problems name in the dialect's words:
     `fields` maps Baton's field names (`name`, `params`, `params.value`: a whole name first,
     else its first part) to the dialect's."""
     try:
-        return await service.submit(command, wait)
+        return await service.submit(command, wait, with_log)
     except ProblemError as exc:
         raise ProblemError(_renamed(exc.problem, fields), exc.headers) from None
 

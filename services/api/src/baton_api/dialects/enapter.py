@@ -132,9 +132,12 @@ class EnapterCommandController(Controller):
         """Execute a command and answer once it ended (or after 60 s)."""
         with_log = _expands_log(expand)
         submitted = await submit(
-            service, _submit(request, device_id, data), EXECUTE_WAIT_SECONDS, FIELDS
+            service, _submit(request, device_id, data), EXECUTE_WAIT_SECONDS, FIELDS, True
         )
-        execution = await service.get(submitted.execution.id, with_log=True)
+        execution = submitted.execution
+        if not isinstance(execution, ExecutionView) or execution.log is None:
+            # Not in the views (deleted meanwhile): answer as GET would, a 404.
+            execution = await service.get(execution.id, with_log=True)
         return {"execution": execution_body(execution, with_log=with_log)}
 
     @post("/command_executions", status_code=200)
