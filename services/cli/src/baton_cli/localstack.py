@@ -9,8 +9,10 @@ installs `nats-server` there).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
+import resource
 import shutil
 import socket
 import subprocess
@@ -123,6 +125,17 @@ def start_nats(
     return Server("nats", proc, f"nats://{host}:{port}", port)
 
 
+def raise_open_files_limit() -> None:
+    """Raise this process's soft limit of open files to its hard limit, so a broker started
+    from it inherits room for a simulated fleet (a socket per device; the soft limit is often
+    1,024, which stopped Mosquitto and the simulator just past 1,000 devices)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        # An unlimited hard limit is not one a soft limit may be set to: then leave it.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def start_mosquitto(workdir: Path, port: int | None = None, host: str = "127.0.0.1") -> Server:
     binary = find_binary("mosquitto")
     if binary is None:
@@ -148,6 +161,9 @@ def start_mosquitto(workdir: Path, port: int | None = None, host: str = "127.0.0
                 # The default (1000) silently drops QoS 1 messages to a slow subscriber.
                 "max_queued_messages 100000",
                 "max_inflight_messages 0",
+                # One connection per simulated device: no cap (-1) but the open files limit,
+                # raised below before Mosquitto starts.
+                "max_connections -1",
                 # Without it a request/response round trip takes ~90 ms instead of ~0.4 ms.
                 "set_tcp_nodelay true",
                 "log_dest stdout",
@@ -158,6 +174,7 @@ def start_mosquitto(workdir: Path, port: int | None = None, host: str = "127.0.0
             ]
         )
     )
+    raise_open_files_limit()
     proc = _spawn([binary, "-c", str(conf)], workdir / "mosquitto.log")
     wait_for_port(host, port, proc)
     return Server("mosquitto", proc, f"mqtt://{host}:{port}", port, {"protocol": "5"})

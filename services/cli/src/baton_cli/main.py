@@ -235,15 +235,67 @@ def replay() -> None:
 # --- simulate ------------------------------------------------------------------------------
 
 SIMULATE_LABEL = "simulate"  # a device label naming the simulator's behaviour for it
+DURATION_UNITS = {"ms": 0.001, "s": 1.0}
 
 
-def catalog_specs(path: Path, only: list[str], silent: list[str]) -> list[Any]:
+def parse_duration(text: str, hint: str) -> float:
+    """`5ms`, `0.2s` or `1.5` (seconds)."""
+    raw = text.strip()
+    unit = next((u for u in ("ms", "s") if raw.endswith(u)), "")
+    try:
+        seconds = float(raw.removesuffix(unit)) * DURATION_UNITS.get(unit, 1.0)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):  # NaN too
+        raise typer.BadParameter(f"not a duration: {text!r} (say 5ms, 0.2s or 1)", param_hint=hint)
+    return seconds
+
+
+def parse_delays(items: list[str], hint: str) -> dict[str, float]:
+    """`[BEHAVIOUR=]DURATION` items: the delay by behaviour name, "" for every behaviour."""
+    from baton_simulator import BEHAVIOURS
+
+    delays: dict[str, float] = {}
+    for item in items:
+        name, sep, duration = item.rpartition("=")
+        name = name.strip()
+        if sep and name not in BEHAVIOURS:
+            known = ", ".join(sorted(BEHAVIOURS))
+            raise typer.BadParameter(f"no behaviour {name!r} (knows {known})", param_hint=hint)
+        delays[name] = parse_duration(duration, hint)
+    return delays
+
+
+def timings(answer: list[str], progress: list[str]) -> dict[str, Any]:
+    """The simulator Timing of each behaviour name ("" for every other behaviour)."""
+    from baton_simulator import Timing
+
+    answers = parse_delays(answer, "--answer-delay")
+    progresses = parse_delays(progress, "--progress-delay")
+    default = Timing(answers.get(""), progresses.get(""))
+    found: dict[str, Any] = {"": default}
+    for name in (set(answers) | set(progresses)) - {""}:
+        found[name] = Timing(answers.get(name), progresses.get(name)).over(default)
+    return found
+
+
+def behaviour_named(name: str, by_name: dict[str, Any]) -> Any:
+    """The behaviour `name`, with the answer times set for it (or for every behaviour)."""
+    from baton_simulator import BEHAVIOURS
+
+    return BEHAVIOURS[name].timed(by_name.get(name, by_name[""]))
+
+
+def catalog_specs(
+    path: Path, only: list[str], silent: list[str], by_name: dict[str, Any] | None = None
+) -> list[Any]:
     """The simulator's device specs for the catalog at `path`: each device speaks its type's
     wire profile and follows the behaviour its `simulate` label names (`silent`, ...), else
     the one named like its type, else `generic`. `only`: just those devices (all if empty);
-    `silent`: those stay silent whatever their label."""
+    `silent`: those stay silent whatever their label. `by_name`: answer times by behaviour
+    name (`timings`)."""
     from baton_domain.catalog import Catalog, CatalogError
-    from baton_simulator import BEHAVIOURS, DeviceSpec, DeviceWire
+    from baton_simulator import BEHAVIOURS, DeviceSpec, DeviceWire, Timing
 
     try:
         catalog = Catalog.from_yaml(path)
@@ -272,8 +324,24 @@ def catalog_specs(path: Path, only: list[str], silent: list[str]) -> list[Any]:
             type_wire=device_type.wire,
             commands_wire={n: spec.wire for n, spec in device_type.commands.items()},
         )
-        specs.append(DeviceSpec(device_id, wire, BEHAVIOURS[name]))
+        specs.append(DeviceSpec(device_id, wire, behaviour_named(name, by_name or {"": Timing()})))
     return specs
+
+
+def fleet_specs(
+    count: int, device_type: str, prefix: str, behaviour: str | None, by_name: dict[str, Any]
+) -> list[Any]:
+    """`count` devices of `device_type` on Baton's own profile, named as `baton catalog fleet`
+    names them, following `behaviour` (default: the one named like the type, else
+    `generic`)."""
+    from baton_simulator import BEHAVIOURS, DeviceSpec, DeviceWire, fleet_ids
+
+    name = behaviour or (device_type if device_type in BEHAVIOURS else "generic")
+    if name not in BEHAVIOURS:
+        known = ", ".join(sorted(BEHAVIOURS))
+        raise typer.BadParameter(f"no behaviour {name!r} (knows {known})", param_hint="--behaviour")
+    timed = behaviour_named(name, by_name)
+    return [DeviceSpec(d, DeviceWire(d), timed) for d in fleet_ids(count, prefix)]
 
 
 @app.command()
@@ -303,6 +371,46 @@ def simulate(
             "(--device/--silent then pick among them)."
         ),
     ] = None,
+    fleet: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="Simulate N generated devices (sim-00001 ..., as `baton catalog fleet N` "
+            "writes them), besides any --device/--silent.",
+        ),
+    ] = None,
+    device_type: Annotated[
+        str, typer.Option("--type", help="The device type of the --fleet devices.")
+    ] = "thermostat",
+    prefix: Annotated[str, typer.Option(help="The id prefix of the --fleet devices.")] = "sim-",
+    behaviour: Annotated[
+        str | None,
+        typer.Option(
+            help="The behaviour of the --fleet devices (default: the one named like --type, "
+            "else generic)."
+        ),
+    ] = None,
+    answer_delay: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="[BEHAVIOUR=]DURATION",
+            help="Time from a request to a device's first answer (5ms, 0.2s, 1); with "
+            "BEHAVIOUR= only for that behaviour's devices. Repeatable.",
+        ),
+    ] = None,
+    progress_delay: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="[BEHAVIOUR=]DURATION",
+            help="Time before each later answer (progress, final) or state report; with "
+            "BEHAVIOUR= only for that behaviour's devices. Repeatable.",
+        ),
+    ] = None,
+    connect_batch: Annotated[
+        int | None,
+        typer.Option(min=1, help="How many devices may be connecting at once (default 100)."),
+    ] = None,
 ) -> None:
     """Run simulated devices that answer commands over MQTT, until Ctrl-C.
 
@@ -311,9 +419,12 @@ def simulate(
     silent, `simulate: charger` answers and reports its state (docs/wire-profiles.md). Each
     device publishes `online` (retained) on its status topic when it connects, leaves its
     last will `offline`, and says `offline` before it disconnects on Ctrl-C or SIGTERM.
+    With --fleet N: N generated devices (10,000 fit in one process), connected a batch at a
+    time; --answer-delay and --progress-delay set how fast every device answers.
     """
     from baton_platform.logs import configure_logging
     from baton_platform.settings import Settings
+    from baton_simulator import Timing, TooManyDevices
 
     if mqtt_protocol not in (None, "5", "3.1.1"):
         raise typer.BadParameter("must be 5 or 3.1.1", param_hint="--mqtt-protocol")
@@ -327,12 +438,37 @@ def simulate(
     settings = Settings()
     configure_logging("simulator", settings.log_level)
     devices, silent_devices = list(device or []), list(silent or [])
+    by_name = timings(answer_delay or [], progress_delay or [])
+    options: dict[str, Any] = {}  # only what differs from run_simulator's defaults
     specs: list[Any] = []
     if catalog is not None:
-        specs = catalog_specs(catalog, devices, silent_devices)
+        if fleet is not None:
+            raise typer.BadParameter(
+                "simulate a catalog or a fleet, not both (`baton catalog fleet` writes a "
+                "catalog of a fleet)",
+                param_hint="--fleet",
+            )
+        specs = catalog_specs(catalog, devices, silent_devices, by_name)
         devices, silent_devices = [], []
-    elif not devices and not silent_devices:
-        devices, silent_devices = list(DEMO_DEVICES), list(DEMO_SILENT)
+    else:
+        if fleet is not None:
+            specs = fleet_specs(fleet, device_type, prefix, behaviour, by_name)
+        elif not devices and not silent_devices:
+            devices, silent_devices = list(DEMO_DEVICES), list(DEMO_SILENT)
+        if len(by_name) > 1 or specs:
+            # Timings differ by behaviour (or a fleet is timed already): every device its own.
+            specs = [
+                *catalog_free_specs(devices, "thermostat", by_name),
+                *catalog_free_specs(silent_devices, "silent", by_name),
+                *specs,
+            ]
+            devices, silent_devices = [], []
+        elif by_name[""] != Timing():
+            options["timing"] = by_name[""]
+    if specs:
+        options["specs"] = specs
+    if connect_batch is not None:
+        options["connect_batch"] = connect_batch
     host = mqtt_host or settings.mqtt_host
     port = mqtt_port or settings.mqtt_port
     protocol = mqtt_protocol or settings.mqtt_protocol
@@ -347,12 +483,20 @@ def simulate(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        if specs:
-            await run_simulator(host, port, protocol, devices, silent_devices, stop, specs=specs)
-        else:
-            await run_simulator(host, port, protocol, devices, silent_devices, stop)
+        await run_simulator(host, port, protocol, devices, silent_devices, stop, **options)
 
-    asyncio.run(_run())
+    try:
+        asyncio.run(_run())
+    except TooManyDevices as exc:
+        fail(str(exc))
+
+
+def catalog_free_specs(devices: list[str], behaviour: str, by_name: dict[str, Any]) -> list[Any]:
+    """Devices named on the command line, on Baton's own profile."""
+    from baton_simulator import DeviceSpec, DeviceWire
+
+    timed = behaviour_named(behaviour, by_name)
+    return [DeviceSpec(d, DeviceWire(d), timed) for d in devices]
 
 
 def main() -> None:  # pragma: no cover - `python -m baton_cli.main`

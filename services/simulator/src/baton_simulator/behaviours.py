@@ -10,7 +10,7 @@ script and a request into concrete actions, and the device only carries them out
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from baton_contracts.mqtt import AnswerStatusWord, CommandRequest, DeviceAnswer
@@ -88,6 +88,51 @@ class Behaviour:
 
     def script_for(self, name: str) -> Script:
         return self.commands.get(name, self.otherwise)
+
+    def timed(self, timing: Timing) -> Behaviour:
+        """The same scripts with `timing`'s delays in place of their own."""
+        if timing == Timing():
+            return self
+        return Behaviour(
+            commands={name: timing.apply(script) for name, script in self.commands.items()},
+            otherwise=timing.apply(self.otherwise),
+        )
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Answer times set from outside (`baton simulate --answer-delay/--progress-delay`), so a
+    bench or a test can make a fleet as quick or as slow as it needs.
+
+    `answer_delay`: how long a device takes from a request to its first step (its first
+    answer, usually STARTED). `progress_delay`: the wait before each later step (progress,
+    the final answer, a state report). None keeps the behaviour's own delay for those steps.
+    A script's last answer so comes `answer_delay + (steps - 1) * progress_delay` after the
+    request.
+    """
+
+    answer_delay: float | None = None
+    progress_delay: float | None = None
+
+    def __post_init__(self) -> None:
+        for delay in (self.answer_delay, self.progress_delay):
+            if delay is not None and delay < 0:
+                raise ValueError(f"a delay cannot be negative: {delay}")
+
+    def apply(self, script: Script) -> Script:
+        return tuple(
+            replace(step, delay=delay)
+            if (delay := self.answer_delay if n == 0 else self.progress_delay) is not None
+            else step
+            for n, step in enumerate(script)
+        )
+
+    def over(self, default: Timing) -> Timing:
+        """This timing, with `default`'s delays where this one sets none."""
+        return Timing(
+            default.answer_delay if self.answer_delay is None else self.answer_delay,
+            default.progress_delay if self.progress_delay is None else self.progress_delay,
+        )
 
 
 # --- the tables ----------------------------------------------------------------------------

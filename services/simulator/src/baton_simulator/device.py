@@ -12,6 +12,7 @@ device is away and hands them over when it comes back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -125,7 +126,11 @@ class SimulatedDevice:
         backoff_max: float = 5.0,
         remember: int = 10_000,
         wire: DeviceWire | None = None,
+        connecting: asyncio.Semaphore | None = None,
     ) -> None:
+        """`connecting`: shared by a fleet, it bounds how many devices are between TCP
+        connect and their `online` status at once, so a thousand devices starting (or coming
+        back after a broker restart) arrive in batches rather than all at once."""
         self.device_id = device_id
         self.behaviour = behaviour
         self.broker = broker
@@ -139,6 +144,7 @@ class SimulatedDevice:
         self._online = asyncio.Event()
         self._drop = asyncio.Event()  # set by a go-offline step
         self._offline_until = 0.0
+        self._connecting = connecting
 
     # --- the connection ----------------------------------------------------------------------
 
@@ -153,10 +159,17 @@ class SimulatedDevice:
                 connection = str(time.time_ns() // 1000)
                 will = self._status(online=False, connection=connection)
                 try:
-                    async with self.broker.client(f"baton-sim-{self.device_id}", will) as client:
-                        filters = self.codec.device_filters(self.wire.wire_id, self.wire.type_wire)
-                        await client.subscribe([(f, 1) for f in filters])
-                        await self._say(client, self._status(online=True, connection=connection))
+                    async with contextlib.AsyncExitStack() as connected:
+                        async with self._connecting or contextlib.nullcontext():
+                            client = await connected.enter_async_context(
+                                self.broker.client(f"baton-sim-{self.device_id}", will)
+                            )
+                            filters = self.codec.device_filters(
+                                self.wire.wire_id, self.wire.type_wire
+                            )
+                            await client.subscribe([(f, 1) for f in filters])
+                            online = self._status(online=True, connection=connection)
+                            await self._say(client, online)
                         self._client = client
                         self._online.set()
                         log.info("%s online%s", self.device_id, " again" if in_outage else "")
