@@ -101,16 +101,43 @@ def test_make_run_serves_metrics_by_default(
     assert not (tmp_path / "log").exists()  # nothing was started
 
 
+def held_ports(count: int) -> list[socket.socket]:
+    """`count` consecutive loopback ports, each listened on here. All of them are held, so
+    what the test sees cannot depend on whether another process took a neighbour (a run
+    of the suite once found base+1 taken while it held only base+3)."""
+    for _ in range(50):
+        base = free_port()
+        held: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                held.append(sock)
+                sock.bind(("127.0.0.1", port))
+                sock.listen()
+        except OSError:
+            for sock in held:
+                sock.close()
+            continue
+        return held
+    raise AssertionError(f"no {count} consecutive free ports found")
+
+
 def test_a_busy_metrics_port_stops_make_run_with_one_line(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, busy: socket.socket
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    base = busy.getsockname()[1] - 3  # the api's port is the busy one
-    monkeypatch.setenv("BATON_METRICS_PORT", str(base))
-    result = CliRunner().invoke(dev_app, ["run", "--data-dir", str(tmp_path)])
+    held = held_ports(len(SERVICE_MODULES))
+    base = held[0].getsockname()[1]
+    try:
+        monkeypatch.setenv("BATON_METRICS_PORT", str(base))
+        result = CliRunner().invoke(dev_app, ["run", "--data-dir", str(tmp_path)])
+    finally:
+        for sock in held:
+            sock.close()
     assert result.exit_code == 1
     [line] = result.output.strip().splitlines()[-1:]
-    assert line.startswith(f"BATON_METRICS_PORT={base}: port {base + 3} (api metrics")
+    assert line.startswith(f"BATON_METRICS_PORT={base}: port {base} (dispatcher metrics")
     assert "Traceback" not in result.output
+    assert not (tmp_path / "log").exists()  # nothing was started
 
 
 def test_a_busy_metrics_port_is_one_line_naming_the_setting(busy: socket.socket) -> None:
