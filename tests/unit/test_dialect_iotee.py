@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
+import pytest
+
+from baton_api.dialects import iotee
 from baton_domain.statuses import AnswerStatus
 from tests.unit.dialect_support import ADMIN_KEY, KEY, Stand, assert_problem, stand
 
 __all__ = ["stand"]
 
 USER = {"X-API-Key": KEY}
+DAY = timedelta(days=1)
 ADMIN = {"X-API-Key": ADMIN_KEY}
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -136,10 +141,28 @@ def test_retry_a_failed_command(stand: Stand) -> None:
     assert_problem(stand.client.post("/iotee/commands/x1y2z3w4/retry", headers=ADMIN), 404)
 
 
-def test_purge_old_commands(stand: Stand) -> None:
+def created_at(stand: Stand, command_id: str) -> datetime:
+    body = stand.client.get(f"/iotee/commands/{command_id}", headers=USER).json()
+    return datetime.fromisoformat(body["created_at"].replace("Z", "+00:00"))
+
+
+def frozen_at(moment: datetime) -> type[datetime]:
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> Frozen:  # type: ignore[override]
+            return cls.fromtimestamp(moment.timestamp(), tz)
+
+    return Frozen
+
+
+def test_purge_old_commands(stand: Stand, monkeypatch: pytest.MonkeyPatch) -> None:
     old = send(stand)["command_id"]
-    time.sleep(0.3)  # so that a cutoff 0.2 s ago falls between the two commands
+    old_at = created_at(stand, old)
+    while datetime.now(UTC) < old_at + timedelta(milliseconds=10):  # shown in whole ms
+        time.sleep(0.002)
     new = send(stand)["command_id"]
+    new_at = created_at(stand, new)
+    assert new_at - old_at >= timedelta(milliseconds=3)
     purge = {"older_than_days": 90}
     assert_problem(stand.client.post("/iotee/commands/purge", json=purge, headers=USER), 403)
     # curl -X POST .../commands/purge -H "X-API-Key: your-admin-key" -d '{"older_than_days": 90}'
@@ -153,8 +176,11 @@ def test_purge_old_commands(stand: Stand) -> None:
     assert body == {"success": True, "cutoff_date": body["cutoff_date"], "deleted": 0}
     assert TIMESTAMP.match(body["cutoff_date"])
 
-    recent = {"older_than_days": 0.2 / 86400}
-    purged = stand.client.post("/iotee/commands/purge", json=recent, headers=ADMIN).json()
+    # The purge's "now" a day after the moment between the two: cutoff between them, exactly.
+    monkeypatch.setattr(iotee, "datetime", frozen_at(old_at + (new_at - old_at) / 2 + DAY))
+    a_day = {"older_than_days": 1}
+    purged = stand.client.post("/iotee/commands/purge", json=a_day, headers=ADMIN).json()
+    monkeypatch.undo()
     assert purged["deleted"] == 1
     assert_problem(stand.client.get(f"/iotee/commands/{old}", headers=USER), 404)
     assert status_is(stand, new, "pending")
