@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import random
 from collections import Counter
@@ -27,13 +26,11 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from baton_cli.localstack import Server
-from baton_cli.main import catalog_specs
 from baton_device_bridge.app import DeviceBridge
 from baton_device_bridge.edges import SERVICE
 from baton_domain.catalog import Catalog
 from baton_platform.metrics import REJECTED_MESSAGES
 from baton_platform.settings import Settings
-from baton_simulator import run_simulator
 from tests.conftest import eventually
 from tests.integration.test_device_bridge import make_settings
 from tests.integration.test_wire_profiles import answers, dispatch, until_final
@@ -159,30 +156,6 @@ async def bridge(settings: Settings) -> AsyncIterator[DeviceBridge]:
     await service.start()
     yield service
     await service.stop()
-
-
-@pytest.fixture
-async def simulated(mqtt_broker: Server, caplog: pytest.LogCaptureFixture) -> AsyncIterator[None]:
-    """Every device of the profiles catalog, each speaking its type's profile."""
-    caplog.set_level(logging.INFO, logger="baton_simulator")
-    stop = asyncio.Event()
-    specs = catalog_specs(CATALOG_PATH, [], [])
-    task = asyncio.create_task(
-        run_simulator(
-            "127.0.0.1", mqtt_broker.port, mqtt_broker.extra["protocol"], [], [], stop, specs=specs
-        )
-    )
-
-    async def online() -> bool:
-        assert not task.done(), task
-        return "simulator ready" in caplog.text
-
-    try:
-        await eventually(online, what="simulated devices online")
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=5)
 
 
 async def publish_all(broker: Server, cases: list[Case]) -> None:
