@@ -28,18 +28,20 @@ from nats.js import JetStreamContext
 from baton_cli.localstack import Server
 from baton_device_bridge.app import DeviceBridge
 from baton_device_bridge.edges import SERVICE
-from baton_domain.catalog import Catalog
 from baton_platform.metrics import REJECTED_MESSAGES
 from baton_platform.settings import Settings
 from tests.conftest import eventually
 from tests.integration.test_device_bridge import make_settings
-from tests.integration.test_wire_profiles import answers, dispatch, until_final
+from tests.integration.test_presence import protocol_of
+from tests.integration.test_wire_profiles import (
+    answers,
+    dispatch,
+    running_bridge,
+    until_final,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.fuzz]
 
-ROOT = Path(__file__).resolve().parents[2]
-CATALOG_PATH = ROOT / "deploy/catalog/profiles.yaml"
-CATALOG = Catalog.from_yaml(CATALOG_PATH)
 MESSAGES = int(os.environ.get("BATON_FUZZ_MESSAGES", "10000"))
 SEED = int(os.environ.get("BATON_FUZZ_SEED", "6"))
 PUBLISH_BATCH = 500
@@ -140,11 +142,6 @@ def rejected_now() -> Counter[str]:
     return counts
 
 
-def protocol_of(broker: Server) -> aiomqtt.ProtocolVersion:
-    v5 = broker.extra["protocol"] == "5"
-    return aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311
-
-
 @pytest.fixture
 def settings(nats_server: Server, mqtt_broker: Server, tmp_path: Path) -> Settings:
     return make_settings(nats_server.url, mqtt_broker.port, mqtt_broker.extra["protocol"], tmp_path)
@@ -152,10 +149,8 @@ def settings(nats_server: Server, mqtt_broker: Server, tmp_path: Path) -> Settin
 
 @pytest.fixture
 async def bridge(settings: Settings) -> AsyncIterator[DeviceBridge]:
-    service = DeviceBridge(settings, reconnect_cap=0.5, retry_cap=0.5, catalog=CATALOG)
-    await service.start()
-    yield service
-    await service.stop()
+    async with running_bridge(settings) as service:
+        yield service
 
 
 async def publish_all(broker: Server, cases: list[Case]) -> None:

@@ -15,13 +15,14 @@ from nats.errors import MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import BaseModel, ValidationError
 
-from baton_api.limits import MAX_BODY_BYTES, MAX_COMMAND_BYTES
+from baton_api.limits import MAX_BODY_BYTES
 from baton_api.nats_link import NatsLink
 from baton_api.problems import ProblemError, outcome_unknown, payload_too_large, unavailable
 from baton_contracts.nats import (
     CANCEL_SUBJECT,
     CATALOG_CHANGE_SUBJECT,
     DELETE_SUBJECT,
+    MAX_COMMAND_BYTES,
     PURGE_SUBJECT,
     RETRY_SUBJECT,
     SUBMIT_SUBJECT,
@@ -74,6 +75,8 @@ class NatsGateway:
         answer_by = datetime.now(UTC) + timedelta(seconds=self._timeout * DISPATCHER_SHARE)
         command = command.model_copy(update={"answer_by": answer_by})
         payload = command.model_dump_json().encode()
+        # The dispatcher's limit, measured on what is sent: re-encoding can grow a body
+        # (`1E15` is 4 bytes in JSON and 18 once encoded).
         if len(payload) > MAX_COMMAND_BYTES:
             raise payload_too_large(
                 f"the command is {len(payload)} bytes once encoded; the limit is "

@@ -8,12 +8,5 @@ only ever fail is refused up front with 413, never with a 503 "try again".
 
 from __future__ import annotations
 
-from baton_contracts import nats
-
 # The HTTP request body, on every route (Litestar's `request_max_body_size`).
 MAX_BODY_BYTES = 256 * 1024
-
-# The encoded SubmitCommand: the dispatcher's limit (baton_contracts.nats). Re-encoding can
-# grow a body (`1E15` is 4 bytes in JSON and 18 once encoded), so the gateway measures what
-# it sends.
-MAX_COMMAND_BYTES = nats.MAX_COMMAND_BYTES
