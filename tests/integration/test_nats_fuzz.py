@@ -62,7 +62,7 @@ from baton_contracts.nats import (
     report_subject,
 )
 from baton_dispatcher.app import Dispatcher
-from baton_dispatcher.edges import REPORTS_DURABLE
+from baton_dispatcher.reports import REPORTS_DURABLE
 from baton_platform.metrics import REJECTED_MESSAGES
 from baton_platform.settings import Settings
 from baton_timeout_scheduler.app import TimeoutScheduler

@@ -22,7 +22,11 @@ from baton_cli.localstack import Server
 from baton_contracts.nats import REPORTS_STREAM, DeadlineDue, DeviceReport, report_subject
 from baton_dispatcher.app import Dispatcher
 from baton_dispatcher.backlog import ReportsBacklog
-from baton_dispatcher.edges import REPORTS_ACK_WAIT_S, REPORTS_DURABLE
+from baton_dispatcher.reports import (
+    REPORTS_ACK_WAIT_S,
+    REPORTS_DURABLE,
+    REPORTS_MAX_ACK_PENDING,
+)
 from baton_dispatcher.writer import Writer
 from baton_domain.application import Executions, RequestCommand
 from baton_domain.catalog import Catalog
@@ -75,7 +79,7 @@ async def test_a_report_a_killed_dispatcher_held_comes_back_first_and_at_once(
         # the held report comes back at the restart, not when its ack wait runs out.
         await eventually(in_order, timeout=REPORTS_ACK_WAIT_S - 1, what="both answers, in order")
         info = await js.consumer_info(REPORTS_STREAM, REPORTS_DURABLE)
-        assert info.config.max_ack_pending == 1
+        assert info.config.max_ack_pending == REPORTS_MAX_ACK_PENDING
     finally:
         await second.stop()
 
@@ -100,7 +104,10 @@ async def test_a_reports_consumer_made_by_an_older_version_gets_the_new_limits(
     await dispatcher.start()
     try:
         info = await js.consumer_info(REPORTS_STREAM, REPORTS_DURABLE)
-        assert (info.config.max_ack_pending, info.config.ack_wait) == (1, REPORTS_ACK_WAIT_S)
+        assert (info.config.max_ack_pending, info.config.ack_wait) == (
+            REPORTS_MAX_ACK_PENDING,
+            REPORTS_ACK_WAIT_S,
+        )
     finally:
         await dispatcher.stop()
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID, uuid4, uuid5
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -30,6 +30,7 @@ from baton_domain.errors import (
     WriteConflict,
 )
 from baton_domain.execution import CommandExecution
+from baton_domain.group_commit import PROVISIONAL_POSITION, BatchResult, UnitOfWork
 from baton_domain.statuses import AnswerStatus
 
 # Execution ids for idempotent requests are derived from the key, so a repeated request
@@ -40,6 +41,7 @@ DEFAULT_MAX_WAITING = 100
 SNAPSHOT_INTERVAL = 50
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 JSONDoc = dict[str, Any]
 
 
@@ -113,6 +115,13 @@ def _position(recordings: list[Recording[UUID]] | None) -> int | None:
     return max(ids) if ids else None
 
 
+def _positions(recordings: list[Recording[UUID]]) -> dict[int, int]:
+    """Notification id of each stored event, by the event object's identity."""
+    return {
+        id(r.domain_event): r.notification.id for r in recordings if r.notification.id is not None
+    }
+
+
 class Executions(Application[UUID]):
     name = "Executions"
     # A device's queue and the catalog are long-lived streams read on every request: a
@@ -135,13 +144,24 @@ class Executions(Application[UUID]):
         self._cached_catalog: tuple[int, Catalog] | None = None
         self.clock = clock
         self.max_waiting = max_waiting
+        self._batch: UnitOfWork | None = None
+        self._alone: list[Recording[UUID]] | None = None
 
     # --- the catalog -------------------------------------------------------------------------
 
     @property
     def catalog(self) -> Catalog:
         """The stored catalog (managed data); the seed given at start until one is stored."""
+        if self._batch is not None and self._batch.catalog is not None:
+            # Catalog changes never share a batch: one look at the store serves all of it.
+            return self._batch.catalog
         version = self._catalog_version()
+        if self._batch is not None:
+            self._batch.catalog = self._catalog_at(version)
+            return self._batch.catalog
+        return self._catalog_at(version)
+
+    def _catalog_at(self, version: int) -> Catalog:
         if version == 0:
             return self._seed_catalog
         if self._cached_catalog is None or self._cached_catalog[0] != version:
@@ -153,7 +173,7 @@ class Executions(Application[UUID]):
         """Store the seed catalog if none is stored yet (first start); returns the position."""
         if self._catalog_version():
             return None
-        return _position(self.save(CatalogDocument(document_of(self._seed_catalog))))
+        return self._stored(self.save(CatalogDocument(document_of(self._seed_catalog))))
 
     def change_catalog(self, change: Callable[[CatalogDocument], None]) -> tuple[JSONDoc, int]:
         """Apply one checked change to the stored catalog; returns (document, position)."""
@@ -162,7 +182,7 @@ class Executions(Application[UUID]):
         except AggregateNotFoundError:
             document = CatalogDocument(document_of(self._seed_catalog))
         change(document)
-        position = _position(self.save(document))
+        position = self._stored(self.save(document))
         assert position is not None
         return document.document, position
 
@@ -198,7 +218,7 @@ class Executions(Application[UUID]):
                 # Another writer stored the same idempotent request, or moved this device's
                 # queue, since we read them: look again.
                 continue
-            return Outcome(execution, changed=True, position=_position(recordings), created=True)
+            return Outcome(execution, changed=True, position=self._stored(recordings), created=True)
         # The transaction failed each time, so nothing of this request is stored.
         raise WriteConflict(CONFLICT_RETRIES)
 
@@ -220,7 +240,7 @@ class Executions(Application[UUID]):
                 queue.stop_verifying(execution_id)
         if not queue.pending_events:
             return None
-        return _position(self.save(*verified, queue))
+        return self._stored(self.save(*verified, queue))
 
     def record_presence(self, device_id: str, online: bool, at: datetime) -> int | None:
         """The device went online or offline; online releases what waited for it.
@@ -231,7 +251,7 @@ class Executions(Application[UUID]):
         if not queue.set_presence(online, at):
             return None
         released = self._release(queue)
-        return _position(self.save(queue, *released))
+        return self._stored(self.save(queue, *released))
 
     def retry(self, execution_id: UUID, principal: str, source: str) -> Outcome:
         """A new execution of the same command, linked both ways to the ended one."""
@@ -249,7 +269,7 @@ class Executions(Application[UUID]):
         new, queue = self._admit(command, old.retries[-1], retry_of=old.id)
         # One transaction: neither link exists without the other.
         recordings = self.save(new, old, queue)
-        return Outcome(new, changed=True, position=_position(recordings), created=True)
+        return Outcome(new, changed=True, position=self._stored(recordings), created=True)
 
     def delete(self, execution_id: UUID, reason: str) -> Outcome:
         def _delete(execution: CommandExecution) -> bool:
@@ -277,7 +297,7 @@ class Executions(Application[UUID]):
         if not found:
             return 0, None
         released = [e for queue in queues.values() for e in self._release(queue)]
-        return len(found), _position(self.save(*found, *queues.values(), *released))
+        return len(found), self._stored(self.save(*found, *queues.values(), *released))
 
     def record_published(self, execution_id: UUID) -> Outcome:
         return self._update(execution_id, lambda e: e.mark_published())
@@ -314,7 +334,7 @@ class Executions(Application[UUID]):
     def get(self, execution_id: UUID) -> CommandExecution:
         """The execution; a deleted one is not found (its stream still holds it all)."""
         try:
-            execution: CommandExecution = self.repository.get(execution_id)
+            execution: CommandExecution = self._load(execution_id)
         except AggregateNotFoundError:
             raise ExecutionNotFound(execution_id) from None
         if execution.deleted:
@@ -329,6 +349,78 @@ class Executions(Application[UUID]):
         if not events:
             raise ExecutionNotFound(execution_id)
         return events  # type: ignore[return-value]
+
+    # --- group commit ------------------------------------------------------------------------
+
+    def run_batch(self, items: Sequence[Callable[[], T]]) -> list[BatchResult[T]]:
+        """Apply `items` in order, each on the state the ones before it left, and store all
+        their events in one transaction.
+
+        An item that raises stores nothing and leaves the others as they are. If the one
+        transaction fails (another writer moved a stream meanwhile, or the store refused),
+        nothing of it is stored and every item is applied again on its own, so each fails or
+        succeeds alone."""
+        batch = UnitOfWork()
+        self._batch = batch
+        try:
+            ran = [batch.run(item) for item in items]
+        finally:
+            self._batch = None
+        if not batch.events:
+            return [BatchResult(value, error) for value, error in ran]
+        processing = batch.processing_event()
+        try:
+            recordings = self._record(processing)
+        except Exception:
+            # Nothing of it is stored; the cache holds only what was read from the store.
+            return [self._run_alone(item) for item in items]
+        self._take_snapshots(processing)
+        self._notify(recordings)
+        stored = _positions(recordings)
+        return [
+            BatchResult(
+                value,
+                error,
+                max((stored[id(e)] for e in events), default=None) if error is None else None,
+            )
+            for (value, error), events in zip(ran, batch.item_events, strict=True)
+        ]
+
+    def _run_alone(self, item: Callable[[], T]) -> BatchResult[T]:
+        """One item in its own transaction(s), with the commands' own conflict retries."""
+        self._alone = []
+        try:
+            value = item()
+        except Exception as exc:
+            return BatchResult(error=exc)
+        finally:
+            stored, self._alone = self._alone, None
+        return BatchResult(value, position=_position(stored))
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        """Store now; inside `run_batch`, keep for the batch's one transaction instead."""
+        if self._batch is not None:
+            self._batch.collect(*objs)
+            return []
+        recordings = super().save(*objs, **kwargs)
+        if self._alone is not None:
+            self._alone.extend(recordings)
+        return recordings
+
+    def _stored(self, recordings: list[Recording[UUID]]) -> int | None:
+        """The position of what a command saved; inside a batch, PROVISIONAL_POSITION until
+        the commit gives the real one."""
+        if self._batch is not None:
+            return PROVISIONAL_POSITION if self._batch.item_saved else None
+        return _position(recordings)
+
+    def _load(self, aggregate_id: UUID) -> Any:
+        """The aggregate as stored, or as an earlier command of this batch left it."""
+        if self._batch is not None:
+            pending = self._batch.get(aggregate_id)
+            if pending is not None:
+                return pending
+        return self.repository.get(aggregate_id)
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -388,7 +480,7 @@ class Executions(Application[UUID]):
 
     def _queue(self, device_id: str) -> DeviceQueue:
         try:
-            queue: DeviceQueue = self.repository.get(queue_id(device_id))
+            queue: DeviceQueue = self._load(queue_id(device_id))
         except AggregateNotFoundError:
             return DeviceQueue(device_id)
         return queue
@@ -417,5 +509,5 @@ class Executions(Application[UUID]):
                 if attempt == CONFLICT_RETRIES - 1:
                     raise
                 continue
-            return Outcome(execution, changed=True, position=_position(recordings))
+            return Outcome(execution, changed=True, position=self._stored(recordings))
         raise AssertionError("unreachable")  # pragma: no cover

@@ -9,8 +9,9 @@ from faststream.nats import NatsBroker
 from nats.aio.client import Client
 
 from baton_dispatcher.backlog import ReportsBacklog
-from baton_dispatcher.edges import register, resume_reports
+from baton_dispatcher.edges import register
 from baton_dispatcher.relay import OutboxRelay
+from baton_dispatcher.reports import ReportsConsumer
 from baton_dispatcher.writer import Writer
 from baton_domain.catalog import Catalog
 from baton_platform.eventstore import open_executions
@@ -28,6 +29,8 @@ class Dispatcher:
         self._broker: NatsBroker | None = None
         self._writer: Writer | None = None
         self._relay_task: asyncio.Task[None] | None = None
+        self._reports: ReportsConsumer | None = None
+        self._reports_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -48,11 +51,14 @@ class Dispatcher:
             max_reconnect_attempts=-1,
             logger=logging.getLogger("baton_dispatcher.broker"),
         )
-        await resume_reports(js)
-        register(self._broker, self._writer, js)
+        register(self._broker, self._writer)
         await self._broker.start()
+        self._reports = ReportsConsumer(self._nc, self._writer)
+        await self._reports.start()
+        self._reports_task = asyncio.create_task(self._reports.run(), name="reports")
         # Make sure the server has our subscriptions before we call ourselves ready.
         await self._broker.connection.flush()
+        await self._nc.flush()
         self._relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
         log.info(
             "dispatcher ready: %d device types, %d devices, store %s",
@@ -62,6 +68,10 @@ class Dispatcher:
         )
 
     async def stop(self) -> None:
+        if self._reports is not None:
+            await self._reports.stop()
+        if self._reports_task is not None:
+            await cancel_and_wait(self._reports_task)
         if self._relay_task is not None:
             await cancel_and_wait(self._relay_task)
         if self._broker is not None:

@@ -1,19 +1,24 @@
-"""Application calls for the dispatcher's edges, run on one writer thread.
+"""Application calls for the dispatcher's edges, run on one writer thread, in group commits.
 
 The eventsourcing library is synchronous; one dedicated thread keeps it off the event loop
 and serialises writes inside this process (no optimistic-concurrency retries between our own
-handlers). Every method returns a wire model: the edges only decode and encode.
+handlers). The calls that arrive while a transaction is being stored wait in a queue and go
+together into the next one (`Executions.run_batch`): one fsync for up to MAX_BATCH submits,
+reports, deadlines and presence changes, and none of the waiting when the dispatcher is idle
+(a lone call goes at once). Each caller gets its answer only after its transaction is
+committed. Every method returns a wire model: the edges only decode and encode.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from baton_contracts.nats import (
     CancelCommand,
@@ -41,12 +46,17 @@ from baton_domain.errors import (
     UnknownDevice,
     WrongDevice,
 )
+from baton_domain.group_commit import BatchResult
 from baton_domain.statuses import AnswerStatus
 from baton_platform.commands import CommandHandlers
 from baton_platform.metrics import REJECTED_MESSAGES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# Bounds one transaction (and so the wait of the first caller in it): at ~10-20 us of
+# application work per command, a full batch is a few milliseconds.
+MAX_BATCH = 256
 
 REQUEST_EXPIRED = "request-expired"
 
@@ -77,6 +87,15 @@ class Backlog(Protocol):
     async def holds(self, device_id: str) -> bool: ...
 
 
+@dataclass
+class _Job:
+    call: Callable[[], Any]
+    done: asyncio.Future[BatchResult[Any]]
+    # Catalog changes, purges and the catalog seed run in their own transaction: they read
+    # the store beyond the streams a batch keeps in memory.
+    alone: bool = False
+
+
 class Writer:
     def __init__(
         self,
@@ -89,11 +108,61 @@ class Writer:
         self._handlers = CommandHandlers(executions)
         self._on_stored = on_stored
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baton-writer")
+        self._jobs: deque[_Job] = deque()
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
 
-    async def _call(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+    async def _stored(self, fn: Callable[[], T], alone: bool = False) -> BatchResult[T]:
+        """`fn` run on the writer thread in the next group commit; its result once stored."""
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._work(), name="writer")
+        done: asyncio.Future[BatchResult[Any]] = asyncio.get_running_loop().create_future()
+        self._jobs.append(_Job(fn, done, alone))
+        self._wake.set()
+        return await done
+
+    async def _call(self, fn: Callable[[], T], alone: bool = False) -> T:
+        return (await self._stored(fn, alone)).unwrap()
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._jobs:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            # Whatever queued up while the last transaction was stored goes in this one.
+            jobs = [self._jobs.popleft()]
+            while (
+                not jobs[0].alone
+                and self._jobs
+                and not self._jobs[0].alone
+                and len(jobs) < MAX_BATCH
+            ):
+                jobs.append(self._jobs.popleft())
+            if jobs[0].alone:
+                results = [await loop.run_in_executor(self._thread, self._alone, jobs[0].call)]
+            else:
+                calls = [job.call for job in jobs]
+                results = await loop.run_in_executor(
+                    self._thread, self._executions.run_batch, calls
+                )
+            if any(result.position is not None for result in results):
+                self._on_stored()  # something was stored: the relay can go now
+            for job, result in zip(jobs, results, strict=True):
+                if not job.done.done():  # its caller may have been cancelled meanwhile
+                    job.done.set_result(result)
+
+    @staticmethod
+    def _alone(call: Callable[[], T]) -> BatchResult[T]:
+        try:
+            return BatchResult(call())
+        except Exception as exc:
+            return BatchResult(error=exc)
 
     def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
         self._thread.shutdown(wait=True)
 
     async def submit(self, command: SubmitCommand) -> ExecutionReply:
@@ -137,31 +206,32 @@ class Writer:
         return reply
 
     async def purge(self, command: PurgeCommand) -> PurgeReply:
-        reply = await self._call(lambda: self._handlers.purge(command))
+        reply = await self._call(lambda: self._handlers.purge(command), alone=True)
         if reply.deleted:
             self._on_stored()
             log.info("purged %d execution(s): %s", reply.deleted, command.reason)
         return reply
 
     async def change_catalog(self, change: CatalogChange) -> CatalogReply:
-        reply = await self._call(lambda: self._handlers.change_catalog(change))
+        reply = await self._call(lambda: self._handlers.change_catalog(change), alone=True)
         if reply.position is not None:
             self._on_stored()
             log.info("catalog changed: %s", change.op)
         return reply
 
     async def get_catalog(self, _query: CatalogQuery) -> CatalogReply:
-        return await self._call(self._handlers.get_catalog)
+        return await self._call(self._handlers.get_catalog, alone=True)
 
     async def seed_catalog(self) -> None:
-        if await self._call(self._executions.seed_catalog) is not None:
+        if await self._call(self._executions.seed_catalog, alone=True) is not None:
             self._on_stored()
             log.info("catalog stored from the seed file (first start)")
 
     async def _write(self, call: Callable[[], ExecutionReply]) -> ExecutionReply:
-        reply = await self._call(call)
-        if reply.position is not None:  # something was stored: the relay can go now
-            self._on_stored()
+        stored = await self._stored(call)
+        reply = stored.unwrap()
+        if reply.position is not None:  # the batch's commit knows where it landed
+            reply = reply.model_copy(update={"position": stored.position})
         return reply
 
     async def deadline(self, due: DeadlineDue) -> DeadlineReply:
@@ -186,7 +256,6 @@ class Writer:
             return DeadlineReply(outcome="not-yet")
         if not outcome.changed:
             return DeadlineReply(outcome="ignored")
-        self._on_stored()
         log.info("deadline of %s: %s", due.execution_id, outcome.execution.status.value)
         return DeadlineReply(outcome="applied")
 
@@ -201,7 +270,6 @@ class Writer:
         except UnknownDevice:
             return ReportResult(applied=False, refused="unknown-device")
         if position is not None:
-            self._on_stored()
             log.info("%s is %s", report.device_id, "online" if report.online else "offline")
         return ReportResult(applied=position is not None)
 
@@ -215,8 +283,6 @@ class Writer:
             )
         except UnknownDevice:
             return ReportResult(applied=False, refused="unknown-device")
-        if position is not None:
-            self._on_stored()
         return ReportResult(applied=position is not None)
 
     async def apply_report(self, report: DeviceReport) -> ReportResult:
@@ -244,6 +310,4 @@ class Writer:
             return ReportResult(applied=False, refused="wrong-device")
         except IllegalTransition:
             return ReportResult(applied=False, refused="illegal-transition")
-        if outcome.changed:
-            self._on_stored()
         return ReportResult(applied=outcome.changed)

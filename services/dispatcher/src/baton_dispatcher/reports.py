@@ -1,0 +1,136 @@
+"""The dispatcher's consumer of device reports (BATON_REPORTS), in batches.
+
+Reports are pushed to one durable consumer (many unacknowledged at once, in stream order)
+and taken off in batches: every report of a batch is handed to the Writer at once, in
+stream order, so they land in the same group commit in that order, and each is acknowledged
+once its effect is stored. A plain nats-py subscription, not FastStream's: its per-message
+dependency injection, middleware and decoding cost more than the report's own work, and a
+batch is not something its subscriber API hands out.
+
+Order across a crash: what a killed dispatcher held unacknowledged comes back first, at the
+restart (`resume_in_order`). Within a live dispatcher, a batch takes well under the ack wait.
+One dispatcher consumes the reports; replicas wait for partitioning by device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from pydantic import ValidationError
+
+from baton_contracts.nats import (
+    REJECTIONS_SUBJECT,
+    REPORT_ADAPTER,
+    REPORTS_STREAM,
+    REPORTS_WILDCARD,
+    PresenceReport,
+    ReportRejected,
+    StateReport,
+)
+from baton_dispatcher.writer import ReportResult, Writer
+from baton_platform.consumers import resume_in_order
+from baton_platform.deadletters import dead_letter
+from baton_platform.metrics import REJECTED_MESSAGES
+
+log = logging.getLogger(__name__)
+
+SERVICE = "dispatcher"
+REPORTS_DURABLE = "baton-dispatcher-reports"
+MAX_DELIVERIES = 20
+# The most reports handed to the Writer at once; the server sends no more than this many
+# unacknowledged, so a batch never waits for reports behind a slow one.
+REPORTS_BATCH = 256
+REPORTS_MAX_ACK_PENDING = REPORTS_BATCH
+# Short, since a stuck report holds back every report of its batch behind it.
+REPORTS_ACK_WAIT_S = 5.0
+
+
+class ReportsConsumer:
+    def __init__(self, nc: Client, writer: Writer) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._writer = writer
+        self._inbox: deque[Msg] = deque()
+        self._ready = asyncio.Event()
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        """Subscribe; what a killed dispatcher held comes back now, first."""
+        await resume_in_order(
+            self._js, REPORTS_STREAM, REPORTS_DURABLE, REPORTS_MAX_ACK_PENDING, REPORTS_ACK_WAIT_S
+        )
+        self._sub = await self._js.subscribe(
+            REPORTS_WILDCARD,
+            queue=REPORTS_DURABLE,
+            durable=REPORTS_DURABLE,
+            stream=REPORTS_STREAM,
+            cb=self._arrived,
+            manual_ack=True,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=REPORTS_ACK_WAIT_S,
+                max_ack_pending=REPORTS_MAX_ACK_PENDING,
+            ),
+        )
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+    async def _arrived(self, msg: Msg) -> None:
+        # nats-py calls this in delivery order, one at a time.
+        self._inbox.append(msg)
+        self._ready.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._ready.wait()
+            batch = [self._inbox.popleft() for _ in range(min(len(self._inbox), REPORTS_BATCH))]
+            if not self._inbox:
+                self._ready.clear()
+            # Each handler hands its report to the Writer before its first wait, so they
+            # queue there in stream order and land in the same transaction.
+            await asyncio.gather(*(self._handle(msg) for msg in batch))
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            report = REPORT_ADAPTER.validate_json(msg.data)
+        except ValidationError as exc:
+            REJECTED_MESSAGES.labels(service=SERVICE, reason="malformed-report").inc()
+            await dead_letter(self._js, SERVICE, msg.subject, msg.data, f"malformed report: {exc}")
+            await msg.ack()
+            return
+        try:
+            result: ReportResult
+            if isinstance(report, PresenceReport):
+                result = await self._writer.apply_presence(report)
+            elif isinstance(report, StateReport):
+                result = await self._writer.apply_state(report)
+            else:
+                result = await self._writer.apply_report(report)
+        except Exception as exc:
+            deliveries = msg.metadata.num_delivered
+            if deliveries >= MAX_DELIVERIES:
+                log.exception("giving up on report %s", report.report_id)
+                await dead_letter(
+                    self._js, SERVICE, msg.subject, msg.data, f"failed {deliveries}x: {exc}"
+                )
+                await msg.ack()
+            else:
+                log.warning("report %s failed (%s); redelivering", report.report_id, exc)
+                await msg.nak(delay=min(0.2 * deliveries, 5.0))
+            return
+        if result.refused:
+            REJECTED_MESSAGES.labels(service=SERVICE, reason=result.refused).inc()
+            log.warning(
+                "dropped report %s from %s: %s", report.report_id, report.device_id, result.refused
+            )
+            rejected = ReportRejected(report=report, reason=result.refused)
+            await self._nc.publish(REJECTIONS_SUBJECT, rejected.model_dump_json().encode())
+        await msg.ack()
