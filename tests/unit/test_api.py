@@ -453,3 +453,21 @@ def test_ephemeral_executions_are_purged_after_the_retention(
         assert_problem(client.get(f"/v1/executions/{ephemeral}", headers=AUTH), 404)
         assert client.get(f"/v1/executions/{kept}", headers=AUTH).status_code == 200
         assert client.blocking_portal.call(sweeper.sweep) == 0
+
+
+def test_the_query_guard_reads_each_route_once(client: TestClient[Any]) -> None:
+    """The guard that refuses unknown query parameters learns a route's parameters once: it
+    used to cache them on the handler object, which is new on every request, so every request
+    paid Litestar's signature parsing again and left one more entry behind."""
+    from baton_api import controllers
+
+    for _ in range(3):
+        submit(client)
+        listed = client.get("/v1/executions", params={"status": "SENT"}, headers=AUTH)
+        assert listed.status_code == 200
+    learned = len(controllers._DECLARED)
+    for _ in range(5):
+        submit(client)
+        listed = client.get("/v1/executions", params={"status": "SENT"}, headers=AUTH)
+        assert listed.status_code == 200
+    assert len(controllers._DECLARED) == learned

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from typing import Annotated, Any, Literal, cast
 from uuid import UUID
 
@@ -231,12 +230,20 @@ def refuse_unknown_query(connection: ASGIConnection, handler: BaseRouteHandler) 
         )
 
 
-@cache
+_DECLARED: dict[tuple[object, frozenset[str], frozenset[str]], frozenset[str]] = {}
+
+
 def _declared_query(handler: BaseRouteHandler, path_params: frozenset[str]) -> frozenset[str]:
     # Litestar's own reading of the handler's signature (and its dependencies'): the same
-    # model that extracts the parameters, so the two cannot disagree.
-    model = handler.create_kwargs_model(path_parameters=cast(Any, dict.fromkeys(path_params)))
-    return frozenset(p.field_alias for p in model.expected_query_params)
+    # model that extracts the parameters, so the two cannot disagree. Kept per route function:
+    # guards get a fresh handler object on every request, so caching on the handler itself
+    # missed every time and grew by one entry per request.
+    key = (handler.fn, frozenset(handler.paths), path_params)
+    declared = _DECLARED.get(key)
+    if declared is None:
+        model = handler.create_kwargs_model(path_parameters=cast(Any, dict.fromkeys(path_params)))
+        declared = _DECLARED[key] = frozenset(p.field_alias for p in model.expected_query_params)
+    return declared
 
 
 # --- decoding helpers ---------------------------------------------------------------------
