@@ -100,6 +100,7 @@ def run(options: Options, data_dir: Path) -> Verdict:
     to_file = logging.FileHandler(data_dir / "chaos.log")
     to_file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(to_file)
+    log.setLevel(logging.INFO)  # whatever the root logger's level (under pytest, WARNING)
     try:
         return _run(options, data_dir)
     finally:

@@ -336,17 +336,17 @@ def _notes(
     verdict.notes.append(
         "final statuses: " + ", ".join(f"{s} {n}" for s, n in sorted(statuses.items()))
     )
-    late_wins = [
-        r
+    late = [
+        (final.at - r.deadline).total_seconds()
         for r in records.values()
         if r.status in FINAL_ANSWERS
         and (final := (traces.get(r.execution_id) or DeviceTrace()).final_answer()) is not None
         and final.at >= r.deadline
     ]
-    if late_wins:
+    if late:
         verdict.notes.append(
-            f"{len(late_wins)} executions took a final answer the device sent after their "
-            "deadline (the deadline was applied later than it fell)"
+            f"{len(late)} executions took a final answer the device sent after their deadline "
+            f"(up to {max(late):.1f} s after): the deadline was applied later than it fell"
         )
     shown = Counter(f"{f.target} {f.how}" for f in faults)
     verdict.notes.append("faults: " + ", ".join(f"{k} x{n}" for k, n in sorted(shown.items())))
