@@ -10,7 +10,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.synced
 PYTEST_ARGS ?=
 
-.PHONY: help install broker run stop test test-unit fuzz lint fmt bench clean
+.PHONY: help install broker run stop test test-unit fuzz lint fmt bench chaos clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,6 +49,9 @@ fuzz: install broker ## The fuzz stages of make test, long: HTTP, MQTT wire and 
 
 bench: install broker ## Measure latency and throughput against floors from the same run
 	$(VENV)/bin/python -m tests.benchmarks.commands $(BENCH_ARGS)
+
+chaos: install broker ## 300 s of load while every part is killed; checks the record (docs/operations.md)
+	$(VENV)/bin/python -m tests.chaos $(CHAOS_ARGS)
 
 lint: install ## ruff and mypy --strict
 	$(VENV)/bin/ruff check .

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -29,7 +31,7 @@ from baton_contracts.mqtt import (
     parse_execution_topic,
     request_topic,
 )
-from baton_simulator import THERMOSTAT, Behaviour, SimulatedDevice, run_simulator
+from baton_simulator import THERMOSTAT, Behaviour, Journal, SimulatedDevice, run_simulator
 from baton_simulator.behaviours import go_offline, started, succeed
 from baton_simulator.device import Broker
 from tests.conftest import eventually
@@ -65,7 +67,7 @@ class FakeBaton:
             execution_id=kw.get("execution_id", uuid4()),
             name=name,
             params=params or {},
-            deadline=datetime.now(UTC) + timedelta(seconds=30),
+            deadline=kw.get("deadline", datetime.now(UTC) + timedelta(seconds=30)),
         )
         topic = request_topic(device_id, request.execution_id)
         await self.client.publish(topic, request.model_dump_json(), qos=1)
@@ -101,14 +103,22 @@ def protocol_of(broker: Server) -> str:
 
 @contextlib.asynccontextmanager
 async def simulator(
-    broker: Server, caplog: pytest.LogCaptureFixture
+    broker: Server, caplog: pytest.LogCaptureFixture, journal: Journal | None = None
 ) -> AsyncIterator[tuple[asyncio.Event, asyncio.Task[None]]]:
     """run_simulator in a task; ready once every device has subscribed (it logs "online")."""
     caplog.set_level(logging.INFO, logger="baton_simulator")
     caplog.clear()
     stop = asyncio.Event()
     task = asyncio.create_task(
-        run_simulator("127.0.0.1", broker.port, protocol_of(broker), DEVICES, SILENT, stop)
+        run_simulator(
+            "127.0.0.1",
+            broker.port,
+            protocol_of(broker),
+            DEVICES,
+            SILENT,
+            stop,
+            journal=journal,
+        )
     )
 
     async def online() -> bool:
@@ -300,3 +310,44 @@ async def test_a_scripted_outage_keeps_what_arrives_meanwhile(
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
+
+
+async def test_the_journal_says_what_each_device_received_and_answered(
+    mqtt_broker: Server, caplog: pytest.LogCaptureFixture, baton: FakeBaton, tmp_path: Path
+) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(path)
+    async with simulator(mqtt_broker, caplog, journal):
+        done = await baton.send(DEVICES[0], "self_test")
+        await baton.final(done)
+        await baton.send(DEVICES[0], "self_test", execution_id=UUID(done))  # ignored: seen
+        past = datetime.now(UTC) - timedelta(seconds=1)
+        late = await baton.send(DEVICES[1], "reboot", deadline=past)
+        silent = await baton.send(SILENT[0], "reboot")
+
+        async def written() -> list[dict[str, Any]] | None:
+            lines = [json.loads(line) for line in path.read_text().splitlines()]
+            return lines if len(lines) == 6 else None
+
+        lines = await eventually(written, what="six journal lines")
+    journal.close()
+    by = {(e["execution_id"], e["event"], e.get("status") or e["outcome"]): e for e in lines}
+    assert set(by) == {
+        (done, "received", "run"),
+        (done, "answered", "STARTED"),
+        (done, "answered", "FAILED"),
+        (done, "received", "repeat"),
+        (late, "received", "late"),
+        (silent, "received", "run"),
+    }
+    first = by[(done, "received", "run")]
+    assert (first["device_id"], first["name"]) == (DEVICES[0], "self_test")
+    failed = by[(done, "answered", "FAILED")]
+    assert failed["answer_id"] == f"{done}-2"
+    # Times are UTC, in the order things happened.
+    moments = [datetime.fromisoformat(e["at"]) for e in lines]
+    assert all(m.tzinfo is not None for m in moments)
+    assert (
+        first["at"] < by[(done, "answered", "STARTED")]["at"] <= failed["tried_at"] < failed["at"]
+    )
+    assert by[(late, "received", "late")]["deadline"] == past.isoformat(timespec="microseconds")

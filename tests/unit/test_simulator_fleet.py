@@ -130,6 +130,15 @@ def test_answer_times_by_behaviour(calls: list[Any]) -> None:
     assert kwargs["connect_batch"] == 7
 
 
+def test_simulate_keeps_a_journal_where_asked(calls: list[Any], tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    result = runner.invoke(app, ["simulate", "-d", "a"], env={"BATON_SIMULATOR_JOURNAL": str(path)})
+    assert result.exit_code == 0, result.output
+    [(_, kwargs)] = calls
+    assert kwargs["journal"].path == path
+    assert path.exists()
+
+
 def test_one_answer_time_for_every_device_is_passed_as_is(calls: list[Any]) -> None:
     result = runner.invoke(app, ["simulate", "-d", "a", "--answer-delay", "250ms"])
     assert result.exit_code == 0, result.output

@@ -411,6 +411,14 @@ def simulate(
         int | None,
         typer.Option(min=1, help="How many devices may be connecting at once (default 100)."),
     ] = None,
+    journal: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="BATON_SIMULATOR_JOURNAL",
+            help="Append every request a device receives and every answer it sends to this "
+            "file, one JSON object per line, flushed per line.",
+        ),
+    ] = None,
 ) -> None:
     """Run simulated devices that answer commands over MQTT, until Ctrl-C.
 
@@ -420,11 +428,13 @@ def simulate(
     device publishes `online` (retained) on its status topic when it connects, leaves its
     last will `offline`, and says `offline` before it disconnects on Ctrl-C or SIGTERM.
     With --fleet N: N generated devices (10,000 fit in one process), connected a batch at a
-    time; --answer-delay and --progress-delay set how fast every device answers.
+    time; --answer-delay and --progress-delay set how fast every device answers. With
+    --journal FILE: what each device received and answered, as JSON lines (make chaos
+    compares Baton's record with it).
     """
     from baton_platform.logs import configure_logging
     from baton_platform.settings import Settings
-    from baton_simulator import Timing, TooManyDevices
+    from baton_simulator import Journal, Timing, TooManyDevices
 
     if mqtt_protocol not in (None, "5", "3.1.1"):
         raise typer.BadParameter("must be 5 or 3.1.1", param_hint="--mqtt-protocol")
@@ -469,6 +479,8 @@ def simulate(
         options["specs"] = specs
     if connect_batch is not None:
         options["connect_batch"] = connect_batch
+    if journal is not None:
+        options["journal"] = Journal(journal)
     host = mqtt_host or settings.mqtt_host
     port = mqtt_port or settings.mqtt_port
     protocol = mqtt_protocol or settings.mqtt_protocol
@@ -489,6 +501,9 @@ def simulate(
         asyncio.run(_run())
     except TooManyDevices as exc:
         fail(str(exc))
+    finally:
+        if journal is not None:
+            options["journal"].close()
 
 
 def catalog_free_specs(devices: list[str], behaviour: str, by_name: dict[str, Any]) -> list[Any]:

@@ -30,6 +30,7 @@ from baton_simulator.behaviours import (
     Timing,
 )
 from baton_simulator.device import Broker, DeviceWire, SimulatedDevice
+from baton_simulator.journal import Journal
 
 __all__ = [
     "BEHAVIOURS",
@@ -42,6 +43,7 @@ __all__ = [
     "Behaviour",
     "DeviceSpec",
     "DeviceWire",
+    "Journal",
     "SimulatedDevice",
     "Timing",
     "TooManyDevices",
@@ -107,12 +109,14 @@ async def run_simulator(
     specs: Sequence[DeviceSpec] = (),
     timing: Timing = Timing(),
     connect_batch: int = CONNECT_BATCH,
+    journal: Journal | None = None,
 ) -> None:
     """Run thermostats `devices` and never-answering `silent_devices` (both on Baton's own
     profile) and the devices of `specs` until `stop` is set, then disconnect them all.
     `protocol` is "5" or "3.1.1". `timing` sets every device's answer times where it sets
     them (the CLI times each spec's behaviour itself when timings differ by behaviour); at
-    most `connect_batch` devices are connecting at once."""
+    most `connect_batch` devices are connecting at once. `journal`: where every device
+    writes the requests it receives and the answers it sends (baton_simulator.journal)."""
     broker = Broker(host, port, protocol)
     everyone = [
         *(DeviceSpec(d, DeviceWire(d), THERMOSTAT) for d in devices),
@@ -128,6 +132,7 @@ async def run_simulator(
             broker,
             wire=spec.wire,
             connecting=connecting,
+            journal=journal,
         )
         for spec in everyone
     ]

@@ -33,6 +33,7 @@ from baton_contracts.profiles import (
     codec_for,
 )
 from baton_simulator.behaviours import Action, Behaviour, plan
+from baton_simulator.journal import Journal, Outcome
 
 log = logging.getLogger("baton_simulator")
 
@@ -127,10 +128,12 @@ class SimulatedDevice:
         remember: int = 10_000,
         wire: DeviceWire | None = None,
         connecting: asyncio.Semaphore | None = None,
+        journal: Journal | None = None,
     ) -> None:
         """`connecting`: shared by a fleet, it bounds how many devices are between TCP
         connect and their `online` status at once, so a thousand devices starting (or coming
-        back after a broker restart) arrive in batches rather than all at once."""
+        back after a broker restart) arrive in batches rather than all at once. `journal`:
+        where to write each request received and each answer the broker took."""
         self.device_id = device_id
         self.behaviour = behaviour
         self.broker = broker
@@ -145,6 +148,7 @@ class SimulatedDevice:
         self._drop = asyncio.Event()  # set by a go-offline step
         self._offline_until = 0.0
         self._connecting = connecting
+        self._journal = journal
 
     # --- the connection ----------------------------------------------------------------------
 
@@ -295,6 +299,7 @@ class SimulatedDevice:
         if key is not None:
             if key in self._seen:
                 log.info("%s ignores a repeated request for %s", self.device_id, key)
+                self._note_received(key, incoming, "repeat")
                 return
             self._seen.add(key)
             try:
@@ -309,7 +314,9 @@ class SimulatedDevice:
             # Kept by a session (no message expiry on MQTT 3.1.1) past its deadline: Baton has
             # ended it already, so a real device must not act on it either.
             log.info("%s ignores %s: its deadline has passed", self.device_id, key)
+            self._note_received(key, incoming, "late")
             return
+        self._note_received(key or str(execution_id), incoming, "run")
         request = CommandRequest(
             execution_id=execution_id,
             name=incoming.name,
@@ -323,6 +330,10 @@ class SimulatedDevice:
         task = asyncio.create_task(self._perform(key, actions))
         self._running[task_key] = task
         task.add_done_callback(lambda _: self._running.pop(task_key, None))
+
+    def _note_received(self, key: str | None, incoming: DeviceRequest, outcome: Outcome) -> None:
+        if self._journal is not None:
+            self._journal.received(self.device_id, key, incoming.name, incoming.deadline, outcome)
 
     def _on_cancel(self, cancel: DeviceCancel) -> None:
         # Remembered as handled, so a request that arrives after its cancel does not run.
@@ -350,7 +361,16 @@ class SimulatedDevice:
                         wire.type_wire,
                     )
                     if message is not None:  # the profile may have no word for it
+                        tried_at = datetime.now(UTC)
                         await self._publish(message.topic, message.payload)
+                        if self._journal is not None:
+                            self._journal.answered(
+                                self.device_id,
+                                execution_key,
+                                answer.status,
+                                answer.answer_id,
+                                tried_at,
+                            )
                 if action.state is not None:
                     reported = self.codec.encode_state(wire.wire_id, action.state, wire.type_wire)
                     if reported is not None:  # the profile may have no state topic

@@ -1,0 +1,1 @@
+"""The chaos run (`make chaos`, `python -m tests.chaos`): tests/chaos/runner.py."""

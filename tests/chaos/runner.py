@@ -1,0 +1,440 @@
+"""Baton's chaos run: `make chaos` (or `python -m tests.chaos`); tests/chaos/test_chaos.py
+runs a 60-second one in `make test`.
+
+Starts the whole stack (nats-server, the MQTT broker, the four services, a simulated fleet
+writing a journal of what each device received and answered) on free loopback ports,
+loads it with commands over the HTTP API and over NATS while killing and restarting every
+part of it, waits until every execution has ended, then judges the record
+(tests/chaos/verdict.py) and prints one line:
+
+    chaos: accepted=N lost=0 duplicated=0 stuck=0 wrong=0 views_equal=yes
+
+preceded by the detail of every non-zero count and notes on the run. Exit status 0 when
+all counts are zero and the views equal a fresh replay, else 1 (the data directory, logs
+included, is then kept and named).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from baton_cli.localstack import Stack
+from baton_domain.application import Executions
+from baton_platform.eventstore import open_executions
+from baton_platform.mapping import read_events
+from baton_platform.settings import Settings
+from baton_views import rebuild
+from baton_views.store import read_position
+from tests.chaos.faults import Chaos, plan
+from tests.chaos.load import Load, Mix
+from tests.chaos.verdict import Record, Verdict, judge, read_journal
+from tests.e2e.conftest import wait_ready
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "deploy" / "catalog" / "demo.yaml"
+KEY = "chaos-key"
+SILENT = ["demo-silent-1"]  # in the demo catalog `baton catalog fleet` builds on
+ENDINGS = frozenset({"Succeeded", "Failed", "Rejected", "TimedOut", "Expired", "Canceled"})
+CATCH_UP_S = 30.0
+
+log = logging.getLogger("chaos")
+
+
+@dataclass(frozen=True)
+class Options:
+    duration: float = 300.0
+    rate: float = 10.0
+    devices: int = 200
+    silent_share: float = 0.05
+    ttl_min: int = 5
+    ttl_max: int = 10
+    nats_share: float = 0.5
+    kills: int = 3
+    server_restarts: int = 1
+    max_down: float = 2.0
+    grace: float = 30.0
+    give_up: float = 60.0
+    answer_delay: str = "0.3s"
+    progress_delay: str = "0.7s"
+    seed: int | None = None
+    broker: str | None = None
+
+
+class ChaosStack(Stack):
+    """The local stack with a simulated fleet that keeps a journal."""
+
+    def __init__(self, options: Options, journal: Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.options = options
+        self.journal = journal
+
+    def simulator_args(self) -> list[str]:
+        options = self.options
+        silent = [arg for device in SILENT for arg in ("--silent", device)]
+        return [
+            "--fleet", str(options.devices), *silent,
+            "--answer-delay", options.answer_delay,
+            "--progress-delay", options.progress_delay,
+            "--journal", str(self.journal),
+        ]  # fmt: skip
+
+
+def run(options: Options, data_dir: Path) -> Verdict:
+    """One chaos run with its data under `data_dir` (its own log in chaos.log); the stack
+    is stopped when it returns."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(data_dir / "chaos.log")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(to_file)
+    log.setLevel(logging.INFO)  # whatever the root logger's level (under pytest, WARNING)
+    try:
+        return _run(options, data_dir)
+    finally:
+        log.removeHandler(to_file)
+        to_file.close()
+
+
+def _run(options: Options, data_dir: Path) -> Verdict:
+    seed = options.seed if options.seed is not None else random.randrange(1 << 30)
+    rng = random.Random(seed)
+    run_id = f"{seed:x}"
+    log.info("chaos: seed %d, data in %s", seed, data_dir)
+    catalog = fleet_catalog(data_dir, options.devices)
+    extra = {"broker": options.broker} if options.broker else {}
+    stack = ChaosStack(
+        options,
+        data_dir / "simulator-journal.jsonl",
+        data_dir=data_dir / "stack",
+        api_key=KEY,
+        catalog=catalog,
+        **extra,
+    )
+    settings = Settings(data_dir=stack.data_dir, catalog_path=catalog)
+    try:
+        stack.start_all()
+        wait_ready(stack, timeout=60)
+        chaos = Chaos(stack)
+        load = asyncio.run(drive(stack, chaos, options, rng, run_id, settings))
+        stopped_at = datetime.now(UTC)
+    finally:
+        stack.stop_all()
+    executions = open_executions(settings)
+    try:
+        records = read_records(executions, f"chaos-{run_id}-")
+        replayed = data_dir / "replayed-views.sqlite"
+        rebuild(executions, replayed)
+    finally:
+        executions.close()
+    differences = compare_views(settings.views_path, replayed)
+    verdict = judge(
+        load.submissions,
+        records,
+        view_statuses(settings.views_path),
+        read_journal(stack.journal),
+        chaos.faults,
+        views_equal=not differences,
+        stuck_after=stopped_at,
+        grace=options.grace,
+    )
+    verdict.notes[:0] = [f"seed {seed}; rate {options.rate}/s for {options.duration:.0f} s"]
+    verdict.notes.extend(differences)
+    return verdict
+
+
+async def drive(
+    stack: Stack,
+    chaos: Chaos,
+    options: Options,
+    rng: random.Random,
+    run_id: str,
+    settings: Settings,
+) -> Load:
+    """Load and faults together, then wait until every execution ended (or its deadline and
+    the grace passed) and the api's views caught up with the store."""
+    mix = Mix(
+        devices=[f"sim-{n:05d}" for n in range(1, options.devices + 1)],
+        silent=SILENT,
+        silent_share=options.silent_share,
+        ttl_min=options.ttl_min,
+        ttl_max=options.ttl_max,
+        nats_share=options.nats_share,
+    )
+    planned = plan(rng, options.duration, options.kills, options.server_restarts, options.max_down)
+    async with Load(stack.api_url, KEY, stack.nats_url, mix, rng, run_id, options.give_up) as load:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        supervising = asyncio.create_task(chaos.supervise())
+        faulting = asyncio.create_task(chaos.run(planned, started))
+        progress = asyncio.create_task(report_progress(load, chaos, started))
+        try:
+            await load.run(options.rate, options.duration)
+            await faulting
+            log.info("chaos: load and faults done; waiting for every execution to end")
+            await asyncio.to_thread(settle, settings, f"chaos-{run_id}-", options.grace)
+            await asyncio.to_thread(catch_up, settings)
+        finally:
+            for task in (supervising, faulting, progress):
+                task.cancel()
+            await asyncio.gather(supervising, faulting, progress, return_exceptions=True)
+    return load
+
+
+async def report_progress(load: Load, chaos: Chaos, started: float, every: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(every)
+        accepted = sum(1 for s in load.submissions if s.accepted)
+        log.info(
+            "chaos: %3.0f s: %d submitted, %d accepted, %d in flight, %d faults",
+            loop.time() - started,
+            len(load.submissions),
+            accepted,
+            load.in_flight,
+            len(chaos.faults),
+        )
+
+
+def settle(settings: Settings, prefix: str, grace: float) -> None:
+    """Follow the store until every execution of the run has ended, or the last deadline
+    plus `grace` has passed (what is still running then is stuck)."""
+    executions = open_executions(settings)
+    deadlines: dict[UUID, datetime] = {}
+    ended: set[UUID] = set()
+    position = 0
+    try:
+        while True:
+            while batch := read_events(executions, position, 1000):
+                for event in batch:
+                    if event.type == "Requested":
+                        key = event.data.get("idempotency_key") or ""
+                        if key.startswith(prefix):
+                            deadlines[event.execution_id] = datetime.fromisoformat(
+                                event.data["deadline"]
+                            )
+                    elif event.type in ENDINGS:
+                        ended.add(event.execution_id)
+                position = batch[-1].notification_id
+            running = set(deadlines) - ended
+            if not running:
+                return
+            last = max(deadlines[e] for e in running)
+            if (datetime.now(UTC) - last).total_seconds() > grace:
+                log.warning("chaos: %d executions still running past the grace", len(running))
+                return
+            time.sleep(1.0)
+    finally:
+        executions.close()
+
+
+def catch_up(settings: Settings) -> None:
+    """Wait until the api's views include everything stored (or CATCH_UP_S passed)."""
+    executions = open_executions(settings)
+    try:
+        target = executions.recorder.max_notification_id() or 0
+    finally:
+        executions.close()
+    deadline = time.monotonic() + CATCH_UP_S
+    while time.monotonic() < deadline:
+        conn = sqlite3.connect(settings.views_path)
+        try:
+            conn.row_factory = sqlite3.Row
+            if read_position(conn) >= target:
+                return
+        except sqlite3.Error:
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.2)
+    log.warning("chaos: the api's views did not reach position %d in %.0f s", target, CATCH_UP_S)
+
+
+def read_records(executions: Executions, prefix: str) -> dict[str, Record]:
+    """This run's executions (their idempotency keys start with `prefix`), from the store."""
+    ids: list[UUID] = []
+    position = 0
+    while batch := read_events(executions, position, 1000):
+        ids += [
+            e.execution_id
+            for e in batch
+            if e.type == "Requested" and (e.data.get("idempotency_key") or "").startswith(prefix)
+        ]
+        position = batch[-1].notification_id
+    records = {}
+    for execution_id in ids:
+        execution = executions.get(execution_id)
+        events = tuple((type(e).__name__, e.timestamp) for e in executions.events_of(execution_id))
+        records[str(execution_id)] = Record(
+            execution_id=str(execution_id),
+            device_id=execution.device_id,
+            name=execution.name,
+            status=str(execution.status),
+            deadline=execution.deadline,
+            idempotency_key=execution.idempotency_key,
+            log=tuple(
+                (e["status"], e["report_id"], datetime.fromisoformat(e["received_at"]))
+                for e in execution.log
+            ),
+            events=events,
+        )
+    return records
+
+
+def view_statuses(path: Path) -> dict[str, str]:
+    conn = sqlite3.connect(path)
+    try:
+        return dict(conn.execute("SELECT id, status FROM executions").fetchall())
+    finally:
+        conn.close()
+
+
+def dump_views(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    conn = sqlite3.connect(path)
+    try:
+        return {
+            "executions": conn.execute("SELECT * FROM executions ORDER BY id").fetchall(),
+            "execution_log": conn.execute(
+                "SELECT * FROM execution_log ORDER BY execution_id, seq"
+            ).fetchall(),
+        }
+    finally:
+        conn.close()
+
+
+def compare_views(live: Path, replayed: Path, shown: int = 10) -> list[str]:
+    """How the api's views differ from a fresh replay of the store (nothing: equal)."""
+    differences = []
+    ours, theirs = dump_views(live), dump_views(replayed)
+    for table in ours:
+        a = {row[:2] if table == "execution_log" else row[0]: row for row in ours[table]}
+        b = {row[:2] if table == "execution_log" else row[0]: row for row in theirs[table]}
+        for key in sorted(set(a) | set(b), key=str):
+            if a.get(key) != b.get(key):
+                differences.append(
+                    f"views differ from a replay in {table} {key}: api {a.get(key)}; "
+                    f"replay {b.get(key)}"
+                )
+    if len(differences) > shown:
+        return [*differences[:shown], f"... {len(differences) - shown} more differences"]
+    return differences
+
+
+def fleet_catalog(data_dir: Path, devices: int) -> Path:
+    """The demo catalog plus the fleet, written by `baton catalog fleet`."""
+    path = data_dir / "fleet.yaml"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "baton_cli.main",
+            "catalog",
+            "fleet",
+            str(devices),
+            "--base",
+            str(DEMO),
+            "-o",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
+def parse(argv: list[str] | None = None) -> tuple[Options, Path | None]:
+    defaults = Options()
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.chaos", description=(__doc__ or "").splitlines()[0]
+    )
+    add = parser.add_argument
+    add("--duration", type=float, default=defaults.duration, help="seconds of load and faults")
+    add("--rate", type=float, default=defaults.rate, help="commands per second (half the max)")
+    add("--devices", type=int, default=defaults.devices, help="simulated devices")
+    add(
+        "--silent-share",
+        type=float,
+        default=defaults.silent_share,
+        help="share of commands sent to a device that never answers",
+    )
+    add("--ttl-min", type=int, default=defaults.ttl_min, help="shortest TTL, seconds")
+    add("--ttl-max", type=int, default=defaults.ttl_max, help="longest TTL, seconds")
+    add(
+        "--nats-share",
+        type=float,
+        default=defaults.nats_share,
+        help="share of commands submitted over NATS (the rest over HTTP)",
+    )
+    add("--kills", type=int, default=defaults.kills, help="SIGKILLs of each service")
+    add(
+        "--server-restarts",
+        type=int,
+        default=defaults.server_restarts,
+        help="SIGTERM and SIGKILL restarts of nats-server and the broker, each",
+    )
+    add(
+        "--max-down",
+        type=float,
+        default=defaults.max_down,
+        help="longest pause before a killed process is started again, seconds",
+    )
+    add(
+        "--grace",
+        type=float,
+        default=defaults.grace,
+        help="seconds past its deadline after which a running execution is stuck",
+    )
+    add(
+        "--give-up",
+        type=float,
+        default=defaults.give_up,
+        help="seconds a client retries one command before it gives up",
+    )
+    add("--answer-delay", default=defaults.answer_delay, help="devices' first answer after")
+    add("--progress-delay", default=defaults.progress_delay, help="devices' later answers after")
+    add("--seed", type=int, default=None, help="the random choices of a run (printed)")
+    add("--broker", choices=["mosquitto", "nats"], default=None, help="the MQTT broker")
+    add(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="keep the run's data and logs here (default: a temporary directory, kept only "
+        "when the run fails)",
+    )
+    args = parser.parse_args(argv)
+    options = Options(
+        **{k: v for k, v in vars(args).items() if k != "data_dir"},
+    )
+    return options, args.data_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    options, data_dir = parse(argv)
+    keep = data_dir is not None
+    data_dir = data_dir or Path(tempfile.mkdtemp(prefix="baton-chaos-"))
+    verdict = run(options, data_dir)
+    for line in verdict.report():
+        print(line, flush=True)
+    if not verdict.passed:
+        print(f"data and logs kept in {data_dir}", file=sys.stderr)
+        sys.exit(1)
+    if not keep:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
