@@ -155,9 +155,10 @@ def start_mosquitto(workdir: Path, port: int | None = None, host: str = "127.0.0
                 f"user {pwd.getpwuid(os.geteuid()).pw_name}",
                 "persistence true",
                 f"persistence_location {workdir}/",
-                # Saved at shutdown and every this many seconds (default 1800): a broker that
-                # crashes loses at most a minute of sessions.
-                "autosave_interval 60",
+                # Saved at shutdown and every second (default 1800): a broker killed loses at
+                # most the last second, and a new session (the bridge's) is on disk at once
+                # (docs/architecture.md, "What stored means").
+                "autosave_interval 1",
                 # The default (1000) silently drops QoS 1 messages to a slow subscriber.
                 "max_queued_messages 100000",
                 "max_inflight_messages 0",
