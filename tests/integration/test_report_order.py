@@ -119,7 +119,7 @@ async def test_a_deadline_waits_for_the_device_reports_still_in_the_stream(nc: C
         env={"PERSISTENCE_MODULE": "eventsourcing.popo"},
         clock=lambda: now[0],
     )
-    writer = Writer(executions, on_stored=lambda: None, backlog=ReportsBacklog(js))
+    writer = Writer(executions, on_stored=lambda: None, backlog=ReportsBacklog(js, max_hold=60.0))
     try:
         requested = executions.request(RequestCommand("demo-thermostat-1", "reboot", {}, ttl=1))
         execution_id = requested.execution.id

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 
 from faststream.nats import NatsBroker
@@ -76,11 +77,18 @@ def register(
     wiring: Wiring,
     in_flight: InFlight,
     on_catalog_change: Callable[[], Awaitable[None]],
+    sending: Callable[[], AbstractContextManager[None]] = nullcontext,
 ) -> None:
+    """`sending` is entered around the handling of each event (the watermark's hold)."""
+
     # From the start of the stream on first run: events relayed before the bridge ever ran
     # must go out too (those past their deadline are skipped anyway).
     @durable_subscriber(broker, EVENTS_WILDCARD, EVENTS_STREAM, DURABLE)
     async def on_event(message: NatsMessage) -> None:
+        with sending():
+            await handle(message)
+
+    async def handle(message: NatsMessage) -> None:
         subject = message.raw_message.subject
         # The raw bytes: FastStream would otherwise decode the JSON into a dict first.
         try:
