@@ -30,6 +30,7 @@ from nats.js.errors import NotFoundError
 
 from baton_cli.localstack import NATS_MQTT_ACK_WAIT_S, Server, start_service
 from baton_contracts.nats import (
+    EVENTS_STREAM,
     WATERMARKS_STREAM,
     BridgeWatermark,
     DeviceReport,
@@ -37,6 +38,7 @@ from baton_contracts.nats import (
     StateReport,
     watermark_subject,
 )
+from baton_device_bridge.edges import DURABLE
 from baton_device_bridge.reports import ReportSink
 from baton_dispatcher.app import Dispatcher
 from baton_platform.metrics import DEADLINES_UNCONFIRMED
@@ -298,6 +300,49 @@ async def test_an_answer_a_frozen_then_killed_bridge_held_wins(
     bridge_process.kill()
     bridge_process.start()
     await ended_by_the_answer(js, execution_id)
+
+
+@pytest.mark.parametrize("mqtt_broker", ["mosquitto"], indirect=True)
+async def test_a_request_a_killed_bridge_was_sending_goes_out_when_the_next_one_starts(
+    mqtt_broker: Server,
+    scheduler: TimeoutScheduler,
+    nc: Client,
+    bridge_process: BridgeProcess,
+) -> None:
+    """The bridge is killed in the middle of sending a request (the broker, frozen, never
+    answers its PUBLISH): the next bridge gets the event back at once (its consumer is reset
+    at start), not after the 30 s ack wait, by when many a request would be past its
+    deadline, never sent: EXPIRED. (The events consumer is JetStream's whichever the MQTT
+    broker: Mosquitto alone is enough.)"""
+    js = nc.jetstream()
+
+    async def consuming(pending: int) -> bool:
+        try:
+            info = await js.consumer_info(EVENTS_STREAM, DURABLE)
+        except NotFoundError:
+            return False
+        return bool(info.push_bound) and info.num_ack_pending >= pending
+
+    bridge_process.start()
+    await eventually(lambda: consuming(0), timeout=15, what="the bridge consuming events")
+    mqtt_broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        reply = await submit(nc, ttl=20)
+        assert reply.execution is not None, reply
+        execution_id = reply.execution.id
+        await eventually(lambda: consuming(1), what="the event sent to the bridge")
+        # Time for the running bridge to read it and start its PUBLISH; if it has not, the
+        # test proves less, but cannot pass wrongly.
+        await asyncio.sleep(0.5)
+        bridge_process.kill()
+    finally:
+        mqtt_broker.proc.send_signal(signal.SIGCONT)
+    bridge_process.start()
+
+    async def published() -> bool:
+        return "Published" in await types_of(js, execution_id)
+
+    await eventually(published, timeout=12, what="the request published by the next bridge")
 
 
 async def test_a_bridge_silent_for_the_max_hold_no_longer_holds_deadlines_back(

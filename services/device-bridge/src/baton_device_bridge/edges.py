@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
+from nats.js import JetStreamContext
 
 from baton_contracts.nats import EVENTS_STREAM, EVENTS_WILDCARD
 from baton_device_bridge.commands import (
@@ -34,7 +35,12 @@ from baton_device_bridge.in_flight import InFlight
 from baton_device_bridge.link import MqttLink, MqttUnavailableError
 from baton_device_bridge.reports import ReportNotStoredError, ReportRefusedError, ReportSink
 from baton_device_bridge.wiring import Wiring
-from baton_platform.consumers import durable_subscriber
+from baton_platform.consumers import (
+    ACK_WAIT_S,
+    MAX_ACK_PENDING,
+    durable_subscriber,
+    resume_in_order,
+)
 from baton_platform.metrics import REJECTED_MESSAGES
 
 log = logging.getLogger(__name__)
@@ -63,6 +69,14 @@ async def deliver(
             # and the execution will time out rather than stay stuck.
             REJECTED_MESSAGES.labels(service=SERVICE, reason="report-refused").inc()
             log.exception("JetStream refused the published report of %s", outgoing.execution_id)
+
+
+async def resume_events(js: JetStreamContext) -> None:
+    """Before `register`: the events a killed bridge held (delivered, never acknowledged)
+    come back now, not after the consumer's 30 s ack wait, by when many a request would be
+    past its deadline and never sent. A live replica may then send one twice: devices
+    de-duplicate on the execution id."""
+    await resume_in_order(js, EVENTS_STREAM, DURABLE, MAX_ACK_PENDING, ACK_WAIT_S)
 
 
 CATALOG_EVENTS = frozenset(
