@@ -13,6 +13,7 @@ from baton_cli.localstack import Server
 from baton_cli.main import catalog_specs
 from baton_simulator import READY_LINE, run_simulator
 from tests.conftest import eventually
+from tests.integration.test_device_bridge import Device
 
 PROFILES_CATALOG = Path(__file__).resolve().parents[2] / "deploy/catalog/profiles.yaml"
 
@@ -39,3 +40,10 @@ async def simulated(mqtt_broker: Server, caplog: pytest.LogCaptureFixture) -> As
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=5)
+
+
+@pytest.fixture
+async def device(mqtt_broker: Server) -> AsyncIterator[Device]:
+    """demo-thermostat-1 driven by hand: what reaches it is kept, it answers when told."""
+    async with Device(mqtt_broker) as d:
+        yield d

@@ -153,12 +153,6 @@ async def bridge(settings: Settings) -> AsyncIterator[Bridge]:
     await service.stop()
 
 
-@pytest.fixture
-async def device(mqtt_broker: Server) -> AsyncIterator[Device]:
-    async with Device(mqtt_broker) as d:
-        yield d
-
-
 async def publish_event(
     js: JetStreamContext, execution_id: UUID, type_: str, data: dict[str, Any]
 ) -> None:

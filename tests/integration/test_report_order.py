@@ -126,7 +126,7 @@ async def test_a_deadline_waits_for_the_device_reports_still_in_the_stream(nc: C
         env={"PERSISTENCE_MODULE": "eventsourcing.popo"},
         clock=lambda: now[0],
     )
-    writer = Writer(executions, on_stored=lambda: None, backlog=ReportsBacklog(js))
+    writer = Writer(executions, on_stored=lambda: None, backlog=ReportsBacklog(js, max_hold=60.0))
     try:
         requested = executions.request(RequestCommand("demo-thermostat-1", "reboot", {}, ttl=1))
         execution_id = requested.execution.id
@@ -160,3 +160,39 @@ async def test_a_deadline_waits_for_the_device_reports_still_in_the_stream(nc: C
         assert executions.get(execution_id).status.value == "SUCCEEDED"
     finally:
         writer.close()
+
+
+async def test_only_reports_received_before_the_deadline_hold_it(nc: Client) -> None:
+    """A device's unapplied reports hold its deadlines only if the bridge received them
+    before the deadline: a reconnect's presence or an answer that came after it must not
+    carry the deadline past its time (chaos runs saw deadlines 0.3-38 s late), nor let an
+    answer the device sent too late win over it."""
+    js = nc.jetstream()
+    executions = Executions(
+        Catalog.from_yaml(DEMO), env={"PERSISTENCE_MODULE": "eventsourcing.popo"}
+    )
+    backlog = ReportsBacklog(js, max_hold=60.0)
+    requested = executions.request(RequestCommand("demo-thermostat-3", "reboot", {}, ttl=1))
+    deadline = requested.execution.deadline
+    device = "demo-thermostat-3"
+
+    async def store(received_at: datetime, report_id: str) -> None:
+        body = DeviceReport(
+            kind="answer",
+            report_id=report_id,
+            device_id=device,
+            execution_id=requested.execution.id,
+            status="SUCCEEDED",
+            received_at=received_at,
+        )
+        await js.publish(
+            report_subject(device),
+            body.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": report_id},
+        )
+
+    await store(deadline + timedelta(seconds=1), "late")
+    assert not await backlog.holds(device, deadline)
+    # One from before the deadline behind it in the stream does hold it.
+    await store(deadline - timedelta(milliseconds=1), "in-time")
+    assert await backlog.holds(device, deadline)

@@ -94,15 +94,18 @@ async def test_a_deadline_waiting_for_reports_is_asked_again_soon_without_backof
     deadlines: Deadlines, caplog: pytest.LogCaptureFixture
 ) -> None:
     """`reports-pending`: the device's answer may be on its way to being applied; the row stays
-    and is asked again after retry_base each time (no growing backoff), with no warning."""
+    and is asked again soon (0.25 s, 0.5 s, ... never more than 1 s later), with no warning."""
     clock, dispatcher = Clock(), FakeDispatcher("reports-pending")
     ticker = Ticker(deadlines, dispatcher, tick=0.01, retry_base=0.5, retry_cap=5.0, clock=clock)
     execution_id = uuid4()
     await deadlines.upsert(execution_id, T0)
-    for asked in range(1, 5):
+    for asked, wait in enumerate([0.25, 0.5, 0.75, 1.0, 1.0, 1.0], start=1):
         await settle(ticker)
         assert len(dispatcher.requests) == asked
-        clock.now += timedelta(seconds=0.5)
+        clock.now += timedelta(seconds=wait - 0.01)
+        await settle(ticker)
+        assert len(dispatcher.requests) == asked  # not yet
+        clock.now += timedelta(seconds=0.01)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     dispatcher.outcome = "ignored"
     await settle(ticker)

@@ -19,6 +19,9 @@ STATE_TEMPLATE = f"{TOPIC_ROOT}/{{wire_id}}/state"
 # `make bench`: a bare QoS 1 round trip took 44 ms with it, well under 1 ms without).
 SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 AnswerStatusWord = Literal["STARTED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED"]
+# The topic level a device-bridge's probes carry where its subscription has a wildcard: no
+# device goes by it, and the bridge takes every message with such a level for a probe.
+PROBE_LEVEL = "_baton_probe_"
 
 
 def execution_topic(device_id: str, execution_id: UUID | str, leaf: str) -> str:
@@ -53,6 +56,20 @@ def parse_execution_topic(topic: str) -> tuple[str, str, str] | None:
     return parts[3], parts[5], parts[6]
 
 
+def probe_topic(topic_filter: str) -> str | None:
+    """The topic a bridge probes its subscription `topic_filter` on: the filter with each
+    wildcard level replaced by PROBE_LEVEL (None for a filter without one: any topic it
+    matches is a device's own)."""
+    levels = topic_filter.split("/")
+    if not any(level in ("+", "#") for level in levels):
+        return None
+    return "/".join(PROBE_LEVEL if level in ("+", "#") else level for level in levels)
+
+
+def is_probe_topic(topic: str) -> bool:
+    return PROBE_LEVEL in topic.split("/")
+
+
 class MqttModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -84,3 +101,12 @@ class DeviceAnswer(MqttModel):
     # id the repeat is recorded once. Without one the bridge derives it from the bytes, so
     # two identical answers (say, the same progress twice) are then recorded once.
     answer_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class BridgeProbe(MqttModel):
+    """Device-bridge -> itself, through the broker (QoS 1), on probe_topic(filter) of each of
+    its subscriptions: back in the bridge, it shows that whatever the broker queued for the
+    bridge before it has been handled (docs/architecture.md, "Deadlines and answers")."""
+
+    bridge: str  # BATON_INSTANCE of the bridge that sent it; others ignore it
+    round: int

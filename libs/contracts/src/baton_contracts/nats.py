@@ -30,6 +30,11 @@ REPORTS_WILDCARD = f"{REPORTS_PREFIX}.>"
 
 REJECTIONS_SUBJECT = "baton.v1.rejections.reports"  # core NATS: dropped device reports
 
+# One message per device-bridge, its latest watermark (max_msgs_per_subject=1).
+WATERMARKS_STREAM = "BATON_WATERMARKS"
+WATERMARKS_PREFIX = "baton.v1.watermarks"
+WATERMARKS_WILDCARD = f"{WATERMARKS_PREFIX}.*"
+
 NOTIFICATION_ID_HEADER = "Baton-Notification-Id"
 
 
@@ -43,6 +48,12 @@ def events_of_type(event_type: str) -> str:
 
 def report_subject(device_id: str) -> str:
     return f"{REPORTS_PREFIX}.{device_id}"
+
+
+def watermark_subject(bridge: str) -> str:
+    """A bridge's subject: its instance name as one subject token (no `.`, `*`, `>`, spaces)."""
+    token = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in bridge)
+    return f"{WATERMARKS_PREFIX}.{token or '_'}"
 
 
 class WireModel(BaseModel):
@@ -271,6 +282,17 @@ class StateReport(WireModel):
 
 AnyReport = Annotated[DeviceReport | PresenceReport | StateReport, Field(discriminator="kind")]
 REPORT_ADAPTER: TypeAdapter[DeviceReport | PresenceReport | StateReport] = TypeAdapter(AnyReport)
+
+
+class BridgeWatermark(WireModel):
+    """A device-bridge's promise (device-bridge -> dispatcher, BATON_WATERMARKS, the latest
+    per bridge): every MQTT message the broker took for the bridge's session before
+    `drained_to` is stored in BATON_REPORTS (or was dropped as unreadable), and every request
+    the bridge handed to the broker before it has its `published` report stored. Times are the
+    bridge's clock, compared with deadlines of the dispatcher's (docs/architecture.md)."""
+
+    bridge: str  # BATON_INSTANCE of the bridge
+    drained_to: AwareDatetime
 
 
 class ReportRejected(WireModel):

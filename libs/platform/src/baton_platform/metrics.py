@@ -14,6 +14,12 @@ DEAD_LETTERS = Counter(
     "Messages given up on after repeated failures",
     ["service", "subject"],
 )
+DEADLINES_UNCONFIRMED = Counter(
+    "baton_deadlines_unconfirmed_total",
+    "Deadlines decided without a device-bridge's confirmation that the answers before them "
+    "are stored (the bridge silent for BATON_DEADLINE_MAX_HOLD)",
+    ["bridge"],
+)
 
 WAITING_REQUESTS = Gauge(
     "baton_api_waiting_requests",

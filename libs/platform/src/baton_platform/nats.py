@@ -17,6 +17,8 @@ from baton_contracts.nats import (
     EVENTS_WILDCARD,
     REPORTS_STREAM,
     REPORTS_WILDCARD,
+    WATERMARKS_STREAM,
+    WATERMARKS_WILDCARD,
 )
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,17 @@ STREAMS = (
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         duplicate_window=DUPLICATE_WINDOW_S,
+        max_age=7 * 24 * 3600.0,
+    ),
+    # Each device-bridge's latest watermark, read by the dispatcher before a deadline. A
+    # bridge silent for a week is forgotten: by then the broker has ended its session too.
+    StreamConfig(
+        name=WATERMARKS_STREAM,
+        subjects=[WATERMARKS_WILDCARD],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_msgs_per_subject=1,
+        allow_direct=True,
         max_age=7 * 24 * 3600.0,
     ),
     # Messages a service gave up on, with the reason in a header, kept for inspection.

@@ -51,6 +51,24 @@ class Settings(BaseSettings):
     relay_poll_interval: float = 0.5
     projection_poll_interval: float = 0.5
     scheduler_tick: float = 0.2
+    deadline_max_hold: float = Field(
+        default=60.0,
+        gt=0,
+        description=(
+            "seconds a due deadline waits at most for a device-bridge that has not stored "
+            "the broker's messages up to it (a bridge down or gone)"
+        ),
+    )
+    mqtt_redelivery_wait: float = Field(
+        default=0.0,
+        ge=0,
+        description=(
+            "seconds after the bridge resumes its MQTT session before its watermark may "
+            "advance: the broker's wait before it hands out again a message the previous "
+            "connection did not acknowledge (0 for Mosquitto, which resends at once; "
+            "nats-server's MQTT ack_wait + 1 for nats-server)"
+        ),
+    )
 
     @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod

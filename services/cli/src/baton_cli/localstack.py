@@ -90,6 +90,10 @@ def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+# nats-server's MQTT `ack_wait` here; the bridge's BATON_MQTT_REDELIVERY_WAIT follows it.
+NATS_MQTT_ACK_WAIT_S = 5
+
+
 def start_nats(
     workdir: Path, port: int | None = None, mqtt_port: int | None = None, host: str = "127.0.0.1"
 ) -> Server:
@@ -115,7 +119,9 @@ def start_nats(
         # ack_wait: how long a QoS 1 message handed to a client may go unacknowledged before
         # it is sent again. The default (30 s) also holds back the redelivery to a session
         # that reconnected after a crash; the bridge acknowledges within milliseconds.
-        config.append(f'mqtt {{ listen: "{host}:{mqtt_port}", ack_wait: "5s" }}')
+        config.append(
+            f'mqtt {{ listen: "{host}:{mqtt_port}", ack_wait: "{NATS_MQTT_ACK_WAIT_S}s" }}'
+        )
     conf_path = workdir / "nats.conf"
     conf_path.write_text("\n".join(config) + "\n")
     proc = _spawn([binary, "-c", str(conf_path)], workdir / "nats.log")
@@ -309,6 +315,11 @@ class Stack:
             "BATON_ADMIN_API_KEYS": self.api_key,
             "BATON_API_URL": self.api_url,
             "BATON_API_KEY": self.api_key,
+            # A message a killed bridge held comes back from nats-server only after its
+            # ack_wait: the bridge's watermark waits that long on a resumed session.
+            "BATON_MQTT_REDELIVERY_WAIT": "0"
+            if self.broker == "mosquitto"
+            else str(NATS_MQTT_ACK_WAIT_S + 1),
             **self.extra_env,
         }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 
 import nats.errors
 from faststream.nats import NatsBroker
@@ -12,10 +13,11 @@ from pydantic import ValidationError
 
 from baton_contracts.nats import CATALOG_GET_SUBJECT, CatalogReply
 from baton_device_bridge.answers import AnswerForwarder
-from baton_device_bridge.edges import register
+from baton_device_bridge.edges import register, resume_events
 from baton_device_bridge.in_flight import InFlight
 from baton_device_bridge.link import MqttLink
 from baton_device_bridge.reports import ReportSink
+from baton_device_bridge.watermark import Watermark, WatermarkSink
 from baton_device_bridge.wiring import Wiring
 from baton_domain.catalog import Catalog, CatalogError
 from baton_platform.lifecycle import cancel_and_wait
@@ -55,6 +57,8 @@ class DeviceBridge:
         self.startup_wait = startup_wait
         self.link: MqttLink | None = None
         self.answers: AnswerForwarder | None = None
+        self.watermark: Watermark | None = None
+        self._watermark_task: asyncio.Task[None] | None = None
         self._broker: NatsBroker | None = None
         self._link_task: asyncio.Task[None] | None = None
         self._nc: Client | None = None
@@ -71,6 +75,7 @@ class DeviceBridge:
         connection = await self._broker.connect()
         js = connection.jetstream()
         await ensure_streams(js)
+        await resume_events(js)
         self._nc = connection
         if self._given_catalog is None:
             await self._load_catalog(first=True)
@@ -79,14 +84,28 @@ class DeviceBridge:
         self.answers = AnswerForwarder(
             sink, self.wiring, self.in_flight.current, retry_cap=self.retry_cap
         )
+        marks = WatermarkSink(js, settings.instance)
+        await marks.introduce(datetime.now(UTC))
+        self.watermark = Watermark(
+            settings.instance, marks.write, redelivery_wait=settings.mqtt_redelivery_wait
+        )
         self.link = MqttLink(
             settings,
-            self.answers.handle,
+            self.watermark.passing(self.answers.handle),
             reconnect_cap=self.reconnect_cap,
             answer_filters=self.wiring.device_filters(),
         )
         self._link_task = asyncio.create_task(self.link.run(), name="mqtt-link")
-        register(self._broker, self.link, sink, self.wiring, self.in_flight, self._catalog_changed)
+        self._watermark_task = asyncio.create_task(self.watermark.run(self.link), name="watermark")
+        register(
+            self._broker,
+            self.link,
+            sink,
+            self.wiring,
+            self.in_flight,
+            self._catalog_changed,
+            self.watermark.sending,
+        )
         await self._broker.start()
         try:
             await asyncio.wait_for(self.link.connected.wait(), self.startup_wait)
@@ -130,7 +149,12 @@ class DeviceBridge:
             log.error("catalog change not applied to the wiring: %s", exc)
 
     async def stop(self) -> None:
-        # Events first: a message being handled is nacked or finishes, none is left half-done.
+        # The watermark first: it must not move on while the rest winds down. What it last
+        # wrote stays: deadlines after it wait for the next bridge of this instance.
+        if self._watermark_task is not None:
+            await cancel_and_wait(self._watermark_task)
+            self._watermark_task = None
+        # Events next: a message being handled is nacked or finishes, none is left half-done.
         if self._broker is not None:
             await self._broker.stop()
             self._broker = None

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
+from nats.js import JetStreamContext
 
 from baton_contracts.nats import EVENTS_STREAM, EVENTS_WILDCARD
 from baton_device_bridge.commands import (
@@ -33,7 +35,12 @@ from baton_device_bridge.in_flight import InFlight
 from baton_device_bridge.link import MqttLink, MqttUnavailableError
 from baton_device_bridge.reports import ReportNotStoredError, ReportRefusedError, ReportSink
 from baton_device_bridge.wiring import Wiring
-from baton_platform.consumers import durable_subscriber
+from baton_platform.consumers import (
+    ACK_WAIT_S,
+    MAX_ACK_PENDING,
+    durable_subscriber,
+    resume_in_order,
+)
 from baton_platform.metrics import REJECTED_MESSAGES
 
 log = logging.getLogger(__name__)
@@ -64,6 +71,14 @@ async def deliver(
             log.exception("JetStream refused the published report of %s", outgoing.execution_id)
 
 
+async def resume_events(js: JetStreamContext) -> None:
+    """Before `register`: the events a killed bridge held (delivered, never acknowledged)
+    come back now, not after the consumer's 30 s ack wait, by when many a request would be
+    past its deadline and never sent. A live replica may then send one twice: devices
+    de-duplicate on the execution id."""
+    await resume_in_order(js, EVENTS_STREAM, DURABLE, MAX_ACK_PENDING, ACK_WAIT_S)
+
+
 CATALOG_EVENTS = frozenset(
     {"Started", "Imported", "DeviceTypePut", "DeviceTypeRemoved", "DevicePut", "DeviceRemoved"}
 )
@@ -76,11 +91,18 @@ def register(
     wiring: Wiring,
     in_flight: InFlight,
     on_catalog_change: Callable[[], Awaitable[None]],
+    sending: Callable[[], AbstractContextManager[None]] = nullcontext,
 ) -> None:
+    """`sending` is entered around the handling of each event (the watermark's hold)."""
+
     # From the start of the stream on first run: events relayed before the bridge ever ran
     # must go out too (those past their deadline are skipped anyway).
     @durable_subscriber(broker, EVENTS_WILDCARD, EVENTS_STREAM, DURABLE)
     async def on_event(message: NatsMessage) -> None:
+        with sending():
+            await handle(message)
+
+    async def handle(message: NatsMessage) -> None:
         subject = message.raw_message.subject
         # The raw bytes: FastStream would otherwise decode the JSON into a dict first.
         try:

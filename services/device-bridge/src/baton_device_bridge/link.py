@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as mqtt
@@ -74,6 +76,12 @@ class MqttLink:
         self._publish_timeout = publish_timeout
         self._session: _Session | None = None
         self.connected = asyncio.Event()  # set while connected and subscribed
+        # Which connection this is (1, 2, ...), since when (time.monotonic()), and whether
+        # the broker had kept a session for it: the watermark reasons about all three.
+        self.connection = 0
+        self.connected_since = 0.0
+        self.resumed = False
+        self._session_present = True  # until a CONNACK says otherwise
 
     @property
     def v5(self) -> bool:
@@ -153,6 +161,17 @@ class MqttLink:
         # us; aiomqtt has no public switch for it, so reach its paho client (a private
         # attribute: re-check on every aiomqtt upgrade). Must be set before connecting.
         client._client.manual_ack_set(True)
+        # Whether the broker resumed a session (CONNACK's session-present flag): aiomqtt
+        # drops it, so listen in on paho's callback, the same private client as above.
+        on_connect = client._client.on_connect
+        assert on_connect is not None, "aiomqtt sets it when it builds the client"
+
+        def remember_session(*args: Any) -> None:
+            flags = args[2] if len(args) > 2 else None
+            self._session_present = bool(getattr(flags, "session_present", True))
+            on_connect(*args)
+
+        client._client.on_connect = remember_session
         return client
 
     async def follow(self, filters: list[str]) -> None:
@@ -181,6 +200,9 @@ class MqttLink:
                         if any(_refused(code) for code in granted):
                             raise aiomqtt.MqttError(f"subscription to {topic_filter} refused")
                     self._session = _Session(client)
+                    self.connection += 1
+                    self.connected_since = time.monotonic()
+                    self.resumed = self._session_present
                     self.connected.set()
                     log.info(
                         "connected to MQTT %s:%d (MQTT %s) as %s",

@@ -39,7 +39,9 @@ class Dispatcher:
         js = self._nc.jetstream()
         await ensure_streams(js)
         relay = OutboxRelay(executions, js, settings.relay_poll_interval)
-        self._writer = Writer(executions, on_stored=relay.wake, backlog=ReportsBacklog(js))
+        self._writer = Writer(
+            executions, on_stored=relay.wake, backlog=ReportsBacklog(js, settings.deadline_max_hold)
+        )
         # The catalog file seeds the stored catalog on the first start only; after that the
         # catalog is managed data (the api's /v1/device-types and /v1/devices, `baton
         # catalog import`).

@@ -1,31 +1,86 @@
-"""Whether a device's reports are all applied: what a deadline waits for.
+"""Whether a device's answers from before a deadline are all applied: what a deadline waits for.
 
-A device answer the bridge stored in BATON_REPORTS before a deadline must win over that
-deadline, even when the dispatcher that held it was killed and it comes back later (the
-record would otherwise say EXPIRED or TIMED_OUT for a command the device carried out). The
-reports stream has work-queue retention: a report leaves it when the dispatcher acknowledges
-it, after its effect is stored. So a message still in the stream on the device's subject is
-a report not yet applied, and the deadline waits for it.
+A device answer that came before a deadline must win over that deadline, wherever it was when
+the deadline passed (the record would otherwise say EXPIRED or TIMED_OUT for a command the
+device carried out). On its way it is, in turn:
+- in the MQTT broker or the device-bridge (the bridge down, restarting or slow): the bridges'
+  watermarks say how far each has stored what the broker took for it
+  (baton_dispatcher.watermarks); a deadline waits until every bridge is past it;
+- in BATON_REPORTS, stored and not yet applied (held by a dispatcher that was killed, or
+  just queued): the stream has work-queue retention, a report leaves it when the dispatcher
+  acknowledges it, after its effect is stored. So a message still in the stream on the
+  device's subject is a report not yet applied, and the deadline waits for it.
+The watermarks are read first: a report a bridge stored before its watermark passed the
+deadline is then in the stream, or already applied.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
+
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
+from pydantic import BaseModel, ValidationError
 
 from baton_contracts.nats import REPORTS_STREAM, report_subject
+from baton_dispatcher.watermarks import BridgeWatermarks
+from baton_domain.execution import CommandExecution
+
+
+@dataclass(frozen=True)
+class Due:
+    """A due deadline as the backlog sees it: whose reports it waits for, and up to when
+    (`at` None: it can change nothing any more, the execution or its verification ended)."""
+
+    device_id: str
+    at: datetime | None
+
+
+def due_of(execution: CommandExecution, kind: str) -> Due:
+    if kind == "verification":
+        rule = execution.verification_rule
+        at = rule["deadline"] if execution.verifying and rule is not None else None
+    else:
+        at = None if execution.is_terminal else execution.deadline
+    return Due(execution.device_id, at)
 
 
 class ReportsBacklog:
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, max_hold: float) -> None:
         self._js = js
+        self.watermarks = BridgeWatermarks(js, max_hold)
 
-    async def holds(self, device_id: str) -> bool:
-        """Whether a report of `device_id` is stored and not yet applied (one lookup)."""
-        try:
-            await self._js.get_msg(
-                REPORTS_STREAM, seq=1, subject=report_subject(device_id), next=True
-            )
-        except NotFoundError:
-            return False
-        return True
+    async def holds(self, device_id: str, deadline: datetime) -> bool:
+        """Whether an answer of `device_id` from before `deadline` may not be applied yet."""
+        if await self.watermarks.hold(deadline):
+            return True
+        # Only the device's unapplied reports that the bridge received before the deadline
+        # hold it: one received after it (a late answer, a reconnect's presence) must not
+        # carry the device's deadlines past their time, or let a late answer win.
+        seq = 1
+        for _ in range(MAX_LOOKED_AT):
+            try:
+                msg = await self._js.get_msg(
+                    REPORTS_STREAM, seq=seq, subject=report_subject(device_id), next=True
+                )
+            except NotFoundError:
+                return False
+            try:
+                received = _Received.model_validate_json(msg.data or b"").received_at
+            except ValidationError:
+                return True  # not readable here: the dispatcher dead-letters it shortly
+            if received <= deadline:
+                return True
+            seq = (msg.seq or seq) + 1
+        return True  # a long backlog of the device: wait for it rather than read it all
+
+
+# How many of a device's unapplied reports a deadline looks at before it simply waits.
+MAX_LOOKED_AT = 20
+
+
+class _Received(BaseModel):
+    """The one field of a report a deadline reads (every report kind carries it)."""
+
+    received_at: datetime

@@ -38,6 +38,7 @@ from baton_contracts.nats import (
     StateReport,
     SubmitCommand,
 )
+from baton_dispatcher.backlog import due_of
 from baton_domain.application import Executions
 from baton_domain.errors import (
     DeadlineNotReached,
@@ -84,7 +85,7 @@ class ReportResult:
 
 
 class Backlog(Protocol):
-    async def holds(self, device_id: str) -> bool: ...
+    async def holds(self, device_id: str, deadline: datetime) -> bool: ...
 
 
 @dataclass
@@ -236,15 +237,15 @@ class Writer:
 
     async def deadline(self, due: DeadlineDue) -> DeadlineReply:
         if self._backlog is not None:
-            # A report of the device still waiting in the stream may be the answer that came
-            # before this deadline: it is applied first, and the scheduler asks again.
+            # An answer from before this deadline may still be on its way (in the broker, a
+            # bridge, or the reports stream): it is applied first, the scheduler asks again.
             try:
-                device_id = await self._call(
-                    lambda: self._executions.get(due.execution_id).device_id
+                waiting = await self._call(
+                    lambda: due_of(self._executions.get(due.execution_id), due.kind)
                 )
             except ExecutionNotFound:
                 return DeadlineReply(outcome="unknown")
-            if await self._backlog.holds(device_id):
+            if waiting.at is not None and await self._backlog.holds(waiting.device_id, waiting.at):
                 return DeadlineReply(outcome="reports-pending")
         try:
             outcome = await self._call(

@@ -5,8 +5,11 @@ Every tick the ticker reads the rows whose next attempt is due and sends each a
 - "applied" / "ignored" / "unknown": the dispatcher settled it (or there is nothing to
   settle): the row is deleted.
 - "not-yet": the dispatcher's clock is behind ours: keep the row, try again shortly.
-- "reports-pending": a report of the execution's device is not applied yet (it may be the
-  answer that came in time): keep the row, ask again after `retry_base`, quietly.
+- "reports-pending": an answer from before the deadline may not be applied yet (a bridge's
+  watermark is not past it, or a report of the device waits in the stream): keep the row,
+  ask again quietly, soon: after `pending_retry`, then one `pending_retry` later each time up
+  to `pending_cap` (a healthy bridge's watermark passes a deadline within some 0.25 s; a bridge
+  that is away may hold deadlines back for a minute, and each ask costs the dispatcher a read).
 - no responders, timeout, an unreadable reply: keep the row, try again with backoff.
 """
 
@@ -55,6 +58,8 @@ class Ticker:
         retry_base: float = 0.5,
         retry_cap: float = 5.0,
         clock: Clock = utc_now,
+        pending_retry: float = 0.25,
+        pending_cap: float = 1.0,
     ) -> None:
         self.deadlines = deadlines
         self.request = request
@@ -63,6 +68,8 @@ class Ticker:
         self.retry_base = retry_base
         self.retry_cap = retry_cap
         self.clock = clock
+        self.pending_retry = pending_retry
+        self.pending_cap = pending_cap
         self._in_flight: dict[tuple[UUID, Kind], asyncio.Task[None]] = {}
 
     async def run(self) -> None:
@@ -126,9 +133,10 @@ class Ticker:
                 reply.outcome,
             )
         elif reply.outcome == "reports-pending":
-            # Expected after a dispatcher restart or under load: not worth a warning, and no
-            # growing backoff either: the reports drain in seconds.
-            when = self.clock() + timedelta(seconds=self.retry_base)
+            # Expected on every deadline (the watermark passes it a moment later), after a
+            # restart, under load: not worth a warning, nor a backoff beyond a second.
+            delay = min(self.pending_retry * (row.attempts + 1), self.pending_cap)
+            when = self.clock() + timedelta(seconds=delay)
             await self.deadlines.postpone(row.execution_id, when, row.kind)
             log.debug("deadline for %s waits for its device's reports", row.execution_id)
         else:

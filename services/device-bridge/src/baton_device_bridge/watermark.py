@@ -1,0 +1,207 @@
+"""The bridge's watermark: a time before which everything the broker took for it is stored.
+
+A device answer must win over a deadline it came before, also when it was still in the
+broker (the bridge down, restarting or slow) when the deadline passed. So the bridge proves,
+every `interval`, how far it has drained its MQTT session, and the dispatcher applies a
+deadline only once every bridge's watermark has reached it (docs/architecture.md, "Deadlines
+and answers").
+
+A round: publish one probe (QoS 1, `BridgeProbe`) on `probe_topic(filter)` of each of the
+bridge's subscriptions, wait until all of them came back, then write the round's start time
+to BATON_WATERMARKS. The broker hands a session's messages out in the order it took them,
+and the bridge handles them one at a time, storing each report before it reads the next; so
+when a probe is back, everything the broker took before it is stored (or was dropped as
+unreadable). Two brokers bend that order, and the round allows for both:
+- nats-server's MQTT listener keeps one JetStream consumer per subscription, in no order
+  between them: hence one probe per subscription rather than one per session;
+- it also hands out again a message the previous connection never acknowledged only after
+  its `ack_wait`, even to a resumed session (Mosquitto resends at once): on a resumed session
+  a round counts only once the connection is `redelivery_wait` old, and a round across a
+  reconnect does not count.
+
+Requests out: a `published` report is stored after the broker's PUBACK, so while a lifecycle
+event is being handled (`sending`), the watermark stays at the time its handling began: a
+deadline never calls EXPIRED a request the broker took before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from pydantic import ValidationError
+
+from baton_contracts.mqtt import BridgeProbe, is_probe_topic, probe_topic
+from baton_contracts.nats import WATERMARKS_STREAM, BridgeWatermark, watermark_subject
+from baton_device_bridge.link import AnswerHandler, MqttUnavailableError
+
+log = logging.getLogger(__name__)
+
+INTERVAL_S = 0.25
+PROBE_TIMEOUT_S = 10.0
+WRITE_TIMEOUT_S = 5.0
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Link(Protocol):
+    """What a round needs of the MQTT link (baton_device_bridge.link.MqttLink)."""
+
+    answer_filters: list[str]
+    connected: asyncio.Event
+    connection: int
+    connected_since: float
+    resumed: bool
+
+    async def publish(self, topic: str, payload: bytes, expiry: int | None = None) -> None: ...
+
+
+class WatermarkSink:
+    """Writes the bridge's watermark to BATON_WATERMARKS (the latest one per bridge is kept)."""
+
+    def __init__(self, js: JetStreamContext, bridge: str) -> None:
+        self._js = js
+        self._bridge = bridge
+
+    async def introduce(self, now: datetime) -> None:
+        """A bridge's first watermark, before its first MQTT session: nothing can wait in a
+        session that does not exist yet, and from now on deadlines wait for this bridge."""
+        try:
+            await self._js.get_last_msg(WATERMARKS_STREAM, watermark_subject(self._bridge))
+        except NotFoundError:
+            await self.write(now)
+
+    async def write(self, drained_to: datetime) -> None:
+        mark = BridgeWatermark(bridge=self._bridge, drained_to=drained_to)
+        await self._js.publish(
+            watermark_subject(self._bridge),
+            mark.model_dump_json().encode(),
+            timeout=WRITE_TIMEOUT_S,
+            stream=WATERMARKS_STREAM,
+        )
+
+
+@dataclass
+class _Round:
+    number: int
+    waiting: set[str]
+    back: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Watermark:
+    def __init__(
+        self,
+        bridge: str,
+        write: Callable[[datetime], Awaitable[None]],
+        interval: float = INTERVAL_S,
+        redelivery_wait: float = 0.0,
+        probe_timeout: float = PROBE_TIMEOUT_S,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.bridge = bridge
+        self._write = write
+        self.interval = interval
+        self.redelivery_wait = redelivery_wait
+        self.probe_timeout = probe_timeout
+        self.clock = clock
+        self.drained_to: datetime | None = None  # the last one written
+        self._rounds = itertools.count(1)
+        self._round: _Round | None = None
+        self._tokens = itertools.count()
+        self._sending: dict[int, datetime] = {}
+        self._announced = 0  # the connection whose first drained round was logged
+
+    # --- what passes through the bridge -------------------------------------------------------
+
+    @contextlib.contextmanager
+    def sending(self) -> Iterator[None]:
+        """Around the handling of one lifecycle event: holds the watermark at its start."""
+        token = next(self._tokens)
+        self._sending[token] = self.clock()
+        try:
+            yield
+        finally:
+            del self._sending[token]
+
+    def passing(self, forward: AnswerHandler) -> AnswerHandler:
+        """The MQTT message handler: a probe is taken here, anything else goes to `forward`."""
+
+        async def handle(topic: str, raw: bytes) -> None:
+            if is_probe_topic(topic):
+                self._returned(topic, raw)
+            else:
+                await forward(topic, raw)
+
+        return handle
+
+    def _returned(self, topic: str, raw: bytes) -> None:
+        try:
+            probe = BridgeProbe.model_validate_json(raw)
+        except ValidationError:
+            log.debug("ignored a message on probe topic %s that is no probe", topic)
+            return
+        current = self._round
+        if probe.bridge != self.bridge or current is None or probe.round != current.number:
+            return  # another bridge's, or a round given up on
+        current.waiting.discard(topic)
+        if not current.waiting:
+            current.back.set()
+
+    # --- the rounds ---------------------------------------------------------------------------
+
+    async def run(self, link: Link) -> None:
+        """A round every `interval`, until cancelled; a failed round proves nothing, that's all."""
+        while True:
+            try:
+                await self.advance(link)
+            except (MqttUnavailableError, nats.errors.Error, TimeoutError) as exc:
+                log.debug("watermark round failed: %s", exc or type(exc).__name__)
+            except Exception:
+                log.exception("watermark round failed")
+            await asyncio.sleep(self.interval)
+
+    async def advance(self, link: Link) -> datetime | None:
+        """One round: the watermark it wrote, or None when it proves nothing (yet)."""
+        await link.connected.wait()
+        connection = link.connection
+        if link.resumed:
+            early = link.connected_since + self.redelivery_wait - time.monotonic()
+            if early > 0:
+                # What the previous connection held may still come back: nothing to prove yet.
+                await asyncio.sleep(early)
+                return None
+        started = self.clock()
+        topics = {t for f in link.answer_filters if (t := probe_topic(f)) is not None}
+        current = _Round(next(self._rounds), set(topics))
+        self._round = current
+        probe = BridgeProbe(bridge=self.bridge, round=current.number).model_dump_json().encode()
+        for topic in topics:
+            await link.publish(topic, probe)
+        if topics:
+            await asyncio.wait_for(current.back.wait(), self.probe_timeout)
+        if link.connection != connection:
+            return None
+        drained_to = min([started, *self._sending.values()])
+        await self._write(drained_to)
+        self.drained_to = drained_to
+        if self._announced != connection:
+            self._announced = connection
+            log.info(
+                "MQTT session drained: everything the broker took before %s is stored",
+                drained_to.isoformat(),
+            )
+        return drained_to
