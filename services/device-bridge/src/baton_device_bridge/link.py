@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -24,7 +25,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from baton_contracts.mqtt import RESPONSE_FILTER, SOCKET_OPTIONS
+from baton_contracts.mqtt import RESPONSE_FILTER, SOCKET_OPTIONS, is_probe_topic
+from baton_device_bridge.lanes import Lanes
 from baton_platform.metrics import REJECTED_MESSAGES
 from baton_platform.settings import Settings
 
@@ -76,6 +78,7 @@ class MqttLink:
         self._publish_timeout = publish_timeout
         self._session: _Session | None = None
         self.connected = asyncio.Event()  # set while connected and subscribed
+        self._lanes = Lanes()  # messages in hand: concurrent across topics, in order within
         # Which connection this is (1, 2, ...), since when (time.monotonic()), and whether
         # the broker had kept a session for it: the watermark reasons about all three.
         self.connection = 0
@@ -190,6 +193,12 @@ class MqttLink:
 
     async def run(self) -> None:
         """Connect, consume, reconnect: until cancelled."""
+        try:
+            await self._connected_loop()
+        finally:
+            await self._lanes.close()
+
+    async def _connected_loop(self) -> None:
         failures = 0
         while True:
             try:
@@ -213,7 +222,12 @@ class MqttLink:
                     )
                     failures = 0
                     async for message in client.messages:
-                        await self._answer(client, message)
+                        work = functools.partial(self._answer, client, message)
+                        topic = str(message.topic)
+                        if is_probe_topic(topic):
+                            await self._lanes.barrier(work)  # after all before it is stored
+                        else:
+                            await self._lanes.submit(topic, work)
             except aiomqtt.MqttError as exc:
                 failures += 1
                 # Once per outage at warning level; the retries that follow at debug.
