@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from baton_contracts.nats import CATALOG_GET_SUBJECT, CatalogReply
 from baton_device_bridge.answers import AnswerForwarder
-from baton_device_bridge.edges import register
+from baton_device_bridge.edges import register, resume_events
 from baton_device_bridge.in_flight import InFlight
 from baton_device_bridge.link import MqttLink
 from baton_device_bridge.reports import ReportSink
@@ -71,6 +71,7 @@ class DeviceBridge:
         connection = await self._broker.connect()
         js = connection.jetstream()
         await ensure_streams(js)
+        await resume_events(js)
         self._nc = connection
         if self._given_catalog is None:
             await self._load_catalog(first=True)

@@ -1,6 +1,8 @@
 """The bridge's JetStream edge: lifecycle events in, MQTT requests and cancellations out.
 
-A durable pull consumer of BATON_EVENTS, handled one message at a time in order. A message is
+A durable consumer of BATON_EVENTS, handled one message at a time in order, filtered on the
+server to the event types the bridge acts on (`SUBJECTS`: `Dispatched`, `Canceled` and the
+catalog's changes). A message is
 acknowledged only once its effect is durable: the broker's PUBACK for the MQTT message and,
 for a request, JetStream's acknowledgement of the `published` report. While MQTT or NATS is
 unavailable the event is negatively acknowledged with a delay, so JetStream redelivers it
@@ -19,8 +21,9 @@ from datetime import UTC, datetime
 
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
+from nats.js import JetStreamContext
 
-from baton_contracts.nats import EVENTS_STREAM, EVENTS_WILDCARD
+from baton_contracts.nats import EVENTS_STREAM, EVENTS_WILDCARD, events_of_type
 from baton_device_bridge.commands import (
     MalformedEventError,
     Outgoing,
@@ -33,7 +36,12 @@ from baton_device_bridge.in_flight import InFlight
 from baton_device_bridge.link import MqttLink, MqttUnavailableError
 from baton_device_bridge.reports import ReportNotStoredError, ReportRefusedError, ReportSink
 from baton_device_bridge.wiring import Wiring
-from baton_platform.consumers import durable_subscriber
+from baton_platform.consumers import (
+    ACK_WAIT_S,
+    MAX_ACK_PENDING,
+    durable_subscriber,
+    resume_in_order,
+)
 from baton_platform.metrics import REJECTED_MESSAGES
 
 log = logging.getLogger(__name__)
@@ -67,6 +75,15 @@ async def deliver(
 CATALOG_EVENTS = frozenset(
     {"Started", "Imported", "DeviceTypePut", "DeviceTypeRemoved", "DevicePut", "DeviceRemoved"}
 )
+# What the server delivers: what `plan` acts on and the catalog's changes, nothing else.
+SUBJECTS = tuple(sorted(events_of_type(t) for t in CATALOG_EVENTS | {"Dispatched", "Canceled"}))
+
+
+async def resume_events(js: JetStreamContext) -> None:
+    """Before `register`: a consumer made by an older version takes `SUBJECTS`, and what a
+    killed instance held comes back now rather than after ack_wait (a `Dispatched` received
+    and not yet published would otherwise reach its device 30 s late, often past its TTL)."""
+    await resume_in_order(js, EVENTS_STREAM, DURABLE, MAX_ACK_PENDING, ACK_WAIT_S, SUBJECTS)
 
 
 def register(
@@ -79,7 +96,7 @@ def register(
 ) -> None:
     # From the start of the stream on first run: events relayed before the bridge ever ran
     # must go out too (those past their deadline are skipped anyway).
-    @durable_subscriber(broker, EVENTS_WILDCARD, EVENTS_STREAM, DURABLE)
+    @durable_subscriber(broker, EVENTS_WILDCARD, EVENTS_STREAM, DURABLE, filter_subjects=SUBJECTS)
     async def on_event(message: NatsMessage) -> None:
         subject = message.raw_message.subject
         # The raw bytes: FastStream would otherwise decode the JSON into a dict first.

@@ -14,7 +14,7 @@ from baton_contracts.nats import DEADLINE_SUBJECT, DeadlineDue, DeadlineReply
 from baton_platform.lifecycle import cancel_and_wait
 from baton_platform.nats import ensure_streams
 from baton_platform.settings import Settings
-from baton_timeout_scheduler.edges import register
+from baton_timeout_scheduler.edges import register, resume_events
 from baton_timeout_scheduler.store import Deadlines, DeadlineStore
 from baton_timeout_scheduler.ticker import DispatcherUnavailableError, Requester, Ticker
 
@@ -68,7 +68,9 @@ class TimeoutScheduler:
         register(self._broker, self.deadlines)
         # The consumer's stream must exist before the subscriber starts.
         connection = await self._broker.connect()
-        await ensure_streams(connection.jetstream())
+        js = connection.jetstream()
+        await ensure_streams(js)
+        await resume_events(js)
         await self._broker.start()
         ticker = Ticker(
             self.deadlines,

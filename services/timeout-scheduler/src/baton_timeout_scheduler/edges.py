@@ -1,7 +1,9 @@
 """The scheduler's JetStream edge: lifecycle events in, deadline rows out.
 
-A durable consumer of BATON_EVENTS. `Requested` stores the execution's deadline, a terminal
-event deletes it; each message is acknowledged only after its row is committed. A message
+A durable consumer of BATON_EVENTS, filtered on the server to the event types it acts on
+(`SUBJECTS`). `Requested` stores the execution's deadline, a terminal event deletes it;
+`VerificationRequired` and the verification's end do the same for the verification
+deadline. Each message is acknowledged only after its row is committed. A message
 that cannot be decoded is logged, counted and acknowledged (a poison message must not loop);
 a store error (database locked, disk full, ...) is negatively acknowledged with a delay so
 JetStream redelivers it.
@@ -19,10 +21,16 @@ from typing import Literal
 
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
+from nats.js import JetStreamContext
 from pydantic import TypeAdapter, ValidationError
 
-from baton_contracts.nats import EVENTS_STREAM, EVENTS_WILDCARD, LifecycleEvent
-from baton_platform.consumers import durable_subscriber
+from baton_contracts.nats import EVENTS_STREAM, EVENTS_WILDCARD, LifecycleEvent, events_of_type
+from baton_platform.consumers import (
+    ACK_WAIT_S,
+    MAX_ACK_PENDING,
+    durable_subscriber,
+    resume_in_order,
+)
 from baton_platform.metrics import REJECTED_MESSAGES
 from baton_timeout_scheduler.store import Deadlines
 
@@ -32,6 +40,12 @@ SERVICE = "timeout-scheduler"
 DURABLE = "baton-timeout-scheduler"
 TERMINAL_EVENTS = frozenset({"Succeeded", "Failed", "Rejected", "TimedOut", "Expired", "Canceled"})
 VERIFICATION_ENDS = frozenset({"Verified", "VerificationFailed", "VerificationCanceled"})
+DEADLINE_STARTS = frozenset({"Requested", "VerificationRequired"})
+# What the server delivers: every type `apply` acts on, nothing else (most of the stream is
+# Dispatched, Published, answers and the device queues' events).
+SUBJECTS = tuple(
+    sorted(events_of_type(t) for t in DEADLINE_STARTS | TERMINAL_EVENTS | VERIFICATION_ENDS)
+)
 MAX_REDELIVERY_DELAY = 10.0
 
 _deadline = TypeAdapter(datetime)
@@ -84,8 +98,15 @@ async def apply(deadlines: Deadlines, event: LifecycleEvent) -> Effect:
     return "skipped"
 
 
+async def resume_events(js: JetStreamContext) -> None:
+    """Before `register`: a consumer made by an older version takes `SUBJECTS`, and what a
+    killed instance held comes back now rather than after ack_wait (for a deadline, a
+    `Requested` received and not yet committed: otherwise it fires 30 s late)."""
+    await resume_in_order(js, EVENTS_STREAM, DURABLE, MAX_ACK_PENDING, ACK_WAIT_S, SUBJECTS)
+
+
 def register(broker: NatsBroker, deadlines: Deadlines) -> None:
-    @durable_subscriber(broker, EVENTS_WILDCARD, EVENTS_STREAM, DURABLE)
+    @durable_subscriber(broker, EVENTS_WILDCARD, EVENTS_STREAM, DURABLE, filter_subjects=SUBJECTS)
     async def on_event(message: NatsMessage) -> None:
         # The raw bytes: FastStream would otherwise decode the JSON into a dict first.
         try:
