@@ -36,7 +36,7 @@ class Dispatcher:
         self._nc = await connect(settings.nats_url, f"baton-dispatcher-{settings.instance}")
         js = self._nc.jetstream()
         await ensure_streams(js)
-        relay = OutboxRelay(executions, js, settings.relay_poll_interval)
+        relay = OutboxRelay(executions, self._nc, settings.relay_poll_interval)
         self._writer = Writer(executions, on_stored=relay.wake, backlog=ReportsBacklog(js))
         # The catalog file seeds the stored catalog on the first start only; after that the
         # catalog is managed data (the api's /v1/device-types and /v1/devices, `baton
