@@ -46,7 +46,7 @@ from baton_contracts.nats import (
     event_subject,
 )
 from baton_device_bridge.app import DeviceBridge
-from baton_device_bridge.edges import DURABLE, SERVICE
+from baton_device_bridge.edges import DURABLE, SERVICE, SUBJECTS
 from baton_platform.metrics import REJECTED_MESSAGES
 from baton_platform.settings import Settings
 from tests.conftest import eventually
@@ -243,6 +243,20 @@ async def test_a_dispatched_command_reaches_the_device_and_is_reported_published
     assert report.report_id == f"published:{execution_id}"
     assert report.device_id == DEVICE
     assert report.status is None
+
+
+async def test_only_the_events_the_bridge_acts_on_reach_it(
+    bridge: Bridge, nc: Client, device: Device
+) -> None:
+    js = nc.jetstream()
+    execution_id = uuid4()
+    for skipped in ("Requested", "Admitted", "Published", "Succeeded", "Released"):
+        await publish_event(js, execution_id, skipped, {})
+    await dispatch(js, execution_id)
+    await eventually(lambda: reports_for(js, execution_id), what="published report")
+    info = await js.consumer_info(EVENTS_STREAM, DURABLE)
+    assert info.config.filter_subjects == list(SUBJECTS)
+    assert info.delivered.consumer_seq == 1  # the Dispatched, and nothing else
 
 
 async def test_a_dispatched_past_its_deadline_is_not_published(

@@ -22,12 +22,14 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
 
 from baton_cli.localstack import Server
 from baton_contracts.nats import (
     DEADLINE_SUBJECT,
     DISPATCHER_QUEUE,
     EVENTS_STREAM,
+    EVENTS_WILDCARD,
     DeadlineDue,
     DeadlineReply,
     LifecycleEvent,
@@ -36,7 +38,7 @@ from baton_contracts.nats import (
 from baton_platform.metrics import REJECTED_MESSAGES
 from baton_platform.settings import Settings
 from baton_timeout_scheduler.app import serve
-from baton_timeout_scheduler.edges import DURABLE, SERVICE
+from baton_timeout_scheduler.edges import DURABLE, SERVICE, SUBJECTS
 from baton_timeout_scheduler.store import DeadlineStore
 from tests.conftest import eventually
 
@@ -333,3 +335,91 @@ async def test_a_locked_database_gets_the_event_redelivered(
 
 def info_acked(info: Any) -> int:
     return int(info.ack_floor.stream_seq) if info.ack_floor is not None else 0
+
+
+async def test_only_the_events_it_acts_on_reach_an_older_consumer_updated_in_place(
+    nats_server: Server, nc: Client, dispatcher: FakeDispatcher, settings: Settings
+) -> None:
+    js = nc.jetstream()
+    # An older version's consumer: every lifecycle event, one of them handled and acked.
+    old = await nats.connect(nats_server.url)
+    try:
+        handled = asyncio.Queue[Msg]()
+        await old.jetstream().subscribe(
+            EVENTS_WILDCARD,
+            queue=DURABLE,
+            stream=EVENTS_STREAM,
+            cb=handled.put,
+            manual_ack=True,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        before = uuid4()  # handled by the old version: must not come back
+        await request(js, before, datetime.now(UTC) + timedelta(seconds=1))
+        await (await asyncio.wait_for(handled.get(), 5)).ack_sync()
+    finally:
+        await old.close()
+    assert (await js.consumer_info(EVENTS_STREAM, DURABLE)).config.filter_subject == (
+        EVENTS_WILDCARD
+    )
+
+    service = Scheduler(settings)
+    service.start()
+    try:
+        execution_id = uuid4()
+        await request(js, execution_id, datetime.now(UTC) + timedelta(seconds=30))
+        for skipped in ("Dispatched", "Published", "AnswerRecorded", "Admitted", "Released"):
+            await publish(js, execution_id, skipped)
+        await publish(js, uuid4(), "Canceled", {"reason": "x"})  # acted on: last in the stream
+        await caught_up(js)
+        info = await js.consumer_info(EVENTS_STREAM, DURABLE)
+        assert info.config.filter_subject is None
+        assert info.config.filter_subjects == list(SUBJECTS)
+        # Delivered: the old version's one, then Requested and Canceled; none of the rest.
+        assert info.delivered.consumer_seq == 3
+        assert info.num_redelivered == 0
+        assert rows(settings) == 1  # `before` was not delivered again
+        assert dispatcher.requests == []
+    finally:
+        await service.stop()
+
+
+async def test_a_requested_a_killed_instance_held_comes_back_at_once(
+    nats_server: Server, nc: Client, dispatcher: FakeDispatcher, settings: Settings
+) -> None:
+    """Killed after receiving `Requested` and before committing its row: the next instance
+    gets it at its start, not after the ack wait (30 s), so the deadline fires in time."""
+    js = nc.jetstream()
+    service = Scheduler(settings)
+    service.start()
+    await eventually(lambda: consumer_exists(js), what="the consumer made")
+    await service.stop()
+
+    killed = await nats.connect(nats_server.url)
+    try:
+        held = asyncio.Queue[Msg]()
+        await killed.jetstream().subscribe(
+            EVENTS_WILDCARD, queue=DURABLE, stream=EVENTS_STREAM, cb=held.put, manual_ack=True
+        )
+        execution_id = uuid4()
+        await request(js, execution_id, datetime.now(UTC) + timedelta(seconds=0.5))
+        await asyncio.wait_for(held.get(), 5)  # received, never acknowledged
+    finally:
+        await killed.close()
+
+    service.start()
+    try:
+
+        async def fired() -> list[float]:
+            return dispatcher.times_for(execution_id)
+
+        await eventually(fired, timeout=5, what="DeadlineDue well before the ack wait")
+    finally:
+        await service.stop()
+
+
+async def consumer_exists(js: JetStreamContext) -> bool:
+    try:
+        await js.consumer_info(EVENTS_STREAM, DURABLE)
+    except nats.js.errors.NotFoundError:
+        return False
+    return True

@@ -2,34 +2,48 @@
 
 A push consumer delivered to a queue group (nats-py names the durable consumer after the
 queue): messages arrive in stream order and are handled one at a time, each acknowledged
-by the handler only once its effect is durable. Not FastStream's pull consumer: it handles
-a fetched batch concurrently, and nats-py 2.16 raises a TimeoutError inside its fetch that
-FastStream 0.7 does not expect, which leaves a pull request orphaned on the server that
-holds the next messages back until their ack_wait (seen as 30 s stalls in the tests).
+by the handler only once its effect is durable. Not a pull consumer through FastStream: it
+handles a fetched batch concurrently, and nats-py 2.16 raises a TimeoutError inside its
+fetch that FastStream 0.7 does not expect, which leaves a pull request orphaned on the
+server that holds the next messages back until their ack_wait (seen as 30 s stalls).
+
+`DurableConsumer` is that consumer with nats-py alone: FastStream's subscriber
+(`durable_subscriber`, left for the dispatcher's reports until they move too) took ~0.3 ms
+of CPU per message against ~0.01 ms (dependency injection run in a thread pool, a log line
+in and out; docs/architecture.md).
 
 "In order" holds only while nothing is redelivered: with many messages unacknowledged, one
 that a killed instance held comes back after its ack_wait, behind the newer ones its
 successor already handled (a device's STARTED recorded after its SUCCEEDED, 30 s late). A
 consumer that needs the order across crashes takes `max_ack_pending=1` (the next message
-goes out only once the previous one is acknowledged) and calls `resume_in_order` before it
-subscribes, so what a dead instance held comes back at once, first.
+goes out only once the previous one is acknowledged). Every consumer calls
+`resume_in_order` before it subscribes, so what a dead instance held comes back at once,
+first, rather than after ack_wait (a deadline's `Requested` or a device's `Dispatched`
+30 s late), and a consumer made by an older version takes today's settings.
+
+A consumer given `filter_subjects` receives only the messages it acts on: the server skips
+the rest, where the consumer used to receive, decode and acknowledge each one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker
 from faststream.nats.annotations import NatsMessage
-from nats.js import JetStreamContext
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext, api
 from nats.js.api import DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[NatsMessage], Awaitable[None]]
+MessageHandler = Callable[[Msg], Awaitable[None]]
 
 ACK_WAIT_S = 30.0
 MAX_ACK_PENDING = 1000
@@ -72,24 +86,103 @@ def durable_subscriber(
 
 
 async def resume_in_order(
-    js: JetStreamContext, stream: str, name: str, max_ack_pending: int, ack_wait: float
+    js: JetStreamContext,
+    stream: str,
+    name: str,
+    max_ack_pending: int,
+    ack_wait: float,
+    filter_subjects: Iterable[str] | None = None,
 ) -> None:
-    """Before subscribing as durable consumer `name`: give it these limits (a consumer made
-    by an older version keeps its own otherwise), and have what it delivered but never saw
-    acknowledged (an instance killed mid-message) come back now, in stream order, rather
-    than after ack_wait. A live instance may then see a message twice: handlers are
-    idempotent."""
+    """Before subscribing as durable consumer `name`: give it these limits and, when given,
+    these filter subjects (the subscription takes an existing consumer as it finds it, so
+    one made by an older version would keep its own), updated in place: its position stays.
+    Then have what it delivered but never saw acknowledged (an instance killed mid-message)
+    come back now, in stream order, rather than after ack_wait. A live instance may then see
+    a message twice: handlers are idempotent."""
     try:
         info = await js.consumer_info(stream, name)
     except NotFoundError:
-        return  # the first start: the subscription creates it with these limits
+        return  # the first start: the subscription creates it with these settings
     config = info.config
-    if config.max_ack_pending != max_ack_pending or config.ack_wait != ack_wait:
-        await js.add_consumer(
-            stream, config.evolve(max_ack_pending=max_ack_pending, ack_wait=ack_wait)
-        )
+    wanted: dict[str, object] = {"max_ack_pending": max_ack_pending, "ack_wait": ack_wait}
+    if filter_subjects is not None:
+        # One or the other: the server refuses a consumer with both.
+        wanted |= {"filter_subject": None, "filter_subjects": sorted(filter_subjects)}
+    if any(getattr(config, key) != value for key, value in wanted.items()):
+        await js.add_consumer(stream, config.evolve(**wanted))
+        log.info("consumer %s of %s updated: %s", name, stream, wanted)
     if info.num_ack_pending:
+        log.info("%s: %d message(s) unacknowledged come back now", name, info.num_ack_pending)
         try:
             await js.reset_consumer(stream, name)
         except APIError as exc:  # a server older than 2.14: they come back after ack_wait
             log.warning("could not resume %s at its ack floor: %s", name, exc)
+
+
+class DurableConsumer:
+    """Durable consumer `name` of `stream`, receiving only `filter_subjects`, each message
+    passed to `handle` in stream order, one at a time; `handle` acknowledges it (or not).
+
+    nats-py's subscription callback, nothing in between: no decoding, no log line, no
+    thread pool. A message `handle` raises on is logged and delivered again a second later.
+    """
+
+    def __init__(
+        self,
+        stream: str,
+        name: str,
+        filter_subjects: Sequence[str],
+        handle: MessageHandler,
+        max_ack_pending: int = MAX_ACK_PENDING,
+        ack_wait: float = ACK_WAIT_S,
+    ) -> None:
+        self.stream = stream
+        self.name = name
+        self.filter_subjects = sorted(filter_subjects)
+        self._handle = handle
+        self._max_ack_pending = max_ack_pending
+        self._ack_wait = ack_wait
+        self._subscription: Subscription | None = None
+        self._handling = asyncio.Lock()
+        self._stopping = False
+
+    async def start(self, js: JetStreamContext) -> None:
+        """From the start of the stream the first time (nothing relayed before the service
+        first ran is missed), then from where it left off."""
+        await resume_in_order(
+            js, self.stream, self.name, self._max_ack_pending, self._ack_wait, self.filter_subjects
+        )
+        self._stopping = False
+        config = api.ConsumerConfig(
+            ack_wait=self._ack_wait,
+            max_ack_pending=self._max_ack_pending,
+            filter_subjects=self.filter_subjects,
+        )
+        self._subscription = await js.subscribe(
+            self.filter_subjects[0],  # only names the stream: the filters are in `config`
+            queue=self.name,
+            stream=self.stream,
+            cb=self._on_message,
+            manual_ack=True,
+            deliver_policy=DeliverPolicy.ALL,
+            config=config,
+        )
+
+    async def stop(self) -> None:
+        """The message being handled finishes; the ones received after it are left
+        unacknowledged, for the next start (`resume_in_order`) or another instance."""
+        async with self._handling:
+            self._stopping = True
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+            self._subscription = None
+
+    async def _on_message(self, msg: Msg) -> None:
+        async with self._handling:
+            if self._stopping:
+                return
+            try:
+                await self._handle(msg)
+            except Exception:
+                log.exception("%s: handling %s failed; delivering it again", self.name, msg.subject)
+                await msg.nak(delay=1.0)

@@ -7,21 +7,21 @@ import logging
 from datetime import UTC, datetime
 
 import nats.errors
-from faststream.nats import NatsBroker
 from nats.aio.client import Client
 from pydantic import ValidationError
 
 from baton_contracts.nats import CATALOG_GET_SUBJECT, CatalogReply
 from baton_device_bridge.answers import AnswerForwarder
-from baton_device_bridge.edges import register, resume_events
+from baton_device_bridge.edges import events_consumer
 from baton_device_bridge.in_flight import InFlight
 from baton_device_bridge.link import MqttLink
 from baton_device_bridge.reports import ReportSink
 from baton_device_bridge.watermark import Watermark, WatermarkSink
 from baton_device_bridge.wiring import Wiring
 from baton_domain.catalog import Catalog, CatalogError
+from baton_platform.consumers import DurableConsumer
 from baton_platform.lifecycle import cancel_and_wait
-from baton_platform.nats import ensure_streams
+from baton_platform.nats import connect, ensure_streams
 from baton_platform.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,24 +59,17 @@ class DeviceBridge:
         self.answers: AnswerForwarder | None = None
         self.watermark: Watermark | None = None
         self._watermark_task: asyncio.Task[None] | None = None
-        self._broker: NatsBroker | None = None
+        self._events: DurableConsumer | None = None
         self._link_task: asyncio.Task[None] | None = None
         self._nc: Client | None = None
 
     async def start(self) -> None:
         settings = self.settings
-        self._broker = NatsBroker(
-            settings.nats_url,
-            name=f"baton-device-bridge-{settings.instance}",
-            max_reconnect_attempts=-1,
-            logger=logging.getLogger("baton_device_bridge.broker"),
-        )
-        # The consumer's stream must exist before the subscriber starts.
-        connection = await self._broker.connect()
-        js = connection.jetstream()
-        await ensure_streams(js)
-        await resume_events(js)
+        connection = await connect(settings.nats_url, f"baton-device-bridge-{settings.instance}")
         self._nc = connection
+        js = connection.jetstream()
+        # The consumer's stream must exist before it subscribes.
+        await ensure_streams(js)
         if self._given_catalog is None:
             await self._load_catalog(first=True)
         sink = ReportSink(js)
@@ -97,8 +90,7 @@ class DeviceBridge:
         )
         self._link_task = asyncio.create_task(self.link.run(), name="mqtt-link")
         self._watermark_task = asyncio.create_task(self.watermark.run(self.link), name="watermark")
-        register(
-            self._broker,
+        self._events = events_consumer(
             self.link,
             sink,
             self.wiring,
@@ -106,7 +98,7 @@ class DeviceBridge:
             self._catalog_changed,
             self.watermark.sending,
         )
-        await self._broker.start()
+        await self._events.start(js)
         try:
             await asyncio.wait_for(self.link.connected.wait(), self.startup_wait)
         except TimeoutError:
@@ -154,10 +146,10 @@ class DeviceBridge:
         if self._watermark_task is not None:
             await cancel_and_wait(self._watermark_task)
             self._watermark_task = None
-        # Events next: a message being handled is nacked or finishes, none is left half-done.
-        if self._broker is not None:
-            await self._broker.stop()
-            self._broker = None
+        # Events next: a message being handled finishes, none is left half-done.
+        if self._events is not None:
+            await self._events.stop()
+            self._events = None
         if self._link_task is not None:
             # An answer read but not yet stored is not acknowledged: the broker keeps it in
             # the session and hands it to the next bridge with this instance name.
@@ -166,6 +158,9 @@ class DeviceBridge:
         if self.in_flight is not None:
             self.in_flight.close()
             self.in_flight = None
+        if self._nc is not None:
+            await self._nc.close()
+            self._nc = None
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:

@@ -1,6 +1,8 @@
 """The bridge's JetStream edge: lifecycle events in, MQTT requests and cancellations out.
 
-A durable pull consumer of BATON_EVENTS, handled one message at a time in order. A message is
+A durable consumer of BATON_EVENTS (`baton_platform.consumers.DurableConsumer`, plain
+nats-py), handled one message at a time in order, filtered on the server to the event types
+the bridge acts on (`SUBJECTS`: `Dispatched`, `Canceled` and the catalog's changes). A message is
 acknowledged only once its effect is durable: the broker's PUBACK for the MQTT message and,
 for a request, JetStream's acknowledgement of the `published` report. While MQTT or NATS is
 unavailable the event is negatively acknowledged with a delay, so JetStream redelivers it
@@ -18,11 +20,9 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 
-from faststream.nats import NatsBroker
-from faststream.nats.annotations import NatsMessage
-from nats.js import JetStreamContext
+from nats.aio.msg import Msg
 
-from baton_contracts.nats import EVENTS_STREAM, EVENTS_WILDCARD
+from baton_contracts.nats import EVENTS_STREAM, events_of_type
 from baton_device_bridge.commands import (
     MalformedEventError,
     Outgoing,
@@ -35,12 +35,7 @@ from baton_device_bridge.in_flight import InFlight
 from baton_device_bridge.link import MqttLink, MqttUnavailableError
 from baton_device_bridge.reports import ReportNotStoredError, ReportRefusedError, ReportSink
 from baton_device_bridge.wiring import Wiring
-from baton_platform.consumers import (
-    ACK_WAIT_S,
-    MAX_ACK_PENDING,
-    durable_subscriber,
-    resume_in_order,
-)
+from baton_platform.consumers import DurableConsumer
 from baton_platform.metrics import REJECTED_MESSAGES
 
 log = logging.getLogger(__name__)
@@ -71,42 +66,33 @@ async def deliver(
             log.exception("JetStream refused the published report of %s", outgoing.execution_id)
 
 
-async def resume_events(js: JetStreamContext) -> None:
-    """Before `register`: the events a killed bridge held (delivered, never acknowledged)
-    come back now, not after the consumer's 30 s ack wait, by when many a request would be
-    past its deadline and never sent. A live replica may then send one twice: devices
-    de-duplicate on the execution id."""
-    await resume_in_order(js, EVENTS_STREAM, DURABLE, MAX_ACK_PENDING, ACK_WAIT_S)
-
-
 CATALOG_EVENTS = frozenset(
     {"Started", "Imported", "DeviceTypePut", "DeviceTypeRemoved", "DevicePut", "DeviceRemoved"}
 )
+# What the server delivers: what `plan` acts on and the catalog's changes, nothing else.
+SUBJECTS = tuple(sorted(events_of_type(t) for t in CATALOG_EVENTS | {"Dispatched", "Canceled"}))
 
 
-def register(
-    broker: NatsBroker,
+def events_consumer(
     link: MqttLink,
     sink: ReportSink,
     wiring: Wiring,
     in_flight: InFlight,
     on_catalog_change: Callable[[], Awaitable[None]],
     sending: Callable[[], AbstractContextManager[None]] = nullcontext,
-) -> None:
+) -> DurableConsumer:
     """`sending` is entered around the handling of each event (the watermark's hold)."""
 
     # From the start of the stream on first run: events relayed before the bridge ever ran
     # must go out too (those past their deadline are skipped anyway).
-    @durable_subscriber(broker, EVENTS_WILDCARD, EVENTS_STREAM, DURABLE)
-    async def on_event(message: NatsMessage) -> None:
+    async def on_event(message: Msg) -> None:
         with sending():
             await handle(message)
 
-    async def handle(message: NatsMessage) -> None:
-        subject = message.raw_message.subject
-        # The raw bytes: FastStream would otherwise decode the JSON into a dict first.
+    async def handle(message: Msg) -> None:
+        subject = message.subject
         try:
-            event = decode(message.body)
+            event = decode(message.data)
             if event.type in CATALOG_EVENTS:
                 # Events come in stream order: a device added before its first command is
                 # known by the time that command's Dispatched arrives.
@@ -114,7 +100,7 @@ def register(
                     await on_catalog_change()
                 except Exception as exc:  # the dispatcher did not answer: try again shortly
                     log.warning("catalog not reloaded (%s); redelivering %s", exc, subject)
-                    await message.nack(delay=1.0)
+                    await message.nak(delay=1.0)
                     return
                 await message.ack()
                 return
@@ -135,12 +121,14 @@ def register(
         try:
             await deliver(link, sink, in_flight, action)
         except (MqttUnavailableError, ReportNotStoredError) as exc:
-            deliveries = message.raw_message.metadata.num_delivered or 1
+            deliveries = message.metadata.num_delivered or 1
             delay = min(0.2 * deliveries, MAX_REDELIVERY_DELAY)
             # Logged at warning on the first delivery only: an outage would flood the log.
             level = logging.WARNING if deliveries == 1 else logging.DEBUG
             log.log(level, "%s not delivered (%s); redelivering in %.1fs", subject, exc, delay)
-            await message.nack(delay=delay)
+            await message.nak(delay=delay)
             return
         log.debug("%s sent on %s", subject, action.topic)
         await message.ack()
+
+    return DurableConsumer(EVENTS_STREAM, DURABLE, SUBJECTS, on_event)

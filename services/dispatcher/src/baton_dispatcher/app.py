@@ -38,7 +38,7 @@ class Dispatcher:
         self._nc = await connect(settings.nats_url, f"baton-dispatcher-{settings.instance}")
         js = self._nc.jetstream()
         await ensure_streams(js)
-        relay = OutboxRelay(executions, js, settings.relay_poll_interval)
+        relay = OutboxRelay(executions, self._nc, settings.relay_poll_interval)
         self._writer = Writer(
             executions, on_stored=relay.wake, backlog=ReportsBacklog(js, settings.deadline_max_hold)
         )

@@ -4,16 +4,33 @@ Publishing is driven from the store (invariant 2): an event is published only on
 stored, and after a crash the relay resumes from the last event the stream holds, read back
 from the `Baton-Notification-Id` header. `Nats-Msg-Id` = notification id lets JetStream drop
 an event published twice around a crash.
+
+Up to `WINDOW` events are on their way at once, their acknowledgements awaited in order:
+one round trip per window instead of one per event. Two expectations keep them in order:
+each event names the notification id of the one before it (`Nats-Expected-Last-Msg-Id`)
+and the stream sequence that one gets (`Nats-Expected-Last-Sequence`), so once one is lost
+(a connection dropped mid-window) or another message got in between, the server refuses
+every later one rather than storing it out of place. The position moves only over events
+acknowledged without a gap; after a refusal or an error the relay reads the stream's last
+sequence again and goes on from its position, the first event sent naming no predecessor
+(the stream's last message may be another's, and nats-server keeps the last message id
+only in memory). An event already in the stream (its acknowledgement was lost) then comes
+back as a duplicate, which counts as published.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import logging
+from collections import deque
 
-from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from baton_contracts.nats import (
     EVENTS_STREAM,
@@ -26,42 +43,149 @@ from baton_platform.mapping import read_events
 
 log = logging.getLogger(__name__)
 
-BATCH = 500
+BATCH = 500  # events read from the store at once
+WINDOW = 256  # events published and not yet acknowledged
+ACK_TIMEOUT = 5.0
+# JetStream's error codes for a failed Nats-Expected-Last-Sequence / -Last-Msg-Id.
+OUT_OF_PLACE = frozenset({10071, 10070})
+
+
+class AckWindow:
+    """JetStream publishes whose acknowledgements are awaited later, as futures.
+
+    What `JetStreamContext.publish_async` does, except that an error the server answers
+    (here: a refused expected sequence) fails the future: nats-py 2.16 raises it inside its
+    reply handler instead and leaves the future pending forever (nats-io/nats.py#985)."""
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._prefix: str | None = None
+        self._tokens = itertools.count()
+        self._futures: dict[str, asyncio.Future[api.PubAck]] = {}
+
+    async def send(
+        self, subject: str, payload: bytes, headers: dict[str, str]
+    ) -> asyncio.Future[api.PubAck]:
+        if self._prefix is None:
+            prefix = self._nc.new_inbox()
+            await self._nc.subscribe(f"{prefix}.*", cb=self._on_reply)
+            self._prefix = prefix
+        token = str(next(self._tokens))
+        future: asyncio.Future[api.PubAck] = asyncio.get_running_loop().create_future()
+        self._futures[token] = future
+        future.add_done_callback(lambda _: self._futures.pop(token, None))
+        await self._nc.publish(subject, payload, reply=f"{self._prefix}.{token}", headers=headers)
+        return future
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._futures.get(msg.subject.rsplit(".", 1)[-1])
+        if future is None or future.done():
+            return  # given up on already
+        if msg.headers and msg.headers.get("Status") == "503":
+            future.set_exception(NoStreamResponseError())
+            return
+        try:
+            reply = json.loads(msg.data)
+            if "error" in reply:
+                error = reply["error"]
+                future.set_exception(
+                    APIError(
+                        code=error.get("code"),
+                        err_code=error.get("err_code"),
+                        description=error.get("description"),
+                    )
+                )
+            else:
+                future.set_result(api.PubAck.from_response(reply))
+        except (ValueError, TypeError, KeyError) as exc:
+            future.set_exception(exc)
 
 
 class OutboxRelay:
-    def __init__(self, executions: Executions, js: JetStreamContext, poll_interval: float) -> None:
+    def __init__(self, executions: Executions, nc: Client, poll_interval: float) -> None:
         self._executions = executions
-        self._js = js
+        self._js = nc.jetstream()
+        self._acks = AckWindow(nc)
         self._poll_interval = poll_interval
         self._wake = asyncio.Event()
         self.position = 0
+        # The stream sequence the next event expects before it; None: read the stream.
+        self._last_seq: int | None = None
+        # The notification id the next event expects before it; None: the first after
+        # reading the stream, which expects only the sequence.
+        self._last_id: int | None = None
 
     def wake(self) -> None:
         """Called after each write so events go out at once rather than at the next poll."""
         self._wake.set()
 
-    async def published_position(self) -> int:
+    async def read_stream_end(self) -> None:
+        """Take the stream's last sequence, and the position of its last message when that
+        is one of ours and ahead of us (at the start, or what a relay stopped mid-window
+        left landing behind it: not published again, one duplicate at a time)."""
         info = await self._js.stream_info(EVENTS_STREAM)
+        self._last_seq, self._last_id = info.state.last_seq, None
         if not info.state.last_seq:
-            return 0
+            return
         try:
             last = await self._js.get_msg(EVENTS_STREAM, seq=info.state.last_seq)
         except NotFoundError:
-            return 0
-        return int((last.headers or {}).get(NOTIFICATION_ID_HEADER, 0))
+            return
+        published = int((last.headers or {}).get(NOTIFICATION_ID_HEADER, 0))
+        self.position = max(self.position, published)
 
-    async def publish(self, event: LifecycleEvent) -> None:
+    async def publish(self, events: list[LifecycleEvent]) -> None:
+        """Publish those of `events` (in notification order, following `position`) past
+        `position`, up to `WINDOW` in flight; `position` follows each one acknowledged.
+        Raises on the first one refused or unanswered: the rest are dropped, to be read and
+        published again after the stream's end is read again."""
+        if self._last_seq is None:
+            await self.read_stream_end()
+        in_flight: deque[tuple[int, asyncio.Future[api.PubAck]]] = deque()
+        try:
+            for event in events:
+                if event.notification_id <= self.position:
+                    continue
+                if len(in_flight) >= WINDOW:
+                    await self._settle(*in_flight.popleft())
+                in_flight.append((event.notification_id, await self._send(event)))
+            while in_flight:
+                await self._settle(*in_flight.popleft())
+        except BaseException:
+            self._last_seq = None  # what follows a failed one is refused: read the stream
+            raise
+        finally:
+            for _, future in in_flight:
+                future.cancel()
+
+    async def _send(self, event: LifecycleEvent) -> asyncio.Future[api.PubAck]:
+        assert self._last_seq is not None
         notification_id = str(event.notification_id)
-        await self._js.publish(
-            event_subject(event.execution_id, event.type),
-            event.model_dump_json().encode(),
-            stream=EVENTS_STREAM,
-            headers={"Nats-Msg-Id": notification_id, NOTIFICATION_ID_HEADER: notification_id},
+        headers = {
+            "Nats-Msg-Id": notification_id,
+            NOTIFICATION_ID_HEADER: notification_id,
+            "Nats-Expected-Stream": EVENTS_STREAM,
+            "Nats-Expected-Last-Sequence": str(self._last_seq),
+        }
+        if self._last_id is not None:
+            headers["Nats-Expected-Last-Msg-Id"] = str(self._last_id)
+        future = await self._acks.send(
+            event_subject(event.execution_id, event.type), event.model_dump_json().encode(), headers
         )
+        self._last_seq += 1
+        self._last_id = event.notification_id
+        return future
+
+    async def _settle(self, notification_id: int, future: asyncio.Future[api.PubAck]) -> None:
+        ack = await asyncio.wait_for(future, ACK_TIMEOUT)
+        self.position = notification_id
+        if ack.duplicate:
+            # In the stream already (its acknowledgement was lost): published, but it did
+            # not take the sequence the ones after it expect.
+            raise OutOfPlaceError(f"notification {notification_id} was in the stream already")
 
     async def run(self) -> None:
-        self.position = await self.published_position()
+        await self.read_stream_end()
         log.info("relay resuming after notification %d", self.position)
         while True:
             # Cleared before reading, so a write that lands while we read still wakes us.
@@ -70,11 +194,21 @@ class OutboxRelay:
                 events = await asyncio.to_thread(
                     read_events, self._executions, self.position, BATCH
                 )
-                for event in events:
-                    await self.publish(event)
-                    self.position = event.notification_id
+                await self.publish(events)
             except asyncio.CancelledError:
                 raise
+            except OutOfPlaceError as exc:
+                log.info("relay reads the stream's end again: %s", exc)
+                continue
+            except APIError as exc:
+                if exc.err_code in OUT_OF_PLACE:
+                    # One before it was lost or a duplicate, or another message got in
+                    # between: go on from our position after the stream's last message.
+                    log.info("relay reads the stream's end again: %s", exc.description)
+                    continue
+                log.exception("relay could not publish; retrying")
+                await asyncio.sleep(1.0)
+                continue
             except Exception:
                 # NATS or the store is unavailable: keep the position, try again shortly.
                 log.exception("relay could not publish; retrying")
@@ -83,3 +217,7 @@ class OutboxRelay:
             if len(events) < BATCH:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+
+
+class OutOfPlaceError(Exception):
+    """The events in flight expect a stream sequence it no longer has."""

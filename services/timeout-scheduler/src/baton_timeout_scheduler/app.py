@@ -6,15 +6,15 @@ import asyncio
 import logging
 
 import nats.errors
-from faststream.nats import NatsBroker
 from nats.aio.client import Client
 from pydantic import ValidationError
 
 from baton_contracts.nats import DEADLINE_SUBJECT, DeadlineDue, DeadlineReply
+from baton_platform.consumers import DurableConsumer
 from baton_platform.lifecycle import cancel_and_wait
-from baton_platform.nats import ensure_streams
+from baton_platform.nats import connect, ensure_streams
 from baton_platform.settings import Settings
-from baton_timeout_scheduler.edges import register
+from baton_timeout_scheduler.edges import events_consumer
 from baton_timeout_scheduler.store import Deadlines, DeadlineStore
 from baton_timeout_scheduler.ticker import DispatcherUnavailableError, Requester, Ticker
 
@@ -50,7 +50,8 @@ class TimeoutScheduler:
         self.settings = settings
         self.retry_cap = retry_cap
         self.deadlines: Deadlines | None = None
-        self._broker: NatsBroker | None = None
+        self._nc: Client | None = None
+        self._events: DurableConsumer | None = None
         self._ticker_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -59,20 +60,14 @@ class TimeoutScheduler:
         self.deadlines = Deadlines(store)
         # Backoff from an earlier run is stale: whatever is past due may fire right away.
         await self.deadlines.reset_backoff()
-        self._broker = NatsBroker(
-            settings.nats_url,
-            name=f"baton-timeout-scheduler-{settings.instance}",
-            max_reconnect_attempts=-1,
-            logger=logging.getLogger("baton_timeout_scheduler.broker"),
-        )
-        register(self._broker, self.deadlines)
-        # The consumer's stream must exist before the subscriber starts.
-        connection = await self._broker.connect()
-        await ensure_streams(connection.jetstream())
-        await self._broker.start()
+        self._nc = await connect(settings.nats_url, f"baton-timeout-scheduler-{settings.instance}")
+        js = self._nc.jetstream()
+        await ensure_streams(js)
+        self._events = events_consumer(self.deadlines)
+        await self._events.start(js)
         ticker = Ticker(
             self.deadlines,
-            nats_requester(connection, settings.request_timeout),
+            nats_requester(self._nc, settings.request_timeout),
             tick=settings.scheduler_tick,
             retry_cap=self.retry_cap,
         )
@@ -87,9 +82,12 @@ class TimeoutScheduler:
         if self._ticker_task is not None:
             await cancel_and_wait(self._ticker_task)
             self._ticker_task = None
-        if self._broker is not None:
-            await self._broker.stop()
-            self._broker = None
+        if self._events is not None:
+            await self._events.stop()
+            self._events = None
+        if self._nc is not None:
+            await self._nc.close()
+            self._nc = None
         if self.deadlines is not None:
             await self.deadlines.close()
             self.deadlines = None

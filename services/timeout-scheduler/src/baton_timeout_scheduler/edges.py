@@ -1,10 +1,12 @@
 """The scheduler's JetStream edge: lifecycle events in, deadline rows out.
 
-A durable consumer of BATON_EVENTS. `Requested` stores the execution's deadline, a terminal
-event deletes it; each message is acknowledged only after its row is committed. A message
-that cannot be decoded is logged, counted and acknowledged (a poison message must not loop);
-a store error (database locked, disk full, ...) is negatively acknowledged with a delay so
-JetStream redelivers it.
+A durable consumer of BATON_EVENTS (`baton_platform.consumers.DurableConsumer`, plain
+nats-py), filtered on the server to the event types it acts on (`SUBJECTS`). `Requested`
+stores the execution's deadline, a terminal event deletes it; `VerificationRequired` and
+the verification's end do the same for the verification deadline. Each message is
+acknowledged only after its row is committed. A message that cannot be decoded is logged,
+counted and acknowledged (a poison message must not loop); a store error (database
+locked, disk full, ...) is negatively acknowledged with a delay so JetStream redelivers it.
 
 Every message may arrive twice or out of order: a repeated `Requested` rewrites the same row;
 a `Requested` seen after its terminal event leaves a row that fires once and is answered
@@ -17,12 +19,11 @@ import logging
 from datetime import UTC, datetime
 from typing import Literal
 
-from faststream.nats import NatsBroker
-from faststream.nats.annotations import NatsMessage
+from nats.aio.msg import Msg
 from pydantic import TypeAdapter, ValidationError
 
-from baton_contracts.nats import EVENTS_STREAM, EVENTS_WILDCARD, LifecycleEvent
-from baton_platform.consumers import durable_subscriber
+from baton_contracts.nats import EVENTS_STREAM, LifecycleEvent, events_of_type
+from baton_platform.consumers import DurableConsumer
 from baton_platform.metrics import REJECTED_MESSAGES
 from baton_timeout_scheduler.store import Deadlines
 
@@ -32,6 +33,12 @@ SERVICE = "timeout-scheduler"
 DURABLE = "baton-timeout-scheduler"
 TERMINAL_EVENTS = frozenset({"Succeeded", "Failed", "Rejected", "TimedOut", "Expired", "Canceled"})
 VERIFICATION_ENDS = frozenset({"Verified", "VerificationFailed", "VerificationCanceled"})
+DEADLINE_STARTS = frozenset({"Requested", "VerificationRequired"})
+# What the server delivers: every type `apply` acts on, nothing else (most of the stream is
+# Dispatched, Published, answers and the device queues' events).
+SUBJECTS = tuple(
+    sorted(events_of_type(t) for t in DEADLINE_STARTS | TERMINAL_EVENTS | VERIFICATION_ENDS)
+)
 MAX_REDELIVERY_DELAY = 10.0
 
 _deadline = TypeAdapter(datetime)
@@ -84,30 +91,30 @@ async def apply(deadlines: Deadlines, event: LifecycleEvent) -> Effect:
     return "skipped"
 
 
-def register(broker: NatsBroker, deadlines: Deadlines) -> None:
-    @durable_subscriber(broker, EVENTS_WILDCARD, EVENTS_STREAM, DURABLE)
-    async def on_event(message: NatsMessage) -> None:
-        # The raw bytes: FastStream would otherwise decode the JSON into a dict first.
+def events_consumer(deadlines: Deadlines) -> DurableConsumer:
+    async def on_event(msg: Msg) -> None:
         try:
-            event = decode(message.body)
+            event = decode(msg.data)
             effect = await apply(deadlines, event)
         except MalformedEventError as exc:
             REJECTED_MESSAGES.labels(service=SERVICE, reason="malformed-event").inc()
-            log.warning("dropped a malformed message on %s: %s", message.raw_message.subject, exc)
-            await message.ack()
+            log.warning("dropped a malformed message on %s: %s", msg.subject, exc)
+            await msg.ack()
             return
         except Exception as exc:  # the store failed: transient, have it redelivered
-            deliveries = message.raw_message.metadata.num_delivered or 1
+            deliveries = msg.metadata.num_delivered or 1
             delay = min(0.2 * deliveries, MAX_REDELIVERY_DELAY)
             log.warning(
                 "could not apply %s (delivery %d): %s; redelivering in %.1fs",
-                message.raw_message.subject,
+                msg.subject,
                 deliveries,
                 exc,
                 delay,
             )
-            await message.nack(delay=delay)
+            await msg.nak(delay=delay)
             return
         if effect != "skipped":
             log.debug("%s %s: deadline %s", event.type, event.execution_id, effect)
-        await message.ack()
+        await msg.ack()
+
+    return DurableConsumer(EVENTS_STREAM, DURABLE, SUBJECTS, on_event)

@@ -1,0 +1,87 @@
+"""`DurableConsumer` against a real nats-server: in order, only its subjects, and a stop
+that leaves nothing half-done and nothing waiting for the ack wait."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from baton_contracts.nats import EVENTS_STREAM, event_subject, events_of_type
+from baton_platform.consumers import DurableConsumer
+from tests.conftest import eventually
+
+pytestmark = pytest.mark.integration
+
+NAME = "test-consumer"
+
+
+class Recorder:
+    """A handler recording what it acknowledged; `hold` keeps it inside the n-th message."""
+
+    def __init__(self, hold: int | None = None) -> None:
+        self.acked: list[str] = []
+        self.hold = hold
+        self.inside = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, msg: Msg) -> None:
+        if len(self.acked) + 1 == self.hold:
+            self.inside.set()
+            await self.release.wait()
+        await msg.ack()
+        self.acked.append(msg.data.decode())
+
+    async def has(self, count: int) -> bool:
+        return len(self.acked) >= count
+
+
+async def publish(nc: Client, *types: str) -> None:
+    js = nc.jetstream()
+    for n, type_ in enumerate(types):
+        await js.publish(event_subject("e", type_), f"{type_}-{n}".encode())
+
+
+def consumer(handle: Recorder) -> DurableConsumer:
+    subjects = [events_of_type("Requested"), events_of_type("Succeeded")]
+    return DurableConsumer(EVENTS_STREAM, NAME, subjects, handle)
+
+
+async def handled(nc: Client, count: int) -> list[str]:
+    """What a new consumer acknowledges, once it has `count`; within 5 s (the ack wait is
+    30 s: nothing may wait for it)."""
+    handle = Recorder()
+    events = consumer(handle)
+    await events.start(nc.jetstream())
+    try:
+        await eventually(lambda: handle.has(count), timeout=5, what=f"{count} handled")
+    finally:
+        await events.stop()
+    return handle.acked
+
+
+async def test_only_its_subjects_in_stream_order(nc: Client) -> None:
+    await publish(nc, "Requested", "Dispatched", "Published", "Succeeded", "Requested")
+    assert await handled(nc, 3) == ["Requested-0", "Succeeded-3", "Requested-4"]
+    info = await nc.jetstream().consumer_info(EVENTS_STREAM, NAME)
+    assert info.delivered.consumer_seq == 3
+
+
+async def test_a_stop_finishes_the_message_in_hand_and_the_rest_come_back_at_once(
+    nc: Client,
+) -> None:
+    await publish(nc, *["Requested"] * 5)
+    handle = Recorder(hold=2)
+    events = consumer(handle)
+    await events.start(nc.jetstream())
+    await asyncio.wait_for(handle.inside.wait(), 5)  # the second one in hand, the rest queued
+    stopping = asyncio.create_task(events.stop())
+    await asyncio.sleep(0.1)
+    assert not stopping.done()  # waits for the message in hand
+    handle.release.set()
+    await asyncio.wait_for(stopping, 5)
+    assert handle.acked == ["Requested-0", "Requested-1"]
+    # What the stopped one had received comes back at once.
+    assert await handled(nc, 3) == ["Requested-2", "Requested-3", "Requested-4"]

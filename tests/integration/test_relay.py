@@ -1,0 +1,183 @@
+"""The outbox relay against a real nats-server and a real SQLite event store.
+
+Many events in flight at once must still land in notification order, each once, whatever
+stops the relay in between; the stream itself says where a new relay resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js import api
+
+from baton_cli.localstack import Server
+from baton_contracts.nats import EVENTS_STREAM, NOTIFICATION_ID_HEADER, event_subject
+from baton_dispatcher.relay import WINDOW, AckWindow, OutboxRelay
+from baton_domain.application import Executions
+from baton_domain.catalog import Catalog
+from baton_platform.eventstore import open_executions
+from baton_platform.lifecycle import cancel_and_wait
+from tests.conftest import DEMO, eventually, service_settings
+
+pytestmark = pytest.mark.integration
+
+DEVICE = "demo-thermostat-1"
+TOGGLES = 1500
+EVENTS = TOGGLES + 1  # and the queue's first: three reads from the store, several windows each
+
+
+@pytest.fixture
+def executions(nats_server: Server, tmp_path: Path) -> Executions:
+    """A store holding `EVENTS` events: a device's presence going on and off."""
+    store = open_executions(service_settings(nats_server, tmp_path), Catalog.from_yaml(DEMO))
+    queue = store.queue_of(DEVICE)
+    for n in range(TOGGLES):
+        assert queue.set_presence(n % 2 == 0, datetime.now(UTC))
+    store.save(queue)
+    assert store.recorder.max_notification_id() == EVENTS
+    return store
+
+
+Connect = Callable[[], Awaitable[Client]]
+
+
+@pytest.fixture
+async def connections(nats_server: Server) -> AsyncIterator[Connect]:
+    """Connections for relays, each closed at the end if the test did not."""
+    opened: list[Client] = []
+
+    async def connect() -> Client:
+        client = await nats.connect(nats_server.url)
+        opened.append(client)
+        return client
+
+    yield connect
+    for client in opened:
+        if not client.is_closed:
+            await client.close()
+
+
+class Watched(AckWindow):
+    """The relay's window, counting the acknowledgements awaited at once; `on_send` runs
+    before the n-th publish."""
+
+    def __init__(self, nc: Client, on_send: Callable[[int], object] | None = None) -> None:
+        super().__init__(nc)
+        self.sent = 0
+        self.peak = 0
+        self.on_send = on_send
+
+    async def send(
+        self, subject: str, payload: bytes, headers: dict[str, str]
+    ) -> asyncio.Future[api.PubAck]:
+        self.sent += 1
+        if self.on_send is not None:
+            result = self.on_send(self.sent)
+            if asyncio.iscoroutine(result):
+                await result
+        future = await super().send(subject, payload, headers)
+        self.peak = max(self.peak, len(self._futures))
+        return future
+
+
+def relay_on(executions: Executions, nc: Client, window: AckWindow | None = None) -> OutboxRelay:
+    relay = OutboxRelay(executions, nc, poll_interval=0.1)
+    if window is not None:
+        relay._acks = window
+    return relay
+
+
+async def stream_ids(nc: Client) -> list[int | None]:
+    """The notification id of every message in the stream, in stream order (None: not the
+    relay's)."""
+    js = nc.jetstream()
+    info = await js.stream_info(EVENTS_STREAM)
+    ids: list[int | None] = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(EVENTS_STREAM, seq=seq)
+        header = (msg.headers or {}).get(NOTIFICATION_ID_HEADER)
+        ids.append(int(header) if header is not None else None)
+    return ids
+
+
+async def caught_up(relay: OutboxRelay) -> bool:
+    return relay.position == EVENTS
+
+
+async def relayed(nc: Client, count: int) -> bool:
+    info = await nc.jetstream().stream_info(EVENTS_STREAM)
+    return info.state.messages >= count
+
+
+async def test_events_land_in_notification_order_with_many_acks_in_flight(
+    nc: Client, executions: Executions, connections: Connect
+) -> None:
+    relay_nc = await connections()
+    window = Watched(relay_nc)
+    relay = relay_on(executions, relay_nc, window)
+    task = asyncio.create_task(relay.run())
+    try:
+        await eventually(lambda: relayed(nc, EVENTS), timeout=30, what="every event relayed")
+    finally:
+        await cancel_and_wait(task)
+    assert await stream_ids(nc) == list(range(1, EVENTS + 1))
+    assert relay.position == EVENTS
+    assert window.peak == WINDOW  # not one at a time
+
+
+async def test_a_relay_stopped_mid_window_is_resumed_without_gap_or_duplicate(
+    nc: Client, executions: Executions, connections: Connect
+) -> None:
+    crash = asyncio.Event()
+    first_nc = await connections()
+    first = relay_on(executions, first_nc, Watched(first_nc, lambda n: n == 700 and crash.set()))
+    task = asyncio.create_task(first.run())
+    await asyncio.wait_for(crash.wait(), 10)
+    # Gone with a full window unacknowledged; what it handed to its connection still lands,
+    # possibly after the next relay read the stream's end.
+    await cancel_and_wait(task)
+    assert first.position < 700
+
+    second_nc = await connections()
+    second = relay_on(executions, second_nc)
+    task = asyncio.create_task(second.run())
+    await first_nc.close()
+    try:
+        await eventually(lambda: relayed(nc, EVENTS), timeout=30, what="every event relayed")
+        await eventually(lambda: caught_up(second), what="caught up")
+    finally:
+        await cancel_and_wait(task)
+    assert await stream_ids(nc) == list(range(1, EVENTS + 1))
+
+    # And one started on a complete stream finds nothing left to publish.
+    third = relay_on(executions, await connections())
+    await third.read_stream_end()
+    assert third.position == EVENTS
+
+
+async def test_a_message_someone_else_publishes_midway_does_not_break_the_order(
+    nc: Client, executions: Executions, connections: Connect
+) -> None:
+    js = nc.jetstream()
+
+    async def intrude(n: int) -> None:
+        if n == 400:  # lands in the stream ahead of the window in flight
+            await js.publish(event_subject("someone", "Else"), b"{}", stream=EVENTS_STREAM)
+
+    relay_nc = await connections()
+    relay = relay_on(executions, relay_nc, Watched(relay_nc, intrude))
+    task = asyncio.create_task(relay.run())
+    try:
+        await eventually(lambda: relayed(nc, EVENTS + 1), timeout=30, what="every event relayed")
+        await eventually(lambda: caught_up(relay), what="caught up")
+    finally:
+        await cancel_and_wait(task)
+    ids = await stream_ids(nc)
+    assert ids.count(None) == 1
+    assert [i for i in ids if i is not None] == list(range(1, EVENTS + 1))
