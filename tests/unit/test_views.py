@@ -16,6 +16,7 @@ from baton_domain.statuses import AnswerStatus, ExecutionStatus
 from baton_platform.mapping import execution_state
 from baton_views import ExecutionViews, read_events, rebuild
 from baton_views.projection import DEVICE_QUEUE_TYPES, PROJECTED_TYPES
+from baton_views.store import TABLES
 
 DEMO = Path(__file__).resolve().parents[2] / "deploy" / "catalog" / "demo.yaml"
 DEVICE = "demo-thermostat-1"
@@ -95,7 +96,7 @@ def dump(path: Path) -> list[tuple[Any, ...]]:
     try:
         return [
             (table, *row)
-            for table in ("executions", "execution_log", "projection_position")
+            for table in TABLES
             for row in conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2")
         ]
     finally:

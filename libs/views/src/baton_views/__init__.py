@@ -6,6 +6,7 @@ event store's notification log; `rebuild` is `baton replay`.
 
 from baton_platform.mapping import read_events
 from baton_views.queries import (
+    COUNT_LIMIT,
     DEFAULT_LIMIT,
     MAX_LIMIT,
     ExecutionFilter,
@@ -19,6 +20,7 @@ from baton_views.replay import rebuild
 from baton_views.views import ExecutionViews
 
 __all__ = [
+    "COUNT_LIMIT",
     "DEFAULT_LIMIT",
     "MAX_LIMIT",
     "ExecutionFilter",

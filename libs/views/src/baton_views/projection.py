@@ -1,9 +1,10 @@
-"""The projection: lifecycle events -> rows of `executions` and `execution_log`.
+"""The projection: lifecycle events -> rows of `executions` and `execution_log`, and the
+counters of `execution_counts`.
 
 Each handler mirrors the aggregate's event method of the same name (baton_domain.execution),
-so a row always says what `CommandExecution` would say after the same events. Only event
-data goes into rows (never the clock of the process projecting), which is what makes a
-rebuild byte-identical to the live projection.
+so a row always says what `CommandExecution` would say after the same events, and returns
+where the row is counted afterwards. Only event data goes into rows (never the clock of the
+process projecting), which is what makes a rebuild byte-identical to the live projection.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from baton_domain.execution import (
     verification_state,
 )
 from baton_domain.statuses import ExecutionStatus
+from baton_views.counts import CountChanges, Counted
 from baton_views.store import (
     canonical_json,
     canonical_time,
@@ -31,7 +33,8 @@ from baton_views.store import (
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[sqlite3.Connection, LifecycleEvent], None]
+# Gets where the row is counted before the event, returns where after (None: deleted).
+Handler = Callable[[sqlite3.Connection, LifecycleEvent, Counted], Counted | None]
 
 
 def project(
@@ -44,55 +47,64 @@ def project(
     Returns (events applied, new position). Events at or below the position were applied
     before (at-least-once delivery, overlapping reads) and are skipped. `ended`, when given,
     receives the ids of the executions these events ended or deleted, so whoever waits on
-    them is woken without reading the rows again.
+    them is woken without reading the rows again. The counters move once for the batch.
     """
     start = position = read_position(conn)
     applied = 0
+    counts = CountChanges()
     for event in sorted(events, key=lambda e: e.notification_id):
         if event.notification_id <= position:
             continue
         position = event.notification_id
         if event.type in NOT_EXECUTIONS:
             continue  # the device queues' and the catalog's own streams: no view of them
-        _apply_one(conn, event)
+        _apply_one(conn, event, counts)
         applied += 1
         if ended is not None and event.type in ENDING_TYPES:
             ended.add(event.execution_id)
     if position != start:
+        counts.write(conn)
         write_position(conn, position)
     return applied, position
 
 
-def _apply_one(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
+def _apply_one(conn: sqlite3.Connection, event: LifecycleEvent, counts: CountChanges) -> None:
+    if event.type == "Requested":
+        counts.moved(None, _requested(conn, event))
+        return
     handler = _HANDLERS.get(event.type)
     if handler is None:
         # A newer writer may know more event types; skipping keeps the view moving and the
         # position still advances, exactly as a rebuild by this version would do.
         log.warning("no projection for event type %s (%s)", event.type, event.notification_id)
         return
-    if event.type != "Requested" and not _exists(conn, event):
+    before = _counted(conn, event)
+    if before is None:
         log.warning("%s for unknown execution %s", event.type, event.execution_id)
         return
-    handler(conn, event)
+    counts.moved(before, handler(conn, event, before))
 
 
-def _exists(conn: sqlite3.Connection, event: LifecycleEvent) -> bool:
+def _counted(conn: sqlite3.Connection, event: LifecycleEvent) -> Counted | None:
+    """Where the execution is counted now; None when there is no such row."""
     found = conn.execute(
-        "SELECT 1 FROM executions WHERE id = ?", (str(event.execution_id),)
+        "SELECT device_id, name, status, ephemeral FROM executions WHERE id = ?",
+        (str(event.execution_id),),
     ).fetchone()
-    return found is not None
+    return Counted(*found) if found is not None else None
 
 
 # --- handlers, one per event type ---------------------------------------------------------
 
 
-def _requested(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
+def _requested(conn: sqlite3.Connection, event: LifecycleEvent) -> Counted:
     data = event.data
     occurred = canonical_time(event.occurred_at)
+    ephemeral = int(bool(data.get("ephemeral", False)))
     conn.execute(
         "INSERT INTO executions (id, device_id, name, params, status, created_at, updated_at,"
-        " ttl, deadline, result, error, requested_name, ephemeral, retry_of, retries)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, '[]')",
+        " ttl, deadline, result, error, requested_name, ephemeral, retry_of, retries, outcome)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, '[]', '')",
         (
             str(event.execution_id),
             data["device_id"],
@@ -104,59 +116,60 @@ def _requested(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
             int(data["ttl"]),
             canonical_time(data["deadline"]),
             data.get("requested_name") or data["name"],
-            int(bool(data.get("ephemeral", False))),
+            ephemeral,
             data.get("retry_of"),
         ),
     )
+    return Counted(data["device_id"], data["name"], ExecutionStatus.PENDING.value, ephemeral)
 
 
-def _touched(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
+def _touched(conn: sqlite3.Connection, event: LifecycleEvent, before: Counted) -> Counted:
     """Dispatched (and anything else that changes no field) only moves updated_at."""
-    _update(conn, event)
+    return _update(conn, event, before)
 
 
-def _published(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
+def _published(conn: sqlite3.Connection, event: LifecycleEvent, before: Counted) -> Counted:
     # Recorded whenever the bridge's report comes (docs/statuses.md): after an answer it
     # cannot come (an answer implies it first), but after a cancel or an expiry it can, and
     # then it moves no status.
-    _update(conn, event)
-    conn.execute(
-        "UPDATE executions SET status = ? WHERE id = ? AND status = ?",
-        (ExecutionStatus.SENT.value, str(event.execution_id), ExecutionStatus.PENDING.value),
-    )
+    pending = before.status == ExecutionStatus.PENDING.value
+    return _update(conn, event, before, status=ExecutionStatus.SENT if pending else None)
 
 
 def _answered(status: ExecutionStatus | None, outcome: str | None = None) -> Handler:
     """Handlers for the answer events: log the answer, maybe move status, maybe keep
     the payload as `result` or `error` (outcome names the column)."""
 
-    def handle(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
+    def handle(conn: sqlite3.Connection, event: LifecycleEvent, before: Counted) -> Counted:
         answer = event.data["answer"]
         _append_log(conn, event, answer)
         fields: dict[str, Any] = {}
         if outcome is not None:
             fields[outcome] = answer["payload"]
-        _update(conn, event, status=status, **fields)
+        return _update(conn, event, before, status=status, **fields)
 
     return handle
 
 
-def _timed_out(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
-    _update(conn, event, status=ExecutionStatus.TIMED_OUT, error=timeout_error(_ttl(conn, event)))
+def _timed_out(conn: sqlite3.Connection, event: LifecycleEvent, before: Counted) -> Counted:
+    error = timeout_error(_ttl(conn, event))
+    return _update(conn, event, before, status=ExecutionStatus.TIMED_OUT, error=error)
 
 
-def _expired(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
-    _update(conn, event, status=ExecutionStatus.EXPIRED, error=expiry_error(_ttl(conn, event)))
+def _expired(conn: sqlite3.Connection, event: LifecycleEvent, before: Counted) -> Counted:
+    error = expiry_error(_ttl(conn, event))
+    return _update(conn, event, before, status=ExecutionStatus.EXPIRED, error=error)
 
 
-def _canceled(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
-    _update(conn, event, status=ExecutionStatus.CANCELED, error=cancel_error(event.data["reason"]))
+def _canceled(conn: sqlite3.Connection, event: LifecycleEvent, before: Counted) -> Counted:
+    error = cancel_error(event.data["reason"])
+    return _update(conn, event, before, status=ExecutionStatus.CANCELED, error=error)
 
 
 def _verification(status: str) -> Handler:
     """VerificationRequired / Verified / VerificationFailed / VerificationCanceled."""
 
-    def handle(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
+    def handle(conn: sqlite3.Connection, event: LifecycleEvent, before: Counted) -> Counted:
         data = event.data
         state = verification_state(
             status, data.get("at"), data.get("title"), data.get("description")
@@ -165,11 +178,12 @@ def _verification(status: str) -> Handler:
             "UPDATE executions SET verification = ?, updated_at = ? WHERE id = ?",
             (canonical_json(state), canonical_time(event.occurred_at), str(event.execution_id)),
         )
+        return before
 
     return handle
 
 
-def _retried(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
+def _retried(conn: sqlite3.Connection, event: LifecycleEvent, before: Counted) -> Counted:
     conn.execute(
         "UPDATE executions SET retries = json_insert(retries, '$[#]', ?), updated_at = ?"
         " WHERE id = ?",
@@ -179,15 +193,16 @@ def _retried(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
             str(event.execution_id),
         ),
     )
+    return before
 
 
-def _deleted(conn: sqlite3.Connection, event: LifecycleEvent) -> None:
+def _deleted(conn: sqlite3.Connection, event: LifecycleEvent, before: Counted) -> None:
+    """The row and its log go: counted nowhere after."""
     conn.execute("DELETE FROM execution_log WHERE execution_id = ?", (str(event.execution_id),))
     conn.execute("DELETE FROM executions WHERE id = ?", (str(event.execution_id),))
 
 
 _HANDLERS: dict[str, Handler] = {
-    "Requested": _requested,
     "Dispatched": _touched,
     "Published": _published,
     "Acknowledged": _answered(ExecutionStatus.ACKNOWLEDGED),
@@ -207,7 +222,7 @@ _HANDLERS: dict[str, Handler] = {
     "Deleted": _deleted,
 }
 
-PROJECTED_TYPES = frozenset(_HANDLERS)
+PROJECTED_TYPES = frozenset({"Requested", *_HANDLERS})
 # Each sets a terminal status (or removes the row): after one, a waiter has its answer.
 ENDING_TYPES = frozenset(
     {"Succeeded", "Failed", "Rejected", "TimedOut", "Expired", "Canceled", "Deleted"}
@@ -228,14 +243,19 @@ NOT_EXECUTIONS = DEVICE_QUEUE_TYPES | CATALOG_TYPES
 def _update(
     conn: sqlite3.Connection,
     event: LifecycleEvent,
+    before: Counted,
     status: ExecutionStatus | None = None,
     result: Any = None,
     error: Any = None,
-) -> None:
+) -> Counted:
+    """Set the fields given (and updated_at); returns where the row is counted after."""
     assignments = ["updated_at = ?"]
     values: list[Any] = [canonical_time(event.occurred_at)]
     if status is not None:
         assignments.append("status = ?")
+        values.append(status.value)
+    if status is not None and status.is_terminal:
+        assignments.append("outcome = ?")
         values.append(status.value)
     if result is not None:
         assignments.append("result = ?")
@@ -247,6 +267,7 @@ def _update(
         f"UPDATE executions SET {', '.join(assignments)} WHERE id = ?",
         (*values, str(event.execution_id)),
     )
+    return before if status is None else before._replace(status=status.value)
 
 
 def _append_log(conn: sqlite3.Connection, event: LifecycleEvent, answer: dict[str, Any]) -> None:

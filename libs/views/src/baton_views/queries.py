@@ -2,6 +2,14 @@
 
 Pages are cut on (created_at, id), which is unique and fixed once written, so a cursor
 stays valid while new executions arrive: no row is skipped or shown twice.
+
+No cost here grows with the number of executions stored (docs/architecture.md, "Costs
+that stay flat"). Each page is read from the index whose leading columns are exactly the
+filter's (store.py makes one per combination), so it reads only the rows it returns (and,
+for a status that has not ended, the other rows in flight); a filter on several statuses,
+or with ephemeral executions, reads one such range per (outcome, ephemeral) and merges
+them. `total_count` comes from the counters (counts.py); a filter on creation time is
+counted on the index, up to COUNT_LIMIT rows.
 """
 
 from __future__ import annotations
@@ -12,15 +20,20 @@ import json
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import product
 from typing import Any, Literal
 from uuid import UUID
 
 from baton_domain.statuses import ExecutionStatus
-from baton_views.store import canonical_time
+from baton_views.counts import count
+from baton_views.store import FILTER_COLUMNS, canonical_time, index_name, snapshot
 
 Order = Literal["newest", "oldest"]
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
+# A list filtered on creation time counts its rows one by one; past this many it stops
+# and says total_count is a lower bound (docs/api.md).
+COUNT_LIMIT = 10_000
 
 
 class InvalidQueryError(ValueError):
@@ -79,6 +92,16 @@ class ExecutionPage:
     items: list[ExecutionView] = field(default_factory=list)
     total_count: int = 0
     next_cursor: str | None = None
+    total_count_exact: bool = True  # False: at least total_count (COUNT_LIMIT) rows match
+
+
+@dataclass(frozen=True)
+class _Arm:
+    """One index range: the rows with one value of every equality-filtered column."""
+
+    index: str
+    clauses: list[str]
+    values: list[Any]
 
 
 def get_execution(
@@ -99,29 +122,97 @@ def list_executions(
     cursor: str | None = None,
     offset: int = 0,
 ) -> ExecutionPage:
-    """A page of executions: after `cursor` (keyset) or, without one, after `offset` rows."""
+    """A page of executions: after `cursor` (keyset) or, without one, after `offset` rows.
+
+    An offset costs reading the rows it skips (cursors cost nothing); one past the end
+    reads none.
+    """
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidQueryError("limit", f"must be between 1 and {MAX_LIMIT}")
     if offset < 0 or (offset and cursor is not None):
         raise InvalidQueryError("offset", "must be 0 or more, and not given with a cursor")
-    clauses, values = _filter_sql(where)
-    total = conn.execute(f"SELECT COUNT(*) FROM executions {_where(clauses)}", values).fetchone()[0]
-
-    direction = "DESC" if order == "newest" else "ASC"
-    page_clauses, page_values = list(clauses), list(values)
-    if cursor is not None:
-        created_at, last_id = decode_cursor(cursor, order)
-        page_clauses.append(f"(created_at, id) {'<' if order == 'newest' else '>'} (?, ?)")
-        page_values += [created_at, last_id]
-    rows = conn.execute(
-        f"SELECT * FROM executions {_where(page_clauses)} "
-        f"ORDER BY created_at {direction}, id {direction} LIMIT ? OFFSET ?",
-        [*page_values, limit + 1, offset],
-    ).fetchall()
+    key = decode_cursor(cursor, order) if cursor is not None else None
+    arms = _arms(where, _ephemerals(where), order, key)
+    with snapshot(conn):
+        total, exact = _total(conn, where)
+        if exact and offset >= total:  # past the end: nothing to read
+            return ExecutionPage([], total, None, exact)
+        rows = _read_arms(conn, arms, order, limit + 1, offset)
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"], order) if more else None
-    return ExecutionPage([_view(r) for r in rows], int(total), next_cursor)
+    return ExecutionPage([_view(r) for r in rows], total, next_cursor, exact)
+
+
+def _arms(
+    where: ExecutionFilter,
+    ephemerals: tuple[int, ...],
+    order: Order = "newest",
+    cursor: tuple[str, str] | None = None,
+) -> list[_Arm]:
+    """The index ranges that together hold the rows `where` selects (after the `cursor`
+    row in `order`): one per combination of its outcomes and `ephemerals`, each on the
+    index led by the filtered columns. The statuses that have not ended share the outcome
+    '' and are told apart by `status`."""
+    ended = sorted(s.value for s in where.statuses if s.is_terminal)
+    running = sorted(s.value for s in where.statuses if not s.is_terminal)
+    outcomes: list[str | None] = [*ended, *([""] if running else [])] or [None]
+    time_clauses, time_values = _bounds(where, order, cursor)
+    arms = []
+    for outcome, ephemeral in product(outcomes, ephemerals):
+        fixed = {"device_id": where.device_id, "name": where.name, "outcome": outcome}
+        columns = tuple(c for c in FILTER_COLUMNS if fixed[c] is not None)
+        clauses = [f"{c} = ?" for c in columns] + ["ephemeral = ?", *time_clauses]
+        values = [*(fixed[c] for c in columns), ephemeral, *time_values]
+        if outcome == "":
+            clauses.append(f"status IN ({', '.join('?' * len(running))})")
+            values += running
+        arms.append(_Arm(index_name(columns), clauses, values))
+    return arms
+
+
+def _read_arms(
+    conn: sqlite3.Connection,
+    arms: list[_Arm],
+    order: Order,
+    limit: int,
+    offset: int = 0,
+    columns: str = "*",
+) -> list[sqlite3.Row]:
+    """Up to `limit` rows of `arms` in `order`, after `offset`: each arm reads at most
+    offset + limit rows of its index, in order, and SQLite merges them."""
+    direction = "DESC" if order == "newest" else "ASC"
+    by = f"ORDER BY created_at {direction}, id {direction}"
+    selects = [
+        f"SELECT {columns} FROM executions INDEXED BY {arm.index}"
+        f" WHERE {' AND '.join(arm.clauses)} {by}"
+        for arm in arms
+    ]
+    if len(selects) == 1:
+        sql, values = f"{selects[0]} LIMIT ? OFFSET ?", [*arms[0].values, limit, offset]
+    else:
+        sql = " UNION ALL ".join(f"SELECT * FROM ({s} LIMIT ?)" for s in selects)
+        sql += f" {by} LIMIT ? OFFSET ?"
+        values = [v for arm in arms for v in (*arm.values, offset + limit)] + [limit, offset]
+    return conn.execute(sql, values).fetchall()
+
+
+def _total(conn: sqlite3.Connection, where: ExecutionFilter) -> tuple[int, bool]:
+    """(total_count, whether it is exact): the counters, or for a filter on creation
+    time the matching index entries up to COUNT_LIMIT."""
+    ephemerals = _ephemerals(where)
+    if where.created_after is None and where.created_before is None:
+        return count(conn, where.device_id, where.name, where.statuses, ephemerals), True
+    found = 0
+    for arm in _arms(where, ephemerals):
+        found += conn.execute(
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM executions INDEXED BY {arm.index}"
+            f" WHERE {' AND '.join(arm.clauses)} LIMIT ?)",
+            [*arm.values, COUNT_LIMIT + 1 - found],
+        ).fetchone()[0]
+        if found > COUNT_LIMIT:
+            return COUNT_LIMIT, False
+    return found, True
 
 
 # --- cursors ------------------------------------------------------------------------------
@@ -153,39 +244,41 @@ def ids_created_before(
     conn: sqlite3.Connection, cutoff: datetime, limit: int, ephemeral_only: bool = False
 ) -> list[UUID]:
     """Up to `limit` executions created before `cutoff`, oldest first (for purging)."""
-    only = " AND ephemeral = 1" if ephemeral_only else ""
-    rows = conn.execute(
-        f"SELECT id FROM executions WHERE created_at < ?{only} ORDER BY created_at, id LIMIT ?",
-        (canonical_time(cutoff), limit),
-    ).fetchall()
+    arms = _arms(ExecutionFilter(created_before=cutoff), (1,) if ephemeral_only else (0, 1))
+    rows = _read_arms(conn, arms, "oldest", limit, columns="id, created_at")
     return [UUID(row["id"]) for row in rows]
 
 
-def _filter_sql(where: ExecutionFilter) -> tuple[list[str], list[Any]]:
+def _ephemerals(where: ExecutionFilter) -> tuple[int, ...]:
+    return (0, 1) if where.include_ephemeral else (0,)
+
+
+def _bounds(
+    where: ExecutionFilter, order: Order, cursor: tuple[str, str] | None
+) -> tuple[list[str], list[Any]]:
+    """The time filters and the cursor as at most one lower and one upper bound, each of
+    which SQLite ranges the index on. Two on one side would leave it to range on one and
+    filter on the other: `created_at < ?` next to a cursor read every row of the earlier
+    pages again. So the cursor absorbs the time filter on its side: ids are never empty,
+    so `created_at < t` is `(created_at, id) < (t, '')` (and `>=` is `>`). A bound
+    without a cursor stays a plain comparison, which SQLite checks faster per row."""
+    after = canonical_time(where.created_after) if where.created_after is not None else None
+    before = canonical_time(where.created_before) if where.created_before is not None else None
     clauses: list[str] = []
     values: list[Any] = []
-    if not where.include_ephemeral:
-        clauses.append("ephemeral = 0")
-    if where.statuses:
-        clauses.append(f"status IN ({', '.join('?' * len(where.statuses))})")
-        values += sorted(s.value for s in where.statuses)
-    if where.name is not None:
-        clauses.append("name = ?")
-        values.append(where.name)
-    if where.device_id is not None:
-        clauses.append("device_id = ?")
-        values.append(where.device_id)
-    if where.created_after is not None:
+    if cursor is not None and order == "oldest":
+        clauses.append("(created_at, id) > (?, ?)")
+        values += max((after, ""), cursor) if after is not None else cursor
+    elif after is not None:
         clauses.append("created_at >= ?")
-        values.append(canonical_time(where.created_after))
-    if where.created_before is not None:
+        values.append(after)
+    if cursor is not None and order == "newest":
+        clauses.append("(created_at, id) < (?, ?)")
+        values += min((before, ""), cursor) if before is not None else cursor
+    elif before is not None:
         clauses.append("created_at < ?")
-        values.append(canonical_time(where.created_before))
+        values.append(before)
     return clauses, values
-
-
-def _where(clauses: list[str]) -> str:
-    return f"WHERE {' AND '.join(clauses)}" if clauses else ""
 
 
 def _view(row: sqlite3.Row, log: list[LogEntry] | None = None) -> ExecutionView:

@@ -14,7 +14,7 @@ from pathlib import Path
 from baton_domain.application import Executions
 from baton_platform.mapping import read_events
 from baton_views.projection import project
-from baton_views.store import connect, create_schema, transaction
+from baton_views.store import TABLES, connect, create_schema, transaction
 
 REBUILD_BATCH = 1000
 
@@ -33,7 +33,7 @@ def rebuild(executions: Executions, views_path: Path, progress: Progress | None 
     try:
         create_schema(conn)
         with transaction(conn):
-            for table in ("executions", "execution_log", "projection_position"):
+            for table in TABLES:
                 conn.execute(f"DELETE FROM {table}")
             return _project_all(executions, conn, progress)
     finally:

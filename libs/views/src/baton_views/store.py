@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,12 @@ CREATE TABLE IF NOT EXISTS executions (
     ephemeral   INTEGER NOT NULL,
     retry_of    TEXT,
     retries     TEXT NOT NULL,
-    verification TEXT
+    verification TEXT,
+    -- The terminal status once the execution has ended, '' before. The indexes hold this
+    -- rather than `status`, which changes three or four times before it ends: each
+    -- change of an indexed column rewrites the row's entries (see `FILTER_COLUMNS`).
+    outcome     TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS executions_device_created ON executions (device_id, created_at, id);
-CREATE INDEX IF NOT EXISTS executions_status ON executions (status);
-CREATE INDEX IF NOT EXISTS executions_created ON executions (created_at, id);
 
 CREATE TABLE IF NOT EXISTS execution_log (
     execution_id TEXT NOT NULL,
@@ -47,17 +49,56 @@ CREATE TABLE IF NOT EXISTS execution_log (
     PRIMARY KEY (execution_id, seq)
 );
 
+-- How many executions each list filter matches, kept by the projection in the transaction
+-- that changes the rows, so `total_count` is a lookup of at most 20 rows (queries.py).
+-- scope says which of device_id and name the row is for (the others hold ''): 0 every
+-- execution, 1 one device, 2 one command name, 3 one device's one command name.
+CREATE TABLE IF NOT EXISTS execution_counts (
+    scope     INTEGER NOT NULL,
+    device_id TEXT NOT NULL,
+    name      TEXT NOT NULL,
+    status    TEXT NOT NULL,
+    ephemeral INTEGER NOT NULL,
+    n         INTEGER NOT NULL,
+    PRIMARY KEY (scope, device_id, name, status, ephemeral)
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS projection_position (
     name     TEXT PRIMARY KEY,
     position INTEGER NOT NULL
 );
 """
 
+# The columns a list filters on by equality, in the order every index lists them. A filter
+# on a status that has not ended reads the rows with `outcome` '' (what is in flight, not
+# the history) and checks their `status`.
+FILTER_COLUMNS = ("device_id", "name", "outcome")
+# What follows them in every index: a page is one index range, read in (created_at, id)
+# order, whatever the filter (queries.py).
+ORDER_COLUMNS = ("ephemeral", "created_at", "id")
+TABLES = ("executions", "execution_log", "execution_counts", "projection_position")
+
 # Bumped whenever SCHEMA changes: views are disposable, so a views database of another
 # version is dropped and projected again from the event store (position 0).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 PROJECTION_NAME = "executions"
 BUSY_TIMEOUT_MS = 30_000
+
+
+def index_name(columns: tuple[str, ...]) -> str:
+    """The index of `executions` whose leading columns are `columns` (in FILTER_COLUMNS order)."""
+    return "executions_by_" + "_".join((*columns, "time"))
+
+
+def _indexes() -> str:
+    """One index per subset of FILTER_COLUMNS: eight, so that no filter leaves a page to be
+    found by reading past rows it does not want (tests/unit/test_views_costs.py)."""
+    subsets = [c for r in range(len(FILTER_COLUMNS) + 1) for c in combinations(FILTER_COLUMNS, r)]
+    return "".join(
+        f"CREATE INDEX IF NOT EXISTS {index_name(columns)} "
+        f"ON executions ({', '.join((*columns, *ORDER_COLUMNS))});\n"
+        for columns in subsets
+    )
 
 
 def canonical_json(value: Any) -> str:
@@ -100,7 +141,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
         for table in tables:
             conn.execute(f'DROP TABLE IF EXISTS "{table}"')
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    conn.executescript(SCHEMA)
+    conn.executescript(SCHEMA + _indexes())
 
 
 @contextmanager
@@ -113,6 +154,17 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+@contextmanager
+def snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One read transaction: the statements inside see the same commit (a page and its
+    total_count agree while the projection writes)."""
+    conn.execute("BEGIN")
+    try:
+        yield conn
+    finally:
+        conn.execute("COMMIT")
 
 
 def read_position(conn: sqlite3.Connection) -> int:

@@ -1,9 +1,9 @@
 """Runs the execution views' projection inside the api process, and lets requests wait on it.
 
 The loop reads the event store's notification log after the stored position and applies
-it (both in a worker thread: eventsourcing and sqlite3 are synchronous). It wakes early
-when `wake()` is called (a NATS lifecycle event arrived) and otherwise polls, so it keeps
-the views current with NATS down.
+what it read, up to `batch` events, in one transaction of the views (in a worker thread:
+eventsourcing and sqlite3 are synchronous). It wakes early when `wake()` is called (a NATS
+lifecycle event arrived) and otherwise polls, so it keeps the views current with NATS down.
 
 Waiting costs no reads per waiter: each applied batch reports which executions it ended,
 and only their waiters are woken, through one notifier per execution that all of its
@@ -81,20 +81,24 @@ class ProjectionRunner:
 
     async def step(self) -> bool:
         """Apply one batch of new events; returns whether there were any."""
-        after = await asyncio.to_thread(self._views.position)
-        events = await asyncio.to_thread(read_events, self._executions, after, self._batch)
-        if not events:
-            self._advance(after)
-            return False
         ended: set[UUID] = set()
-        position = await asyncio.to_thread(self._views.apply, events, ended)
+        position, applied = await asyncio.to_thread(self._apply_next, ended)
         self._advance(position)
         # After the commit, so a woken waiter's read sees the end.
         for execution_id in ended:
             notifier = self._notifiers.get(execution_id)
             if notifier is not None:
                 notifier.ended.set()
-        return True
+        return applied
+
+    def _apply_next(self, ended: set[UUID]) -> tuple[int, bool]:
+        """In a worker thread: the next `batch` events after the views' position, applied
+        in one transaction. Returns (the views' position, whether there were events)."""
+        after = self._views.position()
+        events = read_events(self._executions, after, self._batch)
+        if not events:
+            return after, False
+        return self._views.apply(events, ended), True
 
     def _advance(self, position: int) -> None:
         if position == self.position:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from baton_contracts.nats import ExecutionState
 from baton_domain.catalog import MAX_TTL_SECONDS, NAME_PATTERN
-from baton_views import ExecutionPage, ExecutionView
+from baton_views import COUNT_LIMIT, ExecutionPage, ExecutionView
 
 # The largest `older_than_days` a purge takes (100 years): older is "everything", and a
 # bound keeps the cutoff a date (a timedelta of 1e308 days overflows).
@@ -146,6 +146,10 @@ class ExecutionWithLogOut(ExecutionOut):
 class ExecutionPageOut(BaseModel):
     items: list[ExecutionOut]
     total_count: int = Field(description="rows matching the filters, over all pages")
+    total_count_exact: bool = Field(
+        description="false when a filter on creation time matched more rows than are"
+        f" counted ({COUNT_LIMIT:,}): then at least total_count rows match"
+    )
     next_cursor: str | None = Field(description="pass as `cursor` for the next page")
 
     @classmethod
@@ -153,6 +157,7 @@ class ExecutionPageOut(BaseModel):
         return cls(
             items=[ExecutionOut.of(e) for e in page.items],
             total_count=page.total_count,
+            total_count_exact=page.total_count_exact,
             next_cursor=page.next_cursor,
         )
 

@@ -1,0 +1,106 @@
+"""The counters behind `total_count`: how many executions each list filter matches.
+
+The projection keeps them in the transaction that changes the rows, so a count is a
+lookup of at most 20 counter rows (10 statuses x ephemeral or not) however many
+executions are stored. Each execution is counted four times, once per scope: every
+execution, its device, its command name, its device's command name. A list filtered on
+a creation time is not covered; queries.py counts those rows, up to a bound.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from baton_domain.statuses import ExecutionStatus
+
+_SCOPES = ((0, False, False), (1, True, False), (2, False, True), (3, True, True))
+_UPSERT = (
+    "INSERT INTO execution_counts (scope, device_id, name, status, ephemeral, n)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (scope, device_id, name, status, ephemeral) DO UPDATE SET n = n + excluded.n"
+)
+_DROP_EMPTY = (
+    "DELETE FROM execution_counts"
+    " WHERE scope = ? AND device_id = ? AND name = ? AND status = ? AND ephemeral = ? AND n = 0"
+)
+
+
+class Counted(NamedTuple):
+    """Where a row of `executions` is counted."""
+
+    device_id: str
+    name: str
+    status: str
+    ephemeral: int
+
+
+class CountChanges:
+    """The changes a batch of events makes to the counters, summed and written once.
+
+    A command that goes PENDING -> SENT -> SUCCEEDED within one batch is one +1 at the end.
+    """
+
+    def __init__(self) -> None:
+        self._changes: Counter[Counted] = Counter()
+
+    def moved(self, before: Counted | None, after: Counted | None) -> None:
+        """A row went from `before` to `after` (None: it did not exist, or no longer does)."""
+        if before == after:
+            return
+        if before is not None:
+            self._changes[before] -= 1
+        if after is not None:
+            self._changes[after] += 1
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        rows: Counter[tuple[int, str, str, str, int]] = Counter()
+        for (device_id, name, status, ephemeral), change in self._changes.items():
+            for scope, by_device, by_name in _SCOPES:
+                key = (scope, device_id if by_device else "", name if by_name else "")
+                rows[(*key, status, ephemeral)] += change
+        changed = [(*key, n) for key, n in rows.items() if n]
+        conn.executemany(_UPSERT, changed)
+        # Only a decrease can leave a counter at zero; dropping those keeps a live view and
+        # its rebuild byte for byte the same.
+        conn.executemany(_DROP_EMPTY, [key for key, n in rows.items() if n < 0])
+        self._changes.clear()
+
+
+def count(
+    conn: sqlite3.Connection,
+    device_id: str | None,
+    name: str | None,
+    statuses: Iterable[ExecutionStatus],
+    ephemerals: Iterable[int],
+) -> int:
+    """Executions of this device and command name (None: any), with these statuses (none
+    given: any) and these `ephemeral` values."""
+    scope = (device_id is not None) + 2 * (name is not None)
+    clauses = ["scope = ?", "device_id = ?", "name = ?"]
+    values: list[str | int] = [scope, device_id or "", name or ""]
+    wanted = sorted(s.value for s in statuses)
+    if wanted:
+        clauses.append(f"status IN ({', '.join('?' * len(wanted))})")
+        values += wanted
+    kinds = sorted(ephemerals)
+    clauses.append(f"ephemeral IN ({', '.join('?' * len(kinds))})")
+    values += kinds
+    sql = f"SELECT COALESCE(SUM(n), 0) FROM execution_counts WHERE {' AND '.join(clauses)}"
+    return int(conn.execute(sql, values).fetchone()[0])
+
+
+def recount(conn: sqlite3.Connection) -> None:
+    """Set every counter from the rows, in the caller's transaction (for rows written in
+    bulk without the projection, such as the history benchmark's)."""
+    conn.execute("DELETE FROM execution_counts")
+    for scope, by_device, by_name in _SCOPES:
+        device = "device_id" if by_device else "''"
+        name = "name" if by_name else "''"
+        conn.execute(
+            "INSERT INTO execution_counts (scope, device_id, name, status, ephemeral, n)"
+            f" SELECT {scope}, {device}, {name}, status, ephemeral, COUNT(*) FROM executions"
+            f" GROUP BY {device}, {name}, status, ephemeral"
+        )

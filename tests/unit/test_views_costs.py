@@ -1,0 +1,549 @@
+"""What keeps the views' costs flat as history grows (issue 7: lists with filters and
+total_count, writes and position lookups stay flat with a million stored executions).
+
+On the real SQLite views database: every list reads one index range per (outcome,
+ephemeral) and nothing else (EXPLAIN QUERY PLAN), the projection and the lookups search
+by key, SQLite's own step count for a page does not grow with the rows it does not
+return, and after any history, projected in any batches and replayed, the rows say what
+the store says and the counters behind total_count what COUNT(*) says. The figures at
+10k, 100k and 1M executions: tests/benchmarks/history_costs.py.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from baton_domain.application import Executions, RequestCommand
+from baton_domain.catalog import Catalog
+from baton_domain.errors import DomainError, ExecutionNotFound
+from baton_domain.statuses import AnswerStatus, ExecutionStatus
+from baton_views import ExecutionFilter, ExecutionViews, queries, read_events, rebuild
+from baton_views.counts import recount
+from baton_views.projection import project
+from baton_views.queries import encode_cursor, ids_created_before, list_executions
+from baton_views.store import connect, read_position, transaction
+from tests.benchmarks.history_costs import fill_views, steps_of
+from tests.unit.test_views import DEMO, Clock, dump, every_ending
+
+DEVICE = "demo-thermostat-1"
+FAR_PAST = datetime(2000, 1, 1, tzinfo=UTC)
+FAR_FUTURE = datetime(2100, 1, 1, tzinfo=UTC)
+SOME_ID = "00000000-0000-4000-8000-000000000000"
+
+
+def new_app(clock: Clock | None = None) -> Executions:
+    env = {"PERSISTENCE_MODULE": "eventsourcing.popo"}
+    return Executions(Catalog.from_yaml(DEMO), env=env, clock=clock or Clock())
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    """A views database holding an execution of every status, and a connection to it."""
+    clock = Clock()
+    app = new_app(clock)
+    every_ending(app, clock)
+    ExecutionViews(tmp_path / "views.sqlite").apply(read_events(app, 0, 1000))
+    connection = connect(tmp_path / "views.sqlite")
+    yield connection
+    connection.close()
+
+
+# --- plans ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    id: int
+    parent: int
+    detail: str
+
+    @property
+    def table(self) -> str | None:
+        """The table this step reads, if it reads one (SCAN t / SEARCH t ..., not a
+        subquery's rows: SCAN (subquery-1))."""
+        words = [*self.detail.split(), ""]
+        reads = words[0] in ("SCAN", "SEARCH") and not words[1].startswith("(")
+        return words[1] if reads else None
+
+    @property
+    def constraints(self) -> set[str]:
+        """What the index is searched on: `SEARCH t USING INDEX i (a=? AND b>?)`."""
+        found = re.search(r"\((.*)\)$", self.detail)
+        return set(found.group(1).split(" AND ")) if found else set()
+
+
+def statements_of(conn: sqlite3.Connection, call: Callable[[], Any]) -> list[str]:
+    """The SQL `call` ran on `conn`, parameters bound in."""
+    ran: list[str] = []
+    conn.set_trace_callback(ran.append)
+    try:
+        call()
+    finally:
+        conn.set_trace_callback(None)
+    return [s for s in ran if s.split()[0].upper() in ("SELECT", "INSERT", "UPDATE", "DELETE")]
+
+
+def plan(conn: sqlite3.Connection, sql: str) -> list[Step]:
+    return [Step(r[0], r[1], r[3]) for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+
+
+def sorts_rows_of_a_table(steps: list[Step]) -> list[str]:
+    """Sorts next to a read of a table: a sort of everything that read matched. A sort of
+    a subquery's LIMITed rows (merging arms) reads no table beside it."""
+    return [
+        s.detail
+        for s in steps
+        if "TEMP B-TREE" in s.detail
+        and any(other.table for other in steps if other.parent == s.parent)
+    ]
+
+
+@dataclass(frozen=True)
+class Case:
+    device_id: str | None
+    name: str | None
+    statuses: frozenset[ExecutionStatus]
+    include_ephemeral: bool
+    created_after: datetime | None
+    created_before: datetime | None
+    order: str
+    cursor: bool
+
+    @property
+    def where(self) -> ExecutionFilter:
+        return ExecutionFilter(
+            self.statuses,
+            self.name,
+            self.device_id,
+            self.created_after,
+            self.created_before,
+            self.include_ephemeral,
+        )
+
+    def page_cursor(self) -> str | None:
+        """A cursor before every row, so the page still has rows to read."""
+        if not self.cursor:
+            return None
+        edge = FAR_FUTURE if self.order == "newest" else FAR_PAST
+        return encode_cursor(edge.isoformat(timespec="microseconds"), SOME_ID, self.order)  # type: ignore[arg-type]
+
+    def expected_constraints(self) -> set[str]:
+        equal = {
+            f"{column}=?"
+            for column, value in (("device_id", self.device_id), ("name", self.name))
+            if value is not None
+        }
+        equal |= {"outcome=?"} if self.statuses else set()
+        lower = upper = None
+        if self.cursor and self.order == "oldest":
+            lower = "(created_at,id)>(?,?)"
+        elif self.created_after is not None:
+            lower = "created_at>?"
+        if self.cursor and self.order == "newest":
+            upper = "(created_at,id)<(?,?)"
+        elif self.created_before is not None:
+            upper = "created_at<?"
+        return equal | {"ephemeral=?"} | {b for b in (lower, upper) if b is not None}
+
+    @property
+    def arms(self) -> int:
+        """Ended statuses one each, the others (in flight) together, times ephemeral."""
+        outcomes = {s.value if s.is_terminal else "" for s in self.statuses}
+        return max(1, len(outcomes)) * (2 if self.include_ephemeral else 1)
+
+
+def every_case() -> Iterator[Case]:
+    mixed = frozenset(
+        {ExecutionStatus.SENT, ExecutionStatus.IN_PROGRESS, ExecutionStatus.SUCCEEDED}
+    )
+    for device, name, statuses, ephemeral, after, before, order, cursor in product(
+        (None, DEVICE),
+        (None, "reboot"),
+        (frozenset(), frozenset({ExecutionStatus.FAILED}), mixed),
+        (False, True),
+        (None, FAR_PAST),
+        (None, FAR_FUTURE),
+        ("newest", "oldest"),
+        (False, True),
+    ):
+        yield Case(device, name, statuses, ephemeral, after, before, order, cursor)
+
+
+def list_problems(conn: sqlite3.Connection, case: Case) -> list[str]:
+    """What is wrong with the plans of one list (nothing: one index range per arm)."""
+    statements = statements_of(
+        conn,
+        lambda: list_executions(
+            conn,
+            case.where,
+            case.order,  # type: ignore[arg-type]
+            limit=5,
+            cursor=case.page_cursor(),
+        ),
+    )
+    return plan_problems(conn, case, statements)
+
+
+def plan_problems(conn: sqlite3.Connection, case: Case, statements: list[str]) -> list[str]:
+    problems = []
+    pages = [s for s in statements if s.startswith("SELECT *")]
+    if len(pages) != 1:
+        return [f"{len(pages)} page statements: {statements}"]
+    for sql in statements:
+        steps = plan(conn, sql)
+        reads = [s for s in steps if s.table in ("executions", "execution_counts")]
+        # total_count counts the whole filter: the cursor bounds only the page
+        expected = (case if sql in pages else replace(case, cursor=False)).expected_constraints()
+        for step in reads:
+            if not step.detail.startswith(f"SEARCH {step.table} USING"):
+                problems.append(f"reads without an index: {step.detail}")
+            if step.table == "executions" and step.constraints != expected:
+                problems.append(f"{step.detail}, not on {sorted(expected)}")
+            if (
+                step.table == "execution_counts"
+                and not {
+                    "scope=?",
+                    "device_id=?",
+                    "name=?",
+                }
+                <= step.constraints
+            ):
+                problems.append(f"counters not searched by their key: {step.detail}")
+        problems += [f"sorts what it read: {d}" for d in sorts_rows_of_a_table(steps)]
+        if sql in pages and len(reads) != case.arms:
+            problems.append(f"{len(reads)} index ranges for {case.arms} arms: {sql}")
+    return problems
+
+
+def test_every_list_reads_one_index_range_per_arm(conn: sqlite3.Connection) -> None:
+    """Every combination of filters, orders and cursor: each (outcome, ephemeral) is one
+    range of the index led by exactly the filtered columns, bounded by the time filters
+    and the cursor, read in order (no sort of what it read), and total_count searches the
+    counters or, with a time filter, the same ranges."""
+    cases = list(every_case())
+    assert len(cases) == 384
+    problems = {case: list_problems(conn, case) for case in cases}
+    assert {case: found for case, found in problems.items() if found} == {}
+
+
+OLD_SCHEMA = """
+CREATE TABLE executions (id TEXT PRIMARY KEY, device_id TEXT, name TEXT, status TEXT,
+    ephemeral INTEGER, created_at TEXT);
+CREATE INDEX executions_device_created ON executions (device_id, created_at, id);
+CREATE INDEX executions_status ON executions (status);
+CREATE INDEX executions_created ON executions (created_at, id);
+"""
+
+
+@pytest.mark.parametrize(
+    ("case", "where"),
+    [
+        (
+            Case(None, "reboot", frozenset(), False, None, None, "newest", False),
+            "ephemeral = 0 AND name = 'reboot'",
+        ),
+        (
+            Case(
+                None, None, frozenset({ExecutionStatus.FAILED}), False, None, None, "newest", False
+            ),
+            "ephemeral = 0 AND status IN ('FAILED')",
+        ),
+        (
+            Case(DEVICE, None, frozenset(), False, None, FAR_FUTURE, "newest", True),
+            f"ephemeral = 0 AND device_id = '{DEVICE}' AND created_at < '2100'"
+            " AND (created_at, id) < ('2100', 'x')",
+        ),
+    ],
+)
+def test_the_plan_check_fails_the_queries_made_before(case: Case, where: str) -> None:
+    """The views' schema and queries before counters and one index per filter: a COUNT
+    of every matching row, pages found by reading past rows, a cursor that is not part of
+    the range read."""
+    conn = sqlite3.connect(":memory:")
+    conn.executescript(OLD_SCHEMA)
+    statements = [
+        f"SELECT COUNT(*) FROM executions WHERE {where}",
+        f"SELECT * FROM executions WHERE {where} ORDER BY created_at DESC, id DESC LIMIT 6",
+    ]
+    assert plan_problems(conn, case, statements) != []
+    conn.close()
+
+
+def test_projection_purge_and_lookups_search_by_key(tmp_path: Path) -> None:
+    clock = Clock()
+    app = new_app(clock)
+    every_ending(app, clock)
+    views = ExecutionViews(tmp_path / "views.sqlite")  # the schema
+    conn = connect(tmp_path / "views.sqlite")
+    events = read_events(app, 0, 1000)
+
+    def apply() -> None:
+        with transaction(conn):
+            project(conn, events)
+
+    statements = statements_of(conn, apply)
+    execution_id = events[0].execution_id
+    statements += statements_of(conn, lambda: read_position(conn))
+    statements += statements_of(conn, lambda: queries.get_execution(conn, execution_id, True))
+    for ephemeral_only in (False, True):
+        purge = partial(ids_created_before, conn, FAR_FUTURE, 10, ephemeral_only)
+        statements += statements_of(conn, purge)
+    assert len(statements) > 50
+    scans = [
+        (sql, step.detail)
+        for sql in statements
+        for step in plan(conn, sql)
+        if step.table and not step.detail.startswith(f"SEARCH {step.table} USING")
+    ]
+    assert scans == []
+    conn.close()
+    views.close()
+
+
+# --- steps: what SQLite does, whatever the machine ------------------------------------------
+
+
+def history_of(tmp_path: Path, older: int) -> sqlite3.Connection:
+    """A views database with `older` executions from 2024 (in bulk) under today's of
+    every status (projected)."""
+    path = tmp_path / f"views-{older}.sqlite"
+    ExecutionViews(path).close()
+    conn = connect(path)
+    with transaction(conn):
+        fill_views(conn, 0, older)
+        recount(conn)
+    clock = Clock()
+    app = new_app(clock)
+    every_ending(app, clock)
+    for _ in range(3):  # enough of today's for every page below to be full
+        every_ending(app, clock)
+    with transaction(conn):
+        project(conn, read_events(app, 0, 10_000))
+    return conn
+
+
+def test_a_page_costs_the_same_over_ten_times_the_history(tmp_path: Path) -> None:
+    """The same lists over 2,000 and 20,000 older executions: as many SQLite steps, give
+    or take a level of the B-trees. Before this change total_count alone took ten times
+    as many (a COUNT over every matching row)."""
+    today = datetime.now(UTC) - timedelta(hours=1)
+    failed = frozenset({ExecutionStatus.FAILED, ExecutionStatus.REJECTED})
+    running = frozenset({ExecutionStatus.PENDING, ExecutionStatus.SENT})
+
+    def lists(conn: sqlite3.Connection) -> dict[str, Callable[[], Any]]:
+        def page(where: ExecutionFilter, order: str = "newest", **more: Any) -> Any:
+            return lambda: list_executions(conn, where, order, limit=3, **more)  # type: ignore[arg-type]
+
+        # A cursor next to created_before: the cursor must bound the range read, or the
+        # next page reads the first one again. (total_count of a time filter counts the
+        # rows up to COUNT_LIMIT: today's only, here.)
+        window = ExecutionFilter(statuses=failed, created_after=today, created_before=FAR_FUTURE)
+        first = list_executions(conn, window, limit=3)
+        return {
+            "everything": page(ExecutionFilter()),
+            "statuses": page(ExecutionFilter(statuses=failed)),
+            "in flight": page(ExecutionFilter(statuses=running)),
+            "device": page(ExecutionFilter(device_id=DEVICE)),
+            "name, statuses, show=ALL": page(
+                ExecutionFilter(name="reboot", statuses=failed, include_ephemeral=True)
+            ),
+            "today": page(ExecutionFilter(created_after=today)),
+            "today, oldest first": page(ExecutionFilter(created_after=today), "oldest"),
+            "next page, before the future": page(window, cursor=first.next_cursor),
+        }
+
+    small, large = history_of(tmp_path, 2_000), history_of(tmp_path, 20_000)
+    try:
+        cost = {
+            label: (steps_of(small, call), steps_of(large, lists(large)[label]))
+            for label, call in lists(small).items()
+        }
+    finally:
+        small.close()
+        large.close()
+    grew = {label: c for label, c in cost.items() if c[1] > 1.25 * c[0] + 200}
+    assert grew == {}, cost
+
+
+# --- counters ------------------------------------------------------------------------------
+
+DEVICES = ("demo-thermostat-1", "demo-thermostat-2", "demo-thermostat-3")
+COMMANDS = {"reboot": {}, "self_test": {}, "set_temperature": {"value": 20}}
+ANSWERS = (
+    AnswerStatus.STARTED,
+    AnswerStatus.IN_PROGRESS,
+    AnswerStatus.SUCCEEDED,
+    AnswerStatus.FAILED,
+    AnswerStatus.REJECTED,
+)
+
+requests = st.tuples(
+    st.just("request"), st.sampled_from(DEVICES), st.sampled_from(sorted(COMMANDS)), st.booleans()
+)
+later = st.lists(
+    st.one_of(
+        requests,
+        st.tuples(st.just("publish"), st.integers(0, 50)),
+        st.tuples(st.just("answer"), st.integers(0, 50), st.sampled_from(ANSWERS)),
+        st.tuples(st.sampled_from(["cancel", "deadline", "retry", "delete"]), st.integers(0, 50)),
+        st.tuples(st.just("project"), st.integers(1, 20)),
+    ),
+    min_size=5,
+    max_size=80,
+)
+# A few requests first, so that most histories have executions to move.
+operations = st.builds(
+    lambda first, then: first + then, st.lists(requests, min_size=3, max_size=12), later
+)
+
+
+def run(app: Executions, clock: Clock, views: ExecutionViews, operation: tuple[Any, ...]) -> None:
+    kind, *args = operation
+    if kind == "project":
+        while events := read_events(app, views.position(), args[0]):
+            views.apply(events)
+        return
+    if kind == "request":
+        device, name, ephemeral = args
+        app.request(RequestCommand(device, name, COMMANDS[name], None, ephemeral=ephemeral))
+        return
+    ids = sorted({e.execution_id for e in read_events(app, 0, 100_000) if e.type == "Requested"})
+    if not ids:
+        return
+    execution_id = ids[args[0] % len(ids)]
+    try:
+        if kind == "publish":
+            app.record_published(execution_id)
+        elif kind == "answer":
+            device = app.get(execution_id).device_id
+            report = f"r{clock.now.timestamp()}"
+            app.record_answer(execution_id, device, report, args[1], {}, clock.now)
+        elif kind == "cancel":
+            app.cancel(execution_id, "test")
+        elif kind == "deadline":
+            clock.now += timedelta(seconds=31)
+            app.reach_deadline(execution_id)
+        elif kind == "retry":
+            app.retry(execution_id, "test", "test")
+        else:
+            app.delete(execution_id, "test")
+    except DomainError:
+        pass  # not allowed in that state: nothing stored
+    clock.now += timedelta(milliseconds=1)
+
+
+def counted_by_sql(conn: sqlite3.Connection, where: ExecutionFilter) -> int:
+    """COUNT(*) with the filter written out anew: the counters' oracle."""
+    clauses, values = [], []
+    for column, value in (("device_id", where.device_id), ("name", where.name)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            values.append(value)
+    if where.statuses:
+        clauses.append(f"status IN ({', '.join('?' * len(where.statuses))})")
+        values += [s.value for s in where.statuses]
+    if not where.include_ephemeral:
+        clauses.append("ephemeral = 0")
+    sql = f"SELECT COUNT(*) FROM executions WHERE {' AND '.join(clauses) or '1'}"
+    return int(conn.execute(sql, values).fetchone()[0])
+
+
+def filters() -> Iterator[ExecutionFilter]:
+    statuses = [frozenset(), *(frozenset({s}) for s in ExecutionStatus)]
+    statuses.append(frozenset({ExecutionStatus.SUCCEEDED, ExecutionStatus.PENDING}))
+    for device, name, wanted, ephemeral in product(
+        (None, *DEVICES, "nobody"), (None, *COMMANDS, ""), statuses, (False, True)
+    ):
+        yield ExecutionFilter(wanted, name, device, include_ephemeral=ephemeral)
+
+
+def assert_rows_say_what_the_store_says(app: Executions, views: ExecutionViews) -> None:
+    requested = {e.execution_id for e in read_events(app, 0, 100_000) if e.type == "Requested"}
+    for execution_id in requested:
+        row = views.get(execution_id)
+        try:
+            stored = app.get(execution_id)
+        except ExecutionNotFound:
+            assert row is None
+            continue
+        assert row is not None
+        assert (row.status, row.device_id, row.name, row.ephemeral) == (
+            stored.status,
+            stored.device_id,
+            stored.name,
+            stored.ephemeral,
+        )
+
+
+def assert_counts_are_exact(views: ExecutionViews) -> None:
+    conn = sqlite3.connect(views.path)
+    try:
+        wrong = {
+            where: (views.list(where, limit=1).total_count, counted_by_sql(conn, where))
+            for where in filters()
+        }
+        assert {w: c for w, c in wrong.items() if c[0] != c[1]} == {}
+        # and the table itself is what counting every row again gives
+        counters = conn.execute("SELECT * FROM execution_counts ORDER BY 1, 2, 3, 4, 5").fetchall()
+        conn.execute("BEGIN")
+        recount(conn)
+        assert conn.execute("SELECT * FROM execution_counts ORDER BY 1, 2, 3, 4, 5").fetchall() == [
+            c for c in counters if c[-1] != 0
+        ]
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(operations=operations)
+def test_rows_and_counters_are_exact_after_any_projection_and_after_replay(
+    tmp_path_factory: pytest.TempPathFactory, operations: list[tuple[Any, ...]]
+) -> None:
+    folder = tmp_path_factory.mktemp("counts")
+    clock = Clock()
+    app = new_app(clock)
+    views = ExecutionViews(folder / "live.sqlite")
+    try:
+        for operation in operations:
+            run(app, clock, views, operation)
+        run(app, clock, views, ("project", 7))
+        assert_rows_say_what_the_store_says(app, views)
+        assert_counts_are_exact(views)
+        rebuild(app, folder / "replayed.sqlite")
+        assert dump(folder / "replayed.sqlite") == dump(views.path)
+    finally:
+        views.close()
+
+
+def test_a_time_filter_counts_up_to_the_limit(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    everything = list_executions(conn, ExecutionFilter(created_after=FAR_PAST))
+    assert everything.total_count_exact
+    assert everything.total_count == list_executions(conn, ExecutionFilter()).total_count == 8
+    monkeypatch.setattr(queries, "COUNT_LIMIT", 3)
+    capped = list_executions(conn, ExecutionFilter(created_after=FAR_PAST), limit=5)
+    assert (capped.total_count, capped.total_count_exact, len(capped.items)) == (3, False, 5)
+    exact = list_executions(conn, ExecutionFilter(created_before=FAR_PAST))
+    assert (exact.total_count, exact.total_count_exact) == (0, True)
+
+
+def test_an_offset_past_the_end_reads_no_rows(conn: sqlite3.Connection) -> None:
+    total = list_executions(conn, ExecutionFilter()).total_count
+    statements = statements_of(conn, lambda: list_executions(conn, ExecutionFilter(), offset=total))
+    assert [s for s in statements if "FROM executions" in s] == []
