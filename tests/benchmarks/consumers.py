@@ -31,13 +31,15 @@ from pathlib import Path
 from uuid import uuid4
 
 import nats
-from faststream.nats import NatsBroker
+from faststream import AckPolicy
+from faststream.nats import ConsumerConfig, JStream, NatsBroker
 from faststream.nats.annotations import NatsMessage
 from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 
 from baton_cli.localstack import start_nats
 from baton_contracts.nats import EVENTS_STREAM, EVENTS_WILDCARD, LifecycleEvent, event_subject
-from baton_platform.consumers import DurableConsumer, durable_subscriber
+from baton_platform.consumers import ACK_WAIT_S, MAX_ACK_PENDING, DurableConsumer, raw_body
 from baton_platform.nats import ensure_streams
 
 Run = Callable[[str, int], Awaitable[None]]
@@ -92,6 +94,29 @@ async def with_nats_py(url: str, count: int) -> None:
     await tally.done.wait()
     await consumer.stop()
     await nc.close()
+
+
+def durable_subscriber(
+    broker: NatsBroker,
+    subject: str,
+    stream: str,
+    name: str,
+    max_ack_pending: int = MAX_ACK_PENDING,
+    ack_wait: float = ACK_WAIT_S,
+) -> Callable[[Callable[[NatsMessage], Awaitable[None]]], object]:
+    """FastStream's durable subscriber, as the bridge and the scheduler used it before they
+    moved to `DurableConsumer`: the alternative this benchmark measures."""
+    subscribe: Callable[[Callable[[NatsMessage], Awaitable[None]]], object] = broker.subscriber(
+        subject,
+        stream=JStream(stream, declare=False),
+        queue=name,
+        deliver_policy=DeliverPolicy.ALL,
+        config=ConsumerConfig(ack_wait=ack_wait, max_ack_pending=max_ack_pending),
+        ack_policy=AckPolicy.MANUAL,
+        decoder=raw_body,
+        include_in_schema=False,
+    )
+    return subscribe
 
 
 def with_faststream(log_path: Path | None, apply_types: bool = True) -> Run:

@@ -7,10 +7,9 @@ handles a fetched batch concurrently, and nats-py 2.16 raises a TimeoutError ins
 fetch that FastStream 0.7 does not expect, which leaves a pull request orphaned on the
 server that holds the next messages back until their ack_wait (seen as 30 s stalls).
 
-`DurableConsumer` is that consumer with nats-py alone: FastStream's subscriber
-(`durable_subscriber`, left for the dispatcher's reports until they move too) took ~0.3 ms
+`DurableConsumer` is that consumer with nats-py alone: FastStream's subscriber took ~0.3 ms
 of CPU per message against ~0.01 ms (dependency injection run in a thread pool, a log line
-in and out; docs/architecture.md).
+in and out; `python -m tests.benchmarks.consumers`, docs/architecture.md).
 
 "In order" holds only while nothing is redelivered: with many messages unacknowledged, one
 that a killed instance held comes back after its ack_wait, behind the newer ones its
@@ -31,8 +30,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
-from faststream import AckPolicy
-from faststream.nats import ConsumerConfig, JStream, NatsBroker
 from faststream.nats.annotations import NatsMessage
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -42,7 +39,6 @@ from nats.js.errors import APIError, NotFoundError
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[NatsMessage], Awaitable[None]]
 MessageHandler = Callable[[Msg], Awaitable[None]]
 
 ACK_WAIT_S = 30.0
@@ -57,32 +53,6 @@ async def raw_body(message: NatsMessage) -> bytes:
     or a JSON content type over bad JSON would escape every handler: a request left without
     an answer, a stream message never acknowledged."""
     return message.body
-
-
-def durable_subscriber(
-    broker: NatsBroker,
-    subject: str,
-    stream: str,
-    name: str,
-    max_ack_pending: int = MAX_ACK_PENDING,
-    ack_wait: float = ACK_WAIT_S,
-) -> Callable[[Handler], object]:
-    """The decorator for a handler of `subject` on `stream`, as durable consumer `name`.
-
-    A new consumer starts at the beginning of the stream, so nothing relayed before the
-    service first ran is missed; after that it resumes where it left off.
-    """
-    subscribe: Callable[[Handler], object] = broker.subscriber(
-        subject,
-        stream=JStream(stream, declare=False),
-        queue=name,
-        deliver_policy=DeliverPolicy.ALL,
-        config=ConsumerConfig(ack_wait=ack_wait, max_ack_pending=max_ack_pending),
-        ack_policy=AckPolicy.MANUAL,
-        decoder=raw_body,
-        include_in_schema=False,
-    )
-    return subscribe
 
 
 async def resume_in_order(

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from faststream.nats import NatsBroker
 from nats.aio.client import Client
 
 from baton_dispatcher.backlog import ReportsBacklog
-from baton_dispatcher.edges import RequestEdges, register
+from baton_dispatcher.edges import RequestEdges, register, register_admin
 from baton_dispatcher.relay import OutboxRelay
 from baton_dispatcher.reports import ReportsConsumer
 from baton_dispatcher.writer import Writer
@@ -26,6 +27,7 @@ class Dispatcher:
         self.settings = settings
         self._nc: Client | None = None
         self._edges: RequestEdges | None = None
+        self._broker: NatsBroker | None = None
         self._writer: Writer | None = None
         self._relay_task: asyncio.Task[None] | None = None
         self._reports: ReportsConsumer | None = None
@@ -48,11 +50,20 @@ class Dispatcher:
         await self._writer.seed_catalog()
         self._edges = RequestEdges(self._nc)
         await register(self._edges, self._writer)
+        self._broker = NatsBroker(
+            settings.nats_url,
+            name=f"baton-dispatcher-admin-{settings.instance}",
+            max_reconnect_attempts=-1,
+            logger=logging.getLogger("baton_dispatcher.broker"),
+        )
+        register_admin(self._broker, self._writer)
+        await self._broker.start()
         self._reports = ReportsConsumer(self._nc, self._writer)
         await self._reports.start()
         self._reports_task = asyncio.create_task(self._reports.run(), name="reports")
         # Make sure the server has our subscriptions before we call ourselves ready.
         await self._nc.flush()
+        await self._broker.connection.flush()
         self._relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
         log.info(
             "dispatcher ready: %d device types, %d devices, store %s",
@@ -70,6 +81,8 @@ class Dispatcher:
             await cancel_and_wait(self._relay_task)
         if self._edges is not None:
             await self._edges.stop()
+        if self._broker is not None:
+            await self._broker.stop()
         if self._nc is not None:
             await self._nc.close()
         if self._writer is not None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from faststream.nats import NatsBroker
+from faststream.nats.annotations import NatsMessage
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -44,6 +46,7 @@ from baton_contracts.nats import (
     SubmitCommand,
 )
 from baton_dispatcher.writer import MAX_BATCH, Writer
+from baton_platform.consumers import raw_body
 from baton_platform.lifecycle import cancel_and_wait
 from baton_platform.metrics import REJECTED_MESSAGES
 
@@ -54,6 +57,7 @@ SERVICE = "dispatcher"
 CONCURRENT_REQUESTS = MAX_BATCH
 
 M = TypeVar("M", bound=BaseModel)
+Refuse = Callable[[Problem], BaseModel]
 
 
 # A bug or a store failure while handling a request; whether it stored anything is not
@@ -89,7 +93,7 @@ def too_large(size: int) -> Problem:
 
 
 class RequestEdges:
-    """The dispatcher's request/reply subjects, on one NATS connection.
+    """The dispatcher's busy request/reply subjects, on one NATS connection.
 
     A plain nats-py subscription in the dispatchers' queue group per subject, not FastStream's:
     measured here, FastStream's subscriber cost ~0.4-0.7 ms of CPU per request (dependency
@@ -182,16 +186,35 @@ async def register(edges: RequestEdges, writer: Writer) -> None:
     await edges.serve(RETRY_SUBJECT, RetryCommand, writer.retry, refused)
     await edges.serve(DELETE_SUBJECT, DeleteCommand, writer.delete, refused)
     await edges.serve(DEADLINE_SUBJECT, DeadlineDue, writer.deadline, deadline_refused)
-    await edges.serve(
-        PURGE_SUBJECT, PurgeCommand, writer.purge, lambda p: PurgeReply(problem=p), concurrent=1
-    )
-    await edges.serve(
-        CATALOG_CHANGE_SUBJECT,
-        CatalogChange,
-        writer.change_catalog,
-        lambda p: CatalogReply(problem=p),
-        concurrent=1,  # in the order they came
-    )
-    await edges.serve(
-        CATALOG_GET_SUBJECT, CatalogQuery, writer.get_catalog, lambda p: CatalogReply(problem=p)
-    )
+
+
+def register_admin(broker: NatsBroker, writer: Writer) -> None:
+    """Purges and the catalog: rare admin requests, answered one at a time in the order they
+    came, through FastStream (its declared subscribers; its per-message cost does not matter
+    at their rate)."""
+    admin: list[tuple[str, type[Any], Callable[[Any], Awaitable[BaseModel]], Refuse]] = [
+        (PURGE_SUBJECT, PurgeCommand, writer.purge, lambda p: PurgeReply(problem=p)),
+        (
+            CATALOG_CHANGE_SUBJECT,
+            CatalogChange,
+            writer.change_catalog,
+            lambda p: CatalogReply(problem=p),
+        ),
+        (CATALOG_GET_SUBJECT, CatalogQuery, writer.get_catalog, lambda p: CatalogReply(problem=p)),
+    ]
+    for subject, model, handle, refuse in admin:
+        _admin_subject(broker, subject, model, handle, refuse)
+
+
+def _admin_subject(
+    broker: NatsBroker,
+    subject: str,
+    model: type[M],
+    handle: Callable[[M], Awaitable[BaseModel]],
+    refuse: Refuse,
+) -> None:
+    verb = subject.rsplit(".", 1)[-1]
+
+    @broker.subscriber(subject, queue=DISPATCHER_QUEUE, decoder=raw_body, include_in_schema=False)
+    async def on_request(message: NatsMessage) -> bytes:
+        return await _answer(message.body, subject, verb, model, handle, refuse)
