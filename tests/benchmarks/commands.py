@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from baton_cli.localstack import Stack, mqtt_flavour
+from baton_cli.localstack import Stack, mqtt_flavour, raise_open_files_limit
 from baton_domain.catalog import Catalog
 from baton_platform.settings import Settings
 from baton_simulator import fleet_ids
@@ -366,6 +366,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    raise_open_files_limit()  # a connection per command in flight, a socket per device
     with tempfile.TemporaryDirectory(prefix="baton-bench-") as tmp:
         bench = Bench(args, Path(tmp))
         try:

@@ -52,12 +52,14 @@ def fleet_stack(scratch: Path, name: str, devices: int, broker: str | None) -> I
 
 
 def start_fleet(stack: Stack, devices: int) -> None:
+    """`baton simulate --fleet N`, returned once every device is online."""
     stack.processes["simulator"] = start_simulator(
         stack.env(), stack.log_dir, ["--fleet", str(devices)]
     )
 
 
 async def start_services(stack: Stack) -> None:
+    """The four services, returned once the api says it is ready."""
     for name in SERVICE_MODULES:
         stack.start(name)
     deadline = time.monotonic() + 120
