@@ -32,7 +32,10 @@ def ms(seconds: float) -> str:
 
 
 def ratio(value: float, floor: float) -> str:
-    return f"{value / floor:.2f}x" if floor and not math.isinf(value) else "-"
+    if not floor or math.isinf(value):
+        return "-"
+    share = value / floor
+    return f"{share:.2f}x" if share >= 0.1 else f"{share:.3f}x"
 
 
 def machine() -> str:
@@ -104,6 +107,7 @@ class Figures:
     peak_rss_kib: dict[str, int] = field(default_factory=dict)
     growth: dict[str, Growth] = field(default_factory=dict)
     burst: Burst | None = None
+    load_average: float = field(default_factory=lambda: os.getloadavg()[0])
 
     def path_floor(self, q: float) -> float:
         """What a command's path takes at least: the HTTP request in, the NATS request to
@@ -142,8 +146,13 @@ def report(args: argparse.Namespace, figures: Figures, broker: str) -> None:
     print()
     print(f"Baton benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"machine: {machine()}")
+    start, end = figures.load_average, os.getloadavg()[0]
+    print(
+        f"load average (1 min, every process of the machine): {start:.1f} at the start, "
+        f"{end:.1f} at the end"
+    )
     print(f"stack: SQLite, one process per service, {broker} MQTT broker")
-    print(f"command: python -m tests.benchmarks.commands {shlex.join(sys.argv[1:])}")
+    print(f"command: python -m tests.benchmarks.commands {shlex.join(sys.argv[1:])}".rstrip())
     report_floors(args, figures)
     report_latency(figures)
     report_max(args, figures, settings)
@@ -160,26 +169,36 @@ def report_floors(args: argparse.Namespace, figures: Figures) -> None:
         "jetstream": "JetStream publish (fsync each write)",
         "http": "HTTP GET /health on the api",
     }
-    if figures.floors:
-        print(f"\nfloors{'':38}p50        p99     CPU/op")
-        for key, label in labels.items():
-            if (floor := figures.floors.get(key)) is not None:
-                print(
-                    f"  {label:40} {ms(floor.p(0.5)):>9}  {ms(floor.p(0.99)):>9}  "
-                    f"{ms(floor.cpu_per_op):>9}"
-                )
-    if (store := figures.store) is not None:
-        print(
-            f"  event store, 1 command per transaction   {store.single:6.0f}/s  {'':9}  "
-            f"{ms(store.single_cpu):>9}"
+    # The store floors: the main run's, and those measured on a stored history.
+    stores = [("", figures.store)] + [
+        (f" ({name.split('+ ')[-1]})", growth.store)
+        for name, growth in figures.growth.items()
+        if growth.store is not figures.store
+    ]
+    rates = [
+        (f"event store, {label}{where}", rate, cpu)
+        for where, store in stores
+        if store is not None
+        for label, rate, cpu in (
+            ("1 command per transaction", store.single, store.single_cpu),
+            (f"{args.store_batch} per transaction", store.batched, store.batched_cpu),
         )
-        print(
-            f"  event store, {args.store_batch} commands per transaction {store.batched:6.0f}/s"
-            f"  {'':9}  {ms(store.batched_cpu):>9}"
-        )
+    ]
+    if not (figures.floors or rates):
+        return
+    width = max([40, *(len(label) for label, _, _ in rates)])
+    print(f"\n{'floors':{width + 2}} {'p50':>9}  {'p99':>9}  {'CPU/op':>9}")
+    for key, label in labels.items():
+        if (floor := figures.floors.get(key)) is not None:
+            print(
+                f"  {label:{width}} {ms(floor.p(0.5)):>9}  {ms(floor.p(0.99)):>9}  "
+                f"{ms(floor.cpu_per_op):>9}"
+            )
+    for label, rate, cpu in rates:
+        print(f"  {label:{width}} {rate:7.0f} commands/s  {ms(cpu):>9}")
     if path := figures.path_floor(0.5):
         print(
-            f"  path floor (the sum, saves unbatched)   {ms(path):>9}  "
+            f"  {'path floor (the sum, saves unbatched)':{width}} {ms(path):>9}  "
             f"{ms(figures.path_floor(0.99)):>9}  {ms(figures.cpu_floor()):>9} (saves batched)"
         )
 
