@@ -126,7 +126,7 @@ class Figures:
 
 
 def step_line(step: StepResult, settings: LoadSettings) -> str:
-    share = step.in_time(settings.threshold) / step.planned
+    share = step.in_time(settings.threshold) / step.issued  # of what it sent
     verdict = "pass" if step.passed(settings) else "FAIL"
     if step.aborted:
         verdict += f" (stopped after {step.elapsed:.0f} s)"
