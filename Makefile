@@ -47,7 +47,7 @@ fuzz: install broker ## The fuzz stages of make test, long: HTTP, MQTT wire and 
 	BATON_NATS_FUZZ_CASES=$${BATON_NATS_FUZZ_CASES:-2500} \
 	$(VENV)/bin/pytest -m fuzz $(PYTEST_ARGS)
 
-bench: install broker ## Measure latency and throughput against floors from the same run
+bench: install broker ## Floors, max sustained rate, latency, cost, growth (BENCH_ARGS=--quick: 2 min)
 	$(VENV)/bin/python -m tests.benchmarks.commands $(BENCH_ARGS)
 
 chaos: install broker ## 300 s of load while every part is killed; checks the record (docs/operations.md)

@@ -18,7 +18,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Recording
 
-from baton_domain.catalog import Catalog
+from baton_domain.catalog import Catalog, ResolvedCommand
 from baton_domain.catalog_document import CATALOG_ID, CatalogDocument, document_of
 from baton_domain.delivery import DeviceQueue, queue_id
 from baton_domain.errors import (
@@ -424,14 +424,18 @@ class Executions(Application[UUID]):
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    def _admit(
-        self, command: RequestCommand, execution_id: UUID, retry_of: UUID | None = None
-    ) -> tuple[CommandExecution, DeviceQueue]:
-        """A new execution, admitted by its device's queue: dispatched now, or waiting."""
+    def new_execution(
+        self,
+        command: RequestCommand,
+        execution_id: UUID,
+        now: datetime,
+        retry_of: UUID | None = None,
+    ) -> tuple[CommandExecution, ResolvedCommand]:
+        """A new execution of `command` requested at `now`, checked against the catalog:
+        Requested only, not yet admitted by its device's queue (`request` does both)."""
         resolved = self.catalog.resolve(
             command.device_id, command.name, command.params, command.ttl
         )
-        now = self.clock()
         execution = CommandExecution(
             id=execution_id,
             device_id=resolved.device.id,
@@ -452,6 +456,15 @@ class Executions(Application[UUID]):
             execution.require_verification(
                 rule.field, rule.equals, now + timedelta(seconds=rule.within)
             )
+        return execution, resolved
+
+    def _admit(
+        self, command: RequestCommand, execution_id: UUID, retry_of: UUID | None = None
+    ) -> tuple[CommandExecution, DeviceQueue]:
+        """A new execution, admitted by its device's queue: dispatched now, or waiting."""
+        now = self.clock()
+        execution, resolved = self.new_execution(command, execution_id, now, retry_of)
+        rule = resolved.verification
         queue = self._queue(resolved.device.id)
         if queue.admit(
             execution.id,

@@ -1,0 +1,177 @@
+"""Executions written straight through the domain, without the services: the event store's
+write floor, and a stored history (a million executions) for the growth figures.
+
+Each execution gets the events a command that succeeds writes: Requested and Dispatched,
+Published, Acknowledged (the device's STARTED), Succeeded. A dispatcher saves them at four
+moments (the request, the broker's `published`, each answer); `write_commands` saves them
+the same way, one command per transaction or many. Device queues are left out: they hold
+only what is waiting, and every execution here has ended.
+
+A stored history is built once and kept under ./var/bench-cache, keyed by what decides its
+bytes (the event classes, the views' schema and projection, the library, the fleet and the
+count), with its views rebuilt by `baton_views.rebuild` (the code of `baton replay`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from uuid import uuid4
+
+from baton_domain import execution as execution_module
+from baton_domain.application import Executions, RequestCommand
+from baton_domain.catalog import Catalog
+from baton_domain.execution import CommandExecution
+from baton_domain.statuses import AnswerStatus
+from baton_platform import mapping
+from baton_platform.eventstore import event_store_env
+from baton_platform.settings import Settings
+from baton_views import projection, rebuild, store
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE_DIR = ROOT / "var" / "bench-cache"
+# Bumped when this module changes what it writes.
+LOADER_VERSION = 1
+LOAD_BATCH = 10_000  # executions per transaction while loading a history
+COMMAND = ("set_temperature", {"value": 20})
+
+
+def open_store(data_dir: Path, catalog: Catalog) -> Executions:
+    """The event store under `data_dir`, opened as the dispatcher opens it."""
+    return Executions(catalog, env=event_store_env(Settings(data_dir=data_dir)))
+
+
+def requested(app: Executions, device_id: str) -> CommandExecution:
+    """A new execution of set_temperature on `device_id`, dispatched (Requested, Dispatched)."""
+    name, params = COMMAND
+    command = RequestCommand(device_id, name, dict(params), None, source="bench")
+    execution, _ = app.new_execution(command, uuid4(), app.clock())
+    execution.dispatch()
+    return execution
+
+
+def _published(app: Executions, execution: CommandExecution) -> None:
+    execution.mark_published()
+
+
+def _started(app: Executions, execution: CommandExecution) -> None:
+    answer = f"{execution.id}-1"
+    execution.record_answer(execution.device_id, answer, AnswerStatus.STARTED, {}, app.clock())
+
+
+def _succeeded(app: Executions, execution: CommandExecution) -> None:
+    answer, payload = f"{execution.id}-2", {"current_temperature": COMMAND[1]["value"]}
+    execution.record_answer(
+        execution.device_id, answer, AnswerStatus.SUCCEEDED, payload, app.clock()
+    )
+
+
+# After the request, what a succeeding command's reports change, one save each.
+LATER_STAGES: tuple[Callable[[Executions, CommandExecution], None], ...] = (
+    _published,
+    _started,
+    _succeeded,
+)
+
+
+def write_commands(app: Executions, devices: list[str], count: int, batch: int) -> float:
+    """Write `count` succeeding commands, `batch` of them per transaction at each of their
+    four saves; returns commands per second."""
+    start = time.perf_counter()
+    for first in range(0, count, batch):
+        executions = [
+            requested(app, devices[n % len(devices)])
+            for n in range(first, min(count, first + batch))
+        ]
+        app.save(*executions)
+        for stage in LATER_STAGES:
+            for execution in executions:
+                stage(app, execution)
+            app.save(*executions)
+    return count / (time.perf_counter() - start)
+
+
+def _finished(app: Executions, devices: list[str], first: int, count: int) -> Iterator[object]:
+    for n in range(first, first + count):
+        execution = requested(app, devices[n % len(devices)])
+        for stage in LATER_STAGES:
+            stage(app, execution)
+        yield execution
+
+
+# --- a stored history, cached -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class History:
+    """A stored history: the event store and its views, ready to copy into a stack."""
+
+    events: Path
+    views: Path
+    count: int
+    built_in: float | None  # seconds, when this run built it; None when it came from the cache
+
+
+def history_key(devices: list[str], count: int) -> str:
+    """Names what decides a history's bytes; another value means another history."""
+    digest = hashlib.sha256()
+    for module in (execution_module, projection, store, mapping):
+        assert module.__file__ is not None
+        digest.update(Path(module.__file__).read_bytes())
+    digest.update(f"{LOADER_VERSION}|{version('eventsourcing')}|{store.SCHEMA_VERSION}".encode())
+    digest.update("\n".join(devices).encode())
+    return f"history-{count}-{digest.hexdigest()[:16]}"
+
+
+def stored_history(
+    catalog: Catalog, devices: list[str], count: int, say: Callable[[str], None]
+) -> History:
+    """The cached history of `count` executions over `devices`, built first if needed."""
+    folder = CACHE_DIR / history_key(devices, count)
+    done = folder / "complete"
+    if done.exists():
+        return History(folder / "events.sqlite", folder / "views.sqlite", count, None)
+    if folder.exists():
+        shutil.rmtree(folder)  # a build that did not finish
+    folder.mkdir(parents=True)
+    say(f"building a stored history of {count:,} executions in {folder} (once; cached)")
+    start = time.perf_counter()
+    app = open_store(folder, catalog)
+    try:
+        for first in range(0, count, LOAD_BATCH):
+            size = min(LOAD_BATCH, count - first)
+            app.save(*_finished(app, devices, first, size))  # type: ignore[arg-type]
+            if (first // LOAD_BATCH) % 10 == 9:
+                say(f"  {first + size:,} executions stored ({time.perf_counter() - start:.0f} s)")
+        say(f"  projecting their views ({time.perf_counter() - start:.0f} s so far)")
+        rebuild(app, folder / "views.sqlite")
+    finally:
+        app.close()
+    for path in (folder / "events.sqlite", folder / "views.sqlite"):
+        _checkpoint(path)
+    done.write_text(f"{count}\n")
+    return History(
+        folder / "events.sqlite", folder / "views.sqlite", count, time.perf_counter() - start
+    )
+
+
+def _checkpoint(path: Path) -> None:
+    """Fold the write-ahead log into the database file, so the one file is the whole copy."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+def install_history(history: History, settings: Settings) -> None:
+    """Copy the history's files to where a stack of `settings` keeps its store and views."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(history.events, settings.event_store_path)
+    shutil.copyfile(history.views, settings.views_path)

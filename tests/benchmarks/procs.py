@@ -1,0 +1,74 @@
+"""What each process of the stack costs, read from /proc: CPU seconds (utime + stime of all
+its threads) and peak resident memory (VmHWM). Linux only, like the stack itself."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from baton_cli.localstack import Stack
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+Pids = Mapping[str, int]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` so far (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            # The command name (field 2) may hold spaces: count fields after its ')'.
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_kib(pid: int, field: str = "VmHWM") -> int:
+    """A memory figure of `pid` from /proc/<pid>/status, in KiB (VmHWM: the most it has held
+    resident; VmRSS: what it holds now); 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def stack_pids(stack: Stack) -> dict[str, int]:
+    """Every process the stack runs, by a readable name; the bench's own process last."""
+    pids: dict[str, int] = {}
+    for n, server in enumerate(stack.servers):
+        # The first server is NATS; the second the MQTT broker (Mosquitto or nats-server).
+        pids["nats-server" if n == 0 else f"broker ({stack.broker})"] = server.proc.pid
+    for name, proc in stack.processes.items():
+        pids[name] = proc.pid
+    pids["bench (load)"] = os.getpid()
+    return pids
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    at: float
+    seconds: dict[str, float]
+
+    @classmethod
+    def take(cls, pids: Pids) -> CpuSnapshot:
+        return cls(time.monotonic(), {name: cpu_seconds(pid) for name, pid in pids.items()})
+
+    def since(self, earlier: CpuSnapshot) -> dict[str, float]:
+        """CPU seconds each process spent between `earlier` and this snapshot."""
+        return {name: self.seconds[name] - earlier.seconds.get(name, 0.0) for name in self.seconds}
+
+
+async def busy_cores(pids: Pids, window: float = 0.5) -> float:
+    """How many cores the processes `pids` kept busy over the next `window` seconds."""
+    before = CpuSnapshot.take(pids)
+    await asyncio.sleep(window)
+    after = CpuSnapshot.take(pids)
+    return sum(after.since(before).values()) / (after.at - before.at)

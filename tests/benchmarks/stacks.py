@@ -1,0 +1,114 @@
+"""The stacks the bench runs: a simulated fleet, started in the order the floors need, and
+ways to tell when a stack has finished what it was given."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import nats
+
+from baton_cli.catalog import fleet as write_fleet_catalog
+from baton_cli.localstack import SERVICE_MODULES, Stack, mqtt_flavour, start_simulator
+from baton_dispatcher.relay import OutboxRelay
+from baton_domain.catalog import Catalog
+from baton_platform.mapping import read_events
+from baton_platform.nats import ensure_streams
+from tests.benchmarks.history import open_store
+from tests.benchmarks.lean_http import LeanClient
+from tests.benchmarks.load import UNFINISHED
+from tests.benchmarks.procs import busy_cores, stack_pids
+from tests.benchmarks.report import BENCH, say
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE_CATALOG = ROOT / "deploy" / "catalog" / "demo.yaml"
+KEY = "bench-key"
+IDLE_CORES = 0.15  # the stack counts as idle below this many busy cores
+
+
+@contextmanager
+def fleet_stack(scratch: Path, name: str, devices: int, broker: str | None) -> Iterator[Stack]:
+    """A stack (not started) whose catalog is the demo's plus `devices` generated ones."""
+    folder = scratch / name
+    folder.mkdir(parents=True)
+    catalog = folder / "catalog.yaml"
+    write_fleet_catalog(devices, base=BASE_CATALOG, output=catalog)
+    stack = Stack(
+        data_dir=folder / "stack",
+        api_key=KEY,
+        catalog=catalog,
+        broker=broker or mqtt_flavour(),
+        simulate=False,
+    )
+    try:
+        yield stack
+    finally:
+        stack.stop_all()
+
+
+def start_fleet(stack: Stack, devices: int) -> None:
+    """`baton simulate --fleet N`, returned once every device is online."""
+    stack.processes["simulator"] = start_simulator(
+        stack.env(), stack.log_dir, ["--fleet", str(devices)]
+    )
+
+
+async def start_services(stack: Stack) -> None:
+    """The four services, returned once the api says it is ready."""
+    for name in SERVICE_MODULES:
+        stack.start(name)
+    deadline = time.monotonic() + 120
+    async with httpx.AsyncClient(base_url=stack.api_url) as client:
+        while time.monotonic() < deadline:
+            try:
+                if (await client.get("/ready", timeout=1)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if stack.dead():
+                break
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"the stack did not become ready; logs in {stack.log_dir}")
+
+
+def baton_pids(stack: Stack) -> dict[str, int]:
+    return {k: v for k, v in stack_pids(stack).items() if k != BENCH}
+
+
+async def settle(stack: Stack, client: LeanClient, timeout: float) -> None:
+    """Wait until no execution is unfinished in the views and the stack is idle."""
+    deadline = time.monotonic() + timeout
+    path = f"/v1/executions?status={UNFINISHED}&limit=1&show=ALL"
+    while time.monotonic() < deadline:
+        status, body = await client.request("GET", path)
+        if status == 200 and json.loads(body)["total_count"] == 0:
+            break
+        await asyncio.sleep(0.5)
+    else:
+        say(f"  (still unfinished executions after {timeout:.0f} s; going on)")
+    while time.monotonic() < deadline and await busy_cores(baton_pids(stack)) > IDLE_CORES:
+        pass
+
+
+async def seed_relay(stack: Stack, catalog: Path) -> None:
+    """Put the store's last event on BATON_EVENTS, as the outbox relay would have: the relay
+    resumes after the last event the stream holds, so a store copied in with a history does
+    not have all of it published again (a running stack's stream holds its tail too)."""
+    app = open_store(stack.data_dir, Catalog.from_yaml(catalog))
+    try:
+        last = app.recorder.max_notification_id() or 0
+        events = read_events(app, last - 1, 1)
+        nc = await nats.connect(stack.nats_url)
+        try:
+            js = nc.jetstream()
+            await ensure_streams(js)
+            await OutboxRelay(app, js, 1.0).publish(events[0])
+        finally:
+            await nc.close()
+    finally:
+        app.close()
