@@ -146,7 +146,7 @@ def stored_history(
     try:
         for first in range(0, count, LOAD_BATCH):
             size = min(LOAD_BATCH, count - first)
-            app.save(*_finished(app, devices, first, size))  # type: ignore[arg-type]
+            app.save(*_finished(app, devices, first, size))
             if (first // LOAD_BATCH) % 10 == 9:
                 say(f"  {first + size:,} executions stored ({time.perf_counter() - start:.0f} s)")
         say(f"  projecting their views ({time.perf_counter() - start:.0f} s so far)")

@@ -105,9 +105,8 @@ async def seed_relay(stack: Stack, catalog: Path) -> None:
         events = read_events(app, last - 1, 1)
         nc = await nats.connect(stack.nats_url)
         try:
-            js = nc.jetstream()
-            await ensure_streams(js)
-            await OutboxRelay(app, js, 1.0).publish(events[0])
+            await ensure_streams(nc.jetstream())
+            await OutboxRelay(app, nc, 1.0).publish(events)
         finally:
             await nc.close()
     finally:
