@@ -34,7 +34,7 @@ run: install broker ## Start NATS, MQTT, the four services and the simulator (Ct
 stop: ## Stop what `make run` started
 	@if [ -x $(VENV)/bin/baton ]; then $(VENV)/bin/baton dev stop; else echo "Nothing to stop."; fi
 
-test: install broker ## Run every test (unit, integration, end-to-end)
+test: install broker lint ## Lint, then run every test (unit, integration, end-to-end, chaos)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-unit: install ## Run the unit tests only
