@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -144,22 +145,41 @@ class Executions(Application[UUID]):
         self._cached_catalog: tuple[int, Catalog] | None = None
         self.clock = clock
         self.max_waiting = max_waiting
-        self._batch: UnitOfWork | None = None
-        self._alone: list[Recording[UUID]] | None = None
+        # Per thread: a batch belongs to the writer thread that runs it; other threads (a
+        # log line, a read on the event loop) see the application as stored.
+        self._local = threading.local()
+
+    @property
+    def _batch(self) -> UnitOfWork | None:
+        batch: UnitOfWork | None = getattr(self._local, "batch", None)
+        return batch
+
+    @_batch.setter
+    def _batch(self, batch: UnitOfWork | None) -> None:
+        self._local.batch = batch
+
+    @property
+    def _alone(self) -> list[Recording[UUID]] | None:
+        alone: list[Recording[UUID]] | None = getattr(self._local, "alone", None)
+        return alone
+
+    @_alone.setter
+    def _alone(self, alone: list[Recording[UUID]] | None) -> None:
+        self._local.alone = alone
 
     # --- the catalog -------------------------------------------------------------------------
 
     @property
     def catalog(self) -> Catalog:
         """The stored catalog (managed data); the seed given at start until one is stored."""
-        if self._batch is not None and self._batch.catalog is not None:
+        batch = self._batch
+        if batch is not None and batch.catalog is not None:
             # Catalog changes never share a batch: one look at the store serves all of it.
-            return self._batch.catalog
-        version = self._catalog_version()
-        if self._batch is not None:
-            self._batch.catalog = self._catalog_at(version)
-            return self._batch.catalog
-        return self._catalog_at(version)
+            return batch.catalog
+        catalog = self._catalog_at(self._catalog_version())
+        if batch is not None:
+            batch.catalog = catalog
+        return catalog
 
     def _catalog_at(self, version: int) -> Catalog:
         if version == 0:
