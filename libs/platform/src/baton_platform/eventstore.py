@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+import time
+
+from eventsourcing.persistence import InterfaceError, OperationalError
+
 from baton_domain.application import Executions
 from baton_domain.catalog import Catalog
 from baton_platform.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def event_store_env(settings: Settings) -> dict[str, str]:
@@ -20,10 +28,29 @@ def event_store_env(settings: Settings) -> dict[str, str]:
     }
 
 
+# How long a process waits at its start for another one that holds the new store's lock.
+OPEN_PATIENCE_S = 10.0
+
+
 def open_executions(settings: Settings, catalog: Catalog | None = None) -> Executions:
-    """The event-sourced application. Readers (api projection, CLI) pass no catalog."""
-    return Executions(
-        catalog or Catalog(),
-        env=event_store_env(settings),
-        max_waiting=settings.max_waiting_per_device,
-    )
+    """The event-sourced application. Readers (api projection, CLI) pass no catalog.
+
+    Two processes opening a new store at once (the dispatcher and the api of a stack started
+    together) race to switch it to WAL and create its tables, and SQLite can answer one of
+    them "database is locked" (seen in a test run: a dispatcher exiting at its start on
+    `PRAGMA journal_mode=WAL`). That one tries again shortly, by when the store is made,
+    rather than exiting; any other error, or a lock that outlasts OPEN_PATIENCE_S, is
+    raised."""
+    deadline = time.monotonic() + OPEN_PATIENCE_S
+    while True:
+        try:
+            return Executions(
+                catalog or Catalog(),
+                env=event_store_env(settings),
+                max_waiting=settings.max_waiting_per_device,
+            )
+        except (InterfaceError, OperationalError, sqlite3.OperationalError) as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            log.warning("event store busy at start (%s); trying again", exc)
+            time.sleep(0.2)
