@@ -21,7 +21,7 @@ from baton_device_bridge.watermark import Watermark, WatermarkSink
 from baton_device_bridge.wiring import Wiring
 from baton_domain.catalog import Catalog, CatalogError
 from baton_platform.lifecycle import cancel_and_wait
-from baton_platform.nats import ensure_streams
+from baton_platform.nats import ensure_streams, log_disconnected, log_reconnected
 from baton_platform.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ class DeviceBridge:
             settings.nats_url,
             name=f"baton-device-bridge-{settings.instance}",
             max_reconnect_attempts=-1,
+            disconnected_cb=log_disconnected,
+            reconnected_cb=log_reconnected,
             logger=logging.getLogger("baton_device_bridge.broker"),
         )
         # The consumer's stream must exist before the subscriber starts.

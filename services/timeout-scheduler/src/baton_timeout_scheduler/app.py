@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from baton_contracts.nats import DEADLINE_SUBJECT, DeadlineDue, DeadlineReply
 from baton_platform.lifecycle import cancel_and_wait
-from baton_platform.nats import ensure_streams
+from baton_platform.nats import ensure_streams, log_disconnected, log_reconnected
 from baton_platform.settings import Settings
 from baton_timeout_scheduler.edges import register
 from baton_timeout_scheduler.store import Deadlines, DeadlineStore
@@ -63,6 +63,8 @@ class TimeoutScheduler:
             settings.nats_url,
             name=f"baton-timeout-scheduler-{settings.instance}",
             max_reconnect_attempts=-1,
+            disconnected_cb=log_disconnected,
+            reconnected_cb=log_reconnected,
             logger=logging.getLogger("baton_timeout_scheduler.broker"),
         )
         register(self._broker, self.deadlines)
