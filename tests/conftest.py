@@ -7,6 +7,7 @@ fresh ones (they start in well under a second), so no test depends on another's 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,16 @@ from baton_platform.settings import Settings
 T = TypeVar("T")
 
 DEMO = Path(__file__).resolve().parents[1] / "deploy" / "catalog" / "demo.yaml"
+
+
+@pytest.fixture
+def busy() -> Iterator[socket.socket]:
+    """A port something else listens on (and accepts connections on)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    yield sock
+    sock.close()
 
 
 def service_settings(nats_server: Server, tmp_path: Path, **overrides: Any) -> Settings:

@@ -3,6 +3,11 @@ random pause), nats-server and the MQTT broker restarted gracefully (SIGTERM) an
 (SIGKILL), and a supervisor that restarts a service that exits by itself (as systemd or
 Kubernetes would), noting it.
 
+One fault at a time: before each, the run waits (at most RECOVERY_WAIT_S) until the stack
+has recovered from the one before (`Recovery`): every process alive, every service ready
+since its last start, and connected again since the last restart of a server it uses. A
+fault never lands on a stack still recovering from another, so two faults never overlap.
+
 Every process is one the run started (baton_cli.localstack.Stack), stopped by its pid.
 """
 
@@ -12,9 +17,16 @@ import asyncio
 import logging
 import random
 import signal
+import socket
 import subprocess
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import nats
+import nats.errors
 
 from baton_cli.localstack import (
     SERVICE_MODULES,
@@ -29,6 +41,22 @@ from tests.chaos.verdict import Fault
 log = logging.getLogger("chaos")
 
 SERVERS = ("nats-server", "mqtt-broker")
+RECOVERY_WAIT_S = 30.0
+
+# What each service logs once it is ready, since its start (the api: also GET /ready 200).
+# The bridge may call itself ready without a broker ("no MQTT broker yet"): it has recovered
+# only once it is connected to MQTT too.
+READY_LINES = {
+    "dispatcher": ("dispatcher ready",),
+    "timeout-scheduler": ("timeout-scheduler ready",),
+    "device-bridge": ("device-bridge ready", "connected to MQTT "),
+    "api": ("connected to NATS at",),
+}
+# What each service logs once connected again after a server it uses was restarted.
+RECONNECTED_LINES = {
+    "nats-server": dict.fromkeys(SERVICE_MODULES, "reconnected to NATS"),
+    "mqtt-broker": {"device-bridge": "connected to MQTT "},
+}
 
 
 @dataclass(frozen=True)
@@ -49,7 +77,7 @@ def plan(
     """`kills` SIGKILLs of each service and `server_restarts` SIGTERMs and SIGKILLs of each
     server, in random order, one at a random moment in each of equal slots of the window
     from 10 % to 85 % of the run (so they spread over it and the last one's effects still
-    meet load)."""
+    meet load). Chaos.run holds one back while the stack recovers from the one before."""
     kinds = [(name, "SIGKILL") for name in SERVICE_MODULES for _ in range(kills)]
     kinds += [(server, how) for server in SERVERS for how in ("SIGTERM", "SIGKILL")] * (
         server_restarts
@@ -63,22 +91,179 @@ def plan(
     ]
 
 
+@dataclass
+class Recovery:
+    """Whether the stack has recovered: what each service still has to log, as (log offset,
+    line) pairs (a line counts only if written after its offset), beside the checks that
+    need no memory (processes alive, servers accepting connections, the api's /ready)."""
+
+    stack: Stack
+    expected: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    # nats-server was restarted: its clients reconnect as soon as it listens, but JetStream
+    # answers only once it has recovered its streams (and stops answering first on SIGTERM).
+    jetstream_pending: bool = False
+
+    def started(self, name: str, offset: int | None = None) -> None:
+        """Service `name` was (or is about to be) started: it has to become ready again,
+        which also covers any server restarted before (a new process connects afresh)."""
+        at = self._size(name) if offset is None else offset
+        self.expected[name] = [(at, line) for line in READY_LINES[name]]
+
+    def server_stopped(self, server: str) -> None:
+        """`server` was stopped: each service that uses it has to connect again, in lines
+        written from now on (a connection before the stop is to the old server)."""
+        for name, line in RECONNECTED_LINES[server].items():
+            self.expected.setdefault(name, []).append((self._size(name), line))
+        if server == "nats-server":
+            self.jetstream_pending = True
+
+    def missing(self) -> list[str]:
+        """What has not recovered yet; empty when everything has."""
+        stack = self.stack
+        missing = [f"{n} not running" for n, p in stack.processes.items() if p.poll() is not None]
+        for name, server in zip(SERVERS, stack.servers, strict=True):
+            if server.proc.poll() is not None or not _accepts(server.port):
+                missing.append(f"{name} not accepting connections")
+        for name, lines in self.expected.items():
+            if not lines:
+                continue
+            base = min(at for at, _ in lines)
+            text = _read_from(self._log(name), base)
+            lines[:] = [(at, line) for at, line in lines if line.encode() not in text[at - base :]]
+            missing += [f"{name}: no {line!r} yet" for _, line in lines]
+        if "api" in stack.processes and not _ready(stack.api_url):
+            missing.append("api: /ready not 200")
+        return missing
+
+    async def wait(self, timeout: float = RECOVERY_WAIT_S) -> tuple[float, list[str], list[str]]:
+        """Wait until everything has recovered, or `timeout`: how long it took, what had not
+        recovered when the wait began, and what still had not when it gave up (empty:
+        recovered)."""
+        start = time.monotonic()
+        first: list[str] | None = None
+        while True:
+            missing = await asyncio.to_thread(self.missing)
+            if self.jetstream_pending:
+                self.jetstream_pending = not await _jetstream_answers(self.stack.nats_url)
+                if self.jetstream_pending:
+                    missing.append("nats-server: JetStream not answering")
+            first = missing if first is None else first
+            waited = time.monotonic() - start
+            if not missing or waited >= timeout:
+                return waited, first, missing
+            await asyncio.sleep(0.1)
+
+    def _log(self, name: str) -> Path:
+        return self.stack.log_dir / f"{name}.log"
+
+    def _size(self, name: str) -> int:
+        path = self._log(name)
+        return path.stat().st_size if path.exists() else 0
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    if not path.exists():
+        return b""
+    with path.open("rb") as log_file:
+        log_file.seek(offset)
+        return log_file.read()
+
+
+async def _jetstream_answers(url: str) -> bool:
+    async def quiet(_exc: Exception) -> None:  # nats-py logs each error by default
+        return
+
+    try:
+        client = await nats.connect(
+            url, allow_reconnect=False, connect_timeout=1, error_cb=quiet, name="baton-chaos"
+        )
+    except (nats.errors.Error, OSError, TimeoutError):
+        return False
+    try:
+        await client.jetstream(timeout=1).account_info()
+        return True
+    except (nats.errors.Error, TimeoutError):
+        return False
+    finally:
+        await client.close()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _ready(api_url: str) -> bool:
+    try:
+        return httpx.get(f"{api_url}/ready", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@dataclass(frozen=True)
+class RecoveryWait:
+    """How long the stack took to recover from `after` (a fault, or the start), and what had
+    still not recovered when the wait gave up (empty: it recovered)."""
+
+    after: str
+    seconds: float
+    missing: tuple[str, ...] = ()
+
+
 class Chaos:
-    """Applies faults to a running Stack and keeps every service running in between."""
+    """Applies faults to a running Stack, one at a time, and keeps every service running in
+    between."""
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self.faults: list[Fault] = []
+        self.recovery = Recovery(stack)
+        for name in stack.processes:
+            if name in SERVICE_MODULES:
+                self.recovery.started(name, offset=0)  # each wrote its log from the start
+        self.waits: list[RecoveryWait] = []
+        self.delays: list[float] = []  # how late each fault came, past its planned moment
+        self.done_at: float | None = None  # loop time the stack recovered from the last one
         self._lock = asyncio.Lock()  # one change of the stack at a time
         self._down: set[str] = set()  # what a fault holds down on purpose
 
     async def run(self, planned: list[PlannedFault], started: float) -> None:
+        """Each fault at its planned moment, or as soon as the stack has recovered from the
+        one before if that takes longer (then the faults after it may come late too)."""
         loop = asyncio.get_running_loop()
+        await self.recover("the start")
         for fault in planned:
             await asyncio.sleep(max(0.0, started + fault.offset - loop.time()))
-            await self.apply(fault)
+            # Again right before it: a service may have exited by itself since.
+            await self.recover(None)
+            self.delays.append(max(0.0, loop.time() - started - fault.offset))
+            done = await self.apply(fault)
+            recovered = await self.recover(f"{fault.target} {fault.how}")
+            self.faults.append(replace(done, ready=datetime.now(UTC) if recovered else None))
+        self.done_at = loop.time()
 
-    async def apply(self, fault: PlannedFault) -> None:
+    async def recover(self, after: str | None) -> bool:
+        """Wait until the stack has recovered (RECOVERY_WAIT_S at most) and note how long
+        it took after `after`; None: a check before a fault, noted only if something had not
+        recovered. False if it gave up."""
+        seconds, first, missing = await self.recovery.wait()
+        if after is None and not first:
+            return True  # recovered at the first look (however long the look took)
+        after = after or f"the check before the next fault found: {'; '.join(first)};"
+        self.waits.append(RecoveryWait(after, seconds, tuple(missing)))
+        if missing:
+            log.warning(
+                "chaos: not recovered %.0f s after %s: %s", seconds, after, "; ".join(missing)
+            )
+        else:
+            log.info("chaos: recovered %.1f s after %s", seconds, after)
+        return not missing
+
+    async def apply(self, fault: PlannedFault) -> Fault:
+        """Stop `fault.target` its way, and start it again after its pause."""
         at = datetime.now(UTC)
         async with self._lock:
             self._down.add(fault.target)
@@ -88,7 +273,7 @@ class Chaos:
         async with self._lock:
             await asyncio.to_thread(self._start, fault.target)
             self._down.discard(fault.target)
-        self.faults.append(Fault(fault.target, fault.how, at, datetime.now(UTC)))
+        return Fault(fault.target, fault.how, at, datetime.now(UTC))
 
     async def supervise(self, every: float = 0.5) -> None:
         """Restart a service that exited by itself (say, started while NATS was down), until
@@ -102,6 +287,8 @@ class Chaos:
                         continue
                     log.warning("chaos: %s exited by itself (%s); restarting it", name, code)
                     at = datetime.now(UTC)
+                    if name in SERVERS:
+                        self.recovery.server_stopped(name)
                     await asyncio.to_thread(self._start, name)
                     self.faults.append(Fault(name, f"exited {code}", at, datetime.now(UTC)))
 
@@ -115,6 +302,7 @@ class Chaos:
             server = self._server(target)
             server.proc.send_signal(sig)
             server.proc.wait(timeout=30)
+            self.recovery.server_stopped(target)
             return
         proc = self.stack.processes[target]
         proc.send_signal(sig)
@@ -132,6 +320,7 @@ class Chaos:
                     stack.data_dir / "nats-mqtt", mqtt_port=stack.mqtt_port
                 )
         else:
+            self.recovery.started(target)
             # Not Stack.start: it waits for the api to listen (seconds on a busy machine),
             # which would hold up the faults after it. A service that exits while starting
             # (say, NATS is down) is started again by the supervisor.

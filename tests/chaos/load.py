@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -102,13 +103,14 @@ class Load:
         if self._nc is not None:
             await self._nc.close()
 
-    async def run(self, rate: float, duration: float) -> None:
-        """Start a command every 1/`rate` s for `duration` s (open loop: a slow answer does
-        not slow the load), then wait until each was accepted, refused or given up."""
+    async def run(self, rate: float, duration: Callable[[], float]) -> None:
+        """Start a command every 1/`rate` s for `duration()` s, asked again before each
+        (open loop: a slow answer does not slow the load), then wait until each was
+        accepted, refused or given up."""
         loop = asyncio.get_running_loop()
         start = loop.time()
         n = 0
-        while (due := start + n / rate) < start + duration:
+        while (due := start + n / rate) < start + duration():
             await asyncio.sleep(max(0.0, due - loop.time()))
             task = asyncio.create_task(self._submit(self._next(n)))
             self._tasks.add(task)

@@ -50,6 +50,7 @@ KEY = "chaos-key"
 SILENT = ["demo-silent-1"]  # in the demo catalog `baton catalog fleet` builds on
 ENDINGS = frozenset({"Succeeded", "Failed", "Rejected", "TimedOut", "Expired", "Canceled"})
 CATCH_UP_S = 30.0
+TAIL_SHARE = 0.15  # of the duration: load after the last fault (faults.plan ends at 85 %)
 
 log = logging.getLogger("chaos")
 
@@ -128,7 +129,7 @@ def _run(options: Options, data_dir: Path) -> Verdict:
         stack.start_all()
         wait_ready(stack, timeout=60)
         chaos = Chaos(stack)
-        load = asyncio.run(drive(stack, chaos, options, rng, run_id, settings))
+        load, ran = asyncio.run(drive(stack, chaos, options, rng, run_id, settings))
         stopped_at = datetime.now(UTC)
     finally:
         stack.stop_all()
@@ -151,6 +152,7 @@ def _run(options: Options, data_dir: Path) -> Verdict:
         grace=options.grace,
     )
     verdict.notes[:0] = [f"seed {seed}; rate {options.rate}/s for {options.duration:.0f} s"]
+    verdict.notes.extend(recovery_notes(chaos, options.duration, ran))
     verdict.notes.extend(differences)
     return verdict
 
@@ -162,9 +164,10 @@ async def drive(
     rng: random.Random,
     run_id: str,
     settings: Settings,
-) -> Load:
+) -> tuple[Load, float]:
     """Load and faults together, then wait until every execution ended (or its deadline and
-    the grace passed) and the api's views caught up with the store."""
+    the grace passed) and the api's views caught up with the store. Also returns how long
+    the load ran (seconds)."""
     mix = Mix(
         devices=[f"sim-{n:05d}" for n in range(1, options.devices + 1)],
         silent=SILENT,
@@ -180,8 +183,20 @@ async def drive(
         supervising = asyncio.create_task(chaos.supervise())
         faulting = asyncio.create_task(chaos.run(planned, started))
         progress = asyncio.create_task(report_progress(load, chaos, started))
+
+        def load_for() -> float:
+            """The run's duration; longer when slow recoveries pushed the faults late: the
+            load goes on while faults remain, and for TAIL_SHARE of the duration after the
+            stack recovered from the last one, as planned (faults.plan)."""
+            if not faulting.done():
+                return max(options.duration, loop.time() - started + 1.0)
+            if chaos.done_at is None:  # the faults failed: the plan's length
+                return options.duration
+            return max(options.duration, chaos.done_at - started + TAIL_SHARE * options.duration)
+
         try:
-            await load.run(options.rate, options.duration)
+            await load.run(options.rate, load_for)
+            ran = load_for()
             await faulting
             log.info("chaos: load and faults done; waiting for every execution to end")
             await asyncio.to_thread(settle, settings, f"chaos-{run_id}-", options.grace)
@@ -190,7 +205,32 @@ async def drive(
             for task in (supervising, faulting, progress):
                 task.cancel()
             await asyncio.gather(supervising, faulting, progress, return_exceptions=True)
-    return load
+    return load, ran
+
+
+def recovery_notes(chaos: Chaos, duration: float, ran: float) -> list[str]:
+    """How long the stack took to recover before each fault could come, what never did,
+    how late that made the faults, and how much longer the load ran for it."""
+    waits = "; ".join(f"{w.after} {w.seconds:.1f} s" for w in chaos.waits)
+    notes = [f"one fault at a time; the stack recovered, counted from the restart, after: {waits}"]
+    notes += [
+        f"NOT recovered {w.seconds:.0f} s after {w.after} (the next fault came anyway): "
+        + "; ".join(w.missing)
+        for w in chaos.waits
+        if w.missing
+    ]
+    late = [d for d in chaos.delays if d > 0.5]
+    if late:
+        notes.append(
+            f"{len(late)} of {len(chaos.delays)} faults came after their planned moment, "
+            f"waiting for the stack to recover (up to {max(late):.1f} s late)"
+        )
+    if ran > duration + 0.5:
+        notes.append(
+            f"the load ran {ran:.0f} s, not {duration:.0f}: it went on for "
+            f"{TAIL_SHARE:.0%} of the duration after the stack recovered from the last fault"
+        )
+    return notes
 
 
 async def report_progress(load: Load, chaos: Chaos, started: float, every: float = 10.0) -> None:

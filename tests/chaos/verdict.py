@@ -127,7 +127,14 @@ class Fault:
     target: str
     how: str  # SIGKILL | SIGTERM | exited (by itself)
     at: datetime
-    back: datetime | None = None
+    back: datetime | None = None  # started again
+    ready: datetime | None = None  # the whole stack recovered (None: not noted, or never)
+
+    def timeline(self) -> str:
+        """`api SIGKILL 12:00:01.000-12:00:02.000 ready 12:00:04.500`"""
+        back = f"-{_t(self.back)}" if self.back else ""
+        ready = f" ready {_t(self.ready)}" if self.ready else ""
+        return f"{self.target} {self.how} {_t(self.at)}{back}{ready}"
 
 
 # --- the verdict ---------------------------------------------------------------------------
@@ -351,11 +358,7 @@ def _notes(
     shown = Counter(f"{f.target} {f.how}" for f in faults)
     verdict.notes.append("faults: " + ", ".join(f"{k} x{n}" for k, n in sorted(shown.items())))
     verdict.notes.append(
-        "fault timeline: "
-        + "; ".join(
-            f"{f.target} {f.how} {_t(f.at)}" + (f"-{_t(f.back)}" if f.back else "")
-            for f in sorted(faults, key=lambda f: f.at)
-        )
+        "fault timeline: " + "; ".join(f.timeline() for f in sorted(faults, key=lambda f: f.at))
     )
 
 
@@ -409,9 +412,9 @@ class _Explainer:
             start = record.events[0][1] if record.events else record.deadline
             end = max(record.deadline, record.events[-1][1]) if record.events else record.deadline
             during = [
-                f"{f.target} {f.how} {_t(f.at)}" + (f"-{_t(f.back)}" if f.back else "")
+                f.timeline()
                 for f in self.faults
-                if f.at <= end and (f.back or f.at) >= start
+                if f.at <= end and (f.ready or f.back or f.at) >= start
             ]
             lines.append(f"faults:  {'; '.join(during) or 'none while it ran'}")
         return lines

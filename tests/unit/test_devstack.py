@@ -7,7 +7,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,16 +22,6 @@ from baton_simulator import SILENT, THERMOSTAT
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS = ROOT / "deploy/catalog/seeds.yaml"
 DEMO = ROOT / "deploy/catalog/demo.yaml"
-
-
-@pytest.fixture
-def busy() -> Iterator[socket.socket]:
-    """A port something else listens on."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    yield sock
-    sock.close()
 
 
 # --- defect 15: the simulator runs the catalog in use -----------------------------------------

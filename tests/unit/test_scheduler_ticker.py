@@ -12,7 +12,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from baton_contracts.nats import DeadlineDue, DeadlineReply, LifecycleEvent
+from baton_contracts.nats import DeadlineDue, DeadlineReply, LifecycleEvent, Problem
 from baton_timeout_scheduler.edges import MalformedEventError, apply, decode
 from baton_timeout_scheduler.store import Deadlines, DeadlineStore
 from baton_timeout_scheduler.ticker import DispatcherUnavailableError, Ticker, backoff
@@ -87,6 +87,33 @@ async def test_an_unsettled_deadline_is_kept_and_retried_with_backoff(
     dispatcher.outcome = "applied"
     clock.now += timedelta(seconds=1)
     await settle(ticker)
+    assert await deadlines.count() == 0
+
+
+async def test_a_deadline_the_dispatcher_failed_on_is_kept_and_retried(
+    deadlines: Deadlines,
+) -> None:
+    """The dispatcher answers `unknown` with an internal-error problem when handling the
+    deadline raised (say, JetStream did not answer while nats-server restarted): nothing was
+    settled, so the row stays; deleting it left the execution PENDING for ever."""
+    failed = Problem(status=500, title="Internal error", detail="logged", code="internal-error")
+    clock = Clock()
+    replies = [DeadlineReply(outcome="unknown", problem=failed), DeadlineReply(outcome="applied")]
+    asked: list[UUID] = []
+
+    async def dispatcher(due: DeadlineDue) -> DeadlineReply:
+        asked.append(due.execution_id)
+        return replies.pop(0)
+
+    ticker = Ticker(deadlines, dispatcher, tick=0.01, retry_base=0.5, clock=clock)
+    execution_id = uuid4()
+    await deadlines.upsert(execution_id, T0)
+    await settle(ticker)
+    assert asked == [execution_id]
+    assert await deadlines.count() == 1
+    clock.now += timedelta(seconds=0.5)
+    await settle(ticker)
+    assert asked == [execution_id, execution_id]
     assert await deadlines.count() == 0
 
 

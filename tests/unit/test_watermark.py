@@ -199,7 +199,11 @@ async def test_probes_of_other_bridges_and_old_rounds_are_ignored(link: FakeLink
     handle = link.handler
     assert handle is not None
     for topic in [t for f in link.answer_filters if (t := probe_topic(f)) is not None]:
-        for probe in [BridgeProbe(bridge="b2", round=1), BridgeProbe(bridge="b1", round=0)]:
+        process = bridge.watermark.process
+        for probe in [
+            BridgeProbe(bridge="b2", process=process, round=1),
+            BridgeProbe(bridge="b1", process=process, round=0),
+        ]:
             await handle(topic, probe.model_dump_json().encode())
         await handle(topic, b"not a probe")
     await asyncio.sleep(0.05)
@@ -207,6 +211,51 @@ async def test_probes_of_other_bridges_and_old_rounds_are_ignored(link: FakeLink
     bridge.release.set()
     assert await round_ == T0
     assert len(bridge.forwarded) == 1  # the answer; no probe, nothing on a probe topic
+
+
+async def test_a_probe_a_killed_process_left_in_the_session_does_not_count(
+    link: FakeLink,
+) -> None:
+    """A bridge killed with its first round's probe unhandled leaves it in its MQTT session,
+    ahead of the answers devices sent while it was down. The next process of the same
+    instance starts at round 1 too: taking that probe for its own wrote a watermark before
+    those answers were stored, and their deadlines beat them (TIMED_OUT although answered)."""
+    previous = Watermark("b1", _no_write).process
+    written: list[datetime] = []
+
+    async def write(drained_to: datetime) -> None:
+        written.append(drained_to)
+
+    watermark = Watermark("b1", write, clock=Clock(), probe_timeout=1.0)
+    assert watermark.process != previous
+    first, queued = (response_topic("demo-thermostat-1", uuid4()) for _ in range(2))
+    stored = {first: asyncio.Event(), queued: asyncio.Event()}
+    forwarded: list[str] = []
+
+    async def forward(topic: str, raw: bytes) -> None:
+        await stored[topic].wait()
+        forwarded.append(topic)
+
+    link.handler = watermark.passing(forward)
+    # The session as the new process finds it: an answer it is storing, the probes the killed
+    # process left, an answer a device sent while no bridge was there.
+    await link.publish(first, b"{}")
+    for topic in [t for f in link.answer_filters if (t := probe_topic(f)) is not None]:
+        left = BridgeProbe(bridge="b1", process=previous, round=1)
+        await link.publish(topic, left.model_dump_json().encode())
+    await link.publish(queued, b"{}")
+    round_ = asyncio.create_task(watermark.advance(link))
+    await asyncio.sleep(0.05)
+    stored[first].set()  # the left probes come back now, the queued answer is being stored
+    await asyncio.sleep(0.05)
+    assert not round_.done() and written == []
+    stored[queued].set()
+    assert await round_ == T0
+    assert forwarded == [first, queued]
+
+
+async def _no_write(drained_to: datetime) -> None:
+    raise AssertionError("never written")
 
 
 # --- the dispatcher ---------------------------------------------------------------------------

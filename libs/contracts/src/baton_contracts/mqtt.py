@@ -109,4 +109,8 @@ class BridgeProbe(MqttModel):
     bridge before it has been handled (docs/architecture.md, "Deadlines and answers")."""
 
     bridge: str  # BATON_INSTANCE of the bridge that sent it; others ignore it
+    # Drawn by each bridge process. A process killed with a probe unhandled leaves it in the
+    # session, ahead of what the broker queued after it; the next process of the same
+    # instance counts its rounds from 1 again and must not take that probe for its own.
+    process: str
     round: int

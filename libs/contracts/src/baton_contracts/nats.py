@@ -220,7 +220,8 @@ class DeadlineReply(WireModel):
     # reports-pending: a report of the execution's device is stored and not yet applied (it
     # may be the answer that beat the deadline); ask again shortly.
     outcome: Literal["applied", "ignored", "not-yet", "reports-pending", "unknown"]
-    # Why, for a request that is not a DeadlineDue (outcome `unknown`): invalid-message.
+    # With outcome `unknown`, why nothing was settled: invalid-message (not a DeadlineDue), or
+    # internal-error (status 500: the dispatcher failed on it; the scheduler asks again).
     problem: Problem | None = None
 
 

@@ -67,6 +67,17 @@ STREAMS = (
 )
 
 
+async def log_disconnected() -> None:
+    """nats-py's (and FastStream's) `disconnected_cb`: each lost connection in the log."""
+    log.warning("disconnected from NATS")
+
+
+async def log_reconnected() -> None:
+    """`reconnected_cb`: the line an operator (or the chaos run) waits for after a NATS
+    restart, the same in every service."""
+    log.info("reconnected to NATS")
+
+
 async def connect(url: str, name: str) -> Client:
     """Connect with unlimited reconnects: a NATS restart must not end a service."""
     return await nats.connect(
@@ -75,6 +86,8 @@ async def connect(url: str, name: str) -> Client:
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=5,
+        disconnected_cb=log_disconnected,
+        reconnected_cb=log_reconnected,
     )
 
 

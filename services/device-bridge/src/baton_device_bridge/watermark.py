@@ -11,7 +11,9 @@ bridge's subscriptions, wait until all of them came back, then write the round's
 to BATON_WATERMARKS. The broker hands a session's messages out in the order it took them,
 and the bridge handles them one at a time, storing each report before it reads the next; so
 when a probe is back, everything the broker took before it is stored (or was dropped as
-unreadable). Two brokers bend that order, and the round allows for both:
+unreadable). Only this process's own probe counts: one a killed process left unhandled waits
+in the session ahead of what came after it (each probe names the process that sent it). Two
+brokers bend that order, and the round allows for both:
 - nats-server's MQTT listener keeps one JetStream consumer per subscription, in no order
   between them: hence one probe per subscription rather than one per session;
 - it also hands out again a message the previous connection never acknowledged only after
@@ -35,6 +37,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
+from uuid import uuid4
 
 import nats.errors
 from nats.js import JetStreamContext
@@ -119,6 +122,7 @@ class Watermark:
         self.probe_timeout = probe_timeout
         self.clock = clock
         self.drained_to: datetime | None = None  # the last one written
+        self.process = uuid4().hex  # tells our probes from a previous process's (BridgeProbe)
         self._rounds = itertools.count(1)
         self._round: _Round | None = None
         self._tokens = itertools.count()
@@ -155,8 +159,9 @@ class Watermark:
             log.debug("ignored a message on probe topic %s that is no probe", topic)
             return
         current = self._round
-        if probe.bridge != self.bridge or current is None or probe.round != current.number:
-            return  # another bridge's, or a round given up on
+        ours = probe.bridge == self.bridge and probe.process == self.process
+        if not ours or current is None or probe.round != current.number:
+            return  # another bridge's, a previous process's, or a round given up on
         current.waiting.discard(topic)
         if not current.waiting:
             current.back.set()
@@ -188,9 +193,10 @@ class Watermark:
         topics = {t for f in link.answer_filters if (t := probe_topic(f)) is not None}
         current = _Round(next(self._rounds), set(topics))
         self._round = current
-        probe = BridgeProbe(bridge=self.bridge, round=current.number).model_dump_json().encode()
+        probe = BridgeProbe(bridge=self.bridge, process=self.process, round=current.number)
+        payload = probe.model_dump_json().encode()
         for topic in topics:
-            await link.publish(topic, probe)
+            await link.publish(topic, payload)
         if topics:
             await asyncio.wait_for(current.back.wait(), self.probe_timeout)
         if link.connection != connection:

@@ -10,7 +10,10 @@ Every tick the ticker reads the rows whose next attempt is due and sends each a
   ask again quietly, soon: after `pending_retry`, then one `pending_retry` later each time up
   to `pending_cap` (a healthy bridge's watermark passes a deadline within some 0.25 s; a bridge
   that is away may hold deadlines back for a minute, and each ask costs the dispatcher a read).
-- no responders, timeout, an unreadable reply: keep the row, try again with backoff.
+- no responders, timeout, an unreadable reply, or a reply saying the dispatcher failed on it
+  (a problem with status 500 and up, e.g. JetStream not answering during a NATS restart): keep
+  the row, try again with backoff. Such a reply settled nothing; deleting the row would leave
+  the execution running for ever.
 """
 
 from __future__ import annotations
@@ -121,6 +124,9 @@ class Ticker:
         except Exception:
             log.exception("deadline request for %s failed", row.execution_id)
             await self._retry_later(row, "request failed")
+            return
+        if reply.problem is not None and reply.problem.status >= 500:
+            await self._retry_later(row, f"the dispatcher failed on it ({reply.problem.code})")
             return
         if reply.outcome in SETTLED:
             await self.deadlines.delete(row.execution_id, row.kind)

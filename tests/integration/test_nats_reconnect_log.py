@@ -1,0 +1,41 @@
+"""Every service says in its log when it lost NATS and when it is connected again: the line
+operators (and the chaos run, between two faults) wait for after a nats-server restart."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+import pytest
+
+from baton_cli.localstack import start_nats
+from baton_platform.nats import connect
+from tests.conftest import eventually
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_nats_restart_is_logged_lost_and_then_reconnected(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="baton_platform.nats")
+    server = start_nats(tmp_path / "nats")
+    try:
+        client = await connect(server.url, "reconnect-test")
+        try:
+            server.proc.send_signal(signal.SIGKILL)
+            server.proc.wait()
+
+            async def said(line: str) -> bool:
+                return line in caplog.messages
+
+            await eventually(lambda: said("disconnected from NATS"), what="the loss logged")
+            assert "reconnected to NATS" not in caplog.messages
+            server = start_nats(tmp_path / "nats", server.port)
+            await eventually(lambda: said("reconnected to NATS"), what="the reconnection logged")
+            assert client.is_connected
+        finally:
+            await client.close()
+    finally:
+        server.stop()
