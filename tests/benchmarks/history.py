@@ -154,14 +154,14 @@ def stored_history(
     finally:
         app.close()
     for path in (folder / "events.sqlite", folder / "views.sqlite"):
-        _checkpoint(path)
+        checkpoint(path)
     done.write_text(f"{count}\n")
     return History(
         folder / "events.sqlite", folder / "views.sqlite", count, time.perf_counter() - start
     )
 
 
-def _checkpoint(path: Path) -> None:
+def checkpoint(path: Path) -> None:
     """Fold the write-ahead log into the database file, so the one file is the whole copy."""
     conn = sqlite3.connect(path)
     try:

@@ -50,6 +50,7 @@ from baton_views.counts import recount
 from baton_views.projection import project
 from baton_views.queries import get_execution, list_executions
 from baton_views.store import connect, read_position, transaction, write_position
+from tests.benchmarks.history import checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = ROOT / "deploy" / "catalog" / "demo.yaml"
@@ -173,15 +174,7 @@ def grow(
     # A live database's write-ahead log is folded back as it goes; a bulk load's is not,
     # and reading through a large one would be timed instead.
     for path in (settings.views_path, settings.event_store_path):
-        _checkpoint(path)
-
-
-def _checkpoint(path: Path) -> None:
-    conn = sqlite3.connect(path)
-    try:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        conn.close()
+        checkpoint(path)
 
 
 # --- what is timed -----------------------------------------------------------------------------

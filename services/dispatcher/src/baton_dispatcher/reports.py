@@ -20,8 +20,6 @@ from collections import deque
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from baton_contracts.nats import (
@@ -34,7 +32,7 @@ from baton_contracts.nats import (
     StateReport,
 )
 from baton_dispatcher.writer import ReportResult, Writer
-from baton_platform.consumers import resume_in_order
+from baton_platform.consumers import DurableConsumer
 from baton_platform.deadletters import dead_letter
 from baton_platform.metrics import REJECTED_MESSAGES
 
@@ -58,33 +56,25 @@ class ReportsConsumer:
         self._writer = writer
         self._inbox: deque[Msg] = deque()
         self._ready = asyncio.Event()
-        self._sub: Subscription | None = None
+        # The platform's durable consumer delivers; its handler only queues, `run` batches.
+        self._consumer = DurableConsumer(
+            REPORTS_STREAM,
+            REPORTS_DURABLE,
+            [REPORTS_WILDCARD],
+            self._arrived,
+            max_ack_pending=REPORTS_MAX_ACK_PENDING,
+            ack_wait=REPORTS_ACK_WAIT_S,
+        )
 
     async def start(self) -> None:
         """Subscribe; what a killed dispatcher held comes back now, first."""
-        await resume_in_order(
-            self._js, REPORTS_STREAM, REPORTS_DURABLE, REPORTS_MAX_ACK_PENDING, REPORTS_ACK_WAIT_S
-        )
-        self._sub = await self._js.subscribe(
-            REPORTS_WILDCARD,
-            queue=REPORTS_DURABLE,
-            durable=REPORTS_DURABLE,
-            stream=REPORTS_STREAM,
-            cb=self._arrived,
-            manual_ack=True,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=REPORTS_ACK_WAIT_S,
-                max_ack_pending=REPORTS_MAX_ACK_PENDING,
-            ),
-        )
+        await self._consumer.start(self._js)
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
+        await self._consumer.stop()
 
     async def _arrived(self, msg: Msg) -> None:
-        # nats-py calls this in delivery order, one at a time.
+        # Called in delivery order, one at a time.
         self._inbox.append(msg)
         self._ready.set()
 
