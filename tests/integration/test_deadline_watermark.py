@@ -39,7 +39,7 @@ from baton_contracts.nats import (
     watermark_subject,
 )
 from baton_device_bridge.edges import DURABLE
-from baton_device_bridge.reports import ReportSink
+from baton_device_bridge.reports import ReportNotStoredError, ReportSink
 from baton_dispatcher.app import Dispatcher
 from baton_platform.metrics import DEADLINES_UNCONFIRMED
 from baton_platform.settings import Settings
@@ -175,25 +175,42 @@ async def test_an_answer_queued_in_the_broker_while_the_bridge_is_stopped_wins(
 
 
 class _GatedSink(ReportSink):
-    """A bridge slow to store device answers: each sets `reached`, then waits for `gate`."""
+    """A bridge that cannot store reports of one `kind` until `gate` opens: each one sets
+    `reached`, then waits for the gate (slow) or raises (JetStream refusing it)."""
 
+    kind: str
+    refuse: bool
     reached: asyncio.Event
     gate: asyncio.Event
 
     async def store(self, report: DeviceReport | PresenceReport | StateReport) -> None:
-        if isinstance(report, DeviceReport) and report.kind == "answer":
+        if isinstance(report, DeviceReport) and report.kind == self.kind:
             self.reached.set()
+            if self.refuse and not self.gate.is_set():
+                raise ReportNotStoredError("JetStream unavailable (test)")
             await self.gate.wait()
         await super().store(report)
 
 
-def slow_to_store(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.Event]:
-    """From now on, bridges started hold every answer until the gate opens."""
+def gated(
+    monkeypatch: pytest.MonkeyPatch, kind: str, refuse: bool
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """From now on, bridges started hold back every report of `kind` until the gate opens."""
     reached, gate = asyncio.Event(), asyncio.Event()
-    monkeypatch.setattr(_GatedSink, "reached", reached, raising=False)
-    monkeypatch.setattr(_GatedSink, "gate", gate, raising=False)
+    for name, value in {"kind": kind, "refuse": refuse, "reached": reached, "gate": gate}.items():
+        monkeypatch.setattr(_GatedSink, name, value, raising=False)
     monkeypatch.setattr("baton_device_bridge.app.ReportSink", _GatedSink)
     return reached, gate
+
+
+def slow_to_store(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """From now on, bridges started hold every answer until the gate opens."""
+    return gated(monkeypatch, "answer", refuse=False)
+
+
+def published_not_stored(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """From now on, bridges started fail to store `published` until the gate opens."""
+    return gated(monkeypatch, "published", refuse=True)
 
 
 async def test_an_answer_a_slow_bridge_is_still_storing_wins(
@@ -377,3 +394,66 @@ async def test_a_bridge_silent_for_the_max_hold_no_longer_holds_deadlines_back(
         assert timed_out[0].execution_id == execution_id
     assert DEADLINES_UNCONFIRMED.labels(bridge=settings.instance)._value.get() > counted
     assert f"device-bridge {settings.instance} has confirmed nothing since" in caplog.text
+
+
+async def ended_without_an_answer_but_sent(js: JetStreamContext, execution_id: UUID) -> None:
+    """The device got the request and never answered: TIMED_OUT, never EXPIRED."""
+    types = await ended(js, execution_id)
+    assert "Published" in types and "TimedOut" in types, types
+    assert "Expired" not in types, types
+
+
+async def test_a_request_taken_by_the_broker_but_not_yet_reported_is_not_expired(
+    scheduler: TimeoutScheduler,
+    nc: Client,
+    device: Device,
+    bridge: Bridge,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The broker took the request (the device has it), but JetStream does not take the
+    `published` report until after the deadline: the event goes back and forth meanwhile.
+    When it comes back past its deadline it is not sent again, but reported published, and
+    the bridge's watermark stayed where the request went out: the deadline waited for it,
+    so the record says TIMED_OUT (sent, no answer), not EXPIRED (never delivered)."""
+    js = nc.jetstream()
+    tried, gate = published_not_stored(monkeypatch)
+    await bridge.start()
+    execution_id = await sent_to_device(nc, device)
+    await asyncio.wait_for(tried.wait(), 10)
+    await held_past_its_deadline(scheduler, js, execution_id)
+
+    gate.set()
+    await ended_without_an_answer_but_sent(js, execution_id)
+
+
+async def test_a_request_an_earlier_bridge_process_may_have_sent_is_not_expired(
+    scheduler: TimeoutScheduler,
+    nc: Client,
+    device: Device,
+    bridge: Bridge,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The broker took the request and the bridge goes away before it stored the `published`
+    report; the next process of the instance starts after the deadline. It cannot know
+    whether its predecessor sent the request, so it reports it published (it does not send
+    it again), and writes no watermark before that: the deadline waited on the last one
+    the predecessor wrote, and still waits while the report is not stored."""
+    js = nc.jetstream()
+    tried, gate = published_not_stored(monkeypatch)
+    await bridge.start()
+    execution_id = await sent_to_device(nc, device)
+    await asyncio.wait_for(tried.wait(), 10)
+    await bridge.stop()
+    await held_past_its_deadline(scheduler, js, execution_id)
+    requests = len(device.on("request", execution_id))
+
+    tried.clear()
+    await bridge.start()  # still unable to store it
+    await asyncio.wait_for(tried.wait(), 10)
+    before = await watermark(js, bridge.settings.instance)
+    await held_past_its_deadline(scheduler, js, execution_id, times=6)
+    assert await watermark(js, bridge.settings.instance) == before  # nothing new written
+
+    gate.set()
+    await ended_without_an_answer_but_sent(js, execution_id)
+    assert len(device.on("request", execution_id)) == requests  # not sent past its deadline

@@ -15,6 +15,7 @@ from baton_contracts.mqtt import CancelRequest, CommandRequest, response_topic
 from baton_contracts.nats import LifecycleEvent
 from baton_device_bridge.answers import MalformedAnswerError, answer_report_id, decode_answer
 from baton_device_bridge.commands import (
+    Late,
     MalformedEventError,
     Outgoing,
     Skipped,
@@ -80,14 +81,16 @@ def test_a_dispatched_becomes_a_request_on_the_device_topic() -> None:
         params={"value": 22},
         deadline=deadline,
     )
-    report = published_report(out, NOW)
+    report = published_report(out.device_id, out.execution_id, NOW)
     assert report.kind == "published"
     assert report.report_id == f"published:{ev.execution_id}"
     assert (report.device_id, report.execution_id) == (DEVICE, ev.execution_id)
 
 
-def test_a_dispatched_past_its_deadline_is_skipped() -> None:
-    assert isinstance(plan(dispatched(NOW - timedelta(seconds=1)), NOW, WIRING), Skipped)
+def test_a_dispatched_past_its_deadline_is_late_not_sent() -> None:
+    deadline = NOW - timedelta(seconds=1)
+    event = dispatched(deadline)
+    assert plan(event, NOW, WIRING) == Late(DEVICE, event.execution_id, deadline)
 
 
 def test_a_cancel_reaches_the_device_only_when_it_was_told_about_the_command() -> None:

@@ -155,15 +155,31 @@ async def test_a_probe_that_never_comes_back_proves_nothing(link: FakeLink) -> N
     assert bridge.written == []
 
 
-async def test_a_lifecycle_event_being_handled_holds_the_watermark_at_its_start(
+async def test_a_lifecycle_event_not_yet_acknowledged_holds_the_watermark_where_it_began(
     link: FakeLink,
 ) -> None:
     clock = Clock()
     bridge = Bridge(link, clock)
-    with bridge.watermark.sending():
-        clock.tick(5)
-        assert await bridge.watermark.advance(link) == T0
+    bridge.watermark.hold(7, T0)
+    clock.tick(5)
+    assert await bridge.watermark.advance(link) == T0
+    bridge.watermark.release(7)
     assert await bridge.watermark.advance(link) == T0 + timedelta(seconds=5)
+
+
+async def test_no_watermark_is_written_until_an_earlier_process_events_are_handled(
+    link: FakeLink,
+) -> None:
+    caught_up = False
+
+    async def ready() -> bool:
+        return caught_up
+
+    bridge = Bridge(link, Clock(), ready=ready)
+    assert await bridge.watermark.advance(link) is None
+    assert bridge.written == []
+    caught_up = True
+    assert await bridge.watermark.advance(link) == T0
 
 
 async def test_a_resumed_session_proves_nothing_within_the_redelivery_wait(

@@ -62,17 +62,20 @@ async def resume_in_order(
     max_ack_pending: int,
     ack_wait: float,
     filter_subjects: Iterable[str] | None = None,
-) -> None:
+) -> int | None:
     """Before subscribing as durable consumer `name`: give it these limits and, when given,
     these filter subjects (the subscription takes an existing consumer as it finds it, so
     one made by an older version would keep its own), updated in place: its position stays.
     Then have what it delivered but never saw acknowledged (an instance killed mid-message)
     come back now, in stream order, rather than after ack_wait. A live instance may then see
-    a message twice: handlers are idempotent."""
+    a message twice: handlers are idempotent.
+
+    Returns the stream sequence of the last message delivered before, when some were not
+    acknowledged: up to there, messages come back that an earlier instance had."""
     try:
         info = await js.consumer_info(stream, name)
     except NotFoundError:
-        return  # the first start: the subscription creates it with these settings
+        return None  # the first start: the subscription creates it with these settings
     config = info.config
     wanted: dict[str, object] = {"max_ack_pending": max_ack_pending, "ack_wait": ack_wait}
     if filter_subjects is not None:
@@ -81,12 +84,15 @@ async def resume_in_order(
     if any(getattr(config, key) != value for key, value in wanted.items()):
         await js.add_consumer(stream, config.evolve(**wanted))
         log.info("consumer %s of %s updated: %s", name, stream, wanted)
-    if info.num_ack_pending:
-        log.info("%s: %d message(s) unacknowledged come back now", name, info.num_ack_pending)
-        try:
-            await js.reset_consumer(stream, name)
-        except APIError as exc:  # a server older than 2.14: they come back after ack_wait
-            log.warning("could not resume %s at its ack floor: %s", name, exc)
+    if not info.num_ack_pending:
+        return None
+    log.info("%s: %d message(s) unacknowledged come back now", name, info.num_ack_pending)
+    try:
+        await js.reset_consumer(stream, name)
+    except APIError as exc:  # a server older than 2.14: they come back after ack_wait
+        log.warning("could not resume %s at its ack floor: %s", name, exc)
+    upto: int = info.delivered.stream_seq
+    return upto
 
 
 class DurableConsumer:
@@ -115,11 +121,17 @@ class DurableConsumer:
         self._subscription: Subscription | None = None
         self._handling = asyncio.Lock()
         self._stopping = False
+        self._js: JetStreamContext | None = None
+        # The stream sequence up to which messages come back that an earlier instance had
+        # been delivered (they come back as first deliveries: the reset forgets the count).
+        self.inherited_upto: int | None = None
+        self._caught_up = False
 
     async def start(self, js: JetStreamContext) -> None:
         """From the start of the stream the first time (nothing relayed before the service
         first ran is missed), then from where it left off."""
-        await resume_in_order(
+        self._js = js
+        self.inherited_upto = await resume_in_order(
             js, self.stream, self.name, self._max_ack_pending, self._ack_wait, self.filter_subjects
         )
         self._stopping = False
@@ -137,6 +149,22 @@ class DurableConsumer:
             deliver_policy=DeliverPolicy.ALL,
             config=config,
         )
+
+    async def caught_up(self) -> bool:
+        """Whether every message an earlier instance was handling when this one started is
+        acknowledged (False until started; asks the server until then, cheap after)."""
+        if self._caught_up:
+            return True
+        if self._js is None:
+            return False  # not started
+        upto = self.inherited_upto
+        if upto is not None:
+            info = await self._js.consumer_info(self.stream, self.name)
+            floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+            if floor < upto:
+                return False
+        self._caught_up = True
+        return True
 
     async def stop(self) -> None:
         """The message being handled finishes; the ones received after it are left

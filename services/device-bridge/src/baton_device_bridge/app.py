@@ -80,7 +80,10 @@ class DeviceBridge:
         marks = WatermarkSink(js, settings.instance)
         await marks.introduce(datetime.now(UTC))
         self.watermark = Watermark(
-            settings.instance, marks.write, redelivery_wait=settings.mqtt_redelivery_wait
+            settings.instance,
+            marks.write,
+            redelivery_wait=settings.mqtt_redelivery_wait,
+            ready=self._events_caught_up,
         )
         self.link = MqttLink(
             settings,
@@ -96,7 +99,7 @@ class DeviceBridge:
             self.wiring,
             self.in_flight,
             self._catalog_changed,
-            self.watermark.sending,
+            self.watermark,
         )
         await self._events.start(js)
         try:
@@ -104,6 +107,11 @@ class DeviceBridge:
         except TimeoutError:
             log.warning("no MQTT broker yet at %s:%d", settings.mqtt_host, settings.mqtt_port)
         log.info("device-bridge ready (instance %s)", settings.instance)
+
+    async def _events_caught_up(self) -> bool:
+        """Whether the events an earlier process of this instance held are all handled: until
+        then, requests it may have handed to the broker are not all reported."""
+        return self._events is not None and await self._events.caught_up()
 
     async def _load_catalog(self, first: bool = False) -> None:
         """The stored catalog, from the dispatcher. At the very first start there may be no

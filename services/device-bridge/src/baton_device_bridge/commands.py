@@ -2,9 +2,10 @@
 
 `plan` turns a `Dispatched` into a request in the wire profile of the device's type (the
 codec writes topic and body), and a `Canceled` that must reach the device into its profile's
-cancel message, where it has one. Every other event, and a `Dispatched` whose deadline
-already passed (the timeout-scheduler expires it; a device must not start work nobody waits
-for), is skipped.
+cancel message, where it has one. A `Dispatched` whose deadline already passed is `Late`:
+it is not sent (a device must not start work nobody waits for; the timeout-scheduler ends
+it), but an earlier attempt may have reached the broker (baton_device_bridge.handover).
+Every other event is skipped.
 """
 
 from __future__ import annotations
@@ -65,6 +66,15 @@ class Outgoing:
 
 
 @dataclass(frozen=True)
+class Late:
+    """A request whose deadline passed before it could go out: it is not sent now."""
+
+    device_id: str
+    execution_id: UUID
+    deadline: datetime
+
+
+@dataclass(frozen=True)
 class Skipped:
     why: str
     # False for the events the bridge never acts on: not worth a log line each.
@@ -90,7 +100,7 @@ def remaining_ttl(deadline: datetime, now: datetime) -> int | None:
     return max(1, math.ceil(left))
 
 
-def plan(event: LifecycleEvent, now: datetime, wiring: Wiring) -> Outgoing | Skipped:
+def plan(event: LifecycleEvent, now: datetime, wiring: Wiring) -> Outgoing | Late | Skipped:
     if event.type == "Dispatched":
         return _request(event, now, wiring)
     if event.type == "Canceled":
@@ -107,11 +117,11 @@ def _target(wiring: Wiring, device_id: str) -> Target | Skipped:
     return target
 
 
-def _request(event: LifecycleEvent, now: datetime, wiring: Wiring) -> Outgoing | Skipped:
+def _request(event: LifecycleEvent, now: datetime, wiring: Wiring) -> Outgoing | Late | Skipped:
     data = _data(_DispatchedData, event)
     ttl = remaining_ttl(data.deadline, now)
     if ttl is None:
-        return Skipped(f"deadline {data.deadline.isoformat()} already passed")
+        return Late(data.device_id, event.execution_id, data.deadline)
     target = _target(wiring, data.device_id)
     if isinstance(target, Skipped):
         return target
@@ -174,12 +184,13 @@ def _data(model: type[M], event: LifecycleEvent) -> M:
         ) from exc
 
 
-def published_report(outgoing: Outgoing, now: datetime) -> DeviceReport:
-    """The broker took the request: one report per execution, whatever the retries."""
+def published_report(device_id: str, execution_id: UUID, taken_at: datetime) -> DeviceReport:
+    """The broker took the request (or may have, `taken_at` the earliest it could have): one
+    report per execution, whatever the retries."""
     return DeviceReport(
         kind="published",
-        report_id=f"published:{outgoing.execution_id}",
-        device_id=outgoing.device_id,
-        execution_id=outgoing.execution_id,
-        received_at=now,
+        report_id=f"published:{execution_id}",
+        device_id=device_id,
+        execution_id=execution_id,
+        received_at=taken_at,
     )

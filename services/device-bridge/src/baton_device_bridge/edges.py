@@ -10,20 +10,22 @@ unavailable the event is negatively acknowledged with a delay, so JetStream rede
 poison message must not loop).
 
 Every event may arrive twice: a request published twice carries the same execution id (the
-device de-duplicates on it) and the `published` report keeps the same `report_id`.
+device de-duplicates on it) and the `published` report keeps the same `report_id`. A request
+that comes back past its deadline is not sent again, but reported `published` if the broker
+may have taken it before (baton_device_bridge.handover).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 
 from nats.aio.msg import Msg
 
-from baton_contracts.nats import EVENTS_STREAM, events_of_type
+from baton_contracts.nats import EVENTS_STREAM, DeviceReport, events_of_type
 from baton_device_bridge.commands import (
+    Late,
     MalformedEventError,
     Outgoing,
     Skipped,
@@ -31,8 +33,9 @@ from baton_device_bridge.commands import (
     plan,
     published_report,
 )
+from baton_device_bridge.handover import Attempt, Handovers, Holds, NoHolds
 from baton_device_bridge.in_flight import InFlight
-from baton_device_bridge.link import MqttLink, MqttUnavailableError
+from baton_device_bridge.link import MqttLink, MqttNotConnectedError, MqttUnavailableError
 from baton_device_bridge.reports import ReportNotStoredError, ReportRefusedError, ReportSink
 from baton_device_bridge.wiring import Wiring
 from baton_platform.consumers import DurableConsumer
@@ -46,24 +49,38 @@ MAX_REDELIVERY_DELAY = 5.0
 
 
 async def deliver(
-    link: MqttLink, sink: ReportSink, in_flight: InFlight, outgoing: Outgoing
+    link: MqttLink, sink: ReportSink, in_flight: InFlight, outgoing: Outgoing, attempt: Attempt
 ) -> None:
     """The effect of one event: (for a profile without execution ids) the execution stored
     as the device's one in flight, the MQTT message taken by the broker, then (for a
     request) the `published` report stored. Raises MqttUnavailableError /
-    ReportNotStoredError."""
+    ReportNotStoredError; `attempt` says whether the broker may have taken it meanwhile."""
     if outgoing.remember:
         # Before the publish: the device may answer before the PUBACK is even back.
         await in_flight.remember(outgoing.device_id, outgoing.execution_id)
-    await link.publish(outgoing.topic, outgoing.payload, expiry=outgoing.expiry)
+    try:
+        await link.publish(outgoing.topic, outgoing.payload, expiry=outgoing.expiry)
+    except MqttNotConnectedError:
+        raise  # nothing was written
+    except MqttUnavailableError:
+        attempt.maybe_taken = True  # written, the PUBACK lost with the connection
+        raise
+    attempt.maybe_taken = True
     if outgoing.report_published:
-        try:
-            await sink.store(published_report(outgoing, datetime.now(UTC)))
-        except ReportRefusedError:
-            # Cannot happen for a report this small; if it did, redelivery would not help
-            # and the execution will time out rather than stay stuck.
-            REJECTED_MESSAGES.labels(service=SERVICE, reason="report-refused").inc()
-            log.exception("JetStream refused the published report of %s", outgoing.execution_id)
+        await store_published(
+            sink, published_report(outgoing.device_id, outgoing.execution_id, datetime.now(UTC))
+        )
+
+
+async def store_published(sink: ReportSink, report: DeviceReport) -> None:
+    """Raises ReportNotStoredError."""
+    try:
+        await sink.store(report)
+    except ReportRefusedError:
+        # Cannot happen for a report this small; if it did, redelivery would not help
+        # and the execution will time out rather than stay stuck.
+        REJECTED_MESSAGES.labels(service=SERVICE, reason="report-refused").inc()
+        log.exception("JetStream refused the published report of %s", report.execution_id)
 
 
 CATALOG_EVENTS = frozenset(
@@ -79,17 +96,26 @@ def events_consumer(
     wiring: Wiring,
     in_flight: InFlight,
     on_catalog_change: Callable[[], Awaitable[None]],
-    sending: Callable[[], AbstractContextManager[None]] = nullcontext,
+    holds: Holds | None = None,
 ) -> DurableConsumer:
-    """`sending` is entered around the handling of each event (the watermark's hold)."""
+    """`holds`: where each event holds the watermark back until it is acknowledged."""
+    handovers = Handovers(holds or NoHolds())
 
     # From the start of the stream on first run: events relayed before the bridge ever ran
-    # must go out too (those past their deadline are skipped anyway).
+    # must go out too (those past their deadline are not sent).
     async def on_event(message: Msg) -> None:
-        with sending():
-            await handle(message)
+        meta = message.metadata
+        seq = meta.sequence.stream
+        # Delivered before: to this process (counted), or to an earlier one (up to where
+        # the consumer was reset at start, which counts from 1 again).
+        upto = consumer.inherited_upto
+        earlier = (meta.num_delivered or 1) > 1 or (upto is not None and seq <= upto)
+        attempt = handovers.begin(seq, earlier, meta.timestamp, datetime.now(UTC))
+        if await handle(message, attempt):
+            handovers.done(seq)
 
-    async def handle(message: Msg) -> None:
+    async def handle(message: Msg, attempt: Attempt) -> bool:
+        """Whether the message is acknowledged (else it comes back)."""
         subject = message.subject
         try:
             event = decode(message.data)
@@ -101,15 +127,15 @@ def events_consumer(
                 except Exception as exc:  # the dispatcher did not answer: try again shortly
                     log.warning("catalog not reloaded (%s); redelivering %s", exc, subject)
                     await message.nak(delay=1.0)
-                    return
+                    return False
                 await message.ack()
-                return
+                return True
             action = plan(event, datetime.now(UTC), wiring)
         except MalformedEventError as exc:
             REJECTED_MESSAGES.labels(service=SERVICE, reason="malformed-event").inc()
             log.warning("dropped a malformed message on %s: %s", subject, exc)
             await message.ack()
-            return
+            return True
         if isinstance(action, Skipped):
             if action.reason is not None:
                 REJECTED_MESSAGES.labels(service=SERVICE, reason=action.reason).inc()
@@ -117,9 +143,15 @@ def events_consumer(
             elif action.notable:
                 log.info("%s: nothing sent (%s)", subject, action.why)
             await message.ack()
-            return
+            return True
         try:
-            await deliver(link, sink, in_flight, action)
+            if isinstance(action, Late):
+                late(action, attempt)
+                if attempt.maybe_taken:
+                    report = published_report(action.device_id, action.execution_id, attempt.since)
+                    await store_published(sink, report)
+            else:
+                await deliver(link, sink, in_flight, action, attempt)
         except (MqttUnavailableError, ReportNotStoredError) as exc:
             deliveries = message.metadata.num_delivered or 1
             delay = min(0.2 * deliveries, MAX_REDELIVERY_DELAY)
@@ -127,8 +159,25 @@ def events_consumer(
             level = logging.WARNING if deliveries == 1 else logging.DEBUG
             log.log(level, "%s not delivered (%s); redelivering in %.1fs", subject, exc, delay)
             await message.nak(delay=delay)
-            return
-        log.debug("%s sent on %s", subject, action.topic)
+            return False
         await message.ack()
+        return True
 
-    return DurableConsumer(EVENTS_STREAM, DURABLE, SUBJECTS, on_event)
+    def late(action: Late, attempt: Attempt) -> None:
+        if attempt.maybe_taken:
+            log.warning(
+                "%s: deadline %s passed; not sent again, but the broker may have taken it "
+                "since %s: reported published",
+                action.execution_id,
+                action.deadline.isoformat(),
+                attempt.since.isoformat(),
+            )
+        else:
+            log.info(
+                "%s: nothing sent (deadline %s already passed)",
+                action.execution_id,
+                action.deadline.isoformat(),
+            )
+
+    consumer = DurableConsumer(EVENTS_STREAM, DURABLE, SUBJECTS, on_event)
+    return consumer

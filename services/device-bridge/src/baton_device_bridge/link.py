@@ -49,6 +49,10 @@ class MqttUnavailableError(Exception):
     """Not connected, or the connection broke before the broker acknowledged a publish."""
 
 
+class MqttNotConnectedError(MqttUnavailableError):
+    """Not connected: nothing was written, so the broker cannot have taken the message."""
+
+
 class _Session:
     """One live connection: the client, and an event set when it is lost."""
 
@@ -95,8 +99,9 @@ class MqttLink:
     async def publish(self, topic: str, payload: bytes, expiry: int | None = None) -> None:
         """Publish with QoS 1; returns once the broker acknowledged it (PUBACK).
 
-        Raises MqttUnavailableError when not connected within `connect_wait`, or when the
-        connection is lost before the PUBACK: the caller must then try again later.
+        Raises MqttNotConnectedError when not connected within `connect_wait` (nothing was
+        sent), MqttUnavailableError when the connection is lost before the PUBACK (the broker
+        may have taken it): the caller must then try again later.
         """
         session = await self._current()
         properties = None
@@ -129,7 +134,7 @@ class MqttLink:
                 await asyncio.wait_for(self.connected.wait(), self._connect_wait)
         session = self._session
         if session is None:
-            raise MqttUnavailableError("not connected to the MQTT broker")
+            raise MqttNotConnectedError("not connected to the MQTT broker")
         return session
 
     # --- the connection and answers in --------------------------------------------------------

@@ -21,19 +21,21 @@ brokers bend that order, and the round allows for both:
   a round counts only once the connection is `redelivery_wait` old, and a round across a
   reconnect does not count.
 
-Requests out: a `published` report is stored after the broker's PUBACK, so while a lifecycle
-event is being handled (`sending`), the watermark stays at the time its handling began: a
-deadline never calls EXPIRED a request the broker took before it.
+Requests out: a `published` report is stored after the broker's PUBACK, so until a lifecycle
+event is acknowledged (`hold`, across its redeliveries), the watermark stays at the time the
+broker may have taken its request (baton_device_bridge.handover): a deadline never calls
+EXPIRED a request the broker took before it. A process that starts with events an earlier
+one was handling writes no watermark until they are acknowledged (`ready`): the earlier
+one's last watermark holds deadlines back meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -114,6 +116,7 @@ class Watermark:
         redelivery_wait: float = 0.0,
         probe_timeout: float = PROBE_TIMEOUT_S,
         clock: Clock = utc_now,
+        ready: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.bridge = bridge
         self._write = write
@@ -121,25 +124,23 @@ class Watermark:
         self.redelivery_wait = redelivery_wait
         self.probe_timeout = probe_timeout
         self.clock = clock
+        self._ready = ready
         self.drained_to: datetime | None = None  # the last one written
         self.process = uuid4().hex  # tells our probes from a previous process's (BridgeProbe)
         self._rounds = itertools.count(1)
         self._round: _Round | None = None
-        self._tokens = itertools.count()
-        self._sending: dict[int, datetime] = {}
+        self._held: dict[object, datetime] = {}
         self._announced = 0  # the connection whose first drained round was logged
 
     # --- what passes through the bridge -------------------------------------------------------
 
-    @contextlib.contextmanager
-    def sending(self) -> Iterator[None]:
-        """Around the handling of one lifecycle event: holds the watermark at its start."""
-        token = next(self._tokens)
-        self._sending[token] = self.clock()
-        try:
-            yield
-        finally:
-            del self._sending[token]
+    def hold(self, key: object, since: datetime) -> None:
+        """The watermark stays at or before `since` until `key` is released: a request the
+        broker may have taken since then is not yet reported."""
+        self._held[key] = since
+
+    def release(self, key: object) -> None:
+        self._held.pop(key, None)
 
     def passing(self, forward: AnswerHandler) -> AnswerHandler:
         """The MQTT message handler: a probe is taken here, anything else goes to `forward`."""
@@ -201,7 +202,9 @@ class Watermark:
             await asyncio.wait_for(current.back.wait(), self.probe_timeout)
         if link.connection != connection:
             return None
-        drained_to = min([started, *self._sending.values()])
+        if self._ready is not None and not await self._ready():
+            return None  # an earlier process's events are not all handled yet
+        drained_to = min([started, *self._held.values()])
         await self._write(drained_to)
         self.drained_to = drained_to
         if self._announced != connection:
