@@ -36,13 +36,20 @@ devices:
 """
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Callable[[], Executions]:
+# How the dispatcher opens its store (baton_platform.eventstore): aggregates cached, never
+# brought up to date from the store, so a conflict must evict the stale copy.
+WRITER_CACHE = {"AGGREGATE_CACHE_MAXSIZE": "100", "AGGREGATE_CACHE_FASTFORWARD": "n"}
+
+
+@pytest.fixture(params=["uncached", "writer-cache"])
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[[], Executions]:
     """Opens an application over one SQLite file (each call: another writer)."""
     path = tmp_path / "catalog.yaml"
     path.write_text(CATALOG)
     catalog = Catalog.from_yaml(path)
     env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(tmp_path / "e.db")}
+    if request.param == "writer-cache":
+        env |= WRITER_CACHE
     return lambda: Executions(catalog, env=env)
 
 

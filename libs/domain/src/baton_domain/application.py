@@ -6,10 +6,11 @@ thread, never from the event loop. Library errors become domain errors here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -392,7 +393,9 @@ class Executions(Application[UUID]):
         try:
             recordings = self._record(processing)
         except Exception:
-            # Nothing of it is stored; the cache holds only what was read from the store.
+            # Nothing of it is stored; the cache holds only what was read from the store,
+            # unless another writer moved a stream since: read those again.
+            self._forget(processing.aggregates)
             return [self._run_alone(item) for item in items]
         self._take_snapshots(processing)
         self._notify(recordings)
@@ -422,10 +425,26 @@ class Executions(Application[UUID]):
         if self._batch is not None:
             self._batch.collect(*objs)
             return []
-        recordings = super().save(*objs, **kwargs)
+        try:
+            recordings = super().save(*objs, **kwargs)
+        except IntegrityError:
+            self._forget(getattr(obj, "id", None) for obj in objs)
+            raise
         if self._alone is not None:
             self._alone.extend(recordings)
         return recordings
+
+    def _forget(self, aggregate_ids: Iterable[UUID | None]) -> None:
+        """Drop cached copies that a conflict showed stale: another writer moved the stream.
+        (The dispatcher's cache is not brought up to date from the store on every read:
+        baton_platform.eventstore.)"""
+        cache = self.repository.cache
+        if cache is None:
+            return
+        for aggregate_id in aggregate_ids:
+            if aggregate_id is not None:
+                with contextlib.suppress(KeyError):
+                    cache.get(aggregate_id, evict=True)
 
     def _stored(self, recordings: list[Recording[UUID]]) -> int | None:
         """The position of what a command saved; inside a batch, PROVISIONAL_POSITION until

@@ -36,7 +36,7 @@ class Dispatcher:
     async def start(self) -> None:
         settings = self.settings
         catalog = Catalog.from_yaml(settings.catalog_path)
-        executions = await asyncio.to_thread(open_executions, settings, catalog)
+        executions = await asyncio.to_thread(open_executions, settings, catalog, writer=True)
         self._nc = await connect(settings.nats_url, f"baton-dispatcher-{settings.instance}")
         js = self._nc.jetstream()
         await ensure_streams(js)
