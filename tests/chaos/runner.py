@@ -58,7 +58,7 @@ log = logging.getLogger("chaos")
 @dataclass(frozen=True)
 class Options:
     duration: float = 300.0
-    rate: float = 10.0
+    rate: float = 50.0
     devices: int = 200
     silent_share: float = 0.05
     ttl_min: int = 5
