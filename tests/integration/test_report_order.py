@@ -24,8 +24,8 @@ from baton_dispatcher.app import Dispatcher
 from baton_dispatcher.backlog import ReportsBacklog
 from baton_dispatcher.reports import (
     REPORTS_ACK_WAIT_S,
+    REPORTS_BATCH,
     REPORTS_DURABLE,
-    REPORTS_MAX_ACK_PENDING,
 )
 from baton_dispatcher.writer import Writer
 from baton_domain.application import Executions, RequestCommand
@@ -79,7 +79,7 @@ async def test_a_report_a_killed_dispatcher_held_comes_back_first_and_at_once(
         # the held report comes back at the restart, not when its ack wait runs out.
         await eventually(in_order, timeout=REPORTS_ACK_WAIT_S - 1, what="both answers, in order")
         info = await js.consumer_info(REPORTS_STREAM, REPORTS_DURABLE)
-        assert info.config.max_ack_pending == REPORTS_MAX_ACK_PENDING
+        assert info.config.max_ack_pending == REPORTS_BATCH
     finally:
         await second.stop()
 
@@ -105,7 +105,7 @@ async def test_a_reports_consumer_made_by_an_older_version_gets_the_new_limits(
     try:
         info = await js.consumer_info(REPORTS_STREAM, REPORTS_DURABLE)
         assert (info.config.max_ack_pending, info.config.ack_wait) == (
-            REPORTS_MAX_ACK_PENDING,
+            REPORTS_BATCH,
             REPORTS_ACK_WAIT_S,
         )
     finally:

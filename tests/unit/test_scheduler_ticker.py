@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID, uuid4
 
 import pytest
 
 from baton_contracts.nats import DeadlineDue, DeadlineReply, LifecycleEvent, Problem
-from baton_timeout_scheduler.edges import MalformedEventError, apply, decode
-from baton_timeout_scheduler.store import Deadlines, DeadlineStore
+from baton_timeout_scheduler.edges import MalformedEventError, change_of, decode
+from baton_timeout_scheduler.store import Change, Deadlines, DeadlineStore
 from baton_timeout_scheduler.ticker import DispatcherUnavailableError, Ticker, backoff
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -182,13 +183,51 @@ def event(execution_id: UUID, type_: str, data: dict[str, object] | None = None)
 async def test_requested_stores_and_terminal_deletes(deadlines: Deadlines) -> None:
     execution_id = uuid4()
     due = (T0 + timedelta(seconds=30)).isoformat()
-    assert await apply(deadlines, event(execution_id, "Requested", {"deadline": due})) == "stored"
-    assert await apply(deadlines, event(execution_id, "Dispatched")) == "skipped"
+    requested = change_of(event(execution_id, "Requested", {"deadline": due}))
+    assert requested == Change(execution_id, "execution", T0 + timedelta(seconds=30))
+    assert change_of(event(execution_id, "Dispatched")) is None
+    await deadlines.apply([requested])
     row = await deadlines.get(execution_id)
     assert row is not None
     assert row.due_at == T0 + timedelta(seconds=30)
-    assert await apply(deadlines, event(execution_id, "Succeeded")) == "deleted"
+    succeeded = change_of(event(execution_id, "Succeeded"))
+    assert succeeded == Change(execution_id, "execution")
+    await deadlines.apply([succeeded])
     assert await deadlines.get(execution_id) is None
+
+
+async def test_a_batch_of_changes_is_applied_in_order_in_one_transaction(
+    deadlines: Deadlines,
+) -> None:
+    first, second = uuid4(), uuid4()
+    due = T0 + timedelta(seconds=30)
+    await deadlines.apply(
+        [Change(first, "execution", due), Change(second, "execution", due), Change(first)]
+    )
+    assert await deadlines.get(first) is None  # stored, then deleted by the later change
+    assert await deadlines.get(second) is not None
+
+
+async def test_a_batch_that_fails_stores_none_of_its_changes(
+    deadlines: Deadlines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept, lost, broken = uuid4(), uuid4(), uuid4()
+    due = T0 + timedelta(seconds=30)
+    await deadlines.apply([Change(kept, "execution", due)])
+    upsert = DeadlineStore._upsert
+
+    def failing(store: DeadlineStore, execution_id: UUID, due_at: datetime, kind: Any) -> None:
+        if execution_id == broken:
+            raise sqlite3.OperationalError("disk I/O error")
+        upsert(store, execution_id, due_at, kind)
+
+    monkeypatch.setattr(DeadlineStore, "_upsert", failing)
+    with pytest.raises(sqlite3.OperationalError):
+        await deadlines.apply(
+            [Change(lost, "execution", due), Change(kept), Change(broken, "execution", due)]
+        )
+    assert await deadlines.get(lost) is None
+    assert await deadlines.get(kept) is not None  # its delete was rolled back too
 
 
 @pytest.mark.parametrize(
@@ -205,4 +244,4 @@ async def test_requested_without_a_valid_deadline_is_malformed(
     deadlines: Deadlines, data: dict[str, object]
 ) -> None:
     with pytest.raises(MalformedEventError):
-        await apply(deadlines, event(uuid4(), "Requested", data))
+        change_of(event(uuid4(), "Requested", data))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from faststream.nats.annotations import NatsMessage
@@ -184,3 +185,62 @@ class DurableConsumer:
             except Exception:
                 log.exception("%s: handling %s failed; delivering it again", self.name, msg.subject)
                 await msg.nak(delay=1.0)
+
+
+BatchHandler = Callable[[list[Msg]], Awaitable[None]]
+
+
+class BatchingConsumer:
+    """A `DurableConsumer` whose messages are handled in batches: what arrived while the
+    previous batch was being handled (up to `batch`, in stream order) goes to `handle` at
+    once, so it can be stored in one transaction and acknowledged after it. `handle`
+    acknowledges each message (or not). Nothing waits when idle: a lone message is a batch
+    of one. The server sends at most `batch` unacknowledged, so a batch never waits for
+    messages behind a slow one.
+
+    `run` is the batching loop, for the owner to run as a task and cancel after `stop`.
+    """
+
+    def __init__(
+        self,
+        stream: str,
+        name: str,
+        filter_subjects: Sequence[str],
+        handle: BatchHandler,
+        batch: int = 256,
+        ack_wait: float = ACK_WAIT_S,
+    ) -> None:
+        self._handle = handle
+        self._batch = batch
+        self._inbox: deque[Msg] = deque()
+        self._ready = asyncio.Event()
+        self.consumer = DurableConsumer(
+            stream, name, filter_subjects, self._arrived, max_ack_pending=batch, ack_wait=ack_wait
+        )
+
+    async def start(self, js: JetStreamContext) -> None:
+        await self.consumer.start(js)
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+
+    async def _arrived(self, msg: Msg) -> None:
+        # Called in delivery order, one at a time.
+        self._inbox.append(msg)
+        self._ready.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._ready.wait()
+            size = min(len(self._inbox), self._batch)
+            batch = [self._inbox.popleft() for _ in range(size)]
+            if not self._inbox:
+                self._ready.clear()
+            try:
+                await self._handle(batch)
+            except Exception:
+                log.exception(
+                    "%s: a batch of %d failed; delivering it again", self.consumer.name, size
+                )
+                for msg in batch:
+                    await msg.nak(delay=1.0)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -32,7 +31,7 @@ from baton_contracts.nats import (
     StateReport,
 )
 from baton_dispatcher.writer import ReportResult, Writer
-from baton_platform.consumers import DurableConsumer
+from baton_platform.consumers import BatchingConsumer
 from baton_platform.deadletters import dead_letter
 from baton_platform.metrics import REJECTED_MESSAGES
 
@@ -41,10 +40,8 @@ log = logging.getLogger(__name__)
 SERVICE = "dispatcher"
 REPORTS_DURABLE = "baton-dispatcher-reports"
 MAX_DELIVERIES = 20
-# The most reports handed to the Writer at once; the server sends no more than this many
-# unacknowledged, so a batch never waits for reports behind a slow one.
+# The most reports handed to the Writer at once (and unacknowledged).
 REPORTS_BATCH = 256
-REPORTS_MAX_ACK_PENDING = REPORTS_BATCH
 # Short, since a stuck report holds back every report of its batch behind it.
 REPORTS_ACK_WAIT_S = 5.0
 
@@ -54,15 +51,12 @@ class ReportsConsumer:
         self._nc = nc
         self._js = nc.jetstream()
         self._writer = writer
-        self._inbox: deque[Msg] = deque()
-        self._ready = asyncio.Event()
-        # The platform's durable consumer delivers; its handler only queues, `run` batches.
-        self._consumer = DurableConsumer(
+        self._consumer = BatchingConsumer(
             REPORTS_STREAM,
             REPORTS_DURABLE,
             [REPORTS_WILDCARD],
-            self._arrived,
-            max_ack_pending=REPORTS_MAX_ACK_PENDING,
+            self._handle_batch,
+            batch=REPORTS_BATCH,
             ack_wait=REPORTS_ACK_WAIT_S,
         )
 
@@ -73,20 +67,13 @@ class ReportsConsumer:
     async def stop(self) -> None:
         await self._consumer.stop()
 
-    async def _arrived(self, msg: Msg) -> None:
-        # Called in delivery order, one at a time.
-        self._inbox.append(msg)
-        self._ready.set()
-
     async def run(self) -> None:
-        while True:
-            await self._ready.wait()
-            batch = [self._inbox.popleft() for _ in range(min(len(self._inbox), REPORTS_BATCH))]
-            if not self._inbox:
-                self._ready.clear()
-            # Each handler hands its report to the Writer before its first wait, so they
-            # queue there in stream order and land in the same transaction.
-            await asyncio.gather(*(self._handle(msg) for msg in batch))
+        await self._consumer.run()
+
+    async def _handle_batch(self, batch: list[Msg]) -> None:
+        # Each handler hands its report to the Writer before its first wait, so they
+        # queue there in stream order and land in the same transaction.
+        await asyncio.gather(*(self._handle(msg) for msg in batch))
 
     async def _handle(self, msg: Msg) -> None:
         try:

@@ -10,7 +10,7 @@ from nats.aio.client import Client
 from pydantic import ValidationError
 
 from baton_contracts.nats import DEADLINE_SUBJECT, DeadlineDue, DeadlineReply
-from baton_platform.consumers import DurableConsumer
+from baton_platform.consumers import BatchingConsumer
 from baton_platform.lifecycle import cancel_and_wait
 from baton_platform.nats import connect, ensure_streams
 from baton_platform.settings import Settings
@@ -51,8 +51,9 @@ class TimeoutScheduler:
         self.retry_cap = retry_cap
         self.deadlines: Deadlines | None = None
         self._nc: Client | None = None
-        self._events: DurableConsumer | None = None
+        self._events: BatchingConsumer | None = None
         self._ticker_task: asyncio.Task[None] | None = None
+        self._events_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -65,6 +66,7 @@ class TimeoutScheduler:
         await ensure_streams(js)
         self._events = events_consumer(self.deadlines)
         await self._events.start(js)
+        self._events_task = asyncio.create_task(self._events.run(), name="deadline-events")
         ticker = Ticker(
             self.deadlines,
             nats_requester(self._nc, settings.request_timeout),
@@ -85,6 +87,11 @@ class TimeoutScheduler:
         if self._events is not None:
             await self._events.stop()
             self._events = None
+        if self._events_task is not None:
+            # A batch cut short is not acknowledged: it comes back at the next start, and
+            # its changes are idempotent.
+            await cancel_and_wait(self._events_task)
+            self._events_task = None
         if self._nc is not None:
             await self._nc.close()
             self._nc = None

@@ -1,12 +1,14 @@
 """The scheduler's JetStream edge: lifecycle events in, deadline rows out.
 
-A durable consumer of BATON_EVENTS (`baton_platform.consumers.DurableConsumer`, plain
+A durable consumer of BATON_EVENTS (`baton_platform.consumers.BatchingConsumer`, plain
 nats-py), filtered on the server to the event types it acts on (`SUBJECTS`). `Requested`
 stores the execution's deadline, a terminal event deletes it; `VerificationRequired` and
-the verification's end do the same for the verification deadline. Each message is
-acknowledged only after its row is committed. A message that cannot be decoded is logged,
-counted and acknowledged (a poison message must not loop); a store error (database
-locked, disk full, ...) is negatively acknowledged with a delay so JetStream redelivers it.
+the verification's end do the same for the verification deadline. The events that arrived
+while the last batch was stored are stored together, in stream order, in one transaction
+(`BatchingConsumer`), and each is acknowledged only after it committed. A message that
+cannot be decoded is logged, counted and acknowledged (a poison message must not loop); a
+store error (database locked, disk full, ...) has the batch negatively acknowledged with
+a delay so JetStream redelivers it.
 
 Every message may arrive twice or out of order: a repeated `Requested` rewrites the same row;
 a `Requested` seen after its terminal event leaves a row that fires once and is answered
@@ -17,15 +19,14 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Literal
 
 from nats.aio.msg import Msg
 from pydantic import TypeAdapter, ValidationError
 
 from baton_contracts.nats import EVENTS_STREAM, LifecycleEvent, events_of_type
-from baton_platform.consumers import DurableConsumer
+from baton_platform.consumers import BatchingConsumer
 from baton_platform.metrics import REJECTED_MESSAGES
-from baton_timeout_scheduler.store import Deadlines
+from baton_timeout_scheduler.store import Change, Deadlines
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,10 @@ SUBJECTS = tuple(
     sorted(events_of_type(t) for t in DEADLINE_STARTS | TERMINAL_EVENTS | VERIFICATION_ENDS)
 )
 MAX_REDELIVERY_DELAY = 10.0
+# Events stored in one transaction at most (and unacknowledged at once).
+BATCH = 256
 
 _deadline = TypeAdapter(datetime)
-
-Effect = Literal["stored", "deleted", "skipped"]
 
 
 class MalformedEventError(ValueError):
@@ -74,47 +75,52 @@ def deadline_of(event: LifecycleEvent) -> datetime:
         ) from exc
 
 
-async def apply(deadlines: Deadlines, event: LifecycleEvent) -> Effect:
-    """The one thing an event does to the deadlines."""
+def change_of(event: LifecycleEvent) -> Change | None:
+    """The one thing an event does to the deadlines (None: nothing)."""
     if event.type == "Requested":
-        await deadlines.upsert(event.execution_id, deadline_of(event))
-        return "stored"
+        return Change(event.execution_id, "execution", deadline_of(event))
     if event.type == "VerificationRequired":
-        await deadlines.upsert(event.execution_id, deadline_of(event), "verification")
-        return "stored"
+        return Change(event.execution_id, "verification", deadline_of(event))
     if event.type in TERMINAL_EVENTS:
-        await deadlines.delete(event.execution_id)
-        return "deleted"
+        return Change(event.execution_id, "execution")
     if event.type in VERIFICATION_ENDS:
-        await deadlines.delete(event.execution_id, "verification")
-        return "deleted"
-    return "skipped"
+        return Change(event.execution_id, "verification")
+    return None
 
 
-def events_consumer(deadlines: Deadlines) -> DurableConsumer:
-    async def on_event(msg: Msg) -> None:
-        try:
-            event = decode(msg.data)
-            effect = await apply(deadlines, event)
-        except MalformedEventError as exc:
-            REJECTED_MESSAGES.labels(service=SERVICE, reason="malformed-event").inc()
-            log.warning("dropped a malformed message on %s: %s", msg.subject, exc)
-            await msg.ack()
+def events_consumer(deadlines: Deadlines) -> BatchingConsumer:
+    async def on_batch(batch: list[Msg]) -> None:
+        changes: list[Change] = []
+        applied: list[Msg] = []
+        for msg in batch:
+            try:
+                change = change_of(decode(msg.data))
+            except MalformedEventError as exc:
+                REJECTED_MESSAGES.labels(service=SERVICE, reason="malformed-event").inc()
+                log.warning("dropped a malformed message on %s: %s", msg.subject, exc)
+                await msg.ack()
+                continue
+            if change is not None:
+                changes.append(change)
+            applied.append(msg)
+        if not applied:
             return
-        except Exception as exc:  # the store failed: transient, have it redelivered
-            deliveries = msg.metadata.num_delivered or 1
+        try:
+            await deadlines.apply(changes)
+        except Exception as exc:  # the store failed: transient, have them redelivered
+            deliveries = max((m.metadata.num_delivered or 1) for m in applied)
             delay = min(0.2 * deliveries, MAX_REDELIVERY_DELAY)
             log.warning(
-                "could not apply %s (delivery %d): %s; redelivering in %.1fs",
-                msg.subject,
+                "could not apply %d event(s) (delivery %d): %s; redelivering in %.1fs",
+                len(applied),
                 deliveries,
                 exc,
                 delay,
             )
-            await msg.nak(delay=delay)
+            for msg in applied:
+                await msg.nak(delay=delay)
             return
-        if effect != "skipped":
-            log.debug("%s %s: deadline %s", event.type, event.execution_id, effect)
-        await msg.ack()
+        for msg in applied:
+            await msg.ack()
 
-    return DurableConsumer(EVENTS_STREAM, DURABLE, SUBJECTS, on_event)
+    return BatchingConsumer(EVENTS_STREAM, DURABLE, SUBJECTS, on_batch, batch=BATCH)

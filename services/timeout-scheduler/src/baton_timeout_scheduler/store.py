@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +53,16 @@ class Deadline:
     due_at: datetime
     attempts: int = 0
     kind: Kind = "execution"
+
+
+@dataclass(frozen=True)
+class Change:
+    """What one lifecycle event does to the deadlines: store `due_at` (or move the row to
+    it), or, when it is None, delete the row."""
+
+    execution_id: UUID
+    kind: Kind = "execution"
+    due_at: datetime | None = None
 
 
 def _to_seconds(moment: datetime) -> float:
@@ -95,24 +106,46 @@ class DeadlineStore:
 
     def upsert(self, execution_id: UUID, due_at: datetime, kind: Kind = "execution") -> None:
         """Remember (or move) the deadline; committed when this returns."""
-        due = _to_seconds(due_at)
         with self._lock:
-            self._db.execute(
-                "INSERT INTO deadlines (execution_id, kind, due_at, next_attempt, attempts)"
-                " VALUES (?, ?, ?, ?, 0)"
-                " ON CONFLICT (execution_id, kind) DO UPDATE SET"
-                " due_at = excluded.due_at, next_attempt = excluded.next_attempt, attempts = 0"
-                " WHERE deadlines.due_at != excluded.due_at",
-                (str(execution_id), kind, due, due),
-            )
+            self._upsert(execution_id, due_at, kind)
 
     def delete(self, execution_id: UUID, kind: Kind = "execution") -> bool:
         with self._lock:
-            cursor = self._db.execute(
-                "DELETE FROM deadlines WHERE execution_id = ? AND kind = ?",
-                (str(execution_id), kind),
-            )
-            return cursor.rowcount > 0
+            return self._delete(execution_id, kind)
+
+    def apply(self, changes: Sequence[Change]) -> None:
+        """Every change, in order, in one transaction (one fsync): committed when this
+        returns, or none of them if it raises."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for change in changes:
+                    if change.due_at is None:
+                        self._delete(change.execution_id, change.kind)
+                    else:
+                        self._upsert(change.execution_id, change.due_at, change.kind)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _upsert(self, execution_id: UUID, due_at: datetime, kind: Kind) -> None:
+        due = _to_seconds(due_at)
+        self._db.execute(
+            "INSERT INTO deadlines (execution_id, kind, due_at, next_attempt, attempts)"
+            " VALUES (?, ?, ?, ?, 0)"
+            " ON CONFLICT (execution_id, kind) DO UPDATE SET"
+            " due_at = excluded.due_at, next_attempt = excluded.next_attempt, attempts = 0"
+            " WHERE deadlines.due_at != excluded.due_at",
+            (str(execution_id), kind, due, due),
+        )
+
+    def _delete(self, execution_id: UUID, kind: Kind) -> bool:
+        cursor = self._db.execute(
+            "DELETE FROM deadlines WHERE execution_id = ? AND kind = ?",
+            (str(execution_id), kind),
+        )
+        return cursor.rowcount > 0
 
     def postpone(self, execution_id: UUID, until: datetime, kind: Kind = "execution") -> int:
         """Not fired this time: try again at `until`. Returns the attempts so far."""
@@ -172,6 +205,9 @@ class Deadlines:
 
     async def delete(self, execution_id: UUID, kind: Kind = "execution") -> bool:
         return await asyncio.to_thread(self.store.delete, execution_id, kind)
+
+    async def apply(self, changes: Sequence[Change]) -> None:
+        await asyncio.to_thread(self.store.apply, changes)
 
     async def postpone(self, execution_id: UUID, until: datetime, kind: Kind = "execution") -> int:
         return await asyncio.to_thread(self.store.postpone, execution_id, until, kind)
