@@ -41,6 +41,12 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="seconds between two looks for expired ephemerals"
     )
     request_timeout: float = Field(default=5.0, gt=0, description="NATS request timeout, s")
+    rate_limit: float = Field(
+        default=1000.0,
+        ge=0,
+        description="requests a second one API key may send on average (per api process); 0: off",
+    )
+    rate_burst: int = Field(default=2000, ge=1, description="requests one API key may send at once")
 
     # service behaviour
     instance: str = "default"

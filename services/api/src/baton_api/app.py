@@ -36,6 +36,7 @@ from baton_api.nats_link import NatsLink
 from baton_api.openapi import declare_problems
 from baton_api.problems import problem_handler
 from baton_api.projector import ProjectionRunner
+from baton_api.rate_limits import RateLimits
 from baton_api.retention import RetentionSweeper
 from baton_api.schemas import request_body_plugin
 from baton_api.service import ExecutionService
@@ -139,7 +140,8 @@ def create_app(
         finally:
             await parts.stop()
 
-    auth = DefineMiddleware(ApiKeyMiddleware, keys=keys, admin_keys=admin_keys)
+    limits = RateLimits(settings.rate_limit, settings.rate_burst)
+    auth = DefineMiddleware(ApiKeyMiddleware, keys=keys, admin_keys=admin_keys, limits=limits)
     v1 = Router(
         "/v1",
         route_handlers=[

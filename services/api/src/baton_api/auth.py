@@ -2,13 +2,16 @@
 
 A middleware (not a guard), so that it runs before any handler and its failures reach the
 one problem handler. The authenticated user is the key's principal: a short hash that
-identifies the key in events and logs without ever storing the key itself.
+identifies the key in events and logs without ever storing the key itself. Each key's
+requests are then counted against its rate limit (baton_api.rate_limits): over it, `429
+rate-limited` with `Retry-After`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 from collections.abc import Sequence
 
 from litestar.connection import ASGIConnection
@@ -16,6 +19,10 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.types import ASGIApp
+
+from baton_api.problems import ProblemError, problem
+from baton_api.rate_limits import RateLimits
+from baton_platform.metrics import REJECTED_MESSAGES
 
 API_KEY_HEADER = "X-API-Key"
 
@@ -38,8 +45,15 @@ TOKEN_HEADERS = (API_KEY_HEADER, "X-Enapter-Auth-Token")
 class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
     """The user is the key's principal; `auth` its role (`admin` keys may delete and purge)."""
 
-    def __init__(self, app: ASGIApp, keys: Sequence[str], admin_keys: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: Sequence[str],
+        admin_keys: Sequence[str] = (),
+        limits: RateLimits | None = None,
+    ) -> None:
         super().__init__(app)
+        self._limits = limits or RateLimits(0, 1)
         admins = set(admin_keys)
         self._keys = [
             (_digest(k), principal_of(k), ADMIN if k in admins else USER)
@@ -60,6 +74,15 @@ class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
         if not matches:
             raise NotAuthorizedException("the API key is not valid")
         principal, role = matches[0]
+        wait = self._limits.take(principal)
+        if wait is not None:
+            REJECTED_MESSAGES.labels(service="api", reason="rate-limited").inc()
+            detail = (
+                f"this API key may send {self._limits.rate:g} requests a second "
+                f"({self._limits.burst} at once); try again in {wait:.2f} s"
+            )
+            refused = problem(429, "rate-limited", detail)
+            raise ProblemError(refused, {"Retry-After": str(max(1, math.ceil(wait)))})
         return AuthenticationResult(user=principal, auth=role)
 
 

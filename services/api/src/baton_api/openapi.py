@@ -15,7 +15,7 @@ with a `$ref` to `ProblemOut`, the statuses its shape can give:
 | 409 | it asks the dispatcher to change something (illegal transition, conflict, key reuse) |
 | 413 | it reads a body (the body size limit) |
 | 422 | it reads a body or parameters; every `/v1` route (unknown query parameters) |
-| 429 | it submits a command (cooldown active, queue full) |
+| 429 | behind the API-key check (its rate limit), or it submits (cooldown, full queue) |
 | 503 | it asks the dispatcher (unreachable, no answer in time) |
 
 The rules read the document (parameters, body, security) and the route handlers (guards,
@@ -69,7 +69,7 @@ DESCRIPTIONS = {
     409: "The request conflicts with the current state.",
     413: "The body is larger than the api accepts.",
     422: "The request is not valid; `errors` names each field and why.",
-    429: "Not now (cooldown, full queue): retry after `Retry-After` seconds.",
+    429: "Not now (the key's rate limit; cooldown, full queue): retry after `Retry-After` seconds.",
     503: "The dispatcher cannot be reached or did not answer; see `detail`.",
 }
 RETRY_AFTER = OpenAPIHeader(
@@ -133,7 +133,7 @@ def problem_statuses(
         409: dispatcher,
         413: has_body,
         422: has_body or has_params or path.startswith("/v1/"),
-        429: submits,
+        429: submits or bool(operation.security),
         503: dispatcher,
     }
     return [status for status, applies in wanted.items() if applies]
