@@ -16,6 +16,7 @@ import pytest
 from litestar.testing import TestClient
 
 from baton_api.app import create_app
+from baton_api.auth import principal_of
 from baton_api.inmemory import InMemoryGateway
 from baton_contracts.nats import ExecutionReply, SubmitCommand
 from baton_domain.application import Executions
@@ -356,6 +357,20 @@ def test_cancel_then_cancel_again(client: TestClient[Any]) -> None:
     assert client.get(f"/v1/executions/{execution_id}", headers=AUTH).json()["status"] == (
         "CANCELED"
     )
+
+
+def test_the_events_name_the_key_that_asked(
+    client: TestClient[Any], executions: Executions
+) -> None:
+    execution_id = UUID(submit(client).json()["id"])
+    client.post(f"/v1/executions/{execution_id}/cancel", headers=AUTH)
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    assert client.delete(f"/v1/executions/{execution_id}", headers=admin).status_code == 204
+    events = executions.events_of(execution_id)
+    who = {type(e).__name__: getattr(e, "requested_by", getattr(e, "by", None)) for e in events}
+    assert who["Requested"] == who["Canceled"] == principal_of(KEY)
+    assert who["Deleted"] == principal_of(ADMIN_KEY)
+    assert KEY not in str(events) and ADMIN_KEY not in str(events)  # never the key itself
 
 
 def test_cancel_of_a_missing_execution_is_404(client: TestClient[Any]) -> None:

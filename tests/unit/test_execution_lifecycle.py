@@ -41,6 +41,7 @@ def new_execution(dispatch: bool = True) -> CommandExecution:
         requested_name="reboot",
         ephemeral=False,
         retry_of=None,
+        requested_by="key:test",
     )
     if dispatch:
         execution.dispatch()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -18,6 +18,7 @@ from baton_domain.errors import (
     InvalidCommand,
     UnknownDevice,
 )
+from baton_domain.execution import CommandExecution
 from baton_domain.statuses import AnswerStatus, ExecutionStatus
 
 DEMO = Path(__file__).resolve().parents[2] / "deploy" / "catalog" / "demo.yaml"
@@ -171,3 +172,49 @@ def test_an_alias_is_recorded_with_its_manifest_name(env: dict[str, str], tmp_pa
     assert (execution.execution.name, execution.execution.requested_name) == (
         "change_lux", "change_color_temperature",
     )  # fmt: skip
+
+
+def test_who_asked_is_recorded_on_every_event_a_caller_caused(env: dict[str, str]) -> None:
+    """requested, canceled, retried, deleted, purged: each names its caller; what Baton did
+    on its own (dispatching, a deadline) names nobody. Read back from the store."""
+    app = Executions(Catalog.from_yaml(DEMO), env=env, clock=Clock())
+    command = RequestCommand("demo-thermostat-1", "self_test", {}, 7, principal="key:alice")
+    first = app.request(command).execution.id
+    app.cancel(first, "stop", by="key:bob")
+    second = app.retry(first, "key:carol", "api").execution.id
+    app.delete(second, "by admin", by="key:admin")  # running: canceled, then deleted
+    third = app.request(RequestCommand("demo-thermostat-2", "self_test", {}, 7)).execution.id
+    app.purge([third], "purged", by="baton:retention")
+
+    def by(execution_id: UUID) -> list[tuple[str, str | None]]:
+        found = []
+        for event in app.events_of(execution_id):
+            who = getattr(event, "requested_by", getattr(event, "by", "-"))
+            if who != "-":
+                found.append((type(event).__name__, who))
+        return found
+
+    assert by(first) == [
+        ("Requested", "key:alice"), ("Canceled", "key:bob"), ("Retried", "key:carol"),
+    ]  # fmt: skip
+    assert by(second) == [
+        ("Requested", "key:carol"), ("Canceled", "key:admin"), ("Deleted", "key:admin"),
+    ]  # fmt: skip
+    assert by(third) == [
+        ("Requested", "anonymous"), ("Canceled", "baton:retention"), ("Deleted", "baton:retention"),
+    ]  # fmt: skip
+
+
+def test_events_stored_before_who_asked_was_recorded_read_as_nobody() -> None:
+    requested: dict[str, object] = {"name": "reboot"}
+    CommandExecution.Requested.upcast_v1_v2(requested)
+    CommandExecution.Requested.upcast_v2_v3(requested)
+    assert requested["requested_by"] is None
+    for event_class in (
+        CommandExecution.Canceled,
+        CommandExecution.Retried,
+        CommandExecution.Deleted,
+    ):
+        state: dict[str, object] = {}
+        event_class.upcast_v1_v2(state)  # type: ignore[attr-defined]
+        assert state == {"by": None}

@@ -154,6 +154,7 @@ class ExecutionReply(WireModel):
 class CancelCommand(WireModel):
     execution_id: UUID
     reason: str = "canceled by request"
+    principal: str = "anonymous"  # who asked: recorded on the event
 
 
 class RetryCommand(WireModel):
@@ -165,11 +166,13 @@ class RetryCommand(WireModel):
 class DeleteCommand(WireModel):
     execution_id: UUID
     reason: str = "deleted by request"
+    principal: str = "anonymous"
 
 
 class PurgeCommand(WireModel):
     execution_ids: list[UUID] = Field(max_length=10_000)
     reason: str = "purged"
+    principal: str = "anonymous"
 
 
 class PurgeReply(WireModel):

@@ -286,20 +286,22 @@ class Executions(Application[UUID]):
             source=source,
             ephemeral=old.ephemeral,
         )
-        old.record_retry(uuid4())  # the guard first: only an ended execution is retried
+        old.record_retry(uuid4(), by=principal)  # the guard first: only an ended one is retried
         new, queue = self._admit(command, old.retries[-1], retry_of=old.id)
         # One transaction: neither link exists without the other.
         recordings = self.save(new, old, queue)
         return Outcome(new, changed=True, position=self._stored(recordings), created=True)
 
-    def delete(self, execution_id: UUID, reason: str) -> Outcome:
+    def delete(self, execution_id: UUID, reason: str, by: str | None = None) -> Outcome:
         def _delete(execution: CommandExecution) -> bool:
-            execution.delete(reason)
+            execution.delete(reason, by)
             return True
 
         return self._update(execution_id, _delete)
 
-    def purge(self, execution_ids: list[UUID], reason: str) -> tuple[int, int | None]:
+    def purge(
+        self, execution_ids: list[UUID], reason: str, by: str | None = None
+    ) -> tuple[int, int | None]:
         """Delete every execution of `execution_ids` that still exists, in one transaction.
 
         Returns (how many were deleted, the position of the last stored event)."""
@@ -310,7 +312,7 @@ class Executions(Application[UUID]):
                 execution = self.get(execution_id)
             except ExecutionNotFound:
                 continue  # deleted meanwhile: nothing left to do
-            execution.delete(reason)
+            execution.delete(reason, by)
             found.append(execution)
             queue = queues.get(execution.device_id) or self._queue(execution.device_id)
             if queue.finish(execution.id):
@@ -343,9 +345,9 @@ class Executions(Application[UUID]):
             return self._update(execution_id, lambda e: e.reach_verification_deadline(self.clock()))
         return self._update(execution_id, lambda e: e.reach_deadline(self.clock()))
 
-    def cancel(self, execution_id: UUID, reason: str) -> Outcome:
+    def cancel(self, execution_id: UUID, reason: str, by: str | None = None) -> Outcome:
         def _cancel(execution: CommandExecution) -> bool:
-            execution.cancel(reason)
+            execution.cancel(reason, by)
             return True
 
         return self._update(execution_id, _cancel)
@@ -489,6 +491,7 @@ class Executions(Application[UUID]):
             requested_name=resolved.requested_name,
             ephemeral=command.ephemeral,
             retry_of=retry_of,
+            requested_by=command.principal,
         )
         rule = resolved.verification
         if rule is not None:

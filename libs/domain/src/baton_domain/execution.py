@@ -48,8 +48,9 @@ class CommandExecution(Aggregate):
 
     class Requested(Aggregate.Created):
         TOPIC = f"{_T}:Requested"
-        # v2 added requested_name (the alias a request used), ephemeral and retry_of.
-        class_version = 2
+        # v2 added requested_name (the alias a request used), ephemeral and retry_of;
+        # v3 requested_by (who asked: an API key's principal, a NATS caller's).
+        class_version = 3
         device_id: str
         device_type: str
         name: str
@@ -62,12 +63,17 @@ class CommandExecution(Aggregate):
         requested_name: str
         ephemeral: bool
         retry_of: UUID | None
+        requested_by: str | None
 
         @staticmethod
         def upcast_v1_v2(state: JSON) -> None:
             state["requested_name"] = state["name"]
             state["ephemeral"] = False
             state["retry_of"] = None
+
+        @staticmethod
+        def upcast_v2_v3(state: JSON) -> None:
+            state["requested_by"] = None  # stored before who asked was recorded
 
     class Dispatched(Aggregate.Event):
         """Released for delivery; carries what the bridge needs to publish it."""
@@ -116,9 +122,15 @@ class CommandExecution(Aggregate):
 
     class Canceled(Aggregate.Event):
         TOPIC = f"{_T}:Canceled"
+        class_version = 2  # v2 added `by`: who asked (None: Baton itself, or not recorded)
         reason: str
         device_id: str
         notify_device: bool
+        by: str | None
+
+        @staticmethod
+        def upcast_v1_v2(state: JSON) -> None:
+            state["by"] = None
 
     class VerificationRequired(Aggregate.Event):
         """The device's reported state must show `field == equals` by `deadline`."""
@@ -147,13 +159,25 @@ class CommandExecution(Aggregate):
         """A new execution was made from this one (its `retry_of` points back here)."""
 
         TOPIC = f"{_T}:Retried"
+        class_version = 2  # v2 added `by`
         retry_id: UUID
+        by: str | None
+
+        @staticmethod
+        def upcast_v1_v2(state: JSON) -> None:
+            state["by"] = None
 
     class Deleted(Aggregate.Event):
         """Removed from every view; the stream itself keeps everything, this included."""
 
         TOPIC = f"{_T}:Deleted"
+        class_version = 2  # v2 added `by`
         reason: str
+        by: str | None
+
+        @staticmethod
+        def upcast_v1_v2(state: JSON) -> None:
+            state["by"] = None
 
     # --- creation -------------------------------------------------------------------------
 
@@ -173,6 +197,7 @@ class CommandExecution(Aggregate):
         requested_name: str,
         ephemeral: bool,
         retry_of: UUID | None,
+        requested_by: str | None,
     ) -> None:
         self.device_id = device_id
         self.device_type = device_type
@@ -186,6 +211,7 @@ class CommandExecution(Aggregate):
         self.requested_name = requested_name
         self.ephemeral = ephemeral
         self.retry_of = retry_of
+        self.requested_by = requested_by
         self.retries: list[UUID] = []
         self.deleted = False
         self.verification: JSON | None = None  # {status, completed_at, error}
@@ -294,11 +320,13 @@ class CommandExecution(Aggregate):
         self._end_verification(now)
         return True
 
-    def cancel(self, reason: str) -> None:
+    def cancel(self, reason: str, by: str | None = None) -> None:
         if self.is_terminal:
             raise IllegalTransition(self._describe(), "cancel")
         # A dispatched request may already be on the device, so tell it.
-        self._canceled(reason=reason, device_id=self.device_id, notify_device=self.dispatched)
+        self._canceled(
+            reason=reason, device_id=self.device_id, notify_device=self.dispatched, by=by
+        )
         self._end_verification(self.modified_on)
 
     # --- verification ----------------------------------------------------------------------
@@ -344,21 +372,21 @@ class CommandExecution(Aggregate):
                 at=at,
             )
 
-    def record_retry(self, retry_id: UUID) -> None:
+    def record_retry(self, retry_id: UUID, by: str | None = None) -> None:
         """Link the execution made to retry this one; only an ended execution is retried."""
         if not self.is_terminal:
             raise IllegalTransition(self._describe(), "retry")
-        self._retried(retry_id=retry_id)
+        self._retried(retry_id=retry_id, by=by)
 
-    def delete(self, reason: str) -> None:
+    def delete(self, reason: str, by: str | None = None) -> None:
         """Remove from the views. One still running is canceled first (the device is told)."""
         if self.deleted:
             raise IllegalTransition("deleted", "delete")
         if not self.is_terminal:
-            self.cancel(reason)
+            self.cancel(reason, by)
         elif self.verifying:
             self._verification_canceled(at=self.modified_on)
-        self._deleted(reason=reason)
+        self._deleted(reason=reason, by=by)
 
     # --- events (state changes only) --------------------------------------------------------
 
@@ -417,7 +445,7 @@ class CommandExecution(Aggregate):
         self.error = expiry_error(self.ttl)
 
     @event(Canceled)
-    def _canceled(self, reason: str, device_id: str, notify_device: bool) -> None:
+    def _canceled(self, reason: str, device_id: str, notify_device: bool, by: str | None) -> None:
         self.status = ExecutionStatus.CANCELED
         self.cancel_reason = reason
         self.error = cancel_error(reason)
@@ -440,11 +468,11 @@ class CommandExecution(Aggregate):
         self.verification = verification_state("CANCELED", at)
 
     @event(Retried)
-    def _retried(self, retry_id: UUID) -> None:
+    def _retried(self, retry_id: UUID, by: str | None) -> None:
         self.retries.append(retry_id)
 
     @event(Deleted)
-    def _deleted(self, reason: str) -> None:
+    def _deleted(self, reason: str, by: str | None) -> None:
         self.deleted = True
 
     def _describe(self) -> str:

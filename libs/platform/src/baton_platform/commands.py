@@ -47,7 +47,9 @@ class CommandHandlers:
         return self._reply(lambda: self.executions.request(request))
 
     def cancel(self, command: CancelCommand) -> ExecutionReply:
-        return self._reply(lambda: self.executions.cancel(command.execution_id, command.reason))
+        return self._reply(
+            lambda: self.executions.cancel(command.execution_id, command.reason, command.principal)
+        )
 
     def retry(self, command: RetryCommand) -> ExecutionReply:
         return self._reply(
@@ -55,11 +57,15 @@ class CommandHandlers:
         )
 
     def delete(self, command: DeleteCommand) -> ExecutionReply:
-        return self._reply(lambda: self.executions.delete(command.execution_id, command.reason))
+        return self._reply(
+            lambda: self.executions.delete(command.execution_id, command.reason, command.principal)
+        )
 
     def purge(self, command: PurgeCommand) -> PurgeReply:
         try:
-            deleted, position = self.executions.purge(command.execution_ids, command.reason)
+            deleted, position = self.executions.purge(
+                command.execution_ids, command.reason, command.principal
+            )
         except DomainError as exc:
             return PurgeReply(problem=problem_for(exc))
         return PurgeReply(deleted=deleted, position=position)

@@ -169,13 +169,14 @@ class ExecutionController(Controller):
     @post("/{execution_id:str}/cancel", status_code=200)
     async def cancel_execution(
         self,
+        request: Request[str, str, Any],
         service: NamedDependency[ExecutionService],
         execution_id: FromPath[UUID],
         data: JSONBody[CancelRequest | None] = None,
     ) -> ExecutionOut:
         """Cancel an execution that has not ended; 409 if it has."""
         reason = data.reason if data is not None else None
-        return ExecutionOut.of(await service.cancel(execution_id, reason))
+        return ExecutionOut.of(await service.cancel(execution_id, reason, request.user))
 
     @post("/{execution_id:str}/retry", status_code=201)
     async def retry_execution(
@@ -193,19 +194,26 @@ class ExecutionController(Controller):
 
     @delete("/{execution_id:str}", status_code=204, guards=[admin_only])
     async def delete_execution(
-        self, service: NamedDependency[ExecutionService], execution_id: FromPath[UUID]
+        self,
+        request: Request[str, str, Any],
+        service: NamedDependency[ExecutionService],
+        execution_id: FromPath[UUID],
     ) -> None:
         """Admin: remove an execution from every view (its stream records the deletion).
         One still running is canceled first."""
-        await service.delete(execution_id, "deleted by an admin")
+        await service.delete(execution_id, "deleted by an admin", request.user)
 
     @post("/purge", status_code=200, guards=[admin_only])
     async def purge_executions(
-        self, service: NamedDependency[ExecutionService], data: JSONBody[PurgeRequest]
+        self,
+        request: Request[str, str, Any],
+        service: NamedDependency[ExecutionService],
+        data: JSONBody[PurgeRequest],
     ) -> PurgeOut:
         """Admin: delete every execution created more than `older_than_days` ago."""
         cutoff = datetime.now(UTC) - timedelta(days=data.older_than_days)
-        deleted = await service.purge(cutoff, f"purged: older than {data.older_than_days:g} days")
+        reason = f"purged: older than {data.older_than_days:g} days"
+        deleted = await service.purge(cutoff, reason, request.user)
         return PurgeOut(deleted=deleted, cutoff=cutoff)
 
 

@@ -15,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 from baton_api.service import ExecutionService
 
 log = logging.getLogger(__name__)
+# Who the retention sweep's deletions are recorded as: Baton itself, not a key.
+RETENTION_PRINCIPAL = "baton:retention"
 
 Clock = Callable[[], datetime]
 
@@ -36,7 +38,7 @@ class RetentionSweeper:
         """Purge the ephemeral executions past the retention period; returns how many."""
         cutoff = self._clock() - self._retention
         deleted = await self._service.purge(
-            cutoff, "ephemeral: past its retention period", ephemeral_only=True
+            cutoff, "ephemeral: past its retention period", RETENTION_PRINCIPAL, ephemeral_only=True
         )
         if deleted:
             log.info("purged %d ephemeral execution(s) created before %s", deleted, cutoff)

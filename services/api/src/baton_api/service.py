@@ -70,8 +70,14 @@ class ExecutionService:
                 return Submitted(ended, state.created)
         return Submitted(state.execution, state.created)
 
-    async def cancel(self, execution_id: UUID, reason: str | None) -> ExecutionState:
-        command = CancelCommand(execution_id=execution_id, reason=reason or DEFAULT_CANCEL_REASON)
+    async def cancel(
+        self, execution_id: UUID, reason: str | None, principal: str
+    ) -> ExecutionState:
+        command = CancelCommand(
+            execution_id=execution_id,
+            reason=reason or DEFAULT_CANCEL_REASON,
+            principal=principal,
+        )
         return (await self._written(await self._gateway.cancel(command))).execution
 
     async def retry(self, execution_id: UUID, principal: str, source: str) -> ExecutionState:
@@ -79,18 +85,21 @@ class ExecutionService:
         command = RetryCommand(execution_id=execution_id, principal=principal, source=source)
         return (await self._written(await self._gateway.retry(command))).execution
 
-    async def delete(self, execution_id: UUID, reason: str) -> None:
-        command = DeleteCommand(execution_id=execution_id, reason=reason)
+    async def delete(self, execution_id: UUID, reason: str, principal: str) -> None:
+        command = DeleteCommand(execution_id=execution_id, reason=reason, principal=principal)
         await self._written(await self._gateway.delete(command))
 
-    async def purge(self, cutoff: datetime, reason: str, ephemeral_only: bool = False) -> int:
+    async def purge(
+        self, cutoff: datetime, reason: str, principal: str, ephemeral_only: bool = False
+    ) -> int:
         """Delete every execution (or every ephemeral one) created before `cutoff`;
-        returns how many."""
+        returns how many. `principal`: who asked, recorded on every `Deleted`."""
         deleted = 0
         while ids := await asyncio.to_thread(
             self._views.ids_created_before, cutoff, PURGE_BATCH, ephemeral_only
         ):
-            reply = await self._gateway.purge(PurgeCommand(execution_ids=ids, reason=reason))
+            purge = PurgeCommand(execution_ids=ids, reason=reason, principal=principal)
+            reply = await self._gateway.purge(purge)
             if reply.problem is not None:
                 raise ProblemError(reply.problem)
             if reply.position is None:

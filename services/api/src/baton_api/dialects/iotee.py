@@ -193,10 +193,14 @@ class IoteeCommandController(Controller):
 
     @delete("/{command_id:str}", status_code=200, guards=[admin_only])
     async def iotee_delete_command(
-        self, service: NamedDependency[ExecutionService], command_id: FromPath[str]
+        self,
+        request: Request[str, Any, Any],
+        service: NamedDependency[ExecutionService],
+        command_id: FromPath[str],
     ) -> IoteeDeleted:
         """Admin: delete a command (one still running is canceled first)."""
-        await service.delete(parse_execution_id(command_id), "deleted by an admin (iotee)")
+        execution_id = parse_execution_id(command_id)
+        await service.delete(execution_id, "deleted by an admin (iotee)", request.user)
         return IoteeDeleted(deleted=command_id)
 
     @post("/{command_id:str}/retry", status_code=200, guards=[admin_only])
@@ -218,9 +222,13 @@ class IoteeCommandController(Controller):
 
     @post("/purge", status_code=200, guards=[admin_only])
     async def iotee_purge_commands(
-        self, service: NamedDependency[ExecutionService], data: JSONBody[IoteePurgeRequest]
+        self,
+        request: Request[str, Any, Any],
+        service: NamedDependency[ExecutionService],
+        data: JSONBody[IoteePurgeRequest],
     ) -> IoteePurged:
         """Admin: delete every command created more than `older_than_days` ago."""
         cutoff = datetime.now(UTC) - timedelta(days=data.older_than_days)
-        deleted = await service.purge(cutoff, f"purged: older than {data.older_than_days:g} days")
+        reason = f"purged: older than {data.older_than_days:g} days"
+        deleted = await service.purge(cutoff, reason, request.user)
         return IoteePurged(cutoff_date=iso_millis(cutoff), deleted=deleted)
