@@ -125,14 +125,14 @@ class DurableConsumer:
         self._js: JetStreamContext | None = None
         # The stream sequence up to which messages come back that an earlier instance had
         # been delivered (they come back as first deliveries: the reset forgets the count).
-        self.inherited_upto: int | None = None
+        self._inherited_upto: int | None = None
         self._caught_up = False
 
     async def start(self, js: JetStreamContext) -> None:
         """From the start of the stream the first time (nothing relayed before the service
         first ran is missed), then from where it left off."""
         self._js = js
-        self.inherited_upto = await resume_in_order(
+        self._inherited_upto = await resume_in_order(
             js, self.stream, self.name, self._max_ack_pending, self._ack_wait, self.filter_subjects
         )
         self._stopping = False
@@ -151,6 +151,13 @@ class DurableConsumer:
             config=config,
         )
 
+    def delivered_before(self, msg: Msg) -> bool:
+        """Whether `msg` was delivered before: to this instance (JetStream counts it), or to
+        an earlier one (the reset at start counts from 1 again, so by where that one had got)."""
+        meta = msg.metadata
+        upto = self._inherited_upto
+        return (meta.num_delivered or 1) > 1 or (upto is not None and meta.sequence.stream <= upto)
+
     async def caught_up(self) -> bool:
         """Whether every message an earlier instance was handling when this one started is
         acknowledged (False until started; asks the server until then, cheap after)."""
@@ -158,7 +165,7 @@ class DurableConsumer:
             return True
         if self._js is None:
             return False  # not started
-        upto = self.inherited_upto
+        upto = self._inherited_upto
         if upto is not None:
             info = await self._js.consumer_info(self.stream, self.name)
             floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0

@@ -106,10 +106,7 @@ def events_consumer(
     async def on_event(message: Msg) -> None:
         meta = message.metadata
         seq = meta.sequence.stream
-        # Delivered before: to this process (counted), or to an earlier one (up to where
-        # the consumer was reset at start, which counts from 1 again).
-        upto = consumer.inherited_upto
-        earlier = (meta.num_delivered or 1) > 1 or (upto is not None and seq <= upto)
+        earlier = consumer.delivered_before(message)
         attempt = handovers.begin(seq, earlier, meta.timestamp, datetime.now(UTC))
         if await handle(message, attempt):
             handovers.done(seq)
