@@ -6,7 +6,15 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    model_validator,
+)
 
 # --- subjects ------------------------------------------------------------------------------
 
@@ -112,11 +120,20 @@ MAX_COMMAND_BYTES = 512 * 1024
 # --- submit / cancel -----------------------------------------------------------------------
 
 
+# A tenant's id: a single NATS subject token (no dots, no wildcards) and a URL segment.
+TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+DEFAULT_TENANT = "default"
+Tenant = Annotated[str, StringConstraints(pattern=TENANT_PATTERN)]
+# A client bound to one tenant submits here; the dispatcher takes the tenant from the
+# subject (which the client's NATS permissions fix), never from the message.
+TENANT_SUBMIT_SUBJECT = "baton.v1.tenants.{tenant}.commands.submit"
+
 # At least one character that is not white space: an empty key is no key, and refused.
 IDEMPOTENCY_KEY_PATTERN = r"\S"
 
 
 class SubmitCommand(WireModel):
+    tenant: Tenant = DEFAULT_TENANT  # whose objects it reads and changes
     device_id: str
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
@@ -152,24 +169,28 @@ class ExecutionReply(WireModel):
 
 
 class CancelCommand(WireModel):
+    tenant: Tenant = DEFAULT_TENANT  # whose objects it reads and changes
     execution_id: UUID
     reason: str = "canceled by request"
     principal: str = "anonymous"  # who asked: recorded on the event
 
 
 class RetryCommand(WireModel):
+    tenant: Tenant = DEFAULT_TENANT  # whose objects it reads and changes
     execution_id: UUID
     principal: str = "anonymous"
     source: str = "nats"
 
 
 class DeleteCommand(WireModel):
+    tenant: Tenant = DEFAULT_TENANT  # whose objects it reads and changes
     execution_id: UUID
     reason: str = "deleted by request"
     principal: str = "anonymous"
 
 
 class PurgeCommand(WireModel):
+    tenant: Tenant = DEFAULT_TENANT  # whose objects it reads and changes
     execution_ids: list[UUID] = Field(max_length=10_000)
     reason: str = "purged"
     principal: str = "anonymous"
@@ -184,6 +205,7 @@ class PurgeReply(WireModel):
 class CatalogChange(WireModel):
     """One change of the catalog; only the fields of its `op` are used."""
 
+    tenant: Tenant = DEFAULT_TENANT  # whose objects it reads and changes
     # create-*: add, a catalog-conflict problem if it exists; put-*: add or replace.
     op: Literal[
         "import",
@@ -203,6 +225,8 @@ class CatalogChange(WireModel):
 
 class CatalogQuery(WireModel):
     """Ask for the catalog document (send `{}`)."""
+
+    tenant: Tenant = DEFAULT_TENANT  # whose objects it reads and changes
 
 
 class CatalogReply(WireModel):
