@@ -70,12 +70,13 @@ def executions() -> Executions:
     return Executions(Catalog.from_yaml(DEMO), env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
 
 
-def client_for(tmp_path: Path, gateway: InMemoryGateway) -> TestClient[Any]:
+def client_for(tmp_path: Path, gateway: InMemoryGateway, **overrides: Any) -> TestClient[Any]:
     settings = Settings(
         data_dir=tmp_path,
         api_keys=KEY,
         admin_api_keys=ADMIN_KEY,
         projection_poll_interval=0.05,
+        **overrides,
     )
     app = create_app(settings, gateway=gateway, executions=gateway.executions)
     return TestClient(app, raise_server_exceptions=False)

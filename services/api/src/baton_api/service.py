@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID, uuid4
 
+from baton_api.auth import Identity
 from baton_api.gateway import CommandGateway
 from baton_api.problems import ProblemError, problem
 from baton_api.projector import ProjectionRunner
@@ -70,35 +71,46 @@ class ExecutionService:
                 return Submitted(ended, state.created)
         return Submitted(state.execution, state.created)
 
-    async def cancel(
-        self, execution_id: UUID, reason: str | None, principal: str
-    ) -> ExecutionState:
+    async def cancel(self, execution_id: UUID, reason: str | None, by: Identity) -> ExecutionState:
         command = CancelCommand(
             execution_id=execution_id,
             reason=reason or DEFAULT_CANCEL_REASON,
-            principal=principal,
+            principal=by.principal,
+            tenant=by.tenant,
         )
         return (await self._written(await self._gateway.cancel(command))).execution
 
-    async def retry(self, execution_id: UUID, principal: str, source: str) -> ExecutionState:
+    async def retry(self, execution_id: UUID, by: Identity, source: str) -> ExecutionState:
         """A new execution of the same command; both are linked to each other."""
-        command = RetryCommand(execution_id=execution_id, principal=principal, source=source)
+        command = RetryCommand(
+            execution_id=execution_id, principal=by.principal, tenant=by.tenant, source=source
+        )
         return (await self._written(await self._gateway.retry(command))).execution
 
-    async def delete(self, execution_id: UUID, reason: str, principal: str) -> None:
-        command = DeleteCommand(execution_id=execution_id, reason=reason, principal=principal)
+    async def delete(self, execution_id: UUID, reason: str, by: Identity) -> None:
+        command = DeleteCommand(
+            execution_id=execution_id, reason=reason, principal=by.principal, tenant=by.tenant
+        )
         await self._written(await self._gateway.delete(command))
 
     async def purge(
-        self, cutoff: datetime, reason: str, principal: str, ephemeral_only: bool = False
+        self,
+        cutoff: datetime,
+        reason: str,
+        principal: str,
+        ephemeral_only: bool = False,
+        tenant: str | None = None,
     ) -> int:
-        """Delete every execution (or every ephemeral one) created before `cutoff`;
-        returns how many. `principal`: who asked, recorded on every `Deleted`."""
+        """Delete every execution (or every ephemeral one) of `tenant` (None: of every
+        tenant) created before `cutoff`; returns how many. `principal`: who asked, recorded
+        on every `Deleted`."""
         deleted = 0
         while ids := await asyncio.to_thread(
-            self._views.ids_created_before, cutoff, PURGE_BATCH, ephemeral_only
+            self._views.ids_created_before, cutoff, PURGE_BATCH, ephemeral_only, tenant
         ):
-            purge = PurgeCommand(execution_ids=ids, reason=reason, principal=principal)
+            purge = PurgeCommand(
+                execution_ids=ids, reason=reason, principal=principal, tenant=tenant
+            )
             reply = await self._gateway.purge(purge)
             if reply.problem is not None:
                 raise ProblemError(reply.problem)
@@ -108,12 +120,14 @@ class ExecutionService:
             await self._runner.wait_for_position(reply.position, READ_YOUR_WRITES_TIMEOUT)
         return deleted
 
-    async def get(self, execution_id: UUID, with_log: bool) -> ExecutionView:
-        execution = await asyncio.to_thread(self._views.get, execution_id, with_log)
+    async def get(self, execution_id: UUID, with_log: bool, tenant: str) -> ExecutionView:
+        """The execution, if it is `tenant`'s: another tenant's is not found, like a missing
+        one."""
+        execution = await asyncio.to_thread(self._views.get, execution_id, with_log, tenant)
         if execution is None and await self._caught_up():
             # The views lagged behind the store: a 404 must mean "not stored", since a
             # client settles an unknown outcome with it.
-            execution = await asyncio.to_thread(self._views.get, execution_id, with_log)
+            execution = await asyncio.to_thread(self._views.get, execution_id, with_log, tenant)
         if execution is None:
             raise ProblemError(
                 problem(
