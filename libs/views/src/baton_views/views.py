@@ -65,8 +65,12 @@ class ExecutionViews:
 
     # --- queries ------------------------------------------------------------------------
 
-    def get(self, execution_id: UUID, with_log: bool = False) -> ExecutionView | None:
-        return self._read(lambda conn: get_execution(conn, execution_id, with_log))
+    def get(
+        self, execution_id: UUID, with_log: bool = False, tenant: str | None = None
+    ) -> ExecutionView | None:
+        """The execution; None if there is none or (given a `tenant`) it is another
+        tenant's: the same answer, so the caller cannot tell them apart."""
+        return self._read(lambda conn: get_execution(conn, execution_id, with_log, tenant))
 
     def list(
         self,
@@ -83,9 +87,16 @@ class ExecutionViews:
         )
 
     def ids_created_before(
-        self, cutoff: datetime, limit: int, ephemeral_only: bool = False
+        self,
+        cutoff: datetime,
+        limit: int,
+        ephemeral_only: bool = False,
+        tenant: str | None = None,
     ) -> builtins.list[UUID]:
-        return self._read(lambda conn: ids_created_before(conn, cutoff, limit, ephemeral_only))
+        """Up to `limit` ids created before `cutoff`: `tenant`'s, or (None) every tenant's."""
+        return self._read(
+            lambda conn: ids_created_before(conn, cutoff, limit, ephemeral_only, tenant)
+        )
 
     def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         with self._read_lock:
