@@ -274,7 +274,7 @@ def test_jwt_hs256_rs256_es256_map_claims_to_tenant_and_role(
     ("claims", "why"),
     [
         ({"exp": time.time() - 60}, "expired"),
-        ({"aud": "someone-else"}, "audience"),
+        ({"aud": "someone-else"}, "Audience"),
         ({"aud": None}, "aud"),
         ({"tenant": None}, "tenant"),
         ({"tenant": "Not/A/Tenant"}, "tenant"),
@@ -314,3 +314,30 @@ def test_jwt_with_a_wrong_key_or_algorithm_is_refused(
 
 def test_without_jwt_settings_a_token_is_just_a_wrong_key(client: TestClient[Any]) -> None:
     assert_problem(client.get("/v1/executions", headers=token(SECRET)), 401)
+
+
+# --- the cap on commands waiting per tenant ----------------------------------------------------
+
+
+def test_a_tenant_with_its_cap_of_pending_commands_gets_429_and_others_do_not(
+    tmp_path: Path, executions: Executions
+) -> None:
+    with client_for(tmp_path, InMemoryGateway(executions), max_waiting_per_tenant=2) as client:
+        first, _second = (submit(client).json()["id"] for _ in range(2))
+        refused = submit(client)
+        problem = assert_problem(refused, 429)
+        assert problem["code"] == "tenant-busy" and refused.headers["retry-after"] == "1"
+        assert client.get("/v1/executions", headers=AUTH).json()["total_count"] == 2
+        # Another tenant is not held back by this one.
+        new_tenant(client)
+        acme = new_key(client, "admin", tenant="acme")
+        definition = {"commands": {"ping": {}}}
+        client.post(
+            "/v1/device-types", json={"name": "pinger", "definition": definition}, headers=acme
+        )
+        client.post("/v1/devices", json={"id": "acme-1", "type": "pinger"}, headers=acme)
+        sent = client.post("/v1/devices/acme-1/commands", json={"name": "ping"}, headers=acme)
+        assert sent.status_code == 201, sent.text
+        # Once one has left PENDING, the tenant may send again.
+        assert client.post(f"/v1/executions/{first}/cancel", headers=AUTH).status_code == 200
+        assert submit(client).status_code == 201

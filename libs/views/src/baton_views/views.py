@@ -17,6 +17,8 @@ from typing import TypeVar
 from uuid import UUID
 
 from baton_contracts.nats import LifecycleEvent
+from baton_domain.statuses import ExecutionStatus
+from baton_views.counts import count
 from baton_views.projection import project
 from baton_views.queries import (
     DEFAULT_LIMIT,
@@ -85,6 +87,11 @@ class ExecutionViews:
                 conn, where or ExecutionFilter(), order, limit, cursor, offset
             )
         )
+
+    def pending(self, tenant: str) -> int:
+        """How many of `tenant`'s executions are PENDING: one lookup of the counters."""
+        statuses = [ExecutionStatus.PENDING]
+        return self._read(lambda conn: count(conn, tenant, None, None, statuses, (0, 1)))
 
     def ids_created_before(
         self,

@@ -119,7 +119,13 @@ def build_parts(
     if gateway is None:
         link = NatsLink(settings.nats_url, on_event=runner.wake)
         gateway = NatsGateway(link, settings.request_timeout)
-    service = ExecutionService(gateway, views, runner, executions.recorder.max_notification_id)
+    service = ExecutionService(
+        gateway,
+        views,
+        runner,
+        executions.recorder.max_notification_id,
+        max_pending=settings.max_waiting_per_tenant,
+    )
     sweeper = RetentionSweeper(
         service, settings.ephemeral_retention_days, settings.retention_sweep_interval
     )
@@ -138,9 +144,10 @@ def create_app(
 ) -> Litestar:
     keys = [key.get_secret_value() for key in settings.api_keys]
     admin_keys = [key.get_secret_value() for key in settings.admin_api_keys]
-    if not admin_keys:
-        # Somebody must be able to create the first tenant and key.
-        raise ValueError("no owner key: set BATON_ADMIN_API_KEYS (comma-separated)")
+    if not keys and not admin_keys and not (settings.jwt_secret or settings.jwt_jwks_path):
+        raise ValueError(
+            "no API keys: set BATON_ADMIN_API_KEYS or BATON_API_KEYS (comma-separated)"
+        )
     parts = build_parts(settings, gateway, executions, access)
     access_service = AccessService(parts.access)
     tokens = TokenVerifier(

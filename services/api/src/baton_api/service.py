@@ -46,7 +46,9 @@ class ExecutionService:
         views: ExecutionViews,
         runner: ProjectionRunner,
         store_position: Callable[[], int | None] | None = None,
+        max_pending: int = 0,
     ) -> None:
+        self._max_pending = max_pending  # per tenant; 0: no cap
         self._gateway = gateway
         self._views = views
         self._runner = runner
@@ -62,6 +64,7 @@ class ExecutionService:
         `wait` waits on the views after the dispatcher answered, never holding it, and
         costs two reads of them (`ProjectionRunner.wait_until_terminal`); `with_log` has
         the waited-for view carry its log, for answers that show it."""
+        await self._admit(command.tenant)
         if command.execution_id is None:
             command = command.model_copy(update={"execution_id": planned_id(command)})
         state = await self._written(await self._gateway.submit(command))
@@ -82,6 +85,7 @@ class ExecutionService:
 
     async def retry(self, execution_id: UUID, by: Identity, source: str) -> ExecutionState:
         """A new execution of the same command; both are linked to each other."""
+        await self._admit(by.tenant)
         command = RetryCommand(
             execution_id=execution_id, principal=by.principal, tenant=by.tenant, source=source
         )
@@ -123,8 +127,9 @@ class ExecutionService:
     async def get(self, execution_id: UUID, with_log: bool, tenant: str) -> ExecutionView:
         """The execution, if it is `tenant`'s: another tenant's is not found, like a missing
         one."""
+        seen = self._runner.position
         execution = await asyncio.to_thread(self._views.get, execution_id, with_log, tenant)
-        if execution is None and await self._caught_up():
+        if execution is None and await self._caught_up(seen):
             # The views lagged behind the store: a 404 must mean "not stored", since a
             # client settles an unknown outcome with it.
             execution = await asyncio.to_thread(self._views.get, execution_id, with_log, tenant)
@@ -149,15 +154,30 @@ class ExecutionService:
     ) -> ExecutionPage:
         return await asyncio.to_thread(self._views.list, where, order, limit, cursor, offset)
 
-    async def _caught_up(self) -> bool:
-        """Wait until the views include everything stored now; whether they had to move."""
+    async def _admit(self, tenant: str) -> None:
+        """429 tenant-busy while the tenant has its cap of PENDING commands. Read from the
+        views (one counter lookup), so commands stored in the last moment before it may be
+        missed: a cap against runaway clients, not an exact quota."""
+        if not self._max_pending:
+            return
+        pending = await asyncio.to_thread(self._views.pending, tenant)
+        if pending >= self._max_pending:
+            detail = (
+                f"{pending} commands of this tenant are waiting to be sent (the cap is "
+                f"{self._max_pending}); try again once some have gone out"
+            )
+            raise ProblemError(problem(429, "tenant-busy", detail), {"Retry-After": "1"})
+
+    async def _caught_up(self, seen: int) -> bool:
+        """Wait until the views include everything stored now; whether they moved past
+        `seen`, the position before a read that found nothing (the projection may have
+        caught up between that read and now: then it is worth reading again too)."""
         if self._store_position is None:
             return False
         position = await asyncio.to_thread(self._store_position) or 0
-        if self._runner.position >= position:
-            return False
-        await self._runner.wait_for_position(position, READ_YOUR_WRITES_TIMEOUT)
-        return True
+        if self._runner.position < position:
+            await self._runner.wait_for_position(position, READ_YOUR_WRITES_TIMEOUT)
+        return self._runner.position > seen
 
     async def _written(self, reply: ExecutionReply) -> _Written:
         if reply.problem is not None:
