@@ -146,9 +146,10 @@ def test_submit_answers_the_execution_itself(client: TestClient[Any]) -> None:
     assert set(body) == {
         "id", "device_id", "name", "params", "status", "created_at",
         "updated_at", "ttl", "deadline", "result", "error", "ephemeral", "retry_of", "retries",
-        "verification",
+        "verification", "requested_by",
     }  # fmt: skip
     assert body["device_id"] == "demo-thermostat-1"
+    assert body["requested_by"] == principal_of(KEY)
     assert body["name"] == "set_temperature"
     assert body["params"] == {"value": 21}
     assert body["status"] == "PENDING"

@@ -19,7 +19,7 @@ from baton_domain.tenants import DEFAULT_TENANT
 from baton_platform.mapping import execution_state
 from baton_views import ExecutionFilter, ExecutionViews, read_events, rebuild, replay
 from baton_views.projection import DEVICE_QUEUE_TYPES, PROJECTED_TYPES
-from baton_views.store import TABLES
+from baton_views.store import SCHEMA_VERSION, TABLES
 
 DEMO = Path(__file__).resolve().parents[2] / "deploy" / "catalog" / "demo.yaml"
 DEVICE = "demo-thermostat-1"
@@ -474,7 +474,7 @@ def test_a_version_4_views_database_is_projected_again_with_tenants(
     assert dump(tmp_path / "replay.sqlite") == dump(tmp_path / "fresh.sqlite")
     conn = sqlite3.connect(tmp_path / "replay.sqlite")
     try:
-        assert conn.execute("PRAGMA user_version").fetchone() == (5,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         tenants = conn.execute("SELECT DISTINCT tenant FROM executions ORDER BY 1").fetchall()
     finally:
         conn.close()

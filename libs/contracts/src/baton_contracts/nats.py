@@ -84,6 +84,7 @@ class ExecutionState(WireModel):
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     requested_name: str | None = None  # the alias the request used, when not `name`
+    requested_by: str | None = None  # who asked: an API key's principal, a NATS caller's
     ephemeral: bool = False
     retry_of: UUID | None = None
     retries: list[UUID] = Field(default_factory=list)

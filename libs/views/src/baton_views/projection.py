@@ -107,8 +107,8 @@ def _requested(conn: sqlite3.Connection, event: LifecycleEvent) -> Counted:
     conn.execute(
         "INSERT INTO executions (id, tenant, device_id, name, params, status, created_at,"
         " updated_at, ttl, deadline, result, error, requested_name, ephemeral, retry_of,"
-        " retries, outcome)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, '[]', '')",
+        " retries, outcome, requested_by)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, '[]', '', ?)",
         (
             str(event.execution_id),
             tenant,
@@ -123,6 +123,7 @@ def _requested(conn: sqlite3.Connection, event: LifecycleEvent) -> Counted:
             data.get("requested_name") or data["name"],
             ephemeral,
             data.get("retry_of"),
+            data.get("requested_by"),
         ),
     )
     pending = ExecutionStatus.PENDING.value

@@ -77,6 +77,7 @@ class ExecutionView:
     result: dict[str, Any] | None
     error: dict[str, Any] | None
     requested_name: str = ""  # the name or alias the request used
+    requested_by: str | None = None  # who asked (None: stored before it was recorded)
     ephemeral: bool = False
     retry_of: UUID | None = None
     retries: list[UUID] = field(default_factory=list)
@@ -332,6 +333,7 @@ def _view(row: sqlite3.Row, log: list[LogEntry] | None = None) -> ExecutionView:
         result=json.loads(row["result"]) if row["result"] is not None else None,
         error=json.loads(row["error"]) if row["error"] is not None else None,
         requested_name=row["requested_name"],
+        requested_by=row["requested_by"],
         ephemeral=bool(row["ephemeral"]),
         retry_of=UUID(row["retry_of"]) if row["retry_of"] else None,
         retries=[UUID(i) for i in json.loads(row["retries"])],

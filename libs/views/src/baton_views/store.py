@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS executions (
     result      TEXT,
     error       TEXT,
     requested_name TEXT NOT NULL,
+    requested_by TEXT,
     ephemeral   INTEGER NOT NULL,
     retry_of    TEXT,
     retries     TEXT NOT NULL,
@@ -87,7 +88,7 @@ TABLES = ("executions", "execution_log", "execution_counts", "projection_positio
 
 # Bumped whenever SCHEMA changes: views are disposable, so a views database of another
 # version is dropped and projected again from the event store (position 0).
-SCHEMA_VERSION = 5  # 5: executions and their counters are per tenant
+SCHEMA_VERSION = 6  # 5: executions and their counters are per tenant; 6: requested_by
 PROJECTION_NAME = "executions"
 BUSY_TIMEOUT_MS = 30_000
 
