@@ -55,16 +55,23 @@ RAW = {
 def test_a_device_account_has_its_own_topics_in_its_profile(
     profile: str, wire: dict[str, object], publish: list[str], subscribe: list[str]
 ) -> None:
-    topics = device_topics(profile, "d1", wire)
+    topics = device_topics(profile, "d1", None, wire)
     assert list(topics.publish) == publish
     assert list(topics.subscribe) == subscribe
 
 
+def test_the_topics_name_the_id_the_device_goes_by_in_its_profile() -> None:
+    # Baton's own profile has always used the catalog id; the others the hardware id.
+    assert device_topics("baton", "d1", "hw1", {}).subscribe[0].startswith("baton/v1/devices/d1/")
+    fleets = device_topics("emqx-fleets", "d1", "hw1", {})
+    assert fleets.subscribe == ("$emqx/commands/things/hw1/executions/+/request",)
+
+
 def test_settings_a_profile_cannot_use_are_refused() -> None:
     with pytest.raises(ProfileSettingsError):
-        device_topics("raw-mapped", "d1", {})
+        device_topics("raw-mapped", "d1", None, {})
     with pytest.raises(ProfileSettingsError):
-        device_topics("carrier-pigeon", "d1", {})
+        device_topics("carrier-pigeon", "d1", None, {})
 
 
 def test_no_device_id_names_one_of_batons_own_accounts() -> None:

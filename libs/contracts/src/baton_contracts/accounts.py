@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from baton_contracts.profiles import WireSettings, codec_for
+from baton_contracts.profiles import WireSettings, codec_for, wire_id_of
 
 ADMIN_USERNAME = "baton-admin"
 BRIDGE_USERNAME = "baton-device-bridge"
@@ -43,11 +43,14 @@ def device_username(device_id: str) -> str:
     return f"{DEVICE_PREFIX}{device_id}"
 
 
-def device_topics(profile: str, wire_id: str, type_wire: WireSettings) -> AccountTopics:
-    """A device's own topics in its profile: it publishes its answers, status and state, and
-    subscribes to its requests (and cancels). Raises ProfileSettingsError for settings the
-    profile cannot use."""
+def device_topics(
+    profile: str, device_id: str, hardware_id: str | None, type_wire: WireSettings
+) -> AccountTopics:
+    """A device's own topics in its profile (under the id it goes by there): it publishes its
+    answers, status and state, and subscribes to its requests (and cancels). Raises
+    ProfileSettingsError for settings the profile cannot use."""
     codec = codec_for(profile)
+    wire_id = wire_id_of(profile, device_id, hardware_id)
     return AccountTopics(
         publish=tuple(codec.device_topics(wire_id, type_wire)),
         subscribe=tuple(codec.device_filters(wire_id, type_wire)),
