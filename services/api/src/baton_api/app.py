@@ -27,6 +27,12 @@ from baton_api.catalog import (
     DeviceTypeController,
 )
 from baton_api.controllers import CommandController, ExecutionController, refuse_unknown_query
+from baton_api.credentials import (
+    CredentialController,
+    CredentialService,
+    DeviceAccounts,
+    FixedAccounts,
+)
 from baton_api.dialects import dialect_routers
 from baton_api.gateway import CommandGateway, NatsGateway
 from baton_api.head import serve_head
@@ -121,16 +127,27 @@ def build_parts(
     )
 
 
+def device_accounts(settings: Settings) -> DeviceAccounts:
+    """Who issues device credentials on the MQTT broker (docs/security.md)."""
+    if settings.mqtt_device_accounts == "mosquitto-dynsec":
+        from baton_api.dynsec import DynsecAccounts
+
+        return DynsecAccounts(settings)
+    return FixedAccounts()
+
+
 def create_app(
     settings: Settings,
     gateway: CommandGateway | None = None,
     executions: Executions | None = None,
+    accounts: DeviceAccounts | None = None,
 ) -> Litestar:
     keys = [key.get_secret_value() for key in settings.api_keys]
     admin_keys = [key.get_secret_value() for key in settings.admin_api_keys]
     if not keys and not admin_keys:
         raise ValueError("no API keys: set BATON_API_KEYS (comma-separated)")
     parts = build_parts(settings, gateway, executions)
+    credentials = CredentialService(parts.catalog_service, accounts or device_accounts(settings))
 
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
@@ -150,6 +167,7 @@ def create_app(
             CatalogController,
             DeviceTypeController,
             DeviceController,
+            CredentialController,
         ],
         middleware=[auth],
         guards=[refuse_unknown_query],  # a typo in a query is a 422 (controllers.py)
@@ -166,6 +184,7 @@ def create_app(
         dependencies={
             "service": Provide(lambda: parts.service, sync_to_thread=False),
             "catalog_service": Provide(lambda: parts.catalog_service, sync_to_thread=False),
+            "credential_service": Provide(lambda: credentials, sync_to_thread=False),
             "checks": Provide(parts.checks, sync_to_thread=False),
         },
         exception_handlers={Exception: problem_handler},
