@@ -239,7 +239,12 @@ class MqttLink:
                 failures += 1
                 # Once per outage at warning level; the retries that follow at debug.
                 level = logging.WARNING if failures == 1 else logging.DEBUG
-                log.log(level, "MQTT connection lost or refused (%s); reconnecting", exc)
+                log.log(
+                    level,
+                    "MQTT connection lost or refused (%s) for account %s; reconnecting",
+                    exc,
+                    self.settings.mqtt_username or "(anonymous)",
+                )
             except Exception:
                 # A bug or a surprise from paho: the loop must not die quietly with it, or the
                 # bridge would run on with no MQTT at all. Loud, then retried like an outage.
