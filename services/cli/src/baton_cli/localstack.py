@@ -410,7 +410,11 @@ class Stack:
         from baton_cli.mqtt_accounts import StackAccounts
 
         if not self.accounts_path.exists():
-            instance = self.extra_env.get("BATON_INSTANCE", "default")
+            # The bridge's client id, which its account is bound to, names its instance; the
+            # services see our environment under the stack's.
+            instance = self.extra_env.get("BATON_INSTANCE") or os.environ.get(
+                "BATON_INSTANCE", "default"
+            )
             # nats-server's accounts are fixed when it starts: the catalog's devices get theirs
             # now (Mosquitto's are issued through the api).
             catalog = self.catalog if self.broker == "nats" else None

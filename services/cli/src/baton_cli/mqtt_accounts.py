@@ -134,8 +134,9 @@ def dynsec_config(accounts: list[MqttAccount]) -> dict[str, Any]:
 
 def nats_subject(topic_filter: str) -> str:
     """The subject nats-server's MQTT listener gives an MQTT topic (or filter)."""
-    levels = topic_filter.replace(".", "//").split("/")
-    return ".".join({"+": "*", "#": ">"}.get(level, level) for level in levels)
+    levels = topic_filter.split("/")
+    wildcards = {"+": "*", "#": ">"}
+    return ".".join(wildcards.get(level, level.replace(".", "//")) for level in levels)
 
 
 def nats_authorization(accounts: list[MqttAccount]) -> str:
