@@ -131,3 +131,12 @@ def test_a_password_is_stored_as_mosquitto_hashes_it() -> None:
 )
 def test_nats_server_permissions_name_mqtt_topics_as_subjects(topic: str, subject: str) -> None:
     assert nats_subject(topic) == subject
+
+
+def test_devices_of_another_catalog_get_accounts_and_the_others_keep_theirs() -> None:
+    accounts = StackAccounts.new("blue", DEMO)
+    seeds = Path(__file__).resolve().parents[2] / "deploy" / "catalog" / "seeds.yaml"
+    more = accounts.with_devices_of(seeds)
+    assert more.devices[: len(accounts.devices)] == accounts.devices
+    assert more.device("thermostat-001").username == "device-thermostat-001"
+    assert more.with_devices_of(seeds) is more

@@ -415,11 +415,16 @@ class Stack:
             instance = self.extra_env.get("BATON_INSTANCE") or os.environ.get(
                 "BATON_INSTANCE", "default"
             )
-            # nats-server's accounts are fixed when it starts: the catalog's devices get theirs
-            # now (Mosquitto's are issued through the api).
-            catalog = self.catalog if self.broker == "nats" else None
-            StackAccounts.new(instance, catalog).save(self.accounts_path)
-        return StackAccounts.load(self.accounts_path)
+            StackAccounts.new(instance).save(self.accounts_path)
+        accounts = StackAccounts.load(self.accounts_path)
+        if self.broker == "nats":
+            # nats-server's accounts are fixed when it starts: every device of the catalog in
+            # use gets one now (kept, like the others); Mosquitto's are issued through the api.
+            more = accounts.with_devices_of(self.catalog)
+            if more != accounts:
+                more.save(self.accounts_path)
+            return more
+        return accounts
 
     def mqtt_env(self) -> dict[str, str]:
         """Where and how MQTT clients connect: as the simulator (the bridge and the api get

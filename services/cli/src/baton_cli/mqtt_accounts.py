@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,12 @@ class StackAccounts:
     def device(self, device_id: str) -> MqttAccount:
         wanted = device_username(device_id)
         return next(a for a in self.devices if a.username == wanted)
+
+    def with_devices_of(self, catalog: Path) -> StackAccounts:
+        """These accounts, and one for each device of `catalog` that has none yet."""
+        have = {a.username for a in self.devices}
+        more = [a for a in catalog_accounts(catalog) if a.username not in have]
+        return replace(self, devices=(*self.devices, *more)) if more else self
 
     @classmethod
     def new(cls, instance: str, catalog: Path | None = None) -> StackAccounts:
