@@ -35,6 +35,7 @@ from baton_platform.settings import Settings
 from baton_simulator import READY_LINE, Access, run_simulator
 from tests.certificates import make_ca
 from tests.conftest import DEMO, eventually
+from tests.integration.conftest import PROFILES_CATALOG
 
 pytestmark = pytest.mark.integration
 
@@ -47,22 +48,34 @@ def protocol_of(broker: Server) -> aiomqtt.ProtocolVersion:
     return aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311
 
 
+def start_secured(kind: str, workdir: Path, catalog: Path) -> tuple[Server, StackAccounts]:
+    """A broker as a stack starts it: its accounts only (the catalog's devices' too)."""
+    accounts = StackAccounts.new("test", catalog)
+    if kind == "mosquitto":
+        if find_binary("mosquitto") is None:
+            pytest.skip("Mosquitto is not installed (deploy/local/install-broker.sh)")
+        return start_mosquitto(workdir, accounts=accounts.every), accounts
+    port = free_port()
+    nats = start_nats(workdir, mqtt_port=port, mqtt_accounts=accounts.every)
+    protocol = {"protocol": "3.1.1"}
+    return Server("nats-mqtt", nats.proc, f"mqtt://127.0.0.1:{port}", port, protocol), accounts
+
+
 @pytest.fixture(params=["mosquitto", "nats"])
 def secured(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[tuple[Server, StackAccounts]]:
-    """A broker as a stack starts it: its accounts only (the demo devices' too)."""
-    accounts = StackAccounts.new("test", DEMO)
-    if request.param == "mosquitto":
-        if find_binary("mosquitto") is None:
-            pytest.skip("Mosquitto is not installed (deploy/local/install-broker.sh)")
-        server = start_mosquitto(tmp_path / "mosquitto", accounts=accounts.every)
-    else:
-        port = free_port()
-        nats = start_nats(tmp_path / "nats-mqtt", mqtt_port=port, mqtt_accounts=accounts.every)
-        server = Server(
-            "nats-mqtt", nats.proc, f"mqtt://127.0.0.1:{port}", port, {"protocol": "3.1.1"}
-        )
+    server, accounts = start_secured(request.param, tmp_path / "broker", DEMO)
+    yield server, accounts
+    server.stop()
+
+
+@pytest.fixture(params=["mosquitto", "nats"])
+def secured_profiles(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Server, StackAccounts]]:
+    """The same, with a device of every wire profile (deploy/catalog/profiles.yaml)."""
+    server, accounts = start_secured(request.param, tmp_path / "broker", PROFILES_CATALOG)
     yield server, accounts
     server.stop()
 
@@ -139,11 +152,16 @@ async def arrived(received: list[tuple[str, bytes]], topic: str) -> None:
 
 
 async def answers_the_bridge_receives(
-    broker: Server, bridge: MqttAccount, attacker: MqttAccount, forged: str, own: str
+    broker: Server,
+    bridge: MqttAccount,
+    attacker: MqttAccount,
+    forged: str,
+    own: str,
+    answers: str = f"{ROOT}/+/executions/+/response",
 ) -> list[str]:
-    """The topics of what reaches the bridge when `attacker` answers on `forged`, then on its
-    `own` answer topic (the marker)."""
-    async with listening(connect(broker, bridge), f"{ROOT}/+/executions/+/response") as got:
+    """The topics of what reaches the bridge, subscribed to `answers`, when `attacker` answers
+    on `forged`, then on its `own` answer topic (the marker)."""
+    async with listening(connect(broker, bridge), answers) as got:
         await publish_as(broker, attacker, forged, b'{"status": "SUCCEEDED"}')
         await publish_as(broker, attacker, own, b'{"status": "STARTED"}')
         await arrived(got, own)
@@ -188,6 +206,35 @@ async def test_a_device_cannot_answer_for_another_device(
     got = await answers_the_bridge_receives(
         broker, accounts.bridge, accounts.device("demo-thermostat-1"), forged, own
     )
+    assert got == [own]
+
+
+FLEETS = "$emqx/commands/things"
+
+
+@pytest.mark.parametrize(
+    ("attacker", "forged", "own", "answers"),
+    [
+        (
+            "fleets-thermo-1",
+            f"{FLEETS}/fleets-silent-1/executions/{EXECUTION}/response",
+            f"{FLEETS}/FLEETS-T1/executions/{EXECUTION}/response",
+            f"{FLEETS}/+/executions/+/response",
+        ),
+        ("iotee-1", "iotee/dev/OTHER1/rls/ack", "iotee/dev/ABC123/rls/ack", "iotee/dev/+/rls/ack"),
+    ],
+)
+async def test_a_device_of_another_profile_cannot_answer_for_another_device(
+    secured_profiles: tuple[Server, StackAccounts],
+    attacker: str,
+    forged: str,
+    own: str,
+    answers: str,
+) -> None:
+    """EMQX Fleets and raw payload tables, as Baton's own: only on its own topics."""
+    broker, accounts = secured_profiles
+    device = accounts.device(attacker)
+    got = await answers_the_bridge_receives(broker, accounts.bridge, device, forged, own, answers)
     assert got == [own]
 
 
