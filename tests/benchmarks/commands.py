@@ -104,10 +104,14 @@ async def wire_floors(stack: Stack, devices: list[str], n: int, figures: Figures
     """The floors under Baton, measured before its services run (a device's answers to a
     request of the bench would otherwise reach the device-bridge as well)."""
     port, protocol = stack.mqtt_port or 0, stack.mqtt_protocol
+    login = (stack.accounts.simulator.username, stack.accounts.simulator.password)
     await measured("nats", stack, lambda: floors.nats_round_trip(stack.nats_url, n), figures)
-    await measured("mqtt", stack, lambda: floors.mqtt_round_trip(port, protocol, n), figures)
+    await measured("mqtt", stack, lambda: floors.mqtt_round_trip(port, protocol, n, login), figures)
     await measured(
-        "device", stack, lambda: floors.device_round_trip(port, protocol, devices, n), figures
+        "device",
+        stack,
+        lambda: floors.device_round_trip(port, protocol, devices, n, login),
+        figures,
     )
     await measured("jetstream", stack, lambda: floors.jetstream_publish(stack.nats_url, n), figures)
 

@@ -64,15 +64,26 @@ async def nats_round_trip(url: str, n: int) -> list[float]:
         await nc.close()
 
 
-def _mqtt_client(port: int, protocol: str, identifier: str) -> aiomqtt.Client:
+# (username, password) of an account that may use every device topic: the stack's simulator.
+Login = tuple[str, str]
+
+
+def _mqtt_client(port: int, protocol: str, identifier: str, login: Login) -> aiomqtt.Client:
     version = aiomqtt.ProtocolVersion.V5 if protocol == "5" else aiomqtt.ProtocolVersion.V311
+    username, password = login
     return aiomqtt.Client(
-        "127.0.0.1", port, protocol=version, identifier=identifier, socket_options=SOCKET_OPTIONS
+        "127.0.0.1",
+        port,
+        protocol=version,
+        identifier=identifier,
+        username=username,
+        password=password,
+        socket_options=SOCKET_OPTIONS,
     )
 
 
-async def mqtt_round_trip(port: int, protocol: str, n: int) -> list[float]:
-    async with _mqtt_client(port, protocol, "bench-echo") as client:
+async def mqtt_round_trip(port: int, protocol: str, n: int, login: Login) -> list[float]:
+    async with _mqtt_client(port, protocol, "bench-echo", login) as client:
         await client.subscribe("bench/echo", qos=1)
         messages = client.messages
 
@@ -83,10 +94,12 @@ async def mqtt_round_trip(port: int, protocol: str, n: int) -> list[float]:
         return await timed(once, n)
 
 
-async def device_round_trip(port: int, protocol: str, devices: list[str], n: int) -> list[float]:
+async def device_round_trip(
+    port: int, protocol: str, devices: list[str], n: int, login: Login
+) -> list[float]:
     """A command request to a simulated device (round robin over `devices`) until its
     SUCCEEDED answer: the MQTT part of a command's path, without Baton."""
-    async with _mqtt_client(port, protocol, "bench-device") as client:
+    async with _mqtt_client(port, protocol, "bench-device", login) as client:
         await client.subscribe(RESPONSE_FILTER, qos=1)
         messages = client.messages
         turn = iter(range(n))

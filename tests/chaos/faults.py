@@ -32,7 +32,6 @@ from baton_cli.localstack import (
     SERVICE_MODULES,
     Server,
     Stack,
-    start_mosquitto,
     start_nats,
     start_service,
 )
@@ -313,12 +312,7 @@ class Chaos:
         if target == "nats-server":
             stack.servers[0] = start_nats(stack.data_dir / "nats", stack.nats_port)
         elif target == "mqtt-broker":
-            if stack.broker == "mosquitto":
-                stack.servers[1] = start_mosquitto(stack.data_dir / "mosquitto", stack.mqtt_port)
-            else:
-                stack.servers[1] = start_nats(
-                    stack.data_dir / "nats-mqtt", mqtt_port=stack.mqtt_port
-                )
+            stack.servers[1] = stack.start_broker()
         else:
             self.recovery.started(target)
             # Not Stack.start: it waits for the api to listen (seconds on a busy machine),

@@ -72,7 +72,15 @@ async def test_the_seed_devices_answer_under_make_run(
     )
     v5 = stack.mqtt_protocol == "5"
     protocol = aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311
-    async with aiomqtt.Client("127.0.0.1", stack.mqtt_port or 0, protocol=protocol) as baton:
+    bridge = stack.accounts.bridge  # the stack's broker admits its accounts only
+    async with aiomqtt.Client(
+        "127.0.0.1",
+        stack.mqtt_port or 0,
+        protocol=protocol,
+        username=bridge.username,
+        password=bridge.password,
+        identifier=bridge.client_id,
+    ) as baton:
         for topic_filter in codec.answer_filters(device_type.wire):
             await baton.subscribe(topic_filter, qos=1)
         await baton.publish(request.topic, request.payload, qos=1)

@@ -17,6 +17,7 @@ from litestar.testing import TestClient
 
 from baton_api.app import create_app
 from baton_api.auth import principal_of
+from baton_api.credentials import InMemoryAccounts
 from baton_api.inmemory import InMemoryGateway
 from baton_contracts.nats import ExecutionReply, SubmitCommand
 from baton_domain.application import Executions
@@ -78,7 +79,9 @@ def client_for(tmp_path: Path, gateway: InMemoryGateway, **overrides: Any) -> Te
         projection_poll_interval=0.05,
         **overrides,
     )
-    app = create_app(settings, gateway=gateway, executions=gateway.executions)
+    # Device credentials from a dict: the broker's side is tested on real brokers.
+    accounts = InMemoryAccounts()
+    app = create_app(settings, gateway=gateway, executions=gateway.executions, accounts=accounts)
     return TestClient(app, raise_server_exceptions=False)
 
 

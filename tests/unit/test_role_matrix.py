@@ -196,6 +196,11 @@ CASES: dict[tuple[str, str], tuple[Role, int, Maker]] = {
         204,
         lambda w, own: (f"/v1/devices/{w.spare_device(own)}", None),
     ),
+    ("POST", "/v1/devices/{device_id}/credentials"): (
+        Role.ADMIN,
+        201,
+        lambda w, own: (f"/v1/devices/{w.device('fleets', own)}/credentials", None),
+    ),
     ("GET", "/v1/keys"): (Role.ADMIN, 200, lambda w, own: ("/v1/keys", None)),
     ("POST", "/v1/keys"): (
         Role.ADMIN,

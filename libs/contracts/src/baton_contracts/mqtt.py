@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import socket
+import ssl
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
@@ -18,6 +20,16 @@ STATE_TEMPLATE = f"{TOPIC_ROOT}/{{wire_id}}/state"
 # small QoS 1 publish waited ~40 ms for the delayed ACK of the previous one (measured by
 # `make bench`: a bare QoS 1 round trip took 44 ms with it, well under 1 ms without).
 SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+
+
+def tls_context(tls: bool, ca_file: Path | None) -> ssl.SSLContext | None:
+    """How a Baton MQTT client (bridge, simulator) speaks TLS (mqtts): not at all, or checking
+    the broker's certificate and host name against `ca_file` (None: the system's CAs)."""
+    if not tls:
+        return None
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+
+
 AnswerStatusWord = Literal["STARTED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED"]
 # The topic level a device-bridge's probes carry where its subscription has a wildcard: no
 # device goes by it, and the bridge takes every message with such a level for a probe.

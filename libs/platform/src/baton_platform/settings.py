@@ -19,8 +19,24 @@ class Settings(BaseSettings):
     mqtt_protocol: Literal["5", "3.1.1"] = Field(
         default="5", description="MQTT protocol to speak; 3.1.1 for brokers without v5"
     )
-    mqtt_username: str | None = None
+    mqtt_username: str | None = Field(
+        default=None, description="this client's MQTT account (docs/security.md)"
+    )
     mqtt_password: SecretStr | None = None
+    mqtt_tls: bool = Field(default=False, description="connect to the MQTT broker over TLS")
+    mqtt_ca_file: Path | None = Field(
+        default=None,
+        description="CA (PEM) the broker's certificate is checked with; None: the system's",
+    )
+    mqtt_device_accounts: Literal["static", "mosquitto-dynsec"] = Field(
+        default="static",
+        description="how the api issues device credentials: through Mosquitto's dynamic security, "
+        "or not at all (the broker's accounts are fixed, e.g. nats-server)",
+    )
+    mqtt_admin_username: str | None = Field(
+        default=None, description="the api's broker-admin account (mosquitto-dynsec)"
+    )
+    mqtt_admin_password: SecretStr | None = None
     data_dir: Path = Path("var")
     catalog_path: Path = Path("deploy/catalog/demo.yaml")
 

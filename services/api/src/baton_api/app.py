@@ -28,6 +28,12 @@ from baton_api.catalog import (
     DeviceTypeController,
 )
 from baton_api.controllers import CommandController, ExecutionController, refuse_unknown_query
+from baton_api.credentials import (
+    CredentialController,
+    CredentialService,
+    DeviceAccounts,
+    FixedAccounts,
+)
 from baton_api.dialects import dialect_routers
 from baton_api.gateway import CommandGateway, NatsGateway
 from baton_api.head import serve_head
@@ -136,11 +142,21 @@ def build_parts(
     return Parts(executions, views, runner, service, link, sweeper, catalog_service, access)
 
 
+def device_accounts(settings: Settings) -> DeviceAccounts:
+    """Who issues device credentials on the MQTT broker (docs/security.md)."""
+    if settings.mqtt_device_accounts == "mosquitto-dynsec":
+        from baton_api.dynsec import DynsecAccounts
+
+        return DynsecAccounts(settings)
+    return FixedAccounts()
+
+
 def create_app(
     settings: Settings,
     gateway: CommandGateway | None = None,
     executions: Executions | None = None,
     access: AccessStore | None = None,
+    accounts: DeviceAccounts | None = None,
 ) -> Litestar:
     keys = [key.get_secret_value() for key in settings.api_keys]
     admin_keys = [key.get_secret_value() for key in settings.admin_api_keys]
@@ -150,6 +166,7 @@ def create_app(
         )
     parts = build_parts(settings, gateway, executions, access)
     access_service = AccessService(parts.access)
+    credentials = CredentialService(parts.catalog_service, accounts or device_accounts(settings))
     tokens = TokenVerifier(
         secret=settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
         jwks_path=settings.jwt_jwks_path,
@@ -186,6 +203,7 @@ def create_app(
             DeviceController,
             KeyController,
             TenantController,
+            CredentialController,
         ],
         middleware=[auth],
         guards=[refuse_unknown_query],  # a typo in a query is a 422 (controllers.py)
@@ -204,6 +222,7 @@ def create_app(
             "catalog_service": Provide(lambda: parts.catalog_service, sync_to_thread=False),
             "access_service": Provide(lambda: access_service, sync_to_thread=False),
             "caller": Provide(caller, sync_to_thread=False),
+            "credential_service": Provide(lambda: credentials, sync_to_thread=False),
             "checks": Provide(parts.checks, sync_to_thread=False),
         },
         exception_handlers={Exception: problem_handler},

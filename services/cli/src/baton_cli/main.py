@@ -437,7 +437,7 @@ def simulate(
     """
     from baton_platform.logs import configure_logging
     from baton_platform.settings import Settings
-    from baton_simulator import Journal, Timing, TooManyDevices
+    from baton_simulator import Access, Journal, Timing, TooManyDevices
 
     if mqtt_protocol not in (None, "5", "3.1.1"):
         raise typer.BadParameter("must be 5 or 3.1.1", param_hint="--mqtt-protocol")
@@ -484,6 +484,15 @@ def simulate(
         options["connect_batch"] = connect_batch
     if journal is not None:
         options["journal"] = Journal(journal)
+    password = settings.mqtt_password
+    access = Access(
+        settings.mqtt_username,
+        password.get_secret_value() if password is not None else None,
+        settings.mqtt_tls,
+        settings.mqtt_ca_file,
+    )
+    if access != Access():
+        options["access"] = access  # the simulator's account (docs/security.md)
     host = mqtt_host or settings.mqtt_host
     port = mqtt_port or settings.mqtt_port
     protocol = mqtt_protocol or settings.mqtt_protocol

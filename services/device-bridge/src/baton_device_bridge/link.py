@@ -25,7 +25,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from baton_contracts.mqtt import RESPONSE_FILTER, SOCKET_OPTIONS, is_probe_topic
+from baton_contracts.accounts import bridge_client_id
+from baton_contracts.mqtt import RESPONSE_FILTER, SOCKET_OPTIONS, is_probe_topic, tls_context
 from baton_device_bridge.lanes import Lanes
 from baton_platform.metrics import REJECTED_MESSAGES
 from baton_platform.settings import Settings
@@ -75,7 +76,7 @@ class MqttLink:
         # The answer (and status and state) topics of every wire profile the catalog uses
         # (Baton's own answers by default).
         self.answer_filters = answer_filters if answer_filters is not None else [RESPONSE_FILTER]
-        self.identifier = f"baton-device-bridge-{settings.instance}"
+        self.identifier = bridge_client_id(settings.instance)  # its account is bound to it
         self._on_answer = on_answer
         self._reconnect_cap = reconnect_cap
         self._connect_wait = connect_wait
@@ -152,6 +153,7 @@ class MqttLink:
             username=s.mqtt_username,
             password=s.mqtt_password.get_secret_value() if s.mqtt_password else None,
             identifier=self.identifier,
+            tls_context=tls_context(s.mqtt_tls, s.mqtt_ca_file),
             logger=logging.getLogger("baton_device_bridge.mqtt"),
             protocol=aiomqtt.ProtocolVersion.V5 if self.v5 else aiomqtt.ProtocolVersion.V311,
             # The persistent session: `clean_session` on 3.1.1, `clean_start` on 5 (aiomqtt's
@@ -237,7 +239,12 @@ class MqttLink:
                 failures += 1
                 # Once per outage at warning level; the retries that follow at debug.
                 level = logging.WARNING if failures == 1 else logging.DEBUG
-                log.log(level, "MQTT connection lost or refused (%s); reconnecting", exc)
+                log.log(
+                    level,
+                    "MQTT connection lost or refused (%s) for account %s; reconnecting",
+                    exc,
+                    self.settings.mqtt_username or "(anonymous)",
+                )
             except Exception:
                 # A bug or a surprise from paho: the loop must not die quietly with it, or the
                 # bridge would run on with no MQTT at all. Loud, then retried like an outage.

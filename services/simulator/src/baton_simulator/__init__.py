@@ -29,7 +29,7 @@ from baton_simulator.behaviours import (
     Behaviour,
     Timing,
 )
-from baton_simulator.device import Broker, DeviceWire, SimulatedDevice
+from baton_simulator.device import Access, Broker, DeviceWire, SimulatedDevice
 from baton_simulator.journal import Journal
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "SILENT",
     "STUBBORN_CHARGER",
     "THERMOSTAT",
+    "Access",
     "Behaviour",
     "DeviceSpec",
     "DeviceWire",
@@ -110,14 +111,16 @@ async def run_simulator(
     timing: Timing = Timing(),
     connect_batch: int = CONNECT_BATCH,
     journal: Journal | None = None,
+    access: Access = Access(),
 ) -> None:
     """Run thermostats `devices` and never-answering `silent_devices` (both on Baton's own
     profile) and the devices of `specs` until `stop` is set, then disconnect them all.
     `protocol` is "5" or "3.1.1". `timing` sets every device's answer times where it sets
     them (the CLI times each spec's behaviour itself when timings differ by behaviour); at
     most `connect_batch` devices are connecting at once. `journal`: where every device
-    writes the requests it receives and the answers it sends (baton_simulator.journal)."""
-    broker = Broker(host, port, protocol)
+    writes the requests it receives and the answers it sends (baton_simulator.journal).
+    `access`: the simulator's account and TLS."""
+    broker = Broker(host, port, protocol, access)
     everyone = [
         *(DeviceSpec(d, DeviceWire(d), THERMOSTAT) for d in devices),
         *(DeviceSpec(d, DeviceWire(d), SILENT) for d in silent_devices),

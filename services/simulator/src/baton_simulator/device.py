@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -25,7 +26,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from baton_contracts.mqtt import SOCKET_OPTIONS, CommandRequest
+from baton_contracts.mqtt import SOCKET_OPTIONS, CommandRequest, tls_context
 from baton_contracts.profiles import (
     DeviceCancel,
     DeviceRequest,
@@ -60,10 +61,21 @@ class DeviceWire:
 
 
 @dataclass(frozen=True)
+class Access:
+    """How the simulator gets into the broker: its account (docs/security.md) and TLS."""
+
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: Path | None = None  # None: the system's CAs
+
+
+@dataclass(frozen=True)
 class Broker:
     host: str
     port: int
     protocol: str  # "5" or "3.1.1"
+    access: Access = Access()
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -72,29 +84,23 @@ class Broker:
     def client(self, identifier: str, will: aiomqtt.Will | None = None) -> aiomqtt.Client:
         """A client that keeps its session across reconnects; the broker publishes `will`
         if the connection ends without a DISCONNECT."""
+        session: dict[str, Any] = {"clean_session": False}
         if self.protocol == "5":
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = SESSION_EXPIRY_S
-            client = aiomqtt.Client(
-                self.host,
-                self.port,
-                identifier=identifier,
-                socket_options=SOCKET_OPTIONS,
-                protocol=PROTOCOLS["5"],
-                clean_start=False,
-                properties=properties,
-                will=will,
-            )
-        else:
-            client = aiomqtt.Client(
-                self.host,
-                self.port,
-                identifier=identifier,
-                socket_options=SOCKET_OPTIONS,
-                protocol=PROTOCOLS["3.1.1"],
-                clean_session=False,
-                will=will,
-            )
+            session = {"clean_start": False, "properties": properties}
+        client = aiomqtt.Client(
+            self.host,
+            self.port,
+            identifier=identifier,
+            username=self.access.username,
+            password=self.access.password,
+            tls_context=tls_context(self.access.tls, self.access.ca_file),
+            socket_options=SOCKET_OPTIONS,
+            protocol=PROTOCOLS[self.protocol],
+            will=will,
+            **session,
+        )
         # Answers of many executions are published concurrently; the default (10) only warns.
         client.pending_calls_threshold = 10_000
         return client

@@ -134,6 +134,9 @@ class AwsIotCommandsCodec(PresenceTopics):
     def device_filters(self, wire_id: str, type_wire: WireSettings) -> list[str]:
         return [f"{ROOT}/{wire_id}/executions/+/request/json"]
 
+    def device_topics(self, wire_id: str, type_wire: WireSettings) -> list[str]:
+        return [f"{ROOT}/{wire_id}/executions/+/response/json", *self.presence_topics(wire_id)]
+
     def decode_request(
         self,
         topic: str,

@@ -117,7 +117,8 @@ class DeviceCancel:
 class Codec(Protocol):
     """One wire profile. Baton side: encode_request, encode_cancel, answer_filters,
     decode_answer, status_filters, decode_status, state_filters, decode_state. Device side:
-    device_filters, decode_request, encode_answer, encode_status, encode_state."""
+    device_filters, device_topics, decode_request, encode_answer, encode_status,
+    encode_state."""
 
     name: str
     topic_id: TopicId
@@ -160,6 +161,10 @@ class Codec(Protocol):
         """None: not a state topic of this profile. Raises MalformedWireError."""
 
     def device_filters(self, wire_id: str, type_wire: WireSettings) -> list[str]: ...
+
+    def device_topics(self, wire_id: str, type_wire: WireSettings) -> list[str]:
+        """Every topic (or filter) the device `wire_id` publishes on: its answers, status and
+        state. With device_filters, what the broker lets its account do."""
 
     def decode_request(
         self,

@@ -91,6 +91,9 @@ class BatonCodec(PresenceTopics):
     def device_filters(self, wire_id: str, type_wire: WireSettings) -> list[str]:
         return device_filters(wire_id)
 
+    def device_topics(self, wire_id: str, type_wire: WireSettings) -> list[str]:
+        return [f"{TOPIC_ROOT}/{wire_id}/executions/+/response", *self.presence_topics(wire_id)]
+
     def decode_request(
         self,
         topic: str,

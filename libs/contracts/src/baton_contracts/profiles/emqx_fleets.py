@@ -110,6 +110,9 @@ class EmqxFleetsCodec(PresenceTopics):
     def device_filters(self, wire_id: str, type_wire: WireSettings) -> list[str]:
         return [f"{ROOT}/{wire_id}/executions/+/request"]
 
+    def device_topics(self, wire_id: str, type_wire: WireSettings) -> list[str]:
+        return [f"{ROOT}/{wire_id}/executions/+/response", *self.presence_topics(wire_id)]
+
     def decode_request(
         self,
         topic: str,

@@ -121,6 +121,10 @@ class PresenceTopics:
     def state_filters(self, type_wire: WireSettings) -> list[str]:
         return [] if self.state_topic is None else [self.state_topic.filter]
 
+    def presence_topics(self, wire_id: str) -> list[str]:
+        """The device's own status and state topics (where it publishes them)."""
+        return [t.topic(wire_id) for t in (self.status_topic, self.state_topic) if t is not None]
+
     def decode_status(
         self, topic: str, payload: bytes, type_wire: WireSettings
     ) -> DecodedPresence | None:

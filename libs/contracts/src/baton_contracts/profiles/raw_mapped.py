@@ -185,6 +185,11 @@ class RawMappedCodec:
     def device_filters(self, wire_id: str, type_wire: WireSettings) -> list[str]:
         return [fill(type_settings(type_wire).topic, wire_id)]
 
+    def device_topics(self, wire_id: str, type_wire: WireSettings) -> list[str]:
+        answers = type_settings(type_wire).answer_topic
+        own = [] if answers is None else [fill(answers, wire_id)]
+        return [*own, *_presence(type_wire).presence_topics(wire_id)]
+
     def decode_request(
         self,
         topic: str,

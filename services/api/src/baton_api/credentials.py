@@ -1,0 +1,122 @@
+"""A device's MQTT credentials: `POST /v1/devices/{device_id}/credentials` (docs/security.md).
+
+Issues the device an account on the MQTT broker that may publish and subscribe only on its
+own topics in its wire profile (baton_contracts.accounts), and answers its username and a new
+password, once: Baton keeps no copy. Asking again rotates: the old password stops working and
+a device connected with it is disconnected. The broker does the work behind `DeviceAccounts`:
+Mosquitto's dynamic security (baton_api.dynsec), or nothing where the broker's accounts are
+fixed when it starts (nats-server): 501.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from litestar import Controller, post
+from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
+from litestar.params import FromPath
+from pydantic import BaseModel, Field
+
+from baton_api.auth import Identity, admin
+from baton_api.catalog import CatalogService
+from baton_api.problems import ProblemError, problem
+from baton_api.schemas import ProblemOut
+from baton_contracts.accounts import AccountTopics, device_topics, device_username
+from baton_contracts.profiles import ProfileSettingsError
+
+
+class Credentials(BaseModel):
+    username: str = Field(description="also the client id the device must connect with")
+    password: str = Field(description="shown once; asking again replaces it")
+
+
+class AccountsUnavailableError(Exception):
+    """The broker could not be asked (not reachable, or it refused); the detail says why."""
+
+
+class AccountsNotIssuedError(Exception):
+    """This broker's accounts are fixed when it starts: none is issued at run time."""
+
+
+class DeviceAccounts(Protocol):
+    async def issue(self, username: str, topics: AccountTopics) -> str:
+        """Create the account `username` (bound to that client id) on `topics`, or replace
+        it, and return its new password; the old one stops working at once."""
+
+
+class FixedAccounts:
+    """A broker whose accounts are fixed when it starts (nats-server's MQTT listener)."""
+
+    async def issue(self, username: str, topics: AccountTopics) -> str:
+        raise AccountsNotIssuedError(
+            "this MQTT broker's accounts are fixed when it starts (nats-server): device "
+            "credentials cannot be issued at run time; use Mosquitto (docs/security.md)"
+        )
+
+
+@dataclass
+class InMemoryAccounts:
+    """Accounts in a dict, for tests: what the broker would hold."""
+
+    accounts: dict[str, tuple[str, AccountTopics]] = field(default_factory=dict)
+    counter: int = 0
+
+    async def issue(self, username: str, topics: AccountTopics) -> str:
+        self.counter += 1
+        password = f"password-{self.counter}"
+        self.accounts[username] = (password, topics)
+        return password
+
+
+class CredentialService:
+    def __init__(self, catalog: CatalogService, accounts: DeviceAccounts) -> None:
+        self._catalog = catalog
+        self._accounts = accounts
+
+    async def issue(self, device_id: str, tenant: str) -> Credentials:
+        """404 unknown-device for a device `tenant` does not have (another's included)."""
+        device = await self._catalog.device(device_id, tenant)
+        device_type = (await self._catalog.catalog(tenant)).device_types[device.type]
+        try:
+            topics = device_topics(
+                device_type.wire_profile, device.id, device.hardware_id, device_type.wire
+            )
+        except ProfileSettingsError as exc:
+            raise ProblemError(problem(409, "unusable-wire-settings", str(exc))) from None
+        username = device_username(device.id)
+        try:
+            password = await self._accounts.issue(username, topics)
+        except AccountsNotIssuedError as exc:
+            raise ProblemError(problem(501, "credentials-not-supported", str(exc))) from None
+        except AccountsUnavailableError as exc:
+            raise ProblemError(problem(503, "broker-unavailable", str(exc))) from None
+        return Credentials(username=username, password=password)
+
+
+class CredentialController(Controller):
+    path = "/devices/{device_id:str}"
+    tags = ["catalog"]
+
+    @post(
+        "/credentials",
+        status_code=201,
+        guards=[admin],
+        responses={
+            501: ResponseSpec(
+                ProblemOut,
+                description="the MQTT broker's accounts are fixed (nats-server): none issued",
+                media_type="application/problem+json",
+            )
+        },
+    )
+    async def issue_credentials(
+        self,
+        caller: NamedDependency[Identity],
+        credential_service: NamedDependency[CredentialService],
+        device_id: FromPath[str],
+    ) -> Credentials:
+        """Admin: issue the device its MQTT account, or rotate its password (the old one stops
+        working, a connection made with it is closed). The password is shown only here."""
+        return await credential_service.issue(device_id, caller.tenant)

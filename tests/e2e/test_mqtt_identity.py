@@ -1,0 +1,106 @@
+"""Device identity on MQTT, end to end: the whole stack over mqtts (a CA this test makes), a
+device's credentials issued and rotated through the API, and the forged answer that used to
+turn demo-silent-1's command SUCCEEDED now changes nothing (issue 8, item 6)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from baton_cli.localstack import Stack, find_binary
+from baton_contracts.mqtt import response_topic, tls_context
+from tests.certificates import make_ca
+from tests.e2e.conftest import Baton, make_stack, running
+
+pytestmark = pytest.mark.skipif(
+    find_binary("mosquitto") is None, reason="device credentials are issued by Mosquitto"
+)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("mqtts")
+    tls = make_ca(tmp / "tls")
+    with running(make_stack(tmp / "stack", broker="mosquitto", mqtt_tls=tls)) as started:
+        yield started
+
+
+def issue(baton: Baton, device_id: str) -> dict[str, str]:
+    response = baton.http.post(f"/v1/devices/{device_id}/credentials")
+    assert response.status_code == 201, response.text
+    body: dict[str, str] = response.json()
+    return body
+
+
+def as_device(stack: Stack, credentials: dict[str, str]) -> aiomqtt.Client:
+    assert stack.mqtt_tls is not None
+    return aiomqtt.Client(
+        "localhost",
+        stack.mqtts_port or 0,
+        username=credentials["username"],
+        password=credentials["password"],
+        identifier=credentials["username"],
+        tls_context=tls_context(True, stack.mqtt_tls.ca_file),
+        protocol=aiomqtt.ProtocolVersion.V5,
+    )
+
+
+def connects(stack: Stack, credentials: dict[str, str]) -> bool:
+    async def attempt() -> bool:
+        try:
+            async with as_device(stack, credentials):
+                return True
+        except aiomqtt.MqttError:
+            return False
+
+    return asyncio.run(attempt())
+
+
+def test_a_forged_answer_for_another_device_changes_nothing(stack: Stack, baton: Baton) -> None:
+    attacker = issue(baton, "demo-thermostat-1")
+    silent = baton.send("demo-silent-1", "set_temperature", {"value": 20}, ttl=60)
+    assert silent.status_code == 201, silent.text
+    silent_id = silent.json()["id"]
+    baton.wait_for(silent_id, {"SENT"})
+
+    async def forge() -> None:
+        async with as_device(stack, attacker) as client:
+            body = '{"status": "SUCCEEDED", "payload": {"forged": true}}'
+            await client.publish(response_topic("demo-silent-1", silent_id), body, qos=1)
+
+    asyncio.run(forge())
+    # A command after the attempt goes the whole way through the same bridge...
+    real = baton.send("demo-thermostat-2", "set_temperature", {"value": 21})
+    assert baton.wait_for(real.json()["id"], {"SUCCEEDED"})["status"] == "SUCCEEDED"
+    # ...and the forged answer did not: the silent device's command is untouched.
+    after = baton.get(silent_id, expand_log=True)
+    assert after["status"] == "SENT"
+    assert "forged" not in str(after)
+
+
+def test_a_rotated_password_stops_working_within_a_second(stack: Stack, baton: Baton) -> None:
+    old = issue(baton, "demo-thermostat-3")
+    assert connects(stack, old)
+    new = issue(baton, "demo-thermostat-3")
+    rotated = time.monotonic()
+    assert new["username"] == old["username"]
+    assert not connects(stack, old)
+    assert time.monotonic() - rotated < 1.0
+    assert connects(stack, new)
+
+
+def test_credentials_of_an_unknown_device_are_a_404(baton: Baton) -> None:
+    response = baton.http.post("/v1/devices/nope/credentials")
+    assert response.status_code == 404
+    assert response.json()["code"] == "unknown-device"
+
+
+def test_the_stack_runs_over_tls(stack: Stack) -> None:
+    env = stack.env()
+    assert env["BATON_MQTT_TLS"] == "true"
+    assert Path(env["BATON_MQTT_CA_FILE"]).exists()

@@ -1,0 +1,122 @@
+"""`POST /v1/devices/{id}/credentials`: an admin issues (and rotates) a device's MQTT account,
+on the device's own topics in its wire profile; bad input is a problem document."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+
+from baton_api.app import create_app
+from baton_api.credentials import (
+    AccountsUnavailableError,
+    DeviceAccounts,
+    FixedAccounts,
+    InMemoryAccounts,
+)
+from baton_api.inmemory import InMemoryGateway
+from baton_contracts.accounts import AccountTopics
+from baton_domain.application import Executions
+from baton_domain.catalog import Catalog
+from baton_platform.settings import Settings
+from tests.unit.test_api import ADMIN, ADMIN_KEY, AUTH, DEMO, KEY, assert_problem
+
+PROFILES = Path(__file__).resolve().parents[2] / "deploy" / "catalog" / "profiles.yaml"
+
+
+class Unreachable:
+    async def issue(self, username: str, topics: AccountTopics) -> str:
+        raise AccountsUnavailableError("connection refused")
+
+
+def client_with(tmp_path: Path, accounts: DeviceAccounts, catalog: Path = DEMO) -> TestClient[Any]:
+    executions = Executions(
+        Catalog.from_yaml(catalog), env={"PERSISTENCE_MODULE": "eventsourcing.popo"}
+    )
+    settings = Settings(data_dir=tmp_path, api_keys=KEY, admin_api_keys=ADMIN_KEY)
+    gateway = InMemoryGateway(executions)
+    app = create_app(settings, gateway=gateway, executions=executions, accounts=accounts)
+    return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.fixture
+def accounts() -> InMemoryAccounts:
+    return InMemoryAccounts()
+
+
+@pytest.fixture
+def client(tmp_path: Path, accounts: InMemoryAccounts) -> Iterator[TestClient[Any]]:
+    with client_with(tmp_path, accounts) as test_client:
+        yield test_client
+
+
+def test_an_admin_issues_a_device_its_account_on_its_own_topics(
+    client: TestClient[Any], accounts: InMemoryAccounts
+) -> None:
+    response = client.post("/v1/devices/demo-thermostat-1/credentials", headers=ADMIN)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["username"] == "device-demo-thermostat-1"
+    password, topics = accounts.accounts["device-demo-thermostat-1"]
+    assert body["password"] == password
+    assert set(body) == {"username", "password"}
+    assert topics.subscribe == (
+        "baton/v1/devices/demo-thermostat-1/executions/+/request",
+        "baton/v1/devices/demo-thermostat-1/executions/+/cancel",
+    )
+    assert all(t.startswith("baton/v1/devices/demo-thermostat-1/") for t in topics.publish)
+
+
+def test_asking_again_rotates_the_password(
+    client: TestClient[Any], accounts: InMemoryAccounts
+) -> None:
+    first = client.post("/v1/devices/demo-thermostat-1/credentials", headers=ADMIN).json()
+    second = client.post("/v1/devices/demo-thermostat-1/credentials", headers=ADMIN).json()
+    assert first["username"] == second["username"]
+    assert first["password"] != second["password"]
+    assert accounts.accounts[second["username"]][0] == second["password"]
+
+
+def test_each_profile_gets_its_own_topics(tmp_path: Path) -> None:
+    accounts = InMemoryAccounts()
+    catalog = Catalog.from_yaml(PROFILES)
+    with client_with(tmp_path, accounts, PROFILES) as client:
+        for device in catalog.devices:
+            response = client.post(f"/v1/devices/{device.id}/credentials", headers=ADMIN)
+            assert response.status_code == 201, response.text
+    profiles = {catalog.device_types[d.type].wire_profile for d in catalog.devices}
+    assert len(profiles) == 4  # every profile was asked for
+    for device in catalog.devices:
+        _, topics = accounts.accounts[f"device-{device.id}"]
+        assert all(device.wire_id in t or device.id in t for t in topics.publish + topics.subscribe)
+
+
+def test_only_an_admin_may(client: TestClient[Any], accounts: InMemoryAccounts) -> None:
+    assert_problem(client.post("/v1/devices/demo-thermostat-1/credentials", headers=AUTH), 403)
+    assert_problem(client.post("/v1/devices/demo-thermostat-1/credentials"), 401)
+    assert accounts.accounts == {}
+
+
+def test_an_unknown_device_is_a_404(client: TestClient[Any]) -> None:
+    body = assert_problem(client.post("/v1/devices/nope/credentials", headers=ADMIN), 404)
+    assert body["code"] == "unknown-device"
+
+
+@pytest.mark.parametrize(
+    ("accounts", "status", "code", "said"),
+    [
+        (FixedAccounts(), 501, "credentials-not-supported", "nats-server"),
+        (Unreachable(), 503, "broker-unavailable", "connection refused"),
+    ],
+)
+def test_a_broker_that_cannot_issue_says_why(
+    tmp_path: Path, accounts: DeviceAccounts, status: int, code: str, said: str
+) -> None:
+    with client_with(tmp_path, accounts) as client:
+        response = client.post("/v1/devices/demo-thermostat-1/credentials", headers=ADMIN)
+    body = assert_problem(response, status)
+    assert body["code"] == code
+    assert said in body["detail"]
