@@ -48,6 +48,7 @@ from baton_contracts.nats import (
 from baton_device_bridge.app import DeviceBridge
 from baton_device_bridge.edges import DURABLE, SERVICE, SUBJECTS
 from baton_platform.metrics import REJECTED_MESSAGES
+from baton_platform.nats import ensure_streams
 from baton_platform.settings import Settings
 from tests.conftest import eventually, nats_access
 
@@ -512,6 +513,7 @@ async def test_an_answer_is_acknowledged_only_once_its_report_is_stored(
     # The bridge goes away with the answer read but not stored: the broker must still have it
     # (never acknowledged) and gives it to the next bridge of this instance.
     await session_bridge.stop()
-    await session_bridge.start()  # ensures the streams again
+    await ensure_streams(js)  # the stream back, as the dispatcher makes it at its start
+    await session_bridge.start()
     [report] = await eventually(lambda: reports_for(js, execution_id), what="redelivered answer")
     assert report.report_id == f"answer:{execution_id}:kept"
