@@ -81,12 +81,13 @@ def is_refusal(exc: Exception) -> bool:
 
 
 async def log_nats_error(exc: Exception) -> None:
-    """nats-py's `error_cb`: a permissions violation (a subject this user may not publish or
-    subscribe to; nats-server logs it too) as one line; other errors as nats-py does."""
+    """nats-py's `error_cb`, one line each: a permissions violation (a subject this user may
+    not publish or subscribe to, a bug in a service; nats-server logs it too) as an error,
+    other errors (connection attempts during an outage) as warnings."""
     if is_refusal(exc):
         log.error("NATS refused: %s", exc)
     else:
-        log.error("NATS error: %s", exc)
+        log.warning("NATS error: %s", exc)
 
 
 async def log_disconnected() -> None:
