@@ -8,7 +8,7 @@ watches with `ops`, which may do everything."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import uuid4
@@ -17,6 +17,7 @@ import nats
 import nats.errors
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from baton_cli.localstack import Server
 from baton_contracts.nats import (
@@ -250,7 +251,7 @@ async def test_lifecycle_events_replies_and_streams_are_unreadable_without_the_r
     tenant = callers[TENANT]
     received: list[bytes] = []
 
-    async def got(msg: nats.aio.msg.Msg) -> None:
+    async def got(msg: Msg) -> None:
         received.append(msg.data)
 
     for subject in (EVENTS_WILDCARD, "_INBOX.>", f"{inbox_prefix(API)}.>", ">"):
@@ -269,9 +270,8 @@ async def test_lifecycle_events_replies_and_streams_are_unreadable_without_the_r
     assert received == []
 
 
-def _violations(server: Server) -> Callable[[], str]:
-    log = Path(server.proc.args[2]).parent / "nats.log"  # type: ignore[index]
-    return lambda: log.read_text()
+def _server_log(server: Server) -> Path:
+    return Path(server.extra["credentials"]).parent / "nats.log"  # start_baton_nats' workdir
 
 
 async def test_the_server_logs_each_refusal(
@@ -279,10 +279,9 @@ async def test_the_server_logs_each_refusal(
 ) -> None:
     """Where an operator sees a refused client: nats-server's log names the user and subject."""
     await callers[TENANT].publish_refused(report_subject(DEVICE), b"{}")
-    read = _violations(nats_server)
 
     async def logged() -> bool:
-        text = read()
+        text = _server_log(nats_server).read_text()
         return "Violation" in text and report_subject(DEVICE) in text and TENANT in text
 
     await eventually(logged, what="the refusal in nats-server's log")

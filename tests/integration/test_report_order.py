@@ -25,12 +25,11 @@ from baton_dispatcher.backlog import ReportsBacklog
 from baton_dispatcher.reports import (
     REPORTS_ACK_WAIT_S,
     REPORTS_BATCH,
-    REPORTS_DURABLE,
 )
 from baton_dispatcher.writer import Writer
 from baton_domain.application import Executions, RequestCommand
 from baton_domain.catalog import Catalog
-from baton_platform.nats_access import OPS
+from baton_platform.nats_access import OPS, REPORTS_DURABLE
 from baton_platform.settings import Settings
 from tests.conftest import DEMO, eventually, service_settings
 from tests.integration.test_dispatcher import report, submit, types_of

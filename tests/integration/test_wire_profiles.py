@@ -45,7 +45,7 @@ CATALOG = Catalog.from_yaml(CATALOG_PATH)
 
 @pytest.fixture
 def settings(nats_server: Server, mqtt_broker: Server, tmp_path: Path) -> Settings:
-    return make_settings(nats_server.url, mqtt_broker.port, mqtt_broker.extra["protocol"], tmp_path)
+    return make_settings(nats_server, mqtt_broker.port, mqtt_broker.extra["protocol"], tmp_path)
 
 
 @contextlib.asynccontextmanager
