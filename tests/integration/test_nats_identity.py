@@ -8,6 +8,7 @@ watches with `ops`, which may do everything."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,10 +17,12 @@ from uuid import uuid4
 import nats
 import nats.errors
 import pytest
+import yaml
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from baton_cli.localstack import Server
+from baton_cli.localstack import Server, find_binary, free_port, wait_for_port
+from baton_cli.nats_setup import write_nats_config
 from baton_contracts.nats import (
     CATALOG_CHANGE_SUBJECT,
     CATALOG_GET_SUBJECT,
@@ -41,6 +44,7 @@ from baton_contracts.nats import (
     watermark_subject,
 )
 from baton_dispatcher.app import Dispatcher
+from baton_platform.nats import connect, ensure_streams, identity
 from baton_platform.nats_access import (
     API,
     DEVICE_BRIDGE,
@@ -49,6 +53,7 @@ from baton_platform.nats_access import (
     inbox_prefix,
     tenant_user,
 )
+from baton_platform.settings import Settings
 from tests.conftest import eventually, service_settings
 
 pytestmark = pytest.mark.integration
@@ -285,3 +290,40 @@ async def test_the_server_logs_each_refusal(
         return "Violation" in text and report_subject(DEVICE) in text and TENANT in text
 
     await eventually(logged, what="the refusal in nats-server's log")
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_the_deployment_admits_baton_users_only(tmp_path: Path) -> None:
+    """compose.yaml: `baton nats-setup` writes the users into deploy/nats/nats.conf's copy,
+    which nats-server runs with; every Baton service reads its password from there."""
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    assert services["nats"]["command"] == ["-c", "/etc/baton-nats/nats.conf"]
+    assert "/etc/baton-nats" in services["nats-setup"]["command"]
+    for name in ("dispatcher", "device-bridge", "timeout-scheduler", "api"):
+        env = services[name]["environment"]
+        assert env["BATON_NATS_CREDENTIALS"] == "/etc/baton-nats/credentials.json", name
+
+    config = write_nats_config(tmp_path / "auth", ROOT / "deploy/nats/nats.conf", ["default"])
+    port = free_port()
+    text = config.read_text().replace("/data/jetstream", str(tmp_path / "jetstream"))
+    config.write_text(text.replace("0.0.0.0:4222", f"127.0.0.1:{port}"))
+    binary = find_binary("nats-server")
+    assert binary is not None
+    proc = subprocess.Popen([binary, "-c", str(config)], stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", port, proc)
+        url = f"nats://127.0.0.1:{port}"
+        with pytest.raises(nats.errors.Error):
+            await nats.connect(url, allow_reconnect=False, connect_timeout=2)
+        settings = Settings(nats_url=url, nats_credentials=tmp_path / "auth" / "credentials.json")
+        client = await connect(url, "deploy-test", identity(settings, DISPATCHER))
+        try:
+            await ensure_streams(client.jetstream())  # what the dispatcher may do
+        finally:
+            await client.close()
+    finally:
+        proc.terminate()
+        proc.wait()

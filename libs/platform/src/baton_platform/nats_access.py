@@ -207,16 +207,20 @@ def read_credentials(path: Path) -> dict[str, str]:
     return data
 
 
-def write_credentials(path: Path, passwords: dict[str, str]) -> None:
-    """Written readable by its owner only, replaced in one step."""
+def write_private(path: Path, text: str) -> None:
+    """A file with passwords in it: readable by its owner only from its first byte, replaced
+    in one step."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.partial")
     partial.unlink(missing_ok=True)
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
-        json.dump(passwords, out, indent=2, sort_keys=True)
-        out.write("\n")
+        out.write(text)
     partial.replace(path)
+
+
+def write_credentials(path: Path, passwords: dict[str, str]) -> None:
+    write_private(path, json.dumps(passwords, indent=2, sort_keys=True) + "\n")
 
 
 def ensure_credentials(path: Path, tenants: Iterable[str] = ()) -> dict[str, str]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from baton_contracts.nats import DEFAULT_TENANT
-from baton_platform.nats_access import authorization_block, ensure_credentials
+from baton_platform.nats_access import authorization_block, ensure_credentials, write_private
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -140,12 +140,10 @@ def start_nats(
             f'mqtt {{ listen: "{host}:{mqtt_port}", ack_wait: "{NATS_MQTT_ACK_WAIT_S}s" }}'
         )
     conf_path = workdir / "nats.conf"
-    if passwords is not None:
-        config.append(authorization_block(passwords))
-        # The passwords are in it: readable by us only.
-        conf_path.touch(mode=0o600)
-        conf_path.chmod(0o600)
-    conf_path.write_text("\n".join(config) + "\n")
+    if passwords is None:
+        conf_path.write_text("\n".join(config) + "\n")
+    else:
+        write_private(conf_path, "\n".join([*config, authorization_block(passwords)]) + "\n")
     proc = _spawn([binary, "-c", str(conf_path)], workdir / "nats.log")
     wait_for_port(host, port, proc)
     if mqtt_port is not None:
