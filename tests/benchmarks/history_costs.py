@@ -43,6 +43,7 @@ from baton_contracts.nats import LifecycleEvent
 from baton_domain.application import Executions, RequestCommand
 from baton_domain.catalog import Catalog
 from baton_domain.statuses import AnswerStatus, ExecutionStatus
+from baton_domain.tenants import DEFAULT_TENANT
 from baton_platform.eventstore import event_store_env
 from baton_platform.settings import Settings
 from baton_views import ExecutionFilter, ExecutionViews, read_events
@@ -89,8 +90,10 @@ def _status_sql() -> str:
     return f"CASE {' '.join(cases)} END"
 
 
-def fill_views(conn: sqlite3.Connection, start: int, stop: int) -> None:
-    """Executions start..stop-1 as rows of the views, in the caller's transaction.
+def fill_views(
+    conn: sqlite3.Connection, start: int, stop: int, tenant: str = DEFAULT_TENANT
+) -> None:
+    """Executions start..stop-1 of `tenant` as rows of the views, in the caller's transaction.
 
     Execution i was created HISTORY_START + i seconds. Its id, status, command name,
     device and whether it is ephemeral come from a hash of i (so the id index is written
@@ -114,16 +117,17 @@ def fill_views(conn: sqlite3.Connection, start: int, stop: int) -> None:
                      ELSE printf('fleet-%04d', h / 50000 % {FLEET}) END
             FROM hashed
         )
-        INSERT INTO executions (id, device_id, name, params, status, created_at, updated_at,
-            ttl, deadline, result, error, requested_name, ephemeral, retry_of, retries, outcome)
-        SELECT printf('%08x-%04x-4000-8000-%012x', h, i % 65536, i), device_id, name, '{{}}',
+        INSERT INTO executions (id, tenant, device_id, name, params, status, created_at,
+            updated_at, ttl, deadline, result, error, requested_name, ephemeral, retry_of,
+            retries, outcome)
+        SELECT printf('%08x-%04x-4000-8000-%012x', h, i % 65536, i), ?, device_id, name, '{{}}',
             status, {moment("i")}, {moment("i + 2")}, 30, {moment("i + 30")},
             CASE status WHEN 'SUCCEEDED' THEN '{{"ok":true}}' END,
             CASE WHEN status != 'SUCCEEDED' THEN '{{"code":"bench"}}' END,
             name, h / 500 % {EPHEMERAL_EVERY} = 0, NULL, '[]', status
         FROM gen
         """,
-        (start, stop),
+        (start, stop, tenant),
     )
 
 

@@ -70,12 +70,13 @@ def executions() -> Executions:
     return Executions(Catalog.from_yaml(DEMO), env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
 
 
-def client_for(tmp_path: Path, gateway: InMemoryGateway) -> TestClient[Any]:
+def client_for(tmp_path: Path, gateway: InMemoryGateway, **overrides: Any) -> TestClient[Any]:
     settings = Settings(
         data_dir=tmp_path,
         api_keys=KEY,
         admin_api_keys=ADMIN_KEY,
         projection_poll_interval=0.05,
+        **overrides,
     )
     app = create_app(settings, gateway=gateway, executions=gateway.executions)
     return TestClient(app, raise_server_exceptions=False)
@@ -145,9 +146,10 @@ def test_submit_answers_the_execution_itself(client: TestClient[Any]) -> None:
     assert set(body) == {
         "id", "device_id", "name", "params", "status", "created_at",
         "updated_at", "ttl", "deadline", "result", "error", "ephemeral", "retry_of", "retries",
-        "verification",
+        "verification", "requested_by",
     }  # fmt: skip
     assert body["device_id"] == "demo-thermostat-1"
+    assert body["requested_by"] == principal_of(KEY)
     assert body["name"] == "set_temperature"
     assert body["params"] == {"value": 21}
     assert body["status"] == "PENDING"

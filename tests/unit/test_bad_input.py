@@ -15,7 +15,7 @@ import pytest
 from litestar import Litestar
 from litestar.routes import HTTPRoute
 
-from baton_contracts.nats import CatalogChange
+from baton_contracts.nats import CatalogChange, CatalogQuery
 from baton_domain.catalog_document import CatalogDocument
 from baton_domain.errors import CatalogConflict, InvalidCatalog
 from baton_platform.commands import CommandHandlers
@@ -380,8 +380,10 @@ def test_two_creates_of_one_name_settle_in_the_writer() -> None:
     )
     assert first.problem is None
     assert second.problem is not None and second.problem.code == "catalog-conflict"
-    assert handlers.get_catalog().document is not None
-    assert sorted(handlers.get_catalog().document["device_types"]["lamp"]["commands"]) == [
+    assert handlers.get_catalog(CatalogQuery()).document is not None
+    assert sorted(
+        handlers.get_catalog(CatalogQuery()).document["device_types"]["lamp"]["commands"]
+    ) == [
         "off",
         "on",
     ]

@@ -10,16 +10,21 @@ from uuid import UUID
 
 import pytest
 
+from baton_contracts.nats import LifecycleEvent
 from baton_domain.application import Executions, RequestCommand
 from baton_domain.catalog import Catalog
+from baton_domain.errors import ExecutionNotFound
 from baton_domain.statuses import AnswerStatus, ExecutionStatus
+from baton_domain.tenants import DEFAULT_TENANT
 from baton_platform.mapping import execution_state
-from baton_views import ExecutionViews, read_events, rebuild
+from baton_views import ExecutionFilter, ExecutionViews, read_events, rebuild, replay
 from baton_views.projection import DEVICE_QUEUE_TYPES, PROJECTED_TYPES
-from baton_views.store import TABLES
+from baton_views.store import SCHEMA_VERSION, TABLES
 
 DEMO = Path(__file__).resolve().parents[2] / "deploy" / "catalog" / "demo.yaml"
 DEVICE = "demo-thermostat-1"
+OTHER = "acme"  # a tenant besides the default one
+FAR_FUTURE = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 class Clock:
@@ -86,9 +91,54 @@ def every_ending(app: Executions, clock: Clock) -> dict[str, UUID]:
     return ids
 
 
-def project_all(app: Executions, views: ExecutionViews, batch: int = 1000) -> None:
-    while events := read_events(app, views.position(), batch):
+class Tenancy:
+    """Whose each execution is, written into its `Requested` event as it is read.
+
+    The events are the domain's, and say whose they are in `data["tenant"]`; here tests
+    choose it per execution (the others' are the default tenant's). A retry is its
+    original's tenant's, as the domain makes it.
+    """
+
+    def __init__(self) -> None:
+        self.of: dict[UUID, str] = {}
+
+    def claim(self, app: Executions, after: int, tenant: str) -> None:
+        """Every execution requested after notification `after` is `tenant`'s."""
+        for event in read_events(app, after, 100_000):
+            if event.type == "Requested":
+                self.of[event.execution_id] = tenant
+
+    def read(self, app: Executions, after: int, limit: int) -> list[LifecycleEvent]:
+        """`read_events`, with each execution's tenant in its `Requested`."""
+        return [self._tagged(e) for e in read_events(app, after, limit)]
+
+    def _tagged(self, event: LifecycleEvent) -> LifecycleEvent:
+        if event.type != "Requested":
+            return event
+        retry_of = event.data.get("retry_of")
+        original = self.of.get(UUID(str(retry_of))) if retry_of else None
+        tenant = self.of.setdefault(event.execution_id, original or DEFAULT_TENANT)
+        return event.model_copy(update={"data": {**event.data, "tenant": tenant}})
+
+
+def project_all(
+    app: Executions, views: ExecutionViews, batch: int = 1000, tenancy: Tenancy | None = None
+) -> None:
+    read = tenancy.read if tenancy is not None else read_events
+    while events := read(app, views.position(), batch):
         views.apply(events)
+
+
+def in_two_tenants(app: Executions, clock: Clock) -> Tenancy:
+    """`every_ending` three times: in the default tenant, in OTHER, in the default again
+    (so OTHER's executions are both newer and older than some of the default's)."""
+    tenancy = Tenancy()
+    every_ending(app, clock)
+    mark = app.recorder.max_notification_id() or 0
+    every_ending(app, clock)
+    tenancy.claim(app, mark, OTHER)
+    every_ending(app, clock)
+    return tenancy
 
 
 def dump(path: Path) -> list[tuple[Any, ...]]:
@@ -255,3 +305,177 @@ def test_a_views_database_of_another_schema_version_starts_over(tmp_path: Path) 
         assert views.list().total_count == 0
     finally:
         views.close()
+
+
+# --- tenants ---------------------------------------------------------------------------------
+
+
+def existing(app: Executions, tenancy: Tenancy, tenant: str) -> set[UUID]:
+    """The tenant's executions the store still has (the deleted ones have no row)."""
+    found = set()
+    for execution_id, owner in tenancy.of.items():
+        try:
+            app.get(execution_id)
+        except ExecutionNotFound:
+            continue
+        if owner == tenant:
+            found.add(execution_id)
+    return found
+
+
+def test_a_tenant_lists_counts_and_gets_only_its_own_executions(
+    app: Executions, views: ExecutionViews, clock: Clock
+) -> None:
+    tenancy = in_two_tenants(app, clock)
+    project_all(app, views, batch=5, tenancy=tenancy)
+    mine = {t: existing(app, tenancy, t) for t in (DEFAULT_TENANT, OTHER)}
+    assert len(mine[DEFAULT_TENANT]) == 2 * len(mine[OTHER]) == 16
+
+    for tenant, theirs in ((DEFAULT_TENANT, mine[OTHER]), (OTHER, mine[DEFAULT_TENANT])):
+        everything = views.list(ExecutionFilter(tenant=tenant, include_ephemeral=True), limit=500)
+        assert {e.id for e in everything.items} == mine[tenant]
+        assert everything.total_count == len(mine[tenant])
+        assert {e.tenant for e in everything.items} == {tenant}
+        # page by page, through every kind of filter and its count
+        for where in (
+            ExecutionFilter(tenant=tenant),
+            ExecutionFilter(tenant=tenant, statuses=frozenset({ExecutionStatus.FAILED})),
+            ExecutionFilter(tenant=tenant, statuses=frozenset({ExecutionStatus.SENT})),
+            ExecutionFilter(tenant=tenant, device_id=DEVICE, name="reboot"),
+            ExecutionFilter(tenant=tenant, created_before=FAR_FUTURE),
+        ):
+            seen, cursor = [], None
+            while True:
+                page = views.list(where, limit=2, cursor=cursor)
+                seen += [e.id for e in page.items]
+                if page.next_cursor is None:
+                    break
+                cursor = page.next_cursor
+            assert seen and set(seen) <= mine[tenant], where
+            assert page.total_count == len(seen), where
+        for execution_id in mine[tenant]:
+            assert views.get(execution_id, tenant=tenant) == views.get(execution_id)
+            assert views.get(execution_id, True, tenant) == views.get(execution_id, True)
+        for execution_id in theirs:  # another tenant's: exactly as if it did not exist
+            assert views.get(execution_id) is not None
+            assert views.get(execution_id, tenant=tenant) is None
+            assert views.get(execution_id, True, tenant) is None
+        assert set(views.ids_created_before(FAR_FUTURE, 100, tenant=tenant)) == mine[tenant]
+
+    assert views.list(ExecutionFilter(tenant="nobody", include_ephemeral=True)).total_count == 0
+    assert views.list().total_count == len(mine[DEFAULT_TENANT])  # the default tenant's
+    # The retention sweep: every tenant's, up to the limit, across tenants.
+    every = mine[DEFAULT_TENANT] | mine[OTHER]
+    assert set(views.ids_created_before(FAR_FUTURE, 100)) == every
+    some = views.ids_created_before(FAR_FUTURE, len(mine[OTHER]) + 3)
+    assert len(set(some)) == len(mine[OTHER]) + 3 and set(some) <= every
+    assert views.ids_created_before(FAR_FUTURE, 100, ephemeral_only=True) == []
+
+
+def test_rebuild_of_two_tenants_gives_the_same_rows(
+    app: Executions,
+    views: ExecutionViews,
+    clock: Clock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tenancy = in_two_tenants(app, clock)
+    project_all(app, views, batch=4, tenancy=tenancy)
+    monkeypatch.setattr(replay, "read_events", tenancy.read)
+    rebuild(app, tmp_path / "replayed.sqlite")
+    live = dump(views.path)
+    assert dump(tmp_path / "replayed.sqlite") == live
+    conn = sqlite3.connect(views.path)
+    try:
+        counted = conn.execute(
+            "SELECT tenant, SUM(n) FROM execution_counts WHERE scope = 0 GROUP BY tenant"
+        ).fetchall()
+    finally:
+        conn.close()
+    assert counted == [(OTHER, 8), (DEFAULT_TENANT, 16)]
+
+
+@pytest.mark.parametrize("given", [None, "", DEFAULT_TENANT])
+def test_an_execution_requested_before_tenants_is_the_default_tenants(
+    app: Executions, views: ExecutionViews, given: str | None
+) -> None:
+    execution_id = request(app)
+    events = read_events(app, 0, 100)
+    requested = events[0]
+    assert requested.type == "Requested"
+    data = {k: v for k, v in requested.data.items() if k != "tenant"}
+    if given is not None:
+        data["tenant"] = given
+    views.apply([requested.model_copy(update={"data": data}), *events[1:]])
+    row = views.get(execution_id, tenant=DEFAULT_TENANT)
+    assert row is not None and row.tenant == DEFAULT_TENANT
+    assert [e.id for e in views.list().items] == [execution_id]
+
+
+# The views' schema at version 4, before tenants: what a deployed api last wrote.
+VERSION_4 = """
+CREATE TABLE executions (id TEXT PRIMARY KEY, device_id TEXT NOT NULL, name TEXT NOT NULL,
+    params TEXT NOT NULL, status TEXT NOT NULL, created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL, ttl INTEGER NOT NULL, deadline TEXT NOT NULL, result TEXT,
+    error TEXT, requested_name TEXT NOT NULL, ephemeral INTEGER NOT NULL, retry_of TEXT,
+    retries TEXT NOT NULL, verification TEXT, outcome TEXT NOT NULL);
+CREATE TABLE execution_log (execution_id TEXT NOT NULL, seq INTEGER NOT NULL,
+    received_at TEXT NOT NULL, status TEXT NOT NULL, payload TEXT NOT NULL,
+    PRIMARY KEY (execution_id, seq));
+CREATE TABLE execution_counts (scope INTEGER NOT NULL, device_id TEXT NOT NULL,
+    name TEXT NOT NULL, status TEXT NOT NULL, ephemeral INTEGER NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (scope, device_id, name, status, ephemeral)) WITHOUT ROWID;
+CREATE TABLE projection_position (name TEXT PRIMARY KEY, position INTEGER NOT NULL);
+CREATE INDEX executions_by_time ON executions (ephemeral, created_at, id);
+"""
+
+
+def version_4_views(path: Path, app: Executions) -> None:
+    """A views database of version 4 holding every execution of `app` (no tenants), at the
+    store's end: nothing in it would make the projection read the store again."""
+    conn = sqlite3.connect(path)
+    conn.executescript(VERSION_4)
+    for event in read_events(app, 0, 1000):
+        if event.type == "Requested":
+            data = event.data
+            conn.execute(
+                "INSERT INTO executions VALUES (?, ?, ?, '{}', 'PENDING', ?, ?, 30, ?,"
+                " NULL, NULL, ?, 0, NULL, '[]', NULL, '')",
+                (str(event.execution_id), data["device_id"], data["name"], *["x"] * 4),
+            )
+    conn.execute("INSERT INTO execution_counts VALUES (0, '', '', 'PENDING', 0, 1)")
+    end = app.recorder.max_notification_id()
+    conn.execute("INSERT INTO projection_position VALUES ('executions', ?)", (end,))
+    conn.execute("PRAGMA user_version = 4")
+    conn.commit()
+    conn.close()
+
+
+def test_a_version_4_views_database_is_projected_again_with_tenants(
+    app: Executions, clock: Clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenancy = in_two_tenants(app, clock)
+    monkeypatch.setattr(replay, "read_events", tenancy.read)
+    rebuild(app, tmp_path / "fresh.sqlite")
+
+    # The api opens it: it starts over empty at position 0, and projects the store again.
+    version_4_views(tmp_path / "api.sqlite", app)
+    views = ExecutionViews(tmp_path / "api.sqlite")
+    try:
+        assert (views.position(), views.list().total_count) == (0, 0)
+        project_all(app, views, tenancy=tenancy)
+    finally:
+        views.close()
+    assert dump(tmp_path / "api.sqlite") == dump(tmp_path / "fresh.sqlite")
+
+    # `baton replay` over it does the same.
+    version_4_views(tmp_path / "replay.sqlite", app)
+    rebuild(app, tmp_path / "replay.sqlite")
+    assert dump(tmp_path / "replay.sqlite") == dump(tmp_path / "fresh.sqlite")
+    conn = sqlite3.connect(tmp_path / "replay.sqlite")
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        tenants = conn.execute("SELECT DISTINCT tenant FROM executions ORDER BY 1").fetchall()
+    finally:
+        conn.close()
+    assert tenants == [(OTHER,), (DEFAULT_TENANT,)]

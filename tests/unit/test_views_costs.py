@@ -1,11 +1,12 @@
 """What keeps the views' costs flat as history grows (issue 7: lists with filters and
 total_count, writes and position lookups stay flat with a million stored executions).
 
-On the real SQLite views database: every list reads one index range per (outcome,
-ephemeral) and nothing else (EXPLAIN QUERY PLAN), the projection and the lookups search
-by key, SQLite's own step count for a page does not grow with the rows it does not
-return, and after any history, projected in any batches and replayed, the rows say what
-the store says and the counters behind total_count what COUNT(*) says. The figures at
+On the real SQLite views database holding two tenants: every list reads one index range
+per (outcome, ephemeral) of its tenant's and nothing else (EXPLAIN QUERY PLAN), the
+projection and the lookups search by key, SQLite's own step count for a page does not
+grow with the rows it does not return (its own tenant's or another's), and after any
+history, projected in any batches and replayed, the rows say what the store says and the
+counters behind each tenant's total_count what COUNT(*) says. The figures at
 10k, 100k and 1M executions: tests/benchmarks/history_costs.py.
 """
 
@@ -29,13 +30,22 @@ from baton_domain.application import Executions, RequestCommand
 from baton_domain.catalog import Catalog
 from baton_domain.errors import DomainError, ExecutionNotFound
 from baton_domain.statuses import AnswerStatus, ExecutionStatus
-from baton_views import ExecutionFilter, ExecutionViews, queries, read_events, rebuild
+from baton_domain.tenants import DEFAULT_TENANT
+from baton_views import ExecutionFilter, ExecutionViews, queries, read_events, rebuild, replay
 from baton_views.counts import recount
 from baton_views.projection import project
 from baton_views.queries import encode_cursor, ids_created_before, list_executions
 from baton_views.store import connect, read_position, transaction
-from tests.benchmarks.history_costs import fill_views, steps_of
-from tests.unit.test_views import DEMO, Clock, dump, every_ending
+from tests.benchmarks.history_costs import BUSY_DEVICE, fill_views, steps_of
+from tests.unit.test_views import (
+    DEMO,
+    OTHER,
+    Clock,
+    Tenancy,
+    dump,
+    every_ending,
+    in_two_tenants,
+)
 
 DEVICE = "demo-thermostat-1"
 FAR_PAST = datetime(2000, 1, 1, tzinfo=UTC)
@@ -50,11 +60,12 @@ def new_app(clock: Clock | None = None) -> Executions:
 
 @pytest.fixture
 def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    """A views database holding an execution of every status, and a connection to it."""
+    """A views database holding executions of every status in two tenants, and a
+    connection to it."""
     clock = Clock()
     app = new_app(clock)
-    every_ending(app, clock)
-    ExecutionViews(tmp_path / "views.sqlite").apply(read_events(app, 0, 1000))
+    tenancy = in_two_tenants(app, clock)
+    ExecutionViews(tmp_path / "views.sqlite").apply(tenancy.read(app, 0, 1000))
     connection = connect(tmp_path / "views.sqlite")
     yield connection
     connection.close()
@@ -120,6 +131,7 @@ class Case:
     created_before: datetime | None
     order: str
     cursor: bool
+    tenant: str = DEFAULT_TENANT
 
     @property
     def where(self) -> ExecutionFilter:
@@ -130,6 +142,7 @@ class Case:
             self.created_after,
             self.created_before,
             self.include_ephemeral,
+            self.tenant,
         )
 
     def page_cursor(self) -> str | None:
@@ -140,7 +153,7 @@ class Case:
         return encode_cursor(edge.isoformat(timespec="microseconds"), SOME_ID, self.order)  # type: ignore[arg-type]
 
     def expected_constraints(self) -> set[str]:
-        equal = {
+        equal = {"tenant=?"} | {
             f"{column}=?"
             for column, value in (("device_id", self.device_id), ("name", self.name))
             if value is not None
@@ -168,7 +181,8 @@ def every_case() -> Iterator[Case]:
     mixed = frozenset(
         {ExecutionStatus.SENT, ExecutionStatus.IN_PROGRESS, ExecutionStatus.SUCCEEDED}
     )
-    for device, name, statuses, ephemeral, after, before, order, cursor in product(
+    for tenant, device, name, statuses, ephemeral, after, before, order, cursor in product(
+        (DEFAULT_TENANT, OTHER),
         (None, DEVICE),
         (None, "reboot"),
         (frozenset(), frozenset({ExecutionStatus.FAILED}), mixed),
@@ -178,7 +192,7 @@ def every_case() -> Iterator[Case]:
         ("newest", "oldest"),
         (False, True),
     ):
-        yield Case(device, name, statuses, ephemeral, after, before, order, cursor)
+        yield Case(device, name, statuses, ephemeral, after, before, order, cursor, tenant)
 
 
 def list_problems(conn: sqlite3.Connection, case: Case) -> list[str]:
@@ -213,12 +227,7 @@ def plan_problems(conn: sqlite3.Connection, case: Case, statements: list[str]) -
                 problems.append(f"{step.detail}, not on {sorted(expected)}")
             if (
                 step.table == "execution_counts"
-                and not {
-                    "scope=?",
-                    "device_id=?",
-                    "name=?",
-                }
-                <= step.constraints
+                and not {"scope=?", "tenant=?", "device_id=?", "name=?"} <= step.constraints
             ):
                 problems.append(f"counters not searched by their key: {step.detail}")
         problems += [f"sorts what it read: {d}" for d in sorts_rows_of_a_table(steps)]
@@ -228,12 +237,12 @@ def plan_problems(conn: sqlite3.Connection, case: Case, statements: list[str]) -
 
 
 def test_every_list_reads_one_index_range_per_arm(conn: sqlite3.Connection) -> None:
-    """Every combination of filters, orders and cursor: each (outcome, ephemeral) is one
-    range of the index led by exactly the filtered columns, bounded by the time filters
-    and the cursor, read in order (no sort of what it read), and total_count searches the
-    counters or, with a time filter, the same ranges."""
+    """Every combination of tenant, filters, orders and cursor: each (outcome, ephemeral)
+    is one range of the index led by the tenant and exactly the filtered columns, bounded
+    by the time filters and the cursor, read in order (no sort of what it read), and
+    total_count searches the tenant's counters or, with a time filter, the same ranges."""
     cases = list(every_case())
-    assert len(cases) == 384
+    assert len(cases) == 768
     problems = {case: list_problems(conn, case) for case in cases}
     assert {case: found for case, found in problems.items() if found} == {}
 
@@ -281,13 +290,25 @@ def test_the_plan_check_fails_the_queries_made_before(case: Case, where: str) ->
     conn.close()
 
 
+def test_the_plan_check_fails_a_list_that_forgets_the_tenant(conn: sqlite3.Connection) -> None:
+    """Today's schema, queried as before tenants: every tenant's rows, every tenant's count."""
+    case = Case(None, None, frozenset(), False, None, None, "newest", False)
+    page = "SELECT * FROM executions WHERE ephemeral = 0 ORDER BY created_at DESC, id DESC LIMIT 6"
+    total = (
+        "SELECT COALESCE(SUM(n), 0) FROM execution_counts"
+        " WHERE scope = 0 AND device_id = '' AND name = '' AND ephemeral IN (0)"
+    )
+    assert plan_problems(conn, case, [page]) != []
+    assert plan_problems(conn, case, [page, total]) != plan_problems(conn, case, [page])
+
+
 def test_projection_purge_and_lookups_search_by_key(tmp_path: Path) -> None:
     clock = Clock()
     app = new_app(clock)
-    every_ending(app, clock)
+    tenancy = in_two_tenants(app, clock)
     views = ExecutionViews(tmp_path / "views.sqlite")  # the schema
     conn = connect(tmp_path / "views.sqlite")
-    events = read_events(app, 0, 1000)
+    events = tenancy.read(app, 0, 1000)
 
     def apply() -> None:
         with transaction(conn):
@@ -296,9 +317,11 @@ def test_projection_purge_and_lookups_search_by_key(tmp_path: Path) -> None:
     statements = statements_of(conn, apply)
     execution_id = events[0].execution_id
     statements += statements_of(conn, lambda: read_position(conn))
-    statements += statements_of(conn, lambda: queries.get_execution(conn, execution_id, True))
-    for ephemeral_only in (False, True):
-        purge = partial(ids_created_before, conn, FAR_FUTURE, 10, ephemeral_only)
+    for tenant in (None, DEFAULT_TENANT, OTHER):
+        get = partial(queries.get_execution, conn, execution_id, True, tenant)
+        statements += statements_of(conn, get)
+    for ephemeral_only, tenant in product((False, True), (None, OTHER)):
+        purge = partial(ids_created_before, conn, FAR_FUTURE, 10, ephemeral_only, tenant)
         statements += statements_of(conn, purge)
     assert len(statements) > 50
     scans = [
@@ -316,13 +339,15 @@ def test_projection_purge_and_lookups_search_by_key(tmp_path: Path) -> None:
 
 
 def history_of(tmp_path: Path, older: int) -> sqlite3.Connection:
-    """A views database with `older` executions from 2024 (in bulk) under today's of
-    every status (projected)."""
+    """A views database with `older` executions from 2024 (in bulk) between twice as many
+    of OTHER's, older and newer, under today's of every status (projected)."""
     path = tmp_path / f"views-{older}.sqlite"
     ExecutionViews(path).close()
     conn = connect(path)
     with transaction(conn):
-        fill_views(conn, 0, older)
+        fill_views(conn, 0, older, OTHER)
+        fill_views(conn, older, 2 * older)
+        fill_views(conn, 2 * older, 3 * older, OTHER)
         recount(conn)
     clock = Clock()
     app = new_app(clock)
@@ -335,9 +360,11 @@ def history_of(tmp_path: Path, older: int) -> sqlite3.Connection:
 
 
 def test_a_page_costs_the_same_over_ten_times_the_history(tmp_path: Path) -> None:
-    """The same lists over 2,000 and 20,000 older executions: as many SQLite steps, give
-    or take a level of the B-trees. Before this change total_count alone took ten times
-    as many (a COUNT over every matching row)."""
+    """The same lists over 2,000 and 20,000 older executions (and twice as many of another
+    tenant's): as many SQLite steps, give or take a level of the B-trees. Before counters
+    total_count alone took ten times as many (a COUNT over every matching row); without
+    the tenant leading the indexes, a page that reaches back into the history reads past
+    the other tenant's rows."""
     today = datetime.now(UTC) - timedelta(hours=1)
     failed = frozenset({ExecutionStatus.FAILED, ExecutionStatus.REJECTED})
     running = frozenset({ExecutionStatus.PENDING, ExecutionStatus.SENT})
@@ -362,6 +389,14 @@ def test_a_page_costs_the_same_over_ten_times_the_history(tmp_path: Path) -> Non
             "today": page(ExecutionFilter(created_after=today)),
             "today, oldest first": page(ExecutionFilter(created_after=today), "oldest"),
             "next page, before the future": page(window, cursor=first.next_cursor),
+            "history of a device": page(ExecutionFilter(device_id=BUSY_DEVICE)),
+            "history of a device, oldest first": page(
+                ExecutionFilter(device_id=BUSY_DEVICE), "oldest"
+            ),
+            "another tenant's": page(ExecutionFilter(tenant=OTHER)),
+            "another tenant's failed, oldest first": page(
+                ExecutionFilter(statuses=failed, tenant=OTHER), "oldest"
+            ),
         }
 
     small, large = history_of(tmp_path, 2_000), history_of(tmp_path, 20_000)
@@ -389,8 +424,13 @@ ANSWERS = (
     AnswerStatus.REJECTED,
 )
 
+TENANTS = (DEFAULT_TENANT, OTHER)
 requests = st.tuples(
-    st.just("request"), st.sampled_from(DEVICES), st.sampled_from(sorted(COMMANDS)), st.booleans()
+    st.just("request"),
+    st.sampled_from(DEVICES),
+    st.sampled_from(sorted(COMMANDS)),
+    st.booleans(),
+    st.sampled_from(TENANTS),
 )
 later = st.lists(
     st.one_of(
@@ -409,15 +449,22 @@ operations = st.builds(
 )
 
 
-def run(app: Executions, clock: Clock, views: ExecutionViews, operation: tuple[Any, ...]) -> None:
+def run(
+    app: Executions,
+    clock: Clock,
+    views: ExecutionViews,
+    tenancy: Tenancy,
+    operation: tuple[Any, ...],
+) -> None:
     kind, *args = operation
     if kind == "project":
-        while events := read_events(app, views.position(), args[0]):
+        while events := tenancy.read(app, views.position(), args[0]):
             views.apply(events)
         return
     if kind == "request":
-        device, name, ephemeral = args
-        app.request(RequestCommand(device, name, COMMANDS[name], None, ephemeral=ephemeral))
+        device, name, ephemeral, tenant = args
+        command = RequestCommand(device, name, COMMANDS[name], None, ephemeral=ephemeral)
+        tenancy.of[app.request(command).execution.id] = tenant
         return
     ids = sorted({e.execution_id for e in read_events(app, 0, 100_000) if e.type == "Requested"})
     if not ids:
@@ -446,7 +493,7 @@ def run(app: Executions, clock: Clock, views: ExecutionViews, operation: tuple[A
 
 def counted_by_sql(conn: sqlite3.Connection, where: ExecutionFilter) -> int:
     """COUNT(*) with the filter written out anew: the counters' oracle."""
-    clauses, values = [], []
+    clauses, values = ["tenant = ?"], [where.tenant]
     for column, value in (("device_id", where.device_id), ("name", where.name)):
         if value is not None:
             clauses.append(f"{column} = ?")
@@ -456,20 +503,22 @@ def counted_by_sql(conn: sqlite3.Connection, where: ExecutionFilter) -> int:
         values += [s.value for s in where.statuses]
     if not where.include_ephemeral:
         clauses.append("ephemeral = 0")
-    sql = f"SELECT COUNT(*) FROM executions WHERE {' AND '.join(clauses) or '1'}"
+    sql = f"SELECT COUNT(*) FROM executions WHERE {' AND '.join(clauses)}"
     return int(conn.execute(sql, values).fetchone()[0])
 
 
 def filters() -> Iterator[ExecutionFilter]:
     statuses = [frozenset(), *(frozenset({s}) for s in ExecutionStatus)]
     statuses.append(frozenset({ExecutionStatus.SUCCEEDED, ExecutionStatus.PENDING}))
-    for device, name, wanted, ephemeral in product(
-        (None, *DEVICES, "nobody"), (None, *COMMANDS, ""), statuses, (False, True)
+    for tenant, device, name, wanted, ephemeral in product(
+        TENANTS, (None, *DEVICES, "nobody"), (None, *COMMANDS, ""), statuses, (False, True)
     ):
-        yield ExecutionFilter(wanted, name, device, include_ephemeral=ephemeral)
+        yield ExecutionFilter(wanted, name, device, include_ephemeral=ephemeral, tenant=tenant)
 
 
-def assert_rows_say_what_the_store_says(app: Executions, views: ExecutionViews) -> None:
+def assert_rows_say_what_the_store_says(
+    app: Executions, views: ExecutionViews, tenancy: Tenancy
+) -> None:
     requested = {e.execution_id for e in read_events(app, 0, 100_000) if e.type == "Requested"}
     for execution_id in requested:
         row = views.get(execution_id)
@@ -479,12 +528,15 @@ def assert_rows_say_what_the_store_says(app: Executions, views: ExecutionViews) 
             assert row is None
             continue
         assert row is not None
-        assert (row.status, row.device_id, row.name, row.ephemeral) == (
+        assert (row.status, row.device_id, row.name, row.ephemeral, row.tenant) == (
             stored.status,
             stored.device_id,
             stored.name,
             stored.ephemeral,
+            tenancy.of[execution_id],
         )
+        others = [t for t in TENANTS if t != row.tenant]
+        assert [views.get(execution_id, tenant=t) for t in (row.tenant, *others)] == [row, None]
 
 
 def assert_counts_are_exact(views: ExecutionViews) -> None:
@@ -496,12 +548,11 @@ def assert_counts_are_exact(views: ExecutionViews) -> None:
         }
         assert {w: c for w, c in wrong.items() if c[0] != c[1]} == {}
         # and the table itself is what counting every row again gives
-        counters = conn.execute("SELECT * FROM execution_counts ORDER BY 1, 2, 3, 4, 5").fetchall()
+        in_key_order = "SELECT * FROM execution_counts ORDER BY 1, 2, 3, 4, 5, 6"
+        counters = conn.execute(in_key_order).fetchall()
         conn.execute("BEGIN")
         recount(conn)
-        assert conn.execute("SELECT * FROM execution_counts ORDER BY 1, 2, 3, 4, 5").fetchall() == [
-            c for c in counters if c[-1] != 0
-        ]
+        assert conn.execute(in_key_order).fetchall() == [c for c in counters if c[-1] != 0]
         conn.execute("ROLLBACK")
     finally:
         conn.close()
@@ -517,14 +568,17 @@ def test_rows_and_counters_are_exact_after_any_projection_and_after_replay(
     folder = tmp_path_factory.mktemp("counts")
     clock = Clock()
     app = new_app(clock)
+    tenancy = Tenancy()
     views = ExecutionViews(folder / "live.sqlite")
     try:
         for operation in operations:
-            run(app, clock, views, operation)
-        run(app, clock, views, ("project", 7))
-        assert_rows_say_what_the_store_says(app, views)
+            run(app, clock, views, tenancy, operation)
+        run(app, clock, views, tenancy, ("project", 7))
+        assert_rows_say_what_the_store_says(app, views, tenancy)
         assert_counts_are_exact(views)
-        rebuild(app, folder / "replayed.sqlite")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(replay, "read_events", tenancy.read)
+            rebuild(app, folder / "replayed.sqlite")
         assert dump(folder / "replayed.sqlite") == dump(views.path)
     finally:
         views.close()
@@ -535,7 +589,9 @@ def test_a_time_filter_counts_up_to_the_limit(
 ) -> None:
     everything = list_executions(conn, ExecutionFilter(created_after=FAR_PAST))
     assert everything.total_count_exact
-    assert everything.total_count == list_executions(conn, ExecutionFilter()).total_count == 8
+    assert everything.total_count == list_executions(conn, ExecutionFilter()).total_count == 16
+    theirs = list_executions(conn, ExecutionFilter(created_after=FAR_PAST, tenant=OTHER))
+    assert (theirs.total_count, theirs.total_count_exact) == (8, True)
     monkeypatch.setattr(queries, "COUNT_LIMIT", 3)
     capped = list_executions(conn, ExecutionFilter(created_after=FAR_PAST), limit=5)
     assert (capped.total_count, capped.total_count_exact, len(capped.items)) == (3, False, 5)

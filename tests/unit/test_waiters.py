@@ -37,9 +37,11 @@ class CountingViews(ExecutionViews):
         super().__init__(path)
         self.gets = 0
 
-    def get(self, execution_id: UUID, with_log: bool = False) -> ExecutionView | None:
+    def get(
+        self, execution_id: UUID, with_log: bool = False, tenant: str | None = None
+    ) -> ExecutionView | None:
         self.gets += 1
-        return super().get(execution_id, with_log)
+        return super().get(execution_id, with_log, tenant)
 
 
 @pytest.fixture
@@ -120,12 +122,14 @@ async def test_an_end_projected_while_the_first_read_runs_still_wakes_the_waiter
         reading, release = threading.Event(), threading.Event()
         real_get = views.get
 
-        def slow_first_get(wanted: UUID, with_log: bool = False) -> ExecutionView | None:
+        def slow_first_get(
+            wanted: UUID, with_log: bool = False, tenant: str | None = None
+        ) -> ExecutionView | None:
             if not reading.is_set():
                 reading.set()
                 release.wait(10)
                 return stale  # what a read that began before the end's commit sees
-            return real_get(wanted, with_log)
+            return real_get(wanted, with_log, tenant)
 
         views.get = slow_first_get  # type: ignore[method-assign]
         waiter = asyncio.create_task(runner.wait_until_terminal(execution_id, 30.0))

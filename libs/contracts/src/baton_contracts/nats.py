@@ -84,6 +84,7 @@ class ExecutionState(WireModel):
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     requested_name: str | None = None  # the alias the request used, when not `name`
+    requested_by: str | None = None  # who asked: an API key's principal, a NATS caller's
     ephemeral: bool = False
     retry_of: UUID | None = None
     retries: list[UUID] = Field(default_factory=list)
@@ -190,7 +191,8 @@ class DeleteCommand(WireModel):
 
 
 class PurgeCommand(WireModel):
-    tenant: Tenant = DEFAULT_TENANT  # whose objects it reads and changes
+    # None: every tenant's (the api's retention sweep); NATS permissions keep it the api's.
+    tenant: Tenant | None = DEFAULT_TENANT
     execution_ids: list[UUID] = Field(max_length=10_000)
     reason: str = "purged"
     principal: str = "anonymous"
@@ -221,6 +223,7 @@ class CatalogChange(WireModel):
     device: dict[str, Any] | None = None  # create/put-device
     device_id: str | None = None  # remove-device
     document: dict[str, Any] | None = None  # import
+    principal: str = "anonymous"  # who asked: recorded on the catalog's event
 
 
 class CatalogQuery(WireModel):
@@ -338,3 +341,31 @@ DEAD_LETTER_SUBJECT_HEADER = "Baton-Original-Subject"
 
 def dead_letter_subject(service: str) -> str:
     return f"{DEAD_LETTERS_PREFIX}.{service}"
+
+
+# --- access (JetStream key-value bucket BATON_ACCESS) --------------------------------------
+
+# API keys and tenants, kept where every api replica watches them: a key revoked by one
+# replica stops working on all of them as soon as the deletion reaches their watchers.
+ACCESS_BUCKET = "BATON_ACCESS"
+KEY_ENTRY = "keys.{id}"
+TENANT_ENTRY = "tenants.{id}"
+
+
+class KeyRecord(WireModel):
+    """A managed API key, as stored: never the key itself, only its SHA-256."""
+
+    id: str
+    digest: str  # hex SHA-256 of the whole key
+    role: Literal["viewer", "operator", "admin", "owner"]
+    tenant: Tenant
+    name: str
+    created_at: AwareDatetime
+    created_by: str
+
+
+class TenantRecord(WireModel):
+    id: Tenant
+    name: str
+    created_at: AwareDatetime
+    created_by: str

@@ -34,6 +34,7 @@ from baton_domain.errors import (
 from baton_domain.execution import CommandExecution
 from baton_domain.group_commit import PROVISIONAL_POSITION, BatchResult, UnitOfWork
 from baton_domain.statuses import AnswerStatus
+from baton_domain.tenants import DEFAULT_TENANT
 
 # Execution ids for idempotent requests are derived from the key, so a repeated request
 # collides on the stream's first version and the store itself settles the race.
@@ -65,6 +66,7 @@ class RequestCommand:
     idempotency_key: str | None = None
     principal: str = "anonymous"
     source: str = "api"
+    tenant: str = DEFAULT_TENANT
     ephemeral: bool = False
     ignore_cooldown: bool = False
     # Chosen by the requester (the api fixes it before asking, so a lost answer can be
@@ -207,8 +209,10 @@ class Executions(Application[UUID]):
         assert position is not None
         return document.document, position
 
-    def catalog_document(self) -> JSONDoc:
-        return document_of(self.catalog)
+    def catalog_document(self, tenant: str | None = None) -> JSONDoc:
+        """The stored catalog, or (with `tenant`) the part of it that tenant sees."""
+        catalog = self.catalog
+        return document_of(catalog if tenant is None else catalog.of(tenant))
 
     def _catalog_version(self) -> int:
         # The newest event of the catalog's stream: one indexed read, so every request
@@ -229,7 +233,10 @@ class Executions(Application[UUID]):
             except ExecutionNotFound:
                 existing = None
             if existing is not None:
-                if existing.fingerprint != command.fingerprint():
+                if (
+                    existing.fingerprint != command.fingerprint()
+                    or existing.tenant != command.tenant
+                ):
                     raise IdempotencyConflict(str(used))
                 return Outcome(existing, changed=False, position=None)
             execution, queue = self._admit(command, execution_id)
@@ -274,10 +281,13 @@ class Executions(Application[UUID]):
         released = self._release(queue)
         return self._stored(self.save(queue, *released))
 
-    def retry(self, execution_id: UUID, principal: str, source: str) -> Outcome:
+    def retry(
+        self, execution_id: UUID, principal: str, source: str, tenant: str | None = None
+    ) -> Outcome:
         """A new execution of the same command, linked both ways to the ended one."""
-        old = self.get(execution_id)
+        old = self.get(execution_id, tenant)
         command = RequestCommand(
+            tenant=old.tenant,
             device_id=old.device_id,
             name=old.requested_name,
             params=old.params,
@@ -292,15 +302,21 @@ class Executions(Application[UUID]):
         recordings = self.save(new, old, queue)
         return Outcome(new, changed=True, position=self._stored(recordings), created=True)
 
-    def delete(self, execution_id: UUID, reason: str, by: str | None = None) -> Outcome:
+    def delete(
+        self, execution_id: UUID, reason: str, by: str | None = None, tenant: str | None = None
+    ) -> Outcome:
         def _delete(execution: CommandExecution) -> bool:
             execution.delete(reason, by)
             return True
 
-        return self._update(execution_id, _delete)
+        return self._update(execution_id, _delete, tenant)
 
     def purge(
-        self, execution_ids: list[UUID], reason: str, by: str | None = None
+        self,
+        execution_ids: list[UUID],
+        reason: str,
+        by: str | None = None,
+        tenant: str | None = None,
     ) -> tuple[int, int | None]:
         """Delete every execution of `execution_ids` that still exists, in one transaction.
 
@@ -309,9 +325,9 @@ class Executions(Application[UUID]):
         queues: dict[str, DeviceQueue] = {}
         for execution_id in execution_ids:
             try:
-                execution = self.get(execution_id)
+                execution = self.get(execution_id, tenant)
             except ExecutionNotFound:
-                continue  # deleted meanwhile: nothing left to do
+                continue  # deleted meanwhile, or another tenant's: nothing to do
             execution.delete(reason, by)
             found.append(execution)
             queue = queues.get(execution.device_id) or self._queue(execution.device_id)
@@ -345,21 +361,26 @@ class Executions(Application[UUID]):
             return self._update(execution_id, lambda e: e.reach_verification_deadline(self.clock()))
         return self._update(execution_id, lambda e: e.reach_deadline(self.clock()))
 
-    def cancel(self, execution_id: UUID, reason: str, by: str | None = None) -> Outcome:
+    def cancel(
+        self, execution_id: UUID, reason: str, by: str | None = None, tenant: str | None = None
+    ) -> Outcome:
         def _cancel(execution: CommandExecution) -> bool:
             execution.cancel(reason, by)
             return True
 
-        return self._update(execution_id, _cancel)
+        return self._update(execution_id, _cancel, tenant)
 
     # --- queries ----------------------------------------------------------------------------
 
-    def get(self, execution_id: UUID) -> CommandExecution:
-        """The execution; a deleted one is not found (its stream still holds it all)."""
+    def get(self, execution_id: UUID, tenant: str | None = None) -> CommandExecution:
+        """The execution; a deleted one is not found (its stream still holds it all), nor
+        is another tenant's when `tenant` is given (None: the services' own calls)."""
         try:
             execution: CommandExecution = self._load(execution_id)
         except AggregateNotFoundError:
             raise ExecutionNotFound(execution_id) from None
+        if tenant is not None and execution.tenant != tenant:
+            raise ExecutionNotFound(execution_id)
         if execution.deleted:
             raise ExecutionDeleted(execution_id)
         return execution
@@ -475,7 +496,7 @@ class Executions(Application[UUID]):
         """A new execution of `command` requested at `now`, checked against the catalog:
         Requested only, not yet admitted by its device's queue (`request` does both)."""
         resolved = self.catalog.resolve(
-            command.device_id, command.name, command.params, command.ttl
+            command.device_id, command.name, command.params, command.ttl, command.tenant
         )
         execution = CommandExecution(
             id=execution_id,
@@ -492,6 +513,7 @@ class Executions(Application[UUID]):
             ephemeral=command.ephemeral,
             retry_of=retry_of,
             requested_by=command.principal,
+            tenant=command.tenant,
         )
         rule = resolved.verification
         if rule is not None:
@@ -550,10 +572,15 @@ class Executions(Application[UUID]):
             released.append(execution)
         return released
 
-    def _update(self, execution_id: UUID, change: Callable[[CommandExecution], bool]) -> Outcome:
+    def _update(
+        self,
+        execution_id: UUID,
+        change: Callable[[CommandExecution], bool],
+        tenant: str | None = None,
+    ) -> Outcome:
         """Load, apply one domain method, save; retry when another writer got there first."""
         for attempt in range(CONFLICT_RETRIES):
-            execution = self.get(execution_id)
+            execution = self.get(execution_id, tenant)
             changed = change(execution)
             if not changed:
                 return Outcome(execution, changed=False, position=None)

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from baton_domain.errors import FieldError, InvalidCommand, UnknownDevice
+from baton_domain.tenants import DEFAULT_TENANT
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,127}$"
@@ -119,6 +120,7 @@ class DeviceType(BaseModel):
         default_factory=dict,
         description="settings of the wire profile (raw-mapped: `topic`, with {hardware_id})",
     )
+    tenant: str = Field(default=DEFAULT_TENANT, description="whose it is (set by Baton)")
 
     def model_post_init(self, _context: Any) -> None:
         seen: dict[str, str] = {}
@@ -149,6 +151,7 @@ class Device(BaseModel):
         description="the id the device itself uses on the wire (defaults to `id`)",
     )
     labels: dict[str, str] = Field(default_factory=dict)
+    tenant: str = Field(default=DEFAULT_TENANT, description="whose it is (set by Baton)")
 
     @property
     def wire_id(self) -> str:
@@ -192,7 +195,9 @@ class Catalog(BaseModel):
     def model_post_init(self, _context: Any) -> None:
         seen: set[str] = set()
         for device in self.devices:
-            if device.type not in self.device_types:
+            device_type = self.device_types.get(device.type)
+            # A type of another tenant is one this device's tenant does not know.
+            if device_type is None or device_type.tenant != device.tenant:
                 raise CatalogError(f"device {device.id!r} has unknown type {device.type!r}")
             if device.id in seen:
                 raise CatalogError(f"device {device.id!r} is declared twice")
@@ -206,17 +211,30 @@ class Catalog(BaseModel):
         except (OSError, yaml.YAMLError, ValidationError) as exc:
             raise CatalogError(f"cannot load catalog {path}: {exc}") from exc
 
-    def device(self, device_id: str) -> Device:
+    def device(self, device_id: str, tenant: str | None = None) -> Device:
+        """The device; UnknownDevice if there is none, or (with `tenant`) it is another's."""
         for device in self.devices:
-            if device.id == device_id:
+            if device.id == device_id and tenant in (None, device.tenant):
                 return device
         raise UnknownDevice(device_id)
 
+    def of(self, tenant: str) -> Catalog:
+        """The part of the catalog `tenant` sees: its own device types and devices."""
+        return Catalog.model_construct(
+            device_types={n: t for n, t in self.device_types.items() if t.tenant == tenant},
+            devices=[d for d in self.devices if d.tenant == tenant],
+        )
+
     def resolve(
-        self, device_id: str, name: str, params: dict[str, Any], ttl: int | None
+        self,
+        device_id: str,
+        name: str,
+        params: dict[str, Any],
+        ttl: int | None,
+        tenant: str | None = None,
     ) -> ResolvedCommand:
         """Check a request against the device's type; raise a domain error naming each field."""
-        device = self.device(device_id)
+        device = self.device(device_id, tenant)
         device_type = self.device_types[device.type]
         found = device_type.command(name)
         if found is None:

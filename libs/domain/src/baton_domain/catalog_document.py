@@ -24,6 +24,7 @@ from baton_domain.errors import (
     UnknownDevice,
     UnknownDeviceType,
 )
+from baton_domain.tenants import DEFAULT_TENANT
 
 _T = "baton.catalog.v1"
 CATALOG_ID = uuid5(UUID("4a3c2e1d-7b6f-4f8e-9c0a-1d2e3f405162"), "catalog")
@@ -58,6 +59,10 @@ def build(document: JSON, root: str = "", *, stored: bool = False) -> Catalog:
         raise InvalidCatalog(str(exc), [FieldError(root or "catalog", str(exc))]) from None
 
 
+def _nobody_asked(state: JSON) -> None:
+    state["by"] = None  # stored before who asked was recorded
+
+
 class CatalogDocument(Aggregate):
     TOPIC = f"{_T}:CatalogDocument"
 
@@ -70,24 +75,44 @@ class CatalogDocument(Aggregate):
 
     class Imported(Aggregate.Event):
         TOPIC = f"{_T}:Imported"
+        class_version = 2  # v2: by (who asked)
         document: JSON
+        by: str | None
+
+        upcast_v1_v2 = staticmethod(_nobody_asked)
 
     class DeviceTypePut(Aggregate.Event):
         TOPIC = f"{_T}:DeviceTypePut"
+        class_version = 2  # v2: by (who asked)
         name: str
         definition: JSON
+        by: str | None
+
+        upcast_v1_v2 = staticmethod(_nobody_asked)
 
     class DeviceTypeRemoved(Aggregate.Event):
         TOPIC = f"{_T}:DeviceTypeRemoved"
+        class_version = 2  # v2: by (who asked)
         name: str
+        by: str | None
+
+        upcast_v1_v2 = staticmethod(_nobody_asked)
 
     class DevicePut(Aggregate.Event):
         TOPIC = f"{_T}:DevicePut"
+        class_version = 2  # v2: by (who asked)
         device: JSON
+        by: str | None
+
+        upcast_v1_v2 = staticmethod(_nobody_asked)
 
     class DeviceRemoved(Aggregate.Event):
         TOPIC = f"{_T}:DeviceRemoved"
+        class_version = 2  # v2: by (who asked)
         device_id: str
+        by: str | None
+
+        upcast_v1_v2 = staticmethod(_nobody_asked)
 
     @classmethod
     def create_id(cls, document: JSON) -> UUID:
@@ -103,67 +128,116 @@ class CatalogDocument(Aggregate):
 
     # --- commands (each checks the whole resulting catalog first) ---------------------------
 
-    def import_document(self, document: JSON) -> None:
-        build(document)
-        self._imported(document=document)
+    # Each change is made for one tenant: it sees, replaces and removes only what is that
+    # tenant's; replacing or removing another tenant's is answered as for a missing one.
+    # Names and device ids are the platform's (a device id is its identity on the broker),
+    # so creating one another tenant uses is refused as taken, without saying whose.
 
-    def create_device_type(self, name: str, definition: JSON) -> None:
+    def import_document(
+        self, document: JSON, tenant: str = DEFAULT_TENANT, by: str | None = None
+    ) -> None:
+        """Replace `tenant`'s part of the catalog with `document`; the rest stays."""
+        build(document)  # the document alone first, so its errors name its own fields
+        types = {n: _stamped(t, tenant, f"device_types.{n}") for n, t in _types(document).items()}
+        devices = [_stamped(d, tenant, f"devices.{i}") for i, d in enumerate(_devices(document))]
+        for name in types:
+            self._check_free(name, _owner(_types(self.document).get(name)), tenant, "device type")
+        for device in devices:
+            self._check_free(device.get("id"), self._device_owner(device.get("id")), tenant)
+        others = {n: t for n, t in _types(self.document).items() if _owner(t) != tenant}
+        merged = {
+            **self.document,
+            "device_types": {**others, **types},
+            "devices": [*(d for d in _devices(self.document) if _owner(d) != tenant), *devices],
+        }
+        build(merged)
+        self._imported(document=merged, by=by)
+
+    def create_device_type(
+        self, name: str, definition: JSON, tenant: str = DEFAULT_TENANT, by: str | None = None
+    ) -> None:
         """Add a device type; CatalogConflict if one has the name (put replaces)."""
-        if name in self.document.get("device_types", {}):
+        if name in _types(self.document):
+            self._check_free(name, _owner(_types(self.document)[name]), tenant, "device type")
             raise CatalogConflict(f"device type {name!r} already exists; PUT replaces it")
-        self.put_device_type(name, definition)
+        self.put_device_type(name, definition, tenant, by)
 
-    def put_device_type(self, name: str, definition: JSON) -> None:
+    def put_device_type(
+        self, name: str, definition: JSON, tenant: str = DEFAULT_TENANT, by: str | None = None
+    ) -> None:
         _check_type_name(name)
+        if _owner(_types(self.document).get(name)) not in (None, tenant):
+            raise UnknownDeviceType(name)
+        definition = _stamped(definition, tenant, "definition")
         candidate = _copy(self.document)
         candidate.setdefault("device_types", {})[name] = definition
         build(candidate)
-        self._device_type_put(name=name, definition=definition)
+        self._device_type_put(name=name, definition=definition, by=by)
 
-    def remove_device_type(self, name: str) -> None:
-        if name not in self.document.get("device_types", {}):
+    def remove_device_type(
+        self, name: str, tenant: str = DEFAULT_TENANT, by: str | None = None
+    ) -> None:
+        if _owner(_types(self.document).get(name)) != tenant:
             raise UnknownDeviceType(name)
         users = [d["id"] for d in self.document.get("devices", []) if d["type"] == name]
         if users:
             raise CatalogConflict(
                 f"device type {name!r} still has devices: {', '.join(users[:10])}"
             )
-        self._device_type_removed(name=name)
+        self._device_type_removed(name=name, by=by)
 
-    def create_device(self, device: JSON) -> None:
+    def create_device(
+        self, device: JSON, tenant: str = DEFAULT_TENANT, by: str | None = None
+    ) -> None:
         """Add a device; CatalogConflict if one has its id (put replaces)."""
-        if any(d.get("id") == device.get("id") for d in self.document.get("devices", [])):
+        owner = self._device_owner(device.get("id"))
+        if owner is not None:
+            self._check_free(device.get("id"), owner, tenant)
             raise CatalogConflict(f"device {device.get('id')!r} already exists; PUT replaces it")
-        self.put_device(device)
+        self.put_device(device, tenant, by)
 
-    def put_device(self, device: JSON) -> None:
+    def put_device(self, device: JSON, tenant: str = DEFAULT_TENANT, by: str | None = None) -> None:
+        if self._device_owner(device.get("id")) not in (None, tenant):
+            raise UnknownDevice(str(device.get("id")))
+        device = _stamped(device, tenant, "device")
         candidate = _copy(self.document)
         devices = [d for d in candidate.get("devices", []) if d.get("id") != device.get("id")]
         candidate["devices"] = [*devices, device]
         build(candidate)
-        self._device_put(device=device)
+        self._device_put(device=device, by=by)
 
-    def remove_device(self, device_id: str) -> None:
-        if not any(d["id"] == device_id for d in self.document.get("devices", [])):
+    def remove_device(
+        self, device_id: str, tenant: str = DEFAULT_TENANT, by: str | None = None
+    ) -> None:
+        if self._device_owner(device_id) != tenant:
             raise UnknownDevice(device_id)
-        self._device_removed(device_id=device_id)
+        self._device_removed(device_id=device_id, by=by)
+
+    def _device_owner(self, device_id: object) -> str | None:
+        found = [d for d in _devices(self.document) if d.get("id") == device_id]
+        return _owner(found[0]) if found else None
+
+    @staticmethod
+    def _check_free(name: object, owner: str | None, tenant: str, kind: str = "device") -> None:
+        if owner is not None and owner != tenant:
+            raise CatalogConflict(f"{kind} {name!r} is taken: choose another")
 
     # --- events --------------------------------------------------------------------------------
 
     @event(Imported)
-    def _imported(self, document: JSON) -> None:
+    def _imported(self, document: JSON, by: str | None) -> None:
         self.document = _copy(document)
 
     @event(DeviceTypePut)
-    def _device_type_put(self, name: str, definition: JSON) -> None:
+    def _device_type_put(self, name: str, definition: JSON, by: str | None) -> None:
         self.document.setdefault("device_types", {})[name] = _copy(definition)
 
     @event(DeviceTypeRemoved)
-    def _device_type_removed(self, name: str) -> None:
+    def _device_type_removed(self, name: str, by: str | None) -> None:
         del self.document["device_types"][name]
 
     @event(DevicePut)
-    def _device_put(self, device: JSON) -> None:
+    def _device_put(self, device: JSON, by: str | None) -> None:
         devices = [d for d in self.document.get("devices", []) if d["id"] != device["id"]]
         # A device keeps its place when it is replaced, so exports stay stable.
         existing = [d["id"] for d in self.document.get("devices", [])]
@@ -174,7 +248,7 @@ class CatalogDocument(Aggregate):
         self.document["devices"] = devices
 
     @event(DeviceRemoved)
-    def _device_removed(self, device_id: str) -> None:
+    def _device_removed(self, device_id: str, by: str | None) -> None:
         self.document["devices"] = [d for d in self.document["devices"] if d["id"] != device_id]
 
 
@@ -185,6 +259,40 @@ def _check_type_name(name: str) -> None:
             f"device type name {name!r} is not valid",
             [FieldError("name", f"must match {DEVICE_TYPE_PATTERN}")],
         )
+
+
+def _types(document: JSON) -> dict[str, JSON]:
+    types: dict[str, JSON] = document.get("device_types") or {}
+    return types
+
+
+def _devices(document: JSON) -> list[JSON]:
+    devices: list[JSON] = document.get("devices") or []
+    return devices
+
+
+def _owner(item: JSON | None) -> str | None:
+    """Whose a stored device type or device is (None: there is none)."""
+    if item is None:
+        return None
+    return str(item.get("tenant", DEFAULT_TENANT))
+
+
+def _stamped(item: Any, tenant: str, where: str) -> Any:
+    """`item` as stored for `tenant`: the tenant is Baton's to set, from the caller's key. A
+    body naming another is refused; the default tenant is left out, as it always was."""
+    if not isinstance(item, dict):
+        return item  # not an object: `build` names the field
+    claimed = item.get("tenant", tenant)
+    if claimed != tenant:
+        raise InvalidCatalog(
+            "the tenant is set from your credentials",
+            [FieldError(f"{where}.tenant", f"must be {tenant!r} (or left out)")],
+        )
+    stamped = {k: v for k, v in item.items() if k != "tenant"}
+    if tenant != DEFAULT_TENANT:
+        stamped["tenant"] = tenant
+    return stamped
 
 
 def _copy(value: JSON) -> JSON:

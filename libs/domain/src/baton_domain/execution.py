@@ -15,6 +15,7 @@ from eventsourcing.domain import Aggregate, event
 
 from baton_domain.errors import DeadlineNotReached, IllegalTransition, WrongDevice
 from baton_domain.statuses import AnswerStatus, ExecutionStatus
+from baton_domain.tenants import DEFAULT_TENANT
 
 JSON = dict[str, Any]
 
@@ -49,8 +50,9 @@ class CommandExecution(Aggregate):
     class Requested(Aggregate.Created):
         TOPIC = f"{_T}:Requested"
         # v2 added requested_name (the alias a request used), ephemeral and retry_of;
-        # v3 requested_by (who asked: an API key's principal, a NATS caller's).
-        class_version = 3
+        # v3 requested_by (who asked: an API key's principal, a NATS caller's);
+        # v4 tenant (whose execution it is: every read and change is scoped by it).
+        class_version = 4
         device_id: str
         device_type: str
         name: str
@@ -64,6 +66,7 @@ class CommandExecution(Aggregate):
         ephemeral: bool
         retry_of: UUID | None
         requested_by: str | None
+        tenant: str
 
         @staticmethod
         def upcast_v1_v2(state: JSON) -> None:
@@ -74,6 +77,10 @@ class CommandExecution(Aggregate):
         @staticmethod
         def upcast_v2_v3(state: JSON) -> None:
             state["requested_by"] = None  # stored before who asked was recorded
+
+        @staticmethod
+        def upcast_v3_v4(state: JSON) -> None:
+            state["tenant"] = DEFAULT_TENANT  # stored before tenants: all were the one
 
     class Dispatched(Aggregate.Event):
         """Released for delivery; carries what the bridge needs to publish it."""
@@ -198,6 +205,7 @@ class CommandExecution(Aggregate):
         ephemeral: bool,
         retry_of: UUID | None,
         requested_by: str | None,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
         self.device_id = device_id
         self.device_type = device_type
@@ -212,6 +220,7 @@ class CommandExecution(Aggregate):
         self.ephemeral = ephemeral
         self.retry_of = retry_of
         self.requested_by = requested_by
+        self.tenant = tenant
         self.retries: list[UUID] = []
         self.deleted = False
         self.verification: JSON | None = None  # {status, completed_at, error}

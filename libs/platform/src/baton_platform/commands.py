@@ -12,6 +12,7 @@ from typing import Any
 from baton_contracts.nats import (
     CancelCommand,
     CatalogChange,
+    CatalogQuery,
     CatalogReply,
     DeleteCommand,
     ExecutionReply,
@@ -40,6 +41,7 @@ class CommandHandlers:
             idempotency_key=command.idempotency_key,
             principal=command.principal,
             source=command.source,
+            tenant=command.tenant,
             ephemeral=command.ephemeral,
             ignore_cooldown=command.ignore_cooldown,
             execution_id=command.execution_id,
@@ -48,23 +50,29 @@ class CommandHandlers:
 
     def cancel(self, command: CancelCommand) -> ExecutionReply:
         return self._reply(
-            lambda: self.executions.cancel(command.execution_id, command.reason, command.principal)
+            lambda: self.executions.cancel(
+                command.execution_id, command.reason, command.principal, command.tenant
+            )
         )
 
     def retry(self, command: RetryCommand) -> ExecutionReply:
         return self._reply(
-            lambda: self.executions.retry(command.execution_id, command.principal, command.source)
+            lambda: self.executions.retry(
+                command.execution_id, command.principal, command.source, command.tenant
+            )
         )
 
     def delete(self, command: DeleteCommand) -> ExecutionReply:
         return self._reply(
-            lambda: self.executions.delete(command.execution_id, command.reason, command.principal)
+            lambda: self.executions.delete(
+                command.execution_id, command.reason, command.principal, command.tenant
+            )
         )
 
     def purge(self, command: PurgeCommand) -> PurgeReply:
         try:
             deleted, position = self.executions.purge(
-                command.execution_ids, command.reason, command.principal
+                command.execution_ids, command.reason, command.principal, command.tenant
             )
         except DomainError as exc:
             return PurgeReply(problem=problem_for(exc))
@@ -72,13 +80,15 @@ class CommandHandlers:
 
     def change_catalog(self, change: CatalogChange) -> CatalogReply:
         try:
-            document, position = self.executions.change_catalog(_catalog_edit(change))
+            _document, position = self.executions.change_catalog(_catalog_edit(change))
         except DomainError as exc:
             return CatalogReply(problem=problem_for(exc))
+        # The caller sees its own tenant's part only, after the change as before it.
+        document = self.executions.catalog_document(change.tenant)
         return CatalogReply(document=document, position=position)
 
-    def get_catalog(self) -> CatalogReply:
-        return CatalogReply(document=self.executions.catalog_document())
+    def get_catalog(self, query: CatalogQuery) -> CatalogReply:
+        return CatalogReply(document=self.executions.catalog_document(query.tenant))
 
     @staticmethod
     def _reply(call: Callable[[], Outcome]) -> ExecutionReply:
@@ -104,23 +114,24 @@ def _catalog_edit(change: CatalogChange) -> Callable[[CatalogDocument], None]:
             )
         return value
 
+    tenant, by = change.tenant, change.principal
     if change.op == "import":
         document = need("document", change.document)
-        return lambda catalog: catalog.import_document(document)
+        return lambda catalog: catalog.import_document(document, tenant, by)
     if change.op == "create-device-type":
         name, definition = need("name", change.name), need("definition", change.definition)
-        return lambda catalog: catalog.create_device_type(name, definition)
+        return lambda catalog: catalog.create_device_type(name, definition, tenant, by)
     if change.op == "put-device-type":
         name, definition = need("name", change.name), need("definition", change.definition)
-        return lambda catalog: catalog.put_device_type(name, definition)
+        return lambda catalog: catalog.put_device_type(name, definition, tenant, by)
     if change.op == "remove-device-type":
         name = need("name", change.name)
-        return lambda catalog: catalog.remove_device_type(name)
+        return lambda catalog: catalog.remove_device_type(name, tenant, by)
     if change.op == "create-device":
         device = need("device", change.device)
-        return lambda catalog: catalog.create_device(device)
+        return lambda catalog: catalog.create_device(device, tenant, by)
     if change.op == "put-device":
         device = need("device", change.device)
-        return lambda catalog: catalog.put_device(device)
+        return lambda catalog: catalog.put_device(device, tenant, by)
     device_id = need("device_id", change.device_id)
-    return lambda catalog: catalog.remove_device(device_id)
+    return lambda catalog: catalog.remove_device(device_id, tenant, by)

@@ -30,6 +30,7 @@ def execution_state(execution: CommandExecution) -> ExecutionState:
         result=execution.result,
         error=execution.error,
         requested_name=execution.requested_name,
+        requested_by=execution.requested_by,
         ephemeral=execution.ephemeral,
         retry_of=execution.retry_of,
         retries=list(execution.retries),

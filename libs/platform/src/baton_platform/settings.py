@@ -42,9 +42,26 @@ class Settings(BaseSettings):
     # api
     api_host: str = "127.0.0.1"
     api_port: int = 8080
-    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="bootstrap keys with the operator role, tenant default"
+    )
     admin_api_keys: Annotated[list[SecretStr], NoDecode] = Field(
-        default_factory=list, description="keys that may also delete and purge"
+        default_factory=list, description="bootstrap keys with the owner role (tenant default)"
+    )
+    # JWT bearer tokens (docs/security.md): HS256 with a shared secret, RS256/ES256 against
+    # the public keys of a JWKS file. Neither set: tokens are not accepted.
+    jwt_secret: SecretStr | None = None
+    jwt_jwks_path: Path | None = None
+    jwt_audience: str | None = Field(
+        default=None, description="the `aud` every token must carry (unset: none may)"
+    )
+    jwt_issuer: str | None = Field(default=None, description="the `iss` every token must carry")
+    jwt_tenant_claim: str = "tenant"
+    jwt_role_claim: str = "role"
+    max_waiting_per_tenant: int = Field(
+        default=10_000,
+        ge=0,
+        description="commands of one tenant that may be PENDING at once (0: no cap)",
     )
     max_waiting_per_device: int = Field(
         default=100, ge=1, description="commands that may wait for one device (offline, busy)"

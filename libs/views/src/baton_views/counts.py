@@ -2,9 +2,9 @@
 
 The projection keeps them in the transaction that changes the rows, so a count is a
 lookup of at most 20 counter rows (10 statuses x ephemeral or not) however many
-executions are stored. Each execution is counted four times, once per scope: every
-execution, its device, its command name, its device's command name. A list filtered on
-a creation time is not covered; queries.py counts those rows, up to a bound.
+executions are stored. Each execution is counted four times in its tenant, once per
+scope: every execution, its device, its command name, its device's command name. A list
+filtered on a creation time is not covered; queries.py counts those rows, up to a bound.
 """
 
 from __future__ import annotations
@@ -18,19 +18,21 @@ from baton_domain.statuses import ExecutionStatus
 
 _SCOPES = ((0, False, False), (1, True, False), (2, False, True), (3, True, True))
 _UPSERT = (
-    "INSERT INTO execution_counts (scope, device_id, name, status, ephemeral, n)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (scope, device_id, name, status, ephemeral) DO UPDATE SET n = n + excluded.n"
+    "INSERT INTO execution_counts (scope, tenant, device_id, name, status, ephemeral, n)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (scope, tenant, device_id, name, status, ephemeral)"
+    " DO UPDATE SET n = n + excluded.n"
 )
 _DROP_EMPTY = (
-    "DELETE FROM execution_counts"
-    " WHERE scope = ? AND device_id = ? AND name = ? AND status = ? AND ephemeral = ? AND n = 0"
+    "DELETE FROM execution_counts WHERE scope = ? AND tenant = ? AND device_id = ?"
+    " AND name = ? AND status = ? AND ephemeral = ? AND n = 0"
 )
 
 
 class Counted(NamedTuple):
     """Where a row of `executions` is counted."""
 
+    tenant: str
     device_id: str
     name: str
     status: str
@@ -56,10 +58,10 @@ class CountChanges:
             self._changes[after] += 1
 
     def write(self, conn: sqlite3.Connection) -> None:
-        rows: Counter[tuple[int, str, str, str, int]] = Counter()
-        for (device_id, name, status, ephemeral), change in self._changes.items():
+        rows: Counter[tuple[int, str, str, str, str, int]] = Counter()
+        for (tenant, device_id, name, status, ephemeral), change in self._changes.items():
             for scope, by_device, by_name in _SCOPES:
-                key = (scope, device_id if by_device else "", name if by_name else "")
+                key = (scope, tenant, device_id if by_device else "", name if by_name else "")
                 rows[(*key, status, ephemeral)] += change
         changed = [(*key, n) for key, n in rows.items() if n]
         conn.executemany(_UPSERT, changed)
@@ -71,16 +73,17 @@ class CountChanges:
 
 def count(
     conn: sqlite3.Connection,
+    tenant: str,
     device_id: str | None,
     name: str | None,
     statuses: Iterable[ExecutionStatus],
     ephemerals: Iterable[int],
 ) -> int:
-    """Executions of this device and command name (None: any), with these statuses (none
-    given: any) and these `ephemeral` values."""
+    """Executions of this tenant, device and command name (None: any), with these statuses
+    (none given: any) and these `ephemeral` values."""
     scope = (device_id is not None) + 2 * (name is not None)
-    clauses = ["scope = ?", "device_id = ?", "name = ?"]
-    values: list[str | int] = [scope, device_id or "", name or ""]
+    clauses = ["scope = ?", "tenant = ?", "device_id = ?", "name = ?"]
+    values: list[str | int] = [scope, tenant, device_id or "", name or ""]
     wanted = sorted(s.value for s in statuses)
     if wanted:
         clauses.append(f"status IN ({', '.join('?' * len(wanted))})")
@@ -92,6 +95,15 @@ def count(
     return int(conn.execute(sql, values).fetchone()[0])
 
 
+def tenants(conn: sqlite3.Connection) -> list[str]:
+    """The tenants that have executions, in order: one range of the counters (scope 0),
+    however many executions they have."""
+    rows = conn.execute(
+        "SELECT DISTINCT tenant FROM execution_counts WHERE scope = 0 ORDER BY tenant"
+    )
+    return [row[0] for row in rows]
+
+
 def recount(conn: sqlite3.Connection) -> None:
     """Set every counter from the rows, in the caller's transaction (for rows written in
     bulk without the projection, such as the history benchmark's)."""
@@ -100,7 +112,7 @@ def recount(conn: sqlite3.Connection) -> None:
         device = "device_id" if by_device else "''"
         name = "name" if by_name else "''"
         conn.execute(
-            "INSERT INTO execution_counts (scope, device_id, name, status, ephemeral, n)"
-            f" SELECT {scope}, {device}, {name}, status, ephemeral, COUNT(*) FROM executions"
-            f" GROUP BY {device}, {name}, status, ephemeral"
+            "INSERT INTO execution_counts (scope, tenant, device_id, name, status, ephemeral, n)"
+            f" SELECT {scope}, tenant, {device}, {name}, status, ephemeral, COUNT(*)"
+            f" FROM executions GROUP BY tenant, {device}, {name}, status, ephemeral"
         )

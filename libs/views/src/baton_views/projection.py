@@ -23,6 +23,7 @@ from baton_domain.execution import (
     verification_state,
 )
 from baton_domain.statuses import ExecutionStatus
+from baton_domain.tenants import DEFAULT_TENANT
 from baton_views.counts import CountChanges, Counted
 from baton_views.store import (
     canonical_json,
@@ -88,7 +89,7 @@ def _apply_one(conn: sqlite3.Connection, event: LifecycleEvent, counts: CountCha
 def _counted(conn: sqlite3.Connection, event: LifecycleEvent) -> Counted | None:
     """Where the execution is counted now; None when there is no such row."""
     found = conn.execute(
-        "SELECT device_id, name, status, ephemeral FROM executions WHERE id = ?",
+        "SELECT tenant, device_id, name, status, ephemeral FROM executions WHERE id = ?",
         (str(event.execution_id),),
     ).fetchone()
     return Counted(*found) if found is not None else None
@@ -101,12 +102,16 @@ def _requested(conn: sqlite3.Connection, event: LifecycleEvent) -> Counted:
     data = event.data
     occurred = canonical_time(event.occurred_at)
     ephemeral = int(bool(data.get("ephemeral", False)))
+    # Stored before tenants existed: without one (or with the default's name).
+    tenant = data.get("tenant") or DEFAULT_TENANT
     conn.execute(
-        "INSERT INTO executions (id, device_id, name, params, status, created_at, updated_at,"
-        " ttl, deadline, result, error, requested_name, ephemeral, retry_of, retries, outcome)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, '[]', '')",
+        "INSERT INTO executions (id, tenant, device_id, name, params, status, created_at,"
+        " updated_at, ttl, deadline, result, error, requested_name, ephemeral, retry_of,"
+        " retries, outcome, requested_by)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, '[]', '', ?)",
         (
             str(event.execution_id),
+            tenant,
             data["device_id"],
             data["name"],
             canonical_json(data["params"]),
@@ -118,9 +123,11 @@ def _requested(conn: sqlite3.Connection, event: LifecycleEvent) -> Counted:
             data.get("requested_name") or data["name"],
             ephemeral,
             data.get("retry_of"),
+            data.get("requested_by"),
         ),
     )
-    return Counted(data["device_id"], data["name"], ExecutionStatus.PENDING.value, ephemeral)
+    pending = ExecutionStatus.PENDING.value
+    return Counted(tenant, data["device_id"], data["name"], pending, ephemeral)
 
 
 def _touched(conn: sqlite3.Connection, event: LifecycleEvent, before: Counted) -> Counted:

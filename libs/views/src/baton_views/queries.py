@@ -3,13 +3,17 @@
 Pages are cut on (created_at, id), which is unique and fixed once written, so a cursor
 stays valid while new executions arrive: no row is skipped or shown twice.
 
+Every list is one tenant's, and a lookup given a tenant answers for another tenant's
+execution exactly as for a missing one (None).
+
 No cost here grows with the number of executions stored (docs/architecture.md, "Costs
 that stay flat"). Each page is read from the index whose leading columns are exactly the
-filter's (store.py makes one per combination), so it reads only the rows it returns (and,
-for a status that has not ended, the other rows in flight); a filter on several statuses,
-or with ephemeral executions, reads one such range per (outcome, ephemeral) and merges
-them. `total_count` comes from the counters (counts.py); a filter on creation time is
-counted on the index, up to COUNT_LIMIT rows.
+tenant and the filter's (store.py makes one per combination), so it reads only the rows
+it returns, never another tenant's (and, for a status that has not ended, the other rows
+in flight); a filter on several statuses, or with ephemeral executions, reads one such
+range per (outcome, ephemeral) and merges them. `total_count` comes from the tenant's
+counters (counts.py); a filter on creation time is counted on the index, up to
+COUNT_LIMIT rows.
 """
 
 from __future__ import annotations
@@ -25,8 +29,15 @@ from typing import Any, Literal
 from uuid import UUID
 
 from baton_domain.statuses import ExecutionStatus
-from baton_views.counts import count
-from baton_views.store import FILTER_COLUMNS, canonical_time, index_name, snapshot
+from baton_domain.tenants import DEFAULT_TENANT
+from baton_views.counts import count, tenants
+from baton_views.store import (
+    FILTER_COLUMNS,
+    TENANT_COLUMN,
+    canonical_time,
+    index_name,
+    snapshot,
+)
 
 Order = Literal["newest", "oldest"]
 MAX_LIMIT = 500
@@ -66,11 +77,13 @@ class ExecutionView:
     result: dict[str, Any] | None
     error: dict[str, Any] | None
     requested_name: str = ""  # the name or alias the request used
+    requested_by: str | None = None  # who asked (None: stored before it was recorded)
     ephemeral: bool = False
     retry_of: UUID | None = None
     retries: list[UUID] = field(default_factory=list)
     verification: dict[str, Any] | None = None  # see ExecutionState.verification
     log: list[LogEntry] | None = None  # only when asked for
+    tenant: str = DEFAULT_TENANT  # whose execution it is
 
     @property
     def is_terminal(self) -> bool:
@@ -85,6 +98,7 @@ class ExecutionFilter:
     created_after: datetime | None = None  # inclusive
     created_before: datetime | None = None  # exclusive
     include_ephemeral: bool = False  # ephemeral executions are left out unless asked for
+    tenant: str = DEFAULT_TENANT  # a list is always one tenant's: the caller's
 
 
 @dataclass(frozen=True)
@@ -105,9 +119,18 @@ class _Arm:
 
 
 def get_execution(
-    conn: sqlite3.Connection, execution_id: UUID, with_log: bool = False
+    conn: sqlite3.Connection,
+    execution_id: UUID,
+    with_log: bool = False,
+    tenant: str | None = None,
 ) -> ExecutionView | None:
-    row = conn.execute("SELECT * FROM executions WHERE id = ?", (str(execution_id),)).fetchone()
+    """The execution, or None when there is none: none at all, or (given a `tenant`) none
+    of that tenant's. None is the same answer either way, so a caller cannot tell another
+    tenant's execution from a missing one."""
+    sql, values = "SELECT * FROM executions WHERE id = ?", [str(execution_id)]
+    if tenant is not None:
+        sql, values = f"{sql} AND tenant = ?", [*values, tenant]
+    row = conn.execute(sql, values).fetchone()
     if row is None:
         return None
     log = _log_of(conn, execution_id) if with_log else None
@@ -152,8 +175,8 @@ def _arms(
 ) -> list[_Arm]:
     """The index ranges that together hold the rows `where` selects (after the `cursor`
     row in `order`): one per combination of its outcomes and `ephemerals`, each on the
-    index led by the filtered columns. The statuses that have not ended share the outcome
-    '' and are told apart by `status`."""
+    index led by the tenant and the filtered columns. The statuses that have not ended
+    share the outcome '' and are told apart by `status`."""
     ended = sorted(s.value for s in where.statuses if s.is_terminal)
     running = sorted(s.value for s in where.statuses if not s.is_terminal)
     outcomes: list[str | None] = [*ended, *([""] if running else [])] or [None]
@@ -162,8 +185,9 @@ def _arms(
     for outcome, ephemeral in product(outcomes, ephemerals):
         fixed = {"device_id": where.device_id, "name": where.name, "outcome": outcome}
         columns = tuple(c for c in FILTER_COLUMNS if fixed[c] is not None)
-        clauses = [f"{c} = ?" for c in columns] + ["ephemeral = ?", *time_clauses]
-        values = [*(fixed[c] for c in columns), ephemeral, *time_values]
+        equal = (TENANT_COLUMN, *columns, "ephemeral")
+        clauses = [f"{c} = ?" for c in equal] + time_clauses
+        values = [where.tenant, *(fixed[c] for c in columns), ephemeral, *time_values]
         if outcome == "":
             clauses.append(f"status IN ({', '.join('?' * len(running))})")
             values += running
@@ -202,7 +226,8 @@ def _total(conn: sqlite3.Connection, where: ExecutionFilter) -> tuple[int, bool]
     time the matching index entries up to COUNT_LIMIT."""
     ephemerals = _ephemerals(where)
     if where.created_after is None and where.created_before is None:
-        return count(conn, where.device_id, where.name, where.statuses, ephemerals), True
+        found = count(conn, where.tenant, where.device_id, where.name, where.statuses, ephemerals)
+        return found, True
     found = 0
     for arm in _arms(where, ephemerals):
         found += conn.execute(
@@ -241,12 +266,25 @@ def decode_cursor(cursor: str, order: Order) -> tuple[str, str]:
 
 
 def ids_created_before(
-    conn: sqlite3.Connection, cutoff: datetime, limit: int, ephemeral_only: bool = False
+    conn: sqlite3.Connection,
+    cutoff: datetime,
+    limit: int,
+    ephemeral_only: bool = False,
+    tenant: str | None = None,
 ) -> list[UUID]:
-    """Up to `limit` executions created before `cutoff`, oldest first (for purging)."""
-    arms = _arms(ExecutionFilter(created_before=cutoff), (1,) if ephemeral_only else (0, 1))
-    rows = _read_arms(conn, arms, "oldest", limit, columns="id, created_at")
-    return [UUID(row["id"]) for row in rows]
+    """Up to `limit` executions created before `cutoff` (for purging): `tenant`'s, oldest
+    first, or (None: the retention sweep) every tenant's, tenant after tenant, each one's
+    oldest first. Every index leads with the tenant, so the sweep reads each tenant's
+    ranges in turn: a tenant with nothing that old costs one search per range."""
+    ephemerals = (1,) if ephemeral_only else (0, 1)
+    ids: list[UUID] = []
+    for each in tenants(conn) if tenant is None else [tenant]:
+        arms = _arms(ExecutionFilter(created_before=cutoff, tenant=each), ephemerals)
+        rows = _read_arms(conn, arms, "oldest", limit - len(ids), columns="id, created_at")
+        ids += [UUID(row["id"]) for row in rows]
+        if len(ids) >= limit:
+            break
+    return ids
 
 
 def _ephemerals(where: ExecutionFilter) -> tuple[int, ...]:
@@ -295,11 +333,13 @@ def _view(row: sqlite3.Row, log: list[LogEntry] | None = None) -> ExecutionView:
         result=json.loads(row["result"]) if row["result"] is not None else None,
         error=json.loads(row["error"]) if row["error"] is not None else None,
         requested_name=row["requested_name"],
+        requested_by=row["requested_by"],
         ephemeral=bool(row["ephemeral"]),
         retry_of=UUID(row["retry_of"]) if row["retry_of"] else None,
         retries=[UUID(i) for i in json.loads(row["retries"])],
         verification=json.loads(row["verification"]) if row["verification"] else None,
         log=log,
+        tenant=row["tenant"],
     )
 
 

@@ -19,6 +19,8 @@ from typing import Any
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS executions (
     id          TEXT PRIMARY KEY,
+    -- Whose execution it is: every read is scoped by it, and every index leads with it.
+    tenant      TEXT NOT NULL,
     device_id   TEXT NOT NULL,
     name        TEXT NOT NULL,
     params      TEXT NOT NULL,
@@ -30,6 +32,7 @@ CREATE TABLE IF NOT EXISTS executions (
     result      TEXT,
     error       TEXT,
     requested_name TEXT NOT NULL,
+    requested_by TEXT,
     ephemeral   INTEGER NOT NULL,
     retry_of    TEXT,
     retries     TEXT NOT NULL,
@@ -49,18 +52,20 @@ CREATE TABLE IF NOT EXISTS execution_log (
     PRIMARY KEY (execution_id, seq)
 );
 
--- How many executions each list filter matches, kept by the projection in the transaction
--- that changes the rows, so `total_count` is a lookup of at most 20 rows (queries.py).
--- scope says which of device_id and name the row is for (the others hold ''): 0 every
--- execution, 1 one device, 2 one command name, 3 one device's one command name.
+-- How many executions each list filter matches in each tenant, kept by the projection in
+-- the transaction that changes the rows, so `total_count` is a lookup of at most 20 rows
+-- (queries.py). scope says which of device_id and name the row is for (the others hold
+-- ''): 0 every execution, 1 one device, 2 one command name, 3 one device's one command
+-- name. scope leads the key so that the tenants with executions are one range (scope 0).
 CREATE TABLE IF NOT EXISTS execution_counts (
     scope     INTEGER NOT NULL,
+    tenant    TEXT NOT NULL,
     device_id TEXT NOT NULL,
     name      TEXT NOT NULL,
     status    TEXT NOT NULL,
     ephemeral INTEGER NOT NULL,
     n         INTEGER NOT NULL,
-    PRIMARY KEY (scope, device_id, name, status, ephemeral)
+    PRIMARY KEY (scope, tenant, device_id, name, status, ephemeral)
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS projection_position (
@@ -69,9 +74,12 @@ CREATE TABLE IF NOT EXISTS projection_position (
 );
 """
 
-# The columns a list filters on by equality, in the order every index lists them. A filter
-# on a status that has not ended reads the rows with `outcome` '' (what is in flight, not
-# the history) and checks their `status`.
+# Every list is one tenant's, so every index leads with it: a tenant's page never reads
+# past another tenant's rows, however many there are.
+TENANT_COLUMN = "tenant"
+# The columns a list filters on by equality, in the order every index lists them after
+# TENANT_COLUMN. A filter on a status that has not ended reads the rows with `outcome` ''
+# (what is in flight, not the history) and checks their `status`.
 FILTER_COLUMNS = ("device_id", "name", "outcome")
 # What follows them in every index: a page is one index range, read in (created_at, id)
 # order, whatever the filter (queries.py).
@@ -80,23 +88,25 @@ TABLES = ("executions", "execution_log", "execution_counts", "projection_positio
 
 # Bumped whenever SCHEMA changes: views are disposable, so a views database of another
 # version is dropped and projected again from the event store (position 0).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6  # 5: executions and their counters are per tenant; 6: requested_by
 PROJECTION_NAME = "executions"
 BUSY_TIMEOUT_MS = 30_000
 
 
 def index_name(columns: tuple[str, ...]) -> str:
-    """The index of `executions` whose leading columns are `columns` (in FILTER_COLUMNS order)."""
-    return "executions_by_" + "_".join((*columns, "time"))
+    """The index of `executions` whose leading columns are TENANT_COLUMN and then `columns`
+    (in FILTER_COLUMNS order)."""
+    return "executions_by_" + "_".join((TENANT_COLUMN, *columns, "time"))
 
 
 def _indexes() -> str:
-    """One index per subset of FILTER_COLUMNS: eight, so that no filter leaves a page to be
-    found by reading past rows it does not want (tests/unit/test_views_costs.py)."""
+    """One index per subset of FILTER_COLUMNS, each led by the tenant: eight, so that no
+    filter leaves a page to be found by reading past rows it does not want
+    (tests/unit/test_views_costs.py)."""
     subsets = [c for r in range(len(FILTER_COLUMNS) + 1) for c in combinations(FILTER_COLUMNS, r)]
     return "".join(
         f"CREATE INDEX IF NOT EXISTS {index_name(columns)} "
-        f"ON executions ({', '.join((*columns, *ORDER_COLUMNS))});\n"
+        f"ON executions ({', '.join((TENANT_COLUMN, *columns, *ORDER_COLUMNS))});\n"
         for columns in subsets
     )
 

@@ -17,6 +17,8 @@ from typing import TypeVar
 from uuid import UUID
 
 from baton_contracts.nats import LifecycleEvent
+from baton_domain.statuses import ExecutionStatus
+from baton_views.counts import count
 from baton_views.projection import project
 from baton_views.queries import (
     DEFAULT_LIMIT,
@@ -65,8 +67,12 @@ class ExecutionViews:
 
     # --- queries ------------------------------------------------------------------------
 
-    def get(self, execution_id: UUID, with_log: bool = False) -> ExecutionView | None:
-        return self._read(lambda conn: get_execution(conn, execution_id, with_log))
+    def get(
+        self, execution_id: UUID, with_log: bool = False, tenant: str | None = None
+    ) -> ExecutionView | None:
+        """The execution; None if there is none or (given a `tenant`) it is another
+        tenant's: the same answer, so the caller cannot tell them apart."""
+        return self._read(lambda conn: get_execution(conn, execution_id, with_log, tenant))
 
     def list(
         self,
@@ -82,10 +88,22 @@ class ExecutionViews:
             )
         )
 
+    def pending(self, tenant: str) -> int:
+        """How many of `tenant`'s executions are PENDING: one lookup of the counters."""
+        statuses = [ExecutionStatus.PENDING]
+        return self._read(lambda conn: count(conn, tenant, None, None, statuses, (0, 1)))
+
     def ids_created_before(
-        self, cutoff: datetime, limit: int, ephemeral_only: bool = False
+        self,
+        cutoff: datetime,
+        limit: int,
+        ephemeral_only: bool = False,
+        tenant: str | None = None,
     ) -> builtins.list[UUID]:
-        return self._read(lambda conn: ids_created_before(conn, cutoff, limit, ephemeral_only))
+        """Up to `limit` ids created before `cutoff`: `tenant`'s, or (None) every tenant's."""
+        return self._read(
+            lambda conn: ids_created_before(conn, cutoff, limit, ephemeral_only, tenant)
+        )
 
     def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         with self._read_lock:

@@ -19,7 +19,8 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
-from baton_api.auth import API_KEY_HEADER, ApiKeyMiddleware
+from baton_api.access import AccessStore, InMemoryAccess, NatsAccess
+from baton_api.auth import API_KEY_HEADER, ApiKeyMiddleware, caller
 from baton_api.catalog import (
     CatalogController,
     CatalogService,
@@ -31,6 +32,7 @@ from baton_api.dialects import dialect_routers
 from baton_api.gateway import CommandGateway, NatsGateway
 from baton_api.head import serve_head
 from baton_api.health import Check, HealthController
+from baton_api.keys import AccessService, KeyController, TenantController
 from baton_api.limits import MAX_BODY_BYTES
 from baton_api.nats_link import NatsLink
 from baton_api.openapi import declare_problems
@@ -40,6 +42,7 @@ from baton_api.rate_limits import RateLimits
 from baton_api.retention import RetentionSweeper
 from baton_api.schemas import request_body_plugin
 from baton_api.service import ExecutionService
+from baton_api.tokens import TokenVerifier
 from baton_domain.application import Executions
 from baton_platform.eventstore import open_executions
 from baton_platform.lifecycle import cancel_and_wait
@@ -64,12 +67,15 @@ class Parts:
     link: NatsLink | None
     sweeper: RetentionSweeper
     catalog_service: CatalogService
+    access: AccessStore
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
         self.tasks.append(asyncio.create_task(self.runner.run(), name="projection"))
         if self.link is not None:
             self.tasks.append(asyncio.create_task(self.link.run(), name="nats-link"))
+        if isinstance(self.access, NatsAccess):
+            self.tasks.append(asyncio.create_task(self.access.run(), name="access"))
         self.tasks.append(asyncio.create_task(self.sweeper.run(), name="retention"))
 
     async def stop(self) -> None:
@@ -106,6 +112,7 @@ def build_parts(
     settings: Settings,
     gateway: CommandGateway | None = None,
     executions: Executions | None = None,
+    access: AccessStore | None = None,
 ) -> Parts:
     executions = executions or open_executions(settings)
     views = ExecutionViews(settings.views_path)
@@ -114,25 +121,45 @@ def build_parts(
     if gateway is None:
         link = NatsLink(settings.nats_url, identity(settings, API), on_event=runner.wake)
         gateway = NatsGateway(link, settings.request_timeout)
-    service = ExecutionService(gateway, views, runner, executions.recorder.max_notification_id)
+    service = ExecutionService(
+        gateway,
+        views,
+        runner,
+        executions.recorder.max_notification_id,
+        max_pending=settings.max_waiting_per_tenant,
+    )
     sweeper = RetentionSweeper(
         service, settings.ephemeral_retention_days, settings.retention_sweep_interval
     )
-    return Parts(
-        executions, views, runner, service, link, sweeper, CatalogService(executions, gateway)
-    )
+    if access is None:
+        # Keys and tenants live in NATS (baton_api.access); without it, in this process.
+        access = NatsAccess(link) if link is not None else InMemoryAccess()
+    catalog_service = CatalogService(executions, gateway)
+    return Parts(executions, views, runner, service, link, sweeper, catalog_service, access)
 
 
 def create_app(
     settings: Settings,
     gateway: CommandGateway | None = None,
     executions: Executions | None = None,
+    access: AccessStore | None = None,
 ) -> Litestar:
     keys = [key.get_secret_value() for key in settings.api_keys]
     admin_keys = [key.get_secret_value() for key in settings.admin_api_keys]
-    if not keys and not admin_keys:
-        raise ValueError("no API keys: set BATON_API_KEYS (comma-separated)")
-    parts = build_parts(settings, gateway, executions)
+    if not keys and not admin_keys and not (settings.jwt_secret or settings.jwt_jwks_path):
+        raise ValueError(
+            "no API keys: set BATON_ADMIN_API_KEYS or BATON_API_KEYS (comma-separated)"
+        )
+    parts = build_parts(settings, gateway, executions, access)
+    access_service = AccessService(parts.access)
+    tokens = TokenVerifier(
+        secret=settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
+        jwks_path=settings.jwt_jwks_path,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+        tenant_claim=settings.jwt_tenant_claim,
+        role_claim=settings.jwt_role_claim,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
@@ -143,7 +170,14 @@ def create_app(
             await parts.stop()
 
     limits = RateLimits(settings.rate_limit, settings.rate_burst)
-    auth = DefineMiddleware(ApiKeyMiddleware, keys=keys, admin_keys=admin_keys, limits=limits)
+    auth = DefineMiddleware(
+        ApiKeyMiddleware,
+        keys=keys,
+        admin_keys=admin_keys,
+        limits=limits,
+        access=parts.access,
+        tokens=tokens,
+    )
     v1 = Router(
         "/v1",
         route_handlers=[
@@ -152,6 +186,8 @@ def create_app(
             CatalogController,
             DeviceTypeController,
             DeviceController,
+            KeyController,
+            TenantController,
         ],
         middleware=[auth],
         guards=[refuse_unknown_query],  # a typo in a query is a 422 (controllers.py)
@@ -168,6 +204,8 @@ def create_app(
         dependencies={
             "service": Provide(lambda: parts.service, sync_to_thread=False),
             "catalog_service": Provide(lambda: parts.catalog_service, sync_to_thread=False),
+            "access_service": Provide(lambda: access_service, sync_to_thread=False),
+            "caller": Provide(caller, sync_to_thread=False),
             "checks": Provide(parts.checks, sync_to_thread=False),
         },
         exception_handlers={Exception: problem_handler},

@@ -2,7 +2,8 @@
 
 Reads come from the stored catalog (the event store, as the dispatcher last wrote it);
 changes go to the dispatcher, which checks each against the whole catalog and stores it.
-Changing the catalog needs an admin key.
+Reading it needs the viewer role, changing it the admin role; each caller sees and changes
+its own tenant's part only (another tenant's device type or device is not found).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from pydantic import BaseModel, Field
 
-from baton_api.auth import admin_only
+from baton_api.auth import Identity, admin, viewer
 from baton_api.gateway import CommandGateway
 from baton_api.problems import ProblemError
 from baton_api.schemas import STRICT_REQUEST
@@ -31,17 +32,19 @@ class CatalogService:
         self._executions = executions
         self._gateway = gateway
 
-    async def catalog(self) -> Catalog:
-        return await asyncio.to_thread(lambda: self._executions.catalog)
+    async def catalog(self, tenant: str) -> Catalog:
+        """The part of the catalog `tenant` sees."""
+        return await asyncio.to_thread(lambda: self._executions.catalog.of(tenant))
 
-    async def device(self, device_id: str) -> Device:
-        """The device, or a 404 problem (unknown-device)."""
+    async def device(self, device_id: str, tenant: str) -> Device:
+        """The device, or a 404 problem (unknown-device) if `tenant` has none of that id."""
         try:
-            return (await self.catalog()).device(device_id)
+            return (await self.catalog(tenant)).device(device_id)
         except UnknownDevice as exc:
             raise _missing(exc) from None
 
-    async def change(self, change: CatalogChange) -> dict[str, Any]:
+    async def change(self, change: CatalogChange, by: Identity) -> dict[str, Any]:
+        change = change.model_copy(update={"tenant": by.tenant, "principal": by.principal})
         reply = await self._gateway.change_catalog(change)
         if reply.problem is not None:
             raise ProblemError(reply.problem)
@@ -83,74 +86,92 @@ class CatalogController(Controller):
     path = "/catalog"
     tags = ["catalog"]
 
-    @get("/")
-    async def get_catalog(self, catalog_service: NamedDependency[CatalogService]) -> dict[str, Any]:
+    @get("/", guards=[viewer])
+    async def get_catalog(
+        self, caller: NamedDependency[Identity], catalog_service: NamedDependency[CatalogService]
+    ) -> dict[str, Any]:
         """The whole catalog document (what `baton catalog export` writes)."""
-        return (await catalog_service.catalog()).model_dump(mode="json", exclude_defaults=True)
+        catalog = await catalog_service.catalog(caller.tenant)
+        return catalog.model_dump(mode="json", exclude_defaults=True)
 
-    @put("/", guards=[admin_only])
+    @put("/", guards=[admin])
     async def import_catalog(
         self,
+        caller: NamedDependency[Identity],
         catalog_service: NamedDependency[CatalogService],
         data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
         """Admin: replace the whole catalog (`baton catalog import`); checked first."""
-        return await catalog_service.change(CatalogChange(op="import", document=data))
+        return await catalog_service.change(CatalogChange(op="import", document=data), caller)
 
 
 class DeviceTypeController(Controller):
     path = "/device-types"
     tags = ["catalog"]
 
-    @get("/")
+    @get("/", guards=[viewer])
     async def list_device_types(
-        self, catalog_service: NamedDependency[CatalogService]
+        self, caller: NamedDependency[Identity], catalog_service: NamedDependency[CatalogService]
     ) -> DeviceTypePage:
-        catalog = await catalog_service.catalog()
+        catalog = await catalog_service.catalog(caller.tenant)
         items = [_type_out(n, t) for n, t in sorted(catalog.device_types.items())]
         return DeviceTypePage(items=items, total_count=len(items))
 
-    @get("/{name:str}")
+    @get("/{name:str}", guards=[viewer])
     async def get_device_type(
-        self, catalog_service: NamedDependency[CatalogService], name: FromPath[str]
+        self,
+        caller: NamedDependency[Identity],
+        catalog_service: NamedDependency[CatalogService],
+        name: FromPath[str],
     ) -> DeviceTypeOut:
-        catalog = await catalog_service.catalog()
+        catalog = await catalog_service.catalog(caller.tenant)
         if name not in catalog.device_types:
             raise _missing(UnknownDeviceType(name))
         return _type_out(name, catalog.device_types[name])
 
-    @post("/", status_code=201, guards=[admin_only])
+    @post("/", status_code=201, guards=[admin])
     async def create_device_type(
-        self, catalog_service: NamedDependency[CatalogService], data: JSONBody[NamedDeviceType]
+        self,
+        caller: NamedDependency[Identity],
+        catalog_service: NamedDependency[CatalogService],
+        data: JSONBody[NamedDeviceType],
     ) -> DeviceTypeOut:
         """Admin: add a device type; 409 if one has the name (PUT replaces)."""
-        return await self._change(catalog_service, "create-device-type", data.name, data.definition)
+        return await self._change(
+            catalog_service, caller, "create-device-type", data.name, data.definition
+        )
 
-    @put("/{name:str}", guards=[admin_only])
+    @put("/{name:str}", guards=[admin])
     async def update_device_type(
         self,
+        caller: NamedDependency[Identity],
         catalog_service: NamedDependency[CatalogService],
         name: FromPath[str],
         data: JSONBody[dict[str, Any]],
     ) -> DeviceTypeOut:
         """Admin: replace a device type's definition (or add it)."""
-        return await self._change(catalog_service, "put-device-type", name, data)
+        return await self._change(catalog_service, caller, "put-device-type", name, data)
 
-    @delete("/{name:str}", status_code=204, guards=[admin_only])
+    @delete("/{name:str}", status_code=204, guards=[admin])
     async def delete_device_type(
-        self, catalog_service: NamedDependency[CatalogService], name: FromPath[str]
+        self,
+        caller: NamedDependency[Identity],
+        catalog_service: NamedDependency[CatalogService],
+        name: FromPath[str],
     ) -> None:
         """Admin: remove a device type no device has; 409 while devices have it."""
-        await catalog_service.change(CatalogChange(op="remove-device-type", name=name))
+        await catalog_service.change(CatalogChange(op="remove-device-type", name=name), caller)
 
     @staticmethod
     async def _change(
         service: CatalogService,
+        caller: NamedDependency[Identity],
         op: Literal["create-device-type", "put-device-type"],
         name: str,
         definition: dict[str, Any],
     ) -> DeviceTypeOut:
-        document = await service.change(CatalogChange(op=op, name=name, definition=definition))
+        change = CatalogChange(op=op, name=name, definition=definition)
+        document = await service.change(change, caller)
         return _type_out(name, DeviceType.model_validate(document["device_types"][name]))
 
 
@@ -158,46 +179,62 @@ class DeviceController(Controller):
     path = "/devices"
     tags = ["catalog"]
 
-    @get("/")
-    async def list_devices(self, catalog_service: NamedDependency[CatalogService]) -> DevicePage:
-        catalog = await catalog_service.catalog()
+    @get("/", guards=[viewer])
+    async def list_devices(
+        self, caller: NamedDependency[Identity], catalog_service: NamedDependency[CatalogService]
+    ) -> DevicePage:
+        catalog = await catalog_service.catalog(caller.tenant)
         return DevicePage(items=catalog.devices, total_count=len(catalog.devices))
 
-    @get("/{device_id:str}")
+    @get("/{device_id:str}", guards=[viewer])
     async def get_device(
-        self, catalog_service: NamedDependency[CatalogService], device_id: FromPath[str]
+        self,
+        caller: NamedDependency[Identity],
+        catalog_service: NamedDependency[CatalogService],
+        device_id: FromPath[str],
     ) -> Device:
-        return await catalog_service.device(device_id)
+        return await catalog_service.device(device_id, caller.tenant)
 
-    @post("/", status_code=201, guards=[admin_only])
+    @post("/", status_code=201, guards=[admin])
     async def create_device(
-        self, catalog_service: NamedDependency[CatalogService], data: JSONBody[dict[str, Any]]
+        self,
+        caller: NamedDependency[Identity],
+        catalog_service: NamedDependency[CatalogService],
+        data: JSONBody[dict[str, Any]],
     ) -> Device:
         """Admin: add a device: `{id, type, hardware_id?, labels?}`; 409 if one has the id
         (PUT replaces)."""
-        return await self._change(catalog_service, "create-device", data)
+        return await self._change(catalog_service, caller, "create-device", data)
 
-    @put("/{device_id:str}", guards=[admin_only])
+    @put("/{device_id:str}", guards=[admin])
     async def update_device(
         self,
+        caller: NamedDependency[Identity],
         catalog_service: NamedDependency[CatalogService],
         device_id: FromPath[str],
         data: JSONBody[dict[str, Any]],
     ) -> Device:
         """Admin: replace a device (its id comes from the path), or add it."""
-        return await self._change(catalog_service, "put-device", {**data, "id": device_id})
+        return await self._change(catalog_service, caller, "put-device", {**data, "id": device_id})
 
-    @delete("/{device_id:str}", status_code=204, guards=[admin_only])
+    @delete("/{device_id:str}", status_code=204, guards=[admin])
     async def delete_device(
-        self, catalog_service: NamedDependency[CatalogService], device_id: FromPath[str]
+        self,
+        caller: NamedDependency[Identity],
+        catalog_service: NamedDependency[CatalogService],
+        device_id: FromPath[str],
     ) -> None:
         """Admin: remove a device. Its executions stay; new commands to it get 404."""
-        await catalog_service.change(CatalogChange(op="remove-device", device_id=device_id))
+        change = CatalogChange(op="remove-device", device_id=device_id)
+        await catalog_service.change(change, caller)
 
     @staticmethod
     async def _change(
-        service: CatalogService, op: Literal["create-device", "put-device"], device: dict[str, Any]
+        service: CatalogService,
+        caller: NamedDependency[Identity],
+        op: Literal["create-device", "put-device"],
+        device: dict[str, Any],
     ) -> Device:
-        document = await service.change(CatalogChange(op=op, device=device))
+        document = await service.change(CatalogChange(op=op, device=device), caller)
         stored = next(d for d in document["devices"] if d["id"] == device.get("id"))
         return Device.model_validate(stored)

@@ -6,14 +6,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, cast
 from uuid import UUID
 
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, Response, delete, get, post
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
-from baton_api.auth import admin_only
+from baton_api.auth import Identity, admin, operator, viewer
 from baton_api.catalog import CatalogService
 from baton_api.problems import ProblemError, invalid, problem
 from baton_api.schemas import (
@@ -75,6 +75,7 @@ class CommandController(Controller):
     @post(
         "/commands",
         status_code=201,
+        guards=[operator],
         responses={
             200: ResponseSpec(
                 ExecutionOut, description="the same Idempotency-Key and body again: its execution"
@@ -83,7 +84,7 @@ class CommandController(Controller):
     )
     async def submit_command(
         self,
-        request: Request[str, Any, Any],
+        caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
         device_id: FromPath[str],
         data: JSONBody[SubmitRequest],
@@ -97,7 +98,8 @@ class CommandController(Controller):
             params=data.params,
             ttl=data.ttl,
             idempotency_key=idempotency_key,
-            principal=request.user,
+            principal=caller.principal,
+            tenant=caller.tenant,
             source="api",
             ephemeral=data.ephemeral,
         )
@@ -109,9 +111,10 @@ class CommandController(Controller):
             headers={"Location": f"/v1/executions/{execution.id}"},
         )
 
-    @get("/executions")
+    @get("/executions", guards=[viewer])
     async def list_device_executions(
         self,
+        caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
         catalog_service: NamedDependency[CatalogService],
         device_id: FromPath[str],
@@ -126,8 +129,8 @@ class CommandController(Controller):
     ) -> ExecutionPageOut:
         """The device's executions, filtered, newest first unless `order=oldest`; 404 for a
         device the catalog does not have (a removed one's stay under `/v1/executions`)."""
-        await catalog_service.device(device_id)
-        where = _filter(status, name, device_id, created_after, created_before, show)
+        await catalog_service.device(device_id, caller.tenant)
+        where = _filter(caller, status, name, device_id, created_after, created_before, show)
         return ExecutionPageOut.of(await service.list(where, order, limit, cursor))
 
 
@@ -135,9 +138,10 @@ class ExecutionController(Controller):
     path = "/executions"
     tags = ["executions"]
 
-    @get("/")
+    @get("/", guards=[viewer])
     async def list_executions(
         self,
+        caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
         status: Statuses = None,
         name: Name = None,
@@ -150,70 +154,71 @@ class ExecutionController(Controller):
         show: Show = "NON_EPHEMERAL",
     ) -> ExecutionPageOut:
         """All executions, filtered, newest first unless `order=oldest`."""
-        where = _filter(status, name, device_id, created_after, created_before, show)
+        where = _filter(caller, status, name, device_id, created_after, created_before, show)
         return ExecutionPageOut.of(await service.list(where, order, limit, cursor))
 
-    @get("/{execution_id:str}")
+    @get("/{execution_id:str}", guards=[viewer])
     async def get_execution(
         self,
+        caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
         execution_id: FromPath[UUID],
         expand: Expand = None,
     ) -> ExecutionOut | ExecutionWithLogOut:
         """One execution; `?expand=log` adds every device answer."""
-        execution = await service.get(execution_id, with_log=expand == "log")
+        execution = await service.get(execution_id, expand == "log", caller.tenant)
         if expand == "log":
             return ExecutionWithLogOut.with_log(execution)
         return ExecutionOut.of(execution)
 
-    @post("/{execution_id:str}/cancel", status_code=200)
+    @post("/{execution_id:str}/cancel", status_code=200, guards=[operator])
     async def cancel_execution(
         self,
-        request: Request[str, str, Any],
+        caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
         execution_id: FromPath[UUID],
         data: JSONBody[CancelRequest | None] = None,
     ) -> ExecutionOut:
         """Cancel an execution that has not ended; 409 if it has."""
         reason = data.reason if data is not None else None
-        return ExecutionOut.of(await service.cancel(execution_id, reason, request.user))
+        return ExecutionOut.of(await service.cancel(execution_id, reason, caller))
 
-    @post("/{execution_id:str}/retry", status_code=201)
+    @post("/{execution_id:str}/retry", status_code=201, guards=[operator])
     async def retry_execution(
         self,
-        request: Request[str, str, Any],
+        caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
         execution_id: FromPath[UUID],
     ) -> Response[ExecutionOut]:
         """A new execution of an ended one's command, linked both ways (`retry_of`,
         `retries`); 409 while it still runs."""
-        execution = ExecutionOut.of(await service.retry(execution_id, request.user, "api"))
+        execution = ExecutionOut.of(await service.retry(execution_id, caller, "api"))
         return Response(
             execution, status_code=201, headers={"Location": f"/v1/executions/{execution.id}"}
         )
 
-    @delete("/{execution_id:str}", status_code=204, guards=[admin_only])
+    @delete("/{execution_id:str}", status_code=204, guards=[admin])
     async def delete_execution(
         self,
-        request: Request[str, str, Any],
+        caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
         execution_id: FromPath[UUID],
     ) -> None:
         """Admin: remove an execution from every view (its stream records the deletion).
         One still running is canceled first."""
-        await service.delete(execution_id, "deleted by an admin", request.user)
+        await service.delete(execution_id, "deleted by an admin", caller)
 
-    @post("/purge", status_code=200, guards=[admin_only])
+    @post("/purge", status_code=200, guards=[admin])
     async def purge_executions(
         self,
-        request: Request[str, str, Any],
+        caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
         data: JSONBody[PurgeRequest],
     ) -> PurgeOut:
         """Admin: delete every execution created more than `older_than_days` ago."""
         cutoff = datetime.now(UTC) - timedelta(days=data.older_than_days)
         reason = f"purged: older than {data.older_than_days:g} days"
-        deleted = await service.purge(cutoff, reason, request.user)
+        deleted = await service.purge(cutoff, reason, caller.principal, tenant=caller.tenant)
         return PurgeOut(deleted=deleted, cutoff=cutoff)
 
 
@@ -258,6 +263,7 @@ def _declared_query(handler: BaseRouteHandler, path_params: frozenset[str]) -> f
 
 
 def _filter(
+    caller: NamedDependency[Identity],
     status: list[str] | None,
     name: str | None,
     device_id: str | None,
@@ -266,6 +272,7 @@ def _filter(
     show: str = "NON_EPHEMERAL",
 ) -> ExecutionFilter:
     return ExecutionFilter(
+        tenant=caller.tenant,
         statuses=_statuses(status or []),
         name=name,
         device_id=device_id,

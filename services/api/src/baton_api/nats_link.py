@@ -32,6 +32,7 @@ class NatsLink:
         self._on_event = on_event
         self.client: Client | None = None
         self._reported_down = False
+        self._up = asyncio.Event()
 
     @property
     def connected(self) -> bool:
@@ -52,8 +53,15 @@ class NatsLink:
         )
         self.client = client
         self._reported_down = False
+        self._up.set()
         log.info("connected to NATS at %s as %s", redacted(self._url), self._who.user or "no one")
         await client.subscribe(EVENTS_WILDCARD, cb=self._on_message)
+
+    async def connected_client(self) -> Client:
+        """The connection, once there is one (nats-py then reconnects it by itself)."""
+        await self._up.wait()
+        assert self.client is not None
+        return self.client
 
     async def close(self) -> None:
         if self.client is not None and not self.client.is_closed:

@@ -10,7 +10,7 @@ with a `$ref` to `ProblemOut`, the statuses its shape can give:
 |---|---|
 | 400 | it reads a body or parameters (an unreadable body, a malformed value) |
 | 401 | it is behind the API-key check (it has a security requirement) |
-| 403 | it is admin-only (the `admin_only` guard) |
+| 403 | it needs a role above viewer (baton_api.auth's guards), which a weaker caller lacks |
 | 404 | it has path parameters, or asks the dispatcher (unknown device, type, execution) |
 | 409 | it asks the dispatcher to change something (illegal transition, conflict, key reuse) |
 | 413 | it reads a body (the body size limit) |
@@ -39,9 +39,10 @@ from litestar.openapi.spec import (
 )
 from litestar.routes import HTTPRoute
 
-from baton_api.auth import admin_only
+from baton_api.auth import role_of
 from baton_api.problems import PROBLEM_MEDIA_TYPE
 from baton_api.schemas import ProblemOut
+from baton_domain.tenants import Role
 
 PROBLEM_SCHEMA = ProblemOut.__name__
 # The handlers that create an execution, so may meet a cooldown or a full queue (429).
@@ -64,7 +65,7 @@ METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 DESCRIPTIONS = {
     400: "The request cannot be read (malformed body or value).",
     401: "No valid API key.",
-    403: "The API key is not an admin key.",
+    403: "The caller's role may not do this (docs/security.md).",
     404: "No such resource (device, device type, execution).",
     409: "The request conflicts with the current state.",
     413: "The body is larger than the api accepts.",
@@ -167,8 +168,8 @@ def _handler_facts(app: Litestar) -> dict[tuple[str, str], tuple[bool, bool, set
             continue
         for handler in route.route_handlers:
             # Litestar wraps each guard (AsyncCallable), keeping the original as `func`.
-            guards = [getattr(guard, "func", guard) for guard in handler.resolve_guards()]
-            admin = admin_only in guards
+            role = role_of(handler.resolve_guards())
+            admin = role is not None and role > Role.VIEWER
             submits = handler.handler_name in SUBMITS
             declared = {str(status) for status in handler.responses or {}}
             for method in handler.http_methods:

@@ -105,6 +105,10 @@ class ExecutionOut(BaseModel):
         description="whether the device's reported state showed the change the command "
         "declares: {status: PENDING|SUCCEEDED|FAILED|CANCELED, completed_at, error}",
     )
+    requested_by: str | None = Field(
+        default=None,
+        description="who asked: `key:<id>` (an API key), `jwt:<sub>`, a NATS caller's principal",
+    )
 
     @classmethod
     def of(cls, execution: ExecutionView | ExecutionState) -> ExecutionOut:
@@ -125,6 +129,7 @@ class ExecutionOut(BaseModel):
             retry_of=execution.retry_of,
             retries=list(execution.retries),
             verification=execution.verification,
+            requested_by=execution.requested_by,
         )
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID, uuid4
 
+from baton_api.auth import Identity
 from baton_api.gateway import CommandGateway
 from baton_api.problems import ProblemError, problem
 from baton_api.projector import ProjectionRunner
@@ -45,7 +46,9 @@ class ExecutionService:
         views: ExecutionViews,
         runner: ProjectionRunner,
         store_position: Callable[[], int | None] | None = None,
+        max_pending: int = 0,
     ) -> None:
+        self._max_pending = max_pending  # per tenant; 0: no cap
         self._gateway = gateway
         self._views = views
         self._runner = runner
@@ -61,6 +64,7 @@ class ExecutionService:
         `wait` waits on the views after the dispatcher answered, never holding it, and
         costs two reads of them (`ProjectionRunner.wait_until_terminal`); `with_log` has
         the waited-for view carry its log, for answers that show it."""
+        await self._admit(command.tenant)
         if command.execution_id is None:
             command = command.model_copy(update={"execution_id": planned_id(command)})
         state = await self._written(await self._gateway.submit(command))
@@ -70,35 +74,47 @@ class ExecutionService:
                 return Submitted(ended, state.created)
         return Submitted(state.execution, state.created)
 
-    async def cancel(
-        self, execution_id: UUID, reason: str | None, principal: str
-    ) -> ExecutionState:
+    async def cancel(self, execution_id: UUID, reason: str | None, by: Identity) -> ExecutionState:
         command = CancelCommand(
             execution_id=execution_id,
             reason=reason or DEFAULT_CANCEL_REASON,
-            principal=principal,
+            principal=by.principal,
+            tenant=by.tenant,
         )
         return (await self._written(await self._gateway.cancel(command))).execution
 
-    async def retry(self, execution_id: UUID, principal: str, source: str) -> ExecutionState:
+    async def retry(self, execution_id: UUID, by: Identity, source: str) -> ExecutionState:
         """A new execution of the same command; both are linked to each other."""
-        command = RetryCommand(execution_id=execution_id, principal=principal, source=source)
+        await self._admit(by.tenant)
+        command = RetryCommand(
+            execution_id=execution_id, principal=by.principal, tenant=by.tenant, source=source
+        )
         return (await self._written(await self._gateway.retry(command))).execution
 
-    async def delete(self, execution_id: UUID, reason: str, principal: str) -> None:
-        command = DeleteCommand(execution_id=execution_id, reason=reason, principal=principal)
+    async def delete(self, execution_id: UUID, reason: str, by: Identity) -> None:
+        command = DeleteCommand(
+            execution_id=execution_id, reason=reason, principal=by.principal, tenant=by.tenant
+        )
         await self._written(await self._gateway.delete(command))
 
     async def purge(
-        self, cutoff: datetime, reason: str, principal: str, ephemeral_only: bool = False
+        self,
+        cutoff: datetime,
+        reason: str,
+        principal: str,
+        ephemeral_only: bool = False,
+        tenant: str | None = None,
     ) -> int:
-        """Delete every execution (or every ephemeral one) created before `cutoff`;
-        returns how many. `principal`: who asked, recorded on every `Deleted`."""
+        """Delete every execution (or every ephemeral one) of `tenant` (None: of every
+        tenant) created before `cutoff`; returns how many. `principal`: who asked, recorded
+        on every `Deleted`."""
         deleted = 0
         while ids := await asyncio.to_thread(
-            self._views.ids_created_before, cutoff, PURGE_BATCH, ephemeral_only
+            self._views.ids_created_before, cutoff, PURGE_BATCH, ephemeral_only, tenant
         ):
-            purge = PurgeCommand(execution_ids=ids, reason=reason, principal=principal)
+            purge = PurgeCommand(
+                execution_ids=ids, reason=reason, principal=principal, tenant=tenant
+            )
             reply = await self._gateway.purge(purge)
             if reply.problem is not None:
                 raise ProblemError(reply.problem)
@@ -108,12 +124,15 @@ class ExecutionService:
             await self._runner.wait_for_position(reply.position, READ_YOUR_WRITES_TIMEOUT)
         return deleted
 
-    async def get(self, execution_id: UUID, with_log: bool) -> ExecutionView:
-        execution = await asyncio.to_thread(self._views.get, execution_id, with_log)
-        if execution is None and await self._caught_up():
+    async def get(self, execution_id: UUID, with_log: bool, tenant: str) -> ExecutionView:
+        """The execution, if it is `tenant`'s: another tenant's is not found, like a missing
+        one."""
+        seen = self._runner.position
+        execution = await asyncio.to_thread(self._views.get, execution_id, with_log, tenant)
+        if execution is None and await self._caught_up(seen):
             # The views lagged behind the store: a 404 must mean "not stored", since a
             # client settles an unknown outcome with it.
-            execution = await asyncio.to_thread(self._views.get, execution_id, with_log)
+            execution = await asyncio.to_thread(self._views.get, execution_id, with_log, tenant)
         if execution is None:
             raise ProblemError(
                 problem(
@@ -135,15 +154,30 @@ class ExecutionService:
     ) -> ExecutionPage:
         return await asyncio.to_thread(self._views.list, where, order, limit, cursor, offset)
 
-    async def _caught_up(self) -> bool:
-        """Wait until the views include everything stored now; whether they had to move."""
+    async def _admit(self, tenant: str) -> None:
+        """429 tenant-busy while the tenant has its cap of PENDING commands. Read from the
+        views (one counter lookup), so commands stored in the last moment before it may be
+        missed: a cap against runaway clients, not an exact quota."""
+        if not self._max_pending:
+            return
+        pending = await asyncio.to_thread(self._views.pending, tenant)
+        if pending >= self._max_pending:
+            detail = (
+                f"{pending} commands of this tenant are waiting to be sent (the cap is "
+                f"{self._max_pending}); try again once some have gone out"
+            )
+            raise ProblemError(problem(429, "tenant-busy", detail), {"Retry-After": "1"})
+
+    async def _caught_up(self, seen: int) -> bool:
+        """Wait until the views include everything stored now; whether they moved past
+        `seen`, the position before a read that found nothing (the projection may have
+        caught up between that read and now: then it is worth reading again too)."""
         if self._store_position is None:
             return False
         position = await asyncio.to_thread(self._store_position) or 0
-        if self._runner.position >= position:
-            return False
-        await self._runner.wait_for_position(position, READ_YOUR_WRITES_TIMEOUT)
-        return True
+        if self._runner.position < position:
+            await self._runner.wait_for_position(position, READ_YOUR_WRITES_TIMEOUT)
+        return self._runner.position > seen
 
     async def _written(self, reply: ExecutionReply) -> _Written:
         if reply.problem is not None:

@@ -1,64 +1,37 @@
 """`baton catalog import|export FILE`: the catalog document as YAML, through the API;
 `baton catalog fleet N`: a catalog with a generated fleet, for `baton simulate --fleet`.
 
-Import replaces the whole catalog (checked first: a wrong file changes nothing and the
-problem names each wrong field); export writes what is stored. Both need the api running
-and, for import, an admin key (BATON_API_KEY; `make run`'s key is one). `fleet` needs
+Import replaces the key's tenant's whole catalog (checked first: a wrong file changes
+nothing and the problem names each wrong field); export writes what that tenant has. Both
+need the api running and, for import, the admin role (BATON_API_KEY; `make run`'s key is
+the owner's). `fleet` needs
 nothing running: it reads a catalog file and writes YAML.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 import yaml
 
-from baton_cli.output import problem_lines
+from baton_cli.api_client import DEFAULT_KEY, DEFAULT_URL, ApiKey, ApiUrl, call, fail
 
 catalog_app = typer.Typer(
     help="Import or export the device catalog (YAML), or write one with a generated fleet.",
     no_args_is_help=True,
 )
 
-ApiUrl = Annotated[str, typer.Option(envvar="BATON_API_URL", help="Base URL of the Baton API.")]
-ApiKey = Annotated[
-    str, typer.Option(envvar="BATON_API_KEY", help="API key (an admin key for import).")
-]
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(message, err=True)
-    raise typer.Exit(code)
-
-
-def _call(method: str, url: str, key: str, body: Any = None) -> Any:
-    import httpx
-
-    try:
-        response = httpx.request(
-            method, url, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30
-        )
-    except httpx.HTTPError as exc:
-        _fail(f"cannot reach the Baton API at {url}: {exc}", 2)
-    try:
-        payload = response.json()
-    except ValueError:
-        payload = None
-    if response.is_error:
-        _fail("\n".join(problem_lines(response.status_code, response.reason_phrase, payload)))
-    return payload
-
 
 @catalog_app.command("export")
 def export(
     file: Annotated[Path, typer.Argument(help="Where to write the catalog; - for stdout.")],
-    api_url: ApiUrl = "http://127.0.0.1:8080",
-    api_key: ApiKey = "dev-admin-key",
+    api_url: ApiUrl = DEFAULT_URL,
+    api_key: ApiKey = DEFAULT_KEY,
 ) -> None:
     """Write the stored catalog to FILE as YAML."""
-    document = _call("GET", f"{api_url.rstrip('/')}/v1/catalog", api_key)
+    document = call("GET", api_url, "/v1/catalog", api_key)
     text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
     if str(file) == "-":
         typer.echo(text, nl=False)
@@ -73,12 +46,12 @@ def export(
 @catalog_app.command("import")
 def import_(
     file: Annotated[Path, typer.Argument(help="A catalog YAML file (as `export` writes).")],
-    api_url: ApiUrl = "http://127.0.0.1:8080",
-    api_key: ApiKey = "dev-admin-key",
+    api_url: ApiUrl = DEFAULT_URL,
+    api_key: ApiKey = DEFAULT_KEY,
 ) -> None:
     """Replace the whole catalog with FILE (checked first; nothing changes if it is wrong)."""
     document = _read_catalog(file)
-    stored = _call("PUT", f"{api_url.rstrip('/')}/v1/catalog", api_key, document)
+    stored = call("PUT", api_url, "/v1/catalog", api_key, document)
     typer.echo(
         f"imported {len(stored.get('device_types', {}))} device type(s) and "
         f"{len(stored.get('devices', []))} device(s) from {file}"
@@ -90,9 +63,9 @@ def _read_catalog(file: Path) -> dict[str, Any]:
     try:
         document = yaml.safe_load(file.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        _fail(f"cannot read {file}: {exc}")
+        fail(f"cannot read {file}: {exc}")
     if not isinstance(document, dict):
-        _fail(f"{file} is not a catalog: expected a mapping, got {type(document).__name__}")
+        fail(f"{file} is not a catalog: expected a mapping, got {type(document).__name__}")
     return document
 
 
@@ -125,14 +98,14 @@ def fleet(
 
     document = _read_catalog(base)
     if device_type not in (document.get("device_types") or {}):
-        _fail(f"{base} declares no device type {device_type!r}")
+        fail(f"{base} declares no device type {device_type!r}")
     devices = list(document.get("devices") or [])
     devices += [{"id": d, "type": device_type} for d in fleet_ids(count, prefix)]
     document["devices"] = devices
     try:
         Catalog.model_validate(document)
     except (CatalogError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
-        _fail(f"the fleet does not make a valid catalog: {exc}")
+        fail(f"the fleet does not make a valid catalog: {exc}")
     text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
     if str(output) == "-":
         typer.echo(text, nl=False)

@@ -220,8 +220,8 @@ class Writer:
             log.info("catalog changed: %s", change.op)
         return reply
 
-    async def get_catalog(self, _query: CatalogQuery) -> CatalogReply:
-        return await self._call(self._handlers.get_catalog, alone=True)
+    async def get_catalog(self, query: CatalogQuery) -> CatalogReply:
+        return await self._call(lambda: self._handlers.get_catalog(query), alone=True)
 
     async def seed_catalog(self) -> None:
         if await self._call(self._executions.seed_catalog, alone=True) is not None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from litestar import Router
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.types import Middleware
 
+from baton_api.auth import Identity
 from baton_api.dialects import enapter, fleets, iotee, traxes
 from baton_domain.catalog import Catalog
 
@@ -23,7 +24,11 @@ def dialect_routers(
     middleware: Sequence[Middleware], catalog: Callable[[], Catalog]
 ) -> list[Router]:
     """One router per dialect, each behind `middleware` (the API-key check)."""
-    dependencies = {"catalog": Provide(catalog, sync_to_thread=True)}
+
+    def tenant_catalog(caller: NamedDependency[Identity]) -> Catalog:
+        return catalog().of(caller.tenant)  # the caller's tenant's part only
+
+    dependencies = {"catalog": Provide(tenant_catalog, sync_to_thread=True)}
 
     def router(prefix: str, handlers: list[type], header: str, *, tag: str) -> Router:
         return Router(

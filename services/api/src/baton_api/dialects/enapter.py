@@ -14,14 +14,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 from pydantic import BaseModel, Field
 
+from baton_api.auth import Identity, operator, viewer
 from baton_api.dialects.common import (
     Execution,
     execution_not_found,
+    find_device,
     parse_execution_id,
     requested_name,
     submit,
@@ -31,6 +33,7 @@ from baton_api.problems import ProblemError, invalid
 from baton_api.schemas import STRICT_REQUEST
 from baton_api.service import ExecutionService
 from baton_contracts.nats import SubmitCommand
+from baton_domain.catalog import Catalog
 from baton_views import MAX_LIMIT, ExecutionFilter, ExecutionView, LogEntry
 
 PREFIX = "/enapter/v3"
@@ -120,10 +123,10 @@ class EnapterCommandController(Controller):
     path = "/devices/{device_id:str}"
     tags = ["enapter"]
 
-    @post("/execute_command", status_code=200)
+    @post("/execute_command", status_code=200, guards=[operator])
     async def enapter_execute_command(
         self,
-        request: Request[str, Any, Any],
+        caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
         device_id: FromPath[str],
         data: JSONBody[EnapterCommandRequest],
@@ -132,29 +135,30 @@ class EnapterCommandController(Controller):
         """Execute a command and answer once it ended (or after 60 s)."""
         with_log = _expands_log(expand)
         submitted = await submit(
-            service, _submit(request, device_id, data), EXECUTE_WAIT_SECONDS, FIELDS, True
+            service, _submit(caller, device_id, data), EXECUTE_WAIT_SECONDS, FIELDS, True
         )
         execution = submitted.execution
         if not isinstance(execution, ExecutionView) or execution.log is None:
             # Not in the views (deleted meanwhile): answer as GET would, a 404.
-            execution = await service.get(execution.id, with_log=True)
+            execution = await service.get(execution.id, True, caller.tenant)
         return {"execution": execution_body(execution, with_log=with_log)}
 
-    @post("/command_executions", status_code=200)
+    @post("/command_executions", status_code=200, guards=[operator])
     async def enapter_create_command_execution(
         self,
-        request: Request[str, Any, Any],
+        caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
         device_id: FromPath[str],
         data: JSONBody[EnapterCommandRequest],
     ) -> EnapterExecutionCreated:
         """Create an execution; follow it with Get Command Execution."""
-        submitted = await submit(service, _submit(request, device_id, data), None, FIELDS)
+        submitted = await submit(service, _submit(caller, device_id, data), None, FIELDS)
         return EnapterExecutionCreated(execution_id=str(submitted.execution.id))
 
-    @get("/command_executions/{execution_id:str}")
+    @get("/command_executions/{execution_id:str}", guards=[viewer])
     async def enapter_get_command_execution(
         self,
+        caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
         device_id: FromPath[str],
         execution_id: FromPath[str],
@@ -162,30 +166,36 @@ class EnapterCommandController(Controller):
     ) -> dict[str, ExecutionBody]:
         """One execution of the device, with its latest answer (and every one: expand=log)."""
         with_log = _expands_log(expand)
-        execution = await service.get(parse_execution_id(execution_id), with_log=True)
+        execution = await service.get(parse_execution_id(execution_id), True, caller.tenant)
         if execution.device_id != device_id:
             raise execution_not_found(execution_id)
         return {"execution": execution_body(execution, with_log=with_log)}
 
-    @get("/command_executions")
+    @get("/command_executions", guards=[viewer])
     async def enapter_list_command_executions(
         self,
+        caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
+        catalog: NamedDependency[Catalog],
         device_id: FromPath[str],
         limit: Limit = DEFAULT_LIMIT,
         offset: Offset = 0,
         show: Show = "NON_EPHEMERAL",
         order: Order = "CREATED_AT_ASC",
     ) -> dict[str, Any]:
-        """The device's executions; `total_count` counts them over all pages."""
-        where = ExecutionFilter(device_id=device_id, include_ephemeral=show == "ALL")
+        """The device's executions; `total_count` counts them over all pages. 404 for a
+        device the caller's catalog does not have, as on the v1 route."""
+        find_device(catalog, device_id)
+        where = ExecutionFilter(
+            tenant=caller.tenant, device_id=device_id, include_ephemeral=show == "ALL"
+        )
         sort: Literal["oldest", "newest"] = "oldest" if order == "CREATED_AT_ASC" else "newest"
         page = await service.list(where, sort, limit, offset=min(offset, MAX_OFFSET))
         executions = []
         for item in page.items:
             # The latest answer lives in the log, which list pages do not carry.
             try:
-                full: ExecutionView = await service.get(item.id, with_log=True)
+                full: ExecutionView = await service.get(item.id, True, caller.tenant)
             except ProblemError:  # deleted since the page was read: show what the page had
                 full = item
             executions.append(execution_body(full, response_payload=False))
@@ -193,13 +203,14 @@ class EnapterCommandController(Controller):
 
 
 def _submit(
-    request: Request[str, Any, Any], device_id: str, data: EnapterCommandRequest
+    caller: NamedDependency[Identity], device_id: str, data: EnapterCommandRequest
 ) -> SubmitCommand:
     return SubmitCommand(
         device_id=device_id,
         name=data.name,
         params=data.arguments,
-        principal=request.user,
+        principal=caller.principal,
+        tenant=caller.tenant,
         source="enapter",
         ephemeral=data.ephemeral,
     )

@@ -12,11 +12,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 from pydantic import BaseModel, Field
 
+from baton_api.auth import Identity, operator, viewer
 from baton_api.dialects.common import (
     Execution,
     parse_execution_id,
@@ -108,10 +109,10 @@ class FleetsCommandController(Controller):
     path = "/api/v1/commands"
     tags = ["fleets"]
 
-    @post("/", status_code=201)
+    @post("/", status_code=201, guards=[operator])
     async def fleets_send_command(
         self,
-        request: Request[str, Any, Any],
+        caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
         data: JSONBody[FleetsCommandRequest],
     ) -> FleetsExecution:
@@ -121,23 +122,28 @@ class FleetsCommandController(Controller):
             name=data.action,
             params=data.params,
             ttl=data.ttl,
-            principal=request.user,
+            principal=caller.principal,
+            tenant=caller.tenant,
             source="fleets",
         )
         submitted = await submit(service, command, None, FIELDS)
         return FleetsExecution.of(submitted.execution)
 
-    @get("/{execution_id:str}")
+    @get("/{execution_id:str}", guards=[viewer])
     async def fleets_get_command(
-        self, service: NamedDependency[ExecutionService], execution_id: FromPath[str]
+        self,
+        caller: NamedDependency[Identity],
+        service: NamedDependency[ExecutionService],
+        execution_id: FromPath[str],
     ) -> FleetsExecution:
         """One execution: status, parameters and the device's response."""
-        execution = await service.get(parse_execution_id(execution_id), with_log=False)
+        execution = await service.get(parse_execution_id(execution_id), False, caller.tenant)
         return FleetsExecution.of(execution)
 
-    @get("/")
+    @get("/", guards=[viewer])
     async def fleets_list_commands(
         self,
+        caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
         thing_id: Annotated[str | None, QueryParameter(name="thingId")] = None,
         action: Annotated[str | None, QueryParameter()] = None,
@@ -147,6 +153,7 @@ class FleetsCommandController(Controller):
     ) -> FleetsPage:
         """Executions, newest first, filtered by thing, action and status."""
         where = ExecutionFilter(
+            tenant=caller.tenant,
             statuses=_statuses(status or []),
             name=action,
             device_id=thing_id,

@@ -2,8 +2,9 @@
 
 `POST /iotee/devices/:id/commands` `{command, device_type, params}` (`:id` is the device id
 or its hardware id); `GET /iotee/devices/:id/commands?limit=`; `GET /iotee/commands/:id`;
-and, for admin keys only, `GET /iotee/commands?limit=`, `DELETE /iotee/commands/:id`,
-`POST /iotee/commands/:id/retry` and `POST /iotee/commands/purge` `{older_than_days}`.
+`GET /iotee/commands?limit=`; `POST /iotee/commands/:id/retry`; and, for the admin role,
+`DELETE /iotee/commands/:id` and `POST /iotee/commands/purge` `{older_than_days}`. Each
+route needs the same role as its v1 equivalent (docs/security.md).
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 from pydantic import BaseModel, Field
 
-from baton_api.auth import admin_only
+from baton_api.auth import Identity, admin, operator, viewer
 from baton_api.dialects.common import (
     Execution,
     find_device,
@@ -127,10 +128,10 @@ class IoteeDeviceController(Controller):
     path = "/devices/{device_ref:str}/commands"
     tags = ["iotee"]
 
-    @post("/", status_code=201)
+    @post("/", status_code=201, guards=[operator])
     async def iotee_send_command(
         self,
-        request: Request[str, Any, Any],
+        caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
         catalog: NamedDependency[Catalog],
         device_ref: FromPath[str],
@@ -144,15 +145,17 @@ class IoteeDeviceController(Controller):
             device_id=device.id,
             name=data.command,
             params=data.params,
-            principal=request.user,
+            principal=caller.principal,
+            tenant=caller.tenant,
             source="iotee",
         )
         submitted = await submit(service, command, None, FIELDS)
         return IoteeCommand.of(submitted.execution, catalog)
 
-    @get("/")
+    @get("/", guards=[viewer])
     async def iotee_device_commands(
         self,
+        caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
         catalog: NamedDependency[Catalog],
         device_ref: FromPath[str],
@@ -160,7 +163,7 @@ class IoteeDeviceController(Controller):
     ) -> list[IoteeCommand]:
         """The device's command history, newest first."""
         device = find_device(catalog, device_ref)
-        where = ExecutionFilter(device_id=device.id, include_ephemeral=True)
+        where = ExecutionFilter(tenant=caller.tenant, device_id=device.id, include_ephemeral=True)
         page = await service.list(where, "newest", limit)
         return [IoteeCommand.of(e, catalog) for e in page.items]
 
@@ -169,49 +172,53 @@ class IoteeCommandController(Controller):
     path = "/commands"
     tags = ["iotee"]
 
-    @get("/", guards=[admin_only])
+    @get("/", guards=[viewer])
     async def iotee_list_commands(
         self,
+        caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
         catalog: NamedDependency[Catalog],
         limit: Limit = DEFAULT_LIMIT,
     ) -> list[IoteeCommand]:
-        """Admin: every device's commands, newest first."""
-        page = await service.list(ExecutionFilter(include_ephemeral=True), "newest", limit)
+        """Every device's commands (the caller's tenant's), newest first."""
+        page = await service.list(
+            ExecutionFilter(tenant=caller.tenant, include_ephemeral=True), "newest", limit
+        )
         return [IoteeCommand.of(e, catalog) for e in page.items]
 
-    @get("/{command_id:str}")
+    @get("/{command_id:str}", guards=[viewer])
     async def iotee_get_command(
         self,
+        caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
         catalog: NamedDependency[Catalog],
         command_id: FromPath[str],
     ) -> IoteeCommand:
         """One command; 404 when there is none."""
-        execution = await service.get(parse_execution_id(command_id), with_log=False)
+        execution = await service.get(parse_execution_id(command_id), False, caller.tenant)
         return IoteeCommand.of(execution, catalog)
 
-    @delete("/{command_id:str}", status_code=200, guards=[admin_only])
+    @delete("/{command_id:str}", status_code=200, guards=[admin])
     async def iotee_delete_command(
         self,
-        request: Request[str, Any, Any],
+        caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
         command_id: FromPath[str],
     ) -> IoteeDeleted:
         """Admin: delete a command (one still running is canceled first)."""
         execution_id = parse_execution_id(command_id)
-        await service.delete(execution_id, "deleted by an admin (iotee)", request.user)
+        await service.delete(execution_id, "deleted by an admin (iotee)", caller)
         return IoteeDeleted(deleted=command_id)
 
-    @post("/{command_id:str}/retry", status_code=200, guards=[admin_only])
+    @post("/{command_id:str}/retry", status_code=200, guards=[operator])
     async def iotee_retry_command(
         self,
-        request: Request[str, Any, Any],
+        caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
         command_id: FromPath[str],
     ) -> IoteeRetried:
-        """Admin: a new command made from an ended one, linked to it."""
-        new = await service.retry(parse_execution_id(command_id), request.user, "iotee")
+        """A new command made from an ended one, linked to it."""
+        new = await service.retry(parse_execution_id(command_id), caller, "iotee")
         return IoteeRetried(
             original_command_id=command_id,
             new_command=IoteeNewCommand(
@@ -220,15 +227,15 @@ class IoteeCommandController(Controller):
             ),
         )
 
-    @post("/purge", status_code=200, guards=[admin_only])
+    @post("/purge", status_code=200, guards=[admin])
     async def iotee_purge_commands(
         self,
-        request: Request[str, Any, Any],
+        caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
         data: JSONBody[IoteePurgeRequest],
     ) -> IoteePurged:
         """Admin: delete every command created more than `older_than_days` ago."""
         cutoff = datetime.now(UTC) - timedelta(days=data.older_than_days)
         reason = f"purged: older than {data.older_than_days:g} days"
-        deleted = await service.purge(cutoff, reason, request.user)
+        deleted = await service.purge(cutoff, reason, caller.principal, tenant=caller.tenant)
         return IoteePurged(cutoff_date=iso_millis(cutoff), deleted=deleted)

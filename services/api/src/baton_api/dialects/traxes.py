@@ -13,11 +13,12 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 from pydantic import BaseModel, Field
 
+from baton_api.auth import Identity, operator, viewer
 from baton_api.dialects.common import (
     Execution,
     execution_not_found,
@@ -145,10 +146,10 @@ class TraxesCommandController(Controller):
     path = "/v1/entities/{entity_id:str}/commands"
     tags = ["traxes"]
 
-    @post("/", status_code=201)
+    @post("/", status_code=201, guards=[operator])
     async def traxes_send_command(
         self,
-        request: Request[str, Any, Any],
+        caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
         entity_id: FromPath[str],
         data: JSONBody[TraxesCommandRequest],
@@ -161,22 +162,24 @@ class TraxesCommandController(Controller):
             device_id=entity_id,
             name=data.type,
             params={} if data.value is None else {"value": data.value},
-            principal=request.user,
+            principal=caller.principal,
+            tenant=caller.tenant,
             source="traxes",
             ignore_cooldown=ignore_cooldown,
         )
         submitted = await submit(service, command, None, FIELDS)
         return TraxesCommand.of(submitted.execution)
 
-    @get("/{command_id:str}")
+    @get("/{command_id:str}", guards=[viewer])
     async def traxes_get_command(
         self,
+        caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
         entity_id: FromPath[str],
         command_id: FromPath[str],
     ) -> TraxesCommand:
         """The Command as it is now (Baton's addition: the seed documents only the POST)."""
-        execution = await service.get(parse_execution_id(command_id), with_log=False)
+        execution = await service.get(parse_execution_id(command_id), False, caller.tenant)
         if execution.device_id != entity_id:
             raise execution_not_found(command_id)
         return TraxesCommand.of(execution)
