@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from baton_contracts.nats import (
+    ACCESS_BUCKET,
     CANCEL_SUBJECT,
     CATALOG_CHANGE_SUBJECT,
     CATALOG_GET_SUBJECT,
@@ -105,6 +106,25 @@ def _consumer(stream: str, durable: str) -> list[str]:
     ]
 
 
+def _access_bucket() -> list[str]:
+    """The api's key-value bucket of keys and tenants (`baton_api.access`): create it, write
+    and read entries, watch it (an ordered consumer, with flow control, deleted on stop)."""
+    stream = f"KV_{ACCESS_BUCKET}"
+    return [
+        f"$KV.{ACCESS_BUCKET}.>",
+        f"{JS_API}.STREAM.CREATE.{stream}",
+        f"{JS_API}.STREAM.INFO.{stream}",
+        f"{JS_API}.STREAM.MSG.GET.{stream}",
+        f"{JS_API}.DIRECT.GET.{stream}",
+        f"{JS_API}.DIRECT.GET.{stream}.>",
+        f"{JS_API}.CONSUMER.CREATE.{stream}",
+        f"{JS_API}.CONSUMER.CREATE.{stream}.>",
+        f"{JS_API}.CONSUMER.INFO.{stream}.*",
+        f"{JS_API}.CONSUMER.DELETE.{stream}.*",
+        f"$JS.FC.{stream}.>",
+    ]
+
+
 def _permissions(
     user: str, publish: Iterable[str], subscribe: Iterable[str] = (), responds: bool = False
 ) -> dict[str, Any]:
@@ -161,7 +181,9 @@ def service_permissions(user: str) -> dict[str, Any]:
             ],
         )
     if user == API:
-        return _permissions(user, publish=REQUEST_SUBJECTS, subscribe=[EVENTS_WILDCARD])
+        return _permissions(
+            user, publish=[*REQUEST_SUBJECTS, *_access_bucket()], subscribe=[EVENTS_WILDCARD]
+        )
     raise ValueError(f"no such service user: {user!r}")
 
 
