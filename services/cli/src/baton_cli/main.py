@@ -20,8 +20,8 @@ import typer
 
 from baton_cli.catalog import catalog_app
 from baton_cli.devstack import dev_app
-from baton_cli.nats_setup import nats_setup
 from baton_cli.keys import keys_app, tenants_app
+from baton_cli.nats_setup import nats_setup
 from baton_cli.output import event_line, execution_summary, problem_lines
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
