@@ -10,6 +10,7 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,7 +19,9 @@ import pytest
 from nats.aio.client import Client
 
 from baton_cli.localstack import Server, find_binary, free_port, start_mosquitto, start_nats
+from baton_contracts.nats import DEFAULT_TENANT
 from baton_platform.nats import ensure_streams
+from baton_platform.nats_access import OPS, ensure_credentials
 from baton_platform.settings import Settings
 
 T = TypeVar("T")
@@ -36,11 +39,40 @@ def busy() -> Iterator[socket.socket]:
     sock.close()
 
 
+def start_baton_nats(workdir: Path, port: int | None = None) -> Server:
+    """nats-server as Baton's services use it: only its users may connect, each with its
+    permissions (the services', `ops` with every right, a client of tenant `default`);
+    their passwords in `workdir/credentials.json`, kept when started again there. Its
+    streams are in place."""
+    credentials = workdir / "credentials.json"
+    passwords = ensure_credentials(credentials, [DEFAULT_TENANT])
+    server = start_nats(workdir, port, passwords=passwords)
+    server.extra["credentials"] = str(credentials)
+    with ThreadPoolExecutor(1) as thread:  # its own event loop, whatever runs in this one
+        thread.submit(asyncio.run, _create_streams(server)).result()
+    return server
+
+
+async def _create_streams(server: Server) -> None:
+    """The streams, as the dispatcher makes them: the other services only wait for them, and
+    many tests run one of those alone."""
+    client = await nats.connect(server.url_as(OPS))
+    try:
+        await ensure_streams(client.jetstream())
+    finally:
+        await client.close()
+
+
+def nats_access(nats_server: Server) -> dict[str, Any]:
+    """The settings a service needs to connect to `nats_server` as its own user."""
+    return {"nats_url": nats_server.url, "nats_credentials": Path(nats_server.extra["credentials"])}
+
+
 def service_settings(nats_server: Server, tmp_path: Path, **overrides: Any) -> Settings:
-    """Settings for services run in-process against the test's nats-server: the demo
-    catalog, data under the test's own directory, and short polls."""
+    """Settings for services run in-process against the test's nats-server, each as its own
+    NATS user: the demo catalog, data under the test's own directory, and short polls."""
     values: dict[str, Any] = {
-        "nats_url": nats_server.url,
+        **nats_access(nats_server),
         "data_dir": tmp_path / "data",
         "catalog_path": DEMO,
         "relay_poll_interval": 0.2,
@@ -50,7 +82,7 @@ def service_settings(nats_server: Server, tmp_path: Path, **overrides: Any) -> S
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[Server]:
-    server = start_nats(tmp_path / "nats")
+    server = start_baton_nats(tmp_path / "nats")
     yield server
     server.stop()
 
@@ -79,8 +111,9 @@ def mqtt_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Serv
 
 @pytest.fixture
 async def nc(nats_server: Server) -> AsyncIterator[Client]:
-    """A plain NATS client of the test's server, its JetStream streams in place."""
-    client = await nats.connect(nats_server.url)
+    """A NATS client of the test's server with every right (user `ops`: the test drives
+    and watches the services with it), its JetStream streams in place."""
+    client = await nats.connect(nats_server.url_as(OPS))
     await ensure_streams(client.jetstream())
     yield client
     await client.close()

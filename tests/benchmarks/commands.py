@@ -33,6 +33,7 @@ from pathlib import Path
 
 from baton_cli.localstack import Stack, mqtt_flavour, raise_open_files_limit
 from baton_domain.catalog import Catalog
+from baton_platform.nats_access import OPS
 from baton_platform.settings import Settings
 from baton_simulator import fleet_ids
 from tests.benchmarks import floors
@@ -105,7 +106,9 @@ async def wire_floors(stack: Stack, devices: list[str], n: int, figures: Figures
     request of the bench would otherwise reach the device-bridge as well)."""
     port, protocol = stack.mqtt_port or 0, stack.mqtt_protocol
     login = (stack.accounts.simulator.username, stack.accounts.simulator.password)
-    await measured("nats", stack, lambda: floors.nats_round_trip(stack.nats_url, n), figures)
+    await measured(
+        "nats", stack, lambda: floors.nats_round_trip(stack.nats_url_as(OPS), n), figures
+    )
     await measured("mqtt", stack, lambda: floors.mqtt_round_trip(port, protocol, n, login), figures)
     await measured(
         "device",
@@ -113,7 +116,9 @@ async def wire_floors(stack: Stack, devices: list[str], n: int, figures: Figures
         lambda: floors.device_round_trip(port, protocol, devices, n, login),
         figures,
     )
-    await measured("jetstream", stack, lambda: floors.jetstream_publish(stack.nats_url, n), figures)
+    await measured(
+        "jetstream", stack, lambda: floors.jetstream_publish(stack.nats_url_as(OPS), n), figures
+    )
 
 
 def store_floor(

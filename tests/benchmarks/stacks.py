@@ -19,6 +19,7 @@ from baton_dispatcher.relay import OutboxRelay
 from baton_domain.catalog import Catalog
 from baton_platform.mapping import read_events
 from baton_platform.nats import ensure_streams
+from baton_platform.nats_access import OPS
 from tests.benchmarks.history import open_store
 from tests.benchmarks.lean_http import LeanClient
 from tests.benchmarks.load import UNFINISHED
@@ -103,7 +104,7 @@ async def seed_relay(stack: Stack, catalog: Path) -> None:
     try:
         last = app.recorder.max_notification_id() or 0
         events = read_events(app, last - 1, 1)
-        nc = await nats.connect(stack.nats_url)
+        nc = await nats.connect(stack.nats_url_as(OPS))
         try:
             await ensure_streams(nc.jetstream())
             await OutboxRelay(app, nc, 1.0).publish(events)

@@ -32,9 +32,9 @@ from baton_cli.localstack import (
     SERVICE_MODULES,
     Server,
     Stack,
-    start_nats,
     start_service,
 )
+from baton_platform.nats_access import OPS
 from tests.chaos.verdict import Fault
 
 log = logging.getLogger("chaos")
@@ -143,7 +143,7 @@ class Recovery:
         while True:
             missing = await asyncio.to_thread(self.missing)
             if self.jetstream_pending:
-                self.jetstream_pending = not await _jetstream_answers(self.stack.nats_url)
+                self.jetstream_pending = not await _jetstream_answers(self.stack.nats_url_as(OPS))
                 if self.jetstream_pending:
                     missing.append("nats-server: JetStream not answering")
             first = missing if first is None else first
@@ -310,7 +310,7 @@ class Chaos:
     def _start(self, target: str) -> None:
         stack = self.stack
         if target == "nats-server":
-            stack.servers[0] = start_nats(stack.data_dir / "nats", stack.nats_port)
+            stack.servers[0] = stack.start_nats_server()
         elif target == "mqtt-broker":
             stack.servers[1] = stack.start_broker()
         else:

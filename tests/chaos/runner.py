@@ -36,6 +36,7 @@ from baton_cli.localstack import Stack
 from baton_domain.application import Executions
 from baton_platform.eventstore import open_executions
 from baton_platform.mapping import read_events
+from baton_platform.nats_access import OPS
 from baton_platform.settings import Settings
 from baton_views import rebuild
 from baton_views.store import read_position
@@ -177,7 +178,9 @@ async def drive(
         nats_share=options.nats_share,
     )
     planned = plan(rng, options.duration, options.kills, options.server_restarts, options.max_down)
-    async with Load(stack.api_url, KEY, stack.nats_url, mix, rng, run_id, options.give_up) as load:
+    async with Load(
+        stack.api_url, KEY, stack.nats_url_as(OPS), mix, rng, run_id, options.give_up
+    ) as load:
         loop = asyncio.get_running_loop()
         started = loop.time()
         supervising = asyncio.create_task(chaos.supervise())

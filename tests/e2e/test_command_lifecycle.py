@@ -13,7 +13,13 @@ import pytest
 import yaml
 
 from baton_cli.localstack import Stack
-from baton_contracts.nats import SUBMIT_SUBJECT, ExecutionReply, SubmitCommand
+from baton_contracts.nats import (
+    DEFAULT_TENANT,
+    TENANT_SUBMIT_SUBJECT,
+    ExecutionReply,
+    SubmitCommand,
+)
+from baton_platform.nats_access import SERVICE_USERS, inbox_prefix, tenant_user
 from tests.conftest import eventually_sync
 from tests.e2e.conftest import TERMINAL, Baton
 
@@ -107,7 +113,9 @@ def test_errors_are_problems(baton: Baton) -> None:
 
 
 async def test_command_submitted_over_nats_shows_in_the_api(stack: Stack, baton: Baton) -> None:
-    nc = await nats.connect(stack.nats_url)
+    """Submitted by another service, with the demo tenant client's credentials."""
+    user = tenant_user(DEFAULT_TENANT)
+    nc = await nats.connect(stack.nats_url_as(user), inbox_prefix=inbox_prefix(user))
     try:
         command = SubmitCommand(
             device_id="demo-thermostat-5",
@@ -115,7 +123,8 @@ async def test_command_submitted_over_nats_shows_in_the_api(stack: Stack, baton:
             params={"value": 19},
             source="e2e-client",
         )
-        msg = await nc.request(SUBMIT_SUBJECT, command.model_dump_json().encode(), timeout=5)
+        subject = TENANT_SUBMIT_SUBJECT.format(tenant=DEFAULT_TENANT)
+        msg = await nc.request(subject, command.model_dump_json().encode(), timeout=5)
     finally:
         await nc.close()
     reply = ExecutionReply.model_validate_json(msg.data)
@@ -183,3 +192,12 @@ def test_the_bridge_follows_catalog_changes(stack: Stack, baton: Baton) -> None:
     # before the command's Dispatched, so the command reaches the simulated device.
     done = baton.send("demo-thermostat-4", "set_temperature", {"value": 17}, wait=10).json()
     assert done["status"] == "SUCCEEDED"
+
+
+def test_every_service_worked_as_its_own_nats_user_and_nothing_was_refused(stack: Stack) -> None:
+    """Run last in this module: everything above went through the services' own users."""
+    for service in SERVICE_USERS:
+        log = (stack.log_dir / f"{service}.log").read_text()
+        assert f"NATS at {stack.nats_url} as {service}" in log, service
+    server_log = (stack.data_dir / "nats" / "nats.log").read_text()
+    assert "Violation" not in server_log

@@ -15,11 +15,15 @@ from baton_api.access import AccessUnavailable, NatsAccess, digest_of, matching,
 from baton_api.nats_link import NatsLink
 from baton_cli.localstack import Server
 from baton_contracts.nats import KeyRecord, TenantRecord
+from baton_platform.nats import NatsIdentity
+from baton_platform.nats_access import API
 from tests.conftest import eventually
 
 
-async def replica(url: str) -> tuple[NatsLink, NatsAccess, list[asyncio.Task[None]]]:
-    link = NatsLink(url, on_event=lambda: None)
+async def replica(server: Server) -> tuple[NatsLink, NatsAccess, list[asyncio.Task[None]]]:
+    """An api replica's access store, connected as the api's NATS user."""
+    who = NatsIdentity(API, server.passwords[API])
+    link = NatsLink(server.url, who, on_event=lambda: None)
     access = NatsAccess(link)
     tasks = [asyncio.create_task(link.run()), asyncio.create_task(access.run())]
     await asyncio.wait_for(access.loaded.wait(), timeout=10)
@@ -30,8 +34,8 @@ async def replica(url: str) -> tuple[NatsLink, NatsAccess, list[asyncio.Task[Non
 async def replicas(
     nats_server: Server,
 ) -> AsyncIterator[tuple[NatsAccess, NatsAccess]]:
-    first = await replica(nats_server.url)
-    second = await replica(nats_server.url)
+    first = await replica(nats_server)
+    second = await replica(nats_server)
     yield first[1], second[1]
     for link, _access, tasks in (first, second):
         for task in tasks:
@@ -85,7 +89,7 @@ async def test_a_new_replica_loads_what_is_stored(
     await one.put_key(record(key, key_id, tenant="acme"))
     tenant = TenantRecord(id="acme", name="Acme", created_at=datetime.now(UTC), created_by="t")
     await one.put_tenant(tenant)
-    link, late, tasks = await replica(nats_server.url)
+    link, late, tasks = await replica(nats_server)
     try:
         found = matching(late, key)
         assert found is not None and found.tenant == "acme"

@@ -20,10 +20,11 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from baton_cli.localstack import Server, find_binary, start_mosquitto, start_nats
+from baton_cli.localstack import Server, find_binary, start_mosquitto
 from baton_contracts.mqtt import response_topic
 from baton_platform.nats import ensure_streams
-from tests.conftest import eventually
+from baton_platform.nats_access import OPS
+from tests.conftest import eventually, start_baton_nats
 from tests.integration.test_device_bridge import (
     DEVICE,
     Bridge,
@@ -99,12 +100,12 @@ async def test_a_queued_qos1_message_survives_a_graceful_broker_restart(
 async def test_a_device_answer_sent_while_the_bridge_is_away_survives_a_broker_restart(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
-    nats_server = start_nats(tmp_path / "nats")
+    nats_server = start_baton_nats(tmp_path / "nats")
     try:
-        nc = await nats.connect(nats_server.url)
+        nc = await nats.connect(nats_server.url_as(OPS))
         js = nc.jetstream()
         await ensure_streams(js)
-        bridge = Bridge(make_settings(nats_server.url, mosquitto.port, "5", tmp_path))
+        bridge = Bridge(make_settings(nats_server, mosquitto.port, "5", tmp_path))
         await bridge.start()  # subscribes in its persistent session
         await bridge.stop()
 

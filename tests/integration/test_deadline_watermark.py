@@ -263,6 +263,7 @@ class BridgeProcess:
         self.log_dir = log_dir
         self.env = {
             "BATON_NATS_URL": settings.nats_url,
+            "BATON_NATS_CREDENTIALS": str(settings.nats_credentials),
             "BATON_MQTT_HOST": settings.mqtt_host,
             "BATON_MQTT_PORT": str(settings.mqtt_port),
             "BATON_MQTT_PROTOCOL": settings.mqtt_protocol,

@@ -48,8 +48,9 @@ from baton_contracts.nats import (
 from baton_device_bridge.app import DeviceBridge
 from baton_device_bridge.edges import DURABLE, SERVICE, SUBJECTS
 from baton_platform.metrics import REJECTED_MESSAGES
+from baton_platform.nats import ensure_streams
 from baton_platform.settings import Settings
-from tests.conftest import eventually
+from tests.conftest import eventually, nats_access
 
 pytestmark = pytest.mark.integration
 
@@ -129,9 +130,9 @@ class Bridge:
             self.service = None
 
 
-def make_settings(nats_url: str, port: int, protocol: str, tmp_path: Path) -> Settings:
+def make_settings(nats: Server, port: int, protocol: str, tmp_path: Path) -> Settings:
     return Settings(
-        nats_url=nats_url,
+        **nats_access(nats),
         mqtt_host="127.0.0.1",
         mqtt_port=port,
         mqtt_protocol=protocol,  # type: ignore[arg-type]
@@ -142,7 +143,7 @@ def make_settings(nats_url: str, port: int, protocol: str, tmp_path: Path) -> Se
 
 @pytest.fixture
 def settings(nats_server: Server, mqtt_broker: Server, tmp_path: Path) -> Settings:
-    return make_settings(nats_server.url, mqtt_broker.port, mqtt_broker.extra["protocol"], tmp_path)
+    return make_settings(nats_server, mqtt_broker.port, mqtt_broker.extra["protocol"], tmp_path)
 
 
 @pytest.fixture
@@ -326,7 +327,7 @@ async def test_events_wait_in_jetstream_while_the_mqtt_broker_is_down(
     js = nc.jetstream()
     port = free_port()
     protocol = "5" if flavour == "mosquitto" else "3.1.1"
-    settings = make_settings(nats_server.url, port, protocol, tmp_path)
+    settings = make_settings(nats_server, port, protocol, tmp_path)
     bridge_service = DeviceBridge(settings, reconnect_cap=0.5, startup_wait=0.1)
     await bridge_service.start()
     broker: Server | None = None
@@ -467,7 +468,7 @@ async def session_bridge(
     nats_server: Server, session_broker: Server, tmp_path: Path
 ) -> AsyncIterator[Bridge]:
     settings = make_settings(
-        nats_server.url, session_broker.port, session_broker.extra["protocol"], tmp_path
+        nats_server, session_broker.port, session_broker.extra["protocol"], tmp_path
     )
     service = Bridge(settings)
     await service.start()
@@ -512,6 +513,7 @@ async def test_an_answer_is_acknowledged_only_once_its_report_is_stored(
     # The bridge goes away with the answer read but not stored: the broker must still have it
     # (never acknowledged) and gives it to the next bridge of this instance.
     await session_bridge.stop()
-    await session_bridge.start()  # ensures the streams again
+    await ensure_streams(js)  # the stream back, as the dispatcher makes it at its start
+    await session_bridge.start()
     [report] = await eventually(lambda: reports_for(js, execution_id), what="redelivered answer")
     assert report.report_id == f"answer:{execution_id}:kept"

@@ -12,6 +12,7 @@ import nats
 import pytest
 
 from baton_cli.localstack import Server, find_binary, free_port, start_nats, wait_for_port
+from baton_platform.nats_access import OPS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 
 async def test_nats_server_has_jetstream(nats_server: Server) -> None:
-    nc = await nats.connect(nats_server.url)
+    nc = await nats.connect(nats_server.url_as(OPS))
     try:
         info = await nc.jetstream().account_info()
         assert info.limits is not None

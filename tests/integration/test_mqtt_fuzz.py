@@ -144,7 +144,7 @@ def rejected_now() -> Counter[str]:
 
 @pytest.fixture
 def settings(nats_server: Server, mqtt_broker: Server, tmp_path: Path) -> Settings:
-    return make_settings(nats_server.url, mqtt_broker.port, mqtt_broker.extra["protocol"], tmp_path)
+    return make_settings(nats_server, mqtt_broker.port, mqtt_broker.extra["protocol"], tmp_path)
 
 
 @pytest.fixture

@@ -62,8 +62,8 @@ from baton_contracts.nats import (
     report_subject,
 )
 from baton_dispatcher.app import Dispatcher
-from baton_dispatcher.reports import REPORTS_DURABLE
 from baton_platform.metrics import REJECTED_MESSAGES
+from baton_platform.nats_access import REPORTS_DURABLE
 from baton_platform.settings import Settings
 from baton_timeout_scheduler.app import TimeoutScheduler
 from baton_timeout_scheduler.edges import DURABLE as SCHEDULER_DURABLE

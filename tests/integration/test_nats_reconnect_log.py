@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from baton_cli.localstack import start_nats
-from baton_platform.nats import connect
-from tests.conftest import eventually
+from baton_platform.nats import NatsIdentity, connect
+from baton_platform.nats_access import OPS
+from tests.conftest import eventually, start_baton_nats
 
 pytestmark = pytest.mark.integration
 
@@ -20,9 +20,10 @@ async def test_a_nats_restart_is_logged_lost_and_then_reconnected(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="baton_platform.nats")
-    server = start_nats(tmp_path / "nats")
+    server = start_baton_nats(tmp_path / "nats")
     try:
-        client = await connect(server.url, "reconnect-test")
+        ops = NatsIdentity(OPS, server.passwords[OPS])
+        client = await connect(server.url, "reconnect-test", ops)
         try:
             server.proc.send_signal(signal.SIGKILL)
             server.proc.wait()
@@ -32,7 +33,7 @@ async def test_a_nats_restart_is_logged_lost_and_then_reconnected(
 
             await eventually(lambda: said("disconnected from NATS"), what="the loss logged")
             assert "reconnected to NATS" not in caplog.messages
-            server = start_nats(tmp_path / "nats", server.port)
+            server = start_baton_nats(tmp_path / "nats", server.port)
             await eventually(lambda: said("reconnected to NATS"), what="the reconnection logged")
             assert client.is_connected
         finally:

@@ -35,7 +35,7 @@ from baton_platform.metrics import REJECTED_MESSAGES
 from baton_platform.settings import Settings
 from baton_simulator import CHARGER, DeviceWire, SimulatedDevice
 from baton_simulator.device import Broker
-from tests.conftest import eventually
+from tests.conftest import eventually, nats_access
 from tests.integration.test_device_bridge import Bridge
 
 pytestmark = pytest.mark.integration
@@ -50,7 +50,7 @@ Report = DeviceReport | PresenceReport | StateReport
 @pytest.fixture
 def settings(nats_server: Server, mqtt_broker: Server, tmp_path: Path) -> Settings:
     return Settings(
-        nats_url=nats_server.url,
+        **nats_access(nats_server),
         mqtt_host="127.0.0.1",
         mqtt_port=mqtt_broker.port,
         mqtt_protocol=mqtt_broker.extra["protocol"],

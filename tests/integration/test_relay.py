@@ -23,6 +23,7 @@ from baton_domain.application import Executions
 from baton_domain.catalog import Catalog
 from baton_platform.eventstore import open_executions
 from baton_platform.lifecycle import cancel_and_wait
+from baton_platform.nats_access import OPS
 from tests.conftest import DEMO, eventually, service_settings
 
 pytestmark = pytest.mark.integration
@@ -53,7 +54,7 @@ async def connections(nats_server: Server) -> AsyncIterator[Connect]:
     opened: list[Client] = []
 
     async def connect() -> Client:
-        client = await nats.connect(nats_server.url)
+        client = await nats.connect(nats_server.url_as(OPS))
         opened.append(client)
         return client
 

@@ -25,11 +25,11 @@ from baton_dispatcher.backlog import ReportsBacklog
 from baton_dispatcher.reports import (
     REPORTS_ACK_WAIT_S,
     REPORTS_BATCH,
-    REPORTS_DURABLE,
 )
 from baton_dispatcher.writer import Writer
 from baton_domain.application import Executions, RequestCommand
 from baton_domain.catalog import Catalog
+from baton_platform.nats_access import OPS, REPORTS_DURABLE
 from baton_platform.settings import Settings
 from tests.conftest import DEMO, eventually, service_settings
 from tests.integration.test_dispatcher import report, submit, types_of
@@ -56,7 +56,7 @@ async def test_a_report_a_killed_dispatcher_held_comes_back_first_and_at_once(
 
     # The instance that dies holding STARTED.
     info = await js.consumer_info(REPORTS_STREAM, REPORTS_DURABLE)
-    doomed = await nats.connect(nats_server.url)
+    doomed = await nats.connect(nats_server.url_as(OPS))
     held: asyncio.Queue[Msg] = asyncio.Queue()
     await doomed.subscribe(info.config.deliver_subject or "", queue=REPORTS_DURABLE, cb=held.put)
     await doomed.flush()

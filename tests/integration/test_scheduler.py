@@ -36,11 +36,12 @@ from baton_contracts.nats import (
     event_subject,
 )
 from baton_platform.metrics import REJECTED_MESSAGES
+from baton_platform.nats_access import OPS
 from baton_platform.settings import Settings
 from baton_timeout_scheduler.app import serve
 from baton_timeout_scheduler.edges import DURABLE, SERVICE, SUBJECTS
 from baton_timeout_scheduler.store import DeadlineStore
-from tests.conftest import eventually
+from tests.conftest import eventually, nats_access
 
 pytestmark = pytest.mark.integration
 
@@ -98,7 +99,7 @@ class Scheduler:
 @pytest.fixture
 def settings(nats_server: Server, tmp_path: Path) -> Settings:
     return Settings(
-        nats_url=nats_server.url,
+        **nats_access(nats_server),
         data_dir=tmp_path / "var",
         scheduler_tick=0.1,
         request_timeout=0.5,
@@ -342,7 +343,7 @@ async def test_only_the_events_it_acts_on_reach_an_older_consumer_updated_in_pla
 ) -> None:
     js = nc.jetstream()
     # An older version's consumer: every lifecycle event, one of them handled and acked.
-    old = await nats.connect(nats_server.url)
+    old = await nats.connect(nats_server.url_as(OPS))
     try:
         handled = asyncio.Queue[Msg]()
         await old.jetstream().subscribe(
@@ -394,7 +395,7 @@ async def test_a_requested_a_killed_instance_held_comes_back_at_once(
     await eventually(lambda: consumer_exists(js), what="the consumer made")
     await service.stop()
 
-    killed = await nats.connect(nats_server.url)
+    killed = await nats.connect(nats_server.url_as(OPS))
     try:
         held = asyncio.Queue[Msg]()
         await killed.jetstream().subscribe(

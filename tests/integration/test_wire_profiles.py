@@ -26,6 +26,7 @@ from baton_cli.localstack import Server
 from baton_contracts.nats import DeviceReport
 from baton_device_bridge.app import DeviceBridge
 from baton_domain.catalog import Catalog
+from baton_platform.nats_access import OPS
 from baton_platform.settings import Settings
 from tests.conftest import eventually
 from tests.integration.test_device_bridge import (
@@ -44,7 +45,7 @@ CATALOG = Catalog.from_yaml(CATALOG_PATH)
 
 @pytest.fixture
 def settings(nats_server: Server, mqtt_broker: Server, tmp_path: Path) -> Settings:
-    return make_settings(nats_server.url, mqtt_broker.port, mqtt_broker.extra["protocol"], tmp_path)
+    return make_settings(nats_server, mqtt_broker.port, mqtt_broker.extra["protocol"], tmp_path)
 
 
 @contextlib.asynccontextmanager
@@ -69,7 +70,7 @@ async def js(nats_server: Server) -> AsyncIterator[JetStreamContext]:
 
     from baton_platform.nats import ensure_streams
 
-    client: Client = await nats.connect(nats_server.url)
+    client: Client = await nats.connect(nats_server.url_as(OPS))
     await ensure_streams(client.jetstream())
     yield client.jetstream()
     await client.close()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from baton_cli.localstack import Server, Stack
+from baton_platform.nats_access import OPS
 from tests.chaos.faults import Recovery
 
 
@@ -30,7 +31,8 @@ def stack(tmp_path: Path, busy: socket.socket, alive: subprocess.Popen[bytes]) -
     `alive`."""
     stack = Stack(data_dir=tmp_path, api_key="k", catalog=tmp_path / "catalog.yaml")
     port = busy.getsockname()[1]
-    stack.servers = [Server("nats", alive, "", port), Server("mosquitto", alive, "", port)]
+    nats = Server("nats", alive, f"nats://127.0.0.1:{port}", port, passwords={OPS: "pw"})
+    stack.servers = [nats, Server("mosquitto", alive, "", port)]
     # No api: its /ready is not asked.
     stack.processes = {"dispatcher": alive, "device-bridge": alive}
     stack.log_dir.mkdir()

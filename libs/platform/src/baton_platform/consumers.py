@@ -79,6 +79,11 @@ async def resume_in_order(
         return None  # the first start: the subscription creates it with these settings
     config = info.config
     wanted: dict[str, object] = {"max_ack_pending": max_ack_pending, "ack_wait": ack_wait}
+    # Deliveries go to this client's own inbox: its NATS user may subscribe there only, and
+    # a consumer made before users had permissions (or by another client) delivers elsewhere.
+    inbox = js._nc.new_inbox()  # nats-py offers no other way to the client's inbox prefix
+    if not (config.deliver_subject or "").startswith(inbox.rsplit(".", 1)[0] + "."):
+        wanted["deliver_subject"] = inbox
     if filter_subjects is not None:
         # One or the other: the server refuses a consumer with both.
         wanted |= {"filter_subject": None, "filter_subjects": sorted(filter_subjects)}

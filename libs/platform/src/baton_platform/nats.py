@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 import nats
+import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from baton_contracts.nats import (
     DEAD_LETTERS_PREFIX,
@@ -20,6 +26,8 @@ from baton_contracts.nats import (
     WATERMARKS_STREAM,
     WATERMARKS_WILDCARD,
 )
+from baton_platform.nats_access import inbox_prefix, read_credentials
+from baton_platform.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +75,21 @@ STREAMS = (
 )
 
 
+def is_refusal(exc: Exception) -> bool:
+    """Whether nats-server refused something this user may not do (its permissions)."""
+    return "permissions violation" in str(exc).lower()
+
+
+async def log_nats_error(exc: Exception) -> None:
+    """nats-py's `error_cb`, one line each: a permissions violation (a subject this user may
+    not publish or subscribe to, a bug in a service; nats-server logs it too) as an error,
+    other errors (connection attempts during an outage) as warnings."""
+    if is_refusal(exc):
+        log.error("NATS refused: %s", exc)
+    else:
+        log.warning("NATS error: %s", exc)
+
+
 async def log_disconnected() -> None:
     """nats-py's (and FastStream's) `disconnected_cb`: each lost connection in the log."""
     log.warning("disconnected from NATS")
@@ -78,23 +101,90 @@ async def log_reconnected() -> None:
     log.info("reconnected to NATS")
 
 
-async def connect(url: str, name: str) -> Client:
-    """Connect with unlimited reconnects: a NATS restart must not end a service."""
+@dataclass(frozen=True)
+class NatsIdentity:
+    """Who a service is on NATS: its user, password and inbox prefix (docs/security.md).
+    `password` is never logged (not in `repr`)."""
+
+    user: str | None
+    password: str | None = field(default=None, repr=False)
+
+    def options(self) -> dict[str, Any]:
+        """nats-py's `connect` keyword arguments for this identity."""
+        if self.user is None:
+            return {}
+        return {
+            "user": self.user,
+            "password": self.password,
+            "inbox_prefix": inbox_prefix(self.user),
+        }
+
+
+def identity(settings: Settings, service: str) -> NatsIdentity:
+    """`service`'s NATS identity: BATON_NATS_USER (default `service`) with BATON_NATS_PASSWORD,
+    or its password from the BATON_NATS_CREDENTIALS file. Neither: anonymous, for a
+    nats-server without authorization (warned: Baton's own servers refuse it)."""
+    user = settings.nats_user or service
+    if settings.nats_password is not None:
+        return NatsIdentity(user, settings.nats_password.get_secret_value())
+    if settings.nats_credentials is not None:
+        passwords = read_credentials(settings.nats_credentials)
+        if user not in passwords:
+            raise ValueError(f"no NATS user {user!r} in {settings.nats_credentials}")
+        return NatsIdentity(user, passwords[user])
+    log.warning(
+        "no NATS credentials (BATON_NATS_PASSWORD, BATON_NATS_CREDENTIALS): connecting as "
+        "no one, which only a nats-server without authorization accepts"
+    )
+    return NatsIdentity(None)
+
+
+def redacted(url: str) -> str:
+    """`url` without the credentials someone may have put in it, for logs."""
+    return re.sub(r"//[^/@,]*@", "//", url)
+
+
+async def connect(url: str, name: str, who: NatsIdentity) -> Client:
+    """Connect as `who`, with unlimited reconnects: a NATS restart must not end a service."""
+    log.info("connecting to NATS at %s as %s", redacted(url), who.user or "no one")
     return await nats.connect(
         url,
         name=name,
+        **who.options(),
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=5,
+        error_cb=log_nats_error,
         disconnected_cb=log_disconnected,
         reconnected_cb=log_reconnected,
     )
 
 
 async def ensure_streams(js: JetStreamContext) -> None:
+    """Create the streams, or bring them in line: the dispatcher's job (only its NATS user
+    may); the other services wait for theirs (`wait_for_streams`)."""
     for config in STREAMS:
         try:
             await js.add_stream(config=config)
         except BadRequestError:
             # Already there with other settings: bring it in line.
             await js.update_stream(config=config)
+
+
+STREAM_WAIT_S = 0.5
+
+
+async def wait_for_streams(js: JetStreamContext, names: Iterable[str]) -> None:
+    """Return once every stream of `names` exists: they are the dispatcher's to create, and
+    a consumer or a publish before that would fail. Logged once while it waits."""
+    for name in names:
+        told = False
+        while True:
+            try:
+                await js.stream_info(name)
+                break
+            except (NotFoundError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                if not told:
+                    log.info("waiting for stream %s (the dispatcher creates it)", name)
+                    told = True
+                await asyncio.sleep(STREAM_WAIT_S)

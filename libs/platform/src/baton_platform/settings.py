@@ -13,7 +13,22 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BATON_", extra="ignore")
 
     # where things are
-    nats_url: str = "nats://127.0.0.1:4222"
+    nats_url: str = Field(
+        default="nats://127.0.0.1:4222", description="NATS server(s); no credentials in it"
+    )
+    nats_user: str | None = Field(
+        default=None,
+        description="NATS user to connect as; default: the service's own "
+        "(dispatcher, device-bridge, timeout-scheduler, api)",
+    )
+    nats_password: SecretStr | None = Field(
+        default=None, description="the NATS user's password; default: from nats_credentials"
+    )
+    nats_credentials: Path | None = Field(
+        default=None,
+        description="a JSON file of NATS user -> password (what `baton dev run` and the tests "
+        "write), read for the user's password when BATON_NATS_PASSWORD is not set",
+    )
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
     mqtt_protocol: Literal["5", "3.1.1"] = Field(

@@ -52,6 +52,8 @@ from baton_api.tokens import TokenVerifier
 from baton_domain.application import Executions
 from baton_platform.eventstore import open_executions
 from baton_platform.lifecycle import cancel_and_wait
+from baton_platform.nats import identity
+from baton_platform.nats_access import API
 from baton_platform.settings import Settings
 from baton_views import ExecutionViews
 
@@ -123,7 +125,7 @@ def build_parts(
     runner = ProjectionRunner(executions, views, settings.projection_poll_interval)
     link = None
     if gateway is None:
-        link = NatsLink(settings.nats_url, on_event=runner.wake)
+        link = NatsLink(settings.nats_url, identity(settings, API), on_event=runner.wake)
         gateway = NatsGateway(link, settings.request_timeout)
     service = ExecutionService(
         gateway,

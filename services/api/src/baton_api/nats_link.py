@@ -16,6 +16,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from baton_contracts.nats import EVENTS_WILDCARD
+from baton_platform.nats import NatsIdentity, is_refusal, log_nats_error, redacted
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +24,11 @@ CLIENT_NAME = "baton-api"
 
 
 class NatsLink:
-    def __init__(self, url: str, on_event: Callable[[], None]) -> None:
+    def __init__(
+        self, url: str, who: NatsIdentity | None = None, *, on_event: Callable[[], None]
+    ) -> None:
         self._url = url
+        self._who = who or NatsIdentity(None)
         self._on_event = on_event
         self.client: Client | None = None
         self._reported_down = False
@@ -45,11 +49,12 @@ class NatsLink:
             error_cb=self._on_error,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
+            **self._who.options(),
         )
         self.client = client
         self._reported_down = False
         self._up.set()
-        log.info("connected to NATS at %s", self._url)
+        log.info("connected to NATS at %s as %s", redacted(self._url), self._who.user or "no one")
         await client.subscribe(EVENTS_WILDCARD, cb=self._on_message)
 
     async def connected_client(self) -> Client:
@@ -70,9 +75,16 @@ class NatsLink:
 
     # Connection problems are logged once per outage, not on every retry.
     async def _on_error(self, exc: Exception) -> None:
+        if is_refusal(exc):
+            await log_nats_error(exc)
+            return
         if not self._reported_down:
             self._reported_down = True
-            log.warning("NATS at %s not reachable (%s); retrying in the background", self._url, exc)
+            log.warning(
+                "NATS at %s not reachable (%s); retrying in the background",
+                redacted(self._url),
+                exc,
+            )
 
     async def _on_disconnected(self) -> None:
         log.warning("disconnected from NATS")

@@ -101,7 +101,7 @@ def _banner(stack: Stack) -> str:
 Baton is running.
   API        {stack.api_url}   (docs: {stack.api_url}/schema/swagger)
   API key    {key}
-  NATS       {stack.nats_url}
+  NATS       {stack.nats_url}   (users and passwords: {stack.nats_credentials})
   MQTT       mqtt://127.0.0.1:{stack.mqtt_port} ({broker}; no anonymous clients)
   MQTT accounts  {stack.accounts_path}  (a device's own: POST /v1/devices/ID/credentials){metrics}
   Simulated  {simulated}
@@ -192,6 +192,41 @@ def run(
         typer.echo("Stopping Baton...")
         stack.stop_all()
         pid_file.unlink(missing_ok=True)
+
+
+@dev_app.command("nats-client")
+def nats_client(
+    tenant: str = typer.Argument(..., help="The tenant the client submits commands for."),
+    data_dir: Path = typer.Option(Path("var"), help="The stack's data directory."),
+) -> None:
+    """Create (or show) the NATS user of a client bound to TENANT: it may submit on its
+    tenant's subject only. A new one is let in at the next `baton dev run`."""
+    from baton_contracts.nats import TENANT_SUBMIT_SUBJECT
+    from baton_platform.nats_access import (
+        ensure_credentials,
+        inbox_prefix,
+        read_credentials,
+        tenant_user,
+    )
+
+    stack = Stack(data_dir=data_dir.resolve(), api_key="", catalog=Path())
+    try:
+        user = tenant_user(tenant)
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    path = stack.nats_credentials
+    new = not path.exists() or user not in read_credentials(path)
+    passwords = ensure_credentials(stack.nats_credentials, [tenant])
+    typer.echo(
+        f"user          {user}\n"
+        f"password      {passwords[user]}\n"
+        f"submit on     {TENANT_SUBMIT_SUBJECT.format(tenant=tenant)}\n"
+        f"inbox prefix  {inbox_prefix(user)}   (nats-py: connect(..., inbox_prefix=...))\n"
+        f"stored in     {stack.nats_credentials}"
+    )
+    if new:
+        typer.echo("New: restart `make run` (or `baton dev run`) to let it in.")
 
 
 @dev_app.command("stop")

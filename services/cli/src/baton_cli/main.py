@@ -21,6 +21,7 @@ import typer
 from baton_cli.catalog import catalog_app
 from baton_cli.devstack import dev_app
 from baton_cli.keys import keys_app, tenants_app
+from baton_cli.nats_setup import nats_setup
 from baton_cli.output import event_line, execution_summary, problem_lines
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
@@ -44,6 +45,7 @@ app = typer.Typer(
 )
 app.add_typer(dev_app, name="dev")
 app.add_typer(catalog_app, name="catalog")
+app.command("nats-setup")(nats_setup)
 app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
 

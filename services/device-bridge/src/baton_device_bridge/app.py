@@ -10,7 +10,13 @@ import nats.errors
 from nats.aio.client import Client
 from pydantic import ValidationError
 
-from baton_contracts.nats import CATALOG_GET_SUBJECT, CatalogReply
+from baton_contracts.nats import (
+    CATALOG_GET_SUBJECT,
+    EVENTS_STREAM,
+    REPORTS_STREAM,
+    WATERMARKS_STREAM,
+    CatalogReply,
+)
 from baton_device_bridge.answers import AnswerForwarder
 from baton_device_bridge.edges import events_consumer
 from baton_device_bridge.in_flight import InFlight
@@ -21,7 +27,8 @@ from baton_device_bridge.wiring import Wiring
 from baton_domain.catalog import Catalog, CatalogError
 from baton_platform.consumers import DurableConsumer
 from baton_platform.lifecycle import cancel_and_wait
-from baton_platform.nats import connect, ensure_streams
+from baton_platform.nats import connect, identity, wait_for_streams
+from baton_platform.nats_access import DEVICE_BRIDGE
 from baton_platform.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,11 +72,15 @@ class DeviceBridge:
 
     async def start(self) -> None:
         settings = self.settings
-        connection = await connect(settings.nats_url, f"baton-device-bridge-{settings.instance}")
+        connection = await connect(
+            settings.nats_url,
+            f"baton-device-bridge-{settings.instance}",
+            identity(settings, DEVICE_BRIDGE),
+        )
         self._nc = connection
         js = connection.jetstream()
-        # The consumer's stream must exist before it subscribes.
-        await ensure_streams(js)
+        # The consumer's stream must exist before it subscribes (the dispatcher creates it).
+        await wait_for_streams(js, (EVENTS_STREAM, REPORTS_STREAM, WATERMARKS_STREAM))
         if self._given_catalog is None:
             await self._load_catalog(first=True)
         sink = ReportSink(js)

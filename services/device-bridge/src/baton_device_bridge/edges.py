@@ -40,11 +40,12 @@ from baton_device_bridge.reports import ReportNotStoredError, ReportRefusedError
 from baton_device_bridge.wiring import Wiring
 from baton_platform.consumers import DurableConsumer
 from baton_platform.metrics import REJECTED_MESSAGES
+from baton_platform.nats_access import BRIDGE_DURABLE
 
 log = logging.getLogger(__name__)
 
 SERVICE = "device-bridge"
-DURABLE = "baton-device-bridge"
+DURABLE = BRIDGE_DURABLE  # its NATS permissions name it (baton_platform.nats_access)
 MAX_REDELIVERY_DELAY = 5.0
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from faststream.nats import NatsBroker
+from faststream.security import SASLPlaintext
 from nats.aio.client import Client
 
 from baton_dispatcher.backlog import ReportsBacklog
@@ -16,10 +18,21 @@ from baton_dispatcher.writer import Writer
 from baton_domain.catalog import Catalog
 from baton_platform.eventstore import open_executions
 from baton_platform.lifecycle import cancel_and_wait
-from baton_platform.nats import connect, ensure_streams
+from baton_platform.nats import NatsIdentity, connect, ensure_streams, identity
+from baton_platform.nats_access import DISPATCHER
 from baton_platform.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def broker_identity(who: NatsIdentity) -> dict[str, Any]:
+    """FastStream's spelling of `who` (its admin subjects' connection)."""
+    if who.user is None or who.password is None:
+        return {}
+    return {
+        "security": SASLPlaintext(who.user, who.password),
+        "inbox_prefix": who.options()["inbox_prefix"],
+    }
 
 
 class Dispatcher:
@@ -37,7 +50,8 @@ class Dispatcher:
         settings = self.settings
         catalog = Catalog.from_yaml(settings.catalog_path)
         executions = await asyncio.to_thread(open_executions, settings, catalog, writer=True)
-        self._nc = await connect(settings.nats_url, f"baton-dispatcher-{settings.instance}")
+        who = identity(settings, DISPATCHER)
+        self._nc = await connect(settings.nats_url, f"baton-dispatcher-{settings.instance}", who)
         js = self._nc.jetstream()
         await ensure_streams(js)
         relay = OutboxRelay(executions, self._nc, settings.relay_poll_interval)
@@ -54,6 +68,7 @@ class Dispatcher:
             settings.nats_url,
             name=f"baton-dispatcher-admin-{settings.instance}",
             max_reconnect_attempts=-1,
+            **broker_identity(who),
             logger=logging.getLogger("baton_dispatcher.broker"),
         )
         register_admin(self._broker, self._writer)

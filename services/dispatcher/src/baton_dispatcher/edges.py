@@ -8,6 +8,7 @@ durable JetStream stream BATON_REPORTS, in batches: see `reports`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -30,6 +31,7 @@ from baton_contracts.nats import (
     PURGE_SUBJECT,
     RETRY_SUBJECT,
     SUBMIT_SUBJECT,
+    TENANT_SUBMIT_SUBJECT,
     CancelCommand,
     CatalogChange,
     CatalogQuery,
@@ -58,6 +60,9 @@ CONCURRENT_REQUESTS = MAX_BATCH
 
 M = TypeVar("M", bound=BaseModel)
 Refuse = Callable[[Problem], BaseModel]
+Bind = Callable[[str, M], M]
+# Where the tenant is in a tenant client's submit subject.
+TENANT_TOKEN = TENANT_SUBMIT_SUBJECT.split(".").index("{tenant}")
 
 
 # A bug or a store failure while handling a request; whether it stored anything is not
@@ -112,6 +117,7 @@ class RequestEdges:
         handle: Callable[[M], Awaitable[BaseModel]],
         refuse: Callable[[Problem], BaseModel],
         concurrent: int = CONCURRENT_REQUESTS,
+        bind: Bind[M] | None = None,
     ) -> None:
         """Answer `subject`: decode, one Writer call, encode.
 
@@ -120,13 +126,15 @@ class RequestEdges:
         answered one by one in the order they came.
 
         A message that does not fit `model` is answered `refuse(problem)` and counted; so is a
-        request the Writer fails on (logged): a requester is never left without an answer."""
+        request the Writer fails on (logged): a requester is never left without an answer.
+        `bind(subject, command)`, when given, sets what the subject decides on the command."""
         gate = asyncio.Semaphore(concurrent)
         verb = subject.rsplit(".", 1)[-1]
 
         async def answer(msg: Msg) -> None:
             async with gate:
-                reply = await _answer(msg.data, subject, verb, model, handle, refuse)
+                bound = None if bind is None else functools.partial(bind, msg.subject)
+                reply = await _answer(msg.data, subject, verb, model, handle, refuse, bound)
             if msg.reply:
                 await msg.respond(reply)
 
@@ -154,6 +162,7 @@ async def _answer(
     model: type[M],
     handle: Callable[[M], Awaitable[BaseModel]],
     refuse: Callable[[Problem], BaseModel],
+    bind: Callable[[M], M] | None = None,
 ) -> bytes:
     if len(body) > MAX_COMMAND_BYTES:
         # Stored, it would make events NATS cannot carry: the relay would stop on them.
@@ -161,6 +170,8 @@ async def _answer(
         return refuse(too_large(len(body))).model_dump_json().encode()
     try:
         command = model.model_validate_json(body)
+        if bind is not None:
+            command = bind(command)
     except ValidationError as exc:
         REJECTED_MESSAGES.labels(service=SERVICE, reason=f"invalid-{verb}").inc()
         return refuse(invalid_message(exc)).model_dump_json().encode()
@@ -174,6 +185,14 @@ async def _answer(
     return reply.model_dump_json().encode()
 
 
+def tenant_submit(subject: str, command: SubmitCommand) -> SubmitCommand:
+    """A tenant client's submit: its tenant is the subject's (its NATS user may publish there
+    only), whatever the message says, and so is who asked (`nats:<tenant>`)."""
+    tenant = subject.split(".")[TENANT_TOKEN]
+    bound = {"tenant": tenant, "principal": f"nats:{tenant}"}
+    return SubmitCommand.model_validate({**command.model_dump(), **bound})
+
+
 async def register(edges: RequestEdges, writer: Writer) -> None:
     def refused(problem: Problem) -> ExecutionReply:
         return ExecutionReply(problem=problem)
@@ -182,6 +201,13 @@ async def register(edges: RequestEdges, writer: Writer) -> None:
         return DeadlineReply(outcome="unknown", problem=problem)
 
     await edges.serve(SUBMIT_SUBJECT, SubmitCommand, writer.submit, refused)
+    await edges.serve(
+        TENANT_SUBMIT_SUBJECT.format(tenant="*"),
+        SubmitCommand,
+        writer.submit,
+        refused,
+        bind=tenant_submit,
+    )
     await edges.serve(CANCEL_SUBJECT, CancelCommand, writer.cancel, refused)
     await edges.serve(RETRY_SUBJECT, RetryCommand, writer.retry, refused)
     await edges.serve(DELETE_SUBJECT, DeleteCommand, writer.delete, refused)

@@ -34,11 +34,11 @@ from baton_dispatcher.writer import ReportResult, Writer
 from baton_platform.consumers import BatchingConsumer
 from baton_platform.deadletters import dead_letter
 from baton_platform.metrics import REJECTED_MESSAGES
+from baton_platform.nats_access import REPORTS_DURABLE
 
 log = logging.getLogger(__name__)
 
 SERVICE = "dispatcher"
-REPORTS_DURABLE = "baton-dispatcher-reports"
 MAX_DELIVERIES = 20
 # The most reports handed to the Writer at once (and unacknowledged).
 REPORTS_BATCH = 256

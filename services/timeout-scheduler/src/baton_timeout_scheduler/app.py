@@ -9,10 +9,11 @@ import nats.errors
 from nats.aio.client import Client
 from pydantic import ValidationError
 
-from baton_contracts.nats import DEADLINE_SUBJECT, DeadlineDue, DeadlineReply
+from baton_contracts.nats import DEADLINE_SUBJECT, EVENTS_STREAM, DeadlineDue, DeadlineReply
 from baton_platform.consumers import BatchingConsumer
 from baton_platform.lifecycle import cancel_and_wait
-from baton_platform.nats import connect, ensure_streams
+from baton_platform.nats import connect, identity, wait_for_streams
+from baton_platform.nats_access import TIMEOUT_SCHEDULER
 from baton_platform.settings import Settings
 from baton_timeout_scheduler.edges import events_consumer
 from baton_timeout_scheduler.store import Deadlines, DeadlineStore
@@ -61,9 +62,13 @@ class TimeoutScheduler:
         self.deadlines = Deadlines(store)
         # Backoff from an earlier run is stale: whatever is past due may fire right away.
         await self.deadlines.reset_backoff()
-        self._nc = await connect(settings.nats_url, f"baton-timeout-scheduler-{settings.instance}")
+        self._nc = await connect(
+            settings.nats_url,
+            f"baton-timeout-scheduler-{settings.instance}",
+            identity(settings, TIMEOUT_SCHEDULER),
+        )
         js = self._nc.jetstream()
-        await ensure_streams(js)
+        await wait_for_streams(js, (EVENTS_STREAM,))  # the dispatcher creates it
         self._events = events_consumer(self.deadlines)
         await self._events.start(js)
         self._events_task = asyncio.create_task(self._events.run(), name="deadline-events")

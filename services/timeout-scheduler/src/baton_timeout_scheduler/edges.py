@@ -26,12 +26,13 @@ from pydantic import TypeAdapter, ValidationError
 from baton_contracts.nats import EVENTS_STREAM, LifecycleEvent, events_of_type
 from baton_platform.consumers import BatchingConsumer
 from baton_platform.metrics import REJECTED_MESSAGES
+from baton_platform.nats_access import SCHEDULER_DURABLE
 from baton_timeout_scheduler.store import Change, Deadlines
 
 log = logging.getLogger(__name__)
 
 SERVICE = "timeout-scheduler"
-DURABLE = "baton-timeout-scheduler"
+DURABLE = SCHEDULER_DURABLE  # its NATS permissions name it (baton_platform.nats_access)
 TERMINAL_EVENTS = frozenset({"Succeeded", "Failed", "Rejected", "TimedOut", "Expired", "Canceled"})
 VERIFICATION_ENDS = frozenset({"Verified", "VerificationFailed", "VerificationCanceled"})
 DEADLINE_STARTS = frozenset({"Requested", "VerificationRequired"})

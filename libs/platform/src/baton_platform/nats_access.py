@@ -1,0 +1,259 @@
+"""Who may do what on NATS: Baton's users, their subject permissions, their credentials.
+
+Each service connects as its own user (docs/security.md, "Service identity on NATS"); what
+a user may publish and subscribe to is the list below, enforced by nats-server, which
+refuses anything else (the client gets a permissions error; the server logs it). Users:
+
+- `dispatcher`: the only one that answers the request subjects and publishes lifecycle
+  events; owns the streams' configuration;
+- `device-bridge`: the only one that publishes device reports and watermarks;
+- `timeout-scheduler`: the only one that sends deadlines;
+- `api`: the trusted front door: every request subject, and the lifecycle events (to wake
+  its projection);
+- `tenant-<tenant>`: a client bound to one tenant: it may only submit on its tenant's subject
+  (the dispatcher takes the tenant from the subject, never from the message);
+- `ops`: everything: operators and the test harness.
+
+Each user receives replies and consumer deliveries on its own inbox prefix
+(`_INBOX.<user>.`), so no one reads another's replies or the events pushed to a service.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from baton_contracts.nats import (
+    ACCESS_BUCKET,
+    CANCEL_SUBJECT,
+    CATALOG_CHANGE_SUBJECT,
+    CATALOG_GET_SUBJECT,
+    DEAD_LETTERS_STREAM,
+    DEADLINE_SUBJECT,
+    DELETE_SUBJECT,
+    EVENTS_STREAM,
+    EVENTS_WILDCARD,
+    PURGE_SUBJECT,
+    REJECTIONS_SUBJECT,
+    REPORTS_STREAM,
+    REPORTS_WILDCARD,
+    RETRY_SUBJECT,
+    SUBMIT_SUBJECT,
+    TENANT_PATTERN,
+    TENANT_SUBMIT_SUBJECT,
+    WATERMARKS_STREAM,
+    WATERMARKS_WILDCARD,
+    dead_letter_subject,
+)
+
+DISPATCHER = "dispatcher"
+DEVICE_BRIDGE = "device-bridge"
+TIMEOUT_SCHEDULER = "timeout-scheduler"
+API = "api"
+OPS = "ops"
+SERVICE_USERS = (DISPATCHER, DEVICE_BRIDGE, TIMEOUT_SCHEDULER, API)
+TENANT_USER_PREFIX = "tenant-"
+# The dispatcher answers every tenant's submits here and reads the tenant from the subject.
+TENANT_SUBMIT_WILDCARD = TENANT_SUBMIT_SUBJECT.format(tenant="*")
+# Durable consumers, by the service that owns each (their names are the services' own).
+REPORTS_DURABLE = "baton-dispatcher-reports"
+BRIDGE_DURABLE = "baton-device-bridge"
+SCHEDULER_DURABLE = "baton-timeout-scheduler"
+STREAMS = (EVENTS_STREAM, REPORTS_STREAM, WATERMARKS_STREAM, DEAD_LETTERS_STREAM)
+REQUEST_SUBJECTS = (
+    SUBMIT_SUBJECT,
+    CANCEL_SUBJECT,
+    RETRY_SUBJECT,
+    DELETE_SUBJECT,
+    PURGE_SUBJECT,
+    CATALOG_CHANGE_SUBJECT,
+    CATALOG_GET_SUBJECT,
+)
+
+JS_API = "$JS.API"
+
+
+def inbox_prefix(user: str) -> str:
+    """Where `user` receives replies and push consumer deliveries (nats-py's `inbox_prefix`)."""
+    return f"_INBOX.{user}"
+
+
+def tenant_user(tenant: str) -> str:
+    if not re.fullmatch(TENANT_PATTERN, tenant):
+        raise ValueError(f"not a tenant id: {tenant!r} (expected {TENANT_PATTERN})")
+    return f"{TENANT_USER_PREFIX}{tenant}"
+
+
+def _streams_info(*streams: str) -> list[str]:
+    return [f"{JS_API}.STREAM.INFO.{stream}" for stream in streams]
+
+
+def _consumer(stream: str, durable: str) -> list[str]:
+    """A durable push consumer's own API calls (`baton_platform.consumers`): look it up,
+    create or update it (with or without a filter token), reset it, acknowledge."""
+    return [
+        f"{JS_API}.CONSUMER.INFO.{stream}.{durable}",
+        f"{JS_API}.CONSUMER.CREATE.{stream}.{durable}",
+        f"{JS_API}.CONSUMER.CREATE.{stream}.{durable}.>",
+        f"{JS_API}.CONSUMER.DURABLE.CREATE.{stream}.{durable}",  # nats-py's, for a durable
+        f"{JS_API}.CONSUMER.RESET.{stream}.{durable}",
+        f"$JS.ACK.{stream}.{durable}.>",
+    ]
+
+
+def _access_bucket() -> list[str]:
+    """The api's key-value bucket of keys and tenants (`baton_api.access`): create it, write
+    and read entries, watch it (an ordered consumer, with flow control, deleted on stop)."""
+    stream = f"KV_{ACCESS_BUCKET}"
+    return [
+        f"$KV.{ACCESS_BUCKET}.>",
+        f"{JS_API}.STREAM.CREATE.{stream}",
+        f"{JS_API}.STREAM.INFO.{stream}",
+        f"{JS_API}.STREAM.MSG.GET.{stream}",
+        f"{JS_API}.DIRECT.GET.{stream}",
+        f"{JS_API}.DIRECT.GET.{stream}.>",
+        f"{JS_API}.CONSUMER.CREATE.{stream}",
+        f"{JS_API}.CONSUMER.CREATE.{stream}.>",
+        f"{JS_API}.CONSUMER.INFO.{stream}.*",
+        f"{JS_API}.CONSUMER.DELETE.{stream}.*",
+        f"$JS.FC.{stream}.>",
+    ]
+
+
+def _permissions(
+    user: str, publish: Iterable[str], subscribe: Iterable[str] = (), responds: bool = False
+) -> dict[str, Any]:
+    permissions: dict[str, Any] = {
+        "publish": {"allow": sorted(set(publish))},
+        "subscribe": {"allow": sorted({*subscribe, f"{inbox_prefix(user)}.>"})},
+    }
+    if responds:
+        # Replies to the requests it received, once each, and nothing more.
+        permissions["allow_responses"] = True
+    return permissions
+
+
+def service_permissions(user: str) -> dict[str, Any]:
+    """The nats-server permissions of service user `user` (one of SERVICE_USERS)."""
+    if user == DISPATCHER:
+        return _permissions(
+            user,
+            publish=[
+                EVENTS_WILDCARD,  # the outbox relay
+                REJECTIONS_SUBJECT,
+                dead_letter_subject(DISPATCHER),
+                *(f"{JS_API}.STREAM.{verb}.{s}" for s in STREAMS for verb in ("CREATE", "UPDATE")),
+                *_streams_info(*STREAMS),
+                f"{JS_API}.STREAM.MSG.GET.{EVENTS_STREAM}",  # the relay's position
+                f"{JS_API}.STREAM.MSG.GET.{REPORTS_STREAM}",  # reports a deadline waits for
+                f"{JS_API}.DIRECT.GET.{WATERMARKS_STREAM}",  # the bridges' watermarks
+                *_consumer(REPORTS_STREAM, REPORTS_DURABLE),
+            ],
+            subscribe=[*REQUEST_SUBJECTS, DEADLINE_SUBJECT, TENANT_SUBMIT_WILDCARD],
+            responds=True,
+        )
+    if user == DEVICE_BRIDGE:
+        return _permissions(
+            user,
+            publish=[
+                REPORTS_WILDCARD,
+                WATERMARKS_WILDCARD,
+                CATALOG_GET_SUBJECT,
+                dead_letter_subject(DEVICE_BRIDGE),
+                *_streams_info(EVENTS_STREAM, REPORTS_STREAM, WATERMARKS_STREAM),
+                f"{JS_API}.STREAM.MSG.GET.{WATERMARKS_STREAM}",  # its own last watermark
+                *_consumer(EVENTS_STREAM, BRIDGE_DURABLE),
+            ],
+        )
+    if user == TIMEOUT_SCHEDULER:
+        return _permissions(
+            user,
+            publish=[
+                DEADLINE_SUBJECT,
+                dead_letter_subject(TIMEOUT_SCHEDULER),
+                *_streams_info(EVENTS_STREAM),
+                *_consumer(EVENTS_STREAM, SCHEDULER_DURABLE),
+            ],
+        )
+    if user == API:
+        return _permissions(
+            user, publish=[*REQUEST_SUBJECTS, *_access_bucket()], subscribe=[EVENTS_WILDCARD]
+        )
+    raise ValueError(f"no such service user: {user!r}")
+
+
+def tenant_permissions(tenant: str) -> dict[str, Any]:
+    """A client bound to `tenant`: submits on its tenant's subject, reads its replies."""
+    return _permissions(tenant_user(tenant), publish=[TENANT_SUBMIT_SUBJECT.format(tenant=tenant)])
+
+
+OPS_PERMISSIONS: dict[str, Any] = {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
+
+
+def permissions_of(user: str) -> dict[str, Any]:
+    if user == OPS:
+        return OPS_PERMISSIONS
+    if user.startswith(TENANT_USER_PREFIX):
+        return tenant_permissions(user.removeprefix(TENANT_USER_PREFIX))
+    return service_permissions(user)
+
+
+def authorization_block(passwords: dict[str, str]) -> str:
+    """nats-server's `authorization` block for these users (JSON is valid nats.conf)."""
+    users = [
+        {"user": user, "password": password, "permissions": permissions_of(user)}
+        for user, password in sorted(passwords.items())
+    ]
+    return f"authorization {json.dumps({'users': users}, indent=2)}"
+
+
+# --- credentials ---------------------------------------------------------------------------
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def read_credentials(path: Path) -> dict[str, str]:
+    """A credentials file: a JSON object, user -> password."""
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        raise ValueError(f"{path}: expected a JSON object of user -> password")
+    return data
+
+
+def write_private(path: Path, text: str) -> None:
+    """A file with passwords in it: readable by its owner only from its first byte, replaced
+    in one step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.partial")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    partial.replace(path)
+
+
+def write_credentials(path: Path, passwords: dict[str, str]) -> None:
+    write_private(path, json.dumps(passwords, indent=2, sort_keys=True) + "\n")
+
+
+def ensure_credentials(path: Path, tenants: Iterable[str] = ()) -> dict[str, str]:
+    """The users of a Baton NATS server: every service, `ops` and a client for each of
+    `tenants`, with the passwords in `path`, generated for the users it lacks (and the
+    file created). Existing passwords are kept: a tenant client configured once keeps
+    working across restarts; rotating is deleting the file (or an entry) and restarting."""
+    passwords = read_credentials(path) if path.exists() else {}
+    wanted = [*SERVICE_USERS, OPS, *(tenant_user(t) for t in tenants)]
+    missing = [user for user in wanted if user not in passwords]
+    if missing or not path.exists():
+        passwords |= {user: new_password() for user in missing}
+        write_credentials(path, passwords)
+    return passwords

@@ -1,0 +1,329 @@
+"""Service identity on NATS (docs/security.md): every NATS attack that used to work on an
+open nats-server is refused by the server now, and does no harm.
+
+The dispatcher runs as its own user; attackers are the other users (the tenant client, the
+least trusted, and each service outside its role) and anonymous clients. The test itself
+watches with `ops`, which may do everything."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import uuid4
+
+import nats
+import nats.errors
+import pytest
+import yaml
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from baton_cli.localstack import Server, find_binary, free_port, wait_for_port
+from baton_cli.nats_setup import write_nats_config
+from baton_contracts.nats import (
+    CATALOG_CHANGE_SUBJECT,
+    CATALOG_GET_SUBJECT,
+    DEADLINE_SUBJECT,
+    DELETE_SUBJECT,
+    EVENTS_STREAM,
+    EVENTS_WILDCARD,
+    PURGE_SUBJECT,
+    REPORTS_STREAM,
+    SUBMIT_SUBJECT,
+    TENANT_SUBMIT_SUBJECT,
+    CatalogReply,
+    DeviceReport,
+    ExecutionReply,
+    LifecycleEvent,
+    PresenceReport,
+    event_subject,
+    report_subject,
+    watermark_subject,
+)
+from baton_dispatcher.app import Dispatcher
+from baton_platform.nats import connect, ensure_streams, identity
+from baton_platform.nats_access import (
+    API,
+    DEVICE_BRIDGE,
+    DISPATCHER,
+    TIMEOUT_SCHEDULER,
+    inbox_prefix,
+    tenant_user,
+)
+from baton_platform.settings import Settings
+from tests.conftest import eventually, service_settings
+
+pytestmark = pytest.mark.integration
+
+TENANT = tenant_user("default")
+DEVICE = "demo-thermostat-1"
+REFUSED_WITHIN = 5.0
+
+
+class Caller:
+    """A NATS client connected as one user, keeping what the server refused it."""
+
+    def __init__(self, client: Client, refusals: list[str]) -> None:
+        self.client = client
+        self.refusals = refusals
+
+    async def refused(self, what: str) -> None:
+        """Wait until the server has refused `what` (a subject) to this client."""
+
+        async def seen() -> bool:
+            return any(f'"{what.lower()}"' in r for r in self.refusals)
+
+        await eventually(seen, timeout=REFUSED_WITHIN, what=f"{what} refused")
+
+    async def publish_refused(self, subject: str, body: bytes = b"{}") -> None:
+        await self.client.publish(subject, body)
+        await self.client.flush()
+        await self.refused(subject)
+
+    async def request_refused(self, subject: str, body: bytes = b"{}") -> None:
+        """A request the server refuses gets no answer: nobody ever saw it."""
+        with pytest.raises(nats.errors.TimeoutError):
+            await self.client.request(subject, body, timeout=1)
+        await self.refused(subject)
+
+
+async def connect_as(server: Server, user: str) -> Caller:
+    refusals: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        refusals.append(str(exc).lower())
+
+    client = await nats.connect(
+        server.url,
+        user=user,
+        password=server.passwords[user],
+        inbox_prefix=inbox_prefix(user),
+        error_cb=on_error,
+        allow_reconnect=False,
+    )
+    return Caller(client, refusals)
+
+
+@pytest.fixture
+async def dispatcher(nats_server: Server, tmp_path: Path) -> AsyncIterator[Dispatcher]:
+    service = Dispatcher(service_settings(nats_server, tmp_path))
+    await service.start()
+    yield service
+    await service.stop()
+
+
+@pytest.fixture
+async def callers(nats_server: Server) -> AsyncIterator[dict[str, Caller]]:
+    users = [TENANT, API, DISPATCHER, DEVICE_BRIDGE, TIMEOUT_SCHEDULER]
+    connected = {user: await connect_as(nats_server, user) for user in users}
+    yield connected
+    for caller in connected.values():
+        await caller.client.close()
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def forged_success(execution_id: object) -> bytes:
+    return (
+        DeviceReport(
+            kind="answer",
+            report_id=f"forged-{uuid4()}",
+            device_id=DEVICE,
+            execution_id=execution_id,  # type: ignore[arg-type]
+            status="SUCCEEDED",
+            received_at=now(),
+        )
+        .model_dump_json()
+        .encode()
+    )
+
+
+async def test_no_one_connects_without_a_user_and_its_password(nats_server: Server) -> None:
+    with pytest.raises(nats.errors.Error):
+        await nats.connect(nats_server.url, allow_reconnect=False, connect_timeout=2)
+    with pytest.raises(nats.errors.Error):
+        await nats.connect(
+            nats_server.url,
+            user=DISPATCHER,
+            password="guessed",
+            allow_reconnect=False,
+            connect_timeout=2,
+        )
+
+
+async def test_a_forged_report_or_presence_is_refused_and_never_stored(
+    nats_server: Server, nc: Client, callers: dict[str, Caller]
+) -> None:
+    """Only the device-bridge publishes reports: a forged SUCCEEDED or `offline` from anyone
+    else never reaches BATON_REPORTS, so the dispatcher never applies it."""
+    presence = PresenceReport(report_id="forged", device_id=DEVICE, online=False, received_at=now())
+    for user in (TENANT, API, DISPATCHER, TIMEOUT_SCHEDULER):
+        caller = callers[user]
+        await caller.publish_refused(report_subject(DEVICE), forged_success(uuid4()))
+        await caller.publish_refused(
+            report_subject(f"other-{user}"), presence.model_dump_json().encode()
+        )
+    info = await nc.jetstream().stream_info(REPORTS_STREAM)
+    assert info.state.messages == 0
+
+
+@pytest.mark.usefixtures("dispatcher")
+async def test_only_the_api_and_a_tenant_client_submit_and_only_the_dispatcher_answers(
+    nc: Client, callers: dict[str, Caller]
+) -> None:
+    forged = b'{"device_id": "demo-thermostat-1", "name": "reboot", "principal": "admin"}'
+    # The trusted subject takes the principal from the message: a tenant client may not use it.
+    await callers[TENANT].request_refused(SUBMIT_SUBJECT, forged)
+    # Nor another tenant's subject.
+    await callers[TENANT].request_refused(TENANT_SUBMIT_SUBJECT.format(tenant="acme"), forged)
+    # Only the dispatcher takes requests: anyone else answering submits is refused.
+    for user in (TENANT, API, DEVICE_BRIDGE, TIMEOUT_SCHEDULER):
+        await callers[user].client.subscribe(SUBMIT_SUBJECT, queue="baton-dispatcher")
+        await callers[user].refused(SUBMIT_SUBJECT)
+
+    reply = await callers[API].client.request(SUBMIT_SUBJECT, forged, timeout=5)
+    assert ExecutionReply.model_validate_json(reply.data).created
+
+
+@pytest.mark.usefixtures("dispatcher")
+async def test_a_tenant_client_submits_for_its_own_tenant_only_under_its_own_name(
+    nc: Client, callers: dict[str, Caller]
+) -> None:
+    tenant = callers[TENANT]
+    body = (
+        b'{"device_id": "demo-thermostat-1", "name": "reboot", "tenant": "acme",'
+        b' "principal": "admin"}'
+    )
+    msg = await tenant.client.request(TENANT_SUBMIT_SUBJECT.format(tenant="default"), body, 5)
+    reply = ExecutionReply.model_validate_json(msg.data)
+    assert reply.execution is not None, reply.problem
+    execution_id = reply.execution.id
+
+    async def requested() -> LifecycleEvent | None:
+        js = nc.jetstream()
+        info = await js.stream_info(EVENTS_STREAM)
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            got = await js.get_msg(EVENTS_STREAM, seq=seq)
+            event = LifecycleEvent.model_validate_json(got.data or b"")
+            if event.execution_id == execution_id and event.type == "Requested":
+                return event
+        return None
+
+    event = await eventually(requested, what="the Requested event relayed")
+    assert event.data["requested_by"] == "nats:default"
+
+
+@pytest.mark.usefixtures("dispatcher")
+async def test_the_catalog_and_executions_change_only_through_the_api_or_ops(
+    nc: Client, callers: dict[str, Caller]
+) -> None:
+    remove = b'{"op": "remove-device", "device_id": "demo-thermostat-1"}'
+    delete = f'{{"execution_id": "{uuid4()}"}}'.encode()
+    purge = f'{{"execution_ids": ["{uuid4()}"]}}'.encode()
+    for user in (TENANT, DEVICE_BRIDGE, TIMEOUT_SCHEDULER):
+        await callers[user].request_refused(CATALOG_CHANGE_SUBJECT, remove)
+        await callers[user].request_refused(DELETE_SUBJECT, delete)
+        await callers[user].request_refused(PURGE_SUBJECT, purge)
+    reply = await nc.request(CATALOG_GET_SUBJECT, b"{}", timeout=5)
+    document = CatalogReply.model_validate_json(reply.data).document or {}
+    assert DEVICE in {device["id"] for device in document["devices"]}
+
+
+async def test_only_the_dispatcher_publishes_lifecycle_events_and_only_the_scheduler_deadlines(
+    nc: Client, callers: dict[str, Caller]
+) -> None:
+    succeeded = event_subject(uuid4(), "Succeeded")
+    for user in (TENANT, API, DEVICE_BRIDGE, TIMEOUT_SCHEDULER):
+        await callers[user].publish_refused(succeeded, b"{}")
+    for user in (TENANT, API, DEVICE_BRIDGE):
+        await callers[user].request_refused(
+            DEADLINE_SUBJECT, f'{{"execution_id": "{uuid4()}"}}'.encode()
+        )
+    for user in (TENANT, API, DISPATCHER, TIMEOUT_SCHEDULER):
+        await callers[user].publish_refused(watermark_subject("forged"), b"{}")
+    info = await nc.jetstream().stream_info(EVENTS_STREAM)
+    assert info.state.messages == 0
+
+
+async def test_lifecycle_events_replies_and_streams_are_unreadable_without_the_right(
+    nats_server: Server, nc: Client, callers: dict[str, Caller]
+) -> None:
+    tenant = callers[TENANT]
+    received: list[bytes] = []
+
+    async def got(msg: Msg) -> None:
+        received.append(msg.data)
+
+    for subject in (EVENTS_WILDCARD, "_INBOX.>", f"{inbox_prefix(API)}.>", ">"):
+        await tenant.client.subscribe(subject, cb=got)
+        await tenant.refused(subject)
+    for subject in ("$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST", "$JS.API.INFO"):
+        await tenant.request_refused(subject)
+    await tenant.request_refused(f"$JS.API.STREAM.INFO.{EVENTS_STREAM}")
+    await tenant.request_refused(f"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}.snoop")
+    await tenant.request_refused(f"$JS.API.STREAM.DELETE.{EVENTS_STREAM}")
+    # What a refused subscription would have received goes by unseen.
+    await nc.publish(event_subject(uuid4(), "Requested"), b"secret")
+    await nc.flush()
+    await tenant.client.flush()
+    await asyncio.sleep(0)  # let a delivered message, if any, reach the callback
+    assert received == []
+
+
+def _server_log(server: Server) -> Path:
+    return Path(server.extra["credentials"]).parent / "nats.log"  # start_baton_nats' workdir
+
+
+async def test_the_server_logs_each_refusal(
+    nats_server: Server, callers: dict[str, Caller]
+) -> None:
+    """Where an operator sees a refused client: nats-server's log names the user and subject."""
+    await callers[TENANT].publish_refused(report_subject(DEVICE), b"{}")
+
+    async def logged() -> bool:
+        text = _server_log(nats_server).read_text()
+        return "Violation" in text and report_subject(DEVICE) in text and TENANT in text
+
+    await eventually(logged, what="the refusal in nats-server's log")
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_the_deployment_admits_baton_users_only(tmp_path: Path) -> None:
+    """compose.yaml: `baton nats-setup` writes the users into deploy/nats/nats.conf's copy,
+    which nats-server runs with; every Baton service reads its password from there."""
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    assert services["nats"]["command"] == ["-c", "/etc/baton-nats/nats.conf"]
+    assert "/etc/baton-nats" in services["nats-setup"]["command"]
+    for name in ("dispatcher", "device-bridge", "timeout-scheduler", "api"):
+        env = services[name]["environment"]
+        assert env["BATON_NATS_CREDENTIALS"] == "/etc/baton-nats/credentials.json", name
+
+    config = write_nats_config(tmp_path / "auth", ROOT / "deploy/nats/nats.conf", ["default"])
+    port = free_port()
+    text = config.read_text().replace("/data/jetstream", str(tmp_path / "jetstream"))
+    config.write_text(text.replace("0.0.0.0:4222", f"127.0.0.1:{port}"))
+    binary = find_binary("nats-server")
+    assert binary is not None
+    proc = subprocess.Popen([binary, "-c", str(config)], stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", port, proc)
+        url = f"nats://127.0.0.1:{port}"
+        with pytest.raises(nats.errors.Error):
+            await nats.connect(url, allow_reconnect=False, connect_timeout=2)
+        settings = Settings(nats_url=url, nats_credentials=tmp_path / "auth" / "credentials.json")
+        client = await connect(url, "deploy-test", identity(settings, DISPATCHER))
+        try:
+            await ensure_streams(client.jetstream())  # what the dispatcher may do
+        finally:
+            await client.close()
+    finally:
+        proc.terminate()
+        proc.wait()
