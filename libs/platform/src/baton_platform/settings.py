@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     admin_api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="bootstrap keys with the owner role (tenant default)"
     )
+    api_tls_cert_file: Path | None = Field(
+        default=None, description="PEM certificate (chain): the api serves HTTPS with it"
+    )
+    api_tls_key_file: Path | None = Field(default=None, description="its PEM private key")
     # JWT bearer tokens (docs/security.md): HS256 with a shared secret, RS256/ES256 against
     # the public keys of a JWKS file. Neither set: tokens are not accepted.
     jwt_secret: SecretStr | None = None

@@ -28,6 +28,9 @@ def main() -> None:
         access_log=False,
         log_config=None,  # keep configure_logging's format for uvicorn's own lines too
         lifespan="on",
+        # HTTPS when a certificate is configured (docs/security.md, "Running behind TLS").
+        ssl_certfile=settings.api_tls_cert_file,
+        ssl_keyfile=settings.api_tls_key_file,
     )
 
 

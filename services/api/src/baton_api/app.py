@@ -111,7 +111,13 @@ class Parts:
                 return f"unreachable: {type(exc).__name__}"
             return None
 
-        return {"nats": nats, "store": store}
+        async def keys() -> str | None:
+            # Until the bucket is read, managed keys would be refused as unknown.
+            if isinstance(self.access, NatsAccess) and not self.access.loaded.is_set():
+                return "managed keys not loaded yet"
+            return None
+
+        return {"nats": nats, "store": store, "keys": keys}
 
 
 def build_parts(
