@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,15 +109,19 @@ class NatsIdentity:
 
     user: str | None
     password: str | None = field(default=None, repr=False)
+    # TLS to the server, checking its certificate (BATON_NATS_CA_FILE); None: as the URL says.
+    tls: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
 
     def options(self) -> dict[str, Any]:
         """nats-py's `connect` keyword arguments for this identity."""
+        secure = {} if self.tls is None else {"tls": self.tls}
         if self.user is None:
-            return {}
+            return secure
         return {
             "user": self.user,
             "password": self.password,
             "inbox_prefix": inbox_prefix(self.user),
+            **secure,
         }
 
 
@@ -125,18 +130,21 @@ def identity(settings: Settings, service: str) -> NatsIdentity:
     or its password from the BATON_NATS_CREDENTIALS file. Neither: anonymous, for a
     nats-server without authorization (warned: Baton's own servers refuse it)."""
     user = settings.nats_user or service
+    tls = None
+    if settings.nats_ca_file is not None:
+        tls = ssl.create_default_context(cafile=str(settings.nats_ca_file))
     if settings.nats_password is not None:
-        return NatsIdentity(user, settings.nats_password.get_secret_value())
+        return NatsIdentity(user, settings.nats_password.get_secret_value(), tls)
     if settings.nats_credentials is not None:
         passwords = read_credentials(settings.nats_credentials)
         if user not in passwords:
             raise ValueError(f"no NATS user {user!r} in {settings.nats_credentials}")
-        return NatsIdentity(user, passwords[user])
+        return NatsIdentity(user, passwords[user], tls)
     log.warning(
         "no NATS credentials (BATON_NATS_PASSWORD, BATON_NATS_CREDENTIALS): connecting as "
         "no one, which only a nats-server without authorization accepts"
     )
-    return NatsIdentity(None)
+    return NatsIdentity(None, tls=tls)
 
 
 def redacted(url: str) -> str:

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     mqtt_protocol: Literal["5", "3.1.1"] = Field(
         default="5", description="MQTT protocol to speak; 3.1.1 for brokers without v5"
     )
+    nats_ca_file: Path | None = Field(
+        default=None,
+        description="speak TLS to NATS, checking its certificate against this CA (PEM); "
+        "a `tls://` URL without it checks against the system's CAs",
+    )
     mqtt_username: str | None = Field(
         default=None, description="this client's MQTT account (docs/security.md)"
     )

@@ -129,6 +129,7 @@ def start_nats(
     host: str = "127.0.0.1",
     mqtt_accounts: list[MqttAccount] | None = None,
     passwords: dict[str, str] | None = None,
+    tls: TlsFiles | None = None,
 ) -> Server:
     """nats-server with JetStream under `workdir`; with `mqtt_port`, its MQTT listener too,
     which admits only `mqtt_accounts` when given (and anyone when None). With `passwords`
@@ -165,12 +166,16 @@ def start_nats(
     conf_path = workdir / "nats.conf"
     if passwords is not None:
         config.append(authorization_block(passwords))
+    if tls is not None:
+        # Clients must speak TLS (`localhost` is the name the test certificates carry).
+        config.append(f'tls {{ cert_file: "{tls.cert_file}", key_file: "{tls.key_file}" }}')
     write_private(conf_path, "\n".join(config) + "\n")
     proc = _spawn([binary, "-c", str(conf_path)], workdir / "nats.log")
     wait_for_port(host, port, proc)
     if mqtt_port is not None:
         wait_for_port(host, mqtt_port, proc)
-    return Server("nats", proc, f"nats://{host}:{port}", port, passwords=passwords or {})
+    where = host if tls is None else "localhost"
+    return Server("nats", proc, f"nats://{where}:{port}", port, passwords=passwords or {})
 
 
 def raise_open_files_limit() -> None:
@@ -389,6 +394,8 @@ class Stack:
     # checking the broker's certificate against `mqtt_tls.ca_file`.
     mqtt_tls: TlsFiles | None = None
     mqtts_port: int | None = None
+    # TLS on nats-server's client port; the services then check it against `nats_tls.ca_file`.
+    nats_tls: TlsFiles | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     # A NATS client for each of these tenants, besides the services' and `ops`
     # (credentials in `nats_credentials`).
@@ -406,7 +413,8 @@ class Stack:
 
     @property
     def nats_url(self) -> str:
-        return f"nats://127.0.0.1:{self.nats_port}"
+        host = "127.0.0.1" if self.nats_tls is None else "localhost"  # the certificate's name
+        return f"nats://{host}:{self.nats_port}"
 
     @property
     def nats_credentials(self) -> Path:
@@ -422,7 +430,9 @@ class Stack:
         """The stack's nats-server, its users those of `nats_credentials` (created, or
         completed with the users it lacks)."""
         passwords = ensure_credentials(self.nats_credentials, self.tenant_clients)
-        return start_nats(self.data_dir / "nats", self.nats_port, passwords=passwords)
+        return start_nats(
+            self.data_dir / "nats", self.nats_port, passwords=passwords, tls=self.nats_tls
+        )
 
     @property
     def mqtt_protocol(self) -> str:
@@ -478,6 +488,7 @@ class Stack:
             **self.mqtt_env(),
             # Each service connects as its own user, its password read from here.
             "BATON_NATS_CREDENTIALS": str(self.nats_credentials),
+            **({} if self.nats_tls is None else {"BATON_NATS_CA_FILE": str(self.nats_tls.ca_file)}),
             "BATON_MQTT_PROTOCOL": self.mqtt_protocol,
             "BATON_DATA_DIR": str(self.data_dir),
             "BATON_CATALOG_PATH": str(self.catalog),

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from faststream.nats import NatsBroker
-from faststream.security import SASLPlaintext
+from faststream.security import BaseSecurity, SASLPlaintext
 from nats.aio.client import Client
 
 from baton_dispatcher.backlog import ReportsBacklog
@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 def broker_identity(who: NatsIdentity) -> dict[str, Any]:
     """FastStream's spelling of `who` (its admin subjects' connection)."""
     if who.user is None or who.password is None:
-        return {}
+        return {} if who.tls is None else {"security": BaseSecurity(ssl_context=who.tls)}
     return {
-        "security": SASLPlaintext(who.user, who.password),
+        "security": SASLPlaintext(who.user, who.password, ssl_context=who.tls),
         "inbox_prefix": who.options()["inbox_prefix"],
     }
 
