@@ -358,6 +358,31 @@ async def test_a_rotated_password_stops_working_within_a_second(
     assert not await refused(connect(broker, new))
 
 
+async def test_a_revoked_account_is_disconnected_and_refused(
+    mosquitto: tuple[Server, StackAccounts],
+) -> None:
+    broker, accounts = mosquitto
+    device = await issue(broker, accounts)
+    lost = asyncio.Event()
+    async with connect(broker, device) as connected:
+
+        async def watch() -> None:
+            try:
+                async for _ in connected.messages:
+                    pass
+            except aiomqtt.MqttError:
+                pass
+            lost.set()
+
+        watcher = asyncio.create_task(watch())
+        await DynsecAccounts(admin_settings(broker, accounts)).revoke(device.username)
+        await asyncio.wait_for(lost.wait(), timeout=1.0)
+        watcher.cancel()
+    assert await refused(connect(broker, device))
+    # Revoking what is not there (again) is no error.
+    await DynsecAccounts(admin_settings(broker, accounts)).revoke(device.username)
+
+
 async def test_the_admin_account_cannot_read_or_write_device_topics(
     mosquitto: tuple[Server, StackAccounts],
 ) -> None:

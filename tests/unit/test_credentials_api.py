@@ -31,6 +31,9 @@ class Unreachable:
     async def issue(self, username: str, topics: AccountTopics) -> str:
         raise AccountsUnavailableError("connection refused")
 
+    async def revoke(self, username: str) -> None:
+        raise AccountsUnavailableError("connection refused")
+
 
 def client_with(tmp_path: Path, accounts: DeviceAccounts, catalog: Path = DEMO) -> TestClient[Any]:
     executions = Executions(
@@ -120,3 +123,20 @@ def test_a_broker_that_cannot_issue_says_why(
     body = assert_problem(response, status)
     assert body["code"] == code
     assert said in body["detail"]
+
+
+def test_removing_a_device_takes_its_account_back_first(
+    client: TestClient[Any], accounts: InMemoryAccounts
+) -> None:
+    client.post("/v1/devices/demo-thermostat-1/credentials", headers=ADMIN)
+    assert "device-demo-thermostat-1" in accounts.accounts
+    assert client.delete("/v1/devices/demo-thermostat-1", headers=ADMIN).status_code == 204
+    assert "device-demo-thermostat-1" not in accounts.accounts
+    assert_problem(client.get("/v1/devices/demo-thermostat-1", headers=AUTH), 404)
+
+
+def test_a_device_whose_account_cannot_be_taken_back_is_not_removed(tmp_path: Path) -> None:
+    with client_with(tmp_path, Unreachable()) as client:
+        refused = client.delete("/v1/devices/demo-thermostat-1", headers=ADMIN)
+        assert assert_problem(refused, 503)["code"] == "broker-unavailable"
+        assert client.get("/v1/devices/demo-thermostat-1", headers=AUTH).status_code == 200

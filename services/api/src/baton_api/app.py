@@ -125,6 +125,7 @@ def build_parts(
     gateway: CommandGateway | None = None,
     executions: Executions | None = None,
     access: AccessStore | None = None,
+    accounts: DeviceAccounts | None = None,
 ) -> Parts:
     executions = executions or open_executions(settings)
     views = ExecutionViews(settings.views_path)
@@ -146,7 +147,7 @@ def build_parts(
     if access is None:
         # Keys and tenants live in NATS (baton_api.access); without it, in this process.
         access = NatsAccess(link) if link is not None else InMemoryAccess()
-    catalog_service = CatalogService(executions, gateway)
+    catalog_service = CatalogService(executions, gateway, accounts or device_accounts(settings))
     return Parts(executions, views, runner, service, link, sweeper, catalog_service, access)
 
 
@@ -172,9 +173,9 @@ def create_app(
         raise ValueError(
             "no API keys: set BATON_ADMIN_API_KEYS or BATON_API_KEYS (comma-separated)"
         )
-    parts = build_parts(settings, gateway, executions, access)
+    parts = build_parts(settings, gateway, executions, access, accounts)
     access_service = AccessService(parts.access)
-    credentials = CredentialService(parts.catalog_service, accounts or device_accounts(settings))
+    credentials = CredentialService(parts.catalog_service, parts.catalog_service.accounts)
     tokens = TokenVerifier(
         secret=settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
         jwks_path=settings.jwt_jwks_path,

@@ -17,9 +17,11 @@ from litestar.params import FromPath, JSONBody
 from pydantic import BaseModel, Field
 
 from baton_api.auth import Identity, admin, viewer
+from baton_api.device_accounts import AccountsUnavailableError, DeviceAccounts, FixedAccounts
 from baton_api.gateway import CommandGateway
-from baton_api.problems import ProblemError
+from baton_api.problems import ProblemError, problem
 from baton_api.schemas import STRICT_REQUEST
+from baton_contracts.accounts import device_username
 from baton_contracts.nats import CatalogChange
 from baton_domain.application import Executions
 from baton_domain.catalog import Catalog, Device, DeviceType, DeviceTypeName
@@ -28,9 +30,15 @@ from baton_platform.problems import problem_for
 
 
 class CatalogService:
-    def __init__(self, executions: Executions, gateway: CommandGateway) -> None:
+    def __init__(
+        self,
+        executions: Executions,
+        gateway: CommandGateway,
+        accounts: DeviceAccounts | None = None,
+    ) -> None:
         self._executions = executions
         self._gateway = gateway
+        self.accounts = accounts or FixedAccounts()  # devices' MQTT accounts
 
     async def catalog(self, tenant: str) -> Catalog:
         """The part of the catalog `tenant` sees."""
@@ -42,6 +50,18 @@ class CatalogService:
             return (await self.catalog(tenant)).device(device_id)
         except UnknownDevice as exc:
             raise _missing(exc) from None
+
+    async def remove_device(self, device_id: str, by: Identity) -> None:
+        """Take the device's MQTT account back first, then remove it from the catalog: a
+        device that is gone keeps no way onto the broker. If the broker cannot be asked,
+        nothing is removed (503); if the removal then fails, the device stays with no
+        account, and `POST .../credentials` gives it a new one."""
+        await self.device(device_id, by.tenant)  # 404 for a device the tenant has not
+        try:
+            await self.accounts.revoke(device_username(device_id))
+        except AccountsUnavailableError as exc:
+            raise ProblemError(problem(503, "broker-unavailable", str(exc))) from None
+        await self.change(CatalogChange(op="remove-device", device_id=device_id), by)
 
     async def change(self, change: CatalogChange, by: Identity) -> dict[str, Any]:
         change = change.model_copy(update={"tenant": by.tenant, "principal": by.principal})
@@ -224,9 +244,9 @@ class DeviceController(Controller):
         catalog_service: NamedDependency[CatalogService],
         device_id: FromPath[str],
     ) -> None:
-        """Admin: remove a device. Its executions stay; new commands to it get 404."""
-        change = CatalogChange(op="remove-device", device_id=device_id)
-        await catalog_service.change(change, caller)
+        """Admin: remove a device, and its MQTT account. Its executions stay; new commands to
+        it get 404."""
+        await catalog_service.remove_device(device_id, caller)
 
     @staticmethod
     async def _change(

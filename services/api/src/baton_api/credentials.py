@@ -10,9 +10,6 @@ fixed when it starts (nats-server): 501.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol
-
 from litestar import Controller, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
@@ -21,53 +18,33 @@ from pydantic import BaseModel, Field
 
 from baton_api.auth import Identity, admin
 from baton_api.catalog import CatalogService
+from baton_api.device_accounts import (
+    AccountsNotIssuedError,
+    AccountsUnavailableError,
+    DeviceAccounts,
+    FixedAccounts,
+    InMemoryAccounts,
+)
 from baton_api.problems import ProblemError, problem
 from baton_api.schemas import ProblemOut
-from baton_contracts.accounts import AccountTopics, device_topics, device_username
+from baton_contracts.accounts import device_topics, device_username
+
+__all__ = [  # the broker's side lives in baton_api.device_accounts; named here for callers
+    "AccountsNotIssuedError",
+    "AccountsUnavailableError",
+    "CredentialController",
+    "CredentialService",
+    "Credentials",
+    "DeviceAccounts",
+    "FixedAccounts",
+    "InMemoryAccounts",
+]
 from baton_contracts.profiles import ProfileSettingsError
 
 
 class Credentials(BaseModel):
     username: str = Field(description="also the client id the device must connect with")
     password: str = Field(description="shown once; asking again replaces it")
-
-
-class AccountsUnavailableError(Exception):
-    """The broker could not be asked (not reachable, or it refused); the detail says why."""
-
-
-class AccountsNotIssuedError(Exception):
-    """This broker's accounts are fixed when it starts: none is issued at run time."""
-
-
-class DeviceAccounts(Protocol):
-    async def issue(self, username: str, topics: AccountTopics) -> str:
-        """Create the account `username` (bound to that client id) on `topics`, or replace
-        it, and return its new password; the old one stops working at once."""
-
-
-class FixedAccounts:
-    """A broker whose accounts are fixed when it starts (nats-server's MQTT listener)."""
-
-    async def issue(self, username: str, topics: AccountTopics) -> str:
-        raise AccountsNotIssuedError(
-            "this MQTT broker's accounts are fixed when it starts (nats-server): device "
-            "credentials cannot be issued at run time; use Mosquitto (docs/security.md)"
-        )
-
-
-@dataclass
-class InMemoryAccounts:
-    """Accounts in a dict, for tests: what the broker would hold."""
-
-    accounts: dict[str, tuple[str, AccountTopics]] = field(default_factory=dict)
-    counter: int = 0
-
-    async def issue(self, username: str, topics: AccountTopics) -> str:
-        self.counter += 1
-        password = f"password-{self.counter}"
-        self.accounts[username] = (password, topics)
-        return password
 
 
 class CredentialService:

@@ -18,7 +18,7 @@ from uuid import uuid4
 
 import aiomqtt
 
-from baton_api.credentials import AccountsUnavailableError
+from baton_api.device_accounts import AccountsUnavailableError
 from baton_contracts.accounts import AccountTopics
 from baton_contracts.mqtt import tls_context
 from baton_platform import dynsec
@@ -57,6 +57,17 @@ class DynsecAccounts:
             raise AccountsUnavailableError(f"the broker refused: {failed or responses}")
         log.info("issued MQTT credentials of %s", username)
         return password
+
+    async def revoke(self, username: str) -> None:
+        commands = [
+            {"command": "deleteClient", "username": username},
+            {"command": "deleteRole", "rolename": username},
+        ]
+        responses = await self._call(commands)
+        failed = [r for r in responses if r.get("error") and r["error"] not in NOT_FOUND]
+        if failed or len(responses) != len(commands):
+            raise AccountsUnavailableError(f"the broker refused: {failed or responses}")
+        log.info("revoked the MQTT account of %s", username)
 
     async def _call(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Send `commands` in one message, return the broker's responses to them."""
