@@ -18,9 +18,12 @@ import nats
 import nats.errors
 import pytest
 import yaml
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from baton_api.app import create_app
 from baton_cli.localstack import Server, find_binary, free_port, wait_for_port
 from baton_cli.nats_setup import write_nats_config
 from baton_contracts.nats import (
@@ -116,6 +119,24 @@ async def dispatcher(nats_server: Server, tmp_path: Path) -> AsyncIterator[Dispa
 
 
 @pytest.fixture
+async def api(
+    nats_server: Server, tmp_path: Path, dispatcher: Dispatcher
+) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    """The api in this process, as its own NATS user, on the dispatcher's store: it answers
+    tenant clients, and caps each tenant at 1 pending command."""
+    settings = service_settings(
+        nats_server, tmp_path, admin_api_keys="owner-key", max_waiting_per_tenant=1
+    )
+    async with AsyncTestClient(app=create_app(settings)) as client:
+
+        async def ready() -> bool:
+            return (await client.get("/ready")).status_code == 200
+
+        await eventually(ready, what="the api ready")
+        yield client
+
+
+@pytest.fixture
 async def callers(nats_server: Server) -> AsyncIterator[dict[str, Caller]]:
     users = [TENANT, API, DISPATCHER, DEVICE_BRIDGE, TIMEOUT_SCHEDULER]
     connected = {user: await connect_as(nats_server, user) for user in users}
@@ -190,7 +211,7 @@ async def test_only_the_api_and_a_tenant_client_submit_and_only_the_dispatcher_a
     assert ExecutionReply.model_validate_json(reply.data).created
 
 
-@pytest.mark.usefixtures("dispatcher")
+@pytest.mark.usefixtures("api")
 async def test_a_tenant_client_submits_for_its_own_tenant_only_under_its_own_name(
     nc: Client, callers: dict[str, Caller]
 ) -> None:
@@ -216,6 +237,14 @@ async def test_a_tenant_client_submits_for_its_own_tenant_only_under_its_own_nam
 
     event = await eventually(requested, what="the Requested event relayed")
     assert event.data["requested_by"] == "nats:default"
+    assert event.data["tenant"] == "default"
+
+    # The tenant's cap (1 pending here) holds for its NATS clients too: the first is still
+    # PENDING (no bridge runs), so the next is refused and nothing is stored.
+    again = await tenant.client.request(TENANT_SUBMIT_SUBJECT.format(tenant="default"), body, 5)
+    refused = ExecutionReply.model_validate_json(again.data)
+    assert refused.execution is None and refused.problem is not None
+    assert refused.problem.code == "tenant-busy"
 
 
 @pytest.mark.usefixtures("dispatcher")

@@ -1,9 +1,9 @@
-"""A tenant client's submit: the dispatcher takes its tenant from the subject, not the body."""
+"""A tenant client's submit: its tenant comes from the subject, not the body."""
 
 from __future__ import annotations
 
 from baton_contracts.nats import SubmitCommand
-from baton_dispatcher.edges import tenant_submit
+from baton_platform.requests import tenant_submit
 
 
 def test_a_tenant_submit_takes_tenant_and_principal_from_the_subject() -> None:

@@ -154,7 +154,7 @@ def service_permissions(user: str) -> dict[str, Any]:
                 f"{JS_API}.DIRECT.GET.{WATERMARKS_STREAM}",  # the bridges' watermarks
                 *_consumer(REPORTS_STREAM, REPORTS_DURABLE),
             ],
-            subscribe=[*REQUEST_SUBJECTS, DEADLINE_SUBJECT, TENANT_SUBMIT_WILDCARD],
+            subscribe=[*REQUEST_SUBJECTS, DEADLINE_SUBJECT],
             responds=True,
         )
     if user == DEVICE_BRIDGE:
@@ -181,8 +181,13 @@ def service_permissions(user: str) -> dict[str, Any]:
             ],
         )
     if user == API:
+        # Tenant clients' submits come to the api, its edge for them as HTTP is for people:
+        # the tenant's cap applies, then the api asks the dispatcher.
         return _permissions(
-            user, publish=[*REQUEST_SUBJECTS, *_access_bucket()], subscribe=[EVENTS_WILDCARD]
+            user,
+            publish=[*REQUEST_SUBJECTS, *_access_bucket()],
+            subscribe=[EVENTS_WILDCARD, TENANT_SUBMIT_WILDCARD],
+            responds=True,
         )
     raise ValueError(f"no such service user: {user!r}")
 

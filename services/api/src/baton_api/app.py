@@ -40,6 +40,7 @@ from baton_api.head import serve_head
 from baton_api.health import Check, HealthController
 from baton_api.keys import AccessService, KeyController, TenantController
 from baton_api.limits import MAX_BODY_BYTES
+from baton_api.nats_edge import serve_tenant_clients
 from baton_api.nats_link import NatsLink
 from baton_api.openapi import declare_problems
 from baton_api.problems import problem_handler
@@ -141,6 +142,8 @@ def build_parts(
         executions.recorder.max_notification_id,
         max_pending=settings.max_waiting_per_tenant,
     )
+    if link is not None:
+        link.on_connected(lambda client: serve_tenant_clients(client, service))
     sweeper = RetentionSweeper(
         service, settings.ephemeral_retention_days, settings.retention_sweep_interval
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client
@@ -33,6 +33,11 @@ class NatsLink:
         self.client: Client | None = None
         self._reported_down = False
         self._up = asyncio.Event()
+        self._on_connected: list[Callable[[Client], Awaitable[object]]] = []
+
+    def on_connected(self, setup: Callable[[Client], Awaitable[object]]) -> None:
+        """Run `setup` once connected (its subscriptions survive reconnects: nats-py's)."""
+        self._on_connected.append(setup)
 
     @property
     def connected(self) -> bool:
@@ -56,6 +61,8 @@ class NatsLink:
         self._up.set()
         log.info("connected to NATS at %s as %s", redacted(self._url), self._who.user or "no one")
         await client.subscribe(EVENTS_WILDCARD, cb=self._on_message)
+        for setup in self._on_connected:
+            await setup(client)
 
     async def connected_client(self) -> Client:
         """The connection, once there is one (nats-py then reconnects it by itself)."""

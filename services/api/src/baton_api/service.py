@@ -74,6 +74,21 @@ class ExecutionService:
                 return Submitted(ended, state.created)
         return Submitted(state.execution, state.created)
 
+    async def forward(self, command: SubmitCommand) -> ExecutionReply:
+        """A submit from a NATS client bound to a tenant: the tenant's cap, then the
+        dispatcher; its reply as it is, or the problem (as a reply too). Answered once the
+        views include it, as over HTTP, so the next submit's cap counts it."""
+        try:
+            await self._admit(command.tenant)
+            if command.execution_id is None:
+                command = command.model_copy(update={"execution_id": planned_id(command)})
+            reply = await self._gateway.submit(command)
+        except ProblemError as exc:
+            return ExecutionReply(problem=exc.problem)
+        if reply.position is not None:
+            await self._runner.wait_for_position(reply.position, READ_YOUR_WRITES_TIMEOUT)
+        return reply
+
     async def cancel(self, execution_id: UUID, reason: str | None, by: Identity) -> ExecutionState:
         command = CancelCommand(
             execution_id=execution_id,

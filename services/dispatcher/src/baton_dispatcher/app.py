@@ -10,8 +10,9 @@ from faststream.nats import NatsBroker
 from faststream.security import BaseSecurity, SASLPlaintext
 from nats.aio.client import Client
 
+from baton_contracts.nats import DISPATCHER_QUEUE
 from baton_dispatcher.backlog import ReportsBacklog
-from baton_dispatcher.edges import RequestEdges, register, register_admin
+from baton_dispatcher.edges import CONCURRENT_REQUESTS, SERVICE, register, register_admin
 from baton_dispatcher.relay import OutboxRelay
 from baton_dispatcher.reports import ReportsConsumer
 from baton_dispatcher.writer import Writer
@@ -20,6 +21,7 @@ from baton_platform.eventstore import open_executions
 from baton_platform.lifecycle import cancel_and_wait
 from baton_platform.nats import NatsIdentity, connect, ensure_streams, identity
 from baton_platform.nats_access import DISPATCHER
+from baton_platform.requests import RequestEdges
 from baton_platform.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,7 @@ class Dispatcher:
         # catalog is managed data (the api's /v1/device-types and /v1/devices, `baton
         # catalog import`).
         await self._writer.seed_catalog()
-        self._edges = RequestEdges(self._nc)
+        self._edges = RequestEdges(self._nc, SERVICE, DISPATCHER_QUEUE, CONCURRENT_REQUESTS)
         await register(self._edges, self._writer)
         self._broker = NatsBroker(
             settings.nats_url,
