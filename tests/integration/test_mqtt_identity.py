@@ -29,7 +29,12 @@ from baton_cli.localstack import (
     start_nats,
 )
 from baton_cli.mqtt_accounts import MqttAccount, StackAccounts
-from baton_contracts.accounts import device_topics, device_username
+from baton_contracts.accounts import (
+    BRIDGE_USERNAME,
+    bridge_client_id,
+    device_topics,
+    device_username,
+)
 from baton_contracts.mqtt import CommandRequest, request_topic, tls_context
 from baton_platform.settings import Settings
 from baton_simulator import READY_LINE, Access, run_simulator
@@ -271,14 +276,18 @@ async def test_no_account_can_take_the_bridges_client_id(
     secured: tuple[Server, StackAccounts],
 ) -> None:
     broker, accounts = secured
-    if broker.name != "mosquitto":
-        # nats-server's MQTT listener binds no client id to an account: a known limit
-        # (docs/security.md); the bridge's session is safe there only from outsiders.
-        pytest.skip("nats-server cannot bind a client id to an account")
     bridge_id = accounts.bridge.client_id
+    # What an attacker could guess: the bridge's name, with the instance's or without.
+    guesses = [bridge_client_id("test"), bridge_client_id("default"), BRIDGE_USERNAME]
     async with listening(connect(broker, accounts.bridge), f"{ROOT}/+/status") as got:
         for device in ("demo-thermostat-1", "demo-silent-1"):
-            assert await refused(connect(broker, accounts.device(device), bridge_id))
+            for guess in guesses:
+                # Admitted or not, a connection under another id takes no one's session.
+                await refused(connect(broker, accounts.device(device), guess))
+            if broker.name == "mosquitto":
+                # Bound to its account there: even its real id is refused to anyone else.
+                # (nats-server cannot bind one: there the id's secret is the guard.)
+                assert await refused(connect(broker, accounts.device(device), bridge_id))
         assert await refused(connect(broker, None, bridge_id))
         # Still connected: it receives what a device says after the attempt.
         own = f"{ROOT}/demo-thermostat-1/status"

@@ -92,7 +92,10 @@ def test_a_stacks_accounts_are_kept_private_and_read_back(tmp_path: Path) -> Non
     accounts.save(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert StackAccounts.load(path) == accounts
-    assert accounts.bridge.client_id == "baton-device-bridge-blue"
+    bridge_id = accounts.bridge.client_id or ""
+    # The instance's name, then a secret nobody can guess (its only guard on nats-server).
+    assert bridge_id.startswith("baton-device-bridge-blue-") and len(bridge_id) > 50
+    assert StackAccounts.new("blue").bridge.client_id != bridge_id
     assert accounts.simulator.client_id is None
     assert accounts.device("demo-silent-1").client_id == "device-demo-silent-1"
     assert len({a.password for a in accounts.every}) == len(accounts.every)
@@ -102,7 +105,7 @@ def test_the_dynamic_security_file_binds_client_ids_and_denies_by_default() -> N
     accounts = StackAccounts.new("blue")
     config = dynsec_config(accounts.every)
     clients = {c["username"]: c for c in config["clients"]}
-    assert clients["baton-device-bridge"]["clientid"] == "baton-device-bridge-blue"
+    assert clients["baton-device-bridge"]["clientid"] == accounts.bridge.client_id
     assert "clientid" not in clients["baton-simulator"]
     assert config["defaultACLAccess"]["publishClientSend"] is False
     assert config["defaultACLAccess"]["subscribe"] is False

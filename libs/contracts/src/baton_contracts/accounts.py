@@ -10,6 +10,7 @@ other account can take a session such as the bridge's.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 from baton_contracts.profiles import WireSettings, codec_for, wire_id_of
@@ -36,6 +37,12 @@ class AccountTopics:
 
 def bridge_client_id(instance: str) -> str:
     return f"{BRIDGE_USERNAME}-{instance}"
+
+
+def secret_bridge_client_id(instance: str) -> str:
+    """A bridge's client id nobody can guess: on a broker that cannot bind a client id to an
+    account (nats-server), knowing it is what it takes to push the bridge off the broker."""
+    return f"{bridge_client_id(instance)}-{secrets.token_hex(16)}"
 
 
 def device_username(device_id: str) -> str:

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
         description="speak TLS to NATS, checking its certificate against this CA (PEM); "
         "a `tls://` URL without it checks against the system's CAs",
     )
+    mqtt_client_id: str | None = Field(
+        default=None,
+        description="the device-bridge's MQTT client id (default baton-device-bridge-<instance>): "
+        "its account's; keep it secret where the broker cannot bind it (nats-server)",
+    )
     mqtt_username: str | None = Field(
         default=None, description="this client's MQTT account (docs/security.md)"
     )

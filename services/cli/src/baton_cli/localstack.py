@@ -528,6 +528,7 @@ class Stack:
             return {
                 "BATON_MQTT_USERNAME": accounts.bridge.username,
                 "BATON_MQTT_PASSWORD": accounts.bridge.password,
+                "BATON_MQTT_CLIENT_ID": accounts.bridge.client_id or "",
             }
         if name == "api" and self.broker == "mosquitto":
             return {

@@ -30,9 +30,9 @@ from baton_contracts.accounts import (
     SIMULATOR_TOPICS,
     SIMULATOR_USERNAME,
     AccountTopics,
-    bridge_client_id,
     device_topics,
     device_username,
+    secret_bridge_client_id,
 )
 from baton_platform import dynsec
 
@@ -75,7 +75,9 @@ class StackAccounts:
         """Fresh passwords; with `catalog`, an account for each of its devices too."""
         return cls(
             MqttAccount.new(ADMIN_USERNAME, None, ADMIN_TOPICS),
-            MqttAccount.new(BRIDGE_USERNAME, bridge_client_id(instance), BRIDGE_TOPICS),
+            # A client id nobody can guess, as well as bound to the account where the broker
+            # can bind it (Mosquitto): nats-server cannot, so there the secret is the guard.
+            MqttAccount.new(BRIDGE_USERNAME, secret_bridge_client_id(instance), BRIDGE_TOPICS),
             MqttAccount.new(SIMULATOR_USERNAME, None, SIMULATOR_TOPICS),
             tuple(catalog_accounts(catalog)) if catalog is not None else (),
         )

@@ -76,7 +76,9 @@ class MqttLink:
         # The answer (and status and state) topics of every wire profile the catalog uses
         # (Baton's own answers by default).
         self.answer_filters = answer_filters if answer_filters is not None else [RESPONSE_FILTER]
-        self.identifier = bridge_client_id(settings.instance)  # its account is bound to it
+        # Its account's client id (bound to it on Mosquitto; a secret where a broker cannot
+        # bind one); by default one made of the instance's name.
+        self.identifier = settings.mqtt_client_id or bridge_client_id(settings.instance)
         self._on_answer = on_answer
         self._reconnect_cap = reconnect_cap
         self._connect_wait = connect_wait
