@@ -339,23 +339,28 @@ async def test_issued_credentials_work_on_the_devices_own_topics_only(
     assert await refused(connect(broker, device, identifier=accounts.bridge.client_id))
 
 
+def watch_for_loss(connected: aiomqtt.Client) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    """An event set when the broker closes `connected`, and the task that watches it."""
+    lost = asyncio.Event()
+
+    async def watch() -> None:
+        try:
+            async for _ in connected.messages:
+                pass
+        except aiomqtt.MqttError:
+            pass
+        lost.set()
+
+    return lost, asyncio.create_task(watch())
+
+
 async def test_a_rotated_password_stops_working_within_a_second(
     mosquitto: tuple[Server, StackAccounts],
 ) -> None:
     broker, accounts = mosquitto
     old = await issue(broker, accounts)
-    lost = asyncio.Event()
     async with connect(broker, old) as connected:
-
-        async def watch() -> None:
-            try:
-                async for _ in connected.messages:
-                    pass
-            except aiomqtt.MqttError:
-                pass
-            lost.set()
-
-        watcher = asyncio.create_task(watch())
+        lost, watcher = watch_for_loss(connected)
         new = await issue(broker, accounts)
         rotated = asyncio.get_running_loop().time()
         # The connection made with the old password is closed, and it no longer connects.
@@ -372,18 +377,8 @@ async def test_a_revoked_account_is_disconnected_and_refused(
 ) -> None:
     broker, accounts = mosquitto
     device = await issue(broker, accounts)
-    lost = asyncio.Event()
     async with connect(broker, device) as connected:
-
-        async def watch() -> None:
-            try:
-                async for _ in connected.messages:
-                    pass
-            except aiomqtt.MqttError:
-                pass
-            lost.set()
-
-        watcher = asyncio.create_task(watch())
+        lost, watcher = watch_for_loss(connected)
         await DynsecAccounts(admin_settings(broker, accounts)).revoke(device.username)
         await asyncio.wait_for(lost.wait(), timeout=1.0)
         watcher.cancel()
