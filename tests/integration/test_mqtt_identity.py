@@ -21,6 +21,7 @@ import pytest
 
 from baton_api.credentials import AccountsUnavailableError
 from baton_api.dynsec import DynsecAccounts
+from baton_api.natsreload import ReloadedAccounts
 from baton_cli.localstack import (
     Server,
     find_binary,
@@ -28,7 +29,6 @@ from baton_cli.localstack import (
     start_mosquitto,
     start_nats,
 )
-from baton_cli.mqtt_accounts import MqttAccount, StackAccounts
 from baton_contracts.accounts import (
     BRIDGE_USERNAME,
     bridge_client_id,
@@ -36,6 +36,7 @@ from baton_contracts.accounts import (
     device_username,
 )
 from baton_contracts.mqtt import CommandRequest, request_topic, tls_context
+from baton_platform.mqtt_accounts import MqttAccount, StackAccounts
 from baton_platform.settings import Settings
 from baton_simulator import READY_LINE, Access, run_simulator
 from tests.certificates import make_ca
@@ -61,7 +62,7 @@ def start_secured(kind: str, workdir: Path, catalog: Path) -> tuple[Server, Stac
             pytest.skip("Mosquitto is not installed (deploy/local/install-broker.sh)")
         return start_mosquitto(workdir, accounts=accounts.every), accounts
     port = free_port()
-    nats = start_nats(workdir, mqtt_port=port, mqtt_accounts=accounts.every)
+    nats = start_nats(workdir, mqtt_port=port, mqtt_accounts=accounts)
     protocol = {"protocol": "3.1.1"}
     return Server("nats-mqtt", nats.proc, f"mqtt://127.0.0.1:{port}", port, protocol), accounts
 
@@ -385,6 +386,52 @@ async def test_a_revoked_account_is_disconnected_and_refused(
     assert await refused(connect(broker, device))
     # Revoking what is not there (again) is no error.
     await DynsecAccounts(admin_settings(broker, accounts)).revoke(device.username)
+
+
+async def test_nats_server_issues_rotates_and_revokes_by_reloading(tmp_path: Path) -> None:
+    """nats-server's users are fixed when it reads its files: the api rewrites them and has it
+    read them again (SIGHUP). A rotated or revoked account is refused, and its connection
+    closed, within a second; the new password works."""
+    accounts = StackAccounts.new("test", DEMO)
+    accounts_file = tmp_path / "accounts.json"
+    accounts.save(accounts_file)
+    port = free_port()
+    server = start_nats(tmp_path / "nats-mqtt", mqtt_port=port, mqtt_accounts=accounts)
+    broker = Server(
+        "nats-mqtt", server.proc, f"mqtt://127.0.0.1:{port}", port, {"protocol": "3.1.1"}
+    )
+    issuer = ReloadedAccounts(accounts_file, tmp_path / "nats-mqtt")
+    topics = device_topics("baton", "d9", None, {})
+
+    async def account(password: str) -> MqttAccount:
+        return MqttAccount("device-d9", password, "device-d9", topics)
+
+    try:
+        first = await account(await issuer.issue("device-d9", topics))
+
+        async def admitted() -> bool:
+            return not await refused(connect(broker, first))
+
+        await eventually(admitted, timeout=1.0, what="the issued account admitted")
+        async with connect(broker, first) as connected:
+            lost, watcher = watch_for_loss(connected)
+            second = await account(await issuer.issue("device-d9", topics))
+            await asyncio.wait_for(lost.wait(), timeout=1.0)
+            watcher.cancel()
+        assert await refused(connect(broker, first))
+        assert not await refused(connect(broker, second))
+        assert StackAccounts.load(accounts_file).device("d9").password == second.password
+
+        await issuer.revoke("device-d9")
+
+        async def gone() -> bool:
+            return await refused(connect(broker, second))
+
+        await eventually(gone, timeout=1.0, what="the revoked account refused")
+        # The others are untouched by the reloads.
+        assert not await refused(connect(broker, accounts.bridge))
+    finally:
+        server.stop()
 
 
 async def test_the_admin_account_cannot_read_or_write_device_topics(

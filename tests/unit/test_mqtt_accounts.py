@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from baton_cli.mqtt_accounts import StackAccounts, dynsec_config, nats_subject
 from baton_contracts.accounts import device_topics, device_username
 from baton_contracts.profiles import ProfileSettingsError
 from baton_platform import dynsec
+from baton_platform.mqtt_accounts import StackAccounts, dynsec_config, nats_subject
 from tests.conftest import DEMO
 
 RAW = {

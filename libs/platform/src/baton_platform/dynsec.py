@@ -1,7 +1,7 @@
 """Mosquitto's dynamic-security plugin, as data: its accounts (clients), their roles and its
 configuration file (https://mosquitto.org/documentation/dynamic-security/).
 
-`make run` and the tests write the file a broker starts with (baton_cli.mqtt_accounts); the
+`make run` and the tests write the file a broker starts with (baton_platform.mqtt_accounts); the
 api sends the same client and role documents to the plugin's control topic when it issues a
 device's credentials (baton_api.dynsec). Pure: no I/O.
 """

@@ -53,10 +53,17 @@ class Settings(BaseSettings):
         default=None,
         description="CA (PEM) the broker's certificate is checked with; None: the system's",
     )
-    mqtt_device_accounts: Literal["static", "mosquitto-dynsec"] = Field(
+    mqtt_device_accounts: Literal["static", "mosquitto-dynsec", "nats-reload"] = Field(
         default="static",
         description="how the api issues device credentials: through Mosquitto's dynamic security, "
-        "or not at all (the broker's accounts are fixed, e.g. nats-server)",
+        "by rewriting nats-server's MQTT users and reloading it (on its host), or not at all",
+    )
+    mqtt_accounts_file: Path | None = Field(
+        default=None, description="nats-reload: the accounts file (var/mqtt/accounts.json)"
+    )
+    mqtt_nats_dir: Path | None = Field(
+        default=None,
+        description="nats-reload: the MQTT nats-server's directory (its users file and pid)",
     )
     mqtt_admin_username: str | None = Field(
         default=None, description="the api's broker-admin account (mosquitto-dynsec)"

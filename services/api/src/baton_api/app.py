@@ -160,6 +160,12 @@ def device_accounts(settings: Settings) -> DeviceAccounts:
         from baton_api.dynsec import DynsecAccounts
 
         return DynsecAccounts(settings)
+    if settings.mqtt_device_accounts == "nats-reload":
+        from baton_api.natsreload import ReloadedAccounts
+
+        if settings.mqtt_accounts_file is None or settings.mqtt_nats_dir is None:
+            raise ValueError("nats-reload needs BATON_MQTT_ACCOUNTS_FILE and BATON_MQTT_NATS_DIR")
+        return ReloadedAccounts(settings.mqtt_accounts_file, settings.mqtt_nats_dir)
     return FixedAccounts()
 
 

