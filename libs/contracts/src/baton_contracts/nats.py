@@ -352,12 +352,16 @@ KEY_ENTRY = "keys.{id}"
 TENANT_ENTRY = "tenants.{id}"
 
 
+# The roles a key may have (baton_domain.tenants.Role, by name), weakest first.
+RoleName = Literal["viewer", "operator", "admin", "owner"]
+
+
 class KeyRecord(WireModel):
     """A managed API key, as stored: never the key itself, only its SHA-256."""
 
     id: str
     digest: str  # hex SHA-256 of the whole key
-    role: Literal["viewer", "operator", "admin", "owner"]
+    role: RoleName
     tenant: Tenant
     name: str
     created_at: AwareDatetime

@@ -180,28 +180,25 @@ class NatsAccess(InMemoryAccess):
         return self._bucket
 
     async def put_key(self, record: KeyRecord) -> None:
-        await self._put(KEY_ENTRY.format(id=record.id), record.model_dump_json().encode())
+        await self._write(KEY_ENTRY.format(id=record.id), record.model_dump_json().encode())
         await super().put_key(record)
 
     async def delete_key(self, key_id: str) -> None:
-        try:
-            await self._writable().delete(KEY_ENTRY.format(id=key_id))
-        except KeyNotFoundError:
-            pass
-        except AccessUnavailable:
-            raise
-        except Exception as exc:
-            raise AccessUnavailable(str(exc)) from exc
+        await self._write(KEY_ENTRY.format(id=key_id), None)
         await super().delete_key(key_id)
 
     async def put_tenant(self, record: TenantRecord) -> None:
-        await self._put(TENANT_ENTRY.format(id=record.id), record.model_dump_json().encode())
+        await self._write(TENANT_ENTRY.format(id=record.id), record.model_dump_json().encode())
         await super().put_tenant(record)
 
-    async def _put(self, entry: str, value: bytes) -> None:
+    async def _write(self, entry: str, value: bytes | None) -> None:
+        """Put `entry` (None: delete it, if it is there); AccessUnavailable on any failure."""
+        bucket = self._writable()
         try:
-            await self._writable().put(entry, value)
-        except AccessUnavailable:
-            raise
+            if value is None:
+                with contextlib.suppress(KeyNotFoundError):
+                    await bucket.delete(entry)
+            else:
+                await bucket.put(entry, value)
         except Exception as exc:
             raise AccessUnavailable(str(exc)) from exc

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import Literal
 
 from litestar import Controller, Response, delete, get, post
 from litestar.di import NamedDependency
@@ -20,10 +19,8 @@ from baton_api.access import AccessStore, AccessUnavailable, digest_of, new_key
 from baton_api.auth import Identity, admin, owner
 from baton_api.problems import ProblemError, problem, unavailable
 from baton_api.schemas import STRICT_REQUEST
-from baton_contracts.nats import DEFAULT_TENANT, KeyRecord, Tenant, TenantRecord
+from baton_contracts.nats import DEFAULT_TENANT, KeyRecord, RoleName, Tenant, TenantRecord
 from baton_domain.tenants import Role
-
-RoleName = Literal["viewer", "operator", "admin", "owner"]
 
 
 class KeyRequest(BaseModel):

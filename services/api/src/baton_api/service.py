@@ -64,10 +64,7 @@ class ExecutionService:
         `wait` waits on the views after the dispatcher answered, never holding it, and
         costs two reads of them (`ProjectionRunner.wait_until_terminal`); `with_log` has
         the waited-for view carry its log, for answers that show it."""
-        await self._admit(command.tenant)
-        if command.execution_id is None:
-            command = command.model_copy(update={"execution_id": planned_id(command)})
-        state = await self._written(await self._gateway.submit(command))
+        state = await self._written(await self._sent(command))
         if wait:
             ended = await self._runner.wait_until_terminal(state.execution.id, wait, with_log)
             if ended is not None:
@@ -79,15 +76,19 @@ class ExecutionService:
         dispatcher; its reply as it is, or the problem (as a reply too). Answered once the
         views include it, as over HTTP, so the next submit's cap counts it."""
         try:
-            await self._admit(command.tenant)
-            if command.execution_id is None:
-                command = command.model_copy(update={"execution_id": planned_id(command)})
-            reply = await self._gateway.submit(command)
+            reply = await self._sent(command)
         except ProblemError as exc:
             return ExecutionReply(problem=exc.problem)
         if reply.position is not None:
             await self._runner.wait_for_position(reply.position, READ_YOUR_WRITES_TIMEOUT)
         return reply
+
+    async def _sent(self, command: SubmitCommand) -> ExecutionReply:
+        """The tenant's cap, the execution id fixed, then the dispatcher asked: its reply."""
+        await self._admit(command.tenant)
+        if command.execution_id is None:
+            command = command.model_copy(update={"execution_id": planned_id(command)})
+        return await self._gateway.submit(command)
 
     async def cancel(self, execution_id: UUID, reason: str | None, by: Identity) -> ExecutionState:
         command = CancelCommand(

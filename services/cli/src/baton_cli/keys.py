@@ -6,16 +6,15 @@ owner's key (`make run`'s `dev-admin-key`). A new key is printed once: keep it.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
 from baton_cli.api_client import DEFAULT_KEY, DEFAULT_URL, ApiKey, ApiUrl, call
+from baton_contracts.nats import RoleName
 
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 tenants_app = typer.Typer(help="Create and list tenants (the owner only).", no_args_is_help=True)
-
-RoleName = Literal["viewer", "operator", "admin", "owner"]
 
 
 @keys_app.command("create")
