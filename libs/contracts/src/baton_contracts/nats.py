@@ -351,6 +351,9 @@ ACCESS_BUCKET = "BATON_ACCESS"
 KEY_ENTRY = "keys.{id}"
 TENANT_ENTRY = "tenants.{id}"
 
+# Leases (baton_platform.leases): which replica does a job one replica at a time.
+LEASES_BUCKET = "BATON_LEASES"
+
 
 # The roles a key may have (baton_domain.tenants.Role, by name), weakest first.
 RoleName = Literal["viewer", "operator", "admin", "owner"]

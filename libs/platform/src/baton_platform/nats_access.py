@@ -38,6 +38,7 @@ from baton_contracts.nats import (
     DELETE_SUBJECT,
     EVENTS_STREAM,
     EVENTS_WILDCARD,
+    LEASES_BUCKET,
     PURGE_SUBJECT,
     REJECTIONS_SUBJECT,
     REPORTS_STREAM,
@@ -111,17 +112,26 @@ def _access_bucket() -> list[str]:
     and read entries, watch it (an ordered consumer, with flow control, deleted on stop)."""
     stream = f"KV_{ACCESS_BUCKET}"
     return [
-        f"$KV.{ACCESS_BUCKET}.>",
-        f"{JS_API}.STREAM.CREATE.{stream}",
-        f"{JS_API}.STREAM.INFO.{stream}",
-        f"{JS_API}.STREAM.MSG.GET.{stream}",
-        f"{JS_API}.DIRECT.GET.{stream}",
-        f"{JS_API}.DIRECT.GET.{stream}.>",
+        *_kv_bucket(ACCESS_BUCKET),
         f"{JS_API}.CONSUMER.CREATE.{stream}",
         f"{JS_API}.CONSUMER.CREATE.{stream}.>",
         f"{JS_API}.CONSUMER.INFO.{stream}.*",
         f"{JS_API}.CONSUMER.DELETE.{stream}.*",
         f"$JS.FC.{stream}.>",
+    ]
+
+
+def _kv_bucket(bucket: str) -> list[str]:
+    """A key-value bucket: create it, write entries, read one back (which a compare-and-set
+    `create` does when the key was deleted: `baton_platform.leases`)."""
+    stream = f"KV_{bucket}"
+    return [
+        f"$KV.{bucket}.>",
+        f"{JS_API}.STREAM.CREATE.{stream}",
+        f"{JS_API}.STREAM.INFO.{stream}",
+        f"{JS_API}.STREAM.MSG.GET.{stream}",
+        f"{JS_API}.DIRECT.GET.{stream}",
+        f"{JS_API}.DIRECT.GET.{stream}.>",
     ]
 
 
@@ -153,6 +163,7 @@ def service_permissions(user: str) -> dict[str, Any]:
                 f"{JS_API}.STREAM.MSG.GET.{REPORTS_STREAM}",  # reports a deadline waits for
                 f"{JS_API}.DIRECT.GET.{WATERMARKS_STREAM}",  # the bridges' watermarks
                 *_consumer(REPORTS_STREAM, REPORTS_DURABLE),
+                *_kv_bucket(LEASES_BUCKET),
             ],
             subscribe=[*REQUEST_SUBJECTS, DEADLINE_SUBJECT],
             responds=True,
@@ -178,6 +189,7 @@ def service_permissions(user: str) -> dict[str, Any]:
                 dead_letter_subject(TIMEOUT_SCHEDULER),
                 *_streams_info(EVENTS_STREAM),
                 *_consumer(EVENTS_STREAM, SCHEDULER_DURABLE),
+                *_kv_bucket(LEASES_BUCKET),
             ],
         )
     if user == API:
@@ -185,7 +197,7 @@ def service_permissions(user: str) -> dict[str, Any]:
         # the tenant's cap applies, then the api asks the dispatcher.
         return _permissions(
             user,
-            publish=[*REQUEST_SUBJECTS, *_access_bucket()],
+            publish=[*REQUEST_SUBJECTS, *_access_bucket(), *_kv_bucket(LEASES_BUCKET)],
             subscribe=[EVENTS_WILDCARD, TENANT_SUBMIT_WILDCARD],
             responds=True,
         )
