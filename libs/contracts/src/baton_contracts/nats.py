@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -27,6 +28,15 @@ CATALOG_CHANGE_SUBJECT = "baton.v1.catalog.change"  # request/reply: change the 
 CATALOG_GET_SUBJECT = "baton.v1.catalog.get"  # request/reply: the catalog document
 DEADLINE_SUBJECT = "baton.v1.internal.deadline"  # request/reply: timeout-scheduler -> dispatcher
 DISPATCHER_QUEUE = "baton-dispatcher"
+
+# Partitions (docs/architecture.md, "Replicas"): a device's streams are written by the one
+# dispatcher that holds its partition's lease. Requests about a device go to its partition's
+# subject, answered only by that dispatcher; the subjects above are answered by any
+# dispatcher, which passes the request on. Fixed: every service must agree on it, and the
+# durable consumers of device reports are made per partition.
+PARTITIONS = 16
+PARTITIONS_PREFIX = "baton.v1.partitions"
+PartitionVerb = Literal["submit", "cancel", "retry", "delete", "deadline"]
 
 EVENTS_STREAM = "BATON_EVENTS"
 EVENTS_PREFIX = "baton.v1.events"
@@ -54,8 +64,27 @@ def events_of_type(event_type: str) -> str:
     return f"{EVENTS_PREFIX}.*.{event_type}"
 
 
+def partition_of(device_id: str) -> int:
+    """A device's partition: a hash that is the same in every process and every release."""
+    return zlib.crc32(device_id.encode()) % PARTITIONS
+
+
+def partition_subject(partition: int, verb: PartitionVerb) -> str:
+    return f"{PARTITIONS_PREFIX}.{partition}.{verb}"
+
+
 def report_subject(device_id: str) -> str:
-    return f"{REPORTS_PREFIX}.{device_id}"
+    return f"{REPORTS_PREFIX}.{partition_of(device_id)}.{device_id}"
+
+
+def partition_reports(partition: int) -> str:
+    """The reports of the devices of `partition`."""
+    return f"{REPORTS_PREFIX}.{partition}.*"
+
+
+# Reports as a release without partitions published them (one token after the prefix): still
+# consumed, by the holder of partition 0, so a rolling upgrade loses none.
+LEGACY_REPORTS = f"{REPORTS_PREFIX}.*"
 
 
 def watermark_subject(bridge: str) -> str:

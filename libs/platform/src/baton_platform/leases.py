@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
@@ -40,9 +39,11 @@ RENEW_S = TTL_S / 4  # how often it is renewed, and how often a free one is trie
 
 
 def holder_name(service: str, instance: str) -> str:
-    """A name unique to this process: a restarted replica must not take its own old lease
-    for granted (its previous run may have been doing the work until a moment ago)."""
-    return f"{service}.{instance}.{uuid.uuid4().hex[:8]}"
+    """The replica's name, the same across its restarts: a replica restarted after a crash
+    takes its own leases back at once rather than after they lapse (the work of its previous
+    run has stopped with it). So every replica of a service needs its own BATON_INSTANCE,
+    as it does for its NATS consumers and MQTT session (docs/operations.md)."""
+    return f"{service}.{instance}"
 
 
 async def open_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
@@ -69,7 +70,7 @@ class Lease:
         try:
             if self._revision is None or not self.held:
                 self._revision = None
-                revision = await self._bucket.create(self.key, self.holder.encode())
+                revision = await self._create_or_reclaim()
             else:
                 revision = await self._bucket.update(
                     self.key, self.holder.encode(), last=self._revision
@@ -85,6 +86,16 @@ class Lease:
         self._revision = revision
         self._valid_until = started + TTL_S - SAFETY_S
         return True
+
+    async def _create_or_reclaim(self) -> int:
+        try:
+            return await self._bucket.create(self.key, self.holder.encode())
+        except KeyWrongLastSequenceError:
+            entry = await self._bucket.get(self.key)
+            if entry.value != self.holder.encode() or entry.revision is None:
+                raise
+            # Ours, from this replica's previous run: take it back where it stands.
+            return await self._bucket.update(self.key, self.holder.encode(), last=entry.revision)
 
     async def release(self) -> None:
         """Give the lease up at once (a clean stop), so another replica need not wait."""

@@ -39,6 +39,8 @@ from baton_contracts.nats import (
     EVENTS_STREAM,
     EVENTS_WILDCARD,
     LEASES_BUCKET,
+    PARTITIONS,
+    PARTITIONS_PREFIX,
     PURGE_SUBJECT,
     REJECTIONS_SUBJECT,
     REPORTS_STREAM,
@@ -62,7 +64,13 @@ TENANT_USER_PREFIX = "tenant-"
 # The dispatcher answers every tenant's submits here and reads the tenant from the subject.
 TENANT_SUBMIT_WILDCARD = TENANT_SUBMIT_SUBJECT.format(tenant="*")
 # Durable consumers, by the service that owns each (their names are the services' own).
-REPORTS_DURABLE = "baton-dispatcher-reports"
+REPORTS_DURABLE = "baton-dispatcher-reports"  # legacy subjects; then one per partition
+
+
+def reports_durable(partition: int) -> str:
+    return f"{REPORTS_DURABLE}-{partition}"
+
+
 BRIDGE_DURABLE = "baton-device-bridge"
 SCHEDULER_DURABLE = "baton-timeout-scheduler"
 STREAMS = (EVENTS_STREAM, REPORTS_STREAM, WATERMARKS_STREAM, DEAD_LETTERS_STREAM)
@@ -163,9 +171,15 @@ def service_permissions(user: str) -> dict[str, Any]:
                 f"{JS_API}.STREAM.MSG.GET.{REPORTS_STREAM}",  # reports a deadline waits for
                 f"{JS_API}.DIRECT.GET.{WATERMARKS_STREAM}",  # the bridges' watermarks
                 *_consumer(REPORTS_STREAM, REPORTS_DURABLE),
+                *(
+                    rule
+                    for partition in range(PARTITIONS)
+                    for rule in _consumer(REPORTS_STREAM, reports_durable(partition))
+                ),
+                f"{PARTITIONS_PREFIX}.*.*",  # passing a request on to its partition's holder
                 *_kv_bucket(LEASES_BUCKET),
             ],
-            subscribe=[*REQUEST_SUBJECTS, DEADLINE_SUBJECT],
+            subscribe=[*REQUEST_SUBJECTS, DEADLINE_SUBJECT, f"{PARTITIONS_PREFIX}.*.*"],
             responds=True,
         )
     if user == DEVICE_BRIDGE:
@@ -197,7 +211,12 @@ def service_permissions(user: str) -> dict[str, Any]:
         # the tenant's cap applies, then the api asks the dispatcher.
         return _permissions(
             user,
-            publish=[*REQUEST_SUBJECTS, *_access_bucket(), *_kv_bucket(LEASES_BUCKET)],
+            publish=[
+                *REQUEST_SUBJECTS,
+                f"{PARTITIONS_PREFIX}.*.submit",  # straight to the device's dispatcher
+                *_access_bucket(),
+                *_kv_bucket(LEASES_BUCKET),
+            ],
             subscribe=[EVENTS_WILDCARD, TENANT_SUBMIT_WILDCARD],
             responds=True,
         )
