@@ -19,7 +19,7 @@ from baton_dispatcher.writer import Writer
 from baton_domain.catalog import Catalog
 from baton_platform.eventstore import open_executions
 from baton_platform.lifecycle import cancel_and_wait
-from baton_platform.nats import NatsIdentity, connect, ensure_streams, identity
+from baton_platform.nats import NatsIdentity, connect, ensure_streams, identity, server_urls
 from baton_platform.nats_access import DISPATCHER
 from baton_platform.requests import RequestEdges
 from baton_platform.settings import Settings
@@ -55,7 +55,7 @@ class Dispatcher:
         who = identity(settings, DISPATCHER)
         self._nc = await connect(settings.nats_url, f"baton-dispatcher-{settings.instance}", who)
         js = self._nc.jetstream()
-        await ensure_streams(js)
+        await ensure_streams(js, settings.nats_replicas)
         relay = OutboxRelay(executions, self._nc, settings.relay_poll_interval)
         self._writer = Writer(
             executions, on_stored=relay.wake, backlog=ReportsBacklog(js, settings.deadline_max_hold)
@@ -67,7 +67,7 @@ class Dispatcher:
         self._edges = RequestEdges(self._nc, SERVICE, DISPATCHER_QUEUE, CONCURRENT_REQUESTS)
         await register(self._edges, self._writer)
         self._broker = NatsBroker(
-            settings.nats_url,
+            server_urls(settings.nats_url),
             name=f"baton-dispatcher-admin-{settings.instance}",
             max_reconnect_attempts=-1,
             **broker_identity(who),
