@@ -197,13 +197,18 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
 
 
 async def ensure_bucket(
-    js: JetStreamContext, bucket: str, history: int, replicas: int = 1
+    js: JetStreamContext,
+    bucket: str,
+    history: int,
+    replicas: int = 1,
+    ttl: float | None = None,
 ) -> KeyValue:
-    """The key-value bucket `bucket`, created with `replicas` copies, or, if it is there
-    with another count (made before BATON_NATS_REPLICAS changed), scaled to it in place:
-    nats-py's `create_key_value` only creates. Its entries are kept."""
+    """The key-value bucket `bucket` (entries kept `ttl` seconds, None: for ever), created
+    with `replicas` copies, or, if it is there with another count (made before
+    BATON_NATS_REPLICAS changed), scaled to it in place: nats-py's `create_key_value` only
+    creates. Its entries are kept."""
     try:
-        return await js.create_key_value(bucket=bucket, history=history, replicas=replicas)
+        return await js.create_key_value(bucket=bucket, history=history, replicas=replicas, ttl=ttl)
     except BadRequestError:
         stream = f"KV_{bucket}"
         config = (await js.stream_info(stream)).config
