@@ -27,7 +27,8 @@ from baton_cli.localstack import (
     start_nats_cluster,
     wait_for_healthy,
 )
-from baton_contracts.nats import ACCESS_BUCKET, DEFAULT_TENANT, EVENTS_STREAM
+from baton_contracts.nats import ACCESS_BUCKET, DEFAULT_TENANT, EVENTS_STREAM, LEASES_BUCKET
+from baton_platform.leases import open_bucket
 from baton_platform.nats import STREAMS, NatsIdentity, connect, ensure_bucket, ensure_streams
 from baton_platform.nats_access import API, DISPATCHER, OPS, ensure_credentials, inbox_prefix
 from tests.conftest import eventually
@@ -36,6 +37,7 @@ pytestmark = pytest.mark.integration
 
 NODES = {"n1", "n2", "n3"}
 BUCKET_STREAM = f"KV_{ACCESS_BUCKET}"
+LEASES_STREAM = f"KV_{LEASES_BUCKET}"
 
 
 @pytest.fixture
@@ -131,7 +133,8 @@ async def test_every_stream_and_the_bucket_are_kept_on_all_three_nodes(
     js = ops.jetstream()
     await ensure_streams(js, replicas=3)
     await ensure_bucket(js, ACCESS_BUCKET, history=1, replicas=3)
-    for stream in [*(config.name for config in STREAMS), BUCKET_STREAM]:
+    await open_bucket(js, replicas=3)
+    for stream in [*(config.name for config in STREAMS), BUCKET_STREAM, LEASES_STREAM]:
         assert stream is not None
         found = await eventually(
             lambda stream=stream: replicated_on(js, stream, NODES),  # type: ignore[misc]
@@ -157,6 +160,7 @@ async def test_streams_and_bucket_made_with_one_replica_are_scaled_to_three_in_p
         await ensure_streams(dispatcher.jetstream(), replicas=1)
         bucket = await ensure_bucket(api.jetstream(), ACCESS_BUCKET, history=1, replicas=1)
         await bucket.put("keys.k1", b"record")
+        await open_bucket(dispatcher.jetstream(), replicas=1)
         for n in range(5):
             await publish(js, f"baton.v1.events.e{n}.Requested", f"m{n}")
         await js.add_consumer(
@@ -174,6 +178,7 @@ async def test_streams_and_bucket_made_with_one_replica_are_scaled_to_three_in_p
         # its own user (the api may change its bucket, nothing else).
         await ensure_streams(dispatcher.jetstream(), replicas=3)
         bucket = await ensure_bucket(api.jetstream(), ACCESS_BUCKET, history=1, replicas=3)
+        await open_bucket(dispatcher.jetstream(), replicas=3)  # the leases, as any service
 
         events = await eventually(
             lambda: replicated_on(js, EVENTS_STREAM, NODES), timeout=20, what="events on 3"
@@ -185,6 +190,11 @@ async def test_streams_and_bucket_made_with_one_replica_are_scaled_to_three_in_p
         )
         entry = await bucket.get("keys.k1")
         assert entry.value == b"record"
+        leases = await eventually(
+            lambda: replicated_on(js, LEASES_STREAM, NODES), timeout=20, what="leases on 3"
+        )
+        assert leases.config.num_replicas == 3
+        assert leases.config.max_age == 6.0  # its time to live kept
 
         async def consumer_on_three() -> bool:
             found = await js.consumer_info(EVENTS_STREAM, "reader")
@@ -202,6 +212,15 @@ async def test_streams_and_bucket_made_with_one_replica_are_scaled_to_three_in_p
     finally:
         await dispatcher.close()
         await api.close()
+
+
+async def changed(js: JetStreamContext) -> bool:
+    """Whether `ensure_streams` went through (not while no meta leader answers)."""
+    try:
+        await ensure_streams(js, replicas=3)
+    except nats.errors.Error:
+        return False
+    return True
 
 
 async def collect(js: JetStreamContext, into: dict[str, int]) -> None:
@@ -268,8 +287,9 @@ async def test_writes_and_deliveries_go_on_when_a_leader_is_killed_and_it_rejoin
             timeout=20,
             what="a new meta leader",
         )
-        # Stream changes need the meta leader: the dispatcher's start can still make them.
-        await ensure_streams(js, replicas=3)
+        # Stream changes need the meta leader: what the dispatcher does at its start works
+        # again (tried again for a while, as a supervisor starts a dispatcher again).
+        await eventually(lambda: changed(js), timeout=20, what="streams updated")
 
     # Back with its store: it catches up and is a current replica again.
     await asyncio.to_thread(killed.restart)
