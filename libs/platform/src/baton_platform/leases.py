@@ -30,6 +30,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from baton_contracts.nats import LEASES_BUCKET
+from baton_platform.nats import ensure_bucket
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,9 @@ def holder_name(service: str, instance: str) -> str:
 
 
 async def open_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
-    return await js.create_key_value(bucket=LEASES_BUCKET, history=1, ttl=TTL_S, replicas=replicas)
+    """The leases bucket with `replicas` copies (BATON_NATS_REPLICAS), scaled in place when
+    it was made with another count."""
+    return await ensure_bucket(js, LEASES_BUCKET, history=1, replicas=replicas, ttl=TTL_S)
 
 
 class Lease:

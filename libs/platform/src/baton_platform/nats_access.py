@@ -116,8 +116,9 @@ def _consumer(stream: str, durable: str) -> list[str]:
 
 
 def _access_bucket() -> list[str]:
-    """The api's key-value bucket of keys and tenants (`baton_api.access`): create it, write
-    and read entries, watch it (an ordered consumer, with flow control, deleted on stop)."""
+    """The api's key-value bucket of keys and tenants (`baton_api.access`): create it (or
+    change its replicas: BATON_NATS_REPLICAS), write and read entries, watch it (an ordered
+    consumer, with flow control, deleted on stop)."""
     stream = f"KV_{ACCESS_BUCKET}"
     return [
         *_kv_bucket(ACCESS_BUCKET),
@@ -130,12 +131,14 @@ def _access_bucket() -> list[str]:
 
 
 def _kv_bucket(bucket: str) -> list[str]:
-    """A key-value bucket: create it, write entries, read one back (which a compare-and-set
-    `create` does when the key was deleted: `baton_platform.leases`)."""
+    """A key-value bucket: create it (or change its replicas: BATON_NATS_REPLICAS,
+    `baton_platform.nats.ensure_bucket`), write entries, read one back (which a
+    compare-and-set `create` does when the key was deleted: `baton_platform.leases`)."""
     stream = f"KV_{bucket}"
     return [
         f"$KV.{bucket}.>",
         f"{JS_API}.STREAM.CREATE.{stream}",
+        f"{JS_API}.STREAM.UPDATE.{stream}",
         f"{JS_API}.STREAM.INFO.{stream}",
         f"{JS_API}.STREAM.MSG.GET.{stream}",
         f"{JS_API}.DIRECT.GET.{stream}",

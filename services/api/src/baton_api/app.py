@@ -149,7 +149,7 @@ def build_parts(
     )
     if access is None:
         # Keys and tenants live in NATS (baton_api.access); without it, in this process.
-        access = NatsAccess(link) if link is not None else InMemoryAccess()
+        access = NatsAccess(link, settings.nats_replicas) if link is not None else InMemoryAccess()
     catalog_service = CatalogService(executions, gateway, accounts or device_accounts(settings))
     return Parts(executions, views, runner, service, link, sweeper, catalog_service, access)
 

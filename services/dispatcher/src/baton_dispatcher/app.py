@@ -30,7 +30,7 @@ from baton_domain.catalog import Catalog
 from baton_platform.eventstore import open_executions
 from baton_platform.leases import holder_name, open_bucket
 from baton_platform.lifecycle import cancel_and_wait
-from baton_platform.nats import NatsIdentity, connect, ensure_streams, identity
+from baton_platform.nats import NatsIdentity, connect, ensure_streams, identity, server_urls
 from baton_platform.nats_access import DISPATCHER
 from baton_platform.requests import RequestEdges
 from baton_platform.settings import Settings
@@ -78,7 +78,7 @@ class Dispatcher:
         who = identity(settings, DISPATCHER)
         self._nc = await connect(settings.nats_url, f"baton-dispatcher-{settings.instance}", who)
         js = self._nc.jetstream()
-        await ensure_streams(js)
+        await ensure_streams(js, settings.nats_replicas)
         relay = OutboxRelay(executions, self._nc, settings.relay_poll_interval)
         self._writer = Writer(
             executions, on_stored=relay.wake, backlog=ReportsBacklog(js, settings.deadline_max_hold)
@@ -99,7 +99,7 @@ class Dispatcher:
         router = Router(self._nc, executions, self._keeper.holds, settings.request_timeout)
         await register(self._edges, self._writer, router)
         self._broker = NatsBroker(
-            settings.nats_url,
+            server_urls(settings.nats_url),
             name=f"baton-dispatcher-admin-{settings.instance}",
             max_reconnect_attempts=-1,
             **broker_identity(who),
