@@ -91,7 +91,7 @@ class Dispatcher:
         self._legacy_reports = await narrow_legacy_consumer(js)
         self._keeper = PartitionKeeper(
             js,
-            await open_bucket(js),
+            await open_bucket(js, settings.nats_replicas),
             holder_name(SERVICE, settings.instance),
             self._take_partition,
             self._leave_partition,
