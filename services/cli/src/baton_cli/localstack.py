@@ -534,6 +534,21 @@ def start_service(name: str, env: dict[str, str], log_dir: Path) -> subprocess.P
     return _spawn_env([sys.executable, "-m", module], log_dir / f"{name}.log", env)
 
 
+def replica_of(name: str) -> tuple[str, int]:
+    """(service, replica number) of a stack process name: `api` or `api-2`."""
+    service, _, number = name.rpartition("-")
+    if service in SERVICE_MODULES and number.isdigit():
+        return service, int(number)
+    return name, 1
+
+
+def start_balancer(port: int, backends: list[int], log_dir: Path) -> subprocess.Popen[bytes]:
+    """The api replicas behind one port (baton_cli.balancer)."""
+    args = [sys.executable, "-m", "baton_cli.balancer", "--port", str(port)]
+    args += [f"--backend=127.0.0.1:{backend}" for backend in backends]
+    return _spawn_env(args, log_dir / "balancer.log", dict(os.environ))
+
+
 def start_simulator(
     env: dict[str, str], log_dir: Path, args: list[str] | None = None
 ) -> subprocess.Popen[bytes]:
@@ -610,12 +625,19 @@ class Stack:
     # TLS on nats-server's client port; the services then check it against `nats_tls.ca_file`.
     nats_tls: TlsFiles | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Processes per service. With more than one, each replica is named `<service>-<n>` (its
+    # BATON_INSTANCE) and has a data directory of its own (they share no files: the store is
+    # `database_url`'s), the api replicas listen on ports of their own behind a balancer on
+    # `api_port` (baton_cli.balancer), and `make run-cluster` shows the topology.
+    replicas: int = 1
+    database_url: str | None = None
     # A NATS client for each of these tenants, besides the services' and `ops`
     # (credentials in `nats_credentials`).
     tenant_clients: tuple[str, ...] = (DEFAULT_TENANT,)
     # Every server: the nats-server node(s) first (`nats_servers`), then the MQTT broker.
     servers: list[Server] = field(default_factory=list)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    replica_api_ports: list[int] = field(default_factory=list)
 
     @property
     def log_dir(self) -> Path:
@@ -745,6 +767,7 @@ class Stack:
             "BATON_API_KEY": self.api_key,
             # A message a killed bridge held comes back from nats-server only after its
             # ack_wait: the bridge's watermark waits that long on a resumed session.
+            **({} if self.database_url is None else {"BATON_DATABASE_URL": self.database_url}),
             "BATON_MQTT_REDELIVERY_WAIT": "0"
             if self.broker == "mosquitto"
             else str(NATS_MQTT_ACK_WAIT_S + 1),
@@ -758,11 +781,29 @@ class Stack:
         return {name: self.metrics_port + offset for name, offset in METRICS_OFFSETS.items()}
 
     def service_env(self, name: str) -> dict[str, str]:
-        """The environment of service `name`: the stack's, with its own metrics port. Always
-        set ("0": off), so a BATON_METRICS_PORT in our own environment cannot reach all four
-        services and have them fight over one port."""
-        port = self.metrics_ports().get(name, 0)
-        return {**self.env(), **self.account_env(name), "BATON_METRICS_PORT": str(port)}
+        """The environment of service (or replica) `name`: the stack's, with its own metrics
+        port. Always set ("0": off), so a BATON_METRICS_PORT in our own environment cannot
+        reach all four services and have them fight over one port."""
+        service, replica = replica_of(name)
+        port = self.metrics_ports().get(service, 0)
+        if port and replica > 1:
+            port += len(METRICS_OFFSETS) * (replica - 1)
+        env = {**self.env(), **self.account_env(service), "BATON_METRICS_PORT": str(port)}
+        if self.replicas > 1:
+            env |= {
+                "BATON_INSTANCE": name,
+                "BATON_DATA_DIR": str(self.data_dir / "replicas" / name),
+            }
+            if service == "api":
+                env["BATON_API_PORT"] = str(self.replica_api_ports[replica - 1])
+        return env
+
+    @property
+    def names(self) -> list[str]:
+        """Every service process of the stack, in start order."""
+        if self.replicas == 1:
+            return list(SERVICE_MODULES)
+        return [f"{s}-{n}" for s in SERVICE_MODULES for n in range(1, self.replicas + 1)]
 
     def account_env(self, name: str) -> dict[str, str]:
         """The MQTT account of service `name`: the bridge's own; the api's broker-admin
@@ -817,6 +858,8 @@ class Stack:
         if self.mqtt_tls is not None:
             self.mqtts_port = self.mqtts_port or mqtts_port
         self.servers.append(self.start_broker())
+        if self.replicas > 1:
+            self.replica_api_ports = free_ports(self.replicas)
 
     def start_broker(self) -> Server:
         """The MQTT broker on the stack's port(s), admitting the stack's accounts only (also
@@ -836,15 +879,28 @@ class Stack:
     def start(self, name: str) -> None:
         if name == "simulator":
             self.processes[name] = start_simulator(self.env(), self.log_dir, self.simulator_args())
-        else:
-            self.processes[name] = start_service(name, self.service_env(name), self.log_dir)
-        if name == "api":
+            return
+        if name == "balancer":
+            self.processes[name] = start_balancer(
+                self.api_port or 0, self.replica_api_ports, self.log_dir
+            )
             wait_for_port("127.0.0.1", self.api_port or 0, self.processes[name], timeout=30)
+            return
+        service, _ = replica_of(name)
+        env = self.service_env(name)
+        self.processes[name] = _spawn_env(
+            [sys.executable, "-m", SERVICE_MODULES[service]], self.log_dir / f"{name}.log", env
+        )
+        if service == "api":
+            port = int(env["BATON_API_PORT"])
+            wait_for_port("127.0.0.1", port, self.processes[name], timeout=30)
 
     def start_all(self) -> None:
         self.start_infrastructure()
-        for name in SERVICE_MODULES:
+        for name in self.names:
             self.start(name)
+        if self.replicas > 1:
+            self.start("balancer")
         if self.simulate:
             self.start("simulator")
 
