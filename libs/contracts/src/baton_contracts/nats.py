@@ -353,6 +353,9 @@ TENANT_ENTRY = "tenants.{id}"
 
 # Leases (baton_platform.leases): which replica does a job one replica at a time.
 LEASES_BUCKET = "BATON_LEASES"
+RELAY_LEASE = "relay"  # the dispatcher that runs the outbox relay
+PROJECTION_LEASE = "projection"  # the api replica that writes the views
+SCHEDULER_LEASE = "timeout-scheduler"  # the timeout-scheduler that keeps and fires deadlines
 
 
 # The roles a key may have (baton_domain.tenants.Role, by name), weakest first.

@@ -10,7 +10,7 @@ from faststream.nats import NatsBroker
 from faststream.security import BaseSecurity, SASLPlaintext
 from nats.aio.client import Client
 
-from baton_contracts.nats import DISPATCHER_QUEUE
+from baton_contracts.nats import DISPATCHER_QUEUE, RELAY_LEASE
 from baton_dispatcher.backlog import ReportsBacklog
 from baton_dispatcher.edges import CONCURRENT_REQUESTS, SERVICE, register, register_admin
 from baton_dispatcher.relay import OutboxRelay
@@ -18,6 +18,7 @@ from baton_dispatcher.reports import ReportsConsumer
 from baton_dispatcher.writer import Writer
 from baton_domain.catalog import Catalog
 from baton_platform.eventstore import open_executions
+from baton_platform.leases import hold, holder_name
 from baton_platform.lifecycle import cancel_and_wait
 from baton_platform.nats import NatsIdentity, connect, ensure_streams, identity
 from baton_platform.nats_access import DISPATCHER
@@ -44,7 +45,10 @@ class Dispatcher:
         self._edges: RequestEdges | None = None
         self._broker: NatsBroker | None = None
         self._writer: Writer | None = None
+        self._relay: OutboxRelay | None = None
         self._relay_task: asyncio.Task[None] | None = None
+        self._relay_lease: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._reports: ReportsConsumer | None = None
         self._reports_task: asyncio.Task[None] | None = None
 
@@ -56,7 +60,7 @@ class Dispatcher:
         self._nc = await connect(settings.nats_url, f"baton-dispatcher-{settings.instance}", who)
         js = self._nc.jetstream()
         await ensure_streams(js)
-        relay = OutboxRelay(executions, self._nc, settings.relay_poll_interval)
+        self._relay = relay = OutboxRelay(executions, self._nc, settings.relay_poll_interval)
         self._writer = Writer(
             executions, on_stored=relay.wake, backlog=ReportsBacklog(js, settings.deadline_max_hold)
         )
@@ -81,7 +85,18 @@ class Dispatcher:
         # Make sure the server has our subscriptions before we call ourselves ready.
         await self._nc.flush()
         await self._broker.connection.flush()
-        self._relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+        # One dispatcher at a time relays (docs/architecture.md, "Replicas").
+        self._relay_lease = asyncio.create_task(
+            hold(
+                js,
+                RELAY_LEASE,
+                holder_name("dispatcher", settings.instance),
+                self._start_relay,
+                self._stop_relay,
+                self._stopping,
+            ),
+            name="relay-lease",
+        )
         log.info(
             "dispatcher ready: %d device types, %d devices, store %s",
             len(executions.catalog.device_types),
@@ -89,13 +104,29 @@ class Dispatcher:
             settings.event_store_path,
         )
 
+    @property
+    def relaying(self) -> bool:
+        """Whether this dispatcher runs the outbox relay (holds the lease)."""
+        return self._relay_task is not None and not self._relay_task.done()
+
+    async def _start_relay(self) -> None:
+        assert self._relay is not None
+        self._relay_task = asyncio.create_task(self._relay.run(), name="outbox-relay")
+
+    async def _stop_relay(self) -> None:
+        if self._relay_task is not None:
+            await cancel_and_wait(self._relay_task)
+            self._relay_task = None
+
     async def stop(self) -> None:
+        self._stopping.set()
+        if self._relay_lease is not None:
+            # Stops the relay and releases the lease, so another dispatcher relays at once.
+            await self._relay_lease
         if self._reports is not None:
             await self._reports.stop()
         if self._reports_task is not None:
             await cancel_and_wait(self._reports_task)
-        if self._relay_task is not None:
-            await cancel_and_wait(self._relay_task)
         if self._edges is not None:
             await self._edges.stop()
         if self._broker is not None:
