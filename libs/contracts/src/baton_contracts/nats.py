@@ -37,6 +37,8 @@ REPORTS_PREFIX = "baton.v1.reports"
 REPORTS_WILDCARD = f"{REPORTS_PREFIX}.>"
 
 REJECTIONS_SUBJECT = "baton.v1.rejections.reports"  # core NATS: dropped device reports
+# core NATS: the api replica that projects, after each batch it committed to the views
+VIEWS_ADVANCED_SUBJECT = "baton.v1.views.advanced"
 
 # One message per device-bridge, its latest watermark (max_msgs_per_subject=1).
 WATERMARKS_STREAM = "BATON_WATERMARKS"
@@ -267,6 +269,24 @@ class LifecycleEvent(WireModel):
     type: str
     occurred_at: datetime
     data: dict[str, Any]
+
+
+# --- views (core NATS, api replica -> api replicas) ----------------------------------------
+
+
+class ViewsAdvanced(WireModel):
+    """The views now include every event up to `position`: a batch from `after` to
+    `position`, committed by `projector` (a lease holder's name), which ended `ended`.
+
+    Every api replica reads the views; one writes them (lease `projection`) and announces
+    each batch so the others wake their waiters. Core NATS, at most once: a replica that
+    sees `after` beyond the last position it was told of, or the views ahead of what it was
+    told for a while, missed one and has every waiter read again."""
+
+    projector: str
+    after: int = Field(ge=0)
+    position: int = Field(ge=0)
+    ended: list[UUID] = Field(default_factory=list)
 
 
 # --- device reports (JetStream BATON_REPORTS, device-bridge -> dispatcher) -----------------
