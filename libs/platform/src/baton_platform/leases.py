@@ -149,11 +149,14 @@ async def hold(
 ) -> None:
     """`while_held` on lease `key` of the bucket, opened first (retried while JetStream
     does not answer: a replica starting while NATS is down takes its turn once it is up)."""
+    failures = 0
     while not stopping.is_set():
         try:
             bucket = await open_bucket(js)
         except Exception as exc:
-            log.warning("lease bucket not available (%s); trying again", exc)
+            failures += 1  # the first is worth a warning, the retries of an outage are not
+            level = logging.WARNING if failures == 1 else logging.DEBUG
+            log.log(level, "lease bucket not available (%s); trying again", exc)
             await _pause(stopping, RENEW_S)
             continue
         await while_held(Lease(bucket, key, holder), start, stop, stopping)
