@@ -35,49 +35,54 @@ def advance(after: int, position: int, *ended: UUID) -> ViewsAdvanced:
 
 
 def test_announcements_without_a_gap_miss_nothing() -> None:
-    known = Follower()
-    assert not known.polled(10)  # where it starts from
+    known = Follower(grace=0.5)
+    assert not known.polled(10, now=0.0)  # where it starts from
     assert not known.heard(advance(10, 15))
     assert not known.heard(advance(15, 20))
     assert (known.position, known.announced) == (20, 20)
 
 
 def test_a_gap_between_announcements_is_a_missed_one() -> None:
-    known = Follower()
-    known.polled(10)
+    known = Follower(grace=0.5)
+    known.polled(10, now=0.0)
     assert known.heard(advance(12, 15))  # 10 -> 12 never heard of
     assert not known.heard(advance(15, 20))
 
 
 def test_an_announcement_repeated_or_late_is_not_a_gap() -> None:
-    known = Follower()
-    known.polled(0)
+    known = Follower(grace=0.5)
+    known.polled(0, now=0.0)
     known.heard(advance(0, 5))
     known.heard(advance(5, 9))
     assert not known.heard(advance(0, 5))
     assert (known.position, known.announced) == (9, 9)
 
 
-def test_a_polled_position_announced_by_the_next_poll_misses_nothing() -> None:
-    known = Follower()
-    known.polled(10)
-    assert not known.polled(14)  # committed; its announcement on its way
+def test_a_position_read_and_announced_within_the_grace_misses_nothing() -> None:
+    known = Follower(grace=0.5)
+    known.polled(10, now=0.0)
+    assert not known.polled(14, now=1.0)  # committed; its announcement on its way
     assert known.position == 14  # waiting for a position needs no announcement
+    assert not known.polled(14, now=1.2)  # read again soon (a waiter asked): still in time
     known.heard(advance(10, 14))
-    assert not known.polled(14)
+    assert not known.polled(14, now=2.0)
+    assert not known.polled(14, now=9.0)
 
 
-def test_a_polled_position_still_unannounced_at_the_next_poll_is_a_missed_one() -> None:
-    known = Follower()
-    known.polled(10)
-    assert not known.polled(14)
-    assert known.polled(14)
-    assert not known.polled(14)  # once
-    assert not known.heard(advance(14, 20))  # and the next one follows on
+def test_a_position_read_and_still_unannounced_after_the_grace_is_a_missed_one() -> None:
+    known = Follower(grace=0.5)
+    known.polled(10, now=0.0)
+    assert not known.polled(14, now=1.0)
+    assert not known.polled(18, now=1.3)  # more committed meanwhile
+    assert known.polled(18, now=1.5)  # 14 read 0.5 s ago, never announced
+    assert not known.polled(18, now=1.6)  # once for 14; 18 gets its own grace
+    assert known.polled(18, now=2.0)
+    assert not known.polled(18, now=5.0)
+    assert not known.heard(advance(18, 20))  # and the next one follows on
 
 
 def test_the_first_announcement_heard_is_where_it_starts_from() -> None:
-    known = Follower()
+    known = Follower(grace=0.5)
     assert not known.heard(advance(40, 50))
     assert known.position == 50
 

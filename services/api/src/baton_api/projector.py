@@ -11,8 +11,8 @@ the batch ended) to the other replicas.
 While another replica projects, this one follows: each announcement moves its position and
 wakes the waiters of the executions it names. Announcements are core NATS, at most once, so
 the loop also reads the views' position every `poll_interval`: a gap between announcements,
-or a position an announcement has not covered by the next poll, means one was missed, and
-then every waiter reads its execution again (`Follower`).
+or a position read that no announcement has covered `poll_interval` later, means one was
+missed, and then every waiter reads its execution again (`Follower`).
 
 Waiting costs no reads per waiter: each applied batch reports which executions it ended,
 and only their waiters are woken, through one notifier per execution that all of its
@@ -54,12 +54,14 @@ class _Notifier:
 
 class Follower:
     """What a replica that does not project knows of the views from announcements and
-    polls, and when it must assume it missed one. Pure: no I/O, no clock."""
+    polls, and when it must assume it missed one. Pure: no I/O; the time is passed in."""
 
-    def __init__(self) -> None:
+    def __init__(self, grace: float) -> None:
+        self.grace = grace  # how long an announcement may take to arrive after its commit
         self.position = 0  # the views include everything up to here
         self.announced = 0  # announcements heard, without a gap, up to here
-        self._unannounced: int | None = None  # a polled position no announcement covered
+        # The oldest position read that no announcement has covered yet, and since when.
+        self._unannounced: tuple[int, float] | None = None
         self._started = False  # the first poll or announcement is where we start from
 
     def heard(self, message: ViewsAdvanced) -> bool:
@@ -70,19 +72,22 @@ class Follower:
         self.position = max(self.position, message.position)
         return missed
 
-    def polled(self, position: int) -> bool:
-        """The views' position read; returns whether an announcement was missed: the
-        position the previous poll saw is still not announced (one in flight arrives well
-        within a poll interval)."""
+    def polled(self, position: int, now: float) -> bool:
+        """The views' position read at `now`; returns whether an announcement was missed:
+        a position read `grace` seconds ago or more is still not announced."""
         if not self._started:
             self._started = True
             self.announced = max(self.announced, position)
-        missed = self._unannounced is not None and self._unannounced > self.announced
-        if missed:
-            assert self._unannounced is not None
-            self.announced = max(self.announced, self._unannounced)
         self.position = max(self.position, position)
-        self._unannounced = position if position > self.announced else None
+        missed = False
+        if self._unannounced is not None:
+            oldest, since = self._unannounced
+            if oldest > self.announced and now - since >= self.grace:
+                missed = True
+                self.announced = oldest
+            if oldest > self.announced:
+                return missed  # still waiting for that one's announcement
+        self._unannounced = (position, now) if position > self.announced else None
         return missed
 
     def projected(self, position: int) -> None:
@@ -118,7 +123,7 @@ class ProjectionRunner:
         self._advanced = asyncio.Event()
         self._notifiers: dict[UUID, _Notifier] = {}
         self._stopping = False
-        self._known = Follower()
+        self._known = Follower(grace=poll_interval)
         self._advanced_to = 0
 
     @property
@@ -201,7 +206,7 @@ class ProjectionRunner:
     async def follow_step(self) -> None:
         """Following: read the views' position (the fallback for a missed announcement)."""
         position = await asyncio.to_thread(self._views.position)
-        if self._known.polled(position):
+        if self._known.polled(position, time.monotonic()):
             log.info("missed an announcement of the views; every waiter reads again")
             self._maybe_ended(self._notifiers)
         self._advance()
