@@ -47,6 +47,8 @@ REPORTS_PREFIX = "baton.v1.reports"
 REPORTS_WILDCARD = f"{REPORTS_PREFIX}.>"
 
 REJECTIONS_SUBJECT = "baton.v1.rejections.reports"  # core NATS: dropped device reports
+# core NATS: the api replica that projects, after each batch it committed to the views
+VIEWS_ADVANCED_SUBJECT = "baton.v1.views.advanced"
 
 # One message per device-bridge, its latest watermark (max_msgs_per_subject=1).
 WATERMARKS_STREAM = "BATON_WATERMARKS"
@@ -298,6 +300,24 @@ class LifecycleEvent(WireModel):
     data: dict[str, Any]
 
 
+# --- views (core NATS, api replica -> api replicas) ----------------------------------------
+
+
+class ViewsAdvanced(WireModel):
+    """The views now include every event up to `position`: a batch from `after` to
+    `position`, committed by `projector` (a lease holder's name), which ended `ended`.
+
+    Every api replica reads the views; one writes them (lease `projection`) and announces
+    each batch so the others wake their waiters. Core NATS, at most once: a replica that
+    sees `after` beyond the last position it was told of, or the views ahead of what it was
+    told for a while, missed one and has every waiter read again."""
+
+    projector: str
+    after: int = Field(ge=0)
+    position: int = Field(ge=0)
+    ended: list[UUID] = Field(default_factory=list)
+
+
 # --- device reports (JetStream BATON_REPORTS, device-bridge -> dispatcher) -----------------
 
 
@@ -382,6 +402,9 @@ TENANT_ENTRY = "tenants.{id}"
 
 # Leases (baton_platform.leases): which replica does a job one replica at a time.
 LEASES_BUCKET = "BATON_LEASES"
+RELAY_LEASE = "relay"  # the dispatcher that runs the outbox relay
+PROJECTION_LEASE = "projection"  # the api replica that writes the views
+SCHEDULER_LEASE = "timeout-scheduler"  # the timeout-scheduler that keeps and fires deadlines
 
 
 # The roles a key may have (baton_domain.tenants.Role, by name), weakest first.

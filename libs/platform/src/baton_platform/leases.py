@@ -30,6 +30,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from baton_contracts.nats import LEASES_BUCKET
+from baton_platform.metrics import LEASE_HELD
 from baton_platform.nats import ensure_bucket
 
 log = logging.getLogger(__name__)
@@ -117,25 +118,77 @@ async def while_held(
 ) -> None:
     """Run the job for as long as this process holds `lease`: `start` when it is taken,
     `stop` when it is lost (or `stopping` is set, which also releases it). Every replica
-    runs this; one at a time does the job."""
+    runs this; one at a time does the job.
+
+    A `start` that fails is stopped and the lease released, so another replica may try;
+    this one tries again after `RENEW_S`."""
     running = False
     try:
         while not stopping.is_set():
             held = await lease.keep()
             if held and not running:
-                log.info("took lease %s", lease.key)
-                await start()
+                log.info("took lease %s as %s", lease.key, lease.holder)
+                try:
+                    await start()
+                except Exception:
+                    log.exception("could not start the work of lease %s; released", lease.key)
+                    await _stop_quietly(lease, stop)
+                    await lease.release()
+                    await _pause(stopping, RENEW_S)
+                    continue
                 running = True
+                LEASE_HELD.labels(lease.key).set(1)
             elif not held and running:
                 log.warning("lost lease %s; stopping its work", lease.key)
-                await stop()
+                LEASE_HELD.labels(lease.key).set(0)
+                await _stop_quietly(lease, stop)
                 running = False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), timeout=_until_next(lease))
+            await _pause(stopping, _until_next(lease))
     finally:
         if running:
+            LEASE_HELD.labels(lease.key).set(0)
             await stop()
         await lease.release()
+        if running:
+            log.info("released lease %s", lease.key)
+
+
+async def hold(
+    js: JetStreamContext,
+    key: str,
+    holder: str,
+    start: Callable[[], Awaitable[None]],
+    stop: Callable[[], Awaitable[None]],
+    stopping: asyncio.Event,
+    replicas: int = 1,
+) -> None:
+    """`while_held` on lease `key` of the bucket, opened first (retried while JetStream
+    does not answer: a replica starting while NATS is down takes its turn once it is up).
+    `replicas`: the bucket's copies (BATON_NATS_REPLICAS)."""
+    failures = 0
+    while not stopping.is_set():
+        try:
+            bucket = await open_bucket(js, replicas)
+        except Exception as exc:
+            failures += 1  # the first is worth a warning, the retries of an outage are not
+            level = logging.WARNING if failures == 1 else logging.DEBUG
+            log.log(level, "lease bucket not available (%s); trying again", exc)
+            await _pause(stopping, RENEW_S)
+            continue
+        await while_held(Lease(bucket, key, holder), start, stop, stopping)
+        return
+
+
+async def _pause(stopping: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), timeout=seconds)
+
+
+async def _stop_quietly(lease: Lease, stop: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await stop()
+    except Exception:
+        log.exception("stopping the work of lease %s failed", lease.key)
 
 
 def _until_next(lease: Lease) -> float:

@@ -8,8 +8,8 @@ refuses anything else (the client gets a permissions error; the server logs it).
   events; owns the streams' configuration;
 - `device-bridge`: the only one that publishes device reports and watermarks;
 - `timeout-scheduler`: the only one that sends deadlines;
-- `api`: the trusted front door: every request subject, and the lifecycle events (to wake
-  its projection);
+- `api`: the trusted front door: every request subject, the lifecycle events (to wake
+  its projection), and the views' advances its replicas tell each other;
 - `tenant-<tenant>`: a client bound to one tenant: it may only submit on its tenant's subject
   (the dispatcher takes the tenant from the subject, never from the message);
 - `ops`: everything: operators and the test harness.
@@ -49,6 +49,7 @@ from baton_contracts.nats import (
     SUBMIT_SUBJECT,
     TENANT_PATTERN,
     TENANT_SUBMIT_SUBJECT,
+    VIEWS_ADVANCED_SUBJECT,
     WATERMARKS_STREAM,
     WATERMARKS_WILDCARD,
     dead_letter_subject,
@@ -217,10 +218,11 @@ def service_permissions(user: str) -> dict[str, Any]:
             publish=[
                 *REQUEST_SUBJECTS,
                 f"{PARTITIONS_PREFIX}.*.submit",  # straight to the device's dispatcher
+                VIEWS_ADVANCED_SUBJECT,  # the replica that projects, to the others
                 *_access_bucket(),
                 *_kv_bucket(LEASES_BUCKET),
             ],
-            subscribe=[EVENTS_WILDCARD, TENANT_SUBMIT_WILDCARD],
+            subscribe=[EVENTS_WILDCARD, TENANT_SUBMIT_WILDCARD, VIEWS_ADVANCED_SUBJECT],
             responds=True,
         )
     raise ValueError(f"no such service user: {user!r}")

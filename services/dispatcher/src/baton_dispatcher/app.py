@@ -12,7 +12,7 @@ from faststream.security import BaseSecurity, SASLPlaintext
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
-from baton_contracts.nats import DISPATCHER_QUEUE
+from baton_contracts.nats import DISPATCHER_QUEUE, RELAY_LEASE
 from baton_dispatcher.backlog import ReportsBacklog
 from baton_dispatcher.edges import (
     CONCURRENT_REQUESTS,
@@ -28,7 +28,7 @@ from baton_dispatcher.router import Router
 from baton_dispatcher.writer import Writer
 from baton_domain.catalog import Catalog
 from baton_platform.eventstore import open_executions
-from baton_platform.leases import holder_name, open_bucket
+from baton_platform.leases import hold, holder_name, open_bucket
 from baton_platform.lifecycle import cancel_and_wait
 from baton_platform.nats import NatsIdentity, connect, ensure_streams, identity, server_urls
 from baton_platform.nats_access import DISPATCHER
@@ -64,11 +64,13 @@ class Dispatcher:
         self._edges: RequestEdges | None = None
         self._broker: NatsBroker | None = None
         self._writer: Writer | None = None
+        self._relay: OutboxRelay | None = None
         self._relay_task: asyncio.Task[None] | None = None
         self._held: dict[int, _Held] = {}
         self._legacy_reports = False
         self._keeper: PartitionKeeper | None = None
         self._keeper_task: asyncio.Task[None] | None = None
+        self._relay_lease: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
@@ -79,7 +81,7 @@ class Dispatcher:
         self._nc = await connect(settings.nats_url, f"baton-dispatcher-{settings.instance}", who)
         js = self._nc.jetstream()
         await ensure_streams(js, settings.nats_replicas)
-        relay = OutboxRelay(executions, self._nc, settings.relay_poll_interval)
+        self._relay = relay = OutboxRelay(executions, self._nc, settings.relay_poll_interval)
         self._writer = Writer(
             executions, on_stored=relay.wake, backlog=ReportsBacklog(js, settings.deadline_max_hold)
         )
@@ -113,7 +115,19 @@ class Dispatcher:
         # Make sure the server has our subscriptions before we call ourselves ready.
         await self._nc.flush()
         await self._broker.connection.flush()
-        self._relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+        # One dispatcher at a time relays (docs/architecture.md, "Replicas").
+        self._relay_lease = asyncio.create_task(
+            hold(
+                js,
+                RELAY_LEASE,
+                holder_name("dispatcher", settings.instance),
+                self._start_relay,
+                self._stop_relay,
+                self._stopping,
+                settings.nats_replicas,
+            ),
+            name="relay-lease",
+        )
         log.info(
             "dispatcher ready: %d device types, %d devices, partitions %s, store %s",
             len(executions.catalog.device_types),
@@ -149,6 +163,20 @@ class Dispatcher:
         for task in held.tasks:
             await cancel_and_wait(task)
 
+    @property
+    def relaying(self) -> bool:
+        """Whether this dispatcher runs the outbox relay (holds the lease)."""
+        return self._relay_task is not None and not self._relay_task.done()
+
+    async def _start_relay(self) -> None:
+        assert self._relay is not None
+        self._relay_task = asyncio.create_task(self._relay.run(), name="outbox-relay")
+
+    async def _stop_relay(self) -> None:
+        if self._relay_task is not None:
+            await cancel_and_wait(self._relay_task)
+            self._relay_task = None
+
     async def stop(self) -> None:
         if self._stopping.is_set():
             return  # stopped already
@@ -161,8 +189,9 @@ class Dispatcher:
             # It gives every partition away as it ends: the others take them at once.
             await asyncio.wait({self._keeper_task}, timeout=5)
             await cancel_and_wait(self._keeper_task)
-        if self._relay_task is not None:
-            await cancel_and_wait(self._relay_task)
+        if self._relay_lease is not None:
+            # Stops the relay and releases the lease, so another dispatcher relays at once.
+            await self._relay_lease
         if self._edges is not None:
             await self._edges.stop()
         if self._broker is not None:
