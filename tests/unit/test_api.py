@@ -127,7 +127,7 @@ def test_health_ready_and_docs_need_no_key(client: TestClient[Any]) -> None:
     assert client.get("/health").json() == {"status": "ok", "checks": {}}
     ready = client.get("/ready")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"nats": "ok", "store": "ok", "keys": "ok"}
+    assert ready.json()["checks"] == {"nats": "ok", "store": "ok", "keys": "ok", "serving": "ok"}
     schema = client.get("/schema/openapi.json")
     assert schema.status_code == 200
     assert "/v1/devices/{device_id}/commands" in schema.json()["paths"]

@@ -93,6 +93,12 @@ class Settings(BaseSettings):
         default=None, description="PEM certificate (chain): the api serves HTTPS with it"
     )
     api_tls_key_file: Path | None = Field(default=None, description="its PEM private key")
+    api_drain_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="when asked to stop, the api first answers /ready with 503 for this long "
+        "while it still serves, so a balancer sends it no new connections (a rolling restart)",
+    )
     # JWT bearer tokens (docs/security.md): HS256 with a shared secret, RS256/ES256 against
     # the public keys of a JWKS file. Neither set: tokens are not accepted.
     jwt_secret: SecretStr | None = None

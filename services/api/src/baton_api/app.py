@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from litestar import Litestar, Router
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
@@ -82,6 +83,9 @@ class Parts:
     lease: asyncio.Task[None] | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     nats_replicas: int = 1  # copies of the leases bucket (BATON_NATS_REPLICAS)
+    # Set once the process is asked to stop: /ready says so while requests are still served
+    # (BATON_API_DRAIN_SECONDS, __main__), so balancers send it no new connections.
+    draining: bool = False
 
     async def start(self) -> None:
         self.tasks.append(asyncio.create_task(self.runner.run(), name="projection"))
@@ -145,7 +149,10 @@ class Parts:
                 return "managed keys not loaded yet"
             return None
 
-        return {"nats": nats, "store": store, "keys": keys}
+        async def serving() -> str | None:
+            return "stopping" if self.draining else None
+
+        return {"nats": nats, "store": store, "keys": keys, "serving": serving}
 
 
 def build_parts(
@@ -277,6 +284,7 @@ def create_app(
     # The seed APIs' dialects (docs/dialects.md): same keys, same service, their own shapes,
     # the stored catalog (read in a worker thread: it is the event store).
     app = Litestar(
+        state=State({"parts": parts}),
         route_handlers=[
             v1,
             *dialect_routers([auth], lambda: parts.executions.catalog),

@@ -796,6 +796,8 @@ class Stack:
             }
             if service == "api":
                 env["BATON_API_PORT"] = str(self.replica_api_ports[replica - 1])
+                # Five of the balancer's looks at /ready before it stops taking requests.
+                env["BATON_API_DRAIN_SECONDS"] = "1.0"
         return env
 
     @property
