@@ -3,6 +3,9 @@ topics (baton_device_bridge.replicas, docs/operations.md "Bridge replicas")."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +86,27 @@ def test_replicas_are_refused_on_mqtt_3_1_1_and_a_single_bridge_is_not() -> None
 def test_replica_settings_that_cannot_work_are_refused(values: dict[str, Any], says: str) -> None:
     with pytest.raises(ReplicasError, match=says):
         share_of(settings(**values))
+
+
+def test_a_replica_on_mqtt_3_1_1_stops_at_start_with_one_line_naming_the_setting() -> None:
+    env = {
+        **os.environ,
+        "BATON_BRIDGE_REPLICAS": "2",
+        "BATON_BRIDGE_REPLICA": "1",
+        "BATON_MQTT_PROTOCOL": "3.1.1",
+        "BATON_NATS_URL": "nats://127.0.0.1:1",  # never reached: it stops before
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "baton_device_bridge"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("device-bridge: BATON_BRIDGE_REPLICAS=2 needs MQTT 5")
+    ), done.stderr
+    assert "Traceback" not in done.stderr
