@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from baton_cli.localstack import Stack
 from baton_contracts.mqtt import is_probe_topic, probe_topic
 from baton_device_bridge.replicas import ReplicasError, Share, probe_filter, share_of
 from baton_device_bridge.wiring import Wiring
@@ -18,6 +19,7 @@ from baton_domain.catalog import Catalog
 from baton_platform.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "deploy/catalog/demo.yaml"
 PROFILES = Catalog.from_yaml(ROOT / "deploy/catalog/profiles.yaml")
 
 
@@ -110,3 +112,27 @@ def test_a_replica_on_mqtt_3_1_1_stops_at_start_with_one_line_naming_the_setting
         .startswith("device-bridge: BATON_BRIDGE_REPLICAS=2 needs MQTT 5")
     ), done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("broker", ["mosquitto", "nats"])
+def test_the_local_stack_gives_each_bridge_replica_its_number_and_its_own_account(
+    tmp_path: Path, broker: str
+) -> None:
+    stack = Stack(tmp_path, "key", DEMO, broker=broker, replicas=2)
+    bridges = [name for name in stack.names if name.startswith("device-bridge")]
+    if broker == "nats":  # MQTT 3.1.1: one bridge
+        assert bridges == ["device-bridge-1"]
+        assert stack.service_env("device-bridge-1")["BATON_BRIDGE_REPLICAS"] == "1"
+        return
+    assert bridges == ["device-bridge-1", "device-bridge-2"]
+    envs = [stack.service_env(name) for name in bridges]
+    assert [e["BATON_BRIDGE_REPLICA"] for e in envs] == ["0", "1"]
+    assert {e["BATON_BRIDGE_REPLICAS"] for e in envs} == {"2"}
+    assert len({e["BATON_INSTANCE"] for e in envs}) == 2
+    assert len({e["BATON_DATA_DIR"] for e in envs}) == 2
+    # Own client ids (own sessions), each bound to an account the broker admits.
+    assert len({e["BATON_MQTT_CLIENT_ID"] for e in envs}) == 2
+    admitted = {(a.username, a.client_id) for a in stack.accounts.every}
+    assert {(e["BATON_MQTT_USERNAME"], e["BATON_MQTT_CLIENT_ID"]) for e in envs} <= admitted
+    # Made once: the next look finds the same accounts.
+    assert [stack.service_env(name) for name in bridges] == envs
