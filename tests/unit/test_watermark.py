@@ -71,6 +71,10 @@ class FakeLink:
         self.queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self.handler: Callable[[str, bytes], Awaitable[None]] | None = None
 
+    @property
+    def probe_filters(self) -> list[str]:
+        return self.answer_filters
+
     async def publish(self, topic: str, payload: bytes, expiry: int | None = None) -> None:
         await self.queue.put((topic, payload))
 

@@ -56,10 +56,28 @@ class StackAccounts:
     bridge: MqttAccount
     simulator: MqttAccount
     devices: tuple[MqttAccount, ...] = ()
+    # Bridge replicas 2, 3, ... (`bridge` is the first's): each its own client id, so its
+    # own session (docs/operations.md, "Bridge replicas").
+    bridges: tuple[MqttAccount, ...] = ()
 
     @property
     def every(self) -> list[MqttAccount]:
-        return [self.admin, self.bridge, self.simulator, *self.devices]
+        return [self.admin, self.bridge, *self.bridges, self.simulator, *self.devices]
+
+    def bridge_of(self, replica: int) -> MqttAccount:
+        """The account of bridge replica `replica` (1, 2, ...)."""
+        return self.bridge if replica == 1 else self.bridges[replica - 2]
+
+    def with_bridges(self, replicas: int, instance: str) -> StackAccounts:
+        """These accounts, and one for each bridge replica up to `replicas` that has none."""
+        have = len(self.bridges) + 1
+        more = [
+            MqttAccount.new(
+                f"{BRIDGE_USERNAME}-{n}", secret_bridge_client_id(f"{instance}-{n}"), BRIDGE_TOPICS
+            )
+            for n in range(have + 1, replicas + 1)
+        ]
+        return replace(self, bridges=(*self.bridges, *more)) if more else self
 
     def device(self, device_id: str) -> MqttAccount:
         wanted = device_username(device_id)
@@ -104,6 +122,7 @@ class StackAccounts:
             account(raw["bridge"]),
             account(raw["simulator"]),
             tuple(account(item) for item in raw["devices"]),
+            tuple(account(item) for item in raw.get("bridges", [])),
         )
 
 
@@ -156,7 +175,7 @@ NATS_PID_FILE = "nats.pid"
 
 def write_nats_users(directory: Path, accounts: StackAccounts) -> None:
     """The users file of `accounts` (all but the broker admin, which nats-server needs not)."""
-    admitted = [accounts.bridge, accounts.simulator, *accounts.devices]
+    admitted = [accounts.bridge, *accounts.bridges, accounts.simulator, *accounts.devices]
     write_private(directory / NATS_USERS_FILE, nats_authorization(admitted) + "\n")
 
 

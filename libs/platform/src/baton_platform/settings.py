@@ -148,6 +148,19 @@ class Settings(BaseSettings):
             "the broker's messages up to it (a bridge down or gone)"
         ),
     )
+    bridge_replicas: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "how many device-bridges share the devices (each with its own BATON_INSTANCE and "
+            'data dir); more than 1 needs MQTT 5 (docs/operations.md, "Bridge replicas")'
+        ),
+    )
+    bridge_replica: int = Field(
+        default=0,
+        ge=0,
+        description="which of the BATON_BRIDGE_REPLICAS this bridge is: 0, 1, ... replicas - 1",
+    )
     mqtt_redelivery_wait: float = Field(
         default=0.0,
         ge=0,

@@ -720,6 +720,12 @@ class Stack:
             )
             StackAccounts.new(instance).save(self.accounts_path)
         accounts = StackAccounts.load(self.accounts_path)
+        if self.bridge_replicas > 1:
+            # Each bridge replica its own account, bound to its own client id (its session).
+            more = accounts.with_bridges(self.bridge_replicas, "device-bridge")
+            if more != accounts:
+                more.save(self.accounts_path)
+            accounts = more
         if self.broker == "nats":
             # nats-server's accounts are fixed when it starts: every device of the catalog in
             # use gets one now (kept, like the others); Mosquitto's are issued through the api.
@@ -788,7 +794,7 @@ class Stack:
         port = self.metrics_ports().get(service, 0)
         if port and replica > 1:
             port += len(METRICS_OFFSETS) * (replica - 1)
-        env = {**self.env(), **self.account_env(service), "BATON_METRICS_PORT": str(port)}
+        env = {**self.env(), **self.account_env(name), "BATON_METRICS_PORT": str(port)}
         if self.replicas > 1:
             env |= {
                 "BATON_INSTANCE": name,
@@ -798,24 +804,41 @@ class Stack:
                 env["BATON_API_PORT"] = str(self.replica_api_ports[replica - 1])
                 # Five of the balancer's looks at /ready before it stops taking requests.
                 env["BATON_API_DRAIN_SECONDS"] = "1.0"
+            if service == "device-bridge":
+                # Each device on one of them (docs/operations.md, "Bridge replicas").
+                env |= {
+                    "BATON_BRIDGE_REPLICAS": str(self.bridge_replicas),
+                    "BATON_BRIDGE_REPLICA": str(replica - 1),
+                }
         return env
+
+    @property
+    def bridge_replicas(self) -> int:
+        """Bridge replicas need MQTT 5: on nats-server's MQTT listener, one bridge."""
+        return self.replicas if self.broker == "mosquitto" else 1
 
     @property
     def names(self) -> list[str]:
         """Every service process of the stack, in start order."""
         if self.replicas == 1:
             return list(SERVICE_MODULES)
-        return [f"{s}-{n}" for s in SERVICE_MODULES for n in range(1, self.replicas + 1)]
+        return [
+            f"{s}-{n}"
+            for s in SERVICE_MODULES
+            for n in range(1, (self.bridge_replicas if s == "device-bridge" else self.replicas) + 1)
+        ]
 
     def account_env(self, name: str) -> dict[str, str]:
         """The MQTT account of service `name`: the bridge's own; the api's broker-admin
         account, to issue device credentials (Mosquitto only: nats-server's are fixed)."""
         accounts = self.accounts
+        name, replica = replica_of(name)
         if name == "device-bridge":
+            bridge = accounts.bridge_of(replica)
             return {
-                "BATON_MQTT_USERNAME": accounts.bridge.username,
-                "BATON_MQTT_PASSWORD": accounts.bridge.password,
-                "BATON_MQTT_CLIENT_ID": accounts.bridge.client_id or "",
+                "BATON_MQTT_USERNAME": bridge.username,
+                "BATON_MQTT_PASSWORD": bridge.password,
+                "BATON_MQTT_CLIENT_ID": bridge.client_id or "",
             }
         if name == "api" and self.broker == "nats":
             # nats-server's users are fixed when it reads its files: the api rewrites them and

@@ -21,6 +21,7 @@ from baton_device_bridge.answers import AnswerForwarder
 from baton_device_bridge.edges import events_consumer
 from baton_device_bridge.in_flight import InFlight
 from baton_device_bridge.link import MqttLink
+from baton_device_bridge.replicas import probe_filter, share_of
 from baton_device_bridge.reports import ReportSink
 from baton_device_bridge.watermark import Watermark, WatermarkSink
 from baton_device_bridge.wiring import Wiring
@@ -56,6 +57,8 @@ class DeviceBridge:
         catalog: Catalog | None = None,
     ) -> None:
         self.settings = settings
+        # Refuses replica settings it cannot work with before anything starts.
+        self.share = share_of(settings)
         self._given_catalog = catalog
         self.wiring = Wiring(catalog or Catalog())
         self.in_flight: InFlight | None = None
@@ -100,7 +103,8 @@ class DeviceBridge:
             settings,
             self.watermark.passing(self.answers.handle),
             reconnect_cap=self.reconnect_cap,
-            answer_filters=self.wiring.device_filters(),
+            answer_filters=self.wiring.device_filters(self.share),
+            probe_filters=None if self.share.alone else [probe_filter(settings.instance)],
         )
         self._link_task = asyncio.create_task(self.link.run(), name="mqtt-link")
         self._watermark_task = asyncio.create_task(self.watermark.run(self.link), name="watermark")
@@ -111,13 +115,23 @@ class DeviceBridge:
             self.in_flight,
             self._catalog_changed,
             self.watermark,
+            self.share,
         )
         await self._events.start(js)
         try:
             await asyncio.wait_for(self.link.connected.wait(), self.startup_wait)
         except TimeoutError:
             log.warning("no MQTT broker yet at %s:%d", settings.mqtt_host, settings.mqtt_port)
-        log.info("device-bridge ready (instance %s)", settings.instance)
+        if self.share.alone:
+            log.info("device-bridge ready (instance %s)", settings.instance)
+        else:
+            log.info(
+                "device-bridge ready (instance %s, replica %d of %d: %d MQTT filter(s))",
+                settings.instance,
+                self.share.index,
+                self.share.replicas,
+                len(self.link.answer_filters),
+            )
 
     async def _events_caught_up(self) -> bool:
         """Whether the events an earlier process of this instance held are all handled: until
@@ -141,7 +155,7 @@ class DeviceBridge:
             catalog = Catalog.from_yaml(self.settings.catalog_path)
         self.wiring.load(catalog)
         if self.link is not None:
-            await self.link.follow(self.wiring.device_filters())
+            await self.link.follow(self.wiring.device_filters(self.share))
         log.info(
             "catalog: %d device type(s), %d device(s)",
             len(catalog.device_types),

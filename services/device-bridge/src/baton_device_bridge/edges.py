@@ -36,6 +36,7 @@ from baton_device_bridge.commands import (
 from baton_device_bridge.handover import Attempt, Handovers, Holds, NoHolds
 from baton_device_bridge.in_flight import InFlight
 from baton_device_bridge.link import MqttLink, MqttNotConnectedError, MqttUnavailableError
+from baton_device_bridge.replicas import Share
 from baton_device_bridge.reports import ReportNotStoredError, ReportRefusedError, ReportSink
 from baton_device_bridge.wiring import Wiring
 from baton_platform.consumers import DurableConsumer
@@ -47,6 +48,9 @@ log = logging.getLogger(__name__)
 SERVICE = "device-bridge"
 DURABLE = BRIDGE_DURABLE  # its NATS permissions name it (baton_platform.nats_access)
 MAX_REDELIVERY_DELAY = 5.0
+# An event handed on to the replica of its device comes back (to a replica of the queue
+# group) after this long, times its deliveries.
+HAND_ON_DELAY = 0.05
 
 
 async def deliver(
@@ -84,6 +88,20 @@ async def store_published(sink: ReportSink, report: DeviceReport) -> None:
         log.exception("JetStream refused the published report of %s", report.execution_id)
 
 
+def _device_of(body: bytes) -> str | None:
+    """The device a lifecycle event is about (None: a catalog event, or unreadable)."""
+    try:
+        event = decode(body)
+    except MalformedEventError:
+        return None
+    device_id = event.data.get("device_id")
+    return device_id if isinstance(device_id, str) else None
+
+
+def _unknown_device(action: Outgoing | Late | Skipped) -> bool:
+    return isinstance(action, Skipped) and action.reason == "unknown-device"
+
+
 CATALOG_EVENTS = frozenset(
     {"Started", "Imported", "DeviceTypePut", "DeviceTypeRemoved", "DevicePut", "DeviceRemoved"}
 )
@@ -98,19 +116,45 @@ def events_consumer(
     in_flight: InFlight,
     on_catalog_change: Callable[[], Awaitable[None]],
     holds: Holds | None = None,
+    share: Share | None = None,
 ) -> DurableConsumer:
-    """`holds`: where each event holds the watermark back until it is acknowledged."""
+    """`holds`: where each event holds the watermark back until it is acknowledged.
+
+    `share`: this replica's devices (baton_device_bridge.replicas). Replicas share the
+    consumer (a queue group), and each sends the requests and cancels of its own devices
+    only: it is the one subscribed to their answers, and it subscribes before it sends (a
+    device new to it: the catalog is reloaded first), as a single bridge does. An event of
+    another replica's device is handed on: negatively acknowledged, so JetStream delivers
+    it again, to a replica of the group, until the device's own has it. Nothing was sent
+    meanwhile, so a hand-on holds no watermark and does not count as an earlier attempt."""
     handovers = Handovers(holds or NoHolds())
+    mine = share or Share()
 
     # From the start of the stream on first run: events relayed before the bridge ever ran
     # must go out too (those past their deadline are not sent).
     async def on_event(message: Msg) -> None:
         meta = message.metadata
         seq = meta.sequence.stream
-        earlier = consumer.delivered_before(message)
+        if not mine.alone:
+            device_id = _device_of(message.data)
+            if device_id is not None and not mine.owns(device_id):
+                await hand_on(message)
+                return
+            # Delivered before means handed on by the others; only an earlier process of
+            # this replica (a killed one) may have sent it.
+            earlier = consumer.inherited(message)
+        else:
+            earlier = consumer.delivered_before(message)
         attempt = handovers.begin(seq, earlier, meta.timestamp, datetime.now(UTC))
         if await handle(message, attempt):
             handovers.done(seq)
+
+    async def hand_on(message: Msg) -> None:
+        deliveries = message.metadata.num_delivered or 1
+        # Soon, and less often while the device's replica is away (its events circle).
+        delay = min(HAND_ON_DELAY * deliveries, MAX_REDELIVERY_DELAY)
+        log.debug("%s: handed on to the replica of its device", message.subject)
+        await message.nak(delay=delay)
 
     async def handle(message: Msg, attempt: Attempt) -> bool:
         """Whether the message is acknowledged (else it comes back)."""
@@ -129,6 +173,15 @@ def events_consumer(
                 await message.ack()
                 return True
             action = plan(event, datetime.now(UTC), wiring)
+            if _unknown_device(action) and not mine.alone:
+                # Another replica may have had the catalog event that added it.
+                try:
+                    await on_catalog_change()
+                except Exception as exc:
+                    log.warning("catalog not reloaded (%s); redelivering %s", exc, subject)
+                    await message.nak(delay=1.0)
+                    return False
+                action = plan(event, datetime.now(UTC), wiring)
         except MalformedEventError as exc:
             REJECTED_MESSAGES.labels(service=SERVICE, reason="malformed-event").inc()
             log.warning("dropped a malformed message on %s: %s", subject, exc)

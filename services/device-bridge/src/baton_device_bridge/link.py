@@ -71,11 +71,15 @@ class MqttLink:
         connect_wait: float = 2.0,
         publish_timeout: float = 10.0,
         answer_filters: list[str] | None = None,
+        probe_filters: list[str] | None = None,
     ) -> None:
         self.settings = settings
         # The answer (and status and state) topics of every wire profile the catalog uses
         # (Baton's own answers by default).
         self.answer_filters = answer_filters if answer_filters is not None else [RESPONSE_FILTER]
+        # Where the watermark's probes travel: the answer filters themselves, or a replica's
+        # own topic (baton_device_bridge.replicas), also subscribed to.
+        self._probe_filters = probe_filters
         # Its account's client id (bound to it on Mosquitto; a secret where a broker cannot
         # bind one); by default one made of the instance's name.
         self.identifier = settings.mqtt_client_id or bridge_client_id(settings.instance)
@@ -92,6 +96,10 @@ class MqttLink:
         self.connected_since = 0.0
         self.resumed = False
         self._session_present = True  # until a CONNACK says otherwise
+
+    @property
+    def probe_filters(self) -> list[str]:
+        return self._probe_filters if self._probe_filters is not None else self.answer_filters
 
     @property
     def v5(self) -> bool:
@@ -200,6 +208,9 @@ class MqttLink:
             except aiomqtt.MqttError as exc:  # the loop reconnects and subscribes then
                 log.warning("could not subscribe to %s yet: %s", topic_filter, exc)
 
+    def _wanted(self) -> list[str]:
+        return list(dict.fromkeys([*self.answer_filters, *(self._probe_filters or [])]))
+
     async def run(self) -> None:
         """Connect, consume, reconnect: until cancelled."""
         try:
@@ -213,10 +224,15 @@ class MqttLink:
             try:
                 client = self._client()
                 async with client:
-                    for topic_filter in self.answer_filters:
-                        granted = await client.subscribe(topic_filter, qos=1)
-                        if any(_refused(code) for code in granted):
-                            raise aiomqtt.MqttError(f"subscription to {topic_filter} refused")
+                    # Until none is left: `follow` adds filters meanwhile (a catalog change)
+                    # and leaves them to this loop while the session is not yet shared.
+                    subscribed: set[str] = set()
+                    while pending := [f for f in self._wanted() if f not in subscribed]:
+                        for topic_filter in pending:
+                            granted = await client.subscribe(topic_filter, qos=1)
+                            if any(_refused(code) for code in granted):
+                                raise aiomqtt.MqttError(f"subscription to {topic_filter} refused")
+                            subscribed.add(topic_filter)
                     self._session = _Session(client)
                     self.connection += 1
                     self.connected_since = time.monotonic()

@@ -66,11 +66,13 @@ def utc_now() -> datetime:
 class Link(Protocol):
     """What a round needs of the MQTT link (baton_device_bridge.link.MqttLink)."""
 
-    answer_filters: list[str]
     connected: asyncio.Event
     connection: int
     connected_since: float
     resumed: bool
+
+    @property
+    def probe_filters(self) -> list[str]: ...
 
     async def publish(self, topic: str, payload: bytes, expiry: int | None = None) -> None: ...
 
@@ -191,7 +193,7 @@ class Watermark:
                 await asyncio.sleep(early)
                 return None
         started = self.clock()
-        topics = {t for f in link.answer_filters if (t := probe_topic(f)) is not None}
+        topics = {t for f in link.probe_filters if (t := probe_topic(f)) is not None}
         current = _Round(next(self._rounds), set(topics))
         self._round = current
         probe = BridgeProbe(bridge=self.bridge, process=self.process, round=current.number)

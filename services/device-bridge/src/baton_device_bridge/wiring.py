@@ -25,6 +25,7 @@ from baton_contracts.profiles import (
     codec_for,
     wire_id_of,
 )
+from baton_device_bridge.replicas import Share
 from baton_domain.catalog import Catalog, CatalogError, DeviceType
 
 log = logging.getLogger(__name__)
@@ -115,8 +116,11 @@ class Wiring:
                 found[topic_filter] = None
         return list(found)
 
-    def device_filters(self) -> list[str]:
-        """Every filter the bridge subscribes to: answers, then presence and state."""
+    def device_filters(self, share: Share | None = None) -> list[str]:
+        """Every filter the bridge subscribes to: answers, then presence and state. A replica
+        (`share` of several) subscribes to the topics of its own devices only."""
+        if share is not None and not share.alone:
+            return self._own_filters(share)
         found: dict[str, None] = dict.fromkeys(self.answer_filters())
         for binding in self._bindings:
             for topic_filter in [
@@ -124,6 +128,14 @@ class Wiring:
                 *binding.codec.state_filters(binding.type_wire),
             ]:
                 found[topic_filter] = None
+        return list(found)
+
+    def _own_filters(self, share: Share) -> list[str]:
+        found: dict[str, None] = {}
+        for binding in self._bindings:
+            for wire_id, device_id in binding.devices.items():
+                if share.owns(device_id):
+                    found |= dict.fromkeys(binding.codec.device_topics(wire_id, binding.type_wire))
         return list(found)
 
     def decode_presence_or_state(
