@@ -20,6 +20,7 @@ from baton_domain.errors import (
 )
 from baton_domain.execution import CommandExecution
 from baton_domain.statuses import AnswerStatus, ExecutionStatus
+from baton_platform.eventstore import postgres_env
 
 DEMO = Path(__file__).resolve().parents[2] / "deploy" / "catalog" / "demo.yaml"
 
@@ -32,15 +33,17 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["popo", "sqlite"])
+@pytest.fixture(params=["popo", "sqlite", "postgres"])
 def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
     if request.param == "popo":
         yield {"PERSISTENCE_MODULE": "eventsourcing.popo"}
-    else:
+    elif request.param == "sqlite":
         yield {
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
             "SQLITE_DBNAME": str(tmp_path / "events.sqlite"),
         }
+    else:
+        yield postgres_env(request.getfixturevalue("postgres_url"))
 
 
 def test_an_execution_from_request_to_success(env: dict[str, str]) -> None:
