@@ -35,7 +35,7 @@ from baton_views import ExecutionFilter, ExecutionViews, queries, read_events, r
 from baton_views.counts import recount
 from baton_views.projection import project
 from baton_views.queries import encode_cursor, ids_created_before, list_executions
-from baton_views.store import connect, read_position, transaction
+from baton_views.store import TABLES, connect, read_position, transaction
 from tests.benchmarks.history_costs import BUSY_DEVICE, fill_views, steps_of
 from tests.unit.test_views import (
     DEMO,
@@ -83,9 +83,9 @@ class Step:
     @property
     def table(self) -> str | None:
         """The table this step reads, if it reads one (SCAN t / SEARCH t ..., not a
-        subquery's rows: SCAN (subquery-1))."""
+        subquery's rows: SCAN (subquery-1), SCAN arm0)."""
         words = [*self.detail.split(), ""]
-        reads = words[0] in ("SCAN", "SEARCH") and not words[1].startswith("(")
+        reads = words[0] in ("SCAN", "SEARCH") and words[1] in TABLES
         return words[1] if reads else None
 
     @property

@@ -10,6 +10,7 @@ or `snapshot` (reads that see one commit).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -156,7 +157,11 @@ class Connection:
             )
             # Unqualified names are the store's own tables, in its own schema; public
             # (the event store's) is not on the path, so no name of ours can reach it.
-            raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            # Two processes starting together may both create it: one of them is told it
+            # exists (or trips on the catalog's unique index), which is as good.
+            taken = (psycopg.errors.DuplicateSchema, psycopg.errors.UniqueViolation)
+            with contextlib.suppress(*taken):
+                raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
             raw.execute(f'SET search_path TO "{schema}"')
             return raw
 
@@ -166,6 +171,13 @@ class Connection:
     def raw(self) -> Any:
         """The driver's own connection (sqlite3 or psycopg)."""
         return self._live()
+
+    def __getattr__(self, name: str) -> Any:
+        # What only one driver has (sqlite3's trace and progress callbacks, which the cost
+        # tests count steps with) is the driver's.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._live(), name)
 
     def _live(self) -> Any:
         """The connection; on PostgreSQL, a new one when the server dropped the last (it
@@ -178,7 +190,10 @@ class Connection:
         return sql if self.dialect == "sqlite" else sql.replace("?", "%s")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
-        cursor: Cursor = self._live().execute(self._sql(sql), params or None)
+        if self.dialect == "sqlite":
+            cursor: Cursor = self._live().execute(sql, params)
+        else:  # no parameters: psycopg leaves a `%` in the SQL alone
+            cursor = self._live().execute(self._sql(sql), params or None)
         return cursor
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
