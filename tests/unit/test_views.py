@@ -6,7 +6,7 @@ schemas of a PostgreSQL database whose event store the application writes too.""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any

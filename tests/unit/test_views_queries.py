@@ -38,7 +38,9 @@ def views(tmp_path: Path, app: Executions, database_url: str | None) -> Executio
         elif i % 4 == 1:
             app.cancel(execution_id, "test")
     where = tmp_path / "views.sqlite"
-    views = ExecutionViews(where if database_url is None else Database(url=database_url, schema="views"))
+    views = ExecutionViews(
+        where if database_url is None else Database(url=database_url, schema="views")
+    )
     views.apply(read_events(app, 0, 1000))
     return views
 

@@ -187,7 +187,8 @@ class Connection:
         return self._raw
 
     def _sql(self, sql: str) -> str:
-        return sql if self.dialect == "sqlite" else sql.replace("?", "%s")
+        """SQLite's `?` as psycopg's `%s` (and a `%` of the SQL's own as `%%`)."""
+        return sql if self.dialect == "sqlite" else sql.replace("%", "%%").replace("?", "%s")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         if self.dialect == "sqlite":

@@ -111,8 +111,9 @@ def recount(conn: Connection) -> None:
     for scope, by_device, by_name in _SCOPES:
         device = "device_id" if by_device else "''"
         name = "name" if by_name else "''"
+        keys = ["tenant", *(["device_id"] if by_device else []), *(["name"] if by_name else [])]
         conn.execute(
             "INSERT INTO execution_counts (scope, tenant, device_id, name, status, ephemeral, n)"
             f" SELECT {scope}, tenant, {device}, {name}, status, ephemeral, COUNT(*)"
-            f" FROM executions GROUP BY tenant, {device}, {name}, status, ephemeral"
+            f" FROM executions GROUP BY {', '.join(keys)}, status, ephemeral"
         )
