@@ -58,7 +58,7 @@ class TimeoutScheduler:
 
     async def start(self) -> None:
         settings = self.settings
-        store = await asyncio.to_thread(DeadlineStore, settings.scheduler_path)
+        store = await asyncio.to_thread(DeadlineStore, settings.scheduler_database)
         self.deadlines = Deadlines(store)
         # Backoff from an earlier run is stale: whatever is past due may fire right away.
         await self.deadlines.reset_backoff()
@@ -82,7 +82,7 @@ class TimeoutScheduler:
         log.info(
             "timeout-scheduler ready: %d deadline(s) waiting in %s",
             await self.deadlines.count(),
-            settings.scheduler_path,
+            settings.scheduler_database,
         )
 
     async def stop(self) -> None:
