@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -130,20 +131,29 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
     server.stop()
 
 
-@pytest.fixture
-def postgres_url(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A new, empty database of the session's server, dropped after the test."""
+@contextmanager
+def fresh_database(server: PostgresServer) -> Iterator[str]:
+    """A new, empty database of `server` (its URL), dropped at the end."""
     import psycopg
 
     from baton_platform.sql import conninfo
 
     name = f"t{next(_databases)}"
-    with psycopg.connect(conninfo(postgres_server.url), autocommit=True) as admin:
+    with psycopg.connect(conninfo(server.url), autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name} TEMPLATE template0")
-    yield postgres_server.url_of(name)
-    with psycopg.connect(conninfo(postgres_server.url), autocommit=True) as admin:
-        # FORCE: whatever the test left connected (a pool, a killed service's sessions).
-        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    try:
+        yield server.url_of(name)
+    finally:
+        with psycopg.connect(conninfo(server.url), autocommit=True) as admin:
+            # FORCE: whatever the test left connected (a pool, a killed service's sessions).
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A new, empty database of the session's server, dropped after the test."""
+    with fresh_database(postgres_server) as url:
+        yield url
 
 
 _databases = itertools.count(1)

@@ -129,7 +129,7 @@ def build_parts(
     accounts: DeviceAccounts | None = None,
 ) -> Parts:
     executions = executions or open_executions(settings)
-    views = ExecutionViews(settings.views_path)
+    views = ExecutionViews(settings.views_database)
     runner = ProjectionRunner(executions, views, settings.projection_poll_interval)
     link = None
     if gateway is None:

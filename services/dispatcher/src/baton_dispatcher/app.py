@@ -86,7 +86,7 @@ class Dispatcher:
             "dispatcher ready: %d device types, %d devices, store %s",
             len(executions.catalog.device_types),
             len(executions.catalog.devices),
-            settings.event_store_path,
+            settings.event_store,
         )
 
     async def stop(self) -> None:
