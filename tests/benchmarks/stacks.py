@@ -14,7 +14,14 @@ import httpx
 import nats
 
 from baton_cli.catalog import fleet as write_fleet_catalog
-from baton_cli.localstack import SERVICE_MODULES, Stack, mqtt_flavour, start_simulator
+from baton_cli.localstack import (
+    SERVICE_MODULES,
+    PostgresServer,
+    Stack,
+    mqtt_flavour,
+    start_postgres,
+    start_simulator,
+)
 from baton_dispatcher.relay import OutboxRelay
 from baton_domain.catalog import Catalog
 from baton_platform.mapping import read_events
@@ -33,8 +40,12 @@ IDLE_CORES = 0.15  # the stack counts as idle below this many busy cores
 
 
 @contextmanager
-def fleet_stack(scratch: Path, name: str, devices: int, broker: str | None) -> Iterator[Stack]:
-    """A stack (not started) whose catalog is the demo's plus `devices` generated ones."""
+def fleet_stack(
+    scratch: Path, name: str, devices: int, broker: str | None, database: str = "sqlite"
+) -> Iterator[Stack]:
+    """A stack (not started) whose catalog is the demo's plus `devices` generated ones.
+    With `database` postgres, its storage is a new PostgreSQL cluster of its own (durable:
+    fsync on), already running, which the stack stops with the rest."""
     folder = scratch / name
     folder.mkdir(parents=True)
     catalog = folder / "catalog.yaml"
@@ -47,9 +58,32 @@ def fleet_stack(scratch: Path, name: str, devices: int, broker: str | None) -> I
         simulate=False,
     )
     try:
+        if database == "postgres":
+            server = start_postgres(folder / "postgres")
+            stack.servers.append(server)
+            stack.extra_env["BATON_DATABASE_URL"] = create_database(server, "baton")
         yield stack
     finally:
         stack.stop_all()
+
+
+def create_database(server: PostgresServer, name: str) -> str:
+    """A new database of `server`; its URL."""
+    import psycopg
+
+    from baton_platform.sql import conninfo
+
+    with psycopg.connect(conninfo(server.url), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    return server.url_of(name)
+
+
+def database_url(stack: Stack) -> str | None:
+    return stack.extra_env.get("BATON_DATABASE_URL")
+
+
+def postgres_of(stack: Stack) -> PostgresServer | None:
+    return next((s for s in stack.servers if isinstance(s, PostgresServer)), None)
 
 
 def start_fleet(stack: Stack, devices: int) -> None:
