@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from baton_cli.localstack import Stack
+from baton_cli.localstack import Server, Stack
 
 # The stack's PostgreSQL (`--database postgres`), whose work is done by its children.
 POSTGRES = "postgres"
@@ -56,14 +56,14 @@ def rss_kib(pid: int, field: str = "VmHWM") -> int:
 def stack_pids(stack: Stack) -> dict[str, int]:
     """Every process the stack runs, by a readable name; the bench's own process last."""
     pids: dict[str, int] = {}
-    postgres = [server for server in stack.servers if server.name == POSTGRES]
-    for n, server in enumerate(s for s in stack.servers if s.name != POSTGRES):
+    for n, server in enumerate(stack.servers):
         # The first server is NATS; the second the MQTT broker (Mosquitto or nats-server).
         pids["nats-server" if n == 0 else f"broker ({stack.broker})"] = server.proc.pid
     for name, proc in stack.processes.items():
         pids[name] = proc.pid
-    for server in postgres:
-        pids[POSTGRES] = server.proc.pid
+    postgres: Server | None = getattr(stack, "postgres", None)  # the bench's stacks' own
+    if postgres is not None:
+        pids[POSTGRES] = postgres.proc.pid
     pids["bench (load)"] = os.getpid()
     return pids
 

@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -39,6 +40,18 @@ KEY = "bench-key"
 IDLE_CORES = 0.15  # the stack counts as idle below this many busy cores
 
 
+@dataclass
+class BenchStack(Stack):
+    """A stack that may store in a PostgreSQL cluster of its own (stopped with the rest)."""
+
+    postgres: PostgresServer | None = None
+
+    def stop_all(self) -> None:
+        super().stop_all()
+        if self.postgres is not None:
+            self.postgres.stop()
+
+
 @contextmanager
 def fleet_stack(
     scratch: Path, name: str, devices: int, broker: str | None, database: str = "sqlite"
@@ -50,7 +63,7 @@ def fleet_stack(
     folder.mkdir(parents=True)
     catalog = folder / "catalog.yaml"
     write_fleet_catalog(devices, base=BASE_CATALOG, output=catalog)
-    stack = Stack(
+    stack = BenchStack(
         data_dir=folder / "stack",
         api_key=KEY,
         catalog=catalog,
@@ -59,9 +72,8 @@ def fleet_stack(
     )
     try:
         if database == "postgres":
-            server = start_postgres(folder / "postgres")
-            stack.servers.append(server)
-            stack.extra_env["BATON_DATABASE_URL"] = create_database(server, "baton")
+            stack.postgres = start_postgres(folder / "postgres")
+            stack.extra_env["BATON_DATABASE_URL"] = create_database(stack.postgres, "baton")
         yield stack
     finally:
         stack.stop_all()
@@ -83,7 +95,8 @@ def database_url(stack: Stack) -> str | None:
 
 
 def postgres_of(stack: Stack) -> PostgresServer | None:
-    return next((s for s in stack.servers if isinstance(s, PostgresServer)), None)
+    server: PostgresServer | None = getattr(stack, "postgres", None)
+    return server
 
 
 def start_fleet(stack: Stack, devices: int) -> None:
