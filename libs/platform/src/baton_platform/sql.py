@@ -133,8 +133,10 @@ class Connection:
         dialect: Dialect,
         raw: sqlite3.Connection | psycopg.Connection[Any],
         reopen: Callable[[], psycopg.Connection[Any]] | None = None,
+        schema: str = "",
     ) -> None:
         self.dialect: Dialect = dialect
+        self.schema = schema
         self._raw: Any = raw
         self._reopen = reopen
         self._in_transaction = False
@@ -153,7 +155,7 @@ class Connection:
             import psycopg
 
             raw: psycopg.Connection[Any] = psycopg.connect(
-                conninfo(url), autocommit=True, row_factory=_row_factory
+                conninfo(url), autocommit=True, row_factory=_row_factory, connect_timeout=10
             )
             # Unqualified names are the store's own tables, in its own schema; public
             # (the event store's) is not on the path, so no name of ours can reach it.
@@ -165,7 +167,7 @@ class Connection:
             raw.execute(f'SET search_path TO "{schema}"')
             return raw
 
-        return cls("postgres", reopen(), reopen)
+        return cls("postgres", reopen(), reopen, schema)
 
     @property
     def raw(self) -> Any:
@@ -217,11 +219,12 @@ class Connection:
     def transaction(self, lock: str) -> Iterator[Connection]:
         """A write transaction, holding the store's write lock `lock` until it ends: SQLite's
         whole-database lock (BEGIN IMMEDIATE), or on PostgreSQL an advisory lock named after
-        it, so two writers of the same store never interleave."""
+        it and the store's schema, so two writers of the same store never interleave."""
         self._begin("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
         try:
             if self.dialect == "postgres":
-                self.execute("SELECT pg_advisory_xact_lock(?)", (lock_key(lock),))
+                key = lock_key(f"{self.schema}.{lock}")
+                self.execute("SELECT pg_advisory_xact_lock(?)", (key,))
             yield self
         except BaseException:
             self._end("ROLLBACK")
