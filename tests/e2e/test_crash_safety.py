@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from baton_cli.localstack import Stack
+from baton_platform import leases
 from baton_platform.settings import Settings
 from baton_platform.sql import Database, conninfo
 from baton_views.store import TABLES, connect
@@ -22,6 +23,10 @@ from tests.conftest import BACKENDS
 from tests.e2e.conftest import TERMINAL, Baton, database_env, make_stack, running, wait_ready
 
 pytestmark = pytest.mark.e2e
+
+# A process killed keeps its lease (relay, projection, timeout-scheduler) until it lapses:
+# the one started in its place does that job again within this (docs/operations.md).
+LEASE_LAPSE_S = leases.TTL_S + leases.RENEW_S
 
 
 @pytest.fixture
@@ -45,7 +50,7 @@ def test_timeout_scheduler_killed_and_restarted_before_the_deadline(own_stack: S
     baton.wait_for(execution["id"], {"SENT"}, timeout=5)
     own_stack.kill("timeout-scheduler")
     own_stack.start("timeout-scheduler")
-    done = baton.wait_for(execution["id"], TERMINAL, timeout=4 + 4)
+    done = baton.wait_for(execution["id"], TERMINAL, timeout=4 + LEASE_LAPSE_S + 4)
     assert done["status"] == "TIMED_OUT"
 
 
@@ -58,7 +63,7 @@ def test_timeout_scheduler_down_past_the_deadline_fires_when_back(own_stack: Sta
     # The deadline passes while nobody watches it; nothing may end the execution meanwhile.
     assert baton.get(execution["id"])["status"] == "SENT"
     own_stack.start("timeout-scheduler")
-    done = baton.wait_for(execution["id"], TERMINAL, timeout=10)
+    done = baton.wait_for(execution["id"], TERMINAL, timeout=LEASE_LAPSE_S + 10)
     assert done["status"] == "TIMED_OUT"
 
 
@@ -74,7 +79,9 @@ def test_dispatcher_killed_mid_flight_and_restarted(own_stack: Stack) -> None:
     assert done["status"] == "SUCCEEDED"
     assert [e["status"] for e in done["log"]] == ["STARTED", "IN_PROGRESS", "SUCCEEDED"]
     # And the restarted dispatcher takes new commands.
-    after = baton.send("demo-thermostat-2", "set_temperature", {"value": 30}, wait=10).json()
+    after = baton.send(
+        "demo-thermostat-2", "set_temperature", {"value": 30}, wait=LEASE_LAPSE_S + 10
+    ).json()
     assert after["status"] == "SUCCEEDED"
 
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import socket
+import stat
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -11,10 +15,22 @@ import aiomqtt
 import nats
 import pytest
 
-from baton_cli.localstack import Server, find_binary, free_port, start_nats, wait_for_port
+from baton_cli.localstack import (
+    Server,
+    Stack,
+    find_binary,
+    free_port,
+    meta_leader,
+    node_healthy,
+    start_nats,
+    start_nats_cluster,
+    wait_for_healthy,
+    wait_for_port,
+)
 from baton_platform.nats_access import OPS
 
 ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "deploy/catalog/demo.yaml"
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +85,88 @@ def test_nats_server_fsyncs_every_write(tmp_path: Path, source: str) -> None:
         proc.terminate()
         proc.wait()
     assert varz["jetstream"]["config"]["sync_always"] is True
+
+
+def test_a_stack_on_three_nodes_tells_every_service_of_every_node(tmp_path: Path) -> None:
+    """`Stack(nats_nodes=3)`: three nats-servers, then the broker; the services get every
+    node's URL and 3 replicas; each node's store, name and config are its own, its client,
+    route and monitoring ports on loopback only."""
+    stack = Stack(
+        data_dir=tmp_path, api_key="k", catalog=DEMO, nats_nodes=3, broker="nats", simulate=False
+    )
+    try:
+        stack.start_infrastructure()
+        nodes = stack.nats_servers
+        assert [node.name for node in nodes] == ["n1", "n2", "n3"]
+        assert len(stack.servers) == 4  # and the broker, last
+        assert stack.servers[3].log_path == tmp_path / "nats-mqtt" / "nats.log"
+        env = stack.env()
+        assert env["BATON_NATS_URL"].split(",") == [node.url for node in nodes]
+        assert env["BATON_NATS_REPLICAS"] == "3"
+        assert stack.nats_port == nodes[0].port
+        for node in nodes:
+            conf = (tmp_path / "nats" / node.name / "nats.conf").read_text()
+            assert f'server_name: "{node.name}"' in conf
+            assert str(tmp_path / "nats" / node.name / "jetstream") in conf
+            assert (
+                stat.S_IMODE((tmp_path / "nats" / node.name / "nats.conf").stat().st_mode) == 0o600
+            )
+            listens = re.findall(r'(?:listen|http)"?: "([^"]+)"', conf)
+            assert len(listens) == 3 and all(a.startswith("127.0.0.1:") for a in listens), conf
+    finally:
+        stack.stop_all()
+
+
+def _route_hello(port: int, credentials: dict[str, str]) -> bytes:
+    """What a cluster node answers a process that connects to its route port as a node."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"INFO ")
+        hello = {"verbose": False, "pedantic": False, "name": "stranger", **credentials}
+        sock.sendall(b"CONNECT " + json.dumps(hello).encode() + b"\r\nPING\r\n")
+        return reader.readline()
+
+
+def test_only_the_cluster_s_own_nodes_may_join_it(tmp_path: Path) -> None:
+    """A route carries every message of every account, unchecked: the nodes require a route
+    password of their own, so no other local process joins as a node."""
+    nodes = start_nats_cluster(tmp_path, 3)
+    try:
+        conf = (tmp_path / "n1" / "nats.conf").read_text()
+        cluster = re.search(r"cluster (\{.*?\n\})", conf, re.DOTALL)
+        assert cluster is not None
+        block = json.loads(cluster.group(1))
+        route_port = int(block["listen"].removeprefix("127.0.0.1:"))
+        password = block["authorization"]["password"]
+        assert _route_hello(route_port, {}) == b"-ERR 'Authorization Violation'\r\n"
+        wrong = {"user": "route", "pass": "guessed"}
+        assert _route_hello(route_port, wrong) == b"-ERR 'Authorization Violation'\r\n"
+        right = {"user": "route", "pass": password}
+        assert _route_hello(route_port, right) != b"-ERR 'Authorization Violation'\r\n"
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def test_a_node_killed_by_its_pid_comes_back_with_its_store(tmp_path: Path) -> None:
+    nodes = start_nats_cluster(tmp_path, 3)
+    try:
+        victim = nodes[1]
+        pid = victim.pid
+        victim.kill()
+        assert not victim.running
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        assert meta_leader(nodes) is not None  # two of three still elect one
+        victim.restart()
+        assert victim.running and victim.pid != pid
+        wait_for_healthy(nodes)
+        assert node_healthy(victim)
+        with pytest.raises(RuntimeError, match="still running"):
+            victim.restart()
+    finally:
+        for node in nodes:
+            node.stop()
 
 
 def test_a_throwaway_postgres_serves_its_own_user_and_is_gone_after_stop(tmp_path: Path) -> None:

@@ -105,3 +105,15 @@ async def test_a_holder_cut_off_from_nats_gives_the_work_up_before_another_can_t
 
 async def _is(log: list[tuple[str, float]], expected: list[str]) -> bool:
     return [what for what, _ in log] == expected
+
+
+async def test_a_restarted_replica_takes_its_own_lease_back_at_once(clients: list[Client]) -> None:
+    """The same replica (its BATON_INSTANCE) after a crash: no wait for its old lease to
+    lapse. Another replica still cannot take it."""
+    before = await lease_of(clients[0], "partition.3", "dispatcher")
+    assert await before.keep()  # then the process dies without releasing it
+    after = await lease_of(clients[0], "partition.3", "dispatcher")
+    other = await lease_of(clients[1], "partition.3", "other")
+    assert await after.keep()
+    assert not await other.keep()
+    assert not await before.keep()  # the dead run's revision is no longer the latest

@@ -59,11 +59,12 @@ from baton_contracts.nats import (
     SubmitCommand,
     dead_letter_subject,
     event_subject,
+    partition_of,
     report_subject,
 )
 from baton_dispatcher.app import Dispatcher
 from baton_platform.metrics import REJECTED_MESSAGES
-from baton_platform.nats_access import REPORTS_DURABLE
+from baton_platform.nats_access import reports_durable
 from baton_platform.settings import Settings
 from baton_timeout_scheduler.app import TimeoutScheduler
 from baton_timeout_scheduler.edges import DURABLE as SCHEDULER_DURABLE
@@ -268,7 +269,7 @@ async def test_malformed_reports_are_dead_lettered_and_nothing_stalls(nc: Client
     dead_before = await _count(nc, DEAD_LETTERS_STREAM, dead_letter_subject("dispatcher"))
     for index, body in enumerate(bodies):
         await js.publish(report_subject(DEVICE), body, headers={"Nats-Msg-Id": f"fuzz-{index}"})
-    await _drained(nc, REPORTS_STREAM, REPORTS_DURABLE)
+    await _drained(nc, REPORTS_STREAM, reports_durable(partition_of(DEVICE)))
     assert rejected("dispatcher", "malformed-report") - before == len(bodies)
     dead = await _dead_letters(nc, dead_before)
     assert len(dead) == len(bodies)
@@ -305,7 +306,7 @@ async def test_well_formed_reports_for_nothing_are_refused_by_name(nc: Client) -
     dead_before = await _count(nc, DEAD_LETTERS_STREAM, dead_letter_subject("dispatcher"))
     for index, body in enumerate(bodies):
         await js.publish(report_subject(DEVICE), body, headers={"Nats-Msg-Id": f"ok-{index}"})
-    await _drained(nc, REPORTS_STREAM, REPORTS_DURABLE)
+    await _drained(nc, REPORTS_STREAM, reports_durable(partition_of(DEVICE)))
     # Nothing failed in the dispatcher: only answers without a status were not reports.
     dead = await _dead_letters(nc, dead_before)
     assert all(reason.startswith("malformed report") for reason in dead), dead

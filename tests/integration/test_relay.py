@@ -182,3 +182,30 @@ async def test_a_message_someone_else_publishes_midway_does_not_break_the_order(
     ids = await stream_ids(nc)
     assert ids.count(None) == 1
     assert [i for i in ids if i is not None] == list(range(1, EVENTS + 1))
+
+
+@pytest.mark.parametrize("second_after", [0, 300])
+async def test_two_relays_overlapping_put_each_event_in_once_and_in_order(
+    nc: Client, executions: Executions, connections: Connect, second_after: int
+) -> None:
+    """Two dispatchers may both relay for a moment around a lease's handover (a holder
+    paused past its lease): each event still lands once, in notification order. The
+    expected last sequence and message id of every publish make the one of the two that is
+    behind fail, and it reads the stream's end again."""
+    first_nc, second_nc = await connections(), await connections()
+    first = relay_on(executions, first_nc, Watched(first_nc))
+    second_window = Watched(second_nc)
+    second = relay_on(executions, second_nc, second_window)
+    tasks = [asyncio.create_task(first.run())]
+    # The second starts with the first, or once it is well under way (windows in flight).
+    await eventually(lambda: relayed(nc, second_after), timeout=30, what="the first under way")
+    tasks.append(asyncio.create_task(second.run()))
+    try:
+        await eventually(lambda: relayed(nc, EVENTS), timeout=30, what="every event relayed")
+        await eventually(lambda: caught_up(first), what="the first caught up")
+        await eventually(lambda: caught_up(second), what="the second caught up")
+    finally:
+        for task in tasks:
+            await cancel_and_wait(task)
+    assert second_window.sent > 0  # they did overlap
+    assert await stream_ids(nc) == list(range(1, EVENTS + 1))

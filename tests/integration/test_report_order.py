@@ -19,7 +19,14 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from baton_cli.localstack import Server
-from baton_contracts.nats import REPORTS_STREAM, DeadlineDue, DeviceReport, report_subject
+from baton_contracts.nats import (
+    LEGACY_REPORTS,
+    REPORTS_STREAM,
+    DeadlineDue,
+    DeviceReport,
+    partition_of,
+    report_subject,
+)
 from baton_dispatcher.app import Dispatcher
 from baton_dispatcher.backlog import ReportsBacklog
 from baton_dispatcher.reports import (
@@ -29,12 +36,15 @@ from baton_dispatcher.reports import (
 from baton_dispatcher.writer import Writer
 from baton_domain.application import Executions, RequestCommand
 from baton_domain.catalog import Catalog
-from baton_platform.nats_access import OPS, REPORTS_DURABLE
+from baton_platform.nats_access import OPS, REPORTS_DURABLE, reports_durable
 from baton_platform.settings import Settings
 from tests.conftest import DEMO, eventually, service_settings
 from tests.integration.test_dispatcher import report, submit, types_of
 
 pytestmark = pytest.mark.integration
+
+# The consumer of demo-thermostat-1's reports (`submit`'s device): its partition's.
+DURABLE = reports_durable(partition_of("demo-thermostat-1"))
 
 
 @pytest.fixture
@@ -55,10 +65,10 @@ async def test_a_report_a_killed_dispatcher_held_comes_back_first_and_at_once(
     await first.stop()
 
     # The instance that dies holding STARTED.
-    info = await js.consumer_info(REPORTS_STREAM, REPORTS_DURABLE)
+    info = await js.consumer_info(REPORTS_STREAM, DURABLE)
     doomed = await nats.connect(nats_server.url_as(OPS))
     held: asyncio.Queue[Msg] = asyncio.Queue()
-    await doomed.subscribe(info.config.deliver_subject or "", queue=REPORTS_DURABLE, cb=held.put)
+    await doomed.subscribe(info.config.deliver_subject or "", queue=DURABLE, cb=held.put)
     await doomed.flush()
     await report(js, execution_id, status="STARTED", report_id="started")
     taken = await asyncio.wait_for(held.get(), 5)
@@ -78,7 +88,7 @@ async def test_a_report_a_killed_dispatcher_held_comes_back_first_and_at_once(
         # Well inside the ack wait the old consumer had (30 s), and inside this one's too:
         # the held report comes back at the restart, not when its ack wait runs out.
         await eventually(in_order, timeout=REPORTS_ACK_WAIT_S - 1, what="both answers, in order")
-        info = await js.consumer_info(REPORTS_STREAM, REPORTS_DURABLE)
+        info = await js.consumer_info(REPORTS_STREAM, DURABLE)
         assert info.config.max_ack_pending == REPORTS_BATCH
     finally:
         await second.stop()
@@ -88,7 +98,7 @@ async def _has(js: nats.js.JetStreamContext, execution_id: object, kind: str) ->
     return kind in await types_of(js, execution_id)  # type: ignore[arg-type]
 
 
-async def test_a_reports_consumer_made_by_an_older_version_gets_the_new_limits(
+async def test_a_reports_consumer_made_by_a_release_without_partitions_is_narrowed_and_kept(
     settings: Settings, nc: Client
 ) -> None:
     js = nc.jetstream()
@@ -103,7 +113,10 @@ async def test_a_reports_consumer_made_by_an_older_version_gets_the_new_limits(
     dispatcher = Dispatcher(settings)
     await dispatcher.start()
     try:
+        # It takes only the old subjects now (its filter would overlap every partition's
+        # on a work-queue stream), with today's limits: the holder of partition 0 runs it.
         info = await js.consumer_info(REPORTS_STREAM, REPORTS_DURABLE)
+        assert info.config.filter_subjects == [LEGACY_REPORTS]
         assert (info.config.max_ack_pending, info.config.ack_wait) == (
             REPORTS_BATCH,
             REPORTS_ACK_WAIT_S,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from baton_platform.nats import identity, redacted
+from baton_platform.nats import identity, redacted, server_urls
 from baton_platform.nats_access import (
     DISPATCHER,
     OPS,
@@ -85,3 +85,25 @@ def test_the_server_config_lists_every_user_with_its_permissions() -> None:
     assert '"user": "dispatcher"' in block
     assert '"allow_responses": true' in block
     assert "baton.v1.tenants.default.commands.submit" in block
+
+
+def test_a_cluster_url_is_every_node_for_the_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BATON_NATS_URL may name a cluster's nodes, comma-separated: nats-py takes them as a
+    list (as one string it would read a single malformed URL)."""
+    monkeypatch.setenv("BATON_NATS_URL", "nats://h1:4222, nats://h2:4222,nats://h3:4222")
+    monkeypatch.setenv("BATON_NATS_REPLICAS", "3")
+    settings = Settings()
+    assert server_urls(settings.nats_url) == ["nats://h1:4222", "nats://h2:4222", "nats://h3:4222"]
+    assert server_urls("nats://127.0.0.1:4222") == ["nats://127.0.0.1:4222"]
+    assert settings.nats_replicas == 3
+    with pytest.raises(ValueError, match="names no server"):
+        server_urls(" , ")
+
+
+@pytest.mark.parametrize("replicas", ["0", "6"])
+def test_a_replica_count_jetstream_cannot_keep_is_refused(
+    monkeypatch: pytest.MonkeyPatch, replicas: str
+) -> None:
+    monkeypatch.setenv("BATON_NATS_REPLICAS", replicas)
+    with pytest.raises(ValueError, match="nats_replicas"):
+        Settings()

@@ -28,7 +28,7 @@ from baton_api.gateway import NatsGateway
 from baton_api.inmemory import InMemoryGateway
 from baton_api.limits import MAX_BODY_BYTES
 from baton_api.nats_link import NatsLink
-from baton_contracts.nats import SUBMIT_SUBJECT, SubmitCommand
+from baton_contracts.nats import SubmitCommand, partition_of, partition_subject
 from baton_dispatcher.writer import Writer
 from baton_domain.application import Executions, RequestCommand, idempotent_execution_id
 from baton_domain.catalog import Catalog
@@ -153,7 +153,8 @@ def failing_gateway(error: Exception) -> tuple[NatsGateway, FakeNats]:
 
 def sent_command(fake: FakeNats) -> SubmitCommand:
     [(subject, payload)] = fake.sent
-    assert subject == SUBMIT_SUBJECT
+    # Straight to the subject of the device's partition: only its dispatcher answers there.
+    assert subject == partition_subject(partition_of("demo-thermostat-1"), "submit")
     return SubmitCommand.model_validate_json(payload)
 
 

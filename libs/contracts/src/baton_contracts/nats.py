@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -28,6 +29,15 @@ CATALOG_GET_SUBJECT = "baton.v1.catalog.get"  # request/reply: the catalog docum
 DEADLINE_SUBJECT = "baton.v1.internal.deadline"  # request/reply: timeout-scheduler -> dispatcher
 DISPATCHER_QUEUE = "baton-dispatcher"
 
+# Partitions (docs/architecture.md, "Replicas"): a device's streams are written by the one
+# dispatcher that holds its partition's lease. Requests about a device go to its partition's
+# subject, answered only by that dispatcher; the subjects above are answered by any
+# dispatcher, which passes the request on. Fixed: every service must agree on it, and the
+# durable consumers of device reports are made per partition.
+PARTITIONS = 16
+PARTITIONS_PREFIX = "baton.v1.partitions"
+PartitionVerb = Literal["submit", "cancel", "retry", "delete", "deadline"]
+
 EVENTS_STREAM = "BATON_EVENTS"
 EVENTS_PREFIX = "baton.v1.events"
 EVENTS_WILDCARD = f"{EVENTS_PREFIX}.>"
@@ -37,6 +47,8 @@ REPORTS_PREFIX = "baton.v1.reports"
 REPORTS_WILDCARD = f"{REPORTS_PREFIX}.>"
 
 REJECTIONS_SUBJECT = "baton.v1.rejections.reports"  # core NATS: dropped device reports
+# core NATS: the api replica that projects, after each batch it committed to the views
+VIEWS_ADVANCED_SUBJECT = "baton.v1.views.advanced"
 
 # One message per device-bridge, its latest watermark (max_msgs_per_subject=1).
 WATERMARKS_STREAM = "BATON_WATERMARKS"
@@ -54,8 +66,27 @@ def events_of_type(event_type: str) -> str:
     return f"{EVENTS_PREFIX}.*.{event_type}"
 
 
+def partition_of(device_id: str) -> int:
+    """A device's partition: a hash that is the same in every process and every release."""
+    return zlib.crc32(device_id.encode()) % PARTITIONS
+
+
+def partition_subject(partition: int, verb: PartitionVerb) -> str:
+    return f"{PARTITIONS_PREFIX}.{partition}.{verb}"
+
+
 def report_subject(device_id: str) -> str:
-    return f"{REPORTS_PREFIX}.{device_id}"
+    return f"{REPORTS_PREFIX}.{partition_of(device_id)}.{device_id}"
+
+
+def partition_reports(partition: int) -> str:
+    """The reports of the devices of `partition`."""
+    return f"{REPORTS_PREFIX}.{partition}.*"
+
+
+# Reports as a release without partitions published them (one token after the prefix): still
+# consumed, by the holder of partition 0, so a rolling upgrade loses none.
+LEGACY_REPORTS = f"{REPORTS_PREFIX}.*"
 
 
 def watermark_subject(bridge: str) -> str:
@@ -269,6 +300,24 @@ class LifecycleEvent(WireModel):
     data: dict[str, Any]
 
 
+# --- views (core NATS, api replica -> api replicas) ----------------------------------------
+
+
+class ViewsAdvanced(WireModel):
+    """The views now include every event up to `position`: a batch from `after` to
+    `position`, committed by `projector` (a lease holder's name), which ended `ended`.
+
+    Every api replica reads the views; one writes them (lease `projection`) and announces
+    each batch so the others wake their waiters. Core NATS, at most once: a replica that
+    sees `after` beyond the last position it was told of, or the views ahead of what it was
+    told for a while, missed one and has every waiter read again."""
+
+    projector: str
+    after: int = Field(ge=0)
+    position: int = Field(ge=0)
+    ended: list[UUID] = Field(default_factory=list)
+
+
 # --- device reports (JetStream BATON_REPORTS, device-bridge -> dispatcher) -----------------
 
 
@@ -353,6 +402,9 @@ TENANT_ENTRY = "tenants.{id}"
 
 # Leases (baton_platform.leases): which replica does a job one replica at a time.
 LEASES_BUCKET = "BATON_LEASES"
+RELAY_LEASE = "relay"  # the dispatcher that runs the outbox relay
+PROJECTION_LEASE = "projection"  # the api replica that writes the views
+SCHEDULER_LEASE = "timeout-scheduler"  # the timeout-scheduler that keeps and fires deadlines
 
 
 # The roles a key may have (baton_domain.tenants.Role, by name), weakest first.

@@ -196,7 +196,10 @@ class Executions(Application[UUID]):
         """Store the seed catalog if none is stored yet (first start); returns the position."""
         if self._catalog_version():
             return None
-        return self._stored(self.save(CatalogDocument(document_of(self._seed_catalog))))
+        try:
+            return self._stored(self.save(CatalogDocument(document_of(self._seed_catalog))))
+        except IntegrityError:  # another dispatcher, starting too, stored it first
+            return None
 
     def change_catalog(self, change: Callable[[CatalogDocument], None]) -> tuple[JSONDoc, int]:
         """Apply one checked change to the stored catalog; returns (document, position)."""
@@ -384,6 +387,24 @@ class Executions(Application[UUID]):
         if execution.deleted:
             raise ExecutionDeleted(execution_id)
         return execution
+
+    def device_of(self, execution_id: UUID) -> str | None:
+        """The device an execution was requested for (None: there is no such execution),
+        read from its first event as stored: nothing is cached, so any thread may ask about
+        any execution, whoever writes it."""
+        first = self.recorder.select_events(execution_id, limit=1)
+        if not first:
+            return None
+        requested = self.mapper.to_domain_event(first[0])
+        device_id = getattr(requested, "device_id", None)
+        return device_id if isinstance(device_id, str) else None
+
+    def forget_cached(self) -> None:
+        """Drop every cached aggregate: this process may not have written some of them for a
+        while (a dispatcher taking a device partition over from another)."""
+        cache = self.repository.cache
+        if cache is not None:
+            self._forget(list(cache.cache))  # the library's clear() keeps the entries
 
     def queue_of(self, device_id: str) -> DeviceQueue:
         return self._queue(device_id)

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
@@ -31,6 +30,8 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from baton_contracts.nats import LEASES_BUCKET
+from baton_platform.metrics import LEASE_HELD
+from baton_platform.nats import ensure_bucket
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,17 @@ RENEW_S = TTL_S / 4  # how often it is renewed, and how often a free one is trie
 
 
 def holder_name(service: str, instance: str) -> str:
-    """A name unique to this process: a restarted replica must not take its own old lease
-    for granted (its previous run may have been doing the work until a moment ago)."""
-    return f"{service}.{instance}.{uuid.uuid4().hex[:8]}"
+    """The replica's name, the same across its restarts: a replica restarted after a crash
+    takes its own leases back at once rather than after they lapse (the work of its previous
+    run has stopped with it). So every replica of a service needs its own BATON_INSTANCE,
+    as it does for its NATS consumers and MQTT session (docs/operations.md)."""
+    return f"{service}.{instance}"
 
 
 async def open_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
-    return await js.create_key_value(bucket=LEASES_BUCKET, history=1, ttl=TTL_S, replicas=replicas)
+    """The leases bucket with `replicas` copies (BATON_NATS_REPLICAS), scaled in place when
+    it was made with another count."""
+    return await ensure_bucket(js, LEASES_BUCKET, history=1, replicas=replicas, ttl=TTL_S)
 
 
 class Lease:
@@ -69,7 +74,7 @@ class Lease:
         try:
             if self._revision is None or not self.held:
                 self._revision = None
-                revision = await self._bucket.create(self.key, self.holder.encode())
+                revision = await self._create_or_reclaim()
             else:
                 revision = await self._bucket.update(
                     self.key, self.holder.encode(), last=self._revision
@@ -85,6 +90,16 @@ class Lease:
         self._revision = revision
         self._valid_until = started + TTL_S - SAFETY_S
         return True
+
+    async def _create_or_reclaim(self) -> int:
+        try:
+            return await self._bucket.create(self.key, self.holder.encode())
+        except KeyWrongLastSequenceError:
+            entry = await self._bucket.get(self.key)
+            if entry.value != self.holder.encode() or entry.revision is None:
+                raise
+            # Ours, from this replica's previous run: take it back where it stands.
+            return await self._bucket.update(self.key, self.holder.encode(), last=entry.revision)
 
     async def release(self) -> None:
         """Give the lease up at once (a clean stop), so another replica need not wait."""
@@ -103,25 +118,77 @@ async def while_held(
 ) -> None:
     """Run the job for as long as this process holds `lease`: `start` when it is taken,
     `stop` when it is lost (or `stopping` is set, which also releases it). Every replica
-    runs this; one at a time does the job."""
+    runs this; one at a time does the job.
+
+    A `start` that fails is stopped and the lease released, so another replica may try;
+    this one tries again after `RENEW_S`."""
     running = False
     try:
         while not stopping.is_set():
             held = await lease.keep()
             if held and not running:
-                log.info("took lease %s", lease.key)
-                await start()
+                log.info("took lease %s as %s", lease.key, lease.holder)
+                try:
+                    await start()
+                except Exception:
+                    log.exception("could not start the work of lease %s; released", lease.key)
+                    await _stop_quietly(lease, stop)
+                    await lease.release()
+                    await _pause(stopping, RENEW_S)
+                    continue
                 running = True
+                LEASE_HELD.labels(lease.key).set(1)
             elif not held and running:
                 log.warning("lost lease %s; stopping its work", lease.key)
-                await stop()
+                LEASE_HELD.labels(lease.key).set(0)
+                await _stop_quietly(lease, stop)
                 running = False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), timeout=_until_next(lease))
+            await _pause(stopping, _until_next(lease))
     finally:
         if running:
+            LEASE_HELD.labels(lease.key).set(0)
             await stop()
         await lease.release()
+        if running:
+            log.info("released lease %s", lease.key)
+
+
+async def hold(
+    js: JetStreamContext,
+    key: str,
+    holder: str,
+    start: Callable[[], Awaitable[None]],
+    stop: Callable[[], Awaitable[None]],
+    stopping: asyncio.Event,
+    replicas: int = 1,
+) -> None:
+    """`while_held` on lease `key` of the bucket, opened first (retried while JetStream
+    does not answer: a replica starting while NATS is down takes its turn once it is up).
+    `replicas`: the bucket's copies (BATON_NATS_REPLICAS)."""
+    failures = 0
+    while not stopping.is_set():
+        try:
+            bucket = await open_bucket(js, replicas)
+        except Exception as exc:
+            failures += 1  # the first is worth a warning, the retries of an outage are not
+            level = logging.WARNING if failures == 1 else logging.DEBUG
+            log.log(level, "lease bucket not available (%s); trying again", exc)
+            await _pause(stopping, RENEW_S)
+            continue
+        await while_held(Lease(bucket, key, holder), start, stop, stopping)
+        return
+
+
+async def _pause(stopping: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), timeout=seconds)
+
+
+async def _stop_quietly(lease: Lease, stop: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await stop()
+    except Exception:
+        log.exception("stopping the work of lease %s failed", lease.key)
 
 
 def _until_next(lease: Lease) -> float:

@@ -26,6 +26,12 @@ WAITING_REQUESTS = Gauge(
     "Requests waiting for their execution to end (?wait=, Enapter's execute_command)",
 )
 
+LEASE_HELD = Gauge(
+    "baton_lease_held",
+    "1 while this process holds the lease and does its job (docs/operations.md, Replicas)",
+    ["lease"],
+)
+
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     """Serve /metrics on `host:port` (port 0: not at all), from a background thread.

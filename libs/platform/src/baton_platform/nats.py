@@ -7,7 +7,7 @@ import logging
 import re
 import ssl
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import nats
@@ -16,6 +16,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
 
 from baton_contracts.nats import (
     DEAD_LETTERS_PREFIX,
@@ -152,11 +153,23 @@ def redacted(url: str) -> str:
     return re.sub(r"//[^/@,]*@", "//", url)
 
 
+def server_urls(url: str) -> list[str]:
+    """BATON_NATS_URL as the servers list nats-py and FastStream take: one server, or a
+    cluster's nodes comma-separated (nats-py would read a comma-separated string as one
+    malformed URL). A client that knows every node reconnects to another when its own dies,
+    before it has learnt the others from the server."""
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise ValueError("BATON_NATS_URL names no server")
+    return servers
+
+
 async def connect(url: str, name: str, who: NatsIdentity) -> Client:
-    """Connect as `who`, with unlimited reconnects: a NATS restart must not end a service."""
+    """Connect as `who` to the server(s) of `url` (comma-separated: a cluster's nodes), with
+    unlimited reconnects: a NATS restart, or a cluster node's death, must not end a service."""
     log.info("connecting to NATS at %s as %s", redacted(url), who.user or "no one")
     return await nats.connect(
-        url,
+        server_urls(url),
         name=name,
         **who.options(),
         max_reconnect_attempts=-1,
@@ -168,15 +181,40 @@ async def connect(url: str, name: str, who: NatsIdentity) -> Client:
     )
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
-    """Create the streams, or bring them in line: the dispatcher's job (only its NATS user
-    may); the other services wait for theirs (`wait_for_streams`)."""
+async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
+    """Create the streams with `replicas` copies each (BATON_NATS_REPLICAS), or bring them
+    in line: the dispatcher's job (only its NATS user may); the other services wait for
+    theirs (`wait_for_streams`). An update keeps a stream's messages and its consumers:
+    going from 1 to 3 replicas, the server copies the stream to two more nodes, and the
+    consumers (which follow their stream's count) with it."""
     for config in STREAMS:
+        config = replace(config, num_replicas=replicas)
         try:
             await js.add_stream(config=config)
         except BadRequestError:
             # Already there with other settings: bring it in line.
             await js.update_stream(config=config)
+
+
+async def ensure_bucket(
+    js: JetStreamContext,
+    bucket: str,
+    history: int,
+    replicas: int = 1,
+    ttl: float | None = None,
+) -> KeyValue:
+    """The key-value bucket `bucket` (entries kept `ttl` seconds, None: for ever), created
+    with `replicas` copies, or, if it is there with another count (made before
+    BATON_NATS_REPLICAS changed), scaled to it in place: nats-py's `create_key_value` only
+    creates. Its entries are kept."""
+    try:
+        return await js.create_key_value(bucket=bucket, history=history, replicas=replicas, ttl=ttl)
+    except BadRequestError:
+        stream = f"KV_{bucket}"
+        config = (await js.stream_info(stream)).config
+        if config.num_replicas != replicas:
+            await js.update_stream(config=replace(config, num_replicas=replicas))
+        return await js.key_value(bucket)
 
 
 STREAM_WAIT_S = 0.5

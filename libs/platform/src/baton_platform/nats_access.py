@@ -8,8 +8,8 @@ refuses anything else (the client gets a permissions error; the server logs it).
   events; owns the streams' configuration;
 - `device-bridge`: the only one that publishes device reports and watermarks;
 - `timeout-scheduler`: the only one that sends deadlines;
-- `api`: the trusted front door: every request subject, and the lifecycle events (to wake
-  its projection);
+- `api`: the trusted front door: every request subject, the lifecycle events (to wake
+  its projection), and the views' advances its replicas tell each other;
 - `tenant-<tenant>`: a client bound to one tenant: it may only submit on its tenant's subject
   (the dispatcher takes the tenant from the subject, never from the message);
 - `ops`: everything: operators and the test harness.
@@ -39,6 +39,8 @@ from baton_contracts.nats import (
     EVENTS_STREAM,
     EVENTS_WILDCARD,
     LEASES_BUCKET,
+    PARTITIONS,
+    PARTITIONS_PREFIX,
     PURGE_SUBJECT,
     REJECTIONS_SUBJECT,
     REPORTS_STREAM,
@@ -47,6 +49,7 @@ from baton_contracts.nats import (
     SUBMIT_SUBJECT,
     TENANT_PATTERN,
     TENANT_SUBMIT_SUBJECT,
+    VIEWS_ADVANCED_SUBJECT,
     WATERMARKS_STREAM,
     WATERMARKS_WILDCARD,
     dead_letter_subject,
@@ -62,7 +65,13 @@ TENANT_USER_PREFIX = "tenant-"
 # The dispatcher answers every tenant's submits here and reads the tenant from the subject.
 TENANT_SUBMIT_WILDCARD = TENANT_SUBMIT_SUBJECT.format(tenant="*")
 # Durable consumers, by the service that owns each (their names are the services' own).
-REPORTS_DURABLE = "baton-dispatcher-reports"
+REPORTS_DURABLE = "baton-dispatcher-reports"  # legacy subjects; then one per partition
+
+
+def reports_durable(partition: int) -> str:
+    return f"{REPORTS_DURABLE}-{partition}"
+
+
 BRIDGE_DURABLE = "baton-device-bridge"
 SCHEDULER_DURABLE = "baton-timeout-scheduler"
 STREAMS = (EVENTS_STREAM, REPORTS_STREAM, WATERMARKS_STREAM, DEAD_LETTERS_STREAM)
@@ -108,8 +117,9 @@ def _consumer(stream: str, durable: str) -> list[str]:
 
 
 def _access_bucket() -> list[str]:
-    """The api's key-value bucket of keys and tenants (`baton_api.access`): create it, write
-    and read entries, watch it (an ordered consumer, with flow control, deleted on stop)."""
+    """The api's key-value bucket of keys and tenants (`baton_api.access`): create it (or
+    change its replicas: BATON_NATS_REPLICAS), write and read entries, watch it (an ordered
+    consumer, with flow control, deleted on stop)."""
     stream = f"KV_{ACCESS_BUCKET}"
     return [
         *_kv_bucket(ACCESS_BUCKET),
@@ -122,12 +132,14 @@ def _access_bucket() -> list[str]:
 
 
 def _kv_bucket(bucket: str) -> list[str]:
-    """A key-value bucket: create it, write entries, read one back (which a compare-and-set
-    `create` does when the key was deleted: `baton_platform.leases`)."""
+    """A key-value bucket: create it (or change its replicas: BATON_NATS_REPLICAS,
+    `baton_platform.nats.ensure_bucket`), write entries, read one back (which a
+    compare-and-set `create` does when the key was deleted: `baton_platform.leases`)."""
     stream = f"KV_{bucket}"
     return [
         f"$KV.{bucket}.>",
         f"{JS_API}.STREAM.CREATE.{stream}",
+        f"{JS_API}.STREAM.UPDATE.{stream}",
         f"{JS_API}.STREAM.INFO.{stream}",
         f"{JS_API}.STREAM.MSG.GET.{stream}",
         f"{JS_API}.DIRECT.GET.{stream}",
@@ -163,9 +175,15 @@ def service_permissions(user: str) -> dict[str, Any]:
                 f"{JS_API}.STREAM.MSG.GET.{REPORTS_STREAM}",  # reports a deadline waits for
                 f"{JS_API}.DIRECT.GET.{WATERMARKS_STREAM}",  # the bridges' watermarks
                 *_consumer(REPORTS_STREAM, REPORTS_DURABLE),
+                *(
+                    rule
+                    for partition in range(PARTITIONS)
+                    for rule in _consumer(REPORTS_STREAM, reports_durable(partition))
+                ),
+                f"{PARTITIONS_PREFIX}.*.*",  # passing a request on to its partition's holder
                 *_kv_bucket(LEASES_BUCKET),
             ],
-            subscribe=[*REQUEST_SUBJECTS, DEADLINE_SUBJECT],
+            subscribe=[*REQUEST_SUBJECTS, DEADLINE_SUBJECT, f"{PARTITIONS_PREFIX}.*.*"],
             responds=True,
         )
     if user == DEVICE_BRIDGE:
@@ -197,8 +215,14 @@ def service_permissions(user: str) -> dict[str, Any]:
         # the tenant's cap applies, then the api asks the dispatcher.
         return _permissions(
             user,
-            publish=[*REQUEST_SUBJECTS, *_access_bucket(), *_kv_bucket(LEASES_BUCKET)],
-            subscribe=[EVENTS_WILDCARD, TENANT_SUBMIT_WILDCARD],
+            publish=[
+                *REQUEST_SUBJECTS,
+                f"{PARTITIONS_PREFIX}.*.submit",  # straight to the device's dispatcher
+                VIEWS_ADVANCED_SUBJECT,  # the replica that projects, to the others
+                *_access_bucket(),
+                *_kv_bucket(LEASES_BUCKET),
+            ],
+            subscribe=[EVENTS_WILDCARD, TENANT_SUBMIT_WILDCARD, VIEWS_ADVANCED_SUBJECT],
             responds=True,
         )
     raise ValueError(f"no such service user: {user!r}")

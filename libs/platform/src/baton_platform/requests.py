@@ -9,14 +9,17 @@ is never left without an answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
 from pydantic import BaseModel, ValidationError
 
 from baton_contracts.nats import (
@@ -71,6 +74,28 @@ def too_large(size: int) -> Problem:
     )
 
 
+# How long a stopping service waits for the requests it has in hand to be answered.
+DRAIN_S = 10.0
+# How often a request no one answered is sent again (see `request_patiently`).
+NO_RESPONDERS_RETRY_S = 0.1
+
+
+async def request_patiently(nc: Client, subject: str, payload: bytes, within: float) -> Msg:
+    """A request that, `within` seconds, waits for someone to answer `subject`: a partition
+    moving between two dispatchers, or every dispatcher restarting, has no one on it for a
+    moment. NATS says at once when no one listens, and then nothing was received, so sending
+    it again is safe. NoRespondersError once the time is up; a TimeoutError when it was
+    received and not answered in time."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await nc.request(subject, payload, timeout=deadline - time.monotonic())
+        except NoRespondersError:
+            if time.monotonic() + NO_RESPONDERS_RETRY_S >= deadline:
+                raise
+            await asyncio.sleep(NO_RESPONDERS_RETRY_S)
+
+
 class RequestEdges:
     """A service's request/reply subjects, on one NATS connection, in its queue group.
 
@@ -95,7 +120,7 @@ class RequestEdges:
         refuse: Callable[[Problem], BaseModel],
         concurrent: int | None = None,
         bind: Bind[M] | None = None,
-    ) -> None:
+    ) -> Subscription:
         """Answer `subject`: decode, one call, encode.
 
         Up to `concurrent` requests of the subject are in hand at once, so those that arrive
@@ -104,7 +129,8 @@ class RequestEdges:
 
         A message that does not fit `model` is answered `refuse(problem)` and counted; so is a
         request the Writer fails on (logged): a requester is never left without an answer.
-        `bind(subject, command)`, when given, sets what the subject decides on the command."""
+        `bind(subject, command)`, when given, sets what the subject decides on the command.
+        Returns the subscription, for `unserve`."""
         concurrent = concurrent or self._concurrent
         gate = asyncio.Semaphore(concurrent)
         service = self._service
@@ -127,11 +153,32 @@ class RequestEdges:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-        self._subs.append(await self._nc.subscribe(subject, queue=self._queue, cb=arrived))
+        sub = await self._nc.subscribe(subject, queue=self._queue, cb=arrived)
+        self._subs.append(sub)
+        return sub
+
+    async def unserve(self, sub: Subscription) -> None:
+        """Stop taking requests on one subject; those in hand are still answered."""
+        if sub not in self._subs:
+            return  # stopped already
+        self._subs.remove(sub)
+        with contextlib.suppress(Exception):  # the connection may be closing
+            # Not a bare unsubscribe: a request the server sent before it saw that would
+            # be dropped here, unanswered. drain() waits for the server to confirm, then
+            # hands what arrived meanwhile to `arrived` like any other.
+            await sub.drain()  # type: ignore[no-untyped-call]
+
+    async def drain(self, within: float = DRAIN_S) -> None:
+        """Take no more requests, and answer those in hand (for up to `within` seconds):
+        a clean stop leaves no requester waiting for an answer that will not come."""
+        for sub in list(self._subs):
+            await self.unserve(sub)
+        if self._running:
+            await asyncio.wait(set(self._running), timeout=within)
 
     async def stop(self) -> None:
-        for sub in self._subs:
-            await sub.unsubscribe()
+        for sub in list(self._subs):
+            await self.unserve(sub)
         for task in list(self._running):
             await cancel_and_wait(task)
 

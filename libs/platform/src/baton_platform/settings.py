@@ -16,7 +16,15 @@ class Settings(BaseSettings):
 
     # where things are
     nats_url: str = Field(
-        default="nats://127.0.0.1:4222", description="NATS server(s); no credentials in it"
+        default="nats://127.0.0.1:4222",
+        description="NATS server, or a cluster's nodes comma-separated; no credentials in it",
+    )
+    nats_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="copies JetStream keeps of each Baton stream and bucket: 1 on a single "
+        "nats-server, 3 on a 3-node cluster (survives one node down)",
     )
     nats_user: str | None = Field(
         default=None,

@@ -33,6 +33,7 @@ from baton_contracts.nats import (
     KeyRecord,
     TenantRecord,
 )
+from baton_platform.nats import ensure_bucket
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +142,10 @@ class NatsAccess(InMemoryAccess):
     """The bucket, mirrored in memory by a watcher; writes go to the bucket and are applied
     here at once, so this replica's next request sees them."""
 
-    def __init__(self, link: NatsLink) -> None:
+    def __init__(self, link: NatsLink, replicas: int = 1) -> None:
         super().__init__()
         self._link = link
+        self._replicas = replicas  # BATON_NATS_REPLICAS: the bucket's copies, as the streams'
         self._bucket: KeyValue | None = None
         self.loaded = asyncio.Event()
 
@@ -161,7 +163,7 @@ class NatsAccess(InMemoryAccess):
     async def _watch(self) -> None:
         client = await self._link.connected_client()
         js = client.jetstream()
-        self._bucket = await js.create_key_value(bucket=ACCESS_BUCKET, history=1)
+        self._bucket = await ensure_bucket(js, ACCESS_BUCKET, history=1, replicas=self._replicas)
         watcher = await self._bucket.watchall()
         try:
             async for entry in watcher:

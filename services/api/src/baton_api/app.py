@@ -50,8 +50,11 @@ from baton_api.retention import RetentionSweeper
 from baton_api.schemas import request_body_plugin
 from baton_api.service import ExecutionService
 from baton_api.tokens import TokenVerifier
+from baton_api.views_edge import announcer, hear_advances
+from baton_contracts.nats import PROJECTION_LEASE
 from baton_domain.application import Executions
 from baton_platform.eventstore import open_executions
+from baton_platform.leases import hold, holder_name
 from baton_platform.lifecycle import cancel_and_wait
 from baton_platform.nats import identity
 from baton_platform.nats_access import API
@@ -76,16 +79,40 @@ class Parts:
     catalog_service: CatalogService
     access: AccessStore
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    lease: asyncio.Task[None] | None = None
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    nats_replicas: int = 1  # copies of the leases bucket (BATON_NATS_REPLICAS)
 
     async def start(self) -> None:
         self.tasks.append(asyncio.create_task(self.runner.run(), name="projection"))
         if self.link is not None:
             self.tasks.append(asyncio.create_task(self.link.run(), name="nats-link"))
+            self.lease = asyncio.create_task(self._hold_projection(), name="projection-lease")
         if isinstance(self.access, NatsAccess):
             self.tasks.append(asyncio.create_task(self.access.run(), name="access"))
         self.tasks.append(asyncio.create_task(self.sweeper.run(), name="retention"))
 
+    async def _hold_projection(self) -> None:
+        """Write the views while this replica holds lease `projection` (every replica
+        reads them): a lone api takes it as soon as it reaches NATS."""
+        assert self.link is not None
+        client = await self.link.connected_client()
+        await hold(
+            client.jetstream(),
+            PROJECTION_LEASE,
+            self.runner.name,
+            self.runner.start_projecting,
+            self.runner.stop_projecting,
+            self.stopping,
+            self.nats_replicas,
+        )
+
     async def stop(self) -> None:
+        # The lease is released (another replica projects at once) unless NATS is gone.
+        self.stopping.set()
+        if self.lease is not None:
+            await asyncio.wait({self.lease}, timeout=5)
+            await cancel_and_wait(self.lease)
         # The projection finishes its step (it may be inside sqlite in a worker thread);
         # the NATS link and the retention sweep are cancelled (the views close under locks).
         self.runner.stop()
@@ -130,10 +157,20 @@ def build_parts(
 ) -> Parts:
     executions = executions or open_executions(settings)
     views = ExecutionViews(settings.views_database)
-    runner = ProjectionRunner(executions, views, settings.projection_poll_interval)
+    # With NATS, replicas: the holder of lease `projection` writes the views. Without
+    # (tests' stand-in gateways), this lone process does.
+    runner = ProjectionRunner(
+        executions,
+        views,
+        settings.projection_poll_interval,
+        name=holder_name("api", settings.instance),
+        projecting=gateway is not None,
+    )
     link = None
     if gateway is None:
-        link = NatsLink(settings.nats_url, identity(settings, API), on_event=runner.wake)
+        link = NatsLink(settings.nats_url, identity(settings, API), on_event=runner.event_stored)
+        runner.announce_with(announcer(link))
+        link.on_connected(lambda client: hear_advances(client, runner))
         gateway = NatsGateway(link, settings.request_timeout)
     service = ExecutionService(
         gateway,
@@ -149,9 +186,19 @@ def build_parts(
     )
     if access is None:
         # Keys and tenants live in NATS (baton_api.access); without it, in this process.
-        access = NatsAccess(link) if link is not None else InMemoryAccess()
+        access = NatsAccess(link, settings.nats_replicas) if link is not None else InMemoryAccess()
     catalog_service = CatalogService(executions, gateway, accounts or device_accounts(settings))
-    return Parts(executions, views, runner, service, link, sweeper, catalog_service, access)
+    return Parts(
+        executions,
+        views,
+        runner,
+        service,
+        link,
+        sweeper,
+        catalog_service,
+        access,
+        nats_replicas=settings.nats_replicas,
+    )
 
 
 def device_accounts(settings: Settings) -> DeviceAccounts:

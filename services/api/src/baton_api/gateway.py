@@ -25,7 +25,6 @@ from baton_contracts.nats import (
     MAX_COMMAND_BYTES,
     PURGE_SUBJECT,
     RETRY_SUBJECT,
-    SUBMIT_SUBJECT,
     CancelCommand,
     CatalogChange,
     CatalogReply,
@@ -35,7 +34,10 @@ from baton_contracts.nats import (
     PurgeReply,
     RetryCommand,
     SubmitCommand,
+    partition_of,
+    partition_subject,
 )
+from baton_platform.requests import request_patiently
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,9 @@ class NatsGateway:
             "Idempotency-Key",
             command.execution_id,
         )
-        return await self._request(SUBMIT_SUBJECT, payload, ExecutionReply, unknown)
+        # Straight to the dispatcher that writes the device's streams.
+        subject = partition_subject(partition_of(command.device_id), "submit")
+        return await self._request(subject, payload, ExecutionReply, unknown)
 
     async def cancel(self, command: CancelCommand) -> ExecutionReply:
         return await self._request(CANCEL_SUBJECT, _encoded(command), ExecutionReply)
@@ -112,7 +116,7 @@ class NatsGateway:
         if client is None or not client.is_connected:
             raise unavailable("the message bus is not reachable; nothing was stored; retry")
         try:
-            message = await client.request(subject, payload, timeout=self._timeout)
+            message = await request_patiently(client, subject, payload, self._timeout)
         except NoRespondersError:
             raise unavailable("no dispatcher is running; nothing was stored; retry") from None
         except MaxPayloadError:

@@ -16,7 +16,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from baton_contracts.nats import EVENTS_WILDCARD
-from baton_platform.nats import NatsIdentity, is_refusal, log_nats_error, redacted
+from baton_platform.nats import NatsIdentity, is_refusal, log_nats_error, redacted, server_urls
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class NatsLink:
     async def run(self) -> None:
         """Connect (retrying for ever), then subscribe; nats-py reconnects by itself."""
         client = await nats.connect(
-            self._url,
+            server_urls(self._url),
             name=CLIENT_NAME,
             max_reconnect_attempts=-1,  # also makes the first connect retry until it works
             reconnect_time_wait=1,

@@ -1,9 +1,18 @@
 """Runs the execution views' projection inside the api process, and lets requests wait on it.
 
-The loop reads the event store's notification log after the stored position and applies
-what it read, up to `batch` events, in one transaction of the views (in a worker thread:
-eventsourcing and sqlite3 are synchronous). It wakes early when `wake()` is called (a NATS
-lifecycle event arrived) and otherwise polls, so it keeps the views current with NATS down.
+Every api replica reads the views; the one holding lease `projection` writes them
+(docs/architecture.md, "Replicas"). While this process projects, the loop reads the event
+store's notification log after the stored position and applies what it read, up to `batch`
+events, in one transaction of the views (in a worker thread: eventsourcing and sqlite3 are
+synchronous). It wakes early when a NATS lifecycle event arrives and otherwise polls. After
+each batch it announces what it did (`ViewsAdvanced`: the new position and the executions
+the batch ended) to the other replicas.
+
+While another replica projects, this one follows: each announcement moves its position and
+wakes the waiters of the executions it names. Announcements are core NATS, at most once, so
+the loop also reads the views' position every `poll_interval`: a gap between announcements,
+or a position read that no announcement has covered `poll_interval` later, means one was
+missed, and then every waiter reads its execution again (`Follower`).
 
 Waiting costs no reads per waiter: each applied batch reports which executions it ended,
 and only their waiters are woken, through one notifier per execution that all of its
@@ -16,9 +25,11 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from uuid import UUID
 
+from baton_contracts.nats import ViewsAdvanced
 from baton_domain.application import Executions
 from baton_platform.metrics import WAITING_REQUESTS
 from baton_views import ExecutionView, ExecutionViews, read_events
@@ -27,13 +38,64 @@ log = logging.getLogger(__name__)
 
 BATCH = 500
 
+Announce = Callable[[ViewsAdvanced], Awaitable[None]]
+
 
 @dataclass
 class _Notifier:
-    """Set once the views show the execution ended; shared by everyone waiting for that."""
+    """Set once the views show the execution ended; shared by everyone waiting for that.
+
+    `ended` is also set (and then replaced) when an announcement was missed: the execution
+    may have ended, so its waiters read it again and, if it has not, wait on."""
 
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     waiters: int = 0
+
+
+class Follower:
+    """What a replica that does not project knows of the views from announcements and
+    polls, and when it must assume it missed one. Pure: no I/O; the time is passed in."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace  # how long an announcement may take to arrive after its commit
+        self.position = 0  # the views include everything up to here
+        self.announced = 0  # announcements heard, without a gap, up to here
+        # The oldest position read that no announcement has covered yet, and since when.
+        self._unannounced: tuple[int, float] | None = None
+        self._started = False  # the first poll or announcement is where we start from
+
+    def heard(self, message: ViewsAdvanced) -> bool:
+        """An announcement; returns whether one before it was missed."""
+        missed = self._started and message.after > self.announced
+        self._started = True
+        self.announced = max(self.announced, message.position)
+        self.position = max(self.position, message.position)
+        return missed
+
+    def polled(self, position: int, now: float) -> bool:
+        """The views' position read at `now`; returns whether an announcement was missed:
+        a position read `grace` seconds ago or more is still not announced."""
+        if not self._started:
+            self._started = True
+            self.announced = max(self.announced, position)
+        self.position = max(self.position, position)
+        missed = False
+        if self._unannounced is not None:
+            oldest, since = self._unannounced
+            if oldest > self.announced and now - since >= self.grace:
+                missed = True
+                self.announced = oldest
+            if oldest > self.announced:
+                return missed  # still waiting for that one's announcement
+        self._unannounced = (position, now) if position > self.announced else None
+        return missed
+
+    def projected(self, position: int) -> None:
+        """This process wrote the views up to `position` (it knows what ended)."""
+        self.position = max(self.position, position)
+        self.announced = max(self.announced, position)
+        self._unannounced = None
+        self._started = True
 
 
 class ProjectionRunner:
@@ -43,20 +105,48 @@ class ProjectionRunner:
         views: ExecutionViews,
         poll_interval: float,
         batch: int = BATCH,
+        *,
+        name: str = "",
+        announce: Announce | None = None,
+        projecting: bool = True,
     ) -> None:
         self._executions = executions
         self._views = views
         self._poll_interval = poll_interval
         self._batch = batch
+        self.name = name  # this process's name as a projector (its lease holder name)
+        self._announce = announce
+        self._projecting = projecting
+        self._stepping = asyncio.Lock()
         self._wake = asyncio.Event()
         # Replaced on every advance: setting the old one releases everyone waiting on it.
         self._advanced = asyncio.Event()
         self._notifiers: dict[UUID, _Notifier] = {}
         self._stopping = False
-        self.position = 0
+        self._known = Follower(grace=poll_interval)
+        self._advanced_to = 0
+
+    @property
+    def position(self) -> int:
+        """The views include every event up to here, as far as this process knows."""
+        return self._known.position
+
+    @property
+    def projecting(self) -> bool:
+        """Whether this process writes the views now (holds the lease, or is alone)."""
+        return self._projecting
+
+    def announce_with(self, announce: Announce) -> None:
+        self._announce = announce
 
     def wake(self) -> None:
+        """Look now: project, or (following) read the views' position."""
         self._wake.set()
+
+    def event_stored(self) -> None:
+        """A lifecycle event went out: there is something to project (if this projects)."""
+        if self._projecting:
+            self._wake.set()
 
     def stop(self) -> None:
         """Ask `run` to return after the step in hand.
@@ -67,12 +157,29 @@ class ProjectionRunner:
         self._stopping = True
         self._wake.set()
 
+    async def start_projecting(self) -> None:
+        """This process writes the views from now on (it took the lease)."""
+        self._projecting = True
+        self._wake.set()
+
+    async def stop_projecting(self) -> None:
+        """Another may write the views from now on: returns once no step of ours is running
+        (one may be inside its transaction; the views' position, read and written in that
+        transaction, keeps two projectors from applying an event twice)."""
+        self._projecting = False
+        async with self._stepping:
+            pass
+
     async def run(self) -> None:
-        """Project until stopped. Errors are logged and retried: reads must keep working."""
+        """Project (or follow) until stopped. Errors are logged and retried: reads must keep
+        working."""
         while not self._stopping:
             try:
-                if await self.step():
-                    continue  # there may be more: drain before sleeping
+                if self._projecting:
+                    if await self.step():
+                        continue  # there may be more: drain before sleeping
+                else:
+                    await self.follow_step()
             except Exception:
                 log.exception("projection step failed; retrying")
             with contextlib.suppress(TimeoutError):
@@ -81,31 +188,76 @@ class ProjectionRunner:
 
     async def step(self) -> bool:
         """Apply one batch of new events; returns whether there were any."""
-        ended: set[UUID] = set()
-        position, applied = await asyncio.to_thread(self._apply_next, ended)
-        self._advance(position)
-        # After the commit, so a woken waiter's read sees the end.
-        for execution_id in ended:
-            notifier = self._notifiers.get(execution_id)
-            if notifier is not None:
-                notifier.ended.set()
+        async with self._stepping:
+            if not self._projecting:
+                return False
+            ended: set[UUID] = set()
+            after, position, applied = await asyncio.to_thread(self._apply_next, ended)
+            self._known.projected(position)
+            self._advance()
+            # After the commit, so a woken waiter's read sees the end.
+            self._ended(ended)
+        if applied:
+            await self._tell(ViewsAdvanced(
+                projector=self.name, after=after, position=position, ended=sorted(ended)
+            ))  # fmt: skip
         return applied
 
-    def _apply_next(self, ended: set[UUID]) -> tuple[int, bool]:
+    async def follow_step(self) -> None:
+        """Following: read the views' position (the fallback for a missed announcement)."""
+        position = await asyncio.to_thread(self._views.position)
+        if self._known.polled(position, time.monotonic()):
+            log.info("missed an announcement of the views; every waiter reads again")
+            self._maybe_ended(self._notifiers)
+        self._advance()
+
+    def heard(self, message: ViewsAdvanced) -> None:
+        """Another replica committed a batch to the views (its announcement)."""
+        if message.projector == self.name:
+            return  # our own: done already
+        if self._known.heard(message):
+            log.info("missed an announcement of the views; every waiter reads again")
+            self._maybe_ended(self._notifiers)
+        self._advance()
+        self._ended(message.ended)
+
+    def _apply_next(self, ended: set[UUID]) -> tuple[int, int, bool]:
         """In a worker thread: the next `batch` events after the views' position, applied
-        in one transaction. Returns (the views' position, whether there were events)."""
+        in one transaction. Returns (the position before, the views' position, whether
+        there were events)."""
         after = self._views.position()
         events = read_events(self._executions, after, self._batch)
         if not events:
-            return after, False
-        return self._views.apply(events, ended), True
+            return after, after, False
+        return after, self._views.apply(events, ended), True
 
-    def _advance(self, position: int) -> None:
-        if position == self.position:
+    async def _tell(self, message: ViewsAdvanced) -> None:
+        if self._announce is None:
             return
-        self.position = position
+        try:
+            await self._announce(message)
+        except Exception as exc:  # the others fall back on reading the position
+            log.debug("views advance not announced (%s)", exc)
+
+    def _advance(self) -> None:
+        if self._advanced_to == self._known.position:
+            return
+        self._advanced_to = self._known.position
         advanced, self._advanced = self._advanced, asyncio.Event()
         advanced.set()
+
+    def _ended(self, execution_ids: Iterable[UUID]) -> None:
+        for execution_id in execution_ids:
+            notifier = self._notifiers.get(execution_id)
+            if notifier is not None:
+                notifier.ended.set()
+
+    @staticmethod
+    def _maybe_ended(notifiers: dict[UUID, _Notifier]) -> None:
+        for notifier in notifiers.values():
+            if not notifier.ended.is_set():
+                maybe, notifier.ended = notifier.ended, asyncio.Event()
+                maybe.set()
 
     # --- waiting ---------------------------------------------------------------------------
 
@@ -128,8 +280,9 @@ class ProjectionRunner:
         """The execution as soon as the views show it ended, or as it is after `within` s.
 
         Two reads of the views whatever happens meanwhile: one now (it may have ended
-        already) and one when woken or out of time. The notifier is registered before the
-        first read, so an end projected between that read and the wait still wakes it.
+        already) and one when woken or out of time; one more each time a missed
+        announcement woke it. The notifier is registered before the first read, so an end
+        projected between that read and the wait still wakes it.
         """
         deadline = time.monotonic() + within
         notifier = self._notifiers.get(execution_id)
@@ -142,10 +295,19 @@ class ProjectionRunner:
             if execution is not None and execution.is_terminal:
                 return execution
             self.wake()  # a waiter usually follows a write: look now rather than at the next poll
-            with contextlib.suppress(TimeoutError):
-                remaining = max(0.0, deadline - time.monotonic())
-                await asyncio.wait_for(notifier.ended.wait(), timeout=remaining)
-            return await asyncio.to_thread(self._views.get, execution_id, with_log)
+            while True:
+                ended = notifier.ended
+                with contextlib.suppress(TimeoutError):
+                    remaining = max(0.0, deadline - time.monotonic())
+                    await asyncio.wait_for(ended.wait(), timeout=remaining)
+                execution = await asyncio.to_thread(self._views.get, execution_id, with_log)
+                if (
+                    execution is None
+                    or execution.is_terminal
+                    or notifier.ended.is_set()  # woken for its end, not for a maybe
+                    or time.monotonic() >= deadline
+                ):
+                    return execution
         finally:
             WAITING_REQUESTS.dec()
             notifier.waiters -= 1

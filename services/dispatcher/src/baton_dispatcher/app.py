@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from faststream.nats import NatsBroker
 from faststream.security import BaseSecurity, SASLPlaintext
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 
-from baton_contracts.nats import DISPATCHER_QUEUE
+from baton_contracts.nats import DISPATCHER_QUEUE, RELAY_LEASE
 from baton_dispatcher.backlog import ReportsBacklog
-from baton_dispatcher.edges import CONCURRENT_REQUESTS, SERVICE, register, register_admin
+from baton_dispatcher.edges import (
+    CONCURRENT_REQUESTS,
+    SERVICE,
+    register,
+    register_admin,
+    serve_partition,
+)
+from baton_dispatcher.partitions import PartitionKeeper
 from baton_dispatcher.relay import OutboxRelay
-from baton_dispatcher.reports import ReportsConsumer
+from baton_dispatcher.reports import ReportsConsumer, narrow_legacy_consumer
+from baton_dispatcher.router import Router
 from baton_dispatcher.writer import Writer
 from baton_domain.catalog import Catalog
 from baton_platform.eventstore import open_executions
+from baton_platform.leases import hold, holder_name, open_bucket
 from baton_platform.lifecycle import cancel_and_wait
-from baton_platform.nats import NatsIdentity, connect, ensure_streams, identity
+from baton_platform.nats import NatsIdentity, connect, ensure_streams, identity, server_urls
 from baton_platform.nats_access import DISPATCHER
 from baton_platform.requests import RequestEdges
 from baton_platform.settings import Settings
@@ -37,6 +48,15 @@ def broker_identity(who: NatsIdentity) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Held:
+    """What runs for one partition this dispatcher holds."""
+
+    subscriptions: list[Subscription]
+    consumers: list[ReportsConsumer] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
 class Dispatcher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -44,9 +64,14 @@ class Dispatcher:
         self._edges: RequestEdges | None = None
         self._broker: NatsBroker | None = None
         self._writer: Writer | None = None
+        self._relay: OutboxRelay | None = None
         self._relay_task: asyncio.Task[None] | None = None
-        self._reports: ReportsConsumer | None = None
-        self._reports_task: asyncio.Task[None] | None = None
+        self._held: dict[int, _Held] = {}
+        self._legacy_reports = False
+        self._keeper: PartitionKeeper | None = None
+        self._keeper_task: asyncio.Task[None] | None = None
+        self._relay_lease: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         settings = self.settings
@@ -55,8 +80,8 @@ class Dispatcher:
         who = identity(settings, DISPATCHER)
         self._nc = await connect(settings.nats_url, f"baton-dispatcher-{settings.instance}", who)
         js = self._nc.jetstream()
-        await ensure_streams(js)
-        relay = OutboxRelay(executions, self._nc, settings.relay_poll_interval)
+        await ensure_streams(js, settings.nats_replicas)
+        self._relay = relay = OutboxRelay(executions, self._nc, settings.relay_poll_interval)
         self._writer = Writer(
             executions, on_stored=relay.wake, backlog=ReportsBacklog(js, settings.deadline_max_hold)
         )
@@ -65,9 +90,18 @@ class Dispatcher:
         # catalog import`).
         await self._writer.seed_catalog()
         self._edges = RequestEdges(self._nc, SERVICE, DISPATCHER_QUEUE, CONCURRENT_REQUESTS)
-        await register(self._edges, self._writer)
+        self._legacy_reports = await narrow_legacy_consumer(js)
+        self._keeper = PartitionKeeper(
+            js,
+            await open_bucket(js, settings.nats_replicas),
+            holder_name(SERVICE, settings.instance),
+            self._take_partition,
+            self._leave_partition,
+        )
+        router = Router(self._nc, executions, self._keeper.holds, settings.request_timeout)
+        await register(self._edges, self._writer, router)
         self._broker = NatsBroker(
-            settings.nats_url,
+            server_urls(settings.nats_url),
             name=f"baton-dispatcher-admin-{settings.instance}",
             max_reconnect_attempts=-1,
             **broker_identity(who),
@@ -75,27 +109,89 @@ class Dispatcher:
         )
         register_admin(self._broker, self._writer)
         await self._broker.start()
-        self._reports = ReportsConsumer(self._nc, self._writer)
-        await self._reports.start()
-        self._reports_task = asyncio.create_task(self._reports.run(), name="reports")
+        # The first round takes every free partition before we call ourselves ready.
+        await self._keeper.step()
+        self._keeper_task = asyncio.create_task(self._keeper.run(self._stopping), name="partitions")
         # Make sure the server has our subscriptions before we call ourselves ready.
         await self._nc.flush()
         await self._broker.connection.flush()
-        self._relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+        # One dispatcher at a time relays (docs/architecture.md, "Replicas").
+        self._relay_lease = asyncio.create_task(
+            hold(
+                js,
+                RELAY_LEASE,
+                holder_name("dispatcher", settings.instance),
+                self._start_relay,
+                self._stop_relay,
+                self._stopping,
+                settings.nats_replicas,
+            ),
+            name="relay-lease",
+        )
         log.info(
-            "dispatcher ready: %d device types, %d devices, store %s",
+            "dispatcher ready: %d device types, %d devices, partitions %s, store %s",
             len(executions.catalog.device_types),
             len(executions.catalog.devices),
+            self._keeper.held,
             settings.event_store,
         )
 
-    async def stop(self) -> None:
-        if self._reports is not None:
-            await self._reports.stop()
-        if self._reports_task is not None:
-            await cancel_and_wait(self._reports_task)
+    async def _take_partition(self, partition: int) -> None:
+        assert self._nc is not None
+        assert self._edges is not None
+        assert self._writer is not None
+        await self._writer.forget_cached()
+        held = _Held(await serve_partition(self._edges, self._writer, partition))
+        self._held[partition] = held
+        held.consumers.append(ReportsConsumer(self._nc, self._writer, partition))
+        if partition == 0 and self._legacy_reports:
+            held.consumers.append(ReportsConsumer(self._nc, self._writer, None))
+        for consumer in held.consumers:
+            await consumer.start()
+            held.tasks.append(asyncio.create_task(consumer.run(), name=f"reports-{partition}"))
+
+    async def _leave_partition(self, partition: int) -> None:
+        """Stop taking its requests and reports; what is in hand is still stored, and a
+        report not yet acknowledged goes to the next holder."""
+        held = self._held.pop(partition, None)
+        if held is None or self._edges is None:
+            return
+        for sub in held.subscriptions:
+            await self._edges.unserve(sub)
+        for consumer in held.consumers:
+            await consumer.stop()
+        for task in held.tasks:
+            await cancel_and_wait(task)
+
+    @property
+    def relaying(self) -> bool:
+        """Whether this dispatcher runs the outbox relay (holds the lease)."""
+        return self._relay_task is not None and not self._relay_task.done()
+
+    async def _start_relay(self) -> None:
+        assert self._relay is not None
+        self._relay_task = asyncio.create_task(self._relay.run(), name="outbox-relay")
+
+    async def _stop_relay(self) -> None:
         if self._relay_task is not None:
             await cancel_and_wait(self._relay_task)
+            self._relay_task = None
+
+    async def stop(self) -> None:
+        if self._stopping.is_set():
+            return  # stopped already
+        self._stopping.set()
+        if self._edges is not None:
+            # Every request in hand answered first, while the partitions are still ours:
+            # requests meanwhile wait for the next holder (`request_patiently`).
+            await self._edges.drain()
+        if self._keeper_task is not None:
+            # It gives every partition away as it ends: the others take them at once.
+            await asyncio.wait({self._keeper_task}, timeout=5)
+            await cancel_and_wait(self._keeper_task)
+        if self._relay_lease is not None:
+            # Stops the relay and releases the lease, so another dispatcher relays at once.
+            await self._relay_lease
         if self._edges is not None:
             await self._edges.stop()
         if self._broker is not None:

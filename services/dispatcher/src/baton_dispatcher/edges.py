@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
+from nats.aio.subscription import Subscription
 from pydantic import BaseModel
 
 from baton_contracts.nats import (
@@ -33,12 +34,15 @@ from baton_contracts.nats import (
     DeadlineReply,
     DeleteCommand,
     ExecutionReply,
+    PartitionVerb,
     Problem,
     PurgeCommand,
     PurgeReply,
     RetryCommand,
     SubmitCommand,
+    partition_subject,
 )
+from baton_dispatcher.router import Router
 from baton_dispatcher.writer import MAX_BATCH, Writer
 from baton_platform.consumers import raw_body
 from baton_platform.requests import Refuse, RequestEdges, answer_request
@@ -51,18 +55,43 @@ M = TypeVar("M", bound=BaseModel)
 CONCURRENT_REQUESTS = MAX_BATCH
 
 
-async def register(edges: RequestEdges, writer: Writer) -> None:
-    def refused(problem: Problem) -> ExecutionReply:
-        return ExecutionReply(problem=problem)
+def refused(problem: Problem) -> ExecutionReply:
+    return ExecutionReply(problem=problem)
 
-    def deadline_refused(problem: Problem) -> DeadlineReply:
-        return DeadlineReply(outcome="unknown", problem=problem)
 
-    await edges.serve(SUBMIT_SUBJECT, SubmitCommand, writer.submit, refused)
-    await edges.serve(CANCEL_SUBJECT, CancelCommand, writer.cancel, refused)
-    await edges.serve(RETRY_SUBJECT, RetryCommand, writer.retry, refused)
-    await edges.serve(DELETE_SUBJECT, DeleteCommand, writer.delete, refused)
-    await edges.serve(DEADLINE_SUBJECT, DeadlineDue, writer.deadline, deadline_refused)
+def deadline_refused(problem: Problem) -> DeadlineReply:
+    return DeadlineReply(outcome="unknown", problem=problem)
+
+
+async def register(edges: RequestEdges, writer: Writer, router: Router) -> None:
+    """The subjects every dispatcher answers: each request goes on to its device's partition."""
+    by_execution = router.by_execution
+    await edges.serve(SUBMIT_SUBJECT, SubmitCommand, router.submit(writer.submit, refused), refused)
+    cancel = by_execution("cancel", writer.cancel, ExecutionReply, refused)
+    await edges.serve(CANCEL_SUBJECT, CancelCommand, cancel, refused)
+    retry = by_execution("retry", writer.retry, ExecutionReply, refused)
+    await edges.serve(RETRY_SUBJECT, RetryCommand, retry, refused)
+    delete = by_execution("delete", writer.delete, ExecutionReply, refused)
+    await edges.serve(DELETE_SUBJECT, DeleteCommand, delete, refused)
+    deadline = by_execution("deadline", writer.deadline, DeadlineReply, deadline_refused)
+    await edges.serve(DEADLINE_SUBJECT, DeadlineDue, deadline, deadline_refused)
+
+
+async def serve_partition(
+    edges: RequestEdges, writer: Writer, partition: int
+) -> list[Subscription]:
+    """The subjects of one partition this dispatcher holds: handled here, by the Writer."""
+
+    def subject(verb: PartitionVerb) -> str:
+        return partition_subject(partition, verb)
+
+    return [
+        await edges.serve(subject("submit"), SubmitCommand, writer.submit, refused),
+        await edges.serve(subject("cancel"), CancelCommand, writer.cancel, refused),
+        await edges.serve(subject("retry"), RetryCommand, writer.retry, refused),
+        await edges.serve(subject("delete"), DeleteCommand, writer.delete, refused),
+        await edges.serve(subject("deadline"), DeadlineDue, writer.deadline, deadline_refused),
+    ]
 
 
 def register_admin(broker: NatsBroker, writer: Writer) -> None:

@@ -9,7 +9,9 @@ batch is not something its subscriber API hands out.
 
 Order across a crash: what a killed dispatcher held unacknowledged comes back first, at the
 restart (`resume_in_order`). Within a live dispatcher, a batch takes well under the ack wait.
-One dispatcher consumes the reports; replicas wait for partitioning by device.
+Each partition of devices has its own durable consumer, run by the dispatcher that holds the
+partition (partitions.py), so a device's reports are applied by the one writer of its
+streams, in order.
 """
 
 from __future__ import annotations
@@ -19,22 +21,25 @@ import logging
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from baton_contracts.nats import (
+    LEGACY_REPORTS,
     REJECTIONS_SUBJECT,
     REPORT_ADAPTER,
     REPORTS_STREAM,
-    REPORTS_WILDCARD,
     PresenceReport,
     ReportRejected,
     StateReport,
+    partition_reports,
 )
 from baton_dispatcher.writer import ReportResult, Writer
 from baton_platform.consumers import BatchingConsumer
 from baton_platform.deadletters import dead_letter
 from baton_platform.metrics import REJECTED_MESSAGES
-from baton_platform.nats_access import REPORTS_DURABLE
+from baton_platform.nats_access import REPORTS_DURABLE, reports_durable
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +51,33 @@ REPORTS_BATCH = 256
 REPORTS_ACK_WAIT_S = 5.0
 
 
+async def narrow_legacy_consumer(js: JetStreamContext) -> bool:
+    """A release without partitions had one consumer for every report. It now takes only the
+    reports on that release's subjects (a bridge not yet upgraded), or the partitions'
+    consumers could not be made: a work-queue stream's consumers may not overlap. Returns
+    whether it exists (only then is it consumed, by the holder of partition 0)."""
+    try:
+        info = await js.consumer_info(REPORTS_STREAM, REPORTS_DURABLE)
+    except NotFoundError:
+        return False
+    if (info.config.filter_subjects or [info.config.filter_subject]) != [LEGACY_REPORTS]:
+        config = info.config.evolve(filter_subject=None, filter_subjects=[LEGACY_REPORTS])
+        await js.add_consumer(REPORTS_STREAM, config)
+        log.info("consumer %s now takes %s only", REPORTS_DURABLE, LEGACY_REPORTS)
+    return True
+
+
 class ReportsConsumer:
-    def __init__(self, nc: Client, writer: Writer) -> None:
+    """The reports of one partition's devices (None: those on the legacy subjects)."""
+
+    def __init__(self, nc: Client, writer: Writer, partition: int | None) -> None:
         self._nc = nc
         self._js = nc.jetstream()
         self._writer = writer
         self._consumer = BatchingConsumer(
             REPORTS_STREAM,
-            REPORTS_DURABLE,
-            [REPORTS_WILDCARD],
+            REPORTS_DURABLE if partition is None else reports_durable(partition),
+            [LEGACY_REPORTS if partition is None else partition_reports(partition)],
             self._handle_batch,
             batch=REPORTS_BATCH,
             ack_wait=REPORTS_ACK_WAIT_S,

@@ -223,6 +223,11 @@ class Writer:
     async def get_catalog(self, query: CatalogQuery) -> CatalogReply:
         return await self._call(lambda: self._handlers.get_catalog(query), alone=True)
 
+    async def forget_cached(self) -> None:
+        """Before writing a partition taken over from another dispatcher: nothing cached may
+        be older than what that one stored."""
+        await self._call(self._executions.forget_cached, alone=True)
+
     async def seed_catalog(self) -> None:
         if await self._call(self._executions.seed_catalog, alone=True) is not None:
             self._on_stored()

@@ -1,0 +1,142 @@
+"""Which devices this dispatcher writes: the partitions whose leases it holds.
+
+Devices fall into `PARTITIONS` partitions (`baton_contracts.nats.partition_of`). A dispatcher
+writes a device's streams only while it holds the lease `partition.<n>` of the device's
+partition (baton_platform.leases): it then answers the partition's request subjects and
+consumes the partition's device reports. Every dispatcher also keeps a lease of its own,
+`dispatchers.<holder>`, so each can count the live ones and knows its share of the
+partitions. It takes every free partition (one without a holder is worse than one with a
+busy holder) and gives away those above its share, so a new replica gets its share within
+seconds, a stopped one's partitions are taken at the next renewal, and a dead one's once
+their leases lapse (docs/architecture.md, "Replicas").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from baton_contracts.nats import LEASES_BUCKET, PARTITIONS
+from baton_platform.leases import RENEW_S, Lease
+
+log = logging.getLogger(__name__)
+
+MEMBERS = "dispatchers"
+# A partition given away is not taken back for this long: time for the replica it was given
+# away to (the one that has fewer) to take it.
+COOL_OFF_S = 3 * RENEW_S
+
+
+def partition_key(partition: int) -> str:
+    return f"partition.{partition}"
+
+
+class PartitionKeeper:
+    """Keeps this dispatcher's share of the partitions: `start(n)` once partition n is held,
+    `stop(n)` before it is given away or once it is lost. `held` is what it writes now."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        bucket: KeyValue,
+        holder: str,
+        start: Callable[[int], Awaitable[None]],
+        stop: Callable[[int], Awaitable[None]],
+    ) -> None:
+        self._js = js
+        self._bucket = bucket
+        self._holder = holder
+        self._start = start
+        self._stop = stop
+        self._leases: dict[int, Lease] = {}
+        self._given_away: dict[int, float] = {}  # partition -> time.monotonic()
+        # Its own member key: one NATS token, unique to this process.
+        self._member = Lease(bucket, f"{MEMBERS}.{holder.replace('.', '-')}", holder)
+
+    def holds(self, partition: int) -> bool:
+        lease = self._leases.get(partition)
+        return lease is not None and lease.held
+
+    @property
+    def held(self) -> list[int]:
+        return sorted(p for p in self._leases if self.holds(p))
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        try:
+            while not stopping.is_set():
+                try:
+                    await self.step()
+                except Exception:
+                    log.exception("keeping the partitions failed; again shortly")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), timeout=RENEW_S)
+        finally:
+            for partition in list(self._leases):
+                await self._give_up(partition)
+            await self._member.release()
+
+    async def step(self) -> None:
+        """Renew what is held, then move towards this dispatcher's share."""
+        await self._member.keep()
+        for partition, lease in list(self._leases.items()):
+            if not await lease.keep():
+                log.warning("lost partition %d", partition)
+                del self._leases[partition]
+                await self._stop_quietly(partition)
+        try:
+            members = await self._members()
+        except Exception as exc:  # NATS unreachable: nothing to balance with
+            log.debug("cannot count the dispatchers: %s", exc)
+            return
+        share = math.ceil(PARTITIONS / members)
+        for partition in sorted(self._leases, reverse=True)[: max(0, len(self._leases) - share)]:
+            await self._give_up(partition)
+            self._given_away[partition] = time.monotonic()
+        await self._take_free()
+
+    async def _take_free(self) -> None:
+        now = time.monotonic()
+        candidates = [
+            p
+            for p in range(PARTITIONS)
+            if p not in self._leases and now - self._given_away.get(p, -COOL_OFF_S) >= COOL_OFF_S
+        ]
+        # In random order, so that replicas starting together do not all ask for the same.
+        random.shuffle(candidates)
+        for partition in candidates:
+            lease = Lease(self._bucket, partition_key(partition), self._holder)
+            if await lease.keep():
+                self._leases[partition] = lease
+                log.info("took partition %d", partition)
+                await self._start(partition)
+
+    async def _give_up(self, partition: int) -> None:
+        """Stop its work first, then let it go, so the next holder starts after this one."""
+        lease = self._leases.pop(partition)
+        await self._stop_quietly(partition)
+        await lease.release()  # NATS gone: the lease lapses on its own
+        log.info("gave partition %d away", partition)
+
+    async def _stop_quietly(self, partition: int) -> None:
+        """Stop the partition's work whatever fails on the way (a closed connection): what
+        cannot be unsubscribed goes with the connection."""
+        try:
+            await self._stop(partition)
+        except Exception as exc:
+            log.warning("stopping partition %d: %s", partition, exc)
+
+    async def _members(self) -> int:
+        """The live dispatchers: their member keys in the bucket (a released one may count
+        for a few seconds more, until its delete marker ages out)."""
+        info = await self._js.stream_info(
+            f"KV_{LEASES_BUCKET}", subjects_filter=f"$KV.{LEASES_BUCKET}.{MEMBERS}.*"
+        )
+        return max(1, len(info.state.subjects or {}))
