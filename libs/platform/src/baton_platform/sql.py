@@ -115,9 +115,6 @@ class Row(tuple[Any, ...]):
             return tuple.__getitem__(self, self._names[key])
         return tuple.__getitem__(self, key)
 
-    def keys(self) -> list[str]:
-        return list(self._names)
-
 
 def _row_factory(cursor: Any) -> Any:
     names = {column.name: i for i, column in enumerate(cursor.description or ())}
@@ -168,11 +165,6 @@ class Connection:
             return raw
 
         return cls("postgres", reopen(), reopen, schema)
-
-    @property
-    def raw(self) -> Any:
-        """The driver's own connection (sqlite3 or psycopg)."""
-        return self._live()
 
     def __getattr__(self, name: str) -> Any:
         # What only one driver has (sqlite3's trace and progress callbacks, which the cost
