@@ -221,3 +221,30 @@ def test_events_stored_before_who_asked_was_recorded_read_as_nobody() -> None:
         state: dict[str, object] = {}
         event_class.upcast_v1_v2(state)  # type: ignore[attr-defined]
         assert state == {"by": None}
+
+
+def test_on_postgres_the_store_goes_on_after_the_server_dropped_its_connections(
+    postgres_url: str,
+) -> None:
+    """A server restart drops every connection of the pool: the next command still stores
+    (eventsourcing tries again on another connection), and so does a reader's next read."""
+    import psycopg
+
+    from baton_platform.sql import conninfo, postgres_params
+
+    app = Executions(Catalog.from_yaml(DEMO), env=postgres_env(postgres_url))
+    try:
+        first = app.request(RequestCommand("demo-thermostat-1", "reboot", {}, None))
+        with psycopg.connect(conninfo(postgres_url), autocommit=True) as admin:
+            dropped = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (postgres_params(postgres_url)["dbname"],),
+            ).fetchall()
+        assert dropped  # the pool's connections
+        second = app.request(RequestCommand("demo-thermostat-2", "reboot", {}, None))
+        assert second.position is not None and first.position is not None
+        assert second.position > first.position
+        assert app.recorder.max_notification_id() == second.position
+    finally:
+        app.close()
