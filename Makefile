@@ -10,7 +10,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.synced
 PYTEST_ARGS ?=
 
-.PHONY: help install broker run stop test test-unit fuzz lint fmt bench chaos clean
+.PHONY: help install broker postgres run stop test test-unit fuzz lint fmt bench chaos clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,13 +28,16 @@ install: $(STAMP) ## Create .venv with every service, the CLI and the dev tools
 broker: ## Install Mosquitto when possible (else nats-server's MQTT listener is used)
 	@bash deploy/local/install-broker.sh
 
+postgres: ## Install the PostgreSQL server when missing (the tests and the bench start their own)
+	@bash deploy/local/install-postgres.sh
+
 run: install broker ## Start NATS, MQTT, the four services and the simulator (Ctrl-C stops)
 	$(VENV)/bin/baton dev run
 
 stop: ## Stop what `make run` started
 	@if [ -x $(VENV)/bin/baton ]; then $(VENV)/bin/baton dev stop; else echo "Nothing to stop."; fi
 
-test: install broker lint ## Lint, then run every test (unit, integration, end-to-end, chaos)
+test: install broker postgres lint ## Lint, then run every test (unit, integration, end-to-end, chaos)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-unit: install ## Run the unit tests only
@@ -47,7 +50,7 @@ fuzz: install broker ## The fuzz stages of make test, long: HTTP, MQTT wire and 
 	BATON_NATS_FUZZ_CASES=$${BATON_NATS_FUZZ_CASES:-2500} \
 	$(VENV)/bin/pytest -m fuzz $(PYTEST_ARGS)
 
-bench: install broker ## Floors, max sustained rate, latency, cost, growth (BENCH_ARGS=--quick: 2 min)
+bench: install broker postgres ## Floors, max sustained rate, latency, cost, growth (BENCH_ARGS=--quick: 2 min)
 	$(VENV)/bin/python -m tests.benchmarks.commands $(BENCH_ARGS)
 
 chaos: install broker ## 300 s of load while every part is killed; checks the record (docs/operations.md)

@@ -2,15 +2,20 @@
 
 Integration and end-to-end tests ask for `nats_server` and `mqtt_broker`; each test gets
 fresh ones (they start in well under a second), so no test depends on another's state.
+
+Tests of what is stored ask for `database_url`: they run once on SQLite (None) and once on
+PostgreSQL, a database of its own per test in one server per test session.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,7 +23,15 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from baton_cli.localstack import Server, find_binary, free_port, start_mosquitto, start_nats
+from baton_cli.localstack import (
+    PostgresServer,
+    Server,
+    find_binary,
+    free_port,
+    start_mosquitto,
+    start_nats,
+    start_postgres,
+)
 from baton_contracts.nats import DEFAULT_TENANT
 from baton_platform.nats import ensure_streams
 from baton_platform.nats_access import OPS, ensure_credentials
@@ -107,6 +120,61 @@ def mqtt_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Serv
         )
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL for the session, started by the first test that needs it
+    (`make test` installs the server where it is missing: deploy/local/install-postgres.sh)."""
+    server = start_postgres(tmp_path_factory.mktemp("postgres"), durable=False)
+    yield server
+    server.stop()
+
+
+@contextmanager
+def fresh_database(server: PostgresServer) -> Iterator[str]:
+    """A new, empty database of `server` (its URL), dropped at the end."""
+    import psycopg
+
+    from baton_platform.sql import conninfo
+
+    name = f"t{next(_databases)}"
+    with psycopg.connect(conninfo(server.url), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name} TEMPLATE template0")
+    try:
+        yield server.url_of(name)
+    finally:
+        with psycopg.connect(conninfo(server.url), autocommit=True) as admin:
+            # FORCE: whatever the test left connected (a pool, a killed service's sessions).
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A new, empty database of the session's server, dropped after the test."""
+    with fresh_database(postgres_server) as url:
+        yield url
+
+
+_databases = itertools.count(1)
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each storage test runs on both backends Baton supports."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest) -> str | None:
+    """BATON_DATABASE_URL for the test's backend: None (SQLite files), or a fresh
+    PostgreSQL database."""
+    if backend == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 @pytest.fixture

@@ -16,13 +16,16 @@ one run on this machine (docs/benchmarks.md says what each figure means):
 - the ratio of each figure to its floor.
 
 Nothing here asserts a speed: the numbers depend on the machine; compare runs on one.
-`--quick` runs it all small, in under two minutes.
+`--quick` runs it all small, in under two minutes. `--database postgres` runs each stack on
+a throwaway PostgreSQL cluster of its own (fsync on) instead of SQLite files, and measures
+the event store floor there (not the history part: its history is cached as SQLite files).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import tempfile
@@ -59,7 +62,9 @@ from tests.benchmarks.report import (
 )
 from tests.benchmarks.stacks import (
     KEY,
+    create_database,
     fleet_stack,
+    postgres_of,
     seed_relay,
     settle,
     start_fleet,
@@ -67,6 +72,7 @@ from tests.benchmarks.stacks import (
 )
 
 PARTS = ("floors", "latency", "max", "devices", "history")
+_floors = itertools.count(1)  # the store floors' PostgreSQL databases
 EXTRA_PARTS = ("burst",)  # run only when asked for
 BURST_TIMEOUT_S = 300
 BURST_COMMANDS, BURST_IN_FLIGHT = 500, 20
@@ -122,11 +128,17 @@ async def wire_floors(stack: Stack, devices: list[str], n: int, figures: Figures
 
 
 def store_floor(
-    data_dir: Path, catalog: Path, devices: list[str], commands: int, batch: int
+    data_dir: Path,
+    catalog: Path,
+    devices: list[str],
+    commands: int,
+    batch: int,
+    database_url: str | None = None,
 ) -> StoreFloor:
-    """The event store's write rate for succeeding commands in the store under `data_dir`:
-    `commands` one per transaction, then ten times as many `batch` per transaction."""
-    app = open_store(data_dir, Catalog.from_yaml(catalog))
+    """The event store's write rate for succeeding commands in the store under `data_dir`
+    (or in the PostgreSQL database `database_url`): `commands` one per transaction, then
+    ten times as many `batch` per transaction."""
+    app = open_store(data_dir, Catalog.from_yaml(catalog), database_url)
     found: list[float] = []
     try:
         for count, size in ((commands, 1), (commands * 10, batch)):
@@ -233,10 +245,14 @@ class Bench:
             client.close()
 
     async def store_floor(self, data_dir: Path, stack: Stack) -> StoreFloor:
+        """On SQLite, a store of its own under `data_dir`; on PostgreSQL, a database of its
+        own on the stack's server."""
         a = self.args
         devices = fleet_ids(a.devices)
+        server = postgres_of(stack)
+        url = None if server is None else create_database(server, f"floor{next(_floors)}")
         return await asyncio.to_thread(
-            store_floor, data_dir, stack.catalog, devices, a.store_commands, a.store_batch
+            store_floor, data_dir, stack.catalog, devices, a.store_commands, a.store_batch, url
         )
 
     async def run(self) -> None:
@@ -244,7 +260,8 @@ class Bench:
             await self.main_stack()
         if "devices" in self.parts:
             for count in sorted({int(n) for n in self.args.growth_devices.split(",") if n}):
-                with fleet_stack(self.scratch, f"devices-{count}", count, self.args.broker) as s:
+                name, broker, database = f"devices-{count}", self.args.broker, self.args.database
+                with fleet_stack(self.scratch, name, count, broker, database) as s:
                     say(f"growth: max sustained rate with {count} devices")
                     s.start_infrastructure()
                     best, bounded = await self.search_on(s, count)
@@ -256,7 +273,7 @@ class Bench:
 
     async def main_stack(self) -> None:
         a, f = self.args, self.figures
-        with fleet_stack(self.scratch, "main", a.devices, a.broker) as stack:
+        with fleet_stack(self.scratch, "main", a.devices, a.broker, a.database) as stack:
             say(f"starting the stack with {a.devices} simulated devices")
             stack.start_infrastructure()
             start_fleet(stack, a.devices)
@@ -380,6 +397,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--commands", type=int, help="commands of the burst part (500)")
     add("--concurrency", type=int, help="in flight in the burst part (20)")
     add("--broker", choices=["mosquitto", "nats"], help="the MQTT broker (Mosquitto if installed)")
+    add(
+        "--database",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="where the stacks store: SQLite files, or a throwaway PostgreSQL cluster per "
+        "stack (fsync on); the event store floor is measured there too (sqlite)",
+    )
     args = parser.parse_args(argv)
     for name, (full, quick) in PRESETS.items():
         if getattr(args, name) is None:
@@ -387,6 +411,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.parts.split(",")) - set(PARTS + EXTRA_PARTS)
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    if args.database == "postgres" and "history" in args.parts.split(","):
+        # The stored history is built and cached as SQLite files (history.py).
+        if args.parts != parser.get_default("parts"):
+            parser.error("the history part runs on SQLite only")
+        args.parts = ",".join(p for p in args.parts.split(",") if p != "history")
     burst_options = args.commands is not None or args.concurrency is not None
     if burst_options and "burst" not in args.parts.split(","):
         # The options of the closed-loop bench this one grew from: say where they went.

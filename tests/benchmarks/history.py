@@ -42,9 +42,11 @@ LOAD_BATCH = 10_000  # executions per transaction while loading a history
 COMMAND = ("set_temperature", {"value": 20})
 
 
-def open_store(data_dir: Path, catalog: Catalog) -> Executions:
-    """The event store under `data_dir`, opened as the dispatcher opens it."""
-    return Executions(catalog, env=event_store_env(Settings(data_dir=data_dir)))
+def open_store(data_dir: Path, catalog: Catalog, database_url: str | None = None) -> Executions:
+    """The event store under `data_dir` (or in the PostgreSQL database `database_url`),
+    opened as the dispatcher opens it."""
+    settings = Settings(data_dir=data_dir, database_url=database_url)
+    return Executions(catalog, env=event_store_env(settings, writer=True))
 
 
 def requested(app: Executions, device_id: str) -> CommandExecution:

@@ -8,8 +8,12 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-from baton_cli.localstack import Stack
+from baton_cli.localstack import Server, Stack
+
+# The stack's PostgreSQL (`--database postgres`), whose work is done by its children.
+POSTGRES = "postgres"
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -25,6 +29,15 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of `pid` and of every process below it (PostgreSQL's: one per connection)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return cpu_seconds(pid) + sum(tree_cpu_seconds(int(child)) for child in children)
 
 
 def rss_kib(pid: int, field: str = "VmHWM") -> int:
@@ -48,6 +61,9 @@ def stack_pids(stack: Stack) -> dict[str, int]:
         pids["nats-server" if n == 0 else f"broker ({stack.broker})"] = server.proc.pid
     for name, proc in stack.processes.items():
         pids[name] = proc.pid
+    postgres: Server | None = getattr(stack, "postgres", None)  # the bench's stacks' own
+    if postgres is not None:
+        pids[POSTGRES] = postgres.proc.pid
     pids["bench (load)"] = os.getpid()
     return pids
 
@@ -59,7 +75,13 @@ class CpuSnapshot:
 
     @classmethod
     def take(cls, pids: Pids) -> CpuSnapshot:
-        return cls(time.monotonic(), {name: cpu_seconds(pid) for name, pid in pids.items()})
+        return cls(
+            time.monotonic(),
+            {
+                name: (tree_cpu_seconds if name == POSTGRES else cpu_seconds)(pid)
+                for name, pid in pids.items()
+            },
+        )
 
     def since(self, earlier: CpuSnapshot) -> dict[str, float]:
         """CPU seconds each process spent between `earlier` and this snapshot."""

@@ -151,7 +151,8 @@ def report(args: argparse.Namespace, figures: Figures, broker: str) -> None:
         f"load average (1 min, every process of the machine): {start:.1f} at the start, "
         f"{end:.1f} at the end"
     )
-    print(f"stack: SQLite, one process per service, {broker} MQTT broker")
+    storage = "PostgreSQL" if getattr(args, "database", "sqlite") == "postgres" else "SQLite"
+    print(f"stack: {storage}, one process per service, {broker} MQTT broker")
     print(f"command: python -m tests.benchmarks.commands {shlex.join(sys.argv[1:])}".rstrip())
     report_floors(args, figures)
     report_latency(figures)

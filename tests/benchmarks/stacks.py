@@ -8,13 +8,21 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import nats
 
 from baton_cli.catalog import fleet as write_fleet_catalog
-from baton_cli.localstack import SERVICE_MODULES, Stack, mqtt_flavour, start_simulator
+from baton_cli.localstack import (
+    SERVICE_MODULES,
+    PostgresServer,
+    Stack,
+    mqtt_flavour,
+    start_postgres,
+    start_simulator,
+)
 from baton_dispatcher.relay import OutboxRelay
 from baton_domain.catalog import Catalog
 from baton_platform.mapping import read_events
@@ -32,14 +40,30 @@ KEY = "bench-key"
 IDLE_CORES = 0.15  # the stack counts as idle below this many busy cores
 
 
+@dataclass
+class BenchStack(Stack):
+    """A stack that may store in a PostgreSQL cluster of its own (stopped with the rest)."""
+
+    postgres: PostgresServer | None = None
+
+    def stop_all(self) -> None:
+        super().stop_all()
+        if self.postgres is not None:
+            self.postgres.stop()
+
+
 @contextmanager
-def fleet_stack(scratch: Path, name: str, devices: int, broker: str | None) -> Iterator[Stack]:
-    """A stack (not started) whose catalog is the demo's plus `devices` generated ones."""
+def fleet_stack(
+    scratch: Path, name: str, devices: int, broker: str | None, database: str = "sqlite"
+) -> Iterator[Stack]:
+    """A stack (not started) whose catalog is the demo's plus `devices` generated ones.
+    With `database` postgres, its storage is a new PostgreSQL cluster of its own (durable:
+    fsync on), already running, which the stack stops with the rest."""
     folder = scratch / name
     folder.mkdir(parents=True)
     catalog = folder / "catalog.yaml"
     write_fleet_catalog(devices, base=BASE_CATALOG, output=catalog)
-    stack = Stack(
+    stack = BenchStack(
         data_dir=folder / "stack",
         api_key=KEY,
         catalog=catalog,
@@ -47,9 +71,32 @@ def fleet_stack(scratch: Path, name: str, devices: int, broker: str | None) -> I
         simulate=False,
     )
     try:
+        if database == "postgres":
+            stack.postgres = start_postgres(folder / "postgres")
+            stack.extra_env["BATON_DATABASE_URL"] = create_database(stack.postgres, "baton")
         yield stack
     finally:
         stack.stop_all()
+
+
+def create_database(server: PostgresServer, name: str) -> str:
+    """A new database of `server`; its URL."""
+    import psycopg
+
+    from baton_platform.sql import conninfo
+
+    with psycopg.connect(conninfo(server.url), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    return server.url_of(name)
+
+
+def database_url(stack: Stack) -> str | None:
+    return stack.extra_env.get("BATON_DATABASE_URL")
+
+
+def postgres_of(stack: Stack) -> PostgresServer | None:
+    server: PostgresServer | None = getattr(stack, "postgres", None)
+    return server
 
 
 def start_fleet(stack: Stack, devices: int) -> None:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from baton_cli.localstack import Stack
+from tests.conftest import fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "e2e-key"
@@ -106,8 +107,31 @@ def running(stack: Stack) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running(make_stack(tmp_path_factory.mktemp("stack"))) as started:
+def stack_backend() -> str:
+    """Where the module's stack stores: SQLite files. A module runs on both backends with
+    `pytestmark = pytest.mark.parametrize("stack_backend", BACKENDS, scope="module")`."""
+    return "sqlite"
+
+
+@pytest.fixture(scope="module")
+def stack_database(stack_backend: str, request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """BATON_DATABASE_URL of the module's stack: None, or a database of its own."""
+    if stack_backend == "sqlite":
+        yield None
+        return
+    with fresh_database(request.getfixturevalue("postgres_server")) as url:
+        yield url
+
+
+def database_env(url: str | None) -> dict[str, str]:
+    """What the stack's services are given to store in that database (none: SQLite)."""
+    return {} if url is None else {"BATON_DATABASE_URL": url}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, stack_database: str | None) -> Iterator[Stack]:
+    made = make_stack(tmp_path_factory.mktemp("stack"), extra_env=database_env(stack_database))
+    with running(made) as started:
         yield started
 
 

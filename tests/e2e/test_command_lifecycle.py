@@ -20,10 +20,14 @@ from baton_contracts.nats import (
     SubmitCommand,
 )
 from baton_platform.nats_access import SERVICE_USERS, inbox_prefix, tenant_user
-from tests.conftest import eventually_sync
+from tests.conftest import BACKENDS, eventually_sync
 from tests.e2e.conftest import TERMINAL, Baton
 
-pytestmark = pytest.mark.e2e
+# Every test of the module on both backends: SQLite files, and one PostgreSQL database.
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.parametrize("stack_backend", BACKENDS, scope="module"),
+]
 
 
 def test_success_with_result_and_log(baton: Baton) -> None:
@@ -192,6 +196,43 @@ def test_the_bridge_follows_catalog_changes(stack: Stack, baton: Baton) -> None:
     # before the command's Dispatched, so the command reaches the simulated device.
     done = baton.send("demo-thermostat-4", "set_temperature", {"value": 17}, wait=10).json()
     assert done["status"] == "SUCCEEDED"
+
+
+def test_events_and_replay_with_the_cli(stack: Stack, baton: Baton) -> None:
+    """`baton events` reads the store, `baton replay` rebuilds the views from it while the
+    api serves them: the same executions, the same rows, before and after."""
+    env = {**os.environ, **stack.env()}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "baton_cli.main", *args],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    done = baton.send("demo-thermostat-3", "set_temperature", {"value": 22}, wait=10).json()
+    assert done["status"] == "SUCCEEDED"
+    events = cli("events", done["id"])
+    assert events.returncode == 0, events.stderr
+    assert [line.split()[1] for line in events.stdout.splitlines()] == [
+        "Requested",
+        "Dispatched",
+        "Published",
+        "Acknowledged",
+        "Succeeded",
+    ]
+
+    def ended() -> dict[str, object]:
+        listed = baton.http.get(
+            "/v1/executions", params={"status": sorted(TERMINAL), "limit": 500}
+        ).json()
+        return {item["id"]: item for item in listed["items"]}
+
+    before, detail = ended(), baton.get(done["id"], expand_log=True)
+    replayed = cli("replay")
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout.startswith("replayed ")
+    assert done["id"] in before and ended() == before
+    assert baton.get(done["id"], expand_log=True) == detail
 
 
 def test_every_service_worked_as_its_own_nats_user_and_nothing_was_refused(stack: Stack) -> None:

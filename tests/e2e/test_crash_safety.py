@@ -1,19 +1,26 @@
-"""Kill -9 safety: services killed at the worst moment and restarted lose nothing."""
+"""Kill -9 safety: services killed at the worst moment and restarted lose nothing.
+
+On SQLite; the tests marked BOTH on PostgreSQL too (a killed writer's transaction is rolled
+back by the server, not by the next opener of a file)."""
 
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from baton_cli.localstack import Stack
 from baton_platform import leases
-from tests.e2e.conftest import TERMINAL, Baton, make_stack, running, wait_ready
+from baton_platform.settings import Settings
+from baton_platform.sql import Database, conninfo
+from baton_views.store import TABLES, connect
+from tests.conftest import BACKENDS
+from tests.e2e.conftest import TERMINAL, Baton, database_env, make_stack, running, wait_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -23,8 +30,17 @@ LEASE_LAPSE_S = leases.TTL_S + leases.RENEW_S
 
 
 @pytest.fixture
-def own_stack(tmp_path: Path) -> Iterator[Stack]:
-    with running(make_stack(tmp_path / "stack")) as started:
+def backend() -> str:
+    return "sqlite"
+
+
+BOTH = pytest.mark.parametrize("backend", BACKENDS)
+
+
+@pytest.fixture
+def own_stack(tmp_path: Path, database_url: str | None) -> Iterator[Stack]:
+    made = make_stack(tmp_path / "stack", extra_env=database_env(database_url))
+    with running(made) as started:
         yield started
 
 
@@ -38,6 +54,7 @@ def test_timeout_scheduler_killed_and_restarted_before_the_deadline(own_stack: S
     assert done["status"] == "TIMED_OUT"
 
 
+@BOTH
 def test_timeout_scheduler_down_past_the_deadline_fires_when_back(own_stack: Stack) -> None:
     baton = Baton(own_stack)
     execution = baton.send("demo-silent-1", "reboot", ttl=1).json()
@@ -50,6 +67,7 @@ def test_timeout_scheduler_down_past_the_deadline_fires_when_back(own_stack: Sta
     assert done["status"] == "TIMED_OUT"
 
 
+@BOTH
 def test_dispatcher_killed_mid_flight_and_restarted(own_stack: Stack) -> None:
     baton = Baton(own_stack)
     # reboot answers over ~2 s: kill the dispatcher while the device is still answering.
@@ -95,17 +113,25 @@ def test_api_killed_and_restarted_loses_nothing(own_stack: Stack) -> None:
     assert [item["id"] for item in listed["items"]] == [execution["id"]]
 
 
-def _rows(path: Path) -> dict[str, list[tuple[object, ...]]]:
-    with sqlite3.connect(path) as db:
-        tables = [
-            r[0]
-            for r in db.execute(
-                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
-            )
-        ]
-        return {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
+def _rows(views: Database) -> dict[str, list[tuple[object, ...]]]:
+    db = connect(views)
+    try:
+        return {t: sorted(map(tuple, db.execute(f"SELECT * FROM {t}")), key=repr) for t in TABLES}
+    finally:
+        db.close()
 
 
+def _delete(views: Database) -> None:
+    """Every view gone: the SQLite file (and its WAL), or the PostgreSQL schema."""
+    if views.url is not None:
+        with psycopg.connect(conninfo(views.url), autocommit=True) as db:
+            db.execute(f"DROP SCHEMA {views.schema} CASCADE")
+        return
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{views}{suffix}").unlink(missing_ok=True)
+
+
+@BOTH
 def test_views_deleted_and_replayed_are_identical(own_stack: Stack) -> None:
     baton = Baton(own_stack)
     ids = [
@@ -117,11 +143,11 @@ def test_views_deleted_and_replayed_are_identical(own_stack: Stack) -> None:
     for execution_id in ids:
         baton.wait_for(execution_id, TERMINAL, timeout=10)
     own_stack.stop("api")  # the api runs the projection: stop it so the views are at rest
-    views = own_stack.data_dir / "views.sqlite"
+    url = own_stack.env().get("BATON_DATABASE_URL")
+    views = Settings(data_dir=own_stack.data_dir, database_url=url).views_database
     before = _rows(views)
     assert len(before["executions"]) == len(ids)
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{views}{suffix}").unlink(missing_ok=True)
+    _delete(views)
     replay = subprocess.run(
         [sys.executable, "-m", "baton_cli.main", "replay"],
         env={**os.environ, **own_stack.env()},

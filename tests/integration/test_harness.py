@@ -167,3 +167,45 @@ def test_a_node_killed_by_its_pid_comes_back_with_its_store(tmp_path: Path) -> N
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_a_throwaway_postgres_serves_its_own_user_and_is_gone_after_stop(tmp_path: Path) -> None:
+    """initdb + postgres on a free loopback port, password required, not as root (which
+    PostgreSQL refuses: as root the harness runs it as another account), durable (fsync
+    on), and stopped by its pid: no process and (as root) no directory left behind."""
+    import os
+
+    import psycopg
+
+    from baton_cli.localstack import start_postgres
+    from baton_platform.sql import conninfo, postgres_params
+
+    server = start_postgres(tmp_path / "pg")
+    try:
+        with psycopg.connect(conninfo(server.url)) as conn:
+            fsync, address = conn.execute(
+                "SELECT current_setting('fsync'), current_setting('listen_addresses')"
+            ).fetchone()  # type: ignore[misc]
+        assert (fsync, address) == ("on", "127.0.0.1")
+        wrong = {**postgres_params(server.url), "password": "wrong"}
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(**wrong).close()  # type: ignore[arg-type]
+        owner = os.stat(f"/proc/{server.proc.pid}").st_uid
+        assert owner != 0
+        assert owner == os.geteuid() or os.geteuid() == 0
+        children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text()
+        assert children.split()  # its checkpointer, writers... and the session above's
+    finally:
+        server.stop()
+    assert server.proc.poll() is not None
+    # No child outlived the postmaster (a pid reused since would be another program).
+    assert [pid for pid in children.split() if is_postgres(int(pid))] == []
+    if server.owned_dir is not None:
+        assert not server.owned_dir.exists()
+
+
+def is_postgres(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+    except OSError:
+        return False

@@ -41,7 +41,7 @@ from baton_platform.settings import Settings
 from baton_timeout_scheduler.app import serve
 from baton_timeout_scheduler.edges import DURABLE, SERVICE, SUBJECTS
 from baton_timeout_scheduler.store import DeadlineStore
-from tests.conftest import eventually, nats_access
+from tests.conftest import BACKENDS, eventually, nats_access
 
 pytestmark = pytest.mark.integration
 
@@ -97,10 +97,20 @@ class Scheduler:
 
 
 @pytest.fixture
-def settings(nats_server: Server, tmp_path: Path) -> Settings:
+def backend() -> str:
+    """SQLite here; the tests marked with BOTH run on PostgreSQL too."""
+    return "sqlite"
+
+
+BOTH = pytest.mark.parametrize("backend", BACKENDS)
+
+
+@pytest.fixture
+def settings(nats_server: Server, tmp_path: Path, database_url: str | None) -> Settings:
     return Settings(
         **nats_access(nats_server),
         data_dir=tmp_path / "var",
+        database_url=database_url,
         scheduler_tick=0.1,
         request_timeout=0.5,
     )
@@ -164,13 +174,14 @@ async def caught_up(js: JetStreamContext) -> None:
 
 
 def rows(settings: Settings) -> int:
-    store = DeadlineStore(settings.scheduler_path)
+    store = DeadlineStore(settings.scheduler_database)
     try:
         return store.count()
     finally:
         store.close()
 
 
+@BOTH
 async def test_a_deadline_fires_shortly_after_it_passes(
     nc: Client, scheduler: Scheduler, dispatcher: FakeDispatcher, settings: Settings
 ) -> None:
@@ -202,6 +213,7 @@ async def test_a_terminal_event_before_the_deadline_cancels_it(
     assert dispatcher.requests == []
 
 
+@BOTH
 async def test_a_deadline_missed_while_stopped_fires_on_restart(
     nc: Client, scheduler: Scheduler, dispatcher: FakeDispatcher, settings: Settings
 ) -> None:
@@ -235,7 +247,7 @@ async def test_a_silent_dispatcher_keeps_the_row_until_it_answers(
     await caught_up(js)
 
     def tried() -> bool:
-        store = DeadlineStore(settings.scheduler_path)
+        store = DeadlineStore(settings.scheduler_database)
         try:
             row = store.get(execution_id)
         finally:
@@ -274,6 +286,7 @@ async def test_not_yet_keeps_the_row_and_retries(
     await eventually(lambda: asyncio.to_thread(lambda: rows(settings) == 0), what="deleted")
 
 
+@BOTH
 async def test_a_repeated_requested_event_keeps_one_row(
     nc: Client, scheduler: Scheduler, dispatcher: FakeDispatcher, settings: Settings
 ) -> None:

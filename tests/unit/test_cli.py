@@ -23,6 +23,7 @@ from baton_domain.catalog import Catalog, CommandSpec, Device, DeviceType
 from baton_domain.statuses import AnswerStatus
 from baton_platform.eventstore import open_executions
 from baton_platform.settings import Settings
+from baton_views import ExecutionViews
 
 runner = CliRunner()
 
@@ -232,8 +233,11 @@ CATALOG = Catalog(
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str | None) -> Path:
+    """The environment the command reads: a data directory, and on PostgreSQL the URL too."""
     monkeypatch.setenv("BATON_DATA_DIR", str(tmp_path / "var"))
+    if database_url is not None:
+        monkeypatch.setenv("BATON_DATABASE_URL", database_url)
     return tmp_path / "var"
 
 
@@ -296,6 +300,7 @@ def test_events_of_an_unknown_execution_exits_1(data_dir: Path) -> None:
     assert f"no execution {unknown}" in result.stderr
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # PostgreSQL's is the database, there or not
 def test_events_without_an_event_store_exits_1(data_dir: Path) -> None:
     result = runner.invoke(app, ["events", str(uuid4())])
     assert result.exit_code == 1
@@ -321,7 +326,11 @@ def test_replay_rebuilds_the_views(data_dir: Path) -> None:
     executions.close()
     assert last is not None and last > 8
     assert f"position {last}" in result.stdout
-    assert (data_dir / "views.sqlite").exists()
+    views = ExecutionViews(Settings(data_dir=data_dir).views_database)
+    try:
+        assert views.position() == last and views.list().total_count == 2
+    finally:
+        views.close()
     again = runner.invoke(app, ["replay"])  # idempotent: the same again
     assert again.stdout == result.stdout
 

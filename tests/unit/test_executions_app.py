@@ -20,6 +20,7 @@ from baton_domain.errors import (
 )
 from baton_domain.execution import CommandExecution
 from baton_domain.statuses import AnswerStatus, ExecutionStatus
+from baton_platform.eventstore import postgres_env
 
 DEMO = Path(__file__).resolve().parents[2] / "deploy" / "catalog" / "demo.yaml"
 
@@ -32,15 +33,17 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["popo", "sqlite"])
+@pytest.fixture(params=["popo", "sqlite", "postgres"])
 def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
     if request.param == "popo":
         yield {"PERSISTENCE_MODULE": "eventsourcing.popo"}
-    else:
+    elif request.param == "sqlite":
         yield {
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
             "SQLITE_DBNAME": str(tmp_path / "events.sqlite"),
         }
+    else:
+        yield postgres_env(request.getfixturevalue("postgres_url"))
 
 
 def test_an_execution_from_request_to_success(env: dict[str, str]) -> None:
@@ -218,3 +221,30 @@ def test_events_stored_before_who_asked_was_recorded_read_as_nobody() -> None:
         state: dict[str, object] = {}
         event_class.upcast_v1_v2(state)  # type: ignore[attr-defined]
         assert state == {"by": None}
+
+
+def test_on_postgres_the_store_goes_on_after_the_server_dropped_its_connections(
+    postgres_url: str,
+) -> None:
+    """A server restart drops every connection of the pool: the next command still stores
+    (eventsourcing tries again on another connection), and so does a reader's next read."""
+    import psycopg
+
+    from baton_platform.sql import conninfo, postgres_params
+
+    app = Executions(Catalog.from_yaml(DEMO), env=postgres_env(postgres_url))
+    try:
+        first = app.request(RequestCommand("demo-thermostat-1", "reboot", {}, None))
+        with psycopg.connect(conninfo(postgres_url), autocommit=True) as admin:
+            dropped = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (postgres_params(postgres_url)["dbname"],),
+            ).fetchall()
+        assert dropped  # the pool's connections
+        second = app.request(RequestCommand("demo-thermostat-2", "reboot", {}, None))
+        assert second.position is not None and first.position is not None
+        assert second.position > first.position
+        assert app.recorder.max_notification_id() == second.position
+    finally:
+        app.close()

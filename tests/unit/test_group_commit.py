@@ -23,6 +23,7 @@ from baton_domain.application import Executions, RequestCommand
 from baton_domain.catalog import Catalog
 from baton_domain.errors import ExecutionNotFound, UnknownDevice
 from baton_domain.statuses import ExecutionStatus
+from baton_platform.eventstore import postgres_env
 
 CATALOG = """
 device_types:
@@ -42,12 +43,17 @@ WRITER_CACHE = {"AGGREGATE_CACHE_MAXSIZE": "100", "AGGREGATE_CACHE_FASTFORWARD":
 
 
 @pytest.fixture(params=["uncached", "writer-cache"])
-def store(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[[], Executions]:
-    """Opens an application over one SQLite file (each call: another writer)."""
+def store(
+    tmp_path: Path, request: pytest.FixtureRequest, database_url: str | None
+) -> Callable[[], Executions]:
+    """Opens an application over one store, SQLite or PostgreSQL (each call: another
+    writer)."""
     path = tmp_path / "catalog.yaml"
     path.write_text(CATALOG)
     catalog = Catalog.from_yaml(path)
     env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(tmp_path / "e.db")}
+    if database_url is not None:
+        env = postgres_env(database_url)
     if request.param == "writer-cache":
         env |= WRITER_CACHE
     return lambda: Executions(catalog, env=env)
@@ -56,17 +62,21 @@ def store(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[[], Execut
 @pytest.fixture
 def transactions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The number of events in each insert transaction of any application."""
+    from eventsourcing.postgres import PostgresApplicationRecorder
     from eventsourcing.sqlite import SQLiteApplicationRecorder
 
     counted: list[int] = []
-    insert = SQLiteApplicationRecorder.insert_events
+    for recorder in (SQLiteApplicationRecorder, PostgresApplicationRecorder):
+        monkeypatch.setattr(recorder, "insert_events", _counting(recorder.insert_events, counted))
+    return counted
 
+
+def _counting(insert: Callable[..., Any], counted: list[int]) -> Callable[..., Any]:
     def counting(self: Any, stored_events: list[Any], **kwargs: Any) -> Any:
         counted.append(len(stored_events))
         return insert(self, stored_events, **kwargs)
 
-    monkeypatch.setattr(SQLiteApplicationRecorder, "insert_events", counting)
-    return counted
+    return counting
 
 
 def request(app: Executions, device: str = "charger-1") -> Callable[[], Any]:

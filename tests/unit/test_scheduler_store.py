@@ -1,4 +1,5 @@
-"""The deadline store: one row per execution, due rows by next attempt, backoff."""
+"""The deadline store: one row per execution, due rows by next attempt, backoff; on SQLite
+and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,14 +10,23 @@ from uuid import uuid4
 
 import pytest
 
+from baton_platform.sql import Database
 from baton_timeout_scheduler.store import Deadlines, DeadlineStore
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> DeadlineStore:
-    store = DeadlineStore(tmp_path / "deadlines.sqlite")
+def where(tmp_path: Path, database_url: str | None) -> Path | Database:
+    """The store's place: a file under the test's directory, or the test's database."""
+    if database_url is None:
+        return tmp_path / "var" / "deadlines.sqlite"
+    return Database(url=database_url, schema="scheduler")
+
+
+@pytest.fixture
+def store(where: Path | Database) -> DeadlineStore:
+    store = DeadlineStore(where)
     yield store  # type: ignore[misc]
     store.close()
 
@@ -95,13 +105,12 @@ def test_naive_deadline_is_taken_as_utc(store: DeadlineStore) -> None:
     assert row.due_at == T0
 
 
-def test_rows_survive_reopening(tmp_path: Path) -> None:
-    path = tmp_path / "var" / "deadlines.sqlite"
+def test_rows_survive_reopening(where: Path | Database) -> None:
     execution_id = uuid4()
-    first = DeadlineStore(path)
+    first = DeadlineStore(where)
     first.upsert(execution_id, T0)
     first.close()
-    second = DeadlineStore(path)
+    second = DeadlineStore(where)
     try:
         assert second.get(execution_id) is not None
     finally:

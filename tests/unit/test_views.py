@@ -1,8 +1,12 @@
-"""The execution views: each event type, at-least-once safety, and replay byte for byte."""
+"""The execution views: each event type, at-least-once safety, and replay byte for byte.
+
+Each test runs on SQLite and on PostgreSQL (the `backend` fixture): the views in files, or in
+schemas of a PostgreSQL database whose event store the application writes too."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,10 +20,12 @@ from baton_domain.catalog import Catalog
 from baton_domain.errors import ExecutionNotFound
 from baton_domain.statuses import AnswerStatus, ExecutionStatus
 from baton_domain.tenants import DEFAULT_TENANT
+from baton_platform.eventstore import postgres_env
 from baton_platform.mapping import execution_state
+from baton_platform.sql import Database
 from baton_views import ExecutionFilter, ExecutionViews, read_events, rebuild, replay
 from baton_views.projection import DEVICE_QUEUE_TYPES, PROJECTED_TYPES
-from baton_views.store import SCHEMA_VERSION, TABLES
+from baton_views.store import SCHEMA_VERSION, TABLES, connect
 
 DEMO = Path(__file__).resolve().parents[2] / "deploy" / "catalog" / "demo.yaml"
 DEVICE = "demo-thermostat-1"
@@ -40,16 +46,35 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-def app(clock: Clock) -> Executions:
-    return Executions(
-        Catalog.from_yaml(DEMO), env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, clock=clock
-    )
+Place = Callable[[str], "Path | Database"]
 
 
 @pytest.fixture
-def views(tmp_path: Path) -> ExecutionViews:
-    return ExecutionViews(tmp_path / "views.sqlite")
+def place(tmp_path: Path, database_url: str | None) -> Place:
+    """Where views named `name` live: a SQLite file, or a schema of the test's database."""
+
+    def named(name: str) -> Path | Database:
+        if database_url is None:
+            return tmp_path / f"{name}.sqlite"
+        return Database(url=database_url, schema=name)
+
+    return named
+
+
+@pytest.fixture
+def app(clock: Clock, database_url: str | None) -> Executions:
+    """In memory beside SQLite views; in the same PostgreSQL database beside theirs."""
+    env = {"PERSISTENCE_MODULE": "eventsourcing.popo"}
+    if database_url is not None:
+        env = postgres_env(database_url)
+    return Executions(Catalog.from_yaml(DEMO), env=env, clock=clock)
+
+
+@pytest.fixture
+def views(place: Place) -> Iterator[ExecutionViews]:
+    views = ExecutionViews(place("views"))
+    yield views
+    views.close()
 
 
 def request(app: Executions, name: str = "reboot", params: dict[str, Any] | None = None) -> UUID:
@@ -141,13 +166,18 @@ def in_two_tenants(app: Executions, clock: Clock) -> Tenancy:
     return tenancy
 
 
-def dump(path: Path) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(path)
+def dump(where: Path | Database) -> list[tuple[Any, ...]]:
+    """Every row of every table, as the database holds it, in the order of their values
+    (PostgreSQL returns a table's rows in the order it wrote them, SQLite in its key's)."""
+    conn = connect(where)
     try:
         return [
             (table, *row)
             for table in TABLES
-            for row in conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2")
+            for row in sorted(
+                (tuple(row) for row in conn.execute(f"SELECT * FROM {table}")),
+                key=lambda row: tuple((value is not None, value) for value in row),
+            )
         ]
     finally:
         conn.close()
@@ -237,21 +267,21 @@ def test_events_seen_twice_change_nothing(
     every_ending(app, clock)
     events = read_events(app, 0, 1000)
     assert views.apply(events) == events[-1].notification_id
-    before = dump(views.path)
+    before = dump(views.database)
     assert views.apply(events) == events[-1].notification_id
     assert views.apply(events[:5]) == events[-1].notification_id
-    assert dump(views.path) == before
+    assert dump(views.database) == before
 
 
 def test_rebuild_gives_the_same_rows_byte_for_byte(
-    app: Executions, views: ExecutionViews, clock: Clock, tmp_path: Path
+    app: Executions, views: ExecutionViews, clock: Clock, place: Place
 ) -> None:
     every_ending(app, clock)
     project_all(app, views, batch=2)
-    live = dump(views.path)
+    live = dump(views.database)
 
     progress: list[tuple[int, int]] = []
-    replayed = tmp_path / "replayed.sqlite"
+    replayed = place("replayed")
     applied = rebuild(app, replayed, lambda done, total: progress.append((done, total)))
     stored = read_events(app, 0, 1000)
     assert applied == len([e for e in stored if e.type not in DEVICE_QUEUE_TYPES])
@@ -259,19 +289,18 @@ def test_rebuild_gives_the_same_rows_byte_for_byte(
     assert progress[-1][0] == progress[-1][1] == views.position()
 
     # Rebuilding over existing (even stale or wrong) rows replaces them all.
-    conn = sqlite3.connect(views.path)
+    conn = connect(views.database)
     conn.execute("UPDATE executions SET status = 'bogus'")
-    conn.commit()
     conn.close()
-    rebuild(app, views.path)
-    assert dump(views.path) == live
+    rebuild(app, views.database)
+    assert dump(views.database) == live
 
 
-def test_rebuild_of_an_empty_store(app: Executions, tmp_path: Path) -> None:
+def test_rebuild_of_an_empty_store(app: Executions, place: Place) -> None:
     progress: list[tuple[int, int]] = []
-    assert rebuild(app, tmp_path / "v.sqlite", lambda d, t: progress.append((d, t))) == 0
+    assert rebuild(app, place("v"), lambda d, t: progress.append((d, t))) == 0
     assert progress == [(0, 0)]
-    assert ExecutionViews(tmp_path / "v.sqlite").position() == 0
+    assert ExecutionViews(place("v")).position() == 0
 
 
 def test_rows_hold_canonical_json_and_utc_timestamps(
@@ -279,7 +308,7 @@ def test_rows_hold_canonical_json_and_utc_timestamps(
 ) -> None:
     execution_id = request(app, "set_temperature", {"value": 21})
     project_all(app, views)
-    conn = sqlite3.connect(views.path)
+    conn = connect(views.database)
     params, created_at, deadline = conn.execute(
         "SELECT params, created_at, deadline FROM executions WHERE id = ?", (str(execution_id),)
     ).fetchone()
@@ -291,15 +320,18 @@ def test_rows_hold_canonical_json_and_utc_timestamps(
     assert deadline.endswith("+00:00")
 
 
-def test_a_views_database_of_another_schema_version_starts_over(tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite"
-    conn = sqlite3.connect(path)
+def test_a_views_database_of_another_schema_version_starts_over(place: Place) -> None:
+    where = place("old")
+    conn = connect(where)
     conn.execute("CREATE TABLE executions (id TEXT PRIMARY KEY)")
     conn.execute("INSERT INTO executions VALUES ('stale')")
-    conn.execute("PRAGMA user_version = 1")
-    conn.commit()
+    if conn.dialect == "sqlite":
+        conn.execute("PRAGMA user_version = 1")
+    else:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (1)")
     conn.close()
-    views = ExecutionViews(path)
+    views = ExecutionViews(where)
     try:
         assert views.position() == 0
         assert views.list().total_count == 0
@@ -376,23 +408,24 @@ def test_rebuild_of_two_tenants_gives_the_same_rows(
     app: Executions,
     views: ExecutionViews,
     clock: Clock,
-    tmp_path: Path,
+    place: Place,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tenancy = in_two_tenants(app, clock)
     project_all(app, views, batch=4, tenancy=tenancy)
     monkeypatch.setattr(replay, "read_events", tenancy.read)
-    rebuild(app, tmp_path / "replayed.sqlite")
-    live = dump(views.path)
-    assert dump(tmp_path / "replayed.sqlite") == live
-    conn = sqlite3.connect(views.path)
+    rebuild(app, place("replayed"))
+    live = dump(views.database)
+    assert dump(place("replayed")) == live
+    conn = connect(views.database)
     try:
         counted = conn.execute(
-            "SELECT tenant, SUM(n) FROM execution_counts WHERE scope = 0 GROUP BY tenant"
+            "SELECT tenant, SUM(n) FROM execution_counts WHERE scope = 0"
+            " GROUP BY tenant ORDER BY tenant"
         ).fetchall()
     finally:
         conn.close()
-    assert counted == [(OTHER, 8), (DEFAULT_TENANT, 16)]
+    assert [(tenant, int(n)) for tenant, n in counted] == [(OTHER, 8), (DEFAULT_TENANT, 16)]
 
 
 @pytest.mark.parametrize("given", [None, "", DEFAULT_TENANT])
@@ -451,6 +484,7 @@ def version_4_views(path: Path, app: Executions) -> None:
     conn.close()
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # version 4 was SQLite's only
 def test_a_version_4_views_database_is_projected_again_with_tenants(
     app: Executions, clock: Clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,6 +11,7 @@ import pytest
 from baton_domain.application import Executions, RequestCommand
 from baton_domain.catalog import Catalog
 from baton_domain.statuses import AnswerStatus, ExecutionStatus
+from baton_platform.sql import Database
 from baton_views import ExecutionFilter, ExecutionViews, InvalidQueryError, read_events
 
 DEMO = Path(__file__).resolve().parents[2] / "deploy" / "catalog" / "demo.yaml"
@@ -22,8 +23,9 @@ def app() -> Executions:
 
 
 @pytest.fixture
-def views(tmp_path: Path, app: Executions) -> ExecutionViews:
-    """Twelve executions on three devices: every third one succeeded, every fourth canceled."""
+def views(tmp_path: Path, app: Executions, database_url: str | None) -> ExecutionViews:
+    """Twelve executions on three devices: every third one succeeded, every fourth canceled;
+    in SQLite, or in PostgreSQL."""
     for i in range(12):
         device = f"demo-thermostat-{i % 3 + 1}"
         name = "reboot" if i % 2 else "self_test"
@@ -35,7 +37,10 @@ def views(tmp_path: Path, app: Executions) -> ExecutionViews:
             )
         elif i % 4 == 1:
             app.cancel(execution_id, "test")
-    views = ExecutionViews(tmp_path / "views.sqlite")
+    where = tmp_path / "views.sqlite"
+    views = ExecutionViews(
+        where if database_url is None else Database(url=database_url, schema="views")
+    )
     views.apply(read_events(app, 0, 1000))
     return views
 

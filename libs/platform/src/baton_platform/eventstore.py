@@ -1,4 +1,5 @@
-"""Opens the Executions event store. SQLite under the data dir by default."""
+"""Opens the Executions event store: SQLite under the data dir by default, PostgreSQL when
+BATON_DATABASE_URL is set."""
 
 from __future__ import annotations
 
@@ -6,22 +7,54 @@ import logging
 import sqlite3
 import time
 
-from eventsourcing.persistence import InterfaceError, OperationalError
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 
 from baton_domain.application import Executions
 from baton_domain.catalog import Catalog
 from baton_platform.settings import Settings
+from baton_platform.sql import postgres_params
 
 log = logging.getLogger(__name__)
 
 
-def event_store_env(settings: Settings, writer: bool = False) -> dict[str, str]:
-    """`writer`: the one process that writes the store (the dispatcher)."""
+def postgres_env(url: str) -> dict[str, str]:
+    """eventsourcing's PostgreSQL settings for a `postgresql://` URL."""
+    params = postgres_params(url)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": params["dbname"],
+        "POSTGRES_HOST": params["host"],
+        "POSTGRES_PORT": params["port"],
+        "POSTGRES_USER": params["user"],
+        "POSTGRES_PASSWORD": params["password"],
+        # Connections each process keeps open, and how many more it may open under load:
+        # the dispatcher writes from one thread, the api reads from a few.
+        "POSTGRES_POOL_SIZE": "2",
+        "POSTGRES_MAX_OVERFLOW": "8",
+        "POSTGRES_CONNECT_TIMEOUT": "10",
+        # A writer waits this long (s) for the table lock that orders notification ids.
+        "POSTGRES_LOCK_TIMEOUT": "30",
+        # No check of a connection before each use (a round trip: measured, 10-25 % of the
+        # store's write rate): the library retries a read or write whose connection the
+        # server dropped (it restarted) on another one, 10 times 0.2 s apart.
+        "POSTGRES_PRE_PING": "n",
+    }
+
+
+def sqlite_env(settings: Settings) -> dict[str, str]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return {
         "PERSISTENCE_MODULE": "eventsourcing.sqlite",
         "SQLITE_DBNAME": str(settings.event_store_path),
         "SQLITE_LOCK_TIMEOUT": "30",
+    }
+
+
+def event_store_env(settings: Settings, writer: bool = False) -> dict[str, str]:
+    """`writer`: the one process that writes the store (the dispatcher)."""
+    url = settings.postgres_url
+    return {
+        **(sqlite_env(settings) if url is None else postgres_env(url)),
         # Recently used aggregates stay in memory, so a device's queue or the catalog is not
         # rebuilt from its snapshot on every request.
         "AGGREGATE_CACHE_MAXSIZE": "10000",
@@ -49,8 +82,10 @@ def open_executions(
     together) race to switch it to WAL and create its tables, and SQLite can answer one of
     them "database is locked" (seen in a test run: a dispatcher exiting at its start on
     `PRAGMA journal_mode=WAL`). That one tries again shortly, by when the store is made,
-    rather than exiting; any other error, or a lock that outlasts OPEN_PATIENCE_S, is
-    raised."""
+    rather than exiting. On PostgreSQL the same race is two `CREATE ... IF NOT EXISTS` of
+    the same table or type, one of which fails on the catalog's unique index, and a server
+    still starting refuses connections: those are tried again too. Any other error, or one
+    that outlasts OPEN_PATIENCE_S, is raised."""
     deadline = time.monotonic() + OPEN_PATIENCE_S
     while True:
         try:
@@ -59,8 +94,14 @@ def open_executions(
                 env=event_store_env(settings, writer),
                 max_waiting=settings.max_waiting_per_device,
             )
-        except (InterfaceError, OperationalError, sqlite3.OperationalError) as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
+        except (
+            InterfaceError,
+            OperationalError,
+            IntegrityError,
+            sqlite3.OperationalError,
+        ) as exc:
+            transient = settings.postgres_url is not None or "locked" in str(exc)
+            if not transient or time.monotonic() > deadline:
                 raise
             log.warning("event store busy at start (%s); trying again", exc)
             time.sleep(0.2)

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from baton_platform.sql import Database
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BATON_", extra="ignore")
@@ -78,6 +80,11 @@ class Settings(BaseSettings):
     )
     mqtt_admin_password: SecretStr | None = None
     data_dir: Path = Path("var")
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="postgresql://user:password@host:port/dbname: the event store, the views "
+        "and the deadlines in that PostgreSQL database; unset: SQLite files in data_dir",
+    )
     catalog_path: Path = Path("deploy/catalog/demo.yaml")
 
     # api
@@ -190,3 +197,26 @@ class Settings(BaseSettings):
     @property
     def scheduler_path(self) -> Path:
         return self.data_dir / "deadlines.sqlite"
+
+    @property
+    def postgres_url(self) -> str | None:
+        return self.database_url.get_secret_value() if self.database_url else None
+
+    @property
+    def event_store(self) -> Database:
+        """The event store's place (eventsourcing's tables, in the URL's default schema)."""
+        return self._database(self.event_store_path, "public")
+
+    @property
+    def views_database(self) -> Database:
+        """The views: `views.sqlite`, or the schema `views` beside the event store."""
+        return self._database(self.views_path, "views")
+
+    @property
+    def scheduler_database(self) -> Database:
+        """The scheduler's deadlines: `deadlines.sqlite`, or the schema `scheduler`."""
+        return self._database(self.scheduler_path, "scheduler")
+
+    def _database(self, path: Path, schema: str) -> Database:
+        url = self.postgres_url
+        return Database(path=path) if url is None else Database(url=url, schema=schema)

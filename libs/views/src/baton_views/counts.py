@@ -9,19 +9,19 @@ filtered on a creation time is not covered; queries.py counts those rows, up to 
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
 from collections.abc import Iterable
 from typing import NamedTuple
 
 from baton_domain.statuses import ExecutionStatus
+from baton_platform.sql import Connection
 
 _SCOPES = ((0, False, False), (1, True, False), (2, False, True), (3, True, True))
 _UPSERT = (
     "INSERT INTO execution_counts (scope, tenant, device_id, name, status, ephemeral, n)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (scope, tenant, device_id, name, status, ephemeral)"
-    " DO UPDATE SET n = n + excluded.n"
+    " DO UPDATE SET n = execution_counts.n + excluded.n"
 )
 _DROP_EMPTY = (
     "DELETE FROM execution_counts WHERE scope = ? AND tenant = ? AND device_id = ?"
@@ -57,7 +57,7 @@ class CountChanges:
         if after is not None:
             self._changes[after] += 1
 
-    def write(self, conn: sqlite3.Connection) -> None:
+    def write(self, conn: Connection) -> None:
         rows: Counter[tuple[int, str, str, str, str, int]] = Counter()
         for (tenant, device_id, name, status, ephemeral), change in self._changes.items():
             for scope, by_device, by_name in _SCOPES:
@@ -72,7 +72,7 @@ class CountChanges:
 
 
 def count(
-    conn: sqlite3.Connection,
+    conn: Connection,
     tenant: str,
     device_id: str | None,
     name: str | None,
@@ -95,7 +95,7 @@ def count(
     return int(conn.execute(sql, values).fetchone()[0])
 
 
-def tenants(conn: sqlite3.Connection) -> list[str]:
+def tenants(conn: Connection) -> list[str]:
     """The tenants that have executions, in order: one range of the counters (scope 0),
     however many executions they have."""
     rows = conn.execute(
@@ -104,15 +104,16 @@ def tenants(conn: sqlite3.Connection) -> list[str]:
     return [row[0] for row in rows]
 
 
-def recount(conn: sqlite3.Connection) -> None:
+def recount(conn: Connection) -> None:
     """Set every counter from the rows, in the caller's transaction (for rows written in
     bulk without the projection, such as the history benchmark's)."""
     conn.execute("DELETE FROM execution_counts")
     for scope, by_device, by_name in _SCOPES:
         device = "device_id" if by_device else "''"
         name = "name" if by_name else "''"
+        keys = ["tenant", *(["device_id"] if by_device else []), *(["name"] if by_name else [])]
         conn.execute(
             "INSERT INTO execution_counts (scope, tenant, device_id, name, status, ephemeral, n)"
             f" SELECT {scope}, tenant, {device}, {name}, status, ephemeral, COUNT(*)"
-            f" FROM executions GROUP BY tenant, {device}, {name}, status, ephemeral"
+            f" FROM executions GROUP BY {', '.join(keys)}, status, ephemeral"
         )

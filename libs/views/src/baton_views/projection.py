@@ -9,8 +9,8 @@ process projecting), which is what makes a rebuild byte-identical to the live pr
 
 from __future__ import annotations
 
+import json
 import logging
-import sqlite3
 from collections.abc import Callable, Iterable
 from typing import Any
 from uuid import UUID
@@ -24,6 +24,7 @@ from baton_domain.execution import (
 )
 from baton_domain.statuses import ExecutionStatus
 from baton_domain.tenants import DEFAULT_TENANT
+from baton_platform.sql import Connection
 from baton_views.counts import CountChanges, Counted
 from baton_views.store import (
     canonical_json,
@@ -35,11 +36,11 @@ from baton_views.store import (
 log = logging.getLogger(__name__)
 
 # Gets where the row is counted before the event, returns where after (None: deleted).
-Handler = Callable[[sqlite3.Connection, LifecycleEvent, Counted], Counted | None]
+Handler = Callable[[Connection, LifecycleEvent, Counted], Counted | None]
 
 
 def project(
-    conn: sqlite3.Connection,
+    conn: Connection,
     events: Iterable[LifecycleEvent],
     ended: set[UUID] | None = None,
 ) -> tuple[int, int]:
@@ -69,7 +70,7 @@ def project(
     return applied, position
 
 
-def _apply_one(conn: sqlite3.Connection, event: LifecycleEvent, counts: CountChanges) -> None:
+def _apply_one(conn: Connection, event: LifecycleEvent, counts: CountChanges) -> None:
     if event.type == "Requested":
         counts.moved(None, _requested(conn, event))
         return
@@ -86,7 +87,7 @@ def _apply_one(conn: sqlite3.Connection, event: LifecycleEvent, counts: CountCha
     counts.moved(before, handler(conn, event, before))
 
 
-def _counted(conn: sqlite3.Connection, event: LifecycleEvent) -> Counted | None:
+def _counted(conn: Connection, event: LifecycleEvent) -> Counted | None:
     """Where the execution is counted now; None when there is no such row."""
     found = conn.execute(
         "SELECT tenant, device_id, name, status, ephemeral FROM executions WHERE id = ?",
@@ -98,7 +99,7 @@ def _counted(conn: sqlite3.Connection, event: LifecycleEvent) -> Counted | None:
 # --- handlers, one per event type ---------------------------------------------------------
 
 
-def _requested(conn: sqlite3.Connection, event: LifecycleEvent) -> Counted:
+def _requested(conn: Connection, event: LifecycleEvent) -> Counted:
     data = event.data
     occurred = canonical_time(event.occurred_at)
     ephemeral = int(bool(data.get("ephemeral", False)))
@@ -130,12 +131,12 @@ def _requested(conn: sqlite3.Connection, event: LifecycleEvent) -> Counted:
     return Counted(tenant, data["device_id"], data["name"], pending, ephemeral)
 
 
-def _touched(conn: sqlite3.Connection, event: LifecycleEvent, before: Counted) -> Counted:
+def _touched(conn: Connection, event: LifecycleEvent, before: Counted) -> Counted:
     """Dispatched (and anything else that changes no field) only moves updated_at."""
     return _update(conn, event, before)
 
 
-def _published(conn: sqlite3.Connection, event: LifecycleEvent, before: Counted) -> Counted:
+def _published(conn: Connection, event: LifecycleEvent, before: Counted) -> Counted:
     # Recorded whenever the bridge's report comes (docs/statuses.md): after an answer it
     # cannot come (an answer implies it first), but after a cancel or an expiry it can, and
     # then it moves no status.
@@ -147,7 +148,7 @@ def _answered(status: ExecutionStatus | None, outcome: str | None = None) -> Han
     """Handlers for the answer events: log the answer, maybe move status, maybe keep
     the payload as `result` or `error` (outcome names the column)."""
 
-    def handle(conn: sqlite3.Connection, event: LifecycleEvent, before: Counted) -> Counted:
+    def handle(conn: Connection, event: LifecycleEvent, before: Counted) -> Counted:
         answer = event.data["answer"]
         _append_log(conn, event, answer)
         fields: dict[str, Any] = {}
@@ -158,17 +159,17 @@ def _answered(status: ExecutionStatus | None, outcome: str | None = None) -> Han
     return handle
 
 
-def _timed_out(conn: sqlite3.Connection, event: LifecycleEvent, before: Counted) -> Counted:
+def _timed_out(conn: Connection, event: LifecycleEvent, before: Counted) -> Counted:
     error = timeout_error(_ttl(conn, event))
     return _update(conn, event, before, status=ExecutionStatus.TIMED_OUT, error=error)
 
 
-def _expired(conn: sqlite3.Connection, event: LifecycleEvent, before: Counted) -> Counted:
+def _expired(conn: Connection, event: LifecycleEvent, before: Counted) -> Counted:
     error = expiry_error(_ttl(conn, event))
     return _update(conn, event, before, status=ExecutionStatus.EXPIRED, error=error)
 
 
-def _canceled(conn: sqlite3.Connection, event: LifecycleEvent, before: Counted) -> Counted:
+def _canceled(conn: Connection, event: LifecycleEvent, before: Counted) -> Counted:
     error = cancel_error(event.data["reason"])
     return _update(conn, event, before, status=ExecutionStatus.CANCELED, error=error)
 
@@ -176,7 +177,7 @@ def _canceled(conn: sqlite3.Connection, event: LifecycleEvent, before: Counted) 
 def _verification(status: str) -> Handler:
     """VerificationRequired / Verified / VerificationFailed / VerificationCanceled."""
 
-    def handle(conn: sqlite3.Connection, event: LifecycleEvent, before: Counted) -> Counted:
+    def handle(conn: Connection, event: LifecycleEvent, before: Counted) -> Counted:
         data = event.data
         state = verification_state(
             status, data.get("at"), data.get("title"), data.get("description")
@@ -190,20 +191,21 @@ def _verification(status: str) -> Handler:
     return handle
 
 
-def _retried(conn: sqlite3.Connection, event: LifecycleEvent, before: Counted) -> Counted:
+def _retried(conn: Connection, event: LifecycleEvent, before: Counted) -> Counted:
+    # Appended here rather than by the database's JSON functions (SQLite's and PostgreSQL's
+    # differ, and so does their text): the list is written through canonical_json.
+    row = conn.execute(
+        "SELECT retries FROM executions WHERE id = ?", (str(event.execution_id),)
+    ).fetchone()
+    retries = [*json.loads(row["retries"]), str(event.data["retry_id"])]
     conn.execute(
-        "UPDATE executions SET retries = json_insert(retries, '$[#]', ?), updated_at = ?"
-        " WHERE id = ?",
-        (
-            str(event.data["retry_id"]),
-            canonical_time(event.occurred_at),
-            str(event.execution_id),
-        ),
+        "UPDATE executions SET retries = ?, updated_at = ? WHERE id = ?",
+        (canonical_json(retries), canonical_time(event.occurred_at), str(event.execution_id)),
     )
     return before
 
 
-def _deleted(conn: sqlite3.Connection, event: LifecycleEvent, before: Counted) -> None:
+def _deleted(conn: Connection, event: LifecycleEvent, before: Counted) -> None:
     """The row and its log go: counted nowhere after."""
     conn.execute("DELETE FROM execution_log WHERE execution_id = ?", (str(event.execution_id),))
     conn.execute("DELETE FROM executions WHERE id = ?", (str(event.execution_id),))
@@ -248,7 +250,7 @@ NOT_EXECUTIONS = DEVICE_QUEUE_TYPES | CATALOG_TYPES
 
 
 def _update(
-    conn: sqlite3.Connection,
+    conn: Connection,
     event: LifecycleEvent,
     before: Counted,
     status: ExecutionStatus | None = None,
@@ -277,7 +279,7 @@ def _update(
     return before if status is None else before._replace(status=status.value)
 
 
-def _append_log(conn: sqlite3.Connection, event: LifecycleEvent, answer: dict[str, Any]) -> None:
+def _append_log(conn: Connection, event: LifecycleEvent, answer: dict[str, Any]) -> None:
     # seq follows the event order of the stream, so it is the same on every rebuild.
     conn.execute(
         "INSERT INTO execution_log (execution_id, seq, received_at, status, payload) "
@@ -292,7 +294,7 @@ def _append_log(conn: sqlite3.Connection, event: LifecycleEvent, answer: dict[st
     )
 
 
-def _ttl(conn: sqlite3.Connection, event: LifecycleEvent) -> int:
+def _ttl(conn: Connection, event: LifecycleEvent) -> int:
     row = conn.execute(
         "SELECT ttl FROM executions WHERE id = ?", (str(event.execution_id),)
     ).fetchone()

@@ -7,12 +7,12 @@ synchronous, so async callers run these in a worker thread.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
 from baton_domain.application import Executions
 from baton_platform.mapping import read_events
+from baton_platform.sql import Connection, Database
 from baton_views.projection import project
 from baton_views.store import TABLES, connect, create_schema, transaction
 
@@ -21,7 +21,9 @@ REBUILD_BATCH = 1000
 Progress = Callable[[int, int], None]
 
 
-def rebuild(executions: Executions, views_path: Path, progress: Progress | None = None) -> int:
+def rebuild(
+    executions: Executions, views: Path | Database, progress: Progress | None = None
+) -> int:
     """Empty the views and project every stored event again; returns the events applied.
 
     One transaction: a projection running meanwhile (the api) waits for the write lock and
@@ -29,7 +31,7 @@ def rebuild(executions: Executions, views_path: Path, progress: Progress | None 
     (position reached, last position in the store) after each batch; notification ids can
     have gaps, so these are positions, not counts.
     """
-    conn = connect(views_path)
+    conn = connect(views)
     try:
         create_schema(conn)
         with transaction(conn):
@@ -40,9 +42,7 @@ def rebuild(executions: Executions, views_path: Path, progress: Progress | None 
         conn.close()
 
 
-def _project_all(
-    executions: Executions, conn: sqlite3.Connection, progress: Progress | None
-) -> int:
+def _project_all(executions: Executions, conn: Connection, progress: Progress | None) -> int:
     total = executions.recorder.max_notification_id() or 0
     position = applied = 0
     while batch := read_events(executions, position, REBUILD_BATCH):

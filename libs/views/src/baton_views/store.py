@@ -3,18 +3,24 @@
 Rows must come out byte for byte the same whether they were projected live or rebuilt
 (invariant 4), so every JSON value and timestamp is written through `canonical_json` and
 `canonical_time` and nothing else.
+
+The views live in `views.sqlite`, or in the schema `views` of the PostgreSQL database
+(BATON_DATABASE_URL): the same tables, indexes and SQL (baton_platform.sql), but for the
+few lines that say it in each one's words (`schema_sql`).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from itertools import combinations
 from pathlib import Path
 from typing import Any
+
+from baton_platform.sql import Connection, Database, Dialect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS executions (
@@ -90,7 +96,8 @@ TABLES = ("executions", "execution_log", "execution_counts", "projection_positio
 # version is dropped and projected again from the event store (position 0).
 SCHEMA_VERSION = 6  # 5: executions and their counters are per tenant; 6: requested_by
 PROJECTION_NAME = "executions"
-BUSY_TIMEOUT_MS = 30_000
+# The name of the views' write lock (`transaction`).
+WRITE_LOCK = "views"
 
 
 def index_name(columns: tuple[str, ...]) -> str:
@@ -123,23 +130,38 @@ def canonical_time(value: datetime | str) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def schema_sql(dialect: Dialect) -> str:
+    """The tables and indexes in `dialect`'s words. On PostgreSQL every text column
+    compares bytes (`COLLATE "C"`), as SQLite's do, whatever the database's locale: the
+    keyset order of (created_at, id) and the cursors' bounds are then the same on both,
+    and so is every page. (`WITHOUT ROWID` is SQLite's: PostgreSQL has no rowid.)"""
+    script = SCHEMA + _indexes()
+    if dialect == "sqlite":
+        return script
+    script = script.replace(") WITHOUT ROWID;", ");")
+    return re.sub(r"\bTEXT\b", 'TEXT COLLATE "C"', script)
+
+
+def connect(where: Path | Database) -> Connection:
     """A connection in autocommit mode: transactions are opened explicitly (`transaction`).
 
-    WAL lets readers (queries, a running api) keep reading the last committed state while a
-    rebuild holds the write lock for its single long transaction.
+    On SQLite, WAL lets readers (queries, a running api) keep reading the last committed
+    state while a rebuild holds the write lock for its single long transaction; PostgreSQL's
+    readers always do.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.row_factory = sqlite3.Row
+    database = where if isinstance(where, Database) else Database(path=where)
+    conn = database.connect()
+    if conn.dialect == "sqlite":
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
     return conn
 
 
-def create_schema(conn: sqlite3.Connection) -> None:
+def create_schema(conn: Connection) -> None:
     """Create the tables; a database made for another schema version starts over empty."""
+    if conn.dialect == "postgres":
+        _create_postgres_schema(conn)
+        return
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     if version != SCHEMA_VERSION:
         tables = [
@@ -151,40 +173,49 @@ def create_schema(conn: sqlite3.Connection) -> None:
         for table in tables:
             conn.execute(f'DROP TABLE IF EXISTS "{table}"')
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    conn.executescript(SCHEMA + _indexes())
+    conn.executescript(schema_sql("sqlite"))
+
+
+def _create_postgres_schema(conn: Connection) -> None:
+    """The same on PostgreSQL, whose version is a row of `schema_version` (SQLite keeps it
+    in its header): under the write lock, so an api and a `baton replay` starting together
+    do not both create the tables."""
+    with transaction(conn):
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        if row is not None and row[0] == SCHEMA_VERSION:
+            return
+        for table in (*TABLES, "schema_version"):
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.executescript(schema_sql("postgres"))
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE: take the write lock up front so two projectors never interleave."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+def transaction(conn: Connection) -> Iterator[Connection]:
+    """Take the write lock up front (SQLite's BEGIN IMMEDIATE, PostgreSQL's advisory lock) so
+    two projectors never interleave."""
+    with conn.transaction(WRITE_LOCK):
         yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 @contextmanager
-def snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def snapshot(conn: Connection) -> Iterator[Connection]:
     """One read transaction: the statements inside see the same commit (a page and its
     total_count agree while the projection writes)."""
-    conn.execute("BEGIN")
-    try:
+    with conn.snapshot():
         yield conn
-    finally:
-        conn.execute("COMMIT")
 
 
-def read_position(conn: sqlite3.Connection) -> int:
+def read_position(conn: Connection) -> int:
     row = conn.execute(
         "SELECT position FROM projection_position WHERE name = ?", (PROJECTION_NAME,)
     ).fetchone()
     return int(row["position"]) if row else 0
 
 
-def write_position(conn: sqlite3.Connection, position: int) -> None:
+def write_position(conn: Connection, position: int) -> None:
     conn.execute(
         "INSERT INTO projection_position (name, position) VALUES (?, ?) "
         "ON CONFLICT (name) DO UPDATE SET position = excluded.position",

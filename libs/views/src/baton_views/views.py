@@ -1,14 +1,14 @@
 """`ExecutionViews`: the views database as one object (project, position, queries).
 
-Synchronous, like sqlite3: async callers use a worker thread. Writes and reads go through
-separate connections, so a projection waiting on the write lock (a `baton replay` running
-in another process) never holds up a query; in WAL mode readers see the last commit.
+Synchronous, like sqlite3 and psycopg: async callers use a worker thread. Writes and reads
+go through separate connections, so a projection waiting on the write lock (a `baton
+replay` running in another process) never holds up a query; readers see the last commit
+(SQLite in WAL mode, PostgreSQL always).
 """
 
 from __future__ import annotations
 
 import builtins
-import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -18,6 +18,7 @@ from uuid import UUID
 
 from baton_contracts.nats import LifecycleEvent
 from baton_domain.statuses import ExecutionStatus
+from baton_platform.sql import Connection, Database
 from baton_views.counts import count
 from baton_views.projection import project
 from baton_views.queries import (
@@ -36,11 +37,13 @@ T = TypeVar("T")
 
 
 class ExecutionViews:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._writer = connect(path)
+    def __init__(self, where: Path | Database) -> None:
+        self.database = where if isinstance(where, Database) else Database(path=where)
+        # The SQLite file (None on PostgreSQL).
+        self.path = self.database.path
+        self._writer = connect(self.database)
         create_schema(self._writer)
-        self._reader = connect(path)
+        self._reader = connect(self.database)
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
 
@@ -105,6 +108,6 @@ class ExecutionViews:
             lambda conn: ids_created_before(conn, cutoff, limit, ephemeral_only, tenant)
         )
 
-    def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+    def _read(self, query: Callable[[Connection], T]) -> T:
         with self._read_lock:
             return query(self._reader)

@@ -163,7 +163,7 @@ def build_parts(
     accounts: DeviceAccounts | None = None,
 ) -> Parts:
     executions = executions or open_executions(settings)
-    views = ExecutionViews(settings.views_path)
+    views = ExecutionViews(settings.views_database)
     # With NATS, replicas: the holder of lease `projection` writes the views. Without
     # (tests' stand-in gateways), this lone process does.
     runner = ProjectionRunner(

@@ -31,7 +31,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from baton_platform.mqtt_accounts import MqttAccount, StackAccounts
@@ -504,6 +504,175 @@ def start_mosquitto(
     if tls is not None:
         wait_for_port(host, tls[0], proc)
     return Server("mosquitto", proc, f"mqtt://{host}:{port}", port, {"protocol": "5"})
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+# Where Debian's packages put the server's binaries (not on PATH): the newest version wins.
+POSTGRES_BIN_GLOB = "/usr/lib/postgresql/*/bin"
+POSTGRES_USER = "baton"
+
+
+def find_postgres_bin() -> Path | None:
+    """The directory holding `initdb` and `postgres`: on PATH, else Debian's."""
+    on_path = shutil.which("initdb")
+    if on_path is not None and shutil.which("postgres"):
+        return Path(on_path).resolve().parent
+    found = sorted(
+        Path("/").glob(POSTGRES_BIN_GLOB.lstrip("/")),
+        key=lambda p: [int(x) if x.isdigit() else 0 for x in p.parent.name.split(".")],
+    )
+    return next((d for d in reversed(found) if (d / "initdb").exists()), None)
+
+
+def _server_account() -> tuple[int, int] | None:
+    """(uid, gid) to run the server as: initdb and postgres refuse to run as root, so root
+    runs them as the `postgres` account of Debian's package (else `nobody`); anyone else as
+    themselves (None)."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwnam(name)
+            return entry.pw_uid, entry.pw_gid
+    raise RuntimeError("running as root, and no account (postgres, nobody) to run PostgreSQL as")
+
+
+@dataclass
+class PostgresServer(Server):
+    """A throwaway PostgreSQL cluster: `url` is its superuser's, to database `postgres`."""
+
+    cluster: Path | None = None
+    # Made for a server started as root (its account must reach it): removed at stop.
+    owned_dir: Path | None = None
+
+    def url_of(self, dbname: str) -> str:
+        return self.url.rsplit("/", 1)[0] + f"/{dbname}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        # SIGINT is PostgreSQL's fast shutdown (SIGTERM waits for every client to leave);
+        # SIGQUIT, its immediate one, if that is not done in time. Never SIGKILL: the
+        # postmaster's children would outlive it.
+        for signal_number in (signal.SIGINT, signal.SIGQUIT):
+            if self.proc.poll() is not None:
+                break
+            self.proc.send_signal(signal_number)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        if self.owned_dir is not None and self.proc.poll() is not None:
+            shutil.rmtree(self.owned_dir, ignore_errors=True)
+
+
+def start_postgres(
+    workdir: Path,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    durable: bool = True,
+    max_connections: int = 200,
+) -> PostgresServer:
+    """A new PostgreSQL cluster (initdb) listening on `host`:`port` only (its unix socket
+    in its own directory), its superuser `baton` with a random password (scram). Not
+    `durable`: no fsync, for tests, where nothing must survive a power loss.
+
+    As root it runs as the `postgres` account, in a directory of its own under the system's
+    temporary directory (the test's may not be reachable by another account)."""
+    import secrets
+    import tempfile
+
+    bindir = find_postgres_bin()
+    if bindir is None:
+        raise RuntimeError(
+            "PostgreSQL server binaries not found (initdb, postgres): "
+            "deploy/local/install-postgres.sh installs them"
+        )
+    port = port or free_port(host)
+    workdir.mkdir(parents=True, exist_ok=True)
+    account = _server_account()
+    owned_dir = None
+    base = workdir
+    if account is not None:
+        owned_dir = Path(tempfile.mkdtemp(prefix="baton-postgres-"))
+        os.chown(owned_dir, *account)
+        base = owned_dir
+    cluster = base / "cluster"
+    password = secrets.token_urlsafe(18)
+    pwfile = base / "pwfile"
+    write_private(pwfile, password + "\n")
+    if account is not None:
+        os.chown(pwfile, *account)
+    as_account: dict[str, Any] = (
+        {} if account is None else {"user": account[0], "group": account[1], "extra_groups": []}
+    )
+    init = subprocess.run(
+        [
+            str(bindir / "initdb"),
+            "-D",
+            str(cluster),
+            "-U",
+            POSTGRES_USER,
+            f"--pwfile={pwfile}",
+            "--auth=scram-sha-256",
+            "--encoding=UTF8",
+            "--locale=C",
+            *([] if durable else ["--no-sync"]),
+        ],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+        **as_account,
+    )
+    pwfile.unlink()
+    if init.returncode != 0:
+        raise RuntimeError(f"initdb failed: {init.stderr.decode(errors='replace')[-2000:]}")
+    settings = [
+        f"listen_addresses={host}",
+        f"port={port}",
+        f"unix_socket_directories={cluster}",
+        f"max_connections={max_connections}",
+        *([] if durable else ["fsync=off", "synchronous_commit=off", "full_page_writes=off"]),
+    ]
+    args = [str(bindir / "postgres"), "-D", str(cluster)]
+    for setting in settings:
+        args += ["-c", setting]
+    log_path = workdir / "postgres.log"
+    log = log_path.open("ab")
+    proc = subprocess.Popen(
+        args,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        **as_account,
+    )
+    url = f"postgresql://{POSTGRES_USER}:{password}@{host}:{port}/postgres"
+    server = PostgresServer(
+        "postgres", proc, url, port, {"log": str(log_path)}, cluster=cluster, owned_dir=owned_dir
+    )
+    try:
+        _wait_for_postgres(url, proc)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _wait_for_postgres(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Until the server accepts a connection: it listens before it has finished starting."""
+    import psycopg
+
+    from baton_platform.sql import conninfo
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"postgres exited with {proc.returncode} before accepting clients")
+        try:
+            psycopg.connect(conninfo(url), connect_timeout=2).close()
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def mqtt_flavour() -> str:

@@ -13,7 +13,7 @@ import json
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 from uuid import UUID
 
 import typer
@@ -23,6 +23,9 @@ from baton_cli.devstack import dev_app
 from baton_cli.keys import keys_app, tenants_app
 from baton_cli.nats_setup import nats_setup
 from baton_cli.output import event_line, execution_summary, problem_lines
+
+if TYPE_CHECKING:
+    from baton_platform.settings import Settings
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
 DEFAULT_API_KEY = "dev-admin-key"
@@ -169,20 +172,20 @@ def events(
 ) -> None:
     """Print an execution's stored events, oldest first: time, type, data.
 
-    Reads the event store (BATON_DATA_DIR/events.sqlite) directly, not the API.
+    Reads the event store (BATON_DATA_DIR/events.sqlite, or BATON_DATABASE_URL) directly,
+    not the API.
     """
     from baton_domain.errors import ExecutionNotFound
     from baton_platform.eventstore import open_executions
     from baton_platform.settings import Settings
 
     settings = Settings()
-    if not settings.event_store_path.exists():
-        fail(f"no event store at {settings.event_store_path} (set BATON_DATA_DIR)")
+    check_event_store(settings)
     executions = open_executions(settings)
     try:
         stored = executions.events_of(execution_id)
     except ExecutionNotFound:
-        fail(f"no execution {execution_id} in {settings.event_store_path}")
+        fail(f"no execution {execution_id} in {settings.event_store}")
     finally:
         executions.close()
     for event in stored:
@@ -196,7 +199,8 @@ def events(
 def replay() -> None:
     """Rebuild every view from the event store, from position 0.
 
-    Empties BATON_DATA_DIR/views.sqlite and projects every stored event again.
+    Empties the views (BATON_DATA_DIR/views.sqlite, or the schema `views` of
+    BATON_DATABASE_URL) and projects every stored event again.
 
     One transaction: the api keeps serving the old rows until the new ones are complete.
     """
@@ -208,8 +212,7 @@ def replay() -> None:
     from baton_views import rebuild
 
     settings = Settings()
-    if not settings.event_store_path.exists():
-        fail(f"no event store at {settings.event_store_path} (set BATON_DATA_DIR)")
+    check_event_store(settings)
     executions = open_executions(settings)
     reached = 0
     try:
@@ -230,11 +233,18 @@ def replay() -> None:
                 reached = position
                 bar.update(task, completed=position, total=last)
 
-            applied = rebuild(executions, settings.views_path, progress)
+            applied = rebuild(executions, settings.views_database, progress)
         final = max(reached, executions.recorder.max_notification_id() or 0) if applied else 0
     finally:
         executions.close()
-    typer.echo(f"replayed {applied} events into {settings.views_path}; position {final}")
+    typer.echo(f"replayed {applied} events into {settings.views_database}; position {final}")
+
+
+def check_event_store(settings: Settings) -> None:
+    """A SQLite event store must exist already (opening one would make an empty one); a
+    PostgreSQL one is asked (an empty database has its tables made, and nothing in them)."""
+    if settings.postgres_url is None and not settings.event_store_path.exists():
+        fail(f"no event store at {settings.event_store_path} (set BATON_DATA_DIR)")
 
 
 # --- simulate ------------------------------------------------------------------------------

@@ -133,7 +133,7 @@ class Dispatcher:
             len(executions.catalog.device_types),
             len(executions.catalog.devices),
             self._keeper.held,
-            settings.event_store_path,
+            settings.event_store,
         )
 
     async def _take_partition(self, partition: int) -> None:

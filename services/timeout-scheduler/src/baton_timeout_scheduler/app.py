@@ -76,7 +76,7 @@ class TimeoutScheduler:
 
     async def start(self) -> None:
         settings = self.settings
-        store = await asyncio.to_thread(DeadlineStore, settings.scheduler_path)
+        store = await asyncio.to_thread(DeadlineStore, settings.scheduler_database)
         self.deadlines = Deadlines(store)
         self._nc = await connect(
             settings.nats_url,
@@ -124,7 +124,7 @@ class TimeoutScheduler:
         log.info(
             "timeout-scheduler leading: %d deadline(s) waiting in %s",
             await self.deadlines.count(),
-            settings.scheduler_path,
+            settings.scheduler_database,
         )
 
     async def _stand_by(self) -> None:

@@ -1,6 +1,7 @@
-"""The deadlines the scheduler waits for: one row per execution, in SQLite.
+"""The deadlines the scheduler waits for: one row per execution, in SQLite (`deadlines.sqlite`)
+or in the schema `scheduler` of the PostgreSQL database (BATON_DATABASE_URL).
 
-`DeadlineStore` is synchronous (sqlite3); `Deadlines` is the same store for the event loop,
+`DeadlineStore` is synchronous (sqlite3, psycopg); `Deadlines` is the same store for the event loop,
 each call running in a worker thread. Times are stored as POSIX seconds (UTC) so the due
 query is a plain comparison on an index.
 
@@ -12,7 +13,6 @@ deadline that passed while anything was down fires as soon as the scheduler is b
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 from uuid import UUID
+
+from baton_platform.sql import Database
 
 # Two kinds of deadline per execution: its own (created_at + ttl) and, for a command with
 # a verification rule, the time by which the device's state must show the change.
@@ -45,6 +47,13 @@ INSERT INTO deadlines (execution_id, kind, due_at, next_attempt, attempts)
     SELECT execution_id, 'execution', due_at, next_attempt, attempts FROM deadlines_v1;
 DROP TABLE deadlines_v1;
 """
+# The name of the store's write lock (baton_platform.sql).
+WRITE_LOCK = "deadlines"
+
+
+def _schema(dialect: str) -> str:
+    # SQLite's REAL is 8 bytes; PostgreSQL's is 4 (a deadline a couple of minutes off).
+    return _SCHEMA if dialect == "sqlite" else _SCHEMA.replace(" REAL ", " DOUBLE PRECISION ")
 
 
 @dataclass(frozen=True)
@@ -78,18 +87,32 @@ def _from_seconds(seconds: float) -> datetime:
 class DeadlineStore:
     """Synchronous; safe to call from several threads (one connection behind a lock)."""
 
-    def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+    def __init__(self, where: Path | Database, busy_timeout: float = 5.0) -> None:
+        self.database = where if isinstance(where, Database) else Database(path=where)
+        self.path = self.database.path  # the SQLite file (None on PostgreSQL)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-        )
+        self._db = self.database.connect()
+        if self._db.dialect == "postgres":
+            self._create_postgres_schema()
+            return
+        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: a row is on disk before the event that made it is acknowledged to JetStream;
         # NORMAL would lose the newest rows on power loss, and their deadlines never fire.
+        # (PostgreSQL's default, synchronous_commit on, is the same promise.)
         self._db.execute("PRAGMA synchronous=FULL")
         self._migrate()
+
+    def _create_postgres_schema(self) -> None:
+        """PostgreSQL's store began at this version: its tables and their version row,
+        made once, under the write lock (two schedulers may start together)."""
+        with self._db.transaction(WRITE_LOCK):
+            self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            if self._db.execute("SELECT version FROM schema_version").fetchone() is None:
+                self._db.executescript(_schema("postgres"))
+                self._db.execute(
+                    "INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,)
+                )
 
     def _migrate(self) -> None:
         """Deadlines are not disposable (unlike views): a version 1 file is converted."""
@@ -116,18 +139,12 @@ class DeadlineStore:
     def apply(self, changes: Sequence[Change]) -> None:
         """Every change, in order, in one transaction (one fsync): committed when this
         returns, or none of them if it raises."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for change in changes:
-                    if change.due_at is None:
-                        self._delete(change.execution_id, change.kind)
-                    else:
-                        self._upsert(change.execution_id, change.due_at, change.kind)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, self._db.transaction(WRITE_LOCK):
+            for change in changes:
+                if change.due_at is None:
+                    self._delete(change.execution_id, change.kind)
+                else:
+                    self._upsert(change.execution_id, change.due_at, change.kind)
 
     def _upsert(self, execution_id: UUID, due_at: datetime, kind: Kind) -> None:
         due = _to_seconds(due_at)

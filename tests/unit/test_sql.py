@@ -1,0 +1,109 @@
+"""baton_platform.sql: one connection over SQLite and PostgreSQL, for the views' and the
+deadlines' SQL written once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from baton_platform.sql import Database, conninfo, postgres_params, redacted
+
+
+@pytest.fixture
+def database(tmp_path: Path, database_url: str | None) -> Database:
+    if database_url is None:
+        return Database(path=tmp_path / "t.sqlite")
+    return Database(url=database_url, schema="things")
+
+
+def test_the_same_sql_runs_on_both(database: Database) -> None:
+    conn = database.connect()
+    try:
+        conn.executescript("CREATE TABLE t (k TEXT PRIMARY KEY, n INTEGER NOT NULL);")
+        conn.executemany("INSERT INTO t (k, n) VALUES (?, ?)", [("a%b", 1), ("b", 2)])
+        row = conn.execute("SELECT k, n FROM t WHERE k LIKE ? ORDER BY k", ("a%",)).fetchone()
+        assert (row["k"], row["n"], row[0], row[1]) == ("a%b", 1, "a%b", 1)
+        assert conn.execute("UPDATE t SET n = n + 1").rowcount == 2
+
+        def delete_then_fail() -> None:
+            with conn.transaction("t"):
+                conn.execute("DELETE FROM t")
+                raise ZeroDivisionError
+
+        with pytest.raises(ZeroDivisionError):
+            delete_then_fail()  # rolled back
+        with conn.snapshot():
+            assert [tuple(r) for r in conn.execute("SELECT k, n FROM t ORDER BY k")] == [
+                ("a%b", 2),
+                ("b", 3),
+            ]
+    finally:
+        conn.close()
+
+
+def test_a_store_sees_only_its_own_schema(postgres_url: str) -> None:
+    mine = Database(url=postgres_url, schema="mine").connect()
+    theirs = Database(url=postgres_url, schema="theirs").connect()
+    try:
+        mine.execute("CREATE TABLE t (n INTEGER)")
+        theirs.execute("CREATE TABLE t (n INTEGER)")
+        mine.execute("INSERT INTO t VALUES (1)")
+        assert theirs.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 0
+    finally:
+        mine.close()
+        theirs.close()
+
+
+def test_writers_of_one_store_wait_for_each_other(postgres_url: str) -> None:
+    """The advisory lock stands for SQLite's BEGIN IMMEDIATE: the second waits."""
+    database = Database(url=postgres_url, schema="views")
+    first, second = database.connect(), database.connect()
+    order: list[str] = []
+    try:
+        with first.transaction("views"):
+
+            def other() -> None:
+                with second.transaction("views"):
+                    order.append("second")
+
+            thread = threading.Thread(target=other)
+            thread.start()
+            time.sleep(0.3)  # the other writer had its chance to (wrongly) go first
+            order.append("first")
+        thread.join(10)
+        assert order == ["first", "second"]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_dropped_connection_is_opened_again_at_the_next_use(postgres_url: str) -> None:
+    conn = Database(url=postgres_url, schema="views").connect()
+    try:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with psycopg.connect(conninfo(postgres_url), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT 1")  # the call in progress fails...
+        assert conn.execute("SELECT current_schema()").fetchone()[0] == "views"  # ...not the next
+    finally:
+        conn.close()
+
+
+def test_urls_and_their_passwords() -> None:
+    url = "postgresql://baton:s%40cret@db.example:6432/baton"
+    assert postgres_params(url) == {
+        "host": "db.example",
+        "port": "6432",
+        "user": "baton",
+        "password": "s@cret",
+        "dbname": "baton",
+    }
+    assert redacted(url) == "postgresql://baton:***@db.example:6432/baton"
+    assert "s%40cret" not in str(Database(url=url, schema="views"))
+    socket = postgres_params("postgresql://baton:x@/baton?host=/run/postgresql")
+    assert (socket["host"], socket["port"]) == ("/run/postgresql", "5432")
