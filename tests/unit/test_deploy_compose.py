@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from baton_cli.mqtt_setup import DYNSEC_FILE, write_mqtt_accounts
 from baton_cli.nats_setup import write_cluster_configs
 from tests.unit.deploy_support import unknown_settings
 
@@ -33,11 +34,23 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return found
 
 
+def program(service: dict[str, Any]) -> str | None:
+    """The program a service runs: its command's, or the one its `sh -c` script execs."""
+    command: list[str] = service.get("command") or [None]
+    if command[0] == "sh":
+        return command[-1].rpartition("exec ")[2].split()[0]
+    return command[0]
+
+
+def sourced(service: dict[str, Any]) -> list[str]:
+    """The env files its `sh -c` script reads (`. FILE`)."""
+    command: list[str] = service.get("command") or [""]
+    return re.findall(r"\. (\S+\.env)", command[-1]) if command[0] == "sh" else []
+
+
 def replicas_of(compose: dict[str, Any], command: str) -> dict[str, dict[str, Any]]:
     return {
-        name: service
-        for name, service in services(compose).items()
-        if service.get("command", [None])[0] == command
+        name: service for name, service in services(compose).items() if program(service) == command
     }
 
 
@@ -45,7 +58,7 @@ def baton_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {
         name: service
         for name, service in services(compose).items()
-        if service.get("command", [None])[0] in BATON_COMMANDS
+        if program(service) in BATON_COMMANDS
     }
 
 
@@ -167,3 +180,51 @@ def test_the_api_address_balances_over_every_api_replica(compose: dict[str, Any]
     for name, service in replicas_of(compose, "baton-api").items():
         assert env(service)["BATON_API_HOST"] == "0.0.0.0", name
         assert "ports" not in service, name  # reached through the balancer only
+
+
+def test_nats_setup_keeps_the_route_password_and_refuses_two_nodes_of_one_name(
+    tmp_path: Path,
+) -> None:
+    base = ROOT / "deploy/nats/cluster.conf"
+    first = [c.read_text() for c in write_cluster_configs(tmp_path, base, ["default"], ["a", "b"])]
+    again = [c.read_text() for c in write_cluster_configs(tmp_path, base, ["default"], ["a", "b"])]
+    assert first == again  # passwords and the route password kept: a node restarts as it was
+    assert (tmp_path / "route-password").stat().st_mode & 0o077 == 0
+    with pytest.raises(ValueError):
+        write_cluster_configs(tmp_path, base, ["default"], ["n1.east", "n1.west"])
+
+
+def test_each_mqtt_client_reads_the_account_mqtt_setup_writes_for_it(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    """mqtt-setup's own command line: an env file for the api, each bridge (named after its
+    BATON_INSTANCE) and the simulator, each holding known settings; the broker starts from
+    its dynamic-security file and the deploy/mosquitto config."""
+    command: list[str] = services(compose)["mqtt-setup"]["command"]
+    folder = command[2]
+    bridges = [command[i + 1] for i, arg in enumerate(command) if arg == "--bridge"]
+    written = write_mqtt_accounts(tmp_path, bridges, simulator="--simulator" in command)
+    files = {f"{folder}/{path.name}": path for path in written}
+    readers = {
+        name: sourced(service) for name, service in services(compose).items() if sourced(service)
+    }
+    assert set(readers) == {
+        *replicas_of(compose, "baton-api"),
+        *replicas_of(compose, "baton-device-bridge"),
+        "simulator",
+    }
+    for name, (path,) in readers.items():
+        keys = {line.split("=", 1)[0] for line in files[path].read_text().splitlines()}
+        assert unknown_settings(keys) == set(), name
+        assert any(m.startswith(f"mqtt-auth:{folder}:") for m in services(compose)[name]["volumes"])
+    for name, service in replicas_of(compose, "baton-device-bridge").items():
+        assert sourced(service) == [f"{folder}/{env(service)['BATON_INSTANCE']}.env"], name
+    mosquitto = services(compose)["mosquitto"]
+    assert f"{folder}/{DYNSEC_FILE}" in mosquitto["command"][-1]
+    assert (
+        "./deploy/mosquitto/mosquitto.conf:/mosquitto/config/mosquitto.conf:ro"
+        in (mosquitto["volumes"])
+    )
+    config = (ROOT / "deploy/mosquitto/mosquitto.conf").read_text()
+    assert "allow_anonymous false" in config
+    assert f"plugin_opt_config_file /mosquitto/data/{DYNSEC_FILE}" in config

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from baton_cli.mqtt_setup import DYNSEC_FILE, write_mqtt_accounts
 from baton_cli.nats_setup import node_name, write_cluster_configs
 from tests.unit.deploy_support import unknown_settings
 
@@ -46,6 +47,14 @@ def baton_workloads(docs: list[Doc]) -> dict[str, Doc]:
     }
 
 
+def program(container: Doc) -> str:
+    """The program a container runs: its command's, or the one its `sh -c` script execs."""
+    command: list[str] = container["command"]
+    if command[0] == "sh":
+        return command[-1].rpartition("exec ")[2].split()[0]
+    return command[0]
+
+
 def env_of(container: Doc) -> dict[str, Doc]:
     return {item["name"]: item for item in container.get("env", [])}
 
@@ -70,7 +79,7 @@ def test_every_manifest_is_in_the_kustomization() -> None:
 def test_each_service_runs_replicas_with_a_disruption_budget(docs: list[Doc]) -> None:
     budgets = [doc["spec"] for doc in docs if doc["kind"] == "PodDisruptionBudget"]
     workloads = baton_workloads(docs)
-    assert {c["command"][0] for w in workloads.values() for c in containers(w)} == {
+    assert {program(c) for w in workloads.values() for c in containers(w)} == {
         "baton-api",
         "baton-dispatcher",
         "baton-device-bridge",
@@ -114,7 +123,7 @@ def test_the_other_services_are_probed_on_their_metrics_port(docs: list[Doc]) ->
         for container in containers(workload):
             ports = {p["name"]: p["containerPort"] for p in container["ports"]}
             assert ports["metrics"] == int(settings["BATON_METRICS_PORT"]), name
-            if container["command"] != ["baton-api"]:
+            if program(container) != "baton-api":
                 for probe in ("livenessProbe", "readinessProbe"):
                     assert container[probe]["httpGet"]["port"] == "metrics", name
 
@@ -162,7 +171,7 @@ def test_every_secret_read_is_described(docs: list[Doc]) -> None:
 def test_each_service_has_its_own_nats_password(docs: list[Doc]) -> None:
     for workload in baton_workloads(docs).values():
         for container in containers(workload):
-            service = container["command"][0].removeprefix("baton-")
+            service = program(container).removeprefix("baton-")
             ref = env_of(container)["BATON_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
             assert ref == {"name": "baton-nats-passwords", "key": service}
 
@@ -170,7 +179,7 @@ def test_each_service_has_its_own_nats_password(docs: list[Doc]) -> None:
 def test_the_stores_are_in_postgresql(docs: list[Doc]) -> None:
     for workload in baton_workloads(docs).values():
         for container in containers(workload):
-            if container["command"] == ["baton-device-bridge"]:
+            if program(container) == "baton-device-bridge":
                 continue  # its bridge.sqlite only, on its own volume
             ref = env_of(container)["BATON_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
             assert ref == {"name": "baton-database", "key": "uri"}
@@ -221,3 +230,29 @@ def test_the_nats_nodes_form_one_cluster(docs: list[Doc], tmp_path: Path) -> Non
         assert f'server_name: "{node_name(host)}"' in text
         routes = re.findall(r"nats-route://route:[^@]+@([^\"]+)", text)
         assert routes == [f"{h}:6222" for h in hosts]
+
+
+def test_mqtt_clients_read_their_accounts_from_mqtt_setup(docs: list[Doc], tmp_path: Path) -> None:
+    """The files of baton-mqtt-accounts as `baton mqtt-setup` writes them for the bridges'
+    pods: the api reads api.env, each bridge its pod's file (mounted for every pod), and
+    Mosquitto starts from dynamic-security.json with deploy/mosquitto's config."""
+    bridge = of_kind(docs, "StatefulSet")["baton-device-bridge"]
+    pods = [f"baton-device-bridge-{n}" for n in range(bridge["spec"]["replicas"])]
+    written = {path.name: path for path in write_mqtt_accounts(tmp_path, pods, False)}
+    for path in written.values():
+        keys = {line.split("=", 1)[0] for line in path.read_text().splitlines()}
+        assert unknown_settings(keys) == set(), path.name
+    (container,) = containers(bridge)
+    assert ". /etc/baton-mqtt/$(BATON_INSTANCE).env" in container["command"][-1]
+    volumes = {v["name"]: v for v in bridge["spec"]["template"]["spec"]["volumes"]}
+    items = [item["key"] for item in volumes["mqtt-accounts"]["secret"]["items"]]
+    assert items == [f"{pod}.env" for pod in pods]
+    assert set(items) <= set(written)
+    (api,) = containers(of_kind(docs, "Deployment")["baton-api"])
+    assert ". /etc/baton-mqtt/api.env" in api["command"][-1]
+    assert "api.env" in written
+    mosquitto = of_kind(docs, "StatefulSet")["baton-mosquitto"]
+    (broker,) = containers(mosquitto)
+    assert f"/etc/baton-mqtt/{DYNSEC_FILE}" in broker["args"][-1]
+    config = of_kind(docs, "ConfigMap")["baton-mosquitto"]["data"]["mosquitto.conf"]
+    assert config == (ROOT / "deploy/mosquitto/mosquitto.conf").read_text()
