@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -256,3 +258,23 @@ def test_mqtt_clients_read_their_accounts_from_mqtt_setup(docs: list[Doc], tmp_p
     assert f"/etc/baton-mqtt/{DYNSEC_FILE}" in broker["args"][-1]
     config = of_kind(docs, "ConfigMap")["baton-mosquitto"]["data"]["mosquitto.conf"]
     assert config == (ROOT / "deploy/mosquitto/mosquitto.conf").read_text()
+
+
+def test_kustomize_builds_it(docs: list[Doc]) -> None:
+    """What `kubectl apply -k` would apply: every object, in the namespace, the image named."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed")
+    built = subprocess.run(
+        [kubectl, "kustomize", str(HERE)], capture_output=True, text=True, check=True
+    ).stdout
+    objects = [doc for doc in yaml.safe_load_all(built) if doc]
+    assert {(d["kind"], d["metadata"]["name"]) for d in objects} == {
+        (d["kind"], d["metadata"]["name"]) for d in docs
+    }
+    for doc in objects:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == "baton", doc["metadata"]["name"]
+        if doc["kind"] in WORKLOADS:
+            for container in containers(doc):
+                assert container["image"] != "baton", doc["metadata"]["name"]
