@@ -5,9 +5,9 @@ from __future__ import annotations
 from baton_platform.settings import Settings
 
 # Settings the deployment files set before the code that reads them is on this branch: the
-# PostgreSQL stores and the bridge replicas. Each is accepted only while Settings lacks it;
-# drop a name from here once Settings has it.
-COMING_SETTINGS = {"BATON_DATABASE_URL", "BATON_BRIDGE_REPLICAS", "BATON_BRIDGE_REPLICA"}
+# PostgreSQL stores. Each is accepted only while Settings lacks it; drop a name from here
+# once Settings has it.
+COMING_SETTINGS = {"BATON_DATABASE_URL"}
 
 
 def unknown_settings(names: set[str]) -> set[str]:
