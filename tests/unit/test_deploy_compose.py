@@ -219,6 +219,9 @@ def test_each_mqtt_client_reads_the_account_mqtt_setup_writes_for_it(
         assert any(m.startswith(f"mqtt-auth:{folder}:") for m in services(compose)[name]["volumes"])
     for name, service in replicas_of(compose, "baton-device-bridge").items():
         assert sourced(service) == [f"{folder}/{env(service)['BATON_INSTANCE']}.env"], name
+    for name, service in services(compose).items():
+        if name not in {*readers, "mqtt-setup", "mosquitto"}:  # the passwords: no one else
+            assert not any(m.startswith("mqtt-auth:") for m in service.get("volumes", [])), name
     mosquitto = services(compose)["mosquitto"]
     assert f"{folder}/{DYNSEC_FILE}" in mosquitto["command"][-1]
     assert (
