@@ -24,8 +24,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from baton_api.app import create_app
-from baton_cli.localstack import Server, find_binary, free_port, wait_for_port
-from baton_cli.nats_setup import write_nats_config
+from baton_cli.localstack import Server, cluster_ports, find_binary, wait_for_healthy
+from baton_cli.nats_setup import write_cluster_configs
 from baton_contracts.nats import (
     CATALOG_CHANGE_SUBJECT,
     CATALOG_GET_SUBJECT,
@@ -325,34 +325,53 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_the_deployment_admits_baton_users_only(tmp_path: Path) -> None:
-    """compose.yaml: `baton nats-setup` writes the users into deploy/nats/nats.conf's copy,
-    which nats-server runs with; every Baton service reads its password from there."""
+    """compose.yaml: `baton nats-setup --node ...` writes the users and each node's cluster
+    block into deploy/nats/cluster.conf's copies, which the three nodes run with; every Baton
+    service reads its password from there. The configs it writes, moved to loopback ports,
+    form a JetStream cluster that admits the dispatcher and no one anonymous."""
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
-    assert services["nats"]["command"] == ["-c", "/etc/baton-nats/nats.conf"]
-    assert "/etc/baton-nats" in services["nats-setup"]["command"]
-    for name in ("dispatcher", "device-bridge", "timeout-scheduler", "api"):
-        env = services[name]["environment"]
-        assert env["BATON_NATS_CREDENTIALS"] == "/etc/baton-nats/credentials.json", name
+    command = services["nats-setup"]["command"]
+    assert "/etc/baton-nats" in command
+    nodes = [command[i + 1] for i, arg in enumerate(command) if arg == "--node"]
+    for node in nodes:
+        assert services[node]["command"] == ["-c", f"/etc/baton-nats/{node}.conf"]
+    for name, service in services.items():
+        env = service.get("environment") or {}
+        if "BATON_NATS_URL" in env:
+            assert env["BATON_NATS_CREDENTIALS"] == "/etc/baton-nats/credentials.json", name
 
-    config = write_nats_config(tmp_path / "auth", ROOT / "deploy/nats/nats.conf", ["default"])
-    port = free_port()
-    text = config.read_text().replace("/data/jetstream", str(tmp_path / "jetstream"))
-    config.write_text(text.replace("0.0.0.0:4222", f"127.0.0.1:{port}"))
+    configs = write_cluster_configs(
+        tmp_path / "auth", ROOT / "deploy/nats/cluster.conf", ["default"], nodes
+    )
+    ports = cluster_ports(len(nodes))
+    servers = []
     binary = find_binary("nats-server")
     assert binary is not None
-    proc = subprocess.Popen([binary, "-c", str(config)], stderr=subprocess.DEVNULL)
+    for node, config, node_ports in zip(nodes, configs, ports, strict=True):
+        text = config.read_text().replace("/data/jetstream", str(tmp_path / node))
+        text = text.replace("0.0.0.0:4222", f"127.0.0.1:{node_ports.client}")
+        text = text.replace("0.0.0.0:6222", f"127.0.0.1:{node_ports.route}")
+        text = text.replace("0.0.0.0:8222", f"127.0.0.1:{node_ports.monitor}")
+        for other, other_ports in zip(nodes, ports, strict=True):
+            text = text.replace(f"@{other}:6222", f"@127.0.0.1:{other_ports.route}")
+        config.write_text(text)
+        proc = subprocess.Popen([binary, "-c", str(config)], stderr=subprocess.DEVNULL)
+        url = f"nats://127.0.0.1:{node_ports.client}"
+        monitor = {"monitor": f"http://127.0.0.1:{node_ports.monitor}"}
+        servers.append(Server(node, proc, url, node_ports.client, monitor))
     try:
-        wait_for_port("127.0.0.1", port, proc)
-        url = f"nats://127.0.0.1:{port}"
+        wait_for_healthy(servers)
+        urls = [server.url for server in servers]
         with pytest.raises(nats.errors.Error):
-            await nats.connect(url, allow_reconnect=False, connect_timeout=2)
-        settings = Settings(nats_url=url, nats_credentials=tmp_path / "auth" / "credentials.json")
-        client = await connect(url, "deploy-test", identity(settings, DISPATCHER))
+            await nats.connect(urls[0], allow_reconnect=False, connect_timeout=2)
+        credentials = tmp_path / "auth" / "credentials.json"
+        settings = Settings(nats_url=",".join(urls), nats_credentials=credentials)
+        client = await connect(settings.nats_url, "deploy-test", identity(settings, DISPATCHER))
         try:
-            await ensure_streams(client.jetstream())  # what the dispatcher may do
+            await ensure_streams(client.jetstream(), 3)  # what the dispatcher may do
         finally:
             await client.close()
     finally:
-        proc.terminate()
-        proc.wait()
+        for server in servers:
+            server.stop()

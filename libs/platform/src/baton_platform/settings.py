@@ -144,6 +144,11 @@ class Settings(BaseSettings):
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Prometheus metrics port; 0 turns it off"
     )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="the address metrics are served on; 0.0.0.0 where Prometheus scrapes from "
+        "another machine or container",
+    )
     relay_poll_interval: float = 0.5
     projection_poll_interval: float = 0.5
     scheduler_tick: float = 0.2

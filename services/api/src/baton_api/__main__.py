@@ -17,7 +17,7 @@ from baton_platform.settings import Settings
 def main() -> None:
     settings = Settings()
     configure_logging("api", settings.log_level)
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
     try:
         app = create_app(settings)
     except ValueError as exc:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from baton_platform.mqtt_accounts import MqttAccount, StackAccounts
 
+from baton_cli.nats_cluster import cluster_block, route_url
 from baton_contracts.nats import DEFAULT_TENANT
 from baton_platform.nats_access import (
     authorization_block,
@@ -244,9 +245,6 @@ def _client_access(passwords: dict[str, str] | None, tls: TlsFiles | None) -> li
 
 # --- a JetStream cluster -------------------------------------------------------------------
 
-CLUSTER_NAME = "baton"
-ROUTE_USER = "route"
-
 
 @dataclass(frozen=True)
 class NodePorts:
@@ -294,25 +292,18 @@ def start_nats_cluster(
     if len(ports) != nodes:
         raise ValueError(f"{nodes} nodes, {len(ports)} sets of ports")
     route_password = new_password()
-    routes = [f"nats-route://{ROUTE_USER}:{route_password}@127.0.0.1:{p.route}" for p in ports]
+    routes = [route_url(route_password, "127.0.0.1", p.route) for p in ports]
     servers = []
     for n, node_ports in enumerate(ports, start=1):
         name = f"n{n}"
         home = workdir / name
         home.mkdir(parents=True, exist_ok=True)
-        cluster = {
-            "name": CLUSTER_NAME,
-            "listen": f"127.0.0.1:{node_ports.route}",
-            "authorization": {"user": ROUTE_USER, "password": route_password},
-            # Every node, itself included (nats-server skips its own route).
-            "routes": routes,
-        }
         config = [
             f'listen: "127.0.0.1:{node_ports.client}"',
             f'server_name: "{name}"',
             f'http: "127.0.0.1:{node_ports.monitor}"',
             _jetstream_line(home),
-            f"cluster {json.dumps(cluster, indent=2)}",
+            cluster_block(f"127.0.0.1:{node_ports.route}", route_password, routes),
             *_client_access(passwords, tls),
         ]
         conf_path = home / "nats.conf"

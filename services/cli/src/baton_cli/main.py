@@ -21,6 +21,7 @@ import typer
 from baton_cli.catalog import catalog_app
 from baton_cli.devstack import dev_app
 from baton_cli.keys import keys_app, tenants_app
+from baton_cli.mqtt_setup import mqtt_setup
 from baton_cli.nats_setup import nats_setup
 from baton_cli.output import event_line, execution_summary, problem_lines
 
@@ -49,6 +50,7 @@ app = typer.Typer(
 app.add_typer(dev_app, name="dev")
 app.add_typer(catalog_app, name="catalog")
 app.command("nats-setup")(nats_setup)
+app.command("mqtt-setup")(mqtt_setup)
 app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
 

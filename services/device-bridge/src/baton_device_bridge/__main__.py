@@ -17,7 +17,7 @@ def main() -> None:
         share_of(settings)
     except ReplicasError as exc:  # one line naming the setting, not a traceback
         raise SystemExit(f"device-bridge: {exc}") from None
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
     run_until_signalled(lambda stop: serve(settings, stop))
 
 

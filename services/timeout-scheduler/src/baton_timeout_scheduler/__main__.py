@@ -12,7 +12,7 @@ from baton_timeout_scheduler.app import serve
 def main() -> None:
     settings = Settings()
     configure_logging("timeout-scheduler", settings.log_level)
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
     run_until_signalled(lambda stop: serve(settings, stop))
 
 
