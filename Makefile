@@ -10,7 +10,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.synced
 PYTEST_ARGS ?=
 
-.PHONY: help install broker postgres run stop test test-unit fuzz lint fmt bench chaos clean
+.PHONY: help install broker postgres run run-cluster stop test test-unit fuzz lint fmt bench chaos clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,7 +34,10 @@ postgres: ## Install the PostgreSQL server when missing (the tests and the bench
 run: install broker ## Start NATS, MQTT, the four services and the simulator (Ctrl-C stops)
 	$(VENV)/bin/baton dev run
 
-stop: ## Stop what `make run` started
+run-cluster: install broker postgres ## The replicated topology on this machine: PostgreSQL, 3 NATS nodes, 2 of each service
+	$(VENV)/bin/baton dev run --cluster
+
+stop: ## Stop what `make run` or `make run-cluster` started
 	@if [ -x $(VENV)/bin/baton ]; then $(VENV)/bin/baton dev stop; else echo "Nothing to stop."; fi
 
 test: install broker postgres lint ## Lint, then run every test (unit, integration, end-to-end, chaos)

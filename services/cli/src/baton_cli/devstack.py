@@ -1,13 +1,15 @@
 """`baton dev run|stop`: the whole stack on this machine, what `make run` starts.
 
 Data lives under ./var/ (event store, views, deadlines, JetStream, broker persistence, logs),
-so a second `make run` carries on where the first stopped.
+so a second `make run` carries on where the first stopped. `make run-cluster` (`--cluster`)
+starts the replicated topology instead, afresh under ./var/cluster/.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -19,7 +21,13 @@ from typing import Any
 
 import typer
 
-from baton_cli.localstack import METRICS_OFFSETS, Stack, mqtt_flavour
+from baton_cli.localstack import (
+    METRICS_OFFSETS,
+    PostgresServer,
+    Stack,
+    mqtt_flavour,
+    start_postgres,
+)
 
 dev_app = typer.Typer(
     help="Run the whole stack locally (what `make run` does).", no_args_is_help=True
@@ -28,6 +36,9 @@ dev_app = typer.Typer(
 PID_FILE = "run/devstack.pid"
 # The dispatcher's metrics port; the other services take the next ones (METRICS_OFFSETS).
 DEFAULT_METRICS_PORT = 9180
+# `--cluster` (make run-cluster): the topology of docs/operations.md on one machine.
+CLUSTER_NATS_NODES = 3
+CLUSTER_REPLICAS = 2
 
 
 def _wait_ready(url: str, timeout: float = 60.0) -> bool:
@@ -105,7 +116,7 @@ Baton is running.
   MQTT       mqtt://127.0.0.1:{stack.mqtt_port} ({broker}; no anonymous clients)
   MQTT accounts  {stack.accounts_path}  (a device's own: POST /v1/devices/ID/credentials){metrics}
   Simulated  {simulated}
-  Data/logs  {stack.data_dir}/  (logs in {stack.log_dir}/)
+  Data/logs  {stack.data_dir}/  (logs in {stack.log_dir}/){_topology(stack)}
 
 Send a first command:
   curl -s -X POST '{stack.api_url}/v1/devices/{device}/commands?wait=5' \\
@@ -116,6 +127,18 @@ Send a first command:
 
 Ctrl-C (or `make stop`) stops everything.
 """
+
+
+def _topology(stack: Stack) -> str:
+    """The banner's lines about a replicated stack (none for the plain one)."""
+    if stack.replicas == 1:
+        return ""
+    names = ", ".join(stack.names)
+    return (
+        f"\n  Store      PostgreSQL ({stack.data_dir}/postgres)"
+        f"\n  Topology   {stack.nats_nodes} NATS nodes; {names}; the api replicas behind the "
+        f"balancer on {stack.api_url}"
+    )
 
 
 def dev_stack(**options: Any) -> Stack:
@@ -142,9 +165,22 @@ def run(
         help="Prometheus metrics of the dispatcher on this port, of the timeout-scheduler, "
         "device-bridge and api on the next three; 0 turns them off.",
     ),
+    cluster: bool = typer.Option(
+        False,
+        help="The replicated topology (make run-cluster): PostgreSQL, a 3-node NATS cluster "
+        "and 2 replicas of each service, the api's behind a balancer on --api-port. Its data "
+        "is under DATA_DIR/cluster and starts afresh each time.",
+    ),
 ) -> None:
     """Start nats-server, an MQTT broker, the four services and the simulator; stop on Ctrl-C."""
     data_dir = data_dir.resolve()
+    pid_file = data_dir / PID_FILE
+    postgres: PostgresServer | None = None
+    topology: dict[str, Any] = {}
+    if cluster:
+        data_dir = data_dir / "cluster"
+        shutil.rmtree(data_dir, ignore_errors=True)  # a trial: NATS and PostgreSQL start empty
+        topology = {"nats_nodes": CLUSTER_NATS_NODES, "replicas": CLUSTER_REPLICAS}
     broker = mqtt_flavour()
     if broker == "nats":
         typer.echo("Mosquitto is not installed: using nats-server's MQTT listener (MQTT 3.1.1).")
@@ -158,12 +194,12 @@ def run(
         broker=broker,
         simulate=simulate,
         metrics_port=metrics_port,
+        **topology,
     )
     problem = metrics_port_problem(stack)
     if problem is not None:
         typer.echo(problem, err=True)
         raise typer.Exit(1)
-    pid_file = data_dir / PID_FILE
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(str(os.getpid()))
     stopping = False
@@ -175,6 +211,9 @@ def run(
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     try:
+        if cluster:
+            postgres = start_postgres(data_dir / "postgres")
+            stack.database_url = postgres.url
         stack.start_all()
         if not _wait_ready(stack.api_url):
             typer.echo(f"The API did not become ready; see {stack.log_dir}/", err=True)
@@ -191,6 +230,8 @@ def run(
     finally:
         typer.echo("Stopping Baton...")
         stack.stop_all()
+        if postgres is not None:
+            postgres.stop()
         pid_file.unlink(missing_ok=True)
 
 
