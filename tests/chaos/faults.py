@@ -30,16 +30,17 @@ import nats.errors
 
 from baton_cli.localstack import (
     SERVICE_MODULES,
+    PostgresServer,
     Server,
     Stack,
-    start_service,
+    replica_of,
 )
 from baton_platform.nats_access import OPS
 from tests.chaos.verdict import Fault
 
 log = logging.getLogger("chaos")
 
-SERVERS = ("nats-server", "mqtt-broker")
+SERVERS = ("nats-server", "mqtt-broker")  # the plain stack's; a cluster's: `servers_of`
 RECOVERY_WAIT_S = 30.0
 
 # What each service logs once it is ready, since its start (the api: also GET /ready 200).
@@ -47,15 +48,51 @@ RECOVERY_WAIT_S = 30.0
 # only once it is connected to MQTT too.
 READY_LINES = {
     "dispatcher": ("dispatcher ready",),
-    "timeout-scheduler": ("timeout-scheduler ready",),
+    "timeout-scheduler": ("timeout-scheduler started",),
     "device-bridge": ("device-bridge ready", "connected to MQTT "),
     "api": ("connected to NATS at",),
 }
-# What each service logs once connected again after a server it uses was restarted.
+# What each service logs once connected again after a server it uses was restarted. A
+# cluster's NATS node or PostgreSQL: none (the services connected to that node move to the
+# others; the store's connections are opened again at their next use).
 RECONNECTED_LINES = {
     "nats-server": dict.fromkeys(SERVICE_MODULES, "reconnected to NATS"),
     "mqtt-broker": {"device-bridge": "connected to MQTT "},
 }
+
+
+def servers_of(stack: Stack, postgres: PostgresServer | None = None) -> dict[str, Server]:
+    """The stack's servers by the name a fault gives them: `nats-server` and `mqtt-broker`,
+    or for a cluster `nats-n1`.. and `mqtt-broker`, and `postgres` when there is one."""
+    nats = stack.nats_servers
+    named = {"nats-server": nats[0]} if len(nats) == 1 else {f"nats-{s.name}": s for s in nats}
+    named["mqtt-broker"] = stack.servers[len(nats)]
+    if postgres is not None:
+        named["postgres"] = postgres
+    return named
+
+
+def single_kinds(kills: int, server_restarts: int) -> list[tuple[str, str]]:
+    """The plain stack's faults: `kills` SIGKILLs of each service, `server_restarts` SIGTERMs
+    and SIGKILLs of each server."""
+    kinds = [(name, "SIGKILL") for name in SERVICE_MODULES for _ in range(kills)]
+    kinds += [(server, how) for server in SERVERS for how in ("SIGTERM", "SIGKILL")] * (
+        server_restarts
+    )
+    return kinds
+
+
+def cluster_kinds(stack: Stack, rng: random.Random, kills: int) -> list[tuple[str, str]]:
+    """A replicated stack's faults: `kills` times, one replica of each service and one NATS
+    node SIGKILLed, and PostgreSQL restarted (its fast shutdown, SIGINT)."""
+    kinds: list[tuple[str, str]] = []
+    for _ in range(kills):
+        for service in SERVICE_MODULES:
+            replicas = [n for n in stack.names if replica_of(n)[0] == service]
+            kinds.append((rng.choice(replicas), "SIGKILL"))
+        kinds.append((f"nats-{rng.choice(stack.nats_servers).name}", "SIGKILL"))
+        kinds.append(("postgres", "SIGINT"))
+    return kinds
 
 
 @dataclass(frozen=True)
@@ -69,18 +106,14 @@ class PlannedFault:
 def plan(
     rng: random.Random,
     duration: float,
-    kills: int,
-    server_restarts: int,
+    kinds: list[tuple[str, str]],
     max_down: float,
 ) -> list[PlannedFault]:
-    """`kills` SIGKILLs of each service and `server_restarts` SIGTERMs and SIGKILLs of each
-    server, in random order, one at a random moment in each of equal slots of the window
-    from 10 % to 85 % of the run (so they spread over it and the last one's effects still
-    meet load). Chaos.run holds one back while the stack recovers from the one before."""
-    kinds = [(name, "SIGKILL") for name in SERVICE_MODULES for _ in range(kills)]
-    kinds += [(server, how) for server in SERVERS for how in ("SIGTERM", "SIGKILL")] * (
-        server_restarts
-    )
+    """The faults `kinds` ((target, signal) pairs: `single_kinds`, `cluster_kinds`), in
+    random order, one at a random moment in each of equal slots of the window from 10 % to
+    85 % of the run (so they spread over it and the last one's effects still meet load).
+    Chaos.run holds one back while the stack recovers from the one before."""
+    kinds = list(kinds)
     rng.shuffle(kinds)
     start, end = 0.10 * duration, 0.85 * duration
     slot = (end - start) / max(len(kinds), 1)
@@ -98,6 +131,8 @@ class Recovery:
 
     stack: Stack
     expected: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    # Every server by its name (`servers_of`); None: the plain stack's two.
+    servers: dict[str, Server] | None = None
     # nats-server was restarted: its clients reconnect as soon as it listens, but JetStream
     # answers only once it has recovered its streams (and stops answering first on SIGTERM).
     jetstream_pending: bool = False
@@ -106,21 +141,29 @@ class Recovery:
         """Service `name` was (or is about to be) started: it has to become ready again,
         which also covers any server restarted before (a new process connects afresh)."""
         at = self._size(name) if offset is None else offset
-        self.expected[name] = [(at, line) for line in READY_LINES[name]]
+        self.expected[name] = [(at, line) for line in READY_LINES[replica_of(name)[0]]]
 
     def server_stopped(self, server: str) -> None:
         """`server` was stopped: each service that uses it has to connect again, in lines
         written from now on (a connection before the stop is to the old server)."""
-        for name, line in RECONNECTED_LINES[server].items():
-            self.expected.setdefault(name, []).append((self._size(name), line))
-        if server == "nats-server":
+        for service, line in RECONNECTED_LINES.get(server, {}).items():
+            for name in self._processes_of(service):
+                self.expected.setdefault(name, []).append((self._size(name), line))
+        if server.startswith("nats-"):
             self.jetstream_pending = True
+
+    def _processes_of(self, service: str) -> list[str]:
+        """The processes of `service`: itself, or its replicas."""
+        if self.stack.replicas == 1:
+            return [service]
+        return [name for name in self.stack.names if replica_of(name)[0] == service]
 
     def missing(self) -> list[str]:
         """What has not recovered yet; empty when everything has."""
         stack = self.stack
         missing = [f"{n} not running" for n, p in stack.processes.items() if p.poll() is not None]
-        for name, server in zip(SERVERS, stack.servers, strict=True):
+        servers = self.servers or dict(zip(SERVERS, stack.servers, strict=True))
+        for name, server in servers.items():
             if server.proc.poll() is not None or not _accepts(server.port):
                 missing.append(f"{name} not accepting connections")
         for name, lines in self.expected.items():
@@ -130,7 +173,7 @@ class Recovery:
             text = _read_from(self._log(name), base)
             lines[:] = [(at, line) for at, line in lines if line.encode() not in text[at - base :]]
             missing += [f"{name}: no {line!r} yet" for _, line in lines]
-        if "api" in stack.processes and not _ready(stack.api_url):
+        if any(replica_of(n)[0] == "api" for n in stack.processes) and not _ready(stack.api_url):
             missing.append("api: /ready not 200")
         return missing
 
@@ -216,12 +259,13 @@ class Chaos:
     """Applies faults to a running Stack, one at a time, and keeps every service running in
     between."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, servers: dict[str, Server] | None = None) -> None:
         self.stack = stack
+        self.servers = servers or servers_of(stack)
         self.faults: list[Fault] = []
-        self.recovery = Recovery(stack)
+        self.recovery = Recovery(stack, servers=self.servers)
         for name in stack.processes:
-            if name in SERVICE_MODULES:
+            if replica_of(name)[0] in SERVICE_MODULES:
                 self.recovery.started(name, offset=0)  # each wrote its log from the start
         self.waits: list[RecoveryWait] = []
         self.delays: list[float] = []  # how late each fault came, past its planned moment
@@ -286,19 +330,19 @@ class Chaos:
                         continue
                     log.warning("chaos: %s exited by itself (%s); restarting it", name, code)
                     at = datetime.now(UTC)
-                    if name in SERVERS:
+                    if name in self.servers:
                         self.recovery.server_stopped(name)
                     await asyncio.to_thread(self._start, name)
                     self.faults.append(Fault(name, f"exited {code}", at, datetime.now(UTC)))
 
     def _processes(self) -> dict[str, subprocess.Popen[bytes]]:
-        servers = {name: self._server(name).proc for name in SERVERS}
+        servers = {name: server.proc for name, server in self.servers.items()}
         return {**servers, **self.stack.processes}
 
     def _stop(self, target: str, how: str) -> None:
-        sig = signal.SIGKILL if how == "SIGKILL" else signal.SIGTERM
-        if target in SERVERS:
-            server = self._server(target)
+        sig = getattr(signal, how)
+        if target in self.servers:
+            server = self.servers[target]
             server.proc.send_signal(sig)
             server.proc.wait(timeout=30)
             self.recovery.server_stopped(target)
@@ -309,18 +353,16 @@ class Chaos:
 
     def _start(self, target: str) -> None:
         stack = self.stack
+        nodes = len(stack.nats_servers)
         if target == "nats-server":
-            stack.servers[0] = stack.start_nats_server()
+            stack.servers[0] = self.servers[target] = stack.start_nats_server()
         elif target == "mqtt-broker":
-            stack.servers[1] = stack.start_broker()
+            stack.servers[nodes] = self.servers[target] = stack.start_broker()
+        elif target in self.servers:
+            self.servers[target].restart()  # a cluster's node, PostgreSQL: as it was started
         else:
             self.recovery.started(target)
             # Not Stack.start: it waits for the api to listen (seconds on a busy machine),
             # which would hold up the faults after it. A service that exits while starting
             # (say, NATS is down) is started again by the supervisor.
-            stack.processes[target] = start_service(
-                target, stack.service_env(target), stack.log_dir
-            )
-
-    def _server(self, target: str) -> Server:
-        return self.stack.servers[SERVERS.index(target)]
+            stack.spawn(target)

@@ -58,7 +58,7 @@ class Load:
         self,
         api_url: str,
         api_key: str,
-        nats_url: str,
+        nats_url: str | list[str],
         mix: Mix,
         rng: random.Random,
         run_id: str,
@@ -86,7 +86,7 @@ class Load:
             limits=httpx.Limits(max_connections=200),
         )
         self._nc = await nats.connect(
-            self.nats_url,
+            self.nats_url if isinstance(self.nats_url, list) else [self.nats_url],
             name="baton-chaos-load",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.2,

@@ -12,6 +12,12 @@ part of it, waits until every execution has ended, then judges the record
 preceded by the detail of every non-zero count and notes on the run. Exit status 0 when
 all counts are zero and the views equal a fresh replay, else 1 (the data directory, logs
 included, is then kept and named).
+
+`--cluster` runs the replicated topology (`make run-cluster`'s: PostgreSQL, 3 NATS nodes, 2
+replicas of each service behind the balancer) and kills one replica of each service and one
+NATS node, and restarts PostgreSQL, `--kills` times. `--rolling` (with `--cluster`) restarts
+every replica in turn (SIGTERM, one at a time, each ready again before the next) and also
+counts every request the load saw fail: a rolling restart must fail none.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ import asyncio
 import logging
 import random
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -32,15 +37,23 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from baton_cli.localstack import Stack
+from baton_cli.localstack import PostgresServer, Stack, start_postgres
 from baton_domain.application import Executions
 from baton_platform.eventstore import open_executions
 from baton_platform.mapping import read_events
 from baton_platform.nats_access import OPS
 from baton_platform.settings import Settings
+from baton_platform.sql import Database
 from baton_views import rebuild
 from baton_views.store import read_position
-from tests.chaos.faults import Chaos, plan
+from tests.chaos.faults import (
+    Chaos,
+    PlannedFault,
+    cluster_kinds,
+    plan,
+    servers_of,
+    single_kinds,
+)
 from tests.chaos.load import Load, Mix
 from tests.chaos.verdict import Record, Verdict, judge, read_journal
 from tests.e2e.conftest import wait_ready
@@ -74,6 +87,8 @@ class Options:
     progress_delay: str = "0.7s"
     seed: int | None = None
     broker: str | None = None
+    cluster: bool = False
+    rolling: bool = False
 
 
 class ChaosStack(Stack):
@@ -116,7 +131,11 @@ def _run(options: Options, data_dir: Path) -> Verdict:
     run_id = f"{seed:x}"
     log.info("chaos: seed %d, data in %s", seed, data_dir)
     catalog = fleet_catalog(data_dir, options.devices)
-    extra = {"broker": options.broker} if options.broker else {}
+    extra: dict[str, Any] = {"broker": options.broker} if options.broker else {}
+    postgres: PostgresServer | None = None
+    if options.cluster:
+        postgres = start_postgres(data_dir / "postgres")
+        extra |= {"nats_nodes": 3, "replicas": 2, "database_url": postgres.url}
     stack = ChaosStack(
         options,
         data_dir / "simulator-journal.jsonl",
@@ -125,43 +144,71 @@ def _run(options: Options, data_dir: Path) -> Verdict:
         catalog=catalog,
         **extra,
     )
-    settings = Settings(data_dir=stack.data_dir, catalog_path=catalog)
+    settings = Settings(
+        data_dir=stack.data_dir,
+        catalog_path=catalog,
+        database_url=None if postgres is None else postgres.url,
+    )
     try:
         stack.start_all()
         wait_ready(stack, timeout=60)
-        chaos = Chaos(stack)
-        load, ran = asyncio.run(drive(stack, chaos, options, rng, run_id, settings))
+        chaos = Chaos(stack, servers_of(stack, postgres))
+        planned = faults_of(options, stack, rng)
+        load, ran = asyncio.run(drive(stack, chaos, options, planned, rng, run_id, settings))
         stopped_at = datetime.now(UTC)
+        stack.stop_all()
+        executions = open_executions(settings)
+        try:
+            records = read_records(executions, f"chaos-{run_id}-")
+            replayed = Database(path=data_dir / "replayed-views.sqlite")
+            rebuild(executions, replayed)
+        finally:
+            executions.close()
+        differences = compare_views(settings.views_database, replayed)
+        statuses = view_statuses(settings.views_database)
     finally:
         stack.stop_all()
-    executions = open_executions(settings)
-    try:
-        records = read_records(executions, f"chaos-{run_id}-")
-        replayed = data_dir / "replayed-views.sqlite"
-        rebuild(executions, replayed)
-    finally:
-        executions.close()
-    differences = compare_views(settings.views_path, replayed)
+        if postgres is not None:
+            postgres.stop()
     verdict = judge(
         load.submissions,
         records,
-        view_statuses(settings.views_path),
+        statuses,
         read_journal(stack.journal),
         chaos.faults,
         views_equal=not differences,
         stuck_after=stopped_at,
         grace=options.grace,
     )
+    if options.rolling:
+        failed = [f"{s.key}: {dict(s.errors)}" for s in load.submissions if s.errors or s.refused]
+        verdict.failed_requests = len(failed)
+        verdict.notes.extend(f"a request failed: {line}" for line in failed[:20])
     verdict.notes[:0] = [f"seed {seed}; rate {options.rate}/s for {options.duration:.0f} s"]
     verdict.notes.extend(recovery_notes(chaos, options.duration, ran))
     verdict.notes.extend(differences)
     return verdict
 
 
+def faults_of(options: Options, stack: Stack, rng: random.Random) -> list[PlannedFault]:
+    if options.rolling:
+        # Every replica in turn, in the order a deployment would: evenly over 10-85 %.
+        names = stack.names
+        start, end = 0.10 * options.duration, 0.85 * options.duration
+        slot = (end - start) / len(names)
+        return [PlannedFault(n, "SIGTERM", start + i * slot, 0.2) for i, n in enumerate(names)]
+    if options.cluster:
+        kinds = cluster_kinds(stack, rng, options.kills)
+    else:
+        kinds = single_kinds(options.kills, options.server_restarts)
+    return plan(rng, options.duration, kinds, options.max_down)
+
+
 async def drive(
     stack: Stack,
     chaos: Chaos,
     options: Options,
+    planned: list[PlannedFault],
     rng: random.Random,
     run_id: str,
     settings: Settings,
@@ -177,9 +224,8 @@ async def drive(
         ttl_max=options.ttl_max,
         nats_share=options.nats_share,
     )
-    planned = plan(rng, options.duration, options.kills, options.server_restarts, options.max_down)
     async with Load(
-        stack.api_url, KEY, stack.nats_url_as(OPS), mix, rng, run_id, options.give_up
+        stack.api_url, KEY, stack.nats_urls_as(OPS), mix, rng, run_id, options.give_up
     ) as load:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -292,12 +338,15 @@ def catch_up(settings: Settings) -> None:
         executions.close()
     deadline = time.monotonic() + CATCH_UP_S
     while time.monotonic() < deadline:
-        conn = sqlite3.connect(settings.views_path)
         try:
-            conn.row_factory = sqlite3.Row
-            if read_position(conn) >= target:
+            conn = settings.views_database.connect()
+        except Exception:  # not made yet
+            time.sleep(0.2)
+            continue
+        try:
+            if read_position(conn) >= target:  # type: ignore[arg-type]
                 return
-        except sqlite3.Error:
+        except Exception:  # its tables not made yet
             pass
         finally:
             conn.close()
@@ -336,28 +385,32 @@ def read_records(executions: Executions, prefix: str) -> dict[str, Record]:
     return records
 
 
-def view_statuses(path: Path) -> dict[str, str]:
-    conn = sqlite3.connect(path)
+def view_statuses(views: Database) -> dict[str, str]:
+    conn = views.connect()
     try:
-        return dict(conn.execute("SELECT id, status FROM executions").fetchall())
+        return {row[0]: row[1] for row in conn.execute("SELECT id, status FROM executions")}
     finally:
         conn.close()
 
 
-def dump_views(path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    conn = sqlite3.connect(path)
+def dump_views(views: Database) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row, as plain tuples (the same on SQLite and PostgreSQL)."""
+    conn = views.connect()
     try:
         return {
-            "executions": conn.execute("SELECT * FROM executions ORDER BY id").fetchall(),
-            "execution_log": conn.execute(
-                "SELECT * FROM execution_log ORDER BY execution_id, seq"
-            ).fetchall(),
+            "executions": [
+                tuple(row) for row in conn.execute("SELECT * FROM executions ORDER BY id")
+            ],
+            "execution_log": [
+                tuple(row)
+                for row in conn.execute("SELECT * FROM execution_log ORDER BY execution_id, seq")
+            ],
         }
     finally:
         conn.close()
 
 
-def compare_views(live: Path, replayed: Path, shown: int = 10) -> list[str]:
+def compare_views(live: Database, replayed: Database, shown: int = 10) -> list[str]:
     """How the api's views differ from a fresh replay of the store (nothing: equal)."""
     differences = []
     ours, theirs = dump_views(live), dump_views(replayed)
@@ -450,6 +503,16 @@ def parse(argv: list[str] | None = None) -> tuple[Options, Path | None]:
     add("--progress-delay", default=defaults.progress_delay, help="devices' later answers after")
     add("--seed", type=int, default=None, help="the random choices of a run (printed)")
     add("--broker", choices=["mosquitto", "nats"], default=None, help="the MQTT broker")
+    add(
+        "--cluster",
+        action="store_true",
+        help="PostgreSQL, 3 NATS nodes, 2 replicas of each service (make run-cluster's)",
+    )
+    add(
+        "--rolling",
+        action="store_true",
+        help="with --cluster: restart every replica in turn; no request may fail",
+    )
     add(
         "--data-dir",
         type=Path,

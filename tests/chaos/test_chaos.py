@@ -31,3 +31,38 @@ def test_sixty_seconds_of_chaos_leave_an_exact_record(tmp_path: Path) -> None:
         f"chaos: accepted={verdict.accepted} lost=0 duplicated=0 stuck=0 wrong=0 views_equal=yes"
     )
     assert verdict.line() == expected, report
+
+
+# The replicated topology (`make run-cluster`'s: PostgreSQL, 3 NATS nodes, 2 replicas of each
+# service behind the balancer): one replica of each service and one NATS node SIGKILLed,
+# PostgreSQL restarted, under load; the same exactness.
+CLUSTER_RUN = Options(duration=60, devices=50, rate=15, kills=1, cluster=True)
+# Every replica restarted in turn (SIGTERM), as a rolling upgrade does: no request may fail.
+ROLLING_RUN = Options(duration=60, devices=50, rate=15, cluster=True, rolling=True)
+
+
+@pytest.mark.timeout(900)
+def test_the_cluster_keeps_an_exact_record_while_replicas_nodes_and_the_database_fail(
+    tmp_path: Path,
+) -> None:
+    verdict = run(CLUSTER_RUN, tmp_path / "chaos")
+    report = "\n".join(verdict.report())
+    print(report)
+    assert verdict.accepted >= CLUSTER_RUN.rate * CLUSTER_RUN.duration * 0.9, report
+    expected = (
+        f"chaos: accepted={verdict.accepted} lost=0 duplicated=0 stuck=0 wrong=0 views_equal=yes"
+    )
+    assert verdict.line() == expected, report
+
+
+@pytest.mark.timeout(900)
+def test_a_rolling_restart_of_every_replica_fails_no_request(tmp_path: Path) -> None:
+    verdict = run(ROLLING_RUN, tmp_path / "chaos")
+    report = "\n".join(verdict.report())
+    print(report)
+    assert verdict.accepted >= ROLLING_RUN.rate * ROLLING_RUN.duration * 0.9, report
+    expected = (
+        f"chaos: accepted={verdict.accepted} lost=0 duplicated=0 stuck=0 wrong=0 "
+        "views_equal=yes failed_requests=0"
+    )
+    assert verdict.line() == expected, report

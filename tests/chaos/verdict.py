@@ -154,18 +154,21 @@ class Verdict:
     views_equal: bool
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Requests the load saw fail (counted by a rolling restart, which must fail none).
+    failed_requests: int | None = None
 
     def count(self, kind: str) -> int:
         return len({f.execution_id for f in self.findings if f.kind == kind})
 
     @property
     def passed(self) -> bool:
-        return self.views_equal and not self.findings
+        return self.views_equal and not self.findings and not self.failed_requests
 
     def line(self) -> str:
         counts = " ".join(f"{kind}={self.count(kind)}" for kind in COUNTS)
         views = "yes" if self.views_equal else "no"
-        return f"chaos: accepted={self.accepted} {counts} views_equal={views}"
+        failed = "" if self.failed_requests is None else f" failed_requests={self.failed_requests}"
+        return f"chaos: accepted={self.accepted} {counts} views_equal={views}{failed}"
 
     def report(self) -> list[str]:
         """Every finding with its detail, a summary by cause, the notes; the line last."""

@@ -536,6 +536,30 @@ class PostgresServer(Server):
     cluster: Path | None = None
     # Made for a server started as root (its account must reach it): removed at stop.
     owned_dir: Path | None = None
+    # The account it runs as (root starts it as another: `_server_account`).
+    account: tuple[int, int] | None = None
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Start it again on its cluster, as it was started, once it has stopped; returns
+        when it accepts clients."""
+        if self.running:
+            raise RuntimeError(f"postgres (pid {self.pid}) is still running")
+        assert self.log_path is not None
+        as_account: dict[str, Any] = (
+            {}
+            if self.account is None
+            else {"user": self.account[0], "group": self.account[1], "extra_groups": []}
+        )
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                **as_account,
+            )
+        _wait_for_postgres(self.url, self.proc, timeout)
 
     def url_of(self, dbname: str) -> str:
         return self.url.rsplit("/", 1)[0] + f"/{dbname}"
@@ -637,7 +661,16 @@ def start_postgres(
     )
     url = f"postgresql://{POSTGRES_USER}:{password}@{host}:{port}/postgres"
     server = PostgresServer(
-        "postgres", proc, url, port, {"log": str(log_path)}, cluster=cluster, owned_dir=owned_dir
+        "postgres",
+        proc,
+        url,
+        port,
+        {"log": str(log_path)},
+        command=args,
+        log_path=log_path,
+        cluster=cluster,
+        owned_dir=owned_dir,
+        account=account,
     )
     try:
         _wait_for_postgres(url, proc)
@@ -1071,14 +1104,19 @@ class Stack:
             )
             wait_for_port("127.0.0.1", self.api_port or 0, self.processes[name], timeout=30)
             return
-        service, _ = replica_of(name)
-        env = self.service_env(name)
-        self.processes[name] = _spawn_env(
-            [sys.executable, "-m", SERVICE_MODULES[service]], self.log_dir / f"{name}.log", env
-        )
-        if service == "api":
-            port = int(env["BATON_API_PORT"])
+        self.spawn(name)
+        if replica_of(name)[0] == "api":
+            port = int(self.service_env(name)["BATON_API_PORT"])
             wait_for_port("127.0.0.1", port, self.processes[name], timeout=30)
+
+    def spawn(self, name: str) -> None:
+        """Start service (or replica) `name` and return at once."""
+        service, _ = replica_of(name)
+        self.processes[name] = _spawn_env(
+            [sys.executable, "-m", SERVICE_MODULES[service]],
+            self.log_dir / f"{name}.log",
+            self.service_env(name),
+        )
 
     def start_all(self) -> None:
         self.start_infrastructure()
