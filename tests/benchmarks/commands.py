@@ -255,13 +255,18 @@ class Bench:
             store_floor, data_dir, stack.catalog, devices, a.store_commands, a.store_batch, url
         )
 
+    @property
+    def topology(self) -> tuple[int, int]:
+        """(NATS nodes, replicas of each service)."""
+        return self.args.nats_nodes, self.args.replicas
+
     async def run(self) -> None:
         if self.parts & {"floors", "latency", "max", "burst"}:
             await self.main_stack()
         if "devices" in self.parts:
             for count in sorted({int(n) for n in self.args.growth_devices.split(",") if n}):
                 name, broker, database = f"devices-{count}", self.args.broker, self.args.database
-                with fleet_stack(self.scratch, name, count, broker, database) as s:
+                with fleet_stack(self.scratch, name, count, broker, database, *self.topology) as s:
                     say(f"growth: max sustained rate with {count} devices")
                     s.start_infrastructure()
                     best, bounded = await self.search_on(s, count)
@@ -273,7 +278,9 @@ class Bench:
 
     async def main_stack(self) -> None:
         a, f = self.args, self.figures
-        with fleet_stack(self.scratch, "main", a.devices, a.broker, a.database) as stack:
+        with fleet_stack(
+            self.scratch, "main", a.devices, a.broker, a.database, *self.topology
+        ) as stack:
             say(f"starting the stack with {a.devices} simulated devices")
             stack.start_infrastructure()
             start_fleet(stack, a.devices)
@@ -404,7 +411,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="where the stacks store: SQLite files, or a throwaway PostgreSQL cluster per "
         "stack (fsync on); the event store floor is measured there too (sqlite)",
     )
+    add("--nats-nodes", type=int, default=1, help="NATS servers: 1, or a cluster of 3 (R3)")
+    add(
+        "--replicas",
+        type=int,
+        default=1,
+        help="processes of each service (the api's behind the local balancer); more than "
+        "one needs --database postgres",
+    )
     args = parser.parse_args(argv)
+    if args.replicas > 1 and args.database != "postgres":
+        parser.error("--replicas above 1 needs --database postgres (replicas share no files)")
     for name, (full, quick) in PRESETS.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)

@@ -56,9 +56,13 @@ def rss_kib(pid: int, field: str = "VmHWM") -> int:
 def stack_pids(stack: Stack) -> dict[str, int]:
     """Every process the stack runs, by a readable name; the bench's own process last."""
     pids: dict[str, int] = {}
+    nodes = len(stack.nats_servers)
     for n, server in enumerate(stack.servers):
-        # The first server is NATS; the second the MQTT broker (Mosquitto or nats-server).
-        pids["nats-server" if n == 0 else f"broker ({stack.broker})"] = server.proc.pid
+        # The NATS node(s) first, then the MQTT broker (Mosquitto or nats-server).
+        if n >= nodes:
+            pids[f"broker ({stack.broker})"] = server.proc.pid
+        else:
+            pids["nats-server" if nodes == 1 else f"nats-server {server.name}"] = server.proc.pid
     for name, proc in stack.processes.items():
         pids[name] = proc.pid
     postgres: Server | None = getattr(stack, "postgres", None)  # the bench's stacks' own

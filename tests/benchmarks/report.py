@@ -152,7 +152,11 @@ def report(args: argparse.Namespace, figures: Figures, broker: str) -> None:
         f"{end:.1f} at the end"
     )
     storage = "PostgreSQL" if getattr(args, "database", "sqlite") == "postgres" else "SQLite"
-    print(f"stack: {storage}, one process per service, {broker} MQTT broker")
+    replicas = getattr(args, "replicas", 1)
+    nodes = getattr(args, "nats_nodes", 1)
+    per_service = "one process" if replicas == 1 else f"{replicas} replicas"
+    nats = "one NATS server" if nodes == 1 else f"a {nodes}-node NATS cluster (R3)"
+    print(f"stack: {storage}, {per_service} per service, {nats}, {broker} MQTT broker")
     print(f"command: python -m tests.benchmarks.commands {shlex.join(sys.argv[1:])}".rstrip())
     report_floors(args, figures)
     report_latency(figures)

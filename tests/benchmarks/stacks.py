@@ -16,7 +16,6 @@ import nats
 
 from baton_cli.catalog import fleet as write_fleet_catalog
 from baton_cli.localstack import (
-    SERVICE_MODULES,
     PostgresServer,
     Stack,
     mqtt_flavour,
@@ -54,11 +53,18 @@ class BenchStack(Stack):
 
 @contextmanager
 def fleet_stack(
-    scratch: Path, name: str, devices: int, broker: str | None, database: str = "sqlite"
+    scratch: Path,
+    name: str,
+    devices: int,
+    broker: str | None,
+    database: str = "sqlite",
+    nats_nodes: int = 1,
+    replicas: int = 1,
 ) -> Iterator[Stack]:
     """A stack (not started) whose catalog is the demo's plus `devices` generated ones.
     With `database` postgres, its storage is a new PostgreSQL cluster of its own (durable:
-    fsync on), already running, which the stack stops with the rest."""
+    fsync on), already running, which the stack stops with the rest. `nats_nodes` and
+    `replicas`: the topology (`make run-cluster`'s is 3 and 2)."""
     folder = scratch / name
     folder.mkdir(parents=True)
     catalog = folder / "catalog.yaml"
@@ -69,6 +75,8 @@ def fleet_stack(
         catalog=catalog,
         broker=broker or mqtt_flavour(),
         simulate=False,
+        nats_nodes=nats_nodes,
+        replicas=replicas,
     )
     try:
         if database == "postgres":
@@ -107,9 +115,12 @@ def start_fleet(stack: Stack, devices: int) -> None:
 
 
 async def start_services(stack: Stack) -> None:
-    """The four services, returned once the api says it is ready."""
-    for name in SERVICE_MODULES:
+    """The four services (each replica of them, and the api's balancer), returned once the
+    api says it is ready."""
+    for name in stack.names:
         stack.start(name)
+    if stack.replicas > 1:
+        stack.start("balancer")
     deadline = time.monotonic() + 120
     async with httpx.AsyncClient(base_url=stack.api_url) as client:
         while time.monotonic() < deadline:

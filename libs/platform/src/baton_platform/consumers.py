@@ -163,12 +163,6 @@ class DurableConsumer:
         upto = self._inherited_upto
         return (meta.num_delivered or 1) > 1 or (upto is not None and meta.sequence.stream <= upto)
 
-    def inherited(self, msg: Msg) -> bool:
-        """Whether `msg` was delivered to an earlier instance before this one started (it
-        comes back at the reset at start, up to where that one had got)."""
-        upto = self._inherited_upto
-        return upto is not None and msg.metadata.sequence.stream <= upto
-
     async def caught_up(self) -> bool:
         """Whether every message an earlier instance was handling when this one started is
         acknowledged (False until started; asks the server until then, cheap after)."""

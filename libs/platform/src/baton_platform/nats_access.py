@@ -73,6 +73,16 @@ def reports_durable(partition: int) -> str:
 
 
 BRIDGE_DURABLE = "baton-device-bridge"
+# Device-bridge replicas each read the lifecycle events through a consumer of their own.
+MAX_BRIDGE_REPLICAS = 16
+
+
+def bridge_durable(share: tuple[int, int]) -> str:
+    """The events consumer of bridge replica `index` of `replicas` (a lone bridge: its own)."""
+    index, replicas = share
+    return BRIDGE_DURABLE if replicas == 1 else f"{BRIDGE_DURABLE}-{index}"
+
+
 SCHEDULER_DURABLE = "baton-timeout-scheduler"
 STREAMS = (EVENTS_STREAM, REPORTS_STREAM, WATERMARKS_STREAM, DEAD_LETTERS_STREAM)
 REQUEST_SUBJECTS = (
@@ -197,6 +207,11 @@ def service_permissions(user: str) -> dict[str, Any]:
                 *_streams_info(EVENTS_STREAM, REPORTS_STREAM, WATERMARKS_STREAM),
                 f"{JS_API}.STREAM.MSG.GET.{WATERMARKS_STREAM}",  # its own last watermark
                 *_consumer(EVENTS_STREAM, BRIDGE_DURABLE),
+                *(
+                    rule
+                    for index in range(MAX_BRIDGE_REPLICAS)
+                    for rule in _consumer(EVENTS_STREAM, bridge_durable((index, 2)))
+                ),
             ],
         )
     if user == TIMEOUT_SCHEDULER:

@@ -163,6 +163,7 @@ class Settings(BaseSettings):
     bridge_replicas: int = Field(
         default=1,
         ge=1,
+        le=16,  # MAX_BRIDGE_REPLICAS: each has its own events consumer, named in its permissions
         description=(
             "how many device-bridges share the devices (each with its own BATON_INSTANCE and "
             'data dir); more than 1 needs MQTT 5 (docs/operations.md, "Bridge replicas")'
