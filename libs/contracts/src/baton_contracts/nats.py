@@ -27,6 +27,9 @@ PURGE_SUBJECT = "baton.v1.commands.purge"  # request/reply: delete many
 CATALOG_CHANGE_SUBJECT = "baton.v1.catalog.change"  # request/reply: change the catalog
 CATALOG_GET_SUBJECT = "baton.v1.catalog.get"  # request/reply: the catalog document
 DEADLINE_SUBJECT = "baton.v1.internal.deadline"  # request/reply: timeout-scheduler -> dispatcher
+# Core NATS, empty: a dispatcher stored events; the one running the outbox relay looks now
+# rather than at its next poll (the relay runs in one dispatcher: docs/architecture.md).
+STORED_SUBJECT = "baton.v1.internal.stored"
 DISPATCHER_QUEUE = "baton-dispatcher"
 
 # Partitions (docs/architecture.md, "Replicas"): a device's streams are written by the one

@@ -46,6 +46,7 @@ from baton_contracts.nats import (
     REPORTS_STREAM,
     REPORTS_WILDCARD,
     RETRY_SUBJECT,
+    STORED_SUBJECT,
     SUBMIT_SUBJECT,
     TENANT_PATTERN,
     TENANT_SUBMIT_SUBJECT,
@@ -191,9 +192,15 @@ def service_permissions(user: str) -> dict[str, Any]:
                     for rule in _consumer(REPORTS_STREAM, reports_durable(partition))
                 ),
                 f"{PARTITIONS_PREFIX}.*.*",  # passing a request on to its partition's holder
+                STORED_SUBJECT,  # waking the relay in whichever dispatcher runs it
                 *_kv_bucket(LEASES_BUCKET),
             ],
-            subscribe=[*REQUEST_SUBJECTS, DEADLINE_SUBJECT, f"{PARTITIONS_PREFIX}.*.*"],
+            subscribe=[
+                *REQUEST_SUBJECTS,
+                DEADLINE_SUBJECT,
+                f"{PARTITIONS_PREFIX}.*.*",
+                STORED_SUBJECT,
+            ],
             responds=True,
         )
     if user == DEVICE_BRIDGE:

@@ -10,9 +10,10 @@ from typing import Any
 from faststream.nats import NatsBroker
 from faststream.security import BaseSecurity, SASLPlaintext
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from baton_contracts.nats import DISPATCHER_QUEUE, RELAY_LEASE
+from baton_contracts.nats import DISPATCHER_QUEUE, RELAY_LEASE, STORED_SUBJECT
 from baton_dispatcher.backlog import ReportsBacklog
 from baton_dispatcher.edges import (
     CONCURRENT_REQUESTS,
@@ -71,6 +72,8 @@ class Dispatcher:
         self._keeper: PartitionKeeper | None = None
         self._keeper_task: asyncio.Task[None] | None = None
         self._relay_lease: asyncio.Task[None] | None = None
+        self._to_announce = asyncio.Event()
+        self._announcer: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
@@ -81,10 +84,15 @@ class Dispatcher:
         self._nc = await connect(settings.nats_url, f"baton-dispatcher-{settings.instance}", who)
         js = self._nc.jetstream()
         await ensure_streams(js, settings.nats_replicas)
-        self._relay = relay = OutboxRelay(executions, self._nc, settings.relay_poll_interval)
+        self._relay = OutboxRelay(executions, self._nc, settings.relay_poll_interval)
         self._writer = Writer(
-            executions, on_stored=relay.wake, backlog=ReportsBacklog(js, settings.deadline_max_hold)
+            executions,
+            on_stored=self._stored,
+            backlog=ReportsBacklog(js, settings.deadline_max_hold),
         )
+        # Whichever dispatcher relays is woken by every dispatcher's commits.
+        await self._nc.subscribe(STORED_SUBJECT, cb=self._heard_stored)
+        self._announcer = asyncio.create_task(self._announce_stored(), name="stored-announcer")
         # The catalog file seeds the stored catalog on the first start only; after that the
         # catalog is managed data (the api's /v1/device-types and /v1/devices, `baton
         # catalog import`).
@@ -168,6 +176,27 @@ class Dispatcher:
         """Whether this dispatcher runs the outbox relay (holds the lease)."""
         return self._relay_task is not None and not self._relay_task.done()
 
+    def _stored(self) -> None:
+        """After a commit: the relay looks now, here or (announced) in the dispatcher that
+        runs it."""
+        if self.relaying:
+            assert self._relay is not None
+            self._relay.wake()
+        else:
+            self._to_announce.set()
+
+    async def _announce_stored(self) -> None:
+        """One announcement per wake, however many commits came meanwhile."""
+        while True:
+            await self._to_announce.wait()
+            self._to_announce.clear()
+            if self._nc is not None and self._nc.is_connected:
+                await self._nc.publish(STORED_SUBJECT, b"")
+
+    async def _heard_stored(self, _msg: Msg) -> None:
+        if self._relay is not None and self.relaying:
+            self._relay.wake()
+
     async def _start_relay(self) -> None:
         assert self._relay is not None
         self._relay_task = asyncio.create_task(self._relay.run(), name="outbox-relay")
@@ -192,6 +221,8 @@ class Dispatcher:
         if self._relay_lease is not None:
             # Stops the relay and releases the lease, so another dispatcher relays at once.
             await self._relay_lease
+        if self._announcer is not None:
+            await cancel_and_wait(self._announcer)
         if self._edges is not None:
             await self._edges.stop()
         if self._broker is not None:
