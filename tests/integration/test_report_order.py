@@ -114,13 +114,16 @@ async def test_a_reports_consumer_made_by_a_release_without_partitions_is_narrow
     await dispatcher.start()
     try:
         # It takes only the old subjects now (its filter would overlap every partition's
-        # on a work-queue stream), with today's limits: the holder of partition 0 runs it.
+        # on a work-queue stream), with today's limits once the holder of partition 0 runs
+        # it (its consumers start in the background).
         info = await js.consumer_info(REPORTS_STREAM, REPORTS_DURABLE)
         assert info.config.filter_subjects == [LEGACY_REPORTS]
-        assert (info.config.max_ack_pending, info.config.ack_wait) == (
-            REPORTS_BATCH,
-            REPORTS_ACK_WAIT_S,
-        )
+
+        async def todays_limits() -> bool:
+            config = (await js.consumer_info(REPORTS_STREAM, REPORTS_DURABLE)).config
+            return (config.max_ack_pending, config.ack_wait) == (REPORTS_BATCH, REPORTS_ACK_WAIT_S)
+
+        await eventually(todays_limits, timeout=10, what="today's limits")
     finally:
         await dispatcher.stop()
 

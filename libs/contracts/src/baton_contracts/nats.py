@@ -30,6 +30,9 @@ DEADLINE_SUBJECT = "baton.v1.internal.deadline"  # request/reply: timeout-schedu
 # Core NATS, empty: a dispatcher stored events; the one running the outbox relay looks now
 # rather than at its next poll (the relay runs in one dispatcher: docs/architecture.md).
 STORED_SUBJECT = "baton.v1.internal.stored"
+# Core NATS, the giver's holder name: a dispatcher gave partitions away; the others take them
+# now rather than at their next renewal (a rolling restart's requests wait for that).
+RELEASED_SUBJECT = "baton.v1.internal.released"
 DISPATCHER_QUEUE = "baton-dispatcher"
 
 # Partitions (docs/architecture.md, "Replicas"): a device's streams are written by the one

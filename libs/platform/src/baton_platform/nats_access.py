@@ -43,6 +43,7 @@ from baton_contracts.nats import (
     PARTITIONS_PREFIX,
     PURGE_SUBJECT,
     REJECTIONS_SUBJECT,
+    RELEASED_SUBJECT,
     REPORTS_STREAM,
     REPORTS_WILDCARD,
     RETRY_SUBJECT,
@@ -193,6 +194,7 @@ def service_permissions(user: str) -> dict[str, Any]:
                 ),
                 f"{PARTITIONS_PREFIX}.*.*",  # passing a request on to its partition's holder
                 STORED_SUBJECT,  # waking the relay in whichever dispatcher runs it
+                RELEASED_SUBJECT,  # partitions given away: the others take them now
                 *_kv_bucket(LEASES_BUCKET),
             ],
             subscribe=[
@@ -200,6 +202,7 @@ def service_permissions(user: str) -> dict[str, Any]:
                 DEADLINE_SUBJECT,
                 f"{PARTITIONS_PREFIX}.*.*",
                 STORED_SUBJECT,
+                RELEASED_SUBJECT,
             ],
             responds=True,
         )

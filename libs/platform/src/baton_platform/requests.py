@@ -78,6 +78,7 @@ def too_large(size: int) -> Problem:
 DRAIN_S = 10.0
 # How often a request no one answered is sent again (see `request_patiently`).
 NO_RESPONDERS_RETRY_S = 0.1
+LAST_TRY_S = 1.0
 
 
 async def request_patiently(nc: Client, subject: str, payload: bytes, within: float) -> Msg:
@@ -91,7 +92,9 @@ async def request_patiently(nc: Client, subject: str, payload: bytes, within: fl
         try:
             return await nc.request(subject, payload, timeout=deadline - time.monotonic())
         except NoRespondersError:
-            if time.monotonic() + NO_RESPONDERS_RETRY_S >= deadline:
+            # The last try keeps a useful time: one sent with almost none left would time
+            # out under load before even "no responders" is back, and then say "unknown".
+            if time.monotonic() + NO_RESPONDERS_RETRY_S + LAST_TRY_S >= deadline:
                 raise
             await asyncio.sleep(NO_RESPONDERS_RETRY_S)
 

@@ -13,7 +13,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from baton_contracts.nats import DISPATCHER_QUEUE, RELAY_LEASE, STORED_SUBJECT
+from baton_contracts.nats import (
+    DISPATCHER_QUEUE,
+    RELAY_LEASE,
+    RELEASED_SUBJECT,
+    STORED_SUBJECT,
+)
 from baton_dispatcher.backlog import ReportsBacklog
 from baton_dispatcher.edges import (
     CONCURRENT_REQUESTS,
@@ -56,6 +61,11 @@ class _Held:
     subscriptions: list[Subscription]
     consumers: list[ReportsConsumer] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+async def _consume(consumer: ReportsConsumer) -> None:
+    await consumer.start()
+    await consumer.run()
 
 
 class Dispatcher:
@@ -105,7 +115,9 @@ class Dispatcher:
             holder_name(SERVICE, settings.instance),
             self._take_partition,
             self._leave_partition,
+            self._announce_released,
         )
+        await self._nc.subscribe(RELEASED_SUBJECT, cb=self._heard_released)
         router = Router(self._nc, executions, self._keeper.holds, settings.request_timeout)
         await register(self._edges, self._writer, router)
         self._broker = NatsBroker(
@@ -154,9 +166,14 @@ class Dispatcher:
         held.consumers.append(ReportsConsumer(self._nc, self._writer, partition))
         if partition == 0 and self._legacy_reports:
             held.consumers.append(ReportsConsumer(self._nc, self._writer, None))
+        # In the background: the partition's requests are answered meanwhile.
         for consumer in held.consumers:
-            await consumer.start()
-            held.tasks.append(asyncio.create_task(consumer.run(), name=f"reports-{partition}"))
+            held.tasks.append(asyncio.create_task(_consume(consumer), name=f"reports-{partition}"))
+
+    async def _announce_released(self) -> None:
+        if self._nc is not None and self._nc.is_connected:
+            assert self._keeper is not None
+            await self._nc.publish(RELEASED_SUBJECT, self._keeper.holder.encode())
 
     async def _leave_partition(self, partition: int) -> None:
         """Stop taking its requests and reports; what is in hand is still stored, and a
@@ -170,6 +187,8 @@ class Dispatcher:
             await consumer.stop()
         for task in held.tasks:
             await cancel_and_wait(task)
+        for consumer in held.consumers:
+            await consumer.stop()  # again: a start still under way at the first one subscribed
 
     @property
     def relaying(self) -> bool:
@@ -192,6 +211,11 @@ class Dispatcher:
             self._to_announce.clear()
             if self._nc is not None and self._nc.is_connected:
                 await self._nc.publish(STORED_SUBJECT, b"")
+
+    async def _heard_released(self, msg: Msg) -> None:
+        # Its own note comes back too: it must not take back what it just gave away.
+        if self._keeper is not None and msg.data != self._keeper.holder.encode():
+            self._keeper.look_now()
 
     async def _heard_stored(self, _msg: Msg) -> None:
         if self._relay is not None and self.relaying:

@@ -14,11 +14,11 @@ their leases lapse (docs/architecture.md, "Replicas").
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
 import time
+from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
@@ -30,9 +30,10 @@ from baton_platform.leases import RENEW_S, Lease
 log = logging.getLogger(__name__)
 
 MEMBERS = "dispatchers"
-# A partition given away is not taken back for this long: time for the replica it was given
-# away to (the one that has fewer) to take it.
-COOL_OFF_S = 3 * RENEW_S
+# A partition given away is not taken back at the next step: time for the replica it was
+# given away to (told at once: `look_now`) to take it. Short, because a partition given to a
+# replica that then stops must be taken back soon (requests wait for it).
+COOL_OFF_S = RENEW_S
 
 
 def partition_key(partition: int) -> str:
@@ -50,14 +51,17 @@ class PartitionKeeper:
         holder: str,
         start: Callable[[int], Awaitable[None]],
         stop: Callable[[int], Awaitable[None]],
+        released: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._js = js
         self._bucket = bucket
         self._holder = holder
         self._start = start
         self._stop = stop
+        self._released = released  # tell the others (they `look_now`)
         self._leases: dict[int, Lease] = {}
         self._given_away: dict[int, float] = {}  # partition -> time.monotonic()
+        self._look = asyncio.Event()
         # Its own member key: one NATS token, unique to this process.
         self._member = Lease(bucket, f"{MEMBERS}.{holder.replace('.', '-')}", holder)
 
@@ -76,12 +80,28 @@ class PartitionKeeper:
                     await self.step()
                 except Exception:
                     log.exception("keeping the partitions failed; again shortly")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), timeout=RENEW_S)
+                await self._pause(stopping)
         finally:
             for partition in list(self._leases):
                 await self._give_up(partition)
             await self._member.release()
+
+    @property
+    def holder(self) -> str:
+        return self._holder
+
+    def look_now(self) -> None:
+        """Another dispatcher gave partitions away: take them now, not at the next renewal,
+        even those this one gave away a moment ago (their taker may be the one leaving)."""
+        self._given_away.clear()
+        self._look.set()
+
+    async def _pause(self, stopping: asyncio.Event) -> None:
+        waits = {asyncio.ensure_future(stopping.wait()), asyncio.ensure_future(self._look.wait())}
+        _, pending = await asyncio.wait(waits, timeout=RENEW_S, return_when=FIRST_COMPLETED)
+        for wait in pending:
+            wait.cancel()
+        self._look.clear()
 
     async def step(self) -> None:
         """Renew what is held, then move towards this dispatcher's share."""
@@ -124,6 +144,11 @@ class PartitionKeeper:
         await self._stop_quietly(partition)
         await lease.release()  # NATS gone: the lease lapses on its own
         log.info("gave partition %d away", partition)
+        if self._released is not None:
+            try:
+                await self._released()
+            except Exception as exc:  # they take it at their next renewal
+                log.debug("could not tell the others: %s", exc)
 
     async def _stop_quietly(self, partition: int) -> None:
         """Stop the partition's work whatever fails on the way (a closed connection): what
