@@ -43,7 +43,7 @@ from uuid import uuid4
 
 import nats.errors
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 from pydantic import ValidationError
 
 from baton_contracts.mqtt import BridgeProbe, is_probe_topic, probe_topic
@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 INTERVAL_S = 0.25
 PROBE_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 5.0
+INTRODUCE_RETRY_S = 0.5  # how often a bridge starting asks JetStream again for its watermark
 
 Clock = Callable[[], datetime]
 
@@ -87,10 +88,21 @@ class WatermarkSink:
     async def introduce(self, now: datetime) -> None:
         """A bridge's first watermark, before its first MQTT session: nothing can wait in a
         session that does not exist yet, and from now on deadlines wait for this bridge."""
-        try:
-            await self._js.get_last_msg(WATERMARKS_STREAM, watermark_subject(self._bridge))
-        except NotFoundError:
-            await self.write(now)
+        told = False
+        while True:
+            try:
+                await self._js.get_last_msg(WATERMARKS_STREAM, watermark_subject(self._bridge))
+                return
+            except NotFoundError:
+                await self.write(now)
+                return
+            except (nats.errors.TimeoutError, ServiceUnavailableError) as exc:
+                # JetStream not answering yet (a cluster electing its leaders at start):
+                # wait for it, as for the streams, rather than exit.
+                if not told:
+                    log.info("JetStream not answering yet (%s); waiting", exc)
+                    told = True
+                await asyncio.sleep(INTRODUCE_RETRY_S)
 
     async def write(self, drained_to: datetime) -> None:
         mark = BridgeWatermark(bridge=self._bridge, drained_to=drained_to)
