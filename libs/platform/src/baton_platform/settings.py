@@ -131,6 +131,9 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="seconds between two looks for expired ephemerals"
     )
     request_timeout: float = Field(default=5.0, gt=0, description="NATS request timeout, s")
+    live_keepalive: float = Field(
+        default=15.0, gt=0, description="seconds between keep-alive comments of an idle SSE stream"
+    )
     rate_limit: float = Field(
         default=1000.0,
         ge=0,

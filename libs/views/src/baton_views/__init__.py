@@ -5,6 +5,7 @@ event store's notification log; `rebuild` is `baton replay`.
 """
 
 from baton_platform.mapping import read_events
+from baton_views.changes import CHANGES_PAGE, Change, ChangeFilter
 from baton_views.queries import (
     COUNT_LIMIT,
     DEFAULT_LIMIT,
@@ -20,6 +21,9 @@ from baton_views.replay import rebuild
 from baton_views.views import ExecutionViews
 
 __all__ = [
+    "CHANGES_PAGE",
+    "Change",
+    "ChangeFilter",
     "COUNT_LIMIT",
     "DEFAULT_LIMIT",
     "MAX_LIMIT",

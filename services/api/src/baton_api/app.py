@@ -41,6 +41,7 @@ from baton_api.head import serve_head
 from baton_api.health import Check, HealthController
 from baton_api.keys import AccessService, KeyController, TenantController
 from baton_api.limits import MAX_BODY_BYTES
+from baton_api.live import LiveController, LiveFeed
 from baton_api.nats_edge import serve_tenant_clients
 from baton_api.nats_link import NatsLink
 from baton_api.openapi import declare_problems
@@ -86,8 +87,17 @@ class Parts:
     # Set once the process is asked to stop: /ready says so while requests are still served
     # (BATON_API_DRAIN_SECONDS, __main__), so balancers send it no new connections.
     draining: bool = False
+    live: LiveFeed | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def end_streams(self) -> None:
+        """End every live stream (from any thread): the server is stopping, and waits for
+        open answers to finish; their clients resume elsewhere with Last-Event-ID."""
+        if self.live is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(self.live.closing.set)
 
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.tasks.append(asyncio.create_task(self.runner.run(), name="projection"))
         if self.link is not None:
             self.tasks.append(asyncio.create_task(self.link.run(), name="nats-link"))
@@ -114,6 +124,8 @@ class Parts:
     async def stop(self) -> None:
         # The lease is released (another replica projects at once) unless NATS is gone.
         self.stopping.set()
+        if self.live is not None:
+            self.live.closing.set()
         if self.lease is not None:
             await asyncio.wait({self.lease}, timeout=5)
             await cancel_and_wait(self.lease)
@@ -205,6 +217,7 @@ def build_parts(
         catalog_service,
         access,
         nats_replicas=settings.nats_replicas,
+        live=LiveFeed(views, runner, settings.live_keepalive, asyncio.Event()),
     )
 
 
@@ -276,6 +289,7 @@ def create_app(
             KeyController,
             TenantController,
             CredentialController,
+            LiveController,
         ],
         middleware=[auth],
         guards=[refuse_unknown_query],  # a typo in a query is a 422 (controllers.py)
@@ -297,6 +311,7 @@ def create_app(
             "caller": Provide(caller, sync_to_thread=False),
             "credential_service": Provide(lambda: credentials, sync_to_thread=False),
             "checks": Provide(parts.checks, sync_to_thread=False),
+            "live": Provide(lambda: parts.live, sync_to_thread=False),
         },
         exception_handlers={Exception: problem_handler},
         plugins=[request_body_plugin()],  # strict request bodies (schemas.py)
