@@ -131,6 +131,20 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="seconds between two looks for expired ephemerals"
     )
     request_timeout: float = Field(default=5.0, gt=0, description="NATS request timeout, s")
+    webhook_max_attempts: int = Field(
+        default=8, ge=1, le=100, description="attempts of a webhook delivery before it is dead"
+    )
+    webhook_backoff_initial: float = Field(
+        default=1.0, gt=0, description="seconds before a webhook delivery's second attempt"
+    )
+    webhook_backoff_max: float = Field(
+        default=600.0, gt=0, description="the longest wait between two attempts, seconds"
+    )
+    webhook_timeout: float = Field(default=10.0, gt=0, description="one attempt's time, s")
+    webhook_private_targets: Literal["allow", "deny"] = Field(
+        default="allow",
+        description="deny: webhooks may only point at public addresses (SSRF; docs/security.md)",
+    )
     live_keepalive: float = Field(
         default=15.0, gt=0, description="seconds between keep-alive comments of an idle SSE stream"
     )
@@ -206,6 +220,15 @@ class Settings(BaseSettings):
     @property
     def scheduler_path(self) -> Path:
         return self.data_dir / "deadlines.sqlite"
+
+    @property
+    def webhooks_path(self) -> Path:
+        return self.data_dir / "webhooks.sqlite"
+
+    @property
+    def webhooks_database(self) -> Database:
+        """Webhooks and their deliveries: `webhooks.sqlite`, or the schema `webhooks`."""
+        return self._database(self.webhooks_path, "webhooks")
 
     @property
     def postgres_url(self) -> str | None:

@@ -22,11 +22,11 @@ from baton_views.views import ExecutionViews
 
 __all__ = [
     "CHANGES_PAGE",
-    "Change",
-    "ChangeFilter",
     "COUNT_LIMIT",
     "DEFAULT_LIMIT",
     "MAX_LIMIT",
+    "Change",
+    "ChangeFilter",
     "ExecutionFilter",
     "ExecutionPage",
     "ExecutionView",

@@ -53,6 +53,9 @@ from baton_api.schemas import request_body_plugin
 from baton_api.service import ExecutionService
 from baton_api.tokens import TokenVerifier
 from baton_api.views_edge import announcer, hear_advances
+from baton_api.webhooks.controller import WebhookController
+from baton_api.webhooks.delivery import DeliveryPolicy, WebhookSender
+from baton_api.webhooks.store import WebhookStore
 from baton_contracts.nats import PROJECTION_LEASE
 from baton_domain.application import Executions
 from baton_platform.eventstore import open_executions
@@ -89,6 +92,8 @@ class Parts:
     draining: bool = False
     live: LiveFeed | None = None
     loop: asyncio.AbstractEventLoop | None = None
+    webhooks: WebhookStore | None = None
+    sender: WebhookSender | None = None
 
     def end_streams(self) -> None:
         """End every live stream (from any thread): the server is stopping, and waits for
@@ -105,6 +110,8 @@ class Parts:
         if isinstance(self.access, NatsAccess):
             self.tasks.append(asyncio.create_task(self.access.run(), name="access"))
         self.tasks.append(asyncio.create_task(self.sweeper.run(), name="retention"))
+        if self.sender is not None:
+            self.tasks.append(asyncio.create_task(self.sender.run(), name="webhooks"))
 
     async def _hold_projection(self) -> None:
         """Write the views while this replica holds lease `projection` (every replica
@@ -139,6 +146,8 @@ class Parts:
         if self.link is not None:
             await self.link.close()
         await asyncio.to_thread(self.views.close)
+        if self.webhooks is not None:
+            await asyncio.to_thread(self.webhooks.close)
         await asyncio.to_thread(self.executions.close)
 
     def checks(self) -> dict[str, Check]:
@@ -207,6 +216,14 @@ def build_parts(
         # Keys and tenants live in NATS (baton_api.access); without it, in this process.
         access = NatsAccess(link, settings.nats_replicas) if link is not None else InMemoryAccess()
     catalog_service = CatalogService(executions, gateway, accounts or device_accounts(settings))
+    webhooks = WebhookStore(settings.webhooks_database)
+    policy = DeliveryPolicy(
+        max_attempts=settings.webhook_max_attempts,
+        backoff_initial=settings.webhook_backoff_initial,
+        backoff_max=settings.webhook_backoff_max,
+        timeout=settings.webhook_timeout,
+        private_targets=settings.webhook_private_targets == "allow",
+    )
     return Parts(
         executions,
         views,
@@ -218,6 +235,8 @@ def build_parts(
         access,
         nats_replicas=settings.nats_replicas,
         live=LiveFeed(views, runner, settings.live_keepalive, asyncio.Event()),
+        webhooks=webhooks,
+        sender=WebhookSender(webhooks, views, runner, policy),
     )
 
 
@@ -290,6 +309,7 @@ def create_app(
             TenantController,
             CredentialController,
             LiveController,
+            WebhookController,
         ],
         middleware=[auth],
         guards=[refuse_unknown_query],  # a typo in a query is a 422 (controllers.py)
@@ -312,6 +332,10 @@ def create_app(
             "credential_service": Provide(lambda: credentials, sync_to_thread=False),
             "checks": Provide(parts.checks, sync_to_thread=False),
             "live": Provide(lambda: parts.live, sync_to_thread=False),
+            "webhooks": Provide(lambda: parts.webhooks, sync_to_thread=False),
+            "private_targets": Provide(
+                lambda: settings.webhook_private_targets == "allow", sync_to_thread=False
+            ),
         },
         exception_handlers={Exception: problem_handler},
         plugins=[request_body_plugin()],  # strict request bodies (schemas.py)

@@ -72,8 +72,8 @@ def follow(
 ) -> Iterator[Event]:
     """Every event of the stream at `url`, across reconnections (each resumes after the
     last id seen). `ends`: the stream ends by itself after the event that ends its
-    execution (one execution's); any other end is a drop, as every end of a feed is. Gives up after `reconnect_for` seconds without
-    a connection (httpx.HTTPError)."""
+    execution (one execution's); any other end is a drop, as every end of a feed is.
+    Gives up after `reconnect_for` seconds without a connection (httpx.HTTPError)."""
     failures = 0
     down_since: float | None = None
     status = ""
