@@ -49,10 +49,10 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 name = self.path.strip("/")
-                headers = {k: v for k, v in self.headers.items()}
+                headers = dict(self.headers.items())
                 seen = sum(
                     1
                     for path, h, _, _ in receiver.received

@@ -92,7 +92,7 @@ class DeliveryOut(BaseModel):
             position=delivery.position,
             event=delivery.event,
             execution_id=delivery.execution_id,
-            state=delivery.state,  # type: ignore[arg-type]
+            state=delivery.state,
             attempts=delivery.attempts,
             next_attempt_at=next_at,
             created_at=delivery.created_at,
@@ -116,7 +116,7 @@ def _not_found(webhook_id: UUID) -> ProblemError:
             "webhook-not-found",
             f"webhook {webhook_id} does not exist",
             title="Webhook not found",
-        )  # fmt: skip
+        )
     )
 
 

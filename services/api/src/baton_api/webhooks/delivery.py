@@ -56,8 +56,8 @@ def backoff(
     """Seconds before the attempt after `attempt` (1, 2, ...): doubling from `initial` up to
     `maximum`, then a random half of it taken off ("equal jitter"), so receivers that failed
     together are not all retried together, and no wait is under half its step."""
-    step = min(maximum, initial * 2 ** (attempt - 1))
-    return step / 2 + step / 2 * rand()
+    step: float = min(maximum, initial * 2.0 ** (attempt - 1))
+    return step / 2 + step / 2 * float(rand())
 
 
 @dataclass(frozen=True)

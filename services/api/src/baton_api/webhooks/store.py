@@ -331,7 +331,7 @@ class WebhookStore:
                         a["status_code"],
                         a["error"],
                         int(a["duration_ms"]),
-                    )  # fmt: skip
+                    )
                     for a in attempts
                 )
                 found.append(_delivery(row, log))
@@ -359,7 +359,7 @@ class WebhookStore:
                 r["secret"],
                 r["created_at"],
                 r["created_by"],
-            )  # fmt: skip
+            )
             for r in rows
         ]
 
