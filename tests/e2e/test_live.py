@@ -32,6 +32,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield started
 
 
+def tenant_key(baton: Baton, tenant: str, role: str) -> dict[str, str]:
+    """The headers of a new key with `role` in a new tenant `tenant`."""
+    made = baton.http.post("/v1/tenants", json={"id": tenant, "name": tenant})
+    assert made.status_code == 201, made.text
+    key = baton.http.post("/v1/keys", json={"role": role, "name": role, "tenant": tenant})
+    assert key.status_code == 201, key.text
+    return {"Authorization": f"Bearer {key.json()['key']}"}
+
+
 def read(
     url: str,
     until: Callable[[list[Event]], bool],
@@ -168,12 +177,7 @@ def test_bad_input_gets_a_problem_and_other_tenants_see_nothing(baton: Baton) ->
     assert httpx.get(f"{api}/v1/events").status_code == 401
 
     execution_id = baton.send("demo-thermostat-4", "set_temperature", {"value": 24}).json()["id"]
-    made = baton.http.post("/v1/tenants", json={"id": "e2e-live-other", "name": "Other"})
-    assert made.status_code == 201, made.text
-    key = baton.http.post(
-        "/v1/keys", json={"role": "viewer", "name": "other viewer", "tenant": "e2e-live-other"}
-    ).json()["key"]
-    other = {"Authorization": f"Bearer {key}"}
+    other = tenant_key(baton, "e2e-live-other", "viewer")
     assert httpx.get(f"{api}/v1/executions/{execution_id}/events", headers=other).status_code == 404
     # The other tenant's feed from the very first position: keep-alives, none of default's.
     with httpx.stream(

@@ -20,6 +20,7 @@ import pytest
 from baton_cli.localstack import Stack
 from baton_contracts.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, WebhookPayload, verify
 from tests.e2e.conftest import Baton, make_stack, running, wait_ready
+from tests.e2e.test_live import tenant_key
 
 MAX_ATTEMPTS = 3
 
@@ -196,12 +197,7 @@ def test_only_operators_of_the_tenant_manage_webhooks(baton: Baton, receiver: Re
     viewer = baton.http.post("/v1/keys", json={"role": "viewer", "name": "hooks viewer"})
     headers = {"Authorization": f"Bearer {viewer.json()['key']}"}
     assert httpx.get(f"{api}/v1/webhooks", headers=headers).status_code == 403
-    made = baton.http.post("/v1/tenants", json={"id": "e2e-hooks-other", "name": "Other"})
-    assert made.status_code == 201, made.text
-    other_key = baton.http.post(
-        "/v1/keys", json={"role": "admin", "name": "other", "tenant": "e2e-hooks-other"}
-    ).json()["key"]
-    other = {"Authorization": f"Bearer {other_key}"}
+    other = tenant_key(baton, "e2e-hooks-other", "admin")
     assert httpx.get(f"{api}/v1/webhooks/{hook['id']}", headers=other).status_code == 404
     assert httpx.delete(f"{api}/v1/webhooks/{hook['id']}", headers=other).status_code == 404
     assert httpx.get(f"{api}/v1/webhooks", headers=other).json()["items"] == []

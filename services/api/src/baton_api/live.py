@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Annotated
 from uuid import UUID
@@ -85,23 +85,25 @@ class LiveFeed:
 
     async def _woken(self, signal: asyncio.Event) -> bool:
         """Wait for the views to advance (True) or a keep-alive's time (False)."""
-        closing = asyncio.ensure_future(self.closing.wait())
-        advanced = asyncio.ensure_future(signal.wait())
-        try:
-            done, _ = await asyncio.wait(
-                {closing, advanced}, timeout=self.keepalive, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            for task in (closing, advanced):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        return bool(done)
+        return await first_of((self.closing, signal), self.keepalive)
 
     async def _exists(self, where: ChangeFilter) -> bool:
         assert where.execution_id is not None
         found = await asyncio.to_thread(self.views.get, where.execution_id, False, where.tenant)
         return found is not None
+
+
+async def first_of(events: Iterable[asyncio.Event], within: float) -> bool:
+    """Wait until one of `events` is set (True) or `within` seconds pass (False)."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        done, _ = await asyncio.wait(waits, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return bool(done)
 
 
 def message_of(change: Change) -> ServerSentEventMessage:

@@ -24,6 +24,7 @@ from uuid import UUID
 
 import httpx
 
+from baton_api.live import first_of
 from baton_api.projector import ProjectionRunner
 from baton_api.webhooks.store import (
     DEAD,
@@ -207,12 +208,5 @@ class WebhookSender:
         if next_due is not None:
             # (those in flight are due already: no faster than a tenth of a second)
             timeout = max(0.1, min(timeout, next_due / 1000 - time.time()))
-        waits = [asyncio.ensure_future(signal.wait()), asyncio.ensure_future(self._wake.wait())]
-        try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in waits:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await first_of((signal, self._wake), timeout)
         self._wake.clear()
