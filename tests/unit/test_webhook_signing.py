@@ -86,12 +86,17 @@ def test_public_addresses_are() -> None:
     assert is_public("93.184.216.34") and is_public("2606:2800:220:1::1")
 
 
-def test_deny_refuses_loopback_targets_and_allow_takes_them() -> None:
-    with pytest.raises(TargetRefused, match="non-public"):
-        asyncio.run(check_target("http://127.0.0.1:9/hook", private_allowed=False))
-    with pytest.raises(TargetRefused, match="non-public"):
-        asyncio.run(check_target("http://localhost:9/hook", private_allowed=False))
-    asyncio.run(check_target("http://127.0.0.1:9/hook", private_allowed=True))
+def test_public_refuses_loopback_targets_and_loopback_only_those() -> None:
+    for url in ("http://127.0.0.1:9/hook", "http://localhost:9/hook", "http://[::1]:9/"):
+        with pytest.raises(TargetRefused, match="non-public"):
+            asyncio.run(check_target(url, "public"))
+        asyncio.run(check_target(url, "loopback"))
+        asyncio.run(check_target(url, "any"))
+    for url in ("http://10.0.0.1/", "http://169.254.169.254/latest/meta-data/"):
+        with pytest.raises(TargetRefused, match="non-loopback"):
+            asyncio.run(check_target(url, "loopback"))
+        with pytest.raises(TargetRefused, match="non-public"):
+            asyncio.run(check_target(url, "public"))
 
 
 def test_last_event_id_is_a_position() -> None:

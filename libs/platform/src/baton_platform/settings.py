@@ -141,12 +141,19 @@ class Settings(BaseSettings):
         default=600.0, gt=0, description="the longest wait between two attempts, seconds"
     )
     webhook_timeout: float = Field(default=10.0, gt=0, description="one attempt's time, s")
-    webhook_private_targets: Literal["allow", "deny"] = Field(
-        default="allow",
-        description="deny: webhooks may only point at public addresses (SSRF; docs/security.md)",
+    webhook_targets: Literal["any", "public", "loopback"] = Field(
+        default="any",
+        description="where webhooks may point: any address; public addresses only (no "
+        "loopback, private, link-local...: SSRF, docs/security.md); or loopback only (tests)",
     )
     live_keepalive: float = Field(
         default=15.0, gt=0, description="seconds between keep-alive comments of an idle SSE stream"
+    )
+    live_max_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="an SSE stream ends after this long (its client resumes with Last-Event-ID, "
+        "maybe on another replica): long streams do not pin clients to one replica for ever",
     )
     rate_limit: float = Field(
         default=1000.0,

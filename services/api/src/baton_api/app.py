@@ -222,7 +222,7 @@ def build_parts(
         backoff_initial=settings.webhook_backoff_initial,
         backoff_max=settings.webhook_backoff_max,
         timeout=settings.webhook_timeout,
-        private_targets=settings.webhook_private_targets == "allow",
+        targets=settings.webhook_targets,
     )
     return Parts(
         executions,
@@ -234,7 +234,9 @@ def build_parts(
         catalog_service,
         access,
         nats_replicas=settings.nats_replicas,
-        live=LiveFeed(views, runner, settings.live_keepalive, asyncio.Event()),
+        live=LiveFeed(
+            views, runner, settings.live_keepalive, asyncio.Event(), settings.live_max_seconds
+        ),
         webhooks=webhooks,
         sender=WebhookSender(webhooks, views, runner, policy),
     )
@@ -333,9 +335,7 @@ def create_app(
             "checks": Provide(parts.checks, sync_to_thread=False),
             "live": Provide(lambda: parts.live, sync_to_thread=False),
             "webhooks": Provide(lambda: parts.webhooks, sync_to_thread=False),
-            "private_targets": Provide(
-                lambda: settings.webhook_private_targets == "allow", sync_to_thread=False
-            ),
+            "webhook_targets": Provide(lambda: settings.webhook_targets, sync_to_thread=False),
         },
         exception_handlers={Exception: problem_handler},
         plugins=[request_body_plugin()],  # strict request bodies (schemas.py)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Annotated
@@ -36,6 +37,8 @@ from baton_api.service import ExecutionService
 from baton_domain.statuses import ExecutionStatus
 from baton_views import CHANGES_PAGE, Change, ChangeFilter, ExecutionViews
 
+EVENT_STREAM = "text/event-stream"
+STREAM = "Server-Sent Events: `id:` a position, `event:` a kind, `data:` JSON (docs/api.md)"
 TERMINAL = frozenset(s.value for s in ExecutionStatus if s.is_terminal)
 # How long a browser's EventSource waits before it reconnects (the `retry:` field), ms.
 RETRY_MS = 1000
@@ -61,6 +64,7 @@ class LiveFeed:
     runner: ProjectionRunner
     keepalive: float  # seconds between two keep-alive comments of an idle stream
     closing: asyncio.Event  # set when the api stops: every stream ends (clients resume)
+    max_seconds: float = 3600.0  # then a stream ends too (its client resumes, maybe elsewhere)
 
     async def stream(
         self, where: ChangeFilter, after: int, until_end: bool = False
@@ -68,7 +72,8 @@ class LiveFeed:
         """The changes matching `where` after position `after`, as they come; with
         `until_end`, ends once the last change read ended the execution (or it is gone)."""
         yield ServerSentEventMessage(data=None, retry=RETRY_MS, comment="live")
-        while not self.closing.is_set():
+        ends_at = time.monotonic() + self.max_seconds
+        while not self.closing.is_set() and time.monotonic() < ends_at:
             signal = self.runner.advance_signal()  # before the read: no advance is missed
             page = await asyncio.to_thread(self.views.changes, where, after, CHANGES_PAGE)
             for change in page:
@@ -78,14 +83,15 @@ class LiveFeed:
                 continue  # more to read now
             if until_end and page and page[-1].status in TERMINAL:
                 return
-            if not await self._woken(signal):
+            if not await self._woken(signal, ends_at):
                 if until_end and not await self._exists(where):
                     return  # deleted meanwhile
                 yield ServerSentEventMessage(data=None, comment="keep-alive")
 
-    async def _woken(self, signal: asyncio.Event) -> bool:
+    async def _woken(self, signal: asyncio.Event, ends_at: float) -> bool:
         """Wait for the views to advance (True) or a keep-alive's time (False)."""
-        return await first_of((self.closing, signal), self.keepalive)
+        within = max(0.0, min(self.keepalive, ends_at - time.monotonic()))
+        return await first_of((self.closing, signal), within)
 
     async def _exists(self, where: ChangeFilter) -> bool:
         assert where.execution_id is not None
@@ -129,7 +135,7 @@ def resume_position(header: str | None, query: str | None) -> int | None:
 class LiveController(Controller):
     tags = ["live"]
 
-    @get("/events", guards=[viewer])
+    @get("/events", guards=[viewer], media_type=EVENT_STREAM, response_description=STREAM)
     async def follow_changes(
         self,
         caller: NamedDependency[Identity],
@@ -154,7 +160,12 @@ class LiveController(Controller):
             after = await asyncio.to_thread(live.views.position)
         return ServerSentEvent(live.stream(where, after))
 
-    @get("/executions/{execution_id:str}/events", guards=[viewer])
+    @get(
+        "/executions/{execution_id:str}/events",
+        guards=[viewer],
+        media_type=EVENT_STREAM,
+        response_description=STREAM,
+    )
     async def follow_execution(
         self,
         caller: NamedDependency[Identity],

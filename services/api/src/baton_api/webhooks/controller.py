@@ -16,7 +16,7 @@ from baton_api.auth import Identity, operator
 from baton_api.problems import ProblemError, invalid, problem
 from baton_api.schemas import RequestSchema
 from baton_api.webhooks.store import Delivery, Webhook, WebhookStore
-from baton_api.webhooks.targets import MAX_URL_LENGTH, TargetRefused, check_target
+from baton_api.webhooks.targets import MAX_URL_LENGTH, TargetRefused, Targets, check_target
 from baton_domain.statuses import ExecutionStatus
 from baton_views.projection import PROJECTED_TYPES
 
@@ -130,7 +130,7 @@ class WebhookController(Controller):
         self,
         caller: NamedDependency[Identity],
         webhooks: NamedDependency[WebhookStore],
-        private_targets: NamedDependency[bool],
+        webhook_targets: NamedDependency[Targets],
         data: JSONBody[WebhookRequest],
     ) -> WebhookOut:
         """A webhook for the caller's tenant; the answer has its signing secret, once."""
@@ -138,7 +138,7 @@ class WebhookController(Controller):
         if unknown:
             raise invalid("events", f"unknown {', '.join(unknown)}; statuses, event kinds or *")
         try:
-            await check_target(data.url, private_targets)
+            await check_target(data.url, webhook_targets)
         except TargetRefused as exc:
             raise invalid("url", str(exc)) from None
         hook = await asyncio.to_thread(

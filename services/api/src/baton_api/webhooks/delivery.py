@@ -35,7 +35,7 @@ from baton_api.webhooks.store import (
     Webhook,
     WebhookStore,
 )
-from baton_api.webhooks.targets import TargetRefused, check_target
+from baton_api.webhooks.targets import TargetRefused, Targets, check_target
 from baton_contracts.webhooks import (
     DELIVERY_HEADER,
     EVENT_HEADER,
@@ -67,7 +67,7 @@ class DeliveryPolicy:
     backoff_initial: float
     backoff_max: float
     timeout: float
-    private_targets: bool
+    targets: Targets
     concurrency: int = 8
 
 
@@ -179,7 +179,7 @@ class WebhookSender:
         error: str | None = None
         body = delivery.body.encode()
         try:
-            await check_target(hook.url, self._policy.private_targets)
+            await check_target(hook.url, self._policy.targets)
             response = await client.post(
                 hook.url,
                 content=body,

@@ -1,14 +1,18 @@
 """Where a webhook may point (docs/security.md, "Webhooks"): http(s) URLs only, and with
-BATON_WEBHOOK_PRIVATE_TARGETS=deny only hosts whose every address is public, so a tenant
-cannot make the api POST into the network it runs in (SSRF). Checked when a webhook is made
-and again before each attempt (the name may resolve elsewhere by then)."""
+BATON_WEBHOOK_TARGETS=public only hosts whose every address is public, so a tenant cannot
+make the api POST into the network it runs in (SSRF); with `loopback`, only this machine
+(tests, a local receiver). Checked when a webhook is made and again before each attempt
+(the name may resolve elsewhere by then)."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import socket
+from typing import Literal
 from urllib.parse import urlsplit
+
+Targets = Literal["any", "public", "loopback"]
 
 MAX_URL_LENGTH = 2048
 
@@ -35,23 +39,35 @@ def check_url(url: str) -> str:
     return parts.hostname
 
 
-def is_public(address: str) -> bool:
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address, an IPv4-mapped IPv6 one as the IPv4 one it is (no zone)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+        return ip.ipv4_mapped
+    return ip
+
+
+def is_public(address: str) -> bool:
+    ip = _ip(address)
     return ip.is_global and not ip.is_multicast
 
 
-async def check_target(url: str, private_allowed: bool) -> None:
+def is_loopback(address: str) -> bool:
+    return _ip(address).is_loopback
+
+
+async def check_target(url: str, targets: Targets) -> None:
     """Raises TargetRefused unless a request to `url` may be sent."""
     host = check_url(url)
-    if private_allowed:
+    if targets == "any":
         return
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise TargetRefused(f"cannot resolve {host}: {exc}") from None
     addresses = {str(info[4][0]) for info in infos}
-    private = sorted(a for a in addresses if not is_public(a))
-    if private:
-        raise TargetRefused(f"{host} resolves to a non-public address ({private[0]})")
+    allowed = is_public if targets == "public" else is_loopback
+    refused = sorted(a for a in addresses if not allowed(a))
+    if refused:
+        kind = "non-public" if targets == "public" else "non-loopback"
+        raise TargetRefused(f"{host} resolves to a {kind} address ({refused[0]})")
