@@ -19,7 +19,7 @@ import pytest
 
 from baton_cli.live import Event, parse
 from baton_cli.localstack import Stack
-from tests.e2e.conftest import API_KEY, TERMINAL, Baton, make_stack, running
+from tests.e2e.conftest import API_KEY, TERMINAL, Baton, make_stack, running, wait_ready
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -98,6 +98,13 @@ def test_one_execution_streams_from_its_first_change_to_its_end(baton: Baton) ->
         headers={"Last-Event-ID": events[2].id or ""},
     )
     assert ended and [e.id for e in rest] == [e.id for e in events[3:]]
+    # Resuming after its last: nothing more, and the stream ends (it has ended).
+    nothing, ended = read(
+        f"{baton.stack.api_url}/v1/executions/{execution_id}/events",
+        lambda _: False,
+        params={"last_event_id": events[-1].id or ""},
+    )
+    assert ended and nothing == []
 
 
 def test_the_feed_resumes_with_last_event_id_without_a_gap_or_a_repeat(baton: Baton) -> None:
@@ -200,6 +207,20 @@ def baton_cli(stack: Stack, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def read_lines(tail: subprocess.Popen[str], execution_id: str) -> list[dict[str, Any]]:
+    """`baton tail --json`'s lines until the one that shows `execution_id` succeeded."""
+    assert tail.stdout is not None
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = tail.stdout.readline()
+        assert line, tail.stderr.read() if tail.stderr else "tail ended"
+        seen.append(json.loads(line))
+        if seen[-1]["status"] == "SUCCEEDED" and seen[-1]["execution_id"] == execution_id:
+            return seen
+    raise AssertionError(f"tail never showed {execution_id} succeed: {seen}")
+
+
 def test_baton_tail_and_events_follow(baton: Baton) -> None:
     # From the feed's start (this device's only command is this test's): the tail may
     # connect after the command ended, and must show it all the same.
@@ -214,18 +235,24 @@ def test_baton_tail_and_events_follow(baton: Baton) -> None:
         assert lines[0]["event"] == "Requested" and lines[-1]["status"] == "SUCCEEDED", lines
         assert [line["seq"] for line in lines] == list(range(1, len(lines) + 1))
 
-        seen: list[dict[str, Any]] = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = tail.stdout.readline()
-            assert line, tail.stderr.read() if tail.stderr else "tail ended"
-            seen.append(json.loads(line))
-            if seen[-1]["status"] == "SUCCEEDED" and seen[-1]["execution_id"] == execution_id:
-                break
+        seen = read_lines(tail, execution_id)
         assert {s["device_id"] for s in seen} == {"demo-thermostat-5"}
         assert [s["id"] for s in seen if s["execution_id"] == execution_id] == [
             line["id"] for line in lines
         ]
+
+        # The api restarts under it: tail reconnects with Last-Event-ID, misses nothing of
+        # what came meanwhile and repeats nothing.
+        baton.stack.stop("api")
+        baton.stack.start("api")
+        wait_ready(baton.stack)
+        second = baton.send("demo-thermostat-5", "reboot").json()["id"]
+        after = read_lines(tail, second)
+        ids = [int(s["id"]) for s in seen + after]
+        assert ids == sorted(set(ids)), "no repeats, in order"
+        assert [s["seq"] for s in after if s["execution_id"] == second] == list(
+            range(1, len([s for s in after if s["execution_id"] == second]) + 1)
+        )
     finally:
         tail.terminate()
         tail.wait(timeout=10)

@@ -74,18 +74,18 @@ class LiveFeed:
         yield ServerSentEventMessage(data=None, retry=RETRY_MS, comment="live")
         ends_at = time.monotonic() + self.max_seconds
         while not self.closing.is_set() and time.monotonic() < ends_at:
-            signal = self.runner.advance_signal()  # before the read: no advance is missed
+            signal = self.runner.advance_signal()  # before the reads: no advance is missed
+            # Read before the changes: ended (or gone) then, it has no change after those.
+            ended = until_end and await self._ended(where)
             page = await asyncio.to_thread(self.views.changes, where, after, CHANGES_PAGE)
             for change in page:
                 after = change.position
                 yield message_of(change)
             if len(page) == CHANGES_PAGE:
                 continue  # more to read now
-            if until_end and page and page[-1].status in TERMINAL:
+            if ended or (until_end and page and page[-1].status in TERMINAL):
                 return
             if not await self._woken(signal, ends_at):
-                if until_end and not await self._exists(where):
-                    return  # deleted meanwhile
                 yield ServerSentEventMessage(data=None, comment="keep-alive")
 
     async def _woken(self, signal: asyncio.Event, ends_at: float) -> bool:
@@ -93,10 +93,11 @@ class LiveFeed:
         within = max(0.0, min(self.keepalive, ends_at - time.monotonic()))
         return await first_of((self.closing, signal), within)
 
-    async def _exists(self, where: ChangeFilter) -> bool:
+    async def _ended(self, where: ChangeFilter) -> bool:
+        """Whether the execution has ended or is gone (deleted)."""
         assert where.execution_id is not None
         found = await asyncio.to_thread(self.views.get, where.execution_id, False, where.tenant)
-        return found is not None
+        return found is None or found.is_terminal
 
 
 async def first_of(events: Iterable[asyncio.Event], within: float) -> bool:
