@@ -19,17 +19,21 @@ import pytest
 
 from baton_cli.localstack import Stack
 from baton_contracts.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, WebhookPayload, verify
-from tests.e2e.conftest import Baton, make_stack, running, wait_ready
+from tests.conftest import BACKENDS
+from tests.e2e.conftest import Baton, database_env, make_stack, running, wait_ready
 from tests.e2e.test_live import tenant_key
 
 MAX_ATTEMPTS = 3
+# The webhooks' database on both backends: webhooks.sqlite, or the schema `webhooks`.
+pytestmark = pytest.mark.parametrize("stack_backend", BACKENDS, scope="module")
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, stack_database: str | None) -> Iterator[Stack]:
     made = make_stack(
         tmp_path_factory.mktemp("webhooks"),
         extra_env={
+            **database_env(stack_database),
             "BATON_WEBHOOK_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
             "BATON_WEBHOOK_BACKOFF_INITIAL": "0.4",
             "BATON_WEBHOOK_BACKOFF_MAX": "2",
@@ -80,7 +84,8 @@ class Receiver:
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
+def receiver(stack_backend: str) -> Iterator[Receiver]:
+    del stack_backend  # one receiver per stack: what each one received, alone
     made = Receiver()
     yield made
     made.server.shutdown()
