@@ -126,10 +126,13 @@ class WebhookSender:
 
     async def round(self, client: httpx.AsyncClient) -> None:
         await self._enqueue()
+        # In flight when the read starts: its row may be read before its attempt is recorded
+        # and the attempt over by the time it is seen, so it is not started again this round.
+        busy = set(self._in_flight)
         now_ms = int(time.time() * 1000)
         due = await asyncio.to_thread(self._store.due, now_ms, 100)
         for delivery, hook in due:
-            if delivery.id in self._in_flight:
+            if delivery.id in busy or delivery.id in self._in_flight:
                 continue
             self._in_flight.add(delivery.id)
             task = asyncio.create_task(self._attempt(client, delivery, hook))
