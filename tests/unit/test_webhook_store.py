@@ -11,7 +11,7 @@ from uuid import UUID, uuid4
 import pytest
 
 from baton_api.webhooks.delivery import payload_body
-from baton_api.webhooks.store import DEAD, DELIVERED, PENDING, Attempt, WebhookStore
+from baton_api.webhooks.store import DEAD, DELIVERED, PENDING, Attempt, Webhook, WebhookStore
 from baton_contracts.webhooks import WebhookPayload
 from baton_platform.sql import Database
 from baton_views import Change
@@ -88,4 +88,15 @@ def test_a_webhook_is_its_tenants_alone(store: WebhookStore) -> None:
     assert store.get(hook.id, "default") == hook
     assert store.delete(hook.id, "default")
     assert store.get(hook.id, None) is None and store.due(2**62, 10) == []
+    assert store.next_due() is None
+
+    # Deleted while a round makes its deliveries: none is kept for it.
+    late = store.create("default", "http://127.0.0.1:9/b", ["*"], None, "k")
+
+    def body_then_delete(hook: Webhook, made: Change, delivery_id: UUID) -> str:
+        store.delete(late.id, "default")
+        return payload_body(hook, made, delivery_id)
+
+    assert store.enqueue([change(8)], 8, body_then_delete) == 0
+    assert store.next_due() is None
     assert store.get(uuid4(), None) is None

@@ -237,6 +237,9 @@ class WebhookStore:
                     ))  # fmt: skip
 
         def write(conn: Connection) -> int:
+            # Only for the webhooks there still are (one may have been deleted meanwhile).
+            kept = {str(row["id"]) for row in conn.execute("SELECT id FROM webhooks")}
+            rows[:] = [row for row in rows if row[1] in kept]
             conn.executemany(
                 "INSERT INTO webhook_deliveries (id, webhook_id, position, event, execution_id,"
                 " body, state, attempts, next_at, created_at, updated_at)"
@@ -282,9 +285,11 @@ class WebhookStore:
         """Record an attempt and what follows: delivered, dead, or pending until `next_at`."""
 
         def write(conn: Connection) -> None:
+            # Of a delivery still pending only (not one deleted with its webhook meanwhile).
             conn.execute(
                 "INSERT INTO webhook_attempts (delivery_id, attempt, at, status_code, error,"
-                " duration_ms) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                " duration_ms) SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM"
+                " webhook_deliveries WHERE id = ? AND state = ?) ON CONFLICT DO NOTHING",
                 (
                     str(delivery.id),
                     attempt.attempt,
@@ -292,6 +297,8 @@ class WebhookStore:
                     attempt.status_code,
                     attempt.error,
                     attempt.duration_ms,
+                    str(delivery.id),
+                    PENDING,
                 ),
             )
             conn.execute(
