@@ -238,7 +238,9 @@ def build_parts(
             views, runner, settings.live_keepalive, asyncio.Event(), settings.live_max_seconds
         ),
         webhooks=webhooks,
-        sender=WebhookSender(webhooks, views, runner, policy),
+        sender=WebhookSender(
+            webhooks, views, runner, policy, executions.recorder.max_notification_id
+        ),
     )
 
 

@@ -93,12 +93,14 @@ class WebhookSender:
         views: ExecutionViews,
         runner: ProjectionRunner,
         policy: DeliveryPolicy,
+        stored_position: Callable[[], int | None],
         poll_interval: float = 1.0,
     ) -> None:
         self._store = store
         self._views = views
         self._runner = runner
         self._policy = policy
+        self._stored_position = stored_position  # the event store's last notification id
         self._poll = poll_interval
         self._in_flight: set[UUID] = set()
         self._slots = asyncio.Semaphore(policy.concurrency)
@@ -140,10 +142,11 @@ class WebhookSender:
             task.add_done_callback(self._tasks.discard)
 
     async def _enqueue(self) -> None:
-        """Everything the feed has after the position reached (a first start: from now)."""
+        """Everything the feed has after the position reached. The first start begins at the
+        event store's end: from now, even while the views are still being projected."""
         position = await asyncio.to_thread(self._store.position)
         if position is None:
-            position = await asyncio.to_thread(self._views.position)
+            position = await asyncio.to_thread(self._stored_position) or 0
             await asyncio.to_thread(self._store.enqueue, [], position, payload_body)
         while True:
             page = await asyncio.to_thread(
