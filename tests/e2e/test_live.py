@@ -19,7 +19,9 @@ import pytest
 
 from baton_cli.live import Event, parse
 from baton_cli.localstack import Stack
+from tests.conftest import eventually_sync
 from tests.e2e.conftest import API_KEY, TERMINAL, Baton, make_stack, running, wait_ready
+from tests.e2e.test_waiters import consecutive_free_ports
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -27,7 +29,11 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # Keep-alives every half second: an idle stream shows it is alive, and no read waits long.
-    made = make_stack(tmp_path_factory.mktemp("live"), extra_env={"BATON_LIVE_KEEPALIVE": "0.5"})
+    made = make_stack(
+        tmp_path_factory.mktemp("live"),
+        extra_env={"BATON_LIVE_KEEPALIVE": "0.5"},
+        metrics_port=consecutive_free_ports(4),  # the api's counts its open streams
+    )
     with running(made) as started:
         yield started
 
@@ -197,6 +203,31 @@ def test_bad_input_gets_a_problem_and_other_tenants_see_nothing(baton: Baton) ->
             comments += line.startswith(": keep-alive")
             if comments == 2:
                 break
+
+
+def open_streams(stack: Stack) -> float:
+    text = httpx.get(f"http://127.0.0.1:{stack.metrics_ports()['api']}/metrics").text
+    line = next(line for line in text.splitlines() if line.startswith("baton_api_live_streams "))
+    return float(line.split()[1])
+
+
+def test_a_stream_ends_on_the_server_when_its_client_goes_away(baton: Baton) -> None:
+    before = open_streams(baton.stack)
+    url = f"{baton.stack.api_url}/v1/events"
+    with httpx.Client(headers=AUTH, timeout=5) as client:
+        streams = [client.send(client.build_request("GET", url), stream=True) for _ in range(3)]
+        # Kept: a line iterator dropped half-way closes its connection.
+        lines = [stream.iter_lines() for stream in streams]
+        assert [next(line) for line in lines] == [": live"] * 3
+        assert open_streams(baton.stack) == before + 3
+        for stream in streams:
+            stream.close()
+    eventually_sync(
+        lambda: open_streams(baton.stack) == before,
+        timeout=10,
+        interval=0.1,
+        what="the streams of the clients gone ended",
+    )
 
 
 def baton_cli(stack: Stack, *args: str) -> subprocess.Popen[str]:

@@ -28,6 +28,7 @@ from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
+from prometheus_client import Gauge
 
 from baton_api.auth import Identity, viewer
 from baton_api.controllers import Name, Statuses, statuses_of
@@ -37,6 +38,7 @@ from baton_api.service import ExecutionService
 from baton_domain.statuses import ExecutionStatus
 from baton_views import CHANGES_PAGE, Change, ChangeFilter, ExecutionViews
 
+LIVE_STREAMS = Gauge("baton_api_live_streams", "SSE streams open on this api (/v1/events...)")
 EVENT_STREAM = "text/event-stream"
 STREAM = "Server-Sent Events: `id:` a position, `event:` a kind, `data:` JSON (docs/api.md)"
 TERMINAL = frozenset(s.value for s in ExecutionStatus if s.is_terminal)
@@ -71,6 +73,16 @@ class LiveFeed:
     ) -> AsyncIterator[ServerSentEventMessage]:
         """The changes matching `where` after position `after`, as they come; with
         `until_end`, ends once the last change read ended the execution (or it is gone)."""
+        LIVE_STREAMS.inc()
+        try:
+            async for message in self._changes(where, after, until_end):
+                yield message
+        finally:  # its end, the api's stop, or its client gone (the stream is cancelled)
+            LIVE_STREAMS.dec()
+
+    async def _changes(
+        self, where: ChangeFilter, after: int, until_end: bool
+    ) -> AsyncIterator[ServerSentEventMessage]:
         yield ServerSentEventMessage(data=None, retry=RETRY_MS, comment="live")
         ends_at = time.monotonic() + self.max_seconds
         while not self.closing.is_set() and time.monotonic() < ends_at:

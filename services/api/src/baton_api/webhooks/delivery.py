@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 import httpx
+from prometheus_client import Counter
 
 from baton_api.live import first_of
 from baton_api.projector import ProjectionRunner
@@ -47,6 +48,11 @@ from baton_views import CHANGES_PAGE, Change, ChangeFilter, ExecutionViews
 
 log = logging.getLogger(__name__)
 
+ATTEMPTS = Counter(
+    "baton_webhook_attempts_total",
+    "Webhook delivery attempts, by what followed: delivered, retry (pending), dead",
+    ["outcome"],
+)
 USER_AGENT = "Baton-Webhooks/1"
 MAX_ERROR_LENGTH = 500  # of an attempt's error, as kept
 
@@ -171,6 +177,7 @@ class WebhookSender:
                 wait = backoff(number, self._policy.backoff_initial, self._policy.backoff_max)
                 state, next_at = PENDING, int((time.time() + wait) * 1000)
             await asyncio.to_thread(self._store.attempted, delivery, attempt, state, next_at)
+            ATTEMPTS.labels("retry" if state == PENDING else state).inc()
         except Exception:
             log.exception("webhook %s: attempt at %s not recorded", hook.id, delivery.id)
         finally:
