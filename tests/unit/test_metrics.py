@@ -6,10 +6,10 @@ executions not ended per device type; each process of a stack on a metrics port 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import pytest
 from prometheus_client import REGISTRY
@@ -21,9 +21,9 @@ from baton_domain.execution import CommandExecution
 from baton_domain.statuses import AnswerStatus
 from baton_platform import metrics
 from baton_platform.metrics import stages_ended, unfinished_per_type
+from tests.unit.test_execution_lifecycle import T0, new_execution
 
 ROOT = Path(__file__).resolve().parents[2]
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
 CATALOG = """
 device_types:
   charger:
@@ -32,27 +32,6 @@ device_types:
 devices:
   - {id: charger-1, type: charger}
 """
-
-
-def new_execution() -> CommandExecution:
-    execution = CommandExecution(
-        id=uuid4(),
-        device_id="dev-1",
-        device_type="thermostat",
-        name="reboot",
-        params={},
-        ttl=30,
-        deadline=T0 + timedelta(seconds=30),
-        idempotency_key=None,
-        fingerprint=None,
-        source="test",
-        requested_name="reboot",
-        ephemeral=False,
-        retry_of=None,
-        requested_by=None,
-    )
-    execution.dispatch()
-    return execution
 
 
 def ended(execution: CommandExecution) -> dict[str, list[float]]:
