@@ -229,3 +229,17 @@ def test_every_replica_of_a_cluster_has_its_own_metrics_port_in_the_banner(
     banner = _banner(stack)
     for name, port in ports.items():
         assert f"http://127.0.0.1:{port}/metrics   ({name})" in banner
+
+
+# --- rejections ------------------------------------------------------------------------------
+
+
+def test_a_malformed_access_entry_is_counted_as_rejected() -> None:
+    from baton_api.access import InMemoryAccess
+
+    labels = {"service": "api", "reason": "malformed-access-entry"}
+    before = sample("baton_rejected_messages_total", **labels)
+    access = InMemoryAccess()
+    access.apply("keys.k1", b"{not json")
+    assert sample("baton_rejected_messages_total", **labels) == before + 1
+    assert access.key("k1") is None  # and nothing taken from it
