@@ -54,6 +54,7 @@ from baton_api.tokens import TokenVerifier
 from baton_api.views_edge import announcer, hear_advances
 from baton_contracts.nats import PROJECTION_LEASE
 from baton_domain.application import Executions
+from baton_platform import metrics
 from baton_platform.eventstore import open_executions
 from baton_platform.leases import hold, holder_name
 from baton_platform.lifecycle import cancel_and_wait
@@ -95,6 +96,24 @@ class Parts:
         if isinstance(self.access, NatsAccess):
             self.tasks.append(asyncio.create_task(self.access.run(), name="access"))
         self.tasks.append(asyncio.create_task(self.sweeper.run(), name="retention"))
+        if metrics.serving():
+            self.tasks.append(asyncio.create_task(self._sample_unfinished(), name="unfinished"))
+
+    async def _sample_unfinished(self) -> None:
+        """While this replica writes the views (one replica says them, from fresh views):
+        the executions not ended per device type, every few seconds."""
+        while True:
+            try:
+                if self.runner.projecting:
+                    rows = await asyncio.to_thread(self.views.unfinished_by_device)
+                    catalog = await asyncio.to_thread(lambda: self.executions.catalog)
+                    types = {device.id: device.type for device in catalog.devices}
+                    metrics.set_unfinished(metrics.unfinished_per_type(rows, types))
+                else:
+                    metrics.clear_unfinished()
+            except Exception:  # the views or the store away: said again at the next round
+                log.exception("could not read the executions per device type")
+            await asyncio.sleep(metrics.SAMPLE_INTERVAL_S)
 
     async def _hold_projection(self) -> None:
         """Write the views while this replica holds lease `projection` (every replica

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from faststream.nats import NatsBroker
@@ -36,6 +37,7 @@ from baton_domain.catalog import Catalog
 from baton_platform.eventstore import open_executions
 from baton_platform.leases import hold, holder_name, open_bucket
 from baton_platform.lifecycle import cancel_and_wait
+from baton_platform.metrics import observe_recorded
 from baton_platform.nats import NatsIdentity, connect, ensure_streams, identity, server_urls
 from baton_platform.nats_access import DISPATCHER
 from baton_platform.requests import RequestEdges
@@ -89,7 +91,9 @@ class Dispatcher:
     async def start(self) -> None:
         settings = self.settings
         catalog = Catalog.from_yaml(settings.catalog_path)
-        executions = await asyncio.to_thread(open_executions, settings, catalog, writer=True)
+        executions = await asyncio.to_thread(
+            partial(open_executions, settings, catalog, writer=True, on_recorded=observe_recorded)
+        )
         who = identity(settings, DISPATCHER)
         self._nc = await connect(settings.nats_url, f"baton-dispatcher-{settings.instance}", who)
         js = self._nc.jetstream()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -50,7 +51,7 @@ from baton_domain.errors import (
 from baton_domain.group_commit import BatchResult
 from baton_domain.statuses import AnswerStatus
 from baton_platform.commands import CommandHandlers
-from baton_platform.metrics import REJECTED_MESSAGES
+from baton_platform.metrics import REJECTED_MESSAGES, observe_stored
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -167,8 +168,10 @@ class Writer:
         self._thread.shutdown(wait=True)
 
     async def submit(self, command: SubmitCommand) -> ExecutionReply:
+        taken = time.monotonic()
         reply = await self._write(lambda: self._submit_in_time(command))
         if reply.created and reply.execution is not None:
+            observe_stored(taken)  # a repeat finds its execution: not created, not counted
             log.info("requested %s %s on %s", reply.execution.id, command.name, command.device_id)
         elif reply.problem is not None and reply.problem.code == REQUEST_EXPIRED:
             REJECTED_MESSAGES.labels(service="dispatcher", reason=REQUEST_EXPIRED).inc()
