@@ -17,9 +17,9 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
+from baton_api import apidocs
 from baton_api.access import AccessStore, InMemoryAccess, NatsAccess
 from baton_api.auth import API_KEY_HEADER, ApiKeyMiddleware, caller
 from baton_api.catalog import (
@@ -308,6 +308,7 @@ def create_app(
             v1,
             *dialect_routers([auth], lambda: parts.executions.catalog),
             HealthController,
+            *apidocs.routes(),  # /schema/asyncapi.json, the doc pages' assets
         ],
         dependencies={
             "service": Provide(lambda: parts.service, sync_to_thread=False),
@@ -338,8 +339,8 @@ def _openapi() -> OpenAPIConfig:
             "Send commands to IoT devices and keep an exact, replayable record of every "
             "execution. Every error is an RFC 9457 problem document."
         ),
-        path="/schema",
-        render_plugins=[SwaggerRenderPlugin()],
+        path=apidocs.SCHEMA_PATH,
+        render_plugins=apidocs.render_plugins(),  # served from the api's own assets
         components=Components(
             security_schemes={
                 "bearer": SecurityScheme(type="http", scheme="bearer"),

@@ -18,6 +18,7 @@ from uuid import UUID
 
 import typer
 
+from baton_cli.asyncapi import asyncapi
 from baton_cli.catalog import catalog_app
 from baton_cli.devstack import dev_app
 from baton_cli.keys import keys_app, tenants_app
@@ -53,6 +54,7 @@ app.command("nats-setup")(nats_setup)
 app.command("mqtt-setup")(mqtt_setup)
 app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
+app.command("asyncapi")(asyncapi)
 
 
 def fail(message: str, code: int = EXIT_PROBLEM) -> NoReturn:
