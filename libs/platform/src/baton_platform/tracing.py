@@ -16,12 +16,15 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -48,7 +51,6 @@ def configure_tracing(
 ) -> Callable[[], None]:
     """Export this process's spans to `endpoint` (OTLP/HTTP); None: tracing stays off.
     Returns what flushes and stops the export (call it once, at the end)."""
-    global _tracer
     if not endpoint:
         return lambda: None
     # Imported only when on: the SDK and the exporter cost nothing to a process without them.
@@ -63,7 +65,13 @@ def configure_tracing(
     provider = TracerProvider(resource=resource)
     exporter = OTLPSpanExporter(endpoint=traces_url(endpoint), timeout=5)
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
-    trace.set_tracer_provider(provider)
+    return install(provider)
+
+
+def install(provider: SdkTracerProvider) -> Callable[[], None]:
+    """Make spans with `provider` (the tests give one that keeps them in memory); returns
+    what stops it. Not the global provider: Baton's spans are made here only."""
+    global _tracer
     _tracer = provider.get_tracer("baton")
 
     def shutdown() -> None:
@@ -182,6 +190,7 @@ __all__ = [
     "enabled",
     "extract",
     "inject",
+    "install",
     "span",
     "tag",
     "trace_id",
