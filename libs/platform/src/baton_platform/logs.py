@@ -68,11 +68,13 @@ def record_fields(record: logging.LogRecord, service: str) -> dict[str, Any]:
     return fields
 
 
-class JsonFormatter(logging.Formatter):
+class _ServiceFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
         super().__init__()
         self._service = service
 
+
+class JsonFormatter(_ServiceFormatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = record_fields(record, self._service)
         if record.exc_info:
@@ -80,12 +82,8 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(fields, default=str, ensure_ascii=False)
 
 
-class TextFormatter(logging.Formatter):
+class TextFormatter(_ServiceFormatter):
     """`time level service logger: message key=value ...`, the fields after the message."""
-
-    def __init__(self, service: str) -> None:
-        super().__init__()
-        self._service = service
 
     def format(self, record: logging.LogRecord) -> str:
         fields = record_fields(record, self._service)

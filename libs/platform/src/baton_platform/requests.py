@@ -91,12 +91,11 @@ async def request_patiently(nc: Client, subject: str, payload: bytes, within: fl
     it again is safe. NoRespondersError once the time is up; a TimeoutError when it was
     received and not answered in time. The current trace context travels in its headers."""
     deadline = time.monotonic() + within
-    headers = tracing.inject()  # the caller's trace goes on with whoever answers
+    # The caller's trace goes on with whoever answers (no headers at all when not traced).
+    traced = {"headers": headers} if (headers := tracing.inject()) else {}
     while True:
         try:
-            return await nc.request(
-                subject, payload, timeout=deadline - time.monotonic(), headers=headers or None
-            )
+            return await nc.request(subject, payload, timeout=deadline - time.monotonic(), **traced)
         except NoRespondersError:
             # The last try keeps a useful time: one sent with almost none left would time
             # out under load before even "no responders" is back, and then say "unknown".
