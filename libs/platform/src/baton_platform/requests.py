@@ -92,10 +92,13 @@ async def request_patiently(nc: Client, subject: str, payload: bytes, within: fl
     received and not answered in time. The current trace context travels in its headers."""
     deadline = time.monotonic() + within
     # The caller's trace goes on with whoever answers (no headers at all when not traced).
-    traced = {"headers": headers} if (headers := tracing.inject()) else {}
+    headers = tracing.inject()
     while True:
         try:
-            return await nc.request(subject, payload, timeout=deadline - time.monotonic(), **traced)
+            if headers:
+                timeout = deadline - time.monotonic()
+                return await nc.request(subject, payload, timeout=timeout, headers=headers)
+            return await nc.request(subject, payload, timeout=deadline - time.monotonic())
         except NoRespondersError:
             # The last try keeps a useful time: one sent with almost none left would time
             # out under load before even "no responders" is back, and then say "unknown".
