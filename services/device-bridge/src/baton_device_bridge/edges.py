@@ -41,6 +41,7 @@ from baton_device_bridge.reports import ReportNotStoredError, ReportRefusedError
 from baton_device_bridge.wiring import Wiring
 from baton_platform import tracing
 from baton_platform.consumers import DurableConsumer
+from baton_platform.logs import about
 from baton_platform.metrics import REJECTED_MESSAGES
 from baton_platform.nats_access import bridge_durable
 
@@ -207,7 +208,10 @@ def events_consumer(
             else:
                 parent = tracing.extract(message.headers)
                 name = f"mqtt publish {action.topic}"
-                with tracing.continued(name, PRODUCER, parent, action.execution_id):
+                with (
+                    tracing.continued(name, PRODUCER, parent, action.execution_id),
+                    about(action.execution_id),
+                ):
                     await deliver(link, sink, in_flight, action, attempt, traces)
         except (MqttUnavailableError, ReportNotStoredError) as exc:
             deliveries = message.metadata.num_delivered or 1
