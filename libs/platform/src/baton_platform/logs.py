@@ -16,8 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -37,14 +36,19 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 }
 
 
-@contextmanager
-def about(execution_id: object) -> Iterator[None]:
+class about:  # noqa: N801 (used as a function: `with about(execution_id):`)
     """Every record logged inside the block (in this task) names `execution_id`."""
-    token = _execution.set(None if execution_id is None else str(execution_id))
-    try:
-        yield
-    finally:
-        _execution.reset(token)
+
+    __slots__ = ("_token", "_value")
+
+    def __init__(self, execution_id: object) -> None:
+        self._value = None if execution_id is None else str(execution_id)
+
+    def __enter__(self) -> None:
+        self._token = _execution.set(self._value)
+
+    def __exit__(self, *_exc: object) -> None:
+        _execution.reset(self._token)
 
 
 def record_fields(record: logging.LogRecord, service: str) -> dict[str, Any]:

@@ -14,8 +14,8 @@ in a table beside the event store (`baton_dispatcher.traces`), never in the even
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
@@ -32,6 +32,8 @@ TRACESTATE = "tracestate"
 EXECUTION_ID = "baton.execution_id"
 
 _W3C = TraceContextTextMapPropagator()
+# What `span` gives while tracing is off: one shared object, nothing made per call.
+_NO_SPAN: AbstractContextManager[None] = nullcontext()
 _tracer: trace.Tracer | None = None
 
 
@@ -105,38 +107,30 @@ def current() -> dict[str, str]:
     return inject({})
 
 
-@contextmanager
 def span(
     name: str,
     kind: SpanKind = SpanKind.INTERNAL,
     parent: Context | None = None,
     execution_id: object = None,
     **attributes: Any,
-) -> Iterator[Span | None]:
+) -> AbstractContextManager[Span | None]:
     """A span, current inside the block, child of `parent` (else of the current span); None
     and no span at all when tracing is off."""
     if _tracer is None:
-        yield None
-        return
+        return _NO_SPAN
     if execution_id is not None:
         attributes[EXECUTION_ID] = str(execution_id)
-    with _tracer.start_as_current_span(
-        name, context=parent, kind=kind, attributes=attributes
-    ) as made:
-        yield made
+    return _tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes)
 
 
-@contextmanager
 def continued(
     name: str, kind: SpanKind, parent: Context | None, execution_id: object = None
-) -> Iterator[Span | None]:
+) -> AbstractContextManager[Span | None]:
     """A span continuing `parent`'s trace; none at all without a parent (a message that
     carried no context starts no trace of its own)."""
     if parent is None:
-        yield None
-        return
-    with span(name, kind, parent, execution_id) as made:
-        yield made
+        return _NO_SPAN
+    return span(name, kind, parent, execution_id)
 
 
 def tag(execution_id: object) -> None:
