@@ -125,8 +125,16 @@ def test_remembered_contexts_are_bounded_and_continue_their_trace(
     assert by_name(spans)["answer"].context.trace_id == int(PARENT.split("-")[1], 16)
 
 
-def test_trace_contexts_store_keeps_the_first_context(tmp_path: Path) -> None:
-    store = TraceContexts(Database(path=tmp_path / "traces.sqlite"))
+@pytest.fixture
+def traces_database(tmp_path: Path, database_url: str | None) -> Database:
+    """Where the dispatcher keeps trace contexts: a file, or the schema `traces`."""
+    if database_url is None:
+        return Database(path=tmp_path / "traces.sqlite")
+    return Database(url=database_url, schema="traces")
+
+
+def test_trace_contexts_store_keeps_the_first_context(traces_database: Database) -> None:
+    store = TraceContexts(traces_database)
     first, other = uuid4(), uuid4()
     store.keep(first, {"traceparent": PARENT, "tracestate": "v=1"})
     store.keep(first, {"traceparent": PARENT.replace("b7ad", "c7ad")})  # a submit sent again
@@ -138,6 +146,6 @@ def test_trace_contexts_store_keeps_the_first_context(tmp_path: Path) -> None:
     }
     assert store.find([]) == {}
     store.close()
-    reopened = TraceContexts(Database(path=tmp_path / "traces.sqlite"))
+    reopened = TraceContexts(traces_database)
     assert reopened.find([first]) == {first: {"traceparent": PARENT, "tracestate": "v=1"}}
     reopened.close()
