@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from baton_dispatcher.traces import TraceContexts
 from baton_platform import tracing
+from baton_platform.settings import Settings
 from baton_platform.sql import Database
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -128,9 +129,7 @@ def test_remembered_contexts_are_bounded_and_continue_their_trace(
 @pytest.fixture
 def traces_database(tmp_path: Path, database_url: str | None) -> Database:
     """Where the dispatcher keeps trace contexts: a file, or the schema `traces`."""
-    if database_url is None:
-        return Database(path=tmp_path / "traces.sqlite")
-    return Database(url=database_url, schema="traces")
+    return Settings(data_dir=tmp_path, database_url=database_url).traces_database
 
 
 def test_trace_contexts_store_keeps_the_first_context(traces_database: Database) -> None:
