@@ -28,11 +28,13 @@ LogFormat = Literal["json", "text"]
 
 _execution: ContextVar[str | None] = ContextVar("baton_execution_id", default=None)
 
-# What every LogRecord has: anything else on a record came from `extra`.
+# What every LogRecord has: anything else on a record came from `extra` (but uvicorn's
+# `color_message`, the message again with terminal colours).
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",
     "taskName",
+    "color_message",
 }
 
 
