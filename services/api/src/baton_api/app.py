@@ -21,6 +21,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from baton_api import apidocs
 from baton_api.access import AccessStore, InMemoryAccess, NatsAccess
+from baton_api.access_log import log_access
 from baton_api.auth import API_KEY_HEADER, ApiKeyMiddleware, caller
 from baton_api.catalog import (
     CatalogController,
@@ -328,7 +329,8 @@ def create_app(
         logging_config=None,
     )
     declare_problems(app)  # every operation's problem documents (openapi.py)
-    return serve_head(app)  # HEAD on every GET route (head.py)
+    # HEAD on every GET route (head.py); one access log line and span per request.
+    return serve_head(log_access(app))
 
 
 def _openapi() -> OpenAPIConfig:

@@ -971,6 +971,8 @@ class Stack:
             "BATON_MQTT_REDELIVERY_WAIT": "0"
             if self.broker == "mosquitto"
             else str(NATS_MQTT_ACK_WAIT_S + 1),
+            # Logs a person reads (files under var/); production's default is JSON.
+            "BATON_LOG_FORMAT": os.environ.get("BATON_LOG_FORMAT", "text"),
             **self.extra_env,
         }
 

@@ -465,7 +465,7 @@ def simulate(
         fail(f"the simulator is not available: {exc}")
 
     settings = Settings()
-    configure_logging("simulator", settings.log_level)
+    configure_logging("simulator", settings.log_level, settings.log_format)
     devices, silent_devices = list(device or []), list(silent or [])
     by_name = timings(answer_delay or [], progress_delay or [])
     options: dict[str, Any] = {}  # only what differs from run_simulator's defaults

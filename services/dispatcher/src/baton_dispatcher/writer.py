@@ -40,6 +40,7 @@ from baton_contracts.nats import (
     SubmitCommand,
 )
 from baton_dispatcher.backlog import due_of
+from baton_dispatcher.traces import TraceContexts
 from baton_domain.application import Executions
 from baton_domain.errors import (
     DeadlineNotReached,
@@ -50,6 +51,7 @@ from baton_domain.errors import (
 )
 from baton_domain.group_commit import BatchResult
 from baton_domain.statuses import AnswerStatus
+from baton_platform import tracing
 from baton_platform.commands import CommandHandlers
 from baton_platform.metrics import REJECTED_MESSAGES, observe_stored
 
@@ -104,8 +106,10 @@ class Writer:
         executions: Executions,
         on_stored: Callable[[], None],
         backlog: Backlog | None = None,
+        traces: TraceContexts | None = None,
     ) -> None:
         self._executions = executions
+        self._traces = traces
         self._backlog = backlog
         self._handlers = CommandHandlers(executions)
         self._on_stored = on_stored
@@ -169,7 +173,17 @@ class Writer:
 
     async def submit(self, command: SubmitCommand) -> ExecutionReply:
         taken = time.monotonic()
-        reply = await self._write(lambda: self._submit_in_time(command))
+        traces, carried, execution_id = self._traces, tracing.current(), command.execution_id
+        if traces is None or not carried or execution_id is None:
+            reply = await self._write(lambda: self._submit_in_time(command))
+        else:
+
+            def traced() -> ExecutionReply:
+                # Before the events: the relay, woken by their commit, finds it.
+                traces.keep(execution_id, carried)
+                return self._submit_in_time(command)
+
+            reply = await self._write(traced)
         if reply.created and reply.execution is not None:
             observe_stored(taken)  # a repeat finds its execution: not created, not counted
             log.info("requested %s %s on %s", reply.execution.id, command.name, command.device_id)
