@@ -29,7 +29,9 @@
         });
         if (first) { event.preventDefault(); first.focus(); }
       });
-      form.addEventListener("change", function (event) { check(event.target); });
+      // While typing, not on leaving a field: a message that (dis)appears on blur would move
+      // the button from under the pointer that is clicking it.
+      form.addEventListener("input", function (event) { check(event.target); });
     });
   });
   document.addEventListener("htmx:configRequest", function (event) {
