@@ -278,6 +278,10 @@ def test_a_phone_sized_screen(browser: Browser, console: str, shots: Path) -> No
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390, f"the page is {width} px wide on a 390 px screen"
     page.screenshot(path=shots / "phone.png", full_page=False)
+    for path in ("/devices", "/device-types", "/send?device=dimmer-1&command=set_level"):
+        page.goto(console + path)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"{path} is {width} px wide on a 390 px screen"
     page.context.close()
 
 
