@@ -46,6 +46,7 @@ PATH_VALUES = {
     "command_id": str(uuid4()),
     "name": "iotee_device",
     "path": "openapi.json",
+    "file_path": "console.css",  # the console's static files
 }
 
 
