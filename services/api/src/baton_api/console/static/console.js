@@ -34,6 +34,11 @@
       form.addEventListener("input", function (event) { check(event.target); });
     });
   });
+  // A live region does not change under the keyboard focus: it waits until focus leaves.
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var region = event.detail.elt, focused = document.activeElement;
+    if (focused !== region && region.contains(focused)) event.preventDefault();
+  });
   document.addEventListener("htmx:configRequest", function (event) {
     var token = document.querySelector("input[name=_csrf]");
     if (token) event.detail.headers["X-CSRF-Token"] = token.value;
