@@ -29,6 +29,9 @@ from tests.e2e.conftest import API_KEY, ROOT, Baton
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 DEADLINE_MS = 20_000  # a live update must show within this (the console polls every 2 s)
+# Every `expect` polls until this deadline (Playwright's default, 5 s, is short on a loaded
+# 2-core machine; nothing here waits longer than it must).
+expect.set_options(timeout=DEADLINE_MS)
 DIMMER = {
     "description": "A dimmable lamp (not simulated: it never answers).",
     "commands": {
@@ -156,7 +159,7 @@ def test_the_table_shows_new_executions_and_their_status_as_they_change(
 
     row = page.locator(f'#executions tr[data-id="{execution_id}"]')
     expect(row).to_be_visible(timeout=DEADLINE_MS)  # no reload: the table polls
-    expect(row.locator(".status")).to_have_text("SUCCEEDED", timeout=DEADLINE_MS)
+    expect(row.locator(".status")).to_have_text("SUCCEEDED")
 
 
 def test_one_execution_its_timeline_cancel_and_retry(
@@ -206,7 +209,7 @@ def test_send_from_the_schema_form_with_the_browsers_and_the_servers_checks(
     value.fill("21")
     page.get_by_role("button", name="Send").click()
     expect(page).to_have_url(re.compile(r"/console/executions/[0-9a-f-]{36}$"))
-    expect(page.locator("#execution-status")).to_have_text("SUCCEEDED", timeout=DEADLINE_MS)
+    expect(page.locator("#execution-status")).to_have_text("SUCCEEDED")
     expect(page.locator("#timeline")).to_contain_text("via console")
 
     # What HTML cannot check (multipleOf) is the server's: its problem beside the field.
