@@ -80,6 +80,18 @@ def test_a_change_without_the_pages_csrf_token_is_refused(
     assert client.get(f"/v1/executions/{execution_id}", headers=ADMIN).json()["status"] == "PENDING"
 
 
+def test_a_form_from_another_site_is_refused_sign_in_included(client: TestClient[Any]) -> None:
+    elsewhere = {"Origin": "https://elsewhere.example"}
+    signing = client.post(f"{CONSOLE}/sign-in", data={"api_key": KEY}, headers=elsewhere)
+    assert signing.status_code == 403 and "set-cookie" not in signing.headers
+    token = sign_in(client, KEY)
+    execution_id = submit(client).json()["id"]
+    cancel = f"{CONSOLE}/executions/{execution_id}/cancel"
+    assert client.post(cancel, data={"_csrf": token}, headers=elsewhere).status_code == 403
+    here = {"Origin": "http://testserver.local"}
+    assert client.post(cancel, data={"_csrf": token}, headers=here).status_code == 200
+
+
 def test_a_viewer_sees_no_buttons_and_is_refused_anyway(client: TestClient[Any]) -> None:
     execution_id = submit(client).json()["id"]
     token = sign_in(client, key_of(new_key(client, "viewer")))

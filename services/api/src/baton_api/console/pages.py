@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 from uuid import UUID
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -116,8 +116,17 @@ def _render(
     return Response(html, media_type=MediaType.HTML, status_code=status, headers=SECURITY_HEADERS)
 
 
+def _same_origin(request: Request[Any, Any, Any]) -> None:
+    """A browser names the page a form came from (`Origin`): another site's is refused, the
+    sign-in form's too (so no other site can sign a browser in with its own key)."""
+    origin = request.headers.get("Origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("Host"):
+        raise PermissionDeniedException("the form came from another site")
+
+
 async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
-    """The posted form, once its CSRF token is checked (403 without the right one)."""
+    """The posted form, once its origin and CSRF token are checked (403 otherwise)."""
+    _same_origin(request)
     form = await request.form()
     values = {k: v for k, v in form.items() if isinstance(v, str)}
     key = request.cookies.get(COOKIE, "")
@@ -143,6 +152,7 @@ def sign_in_page(request: Request[Any, Any, Any]) -> Response[str]:
 async def sign_in(
     request: Request[Any, Any, Any], key_identifier: NamedDependency[KeyIdentifier]
 ) -> Response[Any]:
+    _same_origin(request)
     form = await request.form()
     key = str(form.get("api_key", "")).strip()
     try:
