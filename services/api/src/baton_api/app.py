@@ -29,6 +29,7 @@ from baton_api.catalog import (
     DeviceController,
     DeviceTypeController,
 )
+from baton_api.console import console_routers
 from baton_api.controllers import CommandController, ExecutionController, refuse_unknown_query
 from baton_api.credentials import (
     CredentialController,
@@ -277,14 +278,14 @@ def create_app(
             await parts.stop()
 
     limits = RateLimits(settings.rate_limit, settings.rate_burst)
-    auth = DefineMiddleware(
-        ApiKeyMiddleware,
-        keys=keys,
-        admin_keys=admin_keys,
-        limits=limits,
-        access=parts.access,
-        tokens=tokens,
-    )
+    key_check = {
+        "keys": keys,
+        "admin_keys": admin_keys,
+        "limits": limits,
+        "access": parts.access,
+        "tokens": tokens,
+    }
+    auth = DefineMiddleware(ApiKeyMiddleware, **key_check)
     v1 = Router(
         "/v1",
         route_handlers=[
@@ -310,6 +311,8 @@ def create_app(
             *dialect_routers([auth], lambda: parts.executions.catalog),
             HealthController,
             *apidocs.routes(),  # /schema/asyncapi.json, the doc pages' assets
+            # The web console (docs/console.md): the same keys and services, as pages.
+            *console_routers(key_check, parts.executions.events_of),
         ],
         dependencies={
             "service": Provide(lambda: parts.service, sync_to_thread=False),
