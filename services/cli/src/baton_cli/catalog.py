@@ -157,8 +157,10 @@ def _by_key(document: dict[str, Any], part: str) -> dict[str, Any]:
         pairs = [(str(d.get("id")) if isinstance(d, dict) else str(d), d) for d in items]
     else:
         pairs = []
-    return {k: {f: x for f, x in v.items() if f != "tenant"} if isinstance(v, dict) else v
-            for k, v in pairs}
+    return {
+        k: {f: x for f, x in v.items() if f != "tenant"} if isinstance(v, dict) else v
+        for k, v in pairs
+    }
 
 
 def _read_catalog(file: Path) -> dict[str, Any]:

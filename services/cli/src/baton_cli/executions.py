@@ -166,9 +166,7 @@ def delete(
 # --- send --wait ----------------------------------------------------------------------------
 
 
-def watch(
-    execution: dict[str, Any], seconds: float, api_url: str, api_key: str
-) -> dict[str, Any]:
+def watch(execution: dict[str, Any], seconds: float, api_url: str, api_key: str) -> dict[str, Any]:
     """Poll the execution until it ends or `seconds` pass; a live status line on stderr when
     it is a terminal. Returns the last state seen."""
     from rich.console import Console

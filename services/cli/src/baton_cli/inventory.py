@@ -195,5 +195,3 @@ def read_mapping(file: Path) -> dict[str, Any]:
 
 def _yaml(value: Any) -> str:
     return yaml.safe_dump(value, sort_keys=False, allow_unicode=True).rstrip("\n")
-
-

@@ -25,7 +25,6 @@ from baton_cli import executions as executions_cli
 from baton_cli.api_client import (
     DEFAULT_KEY,
     DEFAULT_URL,
-    EXIT_PROBLEM,
     ApiKey,
     ApiUrl,
     answer,

@@ -84,7 +84,9 @@ def moment(value: Any) -> str:
     return at.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], status_col: int = -1) -> None:
+def print_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], status_col: int = -1
+) -> None:
     """Columns under their headers: a rich table on a terminal, plain aligned text when piped
     (no colour, no trailing blanks)."""
     from rich.console import Console
