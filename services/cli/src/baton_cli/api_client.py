@@ -87,14 +87,7 @@ def answer(response: Any) -> Any:
     return payload
 
 
-def call(
-    method: str,
-    api_url: str,
-    path: str,
-    key: str,
-    body: Any = None,
-    params: Any = None,
-    timeout: float = 30.0,
-) -> Any:
-    """`method` on the API's `path`; the JSON answer, or exit 1 (a problem) / 2 (no API)."""
-    return answer(request(method, api_url, path, key, body, params, timeout))
+def call(method: str, api_url: str, path: str, key: str, body: Any = None, **options: Any) -> Any:
+    """`request`'s JSON answer, or exit 1 (a problem) / 2 (no API). `options`: `params`,
+    `timeout`."""
+    return answer(request(method, api_url, path, key, body, **options))

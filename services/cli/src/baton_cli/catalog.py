@@ -19,6 +19,7 @@ import typer
 import yaml
 
 from baton_cli.api_client import DEFAULT_KEY, DEFAULT_URL, ApiKey, ApiUrl, call, fail
+from baton_cli.output import progress_bar
 
 catalog_app = typer.Typer(
     help="Import or export the device catalog (YAML), or write one with a generated fleet.",
@@ -88,18 +89,7 @@ def import_(
 @contextmanager
 def steps(total: int) -> Iterator[Callable[[str], None]]:
     """A progress bar on stderr, on a terminal only: `step(what)` ends a step."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        transient=True,
-        console=console,
-        disable=not console.is_terminal,
-    ) as bar:
+    with progress_bar() as bar:
         task = bar.add_task("reading", total=total)
         yield lambda what: bar.update(task, advance=1, description=what)
 

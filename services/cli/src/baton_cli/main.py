@@ -38,7 +38,7 @@ from baton_cli.inventory import devices_app, types_app
 from baton_cli.keys import keys_app, tenants_app
 from baton_cli.mqtt_setup import mqtt_setup
 from baton_cli.nats_setup import nats_setup
-from baton_cli.output import dumps, event_line, execution_summary
+from baton_cli.output import dumps, event_line, execution_summary, progress_bar
 
 if TYPE_CHECKING:
     from baton_platform.settings import Settings
@@ -224,9 +224,6 @@ def replay() -> None:
 
     One transaction: the api keeps serving the old rows until the new ones are complete.
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from baton_platform.eventstore import open_executions
     from baton_platform.settings import Settings
     from baton_views import rebuild
@@ -236,17 +233,8 @@ def replay() -> None:
     executions = open_executions(settings)
     reached = 0
     try:
-        # The bar goes to stderr and only to a terminal: piped output is the result line alone.
-        console = Console(stderr=True)
-        with Progress(
-            TextColumn("replaying"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            transient=True,
-            console=console,
-            disable=not console.is_terminal,
-        ) as bar:
-            task = bar.add_task("replay", total=None)
+        with progress_bar() as bar:
+            task = bar.add_task("replaying", total=None)
 
             def progress(position: int, last: int) -> None:
                 nonlocal reached

@@ -146,6 +146,23 @@ def execution_detail(execution: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def progress_bar() -> Any:
+    """A rich Progress on stderr, shown on a terminal only (piped output is the result
+    alone): `{task.description}`, a bar, done/total. Use `with progress_bar() as bar:`."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        transient=True,
+        console=console,
+        disable=not console.is_terminal,
+    )
+
+
 def dumps(value: Any) -> str:
     """`--json` output: indented, keys in the API's order."""
     return json.dumps(value, indent=2, ensure_ascii=False)
