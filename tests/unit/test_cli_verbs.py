@@ -494,3 +494,16 @@ def test_the_banner_gives_the_cli_its_settings_and_the_warnings(tmp_path: Path) 
 def test_no_catalog_warning_when_no_file_was_asked_for(tmp_path: Path) -> None:
     stack = dev_stack(data_dir=tmp_path, api_key="k", catalog=DEMO, api_port=free_port())
     assert catalog_warning(stack, explicit=False) is None
+
+
+def test_send_wait_shows_a_live_status_line_on_a_terminal(api: FakeApi) -> None:
+    acknowledged = {**EXECUTION, "status": "ACKNOWLEDGED"}
+    api.on("GET", (200, acknowledged), (200, acknowledged), (200, ENDED))
+    result = runner.invoke(
+        app,
+        ["send", "d1", "reboot", "--wait", "10"],
+        env={"BATON_API_URL": api.url, "FORCE_COLOR": "1", "TTY_COMPATIBLE": "1"},
+    )
+    assert result.exit_code == 0, result.output
+    assert f"{ID}: ACKNOWLEDGED (" in result.stderr
+    assert "  status   SUCCEEDED" in result.stdout
