@@ -6,6 +6,7 @@ finds the last dev stack's settings (devstate), `baton dev reset` and the `make 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +47,12 @@ def clean_client_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in CLIENT_SETTINGS:
         monkeypatch.setenv(key, "")
         monkeypatch.delenv(key)
+    # `baton simulate` run in-process by another test configured logging onto its runner's
+    # stderr, closed since: what logs now (httpx) would write there and fail.
+    for handler in list(logging.root.handlers):
+        stream = getattr(handler, "stream", None)
+        if isinstance(handler, logging.StreamHandler) and getattr(stream, "closed", False):
+            logging.root.removeHandler(handler)
 
 
 def invoke(api: FakeApi, *args: str) -> typer.testing.Result:
