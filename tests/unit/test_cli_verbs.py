@@ -23,6 +23,7 @@ from baton_cli.executions import parse_moment
 from baton_cli.localstack import free_port
 from baton_cli.main import app
 from baton_cli.output import moment, problem_lines
+from baton_domain.catalog import Catalog
 from tests.unit.cli_support import EXECUTION, Answer, FakeApi, api
 
 __all__ = ["api"]  # the fixture
@@ -498,9 +499,19 @@ def test_the_banner_gives_the_cli_its_settings_and_the_warnings(tmp_path: Path) 
     assert "WARNING: BATON_CATALOG_PATH=x is NOT in use" in text
 
 
-def test_no_catalog_warning_when_no_file_was_asked_for(tmp_path: Path) -> None:
-    stack = dev_stack(data_dir=tmp_path, api_key="k", catalog=DEMO, api_port=free_port())
-    assert catalog_warning(stack, explicit=False) is None
+def test_a_catalog_file_the_stored_catalog_overrides_is_said(tmp_path: Path) -> None:
+    demo = Catalog.from_yaml(DEMO)
+    seeds = Catalog.from_yaml(ROOT / "deploy/catalog/seeds.yaml")
+    stack = dev_stack(data_dir=tmp_path, api_key="k", catalog=DEMO)
+    assert catalog_warning(stack, None) is None  # the api did not say
+    assert catalog_warning(stack, demo) is None  # the file is the one in use
+    warning = catalog_warning(stack, seeds)
+    assert warning is not None
+    assert warning.startswith(f"BATON_CATALOG_PATH={DEMO} is NOT in use: {tmp_path} holds")
+    # The banner's example is then a device of the catalog in use, not of the file.
+    text = _banner(stack, [warning], seeds)
+    assert "demo-thermostat-1" not in text
+    assert f"baton send {seeds.devices[0].id} " in text
 
 
 def test_send_wait_shows_a_live_status_line_on_a_terminal(api: FakeApi) -> None:

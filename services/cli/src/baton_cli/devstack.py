@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -29,6 +29,9 @@ from baton_cli.localstack import (
     mqtt_flavour,
     start_postgres,
 )
+
+if TYPE_CHECKING:
+    from baton_domain.catalog import Catalog
 
 dev_app = typer.Typer(
     help="Run the whole stack locally (what `make run` does).", no_args_is_help=True
@@ -80,15 +83,19 @@ def metrics_port_problem(stack: Stack) -> str | None:
     return None
 
 
-def first_command(catalog: Path) -> tuple[str, str, dict[str, Any]]:
+def first_command(catalog: Path | Catalog) -> tuple[str, str, dict[str, Any]]:
     """A command the banner can show for the catalog in use: the demo's own example, or a
     command of the first device that needs no params (else its first command)."""
     from baton_domain.catalog import Catalog, CatalogError
 
-    try:
-        loaded = Catalog.from_yaml(catalog)
-    except (CatalogError, OSError):
-        loaded = None
+    loaded: Catalog | None
+    if isinstance(catalog, Catalog):
+        loaded = catalog
+    else:
+        try:
+            loaded = Catalog.from_yaml(catalog)
+        except (CatalogError, OSError):
+            loaded = None
     devices = loaded.devices if loaded is not None else []
     if not devices or any(d.id == "demo-thermostat-1" for d in devices):
         return "demo-thermostat-1", "set_temperature", {"value": 22}
@@ -99,10 +106,11 @@ def first_command(catalog: Path) -> tuple[str, str, dict[str, Any]]:
     return device.id, next(iter(free or commands), "reboot"), {}
 
 
-def _banner(stack: Stack, warnings: list[str] | None = None) -> str:
+def _banner(stack: Stack, warnings: list[str] | None = None, stored: Catalog | None = None) -> str:
+    """`stored`: the catalog in use when it is not the file's (the example is one of its)."""
     key = stack.api_key
     broker = "Mosquitto" if stack.broker == "mosquitto" else "nats-server's MQTT listener"
-    device, name, params = first_command(stack.catalog)
+    device, name, params = first_command(stored or stack.catalog)
     body = json.dumps({"name": name, "params": params})
     cli_params = "".join(f" --param {k}={json.dumps(v)}" for k, v in params.items())
     metrics = "".join(
@@ -138,27 +146,34 @@ def _warnings(warnings: list[str]) -> str:
     return "".join(f"\nWARNING: {w}\n" for w in warnings)
 
 
-def catalog_warning(stack: Stack, explicit: bool) -> str | None:
-    """Why the catalog file asked for is not the one in use: the data directory holds a
-    catalog already (the file seeds an empty one only). None when it is in use, or when no
-    file was asked for (the default's differences are the user's own changes)."""
+def stored_catalog(stack: Stack) -> Catalog | None:
+    """The catalog the running stack's key sees (None if the api does not say)."""
     import httpx
 
-    from baton_domain.catalog import Catalog, CatalogError
-    from baton_domain.catalog_document import document_of
+    from baton_domain.catalog import Catalog
 
-    if not explicit:
-        return None
     try:
-        wanted = document_of(Catalog.from_yaml(stack.catalog).of("default"))
-        stored = httpx.get(
+        answer = httpx.get(
             f"{stack.api_url}/v1/catalog",
             headers={"Authorization": f"Bearer {stack.api_key}"},
             timeout=10,
-        ).json()
-    except (CatalogError, OSError, ValueError, httpx.HTTPError):
+        )
+        return Catalog.model_validate(answer.raise_for_status().json())
+    except (httpx.HTTPError, ValueError):  # pydantic's ValidationError is a ValueError
         return None
-    if stored == wanted:
+
+
+def catalog_warning(stack: Stack, stored: Catalog | None) -> str | None:
+    """Why the catalog file asked for is not the one in use: the data directory holds a
+    catalog already (the file seeds an empty one only). None when it is in use."""
+    from baton_domain.catalog import Catalog, CatalogError
+    from baton_domain.catalog_document import document_of
+
+    try:
+        wanted = document_of(Catalog.from_yaml(stack.catalog).of("default"))
+    except (CatalogError, OSError):
+        return None
+    if stored is None or document_of(stored) == wanted:
         return None
     return (
         f"BATON_CATALOG_PATH={stack.catalog} is NOT in use: {stack.data_dir} holds a catalog "
@@ -257,8 +272,13 @@ def run(
             typer.echo(f"The API did not become ready; see {stack.log_dir}/", err=True)
             raise typer.Exit(1)
         write_state(stack.env(), os.getpid())  # `baton ...` finds this stack from anywhere
-        warning = catalog_warning(stack, catalog.resolve() != DEFAULT_CATALOG.resolve())
-        typer.echo(_banner(stack, [warning] if warning else []))
+        # A catalog asked for (not the default) that the data directory's overrides: said.
+        stored = stored_catalog(stack) if catalog.resolve() != DEFAULT_CATALOG.resolve() else None
+        warning = catalog_warning(stack, stored)
+        if warning is None:
+            typer.echo(_banner(stack))
+        else:  # its example: a device of the catalog in use
+            typer.echo(_banner(stack, [warning], stored))
         while not stopping:
             dead = stack.dead()
             if dead:
