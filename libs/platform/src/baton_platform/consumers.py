@@ -27,6 +27,7 @@ the rest, where the consumer used to receive, decode and acknowledge each one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -37,6 +38,8 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 from nats.js.api import DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
+
+from baton_platform import metrics
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +158,8 @@ class DurableConsumer:
             deliver_policy=DeliverPolicy.ALL,
             config=config,
         )
+        _RUNNING[self.stream, self.name] = self
+        _sample_lag_while_running()
 
     def delivered_before(self, msg: Msg) -> bool:
         """Whether `msg` was delivered before: to this instance (JetStream counts it), or to
@@ -187,6 +192,29 @@ class DurableConsumer:
         if self._subscription is not None:
             await self._subscription.unsubscribe()
             self._subscription = None
+        if _RUNNING.get((self.stream, self.name)) is self:
+            del _RUNNING[self.stream, self.name]
+            # Its lag is another's to say now (a partition handed over), or nobody's.
+            for gauge in (metrics.CONSUMER_PENDING, metrics.CONSUMER_ACK_PENDING):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(self.stream, self.name)
+
+    async def sample_lag(self) -> None:
+        """Its lag as the server tells it, into the gauges (nothing when it cannot tell)."""
+        if self._js is None:
+            return
+        try:
+            info = await asyncio.wait_for(
+                self._js.consumer_info(self.stream, self.name), LAG_QUERY_TIMEOUT_S
+            )
+        except Exception as exc:  # NATS away: the gauges keep the last value they had
+            log.debug("lag of %s not sampled: %s", self.name, exc)
+            return
+        if _RUNNING.get((self.stream, self.name)) is self:  # not stopped meanwhile
+            metrics.CONSUMER_PENDING.labels(self.stream, self.name).set(info.num_pending or 0)
+            metrics.CONSUMER_ACK_PENDING.labels(self.stream, self.name).set(
+                info.num_ack_pending or 0
+            )
 
     async def _on_message(self, msg: Msg) -> None:
         async with self._handling:
@@ -197,6 +225,32 @@ class DurableConsumer:
             except Exception:
                 log.exception("%s: handling %s failed; delivering it again", self.name, msg.subject)
                 await msg.nak(delay=1.0)
+
+
+# The durable consumers this process runs, by (stream, name): their lag is sampled every
+# metrics.SAMPLE_INTERVAL_S while metrics are served (one consumer-info request each), not
+# counted per message.
+_RUNNING: dict[tuple[str, str], DurableConsumer] = {}
+LAG_QUERY_TIMEOUT_S = 2.0
+_sampler: asyncio.Task[None] | None = None
+
+
+def _sample_lag_while_running() -> None:
+    """Start the lag sampler of this event loop, if metrics are served and it is not running."""
+    global _sampler
+    if not metrics.serving():
+        return
+    loop = asyncio.get_running_loop()
+    if _sampler is not None and not _sampler.done() and _sampler.get_loop() is loop:
+        return
+    _sampler = loop.create_task(_sample_lag(), name="consumer-lag")
+
+
+async def _sample_lag() -> None:
+    while _RUNNING:
+        for consumer in list(_RUNNING.values()):
+            await consumer.sample_lag()
+        await asyncio.sleep(metrics.SAMPLE_INTERVAL_S)
 
 
 BatchHandler = Callable[[list[Msg]], Awaitable[None]]

@@ -141,6 +141,20 @@ class Settings(BaseSettings):
     # service behaviour
     instance: str = "default"
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="json: one JSON object a line, for a log shipper (production); text: "
+        "for people (`baton dev run` and the tests' stacks set it)",
+    )
+    log_messages: bool = Field(
+        default=False,
+        description="log FastStream's `Received`/`Processed` line for every message it handles",
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="export traces over OTLP/HTTP to this collector (http://host:4318); "
+        "unset: tracing is off and costs nothing",
+    )
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Prometheus metrics port; 0 turns it off"
     )
@@ -222,6 +236,12 @@ class Settings(BaseSettings):
     def scheduler_database(self) -> Database:
         """The scheduler's deadlines: `deadlines.sqlite`, or the schema `scheduler`."""
         return self._database(self.scheduler_path, "scheduler")
+
+    @property
+    def traces_database(self) -> Database:
+        """Trace contexts between a submit and its events' relay, while tracing is on:
+        `traces.sqlite`, or the schema `traces` (baton_dispatcher.traces)."""
+        return self._database(self.data_dir / "traces.sqlite", "traces")
 
     def _database(self, path: Path, schema: str) -> Database:
         url = self.postgres_url

@@ -23,7 +23,6 @@ import typer
 
 from baton_cli.devstate import forget_state, write_state
 from baton_cli.localstack import (
-    METRICS_OFFSETS,
     PostgresServer,
     Stack,
     mqtt_flavour,
@@ -77,7 +76,7 @@ def metrics_port_problem(stack: Stack) -> str | None:
             except OSError as exc:
                 return (
                     f"{setting}: port {port} ({name} metrics, BATON_METRICS_PORT"
-                    f"+{METRICS_OFFSETS[name]}) is not free ({exc.strerror or exc}); "
+                    f"+{port - stack.metrics_port}) is not free ({exc.strerror or exc}); "
                     "choose another base port, or 0 to turn metrics off"
                 )
     return None
@@ -216,7 +215,8 @@ def run(
         envvar="BATON_METRICS_PORT",
         min=0,
         help="Prometheus metrics of the dispatcher on this port, of the timeout-scheduler, "
-        "device-bridge and api on the next three; 0 turns them off.",
+        "device-bridge and api on the next three (--cluster: the second replicas on the "
+        "four after); 0 turns them off.",
     ),
     cluster: bool = typer.Option(
         False,

@@ -31,6 +31,7 @@ from baton_cli.api_client import (
     fail,
     request,
 )
+from baton_cli.asyncapi import asyncapi
 from baton_cli.catalog import catalog_app
 from baton_cli.devstack import dev_app
 from baton_cli.devstate import apply_state, origin
@@ -57,6 +58,7 @@ app.command("nats-setup")(nats_setup)
 app.command("mqtt-setup")(mqtt_setup)
 app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
+app.command("asyncapi")(asyncapi)
 
 
 def _version(shown: bool) -> None:
@@ -473,7 +475,7 @@ def simulate(
         fail(f"the simulator is not available: {exc}")
 
     settings = Settings()
-    configure_logging("simulator", settings.log_level)
+    configure_logging("simulator", settings.log_level, settings.log_format)
     devices, silent_devices = list(device or []), list(silent or [])
     by_name = timings(answer_delay or [], progress_delay or [])
     options: dict[str, Any] = {}  # only what differs from run_simulator's defaults

@@ -26,6 +26,7 @@ from baton_device_bridge.reports import ReportSink
 from baton_device_bridge.watermark import Watermark, WatermarkSink
 from baton_device_bridge.wiring import Wiring
 from baton_domain.catalog import Catalog, CatalogError
+from baton_platform import tracing
 from baton_platform.consumers import DurableConsumer
 from baton_platform.lifecycle import cancel_and_wait
 from baton_platform.nats import connect, identity, wait_for_streams
@@ -88,8 +89,9 @@ class DeviceBridge:
             await self._load_catalog(first=True)
         sink = ReportSink(js)
         self.in_flight = InFlight(settings.data_dir / "bridge.sqlite")
+        traces = tracing.Remembered()  # each request's context, for its answers
         self.answers = AnswerForwarder(
-            sink, self.wiring, self.in_flight.current, retry_cap=self.retry_cap
+            sink, self.wiring, self.in_flight.current, self.retry_cap, traces
         )
         marks = WatermarkSink(js, settings.instance)
         await marks.introduce(datetime.now(UTC))
@@ -116,6 +118,7 @@ class DeviceBridge:
             self._catalog_changed,
             self.watermark,
             self.share,
+            traces,
         )
         await self._events.start(js)
         try:

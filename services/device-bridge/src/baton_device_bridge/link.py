@@ -17,7 +17,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiomqtt
@@ -107,18 +107,28 @@ class MqttLink:
 
     # --- commands out -----------------------------------------------------------------------
 
-    async def publish(self, topic: str, payload: bytes, expiry: int | None = None) -> None:
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        expiry: int | None = None,
+        trace: Mapping[str, str] | None = None,
+    ) -> None:
         """Publish with QoS 1; returns once the broker acknowledged it (PUBACK).
 
         Raises MqttNotConnectedError when not connected within `connect_wait` (nothing was
         sent), MqttUnavailableError when the connection is lost before the PUBACK (the broker
-        may have taken it): the caller must then try again later.
+        may have taken it): the caller must then try again later. `trace` goes as MQTT 5
+        user properties (none on 3.1.1, which has no place for it).
         """
         session = await self._current()
         properties = None
-        if self.v5 and expiry is not None:
+        if self.v5 and (expiry is not None or trace):
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            properties.MessageExpiryInterval = expiry
+            if expiry is not None:
+                properties.MessageExpiryInterval = expiry
+            if trace:  # W3C trace context as user properties (docs/mqtt-contract.md)
+                properties.UserProperty = list(trace.items())
         sending = asyncio.ensure_future(
             session.client.publish(
                 topic, payload, qos=1, properties=properties, timeout=self._publish_timeout
