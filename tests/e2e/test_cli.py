@@ -162,8 +162,16 @@ def test_types_and_devices_add_show_remove(stack: Stack, tmp_path: Path) -> None
     assert device.stdout == "added device lamp-1 (lamp)\n", device.stderr
     shown = yaml.safe_load(cli(stack, "devices", "show", "lamp-1").stdout)
     assert shown["labels"] == {"room": "hall"}
-    listed = cli(stack, "devices", "list").stdout.splitlines()
-    assert ["lamp-1", "lamp", "-", "room=hall"] in [line.split() for line in listed]
+    listed = cli(stack, "devices", "list", "--type", "lamp")
+    assert [line.split() for line in listed.stdout.splitlines()] == [
+        ["ID", "TYPE", "PRESENCE", "LAST", "SEEN", "WAITING", "LABELS"],
+        ["lamp-1", "lamp", "unknown", "-", "0", "room=hall"],  # it never connected
+    ]
+    assert listed.stderr == "1 of 1 device(s)\n"
+    first = cli_json(stack, "devices", "list", "--limit", "2")
+    assert [d["id"] for d in first["items"]] == ["demo-silent-1", "demo-thermostat-1"]
+    rest = cli_json(stack, "devices", "list", "--cursor", first["next_cursor"])
+    assert [d["id"] for d in rest["items"]][:1] == ["demo-thermostat-2"]
 
     in_use = cli(stack, "types", "remove", "lamp")
     assert in_use.returncode == 1 and "(HTTP 409)" in in_use.stderr

@@ -243,22 +243,40 @@ def test_send_without_wait_does_not_poll(api: FakeApi) -> None:
 # --- devices and types -----------------------------------------------------------------------
 
 
-def test_devices_list_and_json(api: FakeApi) -> None:
+def test_devices_list_pages_and_json(api: FakeApi) -> None:
+    queue = {"waiting": 2, "in_flight": 1, "cooldowns": {}}
     page = {
         "items": [
-            {"id": "t-1", "type": "thermostat", "labels": {"room": "lab"}},
-            {"id": "c-1", "type": "charger", "hardware_id": "HW-9"},
+            {
+                "id": "c-1",
+                "type": "charger",
+                "labels": {},
+                "presence": "unknown",
+                "last_seen": None,
+                "queue": {**queue, "waiting": 0},
+            },
+            {
+                "id": "t-1",
+                "type": "thermostat",
+                "labels": {"room": "lab"},
+                "presence": "online",
+                "last_seen": "2026-11-01T12:00:00Z",
+                "queue": queue,
+            },
         ],
-        "total_count": 2,
+        "total_count": 3,
+        "next_cursor": "t-1",
     }
     api.on("GET", (200, page))
-    result = invoke(api, "devices", "list")
-    assert result.exit_code == 0
+    result = invoke(api, "devices", "list", "-t", "thermostat", "--limit", "2", "--cursor", "a")
+    assert result.exit_code == 0, result.output
+    assert api.requests[0]["query"] == {"limit": ["2"], "type": ["thermostat"], "cursor": ["a"]}
     assert [line.split() for line in result.stdout.splitlines()] == [
-        ["ID", "TYPE", "HARDWARE", "ID", "LABELS"],
-        ["t-1", "thermostat", "-", "room=lab"],
-        ["c-1", "charger", "HW-9", "-"],
+        ["ID", "TYPE", "PRESENCE", "LAST", "SEEN", "WAITING", "LABELS"],
+        ["c-1", "charger", "unknown", "-", "0", "-"],
+        ["t-1", "thermostat", "online", "2026-11-01", "12:00:00", "2", "room=lab"],
     ]
+    assert result.stderr == "2 of 3 device(s); next page: --cursor t-1\n"
     assert json.loads(invoke(api, "devices", "list", "--json").stdout) == page
 
 

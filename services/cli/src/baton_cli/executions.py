@@ -19,6 +19,7 @@ from baton_cli.output import (
     execution_detail,
     execution_row,
     execution_summary,
+    page_footer,
     print_table,
 )
 from baton_domain.statuses import TERMINAL_STATUSES
@@ -104,10 +105,7 @@ def list_executions(
         typer.echo("no executions", err=True)
         return
     print_table(EXECUTION_HEADERS, [execution_row(e) for e in items], status_col=3)
-    total = page.get("total_count")
-    about = "" if page.get("total_count_exact", True) else "about "
-    more = f"; next page: --cursor {page['next_cursor']}" if page.get("next_cursor") else ""
-    typer.echo(f"{len(items)} of {about}{total} execution(s){more}", err=True)
+    typer.echo(page_footer(page, "execution"), err=True)
 
 
 def get(

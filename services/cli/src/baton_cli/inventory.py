@@ -11,7 +11,7 @@ import typer
 import yaml
 
 from baton_cli.api_client import DEFAULT_KEY, DEFAULT_URL, ApiKey, ApiUrl, AsJson, call, fail
-from baton_cli.output import dumps, print_table
+from baton_cli.output import dumps, moment, page_footer, print_table
 
 devices_app = typer.Typer(help="List, show, add and remove devices.", no_args_is_help=True)
 types_app = typer.Typer(help="List, show, add and remove device types.", no_args_is_help=True)
@@ -36,10 +36,24 @@ def _empty(page: dict[str, Any], what: str) -> bool:
 
 @devices_app.command("list")
 def list_devices(
-    as_json: AsJson = False, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = DEFAULT_KEY
+    device_type: Annotated[
+        str | None, typer.Option("--type", "-t", help="Only devices of this type.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="Rows per page.")] = 50,
+    cursor: Annotated[
+        str | None, typer.Option(help="The page after this one (printed under the table).")
+    ] = None,
+    as_json: AsJson = False,
+    api_url: ApiUrl = DEFAULT_URL,
+    api_key: ApiKey = DEFAULT_KEY,
 ) -> None:
-    """The catalog's devices: id, type, hardware id, labels."""
-    page = call("GET", api_url, "/v1/devices", api_key)
+    """The catalog's devices by id, with their presence and queue."""
+    params: dict[str, Any] = {"limit": limit}
+    if device_type is not None:
+        params["type"] = device_type
+    if cursor is not None:
+        params["cursor"] = cursor
+    page = call("GET", api_url, "/v1/devices", api_key, params=params)
     if as_json:
         typer.echo(dumps(page))
         return
@@ -49,12 +63,15 @@ def list_devices(
         [
             str(d.get("id")),
             str(d.get("type")),
-            str(d.get("hardware_id") or "-"),
+            str(d.get("presence") or "-"),
+            moment(d.get("last_seen")),
+            str((d.get("queue") or {}).get("waiting", "-")),
             " ".join(f"{k}={v}" for k, v in (d.get("labels") or {}).items()) or "-",
         ]
         for d in page["items"]
     ]
-    print_table(("ID", "TYPE", "HARDWARE ID", "LABELS"), rows)
+    print_table(("ID", "TYPE", "PRESENCE", "LAST SEEN", "WAITING", "LABELS"), rows)
+    typer.echo(page_footer(page, "device"), err=True)
 
 
 @devices_app.command("show")
@@ -64,7 +81,7 @@ def show_device(
     api_url: ApiUrl = DEFAULT_URL,
     api_key: ApiKey = DEFAULT_KEY,
 ) -> None:
-    """One device, as YAML (or JSON)."""
+    """One device, with its presence and queue, as YAML (or JSON)."""
     device = call("GET", api_url, f"/v1/devices/{device_id}", api_key)
     typer.echo(dumps(device) if as_json else _yaml(device))
 

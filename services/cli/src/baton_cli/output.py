@@ -146,6 +146,14 @@ def execution_detail(execution: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def page_footer(page: dict[str, Any], noun: str) -> str:
+    """Under a page's table, on stderr: how many of how many, and the next page's cursor."""
+    shown, total = len(page.get("items") or []), page.get("total_count")
+    about = "" if page.get("total_count_exact", True) else "about "
+    more = f"; next page: --cursor {page['next_cursor']}" if page.get("next_cursor") else ""
+    return f"{shown} of {about}{total} {noun}(s){more}"
+
+
 def progress_bar() -> Any:
     """A rich Progress on stderr, shown on a terminal only (piped output is the result
     alone): `{task.description}`, a bar, done/total. Use `with progress_bar() as bar:`."""
