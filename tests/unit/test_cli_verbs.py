@@ -543,3 +543,34 @@ def test_send_wait_shows_a_live_status_line_on_a_terminal(api: FakeApi) -> None:
     assert result.exit_code == 0, result.output
     assert f"{ID}: ACKNOWLEDGED (" in result.stderr
     assert "  status   SUCCEEDED" in result.stdout
+
+
+def test_simulate_joins_the_broker_of_the_dev_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    import baton_simulator
+
+    calls: list[tuple[object, ...]] = []
+    options: list[dict[str, object]] = []
+
+    async def fake_run_simulator(*call: object, **given: object) -> None:
+        calls.append(call)
+        options.append(given)
+
+    monkeypatch.setattr(baton_simulator, "run_simulator", fake_run_simulator, raising=False)
+    for key in ("BATON_MQTT_HOST", "BATON_MQTT_PORT", "BATON_MQTT_PROTOCOL"):
+        monkeypatch.delenv(key, raising=False)
+    write_state(
+        {
+            "BATON_MQTT_HOST": "127.0.0.1",
+            "BATON_MQTT_PORT": "53733",
+            "BATON_MQTT_PROTOCOL": "3.1.1",
+            "BATON_MQTT_USERNAME": "baton-simulator",
+            "BATON_MQTT_PASSWORD": "s3cret",
+        },
+        1,
+    )
+    result = runner.invoke(app, ["simulate", "-d", "a"])
+    assert result.exit_code == 0, result.output
+    [(host, port, protocol, *_)] = calls
+    assert (host, port, protocol) == ("127.0.0.1", 53733, "3.1.1")
+    access = options[0]["access"]
+    assert (access.username, access.password) == ("baton-simulator", "s3cret")  # type: ignore[attr-defined]
