@@ -35,6 +35,7 @@ from baton_dispatcher.router import Router
 from baton_dispatcher.traces import TraceContexts
 from baton_dispatcher.writer import Writer
 from baton_domain.catalog import Catalog
+from baton_domain.catalog_document import document_of
 from baton_platform import tracing
 from baton_platform.eventstore import open_executions
 from baton_platform.leases import hold, holder_name, open_bucket
@@ -118,6 +119,13 @@ class Dispatcher:
         # catalog is managed data (the api's /v1/device-types and /v1/devices, `baton
         # catalog import`).
         await self._writer.seed_catalog()
+        stored = await asyncio.to_thread(executions.catalog_document)
+        if stored != document_of(catalog):
+            log.warning(
+                "the stored catalog is in use, not BATON_CATALOG_PATH=%s: the file seeds an "
+                "empty store only (`baton catalog import FILE` loads it)",
+                settings.catalog_path,
+            )
         self._edges = RequestEdges(self._nc, SERVICE, DISPATCHER_QUEUE, CONCURRENT_REQUESTS)
         self._legacy_reports = await narrow_legacy_consumer(js)
         self._keeper = PartitionKeeper(
