@@ -97,3 +97,24 @@ def test_devices_page_by_id_with_a_cursor_and_filter_by_type(
 @pytest.mark.parametrize("query", [{"cursor": "%%%"}, {"limit": 0}, {"limit": 501}, {"typ": "x"}])
 def test_bad_paging_is_a_problem(client: TestClient[Any], query: dict[str, Any]) -> None:
     assert_problem(client.get("/v1/devices", params=query, headers=AUTH), 422)
+
+
+def test_a_device_as_get_gives_it_can_be_written_back(
+    client: TestClient[Any], executions: Executions
+) -> None:
+    executions.record_presence("demo-thermostat-1", True, SEEN)
+    device = client.get("/v1/devices/demo-thermostat-1", headers=AUTH).json()
+    device["labels"] = {"room": "attic"}
+
+    replaced = client.put("/v1/devices/demo-thermostat-1", json=device, headers=ADMIN)
+
+    assert replaced.status_code == 200, replaced.text
+    assert replaced.json() == {
+        "id": "demo-thermostat-1",
+        "type": device["type"],
+        "hardware_id": device["hardware_id"],
+        "labels": {"room": "attic"},
+        "tenant": device["tenant"],
+    }
+    again = client.get("/v1/devices/demo-thermostat-1", headers=AUTH).json()
+    assert (again["labels"], again["presence"]) == ({"room": "attic"}, "online")

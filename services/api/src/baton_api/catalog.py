@@ -143,6 +143,11 @@ class DeviceOut(Device):
     queue: QueueOut
 
 
+# What GET adds to a device: the record of what it is doing, not part of the catalog. A write
+# drops them, so what GET gave can be sent back as it is (GET, edit, PUT).
+READ_ONLY_DEVICE_FIELDS = frozenset(DeviceOut.model_fields) - frozenset(Device.model_fields)
+
+
 class DevicePage(BaseModel):
     items: list[DeviceOut]
     total_count: int = Field(description="devices matching the filter, over all pages")
@@ -338,7 +343,7 @@ class DeviceController(Controller):
         data: JSONBody[dict[str, Any]],
     ) -> Device:
         """Admin: add a device: `{id, type, hardware_id?, labels?}`; 409 if one has the id
-        (PUT replaces)."""
+        (PUT replaces). What GET adds (presence, last_seen, queue) is read-only and ignored."""
         return await self._change(catalog_service, caller, "create-device", data)
 
     @put("/{device_id:str}", guards=[admin])
@@ -370,6 +375,7 @@ class DeviceController(Controller):
         op: Literal["create-device", "put-device"],
         device: dict[str, Any],
     ) -> Device:
+        device = {k: v for k, v in device.items() if k not in READ_ONLY_DEVICE_FIELDS}
         document = await service.change(CatalogChange(op=op, device=device), caller)
         stored = next(d for d in document["devices"] if d["id"] == device.get("id"))
         return Device.model_validate(stored)
