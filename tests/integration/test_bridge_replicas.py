@@ -428,6 +428,35 @@ async def test_every_profile_works_across_replicas_and_raw_mapped_goes_out_via_i
     )
 
 
+@pytest.mark.parametrize("catalog", [PROFILES_CATALOG], indirect=True)
+async def test_a_raw_mapped_answer_left_in_a_dead_slot_is_attributed_by_the_slots_next_runner(
+    scheduler: TimeoutScheduler, nc: Client, mqtt_broker: Server, replicas: list[Replica]
+) -> None:
+    """A raw-mapped answer names no execution. Its request out, the replica that sent it is
+    killed; the device answers into the slot's session; the other replica takes the slot,
+    reads the device's execution in flight from BATON_BRIDGE_IN_FLIGHT and records the
+    answers against it."""
+    js = nc.jetstream()
+    await started(replicas)
+    reader = next(r for r in replicas if r.share.owns("iotee-1"))
+    other = next(r for r in replicas if r is not reader)
+    v5 = aiomqtt.ProtocolVersion.V5
+    async with aiomqtt.Client(
+        "127.0.0.1", mqtt_broker.port, identifier="hand-iotee-1", protocol=v5
+    ) as device:
+        await device.subscribe("iotee/dev/ABC123/rls", qos=1)
+        sent = await send(nc, [("iotee-1", "unlock")])
+        request = await asyncio.wait_for(anext(aiter(device.messages)), 10)
+        assert request.payload == b"0"
+        reader.kill()
+        for said in (b"ack", b"done"):
+            await device.publish("iotee/dev/ABC123/rls/ack", said, qos=1)
+    await all_ended(js, sent)
+    acknowledged = ["Requested", "Dispatched", "Published", "Acknowledged", "Succeeded"]
+    await exactly_as_answered(js, sent, {"unlock": acknowledged})
+    assert set(sent) <= other.stored()
+
+
 async def test_mosquitto_hands_a_shared_subscriptions_messages_round_robin(
     mqtt_broker: Server,
 ) -> None:
