@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import nats.errors
@@ -68,6 +69,7 @@ class DeviceBridge:
         startup_wait: float = 5.0,
         *,
         catalog: Catalog | None = None,
+        fence: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
         # Refuses replica settings it cannot work with before anything starts.
@@ -78,6 +80,7 @@ class DeviceBridge:
         self.reconnect_cap = reconnect_cap
         self.retry_cap = retry_cap
         self.startup_wait = startup_wait
+        self._fence = fence  # a slot's: whether this process still holds it (MqttLink)
         self.link: MqttLink | None = None
         self.answers: AnswerForwarder | None = None
         self.watermark: Watermark | None = None
@@ -123,6 +126,7 @@ class DeviceBridge:
             reconnect_cap=self.reconnect_cap,
             answer_filters=self.wiring.device_filters(self.share),
             probe_filters=None if self.share.alone else [probe_filter(settings.instance)],
+            fence=self._fence,
         )
         self._link_task = asyncio.create_task(self.link.run(), name="mqtt-link")
         self._watermark_task = asyncio.create_task(self.watermark.run(self.link), name="watermark")
@@ -240,7 +244,9 @@ async def serve_slots(settings: Settings, stop: asyncio.Event, **bridge_options:
     engines: dict[int, DeviceBridge] = {}
 
     async def start(slot: int) -> None:
-        engine = engines[slot] = DeviceBridge(slot_settings(settings, slot))
+        engine = engines[slot] = DeviceBridge(
+            slot_settings(settings, slot), fence=lambda: keeper.holds(slot)
+        )
         await engine.start()
 
     async def halt(slot: int) -> None:

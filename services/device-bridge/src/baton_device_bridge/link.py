@@ -72,8 +72,13 @@ class MqttLink:
         publish_timeout: float = 10.0,
         answer_filters: list[str] | None = None,
         probe_filters: list[str] | None = None,
+        fence: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
+        # Whether it may connect now (a bridge slot: while its lease is held here). Asked
+        # before every connect, so a process that lost its slot (frozen past its lease, then
+        # resumed) does not connect again and push the slot's new runner off its session.
+        self._fence = fence
         # The answer (and status and state) topics of every wire profile the catalog uses
         # (Baton's own answers by default).
         self.answer_filters = answer_filters if answer_filters is not None else [RESPONSE_FILTER]
@@ -231,6 +236,12 @@ class MqttLink:
     async def _connected_loop(self) -> None:
         failures = 0
         while True:
+            if self._fence is not None and not self._fence():
+                log.warning(
+                    "not connecting to MQTT as %s: no longer this process's", self.identifier
+                )
+                await asyncio.sleep(self._reconnect_cap)
+                continue
             try:
                 client = self._client()
                 async with client:

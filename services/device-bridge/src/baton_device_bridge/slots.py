@@ -86,7 +86,12 @@ class SlotKeeper:
 
     @property
     def running(self) -> list[int]:
-        return sorted(k for k, lease in self._leases.items() if lease.held)
+        return [k for k in range(self.slots) if self.holds(k)]
+
+    def holds(self, slot: int) -> bool:
+        """Whether this process may run `slot` now: its lease held, on this process's clock."""
+        lease = self._leases.get(slot)
+        return lease is not None and lease.held
 
     def look_now(self) -> None:
         """A replica gave a slot back: try to take it now, not at the next renewal."""
