@@ -225,6 +225,11 @@ def service_permissions(user: str) -> dict[str, Any]:
                     for index in range(MAX_BRIDGE_REPLICAS)
                     for rule in _consumer(EVENTS_STREAM, bridge_durable((index, 2)))
                 ),
+                # A slot's consumer made anew past a process frozen on it (consumers.py).
+                *(
+                    f"{JS_API}.CONSUMER.DELETE.{EVENTS_STREAM}.{bridge_durable((index, 2))}"
+                    for index in range(MAX_BRIDGE_REPLICAS)
+                ),
                 # Replicas: who runs which slot, and each raw-mapped device's execution.
                 *_kv_bucket(LEASES_BUCKET),
                 *_watched_bucket(BRIDGE_IN_FLIGHT_BUCKET),

@@ -241,5 +241,7 @@ def events_consumer(
             )
 
     durable = bridge_durable((mine.index, mine.replicas))
-    consumer = DurableConsumer(EVENTS_STREAM, durable, SUBJECTS, on_event)
+    # A slot's consumer is read by whichever process runs the slot: deliveries to this one
+    # alone, not to a process frozen past its lease that still has a subscription.
+    consumer = DurableConsumer(EVENTS_STREAM, durable, SUBJECTS, on_event, exclusive=not mine.alone)
     return consumer

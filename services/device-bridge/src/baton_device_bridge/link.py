@@ -139,6 +139,8 @@ class MqttLink:
                 topic, payload, qos=1, properties=properties, timeout=self._publish_timeout
             )
         )
+        # Its failure after the loss below is nobody's to hear: retrieved, not logged.
+        sending.add_done_callback(lambda done: done.cancelled() or done.exception())
         # A PUBACK lost with the connection would only show as a timeout: stop at the loss.
         lost = asyncio.ensure_future(session.lost.wait())
         try:
