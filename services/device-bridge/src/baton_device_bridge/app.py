@@ -232,7 +232,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await bridge.stop()
 
 
-async def serve_slots(settings: Settings, stop: asyncio.Event, **bridge_options: float) -> None:
+async def serve_slots(settings: Settings, stop: asyncio.Event) -> None:
     """A bridge replica: a `DeviceBridge` for each slot it holds (baton_device_bridge.slots),
     its own first, a dead replica's until that one is back; all in this event loop."""
     share_of(settings)  # refuses settings it cannot work with
