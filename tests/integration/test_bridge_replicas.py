@@ -10,13 +10,14 @@ those of its device's answers in the order the device sent them.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import signal
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -134,7 +135,10 @@ class Replica(BridgeProcess):
         found = [m for m in self.log().splitlines() if line in m]
         if not found:
             return None
-        return datetime.strptime(found[-1][:23], "%Y-%m-%d %H:%M:%S,%f")
+        last = found[-1]
+        if last.startswith("{"):  # BATON_LOG_FORMAT=json, the default
+            return datetime.fromisoformat(json.loads(last)["time"])
+        return datetime.strptime(last[:23], "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=UTC)
 
     def stored(self, run: int | None = None) -> set[UUID]:
         """The executions whose answers this replica stored: in `run`, or in any run."""
