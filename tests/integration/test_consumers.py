@@ -125,3 +125,43 @@ def _returns(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
         return check()
 
     return probe
+
+
+async def test_an_exclusive_consumer_takes_the_deliveries_off_a_subscriber_still_bound(
+    nc: Client,
+) -> None:
+    """A process frozen inside a message keeps its subscription (the server hands it its
+    turn of a queue group's deliveries, and refuses to send them elsewhere while it lives).
+    An exclusive consumer started meanwhile makes the consumer anew from its ack floor:
+    it gets what the frozen one held, as delivered before, and everything after it."""
+    subjects = [events_of_type("Requested"), events_of_type("Succeeded")]
+    await publish(nc, *["Requested"] * 3)
+    frozen = Recorder(hold=2)
+    first = DurableConsumer(EVENTS_STREAM, NAME, subjects, frozen, exclusive=True)
+    await first.start(nc.jetstream())
+    await asyncio.wait_for(frozen.inside.wait(), 5)  # the second in hand, the third queued
+
+    async def first_acknowledged() -> bool:
+        info = await nc.jetstream().consumer_info(EVENTS_STREAM, NAME)
+        return info.ack_floor.stream_seq == 1
+
+    await eventually(first_acknowledged, what="the first acknowledged at the server")
+    earlier: list[bool] = []
+
+    class Next(Recorder):
+        async def __call__(self, msg: Msg) -> None:
+            earlier.append(second.delivered_before(msg))
+            await super().__call__(msg)
+
+    handle = Next()
+    second = DurableConsumer(EVENTS_STREAM, NAME, subjects, handle, exclusive=True)
+    await second.start(nc.jetstream())
+    await publish(nc, "Succeeded")
+    try:
+        await eventually(lambda: handle.has(3), timeout=5, what="3 handled")
+        assert handle.acked == ["Requested-1", "Requested-2", "Succeeded-0"]
+        assert earlier == [True, True, False]
+    finally:
+        frozen.release.set()
+        await first.stop()
+        await second.stop()

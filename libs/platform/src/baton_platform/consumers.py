@@ -66,6 +66,7 @@ async def resume_in_order(
     max_ack_pending: int,
     ack_wait: float,
     filter_subjects: Iterable[str] | None = None,
+    exclusive: bool = False,
 ) -> int | None:
     """Before subscribing as durable consumer `name`: give it these limits and, when given,
     these filter subjects (the subscription takes an existing consumer as it finds it, so
@@ -75,7 +76,11 @@ async def resume_in_order(
     a message twice: handlers are idempotent.
 
     Returns the stream sequence of the last message delivered before, when some were not
-    acknowledged: up to there, messages come back that an earlier instance had."""
+    acknowledged: up to there, messages come back that an earlier instance had.
+
+    `exclusive`: deliveries go to this process's inbox alone from now on, whoever else is
+    still subscribed (a process frozen past the lease that made it the consumer's one
+    reader: its subscription, left in the queue group, would take its turn of them)."""
     try:
         info = await js.consumer_info(stream, name)
     except NotFoundError:
@@ -85,7 +90,7 @@ async def resume_in_order(
     # Deliveries go to this client's own inbox: its NATS user may subscribe there only, and
     # a consumer made before users had permissions (or by another client) delivers elsewhere.
     inbox = js._nc.new_inbox()  # nats-py offers no other way to the client's inbox prefix
-    if not (config.deliver_subject or "").startswith(inbox.rsplit(".", 1)[0] + "."):
+    if exclusive or not (config.deliver_subject or "").startswith(inbox.rsplit(".", 1)[0] + "."):
         wanted["deliver_subject"] = inbox
     if filter_subjects is not None:
         # One or the other: the server refuses a consumer with both.
@@ -120,8 +125,10 @@ class DurableConsumer:
         handle: MessageHandler,
         max_ack_pending: int = MAX_ACK_PENDING,
         ack_wait: float = ACK_WAIT_S,
+        exclusive: bool = False,
     ) -> None:
         self.stream = stream
+        self._exclusive = exclusive  # resume_in_order
         self.name = name
         self.filter_subjects = sorted(filter_subjects)
         self._handle = handle
@@ -140,14 +147,23 @@ class DurableConsumer:
         """From the start of the stream the first time (nothing relayed before the service
         first ran is missed), then from where it left off."""
         self._js = js
-        self._inherited_upto = await resume_in_order(
-            js, self.stream, self.name, self._max_ack_pending, self._ack_wait, self.filter_subjects
-        )
+        start_seq = await self._take_over(js) if self._exclusive else None
+        if start_seq is None:
+            self._inherited_upto = await resume_in_order(
+                js,
+                self.stream,
+                self.name,
+                self._max_ack_pending,
+                self._ack_wait,
+                self.filter_subjects,
+                self._exclusive,
+            )
         self._stopping = False
         config = api.ConsumerConfig(
             ack_wait=self._ack_wait,
             max_ack_pending=self._max_ack_pending,
             filter_subjects=self.filter_subjects,
+            opt_start_seq=start_seq,
         )
         self._subscription = await js.subscribe(
             self.filter_subjects[0],  # only names the stream: the filters are in `config`
@@ -155,11 +171,37 @@ class DurableConsumer:
             stream=self.stream,
             cb=self._on_message,
             manual_ack=True,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.ALL
+            if start_seq is None
+            else DeliverPolicy.BY_START_SEQUENCE,
             config=config,
         )
         _RUNNING[self.stream, self.name] = self
         _sample_lag_while_running()
+
+    async def _take_over(self, js: JetStreamContext) -> int | None:
+        """An exclusive consumer still bound to another process's subscription (one frozen
+        past its lease): the server refuses to send its deliveries elsewhere while that
+        subscription lives, and would go on handing it its turn of them. So the consumer is
+        made anew, from its ack floor on: what lies above the floor comes again, as
+        delivered before (`delivered_before`: the earlier process may have acted on it).
+        Returns the stream sequence to start from, or None: nobody else is bound."""
+        try:
+            info = await js.consumer_info(self.stream, self.name)
+        except NotFoundError:
+            return None
+        if not info.push_bound:
+            return None
+        floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+        delivered = info.delivered.stream_seq if info.delivered is not None else 0
+        await js.delete_consumer(self.stream, self.name)
+        log.warning(
+            "%s: still bound to another subscriber; made anew from its ack floor (%d)",
+            self.name,
+            floor,
+        )
+        self._inherited_upto = delivered if delivered > floor else None
+        return floor + 1
 
     def delivered_before(self, msg: Msg) -> bool:
         """Whether `msg` was delivered before: to this instance (JetStream counts it), or to

@@ -188,6 +188,15 @@ class Settings(BaseSettings):
         ge=0,
         description="which of the BATON_BRIDGE_REPLICAS this bridge is: 0, 1, ... replicas - 1",
     )
+    bridge_slot_accounts: Path | None = Field(
+        default=None,
+        description=(
+            "with bridge replicas, a JSON file of one MQTT account per slot (a list of "
+            "{username, password, client_id}), for a broker that binds an account to one "
+            'client id: a slot keeps its account whoever runs it (docs/operations.md, "Bridge '
+            'replicas"); unset, every slot uses BATON_MQTT_USERNAME and its own client id'
+        ),
+    )
     mqtt_redelivery_wait: float = Field(
         default=0.0,
         ge=0,

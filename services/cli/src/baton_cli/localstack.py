@@ -1010,8 +1010,23 @@ class Stack:
                 env |= {
                     "BATON_BRIDGE_REPLICAS": str(self.bridge_replicas),
                     "BATON_BRIDGE_REPLICA": str(replica - 1),
+                    "BATON_BRIDGE_SLOT_ACCOUNTS": str(self.slot_accounts()),
                 }
         return env
+
+    def slot_accounts(self) -> Path:
+        """Each bridge slot's MQTT account, for whichever replica runs the slot: replica n's
+        own account is slot n - 1's (docs/operations.md, "Bridge replicas")."""
+        from baton_platform.nats_access import write_private
+
+        path = self.data_dir / "mqtt" / "bridge-slots.json"
+        accounts = self.accounts
+        slots = [
+            {"username": a.username, "password": a.password, "client_id": a.client_id}
+            for a in map(accounts.bridge_of, range(1, self.bridge_replicas + 1))
+        ]
+        write_private(path, json.dumps(slots))
+        return path
 
     @property
     def bridge_replicas(self) -> int:

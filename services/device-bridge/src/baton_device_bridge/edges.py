@@ -34,7 +34,7 @@ from baton_device_bridge.commands import (
     published_report,
 )
 from baton_device_bridge.handover import Attempt, Handovers, Holds, NoHolds
-from baton_device_bridge.in_flight import InFlight
+from baton_device_bridge.in_flight import InFlightRecord
 from baton_device_bridge.link import MqttLink, MqttNotConnectedError, MqttUnavailableError
 from baton_device_bridge.replicas import Share
 from baton_device_bridge.reports import ReportNotStoredError, ReportRefusedError, ReportSink
@@ -56,7 +56,7 @@ DURABLE = bridge_durable((0, 1))  # a lone bridge's events consumer
 async def deliver(
     link: MqttLink,
     sink: ReportSink,
-    in_flight: InFlight,
+    in_flight: InFlightRecord,
     outgoing: Outgoing,
     attempt: Attempt,
     traces: tracing.Remembered | None = None,
@@ -124,7 +124,7 @@ def events_consumer(
     link: MqttLink,
     sink: ReportSink,
     wiring: Wiring,
-    in_flight: InFlight,
+    in_flight: InFlightRecord,
     on_catalog_change: Callable[[], Awaitable[None]],
     holds: Holds | None = None,
     share: Share | None = None,
@@ -241,5 +241,7 @@ def events_consumer(
             )
 
     durable = bridge_durable((mine.index, mine.replicas))
-    consumer = DurableConsumer(EVENTS_STREAM, durable, SUBJECTS, on_event)
+    # A slot's consumer is read by whichever process runs the slot: deliveries to this one
+    # alone, not to a process frozen past its lease that still has a subscription.
+    consumer = DurableConsumer(EVENTS_STREAM, durable, SUBJECTS, on_event, exclusive=not mine.alone)
     return consumer
