@@ -407,6 +407,20 @@ def _internal(b: Builder) -> None:
             None,
         ),
         (
+            "nats-internal-bridge-released",
+            nats.BRIDGE_RELEASED_SUBJECT,
+            {
+                "BridgeReleased": b.message(
+                    "BridgeReleased",
+                    {"type": "string", "pattern": "^[0-9]+$"},
+                    "The slot's number: a bridge replica gave that slot back.",
+                    TEXT,
+                )
+            },
+            "A device-bridge replica gave a slot back: its own replica takes it now (core NATS).",
+            None,
+        ),
+        (
             "nats-dead-letters",
             nats.dead_letter_subject("{service}"),
             {
@@ -461,10 +475,29 @@ def _buckets(b: Builder) -> None:
         {
             "lease": {
                 "description": "The job: `partition.<n>`, `dispatchers.<holder>` (one per live "
-                "dispatcher), or one of the examples.",
+                "dispatcher), `bridge.<slot>`, `bridge-replicas.<replica>` (one per live "
+                "device-bridge replica), or one of the examples.",
                 "examples": [nats.RELAY_LEASE, nats.PROJECTION_LEASE, nats.SCHEDULER_LEASE],
             }
         },
+        internal=True,
+    )
+    b.operation(key, "send", key)
+    key = "nats-kv-bridge-in-flight"
+    execution = b.message(
+        "InFlightExecution",
+        {"type": "string", "format": "uuid"},
+        "The execution the device runs: the one its bridge slot last published to it.",
+        TEXT,
+    )
+    b.channel(
+        key,
+        f"$KV.{nats.BRIDGE_IN_FLIGHT_BUCKET}.{{device}}",
+        {"InFlightExecution": execution},
+        f"Key-value bucket `{nats.BRIDGE_IN_FLIGHT_BUCKET}`: which execution each raw-mapped "
+        "device runs, written before its request goes out and read by whichever device-bridge "
+        "replica takes the device's slot.",
+        {"device": {"description": "The device's key in the bucket."}},
         internal=True,
     )
     b.operation(key, "send", key)
