@@ -10,7 +10,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.synced
 PYTEST_ARGS ?=
 
-.PHONY: help install broker postgres run run-cluster stop test test-unit fuzz lint fmt bench chaos clean
+.PHONY: help install broker postgres chromium run run-cluster stop reset test test-unit fuzz lint fmt bench chaos clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,6 +31,9 @@ broker: ## Install Mosquitto when possible (else nats-server's MQTT listener is 
 postgres: ## Install the PostgreSQL server when missing (the tests and the bench start their own)
 	@bash deploy/local/install-postgres.sh
 
+chromium: ## Install Debian's Chromium when missing (the console's browser tests drive it)
+	@bash deploy/local/install-chromium.sh
+
 run: install broker ## Start NATS, MQTT, the four services and the simulator (Ctrl-C stops)
 	$(VENV)/bin/baton dev run
 
@@ -40,7 +43,10 @@ run-cluster: install broker postgres ## The replicated topology on this machine:
 stop: ## Stop what `make run` or `make run-cluster` started
 	@if [ -x $(VENV)/bin/baton ]; then $(VENV)/bin/baton dev stop; else echo "Nothing to stop."; fi
 
-test: install broker postgres lint ## Lint, then run every test (unit, integration, end-to-end, chaos)
+reset: install ## Delete ./var (all local data); refused while the stack runs
+	$(VENV)/bin/baton dev reset
+
+test: install broker postgres chromium lint ## Lint, then run every test (unit, integration, end-to-end, chaos)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-unit: install ## Run the unit tests only

@@ -42,6 +42,18 @@ T = TypeVar("T")
 DEMO = Path(__file__).resolve().parents[1] / "deploy" / "catalog" / "demo.yaml"
 
 
+@pytest.fixture(autouse=True)
+def no_dev_stack_state(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """`baton` fills unset settings from the last `make run` (baton_cli.devstate); a test sees
+    only the state it writes itself, never a developer's running stack."""
+    path = tmp_path_factory.getbasetemp() / "devstack-state.json"
+    path.unlink(missing_ok=True)
+    monkeypatch.setenv("BATON_DEV_STATE", str(path))
+    return path
+
+
 @pytest.fixture
 def busy() -> Iterator[socket.socket]:
     """A port something else listens on (and accepts connections on)."""

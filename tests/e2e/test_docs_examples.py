@@ -341,13 +341,14 @@ def test_every_doc_with_http_or_cli_examples_is_covered() -> None:
 
 
 LOG_LINE = re.compile(
-    r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) "
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}\+00:00 (DEBUG|INFO|WARNING|ERROR|CRITICAL) "
     r"(?P<service>[\w-]+) [\w.]+: .*"
 )
 
 
 def test_every_service_logs_in_the_documented_format(docs_stack: Stack) -> None:
-    """docs/operations.md: `<time> <LEVEL> <service> <logger>: <message>`, one per line."""
+    """docs/operations.md: `<time> <LEVEL> <service> <logger>: <message>`, one per line (the
+    text format, which the local stack writes)."""
     for service in ("api", "dispatcher", "device-bridge", "timeout-scheduler"):
         lines = (docs_stack.log_dir / f"{service}.log").read_text().splitlines()
         assert lines, service

@@ -10,12 +10,14 @@ those of its device's answers in the order the device sent them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import logging
 import re
-import sqlite3
+import signal
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -27,8 +29,17 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from baton_cli.localstack import Server
-from baton_contracts.nats import CATALOG_CHANGE_SUBJECT, CatalogChange, CatalogReply
+from baton_contracts.nats import (
+    BRIDGE_IN_FLIGHT_BUCKET,
+    CATALOG_CHANGE_SUBJECT,
+    LEASES_BUCKET,
+    CatalogChange,
+    CatalogReply,
+)
+from baton_device_bridge.in_flight import device_key
 from baton_device_bridge.replicas import Share
+from baton_device_bridge.slots import slot_key
+from baton_platform.leases import TTL_S
 from baton_platform.settings import Settings
 from baton_simulator import READY_LINE, run_simulator
 from baton_simulator.behaviours import Timing
@@ -38,7 +49,6 @@ from tests.integration.conftest import PROFILES_CATALOG
 from tests.integration.test_deadline_watermark import (
     BridgeProcess,
     dispatcher_and_scheduler,
-    held_past_its_deadline,
     stack_settings,
 )
 from tests.integration.test_device_bridge import Device
@@ -114,6 +124,21 @@ class Replica(BridgeProcess):
         self.runs += 1
         self.log_dir = self.logs / f"run-{self.runs}"
         super().start()
+
+    def log(self, run: int | None = None) -> str:
+        """The log of `run`, or every run's one after the other."""
+        pattern = f"run-{run if run is not None else '*'}/device-bridge.log"
+        return "".join(log.read_text(errors="replace") for log in sorted(self.logs.glob(pattern)))
+
+    def logged_at(self, line: str) -> datetime | None:
+        """When `line` was last logged (the log's own clock)."""
+        found = [m for m in self.log().splitlines() if line in m]
+        if not found:
+            return None
+        last = found[-1]
+        if last.startswith("{"):  # BATON_LOG_FORMAT=json, the default
+            return datetime.fromisoformat(json.loads(last)["time"])
+        return datetime.strptime(last[:23], "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=UTC)
 
     def stored(self, run: int | None = None) -> set[UUID]:
         """The executions whose answers this replica stored: in `run`, or in any run."""
@@ -236,7 +261,7 @@ async def test_replicas_share_the_devices_and_keep_each_devices_answers_in_order
 
 
 @pytest.mark.parametrize("fleet", [Timing(answer_delay=0.3, progress_delay=0.7)], indirect=True)
-async def test_a_replica_killed_under_load_loses_nothing_and_holds_its_deadlines(
+async def test_a_killed_replicas_slot_moves_to_the_other_and_back_losing_nothing(
     settings: Settings,
     scheduler: TimeoutScheduler,
     nc: Client,
@@ -245,12 +270,13 @@ async def test_a_replica_killed_under_load_loses_nothing_and_holds_its_deadlines
     replicas: list[Replica],
 ) -> None:
     """Replica 0 is killed (SIGKILL, by its pid) while its devices are answering, and more
-    commands come while it is dead. Its devices' answers wait in its persistent session
-    (the other replica never sees them), and so do its devices' new requests (in JetStream:
-    only a device's own replica sends to it); the other replica goes on with its own
-    devices. Replica 0 back, as itself, drains its session and sends what waited: every
-    command ends SUCCEEDED, each answer recorded once and in order. And an answer the broker
-    took before its deadline, held in the dead replica's session past it, wins over it."""
+    commands come while it is dead. Its slot's lease lapses and replica 1 takes the slot:
+    it resumes slot 0's persistent session, drains the answers queued there while nobody
+    held it, and sends slot 0's waiting requests. An answer the broker took before its
+    deadline, held in the session past it, wins over it. Replica 0 back, replica 1 gives
+    the slot back (its work stopped before the lease is let go) with commands in flight:
+    every command ends SUCCEEDED, each answer recorded once and in order, and the broker
+    never saw two connections of one slot's session at once."""
     js = nc.jetstream()
     doomed, survivor = replicas
     assert doomed.share.owns(HAND)
@@ -272,33 +298,98 @@ async def test_a_replica_killed_under_load_loses_nothing_and_holds_its_deadlines
 
         await eventually(answering, timeout=20, what="replica 0 storing answers")
         doomed.kill()
-        # Before the deadline, into the dead replica's session; each returns once the
-        # broker has it (PUBACK).
+        killed_at = time.monotonic()
+        # Before the deadline, into the dead slot's session; each returns once the broker
+        # has it (PUBACK).
         for status in ("STARTED", "SUCCEEDED"):
             await device.answer(held, {"status": status, "answer_id": status})
         after = await send(nc, mix(rounds=1))
         sent |= after
 
-    # The survivor goes on meanwhile: the commands sent after the kill to its devices end;
-    # those of the dead replica's devices wait for it, not sent.
-    await all_ended(js, {i: c for i, c in after.items() if survivor.share.owns(c[0])})
-    waiting = await records(js, {i for i, (d, _) in after.items() if doomed.share.owns(d)})
-    assert waiting and all(r == ["Requested", "Dispatched"] for r in waiting.values()), waiting
-    # The held answer's deadline passes: it waits for the dead replica's watermark.
-    await held_past_its_deadline(scheduler, js, held)
-    doomed.start()
+    async def taken() -> bool:
+        return "took bridge slot 0 of replica 0" in survivor.log()
 
+    await eventually(taken, timeout=TTL_S + 5, interval=0.2, what="slot 0 taken over")
+    assert time.monotonic() - killed_at < TTL_S + 5
     await all_ended(js, sent)
     await exactly_as_answered(js, sent)
     kept = (await records(js, {held}))[held]
     answered = ["Requested", "Dispatched", "Published", "Acknowledged", "Succeeded"]
     assert kept == answered, kept  # its STARTED and SUCCEEDED, not TimedOut
+    # What the dead process's session held, and slot 0's commands sent after the kill,
+    # the survivor stored.
+    slot0 = {i for i, (d, _) in sent.items() if doomed.share.owns(d)}
+    assert held in survivor.stored()
+    assert {i for i in after if i in slot0} <= survivor.stored()
 
-    # What the dead process's session held, its next process stored: none went elsewhere.
-    owned = {i for i, (d, _) in sent.items() if doomed.share.owns(d)}
-    assert doomed.stored(run=2) & owned, "the restarted replica drained its session"
-    assert not survivor.stored() & owned
-    assert held in doomed.stored(run=2)
+    # Replica 0 back, with commands in flight: its slot comes back to it.
+    doomed.start()
+    more = await send(nc, mix(rounds=2))
+
+    async def given_back() -> bool:
+        return "took bridge slot 0 (its own)" in doomed.log(run=2)
+
+    await eventually(given_back, timeout=15, interval=0.2, what="slot 0 given back")
+    later = await send(nc, mix(rounds=1))
+    await all_ended(js, more | later)
+    await exactly_as_answered(js, sent | more | later)
+    assert {i for i, (d, _) in later.items() if doomed.share.owns(d)} <= doomed.stored(run=2)
+    # One runner at a time: the survivor let slot 0 go before replica 0 took it, and nobody
+    # pushed it off a slot's session (the broker closes an older connection of a client id
+    # for a newer one; its own log is written too late to read here).
+    released = survivor.logged_at("released bridge slot 0")
+    took = doomed.logged_at("took bridge slot 0 (its own)")
+    assert released is not None and took is not None and released <= took
+    assert "MQTT connection lost" not in survivor.log()
+    lease = await (await nc.jetstream().key_value(LEASES_BUCKET)).get(slot_key(0))
+    assert lease.value == f"device-bridge.{doomed.instance}".encode()
+
+
+@pytest.mark.parametrize("fleet", [Timing(answer_delay=0.3, progress_delay=0.7)], indirect=True)
+async def test_a_frozen_replica_is_pushed_off_its_slot_and_takes_it_back_without_a_fight(
+    scheduler: TimeoutScheduler,
+    nc: Client,
+    fleet: None,
+    replicas: list[Replica],
+) -> None:
+    """Replica 0 is frozen (SIGSTOP) holding slot 0, its MQTT connection open: its lease
+    lapses, replica 1 takes the slot and its session (the broker closes the frozen one's
+    connection for it, once). Replica 0 resumes: its lease is no longer held on its own
+    clock, so it stops the slot's work and does not connect again with the slot's client id
+    (which would push replica 1 off); it keeps its member key again, replica 1 gives the
+    slot back, and every command ends as its device answered."""
+    js = nc.jetstream()
+    doomed, survivor = replicas
+    await started(replicas)
+    sent = await send(nc, mix(rounds=1))
+    await all_ended(js, sent)
+    assert doomed.proc is not None
+    doomed.freeze()
+    during = await send(nc, mix(rounds=1))
+
+    async def taken() -> bool:
+        return "took bridge slot 0 of replica 0" in survivor.log()
+
+    await eventually(taken, timeout=TTL_S + 10, interval=0.2, what="slot 0 taken over")
+    await all_ended(js, during)
+    doomed.proc.send_signal(signal.SIGCONT)
+
+    async def back() -> bool:
+        return doomed.log().count("took bridge slot 0 (its own)") == 2
+
+    await eventually(back, timeout=20, interval=0.2, what="slot 0 back at replica 0")
+    later = await send(nc, mix(rounds=1))
+    await all_ended(js, later)
+    await exactly_as_answered(js, sent | during | later)
+    assert {i for i, (d, _) in later.items() if doomed.share.owns(d)} <= doomed.stored()
+    # The frozen one was pushed off by the broker (its connection lost) and, resumed, did
+    # not connect again until it held the slot again; the survivor was never pushed off.
+    assert "MQTT connection lost" not in survivor.log()
+    connected = [line for line in doomed.log().splitlines() if "connected to MQTT" in line]
+    assert len(connected) == 2 and all("slot-0" in line for line in connected), connected
+    resumed = doomed.logged_at("bridge slot 0 not renewed in time")
+    took = doomed.logged_at("took bridge slot 0 (its own)")
+    assert resumed is not None and took is not None and resumed <= took
 
 
 async def test_a_device_added_to_the_catalog_is_subscribed_by_its_replica_before_it_is_sent(
@@ -348,7 +439,9 @@ async def test_every_profile_works_across_replicas_and_raw_mapped_goes_out_via_i
     """Each replica subscribes to its own devices' topics in every wire profile. A raw-mapped
     answer names no execution: the replica that reads it attributes it to the device's
     execution in flight, which it keeps in its own bridge.sqlite; so that replica must be
-    the one that sends the request, whichever replica the lifecycle event reached first."""
+    the one that sends the request, whichever replica the lifecycle event reached first. It
+    keeps it in JetStream (BATON_BRIDGE_IN_FLIGHT), where whoever runs the slot next reads
+    it."""
     js = nc.jetstream()
     await started(replicas)
     reader = next(r for r in replicas if r.share.owns("iotee-1"))
@@ -378,21 +471,41 @@ async def test_every_profile_works_across_replicas_and_raw_mapped_goes_out_via_i
     )
     assert reader.stored() >= {i for i, (d, _) in sent.items() if d == "iotee-1"}
     assert other.stored() and reader.stored()
-    assert in_flight(reader, "iotee-1") == max(
+    bucket = await js.key_value(BRIDGE_IN_FLIGHT_BUCKET)
+    entry = await bucket.get(device_key("iotee-1"))
+    assert entry.value is not None
+    assert UUID(entry.value.decode()) == max(
         (i for i, (d, _) in sent.items() if d == "iotee-1"), key=list(sent).index
     )
-    assert in_flight(other, "iotee-1") is None
 
 
-def in_flight(replica: Replica, device_id: str) -> UUID | None:
-    path = replica.logs.parent / f"replica-{replica.share.index}" / "bridge.sqlite"
-    if not path.exists():
-        return None
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        row = db.execute(
-            "SELECT execution_id FROM in_flight WHERE device_id = ?", (device_id,)
-        ).fetchone()
-    return None if row is None else UUID(row[0])
+@pytest.mark.parametrize("catalog", [PROFILES_CATALOG], indirect=True)
+async def test_a_raw_mapped_answer_left_in_a_dead_slot_is_attributed_by_the_slots_next_runner(
+    scheduler: TimeoutScheduler, nc: Client, mqtt_broker: Server, replicas: list[Replica]
+) -> None:
+    """A raw-mapped answer names no execution. Its request out, the replica that sent it is
+    killed; the device answers into the slot's session; the other replica takes the slot,
+    reads the device's execution in flight from BATON_BRIDGE_IN_FLIGHT and records the
+    answers against it."""
+    js = nc.jetstream()
+    await started(replicas)
+    reader = next(r for r in replicas if r.share.owns("iotee-1"))
+    other = next(r for r in replicas if r is not reader)
+    v5 = aiomqtt.ProtocolVersion.V5
+    async with aiomqtt.Client(
+        "127.0.0.1", mqtt_broker.port, identifier="hand-iotee-1", protocol=v5
+    ) as device:
+        await device.subscribe("iotee/dev/ABC123/rls", qos=1)
+        sent = await send(nc, [("iotee-1", "unlock")])
+        request = await asyncio.wait_for(anext(aiter(device.messages)), 10)
+        assert request.payload == b"0"
+        reader.kill()
+        for said in (b"ack", b"done"):
+            await device.publish("iotee/dev/ABC123/rls/ack", said, qos=1)
+    await all_ended(js, sent)
+    acknowledged = ["Requested", "Dispatched", "Published", "Acknowledged", "Succeeded"]
+    await exactly_as_answered(js, sent, {"unlock": acknowledged})
+    assert set(sent) <= other.stored()
 
 
 async def test_mosquitto_hands_a_shared_subscriptions_messages_round_robin(

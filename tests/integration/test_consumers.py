@@ -4,12 +4,15 @@ that leaves nothing half-done and nothing waiting for the ack wait."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from prometheus_client import REGISTRY
 
 from baton_contracts.nats import EVENTS_STREAM, event_subject, events_of_type
+from baton_platform import metrics
 from baton_platform.consumers import DurableConsumer
 from tests.conftest import eventually
 
@@ -85,3 +88,80 @@ async def test_a_stop_finishes_the_message_in_hand_and_the_rest_come_back_at_onc
     assert handle.acked == ["Requested-0", "Requested-1"]
     # What the stopped one had received comes back at once.
     assert await handled(nc, 3) == ["Requested-2", "Requested-3", "Requested-4"]
+
+
+async def test_its_lag_is_sampled_while_it_runs_and_goes_when_it_stops(
+    nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With metrics served: the server's num_pending / num_ack_pending in the gauges every
+    round, nothing per message; a stopped consumer (a partition given away) leaves them."""
+    monkeypatch.setattr(metrics, "_serving", True)
+    monkeypatch.setattr(metrics, "SAMPLE_INTERVAL_S", 0.1)
+    await publish(nc, *["Requested"] * 3)
+    handle = Recorder(hold=1)  # holds the first: 1 unacknowledged, the other 2 behind it
+    events = DurableConsumer(
+        EVENTS_STREAM, NAME, [events_of_type("Requested")], handle, max_ack_pending=1
+    )
+    labels = {"stream": EVENTS_STREAM, "consumer": NAME}
+
+    def lag() -> tuple[float | None, float | None]:
+        return (
+            REGISTRY.get_sample_value("baton_consumer_pending_messages", labels),
+            REGISTRY.get_sample_value("baton_consumer_ack_pending_messages", labels),
+        )
+
+    await events.start(nc.jetstream())
+    try:
+        await eventually(_returns(lambda: lag() == (2, 1)), timeout=5, what="lag 2 + 1")
+        handle.release.set()
+        await eventually(_returns(lambda: lag() == (0, 0)), timeout=5, what="lag 0")
+    finally:
+        await events.stop()
+    assert lag() == (None, None)
+
+
+def _returns(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def probe() -> bool:
+        return check()
+
+    return probe
+
+
+async def test_an_exclusive_consumer_takes_the_deliveries_off_a_subscriber_still_bound(
+    nc: Client,
+) -> None:
+    """A process frozen inside a message keeps its subscription (the server hands it its
+    turn of a queue group's deliveries, and refuses to send them elsewhere while it lives).
+    An exclusive consumer started meanwhile makes the consumer anew from its ack floor:
+    it gets what the frozen one held, as delivered before, and everything after it."""
+    subjects = [events_of_type("Requested"), events_of_type("Succeeded")]
+    await publish(nc, *["Requested"] * 3)
+    frozen = Recorder(hold=2)
+    first = DurableConsumer(EVENTS_STREAM, NAME, subjects, frozen, exclusive=True)
+    await first.start(nc.jetstream())
+    await asyncio.wait_for(frozen.inside.wait(), 5)  # the second in hand, the third queued
+
+    async def first_acknowledged() -> bool:
+        info = await nc.jetstream().consumer_info(EVENTS_STREAM, NAME)
+        return info.ack_floor.stream_seq == 1
+
+    await eventually(first_acknowledged, what="the first acknowledged at the server")
+    earlier: list[bool] = []
+
+    class Next(Recorder):
+        async def __call__(self, msg: Msg) -> None:
+            earlier.append(second.delivered_before(msg))
+            await super().__call__(msg)
+
+    handle = Next()
+    second = DurableConsumer(EVENTS_STREAM, NAME, subjects, handle, exclusive=True)
+    await second.start(nc.jetstream())
+    await publish(nc, "Succeeded")
+    try:
+        await eventually(lambda: handle.has(3), timeout=5, what="3 handled")
+        assert handle.acked == ["Requested-1", "Requested-2", "Succeeded-0"]
+        assert earlier == [True, True, False]
+    finally:
+        frozen.release.set()
+        await first.stop()
+        await second.stop()

@@ -47,7 +47,19 @@ PATH_VALUES = {
     "webhook_id": str(uuid4()),
     "name": "iotee_device",
     "path": "openapi.json",
+    "file_path": "swagger-ui/swagger-ui.css",  # the doc pages' assets (apidocs.py)
 }
+# Where one parameter name means different files: the console's static files.
+PATH_VALUES_UNDER = {"/console": {"file_path": "console.css"}}
+
+
+def filled(path: str) -> str:
+    """`path` with each parameter filled from PATH_VALUES (PATH_VALUES_UNDER first)."""
+    values = dict(PATH_VALUES)
+    for prefix, under in PATH_VALUES_UNDER.items():
+        if path.startswith(prefix):
+            values |= under
+    return re.sub(r"{(\w+):\w+}", lambda m: values[m.group(1)], path)
 
 
 def json_body_routes(app: Litestar) -> list[tuple[str, str]]:
@@ -59,7 +71,7 @@ def json_body_routes(app: Litestar) -> list[tuple[str, str]]:
         for handler in route.route_handlers:
             if "data" not in handler.parsed_fn_signature.parameters:
                 continue
-            path = re.sub(r"{(\w+):\w+}", lambda m: PATH_VALUES[m.group(1)], route.path)
+            path = filled(route.path)
             found += [(method, path) for method in sorted(handler.http_methods)]
     return sorted(found)
 
@@ -69,7 +81,7 @@ def get_routes(app: Litestar) -> list[str]:
     found = []
     for route in app.routes:
         if isinstance(route, HTTPRoute) and "GET" in route.methods:
-            found.append(re.sub(r"{(\w+):\w+}", lambda m: PATH_VALUES[m.group(1)], route.path))
+            found.append(filled(route.path))
     return sorted(found)
 
 

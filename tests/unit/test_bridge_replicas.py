@@ -12,8 +12,15 @@ from typing import Any
 import pytest
 
 from baton_cli.localstack import Stack
+from baton_cli.mqtt_setup import SLOTS_FILE, write_mqtt_accounts
 from baton_contracts.mqtt import is_probe_topic, probe_topic
-from baton_device_bridge.replicas import ReplicasError, Share, probe_filter, share_of
+from baton_device_bridge.replicas import (
+    ReplicasError,
+    Share,
+    probe_filter,
+    share_of,
+    slot_settings,
+)
 from baton_device_bridge.wiring import Wiring
 from baton_domain.catalog import Catalog
 from baton_platform.settings import Settings
@@ -81,8 +88,6 @@ def test_replicas_are_refused_on_mqtt_3_1_1_and_a_single_bridge_is_not() -> None
     ("values", "says"),
     [
         ({"bridge_replicas": 2, "bridge_replica": 2}, "not one of 0..1"),
-        ({"bridge_replicas": 2, "instance": "a/b"}, "one MQTT topic level"),
-        ({"bridge_replicas": 2, "instance": "+"}, "one MQTT topic level"),
     ],
 )
 def test_replica_settings_that_cannot_work_are_refused(values: dict[str, Any], says: str) -> None:
@@ -136,3 +141,39 @@ def test_the_local_stack_gives_each_bridge_replica_its_number_and_its_own_accoun
     assert {(e["BATON_MQTT_USERNAME"], e["BATON_MQTT_CLIENT_ID"]) for e in envs} <= admitted
     # Made once: the next look finds the same accounts.
     assert [stack.service_env(name) for name in bridges] == envs
+
+
+def test_a_lone_bridge_runs_with_its_own_settings_unchanged() -> None:
+    """Its session, durable and watermark are named after its instance, as always."""
+    lone = settings(mqtt_client_id="given")
+    assert slot_settings(lone, 0) is lone
+
+
+def test_a_slot_is_named_the_same_whichever_replica_runs_it() -> None:
+    mine = slot_settings(settings(instance="r1", bridge_replicas=2, bridge_replica=0), 1)
+    theirs = slot_settings(settings(instance="r2", bridge_replicas=2, bridge_replica=1), 1)
+    for ran in (mine, theirs):
+        assert (ran.instance, ran.bridge_replica) == ("slot-1", 1)
+        assert ran.mqtt_client_id == "baton-device-bridge-slot-1"
+    assert share_of(mine) == Share(2, 1)
+
+
+def test_each_slot_connects_with_its_account_from_the_file_mqtt_setup_writes(
+    tmp_path: Path,
+) -> None:
+    """mqtt-setup's bridge-slots.json: slot k is the k-th --bridge's account and client id."""
+    write_mqtt_accounts(tmp_path, ["bridge-a", "bridge-b"], simulator=False)
+    path = tmp_path / SLOTS_FILE
+    assert path.stat().st_mode & 0o077 == 0  # passwords: its owner's only
+    replica = settings(bridge_replicas=2, bridge_replica=0, bridge_slot_accounts=path)
+    share_of(replica)  # accepted
+    for slot, instance in enumerate(["bridge-a", "bridge-b"]):
+        ran = slot_settings(replica, slot)
+        assert ran.mqtt_username == ran.mqtt_client_id == f"baton-device-bridge-{instance}"
+        assert ran.mqtt_password is not None and ran.mqtt_password.get_secret_value()
+    three = replica.model_copy(update={"bridge_replicas": 3})
+    with pytest.raises(ReplicasError, match="slot"):
+        share_of(three)
+    path.write_text("{not json")
+    with pytest.raises(ReplicasError, match="BATON_BRIDGE_SLOT_ACCOUNTS"):
+        share_of(replica)

@@ -4,10 +4,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -24,30 +20,10 @@ from baton_domain.statuses import AnswerStatus
 from baton_platform.eventstore import open_executions
 from baton_platform.settings import Settings
 from baton_views import ExecutionViews
+from tests.unit.cli_support import EXECUTION, PROBLEM, Answer, FakeApi, api
 
 runner = CliRunner()
-
-EXECUTION = {
-    "id": "0b7f6c1e-6a8e-4c8f-9a43-2f1f7d0e9b11",
-    "device_id": "demo-thermostat-1",
-    "name": "set_temperature",
-    "params": {"value": 24},
-    "status": "PENDING",
-    "created_at": "2026-11-01T12:00:00Z",
-    "updated_at": "2026-11-01T12:00:00Z",
-    "ttl": 30,
-    "deadline": "2026-11-01T12:00:30Z",
-    "result": None,
-    "error": None,
-}
-PROBLEM = {
-    "type": "about:blank",
-    "status": 422,
-    "title": "Invalid params",
-    "detail": "the params do not match the command's schema",
-    "errors": [{"field": "params.value", "reason": "must be a number"}],
-}
-
+__all__ = ["api"]  # the fixture
 
 # --- --param -------------------------------------------------------------------------------
 
@@ -85,50 +61,6 @@ def test_a_repeated_param_keeps_the_last_value() -> None:
 # --- send ----------------------------------------------------------------------------------
 
 
-@dataclass
-class FakeApi:
-    """A tiny HTTP server answering every POST with a fixed status and JSON body."""
-
-    status: int = 201
-    body: Any = field(default_factory=lambda: EXECUTION)
-    content_type: str = "application/json"
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    url: str = ""
-
-
-@pytest.fixture
-def api() -> Iterator[FakeApi]:
-    fake = FakeApi()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length", 0))
-            fake.requests.append(
-                {
-                    "path": self.path,
-                    "authorization": self.headers.get("Authorization"),
-                    "body": json.loads(self.rfile.read(length)),
-                }
-            )
-            data = json.dumps(fake.body).encode()
-            self.send_response(fake.status)
-            self.send_header("Content-Type", fake.content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield fake
-    server.shutdown()
-    server.server_close()
-
-
 def test_send_posts_the_command_and_prints_the_execution(api: FakeApi) -> None:
     result = runner.invoke(
         app,
@@ -142,8 +74,6 @@ def test_send_posts_the_command_and_prints_the_execution(api: FakeApi) -> None:
             "unit=C",
             "--ttl",
             "30",
-            "--wait",
-            "5",
             "--json",
             "--api-url",
             api.url,
@@ -155,7 +85,10 @@ def test_send_posts_the_command_and_prints_the_execution(api: FakeApi) -> None:
     assert json.loads(result.stdout) == EXECUTION
     [request] = api.requests
     assert request == {
-        "path": "/v1/devices/demo-thermostat-1/commands?wait=5",
+        "method": "POST",
+        "path": "/v1/devices/demo-thermostat-1/commands",
+        "route": "/v1/devices/demo-thermostat-1/commands",
+        "query": {},
         "authorization": "Bearer k1",
         "body": {"name": "set_temperature", "params": {"value": 24, "unit": "C"}, "ttl": 30},
     }
@@ -183,19 +116,20 @@ def test_send_uses_the_dev_key_by_default(api: FakeApi) -> None:
 
 
 def test_send_prints_a_problem_to_stderr_and_exits_1(api: FakeApi) -> None:
-    api.status, api.body, api.content_type = 422, PROBLEM, "application/problem+json"
+    api.on("POST", Answer(422, PROBLEM, "application/problem+json"))
     result = runner.invoke(
         app, ["send", "d1", "set_temperature", "-p", "value=hot", "--api-url", api.url]
     )
     assert result.exit_code == 1
     assert result.stdout == ""
-    assert "Invalid params" in result.stderr
-    assert "the params do not match" in result.stderr
-    assert "params.value: must be a number" in result.stderr
+    assert result.stderr.splitlines() == [
+        "error: Invalid params (HTTP 422): the params do not match the command's schema",
+        "  - params.value: must be a number",
+    ]
 
 
 def test_send_reports_a_non_json_error(api: FakeApi) -> None:
-    api.status, api.body = 500, "boom"
+    api.on("POST", (500, "boom"))
     result = runner.invoke(app, ["send", "d1", "reboot", "--api-url", api.url])
     assert result.exit_code == 1
     assert "500" in result.stderr

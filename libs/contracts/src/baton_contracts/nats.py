@@ -411,6 +411,18 @@ LEASES_BUCKET = "BATON_LEASES"
 RELAY_LEASE = "relay"  # the dispatcher that runs the outbox relay
 PROJECTION_LEASE = "projection"  # the api replica that writes the views
 SCHEDULER_LEASE = "timeout-scheduler"  # the timeout-scheduler that keeps and fires deadlines
+# Device-bridge replicas (docs/operations.md, "Bridge replicas"): slot k is run by whoever
+# holds `bridge.<k>`; replica i keeps `bridge-replicas.<i>` while it lives, so the others
+# give its slot back to it.
+BRIDGE_SLOT_LEASE = "bridge.{slot}"
+BRIDGE_MEMBER_LEASE = "bridge-replicas.{replica}"
+# Core NATS, the slot's number: a bridge replica gave a slot back; its own replica takes it
+# now rather than at its next renewal.
+BRIDGE_RELEASED_SUBJECT = "baton.v1.internal.bridge-released"
+
+# Which execution each raw-mapped device of a bridge replica runs (one key per device),
+# readable by whichever replica runs the device's slot (baton_device_bridge.in_flight).
+BRIDGE_IN_FLIGHT_BUCKET = "BATON_BRIDGE_IN_FLIGHT"
 
 
 # The roles a key may have (baton_domain.tenants.Role, by name), weakest first.

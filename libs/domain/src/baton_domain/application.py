@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,8 +17,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID, uuid4, uuid5
 
-from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.domain import Aggregate
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.domain import Aggregate, DomainEventProtocol
 from eventsourcing.persistence import IntegrityError, Recording
 
 from baton_domain.catalog import Catalog, ResolvedCommand
@@ -44,6 +45,7 @@ DEFAULT_MAX_WAITING = 100
 SNAPSHOT_INTERVAL = 50
 
 Clock = Callable[[], datetime]
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 JSONDoc = dict[str, Any]
 
@@ -126,6 +128,12 @@ def _positions(recordings: list[Recording[UUID]]) -> dict[int, int]:
     }
 
 
+# Told of every transaction once it is committed: its new events and the aggregates as they
+# left them (the dispatcher's metrics, baton_platform.metrics). Only what a commit stored
+# reaches it: a command that changed nothing, or a transaction that failed, does not.
+Recorded = Callable[[Sequence[DomainEventProtocol[UUID]], Mapping[UUID, Any]], None]
+
+
 class Executions(Application[UUID]):
     name = "Executions"
     # A device's queue and the catalog are long-lived streams read on every request: a
@@ -142,8 +150,10 @@ class Executions(Application[UUID]):
         env: Mapping[str, str] | None = None,
         clock: Clock = utc_now,
         max_waiting: int = DEFAULT_MAX_WAITING,
+        on_recorded: Recorded | None = None,
     ) -> None:
         super().__init__(env=env)
+        self.on_recorded = on_recorded
         self._seed_catalog = catalog
         self._cached_catalog: tuple[int, Catalog] | None = None
         self.clock = clock
@@ -476,6 +486,16 @@ class Executions(Application[UUID]):
             raise
         if self._alone is not None:
             self._alone.extend(recordings)
+        return recordings
+
+    def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
+        """Store (every save and every batch comes here), then tell `on_recorded`."""
+        recordings = super()._record(processing_event)
+        if self.on_recorded is not None:
+            try:
+                self.on_recorded(processing_event.events, processing_event.aggregates)
+            except Exception:  # an observer's fault must not fail a stored write
+                log.exception("on_recorded failed")
         return recordings
 
     def _forget(self, aggregate_ids: Iterable[UUID | None]) -> None:

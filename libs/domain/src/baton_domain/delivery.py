@@ -28,6 +28,9 @@ def queue_id(device_id: str) -> UUID:
 
 class DeviceQueue(Aggregate):
     TOPIC = f"{_T}:DeviceQueue"
+    # When presence last changed (the report's time). A class default: snapshots taken
+    # before it existed restore without it.
+    presence_at: datetime | None = None
 
     class Created(Aggregate.Created):
         TOPIC = f"{_T}:Created"  # required by the library for pinned topics; never emitted
@@ -230,3 +233,4 @@ class DeviceQueue(Aggregate):
     @event(PresenceChanged)
     def _presence_changed(self, online: bool, at: datetime) -> None:
         self.online = online
+        self.presence_at = at

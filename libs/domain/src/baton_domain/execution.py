@@ -228,6 +228,10 @@ class CommandExecution(Aggregate):
         self.status = ExecutionStatus.PENDING
         self.dispatched = False
         self.published = False
+        # When the broker took it and when the device first answered (the events' own
+        # timestamps): where the stages of baton_platform.metrics start.
+        self.published_at: datetime | None = None
+        self.answered_at: datetime | None = None
         self.result: JSON | None = None
         self.error: JSON | None = None
         self.log: list[JSON] = []
@@ -405,39 +409,49 @@ class CommandExecution(Aggregate):
     ) -> None:
         self.dispatched = True
 
+    # An @event method given a `timestamp` parameter receives its event's timestamp, when
+    # the event happens and when the aggregate is read back alike.
     @event(Published)
-    def _published(self) -> None:
+    def _published(self, timestamp: datetime | None = None) -> None:
         self.published = True
+        self.published_at = timestamp
         if self.status is ExecutionStatus.PENDING:  # never backwards, never out of an end
             self.status = ExecutionStatus.SENT
 
     @event(Acknowledged)
-    def _acknowledged(self, answer: JSON) -> None:
-        self.log.append(answer)
+    def _acknowledged(self, answer: JSON, timestamp: datetime | None = None) -> None:
+        self._answered(answer, timestamp)
         self.status = ExecutionStatus.ACKNOWLEDGED
 
     @event(Progressed)
-    def _progressed(self, answer: JSON) -> None:
-        self.log.append(answer)
+    def _progressed(self, answer: JSON, timestamp: datetime | None = None) -> None:
+        self._answered(answer, timestamp)
         self.status = ExecutionStatus.IN_PROGRESS
 
     @event(Succeeded)
-    def _succeeded(self, answer: JSON) -> None:
-        self.log.append(answer)
+    def _succeeded(self, answer: JSON, timestamp: datetime | None = None) -> None:
+        self._answered(answer, timestamp)
         self.status = ExecutionStatus.SUCCEEDED
         self.result = answer["payload"]
 
     @event(Failed)
-    def _failed(self, answer: JSON) -> None:
-        self.log.append(answer)
+    def _failed(self, answer: JSON, timestamp: datetime | None = None) -> None:
+        self._answered(answer, timestamp)
         self.status = ExecutionStatus.FAILED
         self.error = answer["payload"]
 
     @event(Rejected)
-    def _rejected(self, answer: JSON) -> None:
-        self.log.append(answer)
+    def _rejected(self, answer: JSON, timestamp: datetime | None = None) -> None:
+        self._answered(answer, timestamp)
         self.status = ExecutionStatus.REJECTED
         self.error = answer["payload"]
+
+    def _answered(self, answer: JSON, at: datetime | None) -> None:
+        """What every answer that moves the status does: kept in the log; the first one
+        marks when the device answered."""
+        self.log.append(answer)
+        if self.answered_at is None:
+            self.answered_at = at
 
     @event(AnswerRecorded)
     def _answer_recorded(self, answer: JSON) -> None:

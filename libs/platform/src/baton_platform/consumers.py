@@ -27,6 +27,7 @@ the rest, where the consumer used to receive, decode and acknowledge each one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -37,6 +38,8 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 from nats.js.api import DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
+
+from baton_platform import metrics
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ async def resume_in_order(
     max_ack_pending: int,
     ack_wait: float,
     filter_subjects: Iterable[str] | None = None,
+    exclusive: bool = False,
 ) -> int | None:
     """Before subscribing as durable consumer `name`: give it these limits and, when given,
     these filter subjects (the subscription takes an existing consumer as it finds it, so
@@ -72,7 +76,11 @@ async def resume_in_order(
     a message twice: handlers are idempotent.
 
     Returns the stream sequence of the last message delivered before, when some were not
-    acknowledged: up to there, messages come back that an earlier instance had."""
+    acknowledged: up to there, messages come back that an earlier instance had.
+
+    `exclusive`: deliveries go to this process's inbox alone from now on, whoever else is
+    still subscribed (a process frozen past the lease that made it the consumer's one
+    reader: its subscription, left in the queue group, would take its turn of them)."""
     try:
         info = await js.consumer_info(stream, name)
     except NotFoundError:
@@ -82,7 +90,7 @@ async def resume_in_order(
     # Deliveries go to this client's own inbox: its NATS user may subscribe there only, and
     # a consumer made before users had permissions (or by another client) delivers elsewhere.
     inbox = js._nc.new_inbox()  # nats-py offers no other way to the client's inbox prefix
-    if not (config.deliver_subject or "").startswith(inbox.rsplit(".", 1)[0] + "."):
+    if exclusive or not (config.deliver_subject or "").startswith(inbox.rsplit(".", 1)[0] + "."):
         wanted["deliver_subject"] = inbox
     if filter_subjects is not None:
         # One or the other: the server refuses a consumer with both.
@@ -117,8 +125,10 @@ class DurableConsumer:
         handle: MessageHandler,
         max_ack_pending: int = MAX_ACK_PENDING,
         ack_wait: float = ACK_WAIT_S,
+        exclusive: bool = False,
     ) -> None:
         self.stream = stream
+        self._exclusive = exclusive  # resume_in_order
         self.name = name
         self.filter_subjects = sorted(filter_subjects)
         self._handle = handle
@@ -137,14 +147,23 @@ class DurableConsumer:
         """From the start of the stream the first time (nothing relayed before the service
         first ran is missed), then from where it left off."""
         self._js = js
-        self._inherited_upto = await resume_in_order(
-            js, self.stream, self.name, self._max_ack_pending, self._ack_wait, self.filter_subjects
-        )
+        start_seq = await self._take_over(js) if self._exclusive else None
+        if start_seq is None:
+            self._inherited_upto = await resume_in_order(
+                js,
+                self.stream,
+                self.name,
+                self._max_ack_pending,
+                self._ack_wait,
+                self.filter_subjects,
+                self._exclusive,
+            )
         self._stopping = False
         config = api.ConsumerConfig(
             ack_wait=self._ack_wait,
             max_ack_pending=self._max_ack_pending,
             filter_subjects=self.filter_subjects,
+            opt_start_seq=start_seq,
         )
         self._subscription = await js.subscribe(
             self.filter_subjects[0],  # only names the stream: the filters are in `config`
@@ -152,9 +171,37 @@ class DurableConsumer:
             stream=self.stream,
             cb=self._on_message,
             manual_ack=True,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.ALL
+            if start_seq is None
+            else DeliverPolicy.BY_START_SEQUENCE,
             config=config,
         )
+        _RUNNING[self.stream, self.name] = self
+        _sample_lag_while_running()
+
+    async def _take_over(self, js: JetStreamContext) -> int | None:
+        """An exclusive consumer still bound to another process's subscription (one frozen
+        past its lease): the server refuses to send its deliveries elsewhere while that
+        subscription lives, and would go on handing it its turn of them. So the consumer is
+        made anew, from its ack floor on: what lies above the floor comes again, as
+        delivered before (`delivered_before`: the earlier process may have acted on it).
+        Returns the stream sequence to start from, or None: nobody else is bound."""
+        try:
+            info = await js.consumer_info(self.stream, self.name)
+        except NotFoundError:
+            return None
+        if not info.push_bound:
+            return None
+        floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+        delivered = info.delivered.stream_seq if info.delivered is not None else 0
+        await js.delete_consumer(self.stream, self.name)
+        log.warning(
+            "%s: still bound to another subscriber; made anew from its ack floor (%d)",
+            self.name,
+            floor,
+        )
+        self._inherited_upto = delivered if delivered > floor else None
+        return floor + 1
 
     def delivered_before(self, msg: Msg) -> bool:
         """Whether `msg` was delivered before: to this instance (JetStream counts it), or to
@@ -187,6 +234,29 @@ class DurableConsumer:
         if self._subscription is not None:
             await self._subscription.unsubscribe()
             self._subscription = None
+        if _RUNNING.get((self.stream, self.name)) is self:
+            del _RUNNING[self.stream, self.name]
+            # Its lag is another's to say now (a partition handed over), or nobody's.
+            for gauge in (metrics.CONSUMER_PENDING, metrics.CONSUMER_ACK_PENDING):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(self.stream, self.name)
+
+    async def sample_lag(self) -> None:
+        """Its lag as the server tells it, into the gauges (nothing when it cannot tell)."""
+        if self._js is None:
+            return
+        try:
+            info = await asyncio.wait_for(
+                self._js.consumer_info(self.stream, self.name), LAG_QUERY_TIMEOUT_S
+            )
+        except Exception as exc:  # NATS away: the gauges keep the last value they had
+            log.debug("lag of %s not sampled: %s", self.name, exc)
+            return
+        if _RUNNING.get((self.stream, self.name)) is self:  # not stopped meanwhile
+            metrics.CONSUMER_PENDING.labels(self.stream, self.name).set(info.num_pending or 0)
+            metrics.CONSUMER_ACK_PENDING.labels(self.stream, self.name).set(
+                info.num_ack_pending or 0
+            )
 
     async def _on_message(self, msg: Msg) -> None:
         async with self._handling:
@@ -197,6 +267,32 @@ class DurableConsumer:
             except Exception:
                 log.exception("%s: handling %s failed; delivering it again", self.name, msg.subject)
                 await msg.nak(delay=1.0)
+
+
+# The durable consumers this process runs, by (stream, name): their lag is sampled every
+# metrics.SAMPLE_INTERVAL_S while metrics are served (one consumer-info request each), not
+# counted per message.
+_RUNNING: dict[tuple[str, str], DurableConsumer] = {}
+LAG_QUERY_TIMEOUT_S = 2.0
+_sampler: asyncio.Task[None] | None = None
+
+
+def _sample_lag_while_running() -> None:
+    """Start the lag sampler of this event loop, if metrics are served and it is not running."""
+    global _sampler
+    if not metrics.serving():
+        return
+    loop = asyncio.get_running_loop()
+    if _sampler is not None and not _sampler.done() and _sampler.get_loop() is loop:
+        return
+    _sampler = loop.create_task(_sample_lag(), name="consumer-lag")
+
+
+async def _sample_lag() -> None:
+    while _RUNNING:
+        for consumer in list(_RUNNING.values()):
+            await consumer.sample_lag()
+        await asyncio.sleep(metrics.SAMPLE_INTERVAL_S)
 
 
 BatchHandler = Callable[[list[Msg]], Awaitable[None]]

@@ -9,7 +9,7 @@ import time
 
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 
-from baton_domain.application import Executions
+from baton_domain.application import Executions, Recorded
 from baton_domain.catalog import Catalog
 from baton_platform.settings import Settings
 from baton_platform.sql import postgres_params
@@ -73,7 +73,11 @@ OPEN_PATIENCE_S = 10.0
 
 
 def open_executions(
-    settings: Settings, catalog: Catalog | None = None, *, writer: bool = False
+    settings: Settings,
+    catalog: Catalog | None = None,
+    *,
+    writer: bool = False,
+    on_recorded: Recorded | None = None,
 ) -> Executions:
     """The event-sourced application. Readers (api projection, CLI) pass no catalog; the
     dispatcher, the one writer, says so (`writer`).
@@ -93,6 +97,7 @@ def open_executions(
                 catalog or Catalog(),
                 env=event_store_env(settings, writer),
                 max_waiting=settings.max_waiting_per_device,
+                on_recorded=on_recorded,
             )
         except (
             InterfaceError,

@@ -30,6 +30,8 @@ from typing import Any
 
 from baton_contracts.nats import (
     ACCESS_BUCKET,
+    BRIDGE_IN_FLIGHT_BUCKET,
+    BRIDGE_RELEASED_SUBJECT,
     CANCEL_SUBJECT,
     CATALOG_CHANGE_SUBJECT,
     CATALOG_GET_SUBJECT,
@@ -128,13 +130,14 @@ def _consumer(stream: str, durable: str) -> list[str]:
     ]
 
 
-def _access_bucket() -> list[str]:
-    """The api's key-value bucket of keys and tenants (`baton_api.access`): create it (or
+def _watched_bucket(bucket: str) -> list[str]:
+    """A key-value bucket read whole by a watch: the api's of keys and tenants
+    (`baton_api.access`), the bridge's of raw-mapped devices in flight: create it (or
     change its replicas: BATON_NATS_REPLICAS), write and read entries, watch it (an ordered
     consumer, with flow control, deleted on stop)."""
-    stream = f"KV_{ACCESS_BUCKET}"
+    stream = f"KV_{bucket}"
     return [
-        *_kv_bucket(ACCESS_BUCKET),
+        *_kv_bucket(bucket),
         f"{JS_API}.CONSUMER.CREATE.{stream}",
         f"{JS_API}.CONSUMER.CREATE.{stream}.>",
         f"{JS_API}.CONSUMER.INFO.{stream}.*",
@@ -222,7 +225,17 @@ def service_permissions(user: str) -> dict[str, Any]:
                     for index in range(MAX_BRIDGE_REPLICAS)
                     for rule in _consumer(EVENTS_STREAM, bridge_durable((index, 2)))
                 ),
+                # A slot's consumer made anew past a process frozen on it (consumers.py).
+                *(
+                    f"{JS_API}.CONSUMER.DELETE.{EVENTS_STREAM}.{bridge_durable((index, 2))}"
+                    for index in range(MAX_BRIDGE_REPLICAS)
+                ),
+                # Replicas: who runs which slot, and each raw-mapped device's execution.
+                *_kv_bucket(LEASES_BUCKET),
+                *_watched_bucket(BRIDGE_IN_FLIGHT_BUCKET),
+                BRIDGE_RELEASED_SUBJECT,
             ],
+            subscribe=[BRIDGE_RELEASED_SUBJECT],
         )
     if user == TIMEOUT_SCHEDULER:
         return _permissions(
@@ -244,7 +257,7 @@ def service_permissions(user: str) -> dict[str, Any]:
                 *REQUEST_SUBJECTS,
                 f"{PARTITIONS_PREFIX}.*.submit",  # straight to the device's dispatcher
                 VIEWS_ADVANCED_SUBJECT,  # the replica that projects, to the others
-                *_access_bucket(),
+                *_watched_bucket(ACCESS_BUCKET),
                 *_kv_bucket(LEASES_BUCKET),
             ],
             subscribe=[EVENTS_WILDCARD, TENANT_SUBMIT_WILDCARD, VIEWS_ADVANCED_SUBJECT],

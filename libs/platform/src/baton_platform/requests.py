@@ -20,6 +20,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
 
 from baton_contracts.nats import (
@@ -29,7 +30,9 @@ from baton_contracts.nats import (
     Problem,
     SubmitCommand,
 )
+from baton_platform import tracing
 from baton_platform.lifecycle import cancel_and_wait
+from baton_platform.logs import about
 from baton_platform.metrics import REJECTED_MESSAGES
 
 log = logging.getLogger(__name__)
@@ -86,10 +89,15 @@ async def request_patiently(nc: Client, subject: str, payload: bytes, within: fl
     moving between two dispatchers, or every dispatcher restarting, has no one on it for a
     moment. NATS says at once when no one listens, and then nothing was received, so sending
     it again is safe. NoRespondersError once the time is up; a TimeoutError when it was
-    received and not answered in time."""
+    received and not answered in time. The current trace context travels in its headers."""
     deadline = time.monotonic() + within
+    # The caller's trace goes on with whoever answers (no headers at all when not traced).
+    headers = tracing.inject()
     while True:
         try:
+            if headers:
+                timeout = deadline - time.monotonic()
+                return await nc.request(subject, payload, timeout=timeout, headers=headers)
             return await nc.request(subject, payload, timeout=deadline - time.monotonic())
         except NoRespondersError:
             # The last try keeps a useful time: one sent with almost none left would time
@@ -142,9 +150,11 @@ class RequestEdges:
         async def answer(msg: Msg) -> None:
             async with gate:
                 bound = None if bind is None else functools.partial(bind, msg.subject)
-                reply = await answer_request(
-                    service, msg.data, subject, verb, model, handle, refuse, bound
-                )
+                parent = tracing.extract(msg.headers)
+                with tracing.span(f"{service} {verb}", SpanKind.SERVER, parent):
+                    reply = await answer_request(
+                        service, msg.data, subject, verb, model, handle, refuse, bound
+                    )
             if msg.reply:
                 await msg.respond(reply)
 
@@ -207,14 +217,17 @@ async def answer_request(
     except ValidationError as exc:
         REJECTED_MESSAGES.labels(service=service, reason=f"invalid-{verb}").inc()
         return refuse(invalid_message(exc)).model_dump_json().encode()
-    try:
-        reply = await handle(command)
-    except Exception:
-        log.exception("%s failed", subject)
-        REJECTED_MESSAGES.labels(service=service, reason=f"{verb}-failed").inc()
-        about = getattr(command, "execution_id", None)  # what to GET before a retry
-        problem = failed(service).model_copy(update={"execution_id": about})
-        return refuse(problem).model_dump_json().encode()
+    execution_id = getattr(command, "execution_id", None)
+    tracing.tag(execution_id)
+    with about(execution_id):
+        try:
+            reply = await handle(command)
+        except Exception:
+            log.exception("%s failed", subject)
+            REJECTED_MESSAGES.labels(service=service, reason=f"{verb}-failed").inc()
+            # What to GET before a retry.
+            problem = failed(service).model_copy(update={"execution_id": execution_id})
+            return refuse(problem).model_dump_json().encode()
     return reply.model_dump_json().encode()
 
 

@@ -165,6 +165,20 @@ class Settings(BaseSettings):
     # service behaviour
     instance: str = "default"
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="json: one JSON object a line, for a log shipper (production); text: "
+        "for people (`baton dev run` and the tests' stacks set it)",
+    )
+    log_messages: bool = Field(
+        default=False,
+        description="log FastStream's `Received`/`Processed` line for every message it handles",
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="export traces over OTLP/HTTP to this collector (http://host:4318); "
+        "unset: tracing is off and costs nothing",
+    )
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Prometheus metrics port; 0 turns it off"
     )
@@ -197,6 +211,15 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         description="which of the BATON_BRIDGE_REPLICAS this bridge is: 0, 1, ... replicas - 1",
+    )
+    bridge_slot_accounts: Path | None = Field(
+        default=None,
+        description=(
+            "with bridge replicas, a JSON file of one MQTT account per slot (a list of "
+            "{username, password, client_id}), for a broker that binds an account to one "
+            'client id: a slot keeps its account whoever runs it (docs/operations.md, "Bridge '
+            'replicas"); unset, every slot uses BATON_MQTT_USERNAME and its own client id'
+        ),
     )
     mqtt_redelivery_wait: float = Field(
         default=0.0,
@@ -255,6 +278,12 @@ class Settings(BaseSettings):
     def scheduler_database(self) -> Database:
         """The scheduler's deadlines: `deadlines.sqlite`, or the schema `scheduler`."""
         return self._database(self.scheduler_path, "scheduler")
+
+    @property
+    def traces_database(self) -> Database:
+        """Trace contexts between a submit and its events' relay, while tracing is on:
+        `traces.sqlite`, or the schema `traces` (baton_dispatcher.traces)."""
+        return self._database(self.data_dir / "traces.sqlite", "traces")
 
     def _database(self, path: Path, schema: str) -> Database:
         url = self.postgres_url

@@ -95,6 +95,19 @@ def count(
     return int(conn.execute(sql, values).fetchone()[0])
 
 
+def unfinished_by_device(conn: Connection) -> list[tuple[str, str, int]]:
+    """(device id, status, how many) of every device's executions not yet ended, in every
+    tenant: one range of the counters per status (scope 1), however many have ended."""
+    statuses = sorted(s.value for s in ExecutionStatus if not s.is_terminal)
+    rows = conn.execute(
+        "SELECT device_id, status, SUM(n) FROM execution_counts"
+        f" WHERE scope = 1 AND status IN ({', '.join('?' * len(statuses))})"
+        " GROUP BY device_id, status",
+        statuses,
+    )
+    return [(row[0], row[1], int(row[2])) for row in rows]
+
+
 def tenants(conn: Connection) -> list[str]:
     """The tenants that have executions, in order: one range of the counters (scope 0),
     however many executions they have."""

@@ -20,7 +20,7 @@ from baton_contracts.nats import LifecycleEvent
 from baton_domain.statuses import ExecutionStatus
 from baton_platform.sql import Connection, Database
 from baton_views.changes import Change, ChangeFilter, changes_after
-from baton_views.counts import count
+from baton_views.counts import count, unfinished_by_device
 from baton_views.projection import project
 from baton_views.queries import (
     DEFAULT_LIMIT,
@@ -100,6 +100,10 @@ class ExecutionViews:
         """How many of `tenant`'s executions are PENDING: one lookup of the counters."""
         statuses = [ExecutionStatus.PENDING]
         return self._read(lambda conn: count(conn, tenant, None, None, statuses, (0, 1)))
+
+    def unfinished_by_device(self) -> builtins.list[tuple[str, str, int]]:
+        """(device id, status, how many) of the executions not yet ended, every tenant's."""
+        return self._read(unfinished_by_device)
 
     def ids_created_before(
         self,

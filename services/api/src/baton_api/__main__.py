@@ -9,14 +9,14 @@ from types import FrameType
 import uvicorn
 
 from baton_api.app import Parts, create_app
-from baton_platform.logs import configure_logging
+from baton_platform.logs import observe
 from baton_platform.metrics import serve_metrics
 from baton_platform.settings import Settings
 
 
 def main() -> None:
     settings = Settings()
-    configure_logging("api", settings.log_level)
+    stop_tracing = observe("api", settings)
     serve_metrics(settings.metrics_port, settings.metrics_host)
     try:
         app = create_app(settings)
@@ -28,13 +28,16 @@ def main() -> None:
         port=settings.api_port,
         log_level=settings.log_level.lower(),
         access_log=False,
-        log_config=None,  # keep configure_logging's format for uvicorn's own lines too
+        log_config=None,  # keep observe's log format for uvicorn's own lines too
         lifespan="on",
         # HTTPS when a certificate is configured (docs/security.md, "Running behind TLS").
         ssl_certfile=settings.api_tls_cert_file,
         ssl_keyfile=settings.api_tls_key_file,
     )
-    DrainingServer(config, app.state.parts, settings.api_drain_seconds).run()
+    try:
+        DrainingServer(config, app.state.parts, settings.api_drain_seconds).run()
+    finally:
+        stop_tracing()
 
 
 class DrainingServer(uvicorn.Server):

@@ -33,6 +33,7 @@ from baton_contracts.nats import (
     KeyRecord,
     TenantRecord,
 )
+from baton_platform.metrics import REJECTED_MESSAGES
 from baton_platform.nats import ensure_bucket
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class InMemoryAccess:
                 else:
                     self._tenants[name] = TenantRecord.model_validate_json(value)
         except ValidationError:
+            REJECTED_MESSAGES.labels(service="api", reason="malformed-access-entry").inc()
             log.warning("ignored a malformed %s entry in %s", entry, ACCESS_BUCKET)
 
 

@@ -17,10 +17,11 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
+from baton_api import apidocs
 from baton_api.access import AccessStore, InMemoryAccess, NatsAccess
+from baton_api.access_log import log_access
 from baton_api.auth import API_KEY_HEADER, ApiKeyMiddleware, caller
 from baton_api.catalog import (
     CatalogController,
@@ -28,6 +29,7 @@ from baton_api.catalog import (
     DeviceController,
     DeviceTypeController,
 )
+from baton_api.console import console_routers
 from baton_api.controllers import CommandController, ExecutionController, refuse_unknown_query
 from baton_api.credentials import (
     CredentialController,
@@ -58,6 +60,7 @@ from baton_api.webhooks.delivery import DeliveryPolicy, WebhookSender
 from baton_api.webhooks.store import WebhookStore
 from baton_contracts.nats import PROJECTION_LEASE
 from baton_domain.application import Executions
+from baton_platform import metrics
 from baton_platform.eventstore import open_executions
 from baton_platform.leases import hold, holder_name
 from baton_platform.lifecycle import cancel_and_wait
@@ -112,6 +115,24 @@ class Parts:
         self.tasks.append(asyncio.create_task(self.sweeper.run(), name="retention"))
         if self.sender is not None:
             self.tasks.append(asyncio.create_task(self.sender.run(), name="webhooks"))
+        if metrics.serving():
+            self.tasks.append(asyncio.create_task(self._sample_unfinished(), name="unfinished"))
+
+    async def _sample_unfinished(self) -> None:
+        """While this replica writes the views (one replica says them, from fresh views):
+        the executions not ended per device type, every few seconds."""
+        while True:
+            try:
+                if self.runner.projecting:
+                    rows = await asyncio.to_thread(self.views.unfinished_by_device)
+                    catalog = await asyncio.to_thread(lambda: self.executions.catalog)
+                    types = {device.id: device.type for device in catalog.devices}
+                    metrics.set_unfinished(metrics.unfinished_per_type(rows, types))
+                else:
+                    metrics.clear_unfinished()
+            except Exception:  # the views or the store away: said again at the next round
+                log.exception("could not read the executions per device type")
+            await asyncio.sleep(metrics.SAMPLE_INTERVAL_S)
 
     async def _hold_projection(self) -> None:
         """Write the views while this replica holds lease `projection` (every replica
@@ -293,14 +314,14 @@ def create_app(
             await parts.stop()
 
     limits = RateLimits(settings.rate_limit, settings.rate_burst)
-    auth = DefineMiddleware(
-        ApiKeyMiddleware,
-        keys=keys,
-        admin_keys=admin_keys,
-        limits=limits,
-        access=parts.access,
-        tokens=tokens,
-    )
+    key_check = {
+        "keys": keys,
+        "admin_keys": admin_keys,
+        "limits": limits,
+        "access": parts.access,
+        "tokens": tokens,
+    }
+    auth = DefineMiddleware(ApiKeyMiddleware, **key_check)
     v1 = Router(
         "/v1",
         route_handlers=[
@@ -327,6 +348,9 @@ def create_app(
             v1,
             *dialect_routers([auth], lambda: parts.executions.catalog),
             HealthController,
+            *apidocs.routes(),  # /schema/asyncapi.json, the doc pages' assets
+            # The web console (docs/console.md): the same keys and services, as pages.
+            *console_routers(key_check, parts.executions.events_of),
         ],
         dependencies={
             "service": Provide(lambda: parts.service, sync_to_thread=False),
@@ -349,7 +373,8 @@ def create_app(
         logging_config=None,
     )
     declare_problems(app)  # every operation's problem documents (openapi.py)
-    return serve_head(app)  # HEAD on every GET route (head.py)
+    # HEAD on every GET route (head.py); one access log line and span per request.
+    return serve_head(log_access(app))
 
 
 def _openapi() -> OpenAPIConfig:
@@ -360,8 +385,8 @@ def _openapi() -> OpenAPIConfig:
             "Send commands to IoT devices and keep an exact, replayable record of every "
             "execution. Every error is an RFC 9457 problem document."
         ),
-        path="/schema",
-        render_plugins=[SwaggerRenderPlugin()],
+        path=apidocs.SCHEMA_PATH,
+        render_plugins=apidocs.render_plugins(),  # served from the api's own assets
         components=Components(
             security_schemes={
                 "bearer": SecurityScheme(type="http", scheme="bearer"),

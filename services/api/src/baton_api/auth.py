@@ -75,19 +75,17 @@ class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
     ) -> None:
         super().__init__(app)
         self._limits = limits or RateLimits(0, 1)
-        self._access = access or InMemoryAccess()
-        self._tokens = tokens
-        owners = set(admin_keys)
-        self._bootstrap = [
-            (_digest(k), Identity(principal_of(k), DEFAULT_TENANT, _bootstrap_role(k, owners)))
-            for k in dict.fromkeys([*keys, *admin_keys])
-        ]
+        self.keys = KeyIdentifier(keys, admin_keys, access, tokens)
+
+    def presented(self, connection: ASGIConnection) -> str | None:  # type: ignore[type-arg]
+        """The credential the request carries (the console's middleware: its cookie)."""
+        return _presented_key(connection)
 
     async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:  # type: ignore[type-arg]
-        presented = _presented_key(connection)
+        presented = self.presented(connection)
         if presented is None:
             raise NotAuthorizedException("an API key is required (Authorization: Bearer <key>)")
-        identity = self._identify(presented)
+        identity = self.keys.identify(presented)
         wait = self._limits.take(identity.principal)
         if wait is not None:
             REJECTED_MESSAGES.labels(service="api", reason="rate-limited").inc()
@@ -99,7 +97,26 @@ class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
             raise ProblemError(refused, {"Retry-After": str(max(1, math.ceil(wait)))})
         return AuthenticationResult(user=identity, auth=identity.role)
 
-    def _identify(self, presented: str) -> Identity:
+
+class KeyIdentifier:
+    """Who a credential is: a JWT, a managed key, or a bootstrap key; 401 for none."""
+
+    def __init__(
+        self,
+        keys: Sequence[str] = (),
+        admin_keys: Sequence[str] = (),
+        access: AccessStore | None = None,
+        tokens: TokenVerifier | None = None,
+    ) -> None:
+        self._access = access or InMemoryAccess()
+        self._tokens = tokens
+        owners = set(admin_keys)
+        self._bootstrap = [
+            (_digest(k), Identity(principal_of(k), DEFAULT_TENANT, _bootstrap_role(k, owners)))
+            for k in dict.fromkeys([*keys, *admin_keys])
+        ]
+
+    def identify(self, presented: str) -> Identity:
         if self._tokens is not None and self._tokens.enabled and looks_like_jwt(presented):
             try:
                 claims = self._tokens.verify(presented)

@@ -9,24 +9,29 @@ its own tenant's part only (another tenant's device type or device is not found)
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+import base64
+import binascii
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
 from litestar import Controller, delete, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, QueryParameter
 from pydantic import BaseModel, Field
 
 from baton_api.auth import Identity, admin, viewer
 from baton_api.device_accounts import AccountsUnavailableError, DeviceAccounts, FixedAccounts
 from baton_api.gateway import CommandGateway
-from baton_api.problems import ProblemError, problem
+from baton_api.problems import ProblemError, invalid, problem
 from baton_api.schemas import STRICT_REQUEST
 from baton_contracts.accounts import device_username
 from baton_contracts.nats import CatalogChange
 from baton_domain.application import Executions
 from baton_domain.catalog import Catalog, Device, DeviceType, DeviceTypeName
+from baton_domain.delivery import DeviceQueue
 from baton_domain.errors import UnknownDevice, UnknownDeviceType
 from baton_platform.problems import problem_for
+from baton_views import DEFAULT_LIMIT, MAX_LIMIT
 
 
 class CatalogService:
@@ -51,6 +56,45 @@ class CatalogService:
             return stored.device(device_id, tenant)  # no copy of the tenant's part for one
         except UnknownDevice as exc:
             raise _missing(exc) from None
+
+    async def devices(
+        self, tenant: str, device_type: str | None, limit: int, cursor: str | None
+    ) -> DevicePage:
+        """A page of the tenant's devices (of `device_type`, if given), by id, each with its
+        presence and queue; `next_cursor` while more follow."""
+        after = _after(cursor)
+        catalog = await self.catalog(tenant)
+        matching = sorted(
+            (d for d in catalog.devices if device_type in (None, d.type)), key=lambda d: d.id
+        )
+        page = [d for d in matching if after is None or d.id > after][: limit + 1]
+        more = len(page) > limit
+        page = page[:limit]
+        items = await asyncio.to_thread(lambda: [self._with_presence(d, catalog) for d in page])
+        next_cursor = _cursor(page[-1].id) if more else None
+        return DevicePage(items=items, total_count=len(matching), next_cursor=next_cursor)
+
+    async def device_status(self, device_id: str, tenant: str) -> DeviceOut:
+        """The device with its presence and queue, or a 404 problem."""
+        device = await self.device(device_id, tenant)
+        catalog = await self.catalog(tenant)
+        return await asyncio.to_thread(self._with_presence, device, catalog)
+
+    def _with_presence(self, device: Device, catalog: Catalog) -> DeviceOut:
+        # The device's queue as stored by the dispatcher (DeviceQueue): one read of its
+        # newest events, the library's cache keeping the rest.
+        queue = self._executions.queue_of(device.id)
+        device_type = catalog.device_types.get(device.type)
+        return DeviceOut(
+            **device.model_dump(),
+            presence=_presence(queue),
+            last_seen=queue.presence_at,
+            queue=QueueOut(
+                waiting=len(queue.waiting),
+                in_flight=len(queue.in_flight),
+                cooldowns=_cooldowns(queue, device_type, self._executions.clock()),
+            ),
+        )
 
     async def remove_device(self, device_id: str, by: Identity) -> None:
         """Take the device's MQTT account back first, then remove it from the catalog: a
@@ -81,9 +125,78 @@ class DeviceTypePage(BaseModel):
     total_count: int
 
 
+class QueueOut(BaseModel):
+    waiting: int = Field(description="executions waiting to be sent (delivery policy, offline)")
+    in_flight: int = Field(description="executions sent and not yet ended")
+    cooldowns: dict[str, datetime] = Field(
+        description="command -> when its cooldown ends, for commands still cooling down"
+    )
+
+
+class DeviceOut(Device):
+    presence: Literal["online", "offline", "unknown"] = Field(
+        description="as the device last reported (`unknown`: never; treated as online)"
+    )
+    last_seen: datetime | None = Field(
+        description="when its presence last changed: went online, or was last seen (offline)"
+    )
+    queue: QueueOut
+
+
+# What GET adds to a device: the record of what it is doing, not part of the catalog. A write
+# drops them, so what GET gave can be sent back as it is (GET, edit, PUT).
+READ_ONLY_DEVICE_FIELDS = frozenset(DeviceOut.model_fields) - frozenset(Device.model_fields)
+
+
 class DevicePage(BaseModel):
-    items: list[Device]
-    total_count: int
+    items: list[DeviceOut]
+    total_count: int = Field(description="devices matching the filter, over all pages")
+    next_cursor: str | None = Field(default=None, description="pass as `cursor` for the next page")
+
+
+DeviceTypeFilter = Annotated[
+    str | None, QueryParameter(name="type", description="only devices of this device type")
+]
+DeviceLimit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)]
+DeviceCursor = Annotated[
+    str | None, QueryParameter(description="`next_cursor` of the previous page")
+]
+
+
+def _presence(queue: DeviceQueue) -> Literal["online", "offline", "unknown"]:
+    if queue.online is None:
+        return "unknown"
+    return "online" if queue.online else "offline"
+
+
+def _cooldowns(
+    queue: DeviceQueue, device_type: DeviceType | None, now: datetime
+) -> dict[str, datetime]:
+    if device_type is None:
+        return {}
+    ends = {}
+    for name, spec in device_type.commands.items():
+        last = queue.last_run.get(name)
+        if spec.cooldown and last is not None:
+            end = last + timedelta(seconds=spec.cooldown)
+            if end > now:
+                ends[name] = end.astimezone(UTC)
+    return ends
+
+
+def _cursor(device_id: str) -> str:
+    return base64.urlsafe_b64encode(device_id.encode()).decode().rstrip("=")
+
+
+def _after(cursor: str | None) -> str | None:
+    """The device id a cursor continues after; a cursor that is not one is a 422."""
+    if cursor is None:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise invalid("cursor", "not a cursor this list gave") from None
 
 
 class NamedDeviceType(BaseModel):
@@ -202,10 +315,15 @@ class DeviceController(Controller):
 
     @get("/", guards=[viewer])
     async def list_devices(
-        self, caller: NamedDependency[Identity], catalog_service: NamedDependency[CatalogService]
+        self,
+        caller: NamedDependency[Identity],
+        catalog_service: NamedDependency[CatalogService],
+        device_type: DeviceTypeFilter = None,
+        limit: DeviceLimit = DEFAULT_LIMIT,
+        cursor: DeviceCursor = None,
     ) -> DevicePage:
-        catalog = await catalog_service.catalog(caller.tenant)
-        return DevicePage(items=catalog.devices, total_count=len(catalog.devices))
+        """The devices by id, each with its presence, last seen and queue; `type` filters."""
+        return await catalog_service.devices(caller.tenant, device_type, limit, cursor)
 
     @get("/{device_id:str}", guards=[viewer])
     async def get_device(
@@ -213,8 +331,9 @@ class DeviceController(Controller):
         caller: NamedDependency[Identity],
         catalog_service: NamedDependency[CatalogService],
         device_id: FromPath[str],
-    ) -> Device:
-        return await catalog_service.device(device_id, caller.tenant)
+    ) -> DeviceOut:
+        """The device with its presence, last seen and queue."""
+        return await catalog_service.device_status(device_id, caller.tenant)
 
     @post("/", status_code=201, guards=[admin])
     async def create_device(
@@ -224,7 +343,7 @@ class DeviceController(Controller):
         data: JSONBody[dict[str, Any]],
     ) -> Device:
         """Admin: add a device: `{id, type, hardware_id?, labels?}`; 409 if one has the id
-        (PUT replaces)."""
+        (PUT replaces). What GET adds (presence, last_seen, queue) is read-only and ignored."""
         return await self._change(catalog_service, caller, "create-device", data)
 
     @put("/{device_id:str}", guards=[admin])
@@ -256,6 +375,7 @@ class DeviceController(Controller):
         op: Literal["create-device", "put-device"],
         device: dict[str, Any],
     ) -> Device:
+        device = {k: v for k, v in device.items() if k not in READ_ONLY_DEVICE_FIELDS}
         document = await service.change(CatalogChange(op=op, device=device), caller)
         stored = next(d for d in document["devices"] if d["id"] == device.get("id"))
         return Device.model_validate(stored)

@@ -37,6 +37,8 @@ from baton_contracts.nats import (
     partition_of,
     partition_subject,
 )
+from baton_platform import tracing
+from baton_platform.logs import about
 from baton_platform.requests import request_patiently
 
 log = logging.getLogger(__name__)
@@ -92,7 +94,8 @@ class NatsGateway:
         )
         # Straight to the dispatcher that writes the device's streams.
         subject = partition_subject(partition_of(command.device_id), "submit")
-        return await self._request(subject, payload, ExecutionReply, unknown)
+        with about(command.execution_id):
+            return await self._request(subject, payload, ExecutionReply, unknown)
 
     async def cancel(self, command: CancelCommand) -> ExecutionReply:
         return await self._request(CANCEL_SUBJECT, _encoded(command), ExecutionReply)
@@ -116,7 +119,9 @@ class NatsGateway:
         if client is None or not client.is_connected:
             raise unavailable("the message bus is not reachable; nothing was stored; retry")
         try:
-            message = await request_patiently(client, subject, payload, self._timeout)
+            verb = subject.rsplit(".", 1)[-1]
+            with tracing.span(f"request {verb}", tracing.SpanKind.CLIENT):
+                message = await request_patiently(client, subject, payload, self._timeout)
         except NoRespondersError:
             raise unavailable("no dispatcher is running; nothing was stored; retry") from None
         except MaxPayloadError:

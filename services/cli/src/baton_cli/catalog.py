@@ -10,6 +10,8 @@ nothing running: it reads a catalog file and writes YAML.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +19,7 @@ import typer
 import yaml
 
 from baton_cli.api_client import DEFAULT_KEY, DEFAULT_URL, ApiKey, ApiUrl, call, fail
+from baton_cli.output import progress_bar
 
 catalog_app = typer.Typer(
     help="Import or export the device catalog (YAML), or write one with a generated fleet.",
@@ -46,16 +49,108 @@ def export(
 @catalog_app.command("import")
 def import_(
     file: Annotated[Path, typer.Argument(help="A catalog YAML file (as `export` writes).")],
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Change nothing: check FILE, print what would change and every error with "
+            "its field path (exit 1 if there is one).",
+        ),
+    ] = False,
     api_url: ApiUrl = DEFAULT_URL,
     api_key: ApiKey = DEFAULT_KEY,
 ) -> None:
     """Replace the whole catalog with FILE (checked first; nothing changes if it is wrong)."""
-    document = _read_catalog(file)
-    stored = call("PUT", api_url, "/v1/catalog", api_key, document)
-    typer.echo(
-        f"imported {len(stored.get('device_types', {}))} device type(s) and "
-        f"{len(stored.get('devices', []))} device(s) from {file}"
-    )
+    with steps(3 if dry_run else 2) as step:
+        document = _read_catalog(file)
+        step("checking")
+        errors = catalog_errors(document) if dry_run else []
+        step("reading the stored catalog" if dry_run else "importing")
+        if dry_run:
+            stored = call("GET", api_url, "/v1/catalog", api_key)
+        else:
+            stored = call("PUT", api_url, "/v1/catalog", api_key, document, timeout=300)
+        step("done")
+    if not dry_run:
+        typer.echo(
+            f"imported {len(stored.get('device_types', {}))} device type(s) and "
+            f"{len(stored.get('devices', []))} device(s) from {file}"
+        )
+        return
+    for line in catalog_diff(stored, document):
+        typer.echo(line)
+    for field, reason in errors:
+        typer.echo(f"error: {field}: {reason}", err=True)
+    if errors:
+        fail(f"error: {file} is not a valid catalog ({len(errors)} error(s)); nothing changed")
+    typer.echo(f"{file} is valid; nothing changed (dry run)")
+
+
+@contextmanager
+def steps(total: int) -> Iterator[Callable[[str], None]]:
+    """A progress bar on stderr, on a terminal only: `step(what)` ends a step."""
+    with progress_bar() as bar:
+        task = bar.add_task("reading", total=total)
+        yield lambda what: bar.update(task, advance=1, description=what)
+
+
+def catalog_errors(document: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every error of a catalog document, each with its field path (the check an import
+    makes); [] for a valid one."""
+    from baton_domain.catalog_document import build
+    from baton_domain.errors import InvalidCatalog
+
+    try:
+        build(document)
+    except InvalidCatalog as exc:
+        return [(e.field, e.reason) for e in exc.errors]
+    return []
+
+
+def catalog_diff(stored: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What importing `new` over `stored` changes: `+ added`, `- removed`, `~ changed`, per
+    device type and device; one line saying so when nothing would."""
+    lines: list[str] = []
+    stored, new = _normal(stored), _normal(new)
+    for what, old_items, new_items in (
+        ("device type", _by_key(stored, "device_types"), _by_key(new, "device_types")),
+        ("device", _by_key(stored, "devices"), _by_key(new, "devices")),
+    ):
+        for key in sorted(old_items.keys() | new_items.keys()):
+            if key not in old_items:
+                lines.append(f"+ {what} {key}")
+            elif key not in new_items:
+                lines.append(f"- {what} {key}")
+            elif old_items[key] != new_items[key]:
+                lines.append(f"~ {what} {key}")
+    return lines or ["no change to the stored catalog"]
+
+
+def _normal(document: dict[str, Any]) -> dict[str, Any]:
+    """The document as the store keeps it (defaults left out), when it is valid; so a file
+    that spells a default out does not differ from the stored catalog."""
+    from baton_domain.catalog_document import build, document_of
+    from baton_domain.errors import InvalidCatalog
+
+    try:
+        return document_of(build(document, stored=True))
+    except InvalidCatalog:
+        return document
+
+
+def _by_key(document: dict[str, Any], part: str) -> dict[str, Any]:
+    """A part's items by name (device types) or id (devices), without the tenant Baton sets."""
+    items = document.get(part) or {}
+    if isinstance(items, dict):
+        pairs = [(str(k), v) for k, v in items.items()]
+    elif isinstance(items, list):
+        pairs = [(str(d.get("id")) if isinstance(d, dict) else str(d), d) for d in items]
+    else:
+        pairs = []
+    return {
+        k: {f: x for f, x in v.items() if f != "tenant"} if isinstance(v, dict) else v
+        for k, v in pairs
+    }
 
 
 def _read_catalog(file: Path) -> dict[str, Any]:
@@ -63,9 +158,9 @@ def _read_catalog(file: Path) -> dict[str, Any]:
     try:
         document = yaml.safe_load(file.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        fail(f"cannot read {file}: {exc}")
+        fail(f"error: cannot read {file}: {exc}")
     if not isinstance(document, dict):
-        fail(f"{file} is not a catalog: expected a mapping, got {type(document).__name__}")
+        fail(f"error: {file} is not a catalog: expected a mapping, got {type(document).__name__}")
     return document
 
 

@@ -17,17 +17,20 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
+from baton_cli.devstate import forget_state, write_state
 from baton_cli.localstack import (
-    METRICS_OFFSETS,
     PostgresServer,
     Stack,
     mqtt_flavour,
     start_postgres,
 )
+
+if TYPE_CHECKING:
+    from baton_domain.catalog import Catalog
 
 dev_app = typer.Typer(
     help="Run the whole stack locally (what `make run` does).", no_args_is_help=True
@@ -36,6 +39,7 @@ dev_app = typer.Typer(
 PID_FILE = "run/devstack.pid"
 # The dispatcher's metrics port; the other services take the next ones (METRICS_OFFSETS).
 DEFAULT_METRICS_PORT = 9180
+DEFAULT_CATALOG = Path("deploy/catalog/demo.yaml")
 # `--cluster` (make run-cluster): the topology of docs/operations.md on one machine.
 CLUSTER_NATS_NODES = 3
 CLUSTER_REPLICAS = 2
@@ -72,21 +76,25 @@ def metrics_port_problem(stack: Stack) -> str | None:
             except OSError as exc:
                 return (
                     f"{setting}: port {port} ({name} metrics, BATON_METRICS_PORT"
-                    f"+{METRICS_OFFSETS[name]}) is not free ({exc.strerror or exc}); "
+                    f"+{port - stack.metrics_port}) is not free ({exc.strerror or exc}); "
                     "choose another base port, or 0 to turn metrics off"
                 )
     return None
 
 
-def first_command(catalog: Path) -> tuple[str, str, dict[str, Any]]:
+def first_command(catalog: Path | Catalog) -> tuple[str, str, dict[str, Any]]:
     """A command the banner can show for the catalog in use: the demo's own example, or a
     command of the first device that needs no params (else its first command)."""
     from baton_domain.catalog import Catalog, CatalogError
 
-    try:
-        loaded = Catalog.from_yaml(catalog)
-    except (CatalogError, OSError):
-        loaded = None
+    loaded: Catalog | None
+    if isinstance(catalog, Catalog):
+        loaded = catalog
+    else:
+        try:
+            loaded = Catalog.from_yaml(catalog)
+        except (CatalogError, OSError):
+            loaded = None
     devices = loaded.devices if loaded is not None else []
     if not devices or any(d.id == "demo-thermostat-1" for d in devices):
         return "demo-thermostat-1", "set_temperature", {"value": 22}
@@ -97,10 +105,11 @@ def first_command(catalog: Path) -> tuple[str, str, dict[str, Any]]:
     return device.id, next(iter(free or commands), "reboot"), {}
 
 
-def _banner(stack: Stack) -> str:
+def _banner(stack: Stack, warnings: list[str] | None = None, stored: Catalog | None = None) -> str:
+    """`stored`: the catalog in use when it is not the file's (the example is one of its)."""
     key = stack.api_key
     broker = "Mosquitto" if stack.broker == "mosquitto" else "nats-server's MQTT listener"
-    device, name, params = first_command(stack.catalog)
+    device, name, params = first_command(stored or stack.catalog)
     body = json.dumps({"name": name, "params": params})
     cli_params = "".join(f" --param {k}={json.dumps(v)}" for k, v in params.items())
     metrics = "".join(
@@ -123,10 +132,53 @@ Send a first command:
        -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
        -d '{body}'
 
+  BATON_API_URL={stack.api_url} BATON_API_KEY={key} \\
   .venv/bin/baton send {device} {name}{cli_params} --wait 5
 
+  (`baton` finds this stack from any directory without them, while it is the last one run.)
+{_warnings(warnings or [])}
 Ctrl-C (or `make stop`) stops everything.
 """
+
+
+def _warnings(warnings: list[str]) -> str:
+    return "".join(f"\nWARNING: {w}\n" for w in warnings)
+
+
+def stored_catalog(stack: Stack) -> Catalog | None:
+    """The catalog the running stack's key sees (None if the api does not say)."""
+    import httpx
+
+    from baton_domain.catalog import Catalog
+
+    try:
+        answer = httpx.get(
+            f"{stack.api_url}/v1/catalog",
+            headers={"Authorization": f"Bearer {stack.api_key}"},
+            timeout=10,
+        )
+        return Catalog.model_validate(answer.raise_for_status().json())
+    except (httpx.HTTPError, ValueError):  # pydantic's ValidationError is a ValueError
+        return None
+
+
+def catalog_warning(stack: Stack, stored: Catalog | None) -> str | None:
+    """Why the catalog file asked for is not the one in use: the data directory holds a
+    catalog already (the file seeds an empty one only). None when it is in use."""
+    from baton_domain.catalog import Catalog, CatalogError
+    from baton_domain.catalog_document import document_of
+
+    try:
+        wanted = document_of(Catalog.from_yaml(stack.catalog).of("default"))
+    except (CatalogError, OSError):
+        return None
+    if stored is None or document_of(stored) == wanted:
+        return None
+    return (
+        f"BATON_CATALOG_PATH={stack.catalog} is NOT in use: {stack.data_dir} holds a catalog "
+        "already, and the file only seeds an empty data directory. Load it with "
+        f"`baton catalog import {stack.catalog}`, or start afresh: `make stop && make reset`."
+    )
 
 
 def _topology(stack: Stack) -> str:
@@ -153,7 +205,7 @@ def run(
     api_port: int = typer.Option(8080, envvar="BATON_API_PORT"),
     nats_port: int = typer.Option(4222, envvar="BATON_DEV_NATS_PORT"),
     mqtt_port: int = typer.Option(1883, envvar="BATON_DEV_MQTT_PORT"),
-    catalog: Path = typer.Option(Path("deploy/catalog/demo.yaml"), envvar="BATON_CATALOG_PATH"),
+    catalog: Path = typer.Option(DEFAULT_CATALOG, envvar="BATON_CATALOG_PATH"),
     api_key: str = typer.Option("dev-admin-key", envvar="BATON_DEV_API_KEY"),
     simulate: bool = typer.Option(
         True, help="Start the device simulator with every device of the catalog."
@@ -163,7 +215,8 @@ def run(
         envvar="BATON_METRICS_PORT",
         min=0,
         help="Prometheus metrics of the dispatcher on this port, of the timeout-scheduler, "
-        "device-bridge and api on the next three; 0 turns them off.",
+        "device-bridge and api on the next three (--cluster: the second replicas on the "
+        "four after); 0 turns them off.",
     ),
     cluster: bool = typer.Option(
         False,
@@ -218,7 +271,14 @@ def run(
         if not _wait_ready(stack.api_url):
             typer.echo(f"The API did not become ready; see {stack.log_dir}/", err=True)
             raise typer.Exit(1)
-        typer.echo(_banner(stack))
+        write_state(stack.env(), os.getpid())  # `baton ...` finds this stack from anywhere
+        # A catalog asked for (not the default) that the data directory's overrides: said.
+        stored = stored_catalog(stack) if catalog.resolve() != DEFAULT_CATALOG.resolve() else None
+        warning = catalog_warning(stack, stored)
+        if warning is None:
+            typer.echo(_banner(stack))
+        else:  # its example: a device of the catalog in use
+            typer.echo(_banner(stack, [warning], stored))
         while not stopping:
             dead = stack.dead()
             if dead:
@@ -294,3 +354,34 @@ def stop(data_dir: Path = typer.Option(Path("var"))) -> None:
         time.sleep(0.2)
     typer.echo(f"Process {pid} is still running.", err=True)
     sys.exit(1)
+
+
+def running_pid(data_dir: Path) -> int | None:
+    """The pid of the `baton dev run` whose data is in `data_dir`, if it still runs."""
+    pid_file = data_dir / PID_FILE
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+@dev_app.command("reset")
+def reset(data_dir: Path = typer.Option(Path("var"), help="The stack's data directory.")) -> None:
+    """Delete every local datum (DATA_DIR: events, views, JetStream, broker, logs). Refused
+    while the stack runs: it stops nothing."""
+    pid = running_pid(data_dir)
+    if pid is not None:
+        typer.echo(
+            f"error: the stack is running (pid {pid}, data in {data_dir}/): stop it first "
+            "(`make stop`, or Ctrl-C where it runs); nothing was deleted",
+            err=True,
+        )
+        raise typer.Exit(1)
+    if not data_dir.exists():
+        typer.echo(f"Nothing to reset: no {data_dir}/.")
+        return
+    forget_state(data_dir)
+    shutil.rmtree(data_dir)
+    typer.echo(f"Deleted {data_dir}/: the next `make run` starts afresh.")

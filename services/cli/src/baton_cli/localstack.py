@@ -809,7 +809,8 @@ class Stack:
     # demo devices (`baton simulate --catalog`).
     simulate_catalog: bool = False
     # Prometheus metrics: the dispatcher on this port, the timeout-scheduler on the next, then
-    # the device-bridge and the api (METRICS_OFFSETS); None or 0: no metrics.
+    # the device-bridge and the api (METRICS_OFFSETS), then their second replicas, ...
+    # (`metrics_ports`); None or 0: no metrics.
     metrics_port: int | None = None
     # A TLS listener (mqtts, Mosquitto only) the bridge and the simulator then connect to,
     # checking the broker's certificate against `mqtt_tls.ca_file`.
@@ -970,23 +971,30 @@ class Stack:
             "BATON_MQTT_REDELIVERY_WAIT": "0"
             if self.broker == "mosquitto"
             else str(NATS_MQTT_ACK_WAIT_S + 1),
+            # Logs a person reads (files under var/); production's default is JSON.
+            "BATON_LOG_FORMAT": os.environ.get("BATON_LOG_FORMAT", "text"),
             **self.extra_env,
         }
 
     def metrics_ports(self) -> dict[str, int]:
-        """Each service's metrics port (none when metrics are off)."""
+        """Each service process's metrics port, by its name (none when metrics are off):
+        the base port plus its service's offset, replica n beyond the first n-1 rows of
+        four (`dispatcher-2` on base+4), so no two processes of the stack share one."""
         if not self.metrics_port:
             return {}
-        return {name: self.metrics_port + offset for name, offset in METRICS_OFFSETS.items()}
+        ports = {}
+        for name in self.names:
+            service, replica = replica_of(name)
+            offset = METRICS_OFFSETS[service] + len(METRICS_OFFSETS) * (replica - 1)
+            ports[name] = self.metrics_port + offset
+        return ports
 
     def service_env(self, name: str) -> dict[str, str]:
         """The environment of service (or replica) `name`: the stack's, with its own metrics
         port. Always set ("0": off), so a BATON_METRICS_PORT in our own environment cannot
         reach all four services and have them fight over one port."""
         service, replica = replica_of(name)
-        port = self.metrics_ports().get(service, 0)
-        if port and replica > 1:
-            port += len(METRICS_OFFSETS) * (replica - 1)
+        port = self.metrics_ports().get(name, 0)
         env = {**self.env(), **self.account_env(name), "BATON_METRICS_PORT": str(port)}
         if self.replicas > 1:
             env |= {
@@ -1002,8 +1010,23 @@ class Stack:
                 env |= {
                     "BATON_BRIDGE_REPLICAS": str(self.bridge_replicas),
                     "BATON_BRIDGE_REPLICA": str(replica - 1),
+                    "BATON_BRIDGE_SLOT_ACCOUNTS": str(self.slot_accounts()),
                 }
         return env
+
+    def slot_accounts(self) -> Path:
+        """Each bridge slot's MQTT account, for whichever replica runs the slot: replica n's
+        own account is slot n - 1's (docs/operations.md, "Bridge replicas")."""
+        from baton_platform.nats_access import write_private
+
+        path = self.data_dir / "mqtt" / "bridge-slots.json"
+        accounts = self.accounts
+        slots = [
+            {"username": a.username, "password": a.password, "client_id": a.client_id}
+            for a in map(accounts.bridge_of, range(1, self.bridge_replicas + 1))
+        ]
+        write_private(path, json.dumps(slots))
+        return path
 
     @property
     def bridge_replicas(self) -> int:

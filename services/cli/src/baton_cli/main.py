@@ -1,8 +1,11 @@
-"""The `baton` command: send a command, print an execution's events, replay the views, run the
-device simulator, and run the local stack (`baton dev`).
+"""The `baton` command: send commands and look after executions (list, get, cancel, retry,
+delete), the catalog (devices, types, catalog import/export), print an execution's events,
+replay the views, run the device simulator, and run the local stack (`baton dev`).
 
-Configured like the services, from BATON_* variables (baton_platform.settings.Settings);
-`send` talks to the HTTP API, `events` and `replay` read the event store directly.
+Configured like the services, from BATON_* variables (baton_platform.settings.Settings); what
+is unset comes from the last `baton dev run` (devstate.py), so the CLI finds the local stack
+from any directory. Most commands talk to the HTTP API; `events` and `replay` read the event
+store directly. docs/cli.md is the reference.
 """
 
 from __future__ import annotations
@@ -13,40 +16,41 @@ import json
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 import typer
 
-from baton_cli.api_client import ApiKey, ApiUrl
+from baton_cli import executions as executions_cli
+from baton_cli.api_client import (
+    DEFAULT_KEY,
+    DEFAULT_URL,
+    ApiKey,
+    ApiUrl,
+    answer,
+    fail,
+    request,
+)
+from baton_cli.asyncapi import asyncapi
 from baton_cli.catalog import catalog_app
 from baton_cli.devstack import dev_app
+from baton_cli.devstate import apply_state, origin
+from baton_cli.inventory import devices_app, types_app
 from baton_cli.keys import keys_app, tenants_app
 from baton_cli.mqtt_setup import mqtt_setup
 from baton_cli.nats_setup import nats_setup
-from baton_cli.output import event_line, execution_summary, problem_lines
+from baton_cli.output import dumps, event_line, execution_summary, progress_bar
 from baton_cli.tail import follow_execution, tail
 
 if TYPE_CHECKING:
     from baton_platform.settings import Settings
 
-DEFAULT_API_URL = "http://127.0.0.1:8080"
-DEFAULT_API_KEY = "dev-admin-key"
 DEMO_DEVICES = [f"demo-thermostat-{n}" for n in range(1, 6)]
 DEMO_SILENT = ["demo-silent-1"]
 
-EXIT_PROBLEM = 1  # the API (or the store) said no
-EXIT_UNREACHABLE = 2  # nothing answered
-
 app = typer.Typer(
     name="baton",
-    help=(
-        "Baton: send commands to IoT devices and keep an exact, replayable record of every "
-        "execution.\n\nSettings come from BATON_* environment variables "
-        "(see docs/operations.md)."
-    ),
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 app.add_typer(dev_app, name="dev")
@@ -56,11 +60,34 @@ app.command("mqtt-setup")(mqtt_setup)
 app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
 app.command("tail")(tail)
+app.command("asyncapi")(asyncapi)
 
 
-def fail(message: str, code: int = EXIT_PROBLEM) -> NoReturn:
-    typer.echo(message, err=True)
-    raise typer.Exit(code)
+def _version(shown: bool) -> None:
+    if shown:
+        from importlib.metadata import version
+
+        typer.echo(f"baton {version('baton-cli')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def settings_of_the_dev_stack(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Baton: send commands to IoT devices and keep an exact, replayable record of each.
+
+    Settings come from BATON_* environment variables (docs/operations.md); those unset come from the last `make run` (`baton dev run`), wherever it runs.
+
+    Exit status: 0 done, 1 the API or the store said no, 2 nothing answered or a usage error. See docs/cli.md.
+    """  # noqa: E501 - typer keeps a paragraph's line breaks
+    # Run before any command's options are read: their envvars see what this fills.
+    apply_state()
 
 
 # --- send ----------------------------------------------------------------------------------
@@ -103,66 +130,58 @@ def send(
     ] = None,
     wait: Annotated[
         float | None,
-        typer.Option(min=0, help="Wait up to this many seconds for the execution to end."),
+        typer.Option(
+            min=0,
+            help="Wait up to this many seconds for the execution to end, its status shown "
+            "live on a terminal.",
+        ),
     ] = None,
+    expect_success: Annotated[
+        bool,
+        typer.Option(
+            "--expect-success",
+            help="Exit 3 unless the execution SUCCEEDED (4 if it had not ended when the wait "
+            "ran out); without --wait, waits until its deadline.",
+        ),
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the execution as JSON instead of a summary.")
     ] = False,
-    api_url: Annotated[
-        str, typer.Option(envvar="BATON_API_URL", help="Base URL of the Baton API.")
-    ] = DEFAULT_API_URL,
-    api_key: Annotated[
-        str, typer.Option(envvar="BATON_API_KEY", help="API key sent as a bearer token.")
-    ] = DEFAULT_API_KEY,
+    api_url: ApiUrl = DEFAULT_URL,
+    api_key: ApiKey = DEFAULT_KEY,
 ) -> None:
     """Send a command to a device through the API and print the execution.
 
     Example: baton send demo-thermostat-1 set_temperature -p value=24 --wait 10
 
-    Exit status: 0 accepted, 1 the API answered with a problem, 2 the API is unreachable.
+    Exit status: 0 accepted (with --expect-success: SUCCEEDED), 1 the API answered with a
+    problem, 2 the API is unreachable or a usage error, 3 --expect-success and it ended
+    otherwise, 4 --expect-success and it had not ended when the wait ran out.
     """
-    import httpx  # imported here: `baton --help` stays fast
-
     body: dict[str, Any] = {"name": name, "params": parse_params(param or [])}
     if ttl is not None:
         body["ttl"] = ttl
-    url = f"{api_url.rstrip('/')}/v1/devices/{device}/commands"
-    query = {"wait": f"{wait:g}"} if wait is not None else {}
-    try:
-        response = httpx.post(
-            url,
-            json=body,
-            params=query,
-            headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
-            timeout=(wait or 0) + 15.0,
-        )
-    except httpx.ConnectError as exc:
-        fail(
-            f"cannot reach the Baton API at {api_url}: {exc}\n"
-            "Is it running (`make run`)? Set BATON_API_URL or --api-url.",
-            EXIT_UNREACHABLE,
-        )
-    except httpx.TimeoutException:
-        fail(f"the Baton API at {api_url} did not answer in time", EXIT_UNREACHABLE)
-    except httpx.HTTPError as exc:
-        fail(f"request to {url} failed: {exc}", EXIT_UNREACHABLE)
-
-    payload = _json_or_none(response)
-    if response.is_error:
-        fail("\n".join(problem_lines(response.status_code, response.reason_phrase, payload)))
-    if not isinstance(payload, dict):
-        fail(f"unexpected answer from the API ({response.status_code}): {response.text[:500]}")
-    if as_json:
-        typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
-    else:
-        typer.echo(execution_summary(payload))
+    execution = answer(request("POST", api_url, f"/v1/devices/{device}/commands", api_key, body))
+    if not isinstance(execution, dict):
+        fail(f"error: unexpected answer from the API: {execution!r}"[:500])
+    if wait is None and expect_success:
+        wait = float(execution.get("ttl") or 0) + DEADLINE_GRACE
+    if wait:
+        execution = executions_cli.watch(execution, wait, api_url, api_key)
+    typer.echo(dumps(execution) if as_json else execution_summary(execution))
+    if expect_success:
+        executions_cli.expect_success(execution)
 
 
-def _json_or_none(response: Any) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
+DEADLINE_GRACE = 10.0  # --expect-success without --wait: past the ttl, time to record the end
+
+app.command("list")(executions_cli.list_executions)
+app.command()(executions_cli.get)
+app.command()(executions_cli.cancel)
+app.command()(executions_cli.retry)
+app.command()(executions_cli.delete)
+app.add_typer(devices_app, name="devices")
+app.add_typer(types_app, name="types")
 
 
 # --- events --------------------------------------------------------------------------------
@@ -180,8 +199,8 @@ def events(
             "--follow", "-f", help="Through the API: each change as it comes, to its end."
         ),
     ] = False,
-    api_url: ApiUrl = DEFAULT_API_URL,
-    api_key: ApiKey = DEFAULT_API_KEY,
+    api_url: ApiUrl = DEFAULT_URL,
+    api_key: ApiKey = DEFAULT_KEY,
 ) -> None:
     """Print an execution's stored events, oldest first: time, type, data.
 
@@ -202,7 +221,7 @@ def events(
     try:
         stored = executions.events_of(execution_id)
     except ExecutionNotFound:
-        fail(f"no execution {execution_id} in {settings.event_store}")
+        fail(f"error: no execution {execution_id} in {settings.event_store}")
     finally:
         executions.close()
     for event in stored:
@@ -221,9 +240,6 @@ def replay() -> None:
 
     One transaction: the api keeps serving the old rows until the new ones are complete.
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from baton_platform.eventstore import open_executions
     from baton_platform.settings import Settings
     from baton_views import rebuild
@@ -233,17 +249,8 @@ def replay() -> None:
     executions = open_executions(settings)
     reached = 0
     try:
-        # The bar goes to stderr and only to a terminal: piped output is the result line alone.
-        console = Console(stderr=True)
-        with Progress(
-            TextColumn("replaying"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            transient=True,
-            console=console,
-            disable=not console.is_terminal,
-        ) as bar:
-            task = bar.add_task("replay", total=None)
+        with progress_bar() as bar:
+            task = bar.add_task("replaying", total=None)
 
             def progress(position: int, last: int) -> None:
                 nonlocal reached
@@ -261,7 +268,11 @@ def check_event_store(settings: Settings) -> None:
     """A SQLite event store must exist already (opening one would make an empty one); a
     PostgreSQL one is asked (an empty database has its tables made, and nothing in them)."""
     if settings.postgres_url is None and not settings.event_store_path.exists():
-        fail(f"no event store at {settings.event_store_path} (set BATON_DATA_DIR)")
+        fail(
+            f"error: no event store at {settings.event_store_path.resolve()} "
+            f"({origin('BATON_DATA_DIR')}). Set BATON_DATA_DIR to the stack's data directory "
+            "(or BATON_DATABASE_URL), or start one with `make run`."
+        )
 
 
 # --- simulate ------------------------------------------------------------------------------
@@ -478,7 +489,7 @@ def simulate(
         fail(f"the simulator is not available: {exc}")
 
     settings = Settings()
-    configure_logging("simulator", settings.log_level)
+    configure_logging("simulator", settings.log_level, settings.log_format)
     devices, silent_devices = list(device or []), list(silent or [])
     by_name = timings(answer_delay or [], progress_delay or [])
     options: dict[str, Any] = {}  # only what differs from run_simulator's defaults

@@ -11,7 +11,11 @@ Writes, each readable by its owner only:
 - `DIR/<name>.env`: what each Baton process needs, as BATON_* lines for `sh`'s `.`: one per
   bridge (`--bridge INSTANCE`: its account, bound to its client id
   `baton-device-bridge-<instance>`), `api.env` (the broker-admin account, so the api issues
-  device credentials through the plugin) and, with `--simulator`, `simulator.env`.
+  device credentials through the plugin) and, with `--simulator`, `simulator.env`;
+- `DIR/bridge-slots.json`: the bridges' accounts in the order named, one per bridge slot
+  (BATON_BRIDGE_SLOT_ACCOUNTS: whichever replica runs slot k connects with the k-th's
+  account and client id, so the slot keeps its session; docs/operations.md, "Bridge
+  replicas").
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from baton_platform.nats_access import write_private
 
 ACCOUNTS_FILE = "accounts.json"
 DYNSEC_FILE = "dynamic-security.json"
+SLOTS_FILE = "bridge-slots.json"
 
 
 def _load(path: Path) -> dict[str, MqttAccount]:
@@ -73,6 +78,16 @@ def write_mqtt_accounts(folder: Path, bridges: list[str], simulator: bool) -> li
     saved: list[dict[str, Any]] = [asdict(account) for account in every]
     write_private(folder / ACCOUNTS_FILE, json.dumps(saved, indent=1))
     write_private(folder / DYNSEC_FILE, json.dumps(dynsec_config(every)))
+    slots = [accounts[bridge_client_id(instance)] for instance in bridges]
+    write_private(
+        folder / SLOTS_FILE,
+        json.dumps(
+            [
+                {"username": a.username, "password": a.password, "client_id": a.client_id}
+                for a in slots
+            ]
+        ),
+    )
     admin = accounts[ADMIN_USERNAME]
     written = [folder / "api.env"]
     _env_file(

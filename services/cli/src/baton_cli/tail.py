@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from baton_cli.api_client import DEFAULT_KEY, DEFAULT_URL, ApiKey, ApiUrl, fail
+from baton_cli.api_client import DEFAULT_KEY, DEFAULT_URL, ApiKey, ApiUrl, fail, unreachable
 from baton_cli.live import Event, StreamRefused, follow
 from baton_cli.output import problem_lines
 
@@ -58,7 +58,7 @@ def print_events(
     except StreamRefused as refused:
         fail("\n".join(problem_lines(refused.status, refused.reason, refused.payload)))
     except httpx.HTTPError as exc:
-        fail(f"cannot reach the Baton API at {url}: {exc}", 2)
+        unreachable(url, exc)
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
 

@@ -24,11 +24,14 @@ from baton_contracts.profiles import MalformedWireError
 from baton_device_bridge.presence import decode_presence_or_state
 from baton_device_bridge.reports import ReportNotStoredError, ReportRefusedError, ReportSink
 from baton_device_bridge.wiring import UnknownWireDeviceError, Wiring
+from baton_platform import tracing
+from baton_platform.logs import about
 from baton_platform.metrics import REJECTED_MESSAGES
 
 log = logging.getLogger(__name__)
 
 SERVICE = "device-bridge"
+CONSUMER = tracing.SpanKind.CONSUMER
 
 InFlightLookup = Callable[[str], UUID | None]
 
@@ -103,8 +106,11 @@ class AnswerForwarder:
         wiring: Wiring,
         in_flight: InFlightLookup,
         retry_cap: float = 5.0,
+        traces: tracing.Remembered | None = None,
     ) -> None:
         self._sink = sink
+        # The trace context of each request sent: its answers continue that trace.
+        self._traces = traces or tracing.Remembered()
         self._wiring = wiring
         self._in_flight = in_flight
         self._retry_cap = retry_cap
@@ -117,7 +123,16 @@ class AnswerForwarder:
             REJECTED_MESSAGES.labels(service=SERVICE, reason=exc.reason).inc()
             log.warning("dropped a message on %s (%s): %s", topic, exc.reason, exc)
             return
-        await self._store(report)
+        if not isinstance(report, DeviceReport):
+            await self._store(report)
+            return
+        parent = self._traces.parent(report.execution_id)
+        name = f"answer {report.status}"
+        with (
+            tracing.continued(name, CONSUMER, parent, report.execution_id),
+            about(report.execution_id),
+        ):
+            await self._store(report)
 
     async def _store(self, report: DeviceReport | PresenceReport | StateReport) -> None:
         attempt = 0

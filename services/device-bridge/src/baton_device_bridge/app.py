@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from baton_contracts.nats import (
+    BRIDGE_RELEASED_SUBJECT,
     CATALOG_GET_SUBJECT,
     EVENTS_STREAM,
     REPORTS_STREAM,
@@ -19,14 +24,22 @@ from baton_contracts.nats import (
 )
 from baton_device_bridge.answers import AnswerForwarder
 from baton_device_bridge.edges import events_consumer
-from baton_device_bridge.in_flight import InFlight
+from baton_device_bridge.in_flight import (
+    InFlight,
+    InFlightRecord,
+    KvInFlight,
+    open_in_flight_bucket,
+)
 from baton_device_bridge.link import MqttLink
-from baton_device_bridge.replicas import probe_filter, share_of
+from baton_device_bridge.replicas import probe_filter, share_of, slot_settings
 from baton_device_bridge.reports import ReportSink
+from baton_device_bridge.slots import SlotKeeper
 from baton_device_bridge.watermark import Watermark, WatermarkSink
 from baton_device_bridge.wiring import Wiring
 from baton_domain.catalog import Catalog, CatalogError
+from baton_platform import tracing
 from baton_platform.consumers import DurableConsumer
+from baton_platform.leases import holder_name, open_bucket
 from baton_platform.lifecycle import cancel_and_wait
 from baton_platform.nats import connect, identity, wait_for_streams
 from baton_platform.nats_access import DEVICE_BRIDGE
@@ -35,6 +48,7 @@ from baton_platform.settings import Settings
 log = logging.getLogger(__name__)
 
 CATALOG_TIMEOUT = 2.0
+LEASES_RETRY_S = 1.0
 
 
 class DeviceBridge:
@@ -55,16 +69,18 @@ class DeviceBridge:
         startup_wait: float = 5.0,
         *,
         catalog: Catalog | None = None,
+        fence: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
         # Refuses replica settings it cannot work with before anything starts.
         self.share = share_of(settings)
         self._given_catalog = catalog
         self.wiring = Wiring(catalog or Catalog())
-        self.in_flight: InFlight | None = None
+        self.in_flight: InFlightRecord | None = None
         self.reconnect_cap = reconnect_cap
         self.retry_cap = retry_cap
         self.startup_wait = startup_wait
+        self._fence = fence  # a slot's: whether this process still holds it (MqttLink)
         self.link: MqttLink | None = None
         self.answers: AnswerForwarder | None = None
         self.watermark: Watermark | None = None
@@ -87,9 +103,14 @@ class DeviceBridge:
         if self._given_catalog is None:
             await self._load_catalog(first=True)
         sink = ReportSink(js)
-        self.in_flight = InFlight(settings.data_dir / "bridge.sqlite")
+        if self.share.alone:
+            self.in_flight = InFlight(settings.data_dir / "bridge.sqlite")
+        else:  # readable by whichever replica runs the slot (baton_device_bridge.slots)
+            bucket = await open_in_flight_bucket(js, settings.nats_replicas)
+            self.in_flight = await KvInFlight.load(bucket, self.share.owns)
+        traces = tracing.Remembered()  # each request's context, for its answers
         self.answers = AnswerForwarder(
-            sink, self.wiring, self.in_flight.current, retry_cap=self.retry_cap
+            sink, self.wiring, self.in_flight.current, self.retry_cap, traces
         )
         marks = WatermarkSink(js, settings.instance)
         await marks.introduce(datetime.now(UTC))
@@ -105,6 +126,7 @@ class DeviceBridge:
             reconnect_cap=self.reconnect_cap,
             answer_filters=self.wiring.device_filters(self.share),
             probe_filters=None if self.share.alone else [probe_filter(settings.instance)],
+            fence=self._fence,
         )
         self._link_task = asyncio.create_task(self.link.run(), name="mqtt-link")
         self._watermark_task = asyncio.create_task(self.watermark.run(self.link), name="watermark")
@@ -116,6 +138,7 @@ class DeviceBridge:
             self._catalog_changed,
             self.watermark,
             self.share,
+            traces,
         )
         await self._events.start(js)
         try:
@@ -126,7 +149,7 @@ class DeviceBridge:
             log.info("device-bridge ready (instance %s)", settings.instance)
         else:
             log.info(
-                "device-bridge ready (instance %s, replica %d of %d: %d MQTT filter(s))",
+                "device-bridge ready (%s, slot %d of %d: %d MQTT filter(s))",
                 settings.instance,
                 self.share.index,
                 self.share.replicas,
@@ -198,9 +221,81 @@ class DeviceBridge:
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run until `stop` is set (or the task is cancelled), then shut down cleanly."""
+    if settings.bridge_replicas > 1:
+        await serve_slots(settings, stop or asyncio.Event())
+        return
     bridge = DeviceBridge(settings)
     await bridge.start()
     try:
         await (stop or asyncio.Event()).wait()
     finally:
         await bridge.stop()
+
+
+async def serve_slots(settings: Settings, stop: asyncio.Event) -> None:
+    """A bridge replica: a `DeviceBridge` for each slot it holds (baton_device_bridge.slots),
+    its own first, a dead replica's until that one is back; all in this event loop."""
+    share_of(settings)  # refuses settings it cannot work with
+    connection = await connect(
+        settings.nats_url,
+        f"baton-device-bridge-{settings.instance}-slots",
+        identity(settings, DEVICE_BRIDGE),
+    )
+    engines: dict[int, DeviceBridge] = {}
+
+    async def start(slot: int) -> None:
+        engine = engines[slot] = DeviceBridge(
+            slot_settings(settings, slot), fence=lambda: keeper.holds(slot)
+        )
+        await engine.start()
+
+    async def halt(slot: int) -> None:
+        engine = engines.pop(slot, None)
+        if engine is not None:
+            await engine.stop()
+
+    async def released(slot: int) -> None:
+        await connection.publish(BRIDGE_RELEASED_SUBJECT, str(slot).encode())
+
+    try:
+        bucket = await _leases_bucket(connection, settings, stop)
+        if bucket is None:
+            return
+        keeper = SlotKeeper(
+            bucket,
+            holder_name("device-bridge", settings.instance),
+            settings.bridge_replica,
+            settings.bridge_replicas,
+            start,
+            halt,
+            released,
+        )
+
+        async def heard(msg: Msg) -> None:
+            if msg.data == str(keeper.own).encode():
+                keeper.look_now()
+
+        await connection.subscribe(BRIDGE_RELEASED_SUBJECT, cb=heard)
+        await keeper.run(stop)
+    finally:
+        for slot in list(engines):
+            await halt(slot)
+        await connection.close()
+
+
+async def _leases_bucket(
+    connection: Client, settings: Settings, stop: asyncio.Event
+) -> KeyValue | None:
+    """The leases bucket, retried while JetStream does not answer (None: stopped first)."""
+    js = connection.jetstream()
+    told = False
+    while not stop.is_set():
+        try:
+            return await open_bucket(js, settings.nats_replicas)
+        except Exception as exc:
+            if not told:
+                log.warning("lease bucket not available (%s); trying again", exc)
+                told = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), LEASES_RETRY_S)
+    return None

@@ -34,34 +34,48 @@ from baton_device_bridge.commands import (
     published_report,
 )
 from baton_device_bridge.handover import Attempt, Handovers, Holds, NoHolds
-from baton_device_bridge.in_flight import InFlight
+from baton_device_bridge.in_flight import InFlightRecord
 from baton_device_bridge.link import MqttLink, MqttNotConnectedError, MqttUnavailableError
 from baton_device_bridge.replicas import Share
 from baton_device_bridge.reports import ReportNotStoredError, ReportRefusedError, ReportSink
 from baton_device_bridge.wiring import Wiring
+from baton_platform import tracing
 from baton_platform.consumers import DurableConsumer
+from baton_platform.logs import about
 from baton_platform.metrics import REJECTED_MESSAGES
 from baton_platform.nats_access import bridge_durable
 
 log = logging.getLogger(__name__)
 
 SERVICE = "device-bridge"
+PRODUCER = tracing.SpanKind.PRODUCER
 MAX_REDELIVERY_DELAY = 5.0
 DURABLE = bridge_durable((0, 1))  # a lone bridge's events consumer
 
 
 async def deliver(
-    link: MqttLink, sink: ReportSink, in_flight: InFlight, outgoing: Outgoing, attempt: Attempt
+    link: MqttLink,
+    sink: ReportSink,
+    in_flight: InFlightRecord,
+    outgoing: Outgoing,
+    attempt: Attempt,
+    traces: tracing.Remembered | None = None,
 ) -> None:
     """The effect of one event: (for a profile without execution ids) the execution stored
     as the device's one in flight, the MQTT message taken by the broker, then (for a
     request) the `published` report stored. Raises MqttUnavailableError /
-    ReportNotStoredError; `attempt` says whether the broker may have taken it meanwhile."""
+    ReportNotStoredError; `attempt` says whether the broker may have taken it meanwhile.
+
+    Inside the span of the publish (when traced): its context goes to the device and into
+    the report, and is kept in `traces` for the device's answers to continue."""
     if outgoing.remember:
         # Before the publish: the device may answer before the PUBACK is even back.
         await in_flight.remember(outgoing.device_id, outgoing.execution_id)
+    carrier = tracing.current()
+    if traces is not None and outgoing.report_published:
+        traces.keep(outgoing.execution_id, carrier)
     try:
-        await link.publish(outgoing.topic, outgoing.payload, expiry=outgoing.expiry)
+        await link.publish(outgoing.topic, outgoing.payload, outgoing.expiry, carrier)
     except MqttNotConnectedError:
         raise  # nothing was written
     except MqttUnavailableError:
@@ -110,10 +124,11 @@ def events_consumer(
     link: MqttLink,
     sink: ReportSink,
     wiring: Wiring,
-    in_flight: InFlight,
+    in_flight: InFlightRecord,
     on_catalog_change: Callable[[], Awaitable[None]],
     holds: Holds | None = None,
     share: Share | None = None,
+    traces: tracing.Remembered | None = None,
 ) -> DurableConsumer:
     """`holds`: where each event holds the watermark back until it is acknowledged.
 
@@ -124,7 +139,9 @@ def events_consumer(
     catalog is reloaded first), as a single bridge does. An event of another replica's
     device is acknowledged at once and changes nothing: it holds no watermark. (Handing such
     events on through one shared consumer instead, by negative acknowledgements, cost each a
-    redelivery delay: the unloaded p50 of a command went from ~40 ms to ~400 ms.)"""
+    redelivery delay: the unloaded p50 of a command went from ~40 ms to ~400 ms.)
+
+    `traces`: where each request's trace context is kept for its answers (`deliver`)."""
     handovers = Handovers(holds or NoHolds())
     mine = share or Share()
 
@@ -189,7 +206,13 @@ def events_consumer(
                     report = published_report(action.device_id, action.execution_id, attempt.since)
                     await store_published(sink, report)
             else:
-                await deliver(link, sink, in_flight, action, attempt)
+                parent = tracing.extract(message.headers)
+                name = f"mqtt publish {action.topic}"
+                with (
+                    tracing.continued(name, PRODUCER, parent, action.execution_id),
+                    about(action.execution_id),
+                ):
+                    await deliver(link, sink, in_flight, action, attempt, traces)
         except (MqttUnavailableError, ReportNotStoredError) as exc:
             deliveries = message.metadata.num_delivered or 1
             delay = min(0.2 * deliveries, MAX_REDELIVERY_DELAY)
@@ -218,5 +241,7 @@ def events_consumer(
             )
 
     durable = bridge_durable((mine.index, mine.replicas))
-    consumer = DurableConsumer(EVENTS_STREAM, durable, SUBJECTS, on_event)
+    # A slot's consumer is read by whichever process runs the slot: deliveries to this one
+    # alone, not to a process frozen past its lease that still has a subscription.
+    consumer = DurableConsumer(EVENTS_STREAM, durable, SUBJECTS, on_event, exclusive=not mine.alone)
     return consumer

@@ -17,7 +17,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiomqtt
@@ -72,8 +72,13 @@ class MqttLink:
         publish_timeout: float = 10.0,
         answer_filters: list[str] | None = None,
         probe_filters: list[str] | None = None,
+        fence: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
+        # Whether it may connect now (a bridge slot: while its lease is held here). Asked
+        # before every connect, so a process that lost its slot (frozen past its lease, then
+        # resumed) does not connect again and push the slot's new runner off its session.
+        self._fence = fence
         # The answer (and status and state) topics of every wire profile the catalog uses
         # (Baton's own answers by default).
         self.answer_filters = answer_filters if answer_filters is not None else [RESPONSE_FILTER]
@@ -107,23 +112,35 @@ class MqttLink:
 
     # --- commands out -----------------------------------------------------------------------
 
-    async def publish(self, topic: str, payload: bytes, expiry: int | None = None) -> None:
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        expiry: int | None = None,
+        trace: Mapping[str, str] | None = None,
+    ) -> None:
         """Publish with QoS 1; returns once the broker acknowledged it (PUBACK).
 
         Raises MqttNotConnectedError when not connected within `connect_wait` (nothing was
         sent), MqttUnavailableError when the connection is lost before the PUBACK (the broker
-        may have taken it): the caller must then try again later.
+        may have taken it): the caller must then try again later. `trace` goes as MQTT 5
+        user properties (none on 3.1.1, which has no place for it).
         """
         session = await self._current()
         properties = None
-        if self.v5 and expiry is not None:
+        if self.v5 and (expiry is not None or trace):
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            properties.MessageExpiryInterval = expiry
+            if expiry is not None:
+                properties.MessageExpiryInterval = expiry
+            if trace:  # W3C trace context as user properties (docs/mqtt-contract.md)
+                properties.UserProperty = list(trace.items())
         sending = asyncio.ensure_future(
             session.client.publish(
                 topic, payload, qos=1, properties=properties, timeout=self._publish_timeout
             )
         )
+        # Its failure after the loss below is nobody's to hear: retrieved, not logged.
+        sending.add_done_callback(lambda done: done.cancelled() or done.exception())
         # A PUBACK lost with the connection would only show as a timeout: stop at the loss.
         lost = asyncio.ensure_future(session.lost.wait())
         try:
@@ -221,6 +238,12 @@ class MqttLink:
     async def _connected_loop(self) -> None:
         failures = 0
         while True:
+            if self._fence is not None and not self._fence():
+                log.warning(
+                    "not connecting to MQTT as %s: no longer this process's", self.identifier
+                )
+                await asyncio.sleep(self._reconnect_cap)
+                continue
             try:
                 client = self._client()
                 async with client:

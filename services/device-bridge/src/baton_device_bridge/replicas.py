@@ -7,13 +7,14 @@ and the two replicas read and store at their own pace: nobody downstream can tel
 the two the broker took first, so no re-ordering can give back the device's order (the
 record would say `AnswerRecorded` where it said `Acknowledged`). And a shared member's
 persistent session keeps receiving its turn of every device's messages while it is down.
-So each replica subscribes, on its own persistent session, to the topics of its own devices
-only (`device_id`'s hash modulo the number of replicas): every message of a device travels
-through one session, in the order the broker took it, as with a single bridge; and what a
-dead replica's session holds is its own devices' messages, which it drains when it is back
-(docs/operations.md, "Bridge replicas").
+So the devices fall into slots (`device_id`'s hash modulo the number of replicas), and
+each slot has a persistent session of its own, subscribed to the topics of its devices
+only: every message of a device travels through one session, in the order the broker took
+it, as with a single bridge; and what a dead replica's session holds is its slot's devices'
+messages, which whoever runs the slot next drains (baton_device_bridge.slots,
+docs/operations.md, "Bridge replicas").
 
-The watermark's probe then travels a topic of the replica's own (`probe_filter`), through
+The watermark's probe then travels a topic of the slot's own (`probe_filter`), through
 the same session as its devices' messages: on a broker that keeps one queue per session
 (Mosquitto, EMQX), everything queued before it is handled when it is back. nats-server's
 MQTT listener keeps one queue per subscription instead (one probe per subscription would
@@ -23,9 +24,13 @@ be one per device), so replicas need MQTT 5; a single bridge works on 3.1.1 as b
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
-from baton_contracts.mqtt import PROBE_LEVEL
+from pydantic import BaseModel, ConfigDict, SecretStr, TypeAdapter, ValidationError
+
+from baton_contracts.accounts import bridge_client_id
 from baton_platform.settings import Settings
 
 
@@ -65,16 +70,64 @@ def share_of(settings: Settings) -> Share:
             "session, such as Mosquitto or EMQX); on MQTT 3.1.1 (nats-server's MQTT "
             "listener) run a single bridge"
         )
-    if replicas > 1 and not _one_level(settings.instance):
-        raise ReplicasError(
-            f"BATON_INSTANCE={settings.instance!r} must be one MQTT topic level with replicas "
-            "(no '/', '+', '#'): it names the replica's probe topic"
-        )
+    if replicas > 1 and settings.bridge_slot_accounts is not None:
+        accounts = read_slot_accounts(settings.bridge_slot_accounts)
+        if len(accounts) < replicas:
+            raise ReplicasError(
+                f"BATON_BRIDGE_SLOT_ACCOUNTS={settings.bridge_slot_accounts} has "
+                f"{len(accounts)} account(s); BATON_BRIDGE_REPLICAS={replicas} needs one a slot"
+            )
     return Share(replicas, index)
 
 
-def _one_level(name: str) -> bool:
-    return bool(name) and not any(c in name for c in "/+#") and name != PROBE_LEVEL
+def slot_name(slot: int) -> str:
+    """What a slot's session, watermark and probe topic are named after, whoever runs it."""
+    return f"slot-{slot}"
+
+
+class SlotAccount(BaseModel):
+    """One slot's MQTT account (BATON_BRIDGE_SLOT_ACCOUNTS): bound to its client id."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    username: str
+    password: SecretStr
+    client_id: str
+
+
+def read_slot_accounts(path: Path) -> list[SlotAccount]:
+    """Raises ReplicasError naming the file when it cannot be read."""
+    try:
+        return TypeAdapter(list[SlotAccount]).validate_python(json.loads(path.read_text()))
+    except (OSError, ValueError, ValidationError) as exc:
+        raise ReplicasError(f"BATON_BRIDGE_SLOT_ACCOUNTS={path}: {exc}") from None
+
+
+def slot_settings(settings: Settings, slot: int) -> Settings:
+    """The settings a process runs slot `slot` with: a lone bridge's are its own, unchanged
+    (its instance names its session, durable and watermark as they always have). With
+    replicas, the slot's name and MQTT identity, the same in whichever replica runs it."""
+    if settings.bridge_replicas == 1:
+        return settings
+    update: dict[str, object] = {
+        "instance": slot_name(slot),
+        "bridge_replica": slot,
+        "mqtt_client_id": bridge_client_id(slot_name(slot)),
+    }
+    if settings.bridge_slot_accounts is not None:
+        accounts = read_slot_accounts(settings.bridge_slot_accounts)
+        if slot >= len(accounts):
+            raise ReplicasError(
+                f"BATON_BRIDGE_SLOT_ACCOUNTS={settings.bridge_slot_accounts} has "
+                f"{len(accounts)} account(s); slot {slot} needs one"
+            )
+        account = accounts[slot]
+        update |= {
+            "mqtt_username": account.username,
+            "mqtt_password": account.password,
+            "mqtt_client_id": account.client_id,
+        }
+    return settings.model_copy(update=update)
 
 
 def probe_filter(instance: str) -> str:

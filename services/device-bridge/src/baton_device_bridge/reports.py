@@ -20,6 +20,7 @@ from baton_contracts.nats import (
     StateReport,
     report_subject,
 )
+from baton_platform import tracing
 
 # Short: answers are stored in order, so one publish waiting out a NATS restart holds back every
 # answer behind it (seen in chaos runs: 5 s of stalled answers, deadlines firing meanwhile). A
@@ -48,7 +49,8 @@ class ReportSink:
                 report.model_dump_json().encode(),
                 timeout=self._timeout,
                 stream=REPORTS_STREAM,
-                headers={"Nats-Msg-Id": report.report_id},
+                # The trace of the execution goes on in the dispatcher that applies it.
+                headers=tracing.inject({"Nats-Msg-Id": report.report_id}),
             )
         except nats.errors.MaxPayloadError as exc:
             raise ReportRefusedError(f"larger than the server's max payload: {exc}") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from faststream.nats import NatsBroker
@@ -31,11 +32,15 @@ from baton_dispatcher.partitions import PartitionKeeper
 from baton_dispatcher.relay import OutboxRelay
 from baton_dispatcher.reports import ReportsConsumer, narrow_legacy_consumer
 from baton_dispatcher.router import Router
+from baton_dispatcher.traces import TraceContexts
 from baton_dispatcher.writer import Writer
 from baton_domain.catalog import Catalog
+from baton_domain.catalog_document import document_of
+from baton_platform import tracing
 from baton_platform.eventstore import open_executions
 from baton_platform.leases import hold, holder_name, open_bucket
 from baton_platform.lifecycle import cancel_and_wait
+from baton_platform.metrics import observe_recorded
 from baton_platform.nats import NatsIdentity, connect, ensure_streams, identity, server_urls
 from baton_platform.nats_access import DISPATCHER
 from baton_platform.requests import RequestEdges
@@ -75,6 +80,7 @@ class Dispatcher:
         self._edges: RequestEdges | None = None
         self._broker: NatsBroker | None = None
         self._writer: Writer | None = None
+        self._traces: TraceContexts | None = None
         self._relay: OutboxRelay | None = None
         self._relay_task: asyncio.Task[None] | None = None
         self._held: dict[int, _Held] = {}
@@ -89,16 +95,22 @@ class Dispatcher:
     async def start(self) -> None:
         settings = self.settings
         catalog = Catalog.from_yaml(settings.catalog_path)
-        executions = await asyncio.to_thread(open_executions, settings, catalog, writer=True)
+        executions = await asyncio.to_thread(
+            partial(open_executions, settings, catalog, writer=True, on_recorded=observe_recorded)
+        )
         who = identity(settings, DISPATCHER)
         self._nc = await connect(settings.nats_url, f"baton-dispatcher-{settings.instance}", who)
         js = self._nc.jetstream()
         await ensure_streams(js, settings.nats_replicas)
-        self._relay = OutboxRelay(executions, self._nc, settings.relay_poll_interval)
+        if tracing.enabled():
+            self._traces = await asyncio.to_thread(TraceContexts, settings.traces_database)
+        relay_poll = settings.relay_poll_interval
+        self._relay = OutboxRelay(executions, self._nc, relay_poll, self._traces)
         self._writer = Writer(
             executions,
             on_stored=self._stored,
             backlog=ReportsBacklog(js, settings.deadline_max_hold),
+            traces=self._traces,
         )
         # Whichever dispatcher relays is woken by every dispatcher's commits.
         await self._nc.subscribe(STORED_SUBJECT, cb=self._heard_stored)
@@ -107,6 +119,13 @@ class Dispatcher:
         # catalog is managed data (the api's /v1/device-types and /v1/devices, `baton
         # catalog import`).
         await self._writer.seed_catalog()
+        stored = await asyncio.to_thread(executions.catalog_document)
+        if stored != document_of(catalog):
+            log.warning(
+                "the stored catalog is in use, not BATON_CATALOG_PATH=%s: the file seeds an "
+                "empty store only (`baton catalog import FILE` loads it)",
+                settings.catalog_path,
+            )
         self._edges = RequestEdges(self._nc, SERVICE, DISPATCHER_QUEUE, CONCURRENT_REQUESTS)
         self._legacy_reports = await narrow_legacy_consumer(js)
         self._keeper = PartitionKeeper(
@@ -126,6 +145,8 @@ class Dispatcher:
             max_reconnect_attempts=-1,
             **broker_identity(who),
             logger=logging.getLogger("baton_dispatcher.broker"),
+            # Its `Received`/`Processed` line per message only when asked for (debug else).
+            log_level=logging.INFO if settings.log_messages else logging.DEBUG,
         )
         register_admin(self._broker, self._writer)
         await self._broker.start()
@@ -255,6 +276,8 @@ class Dispatcher:
             await self._nc.close()
         if self._writer is not None:
             await asyncio.to_thread(self._writer.close)
+        if self._traces is not None:
+            await asyncio.to_thread(self._traces.close)
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

@@ -38,7 +38,9 @@ from baton_contracts.nats import (
     LifecycleEvent,
     event_subject,
 )
+from baton_dispatcher.traces import TraceContexts
 from baton_domain.application import Executions
+from baton_platform import tracing
 from baton_platform.mapping import read_events
 
 log = logging.getLogger(__name__)
@@ -102,8 +104,17 @@ class AckWindow:
 
 
 class OutboxRelay:
-    def __init__(self, executions: Executions, nc: Client, poll_interval: float) -> None:
+    def __init__(
+        self,
+        executions: Executions,
+        nc: Client,
+        poll_interval: float,
+        traces: TraceContexts | None = None,
+    ) -> None:
         self._executions = executions
+        # Each execution's trace context, continued by the span of each of its events.
+        self._traces = traces
+        self._carriers = tracing.Remembered()
         self._js = nc.jetstream()
         self._acks = AckWindow(nc)
         self._poll_interval = poll_interval
@@ -169,9 +180,13 @@ class OutboxRelay:
         }
         if self._last_id is not None:
             headers["Nats-Expected-Last-Msg-Id"] = str(self._last_id)
-        future = await self._acks.send(
-            event_subject(event.execution_id, event.type), event.model_dump_json().encode(), headers
-        )
+        subject = event_subject(event.execution_id, event.type)
+        # Its execution's trace goes on (none: tracing is off, or none was kept for it).
+        parent = self._carriers.parent(event.execution_id)
+        kind, about = tracing.SpanKind.PRODUCER, event.execution_id
+        with tracing.continued(f"relay {event.type}", kind, parent, about):
+            tracing.inject(headers)
+            future = await self._acks.send(subject, event.model_dump_json().encode(), headers)
         self._last_seq += 1
         self._last_id = event.notification_id
         return future
@@ -184,6 +199,15 @@ class OutboxRelay:
             # not take the sequence the ones after it expect.
             raise OutOfPlaceError(f"notification {notification_id} was in the stream already")
 
+    def _read(self) -> list[LifecycleEvent]:
+        """The next events, and the trace contexts of their executions not yet known."""
+        events = read_events(self._executions, self.position, BATCH)
+        if self._traces is not None:
+            unknown = (e.execution_id for e in events if e.execution_id not in self._carriers)
+            for execution_id, carrier in self._traces.find(unknown).items():
+                self._carriers.keep(execution_id, carrier)
+        return events
+
     async def run(self) -> None:
         await self.read_stream_end()
         log.info("relay resuming after notification %d", self.position)
@@ -191,9 +215,7 @@ class OutboxRelay:
             # Cleared before reading, so a write that lands while we read still wakes us.
             self._wake.clear()
             try:
-                events = await asyncio.to_thread(
-                    read_events, self._executions, self.position, BATCH
-                )
+                events = await asyncio.to_thread(self._read)
                 await self.publish(events)
             except asyncio.CancelledError:
                 raise

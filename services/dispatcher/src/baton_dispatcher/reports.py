@@ -36,14 +36,17 @@ from baton_contracts.nats import (
     partition_reports,
 )
 from baton_dispatcher.writer import ReportResult, Writer
+from baton_platform import tracing
 from baton_platform.consumers import BatchingConsumer
 from baton_platform.deadletters import dead_letter
+from baton_platform.logs import about
 from baton_platform.metrics import REJECTED_MESSAGES
 from baton_platform.nats_access import REPORTS_DURABLE, reports_durable
 
 log = logging.getLogger(__name__)
 
 SERVICE = "dispatcher"
+CONSUMER = tracing.SpanKind.CONSUMER
 MAX_DELIVERIES = 20
 # The most reports handed to the Writer at once (and unacknowledged).
 REPORTS_BATCH = 256
@@ -113,7 +116,13 @@ class ReportsConsumer:
             elif isinstance(report, StateReport):
                 result = await self._writer.apply_state(report)
             else:
-                result = await self._writer.apply_report(report)
+                name = f"report {report.status or report.kind}"
+                parent = tracing.extract(msg.headers)
+                with (
+                    tracing.continued(name, CONSUMER, parent, report.execution_id),
+                    about(report.execution_id),
+                ):
+                    result = await self._writer.apply_report(report)
         except Exception as exc:
             deliveries = msg.metadata.num_delivered
             if deliveries >= MAX_DELIVERIES:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,7 @@ from baton_contracts.nats import (
     SubmitCommand,
 )
 from baton_dispatcher.backlog import due_of
+from baton_dispatcher.traces import TraceContexts
 from baton_domain.application import Executions
 from baton_domain.errors import (
     DeadlineNotReached,
@@ -49,8 +51,9 @@ from baton_domain.errors import (
 )
 from baton_domain.group_commit import BatchResult
 from baton_domain.statuses import AnswerStatus
+from baton_platform import tracing
 from baton_platform.commands import CommandHandlers
-from baton_platform.metrics import REJECTED_MESSAGES
+from baton_platform.metrics import REJECTED_MESSAGES, observe_stored
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -103,8 +106,10 @@ class Writer:
         executions: Executions,
         on_stored: Callable[[], None],
         backlog: Backlog | None = None,
+        traces: TraceContexts | None = None,
     ) -> None:
         self._executions = executions
+        self._traces = traces
         self._backlog = backlog
         self._handlers = CommandHandlers(executions)
         self._on_stored = on_stored
@@ -167,8 +172,20 @@ class Writer:
         self._thread.shutdown(wait=True)
 
     async def submit(self, command: SubmitCommand) -> ExecutionReply:
-        reply = await self._write(lambda: self._submit_in_time(command))
+        taken = time.monotonic()
+        traces, carried, execution_id = self._traces, tracing.current(), command.execution_id
+        if traces is None or not carried or execution_id is None:
+            reply = await self._write(lambda: self._submit_in_time(command))
+        else:
+
+            def traced() -> ExecutionReply:
+                # Before the events: the relay, woken by their commit, finds it.
+                traces.keep(execution_id, carried)
+                return self._submit_in_time(command)
+
+            reply = await self._write(traced)
         if reply.created and reply.execution is not None:
+            observe_stored(taken)  # a repeat finds its execution: not created, not counted
             log.info("requested %s %s on %s", reply.execution.id, command.name, command.device_id)
         elif reply.problem is not None and reply.problem.code == REQUEST_EXPIRED:
             REJECTED_MESSAGES.labels(service="dispatcher", reason=REQUEST_EXPIRED).inc()

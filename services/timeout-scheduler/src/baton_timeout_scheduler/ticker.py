@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from baton_contracts.nats import DeadlineDue, DeadlineReply
+from baton_platform.logs import about
 from baton_timeout_scheduler.store import Deadline, Deadlines, Kind
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,10 @@ class Ticker:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _fire(self, row: Deadline) -> None:
+        with about(row.execution_id):  # every line below names it (baton_platform.logs)
+            await self._fire_about(row)
+
+    async def _fire_about(self, row: Deadline) -> None:
         try:
             reply = await self.request(DeadlineDue(execution_id=row.execution_id, kind=row.kind))
         except DispatcherUnavailableError as exc:
