@@ -253,7 +253,10 @@ def load_schema(stack: Stack, figures: FuzzFigures) -> schemathesis.BaseSchema:
 
 @pytest.fixture
 def fuzz_stack(tmp_path: Path) -> Iterator[Stack]:
-    stack = make_stack(tmp_path, catalog=CATALOG, simulate_catalog=True)
+    # Live streams end within a second (they would not end otherwise), and the webhooks
+    # the fuzzer makes are sent to this machine only (their URLs are generated).
+    live = {"BATON_LIVE_MAX_SECONDS": "1", "BATON_WEBHOOK_TARGETS": "loopback"}
+    stack = make_stack(tmp_path, catalog=CATALOG, simulate_catalog=True, extra_env=live)
     with running(stack) as started:
         yield started
 

@@ -89,6 +89,10 @@ class World:
         assert created.status_code == 201, created.text
         return str(created.json()["id"])
 
+    def webhook(self, own: bool) -> str:
+        store = self.client.app.state.parts.webhooks
+        return str(store.create(self.tenant(own), "http://127.0.0.1:9/", ["*"], None, "m").id)
+
     def _change(self, edit: Callable[[Any], None]) -> None:
         self.stand.executions.change_catalog(edit)
 
@@ -144,6 +148,34 @@ CASES: dict[tuple[str, str], tuple[Role, int, Maker]] = {
         Role.ADMIN,
         200,
         lambda w, own: ("/v1/executions/purge", {"older_than_days": 3650}),
+    ),
+    # Live streams (ended at once here: the world's api is stopping them, see `world`).
+    ("GET", "/v1/events"): (Role.VIEWER, 200, lambda w, own: ("/v1/events", None)),
+    ("GET", "/v1/executions/{execution_id}/events"): (
+        Role.VIEWER,
+        200,
+        lambda w, own: (f"/v1/executions/{w.execution(own)}/events", None),
+    ),
+    ("POST", "/v1/webhooks"): (
+        Role.OPERATOR,
+        201,
+        lambda w, own: ("/v1/webhooks", {"url": "http://127.0.0.1:9/", "events": ["*"]}),
+    ),
+    ("GET", "/v1/webhooks"): (Role.OPERATOR, 200, lambda w, own: ("/v1/webhooks", None)),
+    ("GET", "/v1/webhooks/{webhook_id}"): (
+        Role.OPERATOR,
+        200,
+        lambda w, own: (f"/v1/webhooks/{w.webhook(own)}", None),
+    ),
+    ("DELETE", "/v1/webhooks/{webhook_id}"): (
+        Role.OPERATOR,
+        204,
+        lambda w, own: (f"/v1/webhooks/{w.webhook(own)}", None),
+    ),
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries"): (
+        Role.OPERATOR,
+        200,
+        lambda w, own: (f"/v1/webhooks/{w.webhook(own)}/deliveries", None),
     ),
     ("GET", "/v1/catalog"): (Role.VIEWER, 200, lambda w, own: ("/v1/catalog", None)),
     ("PUT", "/v1/catalog"): (
@@ -397,6 +429,9 @@ def world(tmp_path: Path) -> Iterator[World]:
             created = stand.client.post("/v1/keys", json=body, headers=owner)
             assert created.status_code == 201, created.text
             keys[role] = bearer(created.json()["key"])
+        # Live streams end at once (as when the api stops): the test client reads an answer
+        # to its end, and the feed's would not end otherwise.
+        stand.client.app.state.parts.live.closing.set()
         yield World(stand, keys)
 
 

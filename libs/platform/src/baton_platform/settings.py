@@ -131,6 +131,30 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="seconds between two looks for expired ephemerals"
     )
     request_timeout: float = Field(default=5.0, gt=0, description="NATS request timeout, s")
+    webhook_max_attempts: int = Field(
+        default=8, ge=1, le=100, description="attempts of a webhook delivery before it is dead"
+    )
+    webhook_backoff_initial: float = Field(
+        default=1.0, gt=0, description="seconds before a webhook delivery's second attempt"
+    )
+    webhook_backoff_max: float = Field(
+        default=600.0, gt=0, description="the longest wait between two attempts, seconds"
+    )
+    webhook_timeout: float = Field(default=10.0, gt=0, description="one attempt's time, s")
+    webhook_targets: Literal["any", "public", "loopback"] = Field(
+        default="any",
+        description="where webhooks may point: any address; public addresses only (no "
+        "loopback, private, link-local...: SSRF, docs/security.md); or loopback only (tests)",
+    )
+    live_keepalive: float = Field(
+        default=15.0, gt=0, description="seconds between keep-alive comments of an idle SSE stream"
+    )
+    live_max_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="an SSE stream ends after this long (its client resumes with Last-Event-ID, "
+        "maybe on another replica): long streams do not pin clients to one replica for ever",
+    )
     rate_limit: float = Field(
         default=1000.0,
         ge=0,
@@ -226,6 +250,15 @@ class Settings(BaseSettings):
     @property
     def scheduler_path(self) -> Path:
         return self.data_dir / "deadlines.sqlite"
+
+    @property
+    def webhooks_path(self) -> Path:
+        return self.data_dir / "webhooks.sqlite"
+
+    @property
+    def webhooks_database(self) -> Database:
+        """Webhooks and their deliveries: `webhooks.sqlite`, or the schema `webhooks`."""
+        return self._database(self.webhooks_path, "webhooks")
 
     @property
     def postgres_url(self) -> str | None:

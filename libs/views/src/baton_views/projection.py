@@ -72,7 +72,9 @@ def project(
 
 def _apply_one(conn: Connection, event: LifecycleEvent, counts: CountChanges) -> None:
     if event.type == "Requested":
-        counts.moved(None, _requested(conn, event))
+        after = _requested(conn, event)
+        counts.moved(None, after)
+        _changed(conn, event, after)
         return
     handler = _HANDLERS.get(event.type)
     if handler is None:
@@ -84,7 +86,36 @@ def _apply_one(conn: Connection, event: LifecycleEvent, counts: CountChanges) ->
     if before is None:
         log.warning("%s for unknown execution %s", event.type, event.execution_id)
         return
-    counts.moved(before, handler(conn, event, before))
+    moved = handler(conn, event, before)
+    counts.moved(before, moved)
+    if moved is None:
+        # Deleted: its changes go with its rows (what a deletion is for), and a rebuild,
+        # which sees the deletion too, keeps none of them either.
+        conn.execute(
+            "DELETE FROM execution_changes WHERE execution_id = ?", (str(event.execution_id),)
+        )
+    else:
+        _changed(conn, event, moved)
+
+
+def _changed(conn: Connection, event: LifecycleEvent, after: Counted) -> None:
+    """The event's row of the change feed: what the execution is after it, at the event's
+    notification id (its position; the same on every rebuild)."""
+    conn.execute(
+        "INSERT INTO execution_changes (position, tenant, execution_id, device_id, name,"
+        " status, kind, seq, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.notification_id,
+            after.tenant,
+            str(event.execution_id),
+            after.device_id,
+            after.name,
+            after.status,
+            event.type,
+            event.version,
+            canonical_time(event.occurred_at),
+        ),
+    )
 
 
 def _counted(conn: Connection, event: LifecycleEvent) -> Counted | None:

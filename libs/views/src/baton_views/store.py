@@ -74,6 +74,26 @@ CREATE TABLE IF NOT EXISTS execution_counts (
     PRIMARY KEY (scope, tenant, device_id, name, status, ephemeral)
 ) WITHOUT ROWID;
 
+-- The change feed: one row per projected event of an execution, keyed by the event's
+-- notification id (its global position in the event store), with what the execution is
+-- after it. `GET /v1/events` and `/v1/executions/{id}/events` read it after a client's
+-- Last-Event-ID, and the webhook deliveries are made from it: every api replica reads
+-- the same rows in the same order (docs/api.md, "Live updates").
+CREATE TABLE IF NOT EXISTS execution_changes (
+    position     INTEGER PRIMARY KEY,
+    tenant       TEXT NOT NULL,
+    execution_id TEXT NOT NULL,
+    device_id    TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    at           TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS execution_changes_by_tenant ON execution_changes (tenant, position);
+CREATE INDEX IF NOT EXISTS execution_changes_by_execution
+    ON execution_changes (execution_id, position);
+
 CREATE TABLE IF NOT EXISTS projection_position (
     name     TEXT PRIMARY KEY,
     position INTEGER NOT NULL
@@ -90,11 +110,17 @@ FILTER_COLUMNS = ("device_id", "name", "outcome")
 # What follows them in every index: a page is one index range, read in (created_at, id)
 # order, whatever the filter (queries.py).
 ORDER_COLUMNS = ("ephemeral", "created_at", "id")
-TABLES = ("executions", "execution_log", "execution_counts", "projection_position")
+TABLES = (
+    "executions",
+    "execution_log",
+    "execution_counts",
+    "execution_changes",
+    "projection_position",
+)
 
 # Bumped whenever SCHEMA changes: views are disposable, so a views database of another
 # version is dropped and projected again from the event store (position 0).
-SCHEMA_VERSION = 6  # 5: executions and their counters are per tenant; 6: requested_by
+SCHEMA_VERSION = 7  # 5: per tenant; 6: requested_by; 7: execution_changes
 PROJECTION_NAME = "executions"
 # The name of the views' write lock (`transaction`).
 WRITE_LOCK = "views"

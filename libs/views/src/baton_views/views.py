@@ -19,6 +19,7 @@ from uuid import UUID
 from baton_contracts.nats import LifecycleEvent
 from baton_domain.statuses import ExecutionStatus
 from baton_platform.sql import Connection, Database
+from baton_views.changes import Change, ChangeFilter, changes_after
 from baton_views.counts import count, unfinished_by_device
 from baton_views.projection import project
 from baton_views.queries import (
@@ -90,6 +91,10 @@ class ExecutionViews:
                 conn, where or ExecutionFilter(), order, limit, cursor, offset
             )
         )
+
+    def changes(self, where: ChangeFilter, after: int, limit: int) -> builtins.list[Change]:
+        """Up to `limit` changes matching `where` after position `after`, oldest first."""
+        return self._read(lambda conn: changes_after(conn, where, after, limit))
 
     def pending(self, tenant: str) -> int:
         """How many of `tenant`'s executions are PENDING: one lookup of the counters."""

@@ -52,6 +52,7 @@ class DrainingServer(uvicorn.Server):
         self._drain = drain
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._parts.end_streams()  # else uvicorn would wait for them to end by themselves
         if self._drain <= 0 or self._parts.draining:
             super().handle_exit(sig, frame)
             return

@@ -43,6 +43,7 @@ from baton_api.head import serve_head
 from baton_api.health import Check, HealthController
 from baton_api.keys import AccessService, KeyController, TenantController
 from baton_api.limits import MAX_BODY_BYTES
+from baton_api.live import LiveController, LiveFeed
 from baton_api.nats_edge import serve_tenant_clients
 from baton_api.nats_link import NatsLink
 from baton_api.openapi import declare_problems
@@ -54,6 +55,9 @@ from baton_api.schemas import request_body_plugin
 from baton_api.service import ExecutionService
 from baton_api.tokens import TokenVerifier
 from baton_api.views_edge import announcer, hear_advances
+from baton_api.webhooks.controller import WebhookController
+from baton_api.webhooks.delivery import DeliveryPolicy, WebhookSender
+from baton_api.webhooks.store import WebhookStore
 from baton_contracts.nats import PROJECTION_LEASE
 from baton_domain.application import Executions
 from baton_platform import metrics
@@ -89,8 +93,19 @@ class Parts:
     # Set once the process is asked to stop: /ready says so while requests are still served
     # (BATON_API_DRAIN_SECONDS, __main__), so balancers send it no new connections.
     draining: bool = False
+    live: LiveFeed | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    webhooks: WebhookStore | None = None
+    sender: WebhookSender | None = None
+
+    def end_streams(self) -> None:
+        """End every live stream (from any thread): the server is stopping, and waits for
+        open answers to finish; their clients resume elsewhere with Last-Event-ID."""
+        if self.live is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(self.live.closing.set)
 
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.tasks.append(asyncio.create_task(self.runner.run(), name="projection"))
         if self.link is not None:
             self.tasks.append(asyncio.create_task(self.link.run(), name="nats-link"))
@@ -98,6 +113,8 @@ class Parts:
         if isinstance(self.access, NatsAccess):
             self.tasks.append(asyncio.create_task(self.access.run(), name="access"))
         self.tasks.append(asyncio.create_task(self.sweeper.run(), name="retention"))
+        if self.sender is not None:
+            self.tasks.append(asyncio.create_task(self.sender.run(), name="webhooks"))
         if metrics.serving():
             self.tasks.append(asyncio.create_task(self._sample_unfinished(), name="unfinished"))
 
@@ -135,6 +152,8 @@ class Parts:
     async def stop(self) -> None:
         # The lease is released (another replica projects at once) unless NATS is gone.
         self.stopping.set()
+        if self.live is not None:
+            self.live.closing.set()
         if self.lease is not None:
             await asyncio.wait({self.lease}, timeout=5)
             await cancel_and_wait(self.lease)
@@ -148,6 +167,8 @@ class Parts:
         if self.link is not None:
             await self.link.close()
         await asyncio.to_thread(self.views.close)
+        if self.webhooks is not None:
+            await asyncio.to_thread(self.webhooks.close)
         await asyncio.to_thread(self.executions.close)
 
     def checks(self) -> dict[str, Check]:
@@ -216,6 +237,14 @@ def build_parts(
         # Keys and tenants live in NATS (baton_api.access); without it, in this process.
         access = NatsAccess(link, settings.nats_replicas) if link is not None else InMemoryAccess()
     catalog_service = CatalogService(executions, gateway, accounts or device_accounts(settings))
+    webhooks = WebhookStore(settings.webhooks_database)
+    policy = DeliveryPolicy(
+        max_attempts=settings.webhook_max_attempts,
+        backoff_initial=settings.webhook_backoff_initial,
+        backoff_max=settings.webhook_backoff_max,
+        timeout=settings.webhook_timeout,
+        targets=settings.webhook_targets,
+    )
     return Parts(
         executions,
         views,
@@ -226,6 +255,13 @@ def build_parts(
         catalog_service,
         access,
         nats_replicas=settings.nats_replicas,
+        live=LiveFeed(
+            views, runner, settings.live_keepalive, asyncio.Event(), settings.live_max_seconds
+        ),
+        webhooks=webhooks,
+        sender=WebhookSender(
+            webhooks, views, runner, policy, executions.recorder.max_notification_id
+        ),
     )
 
 
@@ -297,6 +333,8 @@ def create_app(
             KeyController,
             TenantController,
             CredentialController,
+            LiveController,
+            WebhookController,
         ],
         middleware=[auth],
         guards=[refuse_unknown_query],  # a typo in a query is a 422 (controllers.py)
@@ -321,6 +359,9 @@ def create_app(
             "caller": Provide(caller, sync_to_thread=False),
             "credential_service": Provide(lambda: credentials, sync_to_thread=False),
             "checks": Provide(parts.checks, sync_to_thread=False),
+            "live": Provide(lambda: parts.live, sync_to_thread=False),
+            "webhooks": Provide(lambda: parts.webhooks, sync_to_thread=False),
+            "webhook_targets": Provide(lambda: settings.webhook_targets, sync_to_thread=False),
         },
         exception_handlers={Exception: problem_handler},
         plugins=[request_body_plugin()],  # strict request bodies (schemas.py)

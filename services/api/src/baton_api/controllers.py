@@ -273,7 +273,7 @@ def _filter(
 ) -> ExecutionFilter:
     return ExecutionFilter(
         tenant=caller.tenant,
-        statuses=_statuses(status or []),
+        statuses=statuses_of(status or []),
         name=name,
         device_id=device_id,
         created_after=_aware(created_after, "created_after"),
@@ -282,7 +282,7 @@ def _filter(
     )
 
 
-def _statuses(values: list[str]) -> frozenset[ExecutionStatus]:
+def statuses_of(values: list[str]) -> frozenset[ExecutionStatus]:
     """`status=A&status=B` and `status=A,B` alike; every value must be a known status."""
     names = [part.strip() for value in values for part in value.split(",") if part.strip()]
     known = {s.value for s in ExecutionStatus}

@@ -269,6 +269,12 @@ class ProjectionRunner:
                 return self.position >= position
         return True
 
+    def advance_signal(self) -> asyncio.Event:
+        """Set once the views advance past what this process knows now (its own projection,
+        another replica's announcement, or a read of the position): take it before reading
+        the views, then wait on it, and no advance in between is missed."""
+        return self._advanced
+
     @property
     def waited_on(self) -> int:
         """How many executions have someone waiting for their end (a notifier each)."""

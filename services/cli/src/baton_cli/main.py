@@ -40,6 +40,7 @@ from baton_cli.keys import keys_app, tenants_app
 from baton_cli.mqtt_setup import mqtt_setup
 from baton_cli.nats_setup import nats_setup
 from baton_cli.output import dumps, event_line, execution_summary, progress_bar
+from baton_cli.tail import follow_execution, tail
 
 if TYPE_CHECKING:
     from baton_platform.settings import Settings
@@ -58,6 +59,7 @@ app.command("nats-setup")(nats_setup)
 app.command("mqtt-setup")(mqtt_setup)
 app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
+app.command("tail")(tail)
 app.command("asyncapi")(asyncapi)
 
 
@@ -191,12 +193,24 @@ def events(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object per line instead of text.")
     ] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", "-f", help="Through the API: each change as it comes, to its end."
+        ),
+    ] = False,
+    api_url: ApiUrl = DEFAULT_URL,
+    api_key: ApiKey = DEFAULT_KEY,
 ) -> None:
     """Print an execution's stored events, oldest first: time, type, data.
 
     Reads the event store (BATON_DATA_DIR/events.sqlite, or BATON_DATABASE_URL) directly,
-    not the API.
+    not the API. With --follow, follows the API's live feed of the execution instead
+    (GET /v1/executions/ID/events) until the execution ends.
     """
+    if follow:
+        follow_execution(str(execution_id), api_url, api_key, as_json)
+        return
     from baton_domain.errors import ExecutionNotFound
     from baton_platform.eventstore import open_executions
     from baton_platform.settings import Settings

@@ -1,0 +1,105 @@
+"""The change feed (`execution_changes`): what happened to executions, in position order.
+
+A position is the event's notification id in the event store: every api replica reads the
+same rows in the same order, and the projection commits them in that order (each batch in
+one transaction, above every position before it), so "the rows after position p" read at
+any time never miss one that commits later: a reader that resumes after the last position
+it saw gets every later change once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from baton_platform.sql import Connection, Row
+
+# The most rows one read returns: a subscriber holds at most this many at once.
+CHANGES_PAGE = 100
+
+
+@dataclass(frozen=True)
+class ChangeFilter:
+    """Which changes: one tenant's (None: every tenant's, for the webhook deliveries), and
+    optionally one execution's, one device's, one command name's, some statuses."""
+
+    tenant: str | None
+    execution_id: UUID | None = None
+    device_id: str | None = None
+    name: str | None = None
+    statuses: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Change:
+    position: int
+    tenant: str
+    execution_id: UUID
+    device_id: str
+    name: str
+    status: str
+    kind: str  # the lifecycle event's type: Requested, Dispatched, Published, Succeeded...
+    seq: int  # the event's number in its execution's stream, from 1
+    at: str  # when it happened (the event's time, ISO-8601 UTC)
+
+    def to_json(self) -> dict[str, Any]:
+        """The body of a feed event and of a webhook delivery (docs/api.md)."""
+        return {
+            "position": self.position,
+            "execution_id": str(self.execution_id),
+            "device_id": self.device_id,
+            "name": self.name,
+            "status": self.status,
+            "event": self.kind,
+            "seq": self.seq,
+            "at": self.at,
+        }
+
+
+def changes_after(
+    conn: Connection, where: ChangeFilter, after: int, limit: int = CHANGES_PAGE
+) -> list[Change]:
+    """Up to `limit` changes matching `where` with a position above `after`, oldest first.
+
+    One execution's changes are read through their own index; a tenant's feed through the
+    tenant's, from `after` on, with the other filters checked on the rows: a filter that
+    matches little reads past what it skips (a client resuming far back pays for that)."""
+    clauses = ["position > ?"]
+    params: list[Any] = [after]
+    if where.tenant is not None:
+        clauses.append("tenant = ?")
+        params.append(where.tenant)
+    if where.execution_id is not None:
+        clauses.append("execution_id = ?")
+        params.append(str(where.execution_id))
+    if where.device_id is not None:
+        clauses.append("device_id = ?")
+        params.append(where.device_id)
+    if where.name is not None:
+        clauses.append("name = ?")
+        params.append(where.name)
+    if where.statuses:
+        statuses = sorted(where.statuses)
+        clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
+        params.extend(statuses)
+    rows = conn.execute(
+        "SELECT position, tenant, execution_id, device_id, name, status, kind, seq, at"
+        f" FROM execution_changes WHERE {' AND '.join(clauses)} ORDER BY position LIMIT ?",
+        (*params, limit),
+    ).fetchall()
+    return [_change(row) for row in rows]
+
+
+def _change(row: Row) -> Change:
+    return Change(
+        position=int(row["position"]),
+        tenant=row["tenant"],
+        execution_id=UUID(row["execution_id"]),
+        device_id=row["device_id"],
+        name=row["name"],
+        status=row["status"],
+        kind=row["kind"],
+        seq=int(row["seq"]),
+        at=row["at"],
+    )

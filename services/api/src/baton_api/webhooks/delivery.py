@@ -1,0 +1,225 @@
+"""Delivering webhooks: runs on the api replica holding lease `projection` only (one sender
+across replicas; another takes over with the lease), from the webhook database, so a restart
+loses nothing (docs/architecture.md, "Webhooks").
+
+Each round: enqueue what the change feed has after the position reached (store.enqueue),
+then POST every due delivery (a few at once), and record each attempt. A 2xx is delivered;
+anything else (another status, a refused target, a network error, a time-out) is retried
+after `backoff`, and after `max_attempts` the delivery is dead (kept, with every attempt).
+At least once: a sender that dies between the POST and its record sends it again, with the
+same `Baton-Delivery` id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from uuid import UUID
+
+import httpx
+from prometheus_client import Counter
+
+from baton_api.live import first_of
+from baton_api.projector import ProjectionRunner
+from baton_api.webhooks.store import (
+    DEAD,
+    DELIVERED,
+    PENDING,
+    Attempt,
+    Delivery,
+    Webhook,
+    WebhookStore,
+)
+from baton_api.webhooks.targets import TargetRefused, Targets, check_target
+from baton_contracts.webhooks import (
+    DELIVERY_HEADER,
+    EVENT_HEADER,
+    SIGNATURE_HEADER,
+    WebhookPayload,
+    sign,
+)
+from baton_views import CHANGES_PAGE, Change, ChangeFilter, ExecutionViews
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = Counter(
+    "baton_webhook_attempts_total",
+    "Webhook delivery attempts, by what followed: delivered, retry (pending), dead",
+    ["outcome"],
+)
+USER_AGENT = "Baton-Webhooks/1"
+MAX_ERROR_LENGTH = 500  # of an attempt's error, as kept
+
+
+def backoff(
+    attempt: int, initial: float, maximum: float, rand: Callable[[], float] = random.random
+) -> float:
+    """Seconds before the attempt after `attempt` (1, 2, ...): doubling from `initial` up to
+    `maximum`, then a random half of it taken off ("equal jitter"), so receivers that failed
+    together are not all retried together, and no wait is under half its step."""
+    step: float = min(maximum, initial * 2.0 ** (attempt - 1))
+    return step / 2 + step / 2 * float(rand())
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    max_attempts: int
+    backoff_initial: float
+    backoff_max: float
+    timeout: float
+    targets: Targets
+    concurrency: int = 8
+
+
+def payload_body(hook: Webhook, change: Change, delivery_id: UUID) -> str:
+    return WebhookPayload(
+        delivery_id=delivery_id,
+        webhook_id=hook.id,
+        position=change.position,
+        execution_id=change.execution_id,
+        device_id=change.device_id,
+        name=change.name,
+        status=change.status,
+        event=change.kind,
+        seq=change.seq,
+        at=change.at,
+    ).model_dump_json()
+
+
+class WebhookSender:
+    def __init__(
+        self,
+        store: WebhookStore,
+        views: ExecutionViews,
+        runner: ProjectionRunner,
+        policy: DeliveryPolicy,
+        stored_position: Callable[[], int | None],
+        poll_interval: float = 1.0,
+    ) -> None:
+        self._store = store
+        self._views = views
+        self._runner = runner
+        self._policy = policy
+        self._stored_position = stored_position  # the event store's last notification id
+        self._poll = poll_interval
+        self._in_flight: set[UUID] = set()
+        self._slots = asyncio.Semaphore(policy.concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+
+    async def run(self) -> None:
+        async with httpx.AsyncClient(
+            follow_redirects=False, timeout=self._policy.timeout, trust_env=False
+        ) as client:
+            try:
+                while True:
+                    signal = self._runner.advance_signal()
+                    if self._runner.projecting:
+                        try:
+                            await self.round(client)
+                        except Exception:
+                            log.exception("webhook round failed; trying again")
+                    await self._sleep(signal)
+            finally:
+                for task in list(self._tasks):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+    async def round(self, client: httpx.AsyncClient) -> None:
+        await self._enqueue()
+        # In flight when the read starts: its row may be read before its attempt is recorded
+        # and the attempt over by the time it is seen, so it is not started again this round.
+        busy = set(self._in_flight)
+        now_ms = int(time.time() * 1000)
+        due = await asyncio.to_thread(self._store.due, now_ms, 100)
+        for delivery, hook in due:
+            if delivery.id in busy or delivery.id in self._in_flight:
+                continue
+            self._in_flight.add(delivery.id)
+            task = asyncio.create_task(self._attempt(client, delivery, hook))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _enqueue(self) -> None:
+        """Everything the feed has after the position reached. The first start begins at the
+        event store's end: from now, even while the views are still being projected."""
+        position = await asyncio.to_thread(self._store.position)
+        if position is None:
+            position = await asyncio.to_thread(self._stored_position) or 0
+            await asyncio.to_thread(self._store.enqueue, [], position, payload_body)
+        while True:
+            page = await asyncio.to_thread(
+                self._views.changes, ChangeFilter(tenant=None), position, CHANGES_PAGE
+            )
+            if not page:
+                return
+            position = page[-1].position
+            await asyncio.to_thread(self._store.enqueue, page, position, payload_body)
+
+    async def _attempt(self, client: httpx.AsyncClient, delivery: Delivery, hook: Webhook) -> None:
+        try:
+            async with self._slots:
+                attempt = await self._post(client, delivery, hook)
+            number = attempt.attempt
+            if attempt.status_code is not None and 200 <= attempt.status_code < 300:
+                state, next_at = DELIVERED, 0
+            elif number >= self._policy.max_attempts:
+                state, next_at = DEAD, 0
+                log.warning("webhook %s: delivery %s is dead", hook.id, delivery.id)
+            else:
+                wait = backoff(number, self._policy.backoff_initial, self._policy.backoff_max)
+                state, next_at = PENDING, int((time.time() + wait) * 1000)
+            await asyncio.to_thread(self._store.attempted, delivery, attempt, state, next_at)
+            ATTEMPTS.labels("retry" if state == PENDING else state).inc()
+        except Exception:
+            log.exception("webhook %s: attempt at %s not recorded", hook.id, delivery.id)
+        finally:
+            self._in_flight.discard(delivery.id)
+            self._wake.set()
+
+    async def _post(self, client: httpx.AsyncClient, delivery: Delivery, hook: Webhook) -> Attempt:
+        number = delivery.attempts + 1
+        at = datetime.now(UTC).isoformat(timespec="microseconds")
+        started = time.monotonic()
+        status: int | None = None
+        error: str | None = None
+        body = delivery.body.encode()
+        try:
+            await check_target(hook.url, self._policy.targets)
+            response = await client.post(
+                hook.url,
+                content=body,
+                headers={
+                    "Content-Type": "application/json",
+                    "User-Agent": USER_AGENT,
+                    SIGNATURE_HEADER: sign(hook.secret, int(time.time()), body),
+                    DELIVERY_HEADER: str(delivery.id),
+                    EVENT_HEADER: delivery.event,
+                },
+            )
+            status = response.status_code
+            if not response.is_success:
+                error = f"answered {status}"
+        except TargetRefused as exc:
+            error = f"target refused: {exc}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
+        duration = int((time.monotonic() - started) * 1000)
+        return Attempt(number, at, status, error, duration)
+
+    async def _sleep(self, signal: asyncio.Event) -> None:
+        """Until the views advance, an attempt ends, the next retry is due, or a poll."""
+        timeout = self._poll
+        next_due = await asyncio.to_thread(self._store.next_due)
+        if next_due is not None:
+            # (those in flight are due already: no faster than a tenth of a second)
+            timeout = max(0.1, min(timeout, next_due / 1000 - time.time()))
+        await first_of((signal, self._wake), timeout)
+        self._wake.clear()
