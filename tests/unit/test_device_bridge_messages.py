@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -155,27 +155,31 @@ def test_an_answer_takes_its_device_from_the_topic() -> None:
     assert report.received_at == NOW
 
 
+# A fixed id: pytest-xdist's workers must collect the same test ids.
+ANY_EXECUTION = UUID("5b0c1a52-3f5e-4a4b-9d5e-2f0c9a7e6d11")
+
+
 @pytest.mark.parametrize(
     ("topic", "raw", "reason"),
     [
         (response_topic(DEVICE, "not-a-uuid"), b'{"status": "STARTED"}', "malformed-topic"),
-        (response_topic("-bad", uuid4()), b'{"status": "STARTED"}', "malformed-topic"),
-        (response_topic("has space", uuid4()), b'{"status": "STARTED"}', "malformed-topic"),
-        (f"baton/v1/devices/{DEVICE}/executions/{uuid4()}/request", b"{}", "malformed-topic"),
+        (response_topic("-bad", ANY_EXECUTION), b'{"status": "STARTED"}', "malformed-topic"),
+        (response_topic("has space", ANY_EXECUTION), b'{"status": "STARTED"}', "malformed-topic"),
+        (f"baton/v1/devices/{DEVICE}/executions/{ANY_EXECUTION}/request", b"{}", "malformed-topic"),
         ("somewhere/else", b'{"status": "STARTED"}', "malformed-topic"),
-        (response_topic(DEVICE, uuid4()), b"{not json", "malformed-answer"),
-        (response_topic(DEVICE, uuid4()), b'{"status": "EXPLODED"}', "malformed-answer"),
+        (response_topic(DEVICE, ANY_EXECUTION), b"{not json", "malformed-answer"),
+        (response_topic(DEVICE, ANY_EXECUTION), b'{"status": "EXPLODED"}', "malformed-answer"),
         (
-            response_topic(DEVICE, uuid4()),
+            response_topic(DEVICE, ANY_EXECUTION),
             b'{"status": "STARTED", "payload": 3}',
             "malformed-answer",
         ),
         (
-            response_topic(DEVICE, uuid4()),
+            response_topic(DEVICE, ANY_EXECUTION),
             b'{"status": "STARTED", "answer_id": ""}',
             "malformed-answer",
         ),
-        (response_topic(DEVICE, uuid4()), b"\xff\xfe", "malformed-answer"),
+        (response_topic(DEVICE, ANY_EXECUTION), b"\xff\xfe", "malformed-answer"),
     ],
 )
 def test_unreadable_answers_are_malformed(topic: str, raw: bytes, reason: str) -> None:
