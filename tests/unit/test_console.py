@@ -18,8 +18,8 @@ from baton_api.console.forms import fields_of, params_of, place_errors
 from baton_api.inmemory import InMemoryGateway
 from baton_contracts.nats import FieldProblem
 from baton_domain.application import Executions
-from tests.unit.test_access import new_key, new_tenant
 from tests.conftest import eventually_sync
+from tests.unit.test_access import new_key, new_tenant
 from tests.unit.test_api import ADMIN, ADMIN_KEY, AUTH, KEY, client_for, executions, submit
 
 __all__ = ["executions"]  # the fixture, shared with test_api

@@ -71,8 +71,8 @@ STATUSES = [s.value for s in ExecutionStatus]
 # No inline script or style anywhere: the console runs under a strict policy.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+        "default-src 'self'; script-src 'self'; connect-src 'self'; style-src 'self'; "
+        "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
@@ -289,8 +289,8 @@ async def execution_page(
     after = await _position(live)
     execution = await service.get(execution_id, True, caller.tenant)  # 404: another tenant's
     steps = steps_of(await asyncio.to_thread(history, execution_id))
-    live = request.url.path.endswith("/live")
-    template = "_execution_live.html" if live else "execution.html"
+    part = request.url.path.endswith("/live")
+    template = "_execution_live.html" if part else "execution.html"
     return _render(request, template, execution=execution, steps=steps, after=after)
 
 
