@@ -39,9 +39,9 @@
   // `data-live`; an event re-reads the regions following it (htmx trigger "live"), at most
   // once per REFRESH_MS. The browser reconnects by itself, sending Last-Event-ID: no change
   // is missed. Only if the feed cannot be had (no EventSource, or the server refused the
-  // stream) does a region re-read itself every FALLBACK_MS instead (once at once: a
-  // signed-out browser is sent to sign in).
-  var REFRESH_MS = 500, FALLBACK_MS = 30000, feeds = {};
+  // stream) does a region re-read itself every `data-live-fallback` seconds instead (and
+  // once at once: a signed-out browser is sent to sign in).
+  var REFRESH_MS = 500, feeds = {};
   function regions(url) {
     return Array.prototype.filter.call(document.querySelectorAll("[data-live]"), function (el) {
       return el.getAttribute("data-live") === url;
@@ -62,10 +62,12 @@
     if (feed.source) feed.source.close();
     feed.source = null;
     refresh(feed.url);
-    feed.poll = setInterval(function () { refresh(feed.url); }, FALLBACK_MS);
+    feed.poll = setInterval(function () { refresh(feed.url); }, feed.fallback * 1000);
   }
   function follow(region) {
-    var url = region.getAttribute("data-live"), feed = { url: url, timer: null, last: 0 };
+    var url = region.getAttribute("data-live");
+    var feed = { url: url, timer: null, last: 0,
+      fallback: Number(region.getAttribute("data-live-fallback")) || 30 };
     feeds[url] = feed;
     if (typeof EventSource === "undefined") return fallBack(feed);
     var after = region.getAttribute("data-live-after");
