@@ -284,6 +284,8 @@ def test_devices_their_presence_queue_and_types(
     expect(page.locator("#recent")).to_contain_text("reboot")
     page.screenshot(path=shots / "device.png", full_page=True)
     baton.http.post(f"/v1/executions/{sent['id']}/cancel")
+    expect(page.locator("#in-flight")).to_have_text("0")  # its event re-read the page
+    expect(page.locator("#recent .status").first).to_have_text("CANCELED")
 
     page.get_by_role("link", name="Device types").click()
     thermostat = page.locator("#type-thermostat")

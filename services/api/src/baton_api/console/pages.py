@@ -7,7 +7,7 @@ limits). Forms that change something carry a CSRF token derived from that key; t
 that change something need the operator role, as in /v1 (the pages hide what the caller's
 role may not do, and the server refuses it anyway).
 
-Live parts (the executions table, an execution that has not ended, the devices table) are
+Live parts (the executions table, an execution that has not ended, the devices) are
 re-read when an event of theirs arrives on the console's own copy of the live feeds
 (`LiveController` of baton_api.live, served here too: `/console/events`,
 `/console/executions/{id}/events`, signed in by the cookie). The `live` macro of
@@ -444,13 +444,16 @@ async def device_page(
     caller: NamedDependency[Identity],
     service: NamedDependency[ExecutionService],
     catalog_service: NamedDependency[CatalogService],
+    live: NamedDependency[LiveFeed],
     device_id: FromPath[str],
 ) -> Response[str]:
+    """Re-read whole by its live region, as the devices page."""
+    after = await _position(live)
     device = await catalog_service.device_status(device_id, caller.tenant)
     recent = await service.list(
         ExecutionFilter(tenant=caller.tenant, device_id=device_id), "newest", RECENT
     )
-    return _render(request, "device.html", device=device, recent=recent.items)
+    return _render(request, "device.html", device=device, recent=recent.items, after=after)
 
 
 @get("/device-types")
