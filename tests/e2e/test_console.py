@@ -2,10 +2,11 @@
 
 Debian's Chromium (`make chromium`, deploy/local/install-chromium.sh) driven by Playwright
 for Python; Playwright's own browser download is never used. Each test asserts what must be
-on screen: sign-in, filters and paging, the live table, one execution with cancel and retry,
-the send form generated from the command's JSON Schema (the browser's check and the
-server's problem details), devices and device types, a viewer's read-only pages, a phone's
-screen and the keyboard alone. Waiting is Playwright's `expect`: it polls until a deadline.
+on screen: sign-in, filters and paging, the tables kept current by the SSE feed (and
+without it), one execution with cancel and retry, the send form generated from the
+command's JSON Schema (the browser's check and the server's problem details), devices
+and device types, a viewer's read-only pages, a phone's screen and the keyboard alone.
+Waiting is Playwright's `expect`: it polls until a deadline.
 
 The screenshots go to BATON_CONSOLE_SCREENSHOTS when set (docs/console/ holds the committed
 ones: `BATON_CONSOLE_SCREENSHOTS=docs/console pytest tests/e2e/test_console.py`), else to
@@ -22,13 +23,13 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
 
 from baton_cli.localstack import Stack
 from tests.e2e.conftest import API_KEY, ROOT, Baton
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
-DEADLINE_MS = 20_000  # a live update must show within this (the console polls every 2 s)
+DEADLINE_MS = 20_000  # a live update must show within this (it comes at its event)
 # Every `expect` polls until this deadline (Playwright's default, 5 s, is short on a loaded
 # 2-core machine; nothing here waits longer than it must).
 expect.set_options(timeout=DEADLINE_MS)
@@ -154,12 +155,46 @@ def test_executions_filter_and_page(page: Page, baton: Baton, console: str, shot
 def test_the_table_shows_new_executions_and_their_status_as_they_change(
     page: Page, baton: Baton, console: str
 ) -> None:
-    page.goto(f"{console}/executions?device=demo-thermostat-4")
+    rereads: list[str] = []
+    page.on("request", lambda r: rereads.append(r.url) if "/executions/rows" in r.url else None)
+    with page.expect_request(
+        lambda r: (
+            r.resource_type == "eventsource"
+            and "/console/events?device_id=demo-thermostat-4&last_event_id=" in r.url
+        )
+    ):
+        page.goto(f"{console}/executions?device=demo-thermostat-4")
+    region = page.locator("#executions-live")
+    expect(region).to_have_attribute("hx-trigger", "live")  # no poll: only an event re-reads
+    assert rereads == []
     execution_id = baton.send("demo-thermostat-4", "reboot").json()["id"]  # about 2 s
 
     row = page.locator(f'#executions tr[data-id="{execution_id}"]')
-    expect(row).to_be_visible(timeout=DEADLINE_MS)  # no reload: the table polls
+    expect(row).to_be_visible(timeout=DEADLINE_MS)  # no reload: an event came
     expect(row.locator(".status")).to_have_text("SUCCEEDED")
+    changes = baton.http.get(f"/v1/executions/{execution_id}/events", timeout=10)
+    events = changes.text.count("\nevent: ")
+    # One re-read at most per event (fewer: at most two a second), each after one.
+    assert 1 <= len(rereads) <= events, (rereads, changes.text)
+
+
+def test_a_refused_stream_falls_back_to_reading_and_a_signed_out_one_to_sign_in(
+    browser: Browser, console: str
+) -> None:
+    page = signed_in(browser, console)
+    refused = page.context.new_page()  # the same browser, signed out as its requests go
+
+    def signed_out(route: Route) -> None:  # the server's own answer to a browser without key
+        headers = {k: v for k, v in route.request.headers.items() if k != "cookie"}
+        answer = httpx.get(route.request.url, headers=headers, timeout=5)
+        route.fulfill(status=answer.status_code, headers=dict(answer.headers), body=answer.content)
+
+    refused.route(re.compile(r"/console/(events|executions/rows)\b"), signed_out)
+    refused.goto(f"{console}/executions")  # the page itself is signed in
+    # The stream is refused (sent to sign in): the region re-reads at once, which is refused
+    # too, so the whole page goes to sign in.
+    expect(refused).to_have_url(re.compile(r"/console/sign-in$"))
+    page.context.close()
 
 
 def test_one_execution_its_timeline_cancel_and_retry(
@@ -231,6 +266,14 @@ def test_devices_their_presence_queue_and_types(
     expect(page.locator('#devices tr[data-id="dimmer-1"] .presence')).to_have_text("unknown")
     page.screenshot(path=shots / "devices.png", full_page=True)
 
+    # The table follows the feed: a command in flight shows without a reload, and goes.
+    in_flight = page.locator('#devices tr[data-id="demo-silent-1"] td').nth(5)
+    expect(in_flight).to_have_text("0")
+    sent = baton.send("demo-silent-1", "reboot", ttl=120).json()
+    expect(in_flight).to_have_text("1")
+    baton.http.post(f"/v1/executions/{sent['id']}/cancel")
+    expect(in_flight).to_have_text("0")
+
     page.get_by_label("Device type").select_option("dimmer")
     page.get_by_role("button", name="Filter").click()
     expect(page.locator("#devices tbody tr")).to_have_count(1)
@@ -241,6 +284,8 @@ def test_devices_their_presence_queue_and_types(
     expect(page.locator("#recent")).to_contain_text("reboot")
     page.screenshot(path=shots / "device.png", full_page=True)
     baton.http.post(f"/v1/executions/{sent['id']}/cancel")
+    expect(page.locator("#in-flight")).to_have_text("0")  # its event re-read the page
+    expect(page.locator("#recent .status").first).to_have_text("CANCELED")
 
     page.get_by_role("link", name="Device types").click()
     thermostat = page.locator("#type-thermostat")

@@ -1,6 +1,7 @@
 """The console's edges, without a browser (tests/e2e/test_console.py clicks through it):
 who may sign in, that every page needs it, CSRF, roles and tenants as in /v1, the schema
-form's params and its problems, the timeline read from the stored events."""
+form's params and its problems, the timeline read from the stored events, the live feeds
+served to the console's cookie."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from litestar.testing import TestClient
@@ -16,8 +18,9 @@ from baton_api.console.forms import fields_of, params_of, place_errors
 from baton_api.inmemory import InMemoryGateway
 from baton_contracts.nats import FieldProblem
 from baton_domain.application import Executions
+from tests.conftest import eventually_sync
 from tests.unit.test_access import new_key, new_tenant
-from tests.unit.test_api import ADMIN, ADMIN_KEY, KEY, client_for, executions, submit
+from tests.unit.test_api import ADMIN, ADMIN_KEY, AUTH, KEY, client_for, executions, submit
 
 __all__ = ["executions"]  # the fixture, shared with test_api
 
@@ -149,6 +152,52 @@ def test_cancel_and_retry_and_the_timeline(client: TestClient[Any]) -> None:
     assert again.status_code == 403
     running = client.post(f"{CONSOLE}/executions/{execution_id}/cancel", data={"_csrf": token})
     assert running.status_code == 409  # the dispatcher's problem, as a page
+
+
+def test_the_live_feeds_are_the_v1_feeds_signed_in_by_the_cookie_and_the_tenants_own(
+    tmp_path: Path, executions: Executions
+) -> None:
+    # A tenant's stream ends after a second here (as it does after an hour), so it reads whole.
+    with client_for(
+        tmp_path, InMemoryGateway(executions), live_max_seconds=1.0, live_keepalive=0.2
+    ) as client:
+        for path in ("/events", f"/executions/{UUID(int=1)}/events"):
+            out = client.get(CONSOLE + path, follow_redirects=False)  # no stream, no event
+            assert (out.status_code, out.headers["location"]) == (303, "/console/sign-in")
+        execution_id = submit(client).json()["id"]
+        client.post(f"/v1/executions/{execution_id}/cancel", headers=AUTH)
+        eventually_sync(
+            lambda: (
+                client.get(f"/v1/executions/{execution_id}", headers=AUTH).json()["status"]
+                == "CANCELED"
+            )
+        )
+
+        sign_in(client, KEY)
+        page = client.get(f"{CONSOLE}/executions?device=demo-thermostat-1&status=PENDING")
+        # The table follows the feed from where the page was read; no polling trigger.
+        assert 'hx-trigger="live"' in page.text and 'hx-trigger="every' not in page.text
+        found = re.search(r'data-live="([^"]+)" data-live-after="(\d+)"', page.text)
+        assert found is not None
+        assert found.group(1) == "/console/events?device_id=demo-thermostat-1"  # any status
+        assert int(found.group(2)) >= 2  # requested and canceled, before the page
+        one = client.get(f"{CONSOLE}/executions/{execution_id}/events")  # ended: it ends too
+        assert one.headers["content-type"].startswith("text/event-stream")
+        kinds = re.findall(r"^event: (\w+)\r?$", one.text, re.MULTILINE)
+        assert kinds[0] == "Requested" and kinds[-1] == "Canceled", one.text
+        feed = client.get(f"{CONSOLE}/events", params={"last_event_id": 0})
+        assert feed.status_code == 200 and execution_id in feed.text
+        resumed = client.get(f"{CONSOLE}/events", headers={"Last-Event-ID": found.group(2)})
+        assert execution_id not in resumed.text  # nothing after what the page showed
+
+        new_tenant(client)
+        sign_in(client, key_of(new_key(client, "viewer", tenant="acme")))
+        assert client.get(f"{CONSOLE}/executions/{execution_id}/events").status_code == 404
+        other = client.get(f"{CONSOLE}/events", params={"last_event_id": 0})
+        assert other.status_code == 200 and execution_id not in other.text
+        # The console's copy is not an API operation: /v1's alone are in the schema.
+        paths = client.get("/schema/openapi.json").json()["paths"]
+        assert "/v1/events" in paths and not any(p.startswith(CONSOLE) for p in paths)
 
 
 SCHEMA = {

@@ -7,9 +7,12 @@ limits). Forms that change something carry a CSRF token derived from that key; t
 that change something need the operator role, as in /v1 (the pages hide what the caller's
 role may not do, and the server refuses it anyway).
 
-Live parts (the executions table, an execution that has not ended) are re-read by htmx
-every POLL_SECONDS: the `live` macro in templates/base.html is the one place that says how,
-so moving them to server-sent events is a change of that macro alone (docs/console.md).
+Live parts (the executions table, an execution that has not ended, the devices) are
+re-read when an event of theirs arrives on the console's own copy of the live feeds
+(`LiveController` of baton_api.live, served here too: `/console/events`,
+`/console/executions/{id}/events`, signed in by the cookie). The `live` macro of
+templates/_live.html says which region follows which feed; console.js listens
+(docs/console.md, "Live updates").
 """
 
 from __future__ import annotations
@@ -45,12 +48,14 @@ from baton_api.auth import ApiKeyMiddleware, Identity, KeyIdentifier, operator
 from baton_api.catalog import CatalogService
 from baton_api.console.forms import PREFIX, WHOLE, fields_of, params_of, place_errors
 from baton_api.console.timeline import steps_of
+from baton_api.live import LiveController, LiveFeed
 from baton_api.problems import ProblemError
 from baton_api.service import ExecutionService
 from baton_contracts.nats import FieldProblem, SubmitCommand
 from baton_domain.statuses import ExecutionStatus
 from baton_domain.tenants import Role
 from baton_views import ExecutionFilter
+from baton_views.projection import PROJECTED_TYPES
 
 HERE = Path(__file__).parent
 BASE = "/console"
@@ -58,14 +63,16 @@ COOKIE = "baton_console"
 CSRF_FIELD = "_csrf"
 CSRF_HEADER = "X-CSRF-Token"
 PAGE_SIZE = 20
-POLL_SECONDS = 2
+# Without the feed (a browser without EventSource, a stream refused), live parts re-read
+# themselves this often instead (console.js).
+FALLBACK_POLL_SECONDS = 30
 RECENT = 10
 STATUSES = [s.value for s in ExecutionStatus]
 # No inline script or style anywhere: the console runs under a strict policy.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+        "default-src 'self'; script-src 'self'; connect-src 'self'; style-src 'self'; "
+        "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
@@ -85,7 +92,13 @@ def _when(moment: datetime | None) -> str:
 
 
 TEMPLATES.filters["when"] = _when
-TEMPLATES.globals.update(base=BASE, poll_seconds=POLL_SECONDS, statuses=STATUSES)
+TEMPLATES.globals.update(
+    base=BASE,
+    fallback_poll_seconds=FALLBACK_POLL_SECONDS,
+    statuses=STATUSES,
+    # The feeds' `event:` names (an EventSource listens to each by name).
+    event_kinds=" ".join(sorted(PROJECTED_TYPES)),
+)
 
 
 class ConsoleAuthMiddleware(ApiKeyMiddleware):
@@ -134,6 +147,12 @@ async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
     if not key or not hmac.compare_digest(sent, csrf_token(key)):
         raise PermissionDeniedException("the form is stale or came from another site: reload it")
     return values
+
+
+async def _position(live: LiveFeed) -> int:
+    """Where the live feed stands: read before what a page shows, its region follows the
+    feed from there (nothing between the page and its stream is missed)."""
+    return await asyncio.to_thread(live.views.position)
 
 
 def _see_other(url: str) -> Redirect:
@@ -195,8 +214,9 @@ def _moment(raw: str, name: str, errors: list[str]) -> datetime | None:
 
 
 async def _executions(
-    request: Request[Any, Any, Any], me: Identity, service: ExecutionService
+    request: Request[Any, Any, Any], me: Identity, service: ExecutionService, live: LiveFeed
 ) -> dict[str, Any]:
+    after = await _position(live)
     query = request.query_params
     chosen = {
         k: query.get(k, "").strip() for k in ("device", "command", "status", "after", "before")
@@ -230,6 +250,16 @@ async def _executions(
         "filters": filters,
         "cursor": cursor or "",
         "live_query": urlencode({k: v for k, v in {**chosen, "cursor": cursor}.items() if v}),
+        # Device and command never change, so the feed filters on them; not on the status: a
+        # row that leaves the chosen status must go too.
+        "events_query": urlencode(
+            {
+                k: v
+                for k, v in {"device_id": chosen["device"], "name": chosen["command"]}.items()
+                if v
+            }
+        ),
+        "after": after,
     }
 
 
@@ -238,9 +268,10 @@ async def executions_page(
     request: Request[Any, Any, Any],
     caller: NamedDependency[Identity],
     service: NamedDependency[ExecutionService],
+    live: NamedDependency[LiveFeed],
 ) -> Response[str]:
     """The page, or (`/rows`) the table alone: what the live region re-reads."""
-    context = await _executions(request, caller, service)
+    context = await _executions(request, caller, service, live)
     rows = request.url.path.endswith("/rows")
     return _render(request, "_execution_rows.html" if rows else "executions.html", **context)
 
@@ -251,14 +282,16 @@ async def execution_page(
     caller: NamedDependency[Identity],
     service: NamedDependency[ExecutionService],
     history: NamedDependency[Callable[[UUID], list[Any]]],
+    live: NamedDependency[LiveFeed],
     execution_id: FromPath[UUID],
 ) -> Response[str]:
     """The page, or (`/live`) the part of it that the live region re-reads."""
+    after = await _position(live)
     execution = await service.get(execution_id, True, caller.tenant)  # 404: another tenant's
     steps = steps_of(await asyncio.to_thread(history, execution_id))
-    live = request.url.path.endswith("/live")
-    template = "_execution_live.html" if live else "execution.html"
-    return _render(request, template, execution=execution, steps=steps)
+    part = request.url.path.endswith("/live")
+    template = "_execution_live.html" if part else "execution.html"
+    return _render(request, template, execution=execution, steps=steps, after=after)
 
 
 @post("/executions/{execution_id:uuid}/cancel", guards=[operator])
@@ -383,7 +416,10 @@ async def devices_page(
     request: Request[Any, Any, Any],
     caller: NamedDependency[Identity],
     catalog_service: NamedDependency[CatalogService],
+    live: NamedDependency[LiveFeed],
 ) -> Response[str]:
+    """Re-read whole by its live region, which keeps its own part (htmx `hx-select`)."""
+    after = await _position(live)
     device_type = request.query_params.get("type") or None
     cursor = request.query_params.get("cursor") or None
     page = await catalog_service.devices(caller.tenant, device_type, PAGE_SIZE, cursor)
@@ -395,6 +431,10 @@ async def devices_page(
         chosen_type=device_type or "",
         types=sorted(catalog.device_types),
         now=datetime.now(UTC),
+        live_query=urlencode(
+            {k: v for k, v in {"type": device_type, "cursor": cursor}.items() if v}
+        ),
+        after=after,
     )
 
 
@@ -404,13 +444,16 @@ async def device_page(
     caller: NamedDependency[Identity],
     service: NamedDependency[ExecutionService],
     catalog_service: NamedDependency[CatalogService],
+    live: NamedDependency[LiveFeed],
     device_id: FromPath[str],
 ) -> Response[str]:
+    """Re-read whole by its live region, as the devices page."""
+    after = await _position(live)
     device = await catalog_service.device_status(device_id, caller.tenant)
     recent = await service.list(
         ExecutionFilter(tenant=caller.tenant, device_id=device_id), "newest", RECENT
     )
-    return _render(request, "device.html", device=device, recent=recent.items)
+    return _render(request, "device.html", device=device, recent=recent.items, after=after)
 
 
 @get("/device-types")
@@ -474,6 +517,7 @@ def console_routers(
             devices_page,
             device_page,
             device_types_page,
+            LiveController,  # /console/events...: the /v1 feeds, signed in by the cookie
         ],
         middleware=[DefineMiddleware(ConsoleAuthMiddleware, **key_check)],
         dependencies={
