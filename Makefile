@@ -46,11 +46,14 @@ stop: ## Stop what `make run` or `make run-cluster` started
 reset: install ## Delete ./var (all local data); refused while the stack runs
 	$(VENV)/bin/baton dev reset
 
+# The unit tests are CPU-bound and share nothing, so they run on both cores (pytest-xdist);
+# the others start real servers and measure time, so they run one at a time.
 test: install broker postgres chromium lint ## Lint, then run every test (unit, integration, end-to-end, chaos)
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n 2 tests/unit $(PYTEST_ARGS)
+	$(VENV)/bin/pytest --ignore=tests/unit $(PYTEST_ARGS)
 
 test-unit: install ## Run the unit tests only
-	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n 2 tests/unit $(PYTEST_ARGS)
 
 fuzz: install broker ## The fuzz stages of make test, long: HTTP, MQTT wire and NATS (see docs/operations.md)
 	BATON_FUZZ_CASES=$${BATON_FUZZ_CASES:-20000} \
