@@ -119,7 +119,8 @@ def _banner(stack: Stack, warnings: list[str] | None = None, stored: Catalog | N
     simulated = f"the devices of {stack.catalog}" if stack.simulate else "none"
     return f"""
 Baton is running.
-  API        {stack.api_url}   (docs: {stack.api_url}/schema/swagger)
+  API        {stack.api_url}   (docs: {stack.api_url}/schema/swagger, /schema/redoc)
+  Console    {stack.api_url}/console   (sign in with the API key)
   API key    {key}
   NATS       {stack.nats_url}   (users and passwords: {stack.nats_credentials})
   MQTT       mqtt://127.0.0.1:{stack.mqtt_port} ({broker}; no anonymous clients)
