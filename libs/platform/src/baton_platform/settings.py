@@ -106,6 +106,13 @@ class Settings(BaseSettings):
         description="when asked to stop, the api first answers /ready with 503 for this long "
         "while it still serves, so a balancer sends it no new connections (a rolling restart)",
     )
+    api_keep_alive_seconds: int = Field(
+        default=75,
+        gt=0,
+        description="how long the api keeps an idle HTTP connection open: longer than its "
+        "clients' and balancers' own idle limits (httpx 5 s, most balancers 60 s), so it is "
+        "the client that closes it, never the server under a request being sent",
+    )
     # JWT bearer tokens (docs/security.md): HS256 with a shared secret, RS256/ES256 against
     # the public keys of a JWKS file. Neither set: tokens are not accepted.
     jwt_secret: SecretStr | None = None

@@ -28,6 +28,7 @@ def main() -> None:
         port=settings.api_port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        timeout_keep_alive=settings.api_keep_alive_seconds,
         log_config=None,  # keep observe's log format for uvicorn's own lines too
         lifespan="on",
         # HTTPS when a certificate is configured (docs/security.md, "Running behind TLS").

@@ -38,6 +38,7 @@ from baton_api.credentials import (
     FixedAccounts,
 )
 from baton_api.dialects import dialect_routers
+from baton_api.draining import close_while_draining
 from baton_api.gateway import CommandGateway, NatsGateway
 from baton_api.head import serve_head
 from baton_api.health import Check, HealthController
@@ -374,7 +375,7 @@ def create_app(
     )
     declare_problems(app)  # every operation's problem documents (openapi.py)
     # HEAD on every GET route (head.py); one access log line and span per request.
-    return serve_head(log_access(app))
+    return serve_head(log_access(close_while_draining(app, lambda: parts.draining)))
 
 
 def _openapi() -> OpenAPIConfig:
