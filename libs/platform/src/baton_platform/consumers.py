@@ -146,7 +146,11 @@ class DurableConsumer:
     async def start(self, js: JetStreamContext) -> None:
         """From the start of the stream the first time (nothing relayed before the service
         first ran is missed), then from where it left off."""
-        self._js = js
+        # `caught_up` reads `_js` as "started": set only once `_inherited_upto` is known, or a
+        # watermark round asking meanwhile would be told "caught up" (and keep that answer)
+        # before the messages an earlier instance left are even counted.
+        self._js = None
+        self._caught_up = False
         start_seq = await self._take_over(js) if self._exclusive else None
         if start_seq is None:
             self._inherited_upto = await resume_in_order(
@@ -158,6 +162,7 @@ class DurableConsumer:
                 self.filter_subjects,
                 self._exclusive,
             )
+        self._js = js
         self._stopping = False
         config = api.ConsumerConfig(
             ack_wait=self._ack_wait,
