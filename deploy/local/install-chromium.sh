@@ -9,7 +9,7 @@ if have_browser; then
   exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
-  echo "install-chromium: no /usr/bin/chromium and no apt-get: install Chromium; the console's browser tests are skipped without it." >&2
+  echo "install-chromium: no /usr/bin/chromium and no apt-get: install Chromium; the console's browser tests (tests/e2e/test_console.py) fail without it." >&2
   exit 1
 fi
 as_root=()
