@@ -117,3 +117,44 @@ async def test_a_restarted_replica_takes_its_own_lease_back_at_once(clients: lis
     assert await after.keep()
     assert not await other.keep()
     assert not await before.keep()  # the dead run's revision is no longer the latest
+
+
+async def test_work_that_ended_while_its_lease_is_held_is_released_and_started_again(
+    clients: list[Client],
+) -> None:
+    # A job that died (an error its loop did not catch) must not keep the lease: nobody
+    # would do the work while the holder goes on renewing it.
+    lease = await lease_of(clients[0], "relay", "dispatcher")
+    stopping = asyncio.Event()
+    starts: list[asyncio.Task[None]] = []
+    stops = 0
+
+    async def start() -> None:
+        async def job() -> None:
+            if not starts[1:]:  # the first run fails at once; the next one runs
+                raise RuntimeError("the job's first run fails")
+            await asyncio.Event().wait()
+
+        starts.append(asyncio.create_task(job()))
+
+    async def stop() -> None:
+        nonlocal stops
+        stops += 1
+
+    holding = asyncio.create_task(
+        while_held(lease, start, stop, stopping, alive=lambda: not starts[-1].done())
+    )
+    try:
+
+        async def started_again() -> bool:
+            return len(starts) == 2
+
+        await eventually(started_again, timeout=4 * leases.RENEW_S, what="the job started again")
+        assert stops == 1
+        assert lease.held
+    finally:
+        stopping.set()
+        await holding
+        for task in starts:
+            task.cancel()
+    assert stops == 2

@@ -7,6 +7,7 @@ stops the relay in between; the stream itself says where a new relay resumes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.js import api
+from nats.js.errors import NotFoundError
 
 from baton_cli.localstack import Server
 from baton_contracts.nats import EVENTS_STREAM, NOTIFICATION_ID_HEADER, event_subject
@@ -23,6 +25,7 @@ from baton_domain.application import Executions
 from baton_domain.catalog import Catalog
 from baton_platform.eventstore import open_executions
 from baton_platform.lifecycle import cancel_and_wait
+from baton_platform.nats import ensure_streams
 from baton_platform.nats_access import OPS
 from tests.conftest import DEMO, eventually, service_settings
 
@@ -209,3 +212,29 @@ async def test_two_relays_overlapping_put_each_event_in_once_and_in_order(
             await cancel_and_wait(task)
     assert second_window.sent > 0  # they did overlap
     assert await stream_ids(nc) == list(range(1, EVENTS + 1))
+
+
+async def test_a_relay_that_cannot_read_the_stream_at_first_tries_again_rather_than_ending(
+    executions: Executions, connections: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As after a NATS node failed: the stream's end cannot be read for a while. A relay
+    # that ended there left its dispatcher holding the lease with nothing published (seen
+    # in the cluster chaos run). Here the stream is not there yet.
+    admin = await connections()
+    with contextlib.suppress(NotFoundError):
+        await admin.jetstream().delete_stream(EVENTS_STREAM)
+    relay_nc = await connections()
+    relay = relay_on(executions, relay_nc)
+    task = asyncio.create_task(relay.run())
+    try:
+
+        async def failed_once() -> bool:
+            return any("cannot read the stream's end" in r.getMessage() for r in caplog.records)
+
+        await eventually(failed_once, what="a first read of the stream's end failed")
+        assert not task.done()
+        await ensure_streams(admin.jetstream())
+        await eventually(lambda: relayed(admin, EVENTS), timeout=30, what="every event relayed")
+    finally:
+        await cancel_and_wait(task)
+    assert await stream_ids(admin) == list(range(1, EVENTS + 1))

@@ -31,6 +31,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from faststream.nats.annotations import NatsMessage
 from nats.aio.msg import Msg
@@ -47,6 +48,16 @@ MessageHandler = Callable[[Msg], Awaitable[None]]
 
 ACK_WAIT_S = 30.0
 MAX_ACK_PENDING = 1000
+START_RETRY_S = 0.5  # the first wait after a failed start, doubled up to the next
+START_RETRY_MAX_S = 5.0
+
+
+@dataclass
+class _Start:
+    """What a consumer's start has done so far, across its tries."""
+
+    taken_over: bool = False
+    seq: int | None = None  # where a consumer made anew starts (None: where it was)
 
 
 async def raw_body(message: NatsMessage) -> bytes:
@@ -143,17 +154,46 @@ class DurableConsumer:
         self._inherited_upto: int | None = None
         self._caught_up = False
 
-    async def start(self, js: JetStreamContext) -> None:
+    async def start(self, js: JetStreamContext, patient: bool = False) -> None:
         """From the start of the stream the first time (nothing relayed before the service
-        first ran is missed), then from where it left off."""
+        first ran is missed), then from where it left off.
+
+        `patient`: tried again until it succeeds, for an owner that starts it in the
+        background. Just after a NATS node failed, the consumer's stream may have no leader
+        for a few seconds, and a consumer that gave up would leave its messages unread while
+        its owner goes on holding them (a partition's reports, seen stalled until the
+        dispatcher stopped). Not inside a lease's start: that would hold the lease unrenewed
+        meanwhile; there the failure is raised, and the lease released and tried again."""
         # `caught_up` reads `_js` as "started": set only once `_inherited_upto` is known, or a
         # watermark round asking meanwhile would be told "caught up" (and keep that answer)
         # before the messages an earlier instance left are even counted.
         self._js = None
         self._caught_up = False
-        start_seq = await self._take_over(js) if self._exclusive else None
-        if start_seq is None:
-            self._inherited_upto = await resume_in_order(
+        self._inherited_upto = None
+        start = _Start()
+        delay = START_RETRY_S
+        while True:
+            try:
+                await self._subscribe(js, start)
+                break
+            except Exception as exc:
+                self._js = None
+                if not patient:
+                    raise
+                log.warning("%s: could not start (%r); again in %.1f s", self.name, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, START_RETRY_MAX_S)
+        _RUNNING[self.stream, self.name] = self
+        _sample_lag_while_running()
+
+    async def _subscribe(self, js: JetStreamContext, start: _Start) -> None:
+        """One try of `start`; `start` keeps what an earlier try did that cannot be done
+        twice (a consumer taken over is deleted: asked again, nobody would be bound)."""
+        if self._exclusive and not start.taken_over:
+            start.seq = await self._take_over(js)
+            start.taken_over = True
+        if start.seq is None:
+            upto = await resume_in_order(
                 js,
                 self.stream,
                 self.name,
@@ -162,13 +202,16 @@ class DurableConsumer:
                 self.filter_subjects,
                 self._exclusive,
             )
+            # An earlier try's reset already brought them back: keep what it counted.
+            if upto is not None:
+                self._inherited_upto = max(upto, self._inherited_upto or 0)
         self._js = js
         self._stopping = False
         config = api.ConsumerConfig(
             ack_wait=self._ack_wait,
             max_ack_pending=self._max_ack_pending,
             filter_subjects=self.filter_subjects,
-            opt_start_seq=start_seq,
+            opt_start_seq=start.seq,
         )
         self._subscription = await js.subscribe(
             self.filter_subjects[0],  # only names the stream: the filters are in `config`
@@ -177,12 +220,10 @@ class DurableConsumer:
             cb=self._on_message,
             manual_ack=True,
             deliver_policy=DeliverPolicy.ALL
-            if start_seq is None
+            if start.seq is None
             else DeliverPolicy.BY_START_SEQUENCE,
             config=config,
         )
-        _RUNNING[self.stream, self.name] = self
-        _sample_lag_while_running()
 
     async def _take_over(self, js: JetStreamContext) -> int | None:
         """An exclusive consumer still bound to another process's subscription (one frozen
@@ -331,8 +372,8 @@ class BatchingConsumer:
             stream, name, filter_subjects, self._arrived, max_ack_pending=batch, ack_wait=ack_wait
         )
 
-    async def start(self, js: JetStreamContext) -> None:
-        await self.consumer.start(js)
+    async def start(self, js: JetStreamContext, patient: bool = False) -> None:
+        await self.consumer.start(js, patient)
 
     async def stop(self) -> None:
         await self.consumer.stop()

@@ -115,17 +115,27 @@ async def while_held(
     start: Callable[[], Awaitable[None]],
     stop: Callable[[], Awaitable[None]],
     stopping: asyncio.Event,
+    alive: Callable[[], bool] | None = None,
 ) -> None:
     """Run the job for as long as this process holds `lease`: `start` when it is taken,
     `stop` when it is lost (or `stopping` is set, which also releases it). Every replica
     runs this; one at a time does the job.
 
     A `start` that fails is stopped and the lease released, so another replica may try;
-    this one tries again after `RENEW_S`."""
+    this one tries again after `RENEW_S`. So is a job that `alive` says has ended while
+    the lease is held: a lease kept for a job that no longer runs stops it everywhere."""
     running = False
     try:
         while not stopping.is_set():
             held = await lease.keep()
+            if held and running and alive is not None and not alive():
+                log.error("the work of lease %s ended while held; released", lease.key)
+                LEASE_HELD.labels(lease.key).set(0)
+                await _stop_quietly(lease, stop)
+                await lease.release()
+                running = False
+                await _pause(stopping, RENEW_S)
+                continue
             if held and not running:
                 log.info("took lease %s as %s", lease.key, lease.holder)
                 try:
@@ -161,6 +171,7 @@ async def hold(
     stop: Callable[[], Awaitable[None]],
     stopping: asyncio.Event,
     replicas: int = 1,
+    alive: Callable[[], bool] | None = None,
 ) -> None:
     """`while_held` on lease `key` of the bucket, opened first (retried while JetStream
     does not answer: a replica starting while NATS is down takes its turn once it is up).
@@ -175,7 +186,7 @@ async def hold(
             log.log(level, "lease bucket not available (%s); trying again", exc)
             await _pause(stopping, RENEW_S)
             continue
-        await while_held(Lease(bucket, key, holder), start, stop, stopping)
+        await while_held(Lease(bucket, key, holder), start, stop, stopping, alive)
         return
 
 

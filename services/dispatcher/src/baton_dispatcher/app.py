@@ -166,6 +166,7 @@ class Dispatcher:
                 self._stop_relay,
                 self._stopping,
                 settings.nats_replicas,
+                alive=lambda: self.relaying,
             ),
             name="relay-lease",
         )

@@ -209,7 +209,17 @@ class OutboxRelay:
         return events
 
     async def run(self) -> None:
-        await self.read_stream_end()
+        """Until cancelled: an error is logged and tried again, never the end of the task
+        (the dispatcher holds the relay's lease while it runs: a relay that ended would
+        leave every event unpublished until that dispatcher stopped)."""
+        while True:
+            try:
+                await self.read_stream_end()
+                break
+            except Exception as exc:
+                # Just after a NATS node failed, the stream may have no leader for a while.
+                log.warning("relay cannot read the stream's end yet (%r); trying again", exc)
+                await asyncio.sleep(1.0)
         log.info("relay resuming after notification %d", self.position)
         while True:
             # Cleared before reading, so a write that lands while we read still wakes us.

@@ -87,8 +87,9 @@ class ReportsConsumer:
         )
 
     async def start(self) -> None:
-        """Subscribe; what a killed dispatcher held comes back now, first."""
-        await self._consumer.start(self._js)
+        """Subscribe; what a killed dispatcher held comes back now, first. Tried until it
+        succeeds: it runs in the background while the partition is held."""
+        await self._consumer.start(self._js, patient=True)
 
     async def stop(self) -> None:
         await self._consumer.stop()

@@ -95,6 +95,7 @@ class TimeoutScheduler:
                 self._stand_by,
                 self._stopping,
                 settings.nats_replicas,
+                alive=self._leading,
             ),
             name="scheduler-lease",
         )
@@ -126,6 +127,11 @@ class TimeoutScheduler:
             await self.deadlines.count(),
             settings.scheduler_database,
         )
+
+    def _leading(self) -> bool:
+        """Whether both of the leader's tasks still run (one that died gives the lease up)."""
+        tasks = (self._ticker_task, self._events_task)
+        return all(task is not None and not task.done() for task in tasks)
 
     async def _stand_by(self) -> None:
         """Lease lost or given up: stop firing and consuming; the store stays open."""
