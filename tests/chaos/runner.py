@@ -55,14 +55,13 @@ from tests.chaos.faults import (
     single_kinds,
 )
 from tests.chaos.load import Load, Mix
-from tests.chaos.verdict import Record, Verdict, judge, read_journal
+from tests.chaos.verdict import ENDINGS, Record, Verdict, judge, read_journal
 from tests.e2e.conftest import wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "deploy" / "catalog" / "demo.yaml"
 KEY = "chaos-key"
 SILENT = ["demo-silent-1"]  # in the demo catalog `baton catalog fleet` builds on
-ENDINGS = frozenset({"Succeeded", "Failed", "Rejected", "TimedOut", "Expired", "Canceled"})
 CATCH_UP_S = 30.0
 TAIL_SHARE = 0.15  # of the duration: load after the last fault (faults.plan ends at 85 %)
 

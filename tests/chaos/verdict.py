@@ -24,6 +24,9 @@ from datetime import datetime
 from pathlib import Path
 
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "EXPIRED", "CANCELED"})
+ENDINGS = frozenset(
+    {"Succeeded", "Failed", "Rejected", "TimedOut", "Expired", "Canceled"}
+)  # events
 FINAL_ANSWERS = frozenset({"SUCCEEDED", "FAILED", "REJECTED"})
 COUNTS = ("lost", "duplicated", "stuck", "wrong")
 
@@ -307,6 +310,20 @@ def judge(
                 )
             else:
                 running += 1
+            continue
+        ended = next((at for kind, at in record.events if kind in ENDINGS), record.deadline)
+        late = (ended - record.deadline).total_seconds()
+        if late > grace:
+            # Ended only after the settling gave up on it (when the stack stopped, say):
+            # stuck as long as it ran, whatever it ended as.
+            verdict.findings.append(
+                Finding(
+                    "stuck",
+                    record.execution_id,
+                    f"{record.status}: recorded terminal only {late:.1f} s after its deadline",
+                    explain(record.execution_id),
+                )
+            )
             continue
         why = wrong_status(record, trace)
         if why is not None:

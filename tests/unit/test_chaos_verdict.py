@@ -36,7 +36,9 @@ def record(
     execution_id: str = "e1",
     key: str | None = "k1",
     log: tuple[tuple[str, str, datetime], ...] = (),
+    ended: datetime | None = None,
 ) -> Record:
+    ending = () if ended is None else ((status.title().replace("_", ""), ended),)
     return Record(
         execution_id=execution_id,
         device_id="sim-00001",
@@ -45,7 +47,7 @@ def record(
         deadline=DEADLINE,
         idempotency_key=key,
         log=log,
-        events=(("Requested", at(0)), ("Dispatched", at(0))),
+        events=(("Requested", at(0)), ("Dispatched", at(0)), *ending),
     )
 
 
@@ -175,6 +177,17 @@ def test_running_past_its_deadline_and_the_grace_is_stuck() -> None:
     within = verdict_of([record("SENT")], read_at=DEADLINE + timedelta(seconds=29))
     assert within.passed
     assert any("not judged" in note for note in within.notes)
+
+
+def test_ending_only_after_the_grace_is_stuck_whatever_it_ended_as() -> None:
+    # The record settled late (a partition's reports unread until the stack stopped and
+    # another dispatcher took them): what the device did, but not while it ran.
+    late = record("SUCCEEDED", ended=DEADLINE + timedelta(seconds=31))
+    verdict = verdict_of([late], {"e1": ANSWERED_IN_TIME})
+    assert verdict.count("stuck") == 1
+    assert "recorded terminal only 31.0 s after its deadline" in "\n".join(verdict.report())
+    in_time = record("SUCCEEDED", ended=DEADLINE + timedelta(seconds=29))
+    assert verdict_of([in_time], {"e1": ANSWERED_IN_TIME}).passed
 
 
 def test_views_unequal_to_a_replay_fail_the_run() -> None:
