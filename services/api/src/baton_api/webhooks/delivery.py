@@ -120,12 +120,15 @@ class WebhookSender:
             try:
                 while True:
                     signal = self._runner.advance_signal()
-                    if self._runner.projecting:
-                        try:
+                    # Every read of the store is inside: an error (the database restarting)
+                    # is a round lost, never the end of the sender.
+                    try:
+                        if self._runner.projecting:
                             await self.round(client)
-                        except Exception:
-                            log.exception("webhook round failed; trying again")
-                    await self._sleep(signal)
+                        await self._sleep(signal)
+                    except Exception:
+                        log.exception("webhook round failed; trying again")
+                        await asyncio.sleep(self._poll)
             finally:
                 for task in list(self._tasks):
                     task.cancel()
