@@ -13,6 +13,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+from eventsourcing.persistence import OperationalError as PersistenceOperationalError
 from litestar.testing import TestClient
 
 from baton_api.app import create_app
@@ -46,6 +47,13 @@ class AnsweringGateway(InMemoryGateway):
 class BrokenGateway(InMemoryGateway):
     async def submit(self, command: SubmitCommand) -> ExecutionReply:
         raise RuntimeError("secret internals")
+
+
+class UnreachableDatabase(InMemoryGateway):
+    """As while PostgreSQL restarts: the connection refused (eventsourcing's wrapping of it)."""
+
+    async def submit(self, command: SubmitCommand) -> ExecutionReply:
+        raise PersistenceOperationalError("connection refused")
 
 
 def answer(
@@ -298,6 +306,16 @@ def test_unexpected_errors_are_500_problems_without_internals(
     body = assert_problem(response, 500)
     assert "secret" not in response.text
     assert body["code"] == "internal-error"
+
+
+def test_an_unreachable_database_is_a_503_to_retry_not_a_500(
+    tmp_path: Path, executions: Executions
+) -> None:
+    with client_for(tmp_path, UnreachableDatabase(executions)) as client:
+        response = submit(client)
+    body = assert_problem(response, 503)
+    assert body["code"] == "store-unavailable"
+    assert response.headers["Retry-After"] == "1"
 
 
 def test_list_filters_order_and_pages(client: TestClient[Any], executions: Executions) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,6 +26,20 @@ if TYPE_CHECKING:
 
 Dialect = Literal["sqlite", "postgres"]
 BUSY_TIMEOUT_MS = 30_000
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot be reached now (a PostgreSQL server restarting,
+    refusing connections, or ending them): worth a retry, not a fault of the request or
+    of the code. SQLite's OperationalError is not one: there it names a missing table too."""
+    from eventsourcing.persistence import InterfaceError, OperationalError
+
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    psycopg = sys.modules.get("psycopg")  # not imported: PostgreSQL not in use
+    return psycopg is not None and isinstance(
+        exc, (psycopg.OperationalError, psycopg.InterfaceError)
+    )
 
 
 class Cursor(Protocol):

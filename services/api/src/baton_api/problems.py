@@ -29,6 +29,7 @@ from litestar.exceptions import (
 
 from baton_api.limits import MAX_BODY_BYTES
 from baton_contracts.nats import FieldProblem, Problem
+from baton_platform.sql import unreachable
 from baton_views import InvalidQueryError
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def payload_too_large(detail: str) -> ProblemError:
 def problem_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """The one place an exception becomes an HTTP answer."""
     found, headers = _translate(exc, request)
-    if found.status >= 500 and not isinstance(exc, ProblemError):
+    if found.code == "internal-error":
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + found.code,
@@ -154,6 +155,10 @@ def _translate(exc: Exception, request: Request[Any, Any, Any]) -> tuple[Problem
     if isinstance(exc, HTTPException) and exc.status_code < 500:
         code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "-")
         return problem(exc.status_code, code, exc.detail), dict(exc.headers or {})
+    if unreachable(exc):
+        log.warning("database unreachable on %s %s: %s", request.method, request.url.path, exc)
+        detail = "the database cannot be reached just now (restarting?); retry shortly"
+        return problem(503, "store-unavailable", detail), {"Retry-After": "1"}
     return problem(500, "internal-error", "an unexpected error occurred; it has been logged"), {}
 
 
