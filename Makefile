@@ -46,11 +46,14 @@ stop: ## Stop what `make run` or `make run-cluster` started
 reset: install ## Delete ./var (all local data); refused while the stack runs
 	$(VENV)/bin/baton dev reset
 
-# The unit tests are CPU-bound and share nothing, so they run on both cores (pytest-xdist);
-# the others start real servers and measure time, so they run one at a time.
+# The unit tests are CPU-bound and share nothing: both cores (pytest-xdist). The integration
+# and end-to-end tests mostly wait on their own servers: two files at a time (a file's stack
+# stays with one worker; each worker takes ports from its own range, tests/conftest.py).
+# The chaos runs load both cores themselves and time recoveries: alone, last.
 test: install broker postgres chromium lint ## Lint, then run every test (unit, integration, end-to-end, chaos)
 	$(VENV)/bin/pytest -n 2 tests/unit $(PYTEST_ARGS)
-	$(VENV)/bin/pytest --ignore=tests/unit $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n 2 --dist loadfile --ignore=tests/unit --ignore=tests/chaos $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests/chaos $(PYTEST_ARGS)
 
 test-unit: install ## Run the unit tests only
 	$(VENV)/bin/pytest -n 2 tests/unit $(PYTEST_ARGS)

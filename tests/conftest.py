@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -24,6 +25,7 @@ import pytest
 from nats.aio.client import Client
 
 from baton_cli.localstack import (
+    PORT_RANGE,
     PostgresServer,
     Server,
     find_binary,
@@ -40,6 +42,19 @@ from baton_platform.settings import Settings
 T = TypeVar("T")
 
 DEMO = Path(__file__).resolve().parents[1] / "deploy" / "catalog" / "demo.yaml"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each pytest-xdist worker starts its servers on ports of its own part of the range
+    (baton_cli.localstack.port_range): two workers once handed the same free port to two
+    servers, and the second could not listen."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    if not worker.startswith("gw"):
+        return
+    index, count = int(worker[2:]), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    low, high = PORT_RANGE
+    size = (high - low) // count
+    os.environ["BATON_PORT_RANGE"] = f"{low + index * size}-{low + (index + 1) * size}"
 
 
 @pytest.fixture(autouse=True)

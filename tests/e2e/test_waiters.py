@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
-from baton_cli.localstack import Stack
+from baton_cli.localstack import Stack, free_port
 from tests.conftest import eventually
 from tests.e2e.conftest import API_KEY, make_stack, running
 
@@ -47,9 +47,8 @@ def consecutive_free_ports(count: int) -> int:
     for _ in range(50):
         sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
         try:
-            sockets[0].bind(("127.0.0.1", 0))
-            base: int = sockets[0].getsockname()[1]
-            for offset, sock in enumerate(sockets[1:], start=1):
+            base = free_port()  # from this worker's range (tests/conftest.py)
+            for offset, sock in enumerate(sockets):
                 sock.bind(("127.0.0.1", base + offset))
             return base
         except OSError:

@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import pwd
+import random
 import resource
 import shutil
 import signal
@@ -45,24 +46,54 @@ from baton_platform.nats_access import (
     write_private,
 )
 
+# Ports for the servers a stack starts come from below the kernel's ephemeral range (Linux:
+# 32768-60999), from which every outgoing connection takes its source port: a port found free
+# there could be taken by a client's connection before its server binds it. Processes that
+# start stacks side by side (the test workers) each take their own part: BATON_PORT_RANGE.
+PORT_RANGE = (20000, 32000)
+_handed: set[int] = set()  # by this process: not handed out twice before it is bound
+
+
+def port_range() -> tuple[int, int]:
+    """[low, high) to take ports from: `BATON_PORT_RANGE=low-high`, else `PORT_RANGE`."""
+    spec = os.environ.get("BATON_PORT_RANGE", "")
+    if not spec:
+        return PORT_RANGE
+    low, _, high = spec.partition("-")
+    return int(low), int(high)
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1, host)[0]
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` different free ports: held open together, so no two can be the same."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    """`count` different ports free now, from `port_range()`, none this process handed out
+    before (until half of the range has been); held open together while they are found."""
+    low, high = port_range()
+    if len(_handed) > (high - low) // 2:
+        _handed.clear()
+    candidates = [p for p in random.sample(range(low, high), high - low) if p not in _handed]
+    held: list[socket.socket] = []
     try:
-        for sock in sockets:
-            sock.bind((host, 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
+        for port in candidates:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                sock.close()
+                continue
+            held.append(sock)
+            if len(held) == count:
+                break
+        else:
+            raise RuntimeError(f"fewer than {count} free ports in {low}-{high} on {host}")
+        ports = [int(sock.getsockname()[1]) for sock in held]
     finally:
-        for sock in sockets:
+        for sock in held:
             sock.close()
+    _handed.update(ports)
+    return ports
 
 
 def find_binary(name: str) -> str | None:
