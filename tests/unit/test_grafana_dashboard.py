@@ -6,41 +6,16 @@ Grafana loads it over compose's Prometheus.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import REGISTRY
 
-from baton_platform import metrics
+from tests.promql import check_expression, exported
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy/grafana/baton-dashboard.json"
-# Labels Prometheus adds to every series it scrapes, and the buckets' own.
-SCRAPE_LABELS = {"instance", "job"}
-# What each kind of metric is exposed as (prometheus_client names a counter without _total).
-SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_count", "_sum")}
-# PromQL's own words that look like names: functions, aggregations, keywords.
-PROMQL_WORDS = {
-    "sum", "max", "min", "avg", "count", "rate", "increase", "irate", "histogram_quantile",
-    "by", "without", "on", "ignoring", "and", "or", "unless", "bool",
-}  # fmt: skip
-
-
-def exported() -> dict[str, set[str]]:
-    """Every series name Baton's metrics module exports, with the labels it can carry."""
-    assert metrics.EXECUTIONS is not None  # imported: every metric is registered
-    series: dict[str, set[str]] = {}
-    for collector in list(REGISTRY._collector_to_names):
-        labels = set(getattr(collector, "_labelnames", ()))
-        for family in collector.describe() if hasattr(collector, "describe") else []:
-            if not family.name.startswith("baton_"):
-                continue
-            for suffix in SUFFIXES.get(family.type, ()):
-                series[family.name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
-    return series
 
 
 @pytest.fixture(scope="module")
@@ -81,19 +56,7 @@ def test_it_is_a_dashboard_grafana_loads(dashboard: dict[str, Any]) -> None:
 def test_every_metric_it_queries_is_one_baton_exports(dashboard: dict[str, Any]) -> None:
     series = exported()
     for expr in expressions(dashboard):
-        # Label matchers, strings and range selectors out; what is left are names.
-        bare = re.sub(r"\{[^}]*\}|\"[^\"]*\"|\[[^\]]*\]", "", expr)
-        names = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", bare)) - PROMQL_WORDS
-        queried = {name for name in names if name.startswith("baton_")}
-        assert queried, f"{expr!r} queries no Baton metric"
-        assert queried <= set(series), f"{expr!r}: {queried - set(series)} not exported"
-        # The labels it groups by are the metric's own (or the scrape's).
-        allowed = SCRAPE_LABELS.union(*(series[name] for name in queried))
-        for group in re.findall(r"\bby \(([^)]*)\)", expr):
-            used = {label.strip() for label in group.split(",")}
-            assert used <= allowed, f"{expr!r} groups by {used - allowed}, not a label of it"
-        for name in names - queried:
-            assert name in {"le", *allowed} or name.isdigit(), f"{expr!r}: unknown {name!r}"
+        check_expression(expr, series)
 
 
 def test_the_panels_the_operators_need_are_there(dashboard: dict[str, Any]) -> None:
