@@ -25,6 +25,7 @@ from baton_domain.application import Executions
 from baton_domain.catalog import Catalog
 from baton_domain.statuses import AnswerStatus
 from baton_platform.settings import Settings
+from baton_views import ChangeFilter
 
 DEMO = Path(__file__).resolve().parents[2] / "deploy" / "catalog" / "demo.yaml"
 KEY = "test-key"
@@ -509,3 +510,23 @@ def test_the_query_guard_reads_each_route_once(client: TestClient[Any]) -> None:
         listed = client.get("/v1/executions", params={"status": "SENT"}, headers=AUTH)
         assert listed.status_code == 200
     assert len(controllers._DECLARED) == learned
+
+
+# --- the change feed's retention -----------------------------------------------------------
+
+
+def test_resuming_below_the_pruned_feed_is_410_feed_expired(client: TestClient[Any]) -> None:
+    execution_id = submit(client).json()["id"]
+    parts = client.app.state.parts
+    poll(lambda: parts.views.changes(ChangeFilter(tenant=None), 0, 10) or None)
+    assert parts.views.prune_changes(datetime.now(UTC) + timedelta(days=1)) > 0
+    floor = parts.views.change_floor()
+
+    for path in ("/v1/events", f"/v1/executions/{execution_id}/events"):
+        gone = client.get(path, headers={**AUTH, "Last-Event-ID": str(floor - 1)})
+        assert assert_problem(gone, 410)["code"] == "feed-expired", path
+        assert f"up to position {floor}" in gone.json()["detail"]
+    parts.live.closing.set()  # the streams end at once: their answers can be read whole
+    kept = client.get("/v1/events", headers={**AUTH, "Last-Event-ID": str(floor)})
+    assert kept.status_code == 200
+    assert client.get(f"/v1/executions/{execution_id}/events", headers=AUTH).status_code == 200

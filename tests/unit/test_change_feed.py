@@ -8,6 +8,7 @@ gone with a deleted execution. On SQLite and PostgreSQL (the `backend` fixture).
 
 from __future__ import annotations
 
+from datetime import datetime
 from uuid import UUID
 
 from baton_domain.application import Executions
@@ -99,3 +100,27 @@ def test_filters_and_tenants(app: Executions, views: ExecutionViews, clock: Cloc
         c for c in whole if c.execution_id == one
     ]
     assert read_all(views, ChangeFilter(tenant=OTHER, device_id="nobody"), page=9) == []
+
+
+def test_pruning_deletes_the_oldest_changes_a_page_at_a_time_and_raises_the_floor(
+    app: Executions, views: ExecutionViews, clock: Clock
+) -> None:
+    every_ending(app, clock)
+    project_all(app, views, batch=3)
+    whole = read_all(views, EVERY, page=1000)
+    projected = views.position()
+    assert views.change_floor() == 0
+    # Older than the first change: nothing goes.
+    assert views.prune_changes(datetime.fromisoformat(whole[0].at), limit=1000) == 0
+    cutoff = datetime.fromisoformat(whole[len(whole) // 2].at)
+    older = [c for c in whole if datetime.fromisoformat(c.at) < cutoff]
+    assert older and len(older) < len(whole)
+
+    assert views.prune_changes(cutoff, limit=2) == 2  # a page: called again for the rest
+    assert views.change_floor() == whole[1].position
+    while views.prune_changes(cutoff, limit=2) == 2:
+        pass
+
+    assert read_all(views, EVERY, page=1000) == whole[len(older) :]
+    assert views.change_floor() == older[-1].position
+    assert views.position() == projected  # the projection's own position untouched

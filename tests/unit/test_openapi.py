@@ -70,7 +70,9 @@ def expected_statuses(path: str, method: str, operation: dict[str, Any]) -> set[
     if body or params:
         wanted |= {400, 422}
     if path.startswith("/v1/"):
-        wanted.add(422)
+        wanted |= {422, 503}  # 503: the database unreachable
+    if any(p["name"] == "Last-Event-ID" for p in operation.get("parameters", [])):
+        wanted.add(410)  # a live stream resumed below the pruned feed
     if operation.get("security"):
         wanted.add(401)
     if path_params or writes:

@@ -11,7 +11,15 @@ from uuid import UUID, uuid4
 import pytest
 
 from baton_api.webhooks.delivery import payload_body
-from baton_api.webhooks.store import DEAD, DELIVERED, PENDING, Attempt, Webhook, WebhookStore
+from baton_api.webhooks.store import (
+    DEAD,
+    DELIVERED,
+    PENDING,
+    Attempt,
+    Delivery,
+    Webhook,
+    WebhookStore,
+)
 from baton_contracts.webhooks import WebhookPayload
 from baton_platform.sql import Database
 from baton_views import Change
@@ -100,3 +108,25 @@ def test_a_webhook_is_its_tenants_alone(store: WebhookStore) -> None:
     assert store.enqueue([change(8)], 8, body_then_delete) == 0
     assert store.next_due() is None
     assert store.get(uuid4(), None) is None
+
+
+def test_pruning_deletes_finished_deliveries_with_their_attempts_and_keeps_pending_ones(
+    store: WebhookStore,
+) -> None:
+    hook = store.create("default", "http://127.0.0.1:9/a", ["*"], None, "k")
+    store.enqueue([change(1), change(2), change(3)], 3, payload_body)
+    delivered, dead, pending = (d for d, _ in sorted(store.due(2**62, 10), key=by_position))
+    store.attempted(delivered, attempt(1, 200), DELIVERED, next_at=0)  # at 10:00:01
+    store.attempted(dead, attempt(1, 500), DEAD, next_at=0)
+    store.attempted(pending, attempt(1, 500), PENDING, next_at=10**15)
+
+    assert store.prune("2026-12-03T10:00:01.000000+00:00") == 0  # not before: kept
+    assert store.prune("2026-12-03T11:00:00.000000+00:00", limit=1) == 1  # a page
+    assert store.prune("2026-12-03T11:00:00.000000+00:00") == 1
+    [left] = store.deliveries(hook.id, None, 10)
+    assert (left.id, left.state, len(left.log)) == (pending.id, PENDING, 1)
+    assert store.counts(hook.id) == {PENDING: 1, DELIVERED: 0, DEAD: 0}
+
+
+def by_position(found: tuple[Delivery, Webhook]) -> int:
+    return found[0].position

@@ -137,6 +137,12 @@ class Settings(BaseSettings):
     retention_sweep_interval: float = Field(
         default=300.0, gt=0, description="seconds between two looks for expired ephemerals"
     )
+    change_retention_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="days the change feed (SSE resumes, webhooks) and the finished webhook"
+        " deliveries are kept",
+    )
     request_timeout: float = Field(default=5.0, gt=0, description="NATS request timeout, s")
     webhook_max_attempts: int = Field(
         default=8, ge=1, le=100, description="attempts of a webhook delivery before it is dead"

@@ -17,6 +17,10 @@ from baton_platform.sql import Connection, Row
 
 # The most rows one read returns: a subscriber holds at most this many at once.
 CHANGES_PAGE = 100
+# The most rows one pruning transaction deletes (the projection waits for it meanwhile).
+PRUNE_PAGE = 1000
+# `projection_position`'s row for the feed's floor: the last position pruned (0: none).
+FLOOR_NAME = "change-feed-floor"
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,37 @@ def changes_after(
         (*params, limit),
     ).fetchall()
     return [_change(row) for row in rows]
+
+
+def prune_changes(conn: Connection, before: str, limit: int = PRUNE_PAGE) -> int:
+    """Delete the oldest changes, up to `limit`, in position order while they happened
+    before `before` (canonical UTC text), and raise the floor to the last one deleted;
+    returns how many. Oldest first through the primary key: a sweep reads what it deletes
+    and one row more, however long the feed."""
+    rows = conn.execute(
+        "SELECT position, at FROM execution_changes ORDER BY position LIMIT ?", (limit,)
+    ).fetchall()
+    # Positions in order, times nearly so (dispatchers' clocks): stop at the first newer one.
+    count = next((n for n, row in enumerate(rows) if row["at"] >= before), len(rows))
+    if not count:
+        return 0
+    upto = int(rows[count - 1]["position"])
+    conn.execute("DELETE FROM execution_changes WHERE position <= ?", (upto,))
+    conn.execute(
+        "INSERT INTO projection_position (name, position) VALUES (?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+        (FLOOR_NAME, upto),
+    )
+    return count
+
+
+def change_floor(conn: Connection) -> int:
+    """The last position pruned from the feed: a reader resuming below it may have missed
+    changes (0: nothing pruned)."""
+    row = conn.execute(
+        "SELECT position FROM projection_position WHERE name = ?", (FLOOR_NAME,)
+    ).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def _change(row: Row) -> Change:

@@ -19,7 +19,14 @@ from uuid import UUID
 from baton_contracts.nats import LifecycleEvent
 from baton_domain.statuses import ExecutionStatus
 from baton_platform.sql import Connection, Database
-from baton_views.changes import Change, ChangeFilter, changes_after
+from baton_views.changes import (
+    PRUNE_PAGE,
+    Change,
+    ChangeFilter,
+    change_floor,
+    changes_after,
+    prune_changes,
+)
 from baton_views.counts import count, unfinished_by_device
 from baton_views.projection import project
 from baton_views.queries import (
@@ -32,7 +39,13 @@ from baton_views.queries import (
     ids_created_before,
     list_executions,
 )
-from baton_views.store import connect, create_schema, read_position, transaction
+from baton_views.store import (
+    canonical_time,
+    connect,
+    create_schema,
+    read_position,
+    transaction,
+)
 
 T = TypeVar("T")
 
@@ -68,6 +81,17 @@ class ExecutionViews:
 
     def position(self) -> int:
         return self._read(read_position)
+
+    def prune_changes(self, before: datetime, limit: int = PRUNE_PAGE) -> int:
+        """Delete up to `limit` of the change feed's oldest rows older than `before` (one
+        transaction); returns how many: call again while it returns `limit`."""
+        cutoff = canonical_time(before)
+        with self._write_lock, transaction(self._writer) as conn:
+            return prune_changes(conn, cutoff, limit)
+
+    def change_floor(self) -> int:
+        """The last position pruned from the change feed (0: none)."""
+        return self._read(change_floor)
 
     # --- queries ------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from baton_api.credentials import (
 )
 from baton_api.dialects import dialect_routers
 from baton_api.draining import close_while_draining
+from baton_api.feed_retention import FeedRetention
 from baton_api.gateway import CommandGateway, NatsGateway
 from baton_api.head import serve_head
 from baton_api.health import Check, HealthController
@@ -98,6 +99,7 @@ class Parts:
     loop: asyncio.AbstractEventLoop | None = None
     webhooks: WebhookStore | None = None
     sender: WebhookSender | None = None
+    feed_retention: FeedRetention | None = None
 
     def end_streams(self) -> None:
         """End every live stream (from any thread): the server is stopping, and waits for
@@ -116,6 +118,8 @@ class Parts:
         self.tasks.append(asyncio.create_task(self.sweeper.run(), name="retention"))
         if self.sender is not None:
             self.tasks.append(asyncio.create_task(self.sender.run(), name="webhooks"))
+        if self.feed_retention is not None:
+            self.tasks.append(asyncio.create_task(self.feed_retention.run(), name="feed-retention"))
         if metrics.serving():
             self.tasks.append(asyncio.create_task(self._sample_unfinished(), name="unfinished"))
 
@@ -262,6 +266,13 @@ def build_parts(
         webhooks=webhooks,
         sender=WebhookSender(
             webhooks, views, runner, policy, executions.recorder.max_notification_id
+        ),
+        feed_retention=FeedRetention(
+            views,
+            webhooks,
+            runner,
+            settings.change_retention_days,
+            settings.retention_sweep_interval,
         ),
     )
 

@@ -32,7 +32,7 @@ from prometheus_client import Gauge
 
 from baton_api.auth import Identity, viewer
 from baton_api.controllers import Name, Statuses, statuses_of
-from baton_api.problems import invalid
+from baton_api.problems import ProblemError, invalid, problem
 from baton_api.projector import ProjectionRunner
 from baton_api.service import ExecutionService
 from baton_domain.statuses import ExecutionStatus
@@ -145,6 +145,21 @@ def resume_position(header: str | None, query: str | None) -> int | None:
     return int(text)
 
 
+async def still_kept(live: LiveFeed, after: int) -> None:
+    """410 `feed-expired` when changes after `after` were pruned (BATON_CHANGE_RETENTION_DAYS):
+    resuming there would skip them unseen."""
+    floor = await asyncio.to_thread(live.views.change_floor)
+    if after < floor:
+        raise ProblemError(
+            problem(
+                410,
+                "feed-expired",
+                f"changes up to position {floor} are no longer kept; read the executions"
+                " (GET /v1/executions) and follow from now, without Last-Event-ID",
+            )
+        )
+
+
 class LiveController(Controller):
     tags = ["live"]
 
@@ -171,6 +186,8 @@ class LiveController(Controller):
         after = resume_position(last_event_id_header, last_event_id)
         if after is None:  # from now on: fixed before the answer starts
             after = await asyncio.to_thread(live.views.position)
+        else:
+            await still_kept(live, after)
         return ServerSentEvent(live.stream(where, after))
 
     @get(
@@ -191,7 +208,10 @@ class LiveController(Controller):
         """Server-Sent Events: the execution's every change from its first (or after
         `Last-Event-ID`), then each as it comes; the stream ends after the change that ends
         it. 404 for an execution that is not the caller's tenant's."""
-        after = resume_position(last_event_id_header, last_event_id) or 0
+        resumed = resume_position(last_event_id_header, last_event_id)
         await service.get(execution_id, False, caller.tenant)
+        if resumed is not None:
+            await still_kept(live, resumed)
+        after = resumed or 0
         where = ChangeFilter(tenant=caller.tenant, execution_id=execution_id)
         return ServerSentEvent(live.stream(where, after, until_end=True))

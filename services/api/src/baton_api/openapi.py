@@ -13,10 +13,11 @@ with a `$ref` to `ProblemOut`, the statuses its shape can give:
 | 403 | it needs a role above viewer (baton_api.auth's guards), which a weaker caller lacks |
 | 404 | it has path parameters, or asks the dispatcher (unknown device, type, execution) |
 | 409 | it asks the dispatcher to change something (illegal transition, conflict, key reuse) |
+| 410 | it resumes a live stream (a `Last-Event-ID` parameter): below the pruned feed |
 | 413 | it reads a body (the body size limit) |
 | 422 | it reads a body or parameters; every `/v1` route (unknown query parameters) |
 | 429 | behind the API-key check (its rate limit), or it submits (cooldown, full queue) |
-| 503 | it asks the dispatcher (unreachable, no answer in time) |
+| 503 | it asks the dispatcher (unreachable, no answer), or is a `/v1` route (database down) |
 
 The rules read the document (parameters, body, security) and the route handlers (guards,
 which handler submits), so a new route gets its problems without a line here.
@@ -68,10 +69,11 @@ DESCRIPTIONS = {
     403: "The caller's role may not do this (docs/security.md).",
     404: "No such resource (device, device type, execution).",
     409: "The request conflicts with the current state.",
+    410: "The live stream cannot resume there: those changes are no longer kept.",
     413: "The body is larger than the api accepts.",
     422: "The request is not valid; `errors` names each field and why.",
     429: "Not now (the key's rate limit; cooldown, full queue): retry after `Retry-After` seconds.",
-    503: "The dispatcher cannot be reached or did not answer; see `detail`.",
+    503: "The dispatcher or the database cannot be reached, or did not answer; see `detail`.",
 }
 RETRY_AFTER = OpenAPIHeader(
     schema=Schema(type=OpenAPIType.INTEGER), description="seconds to wait before retrying"
@@ -126,16 +128,18 @@ def problem_statuses(
     has_params = bool(operation.parameters)
     path_params = any(getattr(p, "param_in", None) == "path" for p in operation.parameters or [])
     dispatcher = method not in READS
+    resumes = any(getattr(p, "name", None) == "Last-Event-ID" for p in operation.parameters or [])
     wanted = {
         400: has_body or has_params,
         401: bool(operation.security),
         403: admin,
         404: path_params or dispatcher,
         409: dispatcher,
+        410: resumes,
         413: has_body,
         422: has_body or has_params or path.startswith("/v1/"),
         429: submits or bool(operation.security),
-        503: dispatcher,
+        503: dispatcher or path.startswith("/v1/"),
     }
     return [status for status, applies in wanted.items() if applies]
 

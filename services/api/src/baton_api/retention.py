@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from baton_api.service import ExecutionService
@@ -45,10 +45,14 @@ class RetentionSweeper:
         return deleted
 
     async def run(self) -> None:
-        """Sweep every `interval` seconds until cancelled; a failed sweep is retried then."""
-        while True:
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("retention sweep failed; trying again in %.0f s", self._interval)
-            await asyncio.sleep(self._interval)
+        await every(self._interval, self.sweep, "retention sweep")
+
+
+async def every(interval: float, sweep: Callable[[], Awaitable[object]], what: str) -> None:
+    """`sweep` every `interval` seconds until cancelled; a failed one is tried again then."""
+    while True:
+        try:
+            await sweep()
+        except Exception:
+            log.exception("%s failed; trying again in %.0f s", what, interval)
+        await asyncio.sleep(interval)

@@ -309,6 +309,28 @@ class WebhookStore:
 
         self._write(write)
 
+    def prune(self, before: str, limit: int = 1000) -> int:
+        """Delete up to `limit` deliveries that ended (delivered or dead) before `before`
+        (UTC text, as `now_text`), with their attempts; returns how many: call again while
+        it returns `limit`. Pending ones stay, however old."""
+
+        def write(conn: Connection) -> int:
+            ids = [
+                row["id"]
+                for row in conn.execute(
+                    "SELECT id FROM webhook_deliveries WHERE state IN (?, ?) AND updated_at < ?"
+                    " LIMIT ?",
+                    (DELIVERED, DEAD, before, limit),
+                ).fetchall()
+            ]
+            if ids:
+                marks = ", ".join("?" for _ in ids)
+                conn.execute(f"DELETE FROM webhook_attempts WHERE delivery_id IN ({marks})", ids)
+                conn.execute(f"DELETE FROM webhook_deliveries WHERE id IN ({marks})", ids)
+            return len(ids)
+
+        return self._write(write)
+
     def deliveries(
         self, webhook_id: UUID, state: str | None, limit: int
     ) -> builtins.list[Delivery]:
