@@ -69,8 +69,16 @@ class _Held:
 
 
 async def _consume(consumer: ReportsConsumer) -> None:
+    """For as long as the partition is held (cancelled when it is left): an error is logged
+    and the loop run again, never the end of the task, which would leave the partition's
+    reports unread while its lease is kept."""
     await consumer.start()
-    await consumer.run()
+    while True:
+        try:
+            await consumer.run()
+        except Exception:
+            log.exception("a reports consumer failed; running it again")
+            await asyncio.sleep(1.0)
 
 
 class Dispatcher:
@@ -232,7 +240,10 @@ class Dispatcher:
             await self._to_announce.wait()
             self._to_announce.clear()
             if self._nc is not None and self._nc.is_connected:
-                await self._nc.publish(STORED_SUBJECT, b"")
+                try:
+                    await self._nc.publish(STORED_SUBJECT, b"")
+                except Exception as exc:  # the relay's next poll finds the events anyway
+                    log.debug("could not announce stored events: %s", exc)
 
     async def _heard_released(self, msg: Msg) -> None:
         # Its own note comes back too: it must not take back what it just gave away.
