@@ -7,6 +7,7 @@
 # through the init system that started it (never by name: other servers may run here).
 # POSTGRES_BIN_GLOB exists for the tests.
 set -u
+. "$(dirname "$0")/apt-install.sh"
 glob="${POSTGRES_BIN_GLOB:-/usr/lib/postgresql/*/bin}"
 have_server() {
   command -v initdb >/dev/null 2>&1 && command -v postgres >/dev/null 2>&1 && return 0
@@ -19,31 +20,22 @@ have_server() {
 if have_server; then
   exit 0
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "install-postgres: no PostgreSQL server and no apt-get: install initdb and postgres (PostgreSQL 15+)." >&2
-  exit 1
-fi
-as_root=()
-if [ "$(id -u)" != "0" ]; then
-  if command -v sudo >/dev/null 2>&1 && sudo -n true </dev/null >/dev/null 2>&1; then
-    as_root=(sudo -n)
-  else
-    echo "install-postgres: no PostgreSQL server, and installing one needs root (or sudo without a password)." >&2
-    exit 1
-  fi
-fi
-
 echo "install-postgres: installing the PostgreSQL server from Debian's packages..." >&2
-if timeout 600 "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq </dev/null >/dev/null 2>&1 \
-   && timeout 900 "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-        --no-install-recommends postgresql </dev/null >/dev/null 2>&1 && have_server; then
-  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-    "${as_root[@]}" systemctl stop postgresql </dev/null >/dev/null 2>&1 || true
-  elif command -v service >/dev/null 2>&1; then
-    "${as_root[@]}" service postgresql stop </dev/null >/dev/null 2>&1 || true
-  fi
-  echo "install-postgres: PostgreSQL installed." >&2
-  exit 0
-fi
+apt_install postgresql
+case $? in
+  0)
+    if have_server; then
+      if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        as_root systemctl stop postgresql </dev/null >/dev/null 2>&1 || true
+      elif command -v service >/dev/null 2>&1; then
+        as_root service postgresql stop </dev/null >/dev/null 2>&1 || true
+      fi
+      echo "install-postgres: PostgreSQL installed." >&2
+      exit 0
+    fi
+    ;;
+  2) echo "install-postgres: no PostgreSQL server and no apt-get: install initdb and postgres (PostgreSQL 15+)." >&2; exit 1 ;;
+  3) echo "install-postgres: no PostgreSQL server, and installing one needs root (or sudo without a password)." >&2; exit 1 ;;
+esac
 echo "install-postgres: could not install PostgreSQL (apt-get failed); the tests on PostgreSQL cannot run." >&2
 exit 1
