@@ -12,7 +12,7 @@ import time
 
 import httpx
 
-from baton_cli.localstack import Stack, free_port
+from baton_cli.localstack import Stack
 from baton_contracts.nats import PROJECTION_LEASE
 from baton_contracts.webhooks import WebhookPayload
 from tests.conftest import eventually_sync
@@ -24,6 +24,7 @@ from tests.e2e.test_replicas import (  # noqa: F401  # fixtures
     held_by,
     own_stack,
     replicas,
+    second_api,
 )
 from tests.e2e.test_webhooks import Receiver
 
@@ -34,21 +35,7 @@ def test_streams_and_webhooks_across_api_replicas(
     own_stack: Stack, replicas: list[Replica]
 ) -> None:
     baton = Baton(own_stack)
-    held_by(own_stack, PROJECTION_LEASE, "default", timeout=10)
-    port = free_port()
-    # Its own polls of the views' position 30 s apart: only the projecting replica's
-    # announcements can wake its streams in time.
-    replicas.append(
-        Replica(
-            own_stack,
-            "api",
-            BATON_API_PORT=str(port),
-            BATON_PROJECTION_POLL_INTERVAL="30",
-            BATON_LIVE_KEEPALIVE="0.5",
-        )
-    )
-    other = f"http://127.0.0.1:{port}"
-    eventually_sync(lambda: _ready(other), timeout=30, interval=0.1, what="the second api ready")
+    other = second_api(own_stack, replicas, BATON_LIVE_KEEPALIVE="0.5")
     receiver = Receiver()
     try:
         hook = baton.http.post(
@@ -119,10 +106,3 @@ def test_streams_and_webhooks_across_api_replicas(
         assert sorted(positions()) == sorted(set(positions())), "each change sent once"
     finally:
         receiver.server.shutdown()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/ready", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False

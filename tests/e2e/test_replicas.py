@@ -138,24 +138,11 @@ def held_by(stack: Stack, key: str, instance: str, timeout: float) -> None:
 def test_a_wait_on_the_api_that_does_not_project_ends_at_once_and_it_takes_over(
     own_stack: Stack, replicas: list[Replica]
 ) -> None:
-    held_by(own_stack, PROJECTION_LEASE, "default", timeout=10)
-    port = free_port()
-    # Its own polls of the views' position 30 s apart: only the announcements of the
-    # projecting replica can end its waits in time.
-    replicas.append(
-        Replica(
-            own_stack,
-            "api",
-            BATON_API_PORT=str(port),
-            BATON_PROJECTION_POLL_INTERVAL="30",
-        )
-    )
     other = httpx.Client(
-        base_url=f"http://127.0.0.1:{port}",
+        base_url=second_api(own_stack, replicas),
         headers={"Authorization": f"Bearer {API_KEY}"},
         timeout=70,
     )
-    eventually_sync(lambda: _ready(other), timeout=30, what="the second api ready")
     assert holding(own_stack, PROJECTION_LEASE) == "default"
 
     # A reboot answers over some 2 s: the wait ends with the execution, not with the
@@ -272,9 +259,23 @@ def test_deadlines_pending_when_the_leading_scheduler_is_killed_fire_once_in_tim
     assert not any(f"deadline fired: execution {e['id']}" in leader for e in executions)
 
 
-def _ready(client: httpx.Client) -> bool:
+def second_api(stack: Stack, replicas: list[Replica], **env: str) -> str:
+    """A second api replica, ready, while the first projects (holds the lease); its URL.
+    Its own polls of the views' position are 30 s apart: only the projecting replica's
+    announcements can end its waits and wake its streams in time."""
+    held_by(stack, PROJECTION_LEASE, "default", timeout=10)
+    port = free_port()
+    replicas.append(
+        Replica(stack, "api", BATON_API_PORT=str(port), BATON_PROJECTION_POLL_INTERVAL="30", **env)
+    )
+    url = f"http://127.0.0.1:{port}"
+    eventually_sync(lambda: _ready(url), timeout=30, interval=0.1, what="the second api ready")
+    return url
+
+
+def _ready(url: str) -> bool:
     try:
-        return client.get("/ready").status_code == 200
+        return httpx.get(f"{url}/ready", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
 
