@@ -85,8 +85,13 @@ def is_refusal(exc: Exception) -> bool:
 async def log_nats_error(exc: Exception) -> None:
     """nats-py's `error_cb`, one line each: a permissions violation (a subject this user may
     not publish or subscribe to, a bug in a service; nats-server logs it too) as an error,
-    other errors (connection attempts during an outage) as warnings."""
-    if is_refusal(exc):
+    other errors (connection attempts during an outage) as warnings. A reply refused on an
+    inbox is a warning too: after a reconnect, the server no longer lets this connection
+    answer a request that came over the one before (response permissions are kept per
+    connection); the requester gets no answer and retries, as after any lost reply."""
+    if is_refusal(exc) and 'publish to "_inbox.' in str(exc).lower():
+        log.warning("NATS refused a reply (a request from before a reconnect): %s", exc)
+    elif is_refusal(exc):
         log.error("NATS refused: %s", exc)
     else:
         log.warning("NATS error: %s", exc)
