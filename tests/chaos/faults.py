@@ -95,6 +95,22 @@ def cluster_kinds(stack: Stack, rng: random.Random, kills: int) -> list[tuple[st
     return kinds
 
 
+# How long one replica each of the dispatcher and the device-bridge stays down in a cluster
+# run: well past its leases' TTL (baton_platform.leases.TTL_S, 6 s), so its partitions and
+# its bridge slot are taken over by the other replica under load (a slot in ~9 s), and given
+# back when it returns.
+TAKEOVER_DOWN_S = 15.0
+TAKEN_OVER = frozenset({"dispatcher", "device-bridge"})
+
+
+def with_takeovers(planned: list[PlannedFault]) -> list[PlannedFault]:
+    """`planned`, the dispatcher's and the bridge's replicas down for TAKEOVER_DOWN_S."""
+    return [
+        replace(fault, down=TAKEOVER_DOWN_S) if replica_of(fault.target)[0] in TAKEN_OVER else fault
+        for fault in planned
+    ]
+
+
 @dataclass(frozen=True)
 class PlannedFault:
     target: str  # a service name or one of SERVERS

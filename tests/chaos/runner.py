@@ -53,6 +53,7 @@ from tests.chaos.faults import (
     plan,
     servers_of,
     single_kinds,
+    with_takeovers,
 )
 from tests.chaos.load import Load, Mix
 from tests.chaos.verdict import ENDINGS, Record, Verdict, judge, read_journal
@@ -198,8 +199,8 @@ def faults_of(options: Options, stack: Stack, rng: random.Random) -> list[Planne
         return [PlannedFault(n, "SIGTERM", start + i * slot, 0.2) for i, n in enumerate(names)]
     if options.cluster:
         kinds = cluster_kinds(stack, rng, options.kills)
-    else:
-        kinds = single_kinds(options.kills, options.server_restarts)
+        return with_takeovers(plan(rng, options.duration, kinds, options.max_down))
+    kinds = single_kinds(options.kills, options.server_restarts)
     return plan(rng, options.duration, kinds, options.max_down)
 
 
