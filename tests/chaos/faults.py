@@ -97,7 +97,7 @@ def cluster_kinds(stack: Stack, rng: random.Random, kills: int) -> list[tuple[st
 
 # How long one replica each of the dispatcher and the device-bridge stays down in a cluster
 # run: well past its leases' TTL (baton_platform.leases.TTL_S, 6 s), so its partitions and
-# its bridge slot are taken over by the other replica under load (a slot in ~9 s), and given
+# its bridge slot are taken over by the other replica under load (within ~6-7.5 s), and given
 # back when it returns.
 TAKEOVER_DOWN_S = 15.0
 TAKEN_OVER = frozenset({"dispatcher", "device-bridge"})

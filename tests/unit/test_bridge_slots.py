@@ -132,6 +132,45 @@ async def test_each_replica_runs_its_own_slot_and_no_other(work: Work) -> None:
     assert bucket.holder(slot_key(0)) == "a" and bucket.holder(member_key(1)) == "b"
 
 
+async def test_past_its_start_a_keeper_takes_a_dead_replicas_slot_without_the_grace(
+    work: Work,
+) -> None:
+    """The grace keeps replicas starting together from taking each other's slots. Later, a
+    replica whose member key lapsed has been silent TTL_S already: waiting longer only
+    leaves its devices unserved."""
+    bucket = Bucket()
+    a, b = work.keeper(bucket, "a", 0, grace=60), work.keeper(bucket, "b", 1, grace=60)
+    await step(b, a)
+    work.running.pop(0)  # a is killed
+    bucket.lapse("a")
+    await step(b)
+    assert b.running == [1]  # young: the grace holds
+    b._young_until = 0.0  # as after 2 * TTL_S running
+    await step(b)
+    assert b.running == [0, 1] and work.running == {0: "b", 1: "b"}
+
+
+async def test_a_keeper_that_lost_its_own_lease_gives_the_others_the_grace_again(
+    work: Work,
+) -> None:
+    """NATS away for everyone (a node died, the leases' bucket without a leader): every
+    replica's keys lapse together. The one back first must not take the others' slots only
+    to give them back a moment later."""
+    bucket = Bucket()
+    a, b = work.keeper(bucket, "a", 0, grace=60), work.keeper(bucket, "b", 1, grace=60)
+    await step(b, a)
+    a._young_until = b._young_until = 0.0  # both long past their start
+    for keeper in (a, b):
+        for lease in keeper._leases.values():
+            lease._valid_until = 0.0  # not renewed in time: stopped on their own clocks
+    bucket.lapse("a")
+    bucket.lapse("b")
+    await step(b)  # back first: takes its own slot again, not a's
+    assert b.running == [1]
+    await step(a)
+    assert (a.running, b.running) == ([0], [1])
+
+
 async def test_a_dead_replicas_slot_is_taken_once_its_lease_lapsed_and_given_back(
     work: Work,
 ) -> None:

@@ -79,9 +79,13 @@ class SlotKeeper:
         self._leases: dict[int, Lease] = {}  # the slots held
         self._starting: dict[int, asyncio.Task[None]] = {}
         self._look = asyncio.Event()
-        # How long a replica must have been seen gone before its slot is taken: replicas
-        # starting together do not take each other's slots only to give them back.
+        # How long a replica must have been seen gone before its slot is taken, while this
+        # keeper is young (just started, or just back from NATS trouble that cost it a
+        # lease): replicas starting together, or all cut off together, do not take each
+        # other's slots only to give them back. Otherwise a replica is gone once its member
+        # key lapsed (TTL_S of silence already): its slot is taken at once, ~3 s sooner.
         self._grace = 2 * leases.RENEW_S if grace is None else grace
+        self._young_until = time.monotonic() + 2 * leases.TTL_S
         self._gone_since: dict[int, float] = {}  # replica -> time.monotonic()
 
     @property
@@ -118,6 +122,7 @@ class SlotKeeper:
             if not await self._bounded(lease.keep(), lease.held):
                 log.warning("lost bridge slot %d; stopping its work", slot)
                 await self._drop(slot)
+                self._young_again()
         await self._stop_lapsed()
         for slot, task in list(self._starting.items()):
             if task.done() and (task.cancelled() or task.exception() is not None):
@@ -148,12 +153,14 @@ class SlotKeeper:
         self._starting[slot] = asyncio.ensure_future(self._start(slot))
 
     async def _gone(self, replica: int) -> bool:
-        """Whether replica `replica` has been gone for the grace period."""
+        """Whether replica `replica` is gone: its member key lapsed (for the grace period,
+        while this keeper is young)."""
         if await self._alive(replica):
             self._gone_since.pop(replica, None)
             return False
-        since = self._gone_since.setdefault(replica, time.monotonic())
-        return time.monotonic() - since >= self._grace
+        now = time.monotonic()
+        since = self._gone_since.setdefault(replica, now)
+        return now >= self._young_until or now - since >= self._grace
 
     async def _alive(self, replica: int) -> bool:
         """Whether replica `replica` keeps its member key (it lives). Unknown (NATS not
@@ -173,6 +180,13 @@ class SlotKeeper:
             if not lease.held:
                 log.warning("bridge slot %d not renewed in time; stopping its work", slot)
                 await self._drop(slot)
+                self._young_again()
+
+    def _young_again(self) -> None:
+        """This keeper could not renew (NATS, or its leases' bucket, away): the others likely
+        could not either, and are as good as starting again. The grace applies to them anew,
+        so their slots are not taken only to be given back a moment later."""
+        self._young_until = time.monotonic() + 2 * leases.TTL_S
 
     async def _drop(self, slot: int) -> None:
         """Stop the slot's work; the lease is not ours any more (or soon will not be)."""
