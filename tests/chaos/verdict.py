@@ -297,33 +297,29 @@ def judge(
                     explain(record.execution_id),
                 )
             )
-        if record.status not in TERMINAL:
-            late = (stuck_after - record.deadline).total_seconds()
-            if late > grace:
-                verdict.findings.append(
-                    Finding(
-                        "stuck",
-                        record.execution_id,
-                        f"{record.status}: not terminal {late:.1f} s after its deadline",
-                        explain(record.execution_id),
-                    )
-                )
-            else:
-                running += 1
-            continue
-        ended = next((at for kind, at in record.events if kind in ENDINGS), record.deadline)
+        # Still running when the record was read, or recorded terminal only after the
+        # settling gave up on it (when the stack stopped, say): stuck as long as it ran,
+        # whatever it ended as.
+        terminal = record.status in TERMINAL
+        ended = (
+            next((at for kind, at in record.events if kind in ENDINGS), record.deadline)
+            if terminal
+            else stuck_after
+        )
         late = (ended - record.deadline).total_seconds()
         if late > grace:
-            # Ended only after the settling gave up on it (when the stack stopped, say):
-            # stuck as long as it ran, whatever it ended as.
+            what = "recorded terminal only" if terminal else "not terminal"
             verdict.findings.append(
                 Finding(
                     "stuck",
                     record.execution_id,
-                    f"{record.status}: recorded terminal only {late:.1f} s after its deadline",
+                    f"{record.status}: {what} {late:.1f} s after its deadline",
                     explain(record.execution_id),
                 )
             )
+            continue
+        if not terminal:
+            running += 1
             continue
         why = wrong_status(record, trace)
         if why is not None:

@@ -131,10 +131,8 @@ async def while_held(
             if held and running and alive is not None and not alive():
                 log.error("the work of lease %s ended while held; released", lease.key)
                 LEASE_HELD.labels(lease.key).set(0)
-                await _stop_quietly(lease, stop)
-                await lease.release()
                 running = False
-                await _pause(stopping, RENEW_S)
+                await _give_up(lease, stop, stopping)
                 continue
             if held and not running:
                 log.info("took lease %s as %s", lease.key, lease.holder)
@@ -142,9 +140,7 @@ async def while_held(
                     await start()
                 except Exception:
                     log.exception("could not start the work of lease %s; released", lease.key)
-                    await _stop_quietly(lease, stop)
-                    await lease.release()
-                    await _pause(stopping, RENEW_S)
+                    await _give_up(lease, stop, stopping)
                     continue
                 running = True
                 LEASE_HELD.labels(lease.key).set(1)
@@ -193,6 +189,15 @@ async def hold(
 async def _pause(stopping: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stopping.wait(), timeout=seconds)
+
+
+async def _give_up(
+    lease: Lease, stop: Callable[[], Awaitable[None]], stopping: asyncio.Event
+) -> None:
+    """Stop the work, release the lease for another replica, and try again after RENEW_S."""
+    await _stop_quietly(lease, stop)
+    await lease.release()
+    await _pause(stopping, RENEW_S)
 
 
 async def _stop_quietly(lease: Lease, stop: Callable[[], Awaitable[None]]) -> None:
