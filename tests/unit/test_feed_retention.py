@@ -6,10 +6,14 @@ BATON_CHANGE_RETENTION_DAYS, by the replica that writes the views only."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from baton_api.feed_retention import FeedRetention
+from baton_api.webhooks.delivery import payload_body
 from baton_api.webhooks.store import WebhookStore
 from baton_domain.application import Executions
 from baton_platform.sql import Database
@@ -51,5 +55,34 @@ async def test_only_the_projecting_replica_prunes_and_only_what_is_old(
         assert await writer.sweep() == (len(feed), 0)
         assert views.changes(ChangeFilter(tenant=None), 0, 1000) == []
         assert views.change_floor() == feed[-1].position
+    finally:
+        webhooks.close()
+
+
+async def test_a_webhook_sender_behind_the_pruned_feed_is_told_of(
+    app: Executions,
+    views: ExecutionViews,
+    clock: Clock,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    every_ending(app, clock)
+    project_all(app, views)
+    feed = views.changes(ChangeFilter(tenant=None), 0, 1000)
+    webhooks = WebhookStore(Database(path=tmp_path / "webhooks.sqlite"))
+    later = datetime.fromisoformat(feed[-1].at) + timedelta(days=8)
+    try:
+        webhooks.enqueue([], feed[0].position, payload_body)  # the sender got no further
+        writer = FeedRetention(views, webhooks, Runner(True), 7, 60, clock=lambda: later)  # type: ignore[arg-type]
+        await writer.sweep()
+        told = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert told == [
+            f"webhooks: changes {feed[0].position + 1}-{feed[-1].position} were pruned"
+            " (BATON_CHANGE_RETENTION_DAYS) before they could be enqueued; they are not delivered"
+        ]
+        webhooks.enqueue([], feed[-1].position, payload_body)  # caught up: nothing to say
+        caplog.clear()
+        await writer.sweep()
+        assert not [r for r in caplog.records if r.levelno == logging.WARNING]
     finally:
         webhooks.close()

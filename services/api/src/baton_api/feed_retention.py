@@ -53,6 +53,7 @@ class FeedRetention:
         changes = await _in_pages(partial(self._views.prune_changes, cutoff, PRUNE_PAGE))
         deliveries = 0
         if self._webhooks is not None:
+            await asyncio.to_thread(self._say_what_webhooks_missed)
             before = canonical_time(cutoff)
             deliveries = await _in_pages(partial(self._webhooks.prune, before, PRUNE_PAGE))
         if changes or deliveries:
@@ -63,6 +64,19 @@ class FeedRetention:
                 cutoff,
             )
         return changes, deliveries
+
+    def _say_what_webhooks_missed(self) -> None:
+        """The webhook sender behind the pruned feed (away longer than the retention) goes on
+        after the floor: what was pruned before it was enqueued is never delivered."""
+        assert self._webhooks is not None
+        position, floor = self._webhooks.position(), self._views.change_floor()
+        if position is not None and position < floor:
+            log.warning(
+                "webhooks: changes %d-%d were pruned (BATON_CHANGE_RETENTION_DAYS) before they"
+                " could be enqueued; they are not delivered",
+                position + 1,
+                floor,
+            )
 
     async def run(self) -> None:
         await every(self._interval, self.sweep, "feed retention sweep")

@@ -99,11 +99,16 @@ def payload_too_large(detail: str) -> ProblemError:
     return ProblemError(problem(413, "payload-too-large", detail))
 
 
+STORE_UNAVAILABLE = "store-unavailable"
+
+
 def problem_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """The one place an exception becomes an HTTP answer."""
     found, headers = _translate(exc, request)
     if found.code == "internal-error":
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    elif found.code == STORE_UNAVAILABLE:  # an outage to retry through, not a bug
+        log.warning("database unreachable on %s %s: %s", request.method, request.url.path, exc)
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + found.code,
         "title": found.title,
@@ -156,9 +161,8 @@ def _translate(exc: Exception, request: Request[Any, Any, Any]) -> tuple[Problem
         code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "-")
         return problem(exc.status_code, code, exc.detail), dict(exc.headers or {})
     if unreachable(exc):
-        log.warning("database unreachable on %s %s: %s", request.method, request.url.path, exc)
         detail = "the database cannot be reached just now (restarting?); retry shortly"
-        return problem(503, "store-unavailable", detail), {"Retry-After": "1"}
+        return problem(503, STORE_UNAVAILABLE, detail), {"Retry-After": "1"}
     return problem(500, "internal-error", "an unexpected error occurred; it has been logged"), {}
 
 

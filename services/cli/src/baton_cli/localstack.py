@@ -71,12 +71,15 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """`count` different ports free now, from `port_range()`, none this process handed out
     before (until half of the range has been); held open together while they are found."""
     low, high = port_range()
-    if len(_handed) > (high - low) // 2:
+    size = high - low
+    if len(_handed) > size // 2:
         _handed.clear()
-    candidates = [p for p in random.sample(range(low, high), high - low) if p not in _handed]
+    start = random.randrange(size)  # each call from its own place: the range, walked round
     held: list[socket.socket] = []
     try:
-        for port in candidates:
+        for port in (low + (start + n) % size for n in range(size)):
+            if port in _handed:
+                continue
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
                 sock.bind((host, port))

@@ -157,17 +157,6 @@ class WebhookSender:
         if position is None:
             position = await asyncio.to_thread(self._stored_position) or 0
             await asyncio.to_thread(self._store.enqueue, [], position, payload_body)
-        floor = await asyncio.to_thread(self._views.change_floor)
-        if position < floor:
-            # Away longer than the feed is kept: what was pruned meanwhile is not sent.
-            log.warning(
-                "webhooks: changes %d-%d were pruned (BATON_CHANGE_RETENTION_DAYS) before they"
-                " could be enqueued; they are not delivered",
-                position + 1,
-                floor,
-            )
-            position = floor
-            await asyncio.to_thread(self._store.enqueue, [], position, payload_body)
         while True:
             page = await asyncio.to_thread(
                 self._views.changes, ChangeFilter(tenant=None), position, CHANGES_PAGE
