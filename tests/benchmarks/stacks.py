@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +60,7 @@ def fleet_stack(
     database: str = "sqlite",
     nats_nodes: int = 1,
     replicas: int = 1,
+    postgres_settings: Sequence[str] = (),
 ) -> Iterator[Stack]:
     """A stack (not started) whose catalog is the demo's plus `devices` generated ones.
     With `database` postgres, its storage is a new PostgreSQL cluster of its own (durable:
@@ -80,7 +81,7 @@ def fleet_stack(
     )
     try:
         if database == "postgres":
-            stack.postgres = start_postgres(folder / "postgres")
+            stack.postgres = start_postgres(folder / "postgres", extra_settings=postgres_settings)
             stack.extra_env["BATON_DATABASE_URL"] = create_database(stack.postgres, "baton")
         yield stack
     finally:

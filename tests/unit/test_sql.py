@@ -107,3 +107,22 @@ def test_urls_and_their_passwords() -> None:
     assert "s%40cret" not in str(Database(url=url, schema="views"))
     socket = postgres_params("postgresql://baton:x@/baton?host=/run/postgresql")
     assert (socket["host"], socket["port"]) == ("/run/postgresql", "5432")
+
+
+def test_execute_values_writes_and_returns_every_row_in_chunks(database: Database) -> None:
+    conn = database.connect()
+    try:
+        conn.executescript("CREATE TABLE v (k TEXT PRIMARY KEY, n INTEGER NOT NULL);")
+        rows = [(f"k{i}", i) for i in range(5)]
+        upsert = (
+            "INSERT INTO v (k, n) VALUES {values}"
+            " ON CONFLICT (k) DO UPDATE SET n = v.n + excluded.n RETURNING k, n"
+        )
+        assert [tuple(r) for r in conn.execute_values(upsert, rows, chunk=2)] == rows
+        again = conn.execute_values(upsert, [("k1", 10), ("k9", 9)], chunk=2)
+        assert [tuple(r) for r in again] == [("k1", 11), ("k9", 9)]
+        # Without RETURNING: nothing comes back, everything is written.
+        assert conn.execute_values("INSERT INTO v (k, n) VALUES {values}", [("x", 1)]) == []
+        assert conn.execute("SELECT COUNT(*) FROM v").fetchone()[0] == 7
+    finally:
+        conn.close()

@@ -44,9 +44,11 @@ from tests.unit.test_views import (
     OTHER,
     Clock,
     Tenancy,
+    answer,
     dump,
     every_ending,
     in_two_tenants,
+    request,
 )
 
 DEVICE = "demo-thermostat-1"
@@ -335,6 +337,34 @@ def test_projection_purge_and_lookups_search_by_key(tmp_path: Path) -> None:
     assert scans == []
     conn.close()
     views.close()
+
+
+def test_a_batch_reads_and_counts_once_however_many_events_it_holds(tmp_path: Path) -> None:
+    """Where each execution is counted is read, the counters moved and the change feed
+    written by a fixed number of statements per batch: only the rows' own writes grow
+    with the events (the projection's cost per event under load, docs/benchmarks.md)."""
+    app = new_app()
+    for n in range(10):
+        execution_id = request(app)
+        app.record_published(execution_id)
+        answer(app, execution_id, f"r{n}", AnswerStatus.SUCCEEDED, {"ok": True})
+    events = read_events(app, 0, 1000)
+    first = [e for e in events if e.execution_id == events[0].execution_id]
+    fixed = re.compile(r"execution_counts|execution_changes|FROM executions WHERE id IN")
+    per_batch = []
+    for n, batch in enumerate((first, events)):
+        path = tmp_path / f"views-{n}.sqlite"
+        ExecutionViews(path).close()
+        conn = connect(path)
+
+        def apply(c: sqlite3.Connection = conn, b: list[Any] = batch) -> None:
+            with transaction(c):
+                project(c, b)
+
+        per_batch.append([s for s in statements_of(conn, apply) if fixed.search(s)])
+        conn.close()
+    assert len(first) >= 4 and len(events) >= 10 * len(first)
+    assert per_batch[0] and len(per_batch[1]) == len(per_batch[0])
 
 
 # --- steps: what SQLite does, whatever the machine ------------------------------------------

@@ -240,7 +240,7 @@ class Executions(Application[UUID]):
         used = command.idempotency_key if command.idempotency_key is not None else execution_id
         for _attempt in range(CONFLICT_RETRIES):
             try:
-                existing = self.get(execution_id) if command.repeatable else None
+                existing = self._find(execution_id) if command.repeatable else None
             except ExecutionDeleted:  # its execution was deleted: the key stays used
                 raise IdempotencyConflict(str(used)) from None
             except ExecutionNotFound:
@@ -397,6 +397,15 @@ class Executions(Application[UUID]):
         if execution.deleted:
             raise ExecutionDeleted(execution_id)
         return execution
+
+    def _find(self, execution_id: UUID) -> CommandExecution | None:
+        """The execution, or None when nothing was ever stored under its id: for an id not
+        used yet (the usual case: the api chose it just now) one indexed read, where loading
+        would first look for a snapshot and then for its events."""
+        in_batch = self._batch is not None and self._batch.get(execution_id) is not None
+        if not in_batch and not self.recorder.select_events(execution_id, limit=1):
+            return None
+        return self.get(execution_id)
 
     def device_of(self, execution_id: UUID) -> str | None:
         """The device an execution was requested for (None: there is no such execution),

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 Dialect = Literal["sqlite", "postgres"]
 BUSY_TIMEOUT_MS = 30_000
+# Rows per statement of `execute_values`: with up to 9 columns, far below SQLite's limit
+# on parameters (32,766) and PostgreSQL's (65,535).
+VALUES_CHUNK = 500
 
 
 def unreachable(exc: BaseException) -> bool:
@@ -46,6 +49,7 @@ class Cursor(Protocol):
     """What the stores read from an executed statement (sqlite3's and psycopg's cursors)."""
 
     rowcount: int
+    description: Any  # None for a statement that returns no rows
 
     def fetchone(self) -> Any: ...
 
@@ -215,6 +219,24 @@ class Connection:
         if rows:
             with raw.cursor() as cursor:
                 cursor.executemany(self._sql(sql), rows)
+
+    def execute_values(
+        self, sql: str, rows: Sequence[Sequence[Any]], chunk: int = VALUES_CHUNK
+    ) -> list[Any]:
+        """`sql` with `{values}` standing for a VALUES list of `rows`, run once per `chunk`
+        rows: one statement where `executemany` runs one per row. Returns the rows the
+        statements return (RETURNING), in order."""
+        found: list[Any] = []
+        for at in range(0, len(rows), chunk):
+            part = rows[at : at + chunk]
+            row = f"({', '.join('?' * len(part[0]))})"
+            cursor = self.execute(
+                sql.format(values=", ".join([row] * len(part))),
+                [value for values in part for value in values],
+            )
+            if cursor.description:
+                found += cursor.fetchall()
+        return found
 
     def executescript(self, script: str) -> None:
         """Statements without parameters, one after the other."""

@@ -19,9 +19,10 @@ from baton_platform.sql import Connection
 _SCOPES = ((0, False, False), (1, True, False), (2, False, True), (3, True, True))
 _UPSERT = (
     "INSERT INTO execution_counts (scope, tenant, device_id, name, status, ephemeral, n)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " VALUES {values}"
     " ON CONFLICT (scope, tenant, device_id, name, status, ephemeral)"
     " DO UPDATE SET n = execution_counts.n + excluded.n"
+    " RETURNING scope, tenant, device_id, name, status, ephemeral, n"
 )
 _DROP_EMPTY = (
     "DELETE FROM execution_counts WHERE scope = ? AND tenant = ? AND device_id = ?"
@@ -64,10 +65,10 @@ class CountChanges:
                 key = (scope, tenant, device_id if by_device else "", name if by_name else "")
                 rows[(*key, status, ephemeral)] += change
         changed = [(*key, n) for key, n in rows.items() if n]
-        conn.executemany(_UPSERT, changed)
+        after = conn.execute_values(_UPSERT, changed)
         # Only a decrease can leave a counter at zero; dropping those keeps a live view and
         # its rebuild byte for byte the same.
-        conn.executemany(_DROP_EMPTY, [key for key, n in rows.items() if n < 0])
+        conn.executemany(_DROP_EMPTY, [tuple(row)[:6] for row in after if row[6] == 0])
         self._changes.clear()
 
 

@@ -24,7 +24,7 @@ from baton_domain.execution import (
 )
 from baton_domain.statuses import ExecutionStatus
 from baton_domain.tenants import DEFAULT_TENANT
-from baton_platform.sql import Connection
+from baton_platform.sql import VALUES_CHUNK, Connection
 from baton_views.counts import CountChanges, Counted
 from baton_views.store import (
     canonical_json,
@@ -49,82 +49,111 @@ def project(
     Returns (events applied, new position). Events at or below the position were applied
     before (at-least-once delivery, overlapping reads) and are skipped. `ended`, when given,
     receives the ids of the executions these events ended or deleted, so whoever waits on
-    them is woken without reading the rows again. The counters move once for the batch.
+    them is woken without reading the rows again. The counters move once for the batch,
+    where each row is counted is read once for the batch, and the change feed's rows are
+    written together: a batch costs a few statements more than its row updates.
     """
-    start = position = read_position(conn)
+    start = read_position(conn)
+    ordered = sorted(events, key=lambda e: e.notification_id)
+    fresh = [e for e in ordered if e.notification_id > start]
+    if not fresh:
+        return 0, start
+    batch = _Batch(conn, fresh)
     applied = 0
-    counts = CountChanges()
-    for event in sorted(events, key=lambda e: e.notification_id):
-        if event.notification_id <= position:
-            continue
-        position = event.notification_id
+    for event in fresh:
         if event.type in NOT_EXECUTIONS:
             continue  # the device queues' and the catalog's own streams: no view of them
-        _apply_one(conn, event, counts)
+        batch.apply(event)
         applied += 1
         if ended is not None and event.type in ENDING_TYPES:
             ended.add(event.execution_id)
-    if position != start:
-        counts.write(conn)
-        write_position(conn, position)
+    batch.finish()
+    position = fresh[-1].notification_id
+    write_position(conn, position)
     return applied, position
 
 
-def _apply_one(conn: Connection, event: LifecycleEvent, counts: CountChanges) -> None:
-    if event.type == "Requested":
-        after = _requested(conn, event)
-        counts.moved(None, after)
-        _changed(conn, event, after)
-        return
-    handler = _HANDLERS.get(event.type)
-    if handler is None:
-        # A newer writer may know more event types; skipping keeps the view moving and the
-        # position still advances, exactly as a rebuild by this version would do.
-        log.warning("no projection for event type %s (%s)", event.type, event.notification_id)
-        return
-    before = _counted(conn, event)
-    if before is None:
-        log.warning("%s for unknown execution %s", event.type, event.execution_id)
-        return
-    moved = handler(conn, event, before)
-    counts.moved(before, moved)
-    if moved is None:
-        # Deleted: its changes go with its rows (what a deletion is for), and a rebuild,
-        # which sees the deletion too, keeps none of them either.
-        conn.execute(
-            "DELETE FROM execution_changes WHERE execution_id = ?", (str(event.execution_id),)
+class _Batch:
+    """One batch's state: where each execution it touches is counted (read once, then
+    kept as the handlers move it), the counters' changes, and the change feed's rows not
+    yet written."""
+
+    def __init__(self, conn: Connection, events: list[LifecycleEvent]) -> None:
+        self.conn = conn
+        self.counts = CountChanges()
+        self._changes: list[tuple[Any, ...]] = []
+        ids = sorted(
+            {str(e.execution_id) for e in events if e.type in _HANDLERS},
         )
-    else:
-        _changed(conn, event, moved)
+        self._counted: dict[str, Counted | None] = dict.fromkeys(ids)
+        for at in range(0, len(ids), VALUES_CHUNK):
+            chunk = ids[at : at + VALUES_CHUNK]
+            rows = conn.execute(
+                "SELECT id, tenant, device_id, name, status, ephemeral FROM executions"
+                f" WHERE id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            for row in rows:
+                self._counted[row[0]] = Counted(*tuple(row)[1:])
 
+    def apply(self, event: LifecycleEvent) -> None:
+        key = str(event.execution_id)
+        if event.type == "Requested":
+            after = _requested(self.conn, event)
+            self.counts.moved(None, after)
+            self._counted[key] = after
+            self._changed(event, after)
+            return
+        handler = _HANDLERS.get(event.type)
+        if handler is None:
+            # A newer writer may know more event types; skipping keeps the view moving and
+            # the position still advances, exactly as a rebuild by this version would do.
+            log.warning("no projection for event type %s (%s)", event.type, event.notification_id)
+            return
+        before = self._counted.get(key)
+        if before is None:
+            log.warning("%s for unknown execution %s", event.type, event.execution_id)
+            return
+        moved = handler(self.conn, event, before)
+        self.counts.moved(before, moved)
+        self._counted[key] = moved
+        if moved is None:
+            # Deleted: its changes go with its rows (what a deletion is for), and a rebuild,
+            # which sees the deletion too, keeps none of them either.
+            self._write_changes()
+            self.conn.execute("DELETE FROM execution_changes WHERE execution_id = ?", (key,))
+        else:
+            self._changed(event, moved)
 
-def _changed(conn: Connection, event: LifecycleEvent, after: Counted) -> None:
-    """The event's row of the change feed: what the execution is after it, at the event's
-    notification id (its position; the same on every rebuild)."""
-    conn.execute(
-        "INSERT INTO execution_changes (position, tenant, execution_id, device_id, name,"
-        " status, kind, seq, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            event.notification_id,
-            after.tenant,
-            str(event.execution_id),
-            after.device_id,
-            after.name,
-            after.status,
-            event.type,
-            event.version,
-            canonical_time(event.occurred_at),
-        ),
-    )
+    def finish(self) -> None:
+        self._write_changes()
+        self.counts.write(self.conn)
 
+    def _changed(self, event: LifecycleEvent, after: Counted) -> None:
+        """The event's row of the change feed: what the execution is after it, at the
+        event's notification id (its position; the same on every rebuild)."""
+        self._changes.append(
+            (
+                event.notification_id,
+                after.tenant,
+                str(event.execution_id),
+                after.device_id,
+                after.name,
+                after.status,
+                event.type,
+                event.version,
+                canonical_time(event.occurred_at),
+            )
+        )
 
-def _counted(conn: Connection, event: LifecycleEvent) -> Counted | None:
-    """Where the execution is counted now; None when there is no such row."""
-    found = conn.execute(
-        "SELECT tenant, device_id, name, status, ephemeral FROM executions WHERE id = ?",
-        (str(event.execution_id),),
-    ).fetchone()
-    return Counted(*found) if found is not None else None
+    def _write_changes(self) -> None:
+        if self._changes:
+            self.conn.execute_values(
+                "INSERT INTO execution_changes (position, tenant, execution_id, device_id,"
+                " name, status, kind, seq, at) VALUES {values}",
+                self._changes,
+            )
+            self._changes = []
 
 
 # --- handlers, one per event type ---------------------------------------------------------

@@ -37,6 +37,9 @@ from baton_views import ExecutionView, ExecutionViews, read_events
 log = logging.getLogger(__name__)
 
 BATCH = 500
+# The least time between the starts of two steps while events keep coming: a few ms of a
+# command's latency, against a batch per event under load.
+LINGER_S = 0.004
 
 Announce = Callable[[ViewsAdvanced], Awaitable[None]]
 
@@ -173,35 +176,42 @@ class ProjectionRunner:
     async def run(self) -> None:
         """Project (or follow) until stopped. Errors are logged and retried: reads must keep
         working."""
+        last_step = -LINGER_S
         while not self._stopping:
             try:
                 if self._projecting:
-                    if await self.step():
-                        continue  # there may be more: drain before sleeping
+                    last_step = time.monotonic()
+                    if await self.step() >= self._batch:
+                        continue  # a full batch: there is more, drain before sleeping
                 else:
                     await self.follow_step()
             except Exception:
                 log.exception("projection step failed; retrying")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval)
+            if self._projecting and (lingering := last_step + LINGER_S - time.monotonic()) > 0:
+                # Woken again right after a step: let the events in flight join the next
+                # batch (under load each batch's own statements, and its announcement,
+                # are then shared by many events; idle, nothing waits).
+                await asyncio.sleep(lingering)
             self._wake.clear()
 
-    async def step(self) -> bool:
-        """Apply one batch of new events; returns whether there were any."""
+    async def step(self) -> int:
+        """Apply one batch of new events; returns how many there were (0: none)."""
         async with self._stepping:
             if not self._projecting:
-                return False
+                return 0
             ended: set[UUID] = set()
-            after, position, applied = await asyncio.to_thread(self._apply_next, ended)
+            after, position, read = await asyncio.to_thread(self._apply_next, ended)
             self._known.projected(position)
             self._advance()
             # After the commit, so a woken waiter's read sees the end.
             self._ended(ended)
-        if applied:
+        if read:
             await self._tell(ViewsAdvanced(
                 projector=self.name, after=after, position=position, ended=sorted(ended)
             ))  # fmt: skip
-        return applied
+        return read
 
     async def follow_step(self) -> None:
         """Following: read the views' position (the fallback for a missed announcement)."""
@@ -221,15 +231,15 @@ class ProjectionRunner:
         self._advance()
         self._ended(message.ended)
 
-    def _apply_next(self, ended: set[UUID]) -> tuple[int, int, bool]:
+    def _apply_next(self, ended: set[UUID]) -> tuple[int, int, int]:
         """In a worker thread: the next `batch` events after the views' position, applied
-        in one transaction. Returns (the position before, the views' position, whether
-        there were events)."""
+        in one transaction. Returns (the position before, the views' position, how many
+        events were read)."""
         after = self._views.position()
         events = read_events(self._executions, after, self._batch)
         if not events:
-            return after, after, False
-        return after, self._views.apply(events, ended), True
+            return after, after, 0
+        return after, self._views.apply(events, ended), len(events)
 
     async def _tell(self, message: ViewsAdvanced) -> None:
         if self._announce is None:

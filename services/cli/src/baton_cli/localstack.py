@@ -30,6 +30,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -618,13 +619,16 @@ def start_postgres(
     host: str = "127.0.0.1",
     durable: bool = True,
     max_connections: int = 200,
+    extra_settings: Sequence[str] = (),
 ) -> PostgresServer:
     """A new PostgreSQL cluster (initdb) listening on `host`:`port` only (its unix socket
     in its own directory), its superuser `baton` with a random password (scram). Not
     `durable`: no fsync, for tests, where nothing must survive a power loss.
 
     As root it runs as the `postgres` account, in a directory of its own under the system's
-    temporary directory (the test's may not be reachable by another account)."""
+    temporary directory (the test's may not be reachable by another account).
+    `extra_settings`: more `name=value` server settings (the bench's profile loads
+    pg_stat_statements)."""
     import secrets
     import tempfile
 
@@ -679,6 +683,7 @@ def start_postgres(
         f"unix_socket_directories={cluster}",
         f"max_connections={max_connections}",
         *([] if durable else ["fsync=off", "synchronous_commit=off", "full_page_writes=off"]),
+        *extra_settings,
     ]
     args = [str(bindir / "postgres"), "-D", str(cluster)]
     for setting in settings:

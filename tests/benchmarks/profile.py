@@ -1,0 +1,199 @@
+"""Where a command's CPU goes: one open-loop step on a bench stack while py-spy samples
+every Python process of it, then each process's CPU per command and its hottest functions.
+
+    python -m tests.benchmarks.profile --database postgres --rate 60 --seconds 30
+
+py-spy (`pip install py-spy`) must be on PATH and allowed to read other processes (root,
+or ptrace_scope 0). The raw profiles are kept under `--out` for a flame graph
+(`py-spy`'s collapsed-stack format: flamegraph.pl or speedscope read them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import subprocess
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import nats
+
+from baton_platform.nats_access import OPS
+from baton_simulator import fleet_ids
+from tests.benchmarks.commands import KEY, warm_up
+from tests.benchmarks.lean_http import LeanClient
+from tests.benchmarks.load import Load, LoadSettings
+from tests.benchmarks.procs import CpuSnapshot
+from tests.benchmarks.stacks import (
+    database_url,
+    fleet_stack,
+    settle,
+    stack_pids,
+    start_fleet,
+    start_services,
+)
+
+IDLE_WINDOW_S = 10.0  # how long the idle stack is measured, after the warm-up
+PYTHON_PROCESSES = ("api", "dispatcher", "device-bridge", "timeout-scheduler", "simulator")
+
+
+def hottest(raw: Path, top: int) -> list[tuple[str, float]]:
+    """The functions with the most samples on top of the stack (self time), as shares."""
+    own: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        frame = stack.rsplit(";", 1)[-1]
+        own[frame] += int(count)
+        total += int(count)
+    return [(frame, n / total) for frame, n in own.most_common(top)] if total else []
+
+
+async def stream_subjects(url: str) -> Counter[str]:
+    """Messages each stream holds, by subject with its device and ids left out."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        found: Counter[str] = Counter()
+        for stream in await js.streams_info():
+            info = await js.stream_info(stream.config.name, subjects_filter=">")
+            for subject, n in (info.state.subjects or {}).items():
+                kind = ".".join(part for part in subject.split(".")[:5] if "-" not in part)
+                found[f"{stream.config.name} {kind}"] += n
+        return found
+    finally:
+        await nc.close()
+
+
+def statements_reset(url: str) -> None:
+    import psycopg
+
+    from baton_platform.sql import conninfo
+
+    with psycopg.connect(conninfo(url), autocommit=True) as db:
+        db.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        db.execute("SELECT pg_stat_statements_reset()")
+
+
+def top_statements(url: str, top: int) -> list[tuple[int, float, str]]:
+    """The statements run since the reset, most called first: (calls, mean ms, text)."""
+    import psycopg
+
+    from baton_platform.sql import conninfo
+
+    with psycopg.connect(conninfo(url), autocommit=True) as db:
+        rows = db.execute(
+            "SELECT calls, mean_exec_time, regexp_replace(query, '\\s+', ' ', 'g')"
+            " FROM pg_stat_statements WHERE query NOT LIKE '%%pg_stat_statements%%'"
+            " ORDER BY calls DESC LIMIT %s",
+            (top * 3,),
+        ).fetchall()
+    return [(int(calls), float(ms), str(q)[:140]) for calls, ms, q in rows]
+
+
+async def profile(args: argparse.Namespace, scratch: Path) -> None:
+    spy = shutil.which("py-spy") or "py-spy"
+    if not args.no_spy and shutil.which(spy) is None:
+        raise SystemExit("py-spy is not on PATH: pip install py-spy")
+    postgres = args.database == "postgres"
+    settings = ["shared_preload_libraries=pg_stat_statements"] if postgres else []
+    with fleet_stack(
+        scratch, "profile", args.devices, None, args.database, postgres_settings=settings
+    ) as stack:
+        stack.start_infrastructure()
+        start_fleet(stack, args.devices)
+        await start_services(stack)
+        client = LeanClient("127.0.0.1", stack.api_port or 0, {"Authorization": f"Bearer {KEY}"})
+        settings = LoadSettings(fleet_ids(args.devices))
+        load = Load(client, settings)
+        await warm_up(stack, load, 60)
+        pids = stack_pids(stack)
+        idle_before = CpuSnapshot.take(pids)
+        await asyncio.sleep(IDLE_WINDOW_S)
+        idle = CpuSnapshot.take(pids)
+        idle_cost = {k: v / (idle.at - idle_before.at) for k, v in idle.since(idle_before).items()}
+        spies = {
+            name: subprocess.Popen(
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--duration",
+                    str(int(args.seconds)),
+                    "--rate",
+                    "200",
+                    "--format",
+                    "raw",
+                    "--nonblocking",
+                    "--gil",
+                    "--output",
+                    str(args.out / f"{name}.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for name, pid in pids.items()
+            if name in args.spy.split(",") and not args.no_spy
+        }
+        url = database_url(stack)
+        if url is not None:
+            statements_reset(url)
+        nats_url = stack.nats_url_as(OPS)
+        before = await stream_subjects(nats_url)
+        step = await load.step(args.rate, args.seconds, pids, lambda: settle(stack, client, 60))
+        after = await stream_subjects(nats_url)
+        for process in spies.values():
+            process.wait()
+        client.close()
+        statements = top_statements(url, args.top) if url is not None else []
+    done = step.outcomes.get("SUCCEEDED", 0)
+    print(f"{step.issued} offered at {args.rate}/s, {done} succeeded: {dict(step.outcomes)}")
+    print(f"{'process':20} {'ms CPU / command':>17} {'idle: ms CPU / s':>17}")
+    for name, seconds in sorted(step.cpu.items(), key=lambda kv: -kv[1]):
+        print(f"{name:20} {1000 * seconds / max(done, 1):17.2f} {1000 * idle_cost[name]:17.1f}")
+    total_idle = 1000 * sum(idle_cost.values())
+    print(f"{'all':20} {1000 * sum(step.cpu.values()) / max(done, 1):17.2f} {total_idle:17.1f}")
+    done_at_least_one = max(done, 1)
+    print("\nJetStream messages per command, by stream and subject kind")
+    for key in sorted(after):
+        if (grew := after[key] - before.get(key, 0)) > 0:
+            print(f"  {grew / done_at_least_one:6.2f}  {key}")
+    if statements:
+        print("\nPostgreSQL statements per command (calls, ms per call), by calls")
+        for calls, ms, query in statements:
+            print(f"  {calls / done_at_least_one:6.2f}  {ms:6.3f}  {query}")
+        print(f"  {sum(c for c, _, _ in statements) / done_at_least_one:6.2f}  in all (listed)")
+    for name in spies:
+        raw = args.out / f"{name}.txt"
+        if not raw.exists():
+            continue
+        print(f"\n{name}: hottest functions (self time)")
+        for frame, share in hottest(raw, args.top):
+            print(f"  {100 * share:5.1f} %  {frame}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--devices", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=50.0, help="offered commands/s")
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--top", type=int, default=12, help="functions listed per process")
+    parser.add_argument(
+        "--spy", default=",".join(PYTHON_PROCESSES), help="the processes profiled, comma-separated"
+    )
+    parser.add_argument("--no-spy", action="store_true", help="only the counts, no profiles")
+    parser.add_argument("--out", type=Path, default=Path("var/profile"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="baton-profile-") as scratch:
+        asyncio.run(profile(args, Path(scratch)))
+
+
+if __name__ == "__main__":
+    main()
