@@ -153,6 +153,8 @@ async def profile(args: argparse.Namespace, scratch: Path) -> None:
         statements = top_statements(url, args.top) if url is not None else []
     done = step.outcomes.get("SUCCEEDED", 0)
     print(f"{step.issued} offered at {args.rate}/s, {done} succeeded: {dict(step.outcomes)}")
+    p50, p99 = (1000 * step.latency(q) for q in (0.5, 0.99))
+    print(f"due -> SUCCEEDED: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     print(f"{'process':20} {'ms CPU / command':>17} {'idle: ms CPU / s':>17}")
     for name, seconds in sorted(step.cpu.items(), key=lambda kv: -kv[1]):
         print(f"{name:20} {1000 * seconds / max(done, 1):17.2f} {1000 * idle_cost[name]:17.1f}")

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import ModuleType
+from typing import TYPE_CHECKING
 from uuid import UUID
 
-import httpx
 from prometheus_client import Counter
 
 from baton_api.live import first_of
@@ -45,6 +47,9 @@ from baton_contracts.webhooks import (
     sign,
 )
 from baton_views import CHANGES_PAGE, Change, ChangeFilter, ExecutionViews
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +118,13 @@ class WebhookSender:
         self._slots = asyncio.Semaphore(policy.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._http: ModuleType  # httpx, imported by `run`
 
     async def run(self) -> None:
-        async with httpx.AsyncClient(
+        # Imported here, in a worker thread: a quarter of the api's start otherwise (it
+        # brings its command line's rich along), for the one replica that sends.
+        self._http = await asyncio.to_thread(importlib.import_module, "httpx")
+        async with self._http.AsyncClient(
             follow_redirects=False, timeout=self._policy.timeout, trust_env=False
         ) as client:
             try:
@@ -217,7 +226,7 @@ class WebhookSender:
                 error = f"answered {status}"
         except TargetRefused as exc:
             error = f"target refused: {exc}"
-        except httpx.HTTPError as exc:
+        except self._http.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
         duration = int((time.monotonic() - started) * 1000)
         return Attempt(number, at, status, error, duration)
