@@ -36,7 +36,7 @@ from baton_views.store import (
 log = logging.getLogger(__name__)
 
 # Gets where the row is counted before the event, returns where after (None: deleted).
-Handler = Callable[[Connection, LifecycleEvent, Counted], Counted | None]
+Handler = Callable[["_Batch", LifecycleEvent, Counted], Counted | None]
 
 
 def project(
@@ -82,6 +82,10 @@ class _Batch:
         self.conn = conn
         self.counts = CountChanges()
         self._changes: list[tuple[Any, ...]] = []
+        # The columns each execution's row gets at the end of the batch: every UPDATE of
+        # the projection sets values, so the batch's last value of each column is what the
+        # row would hold after the events one by one, in one statement per row.
+        self._rows: dict[str, dict[str, Any]] = {}
         ids = sorted(
             {str(e.execution_id) for e in events if e.type in _HANDLERS},
         )
@@ -114,7 +118,7 @@ class _Batch:
         if before is None:
             log.warning("%s for unknown execution %s", event.type, event.execution_id)
             return
-        moved = handler(self.conn, event, before)
+        moved = handler(self, event, before)
         self.counts.moved(before, moved)
         self._counted[key] = moved
         if moved is None:
@@ -127,7 +131,38 @@ class _Batch:
 
     def finish(self) -> None:
         self._write_changes()
+        self._write_rows()
         self.counts.write(self.conn)
+
+    def set(self, event: LifecycleEvent, **columns: Any) -> None:
+        """The event's columns (and its time as `updated_at`) for its execution's row."""
+        row = self._rows.setdefault(str(event.execution_id), {})
+        row["updated_at"] = canonical_time(event.occurred_at)
+        row.update(columns)
+
+    def column(self, event: LifecycleEvent, name: str) -> Any:
+        """A column of the event's execution as this batch leaves it so far."""
+        pending = self._rows.get(str(event.execution_id), {})
+        if name in pending:
+            return pending[name]
+        row = self.conn.execute(
+            f"SELECT {name} FROM executions WHERE id = ?", (str(event.execution_id),)
+        ).fetchone()
+        return row[0]
+
+    def forget(self, event: LifecycleEvent) -> None:
+        """The execution's row is deleted: nothing of this batch is written to it."""
+        self._rows.pop(str(event.execution_id), None)
+
+    def _write_rows(self) -> None:
+        by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for key, row in self._rows.items():
+            names = tuple(sorted(row))
+            by_columns.setdefault(names, []).append((*(row[n] for n in names), key))
+        for names, values in by_columns.items():
+            assignments = ", ".join(f"{name} = ?" for name in names)
+            self.conn.executemany(f"UPDATE executions SET {assignments} WHERE id = ?", values)
+        self._rows = {}
 
     def _changed(self, event: LifecycleEvent, after: Counted) -> None:
         """The event's row of the change feed: what the execution is after it, at the
@@ -191,84 +226,77 @@ def _requested(conn: Connection, event: LifecycleEvent) -> Counted:
     return Counted(tenant, data["device_id"], data["name"], pending, ephemeral)
 
 
-def _touched(conn: Connection, event: LifecycleEvent, before: Counted) -> Counted:
+def _touched(rows: _Batch, event: LifecycleEvent, before: Counted) -> Counted:
     """Dispatched (and anything else that changes no field) only moves updated_at."""
-    return _update(conn, event, before)
+    return _update(rows, event, before)
 
 
-def _published(conn: Connection, event: LifecycleEvent, before: Counted) -> Counted:
+def _published(rows: _Batch, event: LifecycleEvent, before: Counted) -> Counted:
     # Recorded whenever the bridge's report comes (docs/statuses.md): after an answer it
     # cannot come (an answer implies it first), but after a cancel or an expiry it can, and
     # then it moves no status.
     pending = before.status == ExecutionStatus.PENDING.value
-    return _update(conn, event, before, status=ExecutionStatus.SENT if pending else None)
+    return _update(rows, event, before, status=ExecutionStatus.SENT if pending else None)
 
 
 def _answered(status: ExecutionStatus | None, outcome: str | None = None) -> Handler:
     """Handlers for the answer events: log the answer, maybe move status, maybe keep
     the payload as `result` or `error` (outcome names the column)."""
 
-    def handle(conn: Connection, event: LifecycleEvent, before: Counted) -> Counted:
+    def handle(rows: _Batch, event: LifecycleEvent, before: Counted) -> Counted:
         answer = event.data["answer"]
-        _append_log(conn, event, answer)
+        _append_log(rows.conn, event, answer)
         fields: dict[str, Any] = {}
         if outcome is not None:
             fields[outcome] = answer["payload"]
-        return _update(conn, event, before, status=status, **fields)
+        return _update(rows, event, before, status=status, **fields)
 
     return handle
 
 
-def _timed_out(conn: Connection, event: LifecycleEvent, before: Counted) -> Counted:
-    error = timeout_error(_ttl(conn, event))
-    return _update(conn, event, before, status=ExecutionStatus.TIMED_OUT, error=error)
+def _timed_out(rows: _Batch, event: LifecycleEvent, before: Counted) -> Counted:
+    error = timeout_error(int(rows.column(event, "ttl")))
+    return _update(rows, event, before, status=ExecutionStatus.TIMED_OUT, error=error)
 
 
-def _expired(conn: Connection, event: LifecycleEvent, before: Counted) -> Counted:
-    error = expiry_error(_ttl(conn, event))
-    return _update(conn, event, before, status=ExecutionStatus.EXPIRED, error=error)
+def _expired(rows: _Batch, event: LifecycleEvent, before: Counted) -> Counted:
+    error = expiry_error(int(rows.column(event, "ttl")))
+    return _update(rows, event, before, status=ExecutionStatus.EXPIRED, error=error)
 
 
-def _canceled(conn: Connection, event: LifecycleEvent, before: Counted) -> Counted:
+def _canceled(rows: _Batch, event: LifecycleEvent, before: Counted) -> Counted:
     error = cancel_error(event.data["reason"])
-    return _update(conn, event, before, status=ExecutionStatus.CANCELED, error=error)
+    return _update(rows, event, before, status=ExecutionStatus.CANCELED, error=error)
 
 
 def _verification(status: str) -> Handler:
     """VerificationRequired / Verified / VerificationFailed / VerificationCanceled."""
 
-    def handle(conn: Connection, event: LifecycleEvent, before: Counted) -> Counted:
+    def handle(rows: _Batch, event: LifecycleEvent, before: Counted) -> Counted:
         data = event.data
         state = verification_state(
             status, data.get("at"), data.get("title"), data.get("description")
         )
-        conn.execute(
-            "UPDATE executions SET verification = ?, updated_at = ? WHERE id = ?",
-            (canonical_json(state), canonical_time(event.occurred_at), str(event.execution_id)),
-        )
+        rows.set(event, verification=canonical_json(state))
         return before
 
     return handle
 
 
-def _retried(conn: Connection, event: LifecycleEvent, before: Counted) -> Counted:
+def _retried(rows: _Batch, event: LifecycleEvent, before: Counted) -> Counted:
     # Appended here rather than by the database's JSON functions (SQLite's and PostgreSQL's
     # differ, and so does their text): the list is written through canonical_json.
-    row = conn.execute(
-        "SELECT retries FROM executions WHERE id = ?", (str(event.execution_id),)
-    ).fetchone()
-    retries = [*json.loads(row["retries"]), str(event.data["retry_id"])]
-    conn.execute(
-        "UPDATE executions SET retries = ?, updated_at = ? WHERE id = ?",
-        (canonical_json(retries), canonical_time(event.occurred_at), str(event.execution_id)),
-    )
+    retries = [*json.loads(rows.column(event, "retries")), str(event.data["retry_id"])]
+    rows.set(event, retries=canonical_json(retries))
     return before
 
 
-def _deleted(conn: Connection, event: LifecycleEvent, before: Counted) -> None:
+def _deleted(rows: _Batch, event: LifecycleEvent, before: Counted) -> None:
     """The row and its log go: counted nowhere after."""
-    conn.execute("DELETE FROM execution_log WHERE execution_id = ?", (str(event.execution_id),))
-    conn.execute("DELETE FROM executions WHERE id = ?", (str(event.execution_id),))
+    rows.forget(event)
+    key = str(event.execution_id)
+    rows.conn.execute("DELETE FROM execution_log WHERE execution_id = ?", (key,))
+    rows.conn.execute("DELETE FROM executions WHERE id = ?", (key,))
 
 
 _HANDLERS: dict[str, Handler] = {
@@ -310,7 +338,7 @@ NOT_EXECUTIONS = DEVICE_QUEUE_TYPES | CATALOG_TYPES
 
 
 def _update(
-    conn: Connection,
+    rows: _Batch,
     event: LifecycleEvent,
     before: Counted,
     status: ExecutionStatus | None = None,
@@ -318,24 +346,16 @@ def _update(
     error: Any = None,
 ) -> Counted:
     """Set the fields given (and updated_at); returns where the row is counted after."""
-    assignments = ["updated_at = ?"]
-    values: list[Any] = [canonical_time(event.occurred_at)]
+    columns: dict[str, Any] = {}
     if status is not None:
-        assignments.append("status = ?")
-        values.append(status.value)
+        columns["status"] = status.value
     if status is not None and status.is_terminal:
-        assignments.append("outcome = ?")
-        values.append(status.value)
+        columns["outcome"] = status.value
     if result is not None:
-        assignments.append("result = ?")
-        values.append(canonical_json(result))
+        columns["result"] = canonical_json(result)
     if error is not None:
-        assignments.append("error = ?")
-        values.append(canonical_json(error))
-    conn.execute(
-        f"UPDATE executions SET {', '.join(assignments)} WHERE id = ?",
-        (*values, str(event.execution_id)),
-    )
+        columns["error"] = canonical_json(error)
+    rows.set(event, **columns)
     return before if status is None else before._replace(status=status.value)
 
 
@@ -352,10 +372,3 @@ def _append_log(conn: Connection, event: LifecycleEvent, answer: dict[str, Any])
             str(event.execution_id),
         ),
     )
-
-
-def _ttl(conn: Connection, event: LifecycleEvent) -> int:
-    row = conn.execute(
-        "SELECT ttl FROM executions WHERE id = ?", (str(event.execution_id),)
-    ).fetchone()
-    return int(row["ttl"])
