@@ -223,9 +223,10 @@ class Connection:
     def execute_values(
         self, sql: str, rows: Sequence[Sequence[Any]], chunk: int = VALUES_CHUNK
     ) -> list[Any]:
-        """`sql` with `{values}` standing for a VALUES list of `rows`, run once per `chunk`
-        rows: one statement where `executemany` runs one per row. Returns the rows the
-        statements return (RETURNING), in order."""
+        """`sql` with `{values}` standing for `rows`, each in parentheses (a VALUES list;
+        of one column, an IN list too), run once per `chunk` rows: one statement where
+        `executemany` runs one per row. Returns the rows the statements return (a SELECT's,
+        or RETURNING), in order."""
         found: list[Any] = []
         for at in range(0, len(rows), chunk):
             part = rows[at : at + chunk]

@@ -24,7 +24,7 @@ from baton_domain.execution import (
 )
 from baton_domain.statuses import ExecutionStatus
 from baton_domain.tenants import DEFAULT_TENANT
-from baton_platform.sql import VALUES_CHUNK, Connection
+from baton_platform.sql import Connection
 from baton_views.counts import CountChanges, Counted
 from baton_views.store import (
     canonical_json,
@@ -49,9 +49,9 @@ def project(
     Returns (events applied, new position). Events at or below the position were applied
     before (at-least-once delivery, overlapping reads) and are skipped. `ended`, when given,
     receives the ids of the executions these events ended or deleted, so whoever waits on
-    them is woken without reading the rows again. The counters move once for the batch,
-    where each row is counted is read once for the batch, and the change feed's rows are
-    written together: a batch costs a few statements more than its row updates.
+    them is woken without reading the rows again. Where each row is counted is read once
+    for the batch, each row is updated once, and the counters and the change feed are
+    written together: a batch costs a few statements more than its rows' own writes.
     """
     start = read_position(conn)
     ordered = sorted(events, key=lambda e: e.notification_id)
@@ -75,8 +75,8 @@ def project(
 
 class _Batch:
     """One batch's state: where each execution it touches is counted (read once, then
-    kept as the handlers move it), the counters' changes, and the change feed's rows not
-    yet written."""
+    kept as the handlers move it), the counters' changes, and the change feed's rows and
+    the executions' columns not yet written."""
 
     def __init__(self, conn: Connection, events: list[LifecycleEvent]) -> None:
         self.conn = conn
@@ -86,19 +86,15 @@ class _Batch:
         # the projection sets values, so the batch's last value of each column is what the
         # row would hold after the events one by one, in one statement per row.
         self._rows: dict[str, dict[str, Any]] = {}
-        ids = sorted(
-            {str(e.execution_id) for e in events if e.type in _HANDLERS},
-        )
+        ids = sorted({str(e.execution_id) for e in events if e.type in _HANDLERS})
         self._counted: dict[str, Counted | None] = dict.fromkeys(ids)
-        for at in range(0, len(ids), VALUES_CHUNK):
-            chunk = ids[at : at + VALUES_CHUNK]
-            rows = conn.execute(
-                "SELECT id, tenant, device_id, name, status, ephemeral FROM executions"
-                f" WHERE id IN ({', '.join('?' * len(chunk))})",
-                chunk,
-            )
-            for row in rows:
-                self._counted[row[0]] = Counted(*tuple(row)[1:])
+        found = conn.execute_values(
+            "SELECT id, tenant, device_id, name, status, ephemeral FROM executions"
+            " WHERE id IN ({values})",
+            [(execution_id,) for execution_id in ids],
+        )
+        for row in found:
+            self._counted[row[0]] = Counted(*tuple(row)[1:])
 
     def apply(self, event: LifecycleEvent) -> None:
         key = str(event.execution_id)
