@@ -1,10 +1,12 @@
-"""Run a service until SIGINT/SIGTERM: the shared `main()` body of every service."""
+"""Run a service until SIGINT/SIGTERM: the shared `main()` body of every service; and the
+small waits of its loops."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,3 +40,11 @@ async def cancel_and_wait(task: asyncio.Task[Any], patience: float = 0.1) -> Non
         log.error(
             "task %s ended with an error while stopping", task.get_name(), exc_info=task.exception()
         )
+
+
+async def rest_of(gap: float, since: float) -> None:
+    """Sleep what is left of `gap` seconds since `since` (a `time.monotonic()`): a loop
+    that starts each turn this way runs at most once per `gap`, and waits not at all when
+    its turns are further apart."""
+    if (left := since + gap - time.monotonic()) > 0:
+        await asyncio.sleep(left)

@@ -31,6 +31,7 @@ from uuid import UUID
 
 from baton_contracts.nats import ViewsAdvanced
 from baton_domain.application import Executions
+from baton_platform.lifecycle import rest_of
 from baton_platform.metrics import WAITING_REQUESTS
 from baton_views import ExecutionView, ExecutionViews, read_events
 
@@ -176,7 +177,7 @@ class ProjectionRunner:
     async def run(self) -> None:
         """Project (or follow) until stopped. Errors are logged and retried: reads must keep
         working."""
-        last_step = -LINGER_S
+        last_step = float("-inf")  # no step yet: nothing to wait out
         while not self._stopping:
             try:
                 if self._projecting:
@@ -189,11 +190,11 @@ class ProjectionRunner:
                 log.exception("projection step failed; retrying")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval)
-            if self._projecting and (lingering := last_step + LINGER_S - time.monotonic()) > 0:
+            if self._projecting:
                 # Woken again right after a step: let the events in flight join the next
                 # batch (under load each batch's own statements, and its announcement,
                 # are then shared by many events; idle, nothing waits).
-                await asyncio.sleep(lingering)
+                await rest_of(LINGER_S, last_step)
             self._wake.clear()
 
     async def step(self) -> int:

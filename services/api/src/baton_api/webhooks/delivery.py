@@ -46,6 +46,7 @@ from baton_contracts.webhooks import (
     WebhookPayload,
     sign,
 )
+from baton_platform.lifecycle import rest_of
 from baton_views import CHANGES_PAGE, Change, ChangeFilter, ExecutionViews
 
 if TYPE_CHECKING:
@@ -139,7 +140,7 @@ class WebhookSender:
                         await self._sleep(signal)
                         # Under load the views advance every few ms: a round's reads are
                         # then shared by the changes of ROUND_GAP_S rather than made per batch.
-                        await asyncio.sleep(max(0.0, started + ROUND_GAP_S - time.monotonic()))
+                        await rest_of(ROUND_GAP_S, started)
                     except Exception:
                         log.exception("webhook round failed; trying again")
                         await asyncio.sleep(self._poll)
