@@ -30,8 +30,7 @@ import json
 import math
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from baton_cli.localstack import Stack, mqtt_flavour, raise_open_files_limit
@@ -46,7 +45,6 @@ from tests.benchmarks.history import (
     stored_history,
     write_commands,
 )
-from tests.benchmarks.lean_http import LeanClient
 from tests.benchmarks.load import Load, LoadSettings, Search, StepResult, find_max
 from tests.benchmarks.procs import CpuSnapshot, rss_kib, stack_pids
 from tests.benchmarks.report import (
@@ -61,7 +59,7 @@ from tests.benchmarks.report import (
     step_line,
 )
 from tests.benchmarks.stacks import (
-    KEY,
+    api_client,
     create_database,
     fleet_stack,
     postgres_of,
@@ -236,14 +234,6 @@ class Bench:
         a = self.args
         return Search(start_rate, a.step_factor, a.refine, a.max_steps, a.step_seconds)
 
-    @contextmanager
-    def client(self, stack: Stack) -> Iterator[LeanClient]:
-        client = LeanClient("127.0.0.1", stack.api_port or 0, {"Authorization": f"Bearer {KEY}"})
-        try:
-            yield client
-        finally:
-            client.close()
-
     async def store_floor(self, data_dir: Path, stack: Stack) -> StoreFloor:
         """On SQLite, a store of its own under `data_dir`; on PostgreSQL, a database of its
         own on the stack's server."""
@@ -288,7 +278,7 @@ class Bench:
                 say("floors: NATS, MQTT, a simulated device, JetStream")
                 await wire_floors(stack, fleet_ids(a.devices), a.floor_samples, f)
             await start_services(stack)
-            with self.client(stack) as client:
+            with api_client(stack) as client:
                 await settle(stack, client, a.drain_timeout)
                 f.idle_rss_kib = rss(stack, "VmRSS")
                 if "floors" in self.parts:
@@ -335,7 +325,7 @@ class Bench:
         a, best = self.args, self.figures.best
         start_fleet(stack, devices)
         await start_services(stack)
-        with self.client(stack) as client:
+        with api_client(stack) as client:
             await settle(stack, client, a.drain_timeout)
             _, body = await client.request("GET", "/v1/executions?limit=1&show=ALL")
             say(f"  the views hold {json.loads(body)['total_count']:,} executions")

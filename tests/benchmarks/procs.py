@@ -92,9 +92,14 @@ class CpuSnapshot:
         return {name: self.seconds[name] - earlier.seconds.get(name, 0.0) for name in self.seconds}
 
 
-async def busy_cores(pids: Pids, window: float = 0.5) -> float:
-    """How many cores the processes `pids` kept busy over the next `window` seconds."""
+async def busy_by_process(pids: Pids, window: float = 0.5) -> dict[str, float]:
+    """How many cores each of the processes `pids` kept busy over the next `window` s."""
     before = CpuSnapshot.take(pids)
     await asyncio.sleep(window)
     after = CpuSnapshot.take(pids)
-    return sum(after.since(before).values()) / (after.at - before.at)
+    return {name: spent / (after.at - before.at) for name, spent in after.since(before).items()}
+
+
+async def busy_cores(pids: Pids, window: float = 0.5) -> float:
+    """How many cores the processes `pids` kept busy over the next `window` seconds."""
+    return sum((await busy_by_process(pids, window)).values())

@@ -22,15 +22,14 @@ import nats
 
 from baton_platform.nats_access import OPS
 from baton_simulator import fleet_ids
-from tests.benchmarks.commands import KEY, warm_up
-from tests.benchmarks.lean_http import LeanClient
+from tests.benchmarks.commands import warm_up
 from tests.benchmarks.load import Load, LoadSettings
-from tests.benchmarks.procs import CpuSnapshot
+from tests.benchmarks.procs import busy_by_process, stack_pids
 from tests.benchmarks.stacks import (
+    api_client,
     database_url,
     fleet_stack,
     settle,
-    stack_pids,
     start_fleet,
     start_services,
 )
@@ -95,81 +94,68 @@ def top_statements(url: str, top: int) -> list[tuple[int, float, str]]:
     return [(int(calls), float(ms), str(q)[:140]) for calls, ms, q in rows]
 
 
+def spy_on(spy: str, pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling `pid` for `seconds` into `out` (collapsed stacks, GIL holders only)."""
+    options = ["--duration", str(int(seconds)), "--rate", "200", "--format", "raw"]
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(pid), *options, "--nonblocking", "--gil", "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 async def profile(args: argparse.Namespace, scratch: Path) -> None:
-    spy = shutil.which("py-spy") or "py-spy"
-    if not args.no_spy and shutil.which(spy) is None:
+    spy = shutil.which("py-spy")
+    if spy is None and not args.no_spy:
         raise SystemExit("py-spy is not on PATH: pip install py-spy")
     postgres = args.database == "postgres"
-    settings = ["shared_preload_libraries=pg_stat_statements"] if postgres else []
+    server_settings = ["shared_preload_libraries=pg_stat_statements"] if postgres else []
     with fleet_stack(
-        scratch, "profile", args.devices, None, args.database, postgres_settings=settings
+        scratch, "profile", args.devices, None, args.database, postgres_settings=server_settings
     ) as stack:
         stack.start_infrastructure()
         start_fleet(stack, args.devices)
         await start_services(stack)
-        client = LeanClient("127.0.0.1", stack.api_port or 0, {"Authorization": f"Bearer {KEY}"})
-        settings = LoadSettings(fleet_ids(args.devices))
-        load = Load(client, settings)
-        await warm_up(stack, load, 60)
-        pids = stack_pids(stack)
-        idle_before = CpuSnapshot.take(pids)
-        await asyncio.sleep(IDLE_WINDOW_S)
-        idle = CpuSnapshot.take(pids)
-        idle_cost = {k: v / (idle.at - idle_before.at) for k, v in idle.since(idle_before).items()}
-        spies = {
-            name: subprocess.Popen(
-                [
-                    spy,
-                    "record",
-                    "--pid",
-                    str(pid),
-                    "--duration",
-                    str(int(args.seconds)),
-                    "--rate",
-                    "200",
-                    "--format",
-                    "raw",
-                    "--nonblocking",
-                    "--gil",
-                    "--output",
-                    str(args.out / f"{name}.txt"),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            for name, pid in pids.items()
-            if name in args.spy.split(",") and not args.no_spy
-        }
-        url = database_url(stack)
-        if url is not None:
-            statements_reset(url)
-        nats_url = stack.nats_url_as(OPS)
-        before = await stream_subjects(nats_url)
-        step = await load.step(args.rate, args.seconds, pids, lambda: settle(stack, client, 60))
-        after = await stream_subjects(nats_url)
-        for process in spies.values():
-            process.wait()
-        client.close()
+        with api_client(stack) as client:
+            load = Load(client, LoadSettings(fleet_ids(args.devices)))
+            await warm_up(stack, load, 60)
+            pids = stack_pids(stack)
+            idle_cost = await busy_by_process(pids, IDLE_WINDOW_S)
+            profiled = [] if spy is None or args.no_spy else args.spy.split(",")
+            spies = {
+                name: spy_on(spy or "py-spy", pid, args.seconds, args.out / f"{name}.txt")
+                for name, pid in pids.items()
+                if name in profiled
+            }
+            url = database_url(stack)
+            if url is not None:
+                statements_reset(url)
+            nats_url = stack.nats_url_as(OPS)
+            before = await stream_subjects(nats_url)
+            step = await load.step(args.rate, args.seconds, pids, lambda: settle(stack, client, 60))
+            after = await stream_subjects(nats_url)
+            for process in spies.values():
+                process.wait()
         statements = top_statements(url, args.top) if url is not None else []
     done = step.outcomes.get("SUCCEEDED", 0)
+    per = max(done, 1)  # commands to divide by
     print(f"{step.issued} offered at {args.rate}/s, {done} succeeded: {dict(step.outcomes)}")
     p50, p99 = (1000 * step.latency(q) for q in (0.5, 0.99))
     print(f"due -> SUCCEEDED: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     print(f"{'process':20} {'ms CPU / command':>17} {'idle: ms CPU / s':>17}")
     for name, seconds in sorted(step.cpu.items(), key=lambda kv: -kv[1]):
-        print(f"{name:20} {1000 * seconds / max(done, 1):17.2f} {1000 * idle_cost[name]:17.1f}")
+        print(f"{name:20} {1000 * seconds / per:17.2f} {1000 * idle_cost[name]:17.1f}")
     total_idle = 1000 * sum(idle_cost.values())
-    print(f"{'all':20} {1000 * sum(step.cpu.values()) / max(done, 1):17.2f} {total_idle:17.1f}")
-    done_at_least_one = max(done, 1)
+    print(f"{'all':20} {1000 * sum(step.cpu.values()) / per:17.2f} {total_idle:17.1f}")
     print("\nJetStream messages per command, by stream and subject kind")
     for key in sorted(after):
         if (grew := after[key] - before.get(key, 0)) > 0:
-            print(f"  {grew / done_at_least_one:6.2f}  {key}")
+            print(f"  {grew / per:6.2f}  {key}")
     if statements:
         print("\nPostgreSQL statements per command (calls, ms per call), by calls")
         for calls, ms, query in statements:
-            print(f"  {calls / done_at_least_one:6.2f}  {ms:6.3f}  {query}")
-        print(f"  {sum(c for c, _, _ in statements) / done_at_least_one:6.2f}  in all (listed)")
+            print(f"  {calls / per:6.2f}  {ms:6.3f}  {query}")
+        print(f"  {sum(c for c, _, _ in statements) / per:6.2f}  in all (listed)")
     for name in spies:
         raw = args.out / f"{name}.txt"
         if not raw.exists():

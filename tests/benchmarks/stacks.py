@@ -99,6 +99,16 @@ def create_database(server: PostgresServer, name: str) -> str:
     return server.url_of(name)
 
 
+@contextmanager
+def api_client(stack: Stack) -> Iterator[LeanClient]:
+    """The bench's HTTP client of the stack's api, with its key."""
+    client = LeanClient("127.0.0.1", stack.api_port or 0, {"Authorization": f"Bearer {KEY}"})
+    try:
+        yield client
+    finally:
+        client.close()
+
+
 def database_url(stack: Stack) -> str | None:
     return stack.extra_env.get("BATON_DATABASE_URL")
 
