@@ -25,8 +25,8 @@ _UPSERT = (
     " RETURNING scope, tenant, device_id, name, status, ephemeral, n"
 )
 _DROP_EMPTY = (
-    "DELETE FROM execution_counts WHERE scope = ? AND tenant = ? AND device_id = ?"
-    " AND name = ? AND status = ? AND ephemeral = ? AND n = 0"
+    "DELETE FROM execution_counts WHERE n = 0"
+    " AND (scope, tenant, device_id, name, status, ephemeral) IN (VALUES {values})"
 )
 
 
@@ -68,7 +68,7 @@ class CountChanges:
         after = conn.execute_values(_UPSERT, changed)
         # Only a decrease can leave a counter at zero; dropping those keeps a live view and
         # its rebuild byte for byte the same.
-        conn.executemany(_DROP_EMPTY, [tuple(row)[:6] for row in after if row[6] == 0])
+        conn.execute_values(_DROP_EMPTY, [tuple(row)[:6] for row in after if row[6] == 0])
         self._changes.clear()
 
 

@@ -75,17 +75,21 @@ def project(
 
 class _Batch:
     """One batch's state: where each execution it touches is counted (read once, then
-    kept as the handlers move it), the counters' changes, and the change feed's rows and
-    the executions' columns not yet written."""
+    kept as the handlers move it), the counters' changes, and what it writes at its end:
+    the rows it creates, the columns it sets on rows it found, the answers' log and the
+    change feed."""
 
     def __init__(self, conn: Connection, events: list[LifecycleEvent]) -> None:
         self.conn = conn
         self.counts = CountChanges()
         self._changes: list[tuple[Any, ...]] = []
-        # The columns each execution's row gets at the end of the batch: every UPDATE of
-        # the projection sets values, so the batch's last value of each column is what the
-        # row would hold after the events one by one, in one statement per row.
+        # Rows created by this batch, whole, and the columns each row found gets: every
+        # write of the projection sets values, so the batch's last value of each column is
+        # what the row would hold after the events one by one. A command whose events all
+        # fall in one batch is then one INSERT, and a row found one UPDATE.
+        self._new: dict[str, dict[str, Any]] = {}
         self._rows: dict[str, dict[str, Any]] = {}
+        self._log: list[tuple[str, str, str, str]] = []
         ids = sorted({str(e.execution_id) for e in events if e.type in _HANDLERS})
         self._counted: dict[str, Counted | None] = dict.fromkeys(ids)
         found = conn.execute_values(
@@ -99,7 +103,8 @@ class _Batch:
     def apply(self, event: LifecycleEvent) -> None:
         key = str(event.execution_id)
         if event.type == "Requested":
-            after = _requested(self.conn, event)
+            self._new[key] = _requested(event)
+            after = _counted_as(self._new[key])
             self.counts.moved(None, after)
             self._counted[key] = after
             self._changed(event, after)
@@ -127,38 +132,92 @@ class _Batch:
 
     def finish(self) -> None:
         self._write_changes()
+        self._write_new()
         self._write_rows()
+        self._write_log()
         self.counts.write(self.conn)
 
     def set(self, event: LifecycleEvent, **columns: Any) -> None:
         """The event's columns (and its time as `updated_at`) for its execution's row."""
-        row = self._rows.setdefault(str(event.execution_id), {})
+        key = str(event.execution_id)
+        row = self._new[key] if key in self._new else self._rows.setdefault(key, {})
         row["updated_at"] = canonical_time(event.occurred_at)
         row.update(columns)
 
     def column(self, event: LifecycleEvent, name: str) -> Any:
         """A column of the event's execution as this batch leaves it so far."""
-        pending = self._rows.get(str(event.execution_id), {})
+        key = str(event.execution_id)
+        pending = self._new.get(key) or self._rows.get(key, {})
         if name in pending:
             return pending[name]
-        row = self.conn.execute(
-            f"SELECT {name} FROM executions WHERE id = ?", (str(event.execution_id),)
-        ).fetchone()
+        row = self.conn.execute(f"SELECT {name} FROM executions WHERE id = ?", (key,)).fetchone()
         return row[0]
+
+    def append_log(self, event: LifecycleEvent, answer: dict[str, Any]) -> None:
+        """The answer as the next entry of its execution's log."""
+        self._log.append(
+            (
+                str(event.execution_id),
+                canonical_time(answer["received_at"]),
+                answer["status"],
+                canonical_json(answer["payload"]),
+            )
+        )
 
     def forget(self, event: LifecycleEvent) -> None:
         """The execution's row is deleted: nothing of this batch is written to it."""
-        self._rows.pop(str(event.execution_id), None)
+        key = str(event.execution_id)
+        self._new.pop(key, None)
+        self._rows.pop(key, None)
+        self._log = [entry for entry in self._log if entry[0] != key]
+
+    def _write_new(self) -> None:
+        self.conn.execute_values(
+            f"INSERT INTO executions ({', '.join(_COLUMNS)}) VALUES {{values}}",
+            [tuple(row[name] for name in _COLUMNS) for row in self._new.values()],
+        )
+        self._new = {}
 
     def _write_rows(self) -> None:
         by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         for key, row in self._rows.items():
             names = tuple(sorted(row))
-            by_columns.setdefault(names, []).append((*(row[n] for n in names), key))
+            by_columns.setdefault(names, []).append((key, *(row[n] for n in names)))
         for names, values in by_columns.items():
-            assignments = ", ".join(f"{name} = ?" for name in names)
-            self.conn.executemany(f"UPDATE executions SET {assignments} WHERE id = ?", values)
+            # Every column the projection sets on a row it found is TEXT: PostgreSQL types
+            # a VALUES list's parameters as text. (SQLite names a VALUES list's columns
+            # only through a common table expression.)
+            assignments = ", ".join(f"{name} = v.{name}" for name in names)
+            self.conn.execute_values(
+                f"WITH v(id, {', '.join(names)}) AS (VALUES {{values}})"
+                f" UPDATE executions SET {assignments} FROM v WHERE executions.id = v.id",
+                values,
+            )
         self._rows = {}
+
+    def _write_log(self) -> None:
+        """The answers' log entries, numbered on from each execution's last (the event
+        order of the stream, so the same on every rebuild)."""
+        if not self._log:
+            return
+        found = sorted({entry[0] for entry in self._log})
+        last = dict.fromkeys(found, 0)
+        for execution_id, seq in self.conn.execute_values(
+            "SELECT execution_id, MAX(seq) FROM execution_log"
+            " WHERE execution_id IN ({values}) GROUP BY execution_id",
+            [(execution_id,) for execution_id in found],
+        ):
+            last[execution_id] = int(seq)
+        rows = []
+        for execution_id, received_at, status, payload in self._log:
+            last[execution_id] += 1
+            rows.append((execution_id, last[execution_id], received_at, status, payload))
+        self.conn.execute_values(
+            "INSERT INTO execution_log (execution_id, seq, received_at, status, payload)"
+            " VALUES {values}",
+            rows,
+        )
+        self._log = []
 
     def _changed(self, event: LifecycleEvent, after: Counted) -> None:
         """The event's row of the change feed: what the execution is after it, at the
@@ -190,36 +249,43 @@ class _Batch:
 # --- handlers, one per event type ---------------------------------------------------------
 
 
-def _requested(conn: Connection, event: LifecycleEvent) -> Counted:
+_COLUMNS = (
+    "id", "tenant", "device_id", "name", "params", "status", "created_at", "updated_at", "ttl",
+    "deadline", "result", "error", "requested_name", "ephemeral", "retry_of", "retries",
+    "outcome", "requested_by", "verification",
+)  # fmt: skip
+
+
+def _requested(event: LifecycleEvent) -> dict[str, Any]:
+    """The new row, every column of it."""
     data = event.data
     occurred = canonical_time(event.occurred_at)
-    ephemeral = int(bool(data.get("ephemeral", False)))
-    # Stored before tenants existed: without one (or with the default's name).
-    tenant = data.get("tenant") or DEFAULT_TENANT
-    conn.execute(
-        "INSERT INTO executions (id, tenant, device_id, name, params, status, created_at,"
-        " updated_at, ttl, deadline, result, error, requested_name, ephemeral, retry_of,"
-        " retries, outcome, requested_by)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, '[]', '', ?)",
-        (
-            str(event.execution_id),
-            tenant,
-            data["device_id"],
-            data["name"],
-            canonical_json(data["params"]),
-            ExecutionStatus.PENDING.value,
-            occurred,
-            occurred,
-            int(data["ttl"]),
-            canonical_time(data["deadline"]),
-            data.get("requested_name") or data["name"],
-            ephemeral,
-            data.get("retry_of"),
-            data.get("requested_by"),
-        ),
-    )
-    pending = ExecutionStatus.PENDING.value
-    return Counted(tenant, data["device_id"], data["name"], pending, ephemeral)
+    return {
+        "id": str(event.execution_id),
+        # Stored before tenants existed: without one (or with the default's name).
+        "tenant": data.get("tenant") or DEFAULT_TENANT,
+        "device_id": data["device_id"],
+        "name": data["name"],
+        "params": canonical_json(data["params"]),
+        "status": ExecutionStatus.PENDING.value,
+        "created_at": occurred,
+        "updated_at": occurred,
+        "ttl": int(data["ttl"]),
+        "deadline": canonical_time(data["deadline"]),
+        "result": None,
+        "error": None,
+        "requested_name": data.get("requested_name") or data["name"],
+        "ephemeral": int(bool(data.get("ephemeral", False))),
+        "retry_of": data.get("retry_of"),
+        "retries": "[]",
+        "outcome": "",
+        "requested_by": data.get("requested_by"),
+        "verification": None,
+    }
+
+
+def _counted_as(row: dict[str, Any]) -> Counted:
+    return Counted(row["tenant"], row["device_id"], row["name"], row["status"], row["ephemeral"])
 
 
 def _touched(rows: _Batch, event: LifecycleEvent, before: Counted) -> Counted:
@@ -241,7 +307,7 @@ def _answered(status: ExecutionStatus | None, outcome: str | None = None) -> Han
 
     def handle(rows: _Batch, event: LifecycleEvent, before: Counted) -> Counted:
         answer = event.data["answer"]
-        _append_log(rows.conn, event, answer)
+        rows.append_log(event, answer)
         fields: dict[str, Any] = {}
         if outcome is not None:
             fields[outcome] = answer["payload"]
@@ -353,18 +419,3 @@ def _update(
         columns["error"] = canonical_json(error)
     rows.set(event, **columns)
     return before if status is None else before._replace(status=status.value)
-
-
-def _append_log(conn: Connection, event: LifecycleEvent, answer: dict[str, Any]) -> None:
-    # seq follows the event order of the stream, so it is the same on every rebuild.
-    conn.execute(
-        "INSERT INTO execution_log (execution_id, seq, received_at, status, payload) "
-        "SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ? FROM execution_log WHERE execution_id = ?",
-        (
-            str(event.execution_id),
-            canonical_time(answer["received_at"]),
-            answer["status"],
-            canonical_json(answer["payload"]),
-            str(event.execution_id),
-        ),
-    )
