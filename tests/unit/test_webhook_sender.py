@@ -1,14 +1,20 @@
 """The webhook sender outlives a failing store: a read that raises (the database restarting:
 `AdminShutdown`) costs a round, never the sender (seen in the cluster chaos run: after a
-PostgreSQL restart no webhook was sent again until the api restarted)."""
+PostgreSQL restart no webhook was sent again until the api restarted). Its rounds are
+spaced, and with no webhook a round reads no feed."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from baton_api.webhooks.delivery import ROUND_GAP_S, DeliveryPolicy, WebhookSender
+from baton_api.webhooks.store import PENDING, WebhookStore
 from baton_platform.lifecycle import cancel_and_wait
+from baton_platform.sql import Database
+from baton_views import Change, ChangeFilter
 from tests.conftest import eventually
 
 
@@ -24,16 +30,23 @@ class Runner:
         return self.signal
 
 
-def sender_of(store: object, runner: object, poll_interval: float) -> WebhookSender:
-    """A sender over `store` for a replica that does not project (the views are not read)."""
+def sender_of(
+    store: object,
+    runner: object,
+    poll_interval: float,
+    views: object = Any,
+    stored_position: Any = lambda: None,
+) -> WebhookSender:
+    """A sender over `store` (by default for a replica that does not project: the views
+    are not read)."""
     return WebhookSender(
         store,  # type: ignore[arg-type]
-        views=Any,  # type: ignore[arg-type]
+        views=views,  # type: ignore[arg-type]
         runner=runner,  # type: ignore[arg-type]
         policy=DeliveryPolicy(
             max_attempts=3, backoff_initial=1, backoff_max=2, timeout=1, targets="loopback"
         ),
-        stored_position=lambda: None,
+        stored_position=stored_position,
         poll_interval=poll_interval,
     )
 
@@ -95,3 +108,57 @@ async def test_rounds_are_at_least_a_gap_apart_however_fast_the_views_advance() 
     finally:
         await cancel_and_wait(running)
     assert 1 <= store.reads <= 11
+
+
+class Feed:
+    """Views whose change feed holds `held`, counting its reads."""
+
+    def __init__(self, held: list[Change]) -> None:
+        self.held = held
+        self.reads = 0
+
+    def changes(self, _filter: ChangeFilter, after: int, limit: int) -> list[Change]:
+        self.reads += 1
+        return [c for c in self.held if c.position > after][:limit]
+
+
+class Projecting(Runner):
+    projecting = True
+
+
+def change(position: int) -> Change:
+    return Change(
+        position, "default", UUID(int=position), "dev-1", "reboot", "SUCCEEDED",
+        "Succeeded", 3, "2026-12-03T10:00:00.000000+00:00",
+    )  # fmt: skip
+
+
+async def test_with_no_webhook_a_round_moves_on_without_reading_the_feed(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """The common case (no webhook) costs a round two reads and a write, not the feed's
+    pages; a webhook created afterwards is sent what comes after it, not what came before."""
+    where = Database(path=tmp_path / "w.sqlite") if database_url is None else None
+    store = WebhookStore(where or Database(url=database_url, schema="webhooks"))
+    feed = Feed([change(1), change(2)])
+    stored = [2]  # the event store's last notification id
+    sender = sender_of(store, Projecting(), 1.0, feed, lambda: stored[0])
+    try:
+        await sender.round(None)  # type: ignore[arg-type]
+        assert (feed.reads, store.position()) == (0, 2)
+
+        # 192.0.2.1 (TEST-NET) is refused by the loopback-only policy: no request leaves.
+        hook = store.create("default", "http://192.0.2.1/hook", ["*"], None, "k")
+        feed.held.append(change(3))
+        stored[0] = 3
+        await sender.round(None)  # type: ignore[arg-type]
+        assert feed.reads >= 1 and store.position() == 3
+
+        async def attempted() -> bool:
+            due = store.due(now_ms=2**62, limit=100)
+            return [(d.position, d.attempts) for d, _ in due] == [(3, 1)]
+
+        await eventually(attempted, what="the one delivery, of change 3, tried once")
+        assert store.counts(hook.id)[PENDING] == 1
+    finally:
+        store.close()

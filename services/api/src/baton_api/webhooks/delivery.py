@@ -119,6 +119,7 @@ class WebhookSender:
         self._slots = asyncio.Semaphore(policy.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._idle = False  # the last round found no webhook
         self._http: ModuleType  # httpx, imported by `run`
 
     async def run(self) -> None:
@@ -151,6 +152,16 @@ class WebhookSender:
                         await task
 
     async def round(self, client: httpx.AsyncClient) -> None:
+        # Read before the check: every event stored by then came before any webhook the
+        # check misses, so none of their changes is owed to it.
+        end = await asyncio.to_thread(self._stored_position)
+        self._idle = not await asyncio.to_thread(self._store.any_webhooks)
+        if self._idle:
+            # No one to deliver to (and so no deliveries): the feed's position moves on
+            # without the feed being read, and a webhook created later starts from there.
+            if end is not None:
+                await asyncio.to_thread(self._store.skip_to, end)
+            return
         await self._enqueue()
         # In flight when the read starts: its row may be read before its attempt is recorded
         # and the attempt over by the time it is seen, so it is not started again this round.
@@ -235,7 +246,7 @@ class WebhookSender:
     async def _sleep(self, signal: asyncio.Event) -> None:
         """Until the views advance, an attempt ends, the next retry is due, or a poll."""
         timeout = self._poll
-        next_due = await asyncio.to_thread(self._store.next_due)
+        next_due = None if self._idle else await asyncio.to_thread(self._store.next_due)
         if next_due is not None:
             # (those in flight are due already: no faster than a tenth of a second)
             timeout = max(0.1, min(timeout, next_due / 1000 - time.time()))

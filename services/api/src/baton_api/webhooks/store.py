@@ -217,6 +217,15 @@ class WebhookStore:
         )
         return None if row is None else int(row["position"])
 
+    def any_webhooks(self) -> bool:
+        """Whether there is a webhook, in any tenant."""
+        row = self._read(lambda conn: conn.execute("SELECT 1 FROM webhooks LIMIT 1").fetchone())
+        return row is not None
+
+    def skip_to(self, position: int) -> None:
+        """The feed position reached, with nothing enqueued (there is no one to deliver to)."""
+        self._write(lambda conn: self._write_position(conn, position))
+
     def enqueue(
         self, changes: Sequence[Change], position: int, body: Callable[[Webhook, Change, UUID], str]
     ) -> int:
@@ -247,14 +256,18 @@ class WebhookStore:
                 " ON CONFLICT (webhook_id, position) DO NOTHING",
                 rows,
             )
-            conn.execute(
-                "INSERT INTO webhook_position (name, position) VALUES (?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-                (FEED, position),
-            )
+            self._write_position(conn, position)
             return len(rows)
 
         return self._write(write)
+
+    @staticmethod
+    def _write_position(conn: Connection, position: int) -> None:
+        conn.execute(
+            "INSERT INTO webhook_position (name, position) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+            (FEED, position),
+        )
 
     def due(self, now_ms: int, limit: int) -> builtins.list[tuple[Delivery, Webhook]]:
         """Pending deliveries due by `now_ms`, oldest first, with their webhooks."""
