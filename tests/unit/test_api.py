@@ -14,7 +14,9 @@ from uuid import UUID, uuid4
 
 import pytest
 from eventsourcing.persistence import OperationalError as PersistenceOperationalError
+from litestar.routes import HTTPRoute
 from litestar.testing import TestClient
+from litestar.utils.sync import AsyncCallable
 
 from baton_api.app import create_app
 from baton_api.auth import principal_of
@@ -530,3 +532,18 @@ def test_resuming_below_the_pruned_feed_is_410_feed_expired(client: TestClient[A
     kept = client.get("/v1/events", headers={**AUTH, "Last-Event-ID": str(floor)})
     assert kept.status_code == 200
     assert client.get(f"/v1/executions/{execution_id}/events", headers=AUTH).status_code == 200
+
+
+def test_no_guard_runs_in_a_worker_thread(client: TestClient[Any]) -> None:
+    """Litestar runs a plain-function guard in a worker thread: two thread hops on every
+    request (the query guard and the role guard) for a comparison each. Every guard of
+    every route is a coroutine function, which Litestar awaits in place."""
+    guards = [
+        guard
+        for route in client.app.routes
+        if isinstance(route, HTTPRoute)
+        for handler in route.route_handlers
+        for guard in handler.resolve_guards()
+    ]
+    assert guards
+    assert [g for g in guards if isinstance(g, AsyncCallable)] == []

@@ -153,7 +153,9 @@ def caller(request: Request[Any, Any, Any]) -> Identity:
 def requires(role: Role) -> Guard:
     """The guard of routes that need at least `role` (403 for a weaker one)."""
 
-    def guard(connection: ASGIConnection, _handler: BaseRouteHandler) -> None:  # type: ignore[type-arg]
+    # A coroutine function: Litestar runs a plain function guard in a worker thread, a
+    # thread hop on every request for a comparison.
+    async def guard(connection: ASGIConnection, _handler: BaseRouteHandler) -> None:  # type: ignore[type-arg]
         if identity_of(connection).role < role:
             raise PermissionDeniedException(f"this needs the {role.label} role or higher")
 

@@ -225,10 +225,11 @@ class ExecutionController(Controller):
 # --- the v1 router's guard ----------------------------------------------------------------
 
 
-def refuse_unknown_query(connection: ASGIConnection, handler: BaseRouteHandler) -> None:  # type: ignore[type-arg]
+async def refuse_unknown_query(connection: ASGIConnection, handler: BaseRouteHandler) -> None:  # type: ignore[type-arg]
     """Guard of every v1 route: a query parameter the route does not declare is a 422 naming
     it, so `?stauts=FAILED` is not silently a list of everything. (The dialects keep their
-    seeds' leniency: they do not have this guard.)"""
+    seeds' leniency: they do not have this guard.) A coroutine function, as the role guards
+    are (auth.py), so Litestar does not run it in a worker thread."""
     known = _declared_query(handler, frozenset(connection.path_params))
     unknown = sorted(set(connection.query_params) - known)
     if unknown:
