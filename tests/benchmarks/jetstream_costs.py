@@ -1,0 +1,146 @@
+"""What JetStream costs nats-server per message: `python -m tests.benchmarks.jetstream_costs`.
+
+A command makes about ten stored JetStream messages (seven lifecycle events, three device
+reports) and six consumer acknowledgements. This measures, on one nats-server, the
+server's CPU time (user and system, so its fsyncs too) for:
+
+- a stored message, published with 32 in flight, fsyncing each write (`sync_interval:
+  always`, as Baton runs it) and with nats-server's default sync (every 2 minutes; for the
+  comparison only);
+- a message consumed and acknowledged one by one (a durable pull consumer, explicit acks);
+- a stored message when the seven events of a command go as one atomic batch
+  (`Nats-Batch-Id`, nats-server 2.12 and later: one commit for the seven).
+
+Nothing asserts a speed: compare the lines of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from uuid import uuid4
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from baton_cli.localstack import start_nats
+from tests.benchmarks.procs import cpu_seconds
+
+STREAM, SUBJECTS = "COSTS", "costs.>"
+BODY = b"x" * 600  # about a lifecycle event's JSON
+IN_FLIGHT = 32
+BATCH = 7  # the lifecycle events of one command
+
+Step = Callable[[Client, int], Awaitable[None]]
+
+
+async def stored(answer: Awaitable[Msg]) -> None:
+    """Raises unless the server's answer says it stored the message (or the batch)."""
+    await stored_or_raise(answer, "seq")
+
+
+async def stored_or_raise(answer: Awaitable[Msg], field: str) -> None:
+    reply = json.loads((await answer).data)
+    if "error" in reply or field not in reply:
+        raise RuntimeError(f"refused: {reply}")
+
+
+async def create_stream(nc: Client, atomic: bool = True) -> None:
+    """The stream, taking atomic batches when `atomic` (nats-py's StreamConfig does not
+    know `allow_atomic`: the API request as nats-server takes it)."""
+    config = {"name": STREAM, "subjects": [SUBJECTS], "allow_atomic": atomic}
+    await stored_or_raise(
+        nc.request(f"$JS.API.STREAM.CREATE.{STREAM}", json.dumps(config).encode(), 5), "config"
+    )
+
+
+async def publish_each(nc: Client, count: int) -> None:
+    window: list[asyncio.Future[None]] = []
+    for n in range(count):
+        answer = nc.request(f"costs.{n % 7}", BODY, 5, headers={"Nats-Msg-Id": str(n)})
+        window.append(asyncio.ensure_future(stored(answer)))
+        if len(window) >= IN_FLIGHT:
+            await window.pop(0)
+    await asyncio.gather(*window)
+
+
+async def publish_batches(nc: Client, count: int) -> None:
+    """`count` messages as atomic batches of BATCH: the last of each commits it and is the
+    only one answered."""
+    window: list[asyncio.Future[None]] = []
+    for first in range(0, count, BATCH):
+        batch = uuid4().hex
+        for n in range(first, first + BATCH):
+            headers = {"Nats-Batch-Id": batch, "Nats-Batch-Sequence": str(n - first + 1)}
+            if n < first + BATCH - 1:
+                await nc.publish(f"costs.{n % 7}", BODY, headers=headers)
+            else:
+                headers["Nats-Batch-Commit"] = "1"
+                answer = nc.request(f"costs.{n % 7}", BODY, 5, headers=headers)
+                window.append(asyncio.ensure_future(stored(answer)))
+        if len(window) >= IN_FLIGHT // BATCH:
+            await window.pop(0)
+    await asyncio.gather(*window)
+
+
+async def consume_and_ack(nc: Client, count: int) -> None:
+    config = ConsumerConfig(
+        ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, max_ack_pending=-1
+    )
+    sub = await nc.jetstream().pull_subscribe(SUBJECTS, f"c{uuid4().hex[:8]}", config=config)
+    got = 0
+    while got < count:
+        for msg in await sub.fetch(50, timeout=5):
+            await msg.ack()
+            got += 1
+    await nc.flush()
+
+
+async def server_cost(pid: int, nc: Client, step: Step, count: int) -> tuple[float, float]:
+    """(messages/s, nats-server CPU µs per message) of `step`."""
+    cpu, wall = cpu_seconds(pid), time.perf_counter()
+    await step(nc, count)
+    wall = time.perf_counter() - wall
+    await asyncio.sleep(0.2)  # what the server does right after the last answer
+    return count / wall, (cpu_seconds(pid) - cpu) / count * 1e6
+
+
+async def one_server(scratch: Path, fsync: bool, count: int) -> dict[str, tuple[float, float]]:
+    server = start_nats(scratch / f"nats-{fsync}", fsync_each_write=fsync)
+    try:
+        nc = await nats.connect(server.url)
+        await create_stream(nc)
+        pid = server.proc.pid
+        found = {"stored": await server_cost(pid, nc, publish_each, count)}
+        found["consumed and acked"] = await server_cost(pid, nc, consume_and_ack, count)
+        found[f"stored, atomic batches of {BATCH}"] = await server_cost(
+            pid, nc, publish_batches, count
+        )
+        await nc.close()
+        return found
+    finally:
+        server.stop()
+
+
+async def main(count: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="baton-jetstream-") as scratch:
+        print(f"{count:,} messages of {len(BODY)} bytes each; nats-server's own CPU per message")
+        print(f"{'':34} {'fsync each write':>24} {'default sync':>24}")
+        runs = [await one_server(Path(scratch), fsync, count) for fsync in (True, False)]
+        for what in runs[0]:
+            cells = [f"{rate:8,.0f}/s {micros:6.0f} µs" for rate, micros in (r[what] for r in runs)]
+            print(f"{what:34} {cells[0]:>24} {cells[1]:>24}", flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=4200)
+    args = parser.parse_args()
+    asyncio.run(main(args.messages - args.messages % BATCH))

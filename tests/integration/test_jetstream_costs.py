@@ -1,0 +1,50 @@
+"""The JetStream costs benchmark (`python -m tests.benchmarks.jetstream_costs`) times only
+what was stored, on a real nats-server: its atomic batches are committed, a refused one
+stops it, and the consumer acknowledges everything. Its figures are not asserted
+(docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nats
+import pytest
+
+from baton_cli.localstack import start_nats
+from tests.benchmarks.jetstream_costs import (
+    BATCH,
+    STREAM,
+    consume_and_ack,
+    create_stream,
+    publish_batches,
+    publish_each,
+)
+
+
+async def test_what_each_step_times_is_stored_and_acknowledged(tmp_path: Path) -> None:
+    server = start_nats(tmp_path / "nats")
+    try:
+        nc = await nats.connect(server.url)
+        await create_stream(nc)
+        await publish_each(nc, 3 * BATCH)
+        await publish_batches(nc, 3 * BATCH)
+        js = nc.jetstream()
+        assert (await js.stream_info(STREAM)).state.messages == 6 * BATCH
+        await consume_and_ack(nc, 6 * BATCH)
+        (consumer,) = await js.consumers_info(STREAM)
+        assert consumer.ack_floor is not None and consumer.ack_floor.stream_seq == 6 * BATCH
+        await nc.close()
+    finally:
+        server.stop()
+
+
+async def test_a_batch_the_stream_refuses_stops_the_run(tmp_path: Path) -> None:
+    server = start_nats(tmp_path / "nats")
+    try:
+        nc = await nats.connect(server.url)
+        await create_stream(nc, atomic=False)
+        with pytest.raises(RuntimeError, match="refused"):
+            await publish_batches(nc, BATCH)
+        await nc.close()
+    finally:
+        server.stop()
