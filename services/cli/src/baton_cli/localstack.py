@@ -1045,8 +1045,11 @@ class Stack:
             }
             if service == "api":
                 env["BATON_API_PORT"] = str(self.replica_api_ports[replica - 1])
-                # Five of the balancer's looks at /ready before it stops taking requests.
-                env["BATON_API_DRAIN_SECONDS"] = "1.0"
+                # Longer than a client's keep-alive (httpx keeps an idle connection 5 s):
+                # a connection left idle through the whole drain never got its
+                # `Connection: close`, and the stop would cut a request just sent on it
+                # (seen in the rolling restart with 1 s). The balancer sees /ready at once.
+                env["BATON_API_DRAIN_SECONDS"] = "6.0"
             if service == "device-bridge":
                 # Each device on one of them (docs/operations.md, "Bridge replicas").
                 env |= {

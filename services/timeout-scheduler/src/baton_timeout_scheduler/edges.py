@@ -44,6 +44,12 @@ SUBJECTS = tuple(
 MAX_REDELIVERY_DELAY = 10.0
 # Events stored in one transaction at most (and unacknowledged at once).
 BATCH = 256
+# How long a delivered event may go unacknowledged before nats-server sends it again. A
+# delivery lost in flight (seen when a cluster node died and the consumer's leader moved:
+# 21 `Requested` came back together only after the default 30 s, their deadlines 30 s late)
+# costs this much; a batch is stored in milliseconds, a failed one is negatively
+# acknowledged at once, and one delivered twice only repeats idempotent writes.
+EVENTS_ACK_WAIT_S = 5.0
 
 _deadline = TypeAdapter(datetime)
 
@@ -124,4 +130,6 @@ def events_consumer(deadlines: Deadlines) -> BatchingConsumer:
         for msg in applied:
             await msg.ack()
 
-    return BatchingConsumer(EVENTS_STREAM, DURABLE, SUBJECTS, on_batch, batch=BATCH)
+    return BatchingConsumer(
+        EVENTS_STREAM, DURABLE, SUBJECTS, on_batch, batch=BATCH, ack_wait=EVENTS_ACK_WAIT_S
+    )
