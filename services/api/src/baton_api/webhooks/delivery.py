@@ -120,6 +120,7 @@ class WebhookSender:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._idle = False  # the last round found no webhook
+        self._skipped_to: int | None = None  # the position its idle rounds last wrote
         self._http: ModuleType  # httpx, imported by `run`
 
     async def run(self) -> None:
@@ -159,9 +160,12 @@ class WebhookSender:
         if self._idle:
             # No one to deliver to (and so no deliveries): the feed's position moves on
             # without the feed being read, and a webhook created later starts from there.
-            if end is not None:
+            # Written only when the store moved: an idle stack writes nothing each poll.
+            if end is not None and end != self._skipped_to:
                 await asyncio.to_thread(self._store.skip_to, end)
+                self._skipped_to = end
             return
+        self._skipped_to = None  # the feed's reads move the position from here on
         await self._enqueue()
         # In flight when the read starts: its row may be read before its attempt is recorded
         # and the attempt over by the time it is seen, so it is not started again this round.
