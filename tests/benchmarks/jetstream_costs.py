@@ -41,12 +41,9 @@ BATCH = 7  # the lifecycle events of one command
 Step = Callable[[Client, int], Awaitable[None]]
 
 
-async def stored(answer: Awaitable[Msg]) -> None:
-    """Raises unless the server's answer says it stored the message (or the batch)."""
-    await stored_or_raise(answer, "seq")
-
-
-async def stored_or_raise(answer: Awaitable[Msg], field: str) -> None:
+async def accepted(answer: Awaitable[Msg], field: str = "seq") -> None:
+    """Raises unless the server's answer has `field`: by default, the sequence of the
+    message (or batch) it stored."""
     reply = json.loads((await answer).data)
     if "error" in reply or field not in reply:
         raise RuntimeError(f"refused: {reply}")
@@ -56,7 +53,7 @@ async def create_stream(nc: Client, atomic: bool = True) -> None:
     """The stream, taking atomic batches when `atomic` (nats-py's StreamConfig does not
     know `allow_atomic`: the API request as nats-server takes it)."""
     config = {"name": STREAM, "subjects": [SUBJECTS], "allow_atomic": atomic}
-    await stored_or_raise(
+    await accepted(
         nc.request(f"$JS.API.STREAM.CREATE.{STREAM}", json.dumps(config).encode(), 5), "config"
     )
 
@@ -65,7 +62,7 @@ async def publish_each(nc: Client, count: int) -> None:
     window: list[asyncio.Future[None]] = []
     for n in range(count):
         answer = nc.request(f"costs.{n % 7}", BODY, 5, headers={"Nats-Msg-Id": str(n)})
-        window.append(asyncio.ensure_future(stored(answer)))
+        window.append(asyncio.ensure_future(accepted(answer)))
         if len(window) >= IN_FLIGHT:
             await window.pop(0)
     await asyncio.gather(*window)
@@ -84,7 +81,7 @@ async def publish_batches(nc: Client, count: int) -> None:
             else:
                 headers["Nats-Batch-Commit"] = "1"
                 answer = nc.request(f"costs.{n % 7}", BODY, 5, headers=headers)
-                window.append(asyncio.ensure_future(stored(answer)))
+                window.append(asyncio.ensure_future(accepted(answer)))
         if len(window) >= IN_FLIGHT // BATCH:
             await window.pop(0)
     await asyncio.gather(*window)
