@@ -165,3 +165,32 @@ async def test_an_exclusive_consumer_takes_the_deliveries_off_a_subscriber_still
         frozen.release.set()
         await first.stop()
         await second.stop()
+
+
+async def test_a_message_in_hand_longer_than_the_ack_wait_is_not_delivered_again(
+    nc: Client,
+) -> None:
+    """The handler is told to keep going, not sent the message again: a short ack wait (a
+    lost delivery's cost) is then safe for a handler that is only slow."""
+    await publish(nc, "Requested", "Requested")
+    seen: list[tuple[str, int]] = []
+
+    async def slow(msg: Msg) -> None:
+        seen.append((msg.data.decode(), msg.metadata.num_delivered or 0))
+        if len(seen) == 1:
+            await asyncio.sleep(3.5)  # over three ack waits of 1 s
+        await msg.ack()
+
+    subjects = [events_of_type("Requested")]
+    events = DurableConsumer(EVENTS_STREAM, NAME, subjects, slow, max_ack_pending=1, ack_wait=1.0)
+    await events.start(nc.jetstream())
+    try:
+
+        async def both() -> bool:
+            return len(seen) >= 2
+
+        await eventually(both, timeout=10, what="both handled")
+        await asyncio.sleep(1.5)  # a redelivery of either would come within this
+    finally:
+        await events.stop()
+    assert seen == [("Requested-0", 1), ("Requested-1", 1)]

@@ -308,11 +308,22 @@ class DurableConsumer:
         async with self._handling:
             if self._stopping:
                 return
+            # Told "still working on it" while in hand: a short ack wait (which a delivery
+            # lost in flight costs) never sends back a message that is only slow.
+            alive = asyncio.create_task(self._keep_in_progress(msg))
             try:
                 await self._handle(msg)
             except Exception:
                 log.exception("%s: handling %s failed; delivering it again", self.name, msg.subject)
                 await msg.nak(delay=1.0)
+            finally:
+                alive.cancel()
+
+    async def _keep_in_progress(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(self._ack_wait / 3)
+            with contextlib.suppress(Exception):  # acknowledged meanwhile, or disconnected
+                await msg.in_progress()
 
 
 # The durable consumers this process runs, by (stream, name): their lag is sampled every

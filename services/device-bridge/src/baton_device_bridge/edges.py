@@ -51,6 +51,12 @@ SERVICE = "device-bridge"
 PRODUCER = tracing.SpanKind.PRODUCER
 MAX_REDELIVERY_DELAY = 5.0
 DURABLE = bridge_durable((0, 1))  # a lone bridge's events consumer
+# How long a delivered request may go unacknowledged before nats-server sends it again: what
+# a delivery lost in flight costs (seen when a cluster node died and the consumer's leader
+# moved: a `Dispatched` back after the default 30 s, its deadline passed, the command never
+# sent). The message in hand is kept in progress however long it takes, and only one is
+# out at a time, so nothing merely queued here comes back while it waits.
+EVENTS_ACK_WAIT_S = 5.0
 
 
 async def deliver(
@@ -243,5 +249,13 @@ def events_consumer(
     durable = bridge_durable((mine.index, mine.replicas))
     # A slot's consumer is read by whichever process runs the slot: deliveries to this one
     # alone, not to a process frozen past its lease that still has a subscription.
-    consumer = DurableConsumer(EVENTS_STREAM, durable, SUBJECTS, on_event, exclusive=not mine.alone)
+    consumer = DurableConsumer(
+        EVENTS_STREAM,
+        durable,
+        SUBJECTS,
+        on_event,
+        max_ack_pending=1,
+        ack_wait=EVENTS_ACK_WAIT_S,
+        exclusive=not mine.alone,
+    )
     return consumer
