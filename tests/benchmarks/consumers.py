@@ -6,6 +6,9 @@ decoded as a `LifecycleEvent` and acknowledged, three ways:
 
 - `nats-py`: `baton_platform.consumers.DurableConsumer`, a plain nats-py subscription
   callback, as the device-bridge and the timeout-scheduler consume;
+- `nats-py-one-out`: the same with one message out at a time (`max_ack_pending=1`), as the
+  device-bridge consumes its events: each message waits for the acknowledgement of the one
+  before it;
 - `faststream`: `baton_platform.consumers.durable_subscriber`, as the services subscribe,
   with FastStream's per-message log lines ("Received", "Processed") written at INFO to a
   file, as the services run;
@@ -79,21 +82,28 @@ class Tally:
             self.done.set()
 
 
-async def with_nats_py(url: str, count: int) -> None:
-    nc = await nats.connect(url)
-    tally = Tally(count)
+def with_nats_py(max_ack_pending: int = MAX_ACK_PENDING) -> Run:
+    async def run(url: str, count: int) -> None:
+        nc = await nats.connect(url)
+        tally = Tally(count)
 
-    async def on_message(msg: Msg) -> None:
-        tally.take(msg.data)
-        await msg.ack()
+        async def on_message(msg: Msg) -> None:
+            tally.take(msg.data)
+            await msg.ack()
 
-    consumer = DurableConsumer(
-        EVENTS_STREAM, f"bench-nats-py-{uuid4().hex[:6]}", [EVENTS_WILDCARD], on_message
-    )
-    await consumer.start(nc.jetstream())
-    await tally.done.wait()
-    await consumer.stop()
-    await nc.close()
+        consumer = DurableConsumer(
+            EVENTS_STREAM,
+            f"bench-nats-py-{uuid4().hex[:6]}",
+            [EVENTS_WILDCARD],
+            on_message,
+            max_ack_pending=max_ack_pending,
+        )
+        await consumer.start(nc.jetstream())
+        await tally.done.wait()
+        await consumer.stop()
+        await nc.close()
+
+    return run
 
 
 def durable_subscriber(
@@ -171,7 +181,8 @@ async def main(count: int, rounds: int) -> None:
             await fill(server.url, count)
             print(f"{count:,} lifecycle events, each consumer from the start of the stream:")
             ways: dict[str, Run] = {
-                "nats-py": with_nats_py,
+                "nats-py": with_nats_py(),
+                "nats-py-one-out": with_nats_py(max_ack_pending=1),
                 "faststream": with_faststream(Path(scratch) / "faststream.log"),
                 "faststream-quiet": with_faststream(None),
                 "faststream-bare": with_faststream(None, apply_types=False),

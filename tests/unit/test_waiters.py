@@ -8,7 +8,10 @@ in tests/unit/test_api.py; the views are wrapped to count every row read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
@@ -16,6 +19,7 @@ import pytest
 
 from baton_api.inmemory import InMemoryGateway
 from baton_api.projector import ProjectionRunner
+from baton_api.service import ExecutionService
 from baton_contracts.nats import SubmitCommand
 from baton_domain.application import Executions
 from baton_domain.catalog import Catalog
@@ -169,3 +173,80 @@ async def test_waiters_on_an_execution_that_already_ended_read_once(
     assert all(r is not None and r.status is ExecutionStatus.FAILED and r.log for r in results)
     assert views.gets == 10
     assert runner.waited_on == 0
+
+
+@dataclass
+class Served:
+    """The api's submit path over the in-memory dispatcher, its projection running."""
+
+    gateway: InMemoryGateway
+    views: CountingViews
+    runner: ProjectionRunner
+    service: ExecutionService
+
+
+@contextlib.asynccontextmanager
+async def served(tmp_path: Path, executions: Executions) -> AsyncIterator[Served]:
+    gateway = InMemoryGateway(executions)
+    views = CountingViews(tmp_path / "views.db")
+    runner = ProjectionRunner(executions, views, poll_interval=0.05)
+    projecting = asyncio.create_task(runner.run())
+    try:
+        yield Served(gateway, views, runner, ExecutionService(gateway, views, runner))
+    finally:
+        runner.stop()
+        await projecting
+        views.close()
+
+
+SET_TEMPERATURE = SubmitCommand(
+    device_id="demo-thermostat-1", name="set_temperature", params={"value": 21}
+)
+
+
+async def test_a_waited_submit_of_a_new_execution_reads_the_views_once(
+    tmp_path: Path, executions: Executions
+) -> None:
+    """Watched from before it is stored, a new execution cannot be in the views as ended
+    when its answer starts to wait: the one read is the one after its end woke it."""
+    async with served(tmp_path, executions) as api:
+        waiting = asyncio.create_task(api.service.submit(SET_TEMPERATURE, wait=30.0))
+
+        async def waits() -> bool:
+            stored = bool(api.gateway.submitted) and api.runner.position > 0
+            return stored and api.runner.waited_on == 1
+
+        await eventually(waits, what="the submit stored, projected and waited on")
+        execution_id = api.gateway.submitted[0].execution_id
+        assert execution_id is not None
+        assert api.views.gets == 0
+        answer(executions, execution_id, AnswerStatus.SUCCEEDED, {"ok": True})
+        submitted = await asyncio.wait_for(waiting, timeout=10)
+    assert submitted.created
+    assert submitted.execution.id == execution_id
+    assert submitted.execution.status == ExecutionStatus.SUCCEEDED
+    assert api.views.gets == 1
+    assert api.runner.waited_on == 0
+
+
+async def test_a_waited_repeat_of_an_ended_submit_answers_at_once(
+    tmp_path: Path, executions: Executions
+) -> None:
+    """A repeat (same idempotency key) finds its execution: not created now, so it may have
+    ended already and is read before waiting."""
+    command = SET_TEMPERATURE.model_copy(update={"idempotency_key": "k-1"})
+    async with served(tmp_path, executions) as api:
+        first = await api.service.submit(command, wait=None)
+        answer(executions, first.execution.id, AnswerStatus.FAILED, {"why": "no"})
+
+        async def ended() -> bool:
+            view = api.views.get(first.execution.id)
+            return view is not None and view.is_terminal
+
+        await eventually(ended, what="the first attempt's end projected")
+        api.views.gets = 0
+        repeat = await asyncio.wait_for(api.service.submit(command, wait=30.0), timeout=5)
+    assert not repeat.created
+    assert repeat.execution.id == first.execution.id
+    assert repeat.execution.status == ExecutionStatus.FAILED
+    assert api.views.gets == 1

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -301,30 +301,22 @@ class ProjectionRunner:
         announcement woke it. The notifier is registered before the first read, so an end
         projected between that read and the wait still wakes it.
         """
-        deadline = time.monotonic() + within
+        with self.watching(execution_id) as watch:
+            return await watch.until_terminal(within, with_log)
+
+    @contextlib.contextmanager
+    def watching(self, execution_id: UUID) -> Iterator[Watch]:
+        """Any end of the execution the views show from now on wakes the `Watch`. Taken
+        before the write an answer waits for, it makes the first read of `until_terminal`
+        unneeded when that write created the execution: its end cannot be in the views
+        yet, and any later end wakes the watch."""
         notifier = self._notifiers.get(execution_id)
         if notifier is None:
             notifier = self._notifiers[execution_id] = _Notifier()
         notifier.waiters += 1
         WAITING_REQUESTS.inc()
         try:
-            execution = await asyncio.to_thread(self._views.get, execution_id, with_log)
-            if execution is not None and execution.is_terminal:
-                return execution
-            self.wake()  # a waiter usually follows a write: look now rather than at the next poll
-            while True:
-                ended = notifier.ended
-                with contextlib.suppress(TimeoutError):
-                    remaining = max(0.0, deadline - time.monotonic())
-                    await asyncio.wait_for(ended.wait(), timeout=remaining)
-                execution = await asyncio.to_thread(self._views.get, execution_id, with_log)
-                if (
-                    execution is None
-                    or execution.is_terminal
-                    or notifier.ended.is_set()  # woken for its end, not for a maybe
-                    or time.monotonic() >= deadline
-                ):
-                    return execution
+            yield Watch(self, self._views, execution_id, notifier)
         finally:
             WAITING_REQUESTS.dec()
             notifier.waiters -= 1
@@ -341,3 +333,42 @@ class ProjectionRunner:
         except TimeoutError:
             return False
         return True
+
+
+@dataclass
+class Watch:
+    """One waiter's hold on an execution's notifier (`ProjectionRunner.watching`)."""
+
+    runner: ProjectionRunner
+    views: ExecutionViews
+    execution_id: UUID
+    notifier: _Notifier
+
+    async def until_terminal(
+        self, within: float, with_log: bool = False, *, unended: bool = False
+    ) -> ExecutionView | None:
+        """The execution once the views show it ended, or as it is after `within` s.
+        `unended`: its end cannot be in the views yet (the watch began before the write
+        that created it), so the first read is skipped."""
+        deadline = time.monotonic() + within
+        if not unended:
+            execution = await self._read(with_log)
+            if execution is not None and execution.is_terminal:
+                return execution
+        self.runner.wake()  # a waiter usually follows a write: look now, not at the next poll
+        while True:
+            ended = self.notifier.ended
+            with contextlib.suppress(TimeoutError):
+                remaining = max(0.0, deadline - time.monotonic())
+                await asyncio.wait_for(ended.wait(), timeout=remaining)
+            execution = await self._read(with_log)
+            if (
+                execution is None
+                or execution.is_terminal
+                or self.notifier.ended.is_set()  # woken for its end, not for a maybe
+                or time.monotonic() >= deadline
+            ):
+                return execution
+
+    async def _read(self, with_log: bool) -> ExecutionView | None:
+        return await asyncio.to_thread(self.views.get, self.execution_id, with_log)

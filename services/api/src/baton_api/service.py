@@ -26,6 +26,7 @@ from baton_contracts.nats import (
     SubmitCommand,
 )
 from baton_domain.application import idempotent_execution_id
+from baton_domain.statuses import ExecutionStatus
 from baton_views import ExecutionFilter, ExecutionPage, ExecutionView, ExecutionViews, Order
 
 READ_YOUR_WRITES_TIMEOUT = 2.0
@@ -61,14 +62,25 @@ class ExecutionService:
 
         The execution id is fixed here, before the dispatcher is asked, so an answer that
         never comes still leaves the client an execution to look up (docs/api.md, 503).
-        `wait` waits on the views after the dispatcher answered, never holding it, and
-        costs two reads of them (`ProjectionRunner.wait_until_terminal`); `with_log` has
-        the waited-for view carry its log, for answers that show it."""
-        state = await self._written(await self._sent(command))
-        if wait:
-            ended = await self._runner.wait_until_terminal(state.execution.id, wait, with_log)
-            if ended is not None:
-                return Submitted(ended, state.created)
+        `wait` waits on the views after the dispatcher answered, never holding it. The
+        execution is watched from before it is stored, so a new one costs a single read of
+        the views, once it ended or `wait` ran out (`ProjectionRunner.watching`); `with_log`
+        has the waited-for view carry its log, for answers that show it."""
+        command = await self._planned(command)
+        if not wait:
+            state = await self._written(await self._gateway.submit(command))
+            return Submitted(state.execution, state.created)
+        assert command.execution_id is not None
+        with self._runner.watching(command.execution_id) as watch:
+            state = await self._written(await self._gateway.submit(command))
+            watched = state.execution.id == command.execution_id
+            unended = watched and state.created and not _may_have_ended(state.execution.status)
+            if watched:
+                ended = await watch.until_terminal(wait, with_log, unended=unended)
+            else:
+                ended = await self._runner.wait_until_terminal(state.execution.id, wait, with_log)
+        if ended is not None:
+            return Submitted(ended, state.created)
         return Submitted(state.execution, state.created)
 
     async def forward(self, command: SubmitCommand) -> ExecutionReply:
@@ -85,10 +97,14 @@ class ExecutionService:
 
     async def _sent(self, command: SubmitCommand) -> ExecutionReply:
         """The tenant's cap, the execution id fixed, then the dispatcher asked: its reply."""
+        return await self._gateway.submit(await self._planned(command))
+
+    async def _planned(self, command: SubmitCommand) -> SubmitCommand:
+        """The tenant's cap checked, and the command with its execution id fixed."""
         await self._admit(command.tenant)
         if command.execution_id is None:
             command = command.model_copy(update={"execution_id": planned_id(command)})
-        return await self._gateway.submit(command)
+        return command
 
     async def cancel(self, execution_id: UUID, reason: str | None, by: Identity) -> ExecutionState:
         command = CancelCommand(
@@ -203,6 +219,15 @@ class ExecutionService:
         if reply.position is not None:
             await self._runner.wait_for_position(reply.position, READ_YOUR_WRITES_TIMEOUT)
         return _Written(reply.execution, reply.created)
+
+
+def _may_have_ended(status: str) -> bool:
+    """Whether an execution the dispatcher answered with `status` may be in the views as
+    ended (a status this api does not know: it may)."""
+    try:
+        return ExecutionStatus(status).is_terminal
+    except ValueError:
+        return True
 
 
 def planned_id(command: SubmitCommand) -> UUID:
