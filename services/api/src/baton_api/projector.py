@@ -38,9 +38,22 @@ from baton_views import ExecutionView, ExecutionViews, read_events
 log = logging.getLogger(__name__)
 
 BATCH = 500
-# The least time between the starts of two steps while events keep coming: a few ms of a
-# command's latency, against a batch per event under load.
-LINGER_S = 0.004
+# The least time between the starts of two steps while events keep coming, set by the
+# size of the last batch: `LINGER_PER_EVENT_S` for each of its events, within the bounds.
+# A step costs about ten statements whatever it holds, so stepping every 4 ms under load
+# burns a quarter of a core on them alone. Idle, a command's events come a few at a time and
+# each waits at most a few ms; from about 500 events/s (70 commands/s) each batch makes the
+# next one longer, up to `LINGER_MAX_S`: then a step holds every event of 25 ms, the
+# statements shared by ~15 commands (docs/benchmarks.md, "The projection's linger").
+LINGER_MIN_S = 0.004
+LINGER_MAX_S = 0.025
+LINGER_PER_EVENT_S = 0.002
+
+
+def linger(events: int) -> float:
+    """How long after the start of a step that read `events` the next one may start."""
+    return min(LINGER_MAX_S, max(LINGER_MIN_S, events * LINGER_PER_EVENT_S))
+
 
 Announce = Callable[[ViewsAdvanced], Awaitable[None]]
 
@@ -178,11 +191,13 @@ class ProjectionRunner:
         """Project (or follow) until stopped. Errors are logged and retried: reads must keep
         working."""
         last_step = float("-inf")  # no step yet: nothing to wait out
+        read = 0  # events of the last step
         while not self._stopping:
             try:
                 if self._projecting:
-                    last_step = time.monotonic()
-                    if await self.step() >= self._batch:
+                    last_step, read = time.monotonic(), 0
+                    read = await self.step()
+                    if read >= self._batch:
                         continue  # a full batch: there is more, drain before sleeping
                 else:
                     await self.follow_step()
@@ -194,7 +209,7 @@ class ProjectionRunner:
                 # Woken again right after a step: let the events in flight join the next
                 # batch (under load each batch's own statements, and its announcement,
                 # are then shared by many events; idle, nothing waits).
-                await rest_of(LINGER_S, last_step)
+                await rest_of(linger(read), last_step)
             self._wake.clear()
 
     async def step(self) -> int:
