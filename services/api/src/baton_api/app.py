@@ -144,12 +144,22 @@ class Parts:
         reads them): a lone api takes it as soon as it reaches NATS."""
         assert self.link is not None
         client = await self.link.connected_client()
+        link = self.link
+
+        async def take() -> None:
+            await link.follow_events(True)  # before: no event stored from now on is missed
+            await self.runner.start_projecting()
+
+        async def lose() -> None:
+            await self.runner.stop_projecting()
+            await link.follow_events(False)
+
         await hold(
             client.jetstream(),
             PROJECTION_LEASE,
             self.runner.name,
-            self.runner.start_projecting,
-            self.runner.stop_projecting,
+            take,
+            lose,
             self.stopping,
             self.nats_replicas,
         )

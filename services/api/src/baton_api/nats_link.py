@@ -1,8 +1,10 @@
 """The api's NATS connection, kept in the background so the api starts (and serves reads)
 while NATS is down.
 
-Once connected it subscribes to every lifecycle event (core NATS, no consumer state): a
-message only means "the event store moved", so the projection wakes up early.
+While this replica writes the views (`follow_events`), it subscribes to every lifecycle
+event (core NATS, no consumer state): a message only means "the event store moved", so the
+projection wakes up early. A replica that only reads the views is woken by the projecting
+one's announcements instead, and takes no lifecycle event: seven messages a command.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from baton_contracts.nats import EVENTS_WILDCARD
 from baton_platform.nats import NatsIdentity, is_refusal, log_nats_error, redacted, server_urls
@@ -34,6 +37,9 @@ class NatsLink:
         self._reported_down = False
         self._up = asyncio.Event()
         self._on_connected: list[Callable[[Client], Awaitable[object]]] = []
+        self._events_wanted = False
+        self._events: Subscription | None = None
+        self._subscribing = asyncio.Lock()
 
     def on_connected(self, setup: Callable[[Client], Awaitable[object]]) -> None:
         """Run `setup` once connected (its subscriptions survive reconnects: nats-py's)."""
@@ -60,9 +66,36 @@ class NatsLink:
         self._reported_down = False
         self._up.set()
         log.info("connected to NATS at %s as %s", redacted(self._url), self._who.user or "no one")
-        await client.subscribe(EVENTS_WILDCARD, cb=self._on_message)
+        await self._follow_as_wanted()
         for setup in self._on_connected:
             await setup(client)
+
+    async def follow_events(self, wanted: bool) -> None:
+        """Receive every lifecycle event (`on_event` for each) or none, from now on; before
+        the connection, once it is made."""
+        self._events_wanted = wanted
+        await self._follow_as_wanted()
+
+    @property
+    def following_events(self) -> bool:
+        return self._events is not None
+
+    async def _follow_as_wanted(self) -> None:
+        """Never raises: the wake-ups only hurry the projection, which also polls (tried
+        again on the next reconnect)."""
+        async with self._subscribing:  # `run` and the lease may both get here at once
+            if self.client is None:
+                return
+            try:
+                if self._events_wanted and self._events is None:
+                    cb = self._on_message
+                    self._events = await self.client.subscribe(EVENTS_WILDCARD, cb=cb)
+                    await self.client.flush()  # the server has it: every event from now on
+                elif not self._events_wanted and self._events is not None:
+                    events, self._events = self._events, None
+                    await events.unsubscribe()
+            except nats.errors.Error as exc:
+                log.warning("lifecycle events not (un)subscribed: %r; the projection polls", exc)
 
     async def connected_client(self) -> Client:
         """The connection, once there is one (nats-py then reconnects it by itself)."""
@@ -99,3 +132,4 @@ class NatsLink:
     async def _on_reconnected(self) -> None:
         self._reported_down = False
         log.info("reconnected to NATS")
+        await self._follow_as_wanted()
