@@ -11,7 +11,7 @@ from uuid import uuid4
 import pytest
 
 from baton_platform.sql import Database
-from baton_timeout_scheduler.store import Deadlines, DeadlineStore
+from baton_timeout_scheduler.store import Change, Deadlines, DeadlineStore
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -163,3 +163,79 @@ def test_a_version_1_file_is_converted_and_keeps_its_deadlines(tmp_path: Path) -
         assert again.count() == 2
     finally:
         again.close()
+
+
+def applied_one_by_one(store: DeadlineStore, changes: list[Change]) -> None:
+    """What `apply` must amount to: each change, in order."""
+    for change in changes:
+        if change.due_at is None:
+            store.delete(change.execution_id, change.kind)
+        else:
+            store.upsert(change.execution_id, change.due_at, change.kind)
+
+
+def rows(store: DeadlineStore) -> list[tuple[str, str, datetime, int]]:
+    due = store.due(T0 + timedelta(days=1), limit=100)
+    return sorted((str(d.execution_id), d.kind, d.due_at, d.attempts) for d in due)
+
+
+def test_a_batch_amounts_to_its_changes_in_order(tmp_path: Path, store: DeadlineStore) -> None:
+    """Rows changed once are written together; a row changed twice in one batch ends as
+    its changes one by one leave it, its backoff included."""
+    backed_off, ended, redone, moved, fresh = (uuid4() for _ in range(5))
+    later = T0 + timedelta(seconds=30)
+    before: list[Change] = [Change(i, "execution", T0) for i in (backed_off, ended, redone, moved)]
+    batch = [
+        Change(backed_off, "execution", T0),  # delivered again: keeps its backoff
+        Change(ended, "execution"),  # ended: deleted
+        Change(redone, "execution"),  # deleted, then stored again: backoff reset
+        Change(redone, "execution", T0),
+        Change(moved, "execution", later),  # moved away and back: backoff reset
+        Change(moved, "execution", T0),
+        Change(fresh, "execution", T0),
+        Change(fresh, "verification", later),
+    ]
+    reference = DeadlineStore(tmp_path / "reference.sqlite")
+    try:
+        for one in (store, reference):
+            applied_one_by_one(one, before)
+            for execution_id in (backed_off, redone, moved):
+                one.postpone(execution_id, T0 + timedelta(seconds=5))
+        store.apply(batch)
+        applied_one_by_one(reference, batch)
+        assert rows(store) == rows(reference)
+    finally:
+        reference.close()
+    attempts = {(r[0], r[1]): r[3] for r in rows(store)}
+    assert attempts[(str(backed_off), "execution")] == 1
+    assert attempts[(str(redone), "execution")] == 0
+    assert attempts[(str(moved), "execution")] == 0
+    assert (str(ended), "execution") not in attempts
+    assert store.count() == 5
+
+
+def test_a_batch_costs_as_many_statements_for_ten_executions_as_for_one(
+    tmp_path: Path,
+) -> None:
+    store = DeadlineStore(tmp_path / "deadlines.sqlite")
+    try:
+        ran: list[str] = []
+        store._db.set_trace_callback(ran.append)
+
+        def statements(changes: list[Change]) -> int:
+            ran.clear()
+            store.apply(changes)
+            return len([s for s in ran if s.split()[0] in ("INSERT", "DELETE", "UPDATE")])
+
+        one, ten = [uuid4()], [uuid4() for _ in range(10)]
+        for ids in (one, ten):
+            store.apply([Change(i, "execution", T0) for i in ids])
+        # Each batch deletes the rows stored before and stores as many new ones.
+        cost_of_one = statements([Change(one[0], "execution"), Change(uuid4(), "execution", T0)])
+        cost_of_ten = statements(
+            [Change(i, "execution") for i in ten] + [Change(uuid4(), "execution", T0) for _ in ten]
+        )
+    finally:
+        store.close()
+    assert cost_of_one == 2
+    assert cost_of_ten == cost_of_one

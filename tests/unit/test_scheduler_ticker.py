@@ -211,23 +211,26 @@ async def test_a_batch_of_changes_is_applied_in_order_in_one_transaction(
 async def test_a_batch_that_fails_stores_none_of_its_changes(
     deadlines: Deadlines, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    kept, lost, broken = uuid4(), uuid4(), uuid4()
+    kept, lost, stored = uuid4(), uuid4(), uuid4()
     due = T0 + timedelta(seconds=30)
-    await deadlines.apply([Change(kept, "execution", due)])
-    upsert = DeadlineStore._upsert
+    await deadlines.apply([Change(kept, "execution", due), Change(stored, "execution", due)])
+    connection = deadlines.store._db
+    write = connection.execute_values
 
-    def failing(store: DeadlineStore, execution_id: UUID, due_at: datetime, kind: Any) -> None:
-        if execution_id == broken:
+    def failing(sql: str, rows: Any, *args: Any) -> Any:
+        if sql.startswith("INSERT"):  # the batch's last write, after its delete
             raise sqlite3.OperationalError("disk I/O error")
-        upsert(store, execution_id, due_at, kind)
+        return write(sql, rows, *args)
 
-    monkeypatch.setattr(DeadlineStore, "_upsert", failing)
+    monkeypatch.setattr(connection, "execute_values", failing)
     with pytest.raises(sqlite3.OperationalError):
         await deadlines.apply(
-            [Change(lost, "execution", due), Change(kept), Change(broken, "execution", due)]
+            [Change(lost, "execution", due), Change(kept), Change(stored, "execution", T0)]
         )
     assert await deadlines.get(lost) is None
     assert await deadlines.get(kept) is not None  # its delete was rolled back too
+    unmoved = await deadlines.get(stored)
+    assert unmoved is not None and unmoved.due_at == due
 
 
 @pytest.mark.parametrize(

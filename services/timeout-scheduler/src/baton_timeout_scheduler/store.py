@@ -49,6 +49,15 @@ DROP TABLE deadlines_v1;
 """
 # The name of the store's write lock (baton_platform.sql).
 WRITE_LOCK = "deadlines"
+# `{values}`: rows of (execution_id, kind, due_at, next_attempt, attempts). A deadline stored
+# again unchanged (an event delivered twice) keeps its backoff; a new one resets it.
+_UPSERT_ROWS = (
+    "INSERT INTO deadlines (execution_id, kind, due_at, next_attempt, attempts) VALUES {values}"
+    " ON CONFLICT (execution_id, kind) DO UPDATE SET"
+    " due_at = excluded.due_at, next_attempt = excluded.next_attempt, attempts = 0"
+    " WHERE deadlines.due_at != excluded.due_at"
+)
+_DELETE_ROWS = "DELETE FROM deadlines WHERE (execution_id, kind) IN (VALUES {values})"
 
 
 def _schema(dialect: str) -> str:
@@ -137,24 +146,42 @@ class DeadlineStore:
             return self._delete(execution_id, kind)
 
     def apply(self, changes: Sequence[Change]) -> None:
-        """Every change, in order, in one transaction (one fsync): committed when this
-        returns, or none of them if it raises."""
+        """Every change, as if applied in order, in one transaction (one fsync): committed
+        when this returns, or none of them if it raises.
+
+        A row changed once in the batch (nearly all: an execution's deadline is stored by
+        one event and deleted by a later one) is one of a single multi-row DELETE or
+        upsert; a row changed more than once has its changes run one by one, in order,
+        since an upsert after a delete or another upsert of the same row sets its attempts
+        differently from the last change alone."""
+        changed: dict[tuple[UUID, Kind], list[Change]] = {}
+        for change in changes:
+            changed.setdefault((change.execution_id, change.kind), []).append(change)
+        once = [several[0] for several in changed.values() if len(several) == 1]
+        deleted = [(str(c.execution_id), c.kind) for c in once if c.due_at is None]
+        stored = [
+            (str(c.execution_id), c.kind, _to_seconds(c.due_at), _to_seconds(c.due_at), 0)
+            for c in once
+            if c.due_at is not None
+        ]
         with self._lock, self._db.transaction(WRITE_LOCK):
-            for change in changes:
-                if change.due_at is None:
-                    self._delete(change.execution_id, change.kind)
-                else:
-                    self._upsert(change.execution_id, change.due_at, change.kind)
+            if deleted:
+                self._db.execute_values(_DELETE_ROWS, deleted)
+            if stored:
+                self._db.execute_values(_UPSERT_ROWS, stored)
+            for several in changed.values():
+                if len(several) == 1:
+                    continue
+                for change in several:
+                    if change.due_at is None:
+                        self._delete(change.execution_id, change.kind)
+                    else:
+                        self._upsert(change.execution_id, change.due_at, change.kind)
 
     def _upsert(self, execution_id: UUID, due_at: datetime, kind: Kind) -> None:
         due = _to_seconds(due_at)
         self._db.execute(
-            "INSERT INTO deadlines (execution_id, kind, due_at, next_attempt, attempts)"
-            " VALUES (?, ?, ?, ?, 0)"
-            " ON CONFLICT (execution_id, kind) DO UPDATE SET"
-            " due_at = excluded.due_at, next_attempt = excluded.next_attempt, attempts = 0"
-            " WHERE deadlines.due_at != excluded.due_at",
-            (str(execution_id), kind, due, due),
+            _UPSERT_ROWS.format(values="(?, ?, ?, ?, ?)"), (str(execution_id), kind, due, due, 0)
         )
 
     def _delete(self, execution_id: UUID, kind: Kind) -> bool:
