@@ -32,6 +32,7 @@ from baton_views import ExecutionFilter, ExecutionPage, ExecutionView, Execution
 READ_YOUR_WRITES_TIMEOUT = 2.0
 DEFAULT_CANCEL_REASON = "canceled by request"
 PURGE_BATCH = 1000
+PENDING_CACHE_TENANTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class ExecutionService:
         max_pending: int = 0,
     ) -> None:
         self._max_pending = max_pending  # per tenant; 0: no cap
+        # Per tenant: (the views' position, its PENDING count read at that position).
+        self._pending: dict[str, tuple[int, int]] = {}
         self._gateway = gateway
         self._views = views
         self._runner = runner
@@ -188,17 +191,32 @@ class ExecutionService:
 
     async def _admit(self, tenant: str) -> None:
         """429 tenant-busy while the tenant has its cap of PENDING commands. Read from the
-        views (one counter lookup), so commands stored in the last moment before it may be
-        missed: a cap against runaway clients, not an exact quota."""
+        views (one counter lookup, at most once per position of theirs), so commands stored
+        in the last moment before it may be missed: a cap against runaway clients, not an
+        exact quota."""
         if not self._max_pending:
             return
-        pending = await asyncio.to_thread(self._views.pending, tenant)
+        pending = await self._pending_of(tenant)
         if pending >= self._max_pending:
             detail = (
                 f"{pending} commands of this tenant are waiting to be sent (the cap is "
                 f"{self._max_pending}); try again once some have gone out"
             )
             raise ProblemError(problem(429, "tenant-busy", detail), {"Retry-After": "1"})
+
+    async def _pending_of(self, tenant: str) -> int:
+        """The tenant's PENDING count, read again only once the views have moved: under
+        load several submits meet between two projection steps, and the count cannot
+        have changed in between."""
+        position = self._runner.position
+        known = self._pending.get(tenant)
+        if known is not None and known[0] == position:
+            return known[1]
+        pending = await asyncio.to_thread(self._views.pending, tenant)
+        if len(self._pending) >= PENDING_CACHE_TENANTS:
+            self._pending.clear()  # many tenants: forget them all rather than grow
+        self._pending[tenant] = (position, pending)
+        return pending
 
     async def _caught_up(self, seen: int) -> bool:
         """Wait until the views include everything stored now; whether they moved past
