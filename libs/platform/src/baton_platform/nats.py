@@ -186,6 +186,17 @@ async def connect(url: str, name: str, who: NatsIdentity) -> Client:
     )
 
 
+async def synced(client: Client) -> None:
+    """Once this returns, the server has every command `client` sent before (its SUBs,
+    UNSUBs and PUBs). `Client.flush()` alone does not promise that: nats-py 2.16 writes the
+    flush's PING straight to the socket, ahead of the commands still waiting for its
+    flusher task, so the PONG can come back before the server has seen them (a subscription
+    made just before missed the next messages). So the flusher is waited for first (a
+    private nats-py call: no public one waits for it)."""
+    await client._flush_pending(force_flush=True)
+    await client.flush()
+
+
 async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
     """Create the streams with `replicas` copies each (BATON_NATS_REPLICAS), or bring them
     in line: the dispatcher's job (only its NATS user may); the other services wait for

@@ -19,7 +19,14 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from baton_contracts.nats import EVENTS_WILDCARD
-from baton_platform.nats import NatsIdentity, is_refusal, log_nats_error, redacted, server_urls
+from baton_platform.nats import (
+    NatsIdentity,
+    is_refusal,
+    log_nats_error,
+    redacted,
+    server_urls,
+    synced,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +97,11 @@ class NatsLink:
                 if self._events_wanted and self._events is None:
                     cb = self._on_message
                     self._events = await self.client.subscribe(EVENTS_WILDCARD, cb=cb)
-                    await self.client.flush()  # the server has it: every event from now on
+                    await synced(self.client)  # the server has it: every event from now on
                 elif not self._events_wanted and self._events is not None:
                     events, self._events = self._events, None
                     await events.unsubscribe()
+                    await synced(self.client)  # the server has it: no event from now on
             except nats.errors.Error as exc:
                 log.warning("lifecycle events not (un)subscribed: %r; the projection polls", exc)
 

@@ -41,7 +41,14 @@ from baton_platform.eventstore import open_executions
 from baton_platform.leases import hold, holder_name, open_bucket
 from baton_platform.lifecycle import cancel_and_wait
 from baton_platform.metrics import observe_recorded
-from baton_platform.nats import NatsIdentity, connect, ensure_streams, identity, server_urls
+from baton_platform.nats import (
+    NatsIdentity,
+    connect,
+    ensure_streams,
+    identity,
+    server_urls,
+    synced,
+)
 from baton_platform.nats_access import DISPATCHER
 from baton_platform.requests import RequestEdges
 from baton_platform.settings import Settings
@@ -162,8 +169,8 @@ class Dispatcher:
         await self._keeper.step()
         self._keeper_task = asyncio.create_task(self._keeper.run(self._stopping), name="partitions")
         # Make sure the server has our subscriptions before we call ourselves ready.
-        await self._nc.flush()
-        await self._broker.connection.flush()
+        await synced(self._nc)
+        await synced(self._broker.connection)
         # One dispatcher at a time relays (docs/architecture.md, "Replicas").
         self._relay_lease = asyncio.create_task(
             hold(
