@@ -24,7 +24,7 @@ from baton_domain.catalog import Catalog
 from baton_domain.statuses import AnswerStatus, ExecutionStatus
 from tests.conftest import eventually
 from tests.unit.test_api import DEMO, answer
-from tests.unit.test_waiters import CountingViews, submit
+from tests.unit.test_waiters import CountingViews, submit, wait_until_terminal
 
 
 def advance(after: int, position: int, *ended: UUID) -> ViewsAdvanced:
@@ -134,7 +134,7 @@ async def test_a_waiter_on_the_replica_that_does_not_project_is_woken_by_the_ann
     assert await following.wait_for_position(executions.recorder.max_notification_id(), 5)
     views.gets = 0
     waiters = [
-        asyncio.create_task(following.wait_until_terminal(execution_id, 30.0)) for _ in range(5)
+        asyncio.create_task(wait_until_terminal(following, execution_id, 30.0)) for _ in range(5)
     ]
     await eventually(lambda: _true(views.gets >= 5), what="the waiters' first reads")
     answer(executions, execution_id, AnswerStatus.SUCCEEDED, {"ok": True})
@@ -169,8 +169,8 @@ async def test_a_lost_announcement_still_ends_the_wait_from_the_views_position(
         await projecting.step()
         # The position still arrives by reading it.
         assert await following.wait_for_position(executions.recorder.max_notification_id(), 5)
-        waiter = asyncio.create_task(following.wait_until_terminal(execution_id, 30.0))
-        lasting = asyncio.create_task(following.wait_until_terminal(other, 1.5))
+        waiter = asyncio.create_task(wait_until_terminal(following, execution_id, 30.0))
+        lasting = asyncio.create_task(wait_until_terminal(following, other, 1.5))
         await asyncio.sleep(0)
         answer(executions, execution_id, AnswerStatus.FAILED, {"why": "no"})
         started = time.monotonic()

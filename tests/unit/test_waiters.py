@@ -48,6 +48,14 @@ class CountingViews(ExecutionViews):
         return super().get(execution_id, with_log, tenant)
 
 
+async def wait_until_terminal(
+    runner: ProjectionRunner, execution_id: UUID, within: float, with_log: bool = False
+) -> ExecutionView | None:
+    """One waiter on an execution the views may show ended already (a GET-like wait)."""
+    with runner.watching(execution_id) as watch:
+        return await watch.until_terminal(within, with_log)
+
+
 @pytest.fixture
 def executions() -> Executions:
     return Executions(Catalog.from_yaml(DEMO), env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
@@ -78,10 +86,10 @@ async def test_a_thousand_waiters_cost_two_reads_each(
 
         ending, lasting = ids[:ENDING], ids[ENDING:]
         waits = [
-            asyncio.create_task(runner.wait_until_terminal(execution_id, 30.0))
+            asyncio.create_task(wait_until_terminal(runner, execution_id, 30.0))
             for execution_id in ending * (WAITERS // EXECUTIONS)
         ] + [
-            asyncio.create_task(runner.wait_until_terminal(execution_id, 1.5))
+            asyncio.create_task(wait_until_terminal(runner, execution_id, 1.5))
             for execution_id in lasting * (WAITERS // EXECUTIONS)
         ]
 
@@ -140,7 +148,7 @@ async def test_an_end_projected_while_the_first_read_runs_still_wakes_the_waiter
             return real_get(wanted, with_log, tenant)
 
         views.get = slow_first_get  # type: ignore[method-assign]
-        waiter = asyncio.create_task(runner.wait_until_terminal(execution_id, 30.0))
+        waiter = asyncio.create_task(wait_until_terminal(runner, execution_id, 30.0))
         await asyncio.to_thread(reading.wait, 10)
         answer(executions, execution_id, AnswerStatus.SUCCEEDED, {"ok": True})
         assert await runner.step()
@@ -166,7 +174,7 @@ async def test_waiters_on_an_execution_that_already_ended_read_once(
         await runner.step()
         views.gets = 0
         results = await asyncio.gather(
-            *(runner.wait_until_terminal(execution_id, 30.0, with_log=True) for _ in range(10))
+            *(wait_until_terminal(runner, execution_id, 30.0, with_log=True) for _ in range(10))
         )
     finally:
         views.close()

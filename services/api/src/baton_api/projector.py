@@ -306,19 +306,6 @@ class ProjectionRunner:
         """How many executions have someone waiting for their end (a notifier each)."""
         return len(self._notifiers)
 
-    async def wait_until_terminal(
-        self, execution_id: UUID, within: float, with_log: bool = False
-    ) -> ExecutionView | None:
-        """The execution as soon as the views show it ended, or as it is after `within` s.
-
-        Two reads of the views whatever happens meanwhile: one now (it may have ended
-        already) and one when woken or out of time; one more each time a missed
-        announcement woke it. The notifier is registered before the first read, so an end
-        projected between that read and the wait still wakes it.
-        """
-        with self.watching(execution_id) as watch:
-            return await watch.until_terminal(within, with_log)
-
     @contextlib.contextmanager
     def watching(self, execution_id: UUID) -> Iterator[Watch]:
         """Any end of the execution the views show from now on wakes the `Watch`. Taken
@@ -362,9 +349,14 @@ class Watch:
     async def until_terminal(
         self, within: float, with_log: bool = False, *, unended: bool = False
     ) -> ExecutionView | None:
-        """The execution once the views show it ended, or as it is after `within` s.
-        `unended`: its end cannot be in the views yet (the watch began before the write
-        that created it), so the first read is skipped."""
+        """The execution as soon as the views show it ended, or as it is after `within` s.
+
+        Two reads of the views whatever happens meanwhile: one now (it may have ended
+        already) and one when woken or out of time; one more each time a missed
+        announcement woke it. The notifier was registered before the first read, so an end
+        projected between that read and the wait still wakes it. `unended`: its end cannot
+        be in the views yet (the watch began before the write that created it), so the
+        first read is skipped."""
         deadline = time.monotonic() + within
         if not unended:
             execution = await self._read(with_log)

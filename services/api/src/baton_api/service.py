@@ -33,6 +33,9 @@ READ_YOUR_WRITES_TIMEOUT = 2.0
 DEFAULT_CANCEL_REASON = "canceled by request"
 PURGE_BATCH = 1000
 PENDING_CACHE_TENANTS = 10_000
+# A dispatcher's answer with one of these: the execution has not ended (a status this api
+# does not know may mean it has).
+UNENDED = frozenset(s.value for s in ExecutionStatus if not s.is_terminal)
 
 
 @dataclass(frozen=True)
@@ -74,14 +77,12 @@ class ExecutionService:
             state = await self._written(await self._gateway.submit(command))
             return Submitted(state.execution, state.created)
         assert command.execution_id is not None
+        # The execution stored is the one asked for, or the submit is refused: the
+        # dispatcher keeps a requester's id (`RequestCommand.stream_id`).
         with self._runner.watching(command.execution_id) as watch:
             state = await self._written(await self._gateway.submit(command))
-            watched = state.execution.id == command.execution_id
-            unended = watched and state.created and not _may_have_ended(state.execution.status)
-            if watched:
-                ended = await watch.until_terminal(wait, with_log, unended=unended)
-            else:
-                ended = await self._runner.wait_until_terminal(state.execution.id, wait, with_log)
+            unended = state.created and state.execution.status in UNENDED
+            ended = await watch.until_terminal(wait, with_log, unended=unended)
         if ended is not None:
             return Submitted(ended, state.created)
         return Submitted(state.execution, state.created)
@@ -237,15 +238,6 @@ class ExecutionService:
         if reply.position is not None:
             await self._runner.wait_for_position(reply.position, READ_YOUR_WRITES_TIMEOUT)
         return _Written(reply.execution, reply.created)
-
-
-def _may_have_ended(status: str) -> bool:
-    """Whether an execution the dispatcher answered with `status` may be in the views as
-    ended (a status this api does not know: it may)."""
-    try:
-        return ExecutionStatus(status).is_terminal
-    except ValueError:
-        return True
 
 
 def planned_id(command: SubmitCommand) -> UUID:
