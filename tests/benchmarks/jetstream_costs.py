@@ -31,6 +31,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from baton_cli.localstack import start_nats
+from baton_platform.nats import synced
 from tests.benchmarks.procs import cpu_seconds
 
 STREAM, SUBJECTS = "COSTS", "costs.>"
@@ -97,7 +98,7 @@ async def consume_and_ack(nc: Client, count: int) -> None:
         for msg in await sub.fetch(50, timeout=5):
             await msg.ack()
             got += 1
-    await nc.flush()
+    await synced(nc)  # every acknowledgement on the server (a bare flush() may overtake them)
 
 
 async def server_cost(pid: int, nc: Client, step: Step, count: int) -> tuple[float, float]:

@@ -19,6 +19,7 @@ from tests.benchmarks.jetstream_costs import (
     publish_batches,
     publish_each,
 )
+from tests.conftest import eventually
 
 
 async def test_what_each_step_times_is_stored_and_acknowledged(tmp_path: Path) -> None:
@@ -31,8 +32,14 @@ async def test_what_each_step_times_is_stored_and_acknowledged(tmp_path: Path) -
         js = nc.jetstream()
         assert (await js.stream_info(STREAM)).state.messages == 6 * BATCH
         await consume_and_ack(nc, 6 * BATCH)
-        (consumer,) = await js.consumers_info(STREAM)
-        assert consumer.ack_floor is not None and consumer.ack_floor.stream_seq == 6 * BATCH
+
+        async def all_acknowledged() -> bool:
+            # The server applies acknowledgements on the consumer's own queue, after it
+            # has read them: the floor follows shortly.
+            (consumer,) = await js.consumers_info(STREAM)
+            return consumer.ack_floor is not None and consumer.ack_floor.stream_seq == 6 * BATCH
+
+        await eventually(all_acknowledged, timeout=5, what="every message acknowledged")
         await nc.close()
     finally:
         server.stop()

@@ -36,6 +36,7 @@ from baton_contracts.nats import (
     event_subject,
 )
 from baton_platform.metrics import REJECTED_MESSAGES
+from baton_platform.nats import synced
 from baton_platform.nats_access import OPS
 from baton_platform.settings import Settings
 from baton_timeout_scheduler.app import serve
@@ -60,12 +61,12 @@ class FakeDispatcher:
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(DEADLINE_SUBJECT, queue=DISPATCHER_QUEUE, cb=self._on)
-        await self.nc.flush()
+        await synced(self.nc)
 
     async def stop(self) -> None:
         if self._sub is not None:
             await self._sub.unsubscribe()
-            await self.nc.flush()
+            await synced(self.nc)
             self._sub = None
 
     async def _on(self, msg: Msg) -> None:
