@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from baton_platform.sql import Database, conninfo, postgres_params, redacted
+from baton_platform.sql import Database, conninfo, numbered, postgres_params, redacted
 
 
 @pytest.fixture
@@ -43,6 +43,11 @@ def test_the_same_sql_runs_on_both(database: Database) -> None:
             ]
     finally:
         conn.close()
+
+
+def test_placeholders_are_numbered_for_postgresql() -> None:
+    assert numbered("SELECT 1") == "SELECT 1"
+    assert numbered("a = ? AND b IN (?, ?) OR c = ?") == "a = $1 AND b IN ($2, $3) OR c = $4"
 
 
 def test_a_store_sees_only_its_own_schema(postgres_url: str) -> None:
