@@ -41,6 +41,27 @@ def test_resolve_fills_the_default_ttl(demo: Catalog) -> None:
     assert demo.resolve("demo-thermostat-1", "reboot", {}, 5).ttl == 5
 
 
+def test_a_commands_params_schema_is_compiled_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every request is checked against its command's schema; the compiled schema is kept
+    with the command, not built again per request."""
+    import baton_domain.catalog as catalog_module
+
+    built: list[object] = []
+    real = catalog_module.Draft202012Validator
+
+    def counting(schema: object) -> object:
+        built.append(schema)
+        return real(schema)
+
+    demo = Catalog.from_yaml(DEMO)  # its own: the module's may have compiled it already
+    monkeypatch.setattr(catalog_module, "Draft202012Validator", counting)
+    for value in (20, 21, 22):
+        demo.resolve("demo-thermostat-1", "set_temperature", {"value": value}, None)
+    with pytest.raises(InvalidCommand):
+        demo.resolve("demo-thermostat-2", "set_temperature", {"value": 99}, None)
+    assert len(built) == 1
+
+
 def test_unknown_device(demo: Catalog) -> None:
     with pytest.raises(UnknownDevice, match="nope"):
         demo.resolve("nope", "reboot", {}, None)

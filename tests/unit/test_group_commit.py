@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -151,6 +151,39 @@ def test_a_conflict_with_another_writer_is_retried_item_by_item(
     assert store().get(results[2].unwrap().execution.id).dispatched
     positions = [r.position for r in (results[0], results[2])]
     assert all(p is not None and p > 0 for p in positions)
+
+
+def test_a_chosen_id_is_written_without_a_look_and_its_repeat_still_found(
+    store: Callable[[], Executions], transactions: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The api chooses every execution's id: a new one is written at once, with no read of
+    its stream, and a repeat (a lost answer asked again) in a batch or alone still finds
+    the execution stored, unchanged, once the store has refused the duplicate."""
+    app = store()
+    looks: list[UUID] = []
+    select = app.recorder.select_events
+
+    def counting(originator_id: Any, **kwargs: Any) -> Any:
+        looks.append(originator_id)
+        return select(originator_id, **kwargs)
+
+    monkeypatch.setattr(app.recorder, "select_events", counting)
+    chosen = uuid4()
+
+    def submit() -> Any:
+        return app.request(RequestCommand("charger-1", "start", {}, None, execution_id=chosen))
+
+    first = app.run_batch([submit])[0].unwrap()
+    assert first.created and first.execution.id == chosen
+    assert chosen not in looks
+    assert len(transactions) == 1
+
+    again = app.run_batch([submit, request(app, "charger-2")])
+    repeat, other = (r.unwrap() for r in again)
+    assert (repeat.changed, repeat.execution.id, repeat.position) == (False, chosen, None)
+    assert other.created and other.execution.dispatched
+    assert submit().changed is False  # alone too
+    assert store().queue_of("charger-1").in_flight == [chosen]  # admitted once
 
 
 def test_an_item_that_stores_nothing_has_no_position(store: Callable[[], Executions]) -> None:

@@ -238,9 +238,10 @@ class Executions(Application[UUID]):
     def request(self, command: RequestCommand) -> Outcome:
         execution_id = command.stream_id()
         used = command.idempotency_key if command.idempotency_key is not None else execution_id
-        for _attempt in range(CONFLICT_RETRIES):
+        for attempt in range(CONFLICT_RETRIES):
             try:
-                existing = self._find(execution_id) if command.repeatable else None
+                look = self._may_be_stored(command, execution_id, attempt)
+                existing = self._find(execution_id) if look else None
             except ExecutionDeleted:  # its execution was deleted: the key stays used
                 raise IdempotencyConflict(str(used)) from None
             except ExecutionNotFound:
@@ -262,6 +263,19 @@ class Executions(Application[UUID]):
             return Outcome(execution, changed=True, position=self._stored(recordings), created=True)
         # The transaction failed each time, so nothing of this request is stored.
         raise WriteConflict(CONFLICT_RETRIES)
+
+    def _may_be_stored(self, command: RequestCommand, execution_id: UUID, attempt: int) -> bool:
+        """Whether to look for the execution before writing it. A key is for repeating, so
+        it looks. An id the requester chose without a key (the api's, for every submit) is
+        stored already only when a lost answer is asked again, which is rare: its first
+        attempt writes at once, and the store's refusal of a second first event of one
+        stream (IntegrityError) sends it round again to look. That saves a read of the
+        store per submit; a repeat costs its batch one failed transaction instead."""
+        if not command.repeatable:
+            return False
+        if command.idempotency_key is not None or attempt > 0:
+            return True
+        return self._batch is not None and self._batch.get(execution_id) is not None
 
     def record_state(self, device_id: str, state: dict[str, Any], at: datetime) -> int | None:
         """A device's reported state; settles the verifications that wait for it.
