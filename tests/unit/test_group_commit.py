@@ -62,11 +62,12 @@ def store(
 @pytest.fixture
 def transactions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The number of events in each insert transaction of any application."""
-    from eventsourcing.postgres import PostgresApplicationRecorder
     from eventsourcing.sqlite import SQLiteApplicationRecorder
 
+    from baton_platform.pg_recorder import OneStatementRecorder
+
     counted: list[int] = []
-    for recorder in (SQLiteApplicationRecorder, PostgresApplicationRecorder):
+    for recorder in (SQLiteApplicationRecorder, OneStatementRecorder):
         monkeypatch.setattr(recorder, "insert_events", _counting(recorder.insert_events, counted))
     return counted
 

@@ -11,6 +11,7 @@ from eventsourcing.persistence import IntegrityError, InterfaceError, Operationa
 
 from baton_domain.application import Executions, Recorded
 from baton_domain.catalog import Catalog
+from baton_platform import pg_recorder
 from baton_platform.settings import Settings
 from baton_platform.sql import postgres_params
 
@@ -22,6 +23,8 @@ def postgres_env(url: str) -> dict[str, str]:
     params = postgres_params(url)
     return {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        # Each insert one statement, the table lock taken (baton_platform.pg_recorder).
+        "APPLICATION_RECORDER_TOPIC": pg_recorder.TOPIC,
         "POSTGRES_DBNAME": params["dbname"],
         "POSTGRES_HOST": params["host"],
         "POSTGRES_PORT": params["port"],
