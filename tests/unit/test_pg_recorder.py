@@ -93,3 +93,27 @@ def test_an_insert_waits_for_the_table_lock_that_orders_notification_ids(
         holder.commit()
         writer.join(10)
     assert len(done) == 1 and len(done[0]) == 1
+
+
+def test_a_store_made_by_the_librarys_recorder_takes_inserts_after_an_upgrade(
+    postgres_url: str,
+) -> None:
+    """A store an earlier Baton made (the library's recorder, no function of ours) gets
+    the function when this version opens it, and its log goes on where it was."""
+    env = {k: v for k, v in postgres_env(postgres_url).items() if k != "APPLICATION_RECORDER_TOPIC"}
+    older = PostgresFactory(Environment("executions", env))
+    stream = uuid4()
+    try:
+        library = older.application_recorder()
+        assert not isinstance(library, OneStatementRecorder)
+        [before] = library.insert_events(events(stream, range(1, 2))) or [None]
+    finally:
+        older.close()
+    newer = PostgresFactory(Environment("executions", postgres_env(postgres_url)))
+    try:
+        ours = newer.application_recorder()
+        after = ours.insert_events(events(stream, range(2, 4)))
+        assert before is not None and list(after) == [before + 1, before + 2]
+        assert [e.originator_version for e in ours.select_events(stream)] == [1, 2, 3]
+    finally:
+        newer.close()
