@@ -54,6 +54,7 @@ from tests.benchmarks.report import (
     Floor,
     Growth,
     StoreFloor,
+    fsynced,
     report,
     say,
     step_line,
@@ -250,13 +251,20 @@ class Bench:
         """(NATS nodes, replicas of each service)."""
         return self.args.nats_nodes, self.args.replicas
 
+    @property
+    def sync(self) -> dict[str, bool]:
+        """How the stacks' nats-servers sync JetStream (`--jetstream-sync`)."""
+        return {"jetstream_fsync": fsynced(self.args)}
+
     async def run(self) -> None:
         if self.parts & {"floors", "latency", "max", "burst"}:
             await self.main_stack()
         if "devices" in self.parts:
             for count in sorted({int(n) for n in self.args.growth_devices.split(",") if n}):
                 name, broker, database = f"devices-{count}", self.args.broker, self.args.database
-                with fleet_stack(self.scratch, name, count, broker, database, *self.topology) as s:
+                with fleet_stack(
+                    self.scratch, name, count, broker, database, *self.topology, **self.sync
+                ) as s:
                     say(f"growth: max sustained rate with {count} devices")
                     s.start_infrastructure()
                     best, bounded = await self.search_on(s, count)
@@ -269,7 +277,7 @@ class Bench:
     async def main_stack(self) -> None:
         a, f = self.args, self.figures
         with fleet_stack(
-            self.scratch, "main", a.devices, a.broker, a.database, *self.topology
+            self.scratch, "main", a.devices, a.broker, a.database, *self.topology, **self.sync
         ) as stack:
             say(f"starting the stack with {a.devices} simulated devices")
             stack.start_infrastructure()
@@ -402,6 +410,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "stack (fsync on); the event store floor is measured there too (sqlite)",
     )
     add("--nats-nodes", type=int, default=1, help="NATS servers: 1, or a cluster of 3 (R3)")
+    add(
+        "--jetstream-sync",
+        choices=["always", "default"],
+        default="always",
+        help="always: an fsync per JetStream write, as Baton runs; default: nats-server's own "
+        "(every 2 minutes), to see what that durability costs (always)",
+    )
     add(
         "--replicas",
         type=int,

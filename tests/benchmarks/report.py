@@ -156,6 +156,8 @@ def report(args: argparse.Namespace, figures: Figures, broker: str) -> None:
     nodes = getattr(args, "nats_nodes", 1)
     per_service = "one process" if replicas == 1 else f"{replicas} replicas"
     nats = "one NATS server" if nodes == 1 else f"a {nodes}-node NATS cluster (R3)"
+    if not fsynced(args):
+        nats += " NOT fsyncing each write (--jetstream-sync default: a comparison only)"
     print(f"stack: {storage}, {per_service} per service, {nats}, {broker} MQTT broker")
     print(f"command: python -m tests.benchmarks.commands {shlex.join(sys.argv[1:])}".rstrip())
     report_floors(args, figures)
@@ -166,12 +168,19 @@ def report(args: argparse.Namespace, figures: Figures, broker: str) -> None:
     report_burst(figures)
 
 
+def fsynced(args: argparse.Namespace) -> bool:
+    """Whether the stacks' nats-servers fsync each write (Baton's setting)."""
+    return getattr(args, "jetstream_sync", "always") == "always"
+
+
 def report_floors(args: argparse.Namespace, figures: Figures) -> None:
     labels = {
         "nats": "NATS request/reply",
         "mqtt": "MQTT QoS 1 round trip, bare",
         "device": "MQTT round trip to a simulated device",
-        "jetstream": "JetStream publish (fsync each write)",
+        "jetstream": "JetStream publish ("
+        + ("fsync each write" if fsynced(args) else "default sync")
+        + ")",
         "http": "HTTP GET /health on the api",
     }
     # The store floors: the main run's, and those measured on a stored history.

@@ -61,11 +61,13 @@ def fleet_stack(
     nats_nodes: int = 1,
     replicas: int = 1,
     postgres_settings: Sequence[str] = (),
+    jetstream_fsync: bool = True,
 ) -> Iterator[Stack]:
     """A stack (not started) whose catalog is the demo's plus `devices` generated ones.
     With `database` postgres, its storage is a new PostgreSQL cluster of its own (durable:
     fsync on), already running, which the stack stops with the rest. `nats_nodes` and
-    `replicas`: the topology (`make run-cluster`'s is 3 and 2)."""
+    `replicas`: the topology (`make run-cluster`'s is 3 and 2). `jetstream_fsync` False:
+    nats-server's default sync, for the comparison only."""
     folder = scratch / name
     folder.mkdir(parents=True)
     catalog = folder / "catalog.yaml"
@@ -78,6 +80,7 @@ def fleet_stack(
         simulate=False,
         nats_nodes=nats_nodes,
         replicas=replicas,
+        jetstream_fsync=jetstream_fsync,
     )
     try:
         if database == "postgres":

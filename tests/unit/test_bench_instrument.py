@@ -180,3 +180,21 @@ def test_write_commands_stores_succeeding_commands(tmp_path: Path) -> None:
         assert len(types) == 25  # five events each
     finally:
         app.close()
+
+
+def test_the_stacks_fsync_each_jetstream_write_unless_asked_for_the_comparison(
+    tmp_path: Path,
+) -> None:
+    from baton_cli.localstack import start_nats
+    from tests.benchmarks.commands import Bench, parse_args
+
+    assert Bench(parse_args([]), tmp_path).sync == {"jetstream_fsync": True}
+    compared = Bench(parse_args(["--jetstream-sync", "default"]), tmp_path)
+    assert compared.sync == {"jetstream_fsync": False}
+    for fsync in (True, False):
+        server = start_nats(tmp_path / f"nats-{fsync}", fsync_each_write=fsync)
+        try:
+            config = (tmp_path / f"nats-{fsync}" / "nats.conf").read_text()
+        finally:
+            server.stop()
+        assert ("sync_interval: always" in config) is fsync

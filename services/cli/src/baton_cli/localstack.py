@@ -308,6 +308,7 @@ def start_nats_cluster(
     passwords: dict[str, str] | None = None,
     tls: TlsFiles | None = None,
     timeout: float = 30.0,
+    fsync_each_write: bool = True,
 ) -> list[Server]:
     """A JetStream cluster of `nodes` nats-servers, `n1`.. `nN`, each under `workdir/<name>`
     with its own store, on loopback ports (`ports`, or free ones), with the same users and
@@ -340,7 +341,7 @@ def start_nats_cluster(
             f'listen: "127.0.0.1:{node_ports.client}"',
             f'server_name: "{name}"',
             f'http: "127.0.0.1:{node_ports.monitor}"',
-            _jetstream_line(home),
+            _jetstream_line(home, fsync_each_write),
             cluster_block(f"127.0.0.1:{node_ports.route}", route_password, routes),
             *_client_access(passwords, tls),
         ]
@@ -860,6 +861,9 @@ class Stack:
     mqtts_port: int | None = None
     # TLS on nats-server's client port; the services then check it against `nats_tls.ca_file`.
     nats_tls: TlsFiles | None = None
+    # False: nats-server's default sync (every 2 minutes) instead of an fsync per write, for
+    # the bench's comparison only (`--jetstream-sync default`; "What stored means").
+    jetstream_fsync: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     # Processes per service. With more than one, each replica is named `<service>-<n>` (its
     # BATON_INSTANCE) and has a data directory of its own (they share no files: the store is
@@ -924,7 +928,11 @@ class Stack:
         completed with the users it lacks)."""
         passwords = ensure_credentials(self.nats_credentials, self.tenant_clients)
         return start_nats(
-            self.data_dir / "nats", self.nats_port, passwords=passwords, tls=self.nats_tls
+            self.data_dir / "nats",
+            self.nats_port,
+            passwords=passwords,
+            tls=self.nats_tls,
+            fsync_each_write=self.jetstream_fsync,
         )
 
     def start_nats_cluster(self, ports: list[NodePorts]) -> list[Server]:
@@ -932,7 +940,12 @@ class Stack:
         single server has."""
         passwords = ensure_credentials(self.nats_credentials, self.tenant_clients)
         return start_nats_cluster(
-            self.data_dir / "nats", self.nats_nodes, ports, passwords=passwords, tls=self.nats_tls
+            self.data_dir / "nats",
+            self.nats_nodes,
+            ports,
+            passwords=passwords,
+            tls=self.nats_tls,
+            fsync_each_write=self.jetstream_fsync,
         )
 
     @property
