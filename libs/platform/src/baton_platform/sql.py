@@ -4,7 +4,7 @@ small connection over both, so each store's SQL is written once.
 The SQL is SQLite's with `?` placeholders; on PostgreSQL they become the server's own `$1`,
 `$2`, ... (psycopg's raw cursors), so psycopg does not parse a statement for placeholders on
 every run: for the projection's multi-row statements, with hundreds of parameters and too
-long for psycopg's own cache, that parse was a tenth of the api's CPU. Rows are read by
+long for psycopg's own cache, that parse was an eighth of the api's CPU. Rows are read by
 index or by column name on both (`sqlite3.Row` on SQLite, `Row` here on PostgreSQL).
 Connections are in autocommit mode: a store opens its transactions itself, with
 `transaction` (a write that takes the store's lock first, as SQLite's BEGIN IMMEDIATE does)
