@@ -81,7 +81,15 @@ def test_every_answer_under_overload_tells_the_truth(stack: Stack) -> None:
                 assert found.status_code in (200, 404), found.text
                 if found.status_code == 200:
                     unknown.add(problem["execution_id"])
-        listed = http.get("/v1/executions", params={"limit": 500}).json()
-    stored = {item["id"] for item in listed["items"]}
+        # Every page: how many fit within the timeout depends on the machine (up to all
+        # CONCURRENT, more than one page holds).
+        params: dict[str, Any] = {"limit": 500}
+        stored: set[str] = set()
+        while True:
+            listed = http.get("/v1/executions", params=params).json()
+            stored |= {item["id"] for item in listed["items"]}
+            if listed["next_cursor"] is None:
+                break
+            params["cursor"] = listed["next_cursor"]
     assert listed["total_count"] == len(stored)
     assert stored == created | unknown, "an execution was stored that no answer accounts for"
