@@ -346,7 +346,7 @@ class Bench:
     async def history_stack(self) -> None:
         a = self.args
         name = f"{a.devices:,} devices + {a.stored:,} stored"
-        with fleet_stack(self.scratch, "history", a.devices, a.broker) as stack:
+        with fleet_stack(self.scratch, "history", a.devices, a.broker, **self.sync) as stack:
             catalog = Catalog.from_yaml(stack.catalog)
             history = await asyncio.to_thread(
                 stored_history, catalog, fleet_ids(a.devices), a.stored, say

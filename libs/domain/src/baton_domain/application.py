@@ -275,7 +275,11 @@ class Executions(Application[UUID]):
             return False
         if command.idempotency_key is not None or attempt > 0:
             return True
-        return self._batch is not None and self._batch.get(execution_id) is not None
+        return self._in_batch(execution_id)
+
+    def _in_batch(self, aggregate_id: UUID) -> bool:
+        """Whether the batch being applied holds this aggregate (saved by an item before)."""
+        return self._batch is not None and self._batch.get(aggregate_id) is not None
 
     def record_state(self, device_id: str, state: dict[str, Any], at: datetime) -> int | None:
         """A device's reported state; settles the verifications that wait for it.
@@ -416,8 +420,9 @@ class Executions(Application[UUID]):
         """The execution, or None when nothing was ever stored under its id: for an id not
         used yet (the usual case: the api chose it just now) one indexed read, where loading
         would first look for a snapshot and then for its events."""
-        in_batch = self._batch is not None and self._batch.get(execution_id) is not None
-        if not in_batch and not self.recorder.select_events(execution_id, limit=1):
+        if not self._in_batch(execution_id) and not self.recorder.select_events(
+            execution_id, limit=1
+        ):
             return None
         return self.get(execution_id)
 
