@@ -16,12 +16,19 @@ sequence again and goes on from its position, the first event sent naming no pre
 (the stream's last message may be another's, and nats-server keeps the last message id
 only in memory). An event already in the stream (its acknowledgement was lost) then comes
 back as a duplicate, which counts as published.
+
+The stream is a copy of the store, so the relay also mends one that lost its newest
+events: a nats-server killed before they reached its disk comes back without them (a
+stream that does not fsync each write: docs/architecture.md, "What stored means"). The
+relay then finds the stream ending before its position, at its next publish (refused: the
+sequence it expects is gone) or, while the store is quiet, at its next look at the stream
+(`check_stream_end`), and publishes again from the stream's last event: the same events,
+in the same order, under the same sequences.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
@@ -132,8 +139,9 @@ class OutboxRelay:
 
     async def read_stream_end(self) -> None:
         """Take the stream's last sequence, and the position of its last message when that
-        is one of ours and ahead of us (at the start, or what a relay stopped mid-window
-        left landing behind it: not published again, one duplicate at a time)."""
+        is one of ours: ahead of us at the start, or what a relay stopped mid-window left
+        landing behind it (not published again, one duplicate at a time); behind us when
+        the stream lost its newest events (published again)."""
         info = await self._js.stream_info(EVENTS_STREAM)
         self._last_seq, self._last_id = info.state.last_seq, None
         if not info.state.last_seq:
@@ -141,17 +149,40 @@ class OutboxRelay:
         try:
             last = await self._js.get_msg(EVENTS_STREAM, seq=info.state.last_seq)
         except NotFoundError:
-            return
+            return  # expired or purged: nothing says where the stream's copy ends
         published = int((last.headers or {}).get(NOTIFICATION_ID_HEADER, 0))
-        self.position = max(self.position, published)
+        if not published:
+            return  # someone else's message: ours before it are all in
+        if published < self.position:
+            # Acknowledged once, so the stream had them: it lost them since.
+            log.warning(
+                "%s ends at notification %d, before %d: the stream lost its newest events;"
+                " publishing them again",
+                EVENTS_STREAM,
+                published,
+                self.position,
+            )
+        self.position = published
 
-    async def publish(self, events: list[LifecycleEvent]) -> None:
-        """Publish those of `events` (in notification order, following `position`) past
-        `position`, up to `WINDOW` in flight; `position` follows each one acknowledged.
-        Raises on the first one refused or unanswered: the rest are dropped, to be read and
-        published again after the stream's end is read again."""
+    async def check_stream_end(self) -> None:
+        """Whether the stream still ends where the relay left it; when it ends before, the
+        next publish reads it again. For a quiet store: a publish would find out at once."""
+        info = await self._js.stream_info(EVENTS_STREAM)
+        if self._last_seq is not None and info.state.last_seq < self._last_seq:
+            self._last_seq = None
+
+    async def publish(self, events: list[LifecycleEvent], after: int | None = None) -> None:
+        """Publish those of `events` (in notification order, read from the store `after`
+        that notification; None: `position`) past `position`, up to `WINDOW` in flight;
+        `position` follows each one acknowledged. Raises on the first one refused or
+        unanswered: the rest are dropped, to be read and published again after the
+        stream's end is read again."""
+        after = self.position if after is None else after
         if self._last_seq is None:
             await self.read_stream_end()
+            if self.position < after:
+                # `events` start past a gap in the stream: read them again from its end.
+                raise OutOfPlaceError(f"{EVENTS_STREAM} ends at notification {self.position}")
         in_flight: deque[tuple[int, asyncio.Future[api.PubAck]]] = deque()
         try:
             for event in events:
@@ -225,8 +256,9 @@ class OutboxRelay:
             # Cleared before reading, so a write that lands while we read still wakes us.
             self._wake.clear()
             try:
+                after = self.position
                 events = await asyncio.to_thread(self._read)
-                await self.publish(events)
+                await self.publish(events, after)
             except asyncio.CancelledError:
                 raise
             except OutOfPlaceError as exc:
@@ -247,8 +279,17 @@ class OutboxRelay:
                 await asyncio.sleep(1.0)
                 continue
             if len(events) < BATCH:
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                except TimeoutError:
+                    await self._look_while_quiet()
+
+    async def _look_while_quiet(self) -> None:
+        """`check_stream_end`, its failure logged: NATS may be down, the next round retries."""
+        try:
+            await self.check_stream_end()
+        except Exception as exc:
+            log.info("relay could not look at the stream's end: %r", exc)
 
 
 class OutOfPlaceError(Exception):
