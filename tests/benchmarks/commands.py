@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypedDict
 
 from baton_cli.localstack import Stack, mqtt_flavour, raise_open_files_limit
 from baton_domain.catalog import Catalog
@@ -220,6 +221,13 @@ async def burst(load: Load, commands: int, concurrency: int) -> Burst:
 # --- the run -----------------------------------------------------------------------------------
 
 
+class StackSync(TypedDict):
+    """How a bench stack's JetStream keeps what it is given (`fleet_stack`'s arguments)."""
+
+    jetstream_fsync: bool
+    events_persist: str
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, scratch: Path) -> None:
         self.args = args
@@ -252,9 +260,10 @@ class Bench:
         return self.args.nats_nodes, self.args.replicas
 
     @property
-    def sync(self) -> dict[str, bool]:
-        """How the stacks' nats-servers sync JetStream (`--jetstream-sync`)."""
-        return {"jetstream_fsync": fsynced(self.args)}
+    def sync(self) -> StackSync:
+        """How the stacks' nats-servers sync JetStream (`--jetstream-sync`) and store the
+        events stream (`--events-persist`)."""
+        return {"jetstream_fsync": fsynced(self.args), "events_persist": self.args.events_persist}
 
     async def run(self) -> None:
         if self.parts & {"floors", "latency", "max", "burst"}:
@@ -416,6 +425,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="always",
         help="always: an fsync per JetStream write, as Baton runs; default: nats-server's own "
         "(every 2 minutes), to see what that durability costs (always)",
+    )
+    add(
+        "--events-persist",
+        choices=["default", "async"],
+        default="default",
+        help="the services' BATON_NATS_EVENTS_PERSIST: the events stream's persist mode (default)",
     )
     add(
         "--replicas",

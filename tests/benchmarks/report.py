@@ -158,6 +158,8 @@ def report(args: argparse.Namespace, figures: Figures, broker: str) -> None:
     nats = "one NATS server" if nodes == 1 else f"a {nodes}-node NATS cluster (R3)"
     if not fsynced(args):
         nats += " NOT fsyncing each write (--jetstream-sync default: a comparison only)"
+    if getattr(args, "events_persist", "default") == "async":
+        nats += ", BATON_NATS_EVENTS_PERSIST=async (events acknowledged before their fsync)"
     print(f"stack: {storage}, {per_service} per service, {nats}, {broker} MQTT broker")
     print(f"command: python -m tests.benchmarks.commands {shlex.join(sys.argv[1:])}".rstrip())
     report_floors(args, figures)

@@ -62,12 +62,14 @@ def fleet_stack(
     replicas: int = 1,
     postgres_settings: Sequence[str] = (),
     jetstream_fsync: bool = True,
+    events_persist: str = "default",
 ) -> Iterator[Stack]:
     """A stack (not started) whose catalog is the demo's plus `devices` generated ones.
     With `database` postgres, its storage is a new PostgreSQL cluster of its own (durable:
     fsync on), already running, which the stack stops with the rest. `nats_nodes` and
     `replicas`: the topology (`make run-cluster`'s is 3 and 2). `jetstream_fsync` False:
-    nats-server's default sync, for the comparison only."""
+    nats-server's default sync, for the comparison only. `events_persist`: the services'
+    BATON_NATS_EVENTS_PERSIST."""
     folder = scratch / name
     folder.mkdir(parents=True)
     catalog = folder / "catalog.yaml"
@@ -82,6 +84,8 @@ def fleet_stack(
         replicas=replicas,
         jetstream_fsync=jetstream_fsync,
     )
+    if events_persist != "default":
+        stack.extra_env["BATON_NATS_EVENTS_PERSIST"] = events_persist
     try:
         if database == "postgres":
             stack.postgres = start_postgres(folder / "postgres", extra_settings=postgres_settings)

@@ -89,6 +89,7 @@ class Options:
     broker: str | None = None
     cluster: bool = False
     rolling: bool = False
+    events_persist: str = "default"  # BATON_NATS_EVENTS_PERSIST
 
 
 class ChaosStack(Stack):
@@ -144,6 +145,8 @@ def _run(options: Options, data_dir: Path) -> Verdict:
         catalog=catalog,
         **extra,
     )
+    if options.events_persist != "default":
+        stack.extra_env["BATON_NATS_EVENTS_PERSIST"] = options.events_persist
     settings = Settings(
         data_dir=stack.data_dir,
         catalog_path=catalog,
@@ -512,6 +515,12 @@ def parse(argv: list[str] | None = None) -> tuple[Options, Path | None]:
         "--rolling",
         action="store_true",
         help="with --cluster: restart every replica in turn; no request may fail",
+    )
+    add(
+        "--events-persist",
+        choices=["default", "async"],
+        default=defaults.events_persist,
+        help="the services' BATON_NATS_EVENTS_PERSIST (async: one NATS server only)",
     )
     add(
         "--data-dir",

@@ -18,7 +18,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, StreamInfo
+from nats.js.api import AckPolicy, ConsumerConfig, PersistMode, StreamInfo
 
 from baton_cli.localstack import (
     Server,
@@ -212,6 +212,22 @@ async def test_streams_and_bucket_made_with_one_replica_are_scaled_to_three_in_p
     finally:
         await dispatcher.close()
         await api.close()
+
+
+async def test_events_made_for_one_server_are_not_replicated_and_the_start_says_why(
+    cluster: list[Server], ops: Client
+) -> None:
+    """An events stream made with BATON_NATS_EVENTS_PERSIST=async cannot take 3 replicas
+    (nats-server refuses it, in place or anew): the dispatcher's start stops on one line
+    that says so, and leaves the stream as it was."""
+    js = ops.jetstream()
+    await ensure_streams(js, replicas=1, events_persist="async")
+    assert (await js.stream_info(EVENTS_STREAM)).config.persist_mode == PersistMode.ASYNC
+    with pytest.raises(RuntimeError, match=r"persist mode async.*cannot take 3 replicas"):
+        await ensure_streams(js, replicas=3)
+    kept = await js.stream_info(EVENTS_STREAM)
+    assert kept.config.num_replicas == 1
+    assert kept.config.persist_mode == PersistMode.ASYNC
 
 
 async def changed(js: JetStreamContext) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import NotFoundError
 
@@ -238,3 +239,130 @@ async def test_a_relay_that_cannot_read_the_stream_at_first_tries_again_rather_t
     finally:
         await cancel_and_wait(task)
     assert await stream_ids(admin) == list(range(1, EVENTS + 1))
+
+
+async def lose_newest(nc: Client, keep: int) -> None:
+    """The stream as a nats-server brings it back after losing its newest messages (killed
+    before they reached its disk): its first `keep` only. Made anew and refilled, as a
+    stream's end cannot be cut otherwise."""
+    js = nc.jetstream()
+    kept = [await js.get_msg(EVENTS_STREAM, seq=seq) for seq in range(1, keep + 1)]
+    await js.delete_stream(EVENTS_STREAM)
+    await ensure_streams(js)
+    for msg in kept:
+        assert msg.subject is not None and msg.headers is not None
+        headers = {key: msg.headers[key] for key in ("Nats-Msg-Id", NOTIFICATION_ID_HEADER)}
+        await js.publish(msg.subject, msg.data or b"", headers=headers, stream=EVENTS_STREAM)
+
+
+@pytest.mark.parametrize("busy", [False, True])
+async def test_a_stream_that_lost_its_newest_events_gets_them_again(
+    nc: Client, executions: Executions, connections: Connect, busy: bool
+) -> None:
+    """The stream is a copy of the store: when it comes back shorter, the relay publishes
+    again what it lost, in order, under the same sequences. Quiet, the relay finds out at
+    its next look at the stream's end; busy, when its next publish is refused."""
+    relay = relay_on(executions, await connections())
+    # The relay's look while quiet waits at a gate while the stream is cut short, so that
+    # it sees the stream before or after, never half made; busy, the look sees nothing.
+    look, arrived, gate = relay.check_stream_end, asyncio.Event(), asyncio.Event()
+    gate.set()
+
+    async def gated() -> None:
+        arrived.set()
+        await gate.wait()
+        if not (busy and cut):
+            await look()
+
+    relay.check_stream_end = gated  # type: ignore[method-assign]
+    cut = False
+    task = asyncio.create_task(relay.run())
+    total = EVENTS
+    try:
+        await eventually(lambda: caught_up(relay), timeout=30, what="every event relayed")
+        gate.clear()
+        arrived.clear()
+        await asyncio.wait_for(arrived.wait(), 10)
+        await lose_newest(nc, 1000)
+        cut = True
+        if busy:
+            queue = executions.queue_of(DEVICE)
+            assert queue.set_presence(True, datetime.now(UTC))
+            executions.save(queue)
+            total += 1
+            relay.wake()
+        gate.set()
+
+        async def mended() -> bool:
+            return relay.position == total and await relayed(nc, total)
+
+        await eventually(mended, timeout=30, what="the lost events published again")
+    finally:
+        await cancel_and_wait(task)
+    assert await stream_ids(nc) == list(range(1, total + 1))
+    info = await nc.jetstream().stream_info(EVENTS_STREAM)
+    assert info.state.last_seq == total  # each under the sequence it had
+
+
+async def test_a_nats_server_killed_with_events_not_yet_on_its_disk_ends_with_each_once(
+    nats_server: Server, nc: Client, executions: Executions, connections: Connect
+) -> None:
+    """BATON_NATS_EVENTS_PERSIST=async: nats-server acknowledges an event before it is on
+    disk, so a SIGKILL may lose the newest ones the relay counted as published. After the
+    restart the stream holds every event once, in notification order: the relay publishes
+    again whatever the stream came back without. A durable consumer (as the device-bridge's
+    and the timeout-scheduler's) still receives every event, some perhaps twice."""
+    js = nc.jetstream()
+    await js.delete_stream(EVENTS_STREAM)
+    await ensure_streams(js, events_persist="async")
+    assert (await js.stream_info(EVENTS_STREAM)).config.persist_mode == api.PersistMode.ASYNC
+    seen: list[int] = []
+
+    async def handle(msg: Msg) -> None:
+        seen.append(int((msg.headers or {})[NOTIFICATION_ID_HEADER]))
+        await msg.ack()
+
+    reader = (await connections()).jetstream()
+    await reader.subscribe(
+        "baton.v1.events.>",
+        durable="reader",
+        stream=EVENTS_STREAM,
+        cb=handle,
+        manual_ack=True,
+        config=api.ConsumerConfig(ack_wait=2),
+    )
+    killed = asyncio.Event()
+
+    def kill_midway(n: int) -> None:
+        if n == 900:  # windows acknowledged before it, one in flight
+            nats_server.kill()
+            killed.set()
+
+    relay_nc = await connections()
+    relay = relay_on(executions, relay_nc, Watched(relay_nc, kill_midway))
+    task = asyncio.create_task(relay.run())
+    try:
+        await asyncio.wait_for(killed.wait(), 30)
+        acknowledged = relay.position
+        nats_server.restart()
+        await eventually(lambda: caught_up(relay), timeout=60, what="the relay caught up")
+
+        async def all_seen() -> bool:
+            return set(seen) == set(range(1, EVENTS + 1))
+
+        await eventually(all_seen, timeout=30, what="every event consumed")
+    finally:
+        await cancel_and_wait(task)
+    assert acknowledged > 0
+    assert await stream_ids(await connections()) == list(range(1, EVENTS + 1))
+
+
+async def test_a_stream_made_before_keeps_its_persist_mode(
+    nc: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """nats-server never changes a stream's persist mode: a dispatcher started with another
+    BATON_NATS_EVENTS_PERSIST keeps the stream as it is, says so, and starts."""
+    js = nc.jetstream()
+    await ensure_streams(js, events_persist="async")  # made `default` by the fixture
+    assert (await js.stream_info(EVENTS_STREAM)).config.persist_mode is None
+    assert any("keeps persist mode default" in r.getMessage() for r in caplog.records)

@@ -188,9 +188,20 @@ def test_the_stacks_fsync_each_jetstream_write_unless_asked_for_the_comparison(
     from baton_cli.localstack import start_nats
     from tests.benchmarks.commands import Bench, parse_args
 
-    assert Bench(parse_args([]), tmp_path).sync == {"jetstream_fsync": True}
+    assert Bench(parse_args([]), tmp_path).sync == {
+        "jetstream_fsync": True,
+        "events_persist": "default",
+    }
     compared = Bench(parse_args(["--jetstream-sync", "default"]), tmp_path)
-    assert compared.sync == {"jetstream_fsync": False}
+    assert compared.sync == {"jetstream_fsync": False, "events_persist": "default"}
+    unsynced_events = Bench(parse_args(["--events-persist", "async"]), tmp_path)
+    assert unsynced_events.sync == {"jetstream_fsync": True, "events_persist": "async"}
+    from tests.benchmarks.stacks import fleet_stack
+
+    with fleet_stack(tmp_path, "async", 1, "mosquitto", events_persist="async") as stack:
+        assert stack.extra_env["BATON_NATS_EVENTS_PERSIST"] == "async"
+    with fleet_stack(tmp_path, "default", 1, "mosquitto") as stack:
+        assert "BATON_NATS_EVENTS_PERSIST" not in stack.extra_env
     for fsync in (True, False):
         server = start_nats(tmp_path / f"nats-{fsync}", fsync_each_write=fsync)
         try:

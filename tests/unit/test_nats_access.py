@@ -107,3 +107,19 @@ def test_a_replica_count_jetstream_cannot_keep_is_refused(
     monkeypatch.setenv("BATON_NATS_REPLICAS", replicas)
     with pytest.raises(ValueError, match="nats_replicas"):
         Settings()
+
+
+def test_events_acknowledged_before_disk_are_for_one_server_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """nats-server keeps a stream in persist mode `async` on one server only: asked for
+    with more replicas, the service stops at the start, naming both settings."""
+    monkeypatch.setenv("BATON_NATS_EVENTS_PERSIST", "async")
+    assert Settings().nats_events_persist == "async"
+    monkeypatch.setenv("BATON_NATS_REPLICAS", "3")
+    with pytest.raises(ValueError, match=r"BATON_NATS_EVENTS_PERSIST=async.*BATON_NATS_REPLICAS"):
+        Settings()
+    monkeypatch.setenv("BATON_NATS_EVENTS_PERSIST", "sometimes")
+    monkeypatch.setenv("BATON_NATS_REPLICAS", "1")
+    with pytest.raises(ValueError, match="nats_events_persist"):
+        Settings()

@@ -14,7 +14,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import PersistMode, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
@@ -197,18 +197,42 @@ async def synced(client: Client) -> None:
     await client.flush()
 
 
-async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
+async def ensure_streams(
+    js: JetStreamContext, replicas: int = 1, events_persist: str = "default"
+) -> None:
     """Create the streams with `replicas` copies each (BATON_NATS_REPLICAS), or bring them
     in line: the dispatcher's job (only its NATS user may); the other services wait for
     theirs (`wait_for_streams`). An update keeps a stream's messages and its consumers:
     going from 1 to 3 replicas, the server copies the stream to two more nodes, and the
-    consumers (which follow their stream's count) with it."""
+    consumers (which follow their stream's count) with it.
+
+    `events_persist` (BATON_NATS_EVENTS_PERSIST) is the events stream's persist mode when
+    it is made; nats-server never changes a stream's mode, so one made before keeps its
+    own, and one made `async` cannot take more than one replica (refused, with why)."""
     for config in STREAMS:
         config = replace(config, num_replicas=replicas)
+        if config.name == EVENTS_STREAM and events_persist != "default":
+            config = replace(config, persist_mode=PersistMode(events_persist))
         try:
             await js.add_stream(config=config)
         except BadRequestError:
-            # Already there with other settings: bring it in line.
+            # Already there with other settings: bring it in line, its mode as it is.
+            assert config.name is not None
+            made = (await js.stream_info(config.name)).config
+            if made.persist_mode != config.persist_mode:
+                log.warning(
+                    "stream %s keeps persist mode %s (nats-server never changes it;"
+                    " BATON_NATS_EVENTS_PERSIST applies to a stream made anew)",
+                    config.name,
+                    made.persist_mode or "default",
+                )
+                config = replace(config, persist_mode=made.persist_mode)
+            if config.persist_mode == PersistMode.ASYNC and replicas > 1:
+                raise RuntimeError(
+                    f"stream {config.name} was made with persist mode async, which"
+                    " nats-server keeps on one server only: it cannot take"
+                    f" {replicas} replicas (docs/operations.md, BATON_NATS_EVENTS_PERSIST)"
+                ) from None
             await js.update_stream(config=config)
 
 

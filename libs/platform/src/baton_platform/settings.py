@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from baton_platform.sql import Database
@@ -25,6 +25,13 @@ class Settings(BaseSettings):
         le=5,
         description="copies JetStream keeps of each Baton stream and bucket: 1 on a single "
         "nats-server, 3 on a 3-node cluster (survives one node down)",
+    )
+    nats_events_persist: Literal["default", "async"] = Field(
+        default="default",
+        description="how nats-server stores the BATON_EVENTS stream it makes: `default`, "
+        "each write on disk before its ack; `async`, acknowledged before (a killed server "
+        "loses the newest, which the outbox relay publishes again from the store). Only "
+        "with one replica, and fixed once the stream exists",
     )
     nats_user: str | None = Field(
         default=None,
@@ -244,6 +251,17 @@ class Settings(BaseSettings):
             "nats-server's MQTT ack_wait + 1 for nats-server)"
         ),
     )
+
+    @model_validator(mode="after")
+    def _events_persist_on_one_server(self) -> Settings:
+        # nats-server refuses `async` on a replicated stream, and an `async` stream can
+        # never be replicated later: refused here, at the start, in the setting's words.
+        if self.nats_events_persist == "async" and self.nats_replicas > 1:
+            raise ValueError(
+                "BATON_NATS_EVENTS_PERSIST=async is for a single nats-server:"
+                " BATON_NATS_REPLICAS must be 1"
+            )
+        return self
 
     @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod

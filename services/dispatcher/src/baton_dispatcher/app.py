@@ -116,7 +116,7 @@ class Dispatcher:
         who = identity(settings, DISPATCHER)
         self._nc = await connect(settings.nats_url, f"baton-dispatcher-{settings.instance}", who)
         js = self._nc.jetstream()
-        await ensure_streams(js, settings.nats_replicas)
+        await ensure_streams(js, settings.nats_replicas, settings.nats_events_persist)
         if tracing.enabled():
             self._traces = await asyncio.to_thread(TraceContexts, settings.traces_database)
         relay_poll = settings.relay_poll_interval
