@@ -19,6 +19,8 @@ from collections import Counter
 from pathlib import Path
 
 import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from baton_platform.nats_access import OPS
 from baton_simulator import fleet_ids
@@ -68,6 +70,35 @@ async def stream_subjects(url: str) -> Counter[str]:
         await nc.close()
 
 
+def subject_kind(subject: str) -> str:
+    """A subject with its ids left out: inboxes, execution and device ids, sequences."""
+    if subject.startswith("_INBOX."):
+        return "_INBOX (replies)"
+    if subject.startswith("$JS.ACK."):
+        return "$JS.ACK." + subject.split(".")[2]  # acknowledgements, by stream
+    parts = subject.split(".")
+    kept = [p for p in parts[:6] if "-" not in p and not p.isdigit() and len(p) < 24]
+    return ".".join(kept)
+
+
+class SubjectCounter:
+    """Every message on the NATS server while it runs, counted by `subject_kind`: where
+    nats-server's work per command comes from (a subscription to `>` as `ops` sees each
+    publish once, JetStream's deliveries to consumers included)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    async def run(self, url: str) -> Client:
+        nc = await nats.connect(url)
+
+        async def count(msg: Msg) -> None:
+            self.counts[subject_kind(msg.subject)] += 1
+
+        await nc.subscribe(">", cb=count, pending_msgs_limit=1_000_000)
+        return nc
+
+
 def statements_reset(url: str) -> None:
     import psycopg
 
@@ -111,7 +142,13 @@ async def profile(args: argparse.Namespace, scratch: Path) -> None:
     postgres = args.database == "postgres"
     server_settings = ["shared_preload_libraries=pg_stat_statements"] if postgres else []
     with fleet_stack(
-        scratch, "profile", args.devices, None, args.database, postgres_settings=server_settings
+        scratch,
+        "profile",
+        args.devices,
+        None,
+        args.database,
+        postgres_settings=server_settings,
+        events_persist=args.events_persist,
     ) as stack:
         stack.start_infrastructure()
         start_fleet(stack, args.devices)
@@ -132,7 +169,11 @@ async def profile(args: argparse.Namespace, scratch: Path) -> None:
                 statements_reset(url)
             nats_url = stack.nats_url_as(OPS)
             before = await stream_subjects(nats_url)
+            counter = SubjectCounter()
+            watcher = await counter.run(nats_url) if args.subjects else None
             step = await load.step(args.rate, args.seconds, pids, lambda: settle(stack, client, 60))
+            if watcher is not None:
+                await watcher.close()
             after = await stream_subjects(nats_url)
             for process in spies.values():
                 process.wait()
@@ -151,6 +192,12 @@ async def profile(args: argparse.Namespace, scratch: Path) -> None:
     for key in sorted(after):
         if (grew := after[key] - before.get(key, 0)) > 0:
             print(f"  {grew / per:6.2f}  {key}")
+    if counter.counts:
+        print("\nNATS messages per command, by subject kind (a subscriber to '>' counting)")
+        for kind, n in counter.counts.most_common():
+            if n / per >= 0.01:
+                print(f"  {n / per:6.2f}  {kind}")
+        print(f"  {sum(counter.counts.values()) / per:6.2f}  in all")
     if statements:
         print("\nPostgreSQL statements per command (calls, ms per call), by calls")
         for calls, ms, query in statements:
@@ -174,6 +221,15 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12, help="functions listed per process")
     parser.add_argument(
         "--spy", default=",".join(PYTHON_PROCESSES), help="the processes profiled, comma-separated"
+    )
+    parser.add_argument(
+        "--subjects", action="store_true", help="count every NATS message by subject kind"
+    )
+    parser.add_argument(
+        "--events-persist",
+        choices=("default", "async"),
+        default="default",
+        help="the services' BATON_NATS_EVENTS_PERSIST",
     )
     parser.add_argument("--no-spy", action="store_true", help="only the counts, no profiles")
     parser.add_argument("--out", type=Path, default=Path("var/profile"))
