@@ -230,8 +230,8 @@ async def ensure_streams(
             if config.persist_mode == PersistMode.ASYNC and replicas > 1:
                 raise RuntimeError(
                     f"stream {config.name} was made with persist mode async, which"
-                    " nats-server keeps on one server only: it cannot take"
-                    f" {replicas} replicas (docs/operations.md, BATON_NATS_EVENTS_PERSIST)"
+                    f" nats-server keeps on one server only: to give it {replicas} replicas,"
+                    " run `baton nats-replicate-events` (docs/operations.md, NATS cluster)"
                 ) from None
             await js.update_stream(config=config)
 

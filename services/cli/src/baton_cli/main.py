@@ -39,6 +39,7 @@ from baton_cli.inventory import devices_app, types_app
 from baton_cli.keys import keys_app, tenants_app
 from baton_cli.mqtt_setup import mqtt_setup
 from baton_cli.nats_setup import nats_setup
+from baton_cli.nats_streams import nats_replicate_events
 from baton_cli.output import dumps, event_line, execution_summary, progress_bar
 from baton_cli.tail import follow_execution, tail
 
@@ -56,6 +57,7 @@ app = typer.Typer(
 app.add_typer(dev_app, name="dev")
 app.add_typer(catalog_app, name="catalog")
 app.command("nats-setup")(nats_setup)
+app.command("nats-replicate-events")(nats_replicate_events)
 app.command("mqtt-setup")(mqtt_setup)
 app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
