@@ -78,39 +78,41 @@ def _write_synced(path: Path, data: bytes) -> None:
 
 
 async def take_snapshot(nc: Client, stream: str, snapshot: Snapshot) -> dict[str, Any]:
-    """Write `stream`'s snapshot, its consumers included, to `snapshot`; the stream's
+    """Write `stream`'s snapshot, its consumers included, to `snapshot` as it comes (a
+    month of events need not fit in memory), on disk before this returns; the stream's
     configuration and state as the server gave them."""
     inbox = nc.new_inbox()
-    chunks: list[bytes] = []
     ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    with snapshot.path.open("wb") as out:
 
-    async def on_chunk(msg: Msg) -> None:
-        if ended.done():
-            return
-        if not msg.data:
-            status = (msg.headers or {}).get("Status")
-            if status and not status.startswith("2"):
-                description = (msg.headers or {}).get("Description", "")
-                ended.set_exception(StreamCopyError(f"snapshot ended: {status} {description}"))
-            else:
-                ended.set_result(None)
-            return
-        chunks.append(msg.data)
-        if msg.reply:
-            await nc.publish(msg.reply, b"")
+        async def on_chunk(msg: Msg) -> None:
+            if ended.done():
+                return
+            if not msg.data:
+                status = (msg.headers or {}).get("Status")
+                if status and not status.startswith("2"):
+                    description = (msg.headers or {}).get("Description", "")
+                    ended.set_exception(StreamCopyError(f"snapshot ended: {status} {description}"))
+                else:
+                    ended.set_result(None)
+                return
+            out.write(msg.data)
+            if msg.reply:
+                await nc.publish(msg.reply, b"")
 
-    subscription = await nc.subscribe(inbox, cb=on_chunk)
-    try:
-        meta = await _call(
-            nc,
-            f"{API}.STREAM.SNAPSHOT.{stream}",
-            {"deliver_subject": inbox, "chunk_size": CHUNK},
-        )
-        await asyncio.wait_for(ended, SNAPSHOT_S)
-    finally:
-        await subscription.unsubscribe()
+        subscription = await nc.subscribe(inbox, cb=on_chunk)
+        try:
+            meta = await _call(
+                nc,
+                f"{API}.STREAM.SNAPSHOT.{stream}",
+                {"deliver_subject": inbox, "chunk_size": CHUNK},
+            )
+            await asyncio.wait_for(ended, SNAPSHOT_S)
+        finally:
+            await subscription.unsubscribe()
+        out.flush()
+        os.fsync(out.fileno())
     taken = {"config": meta["config"], "state": meta["state"]}
-    _write_synced(snapshot.path, b"".join(chunks))
     _write_synced(snapshot.meta_path, json.dumps(taken).encode())
     return taken
 
@@ -123,9 +125,9 @@ async def restore(nc: Client, snapshot: Snapshot, config: dict[str, Any]) -> dic
         nc, f"{API}.STREAM.RESTORE.{stream}", {"config": config, "state": meta["state"]}
     )
     deliver = answer["deliver_subject"]
-    data = snapshot.path.read_bytes()
-    for start in range(0, len(data), CHUNK):
-        await _send_chunk(nc, deliver, data[start : start + CHUNK])
+    with snapshot.path.open("rb") as archive:
+        while chunk := archive.read(CHUNK):
+            await _send_chunk(nc, deliver, chunk)
     return await _send_chunk(nc, deliver, b"")
 
 
