@@ -20,6 +20,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
 
@@ -84,27 +85,44 @@ NO_RESPONDERS_RETRY_S = 0.1
 LAST_TRY_S = 1.0
 
 
-async def request_patiently(nc: Client, subject: str, payload: bytes, within: float) -> Msg:
+async def request_patiently(
+    nc: Client, subject: str, payload: bytes, within: float, resend_after: float | None = None
+) -> Msg:
     """A request that, `within` seconds, waits for someone to answer `subject`: a partition
     moving between two dispatchers, or every dispatcher restarting, has no one on it for a
     moment. NATS says at once when no one listens, and then nothing was received, so sending
     it again is safe. NoRespondersError once the time is up; a TimeoutError when it was
-    received and not answered in time. The current trace context travels in its headers."""
+    received and not answered in time. The current trace context travels in its headers.
+
+    `resend_after`: for a request the receiver applies once however often it comes (a submit
+    naming its execution id), sent again when no answer came after that many seconds. In a
+    cluster, one sent while its subject moves between two dispatchers on different nodes
+    can be lost without a word: routed to the node of the one that just unsubscribed (seen
+    in a rolling restart: an answer never came, and the client got `outcome-unknown`)."""
     deadline = time.monotonic() + within
     # The caller's trace goes on with whoever answers (no headers at all when not traced).
     headers = tracing.inject()
     while True:
+        remaining = deadline - time.monotonic()
+        # The last try waits for all the time left, however long.
+        last = resend_after is None or remaining - resend_after < LAST_TRY_S
+        wait = remaining if last or resend_after is None else resend_after
+        sent_at = time.monotonic()
         try:
             if headers:
-                timeout = deadline - time.monotonic()
-                return await nc.request(subject, payload, timeout=timeout, headers=headers)
-            return await nc.request(subject, payload, timeout=deadline - time.monotonic())
+                return await nc.request(subject, payload, timeout=wait, headers=headers)
+            return await nc.request(subject, payload, timeout=wait)
         except NoRespondersError:
             # The last try keeps a useful time: one sent with almost none left would time
             # out under load before even "no responders" is back, and then say "unknown".
             if time.monotonic() + NO_RESPONDERS_RETRY_S + LAST_TRY_S >= deadline:
                 raise
             await asyncio.sleep(NO_RESPONDERS_RETRY_S)
+        except NatsTimeoutError:
+            # Only a request that went unanswered for its whole wait may have been lost.
+            if last or resend_after is None or time.monotonic() - sent_at < 0.9 * wait:
+                raise
+            log.info("no answer on %s after %.1f s; sending it again", subject, resend_after)
 
 
 class RequestEdges:

@@ -48,6 +48,10 @@ R = TypeVar("R", bound=BaseModel)
 # The share of the request timeout the dispatcher has to *start* a submit's write; the rest
 # (1 s of the default 5 s) is for the write itself and the reply (docs/architecture.md).
 DISPATCHER_SHARE = 0.8
+# A submit with no answer after this long is sent again, once within the default 5 s, while
+# the dispatcher still starts its write (before `answer_by`): a lost request (a partition
+# moving between dispatchers on two NATS nodes) costs 2 s, not a 503.
+RESEND_S = 2.0
 
 
 class CommandGateway(Protocol):
@@ -92,10 +96,12 @@ class NatsGateway:
             "Idempotency-Key",
             command.execution_id,
         )
-        # Straight to the dispatcher that writes the device's streams.
+        # Straight to the dispatcher that writes the device's streams; sent again when lost
+        # (it names its execution: the dispatcher stores it once, and answers a repeat with
+        # what it stored).
         subject = partition_subject(partition_of(command.device_id), "submit")
         with about(command.execution_id):
-            return await self._request(subject, payload, ExecutionReply, unknown)
+            return await self._request(subject, payload, ExecutionReply, unknown, RESEND_S)
 
     async def cancel(self, command: CancelCommand) -> ExecutionReply:
         return await self._request(CANCEL_SUBJECT, _encoded(command), ExecutionReply)
@@ -113,7 +119,12 @@ class NatsGateway:
         return await self._request(CATALOG_CHANGE_SUBJECT, _encoded(change), CatalogReply)
 
     async def _request(
-        self, subject: str, payload: bytes, reply: type[R], unknown: ProblemError | None = None
+        self,
+        subject: str,
+        payload: bytes,
+        reply: type[R],
+        unknown: ProblemError | None = None,
+        resend_after: float | None = None,
     ) -> R:
         client = self._link.client
         if client is None or not client.is_connected:
@@ -121,7 +132,9 @@ class NatsGateway:
         try:
             verb = subject.rsplit(".", 1)[-1]
             with tracing.span(f"request {verb}", tracing.SpanKind.CLIENT):
-                message = await request_patiently(client, subject, payload, self._timeout)
+                message = await request_patiently(
+                    client, subject, payload, self._timeout, resend_after
+                )
         except NoRespondersError:
             raise unavailable("no dispatcher is running; nothing was stored; retry") from None
         except MaxPayloadError:
