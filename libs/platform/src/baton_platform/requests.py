@@ -120,9 +120,9 @@ async def request_patiently(
             await asyncio.sleep(NO_RESPONDERS_RETRY_S)
         except NatsTimeoutError:
             # Only a request that went unanswered for its whole wait may have been lost.
-            if last or resend_after is None or time.monotonic() - sent_at < 0.9 * wait:
+            if last or time.monotonic() - sent_at < 0.9 * wait:
                 raise
-            log.info("no answer on %s after %.1f s; sending it again", subject, resend_after)
+            log.info("no answer on %s after %.1f s; sending it again", subject, wait)
 
 
 class RequestEdges:

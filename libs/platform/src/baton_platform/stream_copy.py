@@ -28,6 +28,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
+from nats.js.errors import NotFoundError
 
 API = "$JS.API"
 CHUNK = 128 * 1024
@@ -156,11 +157,9 @@ async def copy_anew(
     the snapshot is, the copy was interrupted after the delete: it is restored from the file.
     """
     try:
-        await _call(nc, f"{API}.STREAM.INFO.{stream}", {})
+        await nc.jetstream().stream_info(stream)
         there = True
-    except StreamCopyError as exc:
-        if "not found" not in str(exc).lower():
-            raise
+    except NotFoundError:
         there = False
     if there:
         meta = await take_snapshot(nc, stream, snapshot)
