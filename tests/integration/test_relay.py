@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +23,7 @@ from nats.js.errors import NotFoundError
 
 from baton_cli.localstack import Server
 from baton_contracts.nats import EVENTS_STREAM, NOTIFICATION_ID_HEADER, event_subject
-from baton_dispatcher.relay import WINDOW, AckWindow, OutboxRelay
+from baton_dispatcher.relay import ACK_EVERY, BATCH, WINDOW, AckWindow, OutboxRelay
 from baton_domain.application import Executions
 from baton_domain.catalog import Catalog
 from baton_platform.eventstore import open_executions
@@ -75,18 +77,20 @@ class Watched(AckWindow):
     def __init__(self, nc: Client, on_send: Callable[[int], object] | None = None) -> None:
         super().__init__(nc)
         self.sent = 0
+        self.asked: list[bool] = []  # each publish: whether it asked for an acknowledgement
         self.peak = 0
         self.on_send = on_send
 
     async def send(
-        self, subject: str, payload: bytes, headers: dict[str, str]
-    ) -> asyncio.Future[api.PubAck]:
+        self, subject: str, payload: bytes, headers: dict[str, str], ack: bool = True
+    ) -> asyncio.Future[api.PubAck] | None:
         self.sent += 1
+        self.asked.append(ack)
         if self.on_send is not None:
             result = self.on_send(self.sent)
             if asyncio.iscoroutine(result):
                 await result
-        future = await super().send(subject, payload, headers)
+        future = await super().send(subject, payload, headers, ack)
         self.peak = max(self.peak, len(self._futures))
         return future
 
@@ -133,7 +137,11 @@ async def test_events_land_in_notification_order_with_many_acks_in_flight(
         await cancel_and_wait(task)
     assert await stream_ids(nc) == list(range(1, EVENTS + 1))
     assert relay.position == EVENTS
-    assert window.peak == WINDOW  # not one at a time
+    assert window.peak == WINDOW // ACK_EVERY  # not one at a time
+    # One acknowledgement asked for each ACK_EVERY events of a round, and its last.
+    rounds = [BATCH] * (EVENTS // BATCH) + [EVENTS % BATCH]
+    assert window.asked.count(True) == sum(math.ceil(n / ACK_EVERY) for n in rounds)
+    assert window.asked.count(False) == EVENTS - window.asked.count(True)
 
 
 async def test_a_relay_stopped_mid_window_is_resumed_without_gap_or_duplicate(
@@ -176,7 +184,8 @@ async def test_a_message_someone_else_publishes_midway_does_not_break_the_order(
             await js.publish(event_subject("someone", "Else"), b"{}", stream=EVENTS_STREAM)
 
     relay_nc = await connections()
-    relay = relay_on(executions, relay_nc, Watched(relay_nc, intrude))
+    window = Watched(relay_nc, intrude)
+    relay = relay_on(executions, relay_nc, window)
     task = asyncio.create_task(relay.run())
     try:
         await eventually(lambda: relayed(nc, EVENTS + 1), timeout=30, what="every event relayed")
@@ -186,6 +195,13 @@ async def test_a_message_someone_else_publishes_midway_does_not_break_the_order(
     ids = await stream_ids(nc)
     assert ids.count(None) == 1
     assert [i for i in ids if i is not None] == list(range(1, EVENTS + 1))
+    # The first round (BATCH events) failed at an acknowledgement past 400; then every
+    # event asked for its own until a round went through (at least the round's tail,
+    # 400 to 500), and they were sparse again after.
+    assert window.asked[:BATCH].count(True) == math.ceil(BATCH / ACK_EVERY)
+    careful = list(itertools.takewhile(bool, window.asked[BATCH:]))
+    assert len(careful) >= BATCH - 400 + 1
+    assert False in window.asked[BATCH + len(careful) :]
 
 
 @pytest.mark.parametrize("second_after", [0, 300])

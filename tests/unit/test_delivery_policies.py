@@ -176,3 +176,29 @@ def test_a_command_can_override_the_types_delivery_policy(open_app: Opener) -> N
     app = open_app()
     finish(app, another)
     assert app.get(calibrate).dispatched  # idle now: its turn
+
+
+def test_a_copied_execution_shares_no_container_with_the_original() -> None:
+    import copy
+
+    from baton_domain.execution import CommandExecution
+
+    now = datetime.now(UTC)
+    execution = CommandExecution(
+        id=UUID(int=1), device_id="lamp-1", device_type="lamp", name="blink",
+        params={"times": 2}, ttl=30, deadline=now, idempotency_key=None, fingerprint="f",
+        source="api", requested_name="blink", ephemeral=False, retry_of=None,
+        requested_by="anonymous", tenant="default",
+    )  # fmt: skip
+    execution.dispatch()
+    execution.collect_events()
+    clone = copy.deepcopy(execution)
+    clone.record_answer("lamp-1", "r1", AnswerStatus.SUCCEEDED, {"ok": True}, now)
+    clone.record_retry(UUID(int=2), "anonymous")
+    assert (execution.status, execution.log, execution.retries) == (ExecutionStatus.PENDING, [], [])
+    assert execution.pending_events == []
+    assert (clone.status, len(clone.log), clone.retries) == (
+        ExecutionStatus.SUCCEEDED, 1, [UUID(int=2)]
+    )  # fmt: skip
+    assert [type(e).__name__ for e in clone.pending_events] == ["Published", "Succeeded", "Retried"]
+    assert clone.params == execution.params and clone.deadline == execution.deadline

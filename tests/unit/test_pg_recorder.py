@@ -117,3 +117,13 @@ def test_a_store_made_by_the_librarys_recorder_takes_inserts_after_an_upgrade(
         assert [e.originator_version for e in ours.select_events(stream)] == [1, 2, 3]
     finally:
         newer.close()
+
+
+def test_the_newest_version_of_a_stream_is_read_without_its_events(
+    recorder: OneStatementRecorder,
+) -> None:
+    one, two = uuid4(), uuid4()
+    recorder.insert_events([*events(one, range(1, 4)), *events(two, range(1, 2))])
+    recorder.insert_events(events(one, range(4, 6)))
+    assert (recorder.newest_version(one), recorder.newest_version(two)) == (5, 1)
+    assert recorder.newest_version(uuid4()) == 0  # nothing stored

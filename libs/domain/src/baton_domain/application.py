@@ -229,7 +229,11 @@ class Executions(Application[UUID]):
 
     def _catalog_version(self) -> int:
         # The newest event of the catalog's stream: one indexed read, so every request
-        # sees the catalog as stored without loading it again.
+        # sees the catalog as stored without loading it again. A recorder that can read
+        # the version alone does (PostgreSQL's: the event would bring the whole catalog).
+        newest_version = getattr(self.recorder, "newest_version", None)
+        if newest_version is not None:
+            return int(newest_version(CATALOG_ID))
         newest = self.recorder.select_events(CATALOG_ID, desc=True, limit=1)
         return newest[0].originator_version if newest else 0
 

@@ -9,13 +9,13 @@ releases, so the two never disagree, whatever crashes in between.
 
 from __future__ import annotations
 
-import copy
 from datetime import datetime, timedelta
 from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
 from baton_domain.catalog import DeliveryPolicy
+from baton_domain.copies import ContainersCopied
 from baton_domain.errors import CooldownActive, QueueFull
 
 _T = "baton.device-queue.v1"
@@ -26,7 +26,7 @@ def queue_id(device_id: str) -> UUID:
     return uuid5(QUEUE_NAMESPACE, device_id)
 
 
-class DeviceQueue(Aggregate):
+class DeviceQueue(ContainersCopied, Aggregate):
     TOPIC = f"{_T}:DeviceQueue"
     # When presence last changed (the report's time). A class default: snapshots taken
     # before it existed restore without it.
@@ -93,17 +93,6 @@ class DeviceQueue(Aggregate):
         self.last_run: dict[str, datetime] = {}
         self.verifying: list[UUID] = []  # executions waiting for a device state
         self.exclusive: list[UUID] = []  # waiting ones that go out only to an idle device
-
-    def __deepcopy__(self, memo: dict[int, object]) -> DeviceQueue:
-        """The library copies cached aggregates before each command. Everything held here is
-        immutable (ids, times, names, events) but the containers, so copying those is a
-        full copy, and far cheaper than copy.deepcopy of every id (measured: it was most of
-        a request's time on a device with hundreds of executions in flight)."""
-        clone = copy.copy(self)
-        for name, value in vars(self).items():
-            if isinstance(value, list | dict):
-                setattr(clone, name, copy.copy(value))
-        return clone
 
     # --- queries ---------------------------------------------------------------------------
 

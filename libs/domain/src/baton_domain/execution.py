@@ -13,6 +13,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
+from baton_domain.copies import ContainersCopied
 from baton_domain.errors import DeadlineNotReached, IllegalTransition, WrongDevice
 from baton_domain.statuses import AnswerStatus, ExecutionStatus
 from baton_domain.tenants import DEFAULT_TENANT
@@ -38,7 +39,7 @@ def answer_entry(
     }
 
 
-class CommandExecution(Aggregate):
+class CommandExecution(ContainersCopied, Aggregate):
     TOPIC = f"{_T}:CommandExecution"
 
     class Event(Aggregate.Event):

@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import ProcessingEvent
-from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.domain import BaseAggregate, DomainEventProtocol
 
 from baton_domain.catalog import Catalog
 
@@ -62,8 +62,17 @@ class UnitOfWork:
 
     def collect(self, *objs: Any) -> None:
         """What the application's save does inside an item: keep, do not store."""
-        assert self._pending is not None, "save outside an item of the batch"
-        self._pending.collect_events(*objs)
+        pending = self._pending
+        assert pending is not None, "save outside an item of the batch"
+        for obj in objs:
+            if isinstance(obj, BaseAggregate):
+                # What the library's collect_events does for an aggregate, without its
+                # two runtime-checkable protocol checks per object (2-3 % of a loaded
+                # dispatcher's CPU).
+                pending.events.extend(obj.collect_events())
+                pending.aggregates[obj.id] = obj
+            else:
+                pending.collect_events(obj)
 
     @property
     def item_saved(self) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from uuid import UUID
 
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
@@ -42,6 +43,10 @@ class OneStatementRecorder(PostgresApplicationRecorder):
             schema=schema, function=Identifier(function)
         )
         self._insert_bytes: bytes | None = None
+        self._newest = SQL(
+            "SELECT originator_version FROM {schema}.{table} WHERE originator_id = %s"
+            " ORDER BY originator_version DESC LIMIT 1"
+        ).format(schema=schema, table=Identifier(events_table_name))
         create = SQL(
             "CREATE OR REPLACE FUNCTION {schema}.{function}(events {schema}.{event}[]) "
             "RETURNS SETOF bigint LANGUAGE plpgsql AS $BODY$ "
@@ -87,3 +92,14 @@ class OneStatementRecorder(PostgresApplicationRecorder):
                 self._insert_bytes = self._insert.as_bytes(conn)
             curs.execute(self._insert_bytes, (rows,), prepare=True)
             return [row[self._result_column] for row in curs.fetchall()]
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def newest_version(self, originator_id: UUID) -> int:
+        """The version of a stream's newest event (0: none), read from the primary key's
+        index alone. `select_events(desc=True, limit=1)` brings the event's state too, and
+        the catalog's newest event holds the whole catalog (tens of kB, read once per
+        batch of the dispatcher to see a change another dispatcher stored)."""
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._newest, (originator_id,), prepare=True)
+            row = curs.fetchone()
+            return int(row["originator_version"]) if row else 0

@@ -10,12 +10,17 @@ one round trip per window instead of one per event. Two expectations keep them i
 each event names the notification id of the one before it (`Nats-Expected-Last-Msg-Id`)
 and the stream sequence that one gets (`Nats-Expected-Last-Sequence`), so once one is lost
 (a connection dropped mid-window) or another message got in between, the server refuses
-every later one rather than storing it out of place. The position moves only over events
-acknowledged without a gap; after a refusal or an error the relay reads the stream's last
-sequence again and goes on from its position, the first event sent naming no predecessor
-(the stream's last message may be another's, and nats-server keeps the last message id
-only in memory). An event already in the stream (its acknowledgement was lost) then comes
-back as a duplicate, which counts as published.
+every later one rather than storing it out of place. The same chain means an acknowledged
+event vouches for every one sent before it, so only the last of each `ACK_EVERY` events
+(and of each round) asks for an acknowledgement: the others go without a reply subject,
+and nats-server sends nothing back for them (a reply per event was a fifth of the messages
+a command sends through NATS). The position moves only over acknowledged events; after a
+refusal or an error the relay reads the stream's last sequence again and goes on from its
+position, the first event sent naming no predecessor (the stream's last message may be
+another's, and nats-server keeps the last message id only in memory), and asks for an
+acknowledgement of every event until a round goes through, so that an error the server
+gives one event is seen as that event's. An event already in the stream (its
+acknowledgement was lost) then comes back as a duplicate, which counts as published.
 
 The stream is a copy of the store, so the relay also mends one that lost its newest
 events: a nats-server killed before they reached its disk comes back without them (a
@@ -54,6 +59,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 500  # events read from the store at once
 WINDOW = 256  # events published and not yet acknowledged
+ACK_EVERY = 64  # events per acknowledgement asked for (the chain vouches for the rest)
 ACK_TIMEOUT = 5.0
 # JetStream's error codes for a failed Nats-Expected-Last-Sequence / -Last-Msg-Id.
 OUT_OF_PLACE = frozenset({10071, 10070})
@@ -73,8 +79,12 @@ class AckWindow:
         self._futures: dict[str, asyncio.Future[api.PubAck]] = {}
 
     async def send(
-        self, subject: str, payload: bytes, headers: dict[str, str]
-    ) -> asyncio.Future[api.PubAck]:
+        self, subject: str, payload: bytes, headers: dict[str, str], ack: bool = True
+    ) -> asyncio.Future[api.PubAck] | None:
+        """`ack` false: no reply subject, so no acknowledgement (None)."""
+        if not ack:
+            await self._nc.publish(subject, payload, headers=headers)
+            return None
         if self._prefix is None:
             prefix = self._nc.new_inbox()
             await self._nc.subscribe(f"{prefix}.*", cb=self._on_reply)
@@ -132,6 +142,8 @@ class OutboxRelay:
         # The notification id the next event expects before it; None: the first after
         # reading the stream, which expects only the sequence.
         self._last_id: int | None = None
+        # Events per acknowledgement: every one after a failure, until a round goes through.
+        self._ack_every = ACK_EVERY
 
     def wake(self) -> None:
         """Called after each write so events go out at once rather than at the next poll."""
@@ -183,24 +195,32 @@ class OutboxRelay:
             if self.position < after:
                 # `events` start past a gap in the stream: read them again from its end.
                 raise OutOfPlaceError(f"{EVENTS_STREAM} ends at notification {self.position}")
+        todo = [event for event in events if event.notification_id > self.position]
+        every = self._ack_every
+        # Each acknowledgement awaited stands for `every` events sent before it.
         in_flight: deque[tuple[int, asyncio.Future[api.PubAck]]] = deque()
         try:
-            for event in events:
-                if event.notification_id <= self.position:
-                    continue
-                if len(in_flight) >= WINDOW:
+            for index, event in enumerate(todo, start=1):
+                if index % every == 1 % every and len(in_flight) >= WINDOW // every:
                     await self._settle(*in_flight.popleft())
-                in_flight.append((event.notification_id, await self._send(event)))
+                ack = index % every == 0 or index == len(todo)
+                future = await self._send(event, ack)
+                if future is not None:
+                    in_flight.append((event.notification_id, future))
             while in_flight:
                 await self._settle(*in_flight.popleft())
         except BaseException:
             self._last_seq = None  # what follows a failed one is refused: read the stream
+            self._ack_every = 1
             raise
+        else:
+            if todo:
+                self._ack_every = ACK_EVERY
         finally:
             for _, future in in_flight:
                 future.cancel()
 
-    async def _send(self, event: LifecycleEvent) -> asyncio.Future[api.PubAck]:
+    async def _send(self, event: LifecycleEvent, ack: bool) -> asyncio.Future[api.PubAck] | None:
         assert self._last_seq is not None
         notification_id = str(event.notification_id)
         headers = {
@@ -217,7 +237,7 @@ class OutboxRelay:
         kind, about = tracing.SpanKind.PRODUCER, event.execution_id
         with tracing.continued(f"relay {event.type}", kind, parent, about):
             tracing.inject(headers)
-            future = await self._acks.send(subject, event.model_dump_json().encode(), headers)
+            future = await self._acks.send(subject, event.model_dump_json().encode(), headers, ack)
         self._last_seq += 1
         self._last_id = event.notification_id
         return future
