@@ -73,7 +73,8 @@ async def stream_subjects(url: str) -> Counter[str]:
 def subject_kind(subject: str) -> str:
     """A subject with its ids left out: inboxes, execution and device ids, sequences."""
     if subject.startswith("_INBOX."):
-        return "_INBOX (replies)"
+        # Each service's inbox prefix names its NATS user (baton_platform.nats_access).
+        return f"_INBOX.{subject.split('.')[1]} (replies)"
     if subject.startswith("$JS.ACK."):
         return "$JS.ACK." + subject.split(".")[2]  # acknowledgements, by stream
     parts = subject.split(".")

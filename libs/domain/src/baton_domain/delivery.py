@@ -10,6 +10,7 @@ releases, so the two never disagree, whatever crashes in between.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import lru_cache
 from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
@@ -22,6 +23,7 @@ _T = "baton.device-queue.v1"
 QUEUE_NAMESPACE = UUID("0b6c1f0e-5a4e-4c77-8d53-1f1f3c9e2d41")
 
 
+@lru_cache(maxsize=65536)  # asked several times per command; a SHA-1 each time
 def queue_id(device_id: str) -> UUID:
     return uuid5(QUEUE_NAMESPACE, device_id)
 
