@@ -34,6 +34,7 @@ device_types:
 devices:
   - {id: charger-1, type: charger}
   - {id: charger-2, type: charger}
+  - {id: charger-3, type: charger}
 """
 
 
@@ -159,7 +160,8 @@ def test_a_chosen_id_is_written_without_a_look_and_its_repeat_still_found(
 ) -> None:
     """The api chooses every execution's id: a new one is written at once, with no read of
     its stream, and a repeat (a lost answer asked again) in a batch or alone still finds
-    the execution stored, unchanged, once the store has refused the duplicate."""
+    the execution stored, unchanged: in the writer's cache, or once the store has refused
+    the duplicate."""
     app = store()
     looks: list[UUID] = []
     select = app.recorder.select_events
@@ -171,19 +173,34 @@ def test_a_chosen_id_is_written_without_a_look_and_its_repeat_still_found(
     monkeypatch.setattr(app.recorder, "select_events", counting)
     chosen = uuid4()
 
-    def submit() -> Any:
-        return app.request(RequestCommand("charger-1", "start", {}, None, execution_id=chosen))
+    def submit(on: Executions = app) -> Any:
+        return on.request(RequestCommand("charger-1", "start", {}, None, execution_id=chosen))
 
     first = app.run_batch([submit])[0].unwrap()
     assert first.created and first.execution.id == chosen
     assert chosen not in looks
     assert len(transactions) == 1
 
+    # A repeat this process stored lately is in its cache (the dispatcher's has one):
+    # found without a failed batch. Without a cache, the store refuses the batch's insert
+    # and each item goes again alone.
     again = app.run_batch([submit, request(app, "charger-2")])
     repeat, other = (r.unwrap() for r in again)
     assert (repeat.changed, repeat.execution.id, repeat.position) == (False, chosen, None)
     assert other.created and other.execution.dispatched
+    cached = app.repository.cache is not None
+    assert len(transactions) == (2 if cached else 4)  # (failed; the repeat's own, refused)
     assert submit().changed is False  # alone too
+
+    # One another process stored (a partition handed over): the store refuses the batch's
+    # insert, and each item goes again alone.
+    elsewhere = store()
+    again = elsewhere.run_batch([lambda: submit(elsewhere), request(elsewhere, "charger-3")])
+    repeat, other = (r.unwrap() for r in again)
+    assert (repeat.changed, repeat.execution.id, repeat.position) == (False, chosen, None)
+    assert other.created and other.execution.dispatched
+    # (and uncached, the repeat alone above was refused once too)
+    assert len(transactions) == (2 if cached else 5) + 3  # failed; refused; the other's
     assert store().queue_of("charger-1").in_flight == [chosen]  # admitted once
 
 

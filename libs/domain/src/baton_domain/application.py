@@ -274,12 +274,26 @@ class Executions(Application[UUID]):
         stored already only when a lost answer is asked again, which is rare: its first
         attempt writes at once, and the store's refusal of a second first event of one
         stream (IntegrityError) sends it round again to look. That saves a read of the
-        store per submit; a repeat costs its batch one failed transaction instead."""
+        store per submit; a repeat costs its batch one failed transaction instead, unless
+        this process stored or read the execution lately: then it is in the aggregate
+        cache, and looking costs no read. That is the usual repeat: the api sends a submit
+        again when no answer came within `RESEND_S`, which happens when this dispatcher is
+        overloaded, and a batch failed and applied again item by item would only add to it."""
         if not command.repeatable:
             return False
         if command.idempotency_key is not None or attempt > 0:
             return True
-        return self._in_batch(execution_id)
+        return self._in_batch(execution_id) or self._cached(execution_id)
+
+    def _cached(self, aggregate_id: UUID) -> bool:
+        cache = self.repository.cache
+        if cache is None:
+            return False
+        try:
+            cache.get(aggregate_id)
+        except KeyError:
+            return False
+        return True
 
     def _in_batch(self, aggregate_id: UUID) -> bool:
         """Whether the batch being applied holds this aggregate (saved by an item before)."""
