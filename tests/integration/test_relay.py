@@ -19,7 +19,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from baton_cli.localstack import Server
 from baton_contracts.nats import EVENTS_STREAM, NOTIFICATION_ID_HEADER, event_subject
@@ -28,6 +28,7 @@ from baton_domain.application import Executions
 from baton_domain.catalog import Catalog
 from baton_platform.eventstore import open_executions
 from baton_platform.lifecycle import cancel_and_wait
+from baton_platform.mapping import read_events
 from baton_platform.nats import ensure_streams
 from baton_platform.nats_access import OPS
 from tests.conftest import DEMO, eventually, service_settings
@@ -255,6 +256,57 @@ async def test_a_relay_that_cannot_read_the_stream_at_first_tries_again_rather_t
     finally:
         await cancel_and_wait(task)
     assert await stream_ids(admin) == list(range(1, EVENTS + 1))
+
+
+async def test_an_event_the_server_refuses_is_logged_with_its_own_error(
+    nats_server: Server,
+    nc: Client,
+    tmp_path: Path,
+    connections: Connect,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An event in the middle of a round that nats-server refuses for itself (here: larger
+    than the stream takes) gets no answer, as it asked for none, and the round's last one
+    is refused as out of place. The relay then asks for an acknowledgement of every event,
+    so the refusal it logs is that event's own, and it publishes nothing past it."""
+    store = open_executions(service_settings(nats_server, tmp_path), Catalog.from_yaml(DEMO))
+
+    def toggles(count: int) -> None:
+        queue = store.queue_of(DEVICE)
+        for n in range(count):
+            assert queue.set_presence(n % 2 == 0, datetime.now(UTC))
+        store.save(queue)
+
+    toggles(10)  # notifications 1-11 (the queue's first, then the toggles)
+    assert store.seed_catalog() == 12  # the whole catalog in one event
+    toggles(10)  # 13-22
+    sizes = [len(e.model_dump_json()) for e in read_events(store, 0, 100)]
+    assert len(sizes) == 22 and max(sizes[:11] + sizes[12:]) + 1000 < sizes[11]
+    js = nc.jetstream()
+    config = (await js.stream_info(EVENTS_STREAM)).config
+    config.max_msg_size = sizes[11] - 200  # room for any toggle and its headers
+    await js.update_stream(config)
+
+    relay_nc = await connections()
+    window = Watched(relay_nc)
+    relay = relay_on(store, relay_nc, window)
+    task = asyncio.create_task(relay.run())
+    try:
+
+        async def refused_for_its_size() -> bool:
+            return any(
+                isinstance(r.exc_info[1], APIError) and r.exc_info[1].err_code == 10054
+                for r in caplog.records
+                if r.exc_info is not None
+            )
+
+        await eventually(refused_for_its_size, timeout=15, what="the refusal logged")
+    finally:
+        await cancel_and_wait(task)
+    assert window.asked[:22] == [False] * 21 + [True]  # the first round: one asked, refused
+    assert all(window.asked[22:])  # then every event asked for its own
+    assert relay.position == 11
+    assert await stream_ids(nc) == list(range(1, 12))
 
 
 async def lose_newest(nc: Client, keep: int) -> None:
