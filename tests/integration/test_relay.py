@@ -26,6 +26,7 @@ from baton_contracts.nats import EVENTS_STREAM, NOTIFICATION_ID_HEADER, event_su
 from baton_dispatcher.relay import ACK_EVERY, BATCH, WINDOW, AckWindow, OutboxRelay
 from baton_domain.application import Executions
 from baton_domain.catalog import Catalog
+from baton_platform import metrics
 from baton_platform.eventstore import open_executions
 from baton_platform.lifecycle import cancel_and_wait
 from baton_platform.mapping import read_events
@@ -264,11 +265,15 @@ async def test_an_event_the_server_refuses_is_logged_with_its_own_error(
     tmp_path: Path,
     connections: Connect,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An event in the middle of a round that nats-server refuses for itself (here: larger
     than the stream takes) gets no answer, as it asked for none, and the round's last one
     is refused as out of place. The relay then asks for an acknowledgement of every event,
-    so the refusal it logs is that event's own, and it publishes nothing past it."""
+    so the refusal it logs is that event's own, and it publishes nothing past it. Its
+    metric says how far behind it is, for the operator's alert (`BatonRelayBehind`)."""
+    monkeypatch.setattr(metrics, "serving", lambda: True)
+    monkeypatch.setattr(metrics, "SAMPLE_INTERVAL_S", 0.1)
     store = open_executions(service_settings(nats_server, tmp_path), Catalog.from_yaml(DEMO))
 
     def toggles(count: int) -> None:
@@ -301,8 +306,14 @@ async def test_an_event_the_server_refuses_is_logged_with_its_own_error(
             )
 
         await eventually(refused_for_its_size, timeout=15, what="the refusal logged")
+
+        async def behind() -> bool:
+            return metrics.RELAY_BEHIND._value.get() == 22 - 11
+
+        await eventually(behind, what="the relay's lag sampled")
     finally:
         await cancel_and_wait(task)
+    assert metrics.RELAY_BEHIND._value.get() == 0  # not relaying: says nothing
     assert window.asked[:22] == [False] * 21 + [True]  # the first round: one asked, refused
     assert all(window.asked[22:])  # then every event asked for its own
     assert relay.position == 11

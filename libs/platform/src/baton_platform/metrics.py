@@ -159,6 +159,12 @@ CONSUMER_ACK_PENDING = Gauge(
     "Messages delivered to the durable consumer and not yet acknowledged (num_ack_pending)",
     ["stream", "consumer"],
 )
+RELAY_BEHIND = Gauge(
+    "baton_relay_behind_events",
+    "Stored events the outbox relay has not yet published to BATON_EVENTS (the store's last "
+    "notification id minus the relay's position), sampled every few seconds by the "
+    "dispatcher that relays; 0 on the others",
+)
 EXECUTIONS_WAITING = Gauge(
     "baton_executions_waiting",
     "Executions stored and not yet taken by the broker (PENDING: queued behind a delivery "
