@@ -8,15 +8,21 @@ catalog's command names and device types, the streams' durable consumers).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from baton_domain.execution import CommandExecution
+from baton_platform.lifecycle import cancel_and_wait
+
+log = logging.getLogger(__name__)
 
 REJECTED_MESSAGES = Counter(
     "baton_rejected_messages_total",
@@ -165,6 +171,50 @@ RELAY_BEHIND = Gauge(
     "notification id minus the relay's position), sampled every few seconds by the "
     "dispatcher that relays; 0 on the others",
 )
+VIEWS_BEHIND = Gauge(
+    "baton_views_behind_events",
+    "Stored events the views' projection has not yet applied (the store's last notification "
+    "id minus the views' position), sampled every few seconds by the api replica that "
+    "writes the views; 0 on the others",
+)
+
+
+@contextlib.asynccontextmanager
+async def lag_sampled(
+    gauge: Gauge, stored: Callable[[], int | None], position: Callable[[], int | None]
+) -> AsyncIterator[None]:
+    """While the body runs and metrics are served, every `SAMPLE_INTERVAL_S`: `gauge` =
+    the store's last notification id (`stored`, a blocking read, run in a worker thread)
+    minus `position` (None: not this process's job now, 0). A failed read leaves the last
+    value; 0 once the body ends."""
+    if not serving():
+        yield
+        return
+    sampler = asyncio.create_task(_sample_lag(gauge, stored, position))
+    try:
+        yield
+    finally:
+        await cancel_and_wait(sampler)
+        gauge.set(0)
+
+
+async def _sample_lag(
+    gauge: Gauge, stored: Callable[[], int | None], position: Callable[[], int | None]
+) -> None:
+    while True:
+        at = position()
+        if at is None:
+            gauge.set(0)
+        else:
+            try:
+                last = await asyncio.to_thread(stored)
+            except Exception as exc:  # the store is away: the next sample
+                log.debug("a lag not sampled: %r", exc)
+            else:
+                gauge.set(max(0, (last or 0) - at))
+        await asyncio.sleep(SAMPLE_INTERVAL_S)
+
+
 EXECUTIONS_WAITING = Gauge(
     "baton_executions_waiting",
     "Executions stored and not yet taken by the broker (PENDING: queued behind a delivery "

@@ -31,6 +31,7 @@ from uuid import UUID
 
 from baton_contracts.nats import ViewsAdvanced
 from baton_domain.application import Executions
+from baton_platform import metrics
 from baton_platform.lifecycle import rest_of
 from baton_platform.metrics import WAITING_REQUESTS
 from baton_views import ExecutionView, ExecutionViews, read_events
@@ -190,6 +191,14 @@ class ProjectionRunner:
     async def run(self) -> None:
         """Project (or follow) until stopped. Errors are logged and retried: reads must keep
         working."""
+        # How far behind the store the views are, while this process writes them.
+        stored = self._executions.recorder.max_notification_id
+        async with metrics.lag_sampled(
+            metrics.VIEWS_BEHIND, stored, lambda: self.position if self._projecting else None
+        ):
+            await self._run()
+
+    async def _run(self) -> None:
         last_step = float("-inf")  # no step yet: nothing to wait out
         read = 0  # events of the last step
         while not self._stopping:

@@ -53,7 +53,6 @@ from baton_contracts.nats import (
 from baton_dispatcher.traces import TraceContexts
 from baton_domain.application import Executions
 from baton_platform import metrics, tracing
-from baton_platform.lifecycle import cancel_and_wait
 from baton_platform.mapping import read_events
 
 log = logging.getLogger(__name__)
@@ -273,12 +272,11 @@ class OutboxRelay:
                 log.warning("relay cannot read the stream's end yet (%r); trying again", exc)
                 await asyncio.sleep(1.0)
         log.info("relay resuming after notification %d", self.position)
-        sampler = asyncio.create_task(self._sample_behind()) if metrics.serving() else None
-        try:
+        # How far behind the store the relay is: an event the stream refuses, or a NATS that
+        # will not take them, leaves it growing.
+        stored = self._executions.recorder.max_notification_id
+        async with metrics.lag_sampled(metrics.RELAY_BEHIND, stored, lambda: self.position):
             await self._relay()
-        finally:
-            if sampler is not None:
-                await cancel_and_wait(sampler)
 
     async def _relay(self) -> None:
         while True:
@@ -312,23 +310,6 @@ class OutboxRelay:
                     await asyncio.wait_for(self._wake.wait(), self._poll_interval)
                 except TimeoutError:
                     await self._look_while_quiet()
-
-    async def _sample_behind(self) -> None:
-        """How far behind the store the relay is (`metrics.RELAY_BEHIND`), every
-        `metrics.SAMPLE_INTERVAL_S` while it runs, and 0 once it stops: an event the stream
-        refuses, or a NATS that will not take them, leaves it growing."""
-        try:
-            while True:
-                try:
-                    recorder = self._executions.recorder
-                    last = await asyncio.to_thread(recorder.max_notification_id)
-                except Exception as exc:  # the store is down: the next sample
-                    log.debug("relay lag not sampled: %r", exc)
-                else:
-                    metrics.RELAY_BEHIND.set(max(0, (last or 0) - self.position))
-                await asyncio.sleep(metrics.SAMPLE_INTERVAL_S)
-        finally:
-            metrics.RELAY_BEHIND.set(0)
 
     async def _look_while_quiet(self) -> None:
         """`check_stream_end`, its failure logged: NATS may be down, the next round retries."""
