@@ -201,7 +201,8 @@ class OutboxRelay:
         in_flight: deque[tuple[int, asyncio.Future[api.PubAck]]] = deque()
         try:
             for index, event in enumerate(todo, start=1):
-                if index % every == 1 % every and len(in_flight) >= WINDOW // every:
+                first_of_chunk = (index - 1) % every == 0
+                if first_of_chunk and len(in_flight) >= WINDOW // every:
                     await self._settle(*in_flight.popleft())
                 ack = index % every == 0 or index == len(todo)
                 future = await self._send(event, ack)
