@@ -162,6 +162,9 @@ async def test_streams_and_bucket_made_with_one_replica_are_scaled_to_three_in_p
         js = ops.jetstream()
         await ensure_streams(dispatcher.jetstream(), replicas=1)
         bucket = await ensure_bucket(api.jetstream(), ACCESS_BUCKET, history=1, replicas=1)
+        # Writable from here at once (it waited for the stream's interest to reach this
+        # node), and its probe, a write the stream refuses, stored nothing.
+        assert (await js.stream_info(BUCKET_STREAM)).state.messages == 0
         await bucket.put("keys.k1", b"record")
         await open_bucket(dispatcher.jetstream(), replicas=1)
         for n in range(5):

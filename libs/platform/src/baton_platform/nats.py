@@ -15,7 +15,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import PersistMode, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, NotFoundError
 from nats.js.kv import KeyValue
 
 from baton_contracts.nats import (
@@ -248,13 +248,42 @@ async def ensure_bucket(
     BATON_NATS_REPLICAS changed), scaled to it in place: nats-py's `create_key_value` only
     creates. Its entries are kept."""
     try:
-        return await js.create_key_value(bucket=bucket, history=history, replicas=replicas, ttl=ttl)
+        made = await js.create_key_value(bucket=bucket, history=history, replicas=replicas, ttl=ttl)
     except BadRequestError:
         stream = f"KV_{bucket}"
         config = (await js.stream_info(stream)).config
         if config.num_replicas != replicas:
             await js.update_stream(config=replace(config, num_replicas=replicas))
         return await js.key_value(bucket)
+    await _until_writable(js, bucket)  # made just now
+    return made
+
+
+# How long a bucket just made may take to take writes from every node.
+BUCKET_READY_S = 10.0
+# A compare-and-set no entry can meet: the server refuses it, and so stores nothing.
+_NEVER = {"Nats-Expected-Last-Subject-Sequence": str(2**62)}
+
+
+async def _until_writable(js: JetStreamContext, bucket: str) -> None:
+    """Return once a write to `bucket` reaches its stream from this connection. In a
+    cluster, the stream of a bucket just made may live on another node, whose interest in
+    its subjects reaches ours over the routes a moment after the answer that made it: a
+    write meanwhile gets "no responders" (seen in a test: the first put after creating a
+    one-replica bucket on a 3-node cluster). nats.go's JetStream publish retries on that;
+    nats-py's does not. The probe is a write the server refuses, so nothing is stored."""
+    deadline = asyncio.get_running_loop().time() + BUCKET_READY_S
+    while True:
+        try:
+            await js.publish(f"$KV.{bucket}._ready", b"", headers=dict(_NEVER))
+        except APIError:
+            return  # refused by the stream: it is there, and takes our writes
+        except NoStreamResponseError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+        else:
+            raise RuntimeError(f"bucket {bucket} stored the probe it should have refused")
 
 
 STREAM_WAIT_S = 0.5
