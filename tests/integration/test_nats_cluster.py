@@ -19,6 +19,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, PersistMode, StreamInfo
+from nats.js.errors import ServiceUnavailableError
 from typer.testing import CliRunner, Result
 
 from baton_cli.localstack import (
@@ -174,7 +175,9 @@ async def test_streams_and_bucket_made_with_one_replica_are_scaled_to_three_in_p
             ConsumerConfig(durable_name="reader", ack_policy=AckPolicy.EXPLICIT),
         )
         reader = await js.pull_subscribe_bind("reader", stream=EVENTS_STREAM)
-        for msg in await reader.fetch(2, timeout=5):
+        first = await eventually(lambda: served(reader, 2), timeout=20, what="the first two")
+        assert len(first) == 2
+        for msg in first:
             await msg.ack_sync()
         before = await js.stream_info(EVENTS_STREAM)
         assert before.config.num_replicas == 1
@@ -202,18 +205,11 @@ async def test_streams_and_bucket_made_with_one_replica_are_scaled_to_three_in_p
         assert leases.config.num_replicas == 3
         assert leases.config.max_age == 6.0  # its time to live kept
 
-        async def consumer_on_three() -> bool:
-            found = await js.consumer_info(EVENTS_STREAM, "reader")
-            cluster_info = found.cluster
-            return bool(
-                cluster_info is not None
-                and cluster_info.leader in NODES
-                and len([p for p in cluster_info.replicas or [] if p.current]) == 2
-            )
-
-        await eventually(consumer_on_three, timeout=20, what="the consumer on three nodes")
+        await eventually(
+            lambda: consumer_led(js, "reader", 3), timeout=20, what="the consumer on three nodes"
+        )
         # Its position kept: the next message it hands out is the third.
-        [third] = await reader.fetch(1, timeout=5)
+        [third] = await eventually(lambda: served(reader, 1), timeout=20, what="the third")
         assert third.data == b"m2"
     finally:
         await dispatcher.close()
@@ -222,7 +218,8 @@ async def test_streams_and_bucket_made_with_one_replica_are_scaled_to_three_in_p
 
 async def consumer_led(js: JetStreamContext, name: str, copies: int) -> bool:
     """Whether consumer `name` of the events stream has a leader and `copies` current
-    copies: until then a fetch is answered 503 (no one serves it yet)."""
+    copies: until then a fetch is answered 503 (no one serves it yet), and on the other
+    nodes for a moment after (`served`)."""
     try:
         found = await js.consumer_info(EVENTS_STREAM, name)
     except nats.errors.Error:
@@ -231,6 +228,17 @@ async def consumer_led(js: JetStreamContext, name: str, copies: int) -> bool:
     if cluster_info is None or cluster_info.leader not in NODES:
         return False
     return len([p for p in cluster_info.replicas or [] if p.current]) == copies - 1
+
+
+async def served(reader: JetStreamContext.PullSubscription, batch: int) -> list[Msg]:
+    """Up to `batch` messages, or none while the consumer is not served on the node we are
+    connected to: its interest reaches the other nodes over the routes a moment after its
+    leader is elected, and a pull sent before that is answered 503 "no responders" (seen
+    right after `consumer_led`) or not at all. Asked again, as a client would."""
+    try:
+        return await reader.fetch(batch, timeout=1)
+    except (nats.errors.TimeoutError, ServiceUnavailableError):
+        return []
 
 
 async def test_events_made_for_one_server_are_replicated_by_the_command_the_start_names(
@@ -250,7 +258,9 @@ async def test_events_made_for_one_server_are_replicated_by_the_command_the_star
     )
     await eventually(lambda: consumer_led(js, "reader", 1), what="the consumer led")
     reader = await js.pull_subscribe_bind("reader", stream=EVENTS_STREAM)
-    for msg in await reader.fetch(20, timeout=5):
+    first = await eventually(lambda: served(reader, 20), timeout=20, what="the first messages")
+    assert len(first) == 20
+    for msg in first:
         await msg.ack_sync()
     refused = r"persist mode async.*give it 3 replicas.*baton nats-replicate-events"
     with pytest.raises(RuntimeError, match=refused):
@@ -284,16 +294,7 @@ async def test_events_made_for_one_server_are_replicated_by_the_command_the_star
     await eventually(lambda: changed(js), timeout=30, what="the streams brought in line")
     await eventually(lambda: consumer_led(js, "reader", 3), timeout=20, what="reader on 3")
     reader = await js.pull_subscribe_bind("reader", stream=EVENTS_STREAM)
-
-    async def fetched() -> list[Msg]:
-        # A pull request sent just after the consumer's leader was elected may go unserved
-        # (its interest not yet known across the routes): asked again, as a client would.
-        try:
-            return await reader.fetch(1, timeout=1)
-        except nats.errors.TimeoutError:
-            return []
-
-    [following] = await eventually(fetched, timeout=20, what="the next message")
+    [following] = await eventually(lambda: served(reader, 1), timeout=20, what="the next message")
     assert following.data == b"m20"  # its position kept
     again = await asyncio.to_thread(CliRunner().invoke, app, command)
     assert again.exit_code == 0, again.output

@@ -33,6 +33,7 @@ from nats.js.errors import NotFoundError
 API = "$JS.API"
 CHUNK = 128 * 1024
 ANSWER_S = 10.0  # the server's answer to one request of the protocol
+LOOK_S = 1.0  # one look at whether the stream is there, asked again until ANSWER_S
 SNAPSHOT_S = 600.0  # a whole snapshot
 
 
@@ -147,6 +148,24 @@ async def _send_chunk(nc: Client, deliver: str, chunk: bytes) -> dict[str, Any]:
             await asyncio.sleep(0.05)
 
 
+async def _there(nc: Client, stream: str) -> bool:
+    """Whether `stream` exists. In a cluster, a stream deleted a moment ago may leave a
+    look unanswered: the meta leader that has not yet applied the delete leaves the answer
+    to the stream's leader, which has already dropped the stream (seen: a copy started
+    right after one stopped past its delete got no answer in 5 s). Only looks are asked
+    again: they change nothing."""
+    deadline = asyncio.get_running_loop().time() + ANSWER_S
+    while True:
+        try:
+            await nc.jetstream(timeout=LOOK_S).stream_info(stream)
+            return True
+        except NotFoundError:
+            return False
+        except nats.errors.TimeoutError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+
+
 async def copy_anew(
     nc: Client, stream: str, snapshot: Snapshot, changes: dict[str, Any]
 ) -> dict[str, Any]:
@@ -156,12 +175,7 @@ async def copy_anew(
     The snapshot goes to disk before the stream is deleted. When the stream is not there and
     the snapshot is, the copy was interrupted after the delete: it is restored from the file.
     """
-    try:
-        await nc.jetstream().stream_info(stream)
-        there = True
-    except NotFoundError:
-        there = False
-    if there:
+    if await _there(nc, stream):
         meta = await take_snapshot(nc, stream, snapshot)
         await _call(nc, f"{API}.STREAM.DELETE.{stream}", {})
     elif snapshot.exists():
