@@ -8,8 +8,9 @@ server's CPU time (user and system, so its fsyncs too) for:
   always`, as Baton runs it) and with nats-server's default sync (every 2 minutes; for the
   comparison only);
 - a message consumed and acknowledged one by one (a durable pull consumer, explicit acks);
-- a stored message when the seven events of a command go as one atomic batch
-  (`Nats-Batch-Id`, nats-server 2.12 and later: one commit for the seven).
+- a stored message when they go as atomic batches (`Nats-Batch-Id`, nats-server 2.12 and
+  later: one commit per batch) of seven, the events of one command, and of each size
+  `--batch` names (a relay round of several commands' events).
 
 Nothing asserts a speed: compare the lines of one run.
 """
@@ -37,7 +38,7 @@ from tests.benchmarks.procs import cpu_seconds
 STREAM, SUBJECTS = "COSTS", "costs.>"
 BODY = b"x" * 600  # about a lifecycle event's JSON
 IN_FLIGHT = 32
-BATCH = 7  # the lifecycle events of one command
+EVENTS_PER_COMMAND = 7  # the lifecycle events of one command: the first batch size
 
 Step = Callable[[Client, int], Awaitable[None]]
 
@@ -69,23 +70,27 @@ async def publish_each(nc: Client, count: int) -> None:
     await asyncio.gather(*window)
 
 
-async def publish_batches(nc: Client, count: int) -> None:
-    """`count` messages as atomic batches of BATCH: the last of each commits it and is the
-    only one answered."""
-    window: list[asyncio.Future[None]] = []
-    for first in range(0, count, BATCH):
-        batch = uuid4().hex
-        for n in range(first, first + BATCH):
-            headers = {"Nats-Batch-Id": batch, "Nats-Batch-Sequence": str(n - first + 1)}
-            if n < first + BATCH - 1:
-                await nc.publish(f"costs.{n % 7}", BODY, headers=headers)
-            else:
-                headers["Nats-Batch-Commit"] = "1"
-                answer = nc.request(f"costs.{n % 7}", BODY, 5, headers=headers)
-                window.append(asyncio.ensure_future(accepted(answer)))
-        if len(window) >= IN_FLIGHT // BATCH:
-            await window.pop(0)
-    await asyncio.gather(*window)
+def publish_batches(size: int) -> Step:
+    """Messages as atomic batches of `size` (the count rounded down to whole batches): the
+    last of each commits it and is the only one answered."""
+
+    async def step(nc: Client, count: int) -> None:
+        window: list[asyncio.Future[None]] = []
+        for first in range(0, count - count % size, size):
+            batch = uuid4().hex
+            for n in range(first, first + size):
+                headers = {"Nats-Batch-Id": batch, "Nats-Batch-Sequence": str(n - first + 1)}
+                if n < first + size - 1:
+                    await nc.publish(f"costs.{n % 7}", BODY, headers=headers)
+                else:
+                    headers["Nats-Batch-Commit"] = "1"
+                    answer = nc.request(f"costs.{n % 7}", BODY, 5, headers=headers)
+                    window.append(asyncio.ensure_future(accepted(answer)))
+            if len(window) >= max(1, IN_FLIGHT // size):
+                await window.pop(0)
+        await asyncio.gather(*window)
+
+    return step
 
 
 async def consume_and_ack(nc: Client, count: int) -> None:
@@ -110,7 +115,9 @@ async def server_cost(pid: int, nc: Client, step: Step, count: int) -> tuple[flo
     return count / wall, (cpu_seconds(pid) - cpu) / count * 1e6
 
 
-async def one_server(scratch: Path, fsync: bool, count: int) -> dict[str, tuple[float, float]]:
+async def one_server(
+    scratch: Path, fsync: bool, count: int, sizes: list[int]
+) -> dict[str, tuple[float, float]]:
     server = start_nats(scratch / f"nats-{fsync}", fsync_each_write=fsync)
     try:
         nc = await nats.connect(server.url)
@@ -118,20 +125,22 @@ async def one_server(scratch: Path, fsync: bool, count: int) -> dict[str, tuple[
         pid = server.proc.pid
         found = {"stored": await server_cost(pid, nc, publish_each, count)}
         found["consumed and acked"] = await server_cost(pid, nc, consume_and_ack, count)
-        found[f"stored, atomic batches of {BATCH}"] = await server_cost(
-            pid, nc, publish_batches, count
-        )
+        for size in sizes:
+            stored = count - count % size
+            found[f"stored, atomic batches of {size}"] = await server_cost(
+                pid, nc, publish_batches(size), stored
+            )
         await nc.close()
         return found
     finally:
         server.stop()
 
 
-async def main(count: int) -> None:
+async def main(count: int, sizes: list[int]) -> None:
     with tempfile.TemporaryDirectory(prefix="baton-jetstream-") as scratch:
         print(f"{count:,} messages of {len(BODY)} bytes each; nats-server's own CPU per message")
         print(f"{'':34} {'fsync each write':>24} {'default sync':>24}")
-        runs = [await one_server(Path(scratch), fsync, count) for fsync in (True, False)]
+        runs = [await one_server(Path(scratch), fsync, count, sizes) for fsync in (True, False)]
         for what in runs[0]:
             cells = [f"{rate:8,.0f}/s {micros:6.0f} µs" for rate, micros in (r[what] for r in runs)]
             print(f"{what:34} {cells[0]:>24} {cells[1]:>24}", flush=True)
@@ -140,5 +149,12 @@ async def main(count: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=4200)
+    parser.add_argument(
+        "--batch",
+        type=int,
+        action="append",
+        default=[],
+        help="an atomic batch size to measure besides seven (repeatable)",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.messages - args.messages % BATCH))
+    asyncio.run(main(args.messages, [EVENTS_PER_COMMAND, *args.batch]))

@@ -12,7 +12,8 @@ import pytest
 
 from baton_cli.localstack import start_nats
 from tests.benchmarks.jetstream_costs import (
-    BATCH,
+    EVENTS_PER_COMMAND,
+    IN_FLIGHT,
     STREAM,
     consume_and_ack,
     create_stream,
@@ -21,6 +22,10 @@ from tests.benchmarks.jetstream_costs import (
 )
 from tests.conftest import eventually
 
+BATCH = EVENTS_PER_COMMAND
+# Larger than the window of answers awaited: one batch in flight at a time.
+LARGE = 2 * IN_FLIGHT
+
 
 async def test_what_each_step_times_is_stored_and_acknowledged(tmp_path: Path) -> None:
     server = start_nats(tmp_path / "nats")
@@ -28,16 +33,19 @@ async def test_what_each_step_times_is_stored_and_acknowledged(tmp_path: Path) -
         nc = await nats.connect(server.url)
         await create_stream(nc)
         await publish_each(nc, 3 * BATCH)
-        await publish_batches(nc, 3 * BATCH)
+        await publish_batches(BATCH)(nc, 3 * BATCH)
+        # Whole batches only: the 5 over two batches are not sent.
+        await publish_batches(LARGE)(nc, 2 * LARGE + 5)
         js = nc.jetstream()
-        assert (await js.stream_info(STREAM)).state.messages == 6 * BATCH
-        await consume_and_ack(nc, 6 * BATCH)
+        stored = 6 * BATCH + 2 * LARGE
+        assert (await js.stream_info(STREAM)).state.messages == stored
+        await consume_and_ack(nc, stored)
 
         async def all_acknowledged() -> bool:
             # The server applies acknowledgements on the consumer's own queue, after it
             # has read them: the floor follows shortly.
             (consumer,) = await js.consumers_info(STREAM)
-            return consumer.ack_floor is not None and consumer.ack_floor.stream_seq == 6 * BATCH
+            return consumer.ack_floor is not None and consumer.ack_floor.stream_seq == stored
 
         await eventually(all_acknowledged, timeout=5, what="every message acknowledged")
         await nc.close()
@@ -51,7 +59,7 @@ async def test_a_batch_the_stream_refuses_stops_the_run(tmp_path: Path) -> None:
         nc = await nats.connect(server.url)
         await create_stream(nc, atomic=False)
         with pytest.raises(RuntimeError, match="refused"):
-            await publish_batches(nc, BATCH)
+            await publish_batches(BATCH)(nc, BATCH)
         await nc.close()
     finally:
         server.stop()
