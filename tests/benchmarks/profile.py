@@ -61,6 +61,7 @@ async def stream_subjects(url: str) -> Counter[str]:
         js = nc.jetstream()
         found: Counter[str] = Counter()
         for stream in await js.streams_info():
+            assert stream.config.name is not None  # the server names every stream it lists
             info = await js.stream_info(stream.config.name, subjects_filter=">")
             for subject, n in (info.state.subjects or {}).items():
                 kind = ".".join(part for part in subject.split(".")[:5] if "-" not in part)
@@ -149,6 +150,7 @@ async def profile(args: argparse.Namespace, scratch: Path) -> None:
         None,
         args.database,
         postgres_settings=server_settings,
+        jetstream_fsync=args.jetstream_sync == "always",
         events_persist=args.events_persist,
     ) as stack:
         stack.start_infrastructure()
@@ -231,6 +233,13 @@ def main() -> None:
         choices=("default", "async"),
         default="default",
         help="the services' BATON_NATS_EVENTS_PERSIST",
+    )
+    parser.add_argument(
+        "--jetstream-sync",
+        choices=("always", "default"),
+        default="always",
+        help="always: an fsync per JetStream write, as Baton runs; default: nats-server's own,"
+        " to see what that costs",
     )
     parser.add_argument("--no-spy", action="store_true", help="only the counts, no profiles")
     parser.add_argument("--out", type=Path, default=Path("var/profile"))
