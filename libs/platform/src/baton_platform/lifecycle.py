@@ -8,7 +8,9 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -48,3 +50,23 @@ async def rest_of(gap: float, since: float) -> None:
     its turns are further apart."""
     if (left := since + gap - time.monotonic()) > 0:
         await asyncio.sleep(left)
+
+
+async def tried_until(
+    call: Callable[[], Awaitable[T]],
+    within: float,
+    retried: type[BaseException] | tuple[type[BaseException], ...],
+    pause: float = 0.0,
+) -> T:
+    """What `call()` returns, calling it again `pause` seconds after each error of `retried`
+    until `within` seconds have passed; then that error. For answers that come a moment
+    late in a cluster (a subject's interest still travelling over the routes, a leader
+    still applying a change), where asking again changes nothing."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await call()
+        except retried:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(pause)

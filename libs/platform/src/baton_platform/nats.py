@@ -28,6 +28,7 @@ from baton_contracts.nats import (
     WATERMARKS_STREAM,
     WATERMARKS_WILDCARD,
 )
+from baton_platform.lifecycle import tried_until
 from baton_platform.nats_access import inbox_prefix, read_credentials
 from baton_platform.settings import Settings
 
@@ -272,18 +273,15 @@ async def _until_writable(js: JetStreamContext, bucket: str) -> None:
     write meanwhile gets "no responders" (seen in a test: the first put after creating a
     one-replica bucket on a 3-node cluster). nats.go's JetStream publish retries on that;
     nats-py's does not. The probe is a write the server refuses, so nothing is stored."""
-    deadline = asyncio.get_running_loop().time() + BUCKET_READY_S
-    while True:
+
+    async def probe() -> None:
         try:
             await js.publish(f"$KV.{bucket}._ready", b"", headers=dict(_NEVER))
         except APIError:
             return  # refused by the stream: it is there, and takes our writes
-        except NoStreamResponseError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.05)
-        else:
-            raise RuntimeError(f"bucket {bucket} stored the probe it should have refused")
+        raise RuntimeError(f"bucket {bucket} stored the probe it should have refused")
+
+    await tried_until(probe, BUCKET_READY_S, NoStreamResponseError, pause=0.05)
 
 
 STREAM_WAIT_S = 0.5

@@ -30,6 +30,8 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.js.errors import NotFoundError
 
+from baton_platform.lifecycle import tried_until
+
 API = "$JS.API"
 CHUNK = 128 * 1024
 ANSWER_S = 10.0  # the server's answer to one request of the protocol
@@ -138,14 +140,12 @@ async def _send_chunk(nc: Client, deliver: str, chunk: bytes) -> dict[str, Any]:
     and its subscription reaches our node over the routes a moment after the answer that
     named it (seen: "no responders" for the first chunk): tried again meanwhile, as a chunk
     nobody received."""
-    deadline = asyncio.get_running_loop().time() + ANSWER_S
-    while True:
-        try:
-            return await _call(nc, deliver, chunk)
-        except NoRespondersError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise StreamCopyError(f"nobody takes the restore on {deliver}") from None
-            await asyncio.sleep(0.05)
+    try:
+        return await tried_until(
+            lambda: _call(nc, deliver, chunk), ANSWER_S, NoRespondersError, pause=0.05
+        )
+    except NoRespondersError:
+        raise StreamCopyError(f"nobody takes the restore on {deliver}") from None
 
 
 async def _there(nc: Client, stream: str) -> bool:
@@ -154,16 +154,15 @@ async def _there(nc: Client, stream: str) -> bool:
     to the stream's leader, which has already dropped the stream (seen: a copy started
     right after one stopped past its delete got no answer in 5 s). Only looks are asked
     again: they change nothing."""
-    deadline = asyncio.get_running_loop().time() + ANSWER_S
-    while True:
+
+    async def look() -> bool:
         try:
             await nc.jetstream(timeout=LOOK_S).stream_info(stream)
-            return True
         except NotFoundError:
             return False
-        except nats.errors.TimeoutError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
+        return True
+
+    return await tried_until(look, ANSWER_S, nats.errors.TimeoutError)
 
 
 async def copy_anew(
