@@ -32,12 +32,13 @@ async def test_what_each_step_times_is_stored_and_acknowledged(tmp_path: Path) -
     try:
         nc = await nats.connect(server.url)
         await create_stream(nc)
-        await publish_each(nc, 3 * BATCH)
+        await publish_each(IN_FLIGHT)(nc, 3 * BATCH)
+        await publish_each(1)(nc, 3 * BATCH)  # one at a time: each answered before the next
         await publish_batches(BATCH)(nc, 3 * BATCH)
         # Whole batches only: the 5 over two batches are not sent.
         await publish_batches(LARGE)(nc, 2 * LARGE + 5)
         js = nc.jetstream()
-        stored = 6 * BATCH + 2 * LARGE
+        stored = 9 * BATCH + 2 * LARGE
         assert (await js.stream_info(STREAM)).state.messages == stored
         await consume_and_ack(nc, stored)
 
