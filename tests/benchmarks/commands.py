@@ -61,6 +61,7 @@ from tests.benchmarks.report import (
     step_line,
 )
 from tests.benchmarks.stacks import (
+    add_nats_options,
     api_client,
     create_database,
     fleet_stack,
@@ -419,19 +420,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "stack (fsync on); the event store floor is measured there too (sqlite)",
     )
     add("--nats-nodes", type=int, default=1, help="NATS servers: 1, or a cluster of 3 (R3)")
-    add(
-        "--jetstream-sync",
-        choices=["always", "default"],
-        default="always",
-        help="always: an fsync per JetStream write, as Baton runs; default: nats-server's own "
-        "(every 2 minutes), to see what that durability costs (always)",
-    )
-    add(
-        "--events-persist",
-        choices=["default", "async"],
-        default="default",
-        help="the services' BATON_NATS_EVENTS_PERSIST: the events stream's persist mode (default)",
-    )
+    add_nats_options(parser)
     add(
         "--replicas",
         type=int,

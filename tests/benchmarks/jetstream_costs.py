@@ -40,7 +40,8 @@ BODY = b"x" * 600  # about a lifecycle event's JSON
 IN_FLIGHT = 32
 EVENTS_PER_COMMAND = 7  # the lifecycle events of one command: the first batch size
 
-Step = Callable[[Client, int], Awaitable[None]]
+# A step handles up to its count of messages and returns how many it did.
+Step = Callable[[Client, int], Awaitable[int]]
 
 
 async def accepted(answer: Awaitable[Msg], field: str = "seq") -> None:
@@ -64,7 +65,7 @@ def publish_each(in_flight: int) -> Step:
     """Messages one by one, each answered, `in_flight` of them unanswered at most: the
     relay keeps 32 in flight; a device report goes alone, as devices answer."""
 
-    async def step(nc: Client, count: int) -> None:
+    async def step(nc: Client, count: int) -> int:
         window: list[asyncio.Future[None]] = []
         # Ids of this step only: a message id seen in the last two minutes is not stored
         # again but answered as a duplicate, which costs the server far less.
@@ -76,6 +77,7 @@ def publish_each(in_flight: int) -> Step:
             if len(window) >= in_flight:
                 await window.pop(0)
         await asyncio.gather(*window)
+        return count
 
     return step
 
@@ -84,9 +86,10 @@ def publish_batches(size: int) -> Step:
     """Messages as atomic batches of `size` (the count rounded down to whole batches): the
     last of each commits it and is the only one answered."""
 
-    async def step(nc: Client, count: int) -> None:
+    async def step(nc: Client, count: int) -> int:
         window: list[asyncio.Future[None]] = []
-        for first in range(0, count - count % size, size):
+        whole = count - count % size
+        for first in range(0, whole, size):
             batch = uuid4().hex
             for n in range(first, first + size):
                 headers = {"Nats-Batch-Id": batch, "Nats-Batch-Sequence": str(n - first + 1)}
@@ -99,11 +102,12 @@ def publish_batches(size: int) -> Step:
             if len(window) >= max(1, IN_FLIGHT // size):
                 await window.pop(0)
         await asyncio.gather(*window)
+        return whole
 
     return step
 
 
-async def consume_and_ack(nc: Client, count: int) -> None:
+async def consume_and_ack(nc: Client, count: int) -> int:
     config = ConsumerConfig(
         ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, max_ack_pending=-1
     )
@@ -114,15 +118,16 @@ async def consume_and_ack(nc: Client, count: int) -> None:
             await msg.ack()
             got += 1
     await synced(nc)  # every acknowledgement on the server (a bare flush() may overtake them)
+    return got
 
 
 async def server_cost(pid: int, nc: Client, step: Step, count: int) -> tuple[float, float]:
-    """(messages/s, nats-server CPU µs per message) of `step`."""
+    """(messages/s, nats-server CPU µs per message) of `step` given `count`."""
     cpu, wall = cpu_seconds(pid), time.perf_counter()
-    await step(nc, count)
+    done = await step(nc, count)
     wall = time.perf_counter() - wall
     await asyncio.sleep(0.2)  # what the server does right after the last answer
-    return count / wall, (cpu_seconds(pid) - cpu) / count * 1e6
+    return done / wall, (cpu_seconds(pid) - cpu) / done * 1e6
 
 
 async def one_server(
@@ -140,9 +145,8 @@ async def one_server(
             )
         found["consumed and acked"] = await server_cost(pid, nc, consume_and_ack, count)
         for size in sizes:
-            stored = count - count % size
             found[f"stored, atomic batches of {size}"] = await server_cost(
-                pid, nc, publish_batches(size), stored
+                pid, nc, publish_batches(size), count
             )
         await nc.close()
         return found

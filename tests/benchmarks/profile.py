@@ -27,7 +27,9 @@ from baton_simulator import fleet_ids
 from tests.benchmarks.commands import warm_up
 from tests.benchmarks.load import Load, LoadSettings
 from tests.benchmarks.procs import busy_by_process, stack_pids
+from tests.benchmarks.report import fsynced
 from tests.benchmarks.stacks import (
+    add_nats_options,
     api_client,
     database_url,
     fleet_stack,
@@ -150,7 +152,7 @@ async def profile(args: argparse.Namespace, scratch: Path) -> None:
         None,
         args.database,
         postgres_settings=server_settings,
-        jetstream_fsync=args.jetstream_sync == "always",
+        jetstream_fsync=fsynced(args),
         events_persist=args.events_persist,
     ) as stack:
         stack.start_infrastructure()
@@ -228,19 +230,7 @@ def main() -> None:
     parser.add_argument(
         "--subjects", action="store_true", help="count every NATS message by subject kind"
     )
-    parser.add_argument(
-        "--events-persist",
-        choices=("default", "async"),
-        default="default",
-        help="the services' BATON_NATS_EVENTS_PERSIST",
-    )
-    parser.add_argument(
-        "--jetstream-sync",
-        choices=("always", "default"),
-        default="always",
-        help="always: an fsync per JetStream write, as Baton runs; default: nats-server's own,"
-        " to see what that costs",
-    )
+    add_nats_options(parser)
     parser.add_argument("--no-spy", action="store_true", help="only the counts, no profiles")
     parser.add_argument("--out", type=Path, default=Path("var/profile"))
     args = parser.parse_args()

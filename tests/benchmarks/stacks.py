@@ -3,6 +3,7 @@ ways to tell when a stack has finished what it was given."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import time
@@ -37,6 +38,24 @@ ROOT = Path(__file__).resolve().parents[2]
 BASE_CATALOG = ROOT / "deploy" / "catalog" / "demo.yaml"
 KEY = "bench-key"
 IDLE_CORES = 0.15  # the stack counts as idle below this many busy cores
+
+
+def add_nats_options(parser: argparse.ArgumentParser) -> None:
+    """The stacks' NATS settings a run may change: `--jetstream-sync` (read it with
+    `report.fsynced`) and `--events-persist`."""
+    parser.add_argument(
+        "--jetstream-sync",
+        choices=["always", "default"],
+        default="always",
+        help="always: an fsync per JetStream write, as Baton runs; default: nats-server's own "
+        "(every 2 minutes), to see what that durability costs (always)",
+    )
+    parser.add_argument(
+        "--events-persist",
+        choices=["default", "async"],
+        default="default",
+        help="the services' BATON_NATS_EVENTS_PERSIST: the events stream's persist mode (default)",
+    )
 
 
 @dataclass
