@@ -26,6 +26,7 @@ from baton_contracts.nats import (
     partition_subject,
 )
 from baton_dispatcher.app import Dispatcher
+from baton_dispatcher.partitions import PartitionKeeper
 from baton_platform import leases
 from baton_platform.requests import request_patiently
 from baton_platform.settings import Settings
@@ -136,6 +137,14 @@ async def test_a_stopped_dispatcher_hands_its_partitions_over_and_no_request_fai
     await asyncio.wait_for(loading, timeout=30)  # every submit was answered with an execution
     assert len(held(staying)) == PARTITIONS
 
+    # Alone now, it keeps them all: the stopped one's member key is not counted while its
+    # delete marker lasts (it was, and half the partitions went to nobody for seconds).
+    keeper = staying._keeper
+    assert keeper is not None
+    steps = _Steps(keeper)
+    await eventually(lambda: _at_least(steps.held_after, 2), timeout=3 * leases.RENEW_S + 5)
+    assert steps.held_after == [PARTITIONS, PARTITIONS]
+
 
 async def test_a_dispatcher_cut_off_from_nats_loses_its_partitions_to_the_other(
     two: list[Dispatcher], nc: Client
@@ -155,3 +164,17 @@ async def test_a_dispatcher_cut_off_from_nats_loses_its_partitions_to_the_other(
 
 async def _at_least(results: list[Any], n: int) -> bool:
     return len(results) >= n
+
+
+class _Steps:
+    """The partitions a keeper holds after each of its steps from now on."""
+
+    def __init__(self, keeper: PartitionKeeper) -> None:
+        self.held_after: list[int] = []
+        step = keeper.step
+
+        async def counted() -> None:
+            await step()
+            self.held_after.append(len(keeper.held))
+
+        keeper.step = counted  # type: ignore[method-assign]

@@ -7,7 +7,7 @@ consumes the partition's device reports. Every dispatcher also keeps a lease of 
 `dispatchers.<holder>`, so each can count the live ones and knows its share of the
 partitions. It takes every free partition (one without a holder is worse than one with a
 busy holder) and gives away those above its share, so a new replica gets its share within
-seconds, a stopped one's partitions are taken at the next renewal, and a dead one's once
+seconds, a stopped one's partitions are taken as soon as it says so, and a dead one's once
 their leases lapse (docs/architecture.md, "Replicas").
 """
 
@@ -22,6 +22,7 @@ from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from baton_contracts.nats import LEASES_BUCKET, PARTITIONS
@@ -159,9 +160,21 @@ class PartitionKeeper:
             log.warning("stopping partition %d: %s", partition, exc)
 
     async def _members(self) -> int:
-        """The live dispatchers: their member keys in the bucket (a released one may count
-        for a few seconds more, until its delete marker ages out)."""
+        """The live dispatchers: the member keys in the bucket whose last entry is a value.
+
+        A member key a dispatcher released on a clean stop stays in the stream as a delete
+        marker until it ages out (`TTL_S`). Counted as a member, it had the others give
+        partitions away to nobody at each step for those seconds, each left unserved for a
+        cool-off: requests on them waited 1.5 s, again and again."""
+        prefix = f"$KV.{LEASES_BUCKET}."
         info = await self._js.stream_info(
-            f"KV_{LEASES_BUCKET}", subjects_filter=f"$KV.{LEASES_BUCKET}.{MEMBERS}.*"
+            f"KV_{LEASES_BUCKET}", subjects_filter=f"{prefix}{MEMBERS}.*"
         )
-        return max(1, len(info.state.subjects or {}))
+        live = 0
+        for subject in info.state.subjects or {}:
+            try:
+                await self._bucket.get(subject.removeprefix(prefix))
+            except KeyNotFoundError:  # deleted, or aged out since the listing
+                continue
+            live += 1
+        return max(1, live)
