@@ -1,5 +1,6 @@
 """Where a command's CPU goes: one open-loop step on a bench stack while py-spy samples
-every Python process of it, then each process's CPU per command and its hottest functions.
+every Python process of it, then each process's CPU per command, its hottest functions, and
+the CPU per command of each library (nats-py, paho, psycopg, ...) over the processes.
 
     python -m tests.benchmarks.profile --database postgres --rate 60 --seconds 30
 
@@ -54,6 +55,46 @@ def hottest(raw: Path, top: int) -> list[tuple[str, float]]:
         own[frame] += int(count)
         total += int(count)
     return [(frame, n / total) for frame, n in own.most_common(top)] if total else []
+
+
+# What each profiled sample is charged to: the library of its innermost frame that belongs
+# to one of these (by the frame's file path), so a pydantic call made by nats-py is
+# pydantic's. It bounds what a change can save: batching NATS messages saves at most the
+# "nats" share of the Python processes, and nats-server's own CPU.
+LIBRARIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("nats client", ("nats/", "faststream/")),
+    ("mqtt client", ("paho/", "aiomqtt/")),
+    ("http server", ("uvicorn/", "litestar/", "httptools", "h11/", "msgspec/")),
+    ("pydantic", ("pydantic/", "pydantic_core/")),
+    ("store client", ("psycopg/", "psycopg_pool/", "sqlite3/", "eventsourcing/")),
+    ("traces, metrics, logs", ("opentelemetry/", "prometheus_client/", "logging/")),
+    ("json", ("json/",)),
+    ("baton", ("baton_",)),
+    ("asyncio, threads", ("asyncio/", "selectors.py", "concurrent/", "threading.py")),
+)
+OTHER = "other"
+
+
+def library_of(frame: str) -> str | None:
+    """`frame` as py-spy writes it: `function (path/to/file.py:line)`."""
+    where = frame.rpartition(" (")[2]
+    for library, paths in LIBRARIES:
+        if any(path in where for path in paths):
+            return library
+    return None
+
+
+def by_library(raw: Path) -> dict[str, float]:
+    """Each library's share of the samples (self time, charged as `LIBRARIES` says)."""
+    shares: Counter[str] = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        frames = reversed(stack.split(";"))
+        shares[next((lib for f in frames if (lib := library_of(f))), OTHER)] += int(count)
+    total = sum(shares.values())
+    return {library: n / total for library, n in shares.most_common()} if total else {}
 
 
 async def stream_subjects(url: str) -> Counter[str]:
@@ -208,6 +249,7 @@ async def profile(args: argparse.Namespace, scratch: Path) -> None:
         for calls, ms, query in statements:
             print(f"  {calls / per:6.2f}  {ms:6.3f}  {query}")
         print(f"  {sum(c for c, _, _ in statements) / per:6.2f}  in all (listed)")
+    charged: dict[str, float] = {}  # ms per command, over the profiled processes
     for name in spies:
         raw = args.out / f"{name}.txt"
         if not raw.exists():
@@ -215,6 +257,16 @@ async def profile(args: argparse.Namespace, scratch: Path) -> None:
         print(f"\n{name}: hottest functions (self time)")
         for frame, share in hottest(raw, args.top):
             print(f"  {100 * share:5.1f} %  {frame}")
+        shares = by_library(raw)
+        print("  by library: " + ", ".join(f"{lib} {100 * sh:.0f} %" for lib, sh in shares.items()))
+        for library, share in shares.items():
+            ms = share * 1000 * step.cpu.get(name, 0.0) / per
+            charged[library] = charged.get(library, 0.0) + ms
+    if charged:
+        print("\nms CPU per command by library, the profiled processes together")
+        print("(each process's CPU split as its samples are: an estimate)")
+        for library, ms in sorted(charged.items(), key=lambda kv: -kv[1]):
+            print(f"  {ms:6.2f}  {library}")
 
 
 def main() -> None:

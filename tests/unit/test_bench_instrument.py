@@ -25,6 +25,7 @@ from tests.benchmarks.load import (
     find_max,
     percentile,
 )
+from tests.benchmarks.profile import OTHER, by_library
 from tests.conftest import DEMO
 
 SETTINGS = LoadSettings(devices=["d1", "d2"], threshold=1.0, target=0.99)
@@ -209,3 +210,20 @@ def test_the_stacks_fsync_each_jetstream_write_unless_asked_for_the_comparison(
         finally:
             server.stop()
         assert ("sync_interval: always" in config) is fsync
+
+
+def test_profile_charges_each_sample_to_its_innermost_library(tmp_path: Path) -> None:
+    raw = tmp_path / "api.txt"
+    raw.write_text(
+        "main (app.py:1);handle (baton_api/edges.py:9);request (nats/aio/client.py:5);"
+        "model_validate_json (pydantic/main.py:847) 3\n"
+        "main (app.py:1);handle (baton_api/edges.py:9);request (nats/aio/client.py:5) 2\n"
+        "main (app.py:1);select (selectors.py:468) 4\n"
+        "main (app.py:1) 1\n"
+    )
+    assert by_library(raw) == {
+        "asyncio, threads": 0.4,
+        "pydantic": 0.3,
+        "nats client": 0.2,
+        OTHER: 0.1,
+    }
