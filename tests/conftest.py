@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import socket
 import time
@@ -67,6 +68,21 @@ def no_dev_stack_state(
     path.unlink(missing_ok=True)
     monkeypatch.setenv("BATON_DEV_STATE", str(path))
     return path
+
+
+@pytest.fixture(autouse=True)
+def root_logging_kept() -> Iterator[None]:
+    """A command run in-process (`baton simulate` through CliRunner) configures the root
+    logger with a handler on the stderr its runner closes afterwards: left there, every later
+    test's log line fails ("--- Logging error ---" in the next command's captured stderr)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        # Exactly a StreamHandler: pytest's own capturing handlers are subclasses.
+        if type(handler) is logging.StreamHandler and handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture

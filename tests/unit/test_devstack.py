@@ -4,6 +4,7 @@ default and printed in the banner; a busy port is one clear line naming the sett
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -13,8 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from baton_cli.devstack import DEFAULT_METRICS_PORT, _banner, dev_app, dev_stack, first_command
+from baton_cli.devstate import write_state
 from baton_cli.localstack import SERVICE_MODULES, free_port
-from baton_cli.main import catalog_specs
+from baton_cli.main import app, catalog_specs
 from baton_domain.catalog import Catalog
 from baton_platform.metrics import serve_metrics
 from baton_simulator import SILENT, THERMOSTAT
@@ -127,6 +129,36 @@ def test_a_busy_metrics_port_stops_make_run_with_one_line(
     assert line.startswith(f"BATON_METRICS_PORT={base}: port {base} (dispatcher metrics")
     assert "Traceback" not in result.output
     assert not (tmp_path / "log").exists()  # nothing was started
+
+
+def test_make_run_takes_no_setting_from_the_last_stack_s_record(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The record `baton send` & co. read (baton_cli.devstate) is of the last stack, maybe a
+    `make run-cluster` since stopped: its database, catalog and NATS credentials are not this
+    stack's to start on."""
+    last = tmp_path / "cluster"
+    write_state(
+        {
+            "BATON_DATABASE_URL": "postgresql://baton:x@127.0.0.1:1/postgres",
+            "BATON_CATALOG_PATH": str(last / "gone.yaml"),
+            "BATON_NATS_CREDENTIALS": str(last / "credentials.json"),
+        },
+        1,
+    )
+    for key in ("BATON_DATABASE_URL", "BATON_CATALOG_PATH", "BATON_NATS_CREDENTIALS"):
+        monkeypatch.setenv(key, "")  # unset as far as the record goes; restored afterwards
+    held = held_ports(len(SERVICE_MODULES))  # so that it stops before starting anything
+    try:
+        monkeypatch.setenv("BATON_METRICS_PORT", str(held[0].getsockname()[1]))
+        result = CliRunner().invoke(app, ["dev", "run", "--data-dir", str(tmp_path / "var")])
+    finally:
+        for sock in held:
+            sock.close()
+    assert result.exit_code == 1, result.output
+    assert "BATON_METRICS_PORT=" in result.output  # it got as far as its ports
+    for key in ("BATON_DATABASE_URL", "BATON_CATALOG_PATH", "BATON_NATS_CREDENTIALS"):
+        assert os.environ[key] == "", key
 
 
 def test_a_busy_metrics_port_is_one_line_naming_the_setting(busy: socket.socket) -> None:

@@ -75,6 +75,7 @@ def _version(shown: bool) -> None:
 
 @app.callback()
 def settings_of_the_dev_stack(
+    ctx: typer.Context,
     _version: Annotated[
         bool,
         typer.Option(
@@ -89,7 +90,11 @@ def settings_of_the_dev_stack(
     Exit status: 0 done, 1 the API or the store said no, 2 nothing answered or a usage error. See docs/cli.md.
     """  # noqa: E501 - typer keeps a paragraph's line breaks
     # Run before any command's options are read: their envvars see what this fills.
-    apply_state()
+    # Not for `baton dev ...`: it starts (or stops) a stack and sets its settings itself. Filled
+    # from the last stack's record, a new `make run` would start its services on that one's
+    # database, catalog and NATS credentials, long gone after a `make run-cluster`.
+    if ctx.invoked_subcommand != "dev":
+        apply_state()
 
 
 # --- send ----------------------------------------------------------------------------------
