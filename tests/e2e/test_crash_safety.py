@@ -14,12 +14,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from baton_cli.localstack import Stack
+from baton_cli.localstack import PostgresServer, Stack, find_postgres_bin
 from baton_platform import leases
 from baton_platform.settings import Settings
 from baton_platform.sql import Database, conninfo
 from baton_views.store import TABLES, connect
-from tests.conftest import BACKENDS
+from tests.conftest import BACKENDS, fresh_database
 from tests.e2e.conftest import TERMINAL, Baton, database_env, make_stack, running, wait_ready
 
 pytestmark = pytest.mark.e2e
@@ -161,3 +161,64 @@ def test_views_deleted_and_replayed_are_identical(own_stack: Stack) -> None:
     own_stack.start("api")
     wait_ready(own_stack)
     assert Baton(own_stack).get(ids[0])["status"] == "SUCCEEDED"
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_a_store_backed_up_and_restored_as_the_docs_say_replays_to_the_same_views(
+    own_stack: Stack, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """docs/operations.md, "Backup and restore": `pg_dump` without the views while everything
+    runs, `pg_restore` into an empty database, `baton replay`: the same record, the same
+    views."""
+    baton = Baton(own_stack)
+    ids = [
+        baton.send("demo-thermostat-1", "set_temperature", {"value": 21}, wait=10).json()["id"],
+        baton.send("demo-thermostat-2", "self_test", wait=10).json()["id"],
+        baton.send("demo-silent-1", "reboot", ttl=1).json()["id"],
+    ]
+    for execution_id in ids:
+        baton.wait_for(execution_id, TERMINAL, timeout=10)
+    source = own_stack.env()["BATON_DATABASE_URL"]
+    bindir = find_postgres_bin()
+    assert bindir is not None
+    dump = tmp_path / "baton.dump"
+    backup = [str(bindir / "pg_dump"), "--format=custom", "--exclude-schema=views"]
+    _ran([*backup, f"--file={dump}", conninfo(source)])  # while everything runs
+    own_stack.stop("api")  # the api runs the projection: stop it so the views are at rest
+    original = Settings(data_dir=own_stack.data_dir, database_url=source)
+    views_before, store_before = _rows(original.views_database), _store(source)
+    assert len(views_before["executions"]) == len(ids)
+
+    with fresh_database(postgres_server) as target:
+        _ran([str(bindir / "pg_restore"), f"--dbname={conninfo(target)}", str(dump)])
+        assert _schemas(target) >= {"public", "scheduler"} and "views" not in _schemas(target)
+        env = {**os.environ, **own_stack.env(), "BATON_DATABASE_URL": target}
+        replay = subprocess.run(
+            [sys.executable, "-m", "baton_cli.main", "replay"],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert replay.returncode == 0, replay.stderr + replay.stdout
+        restored = Settings(data_dir=own_stack.data_dir, database_url=target)
+        assert _store(target) == store_before
+        assert _rows(restored.views_database) == views_before
+
+
+def _ran(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, f"{command[0]}: {done.stderr}"
+
+
+def _store(url: str) -> list[tuple[object, ...]]:
+    """The event store's records, in their order."""
+    with psycopg.connect(conninfo(url)) as db:
+        rows = db.execute(
+            "SELECT notification_id, originator_id, originator_version, topic, state"
+            " FROM executions_events ORDER BY notification_id"
+        )
+        return [tuple(row) for row in rows]
+
+
+def _schemas(url: str) -> set[str]:
+    with psycopg.connect(conninfo(url)) as db:
+        rows = db.execute("SELECT schema_name FROM information_schema.schemata")
+        return {str(name) for (name,) in rows}
