@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from baton_platform.sql import Database, conninfo, numbered, postgres_params, redacted
+from baton_views.store import connect as views_connect
 
 
 @pytest.fixture
@@ -95,6 +96,30 @@ def test_a_dropped_connection_is_opened_again_at_the_next_use(postgres_url: str)
         with pytest.raises(psycopg.OperationalError):
             conn.execute("SELECT 1")  # the call in progress fails...
         assert conn.execute("SELECT current_schema()").fetchone()[0] == "views"  # ...not the next
+    finally:
+        conn.close()
+
+
+def test_the_views_commit_unsynced_on_every_connection_a_reopened_one_too(
+    postgres_url: str,
+) -> None:
+    """The views wait for no fsync (baton_views.store.UNSYNCED); a connection the server
+    dropped is opened again with the same settings, not the database's default."""
+    with psycopg.connect(conninfo(postgres_url), autocommit=True) as admin:
+        # The test server runs without fsync: this database's default is made the usual one.
+        (name,) = admin.execute("SELECT current_database()").fetchone() or ("",)
+        admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit TO on')
+    conn = views_connect(Database(url=postgres_url, schema="views"))
+    try:
+        assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "off"
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with psycopg.connect(conninfo(postgres_url), autocommit=True) as admin:
+            assert admin.execute("SHOW synchronous_commit").fetchone() == ("on",)
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT 1")
+        assert conn.execute("SELECT pg_backend_pid()").fetchone()[0] != pid
+        assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "off"
     finally:
         conn.close()
 

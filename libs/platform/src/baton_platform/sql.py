@@ -17,7 +17,7 @@ import contextlib
 import sqlite3
 import sys
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -84,11 +84,15 @@ class Database:
             return str(self.path)
         return f"{redacted(self.url)} (schema {self.schema})"
 
-    def connect(self) -> Connection:
+    def connect(self, on_open: Mapping[Dialect, Sequence[str]] | None = None) -> Connection:
+        """`on_open`: statements of the connection's dialect run whenever it is opened, a
+        PostgreSQL one opened again after the server dropped it included (a store's
+        session settings, which a reopened connection would otherwise lose)."""
+        session = () if on_open is None else tuple(on_open.get(self.dialect, ()))
         if self.url is None:
             assert self.path is not None
-            return Connection.sqlite(self.path)
-        return Connection.postgres(self.url, self.schema)
+            return Connection.sqlite(self.path, session)
+        return Connection.postgres(self.url, self.schema, session)
 
 
 def redacted(url: str) -> str:
@@ -162,15 +166,17 @@ class Connection:
         self._in_transaction = False
 
     @classmethod
-    def sqlite(cls, path: Path) -> Connection:
+    def sqlite(cls, path: Path, session: Sequence[str] = ()) -> Connection:
         path.parent.mkdir(parents=True, exist_ok=True)
         raw = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         raw.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        for statement in session:
+            raw.execute(statement)
         raw.row_factory = sqlite3.Row
         return cls("sqlite", raw)
 
     @classmethod
-    def postgres(cls, url: str, schema: str) -> Connection:
+    def postgres(cls, url: str, schema: str, session: Sequence[str] = ()) -> Connection:
         def reopen() -> psycopg.Connection[Any]:
             import psycopg
 
@@ -189,6 +195,8 @@ class Connection:
             with contextlib.suppress(*taken):
                 raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
             raw.execute(f'SET search_path TO "{schema}"')
+            for statement in session:
+                raw.execute(statement)
             return raw
 
         return cls("postgres", reopen(), reopen, schema)

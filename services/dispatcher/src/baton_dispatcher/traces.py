@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Mapping
 from uuid import UUID
 
-from baton_platform.sql import Database
+from baton_platform.sql import Database, Dialect
 from baton_platform.tracing import TRACEPARENT, TRACESTATE
 
 KEEP_S = 7 * 24 * 3600.0
@@ -32,16 +32,18 @@ CREATE TABLE IF NOT EXISTS trace_contexts (
 """
 
 
+UNSYNCED: dict[Dialect, tuple[str, ...]] = {
+    "sqlite": ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=OFF"),
+    "postgres": ("SET synchronous_commit = off",),
+}
+
+
 class TraceContexts:
     def __init__(self, database: Database) -> None:
-        self._db = database.connect()
+        # Set on every connection, one opened again after a PostgreSQL restart too.
+        self._db = database.connect(on_open=UNSYNCED)
         self._lock = threading.Lock()
         self._written = 0
-        if self._db.dialect == "sqlite":
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=OFF")
-        else:
-            self._db.execute("SET synchronous_commit = off")
         self._db.execute(SCHEMA)
 
     def keep(self, execution_id: UUID, carrier: Mapping[str, str]) -> None:
