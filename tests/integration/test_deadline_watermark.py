@@ -41,6 +41,7 @@ from baton_contracts.nats import (
 from baton_device_bridge.edges import DURABLE
 from baton_device_bridge.reports import ReportNotStoredError, ReportSink
 from baton_dispatcher.app import Dispatcher
+from baton_dispatcher.writer import ReportResult, Writer
 from baton_platform.metrics import DEADLINES_UNCONFIRMED
 from baton_platform.settings import Settings
 from baton_timeout_scheduler.app import TimeoutScheduler
@@ -162,6 +163,12 @@ async def ended_by_the_answer(js: JetStreamContext, execution_id: UUID) -> None:
 async def test_an_answer_queued_in_the_broker_while_the_bridge_is_stopped_wins(
     scheduler: TimeoutScheduler, nc: Client, device: Device, bridge: Bridge
 ) -> None:
+    await answered_while_the_bridge_is_stopped(scheduler, nc, device, bridge)
+
+
+async def answered_while_the_bridge_is_stopped(
+    scheduler: TimeoutScheduler, nc: Client, device: Device, bridge: Bridge
+) -> None:
     js = nc.jetstream()
     await bridge.start()
     execution_id = await sent_to_device(nc, device)
@@ -172,6 +179,40 @@ async def test_an_answer_queued_in_the_broker_while_the_bridge_is_stopped_wins(
 
     await bridge.start()  # the same instance: the same MQTT session
     await ended_by_the_answer(js, execution_id)
+
+
+# How long after it is stored the dispatcher applies a device answer, in the test below:
+# several of the scheduler's asks (every 0.5 s at most) come meanwhile.
+APPLY_LATE_S = 2.0
+
+
+@pytest.fixture
+async def scheduler_applying_answers_late(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[TimeoutScheduler]:
+    """A dispatcher that applies each device answer `APPLY_LATE_S` after it is stored, as a
+    loaded one may; the scheduler meanwhile asks for the deadline again and again."""
+    original = Writer.apply_report
+
+    async def late(self: Writer, report: DeviceReport) -> ReportResult:
+        if report.kind == "answer":
+            await asyncio.sleep(APPLY_LATE_S)
+        return await original(self, report)
+
+    monkeypatch.setattr(Writer, "apply_report", late)
+    async with dispatcher_and_scheduler(settings) as running:
+        yield running
+
+
+async def test_an_answer_the_broker_held_wins_also_when_applied_after_the_watermark_passed(
+    scheduler_applying_answers_late: TimeoutScheduler, nc: Client, device: Device, bridge: Bridge
+) -> None:
+    """The answer waits in the broker past the deadline; the bridge comes back and stores it,
+    and its watermark passes the deadline before the dispatcher applies the answer. Dated
+    by its arrival, the answer no longer held the deadline back: TIMED_OUT (a chaos run,
+    a bridge replica killed and its slot taken over). Dated back to the bridge's last
+    watermark, the earliest the broker may have taken it, it holds it until applied."""
+    await answered_while_the_bridge_is_stopped(scheduler_applying_answers_late, nc, device, bridge)
 
 
 class _GatedSink(ReportSink):

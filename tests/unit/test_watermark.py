@@ -92,6 +92,7 @@ class Bridge:
         self.link = link
         self.written: list[datetime] = []
         self.forwarded: list[str] = []
+        self.stamps: list[datetime] = []  # when the broker may have taken each one
         self.release = asyncio.Event()
         self.release.set()
         self.watermark = Watermark("b1", self._write, clock=clock, probe_timeout=1.0, **kwargs)
@@ -100,9 +101,10 @@ class Bridge:
     async def _write(self, drained_to: datetime) -> None:
         self.written.append(drained_to)
 
-    async def _forward(self, topic: str, raw: bytes) -> None:
+    async def _forward(self, topic: str, raw: bytes, taken_since: datetime) -> None:
         await self.release.wait()  # storing the report
         self.forwarded.append(topic)
+        self.stamps.append(taken_since)
 
 
 @pytest.fixture
@@ -132,6 +134,53 @@ async def test_a_round_writes_its_start_once_every_probe_came_back(link: FakeLin
     assert bridge.forwarded == []  # probes never reach the answers' handler
     clock.tick()
     assert await bridge.watermark.advance(link) == T0 + timedelta(seconds=1)
+
+
+async def test_what_a_resumed_session_held_is_dated_back_to_the_last_watermark(
+    link: FakeLink,
+) -> None:
+    """The bridge was down (or died, and its slot was taken over): an answer waiting in the
+    session may have reached the broker any time since the last watermark, so until a
+    round proves the session drained, what arrives carries that time; then its own."""
+    clock = Clock()
+    before = T0 - timedelta(seconds=10)  # the last watermark, of the process before
+    link.resumed = True
+    bridge = Bridge(link, clock, last=before)
+    waited = response_topic("demo-thermostat-1", uuid4())
+    await link.publish(waited, b"{}")
+    assert await bridge.watermark.advance(link) == T0
+    clock.tick()
+    live = response_topic("demo-thermostat-2", uuid4())
+    await link.publish(live, b"{}")
+    await eventually_forwarded(bridge, 2)
+    assert bridge.forwarded == [waited, live]
+    assert bridge.stamps == [before, T0 + timedelta(seconds=1)]
+    # A new connection, resumed again: dated back to the watermark just written, until the
+    # next round.
+    link.connection += 1
+    clock.tick()
+    await link.publish(waited, b"{}")
+    await eventually_forwarded(bridge, 3)
+    assert bridge.stamps[-1] == T0
+
+
+async def test_a_new_session_held_nothing_and_is_not_dated_back(link: FakeLink) -> None:
+    clock = Clock()
+    bridge = Bridge(link, clock, last=T0 - timedelta(seconds=10))
+    assert not link.resumed
+    assert await bridge.watermark.advance(link) == T0  # the link known to the watermark
+    link.connection += 1  # a clean session, before its first round
+    await link.publish(response_topic("demo-thermostat-1", uuid4()), b"{}")
+    await eventually_forwarded(bridge, 1)
+    assert bridge.stamps == [T0]
+
+
+async def eventually_forwarded(bridge: Bridge, n: int) -> None:
+    for _ in range(200):
+        if len(bridge.forwarded) >= n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{n} answers not forwarded: {bridge.forwarded}")
 
 
 async def test_an_answer_before_the_probe_holds_the_round_until_it_is_stored(
@@ -252,7 +301,7 @@ async def test_a_probe_a_killed_process_left_in_the_session_does_not_count(
     stored = {first: asyncio.Event(), queued: asyncio.Event()}
     forwarded: list[str] = []
 
-    async def forward(topic: str, raw: bytes) -> None:
+    async def forward(topic: str, raw: bytes, taken_since: datetime) -> None:
         await stored[topic].wait()
         forwarded.append(topic)
 

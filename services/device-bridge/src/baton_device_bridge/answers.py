@@ -116,9 +116,14 @@ class AnswerForwarder:
         self._retry_cap = retry_cap
         self.failed_attempts = 0  # how often a store had to be retried (for tests and logs)
 
-    async def handle(self, topic: str, raw: bytes) -> None:
+    async def handle(self, topic: str, raw: bytes, taken_since: datetime | None = None) -> None:
+        """`taken_since`: the earliest time the broker may have taken the message (the
+        watermark's `taken_since`), when that is before now: an answer carries it as its
+        `received_at`, so that a deadline after it waits for the answer. Presence and state
+        keep the time they arrived (when the device was last seen, what it reported when)."""
+        now = datetime.now(UTC)
         try:
-            report = decode_message(topic, raw, datetime.now(UTC), self._wiring, self._in_flight)
+            report = decode_message(topic, raw, now, self._wiring, self._in_flight)
         except MalformedAnswerError as exc:
             REJECTED_MESSAGES.labels(service=SERVICE, reason=exc.reason).inc()
             log.warning("dropped a message on %s (%s): %s", topic, exc.reason, exc)
@@ -126,6 +131,8 @@ class AnswerForwarder:
         if not isinstance(report, DeviceReport):
             await self._store(report)
             return
+        if taken_since is not None and taken_since < now:
+            report = report.model_copy(update={"received_at": taken_since})
         parent = self._traces.parent(report.execution_id)
         name = f"answer {report.status}"
         with (

@@ -113,12 +113,13 @@ class DeviceBridge:
             sink, self.wiring, self.in_flight.current, self.retry_cap, traces
         )
         marks = WatermarkSink(js, settings.instance)
-        await marks.introduce(datetime.now(UTC))
+        last = await marks.introduce(datetime.now(UTC))
         self.watermark = Watermark(
             settings.instance,
             marks.write,
             redelivery_wait=settings.mqtt_redelivery_wait,
             ready=self._events_caught_up,
+            last=last,
         )
         self.link = MqttLink(
             settings,

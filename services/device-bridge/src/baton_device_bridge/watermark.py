@@ -58,6 +58,8 @@ WRITE_TIMEOUT_S = 5.0
 INTRODUCE_RETRY_S = 0.5  # how often a bridge starting asks JetStream again for its watermark
 
 Clock = Callable[[], datetime]
+# A message of the session, with the earliest time the broker may have taken it.
+StampedHandler = Callable[[str, bytes, datetime], Awaitable[None]]
 
 
 def utc_now() -> datetime:
@@ -85,17 +87,20 @@ class WatermarkSink:
         self._js = js
         self._bridge = bridge
 
-    async def introduce(self, now: datetime) -> None:
+    async def introduce(self, now: datetime) -> datetime:
         """A bridge's first watermark, before its first MQTT session: nothing can wait in a
-        session that does not exist yet, and from now on deadlines wait for this bridge."""
+        session that does not exist yet, and from now on deadlines wait for this bridge.
+        Returns the bridge's watermark: the one an earlier process (or replica running the
+        slot) wrote last, else `now`."""
         told = False
         while True:
             try:
-                await self._js.get_last_msg(WATERMARKS_STREAM, watermark_subject(self._bridge))
-                return
+                msg = await self._js.get_last_msg(
+                    WATERMARKS_STREAM, watermark_subject(self._bridge)
+                )
             except NotFoundError:
                 await self.write(now)
-                return
+                return now
             except (nats.errors.TimeoutError, ServiceUnavailableError) as exc:
                 # JetStream not answering yet (a cluster electing its leaders at start):
                 # wait for it, as for the streams, rather than exit.
@@ -103,6 +108,11 @@ class WatermarkSink:
                     log.info("JetStream not answering yet (%s); waiting", exc)
                     told = True
                 await asyncio.sleep(INTRODUCE_RETRY_S)
+                continue
+            try:
+                return BridgeWatermark.model_validate_json(msg.data or b"").drained_to
+            except ValidationError:
+                return now  # not ours to read: only this process's rounds count from here
 
     async def write(self, drained_to: datetime) -> None:
         mark = BridgeWatermark(bridge=self._bridge, drained_to=drained_to)
@@ -131,7 +141,9 @@ class Watermark:
         probe_timeout: float = PROBE_TIMEOUT_S,
         clock: Clock = utc_now,
         ready: Callable[[], Awaitable[bool]] | None = None,
+        last: datetime | None = None,
     ) -> None:
+        """`last`: the watermark the bridge had before this process (`introduce`)."""
         self.bridge = bridge
         self._write = write
         self.interval = interval
@@ -145,6 +157,9 @@ class Watermark:
         self._round: _Round | None = None
         self._held: dict[object, datetime] = {}
         self._announced = 0  # the connection whose first drained round was logged
+        self._proven = 0  # the connection whose session a round has proven drained
+        self._confirmed = last  # the newest watermark written, by this process or before it
+        self._link: Link | None = None
 
     # --- what passes through the bridge -------------------------------------------------------
 
@@ -156,16 +171,34 @@ class Watermark:
     def release(self, key: object) -> None:
         self._held.pop(key, None)
 
-    def passing(self, forward: AnswerHandler) -> AnswerHandler:
-        """The MQTT message handler: a probe is taken here, anything else goes to `forward`."""
+    def passing(self, forward: StampedHandler) -> AnswerHandler:
+        """The MQTT message handler: a probe is taken here, anything else goes to `forward`
+        with the time the broker may have taken it (`taken_since`)."""
 
         async def handle(topic: str, raw: bytes) -> None:
             if is_probe_topic(topic):
                 self._returned(topic, raw)
             else:
-                await forward(topic, raw)
+                await forward(topic, raw, self.taken_since())
 
         return handle
+
+    def taken_since(self) -> datetime:
+        """The earliest time the broker may have taken a message handed over now.
+
+        Now, on a connection a round has proven drained (and on a new session: nothing
+        waited in it). On a resumed session before that, the message may have waited in the
+        broker since the last watermark: the bridge down, restarting, or dead and its slot
+        taken over. Stamped with that time, a device answer the broker took before a
+        deadline holds it back until it is applied (baton_dispatcher.backlog); stamped with
+        its arrival, it lost the race to a deadline once the watermark passed (seen in a
+        chaos run: TIMED_OUT for an answer the broker had 5 s before the deadline)."""
+        now = self.clock()
+        link = self._link
+        drained = link is not None and (self._proven == link.connection or not link.resumed)
+        if drained or self._confirmed is None:
+            return now
+        return min(now, self._confirmed)
 
     def _returned(self, topic: str, raw: bytes) -> None:
         try:
@@ -196,6 +229,7 @@ class Watermark:
 
     async def advance(self, link: Link) -> datetime | None:
         """One round: the watermark it wrote, or None when it proves nothing (yet)."""
+        self._link = link
         await link.connected.wait()
         connection = link.connection
         if link.resumed:
@@ -220,7 +254,8 @@ class Watermark:
             return None  # an earlier process's events are not all handled yet
         drained_to = min([started, *self._held.values()])
         await self._write(drained_to)
-        self.drained_to = drained_to
+        self.drained_to = self._confirmed = drained_to
+        self._proven = connection
         if self._announced != connection:
             self._announced = connection
             log.info(
