@@ -52,14 +52,18 @@ def consumer(handle: Recorder) -> DurableConsumer:
     return DurableConsumer(EVENTS_STREAM, NAME, subjects, handle)
 
 
-async def handled(nc: Client, count: int) -> list[str]:
-    """What a new consumer acknowledges, once it has `count`; within 5 s (the ack wait is
-    30 s: nothing may wait for it)."""
+async def handled(nc: Client, count: int, last: str | None = None) -> list[str]:
+    """What a new consumer acknowledges, once it has `count` (and `last`, when given);
+    within 5 s (the ack wait is 30 s: nothing may wait for it)."""
     handle = Recorder()
     events = consumer(handle)
     await events.start(nc.jetstream())
+
+    async def done() -> bool:
+        return await handle.has(count) and (last is None or last in handle.acked)
+
     try:
-        await eventually(lambda: handle.has(count), timeout=5, what=f"{count} handled")
+        await eventually(done, timeout=5, what=f"{count} handled, {last or 'any'} last")
     finally:
         await events.stop()
     return handle.acked
@@ -86,8 +90,13 @@ async def test_a_stop_finishes_the_message_in_hand_and_the_rest_come_back_at_onc
     handle.release.set()
     await asyncio.wait_for(stopping, 5)
     assert handle.acked == ["Requested-0", "Requested-1"]
-    # What the stopped one had received comes back at once.
-    assert await handled(nc, 3) == ["Requested-2", "Requested-3", "Requested-4"]
+    # What the stopped one had received comes back at once, in order. The one it had just
+    # acknowledged may come again before them: an acknowledgement is not waited for (at
+    # least once), and nats-server may reset the consumer for the next instance before it
+    # has applied that acknowledgement (seen once in CI, under load: Requested-1 again).
+    again = await handled(nc, 3, last="Requested-4")
+    assert again[-3:] == ["Requested-2", "Requested-3", "Requested-4"]
+    assert set(again[:-3]) <= {"Requested-1"}
 
 
 async def test_its_lag_is_sampled_while_it_runs_and_goes_when_it_stops(
@@ -143,7 +152,7 @@ async def test_an_exclusive_consumer_takes_the_deliveries_off_a_subscriber_still
 
     async def first_acknowledged() -> bool:
         info = await nc.jetstream().consumer_info(EVENTS_STREAM, NAME)
-        return info.ack_floor.stream_seq == 1
+        return info.ack_floor is not None and info.ack_floor.stream_seq == 1
 
     await eventually(first_acknowledged, what="the first acknowledged at the server")
     earlier: list[bool] = []
