@@ -162,6 +162,37 @@ async def test_a_dispatcher_cut_off_from_nats_loses_its_partitions_to_the_other(
         await submit(nc, SUBMIT_SUBJECT, device)
 
 
+async def test_a_dispatcher_slow_to_start_partitions_keeps_those_it_holds_meanwhile(
+    two: list[Dispatcher], nc: Client
+) -> None:
+    """Taking over a cut-off dispatcher's 8 partitions, each start taking most of a renewal
+    period (a loaded cluster): the leases held are renewed between the starts, so none of
+    the 8 lapses while the other 8 are taken."""
+    await eventually(lambda: split_evenly(two), timeout=15, what="8 partitions each")
+    lost, staying = two
+    keeper = staying._keeper
+    assert keeper is not None and lost._nc is not None
+    own = held(staying)
+    start = keeper._start
+
+    async def slow(partition: int) -> None:
+        await asyncio.sleep(leases.RENEW_S)
+        await start(partition)
+
+    keeper._start = slow
+    await lost._nc.close()
+    lowest = len(own)
+
+    async def all_taken() -> bool:
+        nonlocal lowest
+        mine = held(staying)
+        lowest = min(lowest, len([p for p in own if p in mine]))
+        return len(mine) == PARTITIONS
+
+    await eventually(all_taken, timeout=leases.TTL_S + 10 * leases.RENEW_S + 10, interval=0.02)
+    assert lowest == len(own)  # not one of its own partitions went, even for a moment
+
+
 async def _at_least(results: list[Any], n: int) -> bool:
     return len(results) >= n
 

@@ -63,6 +63,7 @@ class PartitionKeeper:
         self._leases: dict[int, Lease] = {}
         self._given_away: dict[int, float] = {}  # partition -> time.monotonic()
         self._look = asyncio.Event()
+        self._renewed_at = 0.0  # time.monotonic() of the last renewal round
         # Its own member key: one NATS token, unique to this process.
         self._member = Lease(bucket, f"{MEMBERS}.{holder.replace('.', '-')}", holder)
 
@@ -106,12 +107,7 @@ class PartitionKeeper:
 
     async def step(self) -> None:
         """Renew what is held, then move towards this dispatcher's share."""
-        await self._member.keep()
-        for partition, lease in list(self._leases.items()):
-            if not await lease.keep():
-                log.warning("lost partition %d", partition)
-                del self._leases[partition]
-                await self._stop_quietly(partition)
+        await self._renew()
         try:
             members = await self._members()
         except Exception as exc:  # NATS unreachable: nothing to balance with
@@ -123,6 +119,15 @@ class PartitionKeeper:
             self._given_away[partition] = time.monotonic()
         await self._take_free()
 
+    async def _renew(self) -> None:
+        self._renewed_at = time.monotonic()
+        await self._member.keep()
+        for partition, lease in list(self._leases.items()):
+            if not await lease.keep():
+                log.warning("lost partition %d", partition)
+                del self._leases[partition]
+                await self._stop_quietly(partition)
+
     async def _take_free(self) -> None:
         now = time.monotonic()
         candidates = [
@@ -133,6 +138,12 @@ class PartitionKeeper:
         # In random order, so that replicas starting together do not all ask for the same.
         random.shuffle(candidates)
         for partition in candidates:
+            if time.monotonic() - self._renewed_at >= RENEW_S:
+                # Starting a partition takes a second or more on a loaded cluster: taking
+                # several must not let those held lapse meanwhile. Seen in a chaos run: a
+                # dispatcher took 8 partitions over in 10 s, renewed nothing meanwhile, and
+                # the restarted other one took all 15 whose leases had lapsed.
+                await self._renew()
             lease = Lease(self._bucket, partition_key(partition), self._holder)
             if await lease.keep():
                 self._leases[partition] = lease
