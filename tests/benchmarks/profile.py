@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import nats
@@ -43,17 +44,20 @@ IDLE_WINDOW_S = 10.0  # how long the idle stack is measured, after the warm-up
 PYTHON_PROCESSES = ("api", "dispatcher", "device-bridge", "timeout-scheduler", "simulator")
 
 
+def samples(raw: Path) -> Iterator[tuple[list[str], int]]:
+    """py-spy's collapsed stacks: each stack's frames, outermost first, and its samples."""
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if count.isdigit():
+            yield stack.split(";"), int(count)
+
+
 def hottest(raw: Path, top: int) -> list[tuple[str, float]]:
     """The functions with the most samples on top of the stack (self time), as shares."""
     own: Counter[str] = Counter()
-    total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        frame = stack.rsplit(";", 1)[-1]
-        own[frame] += int(count)
-        total += int(count)
+    for frames, count in samples(raw):
+        own[frames[-1]] += count
+    total = sum(own.values())
     return [(frame, n / total) for frame, n in own.most_common(top)] if total else []
 
 
@@ -87,12 +91,8 @@ def library_of(frame: str) -> str | None:
 def by_library(raw: Path) -> dict[str, float]:
     """Each library's share of the samples (self time, charged as `LIBRARIES` says)."""
     shares: Counter[str] = Counter()
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        frames = reversed(stack.split(";"))
-        shares[next((lib for f in frames if (lib := library_of(f))), OTHER)] += int(count)
+    for frames, count in samples(raw):
+        shares[next((lib for f in reversed(frames) if (lib := library_of(f))), OTHER)] += count
     total = sum(shares.values())
     return {library: n / total for library, n in shares.most_common()} if total else {}
 

@@ -151,14 +151,14 @@ class Watermark:
         self.probe_timeout = probe_timeout
         self.clock = clock
         self._ready = ready
-        self.drained_to: datetime | None = None  # the last one written
+        # The newest watermark written, by this process or (`last`) the one before it.
+        self.drained_to = last
         self.process = uuid4().hex  # tells our probes from a previous process's (BridgeProbe)
         self._rounds = itertools.count(1)
         self._round: _Round | None = None
         self._held: dict[object, datetime] = {}
         self._announced = 0  # the connection whose first drained round was logged
         self._proven = 0  # the connection whose session a round has proven drained
-        self._confirmed = last  # the newest watermark written, by this process or before it
         self._link: Link | None = None
 
     # --- what passes through the bridge -------------------------------------------------------
@@ -196,9 +196,9 @@ class Watermark:
         now = self.clock()
         link = self._link
         drained = link is not None and (self._proven == link.connection or not link.resumed)
-        if drained or self._confirmed is None:
+        if drained or self.drained_to is None:
             return now
-        return min(now, self._confirmed)
+        return min(now, self.drained_to)
 
     def _returned(self, topic: str, raw: bytes) -> None:
         try:
@@ -254,7 +254,7 @@ class Watermark:
             return None  # an earlier process's events are not all handled yet
         drained_to = min([started, *self._held.values()])
         await self._write(drained_to)
-        self.drained_to = self._confirmed = drained_to
+        self.drained_to = drained_to
         self._proven = connection
         if self._announced != connection:
             self._announced = connection
