@@ -137,9 +137,19 @@ async def test_bad_submissions_are_problems(dispatcher: Dispatcher, nc: Client) 
     garbage = await nc.request(SUBMIT_SUBJECT, b"{not json", timeout=5)
     problem = ExecutionReply.model_validate_json(garbage.data).problem
     assert problem is not None and problem.status == 422
-    # Nothing was stored for any of them: the stream holds only the catalog's first event.
+    # Nothing was stored for any of them: once the relay has published everything the store
+    # holds, the stream has only the catalog's first event. (Read before that, it was once
+    # empty in CI: the relay had not yet published the catalog seeded at the start.)
+    await eventually(lambda: relayed_all(dispatcher), what="the relay caught up with the store")
     events = await stream_events(nc.jetstream())
     assert [e.type for e in events] == ["Started"]
+
+
+async def relayed_all(dispatcher: Dispatcher) -> bool:
+    relay = dispatcher._relay
+    assert relay is not None
+    stored = await asyncio.to_thread(relay._executions.recorder.max_notification_id)
+    return relay.position == stored
 
 
 async def test_cancel_and_deadline(dispatcher: Dispatcher, nc: Client) -> None:
