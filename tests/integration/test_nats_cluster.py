@@ -184,8 +184,10 @@ async def test_streams_and_bucket_made_with_one_replica_are_scaled_to_three_in_p
         assert before.cluster is not None and not before.cluster.replicas
 
         # What the dispatcher and the api do at start with BATON_NATS_REPLICAS=3, each as
-        # its own user (the api may change its bucket, nothing else).
-        await ensure_streams(dispatcher.jetstream(), replicas=3)
+        # its own user (the api may change its bucket, nothing else). Tried again for a
+        # while, as a supervisor starts a dispatcher again: the meta leader may not count
+        # every node online yet (seen in CI: 10005 "no suitable peers for placement").
+        await eventually(lambda: changed(dispatcher.jetstream()), timeout=20, what="scaled to 3")
         bucket = await ensure_bucket(api.jetstream(), ACCESS_BUCKET, history=1, replicas=3)
         await open_bucket(dispatcher.jetstream(), replicas=3)  # the leases, as any service
 
