@@ -39,10 +39,27 @@ log = logging.getLogger(__name__)
 Handler = Callable[["_Batch", LifecycleEvent, Counted], Counted | None]
 
 
+class Deferred:
+    """What a run of batches in one transaction writes only at its end: the counters and the
+    position (`baton replay`'s rebuild). Each batch would otherwise update the same counter
+    rows and the position row again, and PostgreSQL keeps every version a transaction
+    writes until it ends, so every later read of those rows walks all of them: a rebuild
+    of a million executions slowed to a crawl. Nothing reads them in between."""
+
+    def __init__(self, position: int = 0) -> None:
+        self.counts = CountChanges()
+        self.position = position
+
+    def write(self, conn: Connection) -> None:
+        self.counts.write(conn)
+        write_position(conn, self.position)
+
+
 def project(
     conn: Connection,
     events: Iterable[LifecycleEvent],
     ended: set[UUID] | None = None,
+    deferred: Deferred | None = None,
 ) -> tuple[int, int]:
     """Apply the events above the stored position, inside the caller's transaction.
 
@@ -52,13 +69,15 @@ def project(
     them is woken without reading the rows again. Where each row is counted is read once
     for the batch, each row is updated once, and the counters and the change feed are
     written together: a batch costs a few statements more than its rows' own writes.
+    With `deferred`, the position is its own and the counters' changes and the new
+    position go to it, for its `write` at the end of the transaction.
     """
-    start = read_position(conn)
+    start = read_position(conn) if deferred is None else deferred.position
     ordered = sorted(events, key=lambda e: e.notification_id)
     fresh = [e for e in ordered if e.notification_id > start]
     if not fresh:
         return 0, start
-    batch = _Batch(conn, fresh)
+    batch = _Batch(conn, fresh, CountChanges() if deferred is None else deferred.counts)
     applied = 0
     for event in fresh:
         if event.type in NOT_EXECUTIONS:
@@ -69,19 +88,25 @@ def project(
             ended.add(event.execution_id)
     batch.finish()
     position = fresh[-1].notification_id
-    write_position(conn, position)
+    if deferred is None:
+        batch.counts.write(conn)
+        write_position(conn, position)
+    else:
+        deferred.position = position
     return applied, position
 
 
 class _Batch:
     """One batch's state: where each execution it touches is counted (read once, then
-    kept as the handlers move it), the counters' changes, and what it writes at its end:
-    the rows it creates, the columns it sets on rows it found, the answers' log and the
-    change feed."""
+    kept as the handlers move it), the counters' changes (written by `project`), and what
+    it writes at its end: the rows it creates, the columns it sets on rows it found, the
+    answers' log and the change feed."""
 
-    def __init__(self, conn: Connection, events: list[LifecycleEvent]) -> None:
+    def __init__(
+        self, conn: Connection, events: list[LifecycleEvent], counts: CountChanges
+    ) -> None:
         self.conn = conn
-        self.counts = CountChanges()
+        self.counts = counts
         self._changes: list[tuple[Any, ...]] = []
         # Rows created by this batch, whole, and the columns each row found gets: every
         # write of the projection sets values, so the batch's last value of each column is
@@ -135,7 +160,6 @@ class _Batch:
         self._write_new()
         self._write_rows()
         self._write_log()
-        self.counts.write(self.conn)
 
     def set(self, event: LifecycleEvent, **columns: Any) -> None:
         """The event's columns (and its time as `updated_at`) for its execution's row."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from baton_domain.application import Executions
 from baton_platform.mapping import read_events
 from baton_platform.sql import Connection, Database
-from baton_views.projection import project
+from baton_views.projection import Deferred, project
 from baton_views.store import TABLES, connect, create_schema, transaction
 
 REBUILD_BATCH = 1000
@@ -45,13 +45,17 @@ def rebuild(
 def _project_all(executions: Executions, conn: Connection, progress: Progress | None) -> int:
     total = executions.recorder.max_notification_id() or 0
     position = applied = 0
+    # One transaction: the counters and the position are written once, at the end.
+    deferred = Deferred()
     while batch := read_events(executions, position, REBUILD_BATCH):
-        done, position = project(conn, batch)
+        done, position = project(conn, batch, deferred=deferred)
         applied += done
         # Events stored while we rebuild are taken too: the loop runs until the log ends.
         total = max(total, position)
         if progress is not None:
             progress(position, total)
+    if position:
+        deferred.write(conn)
     if progress is not None and (position < total or not applied):
         progress(total, total)  # the last ids were gaps, or there was nothing to do
     return applied
