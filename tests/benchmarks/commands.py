@@ -18,7 +18,8 @@ one run on this machine (docs/benchmarks.md says what each figure means):
 Nothing here asserts a speed: the numbers depend on the machine; compare runs on one.
 `--quick` runs it all small, in under two minutes. `--database postgres` runs each stack on
 a throwaway PostgreSQL cluster of its own (fsync on) instead of SQLite files, and measures
-the event store floor there (not the history part: its history is cached as SQLite files).
+the event store floor there (the history part: its history cached as a `pg_dump`, restored
+into the stack's database).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ from tests.benchmarks import floors
 from tests.benchmarks.history import (
     install_history,
     open_store,
+    restore_postgres_history,
     stored_history,
+    stored_postgres_history,
     write_commands,
 )
 from tests.benchmarks.load import Load, LoadSettings, Search, StepResult, find_max
@@ -64,6 +67,7 @@ from tests.benchmarks.stacks import (
     add_nats_options,
     api_client,
     create_database,
+    database_url,
     fleet_stack,
     postgres_of,
     seed_relay,
@@ -244,13 +248,21 @@ class Bench:
         a = self.args
         return Search(start_rate, a.step_factor, a.refine, a.max_steps, a.step_seconds)
 
-    async def store_floor(self, data_dir: Path, stack: Stack) -> StoreFloor:
-        """On SQLite, a store of its own under `data_dir`; on PostgreSQL, a database of its
-        own on the stack's server."""
+    async def store_floor(
+        self, data_dir: Path, stack: Stack, in_stack_store: bool = False
+    ) -> StoreFloor:
+        """On SQLite, the store under `data_dir`; on PostgreSQL, a database of its own on the
+        stack's server, or with `in_stack_store` the stack's own database (holding a stored
+        history)."""
         a = self.args
         devices = fleet_ids(a.devices)
         server = postgres_of(stack)
-        url = None if server is None else create_database(server, f"floor{next(_floors)}")
+        if server is None:
+            url = None
+        elif in_stack_store:
+            url = database_url(stack)
+        else:
+            url = create_database(server, f"floor{next(_floors)}")
         return await asyncio.to_thread(
             store_floor, data_dir, stack.catalog, devices, a.store_commands, a.store_batch, url
         )
@@ -356,20 +368,37 @@ class Bench:
     async def history_stack(self) -> None:
         a = self.args
         name = f"{a.devices:,} devices + {a.stored:,} stored"
-        with fleet_stack(self.scratch, "history", a.devices, a.broker, **self.sync) as stack:
-            catalog = Catalog.from_yaml(stack.catalog)
-            history = await asyncio.to_thread(
-                stored_history, catalog, fleet_ids(a.devices), a.stored, say
-            )
-            if history.built_in is not None:
-                say(f"  built in {history.built_in:.0f} s")
-            await asyncio.to_thread(install_history, history, Settings(data_dir=stack.data_dir))
+        with fleet_stack(
+            self.scratch, "history", a.devices, a.broker, a.database, *self.topology, **self.sync
+        ) as stack:
+            await self.install_history(stack)
             say(f"growth: {name}; the event store floor on that store")
-            store = await self.store_floor(stack.data_dir, stack)
+            store = await self.store_floor(stack.data_dir, stack, in_stack_store=True)
             stack.start_infrastructure()
             await seed_relay(stack, stack.catalog)
             best, bounded = await self.search_on(stack, a.devices)
         self.figures.growth[name] = Growth(best, store, bounded)
+
+    async def install_history(self, stack: Stack) -> None:
+        """The cached history of `--stored` executions (built first if needed) as the
+        stack's store and views: copied files on SQLite, a restored dump on PostgreSQL."""
+        a = self.args
+        catalog, devices = Catalog.from_yaml(stack.catalog), fleet_ids(a.devices)
+        server = postgres_of(stack)
+        if server is None:
+            history = await asyncio.to_thread(stored_history, catalog, devices, a.stored, say)
+            if history.built_in is not None:
+                say(f"  built in {history.built_in:.0f} s")
+            await asyncio.to_thread(install_history, history, Settings(data_dir=stack.data_dir))
+            return
+        dump = await asyncio.to_thread(
+            stored_postgres_history, catalog, devices, a.stored, server, say
+        )
+        if dump.built_in is not None:
+            say(f"  built in {dump.built_in:.0f} s")
+        start = time.perf_counter()
+        await asyncio.to_thread(restore_postgres_history, dump, database_url(stack) or "")
+        say(f"  restored in {time.perf_counter() - start:.0f} s")
 
 
 def rss(stack: Stack, field: str) -> dict[str, int]:
@@ -437,11 +466,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.parts.split(",")) - set(PARTS + EXTRA_PARTS)
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
-    if args.database == "postgres" and "history" in args.parts.split(","):
-        # The stored history is built and cached as SQLite files (history.py).
-        if args.parts != parser.get_default("parts"):
-            parser.error("the history part runs on SQLite only")
-        args.parts = ",".join(p for p in args.parts.split(",") if p != "history")
     burst_options = args.commands is not None or args.concurrency is not None
     if burst_options and "burst" not in args.parts.split(","):
         # The options of the closed-loop bench this one grew from: say where they went.

@@ -9,7 +9,10 @@ only what is waiting, and every execution here has ended.
 
 A stored history is built once and kept under ./var/bench-cache, keyed by what decides its
 bytes (the event classes, the views' schema and projection, the library, the fleet and the
-count), with its views rebuilt by `baton_views.rebuild` (the code of `baton replay`).
+count), with its views rebuilt by `baton_views.rebuild` (the code of `baton replay`). On
+SQLite it is the two database files, copied into each stack; on PostgreSQL, a `pg_dump` of
+the database that holds both (keyed by the server's major version too), restored with
+`pg_restore` into each stack's database.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ from importlib.metadata import version
 from pathlib import Path
 from uuid import uuid4
 
+from baton_cli.localstack import PostgresServer, find_postgres_bin
 from baton_domain import execution as execution_module
 from baton_domain.application import Executions, RequestCommand
 from baton_domain.catalog import Catalog
@@ -32,6 +37,7 @@ from baton_domain.statuses import AnswerStatus
 from baton_platform import mapping
 from baton_platform.eventstore import event_store_env
 from baton_platform.settings import Settings
+from baton_platform.sql import Database, conninfo
 from baton_views import projection, rebuild, store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +46,8 @@ CACHE_DIR = ROOT / "var" / "bench-cache"
 LOADER_VERSION = 1
 LOAD_BATCH = 10_000  # executions per transaction while loading a history
 COMMAND = ("set_temperature", {"value": 20})
+
+Say = Callable[[str], None]
 
 
 def open_store(data_dir: Path, catalog: Catalog, database_url: str | None = None) -> Executions:
@@ -120,6 +128,16 @@ class History:
     built_in: float | None  # seconds, when this run built it; None when it came from the cache
 
 
+@dataclass(frozen=True)
+class PostgresHistory:
+    """A stored history on PostgreSQL: a dump of the database holding the event store and
+    its views, ready to restore into a stack's."""
+
+    dump: Path
+    count: int
+    built_in: float | None  # seconds, when this run built it; None when it came from the cache
+
+
 def history_key(devices: list[str], count: int) -> str:
     """Names what decides a history's bytes; another value means another history."""
     digest = hashlib.sha256()
@@ -131,9 +149,7 @@ def history_key(devices: list[str], count: int) -> str:
     return f"history-{count}-{digest.hexdigest()[:16]}"
 
 
-def stored_history(
-    catalog: Catalog, devices: list[str], count: int, say: Callable[[str], None]
-) -> History:
+def stored_history(catalog: Catalog, devices: list[str], count: int, say: Say) -> History:
     """The cached history of `count` executions over `devices`, built first if needed."""
     folder = CACHE_DIR / history_key(devices, count)
     done = folder / "complete"
@@ -146,13 +162,7 @@ def stored_history(
     start = time.perf_counter()
     app = open_store(folder, catalog)
     try:
-        for first in range(0, count, LOAD_BATCH):
-            size = min(LOAD_BATCH, count - first)
-            app.save(*_finished(app, devices, first, size))
-            if (first // LOAD_BATCH) % 10 == 9:
-                say(f"  {first + size:,} executions stored ({time.perf_counter() - start:.0f} s)")
-        say(f"  projecting their views ({time.perf_counter() - start:.0f} s so far)")
-        rebuild(app, folder / "views.sqlite")
+        _load(app, devices, count, folder / "views.sqlite", say)
     finally:
         app.close()
     for path in (folder / "events.sqlite", folder / "views.sqlite"):
@@ -161,6 +171,85 @@ def stored_history(
     return History(
         folder / "events.sqlite", folder / "views.sqlite", count, time.perf_counter() - start
     )
+
+
+def _load(
+    app: Executions, devices: list[str], count: int, views: Path | Database, say: Say
+) -> None:
+    """Store `count` finished executions, `LOAD_BATCH` a transaction, and project their views."""
+    start = time.perf_counter()
+    for first in range(0, count, LOAD_BATCH):
+        size = min(LOAD_BATCH, count - first)
+        app.save(*_finished(app, devices, first, size))
+        if (first // LOAD_BATCH) % 10 == 9:
+            say(f"  {first + size:,} executions stored ({time.perf_counter() - start:.0f} s)")
+    say(f"  projecting their views ({time.perf_counter() - start:.0f} s so far)")
+    rebuild(app, views)
+
+
+def stored_postgres_history(
+    catalog: Catalog, devices: list[str], count: int, server: PostgresServer, say: Say
+) -> PostgresHistory:
+    """The cached dump of a history of `count` executions over `devices` on PostgreSQL, built
+    first if needed in a database of its own on `server` (dropped afterwards)."""
+    major = _server_major(server.url)
+    folder = CACHE_DIR / f"{history_key(devices, count)}-postgres{major}"
+    dump = folder / "baton.dump"
+    if (folder / "complete").exists():
+        return PostgresHistory(dump, count, None)
+    if folder.exists():
+        shutil.rmtree(folder)  # a build that did not finish
+    folder.mkdir(parents=True)
+    say(f"building a stored history of {count:,} executions in {folder} (once; cached)")
+    start = time.perf_counter()
+    url = server.url_of("history_build")
+    _admin(server.url, "DROP DATABASE IF EXISTS history_build", "CREATE DATABASE history_build")
+    try:
+        app = open_store(folder, catalog, url)
+        try:
+            views = Settings(data_dir=folder, database_url=url).views_database
+            _load(app, devices, count, views, say)
+        finally:
+            app.close()
+        _postgres_tool("pg_dump", "--format=custom", f"--file={dump}", conninfo(url))
+    finally:
+        _admin(server.url, "DROP DATABASE history_build WITH (FORCE)")
+    (folder / "complete").write_text(f"{count}\n")
+    return PostgresHistory(dump, count, time.perf_counter() - start)
+
+
+def restore_postgres_history(history: PostgresHistory, url: str) -> None:
+    """The history's event store and views into the empty database `url` (a stack's)."""
+    dbname = f"--dbname={conninfo(url)}"
+    _postgres_tool("pg_restore", "--no-owner", "--jobs=2", dbname, str(history.dump))
+
+
+def _server_major(url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(conninfo(url)) as db:
+        return db.info.server_version // 10_000
+
+
+def _admin(url: str, *statements: str) -> None:
+    import psycopg
+
+    with psycopg.connect(conninfo(url), autocommit=True) as db:
+        for statement in statements:
+            db.execute(statement.encode())  # our own literals, no parameters
+
+
+def _postgres_tool(name: str, *args: str) -> None:
+    """Run PostgreSQL's `name` (pg_dump, pg_restore) of the installed server; raises with its
+    error output when it fails."""
+    bindir = find_postgres_bin()
+    if bindir is None:
+        raise RuntimeError("PostgreSQL's binaries not found (deploy/local/install-postgres.sh)")
+    done = subprocess.run(
+        [str(bindir / name), *args], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} failed ({done.returncode}): {done.stderr[-2000:]}")
 
 
 def checkpoint(path: Path) -> None:

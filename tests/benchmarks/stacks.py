@@ -195,13 +195,14 @@ async def seed_relay(stack: Stack, catalog: Path) -> None:
     """Put the store's last event on BATON_EVENTS, as the outbox relay would have: the relay
     resumes after the last event the stream holds, so a store copied in with a history does
     not have all of it published again (a running stack's stream holds its tail too)."""
-    app = open_store(stack.data_dir, Catalog.from_yaml(catalog))
+    app = open_store(stack.data_dir, Catalog.from_yaml(catalog), database_url(stack))
     try:
         last = app.recorder.max_notification_id() or 0
         events = read_events(app, last - 1, 1)
         nc = await nats.connect(stack.nats_url_as(OPS))
         try:
-            await ensure_streams(nc.jetstream())
+            persist = stack.extra_env.get("BATON_NATS_EVENTS_PERSIST", "default")
+            await ensure_streams(nc.jetstream(), stack.nats_replicas, persist)
             await OutboxRelay(app, nc, 1.0).publish(events)
         finally:
             await nc.close()
