@@ -46,6 +46,7 @@ from baton_domain.statuses import AnswerStatus, ExecutionStatus
 from baton_domain.tenants import DEFAULT_TENANT
 from baton_platform.eventstore import event_store_env
 from baton_platform.settings import Settings
+from baton_platform.sql import Connection
 from baton_views import ExecutionFilter, ExecutionViews, read_events
 from baton_views.counts import recount
 from baton_views.projection import project
@@ -90,9 +91,7 @@ def _status_sql() -> str:
     return f"CASE {' '.join(cases)} END"
 
 
-def fill_views(
-    conn: sqlite3.Connection, start: int, stop: int, tenant: str = DEFAULT_TENANT
-) -> None:
+def fill_views(conn: Connection, start: int, stop: int, tenant: str = DEFAULT_TENANT) -> None:
     """Executions start..stop-1 of `tenant` as rows of the views, in the caller's transaction.
 
     Execution i was created HISTORY_START + i seconds. Its id, status, command name,
@@ -223,7 +222,7 @@ def best_ms(run: Callable[[], Any]) -> float:
     return min(once_ms(run) for _ in range(REPEAT))
 
 
-def steps_of(conn: sqlite3.Connection, run: Callable[[], Any]) -> float:
+def steps_of(conn: Connection, run: Callable[[], Any]) -> float:
     count = 0
 
     def tick() -> int:
@@ -239,14 +238,14 @@ def steps_of(conn: sqlite3.Connection, run: Callable[[], Any]) -> float:
     return count
 
 
-def deep_cursor(conn: sqlite3.Connection, where: ExecutionFilter, pages: int) -> str | None:
+def deep_cursor(conn: Connection, where: ExecutionFilter, pages: int) -> str | None:
     cursor = None
     for _ in range(pages):
         cursor = list_executions(conn, where, limit=PAGE, cursor=cursor).next_cursor
     return cursor
 
 
-def measure(conn: sqlite3.Connection, store: Executions, size: int) -> dict[str, Figure]:
+def measure(conn: Connection, store: Executions, size: int) -> dict[str, Figure]:
     """Each figure at this size. `conn` is a connection to the views, used as
     `ExecutionViews` uses its own (the same functions)."""
     newest = HISTORY_START + timedelta(seconds=size)

@@ -32,7 +32,7 @@ from baton_domain.catalog import Catalog
 from baton_domain.errors import DomainError, ExecutionNotFound
 from baton_domain.statuses import AnswerStatus, ExecutionStatus
 from baton_domain.tenants import DEFAULT_TENANT
-from baton_platform.sql import Database
+from baton_platform.sql import Connection, Database
 from baton_views import ExecutionFilter, ExecutionViews, queries, read_events, rebuild, replay
 from baton_views.counts import recount
 from baton_views.projection import project
@@ -63,7 +63,7 @@ def new_app(clock: Clock | None = None) -> Executions:
 
 
 @pytest.fixture
-def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+def conn(tmp_path: Path) -> Iterator[Connection]:
     """A views database holding executions of every status in two tenants, and a
     connection to it."""
     clock = Clock()
@@ -99,7 +99,7 @@ class Step:
         return set(found.group(1).split(" AND ")) if found else set()
 
 
-def statements_of(conn: sqlite3.Connection, call: Callable[[], Any]) -> list[str]:
+def statements_of(conn: Connection, call: Callable[[], Any]) -> list[str]:
     """The SQL `call` ran on `conn`, parameters bound in."""
     ran: list[str] = []
     conn.set_trace_callback(ran.append)
@@ -111,7 +111,7 @@ def statements_of(conn: sqlite3.Connection, call: Callable[[], Any]) -> list[str
     return [s for s in ran if s.split()[0].upper() in kinds]
 
 
-def plan(conn: sqlite3.Connection, sql: str) -> list[Step]:
+def plan(conn: Connection, sql: str) -> list[Step]:
     return [Step(r[0], r[1], r[3]) for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
 
 
@@ -200,7 +200,7 @@ def every_case() -> Iterator[Case]:
         yield Case(device, name, statuses, ephemeral, after, before, order, cursor, tenant)
 
 
-def list_problems(conn: sqlite3.Connection, case: Case) -> list[str]:
+def list_problems(conn: Connection, case: Case) -> list[str]:
     """What is wrong with the plans of one list (nothing: one index range per arm)."""
     statements = statements_of(
         conn,
@@ -215,7 +215,7 @@ def list_problems(conn: sqlite3.Connection, case: Case) -> list[str]:
     return plan_problems(conn, case, statements)
 
 
-def plan_problems(conn: sqlite3.Connection, case: Case, statements: list[str]) -> list[str]:
+def plan_problems(conn: Connection, case: Case, statements: list[str]) -> list[str]:
     problems = []
     pages = [s for s in statements if s.startswith("SELECT *")]
     if len(pages) != 1:
@@ -241,7 +241,7 @@ def plan_problems(conn: sqlite3.Connection, case: Case, statements: list[str]) -
     return problems
 
 
-def test_every_list_reads_one_index_range_per_arm(conn: sqlite3.Connection) -> None:
+def test_every_list_reads_one_index_range_per_arm(conn: Connection) -> None:
     """Every combination of tenant, filters, orders and cursor: each (outcome, ephemeral)
     is one range of the index led by the tenant and exactly the filtered columns, bounded
     by the time filters and the cursor, read in order (no sort of what it read), and
@@ -285,7 +285,7 @@ def test_the_plan_check_fails_the_queries_made_before(case: Case, where: str) ->
     """The views' schema and queries before counters and one index per filter: a COUNT
     of every matching row, pages found by reading past rows, a cursor that is not part of
     the range read."""
-    conn = sqlite3.connect(":memory:")
+    conn = Connection("sqlite", sqlite3.connect(":memory:"))
     conn.executescript(OLD_SCHEMA)
     statements = [
         f"SELECT COUNT(*) FROM executions WHERE {where}",
@@ -295,7 +295,7 @@ def test_the_plan_check_fails_the_queries_made_before(case: Case, where: str) ->
     conn.close()
 
 
-def test_the_plan_check_fails_a_list_that_forgets_the_tenant(conn: sqlite3.Connection) -> None:
+def test_the_plan_check_fails_a_list_that_forgets_the_tenant(conn: Connection) -> None:
     """Today's schema, queried as before tenants: every tenant's rows, every tenant's count."""
     case = Case(None, None, frozenset(), False, None, None, "newest", False)
     page = "SELECT * FROM executions WHERE ephemeral = 0 ORDER BY created_at DESC, id DESC LIMIT 6"
@@ -366,7 +366,7 @@ def test_a_batch_costs_as_many_statements_for_ten_commands_as_for_one(tmp_path: 
         split = next(i for i, e in enumerate(batch) if e.type == "Published")
         for part in (batch[:split], batch[split:]):  # every row created, then every row found
 
-            def apply(c: sqlite3.Connection = conn, b: list[Any] = part) -> None:
+            def apply(c: Connection = conn, b: list[Any] = part) -> None:
                 with transaction(c):
                     project(c, b)
 
@@ -424,7 +424,7 @@ def test_a_rebuild_writes_the_counters_and_the_position_once_however_many_batche
 # --- steps: what SQLite does, whatever the machine ------------------------------------------
 
 
-def history_of(tmp_path: Path, older: int) -> sqlite3.Connection:
+def history_of(tmp_path: Path, older: int) -> Connection:
     """A views database with `older` executions from 2024 (in bulk) between twice as many
     of OTHER's, older and newer, under today's of every status (projected)."""
     path = tmp_path / f"views-{older}.sqlite"
@@ -455,7 +455,7 @@ def test_a_page_costs_the_same_over_ten_times_the_history(tmp_path: Path) -> Non
     failed = frozenset({ExecutionStatus.FAILED, ExecutionStatus.REJECTED})
     running = frozenset({ExecutionStatus.PENDING, ExecutionStatus.SENT})
 
-    def lists(conn: sqlite3.Connection) -> dict[str, Callable[[], Any]]:
+    def lists(conn: Connection) -> dict[str, Callable[[], Any]]:
         def page(where: ExecutionFilter, order: str = "newest", **more: Any) -> Any:
             return lambda: list_executions(conn, where, order, limit=3, **more)  # type: ignore[arg-type]
 
@@ -577,7 +577,7 @@ def run(
     clock.now += timedelta(milliseconds=1)
 
 
-def counted_by_sql(conn: sqlite3.Connection, where: ExecutionFilter) -> int:
+def counted_by_sql(conn: Connection, where: ExecutionFilter) -> int:
     """COUNT(*) with the filter written out anew: the counters' oracle."""
     clauses, values = ["tenant = ?"], [where.tenant]
     for column, value in (("device_id", where.device_id), ("name", where.name)):
@@ -695,7 +695,7 @@ def check_history(
 
 
 def test_a_time_filter_counts_up_to_the_limit(
-    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+    conn: Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     everything = list_executions(conn, ExecutionFilter(created_after=FAR_PAST))
     assert everything.total_count_exact
@@ -709,7 +709,7 @@ def test_a_time_filter_counts_up_to_the_limit(
     assert (exact.total_count, exact.total_count_exact) == (0, True)
 
 
-def test_an_offset_past_the_end_reads_no_rows(conn: sqlite3.Connection) -> None:
+def test_an_offset_past_the_end_reads_no_rows(conn: Connection) -> None:
     total = list_executions(conn, ExecutionFilter()).total_count
     statements = statements_of(conn, lambda: list_executions(conn, ExecutionFilter(), offset=total))
     assert [s for s in statements if "FROM executions" in s] == []
