@@ -74,7 +74,7 @@ chaos: install broker ## 300 s of load while every part is killed; checks the re
 lint: install ## ruff and mypy --strict
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy libs/*/src services/*/src
+	$(VENV)/bin/mypy libs/*/src services/*/src tests
 
 fmt: install ## Format the code
 	$(VENV)/bin/ruff format .

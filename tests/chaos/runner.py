@@ -347,7 +347,7 @@ def catch_up(settings: Settings) -> None:
             time.sleep(0.2)
             continue
         try:
-            if read_position(conn) >= target:  # type: ignore[arg-type]
+            if read_position(conn) >= target:
                 return
         except Exception:  # its tables not made yet
             pass

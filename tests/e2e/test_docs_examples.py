@@ -88,7 +88,9 @@ def examples(doc: Path) -> list[Example]:
         if block.lang == "sh" and (commands := curl_commands(block.text)):
             after = fenced[i + 1] if i + 1 < len(fenced) else None
             follows = after is not None and text[block.end : after.start].strip() == ""
-            expected = after.text if follows and after.lang == "json" else None
+            expected = (
+                after.text if after is not None and follows and after.lang == "json" else None
+            )
             found.append(Example(doc, line, "curl", commands, expected))
         elif block.lang == "console":
             example = Example(doc, line, "console", [])

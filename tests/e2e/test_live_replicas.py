@@ -9,9 +9,11 @@ webhooks are sent by the lease holder only, once, and by the other after it is k
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import httpx
 
+from baton_cli.live import Event
 from baton_cli.localstack import Stack
 from baton_contracts.nats import PROJECTION_LEASE
 from baton_contracts.webhooks import WebhookPayload
@@ -50,7 +52,7 @@ def test_streams_and_webhooks_across_api_replicas(
                 assert response.status_code == 201, response.text
                 sent.append(response.json()["id"])
 
-        def ended(ids: list[str]) -> object:
+        def ended(ids: list[str]) -> Callable[[list[Event]], bool]:
             return lambda got: (
                 {e.data["execution_id"] for e in got if e.data["status"] in TERMINAL} >= set(ids)
             )

@@ -148,9 +148,8 @@ def test_each_lease_is_held_by_its_one_process(stack: Stack) -> None:
         ("api", "projection"),
         ("timeout-scheduler", "timeout-scheduler"),
     ):
-        eventually_sync(
-            lambda service=service, lease=lease: (
-                value(stack, service, "baton_lease_held", lease=lease) == 1
-            ),
-            what=f"{service} holding {lease}",
-        )
+
+        def held(service: str = service, lease: str = lease) -> bool:
+            return value(stack, service, "baton_lease_held", lease=lease) == 1
+
+        eventually_sync(held, what=f"{service} holding {lease}")

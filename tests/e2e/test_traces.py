@@ -22,7 +22,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from paho.mqtt.client import MQTTv5
 
 from baton_cli.localstack import Stack
 from baton_contracts.mqtt import execution_topic
@@ -147,7 +146,7 @@ async def requests_on(
         int(env["BATON_MQTT_PORT"]),
         username=env["BATON_MQTT_USERNAME"],
         password=env["BATON_MQTT_PASSWORD"],
-        protocol=MQTTv5,
+        protocol=aiomqtt.ProtocolVersion.V5,
     ) as client:
         await client.subscribe(execution_topic(device, "+", "request"), qos=1)
         subscribed.set()  # SUBACK received: the broker sends us what is published from now

@@ -37,7 +37,9 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.errors import InvalidSchema
 from schemathesis.core.failures import FailureGroup
+from schemathesis.core.result import Ok, Result
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -98,6 +100,10 @@ def is_destructive(ctx: Any) -> bool:
     return destructive(ctx.operation.method.upper(), ctx.operation.path)
 
 
+Operation = schemathesis.APIOperation[Any, Any, Any, Any]
+Plan = tuple[Operation, GenerationMode, dict[str, str]]  # what to fuzz, how, on which path
+
+
 @dataclass
 class Failures:
     """Check failures, one per (operation, failure), each with a curl reproducer."""
@@ -130,11 +136,13 @@ class Fuzzer:
             "timeout": REQUEST_TIMEOUT,
         }
 
-    def exchange(self, stage: str, case: schemathesis.Case) -> None:
+    def exchange(self, stage: str, case: schemathesis.Case[Any]) -> None:
         response = case.call(**self.kwargs())
         self.check(stage, case, response)
 
-    def check(self, stage: str, case: schemathesis.Case, response: schemathesis.Response) -> None:
+    def check(
+        self, stage: str, case: schemathesis.Case[Any], response: schemathesis.Response
+    ) -> None:
         self.figures.record(stage, case.operation.label, response.status_code)
         try:
             case.validate_response(response, checks=CHECKS, headers=AUTH)
@@ -156,12 +164,20 @@ def settings(examples: int, **extra: Any) -> hypothesis.settings:
     )
 
 
+def ok(result: Result[Operation, InvalidSchema]) -> Operation:
+    """The operation; one the schema could not be read into fails here, saying why."""
+    assert isinstance(result, Ok), result.err()
+    return result.ok()
+
+
 def fuzz_operations(
     schema: schemathesis.BaseSchema, fuzzer: Fuzzer, budget: int, stage: str
 ) -> None:
     """Each operation in each mode, the budget shared out; what an operation cannot use
     (a route without parameters has few distinct cases) goes to the ones after it."""
-    plans = [(result.ok(), mode, {}) for result in schema.get_all_operations() for mode in MODES]
+    plans: list[Plan] = [
+        (ok(result), mode, {}) for result in schema.get_all_operations() for mode in MODES
+    ]
     fuzz_plans(plans, fuzzer, budget, stage)
 
 
@@ -171,7 +187,7 @@ def fuzz_known_devices(
     """Positive cases of every operation that names a device in its path, on a real one."""
     plans = []
     for result in schema.get_all_operations():
-        operation = result.ok()
+        operation = ok(result)
         for (prefix, name), device in KNOWN_DEVICES.items():
             if operation.path.startswith(prefix) and "{" + name + "}" in operation.path:
                 plans.append((operation, GenerationMode.POSITIVE, {name: device}))
@@ -180,7 +196,7 @@ def fuzz_known_devices(
 
 
 def fuzz_plans(
-    plans: list[tuple[schemathesis.APIOperation, GenerationMode, dict[str, str]]],
+    plans: list[Plan],
     fuzzer: Fuzzer,
     budget: int,
     stage: str,
@@ -196,7 +212,7 @@ def fuzz_plans(
                 generation_mode=mode, path_parameters=path_parameters or None
             )
         )
-        def run(case: schemathesis.Case) -> None:
+        def run(case: schemathesis.Case[Any]) -> None:
             fuzzer.exchange(stage, case)
 
         try:
@@ -225,11 +241,11 @@ def stateful_walks(schema: schemathesis.BaseSchema, fuzzer: Fuzzer, budget: int)
         walks = min(WALKS_PER_ROUND, max(1, math.ceil(left / STATEFUL_STEPS)))
 
         class Walk(workflow):  # type: ignore[misc, valid-type]
-            def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
+            def get_call_kwargs(self, case: schemathesis.Case[Any]) -> dict[str, Any]:
                 return fuzzer.kwargs()
 
             def validate_response(
-                self, response: schemathesis.Response, case: schemathesis.Case, **_: Any
+                self, response: schemathesis.Response, case: schemathesis.Case[Any], **_: Any
             ) -> None:
                 fuzzer.check("stateful", case, response)
 
@@ -247,7 +263,7 @@ def stateful_walks(schema: schemathesis.BaseSchema, fuzzer: Fuzzer, budget: int)
 
 def load_schema(stack: Stack, figures: FuzzFigures) -> schemathesis.BaseSchema:
     schema = schemathesis.openapi.from_url(f"{stack.api_url}/schema/openapi.json", timeout=30)
-    figures.documented |= {result.ok().label for result in schema.get_all_operations()}
+    figures.documented |= {ok(result).label for result in schema.get_all_operations()}
     return schema
 
 
@@ -287,7 +303,7 @@ def test_destructive_operations_on_their_own_stack(
     fuzz_stack: Stack, fuzz_figures: FuzzFigures
 ) -> None:
     schema = load_schema(fuzz_stack, fuzz_figures).include(func=is_destructive)
-    operations = [result.ok().label for result in schema.get_all_operations()]
+    operations = [ok(result).label for result in schema.get_all_operations()]
     assert "PUT /v1/catalog" in operations and "POST /iotee/commands/purge" in operations
     fuzzer = Fuzzer(fuzz_stack.api_url, fuzz_figures)
     budget = int(CASES * SHARES["destructive"])

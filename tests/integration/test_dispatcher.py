@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID, uuid4
 
-import nats
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from baton_cli.localstack import Server
@@ -83,11 +83,11 @@ async def report(
     payload: dict[str, object] | None = None,
 ) -> None:
     body = DeviceReport(
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         report_id=report_id or f"r-{uuid4()}",
         device_id=device,
         execution_id=execution_id,
-        status=status,  # type: ignore[arg-type]
+        status=status,
         payload=payload or {},
         received_at=datetime.now(UTC),
     )
@@ -202,16 +202,15 @@ async def test_cancel_and_deadline(dispatcher: Dispatcher, nc: Client) -> None:
 async def test_deadline_expires_a_pending_execution(dispatcher: Dispatcher, nc: Client) -> None:
     reply = await submit(nc, ttl=1)
     assert reply.execution is not None
-    due = DeadlineDue(execution_id=reply.execution.id).model_dump_json().encode()
+    execution_id = reply.execution.id
+    due = DeadlineDue(execution_id=execution_id).model_dump_json().encode()
 
     async def applied() -> bool:
         answer = await nc.request(DEADLINE_SUBJECT, due, timeout=5)
         return DeadlineReply.model_validate_json(answer.data).outcome == "applied"
 
     await eventually(applied, timeout=5, interval=0.2, what="deadline applied")
-    await eventually(
-        lambda: _has(nc.jetstream(), reply.execution.id, "Expired"), what="Expired relayed"
-    )  # type: ignore[union-attr]
+    await eventually(lambda: _has(nc.jetstream(), execution_id, "Expired"), what="Expired relayed")
 
 
 async def _has(js: JetStreamContext, execution_id: UUID, event_type: str) -> bool:
@@ -225,7 +224,7 @@ async def test_reports_from_another_device_or_for_unknown_executions_are_dropped
     js = nc.jetstream()
     rejections: asyncio.Queue[ReportRejected] = asyncio.Queue()
 
-    async def on_rejection(msg: nats.aio.msg.Msg) -> None:
+    async def on_rejection(msg: Msg) -> None:
         await rejections.put(ReportRejected.model_validate_json(msg.data))
 
     await nc.subscribe(REJECTIONS_SUBJECT, cb=on_rejection)

@@ -403,7 +403,7 @@ async def _types(nc: Client, execution_id: UUID) -> list[str]:
     sub = await js.subscribe(
         event_subject(execution_id, "*"), stream=EVENTS_STREAM, ordered_consumer=True
     )
-    types = []
+    types: list[str] = []
     try:
         while True:
             try:
@@ -421,7 +421,7 @@ async def _drained(nc: Client, stream: str, durable: str, timeout: float = 30) -
 
     async def done() -> bool:
         info = await js.consumer_info(stream, durable)
-        return info.num_pending == 0 and info.num_ack_pending == 0
+        return bool(info.num_pending == 0 and info.num_ack_pending == 0)
 
     await eventually(done, timeout=timeout, what=f"{durable} drained")
 

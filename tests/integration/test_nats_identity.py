@@ -155,7 +155,7 @@ def forged_success(execution_id: object) -> bytes:
             kind="answer",
             report_id=f"forged-{uuid4()}",
             device_id=DEVICE,
-            execution_id=execution_id,  # type: ignore[arg-type]
+            execution_id=execution_id,
             status="SUCCEEDED",
             received_at=now(),
         )

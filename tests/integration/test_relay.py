@@ -150,8 +150,13 @@ async def test_a_relay_stopped_mid_window_is_resumed_without_gap_or_duplicate(
     nc: Client, executions: Executions, connections: Connect
 ) -> None:
     crash = asyncio.Event()
+
+    def crash_at(n: int) -> None:
+        if n == 700:
+            crash.set()
+
     first_nc = await connections()
-    first = relay_on(executions, first_nc, Watched(first_nc, lambda n: n == 700 and crash.set()))
+    first = relay_on(executions, first_nc, Watched(first_nc, crash_at))
     task = asyncio.create_task(first.run())
     await asyncio.wait_for(crash.wait(), 10)
     # Gone with a full window unacknowledged; what it handed to its connection still lands,
@@ -308,7 +313,7 @@ async def test_an_event_the_server_refuses_is_logged_with_its_own_error(
         await eventually(refused_for_its_size, timeout=15, what="the refusal logged")
 
         async def behind() -> bool:
-            return metrics.RELAY_BEHIND._value.get() == 22 - 11
+            return bool(metrics.RELAY_BEHIND._value.get() == 22 - 11)
 
         await eventually(behind, what="the relay's lag sampled")
     finally:

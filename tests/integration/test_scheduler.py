@@ -337,7 +337,7 @@ async def test_a_locked_database_gets_the_event_redelivered(
 
         async def delivered_again() -> bool:
             info = await js.consumer_info(EVENTS_STREAM, DURABLE)
-            return info.num_redelivered >= 1
+            return bool(info.num_redelivered >= 1)
 
         await eventually(delivered_again, timeout=20, what="a redelivery after the store failed")
         assert info_acked(await js.consumer_info(EVENTS_STREAM, DURABLE)) == 0

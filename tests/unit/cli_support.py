@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-EXECUTION = {
+EXECUTION: dict[str, Any] = {
     "id": "0b7f6c1e-6a8e-4c8f-9a43-2f1f7d0e9b11",
     "device_id": "demo-thermostat-1",
     "name": "set_temperature",

@@ -305,7 +305,7 @@ def test_jwt_with_a_wrong_key_or_algorithm_is_refused(
                 "aud": AUDIENCE,
                 "exp": time.time() + 60,
             },
-            None,
+            "",  # no key; typed as str, taken as None by the "none" algorithm
             algorithm="none",
         )
     )
@@ -331,7 +331,7 @@ def test_a_tenant_with_its_cap_of_pending_commands_gets_429_and_others_do_not(
         # Another tenant is not held back by this one.
         new_tenant(client)
         acme = new_key(client, "admin", tenant="acme")
-        definition = {"commands": {"ping": {}}}
+        definition: dict[str, Any] = {"commands": {"ping": {}}}
         client.post(
             "/v1/device-types", json={"name": "pinger", "definition": definition}, headers=acme
         )

@@ -336,7 +336,7 @@ def test_head_needs_the_key_like_get(stand: Stand) -> None:
 
 # --- 16: POST creates, PUT replaces ----------------------------------------------------------
 
-LAMP = {"commands": {"on": {}, "off": {}}}
+LAMP: dict[str, Any] = {"commands": {"on": {}, "off": {}}}
 
 
 def test_posting_an_existing_device_type_is_a_409_and_keeps_it(stand: Stand) -> None:
@@ -395,13 +395,9 @@ def test_two_creates_of_one_name_settle_in_the_writer() -> None:
     )
     assert first.problem is None
     assert second.problem is not None and second.problem.code == "catalog-conflict"
-    assert handlers.get_catalog(CatalogQuery()).document is not None
-    assert sorted(
-        handlers.get_catalog(CatalogQuery()).document["device_types"]["lamp"]["commands"]
-    ) == [
-        "off",
-        "on",
-    ]
+    catalog = handlers.get_catalog(CatalogQuery()).document
+    assert catalog is not None
+    assert sorted(catalog["device_types"]["lamp"]["commands"]) == ["off", "on"]
     device = {"id": "lamp-1", "type": "lamp"}
     assert handlers.change_catalog(CatalogChange(op="create-device", device=device)).problem is None
     again = handlers.change_catalog(CatalogChange(op="create-device", device=device))

@@ -4,8 +4,10 @@ requests against a device's type (unknown device, unknown command, invalid param
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from baton_domain.catalog import Catalog, CatalogError
 from baton_domain.errors import InvalidCommand, UnknownDevice
@@ -47,9 +49,9 @@ def test_a_commands_params_schema_is_compiled_once(monkeypatch: pytest.MonkeyPat
     import baton_domain.catalog as catalog_module
 
     built: list[object] = []
-    real = catalog_module.Draft202012Validator
+    real = Draft202012Validator  # what catalog_module imported, before it is patched
 
-    def counting(schema: object) -> object:
+    def counting(schema: dict[str, Any]) -> Draft202012Validator:
         built.append(schema)
         return real(schema)
 

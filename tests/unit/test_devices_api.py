@@ -67,7 +67,7 @@ def test_a_command_cooling_down_shows_when_it_may_run_again(
 def test_devices_page_by_id_with_a_cursor_and_filter_by_type(
     client: TestClient[Any],
 ) -> None:
-    lamp = {"commands": {"blink": {}}}
+    lamp: dict[str, Any] = {"commands": {"blink": {}}}
     assert client.post(
         "/v1/device-types", json={"name": "lamp", "definition": lamp}, headers=ADMIN
     ).is_success

@@ -156,7 +156,7 @@ def created_at(stand: Stand, command_id: str) -> datetime:
 def frozen_at(moment: datetime) -> type[datetime]:
     class Frozen(datetime):
         @classmethod
-        def now(cls, tz: tzinfo | None = None) -> Frozen:  # type: ignore[override]
+        def now(cls, tz: tzinfo | None = None) -> Frozen:
             return cls.fromtimestamp(moment.timestamp(), tz)
 
     return Frozen

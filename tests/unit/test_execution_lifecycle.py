@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 from hypothesis import given, settings
@@ -100,7 +100,7 @@ COMMANDS: dict[str, Callable[[CommandExecution], object]] = {
     "retry": lambda e: e.record_retry(RETRY_ID),
     "delete": lambda e: e.delete("by test"),
 }
-RETRY_ID = uuid4()
+RETRY_ID: UUID = uuid4()
 
 ILLEGAL = IllegalTransition
 NONE = None  # no event, status unchanged

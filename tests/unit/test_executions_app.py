@@ -219,7 +219,7 @@ def test_events_stored_before_who_asked_was_recorded_read_as_nobody() -> None:
         CommandExecution.Deleted,
     ):
         state: dict[str, object] = {}
-        event_class.upcast_v1_v2(state)  # type: ignore[attr-defined]
+        event_class.upcast_v1_v2(state)
         assert state == {"by": None}
 
 

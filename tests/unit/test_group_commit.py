@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from uuid import UUID, uuid4
 
 import pytest
@@ -97,7 +97,8 @@ def test_a_batch_is_one_transaction_and_each_item_sees_the_ones_before_it(
     assert (first.dispatched, second.dispatched, other.dispatched) == (True, False, True)
     positions = [r.position for r in results]
     assert all(p is not None and p > 0 for p in positions)
-    assert positions == sorted(positions) and len(set(positions)) == 3
+    # None of them is None (asserted above): they sort as ints.
+    assert positions == sorted(cast("list[int]", positions)) and len(set(positions)) == 3
     assert app.recorder.max_notification_id() == positions[-1]
 
     reopened = store()  # what was stored is what the items did
@@ -219,6 +220,7 @@ async def test_the_writer_groups_concurrent_calls_and_answers_after_the_commit(
     try:
         replies = await asyncio.gather(*(writer.submit(c) for c in commands))
         answered_at = app.recorder.max_notification_id()
+        assert answered_at is not None
         created = [r.execution for r in replies if r.execution is not None]
         assert len(created) == 40
         # Each answer carries the position its own events were stored at, all committed.

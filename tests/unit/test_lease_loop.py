@@ -55,7 +55,7 @@ def quick() -> Iterator[None]:
 
 
 def held_gauge(key: str) -> float:
-    return LEASE_HELD.labels(key)._value.get()
+    return float(LEASE_HELD.labels(key)._value.get())
 
 
 async def test_a_job_that_fails_to_start_gives_the_lease_up_and_is_tried_again() -> None:

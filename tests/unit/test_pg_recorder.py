@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from uuid import uuid4
 
 import psycopg
@@ -106,14 +106,15 @@ def test_a_store_made_by_the_librarys_recorder_takes_inserts_after_an_upgrade(
     try:
         library = older.application_recorder()
         assert not isinstance(library, OneStatementRecorder)
-        [before] = library.insert_events(events(stream, range(1, 2))) or [None]
+        inserted: Sequence[int | None] | None = library.insert_events(events(stream, range(1, 2)))
+        [before] = inserted or [None]
     finally:
         older.close()
     newer = PostgresFactory(Environment("executions", postgres_env(postgres_url)))
     try:
         ours = newer.application_recorder()
         after = ours.insert_events(events(stream, range(2, 4)))
-        assert before is not None and list(after) == [before + 1, before + 2]
+        assert before is not None and after is not None and list(after) == [before + 1, before + 2]
         assert [e.originator_version for e in ours.select_events(stream)] == [1, 2, 3]
     finally:
         newer.close()

@@ -131,7 +131,9 @@ async def test_a_waiter_on_the_replica_that_does_not_project_is_woken_by_the_ann
     gateway = InMemoryGateway(executions)
     execution_id = submit(gateway, "demo-thermostat-1")
     await projecting.step()
-    assert await following.wait_for_position(executions.recorder.max_notification_id(), 5)
+    stored = executions.recorder.max_notification_id()
+    assert stored is not None
+    assert await following.wait_for_position(stored, 5)
     views.gets = 0
     waiters = [
         asyncio.create_task(wait_until_terminal(following, execution_id, 30.0)) for _ in range(5)
@@ -168,7 +170,9 @@ async def test_a_lost_announcement_still_ends_the_wait_from_the_views_position(
         other = submit(gateway, "demo-thermostat-2")
         await projecting.step()
         # The position still arrives by reading it.
-        assert await following.wait_for_position(executions.recorder.max_notification_id(), 5)
+        stored = executions.recorder.max_notification_id()
+        assert stored is not None
+        assert await following.wait_for_position(stored, 5)
         waiter = asyncio.create_task(wait_until_terminal(following, execution_id, 30.0))
         lasting = asyncio.create_task(wait_until_terminal(following, other, 1.5))
         await asyncio.sleep(0)

@@ -22,6 +22,7 @@ from litestar.testing import TestClient
 from baton_api.policy import PUBLIC_PREFIXES, markdown_table, route_roles
 from baton_contracts.nats import ExecutionReply, SubmitCommand
 from baton_domain.application import RequestCommand
+from baton_domain.catalog_document import CatalogDocument
 from baton_domain.statuses import AnswerStatus
 from baton_domain.tenants import Role
 from tests.unit.dialect_support import Stand, stand_with
@@ -419,7 +420,11 @@ def world(tmp_path: Path) -> Iterator[World]:
                 for d in seeds["devices"]
             ],
         }
-        stand.executions.change_catalog(lambda doc, c=copy: doc.import_document(c, OTHER))
+
+        def import_copy(doc: CatalogDocument, c: dict[str, Any] = copy) -> None:
+            doc.import_document(c, OTHER)
+
+        stand.executions.change_catalog(import_copy)
         owner = bearer(ADMIN_KEY)
         made = stand.client.post("/v1/tenants", json={"id": OTHER, "name": "Acme"}, headers=owner)
         assert made.status_code == 201, made.text

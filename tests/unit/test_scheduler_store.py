@@ -4,6 +4,7 @@ and on PostgreSQL."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
@@ -25,9 +26,9 @@ def where(tmp_path: Path, database_url: str | None) -> Path | Database:
 
 
 @pytest.fixture
-def store(where: Path | Database) -> DeadlineStore:
+def store(where: Path | Database) -> Iterator[DeadlineStore]:
     store = DeadlineStore(where)
-    yield store  # type: ignore[misc]
+    yield store
     store.close()
 
 

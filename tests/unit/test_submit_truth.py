@@ -232,7 +232,7 @@ def test_a_key_and_an_execution_id_that_disagree_are_refused(executions: Executi
 
 
 def rejected(reason: str) -> float:
-    return REJECTED_MESSAGES.labels(service="dispatcher", reason=reason)._value.get()
+    return float(REJECTED_MESSAGES.labels(service="dispatcher", reason=reason)._value.get())
 
 
 async def test_the_dispatcher_drops_a_submit_whose_requester_stopped_waiting(

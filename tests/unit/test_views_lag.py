@@ -34,7 +34,7 @@ class StuckViews(ExecutionViews):
 
 
 def behind() -> float:
-    return metrics.VIEWS_BEHIND._value.get()
+    return float(metrics.VIEWS_BEHIND._value.get())
 
 
 async def test_the_views_lag_is_what_the_projection_has_not_applied(

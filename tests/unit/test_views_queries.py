@@ -12,7 +12,7 @@ from baton_domain.application import Executions, RequestCommand
 from baton_domain.catalog import Catalog
 from baton_domain.statuses import AnswerStatus, ExecutionStatus
 from baton_platform.sql import Database
-from baton_views import ExecutionFilter, ExecutionViews, InvalidQueryError, read_events
+from baton_views import ExecutionFilter, ExecutionViews, InvalidQueryError, Order, read_events
 
 DEMO = Path(__file__).resolve().parents[2] / "deploy" / "catalog" / "demo.yaml"
 
@@ -46,13 +46,13 @@ def views(tmp_path: Path, app: Executions, database_url: str | None) -> Executio
 
 
 def all_ids(
-    views: ExecutionViews, where: ExecutionFilter, order: str = "newest", limit: int = 5
+    views: ExecutionViews, where: ExecutionFilter, order: Order = "newest", limit: int = 5
 ) -> list[UUID]:
     """Walk every page; check total_count on each."""
     ids: list[UUID] = []
     cursor = None
     while True:
-        page = views.list(where, order, limit, cursor)  # type: ignore[arg-type]
+        page = views.list(where, order, limit, cursor)
         ids += [item.id for item in page.items]
         assert page.total_count == views.list(where, order, 500).total_count
         if page.next_cursor is None:
@@ -71,8 +71,8 @@ def test_newest_first_by_default_and_oldest_on_request(views: ExecutionViews) ->
 
 @pytest.mark.parametrize("order", ["newest", "oldest"])
 @pytest.mark.parametrize("limit", [1, 5, 12, 13])
-def test_pages_cover_every_row_once(views: ExecutionViews, order: str, limit: int) -> None:
-    everything = [e.id for e in views.list(order=order, limit=500).items]  # type: ignore[arg-type]
+def test_pages_cover_every_row_once(views: ExecutionViews, order: Order, limit: int) -> None:
+    everything = [e.id for e in views.list(order=order, limit=500).items]
     assert all_ids(views, ExecutionFilter(), order, limit) == everything
 
 

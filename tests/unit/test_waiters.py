@@ -139,13 +139,13 @@ async def test_an_end_projected_while_the_first_read_runs_still_wakes_the_waiter
         real_get = views.get
 
         def slow_first_get(
-            wanted: UUID, with_log: bool = False, tenant: str | None = None
+            execution_id: UUID, with_log: bool = False, tenant: str | None = None
         ) -> ExecutionView | None:
             if not reading.is_set():
                 reading.set()
                 release.wait(10)
                 return stale  # what a read that began before the end's commit sees
-            return real_get(wanted, with_log, tenant)
+            return real_get(execution_id, with_log, tenant)
 
         views.get = slow_first_get  # type: ignore[method-assign]
         waiter = asyncio.create_task(wait_until_terminal(runner, execution_id, 30.0))
