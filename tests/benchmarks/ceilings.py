@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,7 @@ from baton_views.projection import project
 from baton_views.store import TABLES, connect, create_schema, read_position, transaction
 from tests.benchmarks.history import open_store, write_commands
 from tests.benchmarks.jetstream_costs import EVENTS_PER_COMMAND
-from tests.benchmarks.procs import cpu_seconds, tree_cpu_seconds
+from tests.benchmarks.procs import POSTGRES, CpuSnapshot
 from tests.benchmarks.stacks import BASE_CATALOG
 
 EVENTS_WRITTEN = 5  # per command written here: Requested, Dispatched, Published, two answers
@@ -85,15 +86,12 @@ class Ceiling:
 
 
 @contextmanager
-def measured_cpu(pids: dict[str, Callable[[], float]], into: dict[str, float]) -> Iterator[None]:
-    """Fills `into` with each process's CPU seconds spent inside the block."""
-    before = {name: read() for name, read in pids.items()}
+def measured_cpu(pids: dict[str, int], into: dict[str, float]) -> Iterator[None]:
+    """Fills `into` with each process's CPU seconds spent inside the block (`postgres`: with
+    its children, one per connection)."""
+    before = CpuSnapshot.take(pids)
     yield
-    into.update({name: read() - before[name] for name, read in pids.items()})
-
-
-def own_cpu() -> float:
-    return time.process_time()  # every thread of this process (the store's calls run in one)
+    into.update(CpuSnapshot.take(pids).since(before))
 
 
 async def relay_ceiling(executions: Executions, servers: list[Server]) -> Ceiling:
@@ -106,13 +104,10 @@ async def relay_ceiling(executions: Executions, servers: list[Server]) -> Ceilin
         await relay.read_stream_end()
         last = executions.recorder.max_notification_id() or 0
         cpu: dict[str, float] = {}
-        pids = [server.proc.pid for server in servers]
-        readers = {
-            "bench (relay)": own_cpu,
-            "nats-server": lambda: sum(cpu_seconds(pid) for pid in pids),
-        }
+        pids = {"bench (relay)": os.getpid()}
+        pids |= {f"nats-server {server.name}": server.proc.pid for server in servers}
         start = time.perf_counter()
-        with measured_cpu(readers, cpu):
+        with measured_cpu(pids, cpu):
             while relay.position < last:
                 after = relay.position
                 events = await asyncio.to_thread(read_events, executions, after, 500)
@@ -123,6 +118,9 @@ async def relay_ceiling(executions: Executions, servers: list[Server]) -> Ceilin
             raise RuntimeError(f"{EVENTS_STREAM} holds {stored} events, the store {last}")
     finally:
         await nc.close()
+    # The nodes as one: a cluster's CPU per command against one server's.
+    nodes = sum(cpu.pop(f"nats-server {server.name}") for server in servers)
+    cpu["nats-server"] = nodes
     where = "" if len(servers) == 1 else f", R{len(servers)}"
     return Ceiling(f"relay (fsync each write{where})", last, seconds, cpu, EVENTS_PER_COMMAND)
 
@@ -138,13 +136,13 @@ def projection_ceiling(
         with transaction(conn):
             for table in TABLES:
                 conn.execute(f"DELETE FROM {table}")
-        readers: dict[str, Callable[[], float]] = {"bench (projection)": own_cpu}
+        pids = {"bench (projection)": os.getpid()}
         if database_pid is not None:
-            readers["postgres"] = lambda: tree_cpu_seconds(database_pid)
+            pids[POSTGRES] = database_pid
         cpu: dict[str, float] = {}
         position = events = 0
         start = time.perf_counter()
-        with measured_cpu(readers, cpu):
+        with measured_cpu(pids, cpu):
             while found := read_events(executions, position, batch):
                 with transaction(conn):
                     _, position = project(conn, found)
