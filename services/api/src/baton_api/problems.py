@@ -20,12 +20,14 @@ from litestar import Request, Response
 from litestar.exceptions import (
     ClientException,
     HTTPException,
+    InternalServerException,
     MethodNotAllowedException,
     NotAuthorizedException,
     NotFoundException,
     SerializationException,
     ValidationException,
 )
+from pydantic import ValidationError as PydanticValidationError
 
 from baton_api.limits import MAX_BODY_BYTES
 from baton_contracts.nats import FieldProblem, Problem
@@ -139,6 +141,8 @@ def _translate(exc: Exception, request: Request[Any, Any, Any]) -> tuple[Problem
         return problem(
             422, "invalid-query", str(exc), [FieldProblem(field=exc.field, reason=exc.reason)]
         ), {}
+    if (body_errors := _body_errors(exc)) is not None:
+        return _validation_problem(body_errors, body_required=False), {}
     if isinstance(exc, ValidationException):
         return _named_as_sent(_validation_problem(exc, _body_required(request)), request), {}
     if _undecodable_body(exc):
@@ -184,6 +188,28 @@ def _named_as_sent(found: Problem, request: Request[Any, Any, Any]) -> Problem:
 
     errors = [e.model_copy(update={"field": sent(e.field)}) for e in found.errors]
     return found.model_copy(update={"errors": errors})
+
+
+def _body_errors(exc: Exception) -> ValidationException | None:
+    """A body model's validation errors, all of them, from pydantic's own report.
+
+    Not from Litestar's report of them: Litestar 2 drops an error whose key names a
+    dependency (its rule for a dependency that failed validation), and answers 500 when
+    that leaves none. A body field's key is the field's name alone, so a stray field named
+    `service` or `webhooks` (the app's dependencies) was taken for one. Request bodies are
+    the only pydantic models Litestar validates here (no dependency is one), so a pydantic
+    error under its validation or 500 exception is always the body's."""
+    if not isinstance(exc, ValidationException | InternalServerException):
+        return None
+    cause = exc.__cause__.__cause__ if exc.__cause__ is not None else None
+    if not isinstance(cause, PydanticValidationError):
+        return None
+    return ValidationException(
+        extra=[
+            {"key": ".".join(str(part) for part in error["loc"]), "message": error["msg"]}
+            for error in cause.errors(include_url=False, include_input=False)
+        ]
+    )
 
 
 def _undecodable_body(exc: Exception) -> bool:
