@@ -177,19 +177,12 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
 @contextmanager
 def fresh_database(server: PostgresServer) -> Iterator[str]:
     """A new, empty database of `server` (its URL), dropped at the end."""
-    import psycopg
-
-    from baton_platform.sql import conninfo
-
     name = f"t{next(_databases)}"
-    with psycopg.connect(conninfo(server.url), autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name} TEMPLATE template0")
+    url = server.create_database(name)
     try:
-        yield server.url_of(name)
+        yield url
     finally:
-        with psycopg.connect(conninfo(server.url), autocommit=True) as admin:
-            # FORCE: whatever the test left connected (a pool, a killed service's sessions).
-            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        server.drop_database(name)
 
 
 @pytest.fixture

@@ -66,7 +66,6 @@ from tests.benchmarks.report import (
 from tests.benchmarks.stacks import (
     add_nats_options,
     api_client,
-    create_database,
     database_url,
     fleet_stack,
     postgres_of,
@@ -262,7 +261,7 @@ class Bench:
         elif in_stack_store:
             url = database_url(stack)
         else:
-            url = create_database(server, f"floor{next(_floors)}")
+            url = server.create_database(f"floor{next(_floors)}")
         return await asyncio.to_thread(
             store_floor, data_dir, stack.catalog, devices, a.store_commands, a.store_batch, url
         )

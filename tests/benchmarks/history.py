@@ -202,8 +202,8 @@ def stored_postgres_history(
     folder.mkdir(parents=True)
     say(f"building a stored history of {count:,} executions in {folder} (once; cached)")
     start = time.perf_counter()
-    url = server.url_of("history_build")
-    _admin(server.url, "DROP DATABASE IF EXISTS history_build", "CREATE DATABASE history_build")
+    server.drop_database("history_build")  # what a build that did not finish left
+    url = server.create_database("history_build")
     try:
         app = open_store(folder, catalog, url)
         try:
@@ -213,7 +213,7 @@ def stored_postgres_history(
             app.close()
         _postgres_tool("pg_dump", "--format=custom", f"--file={dump}", conninfo(url))
     finally:
-        _admin(server.url, "DROP DATABASE history_build WITH (FORCE)")
+        server.drop_database("history_build")
     (folder / "complete").write_text(f"{count}\n")
     return PostgresHistory(dump, count, time.perf_counter() - start)
 
@@ -229,14 +229,6 @@ def _server_major(url: str) -> int:
 
     with psycopg.connect(conninfo(url)) as db:
         return db.info.server_version // 10_000
-
-
-def _admin(url: str, *statements: str) -> None:
-    import psycopg
-
-    with psycopg.connect(conninfo(url), autocommit=True) as db:
-        for statement in statements:
-            db.execute(statement.encode())  # our own literals, no parameters
 
 
 def _postgres_tool(name: str, *args: str) -> None:

@@ -108,21 +108,10 @@ def fleet_stack(
     try:
         if database == "postgres":
             stack.postgres = start_postgres(folder / "postgres", extra_settings=postgres_settings)
-            stack.extra_env["BATON_DATABASE_URL"] = create_database(stack.postgres, "baton")
+            stack.extra_env["BATON_DATABASE_URL"] = stack.postgres.create_database("baton")
         yield stack
     finally:
         stack.stop_all()
-
-
-def create_database(server: PostgresServer, name: str) -> str:
-    """A new database of `server`; its URL."""
-    import psycopg
-
-    from baton_platform.sql import conninfo
-
-    with psycopg.connect(conninfo(server.url), autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    return server.url_of(name)
 
 
 @contextmanager

@@ -603,6 +603,25 @@ class PostgresServer(Server):
     def url_of(self, dbname: str) -> str:
         return self.url.rsplit("/", 1)[0] + f"/{dbname}"
 
+    def create_database(self, name: str) -> str:
+        """A new, empty database `name` (from template0, whatever template1 holds); its URL.
+        `name` is the caller's own literal, never a client's."""
+        self._as_superuser(f"CREATE DATABASE {name} TEMPLATE template0")
+        return self.url_of(name)
+
+    def drop_database(self, name: str) -> None:
+        """Drop `name` if it is there, with whatever is still connected to it (a pool, a
+        killed service's sessions)."""
+        self._as_superuser(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    def _as_superuser(self, statement: str) -> None:
+        import psycopg
+
+        from baton_platform.sql import conninfo
+
+        with psycopg.connect(conninfo(self.url), autocommit=True) as admin:
+            admin.execute(statement.encode())  # our own literals, no parameters
+
     def stop(self, timeout: float = 10.0) -> None:
         # SIGINT is PostgreSQL's fast shutdown (SIGTERM waits for every client to leave);
         # SIGQUIT, its immediate one, if that is not done in time. Never SIGKILL: the
