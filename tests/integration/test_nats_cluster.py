@@ -437,3 +437,36 @@ async def test_two_nodes_down_refuse_writes_until_one_is_back(
         stored = await js.get_last_msg(EVENTS_STREAM, f"baton.v1.events.{subject}.Requested")
         assert stored.data == data
     assert last.running
+
+
+async def test_setting_up_the_streams_waits_for_a_cluster_without_a_leader(
+    cluster: list[Server], ops: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The dispatcher's setup on a cluster with one node of three up (starting, or two
+    lost) gets no answer or a 503 from JetStream: it asks again, and is done once a second
+    node is back, not failed at the first timeout (nats-py's, 5 s) or 503."""
+    first, second, _ = cluster
+    first.kill()
+    second.kill()
+    setup = asyncio.create_task(ensure_streams(ops.jetstream(), replicas=3))
+
+    async def told_to_wait() -> bool:
+        return "no answer from JetStream creating stream" in caplog.text
+
+    # Logged at its first timeout or 503, where it used to fail; it cannot end without a
+    # leader.
+    await eventually(told_to_wait, timeout=20, what="the setup told to wait")
+    assert not setup.done()
+    await asyncio.to_thread(second.restart)
+    await asyncio.wait_for(setup, timeout=60)
+    await asyncio.to_thread(first.restart)
+    await asyncio.to_thread(wait_for_healthy, cluster)
+    js = ops.jetstream()
+    for config in STREAMS:
+        assert config.name is not None
+        found = await eventually(
+            lambda name=config.name: replicated_on(js, name, NODES),  # type: ignore[misc]
+            timeout=30,
+            what=f"{config.name} on every node",
+        )
+        assert found.config.num_replicas == 3

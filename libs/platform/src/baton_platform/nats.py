@@ -6,16 +6,23 @@ import asyncio
 import logging
 import re
 import ssl
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import nats
 import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import PersistMode, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, NotFoundError
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 
 from baton_contracts.nats import (
@@ -214,12 +221,13 @@ async def ensure_streams(
         config = replace(config, num_replicas=replicas)
         if config.name == EVENTS_STREAM and events_persist != "default":
             config = replace(config, persist_mode=PersistMode(events_persist))
+        name = config.name
+        assert name is not None
         try:
-            await js.add_stream(config=config)
+            await _answered(f"creating stream {name}", partial(js.add_stream, config=config))
         except BadRequestError:
             # Already there with other settings: bring it in line, its mode as it is.
-            assert config.name is not None
-            made = (await js.stream_info(config.name)).config
+            made = (await _answered(f"reading stream {name}", partial(js.stream_info, name))).config
             if made.persist_mode != config.persist_mode:
                 log.warning(
                     "stream %s keeps persist mode %s (nats-server never changes it;"
@@ -234,7 +242,7 @@ async def ensure_streams(
                     f" nats-server keeps on one server only: to give it {replicas} replicas,"
                     " run `baton nats-replicate-events` (docs/operations.md, NATS cluster)"
                 ) from None
-            await js.update_stream(config=config)
+            await _answered(f"updating stream {name}", partial(js.update_stream, config=config))
 
 
 async def ensure_bucket(
@@ -248,16 +256,55 @@ async def ensure_bucket(
     with `replicas` copies, or, if it is there with another count (made before
     BATON_NATS_REPLICAS changed), scaled to it in place: nats-py's `create_key_value` only
     creates. Its entries are kept."""
+    create = partial(
+        js.create_key_value, bucket=bucket, history=history, replicas=replicas, ttl=ttl
+    )
     try:
-        made = await js.create_key_value(bucket=bucket, history=history, replicas=replicas, ttl=ttl)
+        made = await _answered(f"creating bucket {bucket}", create)
     except BadRequestError:
         stream = f"KV_{bucket}"
-        config = (await js.stream_info(stream)).config
+        config = (
+            await _answered(f"reading stream {stream}", partial(js.stream_info, stream))
+        ).config
         if config.num_replicas != replicas:
-            await js.update_stream(config=replace(config, num_replicas=replicas))
-        return await js.key_value(bucket)
+            config = replace(config, num_replicas=replicas)
+            await _answered(f"updating stream {stream}", partial(js.update_stream, config=config))
+        return await _answered(f"opening bucket {bucket}", partial(js.key_value, bucket))
     await _until_writable(js, bucket)  # made just now
     return made
+
+
+T = TypeVar("T")
+
+# How long setting up the streams and buckets asks a JetStream that does not answer: a
+# cluster without a meta leader (starting, or most of its nodes down) gives no answer or a
+# 503 until it has one. Each request is safe to repeat (a stream made as asked is made
+# again without error). After that, the error: the service stops, its supervisor restarts.
+SETUP_WITHIN_S = 60.0
+_NO_LEADER_YET = (nats.errors.TimeoutError, ServiceUnavailableError)
+
+
+async def _answered(what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """`call()`'s answer, asked again while JetStream cannot give one (logged once)."""
+    told = False
+
+    async def once() -> T:
+        nonlocal told
+        try:
+            return await call()
+        except _NO_LEADER_YET as error:
+            if not told:
+                log.warning(
+                    "no answer from JetStream %s (%s: a cluster electing its leader?);"
+                    " asking again for up to %.0f s",
+                    what,
+                    type(error).__name__,
+                    SETUP_WITHIN_S,
+                )
+                told = True
+            raise
+
+    return await tried_until(once, SETUP_WITHIN_S, _NO_LEADER_YET, pause=STREAM_WAIT_S)
 
 
 # How long a bucket just made may take to take writes from every node.
