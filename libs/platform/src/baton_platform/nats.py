@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -276,35 +277,43 @@ async def ensure_bucket(
 
 T = TypeVar("T")
 
-# How long setting up the streams and buckets asks a JetStream that does not answer: a
+# How long setting up the streams and buckets asks a JetStream that cannot answer yet: a
 # cluster without a meta leader (starting, or most of its nodes down) gives no answer or a
-# 503 until it has one. Each request is safe to repeat (a stream made as asked is made
-# again without error). After that, the error: the service stops, its supervisor restarts.
+# 503 until it has one, and one just formed may not yet count every node online ("no
+# suitable peers for placement"). Each request is safe to repeat (a stream made as asked is
+# made again without error). After that, the error: the service stops, its supervisor
+# starts it again.
 SETUP_WITHIN_S = 60.0
-_NO_LEADER_YET = (nats.errors.TimeoutError, ServiceUnavailableError)
+NO_PEERS_FOR_PLACEMENT = 10005  # nats-server's JSClusterNoPeersErr
+
+
+def _not_answerable_yet(error: Exception) -> bool:
+    if isinstance(error, nats.errors.TimeoutError | ServiceUnavailableError):
+        return True
+    return isinstance(error, APIError) and error.err_code == NO_PEERS_FOR_PLACEMENT
 
 
 async def _answered(what: str, call: Callable[[], Awaitable[T]]) -> T:
-    """`call()`'s answer, asked again while JetStream cannot give one (logged once)."""
+    """`call()`'s answer, asked again while JetStream cannot give one yet (logged once)."""
+    deadline = time.monotonic() + SETUP_WITHIN_S
     told = False
-
-    async def once() -> T:
-        nonlocal told
+    while True:
         try:
             return await call()
-        except _NO_LEADER_YET as error:
+        except (nats.errors.TimeoutError, APIError) as error:
+            if not _not_answerable_yet(error) or time.monotonic() > deadline:
+                raise
             if not told:
                 log.warning(
                     "no answer from JetStream %s (%s: a cluster electing its leader?);"
                     " asking again for up to %.0f s",
                     what,
-                    type(error).__name__,
+                    (error.description if isinstance(error, APIError) else None)
+                    or type(error).__name__,
                     SETUP_WITHIN_S,
                 )
                 told = True
-            raise
-
-    return await tried_until(once, SETUP_WITHIN_S, _NO_LEADER_YET, pause=STREAM_WAIT_S)
+        await asyncio.sleep(STREAM_WAIT_S)
 
 
 # How long a bucket just made may take to take writes from every node.
