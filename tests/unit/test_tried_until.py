@@ -1,6 +1,7 @@
 """`baton_platform.lifecycle.tried_until`: a call asked again after the errors it names,
 until its time is up. Its uses: the restore's chunks and the stream look of
-`stream_copy`, the first write to a new bucket (`nats._until_writable`)."""
+`stream_copy`, the first write to a new bucket (`nats._until_writable`), the setup of the
+streams and buckets (`nats._answered`, only for the errors `when` picks)."""
 
 from __future__ import annotations
 
@@ -48,3 +49,13 @@ async def test_another_error_is_not_asked_again() -> None:
     with pytest.raises(ValueError, match="wrong"):
         await tried_until(calls, 5.0, Late)
     assert calls.count == 1
+
+
+async def test_with_when_only_the_errors_it_picks_are_asked_again() -> None:
+    def late_by_name(error: BaseException) -> bool:
+        return str(error) == "late"
+
+    calls = Calls(Late("late"), Late("refused"), Late("late"))
+    with pytest.raises(Late, match="refused"):
+        await tried_until(calls, 5.0, Late, when=late_by_name)
+    assert calls.count == 2

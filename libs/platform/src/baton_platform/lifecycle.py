@@ -57,16 +57,18 @@ async def tried_until(
     within: float,
     retried: type[BaseException] | tuple[type[BaseException], ...],
     pause: float = 0.0,
+    when: Callable[[BaseException], bool] | None = None,
 ) -> T:
     """What `call()` returns, calling it again `pause` seconds after each error of `retried`
-    until `within` seconds have passed; then that error. For answers that come a moment
-    late in a cluster (a subject's interest still travelling over the routes, a leader
-    still applying a change), where asking again changes nothing."""
+    (and, given `when`, that `when` holds for) until `within` seconds have passed; then that
+    error. For answers that come a moment late in a cluster (a subject's interest still
+    travelling over the routes, a leader still applying a change), where asking again
+    changes nothing."""
     deadline = time.monotonic() + within
     while True:
         try:
             return await call()
-        except retried:
-            if time.monotonic() > deadline:
+        except retried as error:
+            if (when is not None and not when(error)) or time.monotonic() > deadline:
                 raise
             await asyncio.sleep(pause)

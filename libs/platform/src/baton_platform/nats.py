@@ -6,7 +6,6 @@ import asyncio
 import logging
 import re
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -287,7 +286,10 @@ SETUP_WITHIN_S = 60.0
 NO_PEERS_FOR_PLACEMENT = 10005  # nats-server's JSClusterNoPeersErr
 
 
-def _not_answerable_yet(error: Exception) -> bool:
+_NOT_YET = (nats.errors.TimeoutError, APIError)  # those `_not_answerable_yet` holds for
+
+
+def _not_answerable_yet(error: BaseException) -> bool:
     if isinstance(error, nats.errors.TimeoutError | ServiceUnavailableError):
         return True
     return isinstance(error, APIError) and error.err_code == NO_PEERS_FOR_PLACEMENT
@@ -295,15 +297,14 @@ def _not_answerable_yet(error: Exception) -> bool:
 
 async def _answered(what: str, call: Callable[[], Awaitable[T]]) -> T:
     """`call()`'s answer, asked again while JetStream cannot give one yet (logged once)."""
-    deadline = time.monotonic() + SETUP_WITHIN_S
     told = False
-    while True:
+
+    async def once() -> T:
+        nonlocal told
         try:
             return await call()
-        except (nats.errors.TimeoutError, APIError) as error:
-            if not _not_answerable_yet(error) or time.monotonic() > deadline:
-                raise
-            if not told:
+        except _NOT_YET as error:
+            if not told and _not_answerable_yet(error):
                 log.warning(
                     "no answer from JetStream %s (%s: a cluster electing its leader?);"
                     " asking again for up to %.0f s",
@@ -313,7 +314,11 @@ async def _answered(what: str, call: Callable[[], Awaitable[T]]) -> T:
                     SETUP_WITHIN_S,
                 )
                 told = True
-        await asyncio.sleep(STREAM_WAIT_S)
+            raise
+
+    return await tried_until(
+        once, SETUP_WITHIN_S, _NOT_YET, pause=STREAM_WAIT_S, when=_not_answerable_yet
+    )
 
 
 # How long a bucket just made may take to take writes from every node.
