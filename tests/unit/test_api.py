@@ -429,6 +429,53 @@ def test_retry_makes_a_new_execution_linked_both_ways(client: TestClient[Any]) -
     assert_problem(client.post(f"/v1/executions/{uuid4()}/retry", headers=AUTH), 404)
 
 
+def test_a_retry_sent_again_with_its_idempotency_key_is_the_same_retry(
+    client: TestClient[Any],
+) -> None:
+    first = submit(client).json()
+    client.post(f"/v1/executions/{first['id']}/cancel", headers=AUTH)
+    url = f"/v1/executions/{first['id']}/retry"
+    keyed = {**AUTH, "Idempotency-Key": "redo-1"}
+    made, again = client.post(url, headers=keyed), client.post(url, headers=keyed)
+    assert (made.status_code, again.status_code) == (201, 200), again.text
+    assert again.json()["id"] == made.json()["id"]
+    assert again.headers["location"] == f"/v1/executions/{made.json()['id']}"
+    assert client.get(f"/v1/executions/{first['id']}", headers=AUTH).json()["retries"] == [
+        made.json()["id"]
+    ]
+    unkeyed = client.post(url, headers=AUTH)
+    assert unkeyed.status_code == 201 and unkeyed.json()["id"] != made.json()["id"]
+    blank = client.post(url, headers={**AUTH, "Idempotency-Key": " "})
+    assert assert_problem(blank, 422)["errors"][0]["field"] == "Idempotency-Key"
+
+
+def test_a_retry_refuses_a_body_it_would_ignore(client: TestClient[Any]) -> None:
+    first = submit(client, ttl=9).json()
+    client.post(f"/v1/executions/{first['id']}/cancel", headers=AUTH)
+    url = f"/v1/executions/{first['id']}/retry"
+    with_ttl = client.post(url, json={"ttl": 5}, headers=AUTH)
+    assert [e["field"] for e in assert_problem(with_ttl, 422)["errors"]] == ["ttl"]
+    not_json = client.post(
+        url, content=b"not json", headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert_problem(not_json, 400)
+    assert client.get(f"/v1/executions/{first['id']}", headers=AUTH).json()["retries"] == []
+    assert client.post(url, json={}, headers=AUTH).status_code == 201
+
+
+def test_a_deleted_executions_key_is_refused_as_used_not_as_different(
+    client: TestClient[Any],
+) -> None:
+    headers = {**AUTH, "Idempotency-Key": "del-1"}
+    url = "/v1/devices/demo-thermostat-1/commands"
+    body = {"name": "set_temperature", "params": {"value": 20}}
+    made = client.post(url, json=body, headers=headers).json()
+    assert client.delete(f"/v1/executions/{made['id']}", headers=ADMIN).status_code == 204
+    again = assert_problem(client.post(url, json=body, headers=headers), 409)
+    assert again["code"] == "idempotency-conflict"
+    assert "since deleted" in again["detail"] and "different" not in again["detail"]
+
+
 def test_delete_is_for_admins_and_removes_from_every_view(
     client: TestClient[Any], executions: Executions
 ) -> None:

@@ -9,7 +9,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from baton_domain.application import Executions, RequestCommand
+from baton_domain.application import Executions, RequestCommand, idempotent_execution_id
 from baton_domain.catalog import Catalog
 from baton_domain.errors import (
     ExecutionNotFound,
@@ -162,6 +162,41 @@ def test_retry_links_both_ways_delete_and_purge(env: dict[str, str]) -> None:
     with pytest.raises(ExecutionNotFound):
         app.get(first)
     assert app.purge([first], "purged") == (0, None)
+
+
+def test_a_retry_asked_again_with_its_id_or_key_finds_the_retry_it_made(
+    env: dict[str, str],
+) -> None:
+    app = Executions(Catalog.from_yaml(DEMO), env=env, clock=Clock())
+    first = app.request(RequestCommand("demo-thermostat-1", "self_test", {}, 7)).execution.id
+    app.cancel(first, "stop")
+    chosen = uuid4()
+    made = app.retry(first, "key:op", "api", retry_id=chosen)
+    again = app.retry(first, "key:op", "api", retry_id=chosen)  # its answer was lost
+    assert (made.created, made.execution.id, made.execution.retry_of) == (True, chosen, first)
+    assert (again.created, again.changed, again.execution.id) == (False, False, chosen)
+    assert app.get(first).retries == [chosen]
+
+    keyed = app.retry(first, "key:op", "api", idempotency_key="redo-1")
+    assert keyed.execution.id == idempotent_execution_id("key:op", "redo-1")
+    assert app.retry(first, "key:op", "api", idempotency_key="redo-1").created is False
+    assert app.get(first).retries == [chosen, keyed.execution.id]
+
+    # The key already names a retry of another execution, or a submit: not this retry.
+    other = app.request(RequestCommand("demo-thermostat-2", "self_test", {}, 7)).execution.id
+    app.cancel(other, "stop")
+    with pytest.raises(IdempotencyConflict, match="different request"):
+        app.retry(other, "key:op", "api", idempotency_key="redo-1")
+    app.request(RequestCommand("demo-thermostat-1", "reboot", {}, None, "k2", principal="key:op"))
+    with pytest.raises(IdempotencyConflict):
+        app.retry(first, "key:op", "api", idempotency_key="k2")
+    with pytest.raises(InvalidCommand, match="retry_id does not match"):
+        app.retry(first, "key:op", "api", retry_id=uuid4(), idempotency_key="redo-2")
+
+    # A deleted retry's key stays used, and the refusal says why.
+    app.delete(keyed.execution.id, "by admin")
+    with pytest.raises(IdempotencyConflict, match="since deleted"):
+        app.retry(first, "key:op", "api", idempotency_key="redo-1")
 
 
 def test_an_alias_is_recorded_with_its_manifest_name(env: dict[str, str], tmp_path: Path) -> None:

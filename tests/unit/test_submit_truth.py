@@ -28,7 +28,13 @@ from baton_api.gateway import NatsGateway
 from baton_api.inmemory import InMemoryGateway
 from baton_api.limits import MAX_BODY_BYTES
 from baton_api.nats_link import NatsLink
-from baton_contracts.nats import SubmitCommand, partition_of, partition_subject
+from baton_contracts.nats import (
+    RETRY_SUBJECT,
+    RetryCommand,
+    SubmitCommand,
+    partition_of,
+    partition_subject,
+)
 from baton_dispatcher.writer import Writer
 from baton_domain.application import Executions, RequestCommand, idempotent_execution_id
 from baton_domain.catalog import Catalog
@@ -184,6 +190,57 @@ def test_a_submit_the_dispatcher_did_not_answer_is_an_unknown_outcome(
         problem_of(
             client.get(response.headers["location"], headers=AUTH), 404, "execution-not-found"
         )
+
+
+@pytest.mark.parametrize("key", [None, "redo-42"])
+def test_a_retry_the_dispatcher_did_not_answer_is_an_unknown_outcome_naming_its_id(
+    tmp_path: Path, executions: Executions, key: str | None
+) -> None:
+    """As a submit: the api fixes the new execution's id before asking, so the 503 names
+    the execution a GET settles it with, and the request is one the dispatcher applies once."""
+    first = executions.request(RequestCommand("demo-thermostat-1", "reboot", {}, None))
+    executions.cancel(first.execution.id, "stop")
+    gateway, fake = failing_gateway(NatsTimeoutError())
+    headers = {**AUTH, **({"Idempotency-Key": key} if key else {})}
+    with client_for(tmp_path, executions, gateway) as client:
+        before = datetime.now(UTC)
+        response = client.post(f"/v1/executions/{first.execution.id}/retry", headers=headers)
+        body = problem_of(response, 503, "outcome-unknown")
+        [(subject, payload)] = fake.sent
+        command = RetryCommand.model_validate_json(payload)
+        assert subject == RETRY_SUBJECT and command.execution_id == first.execution.id
+        assert command.retry_id is not None and command.idempotency_key == key
+        if key is not None:
+            assert command.retry_id == idempotent_execution_id(command.principal, key)
+        assert body["execution_id"] == str(command.retry_id)
+        assert response.headers["location"] == f"/v1/executions/{command.retry_id}"
+        assert "retry-after" not in response.headers
+        assert command.answer_by is not None
+        assert before < command.answer_by < before + timedelta(seconds=TIMEOUT)
+
+
+async def test_the_dispatcher_drops_a_retry_whose_requester_stopped_waiting(
+    executions: Executions,
+) -> None:
+    first = executions.request(RequestCommand("demo-thermostat-1", "reboot", {}, None))
+    executions.cancel(first.execution.id, "stop")
+    before = rejected("request-expired")
+    writer = Writer(executions, on_stored=lambda: None)
+    late = RetryCommand(
+        execution_id=first.execution.id,
+        retry_id=uuid4(),
+        answer_by=datetime.now(UTC) - timedelta(milliseconds=1),
+    )
+    try:
+        dropped = await writer.retry(late)
+    finally:
+        writer.close()
+    assert dropped.problem is not None and dropped.execution is None
+    assert (dropped.problem.code, dropped.problem.execution_id) == (
+        "request-expired", late.retry_id,
+    )  # fmt: skip
+    assert rejected("request-expired") == before + 1
+    assert executions.get(first.execution.id).retries == []
 
 
 @pytest.mark.parametrize("connected", [True, False])

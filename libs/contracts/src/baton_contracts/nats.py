@@ -215,7 +215,14 @@ class CancelCommand(WireModel):
 
 class RetryCommand(WireModel):
     tenant: Tenant = DEFAULT_TENANT  # whose objects it reads and changes
-    execution_id: UUID
+    execution_id: UUID  # the ended execution to run again
+    # The new execution's id and key, as a submit's `execution_id` and `idempotency_key`: a
+    # repeat with either finds the retry it made instead of retrying once more.
+    retry_id: UUID | None = None
+    idempotency_key: str | None = Field(
+        default=None, min_length=1, max_length=255, pattern=IDEMPOTENCY_KEY_PATTERN
+    )
+    answer_by: AwareDatetime | None = None  # as a submit's
     principal: str = "anonymous"
     source: str = "nats"
 

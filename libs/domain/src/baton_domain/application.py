@@ -93,16 +93,21 @@ class RequestCommand:
         return self.idempotency_key is not None or self.execution_id is not None
 
     def stream_id(self) -> UUID:
-        """The key's id, else the requester's choice, else a new one."""
-        if self.idempotency_key is not None:
-            keyed = idempotent_execution_id(self.principal, self.idempotency_key)
-            if self.execution_id not in (None, keyed):
-                raise InvalidCommand(
-                    "execution_id does not match the idempotency key",
-                    [FieldError("execution_id", f"with this idempotency key it is {keyed}")],
-                )
-            return keyed
-        return self.execution_id or uuid4()
+        return chosen_id(self.principal, self.idempotency_key, self.execution_id, "execution_id")
+
+
+def chosen_id(principal: str, key: str | None, chosen: UUID | None, field: str) -> UUID:
+    """A new execution's id: the key's, else the requester's choice (`field`), else a new
+    one. A choice that is not the key's is refused."""
+    if key is not None:
+        keyed = idempotent_execution_id(principal, key)
+        if chosen not in (None, keyed):
+            raise InvalidCommand(
+                f"{field} does not match the idempotency key",
+                [FieldError(field, f"with this idempotency key it is {keyed}")],
+            )
+        return keyed
+    return chosen or uuid4()
 
 
 @dataclass(frozen=True)
@@ -247,7 +252,7 @@ class Executions(Application[UUID]):
                 look = self._may_be_stored(command, execution_id, attempt)
                 existing = self._find(execution_id) if look else None
             except ExecutionDeleted:  # its execution was deleted: the key stays used
-                raise IdempotencyConflict(str(used)) from None
+                raise IdempotencyConflict(str(used), deleted=True) from None
             except ExecutionNotFound:
                 existing = None
             if existing is not None:
@@ -331,25 +336,53 @@ class Executions(Application[UUID]):
         return self._stored(self.save(queue, *released))
 
     def retry(
-        self, execution_id: UUID, principal: str, source: str, tenant: str | None = None
+        self,
+        execution_id: UUID,
+        principal: str,
+        source: str,
+        tenant: str | None = None,
+        retry_id: UUID | None = None,
+        idempotency_key: str | None = None,
     ) -> Outcome:
-        """A new execution of the same command, linked both ways to the ended one."""
-        old = self.get(execution_id, tenant)
-        command = RequestCommand(
-            tenant=old.tenant,
-            device_id=old.device_id,
-            name=old.requested_name,
-            params=old.params,
-            ttl=old.ttl,
-            principal=principal,
-            source=source,
-            ephemeral=old.ephemeral,
-        )
-        old.record_retry(uuid4(), by=principal)  # the guard first: only an ended one is retried
-        new, queue = self._admit(command, old.retries[-1], retry_of=old.id)
-        # One transaction: neither link exists without the other.
-        recordings = self.save(new, old, queue)
-        return Outcome(new, changed=True, position=self._stored(recordings), created=True)
+        """A new execution of the same command, linked both ways to the ended one.
+
+        `retry_id` (the requester's choice) or `idempotency_key` (which decides it) make a
+        repeat find the retry it made, as a submit's do, rather than retry once more."""
+        new_id = chosen_id(principal, idempotency_key, retry_id, "retry_id")
+        used = idempotency_key if idempotency_key is not None else str(new_id)
+        repeatable = idempotency_key is not None or retry_id is not None
+        for _attempt in range(CONFLICT_RETRIES):
+            old = self.get(execution_id, tenant)
+            if repeatable:
+                try:
+                    existing = self._find(new_id)
+                except ExecutionDeleted:  # the retry was deleted: its key stays used
+                    raise IdempotencyConflict(used, deleted=True) from None
+                if existing is not None:
+                    if existing.retry_of != old.id or existing.tenant != old.tenant:
+                        raise IdempotencyConflict(used)
+                    return Outcome(existing, changed=False, position=None)
+            command = RequestCommand(
+                tenant=old.tenant,
+                device_id=old.device_id,
+                name=old.requested_name,
+                params=old.params,
+                ttl=old.ttl,
+                principal=principal,
+                source=source,
+                ephemeral=old.ephemeral,
+            )
+            old.record_retry(new_id, by=principal)  # the guard first: only an ended one
+            new, queue = self._admit(command, new_id, retry_of=old.id)
+            try:
+                # One transaction: neither link exists without the other.
+                recordings = self.save(new, old, queue)
+            except IntegrityError:
+                # The same retry stored by another writer, or the device's queue or the
+                # old execution moved since we read them: look again.
+                continue
+            return Outcome(new, changed=True, position=self._stored(recordings), created=True)
+        raise WriteConflict(CONFLICT_RETRIES)
 
     def delete(
         self, execution_id: UUID, reason: str, by: str | None = None, tenant: str | None = None

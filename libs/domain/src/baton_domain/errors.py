@@ -63,8 +63,11 @@ class InvalidCommand(DomainError):
 class IdempotencyConflict(DomainError):
     code = "idempotency-conflict"
 
-    def __init__(self, key: str) -> None:
-        super().__init__(f"idempotency key {key!r} was already used with a different request")
+    def __init__(self, key: str, deleted: bool = False) -> None:
+        # A deleted execution's key stays used (a repeat must not run the command again),
+        # whatever the repeat holds: say so rather than call the request different.
+        used = "by an execution since deleted" if deleted else "with a different request"
+        super().__init__(f"idempotency key {key!r} was already used {used}")
         self.key = key
 
 

@@ -58,7 +58,12 @@ class CommandHandlers:
     def retry(self, command: RetryCommand) -> ExecutionReply:
         return self._reply(
             lambda: self.executions.retry(
-                command.execution_id, command.principal, command.source, command.tenant
+                command.execution_id,
+                command.principal,
+                command.source,
+                command.tenant,
+                command.retry_id,
+                command.idempotency_key,
             )
         )
 

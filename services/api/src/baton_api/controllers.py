@@ -23,6 +23,7 @@ from baton_api.schemas import (
     ExecutionWithLogOut,
     PurgeOut,
     PurgeRequest,
+    RetryRequest,
     SubmitRequest,
 )
 from baton_api.service import ExecutionService
@@ -183,18 +184,32 @@ class ExecutionController(Controller):
         reason = data.reason if data is not None else None
         return ExecutionOut.of(await service.cancel(execution_id, reason, caller))
 
-    @post("/{execution_id:str}/retry", status_code=201, guards=[operator])
+    @post(
+        "/{execution_id:str}/retry",
+        status_code=201,
+        guards=[operator],
+        responses={
+            200: ResponseSpec(
+                ExecutionOut, description="the same Idempotency-Key again: the retry it made"
+            )
+        },
+    )
     async def retry_execution(
         self,
         caller: NamedDependency[Identity],
         service: NamedDependency[ExecutionService],
         execution_id: FromPath[UUID],
+        data: JSONBody[RetryRequest | None] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[ExecutionOut]:
         """A new execution of an ended one's command, linked both ways (`retry_of`,
-        `retries`); 409 while it still runs."""
-        execution = ExecutionOut.of(await service.retry(execution_id, caller, "api"))
+        `retries`); 409 while it still runs. 200 for a repeat of a keyed retry."""
+        retried = await service.retry(execution_id, caller, "api", idempotency_key)
+        execution = ExecutionOut.of(retried.execution)
         return Response(
-            execution, status_code=201, headers={"Location": f"/v1/executions/{execution.id}"}
+            execution,
+            status_code=201 if retried.created else 200,
+            headers={"Location": f"/v1/executions/{execution.id}"},
         )
 
     @delete("/{execution_id:str}", status_code=204, guards=[admin])

@@ -77,11 +77,13 @@ class NatsGateway:
         self._link = link
         self._timeout = timeout
 
+    def _answer_by(self) -> datetime:
+        """When the dispatcher must have started a write for its answer to arrive while we
+        still wait; after it, it stores nothing (writer.py)."""
+        return datetime.now(UTC) + timedelta(seconds=self._timeout * DISPATCHER_SHARE)
+
     async def submit(self, command: SubmitCommand) -> ExecutionReply:
-        # The dispatcher must start the write early enough for its answer to arrive while we
-        # still wait; after `answer_by` it stores nothing (writer.py).
-        answer_by = datetime.now(UTC) + timedelta(seconds=self._timeout * DISPATCHER_SHARE)
-        command = command.model_copy(update={"answer_by": answer_by})
+        command = command.model_copy(update={"answer_by": self._answer_by()})
         payload = command.model_dump_json().encode()
         # The dispatcher's limit, measured on what is sent: re-encoding can grow a body
         # (`1E15` is 4 bytes in JSON and 18 once encoded).
@@ -107,7 +109,18 @@ class NatsGateway:
         return await self._request(CANCEL_SUBJECT, _encoded(command), ExecutionReply)
 
     async def retry(self, command: RetryCommand) -> ExecutionReply:
-        return await self._request(RETRY_SUBJECT, _encoded(command), ExecutionReply)
+        # As a submit: the new execution's id is chosen, so the request is sent again when
+        # lost and a lost answer is settled by a GET of that id.
+        command = command.model_copy(update={"answer_by": self._answer_by()})
+        unknown = outcome_unknown(
+            "the dispatcher did not answer in time; the retry may have been stored: GET its "
+            "Location (404: nothing was stored), or retry with the same Idempotency-Key",
+            command.retry_id,
+        )
+        with about(command.retry_id):
+            return await self._request(
+                RETRY_SUBJECT, _encoded(command), ExecutionReply, unknown, RESEND_S
+            )
 
     async def delete(self, command: DeleteCommand) -> ExecutionReply:
         return await self._request(DELETE_SUBJECT, _encoded(command), ExecutionReply)

@@ -68,6 +68,11 @@ class CancelRequest(RequestSchema):
     reason: str | None = Field(default=None, min_length=1, max_length=1000)
 
 
+class RetryRequest(RequestSchema):
+    """A retry takes nothing: the body, when there is one, is `{}`. A field sent anyway
+    (say a new `ttl`) is refused, not silently dropped."""
+
+
 class PurgeRequest(RequestSchema):
     older_than_days: float = Field(
         gt=0, le=MAX_PURGE_DAYS, description="delete executions created before then"

@@ -107,7 +107,8 @@ class ExecutionService:
         """The tenant's cap checked, and the command with its execution id fixed."""
         await self._admit(command.tenant)
         if command.execution_id is None:
-            command = command.model_copy(update={"execution_id": planned_id(command)})
+            planned = planned_id(command.principal, command.idempotency_key)
+            command = command.model_copy(update={"execution_id": planned})
         return command
 
     async def cancel(self, execution_id: UUID, reason: str | None, by: Identity) -> ExecutionState:
@@ -119,13 +120,23 @@ class ExecutionService:
         )
         return (await self._written(await self._gateway.cancel(command))).execution
 
-    async def retry(self, execution_id: UUID, by: Identity, source: str) -> ExecutionState:
-        """A new execution of the same command; both are linked to each other."""
+    async def retry(
+        self, execution_id: UUID, by: Identity, source: str, idempotency_key: str | None = None
+    ) -> Submitted:
+        """A new execution of the same command; both are linked to each other. Its id is
+        fixed here, as a submit's is: a retry whose answer was lost can be looked up, and one
+        asked again finds the retry it made (`created` False)."""
         await self._admit(by.tenant)
         command = RetryCommand(
-            execution_id=execution_id, principal=by.principal, tenant=by.tenant, source=source
+            execution_id=execution_id,
+            retry_id=planned_id(by.principal, idempotency_key),
+            idempotency_key=idempotency_key,
+            principal=by.principal,
+            tenant=by.tenant,
+            source=source,
         )
-        return (await self._written(await self._gateway.retry(command))).execution
+        written = await self._written(await self._gateway.retry(command))
+        return Submitted(written.execution, written.created)
 
     async def delete(self, execution_id: UUID, reason: str, by: Identity) -> None:
         command = DeleteCommand(
@@ -240,11 +251,11 @@ class ExecutionService:
         return _Written(reply.execution, reply.created)
 
 
-def planned_id(command: SubmitCommand) -> UUID:
-    """The id the execution will have: the key's when there is one (so a keyed retry meets
-    the first attempt), else a new one."""
-    if command.idempotency_key is not None:
-        return idempotent_execution_id(command.principal, command.idempotency_key)
+def planned_id(principal: str, idempotency_key: str | None) -> UUID:
+    """The id a new execution will have: the key's when there is one (so a request sent
+    again with it meets the first attempt), else a new one."""
+    if idempotency_key is not None:
+        return idempotent_execution_id(principal, idempotency_key)
     return uuid4()
 
 

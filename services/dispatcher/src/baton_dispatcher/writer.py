@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
+from uuid import UUID
 
 from baton_contracts.nats import (
     CancelCommand,
@@ -65,7 +66,7 @@ MAX_BATCH = 256
 REQUEST_EXPIRED = "request-expired"
 
 
-def request_expired(command: SubmitCommand) -> Problem:
+def request_expired(execution_id: UUID | None) -> Problem:
     return Problem(
         status=503,
         title="Request expired",
@@ -75,7 +76,7 @@ def request_expired(command: SubmitCommand) -> Problem:
         ),
         code=REQUEST_EXPIRED,
         retry_after=1.0,
-        execution_id=command.execution_id,
+        execution_id=execution_id,
     )
 
 
@@ -198,12 +199,9 @@ class Writer:
         return reply
 
     def _submit_in_time(self, command: SubmitCommand) -> ExecutionReply:
-        # Checked on the writer thread right before the write, after any wait in the queue:
-        # the api told its client the outcome is unknown at `answer_by`, and a write
-        # landing after that would be a command the client may well send again.
-        if command.answer_by is not None and datetime.now(UTC) > command.answer_by:
-            return ExecutionReply(problem=request_expired(command))
-        return self._handlers.submit(command)
+        return _in_time(
+            command.answer_by, command.execution_id, lambda: self._handlers.submit(command)
+        )
 
     async def cancel(self, command: CancelCommand) -> ExecutionReply:
         reply = await self._write(lambda: self._handlers.cancel(command))
@@ -212,9 +210,20 @@ class Writer:
         return reply
 
     async def retry(self, command: RetryCommand) -> ExecutionReply:
-        reply = await self._write(lambda: self._handlers.retry(command))
-        if reply.execution is not None:
+        reply = await self._write(
+            lambda: _in_time(
+                command.answer_by, command.retry_id, lambda: self._handlers.retry(command)
+            )
+        )
+        if reply.created and reply.execution is not None:
             log.info("retried %s as %s", command.execution_id, reply.execution.id)
+        elif reply.problem is not None and reply.problem.code == REQUEST_EXPIRED:
+            REJECTED_MESSAGES.labels(service="dispatcher", reason=REQUEST_EXPIRED).inc()
+            log.warning(
+                "dropped retry of %s: its requester stopped waiting at %s",
+                command.execution_id,
+                command.answer_by,
+            )
         return reply
 
     async def delete(self, command: DeleteCommand) -> ExecutionReply:
@@ -334,3 +343,15 @@ class Writer:
         except IllegalTransition:
             return ReportResult(applied=False, refused="illegal-transition")
         return ReportResult(applied=outcome.changed)
+
+
+def _in_time(
+    answer_by: datetime | None, execution_id: UUID | None, write: Callable[[], ExecutionReply]
+) -> ExecutionReply:
+    """`write`, unless its requester stopped waiting. Checked on the writer thread right
+    before the write, after any wait in the queue: the api told its client the outcome is
+    unknown at `answer_by`, and a write landing after that would be one the client may well
+    send again."""
+    if answer_by is not None and datetime.now(UTC) > answer_by:
+        return ExecutionReply(problem=request_expired(execution_id))
+    return write()

@@ -315,7 +315,7 @@ async def retry(
 ) -> Redirect:
     await _form(request)
     retried = await service.retry(execution_id, caller, "console")
-    return _see_other(f"{BASE}/executions/{retried.id}")
+    return _see_other(f"{BASE}/executions/{retried.execution.id}")
 
 
 # --- send a command -----------------------------------------------------------------------

@@ -218,7 +218,7 @@ class IoteeCommandController(Controller):
         command_id: FromPath[str],
     ) -> IoteeRetried:
         """A new command made from an ended one, linked to it."""
-        new = await service.retry(parse_execution_id(command_id), caller, "iotee")
+        new = (await service.retry(parse_execution_id(command_id), caller, "iotee")).execution
         return IoteeRetried(
             original_command_id=command_id,
             new_command=IoteeNewCommand(
