@@ -222,6 +222,15 @@ def test_refused_requests_store_nothing(client: TestClient[Any], executions: Exe
     assert (executions.recorder.max_notification_id() or 0) == 0
 
 
+def test_the_deadline_is_exactly_created_at_plus_ttl(client: TestClient[Any]) -> None:
+    made = submit(client, ttl=9).json()
+    shown = client.get(f"/v1/executions/{made['id']}", headers=AUTH).json()
+    for execution in (made, shown):
+        created = datetime.fromisoformat(execution["created_at"])
+        deadline = datetime.fromisoformat(execution["deadline"])
+        assert deadline - created == timedelta(seconds=9), execution
+
+
 def test_idempotency_key(client: TestClient[Any]) -> None:
     headers = {**AUTH, "Idempotency-Key": "order-42"}
     url = "/v1/devices/demo-thermostat-1/commands"

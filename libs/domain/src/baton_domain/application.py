@@ -618,7 +618,8 @@ class Executions(Application[UUID]):
         resolved = self.catalog.resolve(
             command.device_id, command.name, command.params, command.ttl, command.tenant
         )
-        execution = CommandExecution(
+        execution = CommandExecution.requested_at(
+            now,
             id=execution_id,
             device_id=resolved.device.id,
             device_type=resolved.device.type,

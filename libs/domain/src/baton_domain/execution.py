@@ -189,6 +189,14 @@ class CommandExecution(ContainersCopied, Aggregate):
 
     # --- creation -------------------------------------------------------------------------
 
+    @classmethod
+    def requested_at(cls, at: datetime, **fields: Any) -> CommandExecution:
+        """A new execution whose `Requested` is stamped `at`, the moment its deadline counts
+        from: created_at + ttl is then exactly its deadline. (Built as `CommandExecution(...)`
+        would be, but the library stamps that event with a clock read of its own, a moment
+        later.)"""
+        return cls._create(cls.Requested, timestamp=at, **fields)
+
     @event(Requested)
     def __init__(
         self,
