@@ -99,6 +99,25 @@ def test_bad_paging_is_a_problem(client: TestClient[Any], query: dict[str, Any])
     assert_problem(client.get("/v1/devices", params=query, headers=AUTH), 422)
 
 
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "",  # empty
+        "%%%",  # not base64
+        "WyJuZXdlc3QiLDEsMl0",  # base64 of JSON, not a devices cursor
+        "ZGVtby10aGVybW9zdGF0LTE",  # base64 of a bare device id
+        "WyJkZXZpY2VzIiwiIl0",  # a devices cursor with no id
+    ],
+)
+def test_a_cursor_the_devices_list_did_not_give_is_refused(
+    client: TestClient[Any], cursor: str
+) -> None:
+    answer = client.get("/v1/devices", params={"cursor": cursor}, headers=AUTH)
+    refused = assert_problem(answer, 422)
+    assert refused["code"] == "invalid-query"
+    assert [e["field"] for e in refused["errors"]] == ["cursor"]
+
+
 def test_a_device_as_get_gives_it_can_be_written_back(
     client: TestClient[Any], executions: Executions
 ) -> None:

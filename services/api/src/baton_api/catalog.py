@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -22,7 +23,7 @@ from pydantic import BaseModel, Field
 from baton_api.auth import Identity, admin, viewer
 from baton_api.device_accounts import AccountsUnavailableError, DeviceAccounts, FixedAccounts
 from baton_api.gateway import CommandGateway
-from baton_api.problems import ProblemError, invalid, problem
+from baton_api.problems import ProblemError, problem
 from baton_api.schemas import STRICT_REQUEST
 from baton_contracts.accounts import device_username
 from baton_contracts.nats import CatalogChange
@@ -31,7 +32,7 @@ from baton_domain.catalog import Catalog, Device, DeviceType, DeviceTypeName
 from baton_domain.delivery import DeviceQueue
 from baton_domain.errors import UnknownDevice, UnknownDeviceType
 from baton_platform.problems import problem_for
-from baton_views import DEFAULT_LIMIT, MAX_LIMIT
+from baton_views import DEFAULT_LIMIT, MAX_LIMIT, InvalidQueryError
 
 
 class CatalogService:
@@ -184,19 +185,29 @@ def _cooldowns(
     return ends
 
 
+# A device cursor names its list, so a cursor of another list, or base64 that happens to
+# decode, is refused rather than read as "after" some id.
+_DEVICES_CURSOR = "devices"
+
+
 def _cursor(device_id: str) -> str:
-    return base64.urlsafe_b64encode(device_id.encode()).decode().rstrip("=")
+    raw = json.dumps([_DEVICES_CURSOR, device_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _after(cursor: str | None) -> str | None:
-    """The device id a cursor continues after; a cursor that is not one is a 422."""
+    """The device id a cursor continues after; a cursor this list did not give is a 422
+    `invalid-query`, as for the executions' lists."""
     if cursor is None:
         return None
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise invalid("cursor", "not a cursor this list gave") from None
+        kind, device_id = json.loads(base64.b64decode(padded, altchars=b"-_", validate=True))
+    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError):
+        kind = device_id = None
+    if kind != _DEVICES_CURSOR or not isinstance(device_id, str) or not device_id:
+        raise InvalidQueryError("cursor", "not a cursor returned by this API")
+    return device_id
 
 
 class NamedDeviceType(BaseModel):
