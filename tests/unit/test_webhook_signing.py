@@ -76,7 +76,12 @@ def test_only_plain_http_urls_are_targets(url: str) -> None:
 @pytest.mark.parametrize(
     "address",
     ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "::1",
-     "fe80::1", "fc00::1", "::ffff:127.0.0.1", "0.0.0.0", "100.64.0.1", "224.0.0.1"],
+     "fe80::1", "fc00::1", "::ffff:127.0.0.1", "0.0.0.0", "100.64.0.1", "224.0.0.1",
+     # IPv4 inside IPv6, delivered there by a translator or a tunnel: IPv4-compatible,
+     # NAT64 (169.254.169.254, 10.0.0.1), 6to4 (127.0.0.1), Teredo (client 192.168.1.1)
+     "::127.0.0.1", "64:ff9b::a9fe:a9fe", "64:ff9b::10.0.0.1", "64:ff9b:1::1",
+     "2002:7f00:1::", "2001:0:5ef5:79fd:0:0:3f57:fefe",
+     "192.0.0.8"],  # IETF protocol assignments
 )  # fmt: skip
 def test_private_addresses_are_not_public(address: str) -> None:
     assert not is_public(address)
@@ -84,6 +89,7 @@ def test_private_addresses_are_not_public(address: str) -> None:
 
 def test_public_addresses_are() -> None:
     assert is_public("93.184.216.34") and is_public("2606:2800:220:1::1")
+    assert is_public("64:ff9b::5db8:d822")  # NAT64 to 93.184.216.34
 
 
 def test_public_refuses_loopback_targets_and_loopback_only_those() -> None:

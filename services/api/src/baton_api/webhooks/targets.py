@@ -39,7 +39,18 @@ def check_url(url: str) -> str:
     return parts.hostname
 
 
-def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+# IPv6 forms whose packets a translator or tunnel delivers to the IPv4 address inside them:
+# NAT64's well-known prefix (RFC 6052) and the deprecated IPv4-compatible form. (6to4, Teredo
+# and IPv4-mapped addresses, the library unwraps.) The local-use NAT64 prefix is not public.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+# Not globally reachable (IANA's special-purpose registry), though Python 3.11's `is_global`
+# says otherwise: the IETF protocol assignments and NAT64's local-use prefix.
+_NOT_GLOBAL = (ipaddress.IPv4Network("192.0.0.0/24"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+
+
+def _ip(address: str) -> IP:
     """The address, an IPv4-mapped IPv6 one as the IPv4 one it is (no zone)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -47,9 +58,22 @@ def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ip
 
 
-def is_public(address: str) -> bool:
+def _reached(address: str) -> list[IP]:
+    """The address and every IPv4 address a packet to it may end up at."""
     ip = _ip(address)
-    return ip.is_global and not ip.is_multicast
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return [ip]
+    inner = [ip.sixtofour, *(ip.teredo or ())]
+    if ip in _NAT64 or ip in _IPV4_COMPATIBLE:
+        inner.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return [ip, *(i for i in inner if i is not None)]
+
+
+def is_public(address: str) -> bool:
+    return all(
+        ip.is_global and not ip.is_multicast and not any(ip in net for net in _NOT_GLOBAL)
+        for ip in _reached(address)
+    )
 
 
 def is_loopback(address: str) -> bool:
