@@ -36,7 +36,7 @@ from baton_dispatcher.watermarks import BridgeWatermarks, holding
 from baton_domain.application import Executions, RequestCommand
 from baton_domain.catalog import Catalog
 from baton_domain.statuses import AnswerStatus
-from baton_platform.metrics import DEADLINES_UNCONFIRMED
+from baton_platform.metrics import DEADLINES_UNCONFIRMED, REJECTED_MESSAGES
 from tests.conftest import DEMO
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -259,8 +259,14 @@ async def test_a_round_across_a_reconnect_does_not_count(link: FakeLink) -> None
     assert bridge.written == []
 
 
+def malformed_probes() -> float:
+    counter = REJECTED_MESSAGES.labels(service="device-bridge", reason="malformed-probe")
+    return float(counter._value.get())
+
+
 async def test_probes_of_other_bridges_and_old_rounds_are_ignored(link: FakeLink) -> None:
     bridge = Bridge(link, Clock())
+    before = malformed_probes()
     bridge.release.clear()  # the round's own probes wait behind an answer being stored
     await link.publish(response_topic("demo-thermostat-1", uuid4()), b"{}")
     round_ = asyncio.create_task(bridge.watermark.advance(link))
@@ -280,6 +286,9 @@ async def test_probes_of_other_bridges_and_old_rounds_are_ignored(link: FakeLink
     bridge.release.set()
     assert await round_ == T0
     assert len(bridge.forwarded) == 1  # the answer; no probe, nothing on a probe topic
+    # What is no probe at all (a device can publish on its own topics' probe level) is a
+    # rejection: logged and counted, once per message.
+    assert malformed_probes() == before + len(link.answer_filters)
 
 
 async def test_a_probe_a_killed_process_left_in_the_session_does_not_count(

@@ -48,7 +48,8 @@ from pydantic import ValidationError
 
 from baton_contracts.mqtt import BridgeProbe, is_probe_topic, probe_topic
 from baton_contracts.nats import WATERMARKS_STREAM, BridgeWatermark, watermark_subject
-from baton_device_bridge.link import AnswerHandler, MqttUnavailableError
+from baton_device_bridge.link import SERVICE, AnswerHandler, MqttUnavailableError
+from baton_platform.metrics import REJECTED_MESSAGES
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,9 @@ class Watermark:
         try:
             probe = BridgeProbe.model_validate_json(raw)
         except ValidationError:
-            log.debug("ignored a message on probe topic %s that is no probe", topic)
+            # Not the bridge's: a device publishing on its own topics with the probe level.
+            REJECTED_MESSAGES.labels(service=SERVICE, reason="malformed-probe").inc()
+            log.warning("dropped a message on probe topic %s that is no probe", topic)
             return
         current = self._round
         ours = probe.bridge == self.bridge and probe.process == self.process
