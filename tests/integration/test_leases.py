@@ -15,14 +15,15 @@ from nats.aio.client import Client
 from baton_cli.localstack import Server
 from baton_platform import leases
 from baton_platform.leases import Lease, holder_name, open_bucket, while_held
-from baton_platform.nats_access import API, DISPATCHER, TIMEOUT_SCHEDULER, inbox_prefix
+from baton_platform.nats_access import DISPATCHER, inbox_prefix
 from tests.conftest import eventually
 
 
 @pytest.fixture
 async def clients(nats_server: Server) -> AsyncIterator[list[Client]]:
-    """One connection per service user that takes leases (each may use the bucket)."""
-    opened = [await connect_as(nats_server, user) for user in (DISPATCHER, TIMEOUT_SCHEDULER, API)]
+    """Three replicas of the dispatcher, each with a connection of its own: a lease is
+    contended by replicas of one service (each service may write its own leases only)."""
+    opened = [await connect_as(nats_server, DISPATCHER) for _ in range(3)]
     yield opened
     for client in opened:
         if not client.is_closed:
@@ -55,8 +56,8 @@ async def test_one_holder_at_a_time_and_a_released_lease_is_taken_at_once(
 async def test_an_abandoned_lease_is_taken_once_it_lapses_and_not_before(
     clients: list[Client],
 ) -> None:
-    first = await lease_of(clients[0], "scheduler", "a")
-    second = await lease_of(clients[2], "scheduler", "b")
+    first = await lease_of(clients[0], "relay", "a")
+    second = await lease_of(clients[2], "relay", "b")
     assert await first.keep()
     abandoned = time.monotonic()  # the holder dies: no renewal, no release
 

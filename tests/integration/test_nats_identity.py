@@ -33,8 +33,12 @@ from baton_contracts.nats import (
     DELETE_SUBJECT,
     EVENTS_STREAM,
     EVENTS_WILDCARD,
+    LEASES_BUCKET,
+    PROJECTION_LEASE,
     PURGE_SUBJECT,
+    RELAY_LEASE,
     REPORTS_STREAM,
+    SCHEDULER_LEASE,
     SUBMIT_SUBJECT,
     TENANT_SUBMIT_SUBJECT,
     CatalogReply,
@@ -47,7 +51,9 @@ from baton_contracts.nats import (
     watermark_subject,
 )
 from baton_dispatcher.app import Dispatcher
-from baton_platform.nats import connect, ensure_streams, identity
+from baton_domain.application import idempotent_execution_id
+from baton_platform.metrics import REJECTED_MESSAGES
+from baton_platform.nats import connect, ensure_bucket, ensure_streams, identity
 from baton_platform.nats_access import (
     API,
     DEVICE_BRIDGE,
@@ -302,6 +308,103 @@ async def test_lifecycle_events_replies_and_streams_are_unreadable_without_the_r
     await tenant.client.flush()
     await asyncio.sleep(0)  # let a delivered message, if any, reach the callback
     assert received == []
+
+
+def rejected(service: str, reason: str) -> float:
+    return float(REJECTED_MESSAGES.labels(service=service, reason=reason)._value.get())
+
+
+async def watch(nc: Client, subjects: list[str]) -> list[str]:
+    """What ops sees arrive on `subjects` from now on."""
+    seen: list[str] = []
+
+    async def got(msg: Msg) -> None:
+        seen.append(msg.subject)
+
+    for subject in subjects:
+        await nc.subscribe(subject, cb=got)
+    await nc.flush()
+    return seen
+
+
+async def test_a_tenant_client_cannot_have_the_api_answer_where_it_may_not_publish(
+    nc: Client, callers: dict[str, Caller], api: AsyncTestClient[Litestar]
+) -> None:
+    """nats-server lets a responder publish its answer wherever the request's reply subject
+    says: a forged reply subject would have the api write a lifecycle event, or take the
+    relay's lease, for a tenant client. Such a request is dropped, counted, never handled."""
+    forged_replies = [event_subject(uuid4(), "Succeeded"), f"$KV.{LEASES_BUCKET}.{RELAY_LEASE}"]
+    seen = await watch(nc, forged_replies)
+    tenant = callers[TENANT].client
+    subject = TENANT_SUBMIT_SUBJECT.format(tenant="default")
+    for number, reply in enumerate(forged_replies):
+        before = rejected("api", "foreign-reply-submit")
+        body = f'{{"device_id": "{DEVICE}", "name": "reboot", "idempotency_key": "f{number}"}}'
+        await tenant.publish(subject, body.encode(), reply=reply)
+        await tenant.flush()
+
+        async def counted(mark: float = before) -> bool:
+            return rejected("api", "foreign-reply-submit") == mark + 1
+
+        await eventually(counted, what=f"the submit answering to {reply} dropped")
+        execution_id = idempotent_execution_id("nats:default", f"f{number}")
+        headers = {"Authorization": "Bearer owner-key"}
+        assert (await api.get(f"/v1/executions/{execution_id}", headers=headers)).status_code == 404
+    # Its own inbox is still answered, and only that went anywhere.
+    msg = await tenant.request(
+        subject, f'{{"device_id": "{DEVICE}", "name": "reboot"}}'.encode(), 5
+    )
+    assert ExecutionReply.model_validate_json(msg.data).execution is not None
+    assert seen == []
+
+
+@pytest.mark.usefixtures("dispatcher")
+async def test_no_service_can_have_the_dispatcher_answer_where_it_may_not_publish(
+    nc: Client, callers: dict[str, Caller]
+) -> None:
+    """The same for the dispatcher's requesters: its request/reply edges and the admin
+    subjects (FastStream's) answer inboxes only."""
+    lease = f"$KV.{LEASES_BUCKET}.{RELAY_LEASE}"
+    seen = await watch(nc, [lease, event_subject(uuid4(), "Succeeded")])
+    cases = [
+        (DEVICE_BRIDGE, CATALOG_GET_SUBJECT, b"{}", "get", lease),
+        (API, SUBMIT_SUBJECT, f'{{"device_id": "{DEVICE}", "name": "reboot"}}'.encode(), "submit",
+         event_subject(uuid4(), "Succeeded")),
+    ]  # fmt: skip
+    for user, subject, body, verb, reply in cases:
+        before = rejected("dispatcher", f"foreign-reply-{verb}")
+        await callers[user].client.publish(subject, body, reply=reply)
+        await callers[user].client.flush()
+
+        async def counted(mark: float = before, reason: str = f"foreign-reply-{verb}") -> bool:
+            return rejected("dispatcher", reason) == mark + 1
+
+        await eventually(counted, what=f"{subject} answering to {reply} dropped")
+    answered = await callers[DEVICE_BRIDGE].client.request(CATALOG_GET_SUBJECT, b"{}", timeout=5)
+    assert CatalogReply.model_validate_json(answered.data).document
+    assert seen == []
+
+
+async def test_each_service_writes_its_own_leases_only(
+    nc: Client, callers: dict[str, Caller]
+) -> None:
+    """A service that could write another's lease could take that job from its holder."""
+    await ensure_bucket(nc.jetstream(), LEASES_BUCKET, history=1)
+    others = {
+        DEVICE_BRIDGE: [RELAY_LEASE, "partition.3", PROJECTION_LEASE, SCHEDULER_LEASE],
+        TIMEOUT_SCHEDULER: [RELAY_LEASE, "partition.3", "bridge.0"],
+        API: [RELAY_LEASE, "dispatchers.x", SCHEDULER_LEASE],
+        DISPATCHER: [PROJECTION_LEASE, "bridge.0", SCHEDULER_LEASE],
+    }
+    for user, keys in others.items():
+        for key in keys:
+            await callers[user].publish_refused(f"$KV.{LEASES_BUCKET}.{key}", b"taken")
+    own = {DEVICE_BRIDGE: "bridge.0", TIMEOUT_SCHEDULER: SCHEDULER_LEASE, API: PROJECTION_LEASE}
+    for user, key in own.items():
+        acknowledged = await callers[user].client.request(
+            f"$KV.{LEASES_BUCKET}.{key}", b"mine", timeout=5
+        )
+        assert b"error" not in acknowledged.data, acknowledged.data
 
 
 def _server_log(server: Server) -> Path:

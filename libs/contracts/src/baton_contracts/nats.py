@@ -416,6 +416,8 @@ TENANT_ENTRY = "tenants.{id}"
 # Leases (baton_platform.leases): which replica does a job one replica at a time.
 LEASES_BUCKET = "BATON_LEASES"
 RELAY_LEASE = "relay"  # the dispatcher that runs the outbox relay
+PARTITION_LEASE = "partition.{partition}"  # the dispatcher that writes a partition's devices
+DISPATCHER_MEMBER_LEASE = "dispatchers.{holder}"  # kept by each dispatcher while it lives
 PROJECTION_LEASE = "projection"  # the api replica that writes the views
 SCHEDULER_LEASE = "timeout-scheduler"  # the timeout-scheduler that keeps and fires deadlines
 # Device-bridge replicas (docs/operations.md, "Bridge replicas"): slot k is run by whoever

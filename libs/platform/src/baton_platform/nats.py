@@ -36,7 +36,7 @@ from baton_contracts.nats import (
     WATERMARKS_WILDCARD,
 )
 from baton_platform.lifecycle import tried_until
-from baton_platform.nats_access import inbox_prefix, read_credentials
+from baton_platform.nats_access import BUCKET_PROBE_KEY, inbox_prefix, read_credentials
 from baton_platform.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -337,7 +337,7 @@ async def _until_writable(js: JetStreamContext, bucket: str) -> None:
 
     async def probe() -> None:
         try:
-            await js.publish(f"$KV.{bucket}._ready", b"", headers=dict(_NEVER))
+            await js.publish(f"$KV.{bucket}.{BUCKET_PROBE_KEY}", b"", headers=dict(_NEVER))
         except APIError:
             return  # refused by the stream: it is there, and takes our writes
         raise RuntimeError(f"bucket {bucket} stored the probe it should have refused")

@@ -31,24 +31,31 @@ from typing import Any
 from baton_contracts.nats import (
     ACCESS_BUCKET,
     BRIDGE_IN_FLIGHT_BUCKET,
+    BRIDGE_MEMBER_LEASE,
     BRIDGE_RELEASED_SUBJECT,
+    BRIDGE_SLOT_LEASE,
     CANCEL_SUBJECT,
     CATALOG_CHANGE_SUBJECT,
     CATALOG_GET_SUBJECT,
     DEAD_LETTERS_STREAM,
     DEADLINE_SUBJECT,
     DELETE_SUBJECT,
+    DISPATCHER_MEMBER_LEASE,
     EVENTS_STREAM,
     EVENTS_WILDCARD,
     LEASES_BUCKET,
+    PARTITION_LEASE,
     PARTITIONS,
     PARTITIONS_PREFIX,
+    PROJECTION_LEASE,
     PURGE_SUBJECT,
     REJECTIONS_SUBJECT,
+    RELAY_LEASE,
     RELEASED_SUBJECT,
     REPORTS_STREAM,
     REPORTS_WILDCARD,
     RETRY_SUBJECT,
+    SCHEDULER_LEASE,
     STORED_SUBJECT,
     SUBMIT_SUBJECT,
     TENANT_PATTERN,
@@ -102,6 +109,19 @@ REQUEST_SUBJECTS = (
 JS_API = "$JS.API"
 
 
+def _pattern(key_format: str) -> str:
+    """A lease key's format as a subject pattern: each `{...}` field one token (`*`)."""
+    return re.sub(r"\{[^}]*\}", "*", key_format)
+
+
+# The leases each service may take, renew and give up: its own jobs', no one else's (a
+# service that could write another's lease could take that job from its holder).
+DISPATCHER_LEASES = (RELAY_LEASE, _pattern(PARTITION_LEASE), _pattern(DISPATCHER_MEMBER_LEASE))
+BRIDGE_LEASES = (_pattern(BRIDGE_SLOT_LEASE), _pattern(BRIDGE_MEMBER_LEASE))
+SCHEDULER_LEASES = (SCHEDULER_LEASE,)
+API_LEASES = (PROJECTION_LEASE,)
+
+
 def inbox_prefix(user: str) -> str:
     """Where `user` receives replies and push consumer deliveries (nats-py's `inbox_prefix`)."""
     return f"_INBOX.{user}"
@@ -146,13 +166,19 @@ def _watched_bucket(bucket: str) -> list[str]:
     ]
 
 
-def _kv_bucket(bucket: str) -> list[str]:
+# The key `ensure_bucket` writes to see a new bucket take writes (a write its stream
+# refuses: nothing is stored under it).
+BUCKET_PROBE_KEY = "_ready"
+
+
+def _kv_bucket(bucket: str, keys: Iterable[str] = (">",)) -> list[str]:
     """A key-value bucket: create it (or change its replicas: BATON_NATS_REPLICAS,
-    `baton_platform.nats.ensure_bucket`), write entries, read one back (which a
-    compare-and-set `create` does when the key was deleted: `baton_platform.leases`)."""
+    `baton_platform.nats.ensure_bucket`), write entries (`keys` only: subject patterns),
+    read one back (which a compare-and-set `create` does when the key was deleted:
+    `baton_platform.leases`)."""
     stream = f"KV_{bucket}"
     return [
-        f"$KV.{bucket}.>",
+        *(f"$KV.{bucket}.{key}" for key in (*keys, BUCKET_PROBE_KEY)),
         f"{JS_API}.STREAM.CREATE.{stream}",
         f"{JS_API}.STREAM.UPDATE.{stream}",
         f"{JS_API}.STREAM.INFO.{stream}",
@@ -198,7 +224,7 @@ def service_permissions(user: str) -> dict[str, Any]:
                 f"{PARTITIONS_PREFIX}.*.*",  # passing a request on to its partition's holder
                 STORED_SUBJECT,  # waking the relay in whichever dispatcher runs it
                 RELEASED_SUBJECT,  # partitions given away: the others take them now
-                *_kv_bucket(LEASES_BUCKET),
+                *_kv_bucket(LEASES_BUCKET, DISPATCHER_LEASES),
             ],
             subscribe=[
                 *REQUEST_SUBJECTS,
@@ -231,7 +257,7 @@ def service_permissions(user: str) -> dict[str, Any]:
                     for index in range(MAX_BRIDGE_REPLICAS)
                 ),
                 # Replicas: who runs which slot, and each raw-mapped device's execution.
-                *_kv_bucket(LEASES_BUCKET),
+                *_kv_bucket(LEASES_BUCKET, BRIDGE_LEASES),
                 *_watched_bucket(BRIDGE_IN_FLIGHT_BUCKET),
                 BRIDGE_RELEASED_SUBJECT,
             ],
@@ -245,7 +271,7 @@ def service_permissions(user: str) -> dict[str, Any]:
                 dead_letter_subject(TIMEOUT_SCHEDULER),
                 *_streams_info(EVENTS_STREAM),
                 *_consumer(EVENTS_STREAM, SCHEDULER_DURABLE),
-                *_kv_bucket(LEASES_BUCKET),
+                *_kv_bucket(LEASES_BUCKET, SCHEDULER_LEASES),
             ],
         )
     if user == API:
@@ -258,7 +284,7 @@ def service_permissions(user: str) -> dict[str, Any]:
                 f"{PARTITIONS_PREFIX}.*.submit",  # straight to the device's dispatcher
                 VIEWS_ADVANCED_SUBJECT,  # the replica that projects, to the others
                 *_watched_bucket(ACCESS_BUCKET),
-                *_kv_bucket(LEASES_BUCKET),
+                *_kv_bucket(LEASES_BUCKET, API_LEASES),
             ],
             subscribe=[EVENTS_WILDCARD, TENANT_SUBMIT_WILDCARD, VIEWS_ADVANCED_SUBJECT],
             responds=True,

@@ -35,6 +35,7 @@ from baton_platform import tracing
 from baton_platform.lifecycle import cancel_and_wait
 from baton_platform.logs import about
 from baton_platform.metrics import REJECTED_MESSAGES
+from baton_platform.nats_access import inbox_prefix, tenant_user
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,37 @@ Refuse = Callable[[Problem], BaseModel]
 Bind = Callable[[str, M], M]
 # Where the tenant is in a tenant client's submit subject.
 TENANT_TOKEN = TENANT_SUBMIT_SUBJECT.split(".").index("{tenant}")
+
+
+# Where every NATS client receives its replies (nats-py's default inbox, and each Baton
+# user's `_INBOX.<user>.`: baton_platform.nats_access).
+INBOX_ROOT = "_INBOX."
+ReplyPrefix = Callable[[str], str]
+
+
+def any_inbox(_subject: str) -> str:
+    return INBOX_ROOT
+
+
+def answers_to(msg: Msg, service: str, verb: str, prefix: ReplyPrefix) -> bool:
+    """Whether a request may be handled and answered: it has no reply subject, or one under
+    `prefix(msg.subject)`, an inbox of whoever may send on that subject.
+
+    A responder may publish its answer wherever the requester's reply subject says
+    (nats-server's `allow_responses` checks nothing else, and a deny rule does not stop a
+    reply), so a reply subject naming a stream's subject or a lease's key would have this
+    service write there on the requester's behalf: a tenant client forging a lifecycle event,
+    or taking a lease from the service that holds it. Such a request is dropped unhandled
+    (it can only be forged), logged and counted."""
+    if not msg.reply or msg.reply.startswith(prefix(msg.subject)):
+        return True
+    REJECTED_MESSAGES.labels(service=service, reason=f"foreign-reply-{verb}").inc()
+    log.warning(
+        "dropped a request on %s: its reply subject %r is not its sender's inbox",
+        msg.subject,
+        msg.reply,
+    )
+    return False
 
 
 def failed(service: str) -> Problem:
@@ -149,6 +181,7 @@ class RequestEdges:
         refuse: Callable[[Problem], BaseModel],
         concurrent: int | None = None,
         bind: Bind[M] | None = None,
+        replies: ReplyPrefix = any_inbox,
     ) -> Subscription:
         """Answer `subject`: decode, one call, encode.
 
@@ -159,6 +192,7 @@ class RequestEdges:
         A message that does not fit `model` is answered `refuse(problem)` and counted; so is a
         request the Writer fails on (logged): a requester is never left without an answer.
         `bind(subject, command)`, when given, sets what the subject decides on the command.
+        `replies(subject)`: the prefix a request's reply subject must have (`answers_to`).
         Returns the subscription, for `unserve`."""
         concurrent = concurrent or self._concurrent
         gate = asyncio.Semaphore(concurrent)
@@ -166,6 +200,8 @@ class RequestEdges:
         verb = subject.rsplit(".", 1)[-1]
 
         async def answer(msg: Msg) -> None:
+            if not answers_to(msg, service, verb, replies):
+                return
             async with gate:
                 bound = None if bind is None else functools.partial(bind, msg.subject)
                 parent = tracing.extract(msg.headers)
@@ -247,6 +283,12 @@ async def answer_request(
             problem = failed(service).model_copy(update={"execution_id": execution_id})
             return refuse(problem).model_dump_json().encode()
     return reply.model_dump_json().encode()
+
+
+def tenant_inbox(subject: str) -> str:
+    """Where a tenant client's submit may be answered: its own user's inbox, the only one
+    it may read (a tenant's subject is published by that tenant's user alone)."""
+    return f"{inbox_prefix(tenant_user(subject.split('.')[TENANT_TOKEN]))}."
 
 
 def tenant_submit(subject: str, command: SubmitCommand) -> SubmitCommand:

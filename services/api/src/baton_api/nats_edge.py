@@ -13,7 +13,7 @@ from nats.aio.client import Client
 
 from baton_api.service import ExecutionService
 from baton_contracts.nats import TENANT_SUBMIT_SUBJECT, ExecutionReply, Problem, SubmitCommand
-from baton_platform.requests import RequestEdges, tenant_submit
+from baton_platform.requests import RequestEdges, tenant_inbox, tenant_submit
 
 SERVICE = "api"
 API_QUEUE = "baton-api"
@@ -29,5 +29,7 @@ async def serve_tenant_clients(client: Client, service: ExecutionService) -> Req
     async def submit(command: SubmitCommand) -> ExecutionReply:
         return await service.forward(command)
 
-    await edges.serve(TENANT_SUBMITS, SubmitCommand, submit, refused, bind=tenant_submit)
+    await edges.serve(
+        TENANT_SUBMITS, SubmitCommand, submit, refused, bind=tenant_submit, replies=tenant_inbox
+    )
     return edges

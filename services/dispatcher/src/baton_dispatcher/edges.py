@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import BaseModel
 
@@ -45,7 +46,7 @@ from baton_contracts.nats import (
 from baton_dispatcher.router import Router
 from baton_dispatcher.writer import MAX_BATCH, Writer
 from baton_platform.consumers import raw_body
-from baton_platform.requests import Refuse, RequestEdges, answer_request
+from baton_platform.requests import Refuse, RequestEdges, answer_request, answers_to, any_inbox
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,18 @@ def _admin_subject(
 ) -> None:
     verb = subject.rsplit(".", 1)[-1]
 
-    @broker.subscriber(subject, queue=DISPATCHER_QUEUE, decoder=raw_body, include_in_schema=False)
-    async def on_request(message: NatsMessage) -> bytes:
-        return await answer_request(SERVICE, message.body, subject, verb, model, handle, refuse)
+    # Answered here rather than by FastStream, which would publish to any reply subject.
+    @broker.subscriber(
+        subject,
+        queue=DISPATCHER_QUEUE,
+        decoder=raw_body,
+        include_in_schema=False,
+        no_reply=True,
+    )
+    async def on_request(message: NatsMessage) -> None:
+        msg: Msg = message.raw_message
+        if not answers_to(msg, SERVICE, verb, any_inbox):
+            return
+        answer = await answer_request(SERVICE, message.body, subject, verb, model, handle, refuse)
+        if msg.reply:
+            await msg.respond(answer)

@@ -25,12 +25,17 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from baton_contracts.nats import LEASES_BUCKET, PARTITIONS
+from baton_contracts.nats import (
+    DISPATCHER_MEMBER_LEASE,
+    LEASES_BUCKET,
+    PARTITION_LEASE,
+    PARTITIONS,
+)
 from baton_platform.leases import RENEW_S, Lease
 
 log = logging.getLogger(__name__)
 
-MEMBERS = "dispatchers"
+MEMBERS = DISPATCHER_MEMBER_LEASE.split(".", 1)[0]
 # A partition given away is not taken back at the next step: time for the replica it was
 # given away to (told at once: `look_now`) to take it. Short, because a partition given to a
 # replica that then stops must be taken back soon (requests wait for it).
@@ -38,7 +43,7 @@ COOL_OFF_S = RENEW_S
 
 
 def partition_key(partition: int) -> str:
-    return f"partition.{partition}"
+    return PARTITION_LEASE.format(partition=partition)
 
 
 class PartitionKeeper:
@@ -65,7 +70,8 @@ class PartitionKeeper:
         self._look = asyncio.Event()
         self._renewed_at = 0.0  # time.monotonic() of the last renewal round
         # Its own member key: one NATS token, unique to this process.
-        self._member = Lease(bucket, f"{MEMBERS}.{holder.replace('.', '-')}", holder)
+        member = DISPATCHER_MEMBER_LEASE.format(holder=holder.replace(".", "-"))
+        self._member = Lease(bucket, member, holder)
 
     def holds(self, partition: int) -> bool:
         lease = self._leases.get(partition)
