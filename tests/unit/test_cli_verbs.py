@@ -345,6 +345,27 @@ def test_types_add_of_a_file_that_is_not_a_mapping(api: FakeApi, tmp_path: Path)
     assert api.requests == []
 
 
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("ttl: .inf\n", "ttl"),
+        ("commands: {set: {params: {maximum: .nan}}}\n", "commands.set.params.maximum"),
+        ("wire: {gain: -.inf}\n", "wire.gain"),
+        ("wire: {since: 2026-11-01}\n", "wire.since"),  # a YAML date
+    ],
+)
+def test_types_add_refuses_what_json_cannot_carry(
+    api: FakeApi, tmp_path: Path, text: str, field: str
+) -> None:
+    definition = tmp_path / "lamp.yaml"
+    definition.write_text(text)
+    result = invoke(api, "types", "add", "lamp", "-f", str(definition))
+    assert result.exit_code == 1, result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: {definition}: {field}: must be a ")
+    assert api.requests == []
+
+
 # --- catalog import --dry-run ----------------------------------------------------------------
 
 
