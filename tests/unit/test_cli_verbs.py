@@ -405,6 +405,40 @@ def test_dry_run_names_every_error_by_its_field_path(api: FakeApi, tmp_path: Pat
     assert [r["method"] for r in api.requests] == ["GET"]
 
 
+def test_dry_run_refuses_a_device_without_an_id(api: FakeApi, tmp_path: Path) -> None:
+    api.on("GET", (200, yaml.safe_load(DEMO.read_text())))
+    new = yaml.safe_load(DEMO.read_text())
+    new["devices"].append({"type": "thermostat"})
+    path = tmp_path / "no-id.yaml"
+    path.write_text(yaml.safe_dump(new))
+    result = invoke(api, "catalog", "import", str(path), "--dry-run")
+    assert result.exit_code == 1
+    assert result.stdout == "no change to the stored catalog\n"  # no `+ device None`
+    assert result.stderr.splitlines() == [
+        "error: devices.6.id: Field required",
+        f"error: {path} is not a valid catalog (1 error(s)); nothing changed",
+    ]
+
+
+@pytest.mark.parametrize("dry_run", [["--dry-run"], []])
+def test_import_and_dry_run_refuse_a_number_json_cannot_carry(
+    api: FakeApi, tmp_path: Path, dry_run: list[str]
+) -> None:
+    """The dry run checks the file as the import does: a NaN no JSON text holds is refused by
+    both, by its field path, and nothing is sent to change the catalog."""
+    api.on("GET", (200, yaml.safe_load(DEMO.read_text())))
+    path = tmp_path / "nan.yaml"
+    path.write_text(DEMO.read_text().replace("maximum: 35", "maximum: .nan"))
+    result = invoke(api, "catalog", "import", str(path), *dry_run)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines() == [
+        "error: device_types.thermostat.commands.set_temperature.params.properties.value."
+        "maximum: must be a finite number, not nan: JSON has no NaN or infinity",
+        f"error: {path} is not a valid catalog (1 error(s)); nothing changed",
+    ]
+    assert api.of("PUT") == []
+
+
 def test_the_diff_ignores_defaults_spelled_out() -> None:
     stored = yaml.safe_load(DEMO.read_text())
     same = yaml.safe_load(DEMO.read_text())
