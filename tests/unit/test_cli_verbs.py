@@ -149,6 +149,15 @@ def test_a_bad_time_is_a_usage_error_before_any_request(api: FakeApi) -> None:
     assert api.requests == []
 
 
+@pytest.mark.parametrize("ago", ["1000000d", "99999999999999999999d", f"{'9' * 400}s"])
+def test_a_time_before_the_year_1_is_a_usage_error(api: FakeApi, ago: str) -> None:
+    result = invoke(api, "list", "--since", ago)
+    assert result.exit_code == 2, result.output
+    assert "too long ago" in result.stderr
+    assert "Traceback" not in result.output
+    assert api.requests == []
+
+
 # --- get, cancel, retry, delete ---------------------------------------------------------------
 
 
