@@ -1,7 +1,8 @@
 """The `baton` verbs over the API (list, get, cancel, retry, delete, devices, types, send
 --wait, catalog import --dry-run) against a fake API: the requests they make, what they print
-(piped: plain columns, no colour, no trailing blanks), their exit codes; and how the CLI
-finds the last dev stack's settings (devstate), `baton dev reset` and the `make run` banner."""
+(piped: plain columns, no header, no colour, no trailing blanks), their exit codes; and how
+the CLI finds the last dev stack's settings (devstate), `baton dev reset` and the `make run`
+banner."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import logging
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
 import yaml
+from rich.text import Text
 from typer.testing import CliRunner
 
 from baton_cli.catalog import catalog_diff, catalog_errors
@@ -102,8 +105,7 @@ def test_list_sends_every_filter_and_prints_a_table(api: FakeApi) -> None:
         "show": ["ALL"],
     }
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["ID", "DEVICE", "COMMAND", "STATUS", "CREATED", "UPDATED"]
-    assert lines[1].split() == [
+    assert lines[0].split() == [
         ID,
         "demo-thermostat-1",
         "set_temperature",
@@ -113,9 +115,37 @@ def test_list_sends_every_filter_and_prints_a_table(api: FakeApi) -> None:
         "2026-11-01",
         "12:00:00",
     ]
-    assert len(lines) == 3
+    assert len(lines) == 2
     assert all(line == line.rstrip() and "\x1b" not in line for line in lines)
     assert result.stderr == "2 of 7 execution(s); next page: --cursor abc\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "page", "first_column"),
+    [
+        (["list"], PAGE, [ID, "1c8e7d2f-7b9f-4d90-8b54-3f2e8e1f0c22"]),
+        (["devices", "list"], {"items": [{"id": "c-1", "type": "charger"}]}, ["c-1"]),
+        (["types", "list"], {"items": [{"name": "lamp"}, {"name": "relay"}]}, ["lamp", "relay"]),
+    ],
+)
+def test_a_piped_table_is_its_rows_alone(
+    api: FakeApi, args: list[str], page: dict[str, Any], first_column: list[str]
+) -> None:
+    """docs/cli.md: piped, stdout holds the result alone; `| awk '{print $1}'` gives the ids."""
+    api.on("GET", (200, page))
+    result = invoke(api, *args)
+    assert result.exit_code == 0, result.output
+    assert [line.split()[0] for line in result.stdout.splitlines()] == first_column
+
+
+def test_a_table_on_a_terminal_has_its_header(api: FakeApi) -> None:
+    api.on("GET", (200, PAGE))
+    terminal = {"FORCE_COLOR": "1", "TTY_COMPATIBLE": "1", "COLUMNS": "200"}
+    result = runner.invoke(app, ["list"], env={"BATON_API_URL": api.url, **terminal})
+    assert result.exit_code == 0, result.output
+    lines = [Text.from_ansi(line).plain.split() for line in result.stdout.splitlines()]
+    assert lines[0] == ["ID", "DEVICE", "COMMAND", "STATUS", "CREATED", "UPDATED"]
+    assert [line[0] for line in lines[1:]] == [ID, "1c8e7d2f-7b9f-4d90-8b54-3f2e8e1f0c22"]
 
 
 def test_list_json_is_the_page_as_the_api_gives_it(api: FakeApi) -> None:
@@ -281,7 +311,6 @@ def test_devices_list_pages_and_json(api: FakeApi) -> None:
     assert result.exit_code == 0, result.output
     assert api.requests[0]["query"] == {"limit": ["2"], "type": ["thermostat"], "cursor": ["a"]}
     assert [line.split() for line in result.stdout.splitlines()] == [
-        ["ID", "TYPE", "PRESENCE", "LAST", "SEEN", "WAITING", "LABELS"],
         ["c-1", "charger", "unknown", "-", "0", "-"],
         ["t-1", "thermostat", "online", "2026-11-01", "12:00:00", "2", "room=lab"],
     ]
@@ -325,7 +354,6 @@ def test_types_list_add_from_a_file_and_remove(api: FakeApi, tmp_path: Path) -> 
     )
     listed = invoke(api, "types", "list")
     assert [line.split() for line in listed.stdout.splitlines()] == [
-        ["NAME", "PROFILE", "COMMANDS"],
         ["thermostat", "baton", "reboot,", "x"],
     ]
     definition = tmp_path / "lamp.yaml"
