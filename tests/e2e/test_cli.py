@@ -113,9 +113,8 @@ def test_list_filters_and_pages(stack: Stack, baton: Baton) -> None:
     assert cli_json(stack, "list", "-d", "demo-thermostat-4", "--until", "1d")["items"] == []
     table = cli(stack, "list", "-d", "demo-thermostat-4")
     assert table.returncode == 0, table.stderr
-    lines = table.stdout.splitlines()
-    assert lines[0].split()[:4] == ["ID", "DEVICE", "COMMAND", "STATUS"]
-    assert [line.split()[0] for line in lines[1:]] == ids[::-1]
+    lines = table.stdout.splitlines()  # piped: the rows alone, no header
+    assert [line.split()[0] for line in lines] == ids[::-1]
     assert table.stderr == "3 of 3 execution(s)\n"
     bad = cli(stack, "list", "-s", "NOT_A_STATUS")
     assert bad.returncode == 1
@@ -164,7 +163,6 @@ def test_types_and_devices_add_show_remove(stack: Stack, tmp_path: Path) -> None
     assert shown["labels"] == {"room": "hall"}
     listed = cli(stack, "devices", "list", "--type", "lamp")
     assert [line.split() for line in listed.stdout.splitlines()] == [
-        ["ID", "TYPE", "PRESENCE", "LAST", "SEEN", "WAITING", "LABELS"],
         ["lamp-1", "lamp", "unknown", "-", "0", "room=hall"],  # it never connected
     ]
     assert listed.stderr == "1 of 1 device(s)\n"

@@ -310,6 +310,24 @@ def test_stored_catalog_documents_are_still_read_leniently() -> None:
     document.put_device_type("relay", {})
 
 
+def test_no_catalog_change_holds_a_number_json_cannot_carry(stand: Stand) -> None:
+    """1e400 (like NaN and the infinities) is no JSON number: the api's decode refuses it,
+    and a change that reaches the dispatcher otherwise (NATS, whose decoder reads NaN) is
+    refused naming the field, as `baton catalog import --dry-run` names it."""
+    body = b'{"name": "lamp", "definition": {"wire": {"gain": 1e400}}}'
+    assert_problem(stand.client.post("/v1/device-types", content=body, headers=JSON), 400)
+    handlers = CommandHandlers(seeds_executions(Clock()))
+    change = CatalogChange.model_validate_json(
+        b'{"op": "put-device-type", "name": "lamp", "definition": {"wire": {"gain": NaN}}}'
+    )
+    problem = handlers.change_catalog(change).problem
+    assert problem is not None and problem.code == "invalid-catalog"
+    assert [e.field for e in problem.errors] == ["device_types.lamp.wire.gain"]
+    assert "lamp" not in (handlers.get_catalog(CatalogQuery()).document or {})["device_types"]
+    stored = CatalogDocument({"device_types": {"lamp": {"wire": {"gain": float("nan")}}}})
+    assert stored.catalog.device_types["lamp"].wire  # what is stored stays readable
+
+
 # --- 11: HEAD answers like GET, without a body ------------------------------------------------
 
 

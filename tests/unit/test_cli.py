@@ -54,6 +54,31 @@ def test_param_needs_a_key_and_an_equals_sign(text: str) -> None:
         parse_param(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("value=NaN", "value"),
+        ("value=Infinity", "value"),
+        ("value=-Infinity", "value"),
+        ("value=1e400", "value"),  # JSON's grammar, out of any float's range
+        ("values=[1,NaN]", "values.1"),
+    ],
+)
+def test_a_param_json_cannot_carry_is_a_usage_error(api: FakeApi, text: str, field: str) -> None:
+    """Python's json reads NaN and the infinities, no JSON text holds them: refused, named,
+    before any request (it could not be sent)."""
+    result = runner.invoke(app, ["send", "d1", "set_temperature", "-p", text, "--api-url", api.url])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.stderr.replace("│", " ").split())  # typer's box, wrapped
+    assert f"--param: {field}: must be a finite number" in said
+    assert "Traceback" not in result.output
+    assert api.requests == []
+
+
+def test_a_param_in_quotes_is_text_whatever_it_says() -> None:
+    assert parse_param('value="NaN"') == ("value", "NaN")
+
+
 def test_a_repeated_param_keeps_the_last_value() -> None:
     assert parse_params(["a=1", "b=x", "a=2"]) == {"a": 2, "b": "x"}
 

@@ -1,7 +1,8 @@
 """The `baton` verbs over the API (list, get, cancel, retry, delete, devices, types, send
 --wait, catalog import --dry-run) against a fake API: the requests they make, what they print
-(piped: plain columns, no colour, no trailing blanks), their exit codes; and how the CLI
-finds the last dev stack's settings (devstate), `baton dev reset` and the `make run` banner."""
+(piped: plain columns, no header, no colour, no trailing blanks), their exit codes; and how
+the CLI finds the last dev stack's settings (devstate), `baton dev reset` and the `make run`
+banner."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import logging
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
 import yaml
+from rich.text import Text
 from typer.testing import CliRunner
 
 from baton_cli.catalog import catalog_diff, catalog_errors
@@ -102,8 +105,7 @@ def test_list_sends_every_filter_and_prints_a_table(api: FakeApi) -> None:
         "show": ["ALL"],
     }
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["ID", "DEVICE", "COMMAND", "STATUS", "CREATED", "UPDATED"]
-    assert lines[1].split() == [
+    assert lines[0].split() == [
         ID,
         "demo-thermostat-1",
         "set_temperature",
@@ -113,9 +115,37 @@ def test_list_sends_every_filter_and_prints_a_table(api: FakeApi) -> None:
         "2026-11-01",
         "12:00:00",
     ]
-    assert len(lines) == 3
+    assert len(lines) == 2
     assert all(line == line.rstrip() and "\x1b" not in line for line in lines)
     assert result.stderr == "2 of 7 execution(s); next page: --cursor abc\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "page", "first_column"),
+    [
+        (["list"], PAGE, [ID, "1c8e7d2f-7b9f-4d90-8b54-3f2e8e1f0c22"]),
+        (["devices", "list"], {"items": [{"id": "c-1", "type": "charger"}]}, ["c-1"]),
+        (["types", "list"], {"items": [{"name": "lamp"}, {"name": "relay"}]}, ["lamp", "relay"]),
+    ],
+)
+def test_a_piped_table_is_its_rows_alone(
+    api: FakeApi, args: list[str], page: dict[str, Any], first_column: list[str]
+) -> None:
+    """docs/cli.md: piped, stdout holds the result alone; `| awk '{print $1}'` gives the ids."""
+    api.on("GET", (200, page))
+    result = invoke(api, *args)
+    assert result.exit_code == 0, result.output
+    assert [line.split()[0] for line in result.stdout.splitlines()] == first_column
+
+
+def test_a_table_on_a_terminal_has_its_header(api: FakeApi) -> None:
+    api.on("GET", (200, PAGE))
+    terminal = {"FORCE_COLOR": "1", "TTY_COMPATIBLE": "1", "COLUMNS": "200"}
+    result = runner.invoke(app, ["list"], env={"BATON_API_URL": api.url, **terminal})
+    assert result.exit_code == 0, result.output
+    lines = [Text.from_ansi(line).plain.split() for line in result.stdout.splitlines()]
+    assert lines[0] == ["ID", "DEVICE", "COMMAND", "STATUS", "CREATED", "UPDATED"]
+    assert [line[0] for line in lines[1:]] == [ID, "1c8e7d2f-7b9f-4d90-8b54-3f2e8e1f0c22"]
 
 
 def test_list_json_is_the_page_as_the_api_gives_it(api: FakeApi) -> None:
@@ -146,6 +176,15 @@ def test_a_bad_time_is_a_usage_error_before_any_request(api: FakeApi) -> None:
     result = invoke(api, "list", "--since", "soon")
     assert result.exit_code == 2
     assert "not a time" in result.stderr
+    assert api.requests == []
+
+
+@pytest.mark.parametrize("ago", ["1000000d", "99999999999999999999d", f"{'9' * 400}s"])
+def test_a_time_before_the_year_1_is_a_usage_error(api: FakeApi, ago: str) -> None:
+    result = invoke(api, "list", "--since", ago)
+    assert result.exit_code == 2, result.output
+    assert "too long ago" in result.stderr
+    assert "Traceback" not in result.output
     assert api.requests == []
 
 
@@ -272,7 +311,6 @@ def test_devices_list_pages_and_json(api: FakeApi) -> None:
     assert result.exit_code == 0, result.output
     assert api.requests[0]["query"] == {"limit": ["2"], "type": ["thermostat"], "cursor": ["a"]}
     assert [line.split() for line in result.stdout.splitlines()] == [
-        ["ID", "TYPE", "PRESENCE", "LAST", "SEEN", "WAITING", "LABELS"],
         ["c-1", "charger", "unknown", "-", "0", "-"],
         ["t-1", "thermostat", "online", "2026-11-01", "12:00:00", "2", "room=lab"],
     ]
@@ -316,7 +354,6 @@ def test_types_list_add_from_a_file_and_remove(api: FakeApi, tmp_path: Path) -> 
     )
     listed = invoke(api, "types", "list")
     assert [line.split() for line in listed.stdout.splitlines()] == [
-        ["NAME", "PROFILE", "COMMANDS"],
         ["thermostat", "baton", "reboot,", "x"],
     ]
     definition = tmp_path / "lamp.yaml"
@@ -342,6 +379,27 @@ def test_types_add_of_a_file_that_is_not_a_mapping(api: FakeApi, tmp_path: Path)
     result = invoke(api, "types", "add", "lamp", "-f", str(definition))
     assert result.exit_code == 1
     assert "expected a mapping" in result.stderr
+    assert api.requests == []
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("ttl: .inf\n", "ttl"),
+        ("commands: {set: {params: {maximum: .nan}}}\n", "commands.set.params.maximum"),
+        ("wire: {gain: -.inf}\n", "wire.gain"),
+        ("wire: {since: 2026-11-01}\n", "wire.since"),  # a YAML date
+    ],
+)
+def test_types_add_refuses_what_json_cannot_carry(
+    api: FakeApi, tmp_path: Path, text: str, field: str
+) -> None:
+    definition = tmp_path / "lamp.yaml"
+    definition.write_text(text)
+    result = invoke(api, "types", "add", "lamp", "-f", str(definition))
+    assert result.exit_code == 1, result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: {definition}: {field}: must be a ")
     assert api.requests == []
 
 
@@ -382,6 +440,40 @@ def test_dry_run_names_every_error_by_its_field_path(api: FakeApi, tmp_path: Pat
     assert errors[0].startswith("error: device_types.thermostat.commands.reboot.ttl: ")
     assert errors[1].startswith("error: devices.6.type: ")
     assert [r["method"] for r in api.requests] == ["GET"]
+
+
+def test_dry_run_refuses_a_device_without_an_id(api: FakeApi, tmp_path: Path) -> None:
+    api.on("GET", (200, yaml.safe_load(DEMO.read_text())))
+    new = yaml.safe_load(DEMO.read_text())
+    new["devices"].append({"type": "thermostat"})
+    path = tmp_path / "no-id.yaml"
+    path.write_text(yaml.safe_dump(new))
+    result = invoke(api, "catalog", "import", str(path), "--dry-run")
+    assert result.exit_code == 1
+    assert result.stdout == "no change to the stored catalog\n"  # no `+ device None`
+    assert result.stderr.splitlines() == [
+        "error: devices.6.id: Field required",
+        f"error: {path} is not a valid catalog (1 error(s)); nothing changed",
+    ]
+
+
+@pytest.mark.parametrize("dry_run", [["--dry-run"], []])
+def test_import_and_dry_run_refuse_a_number_json_cannot_carry(
+    api: FakeApi, tmp_path: Path, dry_run: list[str]
+) -> None:
+    """The dry run checks the file as the import does: a NaN no JSON text holds is refused by
+    both, by its field path, and nothing is sent to change the catalog."""
+    api.on("GET", (200, yaml.safe_load(DEMO.read_text())))
+    path = tmp_path / "nan.yaml"
+    path.write_text(DEMO.read_text().replace("maximum: 35", "maximum: .nan"))
+    result = invoke(api, "catalog", "import", str(path), *dry_run)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines() == [
+        "error: device_types.thermostat.commands.set_temperature.params.properties.value."
+        "maximum: must be a finite number, not nan: JSON has no NaN or infinity",
+        f"error: {path} is not a valid catalog (1 error(s)); nothing changed",
+    ]
+    assert api.of("PUT") == []
 
 
 def test_the_diff_ignores_defaults_spelled_out() -> None:

@@ -24,6 +24,7 @@ from baton_domain.errors import (
     UnknownDevice,
     UnknownDeviceType,
 )
+from baton_domain.json_values import json_faults
 from baton_domain.tenants import DEFAULT_TENANT
 
 _T = "baton.catalog.v1"
@@ -39,9 +40,12 @@ def document_of(catalog: Catalog) -> JSON:
 def build(document: JSON, root: str = "", *, stored: bool = False) -> Catalog:
     """The Catalog a document gives, or InvalidCatalog naming each wrong field.
 
-    Strict (no `"30"` for 30, no `true` for 1, device-type names checked) for every change,
-    from HTTP, NATS or import; `stored=True` only to read back what is already stored, which
-    an older, more lenient Baton may have accepted."""
+    Strict (no `"30"` for 30, no `true` for 1, device-type names checked, nothing JSON
+    cannot carry, such as NaN) for every change, from HTTP, NATS or import; `stored=True` only
+    to read back what is already stored, which an older, more lenient Baton may have
+    accepted."""
+    if not stored:
+        _check_json(document, root)
     try:
         if stored:
             return Catalog.model_validate(document)
@@ -57,6 +61,15 @@ def build(document: JSON, root: str = "", *, stored: bool = False) -> Catalog:
         raise InvalidCatalog("the catalog would not be valid", errors) from None
     except CatalogError as exc:
         raise InvalidCatalog(str(exc), [FieldError(root or "catalog", str(exc))]) from None
+
+
+def _check_json(document: JSON, root: str) -> None:
+    # Checked before the models: a value JSON cannot carry (NaN, an infinity, a YAML date)
+    # passes the JSON-valued fields (params schemas, wire settings) but could be neither sent,
+    # nor stored, nor read back as JSON.
+    errors = json_faults(document, root)
+    if errors:
+        raise InvalidCatalog("the catalog would not be valid", errors)
 
 
 def _nobody_asked(state: JSON) -> None:

@@ -20,6 +20,7 @@ import yaml
 
 from baton_cli.api_client import DEFAULT_KEY, DEFAULT_URL, ApiKey, ApiUrl, call, fail
 from baton_cli.output import progress_bar
+from baton_domain.json_values import json_faults
 
 catalog_app = typer.Typer(
     help="Import or export the device catalog (YAML), or write one with a generated fleet.",
@@ -61,29 +62,44 @@ def import_(
     api_key: ApiKey = DEFAULT_KEY,
 ) -> None:
     """Replace the whole catalog with FILE (checked first; nothing changes if it is wrong)."""
-    with steps(3 if dry_run else 2) as step:
+    if dry_run:
+        _dry_run(file, api_url, api_key)
+        return
+    with steps(2) as step:
         document = _read_catalog(file)
         step("checking")
-        errors = catalog_errors(document) if dry_run else []
-        step("reading the stored catalog" if dry_run else "importing")
-        if dry_run:
-            stored = call("GET", api_url, "/v1/catalog", api_key)
-        else:
-            stored = call("PUT", api_url, "/v1/catalog", api_key, document, timeout=300)
+        # The rest is the dispatcher's to check; what JSON cannot carry could not be sent.
+        _refuse(file, [(e.field, e.reason) for e in json_faults(document)])
+        step("importing")
+        stored = call("PUT", api_url, "/v1/catalog", api_key, document, timeout=300)
         step("done")
-    if not dry_run:
-        typer.echo(
-            f"imported {len(stored.get('device_types', {}))} device type(s) and "
-            f"{len(stored.get('devices', []))} device(s) from {file}"
-        )
-        return
+    typer.echo(
+        f"imported {len(stored.get('device_types', {}))} device type(s) and "
+        f"{len(stored.get('devices', []))} device(s) from {file}"
+    )
+
+
+def _dry_run(file: Path, api_url: str, api_key: str) -> None:
+    """Print what importing FILE would change and each of its errors; change nothing."""
+    with steps(3) as step:
+        document = _read_catalog(file)
+        step("checking")
+        errors = catalog_errors(document)
+        step("reading the stored catalog")
+        stored = call("GET", api_url, "/v1/catalog", api_key)
+        step("done")
     for line in catalog_diff(stored, document):
         typer.echo(line)
+    _refuse(file, errors)
+    typer.echo(f"{file} is valid; nothing changed (dry run)")
+
+
+def _refuse(file: Path, errors: list[tuple[str, str]]) -> None:
+    """Exit 1 printing each error with its field path, when there is one."""
     for field, reason in errors:
         typer.echo(f"error: {field}: {reason}", err=True)
     if errors:
         fail(f"error: {file} is not a valid catalog ({len(errors)} error(s)); nothing changed")
-    typer.echo(f"{file} is valid; nothing changed (dry run)")
 
 
 @contextmanager
@@ -144,7 +160,10 @@ def _by_key(document: dict[str, Any], part: str) -> dict[str, Any]:
     if isinstance(items, dict):
         pairs = [(str(k), v) for k, v in items.items()]
     elif isinstance(items, list):
-        pairs = [(str(d.get("id")) if isinstance(d, dict) else str(d), d) for d in items]
+        # An entry without an id changes nothing nameable: the check refuses it.
+        pairs = [
+            (d["id"], d) for d in items if isinstance(d, dict) and isinstance(d.get("id"), str)
+        ]
     else:
         pairs = []
     return {

@@ -38,8 +38,7 @@ def parse_moment(text: str, hint: str, now: datetime | None = None) -> str:
     raw = text.strip()
     ago = AGO.fullmatch(raw)
     if ago is not None:
-        seconds = float(ago.group(1)) * UNIT_SECONDS[ago.group(2)]
-        return ((now or datetime.now(UTC)) - timedelta(seconds=seconds)).isoformat()
+        return _ago(float(ago.group(1)) * UNIT_SECONDS[ago.group(2)], text, hint, now)
     try:
         at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
@@ -47,6 +46,16 @@ def parse_moment(text: str, hint: str, now: datetime | None = None) -> str:
             f"not a time: {text!r} (say 10m, 2h, 7d or 2026-11-01T12:00:00Z)", param_hint=hint
         ) from None
     return (at if at.tzinfo else at.replace(tzinfo=UTC)).isoformat()
+
+
+def _ago(seconds: float, text: str, hint: str, now: datetime | None) -> str:
+    """The ISO-8601 moment `seconds` before now; a usage error before the year 1."""
+    try:
+        return ((now or datetime.now(UTC)) - timedelta(seconds=seconds)).isoformat()
+    except OverflowError:  # past timedelta's or datetime's range
+        raise typer.BadParameter(
+            f"too long ago: {text!r} (the earliest time is 0001-01-01)", param_hint=hint
+        ) from None
 
 
 def list_executions(

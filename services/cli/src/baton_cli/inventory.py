@@ -12,6 +12,7 @@ import yaml
 
 from baton_cli.api_client import DEFAULT_KEY, DEFAULT_URL, ApiKey, ApiUrl, AsJson, call, fail
 from baton_cli.output import dumps, moment, page_footer, print_table
+from baton_domain.json_values import json_faults
 
 devices_app = typer.Typer(help="List, show, add and remove devices.", no_args_is_help=True)
 types_app = typer.Typer(help="List, show, add and remove device types.", no_args_is_help=True)
@@ -199,7 +200,8 @@ def remove_type(
 
 
 def read_mapping(file: Path) -> dict[str, Any]:
-    """A YAML (or JSON) mapping from a file or stdin, or exit naming what is wrong."""
+    """A YAML (or JSON) mapping from a file or stdin that JSON can carry, or exit naming what
+    is wrong."""
     try:
         text = typer.get_text_stream("stdin").read() if str(file) == "-" else file.read_text()
         document = yaml.safe_load(text) or {}
@@ -207,6 +209,10 @@ def read_mapping(file: Path) -> dict[str, Any]:
         fail(f"error: cannot read {file}: {exc}")
     if not isinstance(document, dict):
         fail(f"error: {file}: expected a mapping, got {type(document).__name__}")
+    # YAML's .nan, .inf and dates are no JSON: the request could not be sent.
+    faults = json_faults(document)
+    if faults:
+        fail("\n".join(f"error: {file}: {e.field}: {e.reason}" for e in faults))
     return document
 
 

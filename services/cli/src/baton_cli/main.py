@@ -42,6 +42,7 @@ from baton_cli.nats_setup import nats_setup
 from baton_cli.nats_streams import nats_replicate_events
 from baton_cli.output import dumps, event_line, execution_summary, progress_bar
 from baton_cli.tail import follow_execution, tail
+from baton_domain.json_values import json_faults
 
 if TYPE_CHECKING:
     from baton_platform.settings import Settings
@@ -109,7 +110,11 @@ def parse_param(text: str) -> tuple[str, Any]:
     try:
         value: Any = json.loads(raw)
     except json.JSONDecodeError:
-        value = raw
+        return key, raw
+    # Python's json reads NaN, Infinity and 1e400 (as infinity), which no JSON text holds.
+    faults = json_faults(value, key)
+    if faults:
+        raise typer.BadParameter(f"{faults[0].field}: {faults[0].reason}", param_hint="--param")
     return key, value
 
 

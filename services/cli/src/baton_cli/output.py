@@ -7,9 +7,12 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from baton_platform.mapping import event_data
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 def compact(value: Any) -> str:
@@ -87,14 +90,31 @@ def moment(value: Any) -> str:
 def print_table(
     headers: Sequence[str], rows: Sequence[Sequence[str]], status_col: int = -1
 ) -> None:
-    """Columns under their headers: a rich table on a terminal, plain aligned text when piped
-    (no colour, no trailing blanks)."""
+    """Columns under their headers: a rich table on a terminal. Piped, the rows alone as plain
+    aligned text (no header, colour or trailing blanks): `| awk '{print $1}'` gives the first
+    column."""
     from rich.console import Console
+
+    console = Console(highlight=False)
+    if console.is_terminal:
+        console.print(_table(headers, rows, status_col, show_header=True))
+        return
+    plain = Console(width=PIPED_WIDTH, file=sys.stdout, color_system=None, highlight=False)
+    with plain.capture() as captured:
+        plain.print(_table(headers, rows, status_col, show_header=False))
+    for line in captured.get().splitlines():
+        sys.stdout.write(line.rstrip() + "\n")
+
+
+def _table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], status_col: int, *, show_header: bool
+) -> Table:
     from rich.table import Table
     from rich.text import Text
 
-    console = Console(highlight=False)
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    table = Table(
+        box=None, pad_edge=False, show_edge=False, header_style="bold", show_header=show_header
+    )
     for header in headers:
         table.add_column(header, no_wrap=True)
     for row in rows:
@@ -103,14 +123,7 @@ def print_table(
             for i, cell in enumerate(row)
         ]
         table.add_row(*cells)
-    if console.is_terminal:
-        console.print(table)
-        return
-    plain = Console(width=PIPED_WIDTH, file=sys.stdout, color_system=None, highlight=False)
-    with plain.capture() as captured:
-        plain.print(table)
-    for line in captured.get().splitlines():
-        sys.stdout.write(line.rstrip() + "\n")
+    return table
 
 
 EXECUTION_HEADERS = ("ID", "DEVICE", "COMMAND", "STATUS", "CREATED", "UPDATED")
