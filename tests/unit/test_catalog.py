@@ -46,17 +46,17 @@ def test_resolve_fills_the_default_ttl(demo: Catalog) -> None:
 def test_a_commands_params_schema_is_compiled_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every request is checked against its command's schema; the compiled schema is kept
     with the command, not built again per request."""
-    import baton_domain.catalog as catalog_module
+    import baton_domain.params_schema as params_schema_module
 
     built: list[object] = []
-    real = Draft202012Validator  # what catalog_module imported, before it is patched
+    real = params_schema_module.ParamsValidator  # before it is patched
 
-    def counting(schema: dict[str, Any]) -> Draft202012Validator:
+    def counting(schema: dict[str, Any], **options: Any) -> Draft202012Validator:
         built.append(schema)
-        return real(schema)
+        return real(schema, **options)
 
     demo = Catalog.from_yaml(DEMO)  # its own: the module's may have compiled it already
-    monkeypatch.setattr(catalog_module, "Draft202012Validator", counting)
+    monkeypatch.setattr(params_schema_module, "ParamsValidator", counting)
     for value in (20, 21, 22):
         demo.resolve("demo-thermostat-1", "set_temperature", {"value": value}, None)
     with pytest.raises(InvalidCommand):

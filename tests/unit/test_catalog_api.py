@@ -116,3 +116,36 @@ def test_import_replaces_the_whole_document(client: TestClient[Any]) -> None:
     wrong = client.put("/v1/catalog", json={"devices": [{"id": "a", "type": "x"}]}, headers=ADMIN)
     assert_problem(wrong, 422)
     assert client.get("/v1/catalog", headers=AUTH).json() == document
+
+
+def test_a_params_schema_baton_would_not_run_is_422_naming_the_field(
+    client: TestClient[Any],
+) -> None:
+    """A regex RE2 cannot run, or a $ref out of the schema, is refused when the type is saved,
+    by PUT and by import alike; a catastrophic pattern RE2 can run is accepted and fast."""
+    before = client.get("/v1/catalog", headers=AUTH).json()
+    for params, field in [
+        ({"properties": {"s": {"pattern": "^(?=a)"}}}, "properties.s.pattern"),
+        ({"$ref": "http://127.0.0.1:29997/s.json"}, "$ref"),
+        ({"$ref": "file:///etc/passwd"}, "$ref"),
+    ]:
+        definition = {"commands": {"c": {"params": params}}}
+        put = client.put("/v1/device-types/bad", json=definition, headers=ADMIN)
+        problem = assert_problem(put, 422)
+        assert problem["code"] == "invalid-catalog"
+        assert problem["errors"][0]["field"] == f"device_types.bad.commands.c.params.{field}"
+        imported = client.put(
+            "/v1/catalog", json={"device_types": {"bad": definition}}, headers=ADMIN
+        )
+        assert assert_problem(imported, 422)["errors"][0]["field"].endswith(field)
+    assert client.get("/v1/catalog", headers=AUTH).json() == before
+
+    redos = {"type": "object", "properties": {"s": {"type": "string", "pattern": "^(a+)+$"}}}
+    put = client.put(
+        "/v1/device-types/redos", json={"commands": {"c": {"params": redos}}}, headers=ADMIN
+    )
+    assert put.status_code == 200, put.text
+    added = client.post("/v1/devices", json={"id": "r-1", "type": "redos"}, headers=ADMIN)
+    assert added.status_code == 201, added.text
+    refused = submit(client, device="r-1", name="c", params={"s": "a" * 5000 + "!"})
+    assert assert_problem(refused, 422)["errors"][0]["field"] == "params.s"

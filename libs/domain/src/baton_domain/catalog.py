@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from baton_domain.errors import FieldError, InvalidCommand, UnknownDevice
+from baton_domain.params_schema import ParamsSchema
 from baton_domain.tenants import DEFAULT_TENANT
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
@@ -91,9 +92,9 @@ class CommandSpec(BaseModel):
     )
 
     @cached_property
-    def validator(self) -> Draft202012Validator:
+    def params_schema(self) -> ParamsSchema:
         """The params' schema, compiled once per spec rather than once per request."""
-        return Draft202012Validator(self.params)
+        return ParamsSchema(self.params)
 
     @field_validator("params")
     @classmethod
@@ -259,13 +260,7 @@ class Catalog(BaseModel):
                 [FieldError("name", f"must be one of: {known}")],
             )
         manifest_name, spec = found
-        errors = [
-            FieldError(_pointer("params", list(err.absolute_path)), err.message)
-            for err in sorted(
-                spec.validator.iter_errors(params),
-                key=lambda e: list(map(str, e.absolute_path)),
-            )
-        ]
+        errors = spec.params_schema.errors(params)
         if errors:
             raise InvalidCommand(f"invalid params for command {name!r}", errors)
         return ResolvedCommand(
@@ -278,7 +273,3 @@ class Catalog(BaseModel):
             verification=spec.verification,
             delivery=spec.delivery or device_type.delivery,
         )
-
-
-def _pointer(root: str, path: list[Any]) -> str:
-    return ".".join([root, *(str(p) for p in path)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterable
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -70,6 +71,14 @@ def _check_json(document: JSON, root: str) -> None:
     errors = json_faults(document, root)
     if errors:
         raise InvalidCatalog("the catalog would not be valid", errors)
+
+
+def checked(document: JSON) -> Catalog:
+    """`build` for a document a caller sent (import): also refuses a params schema Baton
+    would not run, naming its field."""
+    catalog = build(document)
+    _check_params_schemas(catalog, _types(document))
+    return catalog
 
 
 def _nobody_asked(state: JSON) -> None:
@@ -150,7 +159,7 @@ class CatalogDocument(Aggregate):
         self, document: JSON, tenant: str = DEFAULT_TENANT, by: str | None = None
     ) -> None:
         """Replace `tenant`'s part of the catalog with `document`; the rest stays."""
-        build(document)  # the document alone first, so its errors name its own fields
+        checked(document)  # the document alone first, so its errors name its own fields
         types = {n: _stamped(t, tenant, f"device_types.{n}") for n, t in _types(document).items()}
         devices = [_stamped(d, tenant, f"devices.{i}") for i, d in enumerate(_devices(document))]
         for name in types:
@@ -184,7 +193,7 @@ class CatalogDocument(Aggregate):
         definition = _stamped(definition, tenant, "definition")
         candidate = _copy(self.document)
         candidate.setdefault("device_types", {})[name] = definition
-        build(candidate)
+        _check_params_schemas(build(candidate), [name])
         self._device_type_put(name=name, definition=definition, by=by)
 
     def remove_device_type(
@@ -272,6 +281,20 @@ def _check_type_name(name: str) -> None:
             f"device type name {name!r} is not valid",
             [FieldError("name", f"must match {DEVICE_TYPE_PATTERN}")],
         )
+
+
+def _check_params_schemas(catalog: Catalog, names: Iterable[str]) -> None:
+    """Refuse, naming the field, a params schema Baton would not run (a regex RE2 cannot run,
+    a $ref out of the schema). Only the types a change brings are checked: one stored before
+    this rule must not stop every other change (it refuses its own submits instead)."""
+    errors = [
+        FieldError(".".join(("device_types", name, "commands", command, "params", *where)), why)
+        for name in names
+        for command, spec in catalog.device_types[name].commands.items()
+        for where, why in spec.params_schema.problems
+    ]
+    if errors:
+        raise InvalidCatalog("a params schema is not one Baton can run", errors)
 
 
 def _types(document: JSON) -> dict[str, JSON]:

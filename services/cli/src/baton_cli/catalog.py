@@ -113,11 +113,11 @@ def steps(total: int) -> Iterator[Callable[[str], None]]:
 def catalog_errors(document: dict[str, Any]) -> list[tuple[str, str]]:
     """Every error of a catalog document, each with its field path (the check an import
     makes); [] for a valid one."""
-    from baton_domain.catalog_document import build
+    from baton_domain.catalog_document import checked
     from baton_domain.errors import InvalidCatalog
 
     try:
-        build(document)
+        checked(document)
     except InvalidCatalog as exc:
         return [(e.field, e.reason) for e in exc.errors]
     return []
