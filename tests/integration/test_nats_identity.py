@@ -41,6 +41,7 @@ from baton_contracts.nats import (
     SCHEDULER_LEASE,
     SUBMIT_SUBJECT,
     TENANT_SUBMIT_SUBJECT,
+    CatalogQuery,
     CatalogReply,
     DeviceReport,
     ExecutionReply,
@@ -265,6 +266,20 @@ async def test_the_catalog_and_executions_change_only_through_the_api_or_ops(
         await callers[user].request_refused(DELETE_SUBJECT, delete)
         await callers[user].request_refused(PURGE_SUBJECT, purge)
     reply = await nc.request(CATALOG_GET_SUBJECT, b"{}", timeout=5)
+    document = CatalogReply.model_validate_json(reply.data).document or {}
+    assert DEVICE in {device["id"] for device in document["devices"]}
+
+
+@pytest.mark.usefixtures("dispatcher")
+async def test_every_tenants_catalog_is_read_by_the_trusted_services_only(
+    callers: dict[str, Caller],
+) -> None:
+    """The bridge asks for the whole catalog (`tenant: null`) to wire every tenant's devices;
+    a tenant's client, or a service with no use for it, is refused the subject itself."""
+    whole = CatalogQuery(tenant=None).model_dump_json().encode()
+    for user in (TENANT, TIMEOUT_SCHEDULER):
+        await callers[user].request_refused(CATALOG_GET_SUBJECT, whole)
+    reply = await callers[DEVICE_BRIDGE].client.request(CATALOG_GET_SUBJECT, whole, timeout=5)
     document = CatalogReply.model_validate_json(reply.data).document or {}
     assert DEVICE in {device["id"] for device in document["devices"]}
 

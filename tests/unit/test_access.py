@@ -124,6 +124,40 @@ def test_each_tenant_has_its_own_catalog_with_platform_wide_ids(client: TestClie
     assert sent.status_code == 201
 
 
+def test_a_name_another_tenants_device_goes_by_on_the_wire_is_taken(
+    client: TestClient[Any],
+) -> None:
+    """Outside Baton's own profile a device's topics and MQTT account follow its hardware id:
+    a device of one tenant going by another's name would get that one's requests."""
+    new_tenant(client)
+    acme = new_key(client, "admin", tenant="acme")
+    definition = {
+        "commands": {"ping": {"params": {"type": "object"}}},
+        "wire_profile": "emqx-fleets",
+    }
+    pinger = client.post(
+        "/v1/device-types", json={"name": "pinger", "definition": definition}, headers=acme
+    )
+    assert pinger.status_code == 201, pinger.text
+    own = {"id": "acme-1", "type": "pinger", "hardware_id": "plant-7"}
+    assert client.post("/v1/devices", json=own, headers=acme).status_code == 201
+
+    for device in (
+        {"id": "acme-2", "type": "pinger", "hardware_id": "demo-thermostat-1"},
+        {"id": "plant-7", "type": "thermostat"},
+    ):
+        by = ADMIN if device["type"] == "thermostat" else acme
+        taken = client.post("/v1/devices", json=device, headers=by)
+        assert assert_problem(taken, 409)["code"] == "catalog-conflict", device
+    types = client.get("/v1/catalog", headers=ADMIN).json()["device_types"]
+    stolen = {"device_types": types, "devices": [{**own, "id": "x-1", "type": "thermostat"}]}
+    imported = client.put("/v1/catalog", json=stolen, headers=ADMIN)
+    assert "'plant-7'" in assert_problem(imported, 409)["detail"]
+    # Within a tenant it stays the tenant's own choice.
+    twin = {"id": "acme-3", "type": "pinger", "hardware_id": "plant-7"}
+    assert client.post("/v1/devices", json=twin, headers=acme).status_code == 201
+
+
 def test_a_body_naming_another_tenant_is_refused(client: TestClient[Any]) -> None:
     body = {"id": "x-1", "type": "thermostat", "tenant": "acme"}
     problem = assert_problem(client.post("/v1/devices", json=body, headers=ADMIN), 422)

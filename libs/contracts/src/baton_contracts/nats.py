@@ -271,9 +271,12 @@ class CatalogChange(WireModel):
 
 
 class CatalogQuery(WireModel):
-    """Ask for the catalog document (send `{}`)."""
+    """Ask for the catalog document: `{}` the default tenant's part, `{"tenant": "t"}` t's,
+    `{"tenant": null}` every tenant's, each entry naming its tenant (the device-bridge's)."""
 
-    tenant: Tenant = DEFAULT_TENANT  # whose objects it reads and changes
+    # NATS permissions keep this subject the trusted services' (api, device-bridge, ops):
+    # no tenant's client reads its own part here, let alone another's.
+    tenant: Tenant | None = DEFAULT_TENANT
 
 
 class CatalogReply(WireModel):

@@ -166,6 +166,7 @@ class CatalogDocument(Aggregate):
             self._check_free(name, _owner(_types(self.document).get(name)), tenant, "device type")
         for device in devices:
             self._check_free(device.get("id"), self._device_owner(device.get("id")), tenant)
+        self._check_wire_names_free(devices, tenant)
         others = {n: t for n, t in _types(self.document).items() if _owner(t) != tenant}
         merged = {
             **self.document,
@@ -222,6 +223,7 @@ class CatalogDocument(Aggregate):
         if self._device_owner(device.get("id")) not in (None, tenant):
             raise UnknownDevice(str(device.get("id")))
         device = _stamped(device, tenant, "device")
+        self._check_wire_names_free([device], tenant)
         candidate = _copy(self.document)
         devices = [d for d in candidate.get("devices", []) if d.get("id") != device.get("id")]
         candidate["devices"] = [*devices, device]
@@ -238,6 +240,25 @@ class CatalogDocument(Aggregate):
     def _device_owner(self, device_id: object) -> str | None:
         found = [d for d in _devices(self.document) if d.get("id") == device_id]
         return _owner(found[0]) if found else None
+
+    def _check_wire_names_free(self, devices: list[JSON], tenant: str) -> None:
+        """In most wire profiles a device goes by its hardware id (its topics, its MQTT
+        account's rights), as it goes by its id in Baton's: a name another tenant's device
+        goes by would let one tenant's device read and answer another's requests, so it is
+        taken, like an id. Within a tenant, a clash is the tenant's own (the bridge warns)."""
+        taken = {
+            name
+            for other in _devices(self.document)
+            if _owner(other) != tenant
+            for name in _wire_names(other)
+        }
+        for device in devices:
+            clash = sorted(taken & _wire_names(device))
+            if clash:
+                raise CatalogConflict(
+                    f"device {device.get('id')!r} would go by {clash[0]!r} on the wire, "
+                    "which is taken: choose another hardware_id"
+                )
 
     @staticmethod
     def _check_free(name: object, owner: str | None, tenant: str, kind: str = "device") -> None:
@@ -305,6 +326,12 @@ def _types(document: JSON) -> dict[str, JSON]:
 def _devices(document: JSON) -> list[JSON]:
     devices: list[JSON] = document.get("devices") or []
     return devices
+
+
+def _wire_names(device: JSON) -> set[str]:
+    """The names a stored device may go by on the wire, whatever its type's profile (a
+    type can change profile later)."""
+    return {str(name) for name in (device.get("id"), device.get("hardware_id")) if name}
 
 
 def _owner(item: JSON | None) -> str | None:

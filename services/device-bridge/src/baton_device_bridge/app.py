@@ -20,6 +20,7 @@ from baton_contracts.nats import (
     EVENTS_STREAM,
     REPORTS_STREAM,
     WATERMARKS_STREAM,
+    CatalogQuery,
     CatalogReply,
 )
 from baton_device_bridge.answers import AnswerForwarder
@@ -48,6 +49,9 @@ from baton_platform.settings import Settings
 log = logging.getLogger(__name__)
 
 CATALOG_TIMEOUT = 2.0
+# Every tenant's devices: the bridge is the platform's one way to the broker, and the
+# dispatcher has already checked each command against its device's tenant.
+WHOLE_CATALOG = CatalogQuery(tenant=None).model_dump_json().encode()
 LEASES_RETRY_S = 1.0
 
 
@@ -56,9 +60,10 @@ class DeviceBridge:
 
     `startup_wait` bounds how long `start` waits for the MQTT broker: without one the bridge
     still starts (events wait in JetStream, the loop keeps reconnecting). The catalog says
-    which wire profile each device speaks: the dispatcher's stored one (the seed file at
-    `settings.catalog_path` before the dispatcher ever ran), reloaded on every catalog event,
-    so the bridge follows changes live. A `catalog` handed in (tests) is kept as it is.
+    which wire profile each device speaks: the dispatcher's stored one, every tenant's part
+    of it (the seed file at `settings.catalog_path` before the dispatcher ever ran),
+    reloaded on every catalog event, whichever tenant's, so the bridge follows changes live.
+    A `catalog` handed in (tests) is kept as it is.
     """
 
     def __init__(
@@ -163,11 +168,13 @@ class DeviceBridge:
         return self._events is not None and await self._events.caught_up()
 
     async def _load_catalog(self, first: bool = False) -> None:
-        """The stored catalog, from the dispatcher. At the very first start there may be no
-        dispatcher yet: then the seed file, which is what the dispatcher will store."""
+        """The stored catalog, every tenant's, from the dispatcher. At the very first start
+        there may be no dispatcher yet: then the seed file, which is what it will store."""
         assert self._nc is not None, "start() connects first"
         try:
-            reply = await self._nc.request(CATALOG_GET_SUBJECT, b"{}", timeout=CATALOG_TIMEOUT)
+            reply = await self._nc.request(
+                CATALOG_GET_SUBJECT, WHOLE_CATALOG, timeout=CATALOG_TIMEOUT
+            )
             document = CatalogReply.model_validate_json(reply.data).document or {}
             catalog = Catalog.model_validate(document)
         except (nats.errors.Error, ValidationError) as exc:
