@@ -136,6 +136,21 @@ def test_a_local_ref_is_accepted_and_enforced() -> None:
     ]
 
 
+def test_a_schema_that_refers_to_itself_without_end_refuses_its_params_not_crashes() -> None:
+    """`{"$ref": "#"}` comes back to itself without descending into the params: validating
+    never ends. A recursive schema that does descend (a tree) still works."""
+    endless = checked(catalog_with({"type": "object", "$ref": "#"}))
+    with pytest.raises(InvalidCommand) as caught:
+        endless.resolve("d-1", "c", {"a": 1}, None)
+    assert [e.field for e in caught.value.errors] == ["params"]
+    assert "refers to itself" in caught.value.errors[0].reason
+    tree = {"type": "object", "properties": {"child": {"$ref": "#"}, "n": {"type": "integer"}}}
+    nested = checked(catalog_with(tree))
+    assert nested.resolve("d-1", "c", {"child": {"child": {"n": 1}}}, None).params
+    with pytest.raises(InvalidCommand):
+        nested.resolve("d-1", "c", {"child": {"child": {"n": "x"}}}, None)
+
+
 def test_validation_opens_no_url_and_no_file(monkeypatch: pytest.MonkeyPatch) -> None:
     """Even were the check at save out of the way, the validator has nothing to fetch with."""
 

@@ -131,9 +131,20 @@ class ParamsSchema:
                     f"{reason}); an admin must replace its device type",
                 )
             ]
-        found = sorted(
-            self._validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path))
-        )
+        try:
+            found = sorted(
+                self._validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path))
+            )
+        except RecursionError:
+            # A `$ref` that comes back to where it started without descending into the params
+            # (`{"$ref": "#"}`) never ends: refused as the schema's fault, not a crash.
+            return [
+                FieldError(
+                    "params",
+                    "this command's params schema refers to itself without end; "
+                    "an admin must replace its device type",
+                )
+            ]
         return [
             FieldError(_dotted(("params", *map(str, e.absolute_path))), e.message) for e in found
         ]
