@@ -590,6 +590,24 @@ def test_resuming_below_the_pruned_feed_is_410_feed_expired(client: TestClient[A
     assert client.get(f"/v1/executions/{execution_id}/events", headers=AUTH).status_code == 200
 
 
+def test_resuming_after_an_id_the_feed_never_reached_starts_afresh(
+    client: TestClient[Any],
+) -> None:
+    """An id from before the feed was built again (its positions start lower): waiting for
+    the positions to pass it would hide every change until then."""
+    execution_id = submit(client).json()["id"]
+    client.post(f"/v1/executions/{execution_id}/cancel", headers=AUTH)
+    parts = client.app.state.parts
+    where = ChangeFilter(tenant=None, execution_id=UUID(execution_id))
+    poll(lambda: [c for c in parts.views.changes(where, 0, 10) if c.status == "CANCELED"] or None)
+    path = f"/v1/executions/{execution_id}/events"
+    resumed = client.get(path, headers={**AUTH, "Last-Event-ID": str(10**15)})
+    afresh = client.get(path, headers=AUTH)
+    assert resumed.status_code == afresh.status_code == 200
+    assert "event: Canceled" in resumed.text
+    assert resumed.text == afresh.text  # the execution's changes from its first
+
+
 def test_no_guard_runs_in_a_worker_thread(client: TestClient[Any]) -> None:
     """Litestar runs a plain-function guard in a worker thread: two thread hops on every
     request (the query guard and the role guard) for a comparison each. Every guard of

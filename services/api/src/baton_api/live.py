@@ -160,6 +160,18 @@ async def still_kept(live: LiveFeed, after: int) -> None:
         )
 
 
+async def newest(live: LiveFeed) -> int:
+    return await asyncio.to_thread(live.views.position)
+
+
+async def beyond_newest(live: LiveFeed, after: int) -> bool:
+    """Whether a client resumes after an id the feed has not reached: one from before the
+    feed was built again (`baton replay`, a restore), whose positions start lower. Waiting
+    for the positions to pass it would hide every change made until then, so such a stream
+    starts afresh instead."""
+    return after > await newest(live)
+
+
 class LiveController(Controller):
     tags = ["live"]
 
@@ -184,8 +196,8 @@ class LiveController(Controller):
             statuses=frozenset(s.value for s in statuses_of(status or [])),
         )
         after = resume_position(last_event_id_header, last_event_id)
-        if after is None:  # from now on: fixed before the answer starts
-            after = await asyncio.to_thread(live.views.position)
+        if after is None or await beyond_newest(live, after):
+            after = await newest(live)  # from now on: fixed before the answer starts
         else:
             await still_kept(live, after)
         return ServerSentEvent(live.stream(where, after))
@@ -210,6 +222,8 @@ class LiveController(Controller):
         it. 404 for an execution that is not the caller's tenant's."""
         resumed = resume_position(last_event_id_header, last_event_id)
         await service.get(execution_id, False, caller.tenant)
+        if resumed is not None and await beyond_newest(live, resumed):
+            resumed = None  # the execution's changes from its first again: none missed
         if resumed is not None:
             await still_kept(live, resumed)
         after = resumed or 0
