@@ -476,6 +476,24 @@ def test_import_and_dry_run_refuse_a_number_json_cannot_carry(
     assert api.of("PUT") == []
 
 
+@pytest.mark.parametrize("dry_run", [["--dry-run"], []])
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "{}\n", "tenant: x\n"])
+def test_a_file_holding_no_catalog_is_refused_not_imported_as_an_empty_one(
+    api: FakeApi, tmp_path: Path, dry_run: list[str], text: str
+) -> None:
+    """Imported, an empty file would remove every device; emptying takes saying so."""
+    api.on("GET", (200, yaml.safe_load(DEMO.read_text())))
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    result = invoke(api, "catalog", "import", str(path), *dry_run)
+    assert result.exit_code == 1, result.output
+    assert "holds no catalog" in result.stderr
+    assert api.of("PUT") == []
+    path.write_text("device_types: {}\ndevices: []\n")
+    api.on("PUT", (200, {"device_types": {}, "devices": []}))
+    assert invoke(api, "catalog", "import", str(path), *dry_run).exit_code == 0
+
+
 def test_the_diff_ignores_defaults_spelled_out() -> None:
     stored = yaml.safe_load(DEMO.read_text())
     same = yaml.safe_load(DEMO.read_text())

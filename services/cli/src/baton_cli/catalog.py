@@ -180,6 +180,13 @@ def _read_catalog(file: Path) -> dict[str, Any]:
         fail(f"error: cannot read {file}: {exc}")
     if not isinstance(document, dict):
         fail(f"error: {file} is not a catalog: expected a mapping, got {type(document).__name__}")
+    if not document.keys() & {"device_types", "devices"}:
+        # An empty file (a failed export, a wrong path's blank template) would replace the
+        # catalog with nothing: every device gone. Emptying it must be said in so many words.
+        fail(
+            f"error: {file} holds no catalog (neither device_types nor devices); to remove "
+            "everything, import a file that says `device_types: {}` and `devices: []`"
+        )
     return document
 
 
