@@ -194,11 +194,13 @@ async def started(replicas: list[Replica]) -> None:
         await eventually(drained, timeout=15, what=f"{replica.instance} drained")
 
 
-async def send(nc: Client, commands: list[tuple[str, str]]) -> dict[UUID, tuple[str, str]]:
+async def send(
+    nc: Client, commands: list[tuple[str, str]], ttl: int | None = None
+) -> dict[UUID, tuple[str, str]]:
     sent: dict[UUID, tuple[str, str]] = {}
     for device_id, name in commands:
         params: dict[str, Any] = {"value": 21} if name == "set_temperature" else {}
-        reply = await submit(nc, device_id=device_id, name=name, params=params)
+        reply = await submit(nc, device_id=device_id, name=name, params=params, ttl=ttl)
         assert reply.execution is not None, reply
         sent[reply.execution.id] = (device_id, name)
     return sent
@@ -496,7 +498,9 @@ async def test_a_raw_mapped_answer_left_in_a_dead_slot_is_attributed_by_the_slot
         "127.0.0.1", mqtt_broker.port, identifier="hand-iotee-1", protocol=v5
     ) as device:
         await device.subscribe("iotee/dev/ABC123/rls", qos=1)
-        sent = await send(nc, [("iotee-1", "unlock")])
+        # Its deadline well past the takeover: the slot's lease lapses TTL_S after the kill,
+        # and the command's type gives it 10 s, which a loaded machine can overrun.
+        sent = await send(nc, [("iotee-1", "unlock")], ttl=int(TTL_S) * 5)
         request = await asyncio.wait_for(anext(aiter(device.messages)), 10)
         assert request.payload == b"0"
         reader.kill()
