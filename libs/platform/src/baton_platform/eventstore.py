@@ -7,7 +7,12 @@ import logging
 import sqlite3
 import time
 
-from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+)
 
 from baton_domain.application import Executions, Recorded
 from baton_domain.catalog import Catalog
@@ -90,9 +95,10 @@ def open_executions(
     them "database is locked" (seen in a test run: a dispatcher exiting at its start on
     `PRAGMA journal_mode=WAL`). That one tries again shortly, by when the store is made,
     rather than exiting. On PostgreSQL the same race is two `CREATE ... IF NOT EXISTS` of
-    the same table or type, one of which fails on the catalog's unique index, and a server
-    still starting refuses connections: those are tried again too. Any other error, or one
-    that outlasts OPEN_PATIENCE_S, is raised."""
+    the same table or type, one of which fails on the catalog's unique index or with
+    "relation ... already exists" (seen: a dispatcher replica of a cluster started on a new
+    database exiting at its start), and a server still starting refuses connections: those
+    are tried again too. Any other error, or one that outlasts OPEN_PATIENCE_S, is raised."""
     deadline = time.monotonic() + OPEN_PATIENCE_S
     while True:
         try:
@@ -106,10 +112,19 @@ def open_executions(
             InterfaceError,
             OperationalError,
             IntegrityError,
+            ProgrammingError,
             sqlite3.OperationalError,
         ) as exc:
-            transient = settings.postgres_url is not None or "locked" in str(exc)
+            transient = _made_meanwhile(exc) or (
+                not isinstance(exc, ProgrammingError)
+                and (settings.postgres_url is not None or "locked" in str(exc))
+            )
             if not transient or time.monotonic() > deadline:
                 raise
             log.warning("event store busy at start (%s); trying again", exc)
             time.sleep(0.2)
+
+
+def _made_meanwhile(exc: Exception) -> bool:
+    """Whether another process created the table or type we were creating, a moment before."""
+    return isinstance(exc, ProgrammingError) and "already exists" in str(exc)
