@@ -146,7 +146,12 @@ class DeviceBridge:
             self.share,
             traces,
         )
-        await self._events.start(js)
+        # A lone bridge holds no lease, so it may wait for JetStream to answer (a cluster
+        # just formed, or electing a leader, can leave a consumer request unanswered for
+        # longer than a request's timeout: seen exiting the bridge at its start). A slot's
+        # bridge starts inside its lease, which must not go unrenewed meanwhile: it raises,
+        # and the lease is let go and taken again (consumers.DurableConsumer.start).
+        await self._events.start(js, patient=self.share.alone)
         try:
             await asyncio.wait_for(self.link.connected.wait(), self.startup_wait)
         except TimeoutError:
