@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zlib
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -428,6 +429,13 @@ SCHEDULER_LEASE = "timeout-scheduler"  # the timeout-scheduler that keeps and fi
 # give its slot back to it.
 BRIDGE_SLOT_LEASE = "bridge.{slot}"
 BRIDGE_MEMBER_LEASE = "bridge-replicas.{replica}"
+
+
+def lease_pattern(key_format: str) -> str:
+    """A lease key's format as a subject pattern: each `{...}` field one token (`*`)."""
+    return re.sub(r"\{[^}]*\}", "*", key_format)
+
+
 # Core NATS, the slot's number: a bridge replica gave a slot back; its own replica takes it
 # now rather than at its next renewal.
 BRIDGE_RELEASED_SUBJECT = "baton.v1.internal.bridge-released"

@@ -64,6 +64,7 @@ from baton_contracts.nats import (
     WATERMARKS_STREAM,
     WATERMARKS_WILDCARD,
     dead_letter_subject,
+    lease_pattern,
 )
 
 DISPATCHER = "dispatcher"
@@ -109,22 +110,25 @@ REQUEST_SUBJECTS = (
 JS_API = "$JS.API"
 
 
-def _pattern(key_format: str) -> str:
-    """A lease key's format as a subject pattern: each `{...}` field one token (`*`)."""
-    return re.sub(r"\{[^}]*\}", "*", key_format)
-
-
 # The leases each service may take, renew and give up: its own jobs', no one else's (a
 # service that could write another's lease could take that job from its holder).
-DISPATCHER_LEASES = (RELAY_LEASE, _pattern(PARTITION_LEASE), _pattern(DISPATCHER_MEMBER_LEASE))
-BRIDGE_LEASES = (_pattern(BRIDGE_SLOT_LEASE), _pattern(BRIDGE_MEMBER_LEASE))
+DISPATCHER_LEASES = (
+    RELAY_LEASE,
+    lease_pattern(PARTITION_LEASE),
+    lease_pattern(DISPATCHER_MEMBER_LEASE),
+)
+BRIDGE_LEASES = (lease_pattern(BRIDGE_SLOT_LEASE), lease_pattern(BRIDGE_MEMBER_LEASE))
 SCHEDULER_LEASES = (SCHEDULER_LEASE,)
 API_LEASES = (PROJECTION_LEASE,)
 
 
+# Where every NATS client receives its replies: nats-py's default inbox, and each user's.
+INBOX_ROOT = "_INBOX."
+
+
 def inbox_prefix(user: str) -> str:
     """Where `user` receives replies and push consumer deliveries (nats-py's `inbox_prefix`)."""
-    return f"_INBOX.{user}"
+    return f"{INBOX_ROOT}{user}"
 
 
 def tenant_user(tenant: str) -> str:

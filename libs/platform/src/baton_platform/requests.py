@@ -35,7 +35,7 @@ from baton_platform import tracing
 from baton_platform.lifecycle import cancel_and_wait
 from baton_platform.logs import about
 from baton_platform.metrics import REJECTED_MESSAGES
-from baton_platform.nats_access import inbox_prefix, tenant_user
+from baton_platform.nats_access import INBOX_ROOT, inbox_prefix, tenant_user
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,6 @@ Bind = Callable[[str, M], M]
 TENANT_TOKEN = TENANT_SUBMIT_SUBJECT.split(".").index("{tenant}")
 
 
-# Where every NATS client receives its replies (nats-py's default inbox, and each Baton
-# user's `_INBOX.<user>.`: baton_platform.nats_access).
-INBOX_ROOT = "_INBOX."
 ReplyPrefix = Callable[[str], str]
 
 
@@ -288,12 +285,17 @@ async def answer_request(
 def tenant_inbox(subject: str) -> str:
     """Where a tenant client's submit may be answered: its own user's inbox, the only one
     it may read (a tenant's subject is published by that tenant's user alone)."""
-    return f"{inbox_prefix(tenant_user(subject.split('.')[TENANT_TOKEN]))}."
+    return f"{inbox_prefix(tenant_user(_tenant_of(subject)))}."
 
 
 def tenant_submit(subject: str, command: SubmitCommand) -> SubmitCommand:
     """A tenant client's submit: its tenant is the subject's (its NATS user may publish there
     only), whatever the message says, and so is who asked (`nats:<tenant>`)."""
-    tenant = subject.split(".")[TENANT_TOKEN]
+    tenant = _tenant_of(subject)
     bound = {"tenant": tenant, "principal": f"nats:{tenant}"}
     return SubmitCommand.model_validate({**command.model_dump(), **bound})
+
+
+def _tenant_of(subject: str) -> str:
+    """The tenant of a tenant client's submit subject."""
+    return subject.split(".")[TENANT_TOKEN]

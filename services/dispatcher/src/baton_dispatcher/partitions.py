@@ -30,12 +30,12 @@ from baton_contracts.nats import (
     LEASES_BUCKET,
     PARTITION_LEASE,
     PARTITIONS,
+    lease_pattern,
 )
 from baton_platform.leases import RENEW_S, Lease
 
 log = logging.getLogger(__name__)
 
-MEMBERS = DISPATCHER_MEMBER_LEASE.split(".", 1)[0]
 # A partition given away is not taken back at the next step: time for the replica it was
 # given away to (told at once: `look_now`) to take it. Short, because a partition given to a
 # replica that then stops must be taken back soon (requests wait for it).
@@ -185,7 +185,7 @@ class PartitionKeeper:
         cool-off: requests on them waited 1.5 s, again and again."""
         prefix = f"$KV.{LEASES_BUCKET}."
         info = await self._js.stream_info(
-            f"KV_{LEASES_BUCKET}", subjects_filter=f"{prefix}{MEMBERS}.*"
+            f"KV_{LEASES_BUCKET}", subjects_filter=prefix + lease_pattern(DISPATCHER_MEMBER_LEASE)
         )
         live = 0
         for subject in info.state.subjects or {}:
