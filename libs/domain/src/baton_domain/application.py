@@ -93,12 +93,15 @@ class RequestCommand:
         return self.idempotency_key is not None or self.execution_id is not None
 
     def stream_id(self) -> UUID:
-        return chosen_id(self.principal, self.idempotency_key, self.execution_id, "execution_id")
+        return chosen_id(self.principal, self.idempotency_key, self.execution_id)
 
 
-def chosen_id(principal: str, key: str | None, chosen: UUID | None, field: str) -> UUID:
+def chosen_id(
+    principal: str, key: str | None, chosen: UUID | None = None, field: str = "execution_id"
+) -> UUID:
     """A new execution's id: the key's, else the requester's choice (`field`), else a new
-    one. A choice that is not the key's is refused."""
+    one. A choice that is not the key's is refused. (The api fixes an id this way before it
+    asks, so a request sent again with the same key meets the first attempt.)"""
     if key is not None:
         keyed = idempotent_execution_id(principal, key)
         if chosen not in (None, keyed):

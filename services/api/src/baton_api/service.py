@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from baton_api.auth import Identity
 from baton_api.gateway import CommandGateway
@@ -25,7 +25,7 @@ from baton_contracts.nats import (
     RetryCommand,
     SubmitCommand,
 )
-from baton_domain.application import idempotent_execution_id
+from baton_domain.application import chosen_id
 from baton_domain.statuses import ExecutionStatus
 from baton_views import ExecutionFilter, ExecutionPage, ExecutionView, ExecutionViews, Order
 
@@ -107,7 +107,7 @@ class ExecutionService:
         """The tenant's cap checked, and the command with its execution id fixed."""
         await self._admit(command.tenant)
         if command.execution_id is None:
-            planned = planned_id(command.principal, command.idempotency_key)
+            planned = chosen_id(command.principal, command.idempotency_key)
             command = command.model_copy(update={"execution_id": planned})
         return command
 
@@ -129,7 +129,7 @@ class ExecutionService:
         await self._admit(by.tenant)
         command = RetryCommand(
             execution_id=execution_id,
-            retry_id=planned_id(by.principal, idempotency_key),
+            retry_id=chosen_id(by.principal, idempotency_key),
             idempotency_key=idempotency_key,
             principal=by.principal,
             tenant=by.tenant,
@@ -249,14 +249,6 @@ class ExecutionService:
         if reply.position is not None:
             await self._runner.wait_for_position(reply.position, READ_YOUR_WRITES_TIMEOUT)
         return _Written(reply.execution, reply.created)
-
-
-def planned_id(principal: str, idempotency_key: str | None) -> UUID:
-    """The id a new execution will have: the key's when there is one (so a request sent
-    again with it meets the first attempt), else a new one."""
-    if idempotency_key is not None:
-        return idempotent_execution_id(principal, idempotency_key)
-    return uuid4()
 
 
 @dataclass(frozen=True)
