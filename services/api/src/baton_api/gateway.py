@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
+from uuid import UUID
 
 from nats.errors import Error as NatsError
 from nats.errors import MaxPayloadError, NoRespondersError
@@ -92,35 +93,20 @@ class NatsGateway:
                 f"the command is {len(payload)} bytes once encoded; the limit is "
                 f"{MAX_COMMAND_BYTES} bytes (request bodies: {MAX_BODY_BYTES} bytes)"
             )
-        unknown = outcome_unknown(
-            "the dispatcher did not answer in time; the command may have been stored and "
-            "sent: GET its Location (404: nothing was stored), or retry with the same "
-            "Idempotency-Key",
-            command.execution_id,
-        )
-        # Straight to the dispatcher that writes the device's streams; sent again when lost
-        # (it names its execution: the dispatcher stores it once, and answers a repeat with
-        # what it stored).
+        # Straight to the dispatcher that writes the device's streams.
         subject = partition_subject(partition_of(command.device_id), "submit")
-        with about(command.execution_id):
-            return await self._request(subject, payload, ExecutionReply, unknown, RESEND_S)
+        return await self._naming(
+            subject, payload, command.execution_id, "the command may have been stored and sent"
+        )
 
     async def cancel(self, command: CancelCommand) -> ExecutionReply:
         return await self._request(CANCEL_SUBJECT, _encoded(command), ExecutionReply)
 
     async def retry(self, command: RetryCommand) -> ExecutionReply:
-        # As a submit: the new execution's id is chosen, so the request is sent again when
-        # lost and a lost answer is settled by a GET of that id.
         command = command.model_copy(update={"answer_by": self._answer_by()})
-        unknown = outcome_unknown(
-            "the dispatcher did not answer in time; the retry may have been stored: GET its "
-            "Location (404: nothing was stored), or retry with the same Idempotency-Key",
-            command.retry_id,
+        return await self._naming(
+            RETRY_SUBJECT, _encoded(command), command.retry_id, "the retry may have been stored"
         )
-        with about(command.retry_id):
-            return await self._request(
-                RETRY_SUBJECT, _encoded(command), ExecutionReply, unknown, RESEND_S
-            )
 
     async def delete(self, command: DeleteCommand) -> ExecutionReply:
         return await self._request(DELETE_SUBJECT, _encoded(command), ExecutionReply)
@@ -130,6 +116,20 @@ class NatsGateway:
 
     async def change_catalog(self, change: CatalogChange) -> CatalogReply:
         return await self._request(CATALOG_CHANGE_SUBJECT, _encoded(change), CatalogReply)
+
+    async def _naming(
+        self, subject: str, payload: bytes, execution_id: UUID | None, stored: str
+    ) -> ExecutionReply:
+        """A request naming the execution it makes (a submit, a retry): the dispatcher stores
+        it once and answers a repeat with what it stored, so it is sent again when lost, and
+        an answer that never comes names the execution a GET settles it with."""
+        unknown = outcome_unknown(
+            f"the dispatcher did not answer in time; {stored}: GET its Location (404: nothing "
+            "was stored), or retry with the same Idempotency-Key",
+            execution_id,
+        )
+        with about(execution_id):
+            return await self._request(subject, payload, ExecutionReply, unknown, RESEND_S)
 
     async def _request(
         self,
