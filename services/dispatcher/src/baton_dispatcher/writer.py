@@ -188,13 +188,13 @@ class Writer:
         if reply.created and reply.execution is not None:
             observe_stored(taken)  # a repeat finds its execution: not created, not counted
             log.info("requested %s %s on %s", reply.execution.id, command.name, command.device_id)
-        elif reply.problem is not None and reply.problem.code == REQUEST_EXPIRED:
-            REJECTED_MESSAGES.labels(service="dispatcher", reason=REQUEST_EXPIRED).inc()
-            log.warning(
-                "dropped submit %s for %s: its requester stopped waiting at %s",
+        else:
+            _note_dropped(
+                reply,
+                command.answer_by,
+                "submit %s for %s",
                 command.execution_id,
                 command.device_id,
-                command.answer_by,
             )
         return reply
 
@@ -217,13 +217,8 @@ class Writer:
         )
         if reply.created and reply.execution is not None:
             log.info("retried %s as %s", command.execution_id, reply.execution.id)
-        elif reply.problem is not None and reply.problem.code == REQUEST_EXPIRED:
-            REJECTED_MESSAGES.labels(service="dispatcher", reason=REQUEST_EXPIRED).inc()
-            log.warning(
-                "dropped retry of %s: its requester stopped waiting at %s",
-                command.execution_id,
-                command.answer_by,
-            )
+        else:
+            _note_dropped(reply, command.answer_by, "retry of %s", command.execution_id)
         return reply
 
     async def delete(self, command: DeleteCommand) -> ExecutionReply:
@@ -355,3 +350,13 @@ def _in_time(
     if answer_by is not None and datetime.now(UTC) > answer_by:
         return ExecutionReply(problem=request_expired(execution_id))
     return write()
+
+
+def _note_dropped(
+    reply: ExecutionReply, answer_by: datetime | None, what: str, *args: object
+) -> None:
+    """Count and log a request `_in_time` dropped (`what % args` names it), if it was one."""
+    if reply.problem is None or reply.problem.code != REQUEST_EXPIRED:
+        return
+    REJECTED_MESSAGES.labels(service="dispatcher", reason=REQUEST_EXPIRED).inc()
+    log.warning(f"dropped {what}: its requester stopped waiting at %s", *args, answer_by)
