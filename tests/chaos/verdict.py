@@ -23,11 +23,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from tests.benchmarks.load import percentile
+
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "EXPIRED", "CANCELED"})
 ENDINGS = frozenset(
     {"Succeeded", "Failed", "Rejected", "TimedOut", "Expired", "Canceled"}
 )  # events
 FINAL_ANSWERS = frozenset({"SUCCEEDED", "FAILED", "REJECTED"})
+DEADLINE_ENDINGS = frozenset({"EXPIRED", "TIMED_OUT"})
 COUNTS = ("lost", "duplicated", "stuck", "wrong")
 
 
@@ -370,6 +373,20 @@ def _notes(
         verdict.notes.append(
             f"{len(late)} executions took a final answer the device sent after their deadline "
             f"(up to {max(late):.1f} s after): the deadline was applied later than it fell"
+        )
+    applied = sorted(
+        (ended - r.deadline).total_seconds()
+        for r in records.values()
+        if r.status in DEADLINE_ENDINGS
+        and (ended := next((t for kind, t in r.events if kind in ENDINGS), None)) is not None
+    )
+    if applied:
+        # How far from "on time" the deadlines were applied: stuck only says which ones
+        # crossed the grace, this shows how close the rest came.
+        verdict.notes.append(
+            f"{len(applied)} deadlines applied (EXPIRED, TIMED_OUT), after their deadline by: "
+            f"p50 {percentile(applied, 0.5):.1f} s, p99 {percentile(applied, 0.99):.1f} s, "
+            f"max {applied[-1]:.1f} s"
         )
     shown = Counter(f"{f.target} {f.how}" for f in faults)
     verdict.notes.append("faults: " + ", ".join(f"{k} x{n}" for k, n in sorted(shown.items())))

@@ -190,6 +190,20 @@ def test_ending_only_after_the_grace_is_stuck_whatever_it_ended_as() -> None:
     assert verdict_of([in_time], {"e1": ANSWERED_IN_TIME}).passed
 
 
+def test_how_late_deadlines_were_applied_is_noted() -> None:
+    records = [
+        record("EXPIRED", "e1", "k1", ended=DEADLINE + timedelta(seconds=0.2)),
+        record("TIMED_OUT", "e2", "k2", ended=DEADLINE + timedelta(seconds=4)),
+        record("SUCCEEDED", "e3", "k3", ended=at(1)),  # its own answer: not a deadline's
+    ]
+    traces = {"e2": trace([(0.1, "run")]), "e3": ANSWERED_IN_TIME}
+    notes = verdict_of(records, traces).notes
+    assert (
+        "2 deadlines applied (EXPIRED, TIMED_OUT), after their deadline by: "
+        "p50 0.2 s, p99 4.0 s, max 4.0 s"
+    ) in notes
+
+
 def test_views_unequal_to_a_replay_fail_the_run() -> None:
     verdict = verdict_of([record("SUCCEEDED")], {"e1": ANSWERED_IN_TIME}, views_equal=False)
     assert not verdict.passed
