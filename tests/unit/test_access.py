@@ -158,6 +158,35 @@ def test_a_name_another_tenants_device_goes_by_on_the_wire_is_taken(
     assert client.post("/v1/devices", json=twin, headers=acme).status_code == 201
 
 
+def test_a_topic_another_tenants_device_uses_is_taken(client: TestClient[Any]) -> None:
+    """A raw-mapped type's templates can spell any topic: one giving, from another hardware
+    id, a topic of another tenant's device would get that one's requests or answer for it."""
+    new_tenant(client)
+    acme = new_key(client, "admin", tenant="acme")
+    definition = {
+        "wire_profile": "raw-mapped",
+        "wire": {"topic": "baton/v1/devices/demo-thermostat-1/{hardware_id}"},
+        "commands": {"lock": {"wire": {"payload": "1"}}},
+    }
+    spy = client.post(
+        "/v1/device-types", json={"name": "spy", "definition": definition}, headers=acme
+    )
+    assert spy.status_code == 201, spy.text
+
+    device = {"id": "acme-spy", "type": "spy", "hardware_id": "status"}
+    problem = assert_problem(client.post("/v1/devices", json=device, headers=acme), 409)
+    assert problem["code"] == "catalog-conflict"
+    assert problem["title"] == "Catalog conflict"
+    assert problem["detail"] == (
+        "device 'acme-spy' would use MQTT topic 'baton/v1/devices/demo-thermostat-1/status', "
+        "which is taken: choose another hardware_id or topic"
+    )
+    assert client.get("/v1/devices", headers=acme).json()["items"] == []
+    # Another hardware id gives a topic nobody else uses.
+    device["hardware_id"] = "config"
+    assert client.post("/v1/devices", json=device, headers=acme).status_code == 201
+
+
 def test_a_body_naming_another_tenant_is_refused(client: TestClient[Any]) -> None:
     body = {"id": "x-1", "type": "thermostat", "tenant": "acme"}
     problem = assert_problem(client.post("/v1/devices", json=body, headers=ADMIN), 422)

@@ -16,6 +16,7 @@ from baton_domain.catalog import Catalog
 from baton_domain.catalog_document import CatalogDocument, build, checked
 from baton_domain.errors import InvalidCatalog, InvalidCommand
 from baton_domain.params_schema import ParamsSchema
+from baton_platform.commands import wire_topics
 
 CATASTROPHIC = "^(a+)+$"  # backtracking takes 2^n steps on "aaa…a!"
 EVIL_INPUT = "a" * 5000 + "!"
@@ -36,7 +37,7 @@ def object_of(**properties: Any) -> dict[str, Any]:
 def refusal(document: dict[str, Any]) -> list[tuple[str, str]]:
     """The (field, reason) pairs a change bringing `document` is refused with."""
     with pytest.raises(InvalidCatalog) as caught:
-        CatalogDocument({}).import_document(document)
+        CatalogDocument({}).import_document(document, wire_topics=wire_topics)
     return [(e.field, e.reason) for e in caught.value.errors]
 
 
@@ -116,7 +117,9 @@ def test_a_ref_out_of_the_schema_is_refused_at_save(ref: str) -> None:
 def test_put_device_type_refuses_it_too_and_changes_nothing() -> None:
     document = CatalogDocument({})
     with pytest.raises(InvalidCatalog) as caught:
-        document.put_device_type("t", {"commands": {"c": {"params": {"$ref": "file:///x"}}}})
+        document.put_device_type(
+            "t", {"commands": {"c": {"params": {"$ref": "file:///x"}}}}, wire_topics=wire_topics
+        )
     assert caught.value.errors[0].field == "device_types.t.commands.c.params.$ref"
     assert document.document == {}
 
@@ -179,7 +182,7 @@ def test_a_stored_schema_that_is_refused_now_is_read_and_refuses_its_submits(
     assert error.field == "params"
     assert "params schema cannot be used (properties.s.pattern" in error.reason
     document = CatalogDocument(stored)
-    document.put_device_type("lamp", {"commands": {"on": {}}})
+    document.put_device_type("lamp", {"commands": {"on": {}}}, wire_topics=wire_topics)
     assert set(document.catalog.device_types) == {"t", "lamp"}
 
 

@@ -17,7 +17,7 @@ from uuid import UUID, uuid5
 from eventsourcing.domain import Aggregate, event
 from pydantic import ValidationError
 
-from baton_domain.catalog import CHANGE, DEVICE_TYPE_PATTERN, Catalog, CatalogError
+from baton_domain.catalog import CHANGE, DEVICE_TYPE_PATTERN, Catalog, CatalogError, Device
 from baton_domain.errors import (
     CatalogConflict,
     FieldError,
@@ -27,6 +27,7 @@ from baton_domain.errors import (
 )
 from baton_domain.json_values import json_faults
 from baton_domain.tenants import DEFAULT_TENANT
+from baton_domain.topics import TopicIndex, WireTopics
 
 _T = "baton.catalog.v1"
 CATALOG_ID = uuid5(UUID("4a3c2e1d-7b6f-4f8e-9c0a-1d2e3f405162"), "catalog")
@@ -153,10 +154,17 @@ class CatalogDocument(Aggregate):
     # Each change is made for one tenant: it sees, replaces and removes only what is that
     # tenant's; replacing or removing another tenant's is answered as for a missing one.
     # Names and device ids are the platform's (a device id is its identity on the broker),
-    # so creating one another tenant uses is refused as taken, without saying whose.
+    # so creating one another tenant uses is refused as taken, without saying whose; so is a
+    # device going by another tenant's device's name or MQTT topic on the wire. Those topics
+    # come from the wire profiles' code, which the caller passes in as `wire_topics`.
 
     def import_document(
-        self, document: JSON, tenant: str = DEFAULT_TENANT, by: str | None = None
+        self,
+        document: JSON,
+        tenant: str = DEFAULT_TENANT,
+        by: str | None = None,
+        *,
+        wire_topics: WireTopics,
     ) -> None:
         """Replace `tenant`'s part of the catalog with `document`; the rest stays."""
         checked(document)  # the document alone first, so its errors name its own fields
@@ -173,20 +181,34 @@ class CatalogDocument(Aggregate):
             "device_types": {**others, **types},
             "devices": [*(d for d in _devices(self.document) if _owner(d) != tenant), *devices],
         }
-        build(merged)
+        catalog = build(merged)
+        own = [d for d in catalog.devices if d.tenant == tenant]
+        _check_topics_free(catalog, own, tenant, wire_topics)
         self._imported(document=merged, by=by)
 
     def create_device_type(
-        self, name: str, definition: JSON, tenant: str = DEFAULT_TENANT, by: str | None = None
+        self,
+        name: str,
+        definition: JSON,
+        tenant: str = DEFAULT_TENANT,
+        by: str | None = None,
+        *,
+        wire_topics: WireTopics,
     ) -> None:
         """Add a device type; CatalogConflict if one has the name (put replaces)."""
         if name in _types(self.document):
             self._check_free(name, _owner(_types(self.document)[name]), tenant, "device type")
             raise CatalogConflict(f"device type {name!r} already exists; PUT replaces it")
-        self.put_device_type(name, definition, tenant, by)
+        self.put_device_type(name, definition, tenant, by, wire_topics=wire_topics)
 
     def put_device_type(
-        self, name: str, definition: JSON, tenant: str = DEFAULT_TENANT, by: str | None = None
+        self,
+        name: str,
+        definition: JSON,
+        tenant: str = DEFAULT_TENANT,
+        by: str | None = None,
+        *,
+        wire_topics: WireTopics,
     ) -> None:
         _check_type_name(name)
         if _owner(_types(self.document).get(name)) not in (None, tenant):
@@ -194,7 +216,11 @@ class CatalogDocument(Aggregate):
         definition = _stamped(definition, tenant, "definition")
         candidate = _copy(self.document)
         candidate.setdefault("device_types", {})[name] = definition
-        _check_params_schemas(build(candidate), [name])
+        catalog = build(candidate)
+        _check_params_schemas(catalog, [name])
+        # A type's wire settings give the topics of every device of it (all its tenant's).
+        users = [d for d in catalog.devices if d.type == name]
+        _check_topics_free(catalog, users, tenant, wire_topics)
         self._device_type_put(name=name, definition=definition, by=by)
 
     def remove_device_type(
@@ -210,16 +236,28 @@ class CatalogDocument(Aggregate):
         self._device_type_removed(name=name, by=by)
 
     def create_device(
-        self, device: JSON, tenant: str = DEFAULT_TENANT, by: str | None = None
+        self,
+        device: JSON,
+        tenant: str = DEFAULT_TENANT,
+        by: str | None = None,
+        *,
+        wire_topics: WireTopics,
     ) -> None:
         """Add a device; CatalogConflict if one has its id (put replaces)."""
         owner = self._device_owner(device.get("id"))
         if owner is not None:
             self._check_free(device.get("id"), owner, tenant)
             raise CatalogConflict(f"device {device.get('id')!r} already exists; PUT replaces it")
-        self.put_device(device, tenant, by)
+        self.put_device(device, tenant, by, wire_topics=wire_topics)
 
-    def put_device(self, device: JSON, tenant: str = DEFAULT_TENANT, by: str | None = None) -> None:
+    def put_device(
+        self,
+        device: JSON,
+        tenant: str = DEFAULT_TENANT,
+        by: str | None = None,
+        *,
+        wire_topics: WireTopics,
+    ) -> None:
         if self._device_owner(device.get("id")) not in (None, tenant):
             raise UnknownDevice(str(device.get("id")))
         device = _stamped(device, tenant, "device")
@@ -227,7 +265,8 @@ class CatalogDocument(Aggregate):
         candidate = _copy(self.document)
         devices = [d for d in candidate.get("devices", []) if d.get("id") != device.get("id")]
         candidate["devices"] = [*devices, device]
-        build(candidate)
+        catalog = build(candidate)
+        _check_topics_free(catalog, [catalog.device(device["id"])], tenant, wire_topics)
         self._device_put(device=device, by=by)
 
     def remove_device(
@@ -316,6 +355,46 @@ def _check_params_schemas(catalog: Catalog, names: Iterable[str]) -> None:
     ]
     if errors:
         raise InvalidCatalog("a params schema is not one Baton can run", errors)
+
+
+def _check_topics_free(
+    catalog: Catalog, devices: list[Device], tenant: str, wire_topics: WireTopics
+) -> None:
+    """Refuse any of `devices` (of `tenant`, in the changed `catalog`) that would share an
+    MQTT topic with another tenant's device.
+
+    A raw-mapped type's templates can spell any topic: from another hardware id, another
+    tenant's raw-mapped topic, or another profile's fixed one (`baton/v1/devices/x/{hardware_id}`
+    with `status` is device x's status topic). A device sharing another tenant's topic would
+    receive that one's requests and cancels, and its MQTT account could answer for it or
+    say it is offline, whatever names it goes by. So a topic in use is taken, like a name.
+    Within one tenant a shared topic is the tenant's own, as a shared hardware id is.
+
+    Shared, not only equal: the fixed profiles' topics hold `+` for the execution id (device
+    x subscribes to `baton/v1/devices/x/executions/+/request`), which the raw-mapped topic
+    `baton/v1/devices/x/executions/{hardware_id}/request` falls under whatever its hardware
+    id. The bridge's own subscriptions are wider still, one filter per profile and settings
+    for all their devices (`baton/v1/devices/+/executions/+/response`), but they give nothing
+    across tenants: what the bridge reads under one is attributed, through that profile and
+    settings, to the device whose own topic it is (the wire id it names): the sender, one
+    sharing the sender's topic (refused here across tenants) or none (`unknown-device`)."""
+    if not devices:
+        return
+    taken = TopicIndex(
+        topic
+        for other in catalog.devices
+        if other.tenant != tenant
+        for topic in wire_topics(other, catalog.device_types[other.type])
+    )
+    if not taken:
+        return  # no other tenant's device: nothing to compare with
+    for device in devices:
+        for topic in wire_topics(device, catalog.device_types[device.type]):
+            if taken.shares(topic):
+                raise CatalogConflict(
+                    f"device {device.id!r} would use MQTT topic {topic!r}, "
+                    "which is taken: choose another hardware_id or topic"
+                )
 
 
 def _types(document: JSON) -> dict[str, JSON]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from baton_contracts.accounts import device_topics
 from baton_contracts.nats import (
     CancelCommand,
     CatalogChange,
@@ -21,7 +22,9 @@ from baton_contracts.nats import (
     RetryCommand,
     SubmitCommand,
 )
+from baton_contracts.profiles import ProfileSettingsError
 from baton_domain.application import Executions, Outcome, RequestCommand
+from baton_domain.catalog import Device, DeviceType
 from baton_domain.catalog_document import CatalogDocument
 from baton_domain.errors import DomainError, FieldError, InvalidCatalog
 from baton_platform.mapping import execution_state
@@ -122,21 +125,44 @@ def _catalog_edit(change: CatalogChange) -> Callable[[CatalogDocument], None]:
     tenant, by = change.tenant, change.principal
     if change.op == "import":
         document = need("document", change.document)
-        return lambda catalog: catalog.import_document(document, tenant, by)
+        return lambda catalog: catalog.import_document(
+            document, tenant, by, wire_topics=wire_topics
+        )
     if change.op == "create-device-type":
         name, definition = need("name", change.name), need("definition", change.definition)
-        return lambda catalog: catalog.create_device_type(name, definition, tenant, by)
+        return lambda catalog: catalog.create_device_type(
+            name, definition, tenant, by, wire_topics=wire_topics
+        )
     if change.op == "put-device-type":
         name, definition = need("name", change.name), need("definition", change.definition)
-        return lambda catalog: catalog.put_device_type(name, definition, tenant, by)
+        return lambda catalog: catalog.put_device_type(
+            name, definition, tenant, by, wire_topics=wire_topics
+        )
     if change.op == "remove-device-type":
         name = need("name", change.name)
         return lambda catalog: catalog.remove_device_type(name, tenant, by)
     if change.op == "create-device":
         device = need("device", change.device)
-        return lambda catalog: catalog.create_device(device, tenant, by)
+        return lambda catalog: catalog.create_device(device, tenant, by, wire_topics=wire_topics)
     if change.op == "put-device":
         device = need("device", change.device)
-        return lambda catalog: catalog.put_device(device, tenant, by)
+        return lambda catalog: catalog.put_device(device, tenant, by, wire_topics=wire_topics)
     device_id = need("device_id", change.device_id)
     return lambda catalog: catalog.remove_device(device_id, tenant, by)
+
+
+def wire_topics(device: Device, device_type: DeviceType) -> list[str]:
+    """Every topic and filter `device` uses on the broker: what its MQTT account may publish
+    and subscribe to, where the bridge sends its requests and cancels and reads its answers,
+    status and state (one derivation, its profile's codec: baton_contracts.accounts).
+
+    None for wire settings its profile cannot use: the bridge wires no such type (it keeps
+    the catalog it had), the api issues its devices no account, and the change that makes
+    them usable has its devices' topics checked then."""
+    try:
+        topics = device_topics(
+            device_type.wire_profile, device.id, device.hardware_id, device_type.wire
+        )
+    except ProfileSettingsError:
+        return []
+    return [*topics.publish, *topics.subscribe]
