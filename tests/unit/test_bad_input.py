@@ -18,7 +18,7 @@ from litestar.routes import HTTPRoute
 from baton_contracts.nats import CatalogChange, CatalogQuery
 from baton_domain.catalog_document import CatalogDocument
 from baton_domain.errors import CatalogConflict, InvalidCatalog
-from baton_platform.commands import CommandHandlers, wire_topics
+from baton_platform.commands import WIRE, CommandHandlers
 from tests.unit.dialect_support import (
     ADMIN_KEY,
     Clock,
@@ -299,17 +299,15 @@ def test_stored_catalog_documents_are_still_read_leniently() -> None:
     assert document.catalog.device_types["lamp"].ttl == 30
     assert "my lamp" in document.catalog.device_types
     with pytest.raises(InvalidCatalog) as refused:
-        document.put_device_type("relay", {}, wire_topics=wire_topics)
+        document.put_device_type("relay", {}, wire=WIRE)
     assert [e.field for e in refused.value.errors] == ["device_types.lamp.ttl"]
     with pytest.raises(InvalidCatalog) as refused:
-        document.put_device_type(
-            "lamp", {"ttl": 30}, wire_topics=wire_topics
-        )  # only the stored name is left
+        document.put_device_type("lamp", {"ttl": 30}, wire=WIRE)  # only the stored name is left
     assert [e.field for e in refused.value.errors] == ["device_types"]
     assert "'my lamp'" in refused.value.errors[0].reason
     document.remove_device_type("my lamp")
-    document.put_device_type("lamp", {"ttl": 30}, wire_topics=wire_topics)
-    document.put_device_type("relay", {}, wire_topics=wire_topics)
+    document.put_device_type("lamp", {"ttl": 30}, wire=WIRE)
+    document.put_device_type("relay", {}, wire=WIRE)
 
 
 def test_no_catalog_change_holds_a_number_json_cannot_carry(stand: Stand) -> None:
@@ -392,18 +390,16 @@ def test_posting_an_existing_device_is_a_409_and_keeps_it(stand: Stand) -> None:
 
 def test_create_in_the_domain_refuses_what_exists() -> None:
     document = CatalogDocument({"device_types": {"lamp": {}}, "devices": []})
-    document.create_device({"id": "l-1", "type": "lamp"}, wire_topics=wire_topics)
+    document.create_device({"id": "l-1", "type": "lamp"}, wire=WIRE)
     with pytest.raises(CatalogConflict):
-        document.create_device_type("lamp", {"ttl": 5}, wire_topics=wire_topics)
+        document.create_device_type("lamp", {"ttl": 5}, wire=WIRE)
     with pytest.raises(CatalogConflict):
-        document.create_device(
-            {"id": "l-1", "type": "lamp", "labels": {"a": "b"}}, wire_topics=wire_topics
-        )
-    document.create_device_type("relay", {}, wire_topics=wire_topics)
+        document.create_device({"id": "l-1", "type": "lamp", "labels": {"a": "b"}}, wire=WIRE)
+    document.create_device_type("relay", {}, wire=WIRE)
     assert sorted(document.document["device_types"]) == ["lamp", "relay"]
     assert document.document["devices"] == [{"id": "l-1", "type": "lamp"}]
     with pytest.raises(InvalidCatalog):
-        document.create_device({"type": "lamp"}, wire_topics=wire_topics)
+        document.create_device({"type": "lamp"}, wire=WIRE)
 
 
 def test_two_creates_of_one_name_settle_in_the_writer() -> None:

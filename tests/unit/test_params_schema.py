@@ -16,7 +16,7 @@ from baton_domain.catalog import Catalog
 from baton_domain.catalog_document import CatalogDocument, build, checked
 from baton_domain.errors import InvalidCatalog, InvalidCommand
 from baton_domain.params_schema import ParamsSchema
-from baton_platform.commands import wire_topics
+from baton_platform.commands import WIRE
 
 CATASTROPHIC = "^(a+)+$"  # backtracking takes 2^n steps on "aaa…a!"
 EVIL_INPUT = "a" * 5000 + "!"
@@ -37,7 +37,7 @@ def object_of(**properties: Any) -> dict[str, Any]:
 def refusal(document: dict[str, Any]) -> list[tuple[str, str]]:
     """The (field, reason) pairs a change bringing `document` is refused with."""
     with pytest.raises(InvalidCatalog) as caught:
-        CatalogDocument({}).import_document(document, wire_topics=wire_topics)
+        CatalogDocument({}).import_document(document, wire=WIRE)
     return [(e.field, e.reason) for e in caught.value.errors]
 
 
@@ -62,7 +62,7 @@ def refusal(document: dict[str, Any]) -> list[tuple[str, str]]:
 def test_a_catastrophic_pattern_is_matched_in_linear_time(
     params: dict[str, Any], request_params: dict[str, Any], field: str
 ) -> None:
-    catalog = checked(catalog_with(params))  # RE2 runs it: nothing to refuse at save
+    catalog = checked(catalog_with(params), WIRE)  # RE2 runs it: nothing to refuse at save
     started = time.perf_counter()
     with pytest.raises(InvalidCommand) as caught:
         catalog.resolve("d-1", "c", request_params, None)
@@ -71,7 +71,9 @@ def test_a_catastrophic_pattern_is_matched_in_linear_time(
 
 
 def test_patterns_still_match_what_they_should() -> None:
-    catalog = checked(catalog_with(object_of(s={"type": "string", "pattern": "^[a-f0-9]{4}$"})))
+    catalog = checked(
+        catalog_with(object_of(s={"type": "string", "pattern": "^[a-f0-9]{4}$"})), WIRE
+    )
     assert catalog.resolve("d-1", "c", {"s": "beef"}, None).params == {"s": "beef"}
     with pytest.raises(InvalidCommand, match="invalid params"):
         catalog.resolve("d-1", "c", {"s": "BEEF"}, None)
@@ -118,7 +120,7 @@ def test_put_device_type_refuses_it_too_and_changes_nothing() -> None:
     document = CatalogDocument({})
     with pytest.raises(InvalidCatalog) as caught:
         document.put_device_type(
-            "t", {"commands": {"c": {"params": {"$ref": "file:///x"}}}}, wire_topics=wire_topics
+            "t", {"commands": {"c": {"params": {"$ref": "file:///x"}}}}, wire=WIRE
         )
     assert caught.value.errors[0].field == "device_types.t.commands.c.params.$ref"
     assert document.document == {}
@@ -130,7 +132,7 @@ def test_a_local_ref_is_accepted_and_enforced() -> None:
         "properties": {"value": {"$ref": "#/$defs/celsius"}},
         "$defs": {"celsius": {"type": "number", "minimum": 5, "maximum": 30}},
     }
-    catalog = checked(catalog_with(params))
+    catalog = checked(catalog_with(params), WIRE)
     assert catalog.resolve("d-1", "c", {"value": 21}, None).params == {"value": 21}
     with pytest.raises(InvalidCommand) as caught:
         catalog.resolve("d-1", "c", {"value": 99}, None)
@@ -142,13 +144,13 @@ def test_a_local_ref_is_accepted_and_enforced() -> None:
 def test_a_schema_that_refers_to_itself_without_end_refuses_its_params_not_crashes() -> None:
     """`{"$ref": "#"}` comes back to itself without descending into the params: validating
     never ends. A recursive schema that does descend (a tree) still works."""
-    endless = checked(catalog_with({"type": "object", "$ref": "#"}))
+    endless = checked(catalog_with({"type": "object", "$ref": "#"}), WIRE)
     with pytest.raises(InvalidCommand) as caught:
         endless.resolve("d-1", "c", {"a": 1}, None)
     assert [e.field for e in caught.value.errors] == ["params"]
     assert "refers to itself" in caught.value.errors[0].reason
     tree = {"type": "object", "properties": {"child": {"$ref": "#"}, "n": {"type": "integer"}}}
-    nested = checked(catalog_with(tree))
+    nested = checked(catalog_with(tree), WIRE)
     assert nested.resolve("d-1", "c", {"child": {"child": {"n": 1}}}, None).params
     with pytest.raises(InvalidCommand):
         nested.resolve("d-1", "c", {"child": {"child": {"n": "x"}}}, None)
@@ -182,7 +184,7 @@ def test_a_stored_schema_that_is_refused_now_is_read_and_refuses_its_submits(
     assert error.field == "params"
     assert "params schema cannot be used (properties.s.pattern" in error.reason
     document = CatalogDocument(stored)
-    document.put_device_type("lamp", {"commands": {"on": {}}}, wire_topics=wire_topics)
+    document.put_device_type("lamp", {"commands": {"on": {}}}, wire=WIRE)
     assert set(document.catalog.device_types) == {"t", "lamp"}
 
 
@@ -191,7 +193,7 @@ def test_unevaluated_properties_beside_pattern_properties_is_refused() -> None:
     params = {"allOf": [{"patternProperties": {"^x": {}}}], "unevaluatedProperties": False}
     [(refused, _)] = refusal(catalog_with(params))
     assert refused == "device_types.t.commands.c.params.unevaluatedProperties"
-    checked(catalog_with({"unevaluatedProperties": False}))  # alone, it is accepted
+    checked(catalog_with({"unevaluatedProperties": False}), WIRE)  # alone, it is accepted
 
 
 def test_a_catalog_of_such_schemas_is_checked_by_the_import_dry_run() -> None:

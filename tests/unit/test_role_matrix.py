@@ -25,7 +25,7 @@ from baton_domain.application import RequestCommand
 from baton_domain.catalog_document import CatalogDocument
 from baton_domain.statuses import AnswerStatus
 from baton_domain.tenants import Role
-from baton_platform.commands import wire_topics
+from baton_platform.commands import WIRE
 from tests.unit.dialect_support import Stand, stand_with
 from tests.unit.test_api import ADMIN_KEY
 
@@ -76,18 +76,14 @@ class World:
 
     def device_type(self, own: bool) -> str:
         name = f"t{uuid4().hex[:8]}"
-        self._change(
-            lambda doc: doc.put_device_type(name, {}, self.tenant(own), wire_topics=wire_topics)
-        )
+        self._change(lambda doc: doc.put_device_type(name, {}, self.tenant(own), wire=WIRE))
         return name
 
     def spare_device(self, own: bool) -> str:
         device_id = f"spare-{uuid4().hex[:8]}"
         kind = "fleets_thermostat" if own else "b_fleets_thermostat"
         self._change(
-            lambda doc: doc.put_device(
-                {"id": device_id, "type": kind}, self.tenant(own), wire_topics=wire_topics
-            )
+            lambda doc: doc.put_device({"id": device_id, "type": kind}, self.tenant(own), wire=WIRE)
         )
         return device_id
 
@@ -429,7 +425,7 @@ def world(tmp_path: Path) -> Iterator[World]:
         }
 
         def import_copy(doc: CatalogDocument, c: dict[str, Any] = copy) -> None:
-            doc.import_document(c, OTHER, wire_topics=wire_topics)
+            doc.import_document(c, OTHER, wire=WIRE)
 
         stand.executions.change_catalog(import_copy)
         owner = bearer(ADMIN_KEY)

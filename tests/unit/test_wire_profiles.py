@@ -4,6 +4,7 @@ the device's side (the simulator), and refuses what it cannot read."""
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from baton_device_bridge.answers import MalformedAnswerError, decode_answer
 from baton_device_bridge.commands import Outgoing, Skipped, plan
 from baton_device_bridge.in_flight import InFlight
 from baton_device_bridge.wiring import UnknownWireDeviceError, Wiring
-from baton_domain.catalog import Catalog, CatalogError
+from baton_domain.catalog import Catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 22, 12, 0, 0, 250_000, tzinfo=UTC)
@@ -468,11 +469,22 @@ def test_raw_answers_go_to_the_execution_in_flight() -> None:
     assert caught.value.reason == "malformed-answer"
 
 
-def test_a_catalog_whose_wire_settings_cannot_work_is_refused() -> None:
+def test_a_type_whose_wire_settings_cannot_work_is_left_out_the_rest_wired(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Stored before the catalog checked them: one tenant's type must not hold back the rest.
     raw = CATALOG.model_dump()
     raw["device_types"]["iotee_device"]["wire"] = {"topic": "no/placeholder"}
-    with pytest.raises(CatalogError, match="iotee_device"):
-        Wiring(Catalog.model_validate(raw))
+    catalog = Catalog.model_validate(raw)
+    left_out = [d.id for d in catalog.devices if d.type == "iotee_device"]
+    wired = [d.id for d in catalog.devices if d.type != "iotee_device"]
+    assert left_out
+    assert wired
+    with caplog.at_level(logging.ERROR):
+        wiring = Wiring(catalog)
+    assert all(wiring.target(d) is None for d in left_out)
+    assert all(wiring.target(d) is not None for d in wired)
+    assert "device type 'iotee_device' not wired" in caplog.text
 
 
 async def test_the_execution_in_flight_survives_a_restart(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from baton_contracts.profiles import WireSettings, codec_for, wire_id_of
+from baton_contracts.profiles import ProfileSettingsError, WireSettings, codec_for, wire_id_of
 
 ADMIN_USERNAME = "baton-admin"
 BRIDGE_USERNAME = "baton-device-bridge"
@@ -25,6 +25,7 @@ DEVICE_PREFIX = "device-"
 CONTROL_TOPICS = ("$CONTROL/dynamic-security/#",)
 # Everything a device of any profile may use: `#` does not match topics that start with `$`.
 EVERY_DEVICE_TOPIC = ("#", "$emqx/#", "$aws/#")
+_DEVICE_DOLLAR_ROOTS = frozenset(t.split("/", 1)[0] for t in EVERY_DEVICE_TOPIC if t[0] == "$")
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,17 @@ def device_topics(
     ProfileSettingsError for settings the profile cannot use."""
     codec = codec_for(profile)
     wire_id = wire_id_of(profile, device_id, hardware_id)
-    return AccountTopics(
+    topics = AccountTopics(
         publish=tuple(codec.device_topics(wire_id, type_wire)),
         subscribe=tuple(codec.device_filters(wire_id, type_wire)),
     )
+    for topic in (*topics.publish, *topics.subscribe):
+        # However a profile came by it: a device account's rights never reach a topic no
+        # device may use (the broker's control API above all: whoever may publish there
+        # may make any account).
+        if topic.startswith("$") and topic.split("/", 1)[0] not in _DEVICE_DOLLAR_ROOTS:
+            raise ProfileSettingsError(f"{topic!r} is the broker's own topic, not a device's")
+    return topics
 
 
 # Baton's own accounts. The bridge publishes requests and cancels (and its probes on the

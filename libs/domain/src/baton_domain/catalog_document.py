@@ -27,7 +27,7 @@ from baton_domain.errors import (
 )
 from baton_domain.json_values import json_faults
 from baton_domain.tenants import DEFAULT_TENANT
-from baton_domain.topics import TopicIndex, WireTopics
+from baton_domain.topics import TopicIndex, WireRules
 
 _T = "baton.catalog.v1"
 CATALOG_ID = uuid5(UUID("4a3c2e1d-7b6f-4f8e-9c0a-1d2e3f405162"), "catalog")
@@ -74,11 +74,12 @@ def _check_json(document: JSON, root: str) -> None:
         raise InvalidCatalog("the catalog would not be valid", errors)
 
 
-def checked(document: JSON) -> Catalog:
+def checked(document: JSON, wire: WireRules) -> Catalog:
     """`build` for a document a caller sent (import): also refuses a params schema Baton
-    would not run, naming its field."""
+    would not run and wire settings the type's profile cannot use, naming the field."""
     catalog = build(document)
     _check_params_schemas(catalog, _types(document))
+    _check_wire(catalog, _types(document), wire)
     return catalog
 
 
@@ -156,7 +157,7 @@ class CatalogDocument(Aggregate):
     # Names and device ids are the platform's (a device id is its identity on the broker),
     # so creating one another tenant uses is refused as taken, without saying whose; so is a
     # device going by another tenant's device's name or MQTT topic on the wire. Those topics
-    # come from the wire profiles' code, which the caller passes in as `wire_topics`.
+    # come from the wire profiles' code, which the caller passes in as `wire`.
 
     def import_document(
         self,
@@ -164,10 +165,10 @@ class CatalogDocument(Aggregate):
         tenant: str = DEFAULT_TENANT,
         by: str | None = None,
         *,
-        wire_topics: WireTopics,
+        wire: WireRules,
     ) -> None:
         """Replace `tenant`'s part of the catalog with `document`; the rest stays."""
-        checked(document)  # the document alone first, so its errors name its own fields
+        checked(document, wire)  # the document alone first, so its errors name its own fields
         types = {n: _stamped(t, tenant, f"device_types.{n}") for n, t in _types(document).items()}
         devices = [_stamped(d, tenant, f"devices.{i}") for i, d in enumerate(_devices(document))]
         for name in types:
@@ -183,7 +184,7 @@ class CatalogDocument(Aggregate):
         }
         catalog = build(merged)
         own = [d for d in catalog.devices if d.tenant == tenant]
-        _check_topics_free(catalog, own, tenant, wire_topics)
+        _check_topics_free(catalog, own, tenant, wire)
         self._imported(document=merged, by=by)
 
     def create_device_type(
@@ -193,13 +194,13 @@ class CatalogDocument(Aggregate):
         tenant: str = DEFAULT_TENANT,
         by: str | None = None,
         *,
-        wire_topics: WireTopics,
+        wire: WireRules,
     ) -> None:
         """Add a device type; CatalogConflict if one has the name (put replaces)."""
         if name in _types(self.document):
             self._check_free(name, _owner(_types(self.document)[name]), tenant, "device type")
             raise CatalogConflict(f"device type {name!r} already exists; PUT replaces it")
-        self.put_device_type(name, definition, tenant, by, wire_topics=wire_topics)
+        self.put_device_type(name, definition, tenant, by, wire=wire)
 
     def put_device_type(
         self,
@@ -208,7 +209,7 @@ class CatalogDocument(Aggregate):
         tenant: str = DEFAULT_TENANT,
         by: str | None = None,
         *,
-        wire_topics: WireTopics,
+        wire: WireRules,
     ) -> None:
         _check_type_name(name)
         if _owner(_types(self.document).get(name)) not in (None, tenant):
@@ -218,9 +219,10 @@ class CatalogDocument(Aggregate):
         candidate.setdefault("device_types", {})[name] = definition
         catalog = build(candidate)
         _check_params_schemas(catalog, [name])
+        _check_wire(catalog, [name], wire)
         # A type's wire settings give the topics of every device of it (all its tenant's).
         users = [d for d in catalog.devices if d.type == name]
-        _check_topics_free(catalog, users, tenant, wire_topics)
+        _check_topics_free(catalog, users, tenant, wire)
         self._device_type_put(name=name, definition=definition, by=by)
 
     def remove_device_type(
@@ -241,14 +243,14 @@ class CatalogDocument(Aggregate):
         tenant: str = DEFAULT_TENANT,
         by: str | None = None,
         *,
-        wire_topics: WireTopics,
+        wire: WireRules,
     ) -> None:
         """Add a device; CatalogConflict if one has its id (put replaces)."""
         owner = self._device_owner(device.get("id"))
         if owner is not None:
             self._check_free(device.get("id"), owner, tenant)
             raise CatalogConflict(f"device {device.get('id')!r} already exists; PUT replaces it")
-        self.put_device(device, tenant, by, wire_topics=wire_topics)
+        self.put_device(device, tenant, by, wire=wire)
 
     def put_device(
         self,
@@ -256,7 +258,7 @@ class CatalogDocument(Aggregate):
         tenant: str = DEFAULT_TENANT,
         by: str | None = None,
         *,
-        wire_topics: WireTopics,
+        wire: WireRules,
     ) -> None:
         if self._device_owner(device.get("id")) not in (None, tenant):
             raise UnknownDevice(str(device.get("id")))
@@ -266,7 +268,7 @@ class CatalogDocument(Aggregate):
         devices = [d for d in candidate.get("devices", []) if d.get("id") != device.get("id")]
         candidate["devices"] = [*devices, device]
         catalog = build(candidate)
-        _check_topics_free(catalog, [catalog.device(device["id"])], tenant, wire_topics)
+        _check_topics_free(catalog, [catalog.device(device["id"])], tenant, wire)
         self._device_put(device=device, by=by)
 
     def remove_device(
@@ -357,8 +359,23 @@ def _check_params_schemas(catalog: Catalog, names: Iterable[str]) -> None:
         raise InvalidCatalog("a params schema is not one Baton can run", errors)
 
 
+def _check_wire(catalog: Catalog, names: Iterable[str], wire: WireRules) -> None:
+    """Refuse, naming the field, wire settings the type's profile cannot use. Stored, they
+    would stop the device-bridge taking any later catalog, every tenant's (it keeps the one
+    it had rather than wire a type it cannot). Only the types a change brings are checked,
+    as for params schemas."""
+    errors = []
+    for name in names:
+        try:
+            wire.check(catalog.device_types[name])
+        except ValueError as exc:
+            errors.append(FieldError(f"device_types.{name}.wire", str(exc)))
+    if errors:
+        raise InvalidCatalog("wire settings the wire profile cannot use", errors)
+
+
 def _check_topics_free(
-    catalog: Catalog, devices: list[Device], tenant: str, wire_topics: WireTopics
+    catalog: Catalog, devices: list[Device], tenant: str, wire: WireRules
 ) -> None:
     """Refuse any of `devices` (of `tenant`, in the changed `catalog`) that would share an
     MQTT topic with another tenant's device.
@@ -384,12 +401,12 @@ def _check_topics_free(
         topic
         for other in catalog.devices
         if other.tenant != tenant
-        for topic in wire_topics(other, catalog.device_types[other.type])
+        for topic in wire.topics(other, catalog.device_types[other.type])
     )
     if not taken:
         return  # no other tenant's device: nothing to compare with
     for device in devices:
-        for topic in wire_topics(device, catalog.device_types[device.type]):
+        for topic in wire.topics(device, catalog.device_types[device.type]):
             if taken.shares(topic):
                 raise CatalogConflict(
                     f"device {device.id!r} would use MQTT topic {topic!r}, "

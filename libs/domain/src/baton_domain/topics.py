@@ -1,21 +1,30 @@
-"""A device's MQTT topics, and whether two tenants' devices would share one.
+"""A device type's wire settings as the catalog checks them: whether its profile can use
+them, a device's MQTT topics, and whether two tenants' devices would share one.
 
-A device's topics come from its type's wire profile. The profiles are the wire contracts'
-code (`baton_contracts.profiles`), which the domain does not import: whoever changes the
-catalog passes the profiles' own derivation in as `WireTopics` (baton_platform.commands).
+The profiles are the wire contracts' code (`baton_contracts.profiles`), which the domain
+does not import: whoever changes the catalog passes the profiles' own rules in as
+`WireRules` (baton_platform.commands).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from typing import Protocol
 
 from baton_domain.catalog import Device, DeviceType
 
-# Every topic and topic filter a device uses on the broker in its type's wire profile: the
-# requests and cancels it subscribes to, the answers, status and state it publishes. A
-# filter holds `+` for a level that varies (an execution id), never as its first level
-# (where MQTT's rule for `$` topics would matter); none holds `#`.
-WireTopics = Callable[[Device, DeviceType], Iterable[str]]
+
+class WireRules(Protocol):
+    def check(self, device_type: DeviceType) -> None:
+        """Raise ValueError, saying why, when the type's profile cannot use its wire settings
+        (its own or its commands')."""
+
+    def topics(self, device: Device, device_type: DeviceType) -> Iterable[str]:
+        """Every topic and topic filter `device` uses on the broker in its type's profile:
+        the requests and cancels it subscribes to, the answers, status and state it
+        publishes (none for settings the profile cannot use). A filter holds `+` for a level
+        that varies (an execution id), never as its first level; none holds `#`."""
+
 
 _Node = dict[str, "_Node"]
 

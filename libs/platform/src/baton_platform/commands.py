@@ -22,7 +22,7 @@ from baton_contracts.nats import (
     RetryCommand,
     SubmitCommand,
 )
-from baton_contracts.profiles import ProfileSettingsError
+from baton_contracts.profiles import ProfileSettingsError, check_wire
 from baton_domain.application import Executions, Outcome, RequestCommand
 from baton_domain.catalog import Device, DeviceType
 from baton_domain.catalog_document import CatalogDocument
@@ -125,44 +125,52 @@ def _catalog_edit(change: CatalogChange) -> Callable[[CatalogDocument], None]:
     tenant, by = change.tenant, change.principal
     if change.op == "import":
         document = need("document", change.document)
-        return lambda catalog: catalog.import_document(
-            document, tenant, by, wire_topics=wire_topics
-        )
+        return lambda catalog: catalog.import_document(document, tenant, by, wire=WIRE)
     if change.op == "create-device-type":
         name, definition = need("name", change.name), need("definition", change.definition)
-        return lambda catalog: catalog.create_device_type(
-            name, definition, tenant, by, wire_topics=wire_topics
-        )
+        return lambda catalog: catalog.create_device_type(name, definition, tenant, by, wire=WIRE)
     if change.op == "put-device-type":
         name, definition = need("name", change.name), need("definition", change.definition)
-        return lambda catalog: catalog.put_device_type(
-            name, definition, tenant, by, wire_topics=wire_topics
-        )
+        return lambda catalog: catalog.put_device_type(name, definition, tenant, by, wire=WIRE)
     if change.op == "remove-device-type":
         name = need("name", change.name)
         return lambda catalog: catalog.remove_device_type(name, tenant, by)
     if change.op == "create-device":
         device = need("device", change.device)
-        return lambda catalog: catalog.create_device(device, tenant, by, wire_topics=wire_topics)
+        return lambda catalog: catalog.create_device(device, tenant, by, wire=WIRE)
     if change.op == "put-device":
         device = need("device", change.device)
-        return lambda catalog: catalog.put_device(device, tenant, by, wire_topics=wire_topics)
+        return lambda catalog: catalog.put_device(device, tenant, by, wire=WIRE)
     device_id = need("device_id", change.device_id)
     return lambda catalog: catalog.remove_device(device_id, tenant, by)
 
 
-def wire_topics(device: Device, device_type: DeviceType) -> list[str]:
-    """Every topic and filter `device` uses on the broker: what its MQTT account may publish
-    and subscribe to, where the bridge sends its requests and cancels and reads its answers,
-    status and state (one derivation, its profile's codec: baton_contracts.accounts).
+class ProfileWire:
+    """The wire profiles' rules, as the catalog checks a change against them
+    (baton_domain.topics.WireRules): one derivation each, the profiles' own code."""
 
-    None for wire settings its profile cannot use: the bridge wires no such type (it keeps
-    the catalog it had), the api issues its devices no account, and the change that makes
-    them usable has its devices' topics checked then."""
-    try:
-        topics = device_topics(
-            device_type.wire_profile, device.id, device.hardware_id, device_type.wire
-        )
-    except ProfileSettingsError:
-        return []
-    return [*topics.publish, *topics.subscribe]
+    def check(self, device_type: DeviceType) -> None:
+        commands = {name: spec.wire for name, spec in device_type.commands.items()}
+        try:
+            check_wire(device_type.wire_profile, device_type.wire, commands)
+        except ProfileSettingsError as exc:
+            raise ValueError(str(exc)) from exc
+
+    def topics(self, device: Device, device_type: DeviceType) -> list[str]:
+        """What its MQTT account may publish and subscribe to, where the bridge sends its
+        requests and cancels and reads its answers, status and state
+        (baton_contracts.accounts).
+
+        None for wire settings its profile cannot use (stored before the catalog checked
+        them): the bridge wires no such type, the api issues its devices no account, and
+        the change that makes them usable has its devices' topics checked then."""
+        try:
+            topics = device_topics(
+                device_type.wire_profile, device.id, device.hardware_id, device_type.wire
+            )
+        except ProfileSettingsError:
+            return []
+        return [*topics.publish, *topics.subscribe]
+
+
+WIRE = ProfileWire()

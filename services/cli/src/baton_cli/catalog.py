@@ -115,9 +115,10 @@ def catalog_errors(document: dict[str, Any]) -> list[tuple[str, str]]:
     makes); [] for a valid one."""
     from baton_domain.catalog_document import checked
     from baton_domain.errors import InvalidCatalog
+    from baton_platform.commands import WIRE
 
     try:
-        checked(document)
+        checked(document, WIRE)
     except InvalidCatalog as exc:
         return [(e.field, e.reason) for e in exc.errors]
     return []

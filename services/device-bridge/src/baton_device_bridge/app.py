@@ -37,7 +37,7 @@ from baton_device_bridge.reports import ReportSink
 from baton_device_bridge.slots import SlotKeeper
 from baton_device_bridge.watermark import Watermark, WatermarkSink
 from baton_device_bridge.wiring import Wiring
-from baton_domain.catalog import Catalog, CatalogError
+from baton_domain.catalog import Catalog
 from baton_platform import tracing
 from baton_platform.consumers import DurableConsumer
 from baton_platform.leases import holder_name, open_bucket
@@ -202,12 +202,7 @@ class DeviceBridge:
         """Raises while the dispatcher does not answer: the event is then redelivered."""
         if self._given_catalog is not None:
             return  # a catalog handed in (tests) is the one to keep
-        try:
-            await self._load_catalog()
-        except CatalogError as exc:
-            # The dispatcher stored it, so it is a valid catalog; only its wire settings
-            # are not: keep the wiring we have and say so loudly.
-            log.error("catalog change not applied to the wiring: %s", exc)
+        await self._load_catalog()
 
     async def stop(self) -> None:
         # The watermark first: it must not move on while the rest winds down. What it last

@@ -22,11 +22,12 @@ from baton_contracts.profiles import (
     MalformedWireError,
     ProfileSettingsError,
     WireSettings,
+    check_wire,
     codec_for,
     wire_id_of,
 )
 from baton_device_bridge.replicas import Share
-from baton_domain.catalog import Catalog, CatalogError, DeviceType
+from baton_domain.catalog import Catalog, DeviceType
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +73,22 @@ class Wiring:
     def load(self, catalog: Catalog) -> None:
         """(Re)build from `catalog`, in place: every holder of this wiring sees the change.
 
-        A catalog whose wire settings cannot work raises CatalogError and changes nothing."""
+        A device type whose wire settings its profile cannot use (stored before the catalog
+        checked them) is left out, its devices with it, and said loudly: the rest is wired,
+        so one tenant's type does not hold back every tenant's changes."""
         targets: dict[str, Target] = {}
         bindings: dict[tuple[str, str], _Binding] = {}
+        unusable: set[str] = set()
         for type_name, device_type in catalog.device_types.items():
+            commands = {name: spec.wire for name, spec in device_type.commands.items()}
             try:
-                codec = codec_for(device_type.wire_profile)
-                commands = {name: spec.wire for name, spec in device_type.commands.items()}
-                codec.check_settings(device_type.wire, commands)
+                check_wire(device_type.wire_profile, device_type.wire, commands)
             except ProfileSettingsError as exc:
-                raise CatalogError(f"device type {type_name!r}: {exc}") from exc
+                unusable.add(type_name)
+                log.error("device type %r not wired, nor its devices: %s", type_name, exc)
         for device in catalog.devices:
+            if device.type in unusable:
+                continue
             device_type = catalog.device_types[device.type]
             codec = codec_for(device_type.wire_profile)
             wire_id = wire_id_of(codec.name, device.id, device.hardware_id)

@@ -38,6 +38,7 @@ __all__ = [
     "ProfileSettingsError",
     "WireMessage",
     "WireSettings",
+    "check_wire",
     "codec_for",
     "wire_id_of",
 ]
@@ -60,3 +61,11 @@ def wire_id_of(profile: str, device_id: str, hardware_id: str | None) -> str:
     if codec_for(profile).topic_id == "device_id":
         return device_id
     return hardware_id or device_id
+
+
+def check_wire(
+    profile: str, type_wire: WireSettings, commands_wire: Mapping[str, WireSettings]
+) -> None:
+    """Raise ProfileSettingsError when `profile` cannot use a type's wire settings (its own,
+    or its commands'): the catalog refuses such a type, the device-bridge wires none."""
+    codec_for(profile).check_settings(type_wire, commands_wire)

@@ -23,7 +23,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from baton_contracts.mqtt import AnswerStatusWord
+from baton_contracts.mqtt import PROBE_LEVEL, AnswerStatusWord
 from baton_contracts.profiles.base import (
     DecodedAnswer,
     DecodedPresence,
@@ -48,8 +48,16 @@ def _check_template(template: str) -> str:
     levels = template.split("/")
     if levels.count(PLACEHOLDER) != 1 or template.count("{") != 1:
         raise ValueError(f"must hold {PLACEHOLDER} once, as a whole topic level")
-    if any(c in template for c in "+#") or template.startswith("$share"):
+    if any(c in template for c in "+#"):
         raise ValueError("must not hold MQTT wildcards")
+    # A topic starting with `$` is the broker's own: `$CONTROL/dynamic-security/v1` is
+    # Mosquitto's account API, which a device given it as its answer topic could publish on
+    # (and so make itself any account), `$SYS` its statistics, `$share` a shared
+    # subscription. The bridge's probe level is its own too.
+    if template.startswith("$"):
+        raise ValueError("must not start with $ (topics the broker keeps for itself)")
+    if PROBE_LEVEL in levels:
+        raise ValueError(f"must not hold the level {PROBE_LEVEL} (the bridge's probes)")
     return template
 
 
