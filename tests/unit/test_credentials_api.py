@@ -140,3 +140,68 @@ def test_a_device_whose_account_cannot_be_taken_back_is_not_removed(tmp_path: Pa
         refused = client.delete("/v1/devices/demo-thermostat-1", headers=ADMIN)
         assert assert_problem(refused, 503)["code"] == "broker-unavailable"
         assert client.get("/v1/devices/demo-thermostat-1", headers=AUTH).status_code == 200
+
+
+@pytest.fixture
+def issued(tmp_path: Path) -> Iterator[tuple[TestClient[Any], InMemoryAccounts]]:
+    """The profiles' catalog, every device with its account."""
+    accounts = InMemoryAccounts()
+    with client_with(tmp_path, accounts, PROFILES) as client:
+        for device in Catalog.from_yaml(PROFILES).devices:
+            response = client.post(f"/v1/devices/{device.id}/credentials", headers=ADMIN)
+            assert response.status_code == 201, response.text
+        yield client, accounts
+
+
+def test_a_change_of_a_devices_topics_takes_its_account_back_first(
+    issued: tuple[TestClient[Any], InMemoryAccounts],
+) -> None:
+    # Left on FLEETS-T1's topics, the account could read the requests of whichever device
+    # (another tenant's) goes by FLEETS-T1 next.
+    client, accounts = issued
+    moved = {"type": "fleets_thermostat", "hardware_id": "FLEETS-T2"}
+    response = client.put("/v1/devices/fleets-thermo-1", headers=ADMIN, json=moved)
+    assert response.status_code == 200, response.text
+    assert "device-fleets-thermo-1" not in accounts.accounts
+    # Its topics unchanged (Baton's own profile goes by the device id): the account stays.
+    same = {"type": "thermostat", "hardware_id": "SERIAL-9"}
+    assert client.put("/v1/devices/baton-thermo-1", headers=ADMIN, json=same).status_code == 200
+    assert "device-baton-thermo-1" in accounts.accounts
+
+
+def test_a_type_change_takes_back_the_accounts_of_its_devices_whose_topics_moved(
+    issued: tuple[TestClient[Any], InMemoryAccounts],
+) -> None:
+    client, accounts = issued
+    definition = client.get("/v1/device-types/iotee_device", headers=AUTH).json()
+    definition = {k: v for k, v in definition.items() if k not in ("name", "tenant")}
+    definition["wire"] = {**definition["wire"], "topic": "iotee/v2/{hardware_id}/rls"}
+    response = client.put("/v1/device-types/iotee_device", headers=ADMIN, json=definition)
+    assert response.status_code == 200, response.text
+    assert "device-iotee-1" not in accounts.accounts
+    assert "device-fleets-thermo-1" in accounts.accounts  # another type's
+
+
+def test_an_import_takes_back_the_accounts_of_devices_it_drops_or_moves(
+    issued: tuple[TestClient[Any], InMemoryAccounts],
+) -> None:
+    client, accounts = issued
+    document = client.get("/v1/catalog", headers=AUTH).json()
+    kept = ("baton-thermo-1", "fleets-thermo-1", "iotee-1")
+    devices = [d for d in document["devices"] if d["id"] in kept]
+    for device in devices:
+        if device["id"] == "fleets-thermo-1":
+            device["hardware_id"] = "FLEETS-T9"
+    response = client.put("/v1/catalog", headers=ADMIN, json={**document, "devices": devices})
+    assert response.status_code == 200, response.text
+    left = {u for u in accounts.accounts if u.startswith("device-")}
+    assert left == {"device-baton-thermo-1", "device-iotee-1"}
+
+
+def test_a_change_whose_accounts_cannot_be_taken_back_is_not_made(tmp_path: Path) -> None:
+    with client_with(tmp_path, Unreachable(), PROFILES) as client:
+        moved = {"type": "fleets_thermostat", "hardware_id": "FLEETS-T2"}
+        refused = client.put("/v1/devices/fleets-thermo-1", headers=ADMIN, json=moved)
+        assert assert_problem(refused, 503)["code"] == "broker-unavailable"
+        stored = client.get("/v1/devices/fleets-thermo-1", headers=AUTH).json()
+        assert stored["hardware_id"] == "FLEETS-T1"

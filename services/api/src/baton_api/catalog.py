@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from baton_api.auth import Identity, admin, viewer
 from baton_api.device_accounts import AccountsUnavailableError, DeviceAccounts, FixedAccounts
 from baton_api.gateway import CommandGateway
+from baton_api.moved import MOVING, moved_devices
 from baton_api.problems import ProblemError, problem
 from baton_api.schemas import STRICT_REQUEST
 from baton_contracts.accounts import device_username
@@ -103,14 +104,23 @@ class CatalogService:
         nothing is removed (503); if the removal then fails, the device stays with no
         account, and `POST .../credentials` gives it a new one."""
         await self.device(device_id, by.tenant)  # 404 for a device the tenant has not
+        await self._revoke(device_id)
+        await self.change(CatalogChange(op="remove-device", device_id=device_id), by)
+
+    async def _revoke(self, device_id: str) -> None:
+        """Take the device's MQTT account back; 503 if the broker cannot be asked."""
         try:
             await self.accounts.revoke(device_username(device_id))
         except AccountsUnavailableError as exc:
             raise ProblemError(problem(503, "broker-unavailable", str(exc))) from None
-        await self.change(CatalogChange(op="remove-device", device_id=device_id), by)
 
     async def change(self, change: CatalogChange, by: Identity) -> dict[str, Any]:
         change = change.model_copy(update={"tenant": by.tenant, "principal": by.principal})
+        if change.op in MOVING:
+            # As removing a device does: if the broker cannot be asked, nothing changes.
+            stored = await asyncio.to_thread(lambda: self._executions.catalog)
+            for device_id in moved_devices(stored, by.tenant, change):
+                await self._revoke(device_id)
         reply = await self._gateway.change_catalog(change)
         if reply.problem is not None:
             raise ProblemError(reply.problem)
