@@ -104,3 +104,20 @@ def test_the_stack_runs_over_tls(stack: Stack) -> None:
     env = stack.env()
     assert env["BATON_MQTT_TLS"] == "true"
     assert Path(env["BATON_MQTT_CA_FILE"]).exists()
+
+
+def test_an_account_whose_device_moved_to_other_topics_is_refused(
+    stack: Stack, baton: Baton
+) -> None:
+    # Left on its old topics, it could read the requests of whichever device takes them.
+    fleets = {"wire_profile": "emqx-fleets", "commands": {"reboot": {}}}
+    created = baton.http.post("/v1/device-types", json={"name": "mover", "definition": fleets})
+    assert created.status_code == 201, created.text
+    device = {"id": "mover-1", "type": "mover", "hardware_id": "MOVER-A"}
+    assert baton.http.post("/v1/devices", json=device).status_code == 201
+    old = issue(baton, "mover-1")
+    assert connects(stack, old)
+    moved = baton.http.put("/v1/devices/mover-1", json={**device, "hardware_id": "MOVER-B"})
+    assert moved.status_code == 200, moved.text
+    assert not connects(stack, old)
+    assert connects(stack, issue(baton, "mover-1"))
