@@ -376,6 +376,40 @@ def test_bad_list_queries_are_422_problems(client: TestClient[Any]) -> None:
     assert_problem(client.get("/v1/executions?order=sideways", headers=AUTH), 422)
 
 
+@pytest.mark.parametrize(
+    ("path", "query", "field"),
+    [
+        ("/v1/executions", "status=", "status"),
+        ("/v1/executions", "status=%20,", "status"),
+        ("/v1/executions", "status=FAILED&status=", "status"),
+        ("/v1/executions", "name=", "name"),
+        ("/v1/executions", "device_id=", "device_id"),
+        ("/v1/devices/demo-thermostat-1/executions", "status=", "status"),
+        ("/v1/devices/demo-thermostat-1/executions", "name=", "name"),
+        ("/v1/events", "status=", "status"),
+        ("/v1/events", "name=", "name"),
+        ("/v1/events", "device_id=", "device_id"),
+    ],
+)
+def test_an_empty_filter_is_a_422_naming_it(
+    client: TestClient[Any], path: str, query: str, field: str
+) -> None:
+    """`?status=` listed everything and `?name=` nothing: neither is what the asker meant.
+    An empty filter is refused, naming it, as an empty time, order or cursor is."""
+    client.app.state.parts.live.closing.set()  # a feed taken by mistake ends at once
+    submit(client)
+    refused = assert_problem(client.get(f"{path}?{query}", headers=AUTH), 422)
+    assert refused["code"] == "validation-failed"
+    assert [e["field"] for e in refused["errors"]] == [field]
+
+
+def test_a_status_list_may_end_with_a_comma(client: TestClient[Any]) -> None:
+    submit(client)
+    listed = client.get("/v1/executions?status=SENT,PENDING,", headers=AUTH)
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["total_count"] == 1
+
+
 # --- cancel --------------------------------------------------------------------------------
 
 

@@ -31,7 +31,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from prometheus_client import Gauge
 
 from baton_api.auth import Identity, viewer
-from baton_api.controllers import Name, Statuses, statuses_of
+from baton_api.controllers import DeviceId, Name, Statuses, statuses_of
 from baton_api.problems import ProblemError, invalid, problem
 from baton_api.projector import ProjectionRunner
 from baton_api.service import ExecutionService
@@ -182,7 +182,7 @@ class LiveController(Controller):
         live: NamedDependency[LiveFeed],
         status: Statuses = None,
         name: Name = None,
-        device_id: Annotated[str | None, QueryParameter()] = None,
+        device_id: DeviceId = None,
         last_event_id: LastEventIdQuery = None,
         last_event_id_header: LastEventIdHeader = None,
     ) -> ServerSentEvent:
