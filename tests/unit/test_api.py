@@ -6,6 +6,7 @@ Routes, auth, validation and problem documents are the production ones (create_a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -622,6 +623,23 @@ def test_resuming_below_the_pruned_feed_is_410_feed_expired(client: TestClient[A
     kept = client.get("/v1/events", headers={**AUTH, "Last-Event-ID": str(floor)})
     assert kept.status_code == 200
     assert client.get(f"/v1/executions/{execution_id}/events", headers=AUTH).status_code == 200
+
+
+def test_the_feed_says_a_time_as_the_execution_does(client: TestClient[Any]) -> None:
+    """UTC with `Z` (docs/api.md), not the views' stored `+00:00`: the moment an execution
+    was requested reads the same in its `created_at` and in its `Requested` change."""
+    execution = submit(client).json()
+    client.post(f"/v1/executions/{execution['id']}/cancel", headers=AUTH)  # the stream ends
+    parts = client.app.state.parts
+    where = ChangeFilter(tenant=None, execution_id=UUID(execution["id"]))
+    poll(lambda: [c for c in parts.views.changes(where, 0, 10) if c.status == "CANCELED"] or None)
+    feed = client.get(f"/v1/executions/{execution['id']}/events", headers=AUTH)
+    data = [
+        json.loads(line[len("data: ") :]) for line in feed.text.splitlines() if line[:6] == "data: "
+    ]
+    requested = next(d for d in data if d["event"] == "Requested")
+    assert requested["at"] == execution["created_at"]
+    assert all(d["at"].endswith("Z") for d in data)
 
 
 def test_resuming_after_an_id_the_feed_never_reached_starts_afresh(
