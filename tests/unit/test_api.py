@@ -331,6 +331,21 @@ def test_an_unreachable_database_is_a_503_to_retry_not_a_500(
     assert response.headers["Retry-After"] == "1"
 
 
+def test_a_full_queue_of_an_offline_device_is_a_429_with_no_retry_after(
+    client: TestClient[Any], executions: Executions
+) -> None:
+    """The commands wait for the device to come back, which no clock says: no
+    `Retry-After`, and the detail says it is offline (a busy device's: tests of the
+    delivery policies)."""
+    executions.max_waiting = 1
+    executions.record_presence("demo-thermostat-1", False, datetime.now(UTC))
+    assert submit(client).status_code == 201  # waits for the device
+    offline = submit(client)
+    assert assert_problem(offline, 429)["code"] == "queue-full"
+    assert "is offline" in offline.json()["detail"]
+    assert "Retry-After" not in offline.headers
+
+
 def test_list_filters_order_and_pages(client: TestClient[Any], executions: Executions) -> None:
     ids = [submit(client, params={"value": 10 + i}).json()["id"] for i in range(5)]
     other = submit(client, device="demo-thermostat-2", name="reboot", params={}).json()["id"]
