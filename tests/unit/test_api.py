@@ -6,6 +6,7 @@ Routes, auth, validation and problem documents are the production ones (create_a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -330,6 +331,21 @@ def test_an_unreachable_database_is_a_503_to_retry_not_a_500(
     assert response.headers["Retry-After"] == "1"
 
 
+def test_a_full_queue_of_an_offline_device_is_a_429_with_no_retry_after(
+    client: TestClient[Any], executions: Executions
+) -> None:
+    """The commands wait for the device to come back, which no clock says: no
+    `Retry-After`, and the detail says it is offline (a busy device's: tests of the
+    delivery policies)."""
+    executions.max_waiting = 1
+    executions.record_presence("demo-thermostat-1", False, datetime.now(UTC))
+    assert submit(client).status_code == 201  # waits for the device
+    offline = submit(client)
+    assert assert_problem(offline, 429)["code"] == "queue-full"
+    assert "is offline" in offline.json()["detail"]
+    assert "Retry-After" not in offline.headers
+
+
 def test_list_filters_order_and_pages(client: TestClient[Any], executions: Executions) -> None:
     ids = [submit(client, params={"value": 10 + i}).json()["id"] for i in range(5)]
     other = submit(client, device="demo-thermostat-2", name="reboot", params={}).json()["id"]
@@ -374,6 +390,40 @@ def test_bad_list_queries_are_422_problems(client: TestClient[Any]) -> None:
     assert bad_cursor["errors"][0]["field"] == "cursor"
     assert_problem(client.get("/v1/executions?limit=0", headers=AUTH), 422)
     assert_problem(client.get("/v1/executions?order=sideways", headers=AUTH), 422)
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "field"),
+    [
+        ("/v1/executions", "status=", "status"),
+        ("/v1/executions", "status=%20,", "status"),
+        ("/v1/executions", "status=FAILED&status=", "status"),
+        ("/v1/executions", "name=", "name"),
+        ("/v1/executions", "device_id=", "device_id"),
+        ("/v1/devices/demo-thermostat-1/executions", "status=", "status"),
+        ("/v1/devices/demo-thermostat-1/executions", "name=", "name"),
+        ("/v1/events", "status=", "status"),
+        ("/v1/events", "name=", "name"),
+        ("/v1/events", "device_id=", "device_id"),
+    ],
+)
+def test_an_empty_filter_is_a_422_naming_it(
+    client: TestClient[Any], path: str, query: str, field: str
+) -> None:
+    """`?status=` listed everything and `?name=` nothing: neither is what the asker meant.
+    An empty filter is refused, naming it, as an empty time, order or cursor is."""
+    client.app.state.parts.live.closing.set()  # a feed taken by mistake ends at once
+    submit(client)
+    refused = assert_problem(client.get(f"{path}?{query}", headers=AUTH), 422)
+    assert refused["code"] == "validation-failed"
+    assert [e["field"] for e in refused["errors"]] == [field]
+
+
+def test_a_status_list_may_end_with_a_comma(client: TestClient[Any]) -> None:
+    submit(client)
+    listed = client.get("/v1/executions?status=SENT,PENDING,", headers=AUTH)
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["total_count"] == 1
 
 
 # --- cancel --------------------------------------------------------------------------------
@@ -588,6 +638,23 @@ def test_resuming_below_the_pruned_feed_is_410_feed_expired(client: TestClient[A
     kept = client.get("/v1/events", headers={**AUTH, "Last-Event-ID": str(floor)})
     assert kept.status_code == 200
     assert client.get(f"/v1/executions/{execution_id}/events", headers=AUTH).status_code == 200
+
+
+def test_the_feed_says_a_time_as_the_execution_does(client: TestClient[Any]) -> None:
+    """UTC with `Z` (docs/api.md), not the views' stored `+00:00`: the moment an execution
+    was requested reads the same in its `created_at` and in its `Requested` change."""
+    execution = submit(client).json()
+    client.post(f"/v1/executions/{execution['id']}/cancel", headers=AUTH)  # the stream ends
+    parts = client.app.state.parts
+    where = ChangeFilter(tenant=None, execution_id=UUID(execution["id"]))
+    poll(lambda: [c for c in parts.views.changes(where, 0, 10) if c.status == "CANCELED"] or None)
+    feed = client.get(f"/v1/executions/{execution['id']}/events", headers=AUTH)
+    data = [
+        json.loads(line[len("data: ") :]) for line in feed.text.splitlines() if line[:6] == "data: "
+    ]
+    requested = next(d for d in data if d["event"] == "Requested")
+    assert requested["at"] == execution["created_at"]
+    assert all(d["at"].endswith("Z") for d in data)
 
 
 def test_resuming_after_an_id_the_feed_never_reached_starts_afresh(

@@ -69,7 +69,7 @@ def test_a_param_json_cannot_carry_is_a_usage_error(api: FakeApi, text: str, fie
     before any request (it could not be sent)."""
     result = runner.invoke(app, ["send", "d1", "set_temperature", "-p", text, "--api-url", api.url])
     assert result.exit_code == 2, result.output
-    said = " ".join(result.stderr.replace("│", " ").split())  # typer's box, wrapped
+    [said] = result.stderr.splitlines()
     assert f"--param: {field}: must be a finite number" in said
     assert "Traceback" not in result.output
     assert api.requests == []
@@ -309,6 +309,38 @@ def test_each_command_has_help(command: str) -> None:
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0
     assert "Usage" in result.stdout
+
+
+# --- usage errors --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["send", "d1", "reboot", "--bogus"], "No such option: --bogus"),
+        (["send"], "Missing argument 'device'"),
+        (["send", "d1", "reboot", "--ttl", "soon"], "Invalid value for '--ttl'"),
+        (["send", "d1", "reboot", "--ttl", "0"], "Invalid value for '--ttl'"),
+        (["--bogus"], "No such option: --bogus"),
+        (["nope"], "No such command 'nope'"),
+        (["devices", "show"], "Missing argument 'device_id'"),
+    ],
+)
+def test_a_usage_error_is_one_error_line_on_stderr_and_exits_2(args: list[str], said: str) -> None:
+    """docs/cli.md: an error is one line on stderr starting `error:`; a usage error exits 2."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: "), line
+    assert said in line
+    assert line.endswith(" --help'")  # where the options are described
+
+
+def test_a_group_without_a_command_still_prints_its_help() -> None:
+    result = runner.invoke(app, ["devices"])
+    assert "Usage" in result.output
+    assert "error:" not in result.output
 
 
 def test_simulate_refuses_an_unknown_protocol() -> None:

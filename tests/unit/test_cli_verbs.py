@@ -12,6 +12,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import typer
@@ -170,6 +171,23 @@ def test_relative_and_absolute_times() -> None:
     assert parse_moment("2026-11-01T12:00:00+02:00", "--since") == "2026-11-01T12:00:00+02:00"
     with pytest.raises(typer.BadParameter, match="not a time"):
         parse_moment("yesterday", "--since")
+
+
+def test_a_status_list_may_end_with_a_comma(api: FakeApi) -> None:
+    api.on("GET", (200, {"items": [], "total_count": 0, "next_cursor": None}))
+    result = invoke(api, "list", "-s", "failed,", "-s", "TIMED_OUT")
+    assert result.exit_code == 0, result.output
+    sent = parse_qs(urlsplit(api.requests[0]["path"]).query, keep_blank_values=True)
+    assert sent["status"] == ["FAILED", "TIMED_OUT"]  # no `status=`, which the API refuses
+
+
+@pytest.mark.parametrize("status", ["", " ", ","])
+def test_a_status_naming_none_is_a_usage_error(api: FakeApi, status: str) -> None:
+    """Not a list of every status: the API refuses `status=` too."""
+    result = invoke(api, "list", "-s", "FAILED", "-s", status)
+    assert result.exit_code == 2, result.output
+    assert "--status: empty" in result.stderr
+    assert api.requests == []
 
 
 def test_a_bad_time_is_a_usage_error_before_any_request(api: FakeApi) -> None:

@@ -150,6 +150,35 @@ def test_the_per_device_cap_refuses_more_waiting_commands(open_app: Opener) -> N
     send(app, "lamp-1", "blink")  # room again
 
 
+def test_a_full_queue_of_an_offline_device_names_no_time_to_retry(open_app: Opener) -> None:
+    """Its commands go out when it reconnects, which no one knows: a `Retry-After` of a
+    second would only have the client ask again and again. The detail says why."""
+    app = open_app()
+    app.record_presence("lamp-1", False, datetime.now(UTC))
+    for _ in range(app.max_waiting):
+        send(app, "lamp-1", "blink")
+    with pytest.raises(QueueFull) as caught:
+        send(app, "lamp-1", "blink")
+    problem = problem_for(caught.value)
+    assert (problem.status, problem.code, problem.retry_after) == (429, "queue-full", None)
+    assert "'lamp-1' is offline" in problem.detail
+    assert "once it is back online" in problem.detail
+
+
+def test_a_full_queue_of_a_busy_device_says_to_retry_soon(open_app: Opener) -> None:
+    """Online, its commands go out as those before them end: worth asking again soon."""
+    app = open_app()
+    app.record_presence("charger-1", True, datetime.now(UTC))
+    send(app, "charger-1", "StopCharging")  # in flight: the rest wait (one at a time)
+    for _ in range(app.max_waiting):
+        send(app, "charger-1", "StopCharging")
+    with pytest.raises(QueueFull) as caught:
+        send(app, "charger-1", "StopCharging")
+    problem = problem_for(caught.value)
+    assert (problem.status, problem.code, problem.retry_after) == (429, "queue-full", 1.0)
+    assert "'charger-1' is busy" in problem.detail
+
+
 def test_a_copied_queue_shares_no_container_with_the_original() -> None:
     import copy
 

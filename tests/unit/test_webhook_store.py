@@ -4,12 +4,15 @@ delivery only, and a webhook is its tenant's alone."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID, uuid4
 
 import pytest
 
+from baton_api.webhooks.controller import DeliveryOut, WebhookOut
 from baton_api.webhooks.delivery import payload_body
 from baton_api.webhooks.store import (
     DEAD,
@@ -86,6 +89,24 @@ def test_attempts_move_a_pending_delivery_only(store: WebhookStore) -> None:
     assert [(a.attempt, a.status_code) for a in logged.log] == [(1, 500), (2, 200)]
     assert store.deliveries(hook.id, DEAD, 10) == []
     assert store.next_due() is None
+
+
+def test_a_webhook_says_each_time_as_the_api_says_an_executions(store: WebhookStore) -> None:
+    """UTC with `Z`, as `created_at` of an execution (docs/api.md): in the body it POSTs and
+    in the answers about it and its deliveries, never `+00:00`."""
+    hook = store.create("default", "http://127.0.0.1:9/a", ["*"], None, "k")
+    store.enqueue([change(5)], 5, payload_body)
+    [(delivery, _)] = store.due(now_ms=2**62, limit=10)
+    store.attempted(delivery, attempt(1, 500), PENDING, next_at=1_796_292_001_250)
+
+    assert json.loads(delivery.body)["at"] == "2026-12-03T10:00:00Z"
+    [logged] = store.deliveries(hook.id, None, 10)
+    shown = DeliveryOut.of(logged).model_dump(mode="json")  # as Litestar renders it
+    assert shown["next_attempt_at"] == "2026-12-03T10:00:01.250000Z"
+    assert shown["log"][0]["at"] == "2026-12-03T10:00:01Z"
+    made = WebhookOut.of(hook, {}).model_dump(mode="json")["created_at"]
+    for moment in (made, shown["created_at"], shown["updated_at"]):
+        assert moment.endswith("Z") and datetime.fromisoformat(moment).tzinfo == UTC
 
 
 def test_a_webhook_is_its_tenants_alone(store: WebhookStore) -> None:

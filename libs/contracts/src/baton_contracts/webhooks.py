@@ -14,7 +14,7 @@ import hmac
 import time
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 SIGNATURE_HEADER = "Baton-Signature"
 DELIVERY_HEADER = "Baton-Delivery"
@@ -23,13 +23,12 @@ EVENT_HEADER = "Baton-Event"
 DEFAULT_TOLERANCE_SECONDS = 300
 
 
-class WebhookPayload(BaseModel):
-    """One change of an execution, as POSTed to a webhook (JSON)."""
+class ExecutionChange(BaseModel):
+    """One change of an execution: the `data:` of a live feed's event (`GET /v1/events`),
+    and, with its delivery's ids, the body POSTed to a webhook (`WebhookPayload`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    delivery_id: UUID
-    webhook_id: UUID
     position: int  # the change's position: the same as the SSE feed's event id
     execution_id: UUID
     device_id: str
@@ -37,7 +36,17 @@ class WebhookPayload(BaseModel):
     status: str  # the execution's status after the change
     event: str  # the lifecycle event: Requested, Published, Succeeded...
     seq: int  # the event's number in its execution's stream, from 1
-    at: str  # when it happened, ISO-8601 UTC
+    # When it happened. Rendered by pydantic, as the API renders every time of an execution
+    # (`2026-12-03T14:02:11.331207Z`), not as the views store it (`+00:00`).
+    at: AwareDatetime
+
+
+class WebhookPayload(ExecutionChange):
+    """One change of an execution, as POSTed to a webhook (JSON): the change, then the ids
+    of its delivery and its webhook."""
+
+    delivery_id: UUID
+    webhook_id: UUID
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:

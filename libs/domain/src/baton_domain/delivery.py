@@ -136,7 +136,7 @@ class DeviceQueue(ContainersCopied, Aggregate):
                 raise CooldownActive(self.device_id, name, (ready_at - at).total_seconds())
         send_now = self.may_send_now(policy)
         if not send_now and len(self.waiting) >= max_waiting:
-            raise QueueFull(self.device_id, max_waiting)
+            raise QueueFull(self.device_id, max_waiting, online=self.reachable)
         self._admitted(
             execution_id=execution_id,
             name=name,

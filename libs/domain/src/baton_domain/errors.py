@@ -118,16 +118,23 @@ class CooldownActive(DomainError):
 
 
 class QueueFull(DomainError):
-    """The device already has as many commands waiting for it as allowed."""
+    """The device already has as many commands waiting for it as allowed.
+
+    While it is online (busy) they go out as those before them end: worth asking again in a
+    second. Offline, they go out when it reconnects, which nothing here can tell: no time to
+    retry (`remaining` None: no `Retry-After`), and the message says why."""
 
     code = "queue-full"
 
-    def __init__(self, device_id: str, limit: int) -> None:
-        super().__init__(
-            f"device {device_id!r} already has {limit} commands waiting (offline or busy); "
-            "try again later"
-        )
-        self.remaining = 1.0
+    def __init__(self, device_id: str, limit: int, online: bool = True) -> None:
+        if online:
+            said = f"device {device_id!r} is busy and already has {limit} commands waiting; "
+            said += "try again later"
+        else:
+            said = f"device {device_id!r} is offline and already has {limit} commands waiting, "
+            said += "which go out when it reconnects; try again once it is back online"
+        super().__init__(said)
+        self.remaining = 1.0 if online else None
 
 
 @dataclass

@@ -47,19 +47,6 @@ class Change:
     seq: int  # the event's number in its execution's stream, from 1
     at: str  # when it happened (the event's time, ISO-8601 UTC)
 
-    def to_json(self) -> dict[str, Any]:
-        """The body of a feed event and of a webhook delivery (docs/api.md)."""
-        return {
-            "position": self.position,
-            "execution_id": str(self.execution_id),
-            "device_id": self.device_id,
-            "name": self.name,
-            "status": self.status,
-            "event": self.kind,
-            "seq": self.seq,
-            "at": self.at,
-        }
-
 
 def changes_after(
     conn: Connection, where: ChangeFilter, after: int, limit: int = CHANGES_PAGE

@@ -166,7 +166,8 @@ class DevicePage(BaseModel):
 
 
 DeviceTypeFilter = Annotated[
-    str | None, QueryParameter(name="type", description="only devices of this device type")
+    str | None,
+    QueryParameter(name="type", min_length=1, description="only devices of this device type"),
 ]
 DeviceLimit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)]
 DeviceCursor = Annotated[

@@ -44,11 +44,13 @@ Wait = Annotated[
 Expand = Annotated[
     Literal["log"] | None, QueryParameter(description="`log`: include every device answer")
 ]
+# A filter given empty (`?name=`) is a 422 naming it, never "no filter" nor "named nothing".
 Statuses = Annotated[
     list[str] | None,
     QueryParameter(name="status", description="repeatable and/or comma-separated"),
 ]
-Name = Annotated[str | None, QueryParameter()]
+Name = Annotated[str | None, QueryParameter(min_length=1)]
+DeviceId = Annotated[str | None, QueryParameter(min_length=1)]
 Moment = Annotated[datetime | None, QueryParameter(description="ISO-8601; UTC if no offset")]
 Sort = Annotated[Literal["newest", "oldest"], QueryParameter()]
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)]
@@ -146,7 +148,7 @@ class ExecutionController(Controller):
         service: NamedDependency[ExecutionService],
         status: Statuses = None,
         name: Name = None,
-        device_id: Annotated[str | None, QueryParameter()] = None,
+        device_id: DeviceId = None,
         created_after: Moment = None,
         created_before: Moment = None,
         order: Sort = "newest",
@@ -299,9 +301,12 @@ def _filter(
 
 
 def statuses_of(values: list[str]) -> frozenset[ExecutionStatus]:
-    """`status=A&status=B` and `status=A,B` alike; every value must be a known status."""
-    names = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    """`status=A&status=B` and `status=A,B` alike; every value must be a known status, and
+    each `status=` must name one (`status=` alone would otherwise be no filter at all)."""
     known = {s.value for s in ExecutionStatus}
+    if any(not value.replace(",", "").strip() for value in values):
+        raise invalid("status", f"empty; name one or more of: {', '.join(sorted(known))}")
+    names = [part.strip() for value in values for part in value.split(",") if part.strip()]
     unknown = [n for n in names if n not in known]
     if unknown:
         reason = f"unknown status {', '.join(unknown)}; one of: {', '.join(sorted(known))}"

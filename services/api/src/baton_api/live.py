@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
@@ -31,10 +31,11 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from prometheus_client import Gauge
 
 from baton_api.auth import Identity, viewer
-from baton_api.controllers import Name, Statuses, statuses_of
+from baton_api.controllers import DeviceId, Name, Statuses, statuses_of
 from baton_api.problems import ProblemError, invalid, problem
 from baton_api.projector import ProjectionRunner
 from baton_api.service import ExecutionService
+from baton_contracts.webhooks import ExecutionChange
 from baton_domain.statuses import ExecutionStatus
 from baton_views import CHANGES_PAGE, Change, ChangeFilter, ExecutionViews
 
@@ -127,9 +128,21 @@ async def first_of(events: Iterable[asyncio.Event], within: float) -> bool:
 
 def message_of(change: Change) -> ServerSentEventMessage:
     return ServerSentEventMessage(
-        id=change.position,
+        id=change.position, event=change.kind, data=change_out(change).model_dump_json()
+    )
+
+
+def change_out(change: Change) -> ExecutionChange:
+    """The change as the feed and the webhooks show it (docs/api.md)."""
+    return ExecutionChange(
+        position=change.position,
+        execution_id=change.execution_id,
+        device_id=change.device_id,
+        name=change.name,
+        status=change.status,
         event=change.kind,
-        data=json.dumps(change.to_json(), separators=(",", ":")),
+        seq=change.seq,
+        at=datetime.fromisoformat(change.at),
     )
 
 
@@ -182,7 +195,7 @@ class LiveController(Controller):
         live: NamedDependency[LiveFeed],
         status: Statuses = None,
         name: Name = None,
-        device_id: Annotated[str | None, QueryParameter()] = None,
+        device_id: DeviceId = None,
         last_event_id: LastEventIdQuery = None,
         last_event_id_header: LastEventIdHeader = None,
     ) -> ServerSentEvent:

@@ -75,7 +75,8 @@ DESCRIPTIONS = {
     410: "The live stream cannot resume there: those changes are no longer kept.",
     413: "The body is larger than the api accepts.",
     422: "The request is not valid; `errors` names each field and why.",
-    429: "Not now (the key's rate limit; cooldown, full queue): retry after `Retry-After` seconds.",
+    429: "Not now (the key's rate limit; cooldown, full queue): retry after `Retry-After` "
+    "seconds; none for the full queue of an offline device (`detail`: retry once it is online).",
     503: "The dispatcher or the database cannot be reached, or did not answer; see `detail`.",
 }
 RETRY_AFTER = OpenAPIHeader(

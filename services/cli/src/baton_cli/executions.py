@@ -58,6 +58,15 @@ def _ago(seconds: float, text: str, hint: str, now: datetime | None) -> str:
         ) from None
 
 
+def statuses_named(items: list[str]) -> list[str]:
+    """Each status of `-s FAILED,TIMED_OUT -s SUCCEEDED`, as the API reads `status` (a
+    trailing comma names nothing more); a `-s` naming none is a usage error, as the API's
+    `status=` is a 422."""
+    if any(not item.replace(",", "").strip() for item in items):
+        raise typer.BadParameter("empty: name one or more statuses", param_hint="--status")
+    return [s.strip().upper() for item in items for s in item.split(",") if s.strip()]
+
+
 def list_executions(
     device: Annotated[
         str | None, typer.Option("--device", "-d", help="Only this device's executions.")
@@ -96,7 +105,7 @@ def list_executions(
     if name is not None:
         params["name"] = name
     if status:
-        params["status"] = [s.strip().upper() for item in status for s in item.split(",")]
+        params["status"] = statuses_named(status)
     if since is not None:
         params["created_after"] = parse_moment(since, "--since")
     if until is not None:

@@ -42,6 +42,7 @@ from baton_cli.nats_setup import nats_setup
 from baton_cli.nats_streams import nats_replicate_events
 from baton_cli.output import dumps, event_line, execution_summary, progress_bar
 from baton_cli.tail import follow_execution, tail
+from baton_cli.usage import BatonGroup
 from baton_domain.json_values import json_faults
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ DEMO_SILENT = ["demo-silent-1"]
 
 app = typer.Typer(
     name="baton",
+    cls=BatonGroup,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )

@@ -4,6 +4,7 @@ delivery logs. Each handler decodes, makes one store call (in a worker thread), 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -15,7 +16,7 @@ from pydantic import BaseModel, Field
 from baton_api.auth import Identity, operator
 from baton_api.problems import ProblemError, invalid, problem
 from baton_api.schemas import RequestSchema
-from baton_api.webhooks.store import Delivery, Webhook, WebhookStore
+from baton_api.webhooks.store import Attempt, Delivery, Webhook, WebhookStore
 from baton_api.webhooks.targets import MAX_URL_LENGTH, TargetRefused, Targets, check_target
 from baton_domain.statuses import ExecutionStatus
 from baton_views.projection import PROJECTED_TYPES
@@ -38,7 +39,7 @@ class WebhookOut(BaseModel):
     url: str
     events: list[str]
     device_id: str | None
-    created_at: str
+    created_at: datetime
     created_by: str
     deliveries: dict[str, int] = Field(description="how many are pending, delivered, dead")
     secret: str | None = Field(
@@ -52,7 +53,7 @@ class WebhookOut(BaseModel):
             url=hook.url,
             events=list(hook.events),
             device_id=hook.device_id,
-            created_at=hook.created_at,
+            created_at=datetime.fromisoformat(hook.created_at),
             created_by=hook.created_by,
             deliveries=counts,
             secret=hook.secret if with_secret else None,
@@ -61,10 +62,20 @@ class WebhookOut(BaseModel):
 
 class AttemptOut(BaseModel):
     attempt: int
-    at: str
+    at: datetime
     status_code: int | None
     error: str | None
     duration_ms: int
+
+    @classmethod
+    def of(cls, attempt: Attempt) -> AttemptOut:
+        return cls(
+            attempt=attempt.attempt,
+            at=datetime.fromisoformat(attempt.at),
+            status_code=attempt.status_code,
+            error=attempt.error,
+            duration_ms=attempt.duration_ms,
+        )
 
 
 class DeliveryOut(BaseModel):
@@ -74,19 +85,17 @@ class DeliveryOut(BaseModel):
     execution_id: UUID
     state: Literal["pending", "delivered", "dead"]
     attempts: int
-    next_attempt_at: str | None
-    created_at: str
-    updated_at: str
+    next_attempt_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
     log: list[AttemptOut]
 
     @classmethod
     def of(cls, delivery: Delivery) -> DeliveryOut:
-        from datetime import UTC, datetime
-
         next_at = None
-        if delivery.state == "pending":
-            moment = datetime.fromtimestamp(delivery.next_at / 1000, UTC)
-            next_at = moment.isoformat(timespec="milliseconds")
+        if delivery.state == "pending":  # to the millisecond, as stored
+            seconds, millis = divmod(delivery.next_at, 1000)
+            next_at = datetime.fromtimestamp(seconds, UTC) + timedelta(milliseconds=millis)
         return cls(
             id=delivery.id,
             position=delivery.position,
@@ -95,9 +104,9 @@ class DeliveryOut(BaseModel):
             state=delivery.state,
             attempts=delivery.attempts,
             next_attempt_at=next_at,
-            created_at=delivery.created_at,
-            updated_at=delivery.updated_at,
-            log=[AttemptOut(**vars(a)) for a in delivery.log],
+            created_at=datetime.fromisoformat(delivery.created_at),
+            updated_at=datetime.fromisoformat(delivery.updated_at),
+            log=[AttemptOut.of(a) for a in delivery.log],
         )
 
 

@@ -27,7 +27,7 @@ from uuid import UUID
 
 from prometheus_client import Counter
 
-from baton_api.live import first_of
+from baton_api.live import change_out, first_of
 from baton_api.projector import ProjectionRunner
 from baton_api.webhooks.store import (
     DEAD,
@@ -85,18 +85,8 @@ class DeliveryPolicy:
 
 
 def payload_body(hook: Webhook, change: Change, delivery_id: UUID) -> str:
-    return WebhookPayload(
-        delivery_id=delivery_id,
-        webhook_id=hook.id,
-        position=change.position,
-        execution_id=change.execution_id,
-        device_id=change.device_id,
-        name=change.name,
-        status=change.status,
-        event=change.kind,
-        seq=change.seq,
-        at=change.at,
-    ).model_dump_json()
+    shown = change_out(change).model_dump()
+    return WebhookPayload(**shown, delivery_id=delivery_id, webhook_id=hook.id).model_dump_json()
 
 
 class WebhookSender:
