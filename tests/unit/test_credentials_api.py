@@ -205,3 +205,21 @@ def test_a_change_whose_accounts_cannot_be_taken_back_is_not_made(tmp_path: Path
         assert assert_problem(refused, 503)["code"] == "broker-unavailable"
         stored = client.get("/v1/devices/fleets-thermo-1", headers=AUTH).json()
         assert stored["hardware_id"] == "FLEETS-T1"
+
+
+def test_a_change_the_dispatcher_refuses_takes_no_account_back(
+    issued: tuple[TestClient[Any], InMemoryAccounts],
+) -> None:
+    # Bad input changes nothing: its accounts included.
+    client, accounts = issued
+    before = dict(accounts.accounts)
+    unknown_type = {"type": "no_such_type", "hardware_id": "FLEETS-T2"}
+    refused = client.put("/v1/devices/fleets-thermo-1", headers=ADMIN, json=unknown_type)
+    assert refused.status_code == 422, refused.text
+    document = client.get("/v1/catalog", headers=AUTH).json()
+    for device in document["devices"]:
+        if device["id"] == "fleets-thermo-1":
+            device.update(unknown_type)
+    refused = client.put("/v1/catalog", headers=ADMIN, json=document)
+    assert refused.status_code == 422, refused.text
+    assert accounts.accounts == before

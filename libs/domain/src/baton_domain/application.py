@@ -221,14 +221,25 @@ class Executions(Application[UUID]):
 
     def change_catalog(self, change: Callable[[CatalogDocument], None]) -> tuple[JSONDoc, int]:
         """Apply one checked change to the stored catalog; returns (document, position)."""
-        try:
-            document: CatalogDocument = self.repository.get(CATALOG_ID)
-        except AggregateNotFoundError:
-            document = CatalogDocument(document_of(self._seed_catalog))
+        document = self._catalog_document()
         change(document)
         position = self._stored(self.save(document))
         assert position is not None
         return document.document, position
+
+    def preview_catalog_change(self, change: Callable[[CatalogDocument], None]) -> Catalog:
+        """The catalog as `change` would leave it, stored nothing; raises what the change
+        would (the repository hands out a copy of what it caches)."""
+        document = self._catalog_document()
+        change(document)
+        return document.catalog
+
+    def _catalog_document(self) -> CatalogDocument:
+        try:
+            document: CatalogDocument = self.repository.get(CATALOG_ID)
+        except AggregateNotFoundError:
+            document = CatalogDocument(document_of(self._seed_catalog))
+        return document
 
     def catalog_document(self, tenant: str | None = None) -> JSONDoc:
         """The stored catalog, or (with `tenant`) the part of it that tenant sees."""

@@ -88,7 +88,7 @@ class CommandHandlers:
 
     def change_catalog(self, change: CatalogChange) -> CatalogReply:
         try:
-            _document, position = self.executions.change_catalog(_catalog_edit(change))
+            _document, position = self.executions.change_catalog(catalog_edit(change))
         except DomainError as exc:
             return CatalogReply(problem=problem_for(exc))
         # The caller sees its own tenant's part only, after the change as before it.
@@ -111,7 +111,7 @@ class CommandHandlers:
         )
 
 
-def _catalog_edit(change: CatalogChange) -> Callable[[CatalogDocument], None]:
+def catalog_edit(change: CatalogChange) -> Callable[[CatalogDocument], None]:
     """The CatalogDocument method a change calls; InvalidCatalog if a field it needs is
     missing."""
 

@@ -31,7 +31,8 @@ from baton_contracts.nats import CatalogChange
 from baton_domain.application import Executions
 from baton_domain.catalog import Catalog, Device, DeviceType, DeviceTypeName
 from baton_domain.delivery import DeviceQueue
-from baton_domain.errors import UnknownDevice, UnknownDeviceType
+from baton_domain.errors import DomainError, UnknownDevice, UnknownDeviceType
+from baton_platform.commands import catalog_edit
 from baton_platform.problems import problem_for
 from baton_views import DEFAULT_LIMIT, MAX_LIMIT, InvalidQueryError
 
@@ -107,6 +108,17 @@ class CatalogService:
         await self._revoke(device_id)
         await self.change(CatalogChange(op="remove-device", device_id=device_id), by)
 
+    def _moved_by(self, change: CatalogChange) -> list[str]:
+        """The tenant's devices `change` drops or moves to other topics, tried on the stored
+        catalog with the dispatcher's own checks; none for a change it will refuse (bad
+        input changes nothing, its accounts included)."""
+        before = self._executions.catalog
+        try:
+            after = self._executions.preview_catalog_change(catalog_edit(change))
+        except DomainError:
+            return []
+        return moved_devices(before, after, change.tenant)
+
     async def _revoke(self, device_id: str) -> None:
         """Take the device's MQTT account back; 503 if the broker cannot be asked."""
         try:
@@ -118,8 +130,7 @@ class CatalogService:
         change = change.model_copy(update={"tenant": by.tenant, "principal": by.principal})
         if change.op in MOVING:
             # As removing a device does: if the broker cannot be asked, nothing changes.
-            stored = await asyncio.to_thread(lambda: self._executions.catalog)
-            for device_id in moved_devices(stored, by.tenant, change):
+            for device_id in await asyncio.to_thread(self._moved_by, change):
                 await self._revoke(device_id)
         reply = await self._gateway.change_catalog(change)
         if reply.problem is not None:
