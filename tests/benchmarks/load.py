@@ -26,17 +26,11 @@ from dataclasses import dataclass, field
 from baton_domain.statuses import ExecutionStatus
 from tests.benchmarks.lean_http import HttpError, LeanClient
 from tests.benchmarks.procs import CpuSnapshot, Pids
+from tests.quantiles import percentile
 
 SUCCEEDED = ExecutionStatus.SUCCEEDED.value
 UNFINISHED = ",".join(s.value for s in ExecutionStatus if not s.is_terminal)
 DOOM_CHECK_S = 0.25
-
-
-def percentile(ordered: list[float], q: float) -> float:
-    """The q-quantile of sorted samples (nearest rank)."""
-    if not ordered:
-        return math.nan
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from tests.benchmarks.load import LoadSettings, StepResult, percentile
+from tests.benchmarks.load import LoadSettings, StepResult
+from tests.quantiles import percentile
 
 BENCH = "bench (load)"
 STEP_HEADER = "   offered  completed  in time       p50       p99   gen lag  verdict"

@@ -23,10 +23,10 @@ from tests.benchmarks.load import (
     Search,
     StepResult,
     find_max,
-    percentile,
 )
 from tests.benchmarks.profile import OTHER, by_library
 from tests.conftest import DEMO
+from tests.quantiles import percentile
 
 SETTINGS = LoadSettings(devices=["d1", "d2"], threshold=1.0, target=0.99)
 

@@ -181,10 +181,11 @@ def test_a_status_list_may_end_with_a_comma(api: FakeApi) -> None:
     assert sent["status"] == ["FAILED", "TIMED_OUT"]  # no `status=`, which the API refuses
 
 
+@pytest.mark.parametrize("verb", ["list", "tail"])
 @pytest.mark.parametrize("status", ["", " ", ","])
-def test_a_status_naming_none_is_a_usage_error(api: FakeApi, status: str) -> None:
+def test_a_status_naming_none_is_a_usage_error(api: FakeApi, verb: str, status: str) -> None:
     """Not a list of every status: the API refuses `status=` too."""
-    result = invoke(api, "list", "-s", "FAILED", "-s", status)
+    result = invoke(api, verb, "--status", "FAILED", "--status", status)
     assert result.exit_code == 2, result.output
     assert "--status: empty" in result.stderr
     assert api.requests == []

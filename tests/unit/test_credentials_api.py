@@ -3,6 +3,7 @@ on the device's own topics in its wire profile; bad input is a problem document.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,16 +12,23 @@ import pytest
 from litestar.testing import TestClient
 
 from baton_api.app import create_app
+from baton_api.auth import Identity
+from baton_api.catalog import CatalogService
 from baton_api.credentials import (
     AccountsUnavailableError,
+    CredentialService,
     DeviceAccounts,
     FixedAccounts,
     InMemoryAccounts,
 )
 from baton_api.inmemory import InMemoryGateway
+from baton_api.moved import moved_devices
+from baton_api.problems import ProblemError
 from baton_contracts.accounts import AccountTopics
+from baton_contracts.nats import CatalogChange, CatalogReply
 from baton_domain.application import Executions
 from baton_domain.catalog import Catalog
+from baton_domain.tenants import Role
 from baton_platform.settings import Settings
 from tests.unit.test_api import ADMIN, ADMIN_KEY, AUTH, DEMO, KEY, assert_problem
 
@@ -223,3 +231,68 @@ def test_a_change_the_dispatcher_refuses_takes_no_account_back(
     refused = client.put("/v1/catalog", headers=ADMIN, json=document)
     assert refused.status_code == 422, refused.text
     assert accounts.accounts == before
+
+
+class Slow(InMemoryGateway):
+    """A dispatcher that stores a catalog change only once `go` is set."""
+
+    def __init__(self, executions: Executions) -> None:
+        super().__init__(executions)
+        self.asked = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def change_catalog(self, change: CatalogChange) -> CatalogReply:
+        self.asked.set()
+        await self.go.wait()
+        return await super().change_catalog(change)
+
+
+@pytest.mark.parametrize("issued_when", ["before it is stored", "as it is stored"])
+async def test_credentials_issued_while_a_change_moves_the_device_do_not_survive_it(
+    issued_when: str,
+) -> None:
+    # Made on the old topics while the change was on its way, the account would outlive it.
+    executions = Executions(
+        Catalog.from_yaml(PROFILES), env={"PERSISTENCE_MODULE": "eventsourcing.popo"}
+    )
+    executions.seed_catalog()
+    gateway, accounts = Slow(executions), InMemoryAccounts()
+    catalog = CatalogService(executions, gateway, accounts)
+    credentials = CredentialService(catalog, accounts)
+    admin = Identity(principal="key:test", tenant="default", role=Role.ADMIN)
+    move = CatalogChange(
+        op="put-device",
+        device={"id": "fleets-thermo-1", "type": "fleets_thermostat", "hardware_id": "FLEETS-T2"},
+    )
+    changing = asyncio.create_task(catalog.change(move, admin))
+    # The account taken back, the change not yet stored.
+    await asyncio.wait_for(gateway.asked.wait(), 10)
+    if issued_when == "before it is stored":
+        await credentials.issue("fleets-thermo-1", "default")  # on FLEETS-T1's topics
+        gateway.go.set()
+        await changing
+    else:
+        real_issue = accounts.issue
+
+        async def issue_then_store(username: str, topics: AccountTopics) -> str:
+            password = await real_issue(username, topics)
+            gateway.go.set()
+            await changing  # stored before the issue looks again
+            return password
+
+        accounts.issue = issue_then_store  # type: ignore[method-assign]
+        with pytest.raises(ProblemError) as refused:
+            await credentials.issue("fleets-thermo-1", "default")
+        assert refused.value.problem.code == "device-changed"
+    assert "device-fleets-thermo-1" not in accounts.accounts
+
+
+def test_a_device_of_a_type_stored_with_unusable_wire_settings_counts_as_moved() -> None:
+    # Its account, issued before the catalog checked templates, may hold the broker's own
+    # topics: no topics to compare, so any change that could move it takes it back.
+    document = Catalog.from_yaml(PROFILES).model_dump(mode="json")
+    document["device_types"]["iotee_device"]["wire"]["answer_topic"] = "$CONTROL/{hardware_id}"
+    stored = Catalog.model_validate(document)
+    assert moved_devices(stored, stored, "default") == ["iotee-1"]
+    usable = Catalog.from_yaml(PROFILES)
+    assert moved_devices(usable, usable, "default") == []

@@ -227,12 +227,15 @@ class Executions(Application[UUID]):
         assert position is not None
         return document.document, position
 
-    def preview_catalog_change(self, change: Callable[[CatalogDocument], None]) -> Catalog:
-        """The catalog as `change` would leave it, stored nothing; raises what the change
-        would (the repository hands out a copy of what it caches)."""
+    def preview_catalog_change(
+        self, change: Callable[[CatalogDocument], None]
+    ) -> tuple[Catalog, Catalog]:
+        """The stored catalog and the one `change` would leave, nothing stored; raises what
+        the change would (the repository hands out a copy of what it caches)."""
         document = self._catalog_document()
+        before = document.catalog
         change(document)
-        return document.catalog
+        return before, document.catalog
 
     def _catalog_document(self) -> CatalogDocument:
         try:

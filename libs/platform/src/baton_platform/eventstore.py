@@ -73,6 +73,10 @@ def event_store_env(settings: Settings, writer: bool = False) -> dict[str, str]:
         # another writer move a stream (which Baton never does, but a conflict must not
         # wedge it), the conflict evicts the stale copy (`Executions`).
         "AGGREGATE_CACHE_FASTFORWARD": "n" if writer else "y",
+        # Every read of a cached aggregate gets a copy of its own (the library's default,
+        # kept whatever it becomes): a change tried without being saved
+        # (Executions.preview_catalog_change) must not alter what the cache holds.
+        "DEEPCOPY_FROM_AGGREGATE_CACHE": "y",
     }
 
 

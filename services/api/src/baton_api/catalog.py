@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -35,6 +36,8 @@ from baton_domain.errors import DomainError, UnknownDevice, UnknownDeviceType
 from baton_platform.commands import catalog_edit
 from baton_platform.problems import problem_for
 from baton_views import DEFAULT_LIMIT, MAX_LIMIT, InvalidQueryError
+
+log = logging.getLogger(__name__)
 
 
 class CatalogService:
@@ -107,14 +110,14 @@ class CatalogService:
         await self.device(device_id, by.tenant)  # 404 for a device the tenant has not
         await self._revoke(device_id)
         await self.change(CatalogChange(op="remove-device", device_id=device_id), by)
+        await self._revoke_again([device_id])
 
     def _moved_by(self, change: CatalogChange) -> list[str]:
         """The tenant's devices `change` drops or moves to other topics, tried on the stored
         catalog with the dispatcher's own checks; none for a change it will refuse (bad
         input changes nothing, its accounts included)."""
-        before = self._executions.catalog
         try:
-            after = self._executions.preview_catalog_change(catalog_edit(change))
+            before, after = self._executions.preview_catalog_change(catalog_edit(change))
         except DomainError:
             return []
         return moved_devices(before, after, change.tenant)
@@ -128,14 +131,27 @@ class CatalogService:
 
     async def change(self, change: CatalogChange, by: Identity) -> dict[str, Any]:
         change = change.model_copy(update={"tenant": by.tenant, "principal": by.principal})
+        moved = []
         if change.op in MOVING:
-            # As removing a device does: if the broker cannot be asked, nothing changes.
-            for device_id in await asyncio.to_thread(self._moved_by, change):
+            # As removing a device does: if the broker cannot be asked, the change is not
+            # asked for (accounts taken back before the broker failed stay taken back).
+            moved = await asyncio.to_thread(self._moved_by, change)
+            for device_id in moved:
                 await self._revoke(device_id)
         reply = await self._gateway.change_catalog(change)
         if reply.problem is not None:
             raise ProblemError(reply.problem)
+        await self._revoke_again(moved)
         return reply.document or {}
+
+    async def _revoke_again(self, device_ids: list[str]) -> None:
+        """Once more, now the change is stored: credentials issued meanwhile were issued on
+        the old topics (CredentialService.issue checks too, from its side)."""
+        for device_id in device_ids:
+            try:
+                await self.accounts.revoke(device_username(device_id))
+            except AccountsUnavailableError as exc:
+                log.warning("MQTT account of %s not taken back again: %s", device_id, exc)
 
 
 class DeviceTypeOut(DeviceType):

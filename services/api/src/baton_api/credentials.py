@@ -27,7 +27,7 @@ from baton_api.device_accounts import (
 )
 from baton_api.problems import ProblemError, problem
 from baton_api.schemas import ProblemOut
-from baton_contracts.accounts import device_topics, device_username
+from baton_contracts.accounts import AccountTopics, device_topics, device_username
 
 __all__ = [  # the broker's side lives in baton_api.device_accounts; named here for callers
     "AccountsNotIssuedError",
@@ -54,22 +54,46 @@ class CredentialService:
 
     async def issue(self, device_id: str, tenant: str) -> Credentials:
         """404 unknown-device for a device `tenant` does not have (another's included)."""
-        device = await self._catalog.device(device_id, tenant)
-        device_type = (await self._catalog.catalog(tenant)).device_types[device.type]
-        try:
-            topics = device_topics(
-                device_type.wire_profile, device.id, device.hardware_id, device_type.wire
-            )
-        except ProfileSettingsError as exc:
-            raise ProblemError(problem(409, "unusable-wire-settings", str(exc))) from None
-        username = device_username(device.id)
+        topics = await self._topics(device_id, tenant)
+        username = device_username(device_id)
         try:
             password = await self._accounts.issue(username, topics)
         except AccountsNotIssuedError as exc:
             raise ProblemError(problem(501, "credentials-not-supported", str(exc))) from None
         except AccountsUnavailableError as exc:
             raise ProblemError(problem(503, "broker-unavailable", str(exc))) from None
+        # A catalog change that moved the device's topics (or removed it) while the account
+        # was made took its accounts back before it was stored, maybe before this one: an
+        # account left on topics the device no longer has could serve whichever device takes
+        # them next. So once more, from this side.
+        try:
+            still = await self._topics(device_id, tenant) == topics
+        except ProblemError:
+            still = False
+        if not still:
+            try:
+                await self._accounts.revoke(username)
+            except AccountsUnavailableError as exc:
+                raise ProblemError(problem(503, "broker-unavailable", str(exc))) from None
+            raise ProblemError(
+                problem(
+                    409,
+                    "device-changed",
+                    f"device {device_id!r} changed while its credentials were issued; "
+                    "none were: ask again",
+                )
+            )
         return Credentials(username=username, password=password)
+
+    async def _topics(self, device_id: str, tenant: str) -> AccountTopics:
+        device = await self._catalog.device(device_id, tenant)
+        device_type = (await self._catalog.catalog(tenant)).device_types[device.type]
+        try:
+            return device_topics(
+                device_type.wire_profile, device.id, device.hardware_id, device_type.wire
+            )
+        except ProfileSettingsError as exc:
+            raise ProblemError(problem(409, "unusable-wire-settings", str(exc))) from None
 
 
 class CredentialController(Controller):

@@ -21,14 +21,17 @@ MOVING = frozenset({"import", "put-device", "put-device-type"})
 
 def moved_devices(before: Catalog, after: Catalog, tenant: str) -> list[str]:
     """The ids of `tenant`'s devices in `before` that are gone from `after`, or whose MQTT
-    topics differ there."""
+    topics differ there, or are unknown on either side: a type whose wire settings its
+    profile cannot use (stored before the catalog checked them) gives none, and an account
+    issued then may hold anything, the broker's own topics included."""
     kept = {d.id: d for d in after.devices}
     moved = []
     for old in before.devices:
         if old.tenant != tenant:
             continue
         new = kept.get(old.id)
-        if new is None or _topics(new, after) != _topics(old, before):
+        was = _topics(old, before)
+        if new is None or not was or _topics(new, after) != was:
             moved.append(old.id)
     return moved
 

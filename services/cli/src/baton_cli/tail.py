@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from baton_cli.api_client import DEFAULT_KEY, DEFAULT_URL, ApiKey, ApiUrl, fail, unreachable
+from baton_cli.executions import statuses_named
 from baton_cli.live import Event, StreamRefused, follow
 from baton_cli.output import problem_lines
 
@@ -37,7 +38,7 @@ def tail(
     if name:
         params["name"] = name
     if status:
-        params["status"] = ",".join(status)
+        params["status"] = ",".join(statuses_named(status))
     print_events(f"{api_url.rstrip('/')}/v1/events", api_key, params, since, False, as_json)
 
 
