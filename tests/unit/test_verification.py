@@ -143,3 +143,17 @@ def test_the_views_show_the_same_verification(app: Executions, tmp_path: Path) -
         assert statuses == ["SUCCEEDED", "FAILED", "CANCELED"]
     finally:
         views.close()
+
+
+def test_the_api_writes_the_verification_time_as_the_executions_times(app: Executions) -> None:
+    from baton_api.schemas import ExecutionOut
+
+    mine = start(app)
+    answer(app, mine, AnswerStatus.SUCCEEDED)
+    at = T0 + timedelta(seconds=5)
+    app.record_state("charger-1", {"charging": True}, at)
+    shown = ExecutionOut.of(execution_state(app.get(mine))).model_dump(mode="json")
+    assert shown["verification"] == {
+        "status": "SUCCEEDED", "completed_at": "2026-01-01T00:00:05Z", "error": None,
+    }  # fmt: skip
+    assert shown["created_at"].endswith("Z")

@@ -7,7 +7,7 @@ independently of what services say to each other over NATS.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from litestar.plugins.pydantic import PydanticPlugin
@@ -90,6 +90,20 @@ class LogEntryOut(BaseModel):
     payload: dict[str, Any]
 
 
+class VerificationErrorOut(BaseModel):
+    title: str
+    description: str | None = None
+
+
+class VerificationOut(BaseModel):
+    """Whether the device's reported state showed the change the command declares (Traxes'
+    verification); its time written as the execution's are."""
+
+    status: Literal["PENDING", "SUCCEEDED", "FAILED", "CANCELED"]
+    completed_at: datetime | None = None
+    error: VerificationErrorOut | None = None
+
+
 class ExecutionOut(BaseModel):
     id: UUID
     device_id: str
@@ -105,10 +119,10 @@ class ExecutionOut(BaseModel):
     ephemeral: bool
     retry_of: UUID | None = Field(description="the execution this one retries")
     retries: list[UUID] = Field(description="executions made to retry this one")
-    verification: dict[str, Any] | None = Field(
+    verification: VerificationOut | None = Field(
         default=None,
         description="whether the device's reported state showed the change the command "
-        "declares: {status: PENDING|SUCCEEDED|FAILED|CANCELED, completed_at, error}",
+        "declares (none without a verification rule)",
     )
     requested_by: str | None = Field(
         default=None,
@@ -133,7 +147,9 @@ class ExecutionOut(BaseModel):
             ephemeral=execution.ephemeral,
             retry_of=execution.retry_of,
             retries=list(execution.retries),
-            verification=execution.verification,
+            verification=None
+            if execution.verification is None
+            else VerificationOut.model_validate(execution.verification),
             requested_by=execution.requested_by,
         )
 
