@@ -397,19 +397,24 @@ def _check_topics_free(
     sharing the sender's topic (refused here across tenants) or none (`unknown-device`)."""
     if not devices:
         return
-    taken = TopicIndex(
-        topic
-        for other in catalog.devices
-        if other.tenant != tenant
-        for topic in wire.topics(other, catalog.device_types[other.type])
-    )
-    if not taken:
-        return  # no other tenant's device: nothing to compare with
+    # The changed devices' topics in the index, the others' streamed through it: a change
+    # brings a few devices, the catalog may hold tens of thousands of others.
+    mine = TopicIndex()
+    whose: dict[str, str] = {}
     for device in devices:
         for topic in wire.topics(device, catalog.device_types[device.type]):
-            if taken.shares(topic):
+            mine.add(topic)
+            whose.setdefault(topic, device.id)
+    if not mine:
+        return
+    for other in catalog.devices:
+        if other.tenant == tenant:
+            continue
+        for topic in wire.topics(other, catalog.device_types[other.type]):
+            hit = mine.shared(topic)
+            if hit is not None:
                 raise CatalogConflict(
-                    f"device {device.id!r} would use MQTT topic {topic!r}, "
+                    f"device {whose[hit]!r} would use MQTT topic {hit!r}, "
                     "which is taken: choose another hardware_id or topic"
                 )
 

@@ -30,13 +30,14 @@ _Node = dict[str, "_Node"]
 
 
 class TopicIndex:
-    """Topics and `+` filters, asked whether a topic or filter shares a topic with one.
+    """Topics and `+` filters, asked which of them shares a topic with a topic or filter.
 
     Two share a topic when some topic matches both: as many levels, and each level equal,
     or `+` in either. A tree of levels finds that without comparing every pair."""
 
     def __init__(self, topics: Iterable[str] = ()) -> None:
         self._roots: dict[int, _Node] = {}  # by number of levels: `+` is one level
+        self._topic_at: dict[int, str] = {}  # a leaf (by id) -> the topic that ends there
         for topic in topics:
             self.add(topic)
 
@@ -48,8 +49,13 @@ class TopicIndex:
         node = self._roots.setdefault(len(levels), {})
         for level in levels:
             node = node.setdefault(level, {})
+        self._topic_at.setdefault(id(node), topic)
 
     def shares(self, topic: str) -> bool:
+        return self.shared(topic) is not None
+
+    def shared(self, topic: str) -> str | None:
+        """One of the index's topics sharing a topic with `topic`, or None."""
         levels = topic.split("/")
         root = self._roots.get(len(levels))
         nodes = [] if root is None else [root]
@@ -59,5 +65,5 @@ class TopicIndex:
             else:
                 nodes = [node[key] for node in nodes for key in (level, "+") if key in node]
             if not nodes:
-                return False
-        return True
+                return None
+        return self._topic_at[id(nodes[0])]
