@@ -57,6 +57,9 @@ from baton_platform.commands import CommandHandlers
 from baton_platform.metrics import REJECTED_MESSAGES, observe_stored
 
 log = logging.getLogger(__name__)
+
+# A deadline answered this slowly is logged with where the time went.
+SLOW_DEADLINE_S = 1.0
 T = TypeVar("T")
 
 # Bounds one transaction (and so the wait of the first caller in it): at ~10-20 us of
@@ -262,6 +265,33 @@ class Writer:
         return reply
 
     async def deadline(self, due: DeadlineDue) -> DeadlineReply:
+        started = time.monotonic()
+        phases: dict[str, float] = {}
+        reply = await self._deadline(due, phases)
+        took = time.monotonic() - started
+        if took >= SLOW_DEADLINE_S:
+            # The scheduler waits for each answer with a bounded number in flight: slow
+            # answers are what makes deadlines late under faults, so say where the time went.
+            spent = ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in phases.items())
+            log.warning(
+                "deadline of %s answered %s in %.2f s (%s)",
+                due.execution_id,
+                reply.outcome,
+                took,
+                spent,
+            )
+        return reply
+
+    async def _deadline(self, due: DeadlineDue, phases: dict[str, float]) -> DeadlineReply:
+        """`phases`: filled with the seconds each step took."""
+        mark = time.monotonic()
+
+        def lap(phase: str) -> None:
+            nonlocal mark
+            now = time.monotonic()
+            phases[phase] = now - mark
+            mark = now
+
         if self._backlog is not None:
             # An answer from before this deadline may still be on its way (in the broker, a
             # bridge, or the reports stream): it is applied first, the scheduler asks again.
@@ -271,8 +301,15 @@ class Writer:
                 )
             except ExecutionNotFound:
                 return DeadlineReply(outcome="unknown")
-            if waiting.at is not None and await self._backlog.holds(waiting.device_id, waiting.at):
-                return DeadlineReply(outcome="reports-pending")
+            finally:
+                lap("read")
+            try:
+                if waiting.at is not None and await self._backlog.holds(
+                    waiting.device_id, waiting.at
+                ):
+                    return DeadlineReply(outcome="reports-pending")
+            finally:
+                lap("watermarks and reports")
         try:
             outcome = await self._call(
                 lambda: self._executions.reach_deadline(due.execution_id, due.kind)
@@ -281,6 +318,8 @@ class Writer:
             return DeadlineReply(outcome="unknown")
         except DeadlineNotReached:
             return DeadlineReply(outcome="not-yet")
+        finally:
+            lap("apply")
         if not outcome.changed:
             return DeadlineReply(outcome="ignored")
         log.info("deadline of %s: %s", due.execution_id, outcome.execution.status.value)
