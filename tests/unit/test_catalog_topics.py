@@ -9,43 +9,22 @@ The changes go through the dispatcher's real handlers over an in-memory event st
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from baton_contracts.nats import CatalogChange, CatalogReply
-from baton_domain.application import Executions
-from baton_domain.catalog import Catalog
+from baton_contracts.nats import CatalogReply
 from baton_domain.topics import TopicIndex
 from baton_platform.commands import CommandHandlers
+from tests.unit.catalog_changes import IOTEE, change, demo_handlers, raw_type
 
-DEMO = Path(__file__).resolve().parents[2] / "deploy/catalog/demo.yaml"
 # The demo catalog (tenant `default`) has the baton-profile device `demo-thermostat-1`.
 VICTIM = "baton/v1/devices/demo-thermostat-1"
-IOTEE = "iotee/dev/{hardware_id}/rls"
-
-
-def raw_type(topic: str, **wire: str) -> dict[str, Any]:
-    return {
-        "wire_profile": "raw-mapped",
-        "delivery": "one-at-a-time",
-        "wire": {"topic": topic, **wire},
-        "commands": {"lock": {"wire": {"payload": "1"}}},
-    }
 
 
 @pytest.fixture
 def handlers() -> CommandHandlers:
-    executions = Executions(
-        Catalog.from_yaml(DEMO), env={"PERSISTENCE_MODULE": "eventsourcing.popo"}
-    )
-    executions.seed_catalog()
-    return CommandHandlers(executions)
-
-
-def change(handlers: CommandHandlers, tenant: str, op: str, **fields: Any) -> CatalogReply:
-    return handlers.change_catalog(CatalogChange(tenant=tenant, op=op, **fields))
+    return demo_handlers()
 
 
 def accepted(handlers: CommandHandlers, tenant: str, op: str, **fields: Any) -> None:

@@ -9,41 +9,26 @@ The changes go through the dispatcher's real handlers over an in-memory event st
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from baton_contracts import accounts
 from baton_contracts.accounts import device_topics
-from baton_contracts.nats import CatalogChange, CatalogReply
+from baton_contracts.nats import CatalogReply
 from baton_contracts.profiles import ProfileSettingsError, codec_for
-from baton_domain.application import Executions
-from baton_domain.catalog import Catalog
 from baton_platform.commands import CommandHandlers
-
-DEMO = Path(__file__).resolve().parents[2] / "deploy/catalog/demo.yaml"
-
-
-def raw_type(**wire: str) -> dict[str, Any]:
-    return {
-        "wire_profile": "raw-mapped",
-        "wire": {"topic": "iotee/dev/{hardware_id}/rls", **wire},
-        "commands": {"lock": {"wire": {"payload": "1"}}},
-    }
+from tests.unit import catalog_changes
+from tests.unit.catalog_changes import demo_handlers, raw_type
 
 
 @pytest.fixture
 def handlers() -> CommandHandlers:
-    executions = Executions(
-        Catalog.from_yaml(DEMO), env={"PERSISTENCE_MODULE": "eventsourcing.popo"}
-    )
-    executions.seed_catalog()
-    return CommandHandlers(executions)
+    return demo_handlers()
 
 
 def change(handlers: CommandHandlers, op: str, **fields: Any) -> CatalogReply:
-    return handlers.change_catalog(CatalogChange(tenant="acme", op=op, **fields))
+    return catalog_changes.change(handlers, "acme", op, **fields)
 
 
 def refused_field(reply: CatalogReply) -> str:
