@@ -78,8 +78,7 @@ def checked(document: JSON, wire: WireRules) -> Catalog:
     """`build` for a document a caller sent (import): also refuses a params schema Baton
     would not run and wire settings the type's profile cannot use, naming the field."""
     catalog = build(document)
-    _check_params_schemas(catalog, _types(document))
-    _check_wire(catalog, _types(document), wire)
+    _check_types(catalog, _types(document), wire)
     return catalog
 
 
@@ -218,8 +217,7 @@ class CatalogDocument(Aggregate):
         candidate = _copy(self.document)
         candidate.setdefault("device_types", {})[name] = definition
         catalog = build(candidate)
-        _check_params_schemas(catalog, [name])
-        _check_wire(catalog, [name], wire)
+        _check_types(catalog, [name], wire)
         # A type's wire settings give the topics of every device of it (all its tenant's).
         users = [d for d in catalog.devices if d.type == name]
         _check_topics_free(catalog, users, tenant, wire)
@@ -343,6 +341,13 @@ def _check_type_name(name: str) -> None:
             f"device type name {name!r} is not valid",
             [FieldError("name", f"must match {DEVICE_TYPE_PATTERN}")],
         )
+
+
+def _check_types(catalog: Catalog, names: Iterable[str], wire: WireRules) -> None:
+    """What a change checks of the types it brings, beyond the catalog's own rules."""
+    names = list(names)  # read twice
+    _check_params_schemas(catalog, names)
+    _check_wire(catalog, names, wire)
 
 
 def _check_params_schemas(catalog: Catalog, names: Iterable[str]) -> None:
