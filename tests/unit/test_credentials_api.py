@@ -258,7 +258,7 @@ async def test_credentials_issued_while_a_change_moves_the_device_do_not_survive
     executions.seed_catalog()
     gateway, accounts = Slow(executions), InMemoryAccounts()
     catalog = CatalogService(executions, gateway, accounts)
-    credentials = CredentialService(catalog, accounts)
+    credentials = CredentialService(catalog)
     admin = Identity(principal="key:test", tenant="default", role=Role.ADMIN)
     move = CatalogChange(
         op="put-device",

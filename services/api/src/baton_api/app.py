@@ -317,7 +317,7 @@ def create_app(
         )
     parts = build_parts(settings, gateway, executions, access, accounts)
     access_service = AccessService(parts.access)
-    credentials = CredentialService(parts.catalog_service, parts.catalog_service.accounts)
+    credentials = CredentialService(parts.catalog_service)
     tokens = TokenVerifier(
         secret=settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
         jwks_path=settings.jwt_jwks_path,

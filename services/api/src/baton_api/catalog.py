@@ -108,7 +108,7 @@ class CatalogService:
         nothing is removed (503); if the removal then fails, the device stays with no
         account, and `POST .../credentials` gives it a new one."""
         await self.device(device_id, by.tenant)  # 404 for a device the tenant has not
-        await self._revoke(device_id)
+        await self.revoke(device_id)
         await self.change(CatalogChange(op="remove-device", device_id=device_id), by)
         await self._revoke_again([device_id])
 
@@ -122,7 +122,7 @@ class CatalogService:
             return []
         return moved_devices(before, after, change.tenant)
 
-    async def _revoke(self, device_id: str) -> None:
+    async def revoke(self, device_id: str) -> None:
         """Take the device's MQTT account back; 503 if the broker cannot be asked."""
         try:
             await self.accounts.revoke(device_username(device_id))
@@ -137,7 +137,7 @@ class CatalogService:
             # asked for (accounts taken back before the broker failed stay taken back).
             moved = await asyncio.to_thread(self._moved_by, change)
             for device_id in moved:
-                await self._revoke(device_id)
+                await self.revoke(device_id)
         reply = await self._gateway.change_catalog(change)
         if reply.problem is not None:
             raise ProblemError(reply.problem)

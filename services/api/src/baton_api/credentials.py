@@ -48,9 +48,9 @@ class Credentials(BaseModel):
 
 
 class CredentialService:
-    def __init__(self, catalog: CatalogService, accounts: DeviceAccounts) -> None:
+    def __init__(self, catalog: CatalogService) -> None:
         self._catalog = catalog
-        self._accounts = accounts
+        self._accounts = catalog.accounts  # the ones its changes and removals take back
 
     async def issue(self, device_id: str, tenant: str) -> Credentials:
         """404 unknown-device for a device `tenant` does not have (another's included)."""
@@ -71,10 +71,7 @@ class CredentialService:
         except ProblemError:
             still = False
         if not still:
-            try:
-                await self._accounts.revoke(username)
-            except AccountsUnavailableError as exc:
-                raise ProblemError(problem(503, "broker-unavailable", str(exc))) from None
+            await self._catalog.revoke(device_id)
             raise ProblemError(
                 problem(
                     409,
