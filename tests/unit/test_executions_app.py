@@ -11,7 +11,9 @@ import pytest
 
 from baton_domain.application import Executions, RequestCommand, idempotent_execution_id
 from baton_domain.catalog import Catalog
+from baton_domain.delivery import queue_id
 from baton_domain.errors import (
+    ExecutionDeleted,
     ExecutionNotFound,
     IdempotencyConflict,
     IllegalTransition,
@@ -283,3 +285,25 @@ def test_on_postgres_the_store_goes_on_after_the_server_dropped_its_connections(
         assert app.recorder.max_notification_id() == second.position
     finally:
         app.close()
+
+
+def test_committed_reads_what_the_last_commit_left(env: dict[str, str]) -> None:
+    """What any thread may read while the writer writes: the stored execution, never a batch
+    in progress; a deleted one, an unknown id or another stream's id is not found."""
+    app = Executions(Catalog.from_yaml(DEMO), env=env, clock=Clock())
+    requested = app.request(RequestCommand("demo-thermostat-1", "reboot", {}, 5)).execution
+
+    def cancel_and_look() -> tuple[ExecutionStatus, ExecutionStatus]:
+        app.cancel(requested.id, "stop")
+        return app.get(requested.id).status, app.committed(requested.id).status
+
+    [looked] = app.run_batch([cancel_and_look])
+    assert looked.unwrap() == (ExecutionStatus.CANCELED, ExecutionStatus.PENDING)
+    committed = app.committed(requested.id)
+    assert (committed.status, committed.deadline) == (ExecutionStatus.CANCELED, requested.deadline)
+    app.delete(requested.id, "gone")
+    with pytest.raises(ExecutionDeleted):
+        app.committed(requested.id)
+    for other in (uuid4(), queue_id("demo-thermostat-1")):
+        with pytest.raises(ExecutionNotFound):
+            app.committed(other)

@@ -17,7 +17,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID, uuid4, uuid5
 
-from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.application import (
+    AggregateNotFoundError,
+    Application,
+    ProcessingEvent,
+    project_aggregate,
+)
 from eventsourcing.domain import Aggregate, DomainEventProtocol
 from eventsourcing.persistence import IntegrityError, Recording
 
@@ -504,6 +509,17 @@ class Executions(Application[UUID]):
         requested = self.mapper.to_domain_event(first[0])
         device_id = getattr(requested, "device_id", None)
         return device_id if isinstance(device_id, str) else None
+
+    def committed(self, execution_id: UUID) -> CommandExecution:
+        """The execution as its last commit left it, read from its stored events: neither
+        the cache nor a batch in progress is looked at, so any thread may ask while the
+        writer thread writes (a due deadline's first look, outside the writer's queue)."""
+        execution = project_aggregate(None, self.repository.event_store.get(execution_id))
+        if not isinstance(execution, CommandExecution):  # nothing stored, or not an execution
+            raise ExecutionNotFound(execution_id)
+        if execution.deleted:
+            raise ExecutionDeleted(execution_id)
+        return execution
 
     def forget_cached(self) -> None:
         """Drop every cached aggregate: this process may not have written some of them for a

@@ -295,9 +295,15 @@ class Writer:
         if self._backlog is not None:
             # An answer from before this deadline may still be on its way (in the broker, a
             # bridge, or the reports stream): it is applied first, the scheduler asks again.
+            # The first look reads the committed execution outside the writer's queue, so a
+            # deadline waits behind the writer's backlog once, to be applied, not twice (after
+            # a fault that backlog is what made deadlines late). Committed is enough: what it
+            # reads (the deadline, whether the execution or its verification ended) is never
+            # undone, and a report stored meanwhile is still in the reports stream.
             try:
-                waiting = await self._call(
-                    lambda: due_of(self._executions.get(due.execution_id), due.kind)
+                waiting = due_of(
+                    await asyncio.to_thread(self._executions.committed, due.execution_id),
+                    due.kind,
                 )
             except ExecutionNotFound:
                 return DeadlineReply(outcome="unknown")
