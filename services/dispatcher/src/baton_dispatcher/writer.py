@@ -7,12 +7,24 @@ together into the next one (`Executions.run_batch`): one fsync for up to MAX_BAT
 reports, deadlines and presence changes, and none of the waiting when the dispatcher is idle
 (a lone call goes at once). Each caller gets its answer only after its transaction is
 committed. Every method returns a wire model: the edges only decode and encode.
+
+What settles work already in flight (device reports, due deadlines) goes ahead of new
+requests in the queue: after a fault the queue fills with both, and deadlines that waited
+behind the submits were applied late, by more than the chaos checks' 30 s grace. A submit
+that waits instead gets `request-expired` once its requester stops waiting, a clear
+retryable answer; nor can new requests starve the rest, as every report and deadline comes
+from a request stored earlier. The order between the two lanes means nothing: a report and
+a request for one device come from different senders, unordered. A job that runs alone
+(a catalog change, forgetting the cache on a partition's takeover) stays a barrier for
+both: nothing queued after it runs before it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -99,6 +111,8 @@ class Backlog(Protocol):
 class _Job:
     call: Callable[[], Any]
     done: asyncio.Future[BatchResult[Any]]
+    # The order jobs were queued in, across both lanes.
+    seq: int
     # Catalog changes, purges and the catalog seed run in their own transaction: they read
     # the store beyond the streams a batch keeps in memory.
     alone: bool = False
@@ -118,38 +132,55 @@ class Writer:
         self._handlers = CommandHandlers(executions)
         self._on_stored = on_stored
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baton-writer")
-        self._jobs: deque[_Job] = deque()
+        # Device reports and due deadlines, then new requests (the module's docstring).
+        self._settling: deque[_Job] = deque()
+        self._requests: deque[_Job] = deque()
+        self._barriers: deque[int] = deque()  # the seq of each queued job that runs alone
+        self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
 
-    async def _stored(self, fn: Callable[[], T], alone: bool = False) -> BatchResult[T]:
-        """`fn` run on the writer thread in the next group commit; its result once stored."""
+    async def _stored(
+        self, fn: Callable[[], T], alone: bool = False, settles: bool = False
+    ) -> BatchResult[T]:
+        """`fn` run on the writer thread in the next group commit; its result once stored.
+        `settles`: it settles work in flight (a report, a deadline), ahead of new requests."""
         if self._worker is None:
             self._worker = asyncio.create_task(self._work(), name="writer")
         done: asyncio.Future[BatchResult[Any]] = asyncio.get_running_loop().create_future()
-        self._jobs.append(_Job(fn, done, alone))
+        job = _Job(fn, done, next(self._seq), alone)
+        if alone:  # only requests run alone
+            self._barriers.append(job.seq)
+        (self._settling if settles and not alone else self._requests).append(job)
         self._wake.set()
         return await done
 
-    async def _call(self, fn: Callable[[], T], alone: bool = False) -> T:
-        return (await self._stored(fn, alone)).unwrap()
+    async def _call(self, fn: Callable[[], T], alone: bool = False, settles: bool = False) -> T:
+        return (await self._stored(fn, alone, settles)).unwrap()
+
+    def _next_batch(self) -> list[_Job]:
+        """Whatever queued up while the last transaction was stored, settling work first; a
+        job that runs alone goes once nothing queued before it waits."""
+        barrier = self._barriers[0] if self._barriers else math.inf
+        settling = bool(self._settling) and self._settling[0].seq < barrier
+        if self._requests and self._requests[0].alone and not settling:
+            self._barriers.popleft()
+            return [self._requests.popleft()]
+        jobs: list[_Job] = []
+        while self._settling and self._settling[0].seq < barrier and len(jobs) < MAX_BATCH:
+            jobs.append(self._settling.popleft())
+        while self._requests and not self._requests[0].alone and len(jobs) < MAX_BATCH:
+            jobs.append(self._requests.popleft())
+        return jobs
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._jobs:
+            if not self._settling and not self._requests:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            # Whatever queued up while the last transaction was stored goes in this one.
-            jobs = [self._jobs.popleft()]
-            while (
-                not jobs[0].alone
-                and self._jobs
-                and not self._jobs[0].alone
-                and len(jobs) < MAX_BATCH
-            ):
-                jobs.append(self._jobs.popleft())
+            jobs = self._next_batch()
             if jobs[0].alone:
                 results = [await loop.run_in_executor(self._thread, self._alone, jobs[0].call)]
             else:
@@ -318,7 +349,7 @@ class Writer:
                 lap("watermarks and reports")
         try:
             outcome = await self._call(
-                lambda: self._executions.reach_deadline(due.execution_id, due.kind)
+                lambda: self._executions.reach_deadline(due.execution_id, due.kind), settles=True
             )
         except ExecutionNotFound:
             return DeadlineReply(outcome="unknown")
@@ -337,7 +368,8 @@ class Writer:
             position = await self._call(
                 lambda: self._executions.record_presence(
                     report.device_id, report.online, report.received_at
-                )
+                ),
+                settles=True,
             )
         except UnknownDevice:
             return ReportResult(applied=False, refused="unknown-device")
@@ -351,7 +383,8 @@ class Writer:
             position = await self._call(
                 lambda: self._executions.record_state(
                     report.device_id, report.state, report.received_at
-                )
+                ),
+                settles=True,
             )
         except UnknownDevice:
             return ReportResult(applied=False, refused="unknown-device")
@@ -361,7 +394,7 @@ class Writer:
         try:
             if report.kind == "published":
                 outcome = await self._call(
-                    lambda: self._executions.record_published(report.execution_id)
+                    lambda: self._executions.record_published(report.execution_id), settles=True
                 )
             else:
                 assert report.status is not None
@@ -374,7 +407,8 @@ class Writer:
                         status,
                         report.payload,
                         report.received_at,
-                    )
+                    ),
+                    settles=True,
                 )
         except ExecutionNotFound:
             return ReportResult(applied=False, refused="unknown-execution")
