@@ -10,10 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
+import nats
 import pytest
 
 from baton_cli.localstack import Stack, find_binary
 from baton_contracts.mqtt import response_topic, tls_context
+from baton_contracts.nats import CATALOG_CHANGE_SUBJECT, CatalogChange, CatalogReply
+from baton_platform.nats_access import OPS
 from tests.certificates import make_ca
 from tests.e2e.conftest import Baton, make_stack, running
 
@@ -106,18 +109,56 @@ def test_the_stack_runs_over_tls(stack: Stack) -> None:
     assert Path(env["BATON_MQTT_CA_FILE"]).exists()
 
 
+def mover(stack: Stack, baton: Baton, name: str) -> tuple[dict[str, str], dict[str, str]]:
+    """A new device of a profile that goes by its hardware id, and its first credentials,
+    connected once."""
+    fleets = {"wire_profile": "emqx-fleets", "commands": {"reboot": {}}}
+    created = baton.http.post("/v1/device-types", json={"name": name, "definition": fleets})
+    assert created.status_code == 201, created.text
+    device = {"id": f"{name}-1", "type": name, "hardware_id": f"{name}-A"}
+    assert baton.http.post("/v1/devices", json=device).status_code == 201
+    old = issue(baton, device["id"])
+    assert connects(stack, old)
+    return device, old
+
+
 def test_an_account_whose_device_moved_to_other_topics_is_refused(
     stack: Stack, baton: Baton
 ) -> None:
     # Left on its old topics, it could read the requests of whichever device takes them.
-    fleets = {"wire_profile": "emqx-fleets", "commands": {"reboot": {}}}
-    created = baton.http.post("/v1/device-types", json={"name": "mover", "definition": fleets})
-    assert created.status_code == 201, created.text
-    device = {"id": "mover-1", "type": "mover", "hardware_id": "MOVER-A"}
-    assert baton.http.post("/v1/devices", json=device).status_code == 201
-    old = issue(baton, "mover-1")
-    assert connects(stack, old)
+    device, old = mover(stack, baton, "mover")
     moved = baton.http.put("/v1/devices/mover-1", json={**device, "hardware_id": "MOVER-B"})
     assert moved.status_code == 200, moved.text
     assert not connects(stack, old)
     assert connects(stack, issue(baton, "mover-1"))
+
+
+def change_over_nats(stack: Stack, change: CatalogChange) -> CatalogReply:
+    """As an operator does: straight to the dispatcher, as `ops`, past the api."""
+
+    async def ask() -> CatalogReply:
+        client = await nats.connect(stack.nats_url_as(OPS))
+        try:
+            reply = await client.request(
+                CATALOG_CHANGE_SUBJECT, change.model_dump_json().encode(), timeout=10
+            )
+        finally:
+            await client.close()
+        return CatalogReply.model_validate_json(reply.data)
+
+    return asyncio.run(ask())
+
+
+def test_an_account_whose_device_a_change_over_nats_moved_is_refused(
+    stack: Stack, baton: Baton
+) -> None:
+    # The change never passes the api: the api takes the account back once it is stored.
+    device, old = mover(stack, baton, "ops-mover")
+    moved = CatalogChange(op="put-device", device={**device, "hardware_id": "OPS-B"})
+    reply = change_over_nats(stack, moved)
+    assert reply.problem is None, reply.problem
+    changed = time.monotonic()
+    while connects(stack, old):
+        assert time.monotonic() - changed < 10.0, "the old password still worked 10 s later"
+        time.sleep(0.1)
+    assert connects(stack, issue(baton, "ops-mover-1"))

@@ -388,6 +388,21 @@ async def test_a_revoked_account_is_disconnected_and_refused(
     await DynsecAccounts(admin_settings(broker, accounts)).revoke(device.username)
 
 
+async def test_the_broker_says_which_topics_an_account_holds(
+    mosquitto: tuple[Server, StackAccounts],
+) -> None:
+    # What the api compares with the device's topics now, to take back only stale accounts.
+    broker, accounts = mosquitto
+    admin = DynsecAccounts(admin_settings(broker, accounts))
+    assert await admin.topics("device-d1") is None
+    device = await issue(broker, accounts)
+    held = await admin.topics(device.username)
+    assert held is not None and held.same_as(device.topics)
+    assert not held.same_as(device_topics("baton", "d2", None, {}))
+    await admin.revoke(device.username)
+    assert await admin.topics(device.username) is None
+
+
 async def test_nats_server_issues_rotates_and_revokes_by_reloading(tmp_path: Path) -> None:
     """nats-server's users are fixed when it reads its files: the api rewrites them and has it
     read them again (SIGHUP). A rotated or revoked account is refused, and its connection
@@ -421,8 +436,10 @@ async def test_nats_server_issues_rotates_and_revokes_by_reloading(tmp_path: Pat
         assert await refused(connect(broker, first))
         assert not await refused(connect(broker, second))
         assert StackAccounts.load(accounts_file).device("d9").password == second.password
+        assert await issuer.topics("device-d9") == topics
 
         await issuer.revoke("device-d9")
+        assert await issuer.topics("device-d9") is None
 
         async def gone() -> bool:
             return await refused(connect(broker, second))

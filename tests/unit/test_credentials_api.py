@@ -42,6 +42,9 @@ class Unreachable:
     async def revoke(self, username: str) -> None:
         raise AccountsUnavailableError("connection refused")
 
+    async def topics(self, username: str) -> AccountTopics | None:
+        raise AccountsUnavailableError("connection refused")
+
 
 def client_with(tmp_path: Path, accounts: DeviceAccounts, catalog: Path = DEMO) -> TestClient[Any]:
     executions = Executions(

@@ -35,6 +35,12 @@ class AccountTopics:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
 
+    def same_as(self, other: AccountTopics) -> bool:
+        """The same rights, in whatever order a broker lists them."""
+        return set(self.publish) == set(other.publish) and set(self.subscribe) == set(
+            other.subscribe
+        )
+
 
 def bridge_client_id(instance: str) -> str:
     return f"{BRIDGE_USERNAME}-{instance}"

@@ -65,6 +65,14 @@ WATERMARKS_WILDCARD = f"{WATERMARKS_PREFIX}.*"
 NOTIFICATION_ID_HEADER = "Baton-Notification-Id"
 
 
+# The catalog's events (one stream, baton_domain.catalog_document), relayed like the others:
+# the device-bridge reloads the catalog on each, the api takes back the MQTT accounts of
+# the devices each one moved.
+CATALOG_EVENTS = frozenset(
+    {"Started", "Imported", "DeviceTypePut", "DeviceTypeRemoved", "DevicePut", "DeviceRemoved"}
+)
+
+
 def event_subject(execution_id: UUID | str, event_type: str) -> str:
     return f"{EVENTS_PREFIX}.{execution_id}.{event_type}"
 

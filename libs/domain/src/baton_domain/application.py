@@ -242,6 +242,15 @@ class Executions(Application[UUID]):
         change(document)
         return before, document.catalog
 
+    def catalog_change_at(self, version: int) -> tuple[Catalog, Catalog]:
+        """The stored catalog just before its event `version` and just after it, read back
+        from the store (the first event, which starts the catalog: that one, twice)."""
+        after: CatalogDocument = self.repository.get(CATALOG_ID, version=version)
+        if version <= 1:
+            return after.catalog, after.catalog
+        before: CatalogDocument = self.repository.get(CATALOG_ID, version=version - 1)
+        return before.catalog, after.catalog
+
     def _catalog_document(self) -> CatalogDocument:
         try:
             document: CatalogDocument = self.repository.get(CATALOG_ID)

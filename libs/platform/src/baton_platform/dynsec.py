@@ -52,6 +52,17 @@ def acls(topics: AccountTopics) -> list[dict[str, Any]]:
     )
 
 
+def topics_of(rules: list[dict[str, Any]]) -> AccountTopics:
+    """What a role's rules (as `acls` made them, listed by the plugin) allow."""
+
+    def allowed(acltype: str) -> tuple[str, ...]:
+        return tuple(r["topic"] for r in rules if r.get("acltype") == acltype and r.get("allow"))
+
+    return AccountTopics(
+        publish=allowed("publishClientSend"), subscribe=allowed("subscribePattern")
+    )
+
+
 def role(rolename: str, topics: AccountTopics) -> dict[str, Any]:
     return {"rolename": rolename, "acls": acls(topics)}
 

@@ -96,6 +96,8 @@ def bridge_durable(share: tuple[int, int]) -> str:
 
 
 SCHEDULER_DURABLE = "baton-timeout-scheduler"
+# The api replicas' one consumer of the catalog's events (baton_api.moved_accounts).
+CATALOG_DURABLE = "baton-api-catalog"
 STREAMS = (EVENTS_STREAM, REPORTS_STREAM, WATERMARKS_STREAM, DEAD_LETTERS_STREAM)
 REQUEST_SUBJECTS = (
     SUBMIT_SUBJECT,
@@ -287,6 +289,8 @@ def service_permissions(user: str) -> dict[str, Any]:
                 *REQUEST_SUBJECTS,
                 f"{PARTITIONS_PREFIX}.*.submit",  # straight to the device's dispatcher
                 VIEWS_ADVANCED_SUBJECT,  # the replica that projects, to the others
+                *_streams_info(EVENTS_STREAM),
+                *_consumer(EVENTS_STREAM, CATALOG_DURABLE),  # accounts the catalog moved
                 *_watched_bucket(ACCESS_BUCKET),
                 *_kv_bucket(LEASES_BUCKET, API_LEASES),
             ],

@@ -46,6 +46,7 @@ from baton_api.health import Check, HealthController
 from baton_api.keys import AccessService, KeyController, TenantController
 from baton_api.limits import MAX_BODY_BYTES
 from baton_api.live import LiveController, LiveFeed
+from baton_api.moved_accounts import MovedAccounts
 from baton_api.nats_edge import serve_tenant_clients
 from baton_api.nats_link import NatsLink
 from baton_api.openapi import declare_problems
@@ -100,6 +101,8 @@ class Parts:
     webhooks: WebhookStore | None = None
     sender: WebhookSender | None = None
     feed_retention: FeedRetention | None = None
+    # Takes back the MQTT accounts every catalog change moved, whichever way it came (NATS).
+    moved_accounts: MovedAccounts | None = None
 
     def end_streams(self) -> None:
         """End every live stream (from any thread): the server is stopping, and waits for
@@ -113,6 +116,9 @@ class Parts:
         if self.link is not None:
             self.tasks.append(asyncio.create_task(self.link.run(), name="nats-link"))
             self.lease = asyncio.create_task(self._hold_projection(), name="projection-lease")
+            if self.moved_accounts is not None:
+                following = self._follow_catalog(self.link, self.moved_accounts)
+                self.tasks.append(asyncio.create_task(following, name="moved-accounts"))
         if isinstance(self.access, NatsAccess):
             self.tasks.append(asyncio.create_task(self.access.run(), name="access"))
         self.tasks.append(asyncio.create_task(self.sweeper.run(), name="retention"))
@@ -164,6 +170,11 @@ class Parts:
             self.nats_replicas,
         )
 
+    @staticmethod
+    async def _follow_catalog(link: NatsLink, moved_accounts: MovedAccounts) -> None:
+        client = await link.connected_client()
+        await moved_accounts.start(client.jetstream())
+
     async def stop(self) -> None:
         # The lease is released (another replica projects at once) unless NATS is gone.
         self.stopping.set()
@@ -179,6 +190,8 @@ class Parts:
             await cancel_and_wait(task)
         for task in self.tasks[:1]:
             await task  # the projection, stopping at its next step boundary
+        if self.moved_accounts is not None:
+            await self.moved_accounts.stop()
         if self.link is not None:
             await self.link.close()
         await asyncio.to_thread(self.views.close)
@@ -251,7 +264,8 @@ def build_parts(
     if access is None:
         # Keys and tenants live in NATS (baton_api.access); without it, in this process.
         access = NatsAccess(link, settings.nats_replicas) if link is not None else InMemoryAccess()
-    catalog_service = CatalogService(executions, gateway, accounts or device_accounts(settings))
+    accounts = accounts or device_accounts(settings)
+    catalog_service = CatalogService(executions, gateway, accounts)
     webhooks = WebhookStore(settings.webhooks_database)
     policy = DeliveryPolicy(
         max_attempts=settings.webhook_max_attempts,
@@ -284,6 +298,7 @@ def build_parts(
             settings.change_retention_days,
             settings.retention_sweep_interval,
         ),
+        moved_accounts=MovedAccounts(executions, accounts) if link is not None else None,
     )
 
 

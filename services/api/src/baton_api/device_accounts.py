@@ -29,6 +29,10 @@ class DeviceAccounts(Protocol):
         """Remove the account `username`, if there is one: its connection is closed and it
         is refused from then on."""
 
+    async def topics(self, username: str) -> AccountTopics | None:
+        """What the account `username` may use; None when there is no such account (or
+        none issued at run time)."""
+
 
 class FixedAccounts:
     """A broker whose accounts are fixed when it starts (nats-server's MQTT listener)."""
@@ -41,6 +45,9 @@ class FixedAccounts:
 
     async def revoke(self, username: str) -> None:
         return None  # none was issued at run time: nothing to take back
+
+    async def topics(self, username: str) -> AccountTopics | None:
+        return None
 
 
 @dataclass
@@ -58,3 +65,7 @@ class InMemoryAccounts:
 
     async def revoke(self, username: str) -> None:
         self.accounts.pop(username, None)
+
+    async def topics(self, username: str) -> AccountTopics | None:
+        account = self.accounts.get(username)
+        return None if account is None else account[1]

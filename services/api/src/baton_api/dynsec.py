@@ -26,7 +26,8 @@ from baton_platform.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# A delete of what does not exist yet is fine: the first issue of a device's account.
+# A delete of what does not exist yet is fine: the first issue of a device's account; a read
+# of it, the answer that there is none.
 NOT_FOUND = ("Client not found", "Role not found")
 
 
@@ -51,10 +52,7 @@ class DynsecAccounts:
                 "password": password,
             },
         ]
-        responses = await self._call(commands)
-        failed = [r for r in responses if r.get("error") and r["error"] not in NOT_FOUND]
-        if failed or len(responses) != len(commands):
-            raise AccountsUnavailableError(f"the broker refused: {failed or responses}")
+        await self._run(commands)
         log.info("issued MQTT credentials of %s", username)
         return password
 
@@ -63,11 +61,29 @@ class DynsecAccounts:
             {"command": "deleteClient", "username": username},
             {"command": "deleteRole", "rolename": username},
         ]
+        await self._run(commands)
+        log.info("revoked the MQTT account of %s", username)
+
+    async def topics(self, username: str) -> AccountTopics | None:
+        commands = [
+            {"command": "getClient", "username": username},
+            {"command": "getRole", "rolename": username},
+        ]
+        client, role = await self._run(commands)
+        if client.get("error"):
+            return None
+        if role.get("error"):
+            return AccountTopics(publish=(), subscribe=())  # a client that may use nothing
+        return dynsec.topics_of(role.get("data", {}).get("role", {}).get("acls", []))
+
+    async def _run(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The broker's responses to `commands`; AccountsUnavailableError unless it ran
+        each, or found nothing to delete or read."""
         responses = await self._call(commands)
         failed = [r for r in responses if r.get("error") and r["error"] not in NOT_FOUND]
         if failed or len(responses) != len(commands):
             raise AccountsUnavailableError(f"the broker refused: {failed or responses}")
-        log.info("revoked the MQTT account of %s", username)
+        return responses
 
     async def _call(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Send `commands` in one message, return the broker's responses to them."""

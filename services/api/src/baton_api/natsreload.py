@@ -46,6 +46,16 @@ class ReloadedAccounts:
             await asyncio.to_thread(self._change, username, None)
         log.info("revoked the MQTT account of %s (nats-server reloaded)", username)
 
+    async def topics(self, username: str) -> AccountTopics | None:
+        try:
+            accounts = await asyncio.to_thread(StackAccounts.load, self._accounts_file)
+        except (OSError, ValueError, KeyError) as exc:
+            raise AccountsUnavailableError(
+                f"cannot read nats-server's MQTT users: {exc or type(exc).__name__}"
+            ) from None
+        found = (a.topics for a in accounts.devices if a.username == username)
+        return next(found, None)
+
     def _change(self, username: str, account: MqttAccount | None) -> None:
         try:
             accounts = StackAccounts.load(self._accounts_file)

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 
 from nats.aio.msg import Msg
 
-from baton_contracts.nats import EVENTS_STREAM, DeviceReport, events_of_type
+from baton_contracts.nats import CATALOG_EVENTS, EVENTS_STREAM, DeviceReport, events_of_type
 from baton_device_bridge.commands import (
     Late,
     MalformedEventError,
@@ -119,9 +119,6 @@ def _unknown_device(action: Outgoing | Late | Skipped) -> bool:
     return isinstance(action, Skipped) and action.reason == "unknown-device"
 
 
-CATALOG_EVENTS = frozenset(
-    {"Started", "Imported", "DeviceTypePut", "DeviceTypeRemoved", "DevicePut", "DeviceRemoved"}
-)
 # What the server delivers: what `plan` acts on and the catalog's changes, nothing else.
 SUBJECTS = tuple(sorted(events_of_type(t) for t in CATALOG_EVENTS | {"Dispatched", "Canceled"}))
 
