@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import signal
 import socket
 import stat
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from baton_cli.localstack import (
     wait_for_port,
 )
 from baton_platform.nats_access import OPS
+from tests.conftest import eventually_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "deploy/catalog/demo.yaml"
@@ -204,8 +208,58 @@ def test_a_throwaway_postgres_serves_its_own_user_and_is_gone_after_stop(tmp_pat
         assert not server.owned_dir.exists()
 
 
-def is_postgres(pid: int) -> bool:
+# Starts PostgreSQL as tests/conftest.py's `postgres_server` does, says where, and waits for
+# its killer.
+START_POSTGRES_AND_WAIT = """
+import json, sys
+from pathlib import Path
+from baton_cli.localstack import start_postgres
+server = start_postgres(Path(sys.argv[1]), durable=False)
+print(json.dumps({"pid": server.pid, "owned_dir": str(server.owned_dir or "")}), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_throwaway_postgres_dies_with_the_process_group_that_started_it(
+    tmp_path: Path,
+) -> None:
+    """A test run killed by its process group (SIGKILL: CI's timeout, or a person's) takes
+    the PostgreSQL it started with it, postmaster and every process of its."""
+    run = subprocess.Popen(
+        [sys.executable, "-c", START_POSTGRES_AND_WAIT, str(tmp_path / "pg")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        process_group=0,  # a test run of its own, as CI starts one
+    )
+    assert run.stdout is not None
+    started = json.loads(run.stdout.readline() or "{}")
+    postmaster = started.get("pid")
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+        assert postmaster is not None, "the server did not start"
+        workers = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+        assert workers  # its checkpointer, writers...
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+        eventually_sync(
+            lambda: not any(is_postgres(pid) for pid in [postmaster, *map(int, workers)]),
+            what="the postmaster and its processes gone",
+        )
+    finally:
+        run.kill()
+        run.wait()
+        if postmaster is not None and is_postgres(postmaster):  # outlived its run: stopped here
+            os.kill(postmaster, signal.SIGINT)
+            eventually_sync(lambda: not is_postgres(postmaster), what="postgres stopped")
+        if started.get("owned_dir"):
+            shutil.rmtree(started["owned_dir"], ignore_errors=True)
+
+
+def is_postgres(pid: int) -> bool:
+    """A running PostgreSQL process: not a zombie, which a killed one is until its parent
+    (here, whoever adopted it) reaps it."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
+    name, _, rest = stat_line.partition(" (")[2].rpartition(") ")
+    return name == "postgres" and not rest.startswith("Z")

@@ -266,7 +266,7 @@ def run(
     signal.signal(signal.SIGTERM, _stop)
     try:
         if cluster:
-            postgres = start_postgres(data_dir / "postgres")
+            postgres = start_postgres(data_dir / "postgres", own_session=True)
             stack.database_url = postgres.url
         stack.start_all()
         if not _wait_ready(stack.api_url):

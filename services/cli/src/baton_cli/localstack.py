@@ -577,6 +577,8 @@ class PostgresServer(Server):
     owned_dir: Path | None = None
     # The account it runs as (root starts it as another: `_server_account`).
     account: tuple[int, int] | None = None
+    # In a session of its own rather than its starter's process group (`start_postgres`).
+    own_session: bool = False
 
     def restart(self, timeout: float = 30.0) -> None:
         """Start it again on its cluster, as it was started, once it has stopped; returns
@@ -584,20 +586,7 @@ class PostgresServer(Server):
         if self.running:
             raise RuntimeError(f"postgres (pid {self.pid}) is still running")
         assert self.log_path is not None
-        as_account: dict[str, Any] = (
-            {}
-            if self.account is None
-            else {"user": self.account[0], "group": self.account[1], "extra_groups": []}
-        )
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                **as_account,
-            )
+        self.proc = _spawn_postgres(self.command, self.log_path, self.account, self.own_session)
         _wait_for_postgres(self.url, self.proc, timeout)
 
     def url_of(self, dbname: str) -> str:
@@ -643,6 +632,7 @@ def start_postgres(
     durable: bool = True,
     max_connections: int = 200,
     extra_settings: Sequence[str] = (),
+    own_session: bool = False,
 ) -> PostgresServer:
     """A new PostgreSQL cluster (initdb) listening on `host`:`port` only (its unix socket
     in its own directory), its superuser `baton` with a random password (scram). Not
@@ -651,7 +641,12 @@ def start_postgres(
     As root it runs as the `postgres` account, in a directory of its own under the system's
     temporary directory (the test's may not be reachable by another account).
     `extra_settings`: more `name=value` server settings (the bench's profile loads
-    pg_stat_statements)."""
+    pg_stat_statements).
+
+    The server is in its starter's process group, so a test run killed by its group (CI's
+    timeout) takes the server with it. `own_session`: in a session of its own instead, out
+    of reach of its starter's terminal, so that `baton dev run` on Ctrl-C stops it after the
+    services that use it."""
     import secrets
     import tempfile
 
@@ -676,9 +671,6 @@ def start_postgres(
     write_private(pwfile, password + "\n")
     if account is not None:
         os.chown(pwfile, *account)
-    as_account: dict[str, Any] = (
-        {} if account is None else {"user": account[0], "group": account[1], "extra_groups": []}
-    )
     init = subprocess.run(
         [
             str(bindir / "initdb"),
@@ -695,7 +687,7 @@ def start_postgres(
         capture_output=True,
         stdin=subprocess.DEVNULL,
         check=False,
-        **as_account,
+        **_as_account(account),
     )
     pwfile.unlink()
     if init.returncode != 0:
@@ -712,15 +704,7 @@ def start_postgres(
     for setting in settings:
         args += ["-c", setting]
     log_path = workdir / "postgres.log"
-    log = log_path.open("ab")
-    proc = subprocess.Popen(
-        args,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        **as_account,
-    )
+    proc = _spawn_postgres(args, log_path, account, own_session)
     url = f"postgresql://{POSTGRES_USER}:{password}@{host}:{port}/postgres"
     server = PostgresServer(
         "postgres",
@@ -733,6 +717,7 @@ def start_postgres(
         cluster=cluster,
         owned_dir=owned_dir,
         account=account,
+        own_session=own_session,
     )
     try:
         _wait_for_postgres(url, proc)
@@ -740,6 +725,27 @@ def start_postgres(
         server.stop()
         raise
     return server
+
+
+def _as_account(account: tuple[int, int] | None) -> dict[str, Any]:
+    """subprocess's arguments that run a program as `account` (None: as this process)."""
+    if account is None:
+        return {}
+    return {"user": account[0], "group": account[1], "extra_groups": []}
+
+
+def _spawn_postgres(
+    command: list[str], log_path: Path, account: tuple[int, int] | None, own_session: bool
+) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=own_session,
+            **_as_account(account),
+        )
 
 
 def _wait_for_postgres(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
