@@ -405,13 +405,23 @@ def test_bad_list_queries_are_422_problems(client: TestClient[Any]) -> None:
         ("/v1/events", "status=", "status"),
         ("/v1/events", "name=", "name"),
         ("/v1/events", "device_id=", "device_id"),
+        # Blank: only whitespace, which matches nothing as surely as empty does.
+        ("/v1/executions", "status=%20", "status"),
+        ("/v1/executions", "name=%20", "name"),
+        ("/v1/executions", "name=%09%20", "name"),
+        ("/v1/executions", "device_id=%20", "device_id"),
+        ("/v1/devices/demo-thermostat-1/executions", "status=%20", "status"),
+        ("/v1/devices/demo-thermostat-1/executions", "name=%20", "name"),
+        ("/v1/events", "status=%20", "status"),
+        ("/v1/events", "name=%20", "name"),
+        ("/v1/events", "device_id=%20", "device_id"),
     ],
 )
 def test_an_empty_filter_is_a_422_naming_it(
     client: TestClient[Any], path: str, query: str, field: str
 ) -> None:
     """`?status=` listed everything and `?name=` nothing: neither is what the asker meant.
-    An empty filter is refused, naming it, as an empty time, order or cursor is."""
+    An empty or blank filter is refused, naming it, as an empty time, order or cursor is."""
     client.app.state.parts.live.closing.set()  # a feed taken by mistake ends at once
     submit(client)
     refused = assert_problem(client.get(f"{path}?{query}", headers=AUTH), 422)

@@ -191,6 +191,29 @@ def test_a_status_naming_none_is_a_usage_error(api: FakeApi, verb: str, status: 
     assert api.requests == []
 
 
+@pytest.mark.parametrize(
+    ("verb", "option"),
+    [
+        (["list"], "--name"),
+        (["list"], "--device"),
+        (["tail"], "--name"),
+        (["tail"], "--device"),
+        (["devices", "list"], "--type"),
+    ],
+)
+@pytest.mark.parametrize("blank", ["", " ", "\t "])
+def test_a_blank_filter_is_a_usage_error(
+    api: FakeApi, verb: list[str], option: str, blank: str
+) -> None:
+    """Neither "no filter" (as `tail` read an empty one) nor one matching nothing (as the
+    API read a blank one): the API refuses both, and so does the CLI, before asking it."""
+    result = invoke(api, *verb, option, blank)
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: ") and f"{option}: empty" in line
+    assert api.requests == []
+
+
 def test_a_bad_time_is_a_usage_error_before_any_request(api: FakeApi) -> None:
     result = invoke(api, "list", "--since", "soon")
     assert result.exit_code == 2

@@ -99,9 +99,10 @@ def test_bad_paging_is_a_problem(client: TestClient[Any], query: dict[str, Any])
     assert_problem(client.get("/v1/devices", params=query, headers=AUTH), 422)
 
 
-def test_an_empty_type_filter_is_a_422_naming_it(client: TestClient[Any]) -> None:
-    """Not a list of the devices whose type is "" (none): as `?name=` of executions."""
-    refused = assert_problem(client.get("/v1/devices?type=", headers=AUTH), 422)
+@pytest.mark.parametrize("blank", ["", "%20", "%09%20"])
+def test_an_empty_type_filter_is_a_422_naming_it(client: TestClient[Any], blank: str) -> None:
+    """Not a list of the devices whose type is "" or " " (none): as `?name=` of executions."""
+    refused = assert_problem(client.get(f"/v1/devices?type={blank}", headers=AUTH), 422)
     assert refused["code"] == "validation-failed"
     assert [e["field"] for e in refused["errors"]] == ["type"]
 

@@ -26,7 +26,7 @@ from baton_api.device_accounts import AccountsUnavailableError, DeviceAccounts, 
 from baton_api.gateway import CommandGateway
 from baton_api.moved import MOVING, moved_devices
 from baton_api.problems import ProblemError, problem
-from baton_api.schemas import STRICT_REQUEST
+from baton_api.schemas import FILTER_PATTERN, STRICT_REQUEST
 from baton_contracts.accounts import device_username
 from baton_contracts.nats import CatalogChange
 from baton_domain.application import Executions
@@ -194,7 +194,9 @@ class DevicePage(BaseModel):
 
 DeviceTypeFilter = Annotated[
     str | None,
-    QueryParameter(name="type", min_length=1, description="only devices of this device type"),
+    QueryParameter(
+        name="type", pattern=FILTER_PATTERN, description="only devices of this device type"
+    ),
 ]
 DeviceLimit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)]
 DeviceCursor = Annotated[

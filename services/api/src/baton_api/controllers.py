@@ -17,6 +17,7 @@ from baton_api.auth import Identity, admin, operator, viewer
 from baton_api.catalog import CatalogService
 from baton_api.problems import ProblemError, invalid, problem
 from baton_api.schemas import (
+    FILTER_PATTERN,
     CancelRequest,
     ExecutionOut,
     ExecutionPageOut,
@@ -44,13 +45,14 @@ Wait = Annotated[
 Expand = Annotated[
     Literal["log"] | None, QueryParameter(description="`log`: include every device answer")
 ]
-# A filter given empty (`?name=`) is a 422 naming it, never "no filter" nor "named nothing".
+# A filter given empty or blank (`?name=%20`) is a 422 naming it, never "no filter" nor
+# "named nothing": `statuses_of` for a status, FILTER_PATTERN for the others.
 Statuses = Annotated[
     list[str] | None,
     QueryParameter(name="status", description="repeatable and/or comma-separated"),
 ]
-Name = Annotated[str | None, QueryParameter(min_length=1)]
-DeviceId = Annotated[str | None, QueryParameter(min_length=1)]
+Name = Annotated[str | None, QueryParameter(pattern=FILTER_PATTERN)]
+DeviceId = Annotated[str | None, QueryParameter(pattern=FILTER_PATTERN)]
 Moment = Annotated[datetime | None, QueryParameter(description="ISO-8601; UTC if no offset")]
 Sort = Annotated[Literal["newest", "oldest"], QueryParameter()]
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)]

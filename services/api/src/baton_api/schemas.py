@@ -28,6 +28,11 @@ MAX_PURGE_DAYS = 36500
 # such a field `Field(strict=False)` to keep reading them from JSON strings.
 STRICT_REQUEST = ConfigDict(extra="forbid", strict=True)
 
+# A query filter naming one thing (`?name=`, `?device_id=`, `?type=`) names something that is
+# not only whitespace: given empty or blank it is a 422 naming it, neither "no filter" nor a
+# filter that matches nothing (a device, command or type name has no whitespace at all).
+FILTER_PATTERN = r"\S"
+
 
 # Patterns as StringConstraints, not Field(pattern=...): Litestar's OpenAPI document shows
 # only the former.

@@ -67,6 +67,14 @@ def statuses_named(items: list[str]) -> list[str]:
     return [s.strip().upper() for item in items for s in item.split(",") if s.strip()]
 
 
+def filter_named(text: str, hint: str) -> str:
+    """A filter naming one thing (`--name`, `--device`, `--type`), as given; blank, it is a
+    usage error, as the API's `name=%20` is a 422 (it would match nothing)."""
+    if not text.strip():
+        raise typer.BadParameter("empty: leave the option out for no filter", param_hint=hint)
+    return text
+
+
 def list_executions(
     device: Annotated[
         str | None, typer.Option("--device", "-d", help="Only this device's executions.")
@@ -101,9 +109,9 @@ def list_executions(
     """
     params: dict[str, Any] = {"limit": limit, "order": "oldest" if oldest else "newest"}
     if device is not None:
-        params["device_id"] = device
+        params["device_id"] = filter_named(device, "--device")
     if name is not None:
-        params["name"] = name
+        params["name"] = filter_named(name, "--name")
     if status:
         params["status"] = statuses_named(status)
     if since is not None:

@@ -11,6 +11,7 @@ import typer
 import yaml
 
 from baton_cli.api_client import DEFAULT_KEY, DEFAULT_URL, ApiKey, ApiUrl, AsJson, call, fail
+from baton_cli.executions import filter_named
 from baton_cli.output import dumps, moment, page_footer, print_table
 from baton_domain.json_values import json_faults
 
@@ -51,7 +52,7 @@ def list_devices(
     """The catalog's devices by id, with their presence and queue."""
     params: dict[str, Any] = {"limit": limit}
     if device_type is not None:
-        params["type"] = device_type
+        params["type"] = filter_named(device_type, "--type")
     if cursor is not None:
         params["cursor"] = cursor
     page = call("GET", api_url, "/v1/devices", api_key, params=params)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from baton_cli.api_client import DEFAULT_KEY, DEFAULT_URL, ApiKey, ApiUrl, fail, unreachable
-from baton_cli.executions import statuses_named
+from baton_cli.executions import filter_named, statuses_named
 from baton_cli.live import Event, StreamRefused, follow
 from baton_cli.output import problem_lines
 
@@ -33,10 +33,10 @@ def tail(
     """Follow every execution change of your tenant as it happens (GET /v1/events), until
     interrupted; after a dropped connection it resumes where it was, missing nothing."""
     params: dict[str, str] = {}
-    if device:
-        params["device_id"] = device
-    if name:
-        params["name"] = name
+    if device is not None:
+        params["device_id"] = filter_named(device, "--device")
+    if name is not None:
+        params["name"] = filter_named(name, "--name")
     if status:
         params["status"] = ",".join(statuses_named(status))
     print_events(f"{api_url.rstrip('/')}/v1/events", api_key, params, since, False, as_json)
