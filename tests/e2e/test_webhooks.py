@@ -194,6 +194,7 @@ def test_only_operators_of_the_tenant_manage_webhooks(baton: Baton, receiver: Re
         ({"url": "file:///etc/passwd", "events": ["*"]}, "url"),
         ({"url": receiver.url("x"), "events": ["DONE"]}, "events"),
         ({"url": receiver.url("x"), "events": []}, "events"),
+        ({"url": receiver.url("x"), "events": ["*"], "device_id": " "}, "device_id"),
     ):
         response = baton.http.post("/v1/webhooks", json=body)
         assert response.status_code == 422, response.text

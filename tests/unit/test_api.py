@@ -427,6 +427,19 @@ def test_an_empty_filter_is_a_422_naming_it(
     refused = assert_problem(client.get(f"{path}?{query}", headers=AUTH), 422)
     assert refused["code"] == "validation-failed"
     assert [e["field"] for e in refused["errors"]] == [field]
+    reason = refused["errors"][0]["reason"]
+    assert reason.startswith("empty") and "regex" not in reason  # said, not the pattern
+
+
+@pytest.mark.parametrize("device_id", ["", " ", "\t", "no such/device"])
+def test_a_webhook_for_what_can_be_no_device_is_refused(
+    client: TestClient[Any], device_id: str
+) -> None:
+    """A webhook's device filter that no device id can match would never fire."""
+    body = {"url": "http://127.0.0.1:9/hook", "events": ["*"], "device_id": device_id}
+    refused = assert_problem(client.post("/v1/webhooks", json=body, headers=AUTH), 422)
+    assert [e["field"] for e in refused["errors"]] == ["device_id"]
+    assert client.get("/v1/webhooks", headers=AUTH).json()["items"] == []
 
 
 def test_a_status_list_may_end_with_a_comma(client: TestClient[Any]) -> None:

@@ -30,6 +30,7 @@ from litestar.exceptions import (
 from pydantic import ValidationError as PydanticValidationError
 
 from baton_api.limits import MAX_BODY_BYTES
+from baton_api.schemas import FILTER_PATTERN
 from baton_contracts.nats import FieldProblem, Problem
 from baton_platform.sql import unreachable
 from baton_views import InvalidQueryError
@@ -39,6 +40,10 @@ log = logging.getLogger(__name__)
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://baton.dev/problems/"  # a stable namespace, documented in docs/api.md
 BODY_REQUIRED = "a JSON body is required"
+# What the query decoder says of a filter given empty or blank (FILTER_PATTERN), and what the
+# asker is told instead.
+_BLANK_FILTER = f"Expected `str` matching regex {FILTER_PATTERN!r}"
+BLANK_FILTER = "empty or blank; name one, or leave the filter out"
 
 
 class ProblemError(Exception):
@@ -253,6 +258,8 @@ def _validation_problem(exc: ValidationException, body_required: bool) -> Proble
             continue
         if field == "data":  # the whole body (Litestar's name for it), e.g. an array
             field = "body"
+        if reason == _BLANK_FILTER:
+            reason = BLANK_FILTER
         errors.append(FieldProblem(field=field, reason=reason))
     if not errors:
         # Litestar raises ValidationException without details for an unreadable body.

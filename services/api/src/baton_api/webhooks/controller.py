@@ -18,6 +18,7 @@ from baton_api.problems import ProblemError, invalid, problem
 from baton_api.schemas import RequestSchema
 from baton_api.webhooks.store import Attempt, Delivery, Webhook, WebhookStore
 from baton_api.webhooks.targets import MAX_URL_LENGTH, TargetRefused, Targets, check_target
+from baton_domain.catalog import DEVICE_ID_PATTERN
 from baton_domain.statuses import ExecutionStatus
 from baton_views.projection import PROJECTED_TYPES
 
@@ -31,7 +32,12 @@ class WebhookRequest(RequestSchema):
         max_length=64,
         description="statuses (SUCCEEDED...) and/or event kinds (Requested...) to deliver; *: all",
     )
-    device_id: str | None = Field(default=None, description="only this device's executions")
+    # One that can be no device's id (blank, say) would make a webhook that never fires.
+    device_id: str | None = Field(
+        default=None,
+        pattern=DEVICE_ID_PATTERN,
+        description="only this device's executions; leave it out for every device",
+    )
 
 
 class WebhookOut(BaseModel):
