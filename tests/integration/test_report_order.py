@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from uuid import UUID
 
 import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from baton_cli.localstack import Server
 from baton_contracts.nats import (
@@ -193,22 +195,55 @@ async def test_only_reports_received_before_the_deadline_hold_it(nc: Client) -> 
     device = "demo-thermostat-3"
 
     async def store(received_at: datetime, report_id: str) -> None:
-        body = DeviceReport(
-            kind="answer",
-            report_id=report_id,
-            device_id=device,
-            execution_id=requested.execution.id,
-            status="SUCCEEDED",
-            received_at=received_at,
-        )
-        await js.publish(
-            report_subject(device),
-            body.model_dump_json().encode(),
-            headers={"Nats-Msg-Id": report_id},
-        )
+        await store_answer(js, requested.execution.id, device, report_id, received_at)
 
     await store(deadline + timedelta(seconds=1), "late")
     assert not await backlog.holds(device, deadline)
     # One from before the deadline behind it in the stream does hold it.
     await store(deadline - timedelta(milliseconds=1), "in-time")
     assert await backlog.holds(device, deadline)
+
+
+async def store_answer(
+    js: JetStreamContext,
+    execution_id: UUID,
+    device: str,
+    report_id: str,
+    received_at: datetime,
+    taken_after: datetime | None = None,
+) -> None:
+    body = DeviceReport(
+        kind="answer",
+        report_id=report_id,
+        device_id=device,
+        execution_id=execution_id,
+        status="SUCCEEDED",
+        received_at=received_at,
+        taken_after=taken_after,
+    )
+    await js.publish(
+        report_subject(device), body.model_dump_json().encode(), headers={"Nats-Msg-Id": report_id}
+    )
+
+
+async def test_an_answer_read_after_the_deadline_but_taken_before_it_holds_it(
+    nc: Client,
+) -> None:
+    """Between broker and bridge an answer can wait (a loaded machine): a chaos run recorded
+    TIMED_OUT for an answer the device sent 0.1 s before the deadline, which the bridge read
+    0.2 s after it. What holds a deadline is when the broker may have taken the report: after
+    `taken_after` (the bridge's watermark when it arrived), not when the bridge read it."""
+    js = nc.jetstream()
+    executions = Executions(
+        Catalog.from_yaml(DEMO), env={"PERSISTENCE_MODULE": "eventsourcing.popo"}
+    )
+    backlog = ReportsBacklog(js, max_hold=60.0)
+    requested = executions.request(RequestCommand("demo-thermostat-4", "reboot", {}, ttl=1))
+    execution_id, deadline = requested.execution.id, requested.execution.deadline
+    late = deadline + timedelta(seconds=0.2)
+    after = deadline + timedelta(seconds=0.1)
+    await store_answer(js, execution_id, "demo-thermostat-4", "taken-late", late, after)
+    assert not await backlog.holds("demo-thermostat-4", deadline)  # taken after the deadline
+    before = deadline - timedelta(seconds=0.3)
+    await store_answer(js, execution_id, "demo-thermostat-4", "read-late", late, before)
+    assert await backlog.holds("demo-thermostat-4", deadline)

@@ -93,6 +93,7 @@ class Bridge:
         self.written: list[datetime] = []
         self.forwarded: list[str] = []
         self.stamps: list[datetime] = []  # when the broker may have taken each one
+        self.afters: list[datetime | None] = []  # a time it took each one after
         self.release = asyncio.Event()
         self.release.set()
         self.watermark = Watermark("b1", self._write, clock=clock, probe_timeout=1.0, **kwargs)
@@ -101,10 +102,13 @@ class Bridge:
     async def _write(self, drained_to: datetime) -> None:
         self.written.append(drained_to)
 
-    async def _forward(self, topic: str, raw: bytes, taken_since: datetime) -> None:
+    async def _forward(
+        self, topic: str, raw: bytes, taken_since: datetime, taken_after: datetime | None
+    ) -> None:
         await self.release.wait()  # storing the report
         self.forwarded.append(topic)
         self.stamps.append(taken_since)
+        self.afters.append(taken_after)
 
 
 @pytest.fixture
@@ -173,6 +177,26 @@ async def test_a_new_session_held_nothing_and_is_not_dated_back(link: FakeLink) 
     await link.publish(response_topic("demo-thermostat-1", uuid4()), b"{}")
     await eventually_forwarded(bridge, 1)
     assert bridge.stamps == [T0]
+
+
+async def test_what_arrives_is_known_taken_after_the_last_watermark_not_when_read(
+    link: FakeLink,
+) -> None:
+    """Between broker and bridge a message can wait (a loaded machine): it arrives `now`,
+    but the broker may have taken it any time after the last round's start, whose probe came
+    back before it. That, not its arrival, is what a deadline is weighed against."""
+    clock = Clock()
+    bridge = Bridge(link, clock)
+    first = response_topic("demo-thermostat-1", uuid4())
+    await link.publish(first, b"{}")
+    await eventually_forwarded(bridge, 1)
+    assert bridge.afters == [None]  # no watermark yet: not known
+    assert await bridge.watermark.advance(link) == T0
+    clock.tick(2)
+    await link.publish(response_topic("demo-thermostat-2", uuid4()), b"{}")
+    await eventually_forwarded(bridge, 2)
+    assert bridge.stamps[-1] == T0 + timedelta(seconds=2)  # its arrival, as before
+    assert bridge.afters[-1] == T0  # but taken after the round's start only
 
 
 async def eventually_forwarded(bridge: Bridge, n: int) -> None:
@@ -310,7 +334,9 @@ async def test_a_probe_a_killed_process_left_in_the_session_does_not_count(
     stored = {first: asyncio.Event(), queued: asyncio.Event()}
     forwarded: list[str] = []
 
-    async def forward(topic: str, raw: bytes, taken_since: datetime) -> None:
+    async def forward(
+        topic: str, raw: bytes, taken_since: datetime, taken_after: datetime | None
+    ) -> None:
         await stored[topic].wait()
         forwarded.append(topic)
 

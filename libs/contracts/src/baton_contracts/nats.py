@@ -346,6 +346,20 @@ class ViewsAdvanced(WireModel):
 # --- device reports (JetStream BATON_REPORTS, device-bridge -> dispatcher) -----------------
 
 
+# The broker took a report after this moment: the bridge's watermark when the report
+# arrived (that round's probe came back through the same session before it, and a session's
+# messages come in the order the broker took them). A deadline is held for a report that may
+# have been taken before it (baton_dispatcher.backlog); the bridge's read time is no such
+# bound, as a loaded machine can keep a message between broker and bridge for a while.
+TakenAfter = Annotated[
+    datetime | None,
+    Field(
+        description="the broker took the report after this time (the bridge's watermark "
+        "when it arrived); null: not known, received_at stands in"
+    ),
+]
+
+
 class DeviceReport(WireModel):
     kind: Literal["published", "answer"]
     report_id: str
@@ -354,6 +368,7 @@ class DeviceReport(WireModel):
     status: Literal["STARTED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED"] | None = None
     payload: dict[str, Any] = Field(default_factory=dict)
     received_at: datetime
+    taken_after: TakenAfter = None
 
     @model_validator(mode="after")
     def _an_answer_says_what(self) -> DeviceReport:
@@ -372,6 +387,7 @@ class PresenceReport(WireModel):
     device_id: str
     online: bool
     received_at: datetime
+    taken_after: TakenAfter = None
 
 
 class StateReport(WireModel):
@@ -383,6 +399,7 @@ class StateReport(WireModel):
     device_id: str
     state: dict[str, Any]
     received_at: datetime
+    taken_after: TakenAfter = None
 
 
 AnyReport = Annotated[DeviceReport | PresenceReport | StateReport, Field(discriminator="kind")]

@@ -116,11 +116,19 @@ class AnswerForwarder:
         self._retry_cap = retry_cap
         self.failed_attempts = 0  # how often a store had to be retried (for tests and logs)
 
-    async def handle(self, topic: str, raw: bytes, taken_since: datetime | None = None) -> None:
+    async def handle(
+        self,
+        topic: str,
+        raw: bytes,
+        taken_since: datetime | None = None,
+        taken_after: datetime | None = None,
+    ) -> None:
         """`taken_since`: the earliest time the broker may have taken the message (the
         watermark's `taken_since`), when that is before now: an answer carries it as its
         `received_at`, so that a deadline after it waits for the answer. Presence and state
-        keep the time they arrived (when the device was last seen, what it reported when)."""
+        keep the time they arrived (when the device was last seen, what it reported when).
+        `taken_after`: a time the broker took it after (the watermark's `taken_after`),
+        carried by every report: what the deadlines of its device are weighed against."""
         now = datetime.now(UTC)
         try:
             report = decode_message(topic, raw, now, self._wiring, self._in_flight)
@@ -128,6 +136,8 @@ class AnswerForwarder:
             REJECTED_MESSAGES.labels(service=SERVICE, reason=exc.reason).inc()
             log.warning("dropped a message on %s (%s): %s", topic, exc.reason, exc)
             return
+        if taken_after is not None:
+            report = report.model_copy(update={"taken_after": min(taken_after, now)})
         if not isinstance(report, DeviceReport):
             await self._store(report)
             return

@@ -55,9 +55,12 @@ class ReportsBacklog:
         """Whether an answer of `device_id` from before `deadline` may not be applied yet."""
         if await self.watermarks.hold(deadline):
             return True
-        # Only the device's unapplied reports that the bridge received before the deadline
-        # hold it: one received after it (a late answer, a reconnect's presence) must not
-        # carry the device's deadlines past their time, or let a late answer win.
+        # Only the device's unapplied reports that the broker may have taken before the
+        # deadline hold it: one taken after it (a late answer, a reconnect's presence) must
+        # not carry the device's deadlines past their time. When the broker took it is known
+        # from below only (`taken_after`, the bridge's watermark when it arrived): the
+        # bridge's read time is later than the broker's, by tenths of a second on a loaded
+        # machine, and an answer taken before the deadline but read after it lost to it.
         seq = 1
         for _ in range(MAX_LOOKED_AT):
             try:
@@ -67,10 +70,10 @@ class ReportsBacklog:
             except NotFoundError:
                 return False
             try:
-                received = _Received.model_validate_json(msg.data or b"").received_at
+                taken = _Received.model_validate_json(msg.data or b"").taken_from()
             except ValidationError:
                 return True  # not readable here: the dispatcher dead-letters it shortly
-            if received <= deadline:
+            if taken <= deadline:
                 return True
             seq = (msg.seq or seq) + 1
         return True  # a long backlog of the device: wait for it rather than read it all
@@ -81,6 +84,12 @@ MAX_LOOKED_AT = 20
 
 
 class _Received(BaseModel):
-    """The one field of a report a deadline reads (every report kind carries it)."""
+    """The fields of a report a deadline reads (every report kind carries them)."""
 
     received_at: datetime
+    taken_after: datetime | None = None
+
+    def taken_from(self) -> datetime:
+        """The earliest the broker may have taken the report: `taken_after` when the bridge
+        knew it, else (a bridge before its first watermark) the time it was read."""
+        return self.taken_after if self.taken_after is not None else self.received_at
