@@ -1,5 +1,6 @@
-"""The dispatcher's writer stores what settles work in flight (device reports, due deadlines)
-ahead of new requests, and a job that runs alone stays a barrier for both lanes."""
+"""The dispatcher's writer stores what settles work in flight (device reports, due deadlines,
+cancels) ahead of new requests, keeps requests a share of each group commit, and a job that
+runs alone stays a barrier for both lanes."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
 
 import pytest
 
-from baton_dispatcher.writer import Writer
-from baton_domain.application import Executions
+from baton_contracts.nats import CancelCommand, DeadlineDue, StateReport, SubmitCommand
+from baton_dispatcher.writer import MAX_BATCH, Writer
+from baton_domain.application import Executions, RequestCommand
 from baton_domain.catalog import Catalog
 from tests.unit.test_api import DEMO
 
@@ -37,10 +41,21 @@ class Busy:
 
 
 @pytest.fixture
-async def busy() -> AsyncIterator[Busy]:
-    executions = Executions(
-        Catalog.from_yaml(DEMO), env={"PERSISTENCE_MODULE": "eventsourcing.popo"}
+def now() -> list[datetime]:
+    return [datetime.now(UTC)]
+
+
+@pytest.fixture
+def executions(now: list[datetime]) -> Executions:
+    return Executions(
+        Catalog.from_yaml(DEMO),
+        env={"PERSISTENCE_MODULE": "eventsourcing.popo"},
+        clock=lambda: now[0],
     )
+
+
+@pytest.fixture
+async def busy(executions: Executions) -> AsyncIterator[Busy]:
     held = Busy(Writer(executions, on_stored=lambda: None))
 
     def hold() -> None:
@@ -82,3 +97,59 @@ async def test_a_job_that_runs_alone_is_a_barrier_for_both_lanes(busy: Busy) -> 
     busy.release.set()
     await asyncio.wait_for(asyncio.gather(*queued), 5)
     assert busy.ran == ["report-1", "submit-1", "forget-cached", "report-2", "submit-2"]
+
+
+async def test_a_steady_flow_of_reports_leaves_requests_their_share(
+    executions: Executions, now: list[datetime]
+) -> None:
+    """Two partitions' report consumers, each keeping a whole batch of reports in the queue
+    (ReportsConsumer), fill every group commit with settling work: a submit queued behind
+    their first batches still goes within a commit or two, not once the stream is drained."""
+    writer = Writer(executions, on_stored=lambda: None)
+    batches_done = [0]
+    submitted_after: list[int] = []
+
+    async def consumer(batches: int) -> None:
+        for _ in range(batches):
+            reports = [
+                StateReport(
+                    report_id=str(uuid4()),
+                    device_id="demo-thermostat-1",
+                    state={"setpoint": 20},
+                    received_at=now[0],
+                )
+                for _ in range(MAX_BATCH)
+            ]
+            await asyncio.gather(*(writer.apply_state(report) for report in reports))
+            batches_done[0] += 1
+
+    async def submit() -> None:
+        await asyncio.sleep(0)  # behind the consumers' first batches
+        command = SubmitCommand(device_id="demo-thermostat-1", name="reboot", ttl=30)
+        assert (await writer.submit(command)).created
+        submitted_after.append(batches_done[0])
+
+    try:
+        await asyncio.wait_for(asyncio.gather(consumer(6), consumer(6), submit()), 60)
+    finally:
+        writer.close()
+    assert submitted_after[0] <= 2, f"the submit waited for {submitted_after[0]} batches"
+
+
+async def test_a_cancel_queued_before_a_deadline_was_due_goes_first(
+    busy: Busy, executions: Executions, now: list[datetime]
+) -> None:
+    """The writer busy, a cancel waits in its queue while the deadline passes: the deadline's
+    apply, queued after it, does not overtake it (the client canceled in time)."""
+    requested = executions.request(RequestCommand("demo-thermostat-1", "reboot", {}, ttl=1))
+    execution_id = requested.execution.id
+    cancel = asyncio.ensure_future(busy.writer.cancel(CancelCommand(execution_id=execution_id)))
+    await asyncio.sleep(0.05)  # in the writer's queue, before the deadline
+    now[0] += timedelta(seconds=2)
+    deadline = asyncio.ensure_future(busy.writer.deadline(DeadlineDue(execution_id=execution_id)))
+    await asyncio.sleep(0.05)
+    busy.release.set()
+    canceled, due = await asyncio.wait_for(asyncio.gather(cancel, deadline), 5)
+    assert canceled.problem is None, canceled.problem
+    assert due.outcome == "ignored"
+    assert executions.get(execution_id).status.value == "CANCELED"

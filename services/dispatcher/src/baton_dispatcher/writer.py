@@ -8,15 +8,22 @@ reports, deadlines and presence changes, and none of the waiting when the dispat
 (a lone call goes at once). Each caller gets its answer only after its transaction is
 committed. Every method returns a wire model: the edges only decode and encode.
 
-What settles work already in flight (device reports, due deadlines) goes ahead of new
-requests in the queue: after a fault the queue fills with both, and deadlines that waited
-behind the submits were applied late, by more than the chaos checks' 30 s grace. A submit
-that waits instead gets `request-expired` once its requester stops waiting, a clear
-retryable answer; nor can new requests starve the rest, as every report and deadline comes
-from a request stored earlier. The order between the two lanes means nothing: a report and
-a request for one device come from different senders, unordered. A job that runs alone
-(a catalog change, forgetting the cache on a partition's takeover) stays a barrier for
-both: nothing queued after it runs before it.
+What settles work already in flight (device reports, due deadlines, cancels) goes ahead
+of new requests in the queue: after a fault the queue fills with both, and deadlines that
+waited behind the submits were applied late, by more than the chaos checks' 30 s grace. A
+submit that waits instead gets `request-expired` once its requester stops waiting, a clear
+retryable answer. Ahead, not instead: while requests wait, each group commit keeps
+REQUESTS_SHARE of its places for them. Settling work is not bounded by the requests stored
+before it (state, presence and progress reports come as often as devices send them, and
+after a fault the reports stream holds whatever piled up), and each partition's reports
+consumer keeps up to a whole batch in the queue: two of them alone left a submit no place
+in any group commit until the stream was drained. A cancel settles too: in one queue a
+cancel taken before a deadline's apply was queued went first, and it must still, or a
+client who canceled in time is refused (409) and the record says EXPIRED or TIMED_OUT.
+The order between the two lanes means nothing otherwise: a report and a request for one
+device come from different senders, unordered. A job that runs alone (a catalog change,
+forgetting the cache on a partition's takeover) stays a barrier for both: nothing queued
+after it runs before it.
 """
 
 from __future__ import annotations
@@ -77,6 +84,9 @@ T = TypeVar("T")
 # Bounds one transaction (and so the wait of the first caller in it): at ~10-20 us of
 # application work per command, a full batch is a few milliseconds.
 MAX_BATCH = 256
+
+# While requests wait, the places of each group commit kept for them (the module's docstring).
+REQUESTS_SHARE = MAX_BATCH // 4
 
 REQUEST_EXPIRED = "request-expired"
 
@@ -144,7 +154,8 @@ class Writer:
         self, fn: Callable[[], T], alone: bool = False, settles: bool = False
     ) -> BatchResult[T]:
         """`fn` run on the writer thread in the next group commit; its result once stored.
-        `settles`: it settles work in flight (a report, a deadline), ahead of new requests."""
+        `settles`: it settles work in flight (a report, a deadline, a cancel), ahead of new
+        requests."""
         if self._worker is None:
             self._worker = asyncio.create_task(self._work(), name="writer")
         done: asyncio.Future[BatchResult[Any]] = asyncio.get_running_loop().create_future()
@@ -159,15 +170,23 @@ class Writer:
         return (await self._stored(fn, alone, settles)).unwrap()
 
     def _next_batch(self) -> list[_Job]:
-        """Whatever queued up while the last transaction was stored, settling work first; a
-        job that runs alone goes once nothing queued before it waits."""
+        """Whatever queued up while the last transaction was stored, settling work first
+        (requests keep their share of places); a job that runs alone goes once nothing
+        queued before it waits."""
         barrier = self._barriers[0] if self._barriers else math.inf
         settling = bool(self._settling) and self._settling[0].seq < barrier
         if self._requests and self._requests[0].alone and not settling:
             self._barriers.popleft()
             return [self._requests.popleft()]
+        waiting = 0  # the requests this batch keeps places for, up to their share
+        for job in itertools.islice(self._requests, REQUESTS_SHARE):
+            if job.alone:
+                break
+            waiting += 1
         jobs: list[_Job] = []
-        while self._settling and self._settling[0].seq < barrier and len(jobs) < MAX_BATCH:
+        while (
+            self._settling and self._settling[0].seq < barrier and len(jobs) < MAX_BATCH - waiting
+        ):
             jobs.append(self._settling.popleft())
         while self._requests and not self._requests[0].alone and len(jobs) < MAX_BATCH:
             jobs.append(self._requests.popleft())
@@ -238,7 +257,8 @@ class Writer:
         )
 
     async def cancel(self, command: CancelCommand) -> ExecutionReply:
-        reply = await self._write(lambda: self._handlers.cancel(command))
+        # Settling: it goes before the apply of a deadline queued after it (the docstring).
+        reply = await self._write(lambda: self._handlers.cancel(command), settles=True)
         if reply.problem is None:
             log.info("canceled %s: %s", command.execution_id, command.reason)
         return reply
@@ -288,8 +308,10 @@ class Writer:
             self._on_stored()
             log.info("catalog stored from the seed file (first start)")
 
-    async def _write(self, call: Callable[[], ExecutionReply]) -> ExecutionReply:
-        stored = await self._stored(call)
+    async def _write(
+        self, call: Callable[[], ExecutionReply], settles: bool = False
+    ) -> ExecutionReply:
+        stored = await self._stored(call, settles=settles)
         reply = stored.unwrap()
         if reply.position is not None:  # the batch's commit knows where it landed
             reply = reply.model_copy(update={"position": stored.position})
