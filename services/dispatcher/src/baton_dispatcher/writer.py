@@ -89,6 +89,8 @@ MAX_BATCH = 256
 REQUESTS_SHARE = MAX_BATCH // 4
 
 REQUEST_EXPIRED = "request-expired"
+# Due deadlines' first looks read at once at most (Writer._looks).
+LOOKS_AT_ONCE = 2
 
 
 def request_expired(execution_id: UUID | None) -> Problem:
@@ -142,6 +144,11 @@ class Writer:
         self._handlers = CommandHandlers(executions)
         self._on_stored = on_stored
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baton-writer")
+        # A due deadline's first look, outside the writer. Few at once: each takes one of the
+        # event store's pooled connections, which the writer needs too.
+        self._looks = ThreadPoolExecutor(
+            max_workers=LOOKS_AT_ONCE, thread_name_prefix="baton-deadline-look"
+        )
         # Device reports and due deadlines, then new requests (the module's docstring).
         self._settling: deque[_Job] = deque()
         self._requests: deque[_Job] = deque()
@@ -224,6 +231,7 @@ class Writer:
         if self._worker is not None:
             self._worker.cancel()
         self._thread.shutdown(wait=True)
+        self._looks.shutdown(wait=True)
 
     async def submit(self, command: SubmitCommand) -> ExecutionReply:
         taken = time.monotonic()
@@ -353,9 +361,12 @@ class Writer:
             # a fault that backlog is what made deadlines late). Committed is enough: what it
             # reads (the deadline, whether the execution or its verification ended) is never
             # undone, and a report stored meanwhile is still in the reports stream.
+            loop = asyncio.get_running_loop()
             try:
                 waiting = due_of(
-                    await asyncio.to_thread(self._executions.committed, due.execution_id),
+                    await loop.run_in_executor(
+                        self._looks, self._executions.committed, due.execution_id
+                    ),
                     due.kind,
                 )
             except ExecutionNotFound:
