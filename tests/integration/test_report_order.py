@@ -24,10 +24,13 @@ from baton_cli.localstack import Server
 from baton_contracts.nats import (
     LEGACY_REPORTS,
     REPORTS_STREAM,
+    WATERMARKS_STREAM,
+    BridgeWatermark,
     DeadlineDue,
     DeviceReport,
     partition_of,
     report_subject,
+    watermark_subject,
 )
 from baton_dispatcher.app import Dispatcher
 from baton_dispatcher.backlog import ReportsBacklog
@@ -247,3 +250,43 @@ async def test_an_answer_read_after_the_deadline_but_taken_before_it_holds_it(
     before = deadline - timedelta(seconds=0.3)
     await store_answer(js, execution_id, "demo-thermostat-4", "read-late", late, before)
     assert await backlog.holds("demo-thermostat-4", deadline)
+
+
+async def test_a_report_read_long_after_its_watermark_does_not_hold_past_the_max_hold(
+    nc: Client,
+) -> None:
+    """A bridge whose watermark stands still (not written: its stream unavailable, a round
+    that never completes, a request held) while it goes on reading stamps every report with
+    that old watermark as `taken_after`. The watermark check gives up on the bridge after
+    `BATON_DEADLINE_MAX_HOLD`; the reports must not then hold its devices' deadlines on their
+    own, for ever for a device that keeps reporting. A report read `max_hold` or more after
+    its watermark came from a bridge deadlines had given up on: its read time decides."""
+    js = nc.jetstream()
+    executions = Executions(
+        Catalog.from_yaml(DEMO), env={"PERSISTENCE_MODULE": "eventsourcing.popo"}
+    )
+    backlog = ReportsBacklog(js, max_hold=60.0)
+    device = "demo-thermostat-5"
+    requested = executions.request(RequestCommand(device, "reboot", {}, ttl=1))
+    execution_id, deadline = requested.execution.id, requested.execution.deadline
+    stale = deadline - timedelta(seconds=120)  # the bridge's watermark, long past the max hold
+    mark = BridgeWatermark(bridge="stuck", drained_to=stale)
+    await js.publish(
+        watermark_subject("stuck"), mark.model_dump_json().encode(), stream=WATERMARKS_STREAM
+    )
+    assert not await backlog.watermarks.hold(deadline)  # given up on
+    # The device reports on, read after the deadline: each stamped with the stale watermark.
+    for n in range(3):
+        read = deadline + timedelta(seconds=1 + n)
+        await store_answer(js, execution_id, device, f"live-{n}", read, stale)
+        assert not await backlog.holds(device, deadline)
+    # Read within the max hold of its watermark, a report still holds a deadline after it:
+    # the bridge came back in time.
+    other = "demo-thermostat-2"
+    requested = executions.request(RequestCommand(other, "reboot", {}, ttl=1))
+    deadline = requested.execution.deadline
+    back = deadline - timedelta(seconds=10)
+    await store_answer(
+        js, requested.execution.id, other, "back", deadline + timedelta(seconds=30), back
+    )
+    assert await backlog.holds(other, deadline)

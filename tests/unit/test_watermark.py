@@ -199,6 +199,30 @@ async def test_what_arrives_is_known_taken_after_the_last_watermark_not_when_rea
     assert bridge.afters[-1] == T0  # but taken after the round's start only
 
 
+async def test_a_bridge_whose_watermark_is_not_written_stamps_what_it_reads_with_the_old_one(
+    link: FakeLink,
+) -> None:
+    """Its watermark not written (BATON_WATERMARKS not answering), a bridge goes on reading
+    and storing: every report carries the last watermark written as `taken_after`, however
+    long ago that was. What a deadline makes of such a report once the watermark is older
+    than the max hold: tests/integration/test_report_order.py."""
+    clock = Clock()
+    bridge = Bridge(link, clock)
+    assert await bridge.watermark.advance(link) == T0
+
+    async def unwritable(drained_to: datetime) -> None:
+        raise TimeoutError("BATON_WATERMARKS not answering")
+
+    bridge.watermark._write = unwritable
+    clock.tick(120)
+    with pytest.raises(TimeoutError):
+        await bridge.watermark.advance(link)
+    await link.publish(response_topic("demo-thermostat-1", uuid4()), b"{}")
+    await eventually_forwarded(bridge, 1)
+    assert bridge.stamps == [T0 + timedelta(seconds=120)]  # read now
+    assert bridge.afters == [T0]  # "taken after" the watermark of 120 s ago
+
+
 async def eventually_forwarded(bridge: Bridge, n: int) -> None:
     for _ in range(200):
         if len(bridge.forwarded) >= n:

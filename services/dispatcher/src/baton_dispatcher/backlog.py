@@ -17,7 +17,7 @@ deadline is then in the stream, or already applied.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -61,6 +61,12 @@ class ReportsBacklog:
         # from below only (`taken_after`, the bridge's watermark when it arrived): the
         # bridge's read time is later than the broker's, by tenths of a second on a loaded
         # machine, and an answer taken before the deadline but read after it lost to it.
+        # But a bridge that read a report `max_hold` or more after its watermark had confirmed
+        # nothing for that long (its watermark not written, its rounds failing, a request
+        # held): the watermarks no longer hold deadlines for it, and its stale watermark,
+        # stamped on everything it reads, must not hold them instead, for ever for a device
+        # that keeps reporting. Such a report is weighed by when it was read.
+        max_hold = self.watermarks.max_hold
         seq = 1
         for _ in range(MAX_LOOKED_AT):
             try:
@@ -70,7 +76,7 @@ class ReportsBacklog:
             except NotFoundError:
                 return False
             try:
-                taken = _Received.model_validate_json(msg.data or b"").taken_from()
+                taken = _Received.model_validate_json(msg.data or b"").taken_from(max_hold)
             except ValidationError:
                 return True  # not readable here: the dispatcher dead-letters it shortly
             if taken <= deadline:
@@ -89,7 +95,12 @@ class _Received(BaseModel):
     received_at: datetime
     taken_after: datetime | None = None
 
-    def taken_from(self) -> datetime:
-        """The earliest the broker may have taken the report: `taken_after` when the bridge
-        knew it, else (a bridge before its first watermark) the time it was read."""
-        return self.taken_after if self.taken_after is not None else self.received_at
+    def taken_from(self, max_hold: timedelta) -> datetime:
+        """The earliest the broker may have taken the report, as far as a deadline goes:
+        `taken_after` when the bridge knew it and had confirmed something within `max_hold`
+        of reading the report, else (a bridge before its first watermark, or one the
+        watermarks had given up on) the time it was read."""
+        after = self.taken_after
+        if after is None or self.received_at - after >= max_hold:
+            return self.received_at
+        return after
