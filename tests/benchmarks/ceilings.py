@@ -40,12 +40,12 @@ import nats
 
 from baton_cli.catalog import fleet as write_fleet_catalog
 from baton_cli.localstack import Server, start_nats, start_nats_cluster, start_postgres
-from baton_contracts.nats import EVENTS_STREAM
+from baton_contracts.nats import EVENTS_STREAM, event_subject
 from baton_dispatcher.relay import OutboxRelay
 from baton_domain.application import Executions
 from baton_domain.catalog import Catalog
 from baton_platform.mapping import read_events
-from baton_platform.nats import ensure_streams
+from baton_platform.nats import ensure_streams, until_writable
 from baton_platform.settings import Settings
 from baton_simulator import fleet_ids
 from baton_views.projection import project
@@ -100,6 +100,8 @@ async def relay_ceiling(executions: Executions, servers: list[Server]) -> Ceilin
     nc = await nats.connect(servers=[server.url for server in servers])
     try:
         await ensure_streams(nc.jetstream(), replicas=len(servers))
+        # The relay publishes once, not again after a pause as the dispatcher's does.
+        await until_writable(nc.jetstream(), event_subject("writable", "Probe"))
         relay = OutboxRelay(executions, nc, poll_interval=1.0)
         await relay.read_stream_end()
         last = executions.recorder.max_notification_id() or 0

@@ -321,26 +321,31 @@ async def _answered(what: str, call: Callable[[], Awaitable[T]]) -> T:
     )
 
 
-# How long a bucket just made may take to take writes from every node.
+# How long a stream or bucket just made may take to take writes from every node.
 BUCKET_READY_S = 10.0
 # A compare-and-set no entry can meet: the server refuses it, and so stores nothing.
 _NEVER = {"Nats-Expected-Last-Subject-Sequence": str(2**62)}
 
 
 async def _until_writable(js: JetStreamContext, bucket: str) -> None:
-    """Return once a write to `bucket` reaches its stream from this connection. In a
-    cluster, the stream of a bucket just made may live on another node, whose interest in
-    its subjects reaches ours over the routes a moment after the answer that made it: a
-    write meanwhile gets "no responders" (seen in a test: the first put after creating a
-    one-replica bucket on a 3-node cluster). nats.go's JetStream publish retries on that;
-    nats-py's does not. The probe is a write the server refuses, so nothing is stored."""
+    await until_writable(js, f"$KV.{bucket}.{BUCKET_PROBE_KEY}")
+
+
+async def until_writable(js: JetStreamContext, subject: str) -> None:
+    """Return once a write on `subject` reaches its stream from this connection. In a
+    cluster, a stream just made may live on another node, whose interest in its subjects
+    reaches ours over the routes a moment after the answer that made it: a write meanwhile
+    gets "no responders" (seen in tests: the first put after creating a one-replica bucket
+    on a 3-node cluster, and the first publish to BATON_EVENTS just made with 3 replicas).
+    nats.go's JetStream publish retries on that; nats-py's does not. The probe is a write
+    the server refuses, so nothing is stored."""
 
     async def probe() -> None:
         try:
-            await js.publish(f"$KV.{bucket}.{BUCKET_PROBE_KEY}", b"", headers=dict(_NEVER))
+            await js.publish(subject, b"", headers=dict(_NEVER))
         except APIError:
             return  # refused by the stream: it is there, and takes our writes
-        raise RuntimeError(f"bucket {bucket} stored the probe it should have refused")
+        raise RuntimeError(f"the stream of {subject} stored the probe it should have refused")
 
     await tried_until(probe, BUCKET_READY_S, NoStreamResponseError, pause=0.05)
 
