@@ -1,12 +1,10 @@
-"""A due deadline waits behind the dispatcher's writer once, and one answered slowly is logged
-with where the time went: slow answers are what make deadlines late under faults (the
-scheduler has a bounded number in flight)."""
+"""A deadline the dispatcher answers slowly is logged with where the time went: slow answers
+are what make deadlines late under faults (the scheduler has a bounded number in flight)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
@@ -69,44 +67,3 @@ async def test_a_quick_answer_is_not_logged(
     with caplog.at_level(logging.WARNING, logger="baton_dispatcher.writer"):
         assert await answer_after(0.0, waiting=False) == "applied"
     assert not [r for r in caplog.records if "answered" in r.getMessage()]
-
-
-async def test_the_first_look_does_not_wait_for_the_writer() -> None:
-    """Only applying a deadline takes a turn of the writer: whether the device's answers may
-    still be on their way is asked, and answered, while the writer is busy with other work."""
-    now = [datetime.now(UTC)]
-    executions = Executions(
-        Catalog.from_yaml(DEMO),
-        env={"PERSISTENCE_MODULE": "eventsourcing.popo"},
-        clock=lambda: now[0],
-    )
-    asked = asyncio.Event()
-
-    class Watching:
-        async def holds(self, device_id: str, deadline: datetime) -> bool:
-            asked.set()
-            return True
-
-    writer = Writer(executions, on_stored=lambda: None, backlog=cast(ReportsBacklog, Watching()))
-    busy, release = threading.Event(), threading.Event()
-
-    def other_work() -> None:
-        busy.set()
-        release.wait(10)
-
-    try:
-        requested = executions.request(RequestCommand("demo-thermostat-1", "reboot", {}, ttl=1))
-        now[0] += timedelta(seconds=2)
-        occupied = asyncio.ensure_future(writer._call(other_work))
-        assert await asyncio.to_thread(busy.wait, 5)
-        answer = asyncio.ensure_future(
-            writer.deadline(DeadlineDue(execution_id=requested.execution.id))
-        )
-        # Answered while the writer is still busy: waiting for reports needs no turn of it.
-        assert (await asyncio.wait_for(answer, timeout=5)).outcome == "reports-pending"
-        assert asked.is_set() and not occupied.done()
-        release.set()
-        await occupied
-    finally:
-        release.set()
-        writer.close()

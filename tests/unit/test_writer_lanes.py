@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import cast
 from uuid import uuid4
 
 import pytest
 
 from baton_contracts.nats import CancelCommand, DeadlineDue, StateReport, SubmitCommand
+from baton_dispatcher.backlog import ReportsBacklog
 from baton_dispatcher.writer import MAX_BATCH, Writer
 from baton_domain.application import Executions, RequestCommand
 from baton_domain.catalog import Catalog
@@ -54,22 +57,29 @@ def executions(now: list[datetime]) -> Executions:
     )
 
 
-@pytest.fixture
-async def busy(executions: Executions) -> AsyncIterator[Busy]:
-    held = Busy(Writer(executions, on_stored=lambda: None))
+@asynccontextmanager
+async def held(writer: Writer) -> AsyncIterator[Busy]:
+    """`writer` held busy by one job until the Busy's `release`; closed after."""
+    busy = Busy(writer)
 
     def hold() -> None:
-        held.started.set()
-        held.release.wait(10)
+        busy.started.set()
+        busy.release.wait(10)
 
-    holding = asyncio.ensure_future(held.writer._call(hold))
-    assert await asyncio.to_thread(held.started.wait, 5)
+    holding = asyncio.ensure_future(writer._call(hold))
+    assert await asyncio.to_thread(busy.started.wait, 5)
     try:
-        yield held
+        yield busy
     finally:
-        held.release.set()
+        busy.release.set()
         await holding
-        held.writer.close()
+        writer.close()
+
+
+@pytest.fixture
+async def busy(executions: Executions) -> AsyncIterator[Busy]:
+    async with held(Writer(executions, on_stored=lambda: None)) as busy:
+        yield busy
 
 
 async def test_settling_work_goes_ahead_of_requests_queued_before_it(busy: Busy) -> None:
@@ -153,3 +163,27 @@ async def test_a_cancel_queued_before_a_deadline_was_due_goes_first(
     assert canceled.problem is None, canceled.problem
     assert due.outcome == "ignored"
     assert executions.get(execution_id).status.value == "CANCELED"
+
+
+async def test_a_deadlines_first_look_does_not_wait_for_the_writer(
+    executions: Executions, now: list[datetime]
+) -> None:
+    """Only applying a deadline takes a turn of the writer: whether the device's answers may
+    still be on their way is asked, and answered, while the writer is busy with other work."""
+    asked = asyncio.Event()
+
+    class Watching:
+        async def holds(self, device_id: str, deadline: datetime) -> bool:
+            asked.set()
+            return True
+
+    requested = executions.request(RequestCommand("demo-thermostat-1", "reboot", {}, ttl=1))
+    now[0] += timedelta(seconds=2)
+    writer = Writer(executions, on_stored=lambda: None, backlog=cast(ReportsBacklog, Watching()))
+    async with held(writer) as busy:
+        due = DeadlineDue(execution_id=requested.execution.id)
+        # Answered while the writer is still busy: waiting for reports needs no turn of it.
+        assert (await asyncio.wait_for(writer.deadline(due), timeout=5)).outcome == (
+            "reports-pending"
+        )
+        assert asked.is_set() and not busy.release.is_set()
