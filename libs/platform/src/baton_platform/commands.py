@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from baton_contracts.accounts import device_topics
+from baton_contracts.accounts import AccountTopics, device_topics
 from baton_contracts.nats import (
     CancelCommand,
     CatalogChange,
@@ -156,18 +156,23 @@ class ProfileWire:
         except ProfileSettingsError as exc:
             raise ValueError(str(exc)) from exc
 
-    def topics(self, device: Device, device_type: DeviceType) -> list[str]:
+    def account(self, device: Device, device_type: DeviceType) -> AccountTopics:
         """What its MQTT account may publish and subscribe to, where the bridge sends its
         requests and cancels and reads its answers, status and state
-        (baton_contracts.accounts).
+        (baton_contracts.accounts). Raises ProfileSettingsError for wire settings its
+        profile cannot use (stored before the catalog checked them)."""
+        return device_topics(
+            device_type.wire_profile, device.id, device.hardware_id, device_type.wire
+        )
 
-        None for wire settings its profile cannot use (stored before the catalog checked
-        them): the bridge wires no such type, the api issues its devices no account, and
-        the change that makes them usable has its devices' topics checked then."""
+    def topics(self, device: Device, device_type: DeviceType) -> list[str]:
+        """Its account's topics (`account`), publish and subscribe alike.
+
+        None for wire settings its profile cannot use: the bridge wires no such type, the
+        api issues its devices no account, and the change that makes them usable has its
+        devices' topics checked then."""
         try:
-            topics = device_topics(
-                device_type.wire_profile, device.id, device.hardware_id, device_type.wire
-            )
+            topics = self.account(device, device_type)
         except ProfileSettingsError:
             return []
         return [*topics.publish, *topics.subscribe]

@@ -27,7 +27,7 @@ from baton_api.device_accounts import (
 )
 from baton_api.problems import ProblemError, problem
 from baton_api.schemas import ProblemOut
-from baton_contracts.accounts import AccountTopics, device_topics, device_username
+from baton_contracts.accounts import AccountTopics, device_username
 
 __all__ = [  # the broker's side lives in baton_api.device_accounts; named here for callers
     "AccountsNotIssuedError",
@@ -40,6 +40,7 @@ __all__ = [  # the broker's side lives in baton_api.device_accounts; named here 
     "InMemoryAccounts",
 ]
 from baton_contracts.profiles import ProfileSettingsError
+from baton_platform.commands import WIRE
 
 
 class Credentials(BaseModel):
@@ -86,9 +87,7 @@ class CredentialService:
         device = await self._catalog.device(device_id, tenant)
         device_type = (await self._catalog.catalog(tenant)).device_types[device.type]
         try:
-            return device_topics(
-                device_type.wire_profile, device.id, device.hardware_id, device_type.wire
-            )
+            return WIRE.account(device, device_type)
         except ProfileSettingsError as exc:
             raise ProblemError(problem(409, "unusable-wire-settings", str(exc))) from None
 

@@ -13,7 +13,7 @@ stored (baton_api.moved_accounts), by the same rules.
 
 from __future__ import annotations
 
-from baton_contracts.accounts import AccountTopics, device_topics
+from baton_contracts.accounts import AccountTopics
 from baton_contracts.profiles import ProfileSettingsError
 from baton_domain.catalog import Catalog, Device
 from baton_domain.errors import UnknownDevice
@@ -51,9 +51,6 @@ def account_topics(catalog: Catalog, device_id: str) -> AccountTopics | None:
     none: no such device, or wire settings its type's profile cannot use."""
     try:
         device = catalog.device(device_id)
-        device_type = catalog.device_types[device.type]
-        return device_topics(
-            device_type.wire_profile, device.id, device.hardware_id, device_type.wire
-        )
+        return WIRE.account(device, catalog.device_types[device.type])
     except (UnknownDevice, ProfileSettingsError):
         return None
