@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -421,6 +422,41 @@ async def test_malformed_answers_are_dropped_and_counted(
     assert rejected("malformed-answer") - bad_answer == 3
     assert rejected("malformed-topic") - bad_topic == 2
     assert len(await stream_reports(js)) == 1
+
+
+async def test_a_device_past_its_message_rate_is_dropped_before_jetstream(
+    settings: Settings, nc: Client, mqtt_broker: Server
+) -> None:
+    rate, burst, sent = 20.0, 50, 1000
+    limited = Bridge(
+        settings.model_copy(update={"device_message_rate": rate, "device_message_burst": burst})
+    )
+    await limited.start()
+    try:
+        js = nc.jetstream()
+        before = rejected("rate-limited")
+        flood, quiet = uuid4(), uuid4()
+        async with (
+            Device(mqtt_broker) as flooder,
+            Device(mqtt_broker, "demo-thermostat-2") as other,
+        ):
+            started = time.monotonic()
+            for n in range(sent):
+                answer = {"status": "IN_PROGRESS", "payload": {"n": n}, "answer_id": str(n)}
+                await flooder.answer(flood, answer)
+            await other.answer(quiet, {"status": "SUCCEEDED", "answer_id": "1"})
+            # Another device's answer is stored whatever the flood.
+            await eventually(lambda: reports_for(js, quiet), what="the other device's answer")
+
+            async def all_handled() -> int | None:
+                stored = len(await reports_for(js, flood))
+                return stored if stored + rejected("rate-limited") - before == sent else None
+
+            stored = await eventually(all_handled, what="every flooded answer stored or dropped")
+            elapsed = time.monotonic() - started
+        assert burst <= stored <= burst + rate * elapsed + 1
+    finally:
+        await limited.stop()
 
 
 # --- the persistent session -----------------------------------------------------------------

@@ -32,6 +32,7 @@ from baton_contracts.nats import (
     report_subject,
 )
 from baton_dispatcher.app import Dispatcher
+from baton_domain import execution as execution_module
 from baton_domain.catalog_document import CATALOG_ID
 from baton_domain.delivery import queue_id
 from baton_platform.settings import Settings
@@ -96,6 +97,17 @@ async def report(
         body.model_dump_json().encode(),
         headers={"Nats-Msg-Id": body.report_id},
     )
+
+
+async def refused_reports(nc: Client) -> asyncio.Queue[ReportRejected]:
+    """Every report the dispatcher refuses from now on, as it says on REJECTIONS_SUBJECT."""
+    rejections: asyncio.Queue[ReportRejected] = asyncio.Queue()
+
+    async def on_rejection(msg: Msg) -> None:
+        await rejections.put(ReportRejected.model_validate_json(msg.data))
+
+    await nc.subscribe(REJECTIONS_SUBJECT, cb=on_rejection)
+    return rejections
 
 
 async def types_of(js: JetStreamContext, execution_id: UUID) -> list[str]:
@@ -222,12 +234,7 @@ async def test_reports_from_another_device_or_for_unknown_executions_are_dropped
     nc: Client,
 ) -> None:
     js = nc.jetstream()
-    rejections: asyncio.Queue[ReportRejected] = asyncio.Queue()
-
-    async def on_rejection(msg: Msg) -> None:
-        await rejections.put(ReportRejected.model_validate_json(msg.data))
-
-    await nc.subscribe(REJECTIONS_SUBJECT, cb=on_rejection)
+    rejections = await refused_reports(nc)
     reply = await submit(nc)
     assert reply.execution is not None
     execution_id = reply.execution.id
@@ -236,6 +243,25 @@ async def test_reports_from_another_device_or_for_unknown_executions_are_dropped
     await report(js, uuid4(), status="SUCCEEDED")
     assert (await asyncio.wait_for(rejections.get(), 5)).reason == "unknown-execution"
     assert "Succeeded" not in await types_of(js, execution_id)
+
+
+async def test_answers_past_a_full_log_are_refused_and_the_ending_one_recorded(
+    dispatcher: Dispatcher, nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(execution_module, "MAX_LOG_ENTRIES", 2)
+    js = nc.jetstream()
+    rejections = await refused_reports(nc)
+    reply = await submit(nc)
+    assert reply.execution is not None
+    execution_id = reply.execution.id
+    for n in range(3):
+        await report(js, execution_id, status="IN_PROGRESS", report_id=f"progress-{n}")
+    refused = await asyncio.wait_for(rejections.get(), 5)
+    assert (refused.reason, refused.report.report_id) == ("answer-log-full", "progress-2")
+    await report(js, execution_id, status="SUCCEEDED", report_id="done")
+    await eventually(lambda: _has(js, execution_id, "Succeeded"), what="the ending answer")
+    assert (await types_of(js, execution_id)).count("Progressed") == 2  # not progress-2
+    assert rejections.empty()
 
 
 async def test_malformed_reports_are_dead_lettered(dispatcher: Dispatcher, nc: Client) -> None:

@@ -16,7 +16,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from baton_domain.errors import DeadlineNotReached, DomainError, IllegalTransition, WrongDevice
+from baton_domain import execution as execution_module
+from baton_domain.errors import (
+    AnswerLogFull,
+    DeadlineNotReached,
+    DomainError,
+    IllegalTransition,
+    WrongDevice,
+)
 from baton_domain.execution import CommandExecution
 from baton_domain.statuses import TERMINAL_STATUSES, AnswerStatus, ExecutionStatus
 
@@ -258,6 +265,29 @@ def test_same_report_twice_is_recorded_once() -> None:
     assert answer(execution, AnswerStatus.STARTED, report_id="r1") is False
     assert len(execution.collect_events()) == 1
     assert len(execution.log) == 1
+
+
+def test_a_full_log_takes_only_an_answer_that_moves_the_status(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(execution_module, "MAX_LOG_ENTRIES", 3)
+    execution = SETUPS["SENT"]()
+    for n in range(3):  # the first moves SENT -> IN_PROGRESS, the others only fill the log
+        assert answer(execution, AnswerStatus.IN_PROGRESS, report_id=f"p{n}") is True
+    execution.collect_events()
+    with pytest.raises(AnswerLogFull):
+        answer(execution, AnswerStatus.IN_PROGRESS, report_id="p3")
+    with pytest.raises(AnswerLogFull):
+        answer(execution, AnswerStatus.STARTED)
+    assert answer(execution, AnswerStatus.IN_PROGRESS, report_id="p0") is False  # a repeat
+    assert execution.collect_events() == []
+    assert len(execution.log) == 3
+    assert answer(execution, AnswerStatus.SUCCEEDED, report_id="done") is True  # it ends it
+    assert execution.status is S.SUCCEEDED
+    assert [entry["report_id"] for entry in execution.log] == ["p0", "p1", "p2", "done"]
+    with pytest.raises(AnswerLogFull):  # after the end nothing moves any more
+        answer(execution, AnswerStatus.FAILED)
+    assert execution.status is S.SUCCEEDED
 
 
 def test_answer_from_another_device_changes_nothing() -> None:

@@ -1,4 +1,4 @@
-"""A rate limit per API key (baton_api.rate_limits): a token bucket per principal, and the
+"""A rate limit per API key (baton_platform.rate_limits): a token bucket per principal, and the
 api's answer over it, `429 rate-limited` with `Retry-After`, before anything is done."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from litestar.testing import TestClient
 
 from baton_api.app import create_app
 from baton_api.inmemory import InMemoryGateway
-from baton_api.rate_limits import RateLimits
 from baton_domain.application import Executions
 from baton_domain.catalog import Catalog
 from baton_platform.metrics import REJECTED_MESSAGES
+from baton_platform.rate_limits import RateLimits
 from baton_platform.settings import Settings
 from tests.conftest import DEMO
 from tests.unit.test_api import ADMIN_KEY, KEY, assert_problem

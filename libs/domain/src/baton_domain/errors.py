@@ -97,6 +97,19 @@ class WrongDevice(DomainError):
         self.answering_device = answering_device
 
 
+class AnswerLogFull(DomainError):
+    """An execution's response log holds as many answers as it may, and this one would not
+    change its status."""
+
+    code = "answer-log-full"
+
+    def __init__(self, execution_id: object, entries: int) -> None:
+        super().__init__(
+            f"execution {execution_id} holds {entries} answers, the most one may: an answer "
+            "that does not change its status is not recorded"
+        )
+
+
 class DeadlineNotReached(DomainError):
     code = "deadline-not-reached"
 

@@ -14,13 +14,21 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from baton_domain.copies import ContainersCopied
-from baton_domain.errors import DeadlineNotReached, IllegalTransition, WrongDevice
+from baton_domain.errors import AnswerLogFull, DeadlineNotReached, IllegalTransition, WrongDevice
 from baton_domain.statuses import AnswerStatus, ExecutionStatus
 from baton_domain.tenants import DEFAULT_TENANT
 
 JSON = dict[str, Any]
 
 _T = "baton.execution.v1"
+
+# The most answers one execution's response log keeps. A device may answer as often as it
+# likes (its account can publish only on its own topics, but without a count); each answer
+# is an event of the execution's stream, read again whenever the execution is loaded and
+# replayed. Past this many, an answer that changes nothing (progress on progress, anything
+# after the end) is refused: a device can no longer grow one stream without end, and an
+# answer that moves the status (ends it) is still recorded.
+MAX_LOG_ENTRIES = 10_000
 
 SENT_LIKE = frozenset(
     {ExecutionStatus.SENT, ExecutionStatus.ACKNOWLEDGED, ExecutionStatus.IN_PROGRESS}
@@ -302,6 +310,8 @@ class CommandExecution(ContainersCopied, Aggregate):
             raise IllegalTransition(self._describe(), "record an answer for")
         if any(entry["report_id"] == report_id for entry in self.log):
             return False
+        if len(self.log) >= MAX_LOG_ENTRIES and not self._moves(status):
+            raise AnswerLogFull(self.id, len(self.log))
         entry = answer_entry(report_id, status, payload, received_at)
         if not self.published:
             # The device answered, so the broker took the request: the `published` report
@@ -324,6 +334,16 @@ class CommandExecution(ContainersCopied, Aggregate):
         else:
             self._rejected(answer=entry)
         self._end_verification(received_at)
+        return True
+
+    def _moves(self, status: AnswerStatus) -> bool:
+        """Whether an answer of `status` would change the execution's status."""
+        if self.is_terminal:
+            return False
+        if status is AnswerStatus.STARTED:
+            return self.status in (ExecutionStatus.PENDING, ExecutionStatus.SENT)
+        if status is AnswerStatus.IN_PROGRESS:
+            return self.status is not ExecutionStatus.IN_PROGRESS
         return True
 
     def reach_deadline(self, now: datetime) -> bool:

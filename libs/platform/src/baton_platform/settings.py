@@ -181,6 +181,15 @@ class Settings(BaseSettings):
         description="requests a second one API key may send on average (per api process); 0: off",
     )
     rate_burst: int = Field(default=2000, ge=1, description="requests one API key may send at once")
+    device_message_rate: float = Field(
+        default=100.0,
+        ge=0,
+        description="messages a second one device may send on average (per device-bridge "
+        "process); past it they are dropped and counted (rate-limited); 0: off",
+    )
+    device_message_burst: int = Field(
+        default=1000, ge=1, description="messages one device may send at once"
+    )
 
     # service behaviour
     instance: str = "default"

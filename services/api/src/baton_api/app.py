@@ -52,7 +52,6 @@ from baton_api.nats_link import NatsLink
 from baton_api.openapi import declare_problems
 from baton_api.problems import problem_handler
 from baton_api.projector import ProjectionRunner
-from baton_api.rate_limits import RateLimits
 from baton_api.retention import RetentionSweeper
 from baton_api.schemas import request_body_plugin
 from baton_api.service import ExecutionService
@@ -69,6 +68,7 @@ from baton_platform.leases import hold, holder_name
 from baton_platform.lifecycle import cancel_and_wait
 from baton_platform.nats import identity
 from baton_platform.nats_access import API
+from baton_platform.rate_limits import RateLimits
 from baton_platform.settings import Settings
 from baton_views import ExecutionViews
 

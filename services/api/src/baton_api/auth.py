@@ -8,7 +8,7 @@ one problem handler. A caller presents one credential, as `Authorization: Bearer
 - a bootstrap key from the environment: BATON_ADMIN_API_KEYS are owners, BATON_API_KEYS
   operators, both in the tenant `default`.
 The identity's principal names the credential in events and logs without holding it. Each
-principal's requests are then counted against its rate limit (baton_api.rate_limits).
+principal's requests are then counted against its rate limit (baton_platform.rate_limits).
 
 Each route declares the least role it needs with one of the guards below (`opt["role"]`
 says which, for the OpenAPI document and the table in docs/security.md): a weaker role
@@ -34,10 +34,10 @@ from litestar.types import ASGIApp, Guard
 
 from baton_api.access import AccessStore, InMemoryAccess, matching
 from baton_api.problems import ProblemError, problem
-from baton_api.rate_limits import RateLimits
 from baton_api.tokens import InvalidToken, TokenVerifier, looks_like_jwt
 from baton_domain.tenants import DEFAULT_TENANT, Role
 from baton_platform.metrics import REJECTED_MESSAGES
+from baton_platform.rate_limits import RateLimits
 
 API_KEY_HEADER = "X-API-Key"
 # Every dialect's header for the same keys: Enapter clients send theirs.

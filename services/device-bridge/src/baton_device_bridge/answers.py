@@ -21,6 +21,7 @@ from uuid import UUID
 
 from baton_contracts.nats import DeviceReport, PresenceReport, StateReport
 from baton_contracts.profiles import MalformedWireError
+from baton_device_bridge.limits import DeviceLimits
 from baton_device_bridge.presence import decode_presence_or_state
 from baton_device_bridge.reports import ReportNotStoredError, ReportRefusedError, ReportSink
 from baton_device_bridge.wiring import UnknownWireDeviceError, Wiring
@@ -107,8 +108,10 @@ class AnswerForwarder:
         in_flight: InFlightLookup,
         retry_cap: float = 5.0,
         traces: tracing.Remembered | None = None,
+        limits: DeviceLimits | None = None,
     ) -> None:
         self._sink = sink
+        self._limits = limits or DeviceLimits(0, 1, SERVICE)
         # The trace context of each request sent: its answers continue that trace.
         self._traces = traces or tracing.Remembered()
         self._wiring = wiring
@@ -124,9 +127,10 @@ class AnswerForwarder:
         taken_after: datetime | None = None,
     ) -> None:
         """`taken_since`: the earliest time the broker may have taken the message (the
-        watermark's `taken_since`), when that is before now: an answer carries it as its
-        `received_at`, so that a deadline after it waits for the answer. Presence and state
-        keep the time they arrived (when the device was last seen, what it reported when).
+        watermark's `taken_since`), when that is before now (None: a live message, taken
+        now): an answer carries it as its `received_at`, so that a deadline after it waits
+        for the answer. Presence and state keep the time they arrived (when the device was
+        last seen, what it reported when); a live message counts against its device's rate.
         `taken_after`: a time the broker took it after (the watermark's `taken_after`),
         carried by every report: what the deadlines of its device are weighed against."""
         now = datetime.now(UTC)
@@ -136,12 +140,16 @@ class AnswerForwarder:
             REJECTED_MESSAGES.labels(service=SERVICE, reason=exc.reason).inc()
             log.warning("dropped a message on %s (%s): %s", topic, exc.reason, exc)
             return
+        # Only live traffic counts against a device's rate: a backlog that waited in the
+        # broker while the bridge was away arrives at once (baton_device_bridge.limits).
+        if taken_since is None and not self._limits.admit(report.device_id):
+            return
         if taken_after is not None:
             report = report.model_copy(update={"taken_after": min(taken_after, now)})
         if not isinstance(report, DeviceReport):
             await self._store(report)
             return
-        if taken_since is not None and taken_since < now:
+        if taken_since is not None and taken_since < now:  # it waited in the broker
             report = report.model_copy(update={"received_at": taken_since})
         parent = self._traces.parent(report.execution_id)
         name = f"answer {report.status}"

@@ -23,7 +23,7 @@ from baton_contracts.nats import (
     CatalogQuery,
     CatalogReply,
 )
-from baton_device_bridge.answers import AnswerForwarder
+from baton_device_bridge.answers import SERVICE, AnswerForwarder
 from baton_device_bridge.edges import events_consumer
 from baton_device_bridge.in_flight import (
     InFlight,
@@ -31,6 +31,7 @@ from baton_device_bridge.in_flight import (
     KvInFlight,
     open_in_flight_bucket,
 )
+from baton_device_bridge.limits import DeviceLimits
 from baton_device_bridge.link import MqttLink
 from baton_device_bridge.replicas import probe_filter, share_of, slot_settings
 from baton_device_bridge.reports import ReportSink
@@ -114,8 +115,9 @@ class DeviceBridge:
             bucket = await open_in_flight_bucket(js, settings.nats_replicas)
             self.in_flight = await KvInFlight.load(bucket, self.share.owns)
         traces = tracing.Remembered()  # each request's context, for its answers
+        limits = DeviceLimits(settings.device_message_rate, settings.device_message_burst, SERVICE)
         self.answers = AnswerForwarder(
-            sink, self.wiring, self.in_flight.current, self.retry_cap, traces
+            sink, self.wiring, self.in_flight.current, self.retry_cap, traces, limits
         )
         marks = WatermarkSink(js, settings.instance)
         last = await marks.introduce(datetime.now(UTC))

@@ -59,9 +59,10 @@ WRITE_TIMEOUT_S = 5.0
 INTRODUCE_RETRY_S = 0.5  # how often a bridge starting asks JetStream again for its watermark
 
 Clock = Callable[[], datetime]
-# A message of the session, with the earliest time the broker may have taken it
-# (`Watermark.taken_since`) and a time it certainly took it after (`Watermark.taken_after`).
-StampedHandler = Callable[[str, bytes, datetime, datetime | None], Awaitable[None]]
+# A message of the session, with the earliest time the broker may have taken it if that is
+# before now (`Watermark.taken_since`; None: it did not wait there, the broker took it now)
+# and a time it certainly took it after (`Watermark.taken_after`).
+StampedHandler = Callable[[str, bytes, datetime | None, datetime | None], Awaitable[None]]
 
 
 def utc_now() -> datetime:
@@ -186,22 +187,23 @@ class Watermark:
 
         return handle
 
-    def taken_since(self) -> datetime:
-        """The earliest time the broker may have taken a message handed over now.
+    def taken_since(self) -> datetime | None:
+        """The earliest time the broker may have taken a message handed over now, if that
+        is before now.
 
-        Now, on a connection a round has proven drained (and on a new session: nothing
-        waited in it). On a resumed session before that, the message may have waited in the
-        broker since the last watermark: the bridge down, restarting, or dead and its slot
-        taken over. Stamped with that time, a device answer the broker took before a
-        deadline holds it back until it is applied (baton_dispatcher.backlog); stamped with
-        its arrival, it lost the race to a deadline once the watermark passed (seen in a
-        chaos run: TIMED_OUT for an answer the broker had 5 s before the deadline)."""
-        now = self.clock()
+        None on a connection a round has proven drained (and on a new session: nothing
+        waited in it): the message is live, taken now. On a resumed session before that,
+        the message may have waited in the broker since the last watermark: the bridge
+        down, restarting, or dead and its slot taken over. Stamped with that time, a device
+        answer the broker took before a deadline holds it back until it is applied
+        (baton_dispatcher.backlog); stamped with its arrival, it lost the race to a deadline
+        once the watermark passed (seen in a chaos run: TIMED_OUT for an answer the broker
+        had 5 s before the deadline)."""
         link = self._link
         drained = link is not None and (self._proven == link.connection or not link.resumed)
-        if drained or self.drained_to is None:
-            return now
-        return min(now, self.drained_to)
+        if drained or self.drained_to is None or self.drained_to >= self.clock():
+            return None
+        return self.drained_to
 
     def taken_after(self) -> datetime | None:
         """A time the broker took a message handed over now after (None: not known yet).

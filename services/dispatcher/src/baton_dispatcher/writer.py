@@ -63,6 +63,7 @@ from baton_dispatcher.backlog import due_of
 from baton_dispatcher.traces import TraceContexts
 from baton_domain.application import Executions
 from baton_domain.errors import (
+    AnswerLogFull,
     DeadlineNotReached,
     ExecutionNotFound,
     IllegalTransition,
@@ -449,6 +450,8 @@ class Writer:
             return ReportResult(applied=False, refused="wrong-device")
         except IllegalTransition:
             return ReportResult(applied=False, refused="illegal-transition")
+        except AnswerLogFull:
+            return ReportResult(applied=False, refused=AnswerLogFull.code)
         return ReportResult(applied=outcome.changed)
 
 

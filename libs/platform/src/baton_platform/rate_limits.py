@@ -1,10 +1,11 @@
-"""Requests per API key: a token bucket per principal (`BATON_RATE_LIMIT`, `BATON_RATE_BURST`).
+"""A token bucket per key: `rate` a second on average, `burst` at once.
 
-A key may send `rate` requests a second on average and `burst` at once; one more is refused
-with `429 rate-limited` and a `Retry-After` of the seconds until its next token, before
-anything else is done for it. Pure and in memory: each api replica counts for itself (with
-N replicas behind a balancer a key gets up to N times the rate). O(1) a request; one small
-entry per key that was used.
+The api counts each API key's requests (`BATON_RATE_LIMIT`, `BATON_RATE_BURST`: one more is
+refused with `429 rate-limited` and a `Retry-After` of the seconds until its next token);
+the device-bridge counts each device's messages (`BATON_DEVICE_MESSAGE_RATE`,
+`BATON_DEVICE_MESSAGE_BURST`: one more is dropped and counted). Pure and in memory: each
+process counts for itself (with N replicas a key, or a device, gets up to N times the rate).
+O(1) a call; one small entry per key that was used.
 """
 
 from __future__ import annotations
@@ -38,15 +39,15 @@ class RateLimits:
         # bucket must be the same on Baton's routes and every dialect's.
         return self
 
-    def take(self, principal: str) -> float | None:
-        """Spend one of the principal's tokens: None when it had one, else the seconds until
-        it will (the request is refused and spends nothing)."""
+    def take(self, key: str) -> float | None:
+        """Spend one of the key's tokens: None when it had one, else the seconds until it
+        will (what asked is refused and spends nothing)."""
         if self.rate <= 0:
             return None
         now = self._clock()
-        bucket = self._buckets.get(principal)
+        bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[principal] = _Bucket(float(self.burst), now)
+            bucket = self._buckets[key] = _Bucket(float(self.burst), now)
         bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.at) * self.rate)
         bucket.at = now
         if bucket.tokens >= 1.0 - _SLACK:
