@@ -5,9 +5,12 @@ turn demo-silent-1's command SUCCEEDED now changes nothing (issue 8, item 6)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import nats
@@ -162,3 +165,86 @@ def test_an_account_whose_device_a_change_over_nats_moved_is_refused(
         assert time.monotonic() - changed < 10.0, "the old password still worked 10 s later"
         time.sleep(0.1)
     assert connects(stack, issue(baton, "ops-mover-1"))
+
+
+# The stack's defaults (BATON_DEVICE_MESSAGE_RATE, BATON_DEVICE_MESSAGE_BURST).
+RATE, BURST = 50, 200
+FLOOD_S = 3.0
+
+
+class Flood:
+    """How many answers were flooded (`over` set then); `seen` tells the flooder to stop
+    sending markers."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.over, self.seen = threading.Event(), threading.Event()
+
+
+def flood(stack: Stack, credentials: dict[str, str], execution_id: str, state: Flood) -> None:
+    """As fast as the account can, progress answers for `execution_id`; then a marker a
+    tenth of a second (the bucket has tokens again) until `state.seen`: answers go on in
+    order, so once a marker is in the log every flooded answer was stored or dropped."""
+
+    def progress(n: int | str, payload: dict[str, object]) -> str:
+        return json.dumps({"status": "IN_PROGRESS", "payload": payload, "answer_id": str(n)})
+
+    async def run() -> None:
+        topic = response_topic("demo-thermostat-1", execution_id)
+        sent, started = 0, time.monotonic()
+        async with as_device(stack, credentials) as client:
+            while time.monotonic() - started < FLOOD_S:
+                batch = range(sent, sent + 50)
+                await asyncio.gather(
+                    *(client.publish(topic, progress(n, {"n": n}), qos=1) for n in batch)
+                )
+                sent += len(batch)
+            state.sent = sent
+            state.over.set()
+            marker = 0
+            while not state.seen.is_set():
+                await client.publish(topic, progress(f"m{marker}", {"marker": marker}), qos=1)
+                marker += 1
+                await asyncio.sleep(0.1)
+
+    asyncio.run(run())
+
+
+def test_a_device_flooding_its_topics_is_held_to_its_rate_and_others_go_on(
+    stack: Stack, baton: Baton
+) -> None:
+    flooder = issue(baton, "demo-thermostat-1")
+    target = baton.send("demo-thermostat-1", "set_temperature", {"value": 20})
+    target_id = target.json()["id"]
+    baton.wait_for(target_id, {"SUCCEEDED"})
+    answered = len(baton.get(target_id, expand_log=True)["log"])
+    state = Flood()
+    started = time.monotonic()
+    flooding = threading.Thread(target=flood, args=(stack, flooder, target_id, state))
+    flooding.start()
+    try:
+        # Another device's commands while the flood runs: each goes the whole way.
+        others = []
+        while not state.over.is_set() and flooding.is_alive():
+            sent = baton.send("demo-thermostat-2", "set_temperature", {"value": 21})
+            assert sent.status_code == 201, sent.text
+            others.append(baton.wait_for(sent.json()["id"], {"SUCCEEDED"})["status"])
+        assert others and set(others) == {"SUCCEEDED"}
+        deadline = time.monotonic() + 30
+        while True:
+            log: list[dict[str, Any]] = baton.get(target_id, expand_log=True)["log"]
+            if any("marker" in entry["payload"] for entry in log):
+                # The bridge takes messages in later than they were sent (they wait in
+                # the broker while it is busy), and its bucket refills meanwhile: by now it
+                # has taken them all in.
+                window = time.monotonic() - started
+                break
+            assert time.monotonic() < deadline, "no marker after the flood reached the log"
+            time.sleep(0.1)
+    finally:
+        state.seen.set()
+        flooding.join()
+    flooded = sum(1 for entry in log if "n" in entry["payload"])
+    # The bucket was full when the flood began (the command's own answers came back long
+    # before), less what those answers took if it had not refilled yet.
+    assert BURST - answered <= flooded <= BURST + RATE * window + 1 < state.sent

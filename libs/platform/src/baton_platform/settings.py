@@ -182,13 +182,13 @@ class Settings(BaseSettings):
     )
     rate_burst: int = Field(default=2000, ge=1, description="requests one API key may send at once")
     device_message_rate: float = Field(
-        default=100.0,
+        default=50.0,
         ge=0,
         description="messages a second one device may send on average (per device-bridge "
         "process); past it they are dropped and counted (rate-limited); 0: off",
     )
     device_message_burst: int = Field(
-        default=1000, ge=1, description="messages one device may send at once"
+        default=200, ge=1, description="messages one device may send at once"
     )
 
     # service behaviour
