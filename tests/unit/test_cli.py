@@ -267,6 +267,16 @@ def test_events_without_an_event_store_exits_1(data_dir: Path) -> None:
     assert not (data_dir / "events.sqlite").exists()
 
 
+def test_replay_on_a_database_url_that_is_not_one_says_so_on_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A BATON_DATABASE_URL set from an empty shell variable (`.../$DB` with DB unset)."""
+    monkeypatch.setenv("BATON_DATABASE_URL", "/restored")
+    result = runner.invoke(app, ["replay"])
+    assert result.exit_code == 1
+    assert result.stderr == "error: not a postgresql:// URL: /restored (BATON_DATABASE_URL)\n"
+
+
 def test_events_needs_a_uuid(data_dir: Path) -> None:
     result = runner.invoke(app, ["events", "not-a-uuid"])
     assert result.exit_code == 2

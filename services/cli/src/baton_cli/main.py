@@ -280,8 +280,16 @@ def replay() -> None:
 
 def check_event_store(settings: Settings) -> None:
     """A SQLite event store must exist already (opening one would make an empty one); a
-    PostgreSQL one is asked (an empty database has its tables made, and nothing in them)."""
-    if settings.postgres_url is None and not settings.event_store_path.exists():
+    PostgreSQL one is asked (an empty database has its tables made, and nothing in them),
+    once its URL is one."""
+    from baton_platform.sql import postgres_params
+
+    if settings.postgres_url is not None:
+        try:
+            postgres_params(settings.postgres_url)
+        except ValueError as exc:
+            fail(f"error: {exc} ({origin('BATON_DATABASE_URL')})")
+    elif not settings.event_store_path.exists():
         fail(
             f"error: no event store at {settings.event_store_path.resolve()} "
             f"({origin('BATON_DATA_DIR')}). Set BATON_DATA_DIR to the stack's data directory "
