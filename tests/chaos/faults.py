@@ -29,6 +29,7 @@ import nats
 import nats.errors
 
 from baton_cli.localstack import (
+    READY_LINES,
     SERVICE_MODULES,
     PostgresServer,
     Server,
@@ -43,15 +44,6 @@ log = logging.getLogger("chaos")
 SERVERS = ("nats-server", "mqtt-broker")  # the plain stack's; a cluster's: `servers_of`
 RECOVERY_WAIT_S = 30.0
 
-# What each service logs once it is ready, since its start (the api: also GET /ready 200).
-# The bridge may call itself ready without a broker ("no MQTT broker yet"): it has recovered
-# only once it is connected to MQTT too.
-READY_LINES = {
-    "dispatcher": ("dispatcher ready",),
-    "timeout-scheduler": ("timeout-scheduler started",),
-    "device-bridge": ("device-bridge ready", "connected to MQTT "),
-    "api": ("connected to NATS at",),
-}
 # What each service logs once connected again after a server it uses was restarted. A
 # cluster's NATS node or PostgreSQL: none (the services connected to that node move to the
 # others; the store's connections are opened again at their next use).

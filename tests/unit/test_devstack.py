@@ -206,3 +206,16 @@ def test_the_banner_shows_a_command_of_the_catalog_in_use(tmp_path: Path) -> Non
     spec = catalog.device_types[catalog.devices[0].type].commands[name]
     assert not spec.params.get("required") and params == {}
     assert f"/v1/devices/{device}/commands" in seeds and "demo-thermostat" not in seeds
+
+
+def test_run_cluster_s_banner_gives_the_url_of_its_own_store_and_hides_the_operator_s(
+    tmp_path: Path,
+) -> None:
+    """`pg_dump "$BATON_DATABASE_URL"` (docs/operations.md, "Backup and restore") needs the
+    URL of the throwaway server the cluster started; a URL the operator gave is theirs."""
+    url = "postgresql://baton:s3cret@127.0.0.1:5433/postgres"
+    stack = dev_stack(data_dir=tmp_path, api_key="k", catalog=DEMO, replicas=2)
+    stack.database_url = url
+    assert f"BATON_DATABASE_URL={url}" in _banner(stack)
+    given = _banner(stack, own_store=False)
+    assert "s3cret" not in given and "postgresql://baton:***@127.0.0.1:5433/postgres" in given

@@ -2,7 +2,9 @@
 
 Data lives under ./var/ (event store, views, deadlines, JetStream, broker persistence, logs),
 so a second `make run` carries on where the first stopped. `make run-cluster` (`--cluster`)
-starts the replicated topology instead, afresh under ./var/cluster/.
+starts the replicated topology instead, afresh under ./var/cluster/, on a PostgreSQL of its
+own or on BATON_DATABASE_URL's; it starts a replica that stops (a rolling restart) again
+(baton_cli.rolling).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -27,6 +29,13 @@ from baton_cli.localstack import (
     Stack,
     mqtt_flavour,
     start_postgres,
+)
+from baton_cli.rolling import (
+    PROCESSES_FILE,
+    RestartError,
+    Supervisor,
+    read_processes,
+    restart_replica,
 )
 
 if TYPE_CHECKING:
@@ -105,8 +114,14 @@ def first_command(catalog: Path | Catalog) -> tuple[str, str, dict[str, Any]]:
     return device.id, next(iter(free or commands), "reboot"), {}
 
 
-def _banner(stack: Stack, warnings: list[str] | None = None, stored: Catalog | None = None) -> str:
-    """`stored`: the catalog in use when it is not the file's (the example is one of its)."""
+def _banner(
+    stack: Stack,
+    warnings: list[str] | None = None,
+    stored: Catalog | None = None,
+    own_store: bool = True,
+) -> str:
+    """`stored`: the catalog in use when it is not the file's (the example is one of its).
+    `own_store`: see `_topology`."""
     key = stack.api_key
     broker = "Mosquitto" if stack.broker == "mosquitto" else "nats-server's MQTT listener"
     device, name, params = first_command(stored or stack.catalog)
@@ -126,7 +141,7 @@ Baton is running.
   MQTT       mqtt://127.0.0.1:{stack.mqtt_port} ({broker}; no anonymous clients)
   MQTT accounts  {stack.accounts_path}  (a device's own: POST /v1/devices/ID/credentials){metrics}
   Simulated  {simulated}
-  Data/logs  {stack.data_dir}/  (logs in {stack.log_dir}/){_topology(stack)}
+  Data/logs  {stack.data_dir}/  (logs in {stack.log_dir}/){_topology(stack, own_store)}
 
 Send a first command:
   curl -s -X POST '{stack.api_url}/v1/devices/{device}/commands?wait=5' \\
@@ -182,15 +197,22 @@ def catalog_warning(stack: Stack, stored: Catalog | None) -> str | None:
     )
 
 
-def _topology(stack: Stack) -> str:
-    """The banner's lines about a replicated stack (none for the plain one)."""
+def _topology(stack: Stack, own_store: bool = True) -> str:
+    """The banner's lines about a replicated stack (none for the plain one). `own_store`:
+    the stack started its PostgreSQL, whose URL (a throwaway password) `pg_dump` needs;
+    else it is the operator's BATON_DATABASE_URL, not printed back."""
     if stack.replicas == 1:
         return ""
+    from baton_platform.sql import redacted
+
     names = ", ".join(stack.names)
+    url = stack.database_url or ""
+    store = f"PostgreSQL  BATON_DATABASE_URL={url}" if own_store else f"PostgreSQL {redacted(url)}"
     return (
-        f"\n  Store      PostgreSQL ({stack.data_dir}/postgres)"
+        f"\n  Store      {store}"
         f"\n  Topology   {stack.nats_nodes} NATS nodes; {names}; the api replicas behind the "
-        f"balancer on {stack.api_url}"
+        f"balancer on {stack.api_url} (a replica that stops is started again: "
+        "`baton dev restart` restarts them one at a time)"
     )
 
 
@@ -223,13 +245,18 @@ def run(
         False,
         help="The replicated topology (make run-cluster): PostgreSQL, a 3-node NATS cluster "
         "and 2 replicas of each service, the api's behind a balancer on --api-port. Its data "
-        "is under DATA_DIR/cluster and starts afresh each time.",
+        "is under DATA_DIR/cluster and starts afresh each time; its store too, unless "
+        "BATON_DATABASE_URL names one.",
     ),
 ) -> None:
     """Start nats-server, an MQTT broker, the four services and the simulator; stop on Ctrl-C."""
     data_dir = data_dir.resolve()
     pid_file = data_dir / PID_FILE
     postgres: PostgresServer | None = None
+    supervisor: Supervisor | None = None
+    # The operator's database (a restored backup, say), as `make run` takes it; else the
+    # cluster starts a PostgreSQL of its own.
+    given_store = os.environ.get("BATON_DATABASE_URL") or None
     topology: dict[str, Any] = {}
     if cluster:
         data_dir = data_dir / "cluster"
@@ -265,23 +292,28 @@ def run(
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     try:
-        if cluster:
+        if cluster and given_store is None:
             postgres = start_postgres(data_dir / "postgres", own_session=True)
-            stack.database_url = postgres.url
+        if cluster:
+            stack.database_url = given_store or (postgres.url if postgres else None)
         stack.start_all()
         if not _wait_ready(stack.api_url):
             typer.echo(f"The API did not become ready; see {stack.log_dir}/", err=True)
             raise typer.Exit(1)
         write_state(stack.env(), os.getpid())  # `baton ...` finds this stack from anywhere
+        if cluster:
+            supervisor = Supervisor(stack, pid_file.parent / PROCESSES_FILE, typer.echo)
+            supervisor.begin()
         # A catalog asked for (not the default) that the data directory's overrides: said.
         stored = stored_catalog(stack) if catalog.resolve() != DEFAULT_CATALOG.resolve() else None
         warning = catalog_warning(stack, stored)
+        own_store = given_store is None
         if warning is None:
-            typer.echo(_banner(stack))
+            typer.echo(_banner(stack, own_store=own_store))
         else:  # its example: a device of the catalog in use
-            typer.echo(_banner(stack, [warning], stored))
+            typer.echo(_banner(stack, [warning], stored, own_store))
         while not stopping:
-            dead = stack.dead()
+            dead = stack.dead() if supervisor is None else supervisor.step()
             if dead:
                 typer.echo(
                     f"{', '.join(dead)} stopped unexpectedly; see {stack.log_dir}/", err=True
@@ -290,6 +322,8 @@ def run(
             time.sleep(0.5)
     finally:
         typer.echo("Stopping Baton...")
+        if supervisor is not None:
+            supervisor.forget()  # before the stops, which are not to be restarted
         stack.stop_all()
         if postgres is not None:
             postgres.stop()
@@ -355,6 +389,41 @@ def stop(data_dir: Path = typer.Option(Path("var"))) -> None:
         time.sleep(0.2)
     typer.echo(f"Process {pid} is still running.", err=True)
     sys.exit(1)
+
+
+@dev_app.command("restart")
+def restart(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Replicas to restart, in this order (default: every one)."),
+    ] = None,
+    data_dir: Path = typer.Option(Path("var"), help="The stack's data directory."),
+) -> None:
+    """Restart the service replicas of `make run-cluster` one at a time, each once the one
+    before is ready again: a rolling restart (docs/operations.md, "Rolling upgrades")."""
+    record = data_dir / "run" / PROCESSES_FILE
+    processes = read_processes(record) if running_pid(data_dir) is not None else {}
+    if not processes:
+        typer.echo(
+            f"error: no `make run-cluster` runs with its data in {data_dir}/ (`make run` runs "
+            "one process of each service: stopping one stops the stack)",
+            err=True,
+        )
+        raise typer.Exit(1)
+    unknown = [name for name in names or [] if name not in processes]
+    if unknown:
+        typer.echo(
+            f"error: no replica {', '.join(unknown)}; the stack's: {', '.join(processes)}",
+            err=True,
+        )
+        raise typer.Exit(2)
+    for name in names or list(processes):
+        try:
+            seconds = restart_replica(record, name)
+        except RestartError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        typer.echo(f"{name} restarted; ready again after {seconds:.1f} s")
 
 
 def running_pid(data_dir: Path) -> int | None:

@@ -787,6 +787,15 @@ SERVICE_MODULES = {
 # Each service's metrics port is the stack's base port plus its offset here: one process per
 # port, so four services on one machine cannot all bind the same one.
 METRICS_OFFSETS = {name: offset for offset, name in enumerate(SERVICE_MODULES)}
+# What each service logs once it is ready, since its start (the api: also GET /ready 200 on
+# its own port). The bridge may call itself ready without a broker ("no MQTT broker yet"):
+# it is ready only once it is connected to MQTT too.
+READY_LINES = {
+    "dispatcher": ("dispatcher ready",),
+    "timeout-scheduler": ("timeout-scheduler started",),
+    "device-bridge": ("device-bridge ready", "connected to MQTT "),
+    "api": ("connected to NATS at",),
+}
 
 
 def start_service(name: str, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
