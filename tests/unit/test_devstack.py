@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from baton_cli.devstack import DEFAULT_METRICS_PORT, _banner, dev_app, dev_stack, first_command
+from baton_cli.devstack import (
+    DEFAULT_METRICS_PORT,
+    _banner,
+    dev_app,
+    dev_stack,
+    first_command,
+    metrics_port_problem,
+)
 from baton_cli.devstate import write_state
 from baton_cli.localstack import SERVICE_MODULES, free_port
 from baton_cli.main import app, catalog_specs
@@ -219,3 +226,29 @@ def test_run_cluster_s_banner_gives_the_url_of_its_own_store_and_hides_the_opera
     assert f"BATON_DATABASE_URL={url}" in _banner(stack)
     given = _banner(stack, own_store=False)
     assert "s3cret" not in given and "postgresql://baton:***@127.0.0.1:5433/postgres" in given
+
+
+def test_metrics_ports_left_in_time_wait_by_the_last_stack_are_free(tmp_path: Path) -> None:
+    """`make stop` then `make run-cluster`: the last stack's scraped metrics ports are in
+    TIME_WAIT for a minute, which stops no metrics server from listening on them (they bind
+    with SO_REUSEADDR, as http.server does), so the check before the start may not call
+    them taken."""
+    held = held_ports(len(SERVICE_MODULES))
+    base = held[0].getsockname()[1]
+    for listener in held:
+        listener.close()
+    for port in range(base, base + len(SERVICE_MODULES)):
+        with socket.socket() as server:  # a metrics server of the last stack, scraped once
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind(("127.0.0.1", port))
+            server.listen()
+            client = socket.create_connection(("127.0.0.1", port))
+            served, _ = server.accept()
+            served.close()  # the server's side closes first: its port is left in TIME_WAIT
+            client.close()
+    plain = socket.socket()  # what the check did: refused while TIME_WAIT lasts
+    with plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", base))
+
+    stack = dev_stack(data_dir=tmp_path, api_key="k", catalog=DEMO, metrics_port=base)
+    assert metrics_port_problem(stack) is None

@@ -80,6 +80,9 @@ def metrics_port_problem(stack: Stack) -> str | None:
         return f"{setting}: the services need ports up to {max(ports.values())}; choose a lower one"
     for name, port in ports.items():
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # As the metrics server binds (prometheus_client's, an http.server): a port left
+            # in TIME_WAIT by the last stack's scrapes is free for it, only a listener is not.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError as exc:
