@@ -22,6 +22,7 @@ from uuid import UUID
 import typer
 
 from baton_cli import executions as executions_cli
+from baton_cli.access_backup import access_app
 from baton_cli.api_client import (
     DEFAULT_KEY,
     DEFAULT_URL,
@@ -64,6 +65,7 @@ app.command("nats-replicate-events")(nats_replicate_events)
 app.command("mqtt-setup")(mqtt_setup)
 app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(access_app, name="access")
 app.command("tail")(tail)
 app.command("asyncapi")(asyncapi)
 
