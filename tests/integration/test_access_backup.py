@@ -73,6 +73,38 @@ def test_keys_and_tenants_backed_up_come_back_after_the_bucket_is_lost(
     assert tenant is not None and tenant.name == "Acme"
 
 
+def test_a_key_revoked_since_the_backup_stays_revoked(as_ops: Server, tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    records = []
+    for name in ("kept", "revoked"):
+        key_id, key = new_key()
+        records.append((key_id, key))
+        record = KeyRecord(
+            id=key_id,
+            digest=digest_of(key),
+            role="operator",
+            tenant="acme",
+            name=name,
+            created_at=now,
+            created_by="owner",
+        )
+        tenant = TenantRecord(id="acme", name="Acme", created_at=now, created_by="owner")
+        asyncio.run(_fill(as_ops, record, tenant))
+    backup = tmp_path / "baton-access.json"
+    assert baton("access", "backup", str(backup))[0] == 0
+    (kept_id, kept), (revoked_id, revoked) = records
+    asyncio.run(_revoke(as_ops, revoked_id))
+
+    code, said = baton("access", "restore", str(backup))
+
+    assert code == 0, said
+    assert f"left out 1 deleted in {ACCESS_BUCKET} since the backup" in said
+    assert f"keys.{revoked_id}" in said
+    assert asyncio.run(_seen_by_an_api_replica(as_ops, revoked))[0] is None
+    found = asyncio.run(_seen_by_an_api_replica(as_ops, kept))[0]
+    assert found is not None and found.id == kept_id
+
+
 def test_a_file_that_is_not_a_backup_restores_nothing(as_ops: Server, tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     tenant = TenantRecord(id="acme", name="Acme", created_at=datetime.now(UTC), created_by="o")
@@ -93,6 +125,14 @@ async def _fill(server: Server, key: KeyRecord, tenant: TenantRecord) -> None:
     try:
         await access.put_key(key)
         await access.put_tenant(tenant)
+    finally:
+        await _stop(link, tasks)
+
+
+async def _revoke(server: Server, key_id: str) -> None:
+    link, access, tasks = await replica(server)
+    try:
+        await access.delete_key(key_id)
     finally:
         await _stop(link, tasks)
 

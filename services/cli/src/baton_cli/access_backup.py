@@ -73,13 +73,26 @@ async def _backup(settings: Settings) -> dict[str, Any]:
         await nc.close()
 
 
-async def _restore(settings: Settings, values: dict[str, bytes]) -> None:
+async def _restore(settings: Settings, values: dict[str, bytes]) -> list[str]:
+    """Put the entries back; returns those left out: deleted in the bucket since the
+    backup (a key revoked then must stay revoked)."""
     nc, bucket = await _bucket(settings)
+    left_out = []
     try:
         for name, value in values.items():
+            try:
+                await bucket.get(name)
+            except KeyNotFoundError as exc:
+                # nats-py says a deleted key is not found, with the delete marker's op: that
+                # marker means revoked after the backup was made. No op: never there (or
+                # the bucket is new), so put it back.
+                if exc.op is not None:
+                    left_out.append(name)
+                    continue
             await bucket.put(name, value)
     finally:
         await nc.close()
+    return left_out
 
 
 def checked(document: Any) -> dict[str, bytes]:
@@ -128,10 +141,15 @@ def restore(
     file: Annotated[Path, typer.Argument(help="A file of `baton access backup`.")],
 ) -> None:
     """Put every API key and tenant of FILE back into BATON_ACCESS (the entries it has
-    besides are kept)."""
+    besides are kept; one deleted there since the backup, a revoked key, stays deleted)."""
     try:
         values = checked(json.loads(file.read_text()))
     except (OSError, ValueError) as exc:
         fail(f"error: {file}: {exc}; nothing was restored", EXIT_PROBLEM)
-    _run(_restore(Settings(), values))
-    typer.echo(f"restored {len(values)} entries of {file} into {ACCESS_BUCKET}")
+    left_out: list[str] = _run(_restore(Settings(), values))
+    typer.echo(f"restored {len(values) - len(left_out)} entries of {file} into {ACCESS_BUCKET}")
+    if left_out:
+        typer.echo(
+            f"left out {len(left_out)} deleted in {ACCESS_BUCKET} since the backup (a key "
+            f"revoked then stays revoked): {', '.join(left_out)}"
+        )
