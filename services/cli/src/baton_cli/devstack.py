@@ -368,6 +368,9 @@ def nats_client(
         typer.echo("New: restart `make run` (or `baton dev run`) to let it in.")
 
 
+STOP_PATIENCE_S = 120.0
+
+
 @dev_app.command("stop")
 def stop(data_dir: Path = typer.Option(Path("var"))) -> None:
     """Stop a stack started by `baton dev run` (from another terminal)."""
@@ -382,7 +385,9 @@ def stop(data_dir: Path = typer.Option(Path("var"))) -> None:
         pid_file.unlink(missing_ok=True)
         typer.echo("Nothing to stop (stale pid file removed).")
         return
-    deadline = time.monotonic() + 30
+    # The stack stops its processes one after another, each with time to finish what it
+    # holds (an api replica drains for 6 s): a run-cluster took 14-17 s on two idle cores.
+    deadline = time.monotonic() + STOP_PATIENCE_S
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
