@@ -25,6 +25,7 @@ import pytest
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from baton_cli.localstack import SERVICE_MODULES, Stack, free_port, wait_for_line
+from baton_cli.processes import start_process
 from baton_contracts.nats import (
     EVENTS_STREAM,
     LEASES_BUCKET,
@@ -60,12 +61,11 @@ class Replica:
         self.log = stack.log_dir / f"{service}-b.log"
         environment = {**os.environ, **stack.service_env(service), "BATON_INSTANCE": "b", **env}
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
+            self.proc = start_process(
                 [sys.executable, "-m", SERVICE_MODULES[service]],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=environment,
-                start_new_session=True,
             )
 
     def wait_for(self, line: str) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from baton_cli.localstack import find_binary, find_dynsec_plugin, free_port, wait_for_port
 from baton_cli.mqtt_setup import DYNSEC_FILE, write_mqtt_accounts
+from baton_cli.processes import start_process
 
 ROOT = Path(__file__).resolve().parents[2]
 BRIDGES = ["device-bridge-1", "device-bridge-2"]
@@ -44,7 +45,7 @@ def broker(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     config = config.replace("listener 1883", f"listener {port} 127.0.0.1")
     config += f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
     (tmp_path / "mosquitto.conf").write_text(config)
-    proc = subprocess.Popen(
+    proc = start_process(
         [binary, "-c", str(tmp_path / "mosquitto.conf")], stderr=subprocess.DEVNULL
     )
     try:

@@ -31,6 +31,7 @@ from baton_cli.localstack import (
     start_nats,
     wait_for_port,
 )
+from baton_cli.processes import start_process
 from baton_contracts.mqtt import (
     CancelRequest,
     CommandRequest,
@@ -480,7 +481,7 @@ def start_nats_mqtt(workdir: Path, ack_wait: str) -> Server:
         f'mqtt {{ listen: "127.0.0.1:{mqtt_port}", ack_wait: "{ack_wait}" }}\n'
     )
     log = (workdir / "nats.log").open("ab")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    proc = start_process([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     wait_for_port("127.0.0.1", mqtt_port, proc)
     return Server(
         "nats-mqtt", proc, f"mqtt://127.0.0.1:{mqtt_port}", mqtt_port, {"protocol": "3.1.1"}

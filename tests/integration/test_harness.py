@@ -11,8 +11,10 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import nats
@@ -30,6 +32,7 @@ from baton_cli.localstack import (
     wait_for_healthy,
     wait_for_port,
 )
+from baton_cli.processes import start_process
 from baton_platform.nats_access import OPS
 from tests.conftest import eventually_sync
 
@@ -80,7 +83,7 @@ def test_nats_server_fsyncs_every_write(tmp_path: Path, source: str) -> None:
     conf.write_text(f"{config}\nhttp: 127.0.0.1:{monitor}\n")
     binary = find_binary("nats-server")
     assert binary is not None
-    proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
+    proc = start_process([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
     try:
         wait_for_port("127.0.0.1", monitor, proc)
         with urllib.request.urlopen(f"http://127.0.0.1:{monitor}/varz", timeout=5) as answer:
@@ -220,11 +223,10 @@ sys.stdin.read()
 """
 
 
-def test_a_throwaway_postgres_dies_with_the_process_group_that_started_it(
-    tmp_path: Path,
-) -> None:
-    """A test run killed by its process group (SIGKILL: CI's timeout, or a person's) takes
-    the PostgreSQL it started with it, postmaster and every process of its."""
+@pytest.mark.parametrize("kill", ["alone", "with its process group"])
+def test_a_throwaway_postgres_dies_with_the_run_that_started_it(tmp_path: Path, kill: str) -> None:
+    """A test run killed (SIGKILL: CI's timeout, or a person's; alone, or with its process
+    group) takes the PostgreSQL it started with it, postmaster and every process of its."""
     run = subprocess.Popen(
         [sys.executable, "-c", START_POSTGRES_AND_WAIT, str(tmp_path / "pg")],
         stdin=subprocess.PIPE,
@@ -238,8 +240,7 @@ def test_a_throwaway_postgres_dies_with_the_process_group_that_started_it(
         assert postmaster is not None, "the server did not start"
         workers = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
         assert workers  # its checkpointer, writers...
-        os.killpg(run.pid, signal.SIGKILL)
-        run.wait()
+        sigkill(run, kill)
         eventually_sync(
             lambda: not any(is_postgres(pid) for pid in [postmaster, *map(int, workers)]),
             what="the postmaster and its processes gone",
@@ -252,6 +253,136 @@ def test_a_throwaway_postgres_dies_with_the_process_group_that_started_it(
             eventually_sync(lambda: not is_postgres(postmaster), what="postgres stopped")
         if started.get("owned_dir"):
             shutil.rmtree(started["owned_dir"], ignore_errors=True)
+
+
+def sigkill(run: subprocess.Popen[bytes], kill: str) -> None:
+    """SIGKILL a test run started in a process group of its own: `alone`, or with every
+    process of its group."""
+    if kill == "alone":
+        run.kill()
+    else:
+        os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+
+
+# Starts a whole stack as the end-to-end tests do (or as `baton dev run` does: "own"), says
+# the pid of every process it started, and waits for its killer.
+START_STACK_AND_WAIT = """
+import json, sys
+from pathlib import Path
+from baton_cli.localstack import Stack
+stack = Stack(
+    data_dir=Path(sys.argv[1]), api_key="k", catalog=Path(sys.argv[2]),
+    own_session=sys.argv[3] == "own",
+)
+try:
+    stack.start_all()
+finally:  # what started, even if not everything did
+    pids = [server.pid for server in stack.servers]
+    pids += [proc.pid for proc in stack.processes.values()]
+    print(json.dumps({"pids": pids, "api": stack.api_url}), flush=True)
+sys.stdin.read()
+"""
+# nats-server, the MQTT broker, the four services and the simulator.
+STACK_PROCESSES = 7
+
+
+def start_stack_in_a_run(
+    tmp_path: Path, session: str
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """A test run of its own (its own process group, as CI starts one) that starts a stack;
+    the run and what it says it started: every pid, and the api's URL."""
+    run = subprocess.Popen(
+        [sys.executable, "-c", START_STACK_AND_WAIT, str(tmp_path / "stack"), str(DEMO), session],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        process_group=0,
+    )
+    assert run.stdout is not None
+    said: dict[str, Any] = json.loads(run.stdout.readline() or '{"pids": []}')
+    return run, said
+
+
+@pytest.mark.parametrize("kill", ["alone", "with its process group"])
+def test_a_stack_the_tests_start_dies_with_the_run_that_started_it(
+    tmp_path: Path, kill: str
+) -> None:
+    """Every process a test run started (servers, services, simulator) ends when the run is
+    SIGKILLed, even alone: none keeps ports, files and CPU after it."""
+    run, said = start_stack_in_a_run(tmp_path, "tied")
+    started = {pid: started_at(pid) for pid in said["pids"]}
+    try:
+        assert len(started) == STACK_PROCESSES, f"the stack did not start: {tmp_path}/stack/log"
+        sigkill(run, kill)
+        eventually_sync(lambda: not outliving(started), what="every process of the stack gone")
+    finally:
+        run.kill()
+        run.wait()
+        for pid in outliving(started):  # outlived its run: stopped here
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_stack_started_as_baton_dev_run_does_outlives_its_starter_s_group(
+    tmp_path: Path,
+) -> None:
+    """`baton dev run` (make run) starts every process in a session of its own: the
+    terminal's Ctrl-C reaches only `run`, which stops them in order (and `make stop`, by its
+    pid). Nothing ties them to it: its group SIGKILLed, the stack still serves."""
+    run, said = start_stack_in_a_run(tmp_path, "own")
+    started = {pid: started_at(pid) for pid in said["pids"]}
+    try:
+        assert len(started) == STACK_PROCESSES, f"the stack did not start: {tmp_path}/stack/log"
+        assert all(os.getsid(pid) == pid for pid in started)
+        sigkill(run, "with its process group")
+        # A round trip through the api after its starter's end, a kill would have come first.
+        with urllib.request.urlopen(f"{said['api']}/ready", timeout=10) as ready:
+            assert ready.status == 200
+        assert sorted(outliving(started)) == sorted(started)
+    finally:
+        run.kill()
+        run.wait()
+        for pid in reversed(outliving(started)):  # as `baton dev run` stops them: by pid
+            os.kill(pid, signal.SIGTERM)
+        eventually_sync(lambda: not outliving(started), timeout=30, what="the stack stopped")
+
+
+def test_a_server_started_from_a_thread_outlives_the_thread(tmp_path: Path) -> None:
+    """The kernel sends the parent-death signal when the *thread* that forked a process ends:
+    a server started (or restarted) from a worker thread, as `asyncio.to_thread` does in the
+    chaos runs, must keep running after that thread has ended."""
+    started: list[Server] = []
+    worker = threading.Thread(target=lambda: started.append(start_nats(tmp_path / "nats")))
+    worker.start()
+    worker.join()
+    eventually_sync(
+        lambda: not Path(f"/proc/self/task/{worker.native_id}").exists(), what="thread ended"
+    )
+    assert started, "the server did not start"
+    server = started[0]
+    try:
+        # Answering after the thread ended: a kill would have come first.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            assert sock.makefile("rb").readline().startswith(b"INFO ")
+        assert server.running
+    finally:
+        server.stop()
+
+
+def started_at(pid: int) -> str | None:
+    """When process `pid` started (in clock ticks since boot, field 22 of its /proc stat), to
+    tell it from a process that took its pid since; None when it is not running (a zombie,
+    which a killed process is until whoever adopted it reaps it, is not)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    state, *fields = stat_line.rpartition(") ")[2].split()
+    return None if state in ("Z", "X") else fields[18]
+
+
+def outliving(started: dict[int, str | None]) -> list[int]:
+    """The processes of `started` (pid: start time) still running."""
+    return [pid for pid, at in started.items() if at is not None and started_at(pid) == at]
 
 
 def is_postgres(pid: int) -> bool:

@@ -26,6 +26,7 @@ from nats.aio.msg import Msg
 from baton_api.app import create_app
 from baton_cli.localstack import Server, cluster_ports, find_binary, wait_for_healthy
 from baton_cli.nats_setup import write_cluster_configs
+from baton_cli.processes import start_process
 from baton_contracts.nats import (
     CATALOG_CHANGE_SUBJECT,
     CATALOG_GET_SUBJECT,
@@ -474,7 +475,7 @@ async def test_the_deployment_admits_baton_users_only(tmp_path: Path) -> None:
         for other, other_ports in zip(nodes, ports, strict=True):
             text = text.replace(f"@{other}:6222", f"@127.0.0.1:{other_ports.route}")
         config.write_text(text)
-        proc = subprocess.Popen([binary, "-c", str(config)], stderr=subprocess.DEVNULL)
+        proc = start_process([binary, "-c", str(config)], stderr=subprocess.DEVNULL)
         url = f"nats://127.0.0.1:{node_ports.client}"
         monitor = {"monitor": f"http://127.0.0.1:{node_ports.monitor}"}
         servers.append(Server(node, proc, url, node_ports.client, monitor))

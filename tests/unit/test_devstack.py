@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from baton_cli import devstack
 from baton_cli.devstack import (
     DEFAULT_METRICS_PORT,
     _banner,
@@ -22,7 +23,7 @@ from baton_cli.devstack import (
     metrics_port_problem,
 )
 from baton_cli.devstate import write_state
-from baton_cli.localstack import SERVICE_MODULES, free_port
+from baton_cli.localstack import SERVICE_MODULES, Stack, free_port
 from baton_cli.main import app, catalog_specs
 from baton_domain.catalog import Catalog
 from baton_platform.metrics import serve_metrics
@@ -97,6 +98,25 @@ def test_make_run_serves_metrics_by_default(
         result.output
     )
     assert not (tmp_path / "log").exists()  # nothing was started
+
+
+def test_make_run_starts_every_process_in_a_session_of_its_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Ctrl-C on `make run` reaches only `baton dev run`, which stops the services before the
+    servers they use: nothing it starts is tied to it, as the tests' processes are to them
+    (tests/integration/test_harness.py starts such a stack)."""
+    built: list[Stack] = []
+
+    def stop_before_starting(stack: Stack) -> str:
+        built.append(stack)
+        return "stopped before starting anything"
+
+    monkeypatch.setattr(devstack, "metrics_port_problem", stop_before_starting)
+    result = CliRunner().invoke(dev_app, ["run", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert [stack.own_session for stack in built] == [True]
+    assert not dev_stack(data_dir=tmp_path, api_key="k", catalog=DEMO).own_session
 
 
 def held_ports(count: int) -> list[socket.socket]:

@@ -278,6 +278,9 @@ def run(
         broker=broker,
         simulate=simulate,
         metrics_port=metrics_port,
+        # Every process in a session of its own: Ctrl-C reaches only us, and we stop them in
+        # order (the services before the servers they use).
+        own_session=True,
         **topology,
     )
     problem = metrics_port_problem(stack)

