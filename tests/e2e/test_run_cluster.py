@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ import psycopg
 import pytest
 
 from baton_cli.localstack import PostgresServer
+from baton_cli.processes import start_process
 from baton_platform.sql import conninfo
 from tests.conftest import eventually_sync, fresh_database
 
@@ -114,12 +116,15 @@ def test_a_rolling_restart_of_run_cluster_fails_no_command_and_stop_leaves_nothi
     data_dir = tmp_path / "var"
     out = tmp_path / "run-cluster.out"
     with out.open("wb") as sink:
-        run = subprocess.Popen(
+        # In a session of its own, as make runs it, so its processes are; SIGTERM (what
+        # `make stop` sends it) if this test run dies, so that it stops them all.
+        run = start_process(
             [*RUN_CLUSTER, "--data-dir", str(data_dir)],
+            own_session=True,
+            death_signal=signal.SIGTERM,
             stdout=sink,
             stderr=subprocess.STDOUT,
             env={**os.environ, "BATON_DATABASE_URL": database},
-            start_new_session=True,
         )
     try:
         eventually_sync(

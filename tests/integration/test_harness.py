@@ -346,6 +346,57 @@ def test_a_stack_started_as_baton_dev_run_does_outlives_its_starter_s_group(
         eventually_sync(lambda: not outliving(started), timeout=30, what="the stack stopped")
 
 
+# Starts, as a test of `baton dev run` starts it, a process that stops in order on SIGTERM
+# (as `baton dev run` does); says its pid and waits for its killer.
+START_STOPPABLE_AND_WAIT = """
+import json, signal, sys
+from baton_cli.processes import start_process
+stoppable = (
+    "import pathlib, signal, sys, time\\n"
+    "def stop(*_): pathlib.Path(sys.argv[1]).write_text('stopped in order'); sys.exit(0)\\n"
+    "signal.signal(signal.SIGTERM, stop)\\n"
+    "print('ready', flush=True)\\n"
+    "time.sleep(600)\\n"
+)
+proc = start_process(
+    [sys.executable, "-c", stoppable, sys.argv[1]],
+    own_session=True, death_signal=signal.SIGTERM, stdout=-1,
+)
+proc.stdout.readline()
+print(json.dumps({"pid": proc.pid}), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_dev_run_a_test_starts_is_stopped_in_order_when_the_test_run_dies(
+    tmp_path: Path,
+) -> None:
+    """A test that runs `baton dev run` starts it in a session of its own, as make does (its
+    processes then are too), with SIGTERM as its death signal: the test run SIGKILLed, even
+    with its group, the dev run is told to stop, and stops what it started."""
+    marker = tmp_path / "stopped"
+    run = subprocess.Popen(
+        [sys.executable, "-c", START_STOPPABLE_AND_WAIT, str(marker)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        process_group=0,
+    )
+    assert run.stdout is not None
+    pid = json.loads(run.stdout.readline() or "{}").get("pid")
+    started = {} if pid is None else {pid: started_at(pid)}
+    try:
+        assert pid is not None, "it did not start"
+        assert os.getsid(pid) == pid  # out of reach of the run's group
+        sigkill(run, "with its process group")
+        eventually_sync(lambda: not outliving(started), what="the dev run stopped")
+        assert marker.read_text() == "stopped in order"
+    finally:
+        run.kill()
+        run.wait()
+        for left in outliving(started):
+            os.kill(left, signal.SIGKILL)
+
+
 def test_a_server_started_from_a_thread_outlives_the_thread(tmp_path: Path) -> None:
     """The kernel sends the parent-death signal when the *thread* that forked a process ends:
     a server started (or restarted) from a worker thread, as `asyncio.to_thread` does in the

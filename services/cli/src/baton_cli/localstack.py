@@ -186,19 +186,27 @@ class Server:
 
 
 def _spawn(
-    args: list[str], log_path: Path, own_session: bool, env: dict[str, str] | None = None
+    args: list[str],
+    log_path: Path,
+    own_session: bool,
+    env: dict[str, str] | None = None,
+    death_signal: signal.Signals = signal.SIGKILL,
+    **popen: Any,
 ) -> subprocess.Popen[bytes]:
     """`args` started with its output appended to `log_path` and `env` over ours: tied to
-    this process, or in a session of its own (baton_cli.processes)."""
+    this process (sent `death_signal` when it dies), or in a session of its own and tied to
+    nothing (baton_cli.processes)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return start_process(
             args,
             own_session=own_session,
+            death_signal=None if own_session else death_signal,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
+            **popen,
         )
 
 
@@ -760,18 +768,11 @@ def _as_account(account: tuple[int, int] | None) -> dict[str, Any]:
 def _spawn_postgres(
     command: list[str], log_path: Path, account: tuple[int, int] | None, own_session: bool
 ) -> subprocess.Popen[bytes]:
-    with log_path.open("ab") as log:
-        return start_process(
-            command,
-            own_session=own_session,
-            # Its immediate shutdown: the postmaster stops its own processes, then itself
-            # (a SIGKILLed postmaster leaves them to notice on their own).
-            death_signal=signal.SIGQUIT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            **_as_account(account),
-        )
+    # Tied, SIGQUIT when its starter dies: its immediate shutdown, the postmaster stops its
+    # own processes, then itself (a SIGKILLed postmaster leaves them to notice on their own).
+    return _spawn(
+        command, log_path, own_session, death_signal=signal.SIGQUIT, **_as_account(account)
+    )
 
 
 def _wait_for_postgres(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:

@@ -9,6 +9,11 @@ ports, files and CPU until someone finds it. A process started tied is therefore
 - (Linux) sent `death_signal` by the kernel when its starter dies, however it dies, even
   alone: prctl(PR_SET_PDEATHSIG), set in the child between fork and exec.
 
+`baton dev run` starts its processes in sessions of their own and with no death signal: the
+terminal's Ctrl-C reaches only it, and it stops them in order. A test that runs `baton dev
+run` itself starts it in a session of its own too, with SIGTERM as its death signal: if the
+test run dies, it stops its stack as `make stop` has it do.
+
 The kernel's "parent" there is the *thread* that forked the child, not the process: a server
 started from a worker thread (`asyncio.to_thread`, a thread pool: the chaos runs and the
 cluster tests restart servers so) would be killed as soon as that thread ends. So every tied
@@ -44,20 +49,26 @@ def start_process(
     command: Sequence[str],
     *,
     own_session: bool = False,
-    death_signal: signal.Signals = signal.SIGKILL,
+    death_signal: signal.Signals | None = signal.SIGKILL,
     **popen: Any,
 ) -> subprocess.Popen[bytes]:
-    """`subprocess.Popen(command, **popen)`, tied to this process (see the module), or with
-    `own_session` in a session of its own and tied to nothing: the terminal's Ctrl-C then
-    reaches only its starter, which stops it in order, and it outlives a starter killed.
-    `death_signal`: what a tied process gets when its starter dies (PostgreSQL's postmaster
-    wants SIGQUIT, which takes its own processes down with it)."""
-    if own_session:
-        return subprocess.Popen(command, start_new_session=True, **popen)
-    if sys.platform != "linux":  # no parent-death signal: the process group only
-        return subprocess.Popen(command, **popen)
+    """`subprocess.Popen(command, **popen)`, in its starter's process group or with
+    `own_session` in a session of its own (out of reach of its starter's terminal and
+    group), and sent `death_signal` when its starter dies (see the module; PostgreSQL's
+    postmaster wants SIGQUIT, which takes its own processes down with it). None: nothing
+    ties it to its starter, which it outlives."""
+    if death_signal is None or sys.platform != "linux":  # no parent-death signal there
+        return subprocess.Popen(command, start_new_session=own_session, **popen)
     tie = _tie(death_signal, os.getpid())
-    return _forker().submit(lambda: subprocess.Popen(command, preexec_fn=tie, **popen)).result()
+    return (
+        _forker()
+        .submit(
+            lambda: subprocess.Popen(
+                command, start_new_session=own_session, preexec_fn=tie, **popen
+            )
+        )
+        .result()
+    )
 
 
 def _tie(death_signal: signal.Signals, starter: int) -> Callable[[], None]:
