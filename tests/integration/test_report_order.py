@@ -205,6 +205,10 @@ async def test_only_reports_received_before_the_deadline_hold_it(nc: Client) -> 
     # One from before the deadline behind it in the stream does hold it.
     await store(deadline - timedelta(milliseconds=1), "in-time")
     assert await backlog.holds(device, deadline)
+    # What holds it is said (logged when a deadline is held long): that report, where it is.
+    held_by = await backlog.held_by(device, deadline)
+    assert held_by is not None and held_by.startswith("a report taken from ")
+    assert f"({REPORTS_STREAM} seq " in held_by
 
 
 async def store_answer(

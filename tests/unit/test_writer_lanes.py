@@ -173,9 +173,9 @@ async def test_a_deadlines_first_look_does_not_wait_for_the_writer(
     asked = asyncio.Event()
 
     class Watching:
-        async def holds(self, device_id: str, deadline: datetime) -> bool:
+        async def held_by(self, device_id: str, deadline: datetime) -> str | None:
             asked.set()
-            return True
+            return "a report not yet applied"
 
     requested = executions.request(RequestCommand("demo-thermostat-1", "reboot", {}, ttl=1))
     now[0] += timedelta(seconds=2)

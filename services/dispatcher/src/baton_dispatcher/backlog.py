@@ -53,8 +53,13 @@ class ReportsBacklog:
 
     async def holds(self, device_id: str, deadline: datetime) -> bool:
         """Whether an answer of `device_id` from before `deadline` may not be applied yet."""
+        return await self.held_by(device_id, deadline) is not None
+
+    async def held_by(self, device_id: str, deadline: datetime) -> str | None:
+        """What a deadline at `deadline` waits for (None: nothing, it may apply): a bridge's
+        watermark, or the first of the device's unapplied reports it waits for."""
         if await self.watermarks.hold(deadline):
-            return True
+            return "a device-bridge's watermark not yet past the deadline"
         # Only the device's unapplied reports that the broker may have taken before the
         # deadline hold it: one taken after it (a late answer, a reconnect's presence) must
         # not carry the device's deadlines past their time. When the broker took it is known
@@ -74,15 +79,18 @@ class ReportsBacklog:
                     REPORTS_STREAM, seq=seq, subject=report_subject(device_id), next=True
                 )
             except NotFoundError:
-                return False
+                return None
+            where = f"{REPORTS_STREAM} seq {msg.seq}"
             try:
                 taken = _Received.model_validate_json(msg.data or b"").taken_from(max_hold)
             except ValidationError:
-                return True  # not readable here: the dispatcher dead-letters it shortly
+                # not readable here: the dispatcher dead-letters it shortly
+                return f"an unreadable report ({where})"
             if taken <= deadline:
-                return True
+                return f"a report taken from {taken.isoformat()} not yet applied ({where})"
             seq = (msg.seq or seq) + 1
-        return True  # a long backlog of the device: wait for it rather than read it all
+        # a long backlog of the device: wait for it rather than read it all
+        return f"more than {MAX_LOOKED_AT} reports of the device not yet applied"
 
 
 # How many of a device's unapplied reports a deadline looks at before it simply waits.

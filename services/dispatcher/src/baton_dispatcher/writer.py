@@ -78,6 +78,10 @@ from baton_platform.metrics import REJECTED_MESSAGES, observe_stored
 
 log = logging.getLogger(__name__)
 
+# A deadline held this long past its time is logged with what holds it (again after as
+# long); at most this many executions are remembered for that.
+LONG_HOLD_S = 10.0
+HELD_NOTED_MAX = 10_000
 # A deadline answered this slowly is logged with where the time went.
 SLOW_DEADLINE_S = 1.0
 T = TypeVar("T")
@@ -117,7 +121,7 @@ class ReportResult:
 
 
 class Backlog(Protocol):
-    async def holds(self, device_id: str, deadline: datetime) -> bool: ...
+    async def held_by(self, device_id: str, deadline: datetime) -> str | None: ...
 
 
 @dataclass
@@ -142,6 +146,7 @@ class Writer:
         self._executions = executions
         self._traces = traces
         self._backlog = backlog
+        self._held_noted: dict[UUID, float] = {}  # seconds late when last said (_note_held)
         self._handlers = CommandHandlers(executions)
         self._on_stored = on_stored
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baton-writer")
@@ -375,9 +380,13 @@ class Writer:
             finally:
                 lap("read")
             try:
-                if waiting.at is not None and await self._backlog.holds(
-                    waiting.device_id, waiting.at
-                ):
+                held_by = (
+                    None
+                    if waiting.at is None
+                    else await self._backlog.held_by(waiting.device_id, waiting.at)
+                )
+                if held_by is not None:
+                    self._note_held(due, waiting.at, held_by)
                     return DeadlineReply(outcome="reports-pending")
             finally:
                 lap("watermarks and reports")
@@ -395,6 +404,27 @@ class Writer:
             return DeadlineReply(outcome="ignored")
         log.info("deadline of %s: %s", due.execution_id, outcome.execution.status.value)
         return DeadlineReply(outcome="applied")
+
+    def _note_held(self, due: DeadlineDue, at: datetime | None, held_by: str) -> None:
+        """Say what a deadline waits for, once it has waited long: a deadline is held a
+        moment after its time as a rule (the bridges' watermarks pass it), seconds after a
+        fault, but one held for long waits for something that may not come."""
+        if at is None:
+            return
+        late = (datetime.now(UTC) - at).total_seconds()
+        last = self._held_noted.get(due.execution_id)
+        if late < LONG_HOLD_S or (last is not None and late - last < LONG_HOLD_S):
+            return
+        if len(self._held_noted) >= HELD_NOTED_MAX:
+            self._held_noted.clear()
+        self._held_noted[due.execution_id] = late
+        log.warning(
+            "deadline of %s (%s) held %.0f s past its time by %s",
+            due.execution_id,
+            due.kind,
+            late,
+            held_by,
+        )
 
     async def apply_presence(self, report: PresenceReport) -> ReportResult:
         """Online releases what waited for the device; offline holds back what comes next."""
