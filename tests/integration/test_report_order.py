@@ -19,6 +19,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy
 
 from baton_cli.localstack import Server
 from baton_contracts.nats import (
@@ -29,6 +30,7 @@ from baton_contracts.nats import (
     DeadlineDue,
     DeviceReport,
     partition_of,
+    partition_reports,
     report_subject,
     watermark_subject,
 )
@@ -294,3 +296,37 @@ async def test_a_report_read_long_after_its_watermark_does_not_hold_past_the_max
         js, requested.execution.id, other, "back", deadline + timedelta(seconds=30), back
     )
     assert await backlog.holds(other, deadline)
+
+
+async def test_a_report_acknowledged_but_still_stored_holds_no_deadline(nc: Client) -> None:
+    """A chaos run left an answer in BATON_REPORTS that had been applied and acknowledged:
+    the stream lost its removal over a nats-server restart, the consumer's ack floor went on
+    past it, and every later deadline of its device was held for ever. The same shape here:
+    the stream made to keep what is acknowledged (limits, not work-queue, retention), the
+    report taken and acknowledged by its partition's consumer, and so stored behind its
+    floor."""
+    js = nc.jetstream()
+    info = await js.stream_info(REPORTS_STREAM)
+    await js.delete_stream(REPORTS_STREAM)
+    await js.add_stream(info.config.evolve(retention=RetentionPolicy.LIMITS))
+    device = "demo-thermostat-5"
+    deadline = datetime.now(UTC)
+    execution = Executions(
+        Catalog.from_yaml(DEMO), env={"PERSISTENCE_MODULE": "eventsourcing.popo"}
+    ).request(RequestCommand(device, "reboot", {}, ttl=1))
+    await store_answer(
+        js, execution.execution.id, device, "applied", deadline - timedelta(seconds=1)
+    )
+    backlog = ReportsBacklog(js, max_hold=60.0)
+    held_by = await backlog.held_by(device, deadline)  # not acknowledged yet: unapplied
+    assert held_by is not None and held_by.startswith("a report taken from ")
+
+    consumer = await js.pull_subscribe(
+        partition_reports(partition_of(device)),
+        durable=reports_durable(partition_of(device)),
+        stream=REPORTS_STREAM,
+    )
+    [taken] = await consumer.fetch(1, timeout=5)
+    await taken.ack_sync()
+    assert (await js.stream_info(REPORTS_STREAM)).state.messages == 1  # still stored
+    assert await backlog.held_by(device, deadline) is None

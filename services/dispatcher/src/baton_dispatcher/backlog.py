@@ -9,13 +9,16 @@ device carried out). On its way it is, in turn:
 - in BATON_REPORTS, stored and not yet applied (held by a dispatcher that was killed, or
   just queued): the stream has work-queue retention, a report leaves it when the dispatcher
   acknowledges it, after its effect is stored. So a message still in the stream on the
-  device's subject is a report not yet applied, and the deadline waits for it.
+  device's subject is a report not yet applied, and the deadline waits for it; unless its
+  partition's consumer has acknowledged it already (its ack floor past it): a report applied
+  whose removal the stream lost (`_acknowledged`).
 The watermarks are read first: a report a bridge stored before its watermark passed the
 deadline is then in the stream, or already applied.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -23,9 +26,12 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ValidationError
 
-from baton_contracts.nats import REPORTS_STREAM, report_subject
+from baton_contracts.nats import REPORTS_STREAM, partition_of, report_subject
 from baton_dispatcher.watermarks import BridgeWatermarks
 from baton_domain.execution import CommandExecution
+from baton_platform.nats_access import reports_durable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class ReportsBacklog:
     def __init__(self, js: JetStreamContext, max_hold: float) -> None:
         self._js = js
         self.watermarks = BridgeWatermarks(js, max_hold)
+        self._orphans: set[int] = set()  # acknowledged reports still stored, already said
 
     async def holds(self, device_id: str, deadline: datetime) -> bool:
         """Whether an answer of `device_id` from before `deadline` may not be applied yet."""
@@ -86,15 +93,49 @@ class ReportsBacklog:
             except ValidationError:
                 # not readable here: the dispatcher dead-letters it shortly
                 return f"an unreadable report ({where})"
-            if taken <= deadline:
+            if taken <= deadline and not await self._acknowledged(device_id, msg.seq):
                 return f"a report taken from {taken.isoformat()} not yet applied ({where})"
             seq = (msg.seq or seq) + 1
         # a long backlog of the device: wait for it rather than read it all
         return f"more than {MAX_LOOKED_AT} reports of the device not yet applied"
 
+    async def _acknowledged(self, device_id: str, seq: int | None) -> bool:
+        """Whether the consumer of the device's partition acknowledged stream sequence `seq`
+        already (its ack floor is at or past it): the report was applied, and only its
+        removal from the work-queue stream was lost. Seen after a nats-server restart in a
+        chaos run: an answer applied (SUCCEEDED) and acknowledged, the consumer's ack floor
+        thousands past it, the message still in BATON_REPORTS, and every later deadline of
+        its device held for ever. Asked afresh each time: a consumer made anew (deleted by
+        an operator) starts its floor over."""
+        if seq is None:
+            return False
+        durable = reports_durable(partition_of(device_id))
+        try:
+            info = await self._js.consumer_info(REPORTS_STREAM, durable)
+        except NotFoundError:
+            return False  # no consumer yet: nothing was acknowledged
+        floor = info.ack_floor.stream_seq if info.ack_floor is not None else None
+        if floor is None or seq > floor:
+            return False
+        if seq not in self._orphans:
+            if len(self._orphans) >= ORPHANS_REMEMBERED:
+                self._orphans.clear()
+            self._orphans.add(seq)
+            log.warning(
+                "%s seq %d (%s) was acknowledged by %s (ack floor %d) but is still stored: "
+                "deadlines do not wait for it",
+                REPORTS_STREAM,
+                seq,
+                device_id,
+                durable,
+                floor,
+            )
+        return True
+
 
 # How many of a device's unapplied reports a deadline looks at before it simply waits.
 MAX_LOOKED_AT = 20
+ORPHANS_REMEMBERED = 10_000
 
 
 class _Received(BaseModel):
