@@ -79,6 +79,7 @@ class ReportsBacklog:
         # stamped on everything it reads, must not hold them instead, for ever for a device
         # that keeps reporting. Such a report is weighed by when it was read.
         max_hold = self.watermarks.max_hold
+        floor: int | None = None  # the partition consumer's ack floor, once asked
         seq = 1
         for _ in range(MAX_LOOKED_AT):
             try:
@@ -93,44 +94,49 @@ class ReportsBacklog:
             except ValidationError:
                 # not readable here: the dispatcher dead-letters it shortly
                 return f"an unreadable report ({where})"
-            if taken <= deadline and not await self._acknowledged(device_id, msg.seq):
-                return f"a report taken from {taken.isoformat()} not yet applied ({where})"
+            if taken <= deadline:
+                if msg.seq is not None and (floor is None or msg.seq > floor):
+                    # Asked again only past the floor known: a floor only moves on, so one
+                    # already behind it is acknowledged whatever a fresh answer says.
+                    floor = await self._ack_floor(device_id)
+                if msg.seq is None or floor is None or msg.seq > floor:
+                    return f"a report taken from {taken.isoformat()} not yet applied ({where})"
+                self._orphan(device_id, msg.seq, floor)
             seq = (msg.seq or seq) + 1
         # a long backlog of the device: wait for it rather than read it all
         return f"more than {MAX_LOOKED_AT} reports of the device not yet applied"
 
-    async def _acknowledged(self, device_id: str, seq: int | None) -> bool:
-        """Whether the consumer of the device's partition acknowledged stream sequence `seq`
-        already (its ack floor is at or past it): the report was applied, and only its
-        removal from the work-queue stream was lost. Seen after a nats-server restart in a
-        chaos run: an answer applied (SUCCEEDED) and acknowledged, the consumer's ack floor
-        thousands past it, the message still in BATON_REPORTS, and every later deadline of
-        its device held for ever. Asked afresh each time: a consumer made anew (deleted by
-        an operator) starts its floor over."""
-        if seq is None:
-            return False
+    async def _ack_floor(self, device_id: str) -> int | None:
+        """The ack floor of the consumer of the device's partition (None: no consumer yet,
+        nothing acknowledged). A stored report at or behind it was acknowledged, so applied:
+        only its removal from the work-queue stream was lost. Seen after a nats-server
+        restart in a chaos run: an answer applied (SUCCEEDED) and acknowledged, the
+        consumer's ack floor thousands past it, the message still in BATON_REPORTS, and
+        every later deadline of its device held for ever. Asked afresh by each look: a
+        consumer made anew (deleted by an operator) starts its floor over."""
         durable = reports_durable(partition_of(device_id))
         try:
             info = await self._js.consumer_info(REPORTS_STREAM, durable)
         except NotFoundError:
-            return False  # no consumer yet: nothing was acknowledged
-        floor = info.ack_floor.stream_seq if info.ack_floor is not None else None
-        if floor is None or seq > floor:
-            return False
-        if seq not in self._orphans:
-            if len(self._orphans) >= ORPHANS_REMEMBERED:
-                self._orphans.clear()
-            self._orphans.add(seq)
-            log.warning(
-                "%s seq %d (%s) was acknowledged by %s (ack floor %d) but is still stored: "
-                "deadlines do not wait for it",
-                REPORTS_STREAM,
-                seq,
-                device_id,
-                durable,
-                floor,
-            )
-        return True
+            return None
+        return info.ack_floor.stream_seq if info.ack_floor is not None else None
+
+    def _orphan(self, device_id: str, seq: int, floor: int) -> None:
+        """Say, once, that an acknowledged report is still stored and holds nothing."""
+        if seq in self._orphans:
+            return
+        if len(self._orphans) >= ORPHANS_REMEMBERED:
+            self._orphans.clear()
+        self._orphans.add(seq)
+        log.warning(
+            "%s seq %d (%s) was acknowledged by %s (ack floor %d) but is still stored: "
+            "deadlines do not wait for it",
+            REPORTS_STREAM,
+            seq,
+            device_id,
+            reports_durable(partition_of(device_id)),
+            floor,
+        )
 
 
 # How many of a device's unapplied reports a deadline looks at before it simply waits.
